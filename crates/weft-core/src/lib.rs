@@ -1,0 +1,18 @@
+//! # weft-core
+//!
+//! The vocabulary every other weft crate shares: SPIFFE workload identities
+//! ([`Identity`]), the internal service/workload model that proxies consume as
+//! an immutable [`model::Snapshot`], Kubernetes-style name rules
+//! ([`names`]) and duration parsing ([`duration`]).
+//!
+//! Nothing here does I/O. The configuration framework (`weft-config`) builds
+//! these values from YAML; the proxies only read them.
+
+#![forbid(unsafe_code)]
+
+pub mod duration;
+pub mod identity;
+pub mod model;
+pub mod names;
+
+pub use identity::{Identity, IdentityError};

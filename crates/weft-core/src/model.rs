@@ -1,0 +1,429 @@
+//! The internal model of the mesh: services, the workloads behind them and
+//! mesh-wide settings, as one immutable [`Snapshot`].
+//!
+//! Every configuration source (YAML files today, the Kubernetes API later)
+//! is translated into this one model; proxies never see the source
+//! resources. Values here are already validated: a `Snapshot` that exists
+//! is internally consistent (every endpoint names an existing workload).
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::Identity;
+
+/// Label on a workload naming the weft node it runs on (see
+/// `docs/configuration.md`). Workloads without it are not behind a weft node
+/// and are reached without mTLS.
+pub const NODE_LABEL: &str = "weft.dev/node";
+/// Annotation on a workload with the command `weft up` runs for it.
+pub const RUN_ANNOTATION: &str = "weft.dev/run";
+/// Annotation marking a workload that only makes calls, so that it is not an
+/// error for no service to select it.
+pub const CLIENT_ONLY_ANNOTATION: &str = "weft.dev/client-only";
+
+/// A namespace-qualified name, displayed as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespacedName {
+    /// The namespace (`default` when a resource names none).
+    pub namespace: String,
+    /// The name within the namespace.
+    pub name: String,
+}
+
+impl NamespacedName {
+    /// Builds a name from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamespacedName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+}
+
+impl fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything a proxy needs to know about the mesh at one moment.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Snapshot {
+    /// Mesh-wide settings.
+    pub mesh: MeshSettings,
+    /// Services by namespace and name.
+    pub services: BTreeMap<NamespacedName, Service>,
+    /// Workloads by namespace and name.
+    pub workloads: BTreeMap<NamespacedName, Workload>,
+}
+
+impl Snapshot {
+    /// The workloads behind a service, in a stable order.
+    pub fn endpoints<'a>(&'a self, service: &'a Service) -> impl Iterator<Item = &'a Workload> {
+        service
+            .endpoints
+            .iter()
+            .filter_map(|name| self.workloads.get(name))
+    }
+
+    /// Finds the service that owns a hostname (case-insensitive) or a
+    /// virtual IP.
+    pub fn service_for_host(&self, host: &str) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+    }
+
+    /// Finds the service whose addresses contain `ip`.
+    pub fn service_for_ip(&self, ip: IpAddr) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.addresses.iter().any(|net| net.contains(&ip)))
+    }
+}
+
+/// Mesh-wide settings (`weft.dev/v1alpha1` `Mesh`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MeshSettings {
+    /// The SPIFFE trust domain of every identity in this mesh.
+    pub trust_domain: String,
+    /// Default mutual-TLS mode for inbound traffic.
+    pub mtls_mode: MtlsMode,
+    /// What to do with outbound traffic to destinations not in the registry.
+    pub outbound_policy: OutboundPolicy,
+    /// How long a proxy waits for a TCP connection to an endpoint.
+    pub connect_timeout: Duration,
+}
+
+/// Default trust domain, as in Istio.
+pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            trust_domain: DEFAULT_TRUST_DOMAIN.to_owned(),
+            mtls_mode: MtlsMode::Strict,
+            outbound_policy: OutboundPolicy::AllowAny,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Whether inbound plaintext is accepted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MtlsMode {
+    /// Only mutual TLS is accepted.
+    Strict,
+    /// Mutual TLS and plaintext are both accepted.
+    Permissive,
+}
+
+/// Handling of outbound traffic to unknown destinations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutboundPolicy {
+    /// Pass it through unchanged.
+    AllowAny,
+    /// Refuse it.
+    RegistryOnly,
+}
+
+/// A service: names, virtual addresses, ports and the workloads behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Service {
+    /// Namespace and name of the resource that declared it.
+    pub name: NamespacedName,
+    /// Hostnames that reach this service (lowercase).
+    pub hosts: Vec<String>,
+    /// Virtual IPs or CIDRs that reach this service.
+    pub addresses: Vec<IpNet>,
+    /// Ports the service exposes.
+    pub ports: Vec<ServicePort>,
+    /// Inside or outside the mesh.
+    pub location: ServiceLocation,
+    /// How endpoints are found.
+    pub resolution: Resolution,
+    /// The workloads behind the service, by name, sorted.
+    pub endpoints: Vec<NamespacedName>,
+}
+
+impl Service {
+    /// The port on `workload` that receives traffic sent to service port
+    /// `port`: the workload's own mapping for the port's name, else the
+    /// port's `targetPort`, else the port number itself.
+    pub fn target_port(&self, port: &ServicePort, workload: &Workload) -> u16 {
+        workload
+            .ports
+            .get(&port.name)
+            .copied()
+            .or(port.target_port)
+            .unwrap_or(port.number)
+    }
+
+    /// The service port with this number.
+    pub fn port(&self, number: u16) -> Option<&ServicePort> {
+        self.ports.iter().find(|p| p.number == number)
+    }
+}
+
+/// One port of a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServicePort {
+    /// Port name, unique within the service.
+    pub name: String,
+    /// Port number clients connect to.
+    pub number: u16,
+    /// Application protocol.
+    pub protocol: Protocol,
+    /// Default port on the endpoints, when it differs from `number`.
+    pub target_port: Option<u16>,
+}
+
+/// Application protocol of a port, as Istio names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// HTTP/1.1 (and h2c upgrade).
+    Http,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+    /// HTTP over TLS originated by the client.
+    Https,
+    /// gRPC over HTTP/2.
+    Grpc,
+    /// Opaque TCP.
+    Tcp,
+    /// TLS originated by the client, opaque to the mesh.
+    Tls,
+}
+
+impl Protocol {
+    /// All protocols, with the names configuration uses.
+    pub const ALL: [(&'static str, Protocol); 6] = [
+        ("HTTP", Protocol::Http),
+        ("HTTP2", Protocol::Http2),
+        ("HTTPS", Protocol::Https),
+        ("GRPC", Protocol::Grpc),
+        ("TCP", Protocol::Tcp),
+        ("TLS", Protocol::Tls),
+    ];
+
+    /// Parses a protocol name, case-insensitively.
+    pub fn parse(s: &str) -> Option<Protocol> {
+        Self::ALL
+            .iter()
+            .find(|(name, _)| name.eq_ignore_ascii_case(s))
+            .map(|(_, p)| *p)
+    }
+
+    /// Whether a waypoint can read requests on this protocol.
+    pub fn is_http(self) -> bool {
+        matches!(self, Protocol::Http | Protocol::Http2 | Protocol::Grpc)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = Self::ALL
+            .iter()
+            .find(|(_, p)| p == self)
+            .map_or("?", |(n, _)| n);
+        f.write_str(name)
+    }
+}
+
+/// Whether a service is part of the mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceLocation {
+    /// Endpoints run inside the mesh, behind weft nodes.
+    MeshInternal,
+    /// Endpoints are outside the mesh.
+    MeshExternal,
+}
+
+/// How a service's endpoints are resolved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resolution {
+    /// Connect to the original destination address.
+    None,
+    /// Endpoints are the listed IP addresses.
+    Static,
+    /// Endpoint hostnames are resolved by DNS; all addresses are used.
+    Dns,
+    /// Endpoint hostnames are resolved by DNS; one address is used per connection.
+    DnsRoundRobin,
+}
+
+/// Where a workload can be reached.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkloadAddress {
+    /// A literal IP address.
+    Ip(IpAddr),
+    /// A DNS name, resolved when connecting.
+    Hostname(String),
+}
+
+impl fmt::Display for WorkloadAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WorkloadAddress::Ip(ip) => ip.fmt(f),
+            WorkloadAddress::Hostname(h) => f.write_str(h),
+        }
+    }
+}
+
+/// A failure domain: `region/zone/subzone`, each part optional from the end.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Locality {
+    /// Region, e.g. `eu-west`.
+    pub region: String,
+    /// Zone within the region, e.g. `eu-west-1a`.
+    pub zone: String,
+    /// Subzone within the zone, e.g. `rack-7`.
+    pub subzone: String,
+}
+
+impl Locality {
+    /// Parses `region[/zone[/subzone]]`; the empty string is "no locality".
+    pub fn parse(s: &str) -> Result<Locality, String> {
+        if s.is_empty() {
+            return Ok(Locality::default());
+        }
+        let parts: Vec<&str> = s.split('/').collect();
+        if parts.len() > 3 {
+            return Err(format!(
+                "{s:?} has {} parts; a locality is region/zone/subzone",
+                parts.len()
+            ));
+        }
+        if parts.iter().any(|p| p.is_empty()) {
+            return Err(format!(
+                "{s:?} has an empty part; a locality is region/zone/subzone"
+            ));
+        }
+        let get = |i: usize| parts.get(i).map_or(String::new(), |p| (*p).to_owned());
+        Ok(Locality {
+            region: get(0),
+            zone: get(1),
+            subzone: get(2),
+        })
+    }
+
+    /// Whether no part is set.
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty()
+    }
+}
+
+impl fmt::Display for Locality {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.region)?;
+        for part in [&self.zone, &self.subzone] {
+            if !part.is_empty() {
+                write!(f, "/{part}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One running instance of an application.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    /// Namespace and name of the resource that declared it.
+    pub name: NamespacedName,
+    /// Where it listens.
+    pub address: WorkloadAddress,
+    /// Its labels, which services select on.
+    pub labels: BTreeMap<String, String>,
+    /// Port name → port number overrides for the services that select it.
+    pub ports: BTreeMap<String, u16>,
+    /// Its SPIFFE identity, derived from namespace and service account.
+    pub identity: Identity,
+    /// Network it is attached to (empty: the default network).
+    pub network: String,
+    /// Failure domain it runs in.
+    pub locality: Locality,
+    /// Relative load-balancing weight (default 1).
+    pub weight: u32,
+    /// The weft node it runs on (label `weft.dev/node`), if any.
+    pub node: Option<String>,
+    /// Command `weft up` runs for it (annotation `weft.dev/run`).
+    pub run: Option<String>,
+    /// Whether it only makes calls (annotation `weft.dev/client-only`).
+    pub client_only: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locality_table() {
+        let cases = [
+            ("", ("", "", "")),
+            ("eu", ("eu", "", "")),
+            ("eu/eu-1a", ("eu", "eu-1a", "")),
+            ("eu/eu-1a/rack-7", ("eu", "eu-1a", "rack-7")),
+        ];
+        for (input, (r, z, s)) in cases {
+            let l = Locality::parse(input).expect(input);
+            assert_eq!((l.region.as_str(), l.zone.as_str(), l.subzone.as_str()), (r, z, s));
+            assert_eq!(l.to_string(), input);
+        }
+        for bad in ["eu//x", "/eu", "a/b/c/d", "eu/"] {
+            assert!(Locality::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn protocol_names() {
+        assert_eq!(Protocol::parse("http"), Some(Protocol::Http));
+        assert_eq!(Protocol::parse("GRPC"), Some(Protocol::Grpc));
+        assert_eq!(Protocol::parse("UDP"), None);
+        for (name, p) in Protocol::ALL {
+            assert_eq!(p.to_string(), name);
+        }
+    }
+
+    fn workload(ports: &[(&str, u16)]) -> Workload {
+        Workload {
+            name: NamespacedName::new("shop", "w"),
+            address: WorkloadAddress::Ip([10, 0, 0, 1].into()),
+            labels: BTreeMap::new(),
+            ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
+            identity: Identity::new("cluster.local", "shop", "default").expect("valid"),
+            network: String::new(),
+            locality: Locality::default(),
+            weight: 1,
+            node: None,
+            run: None,
+            client_only: false,
+        }
+    }
+
+    #[test]
+    fn target_port_precedence() {
+        let svc = Service {
+            name: NamespacedName::new("shop", "s"),
+            hosts: vec!["s.shop".into()],
+            addresses: vec![],
+            ports: vec![],
+            location: ServiceLocation::MeshInternal,
+            resolution: Resolution::Static,
+            endpoints: vec![],
+        };
+        let port = |target| ServicePort {
+            name: "http".into(),
+            number: 80,
+            protocol: Protocol::Http,
+            target_port: target,
+        };
+        assert_eq!(svc.target_port(&port(None), &workload(&[])), 80);
+        assert_eq!(svc.target_port(&port(Some(8080)), &workload(&[])), 8080);
+        assert_eq!(svc.target_port(&port(Some(8080)), &workload(&[("http", 9090)])), 9090);
+        assert_eq!(svc.target_port(&port(None), &workload(&[("grpc", 9090)])), 80);
+    }
+}

@@ -1,0 +1,77 @@
+//! Name rules shared by every resource: Kubernetes DNS-1123 labels and
+//! subdomains, and hostnames as they appear in `ServiceEntry.hosts`.
+//!
+//! Each check returns `Err(reason)` with a sentence an operator can act on.
+
+/// Longest DNS-1123 label (a namespace, a service account).
+pub const MAX_LABEL_LEN: usize = 63;
+/// Longest DNS-1123 subdomain (an object name, a hostname).
+pub const MAX_SUBDOMAIN_LEN: usize = 253;
+
+/// Checks a DNS-1123 label: lowercase letters, digits and `-`, starting and
+/// ending with a letter or digit, at most 63 characters.
+pub fn check_label(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_LABEL_LEN {
+        return Err(format!("is {} characters long; at most {MAX_LABEL_LEN} are allowed", s.len()));
+    }
+    let bytes = s.as_bytes();
+    let ok_inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+    let ok_edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    if !bytes.iter().all(ok_inner) || !ok_edge(&bytes[0]) || !ok_edge(&bytes[bytes.len() - 1]) {
+        return Err(
+            "must consist of lowercase letters, digits and '-', and start and end with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+/// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
+pub fn check_subdomain(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_SUBDOMAIN_LEN {
+        return Err(format!(
+            "is {} characters long; at most {MAX_SUBDOMAIN_LEN} are allowed",
+            s.len()
+        ));
+    }
+    for part in s.split('.') {
+        check_label(part).map_err(|e| format!("part {part:?} {e}"))?;
+    }
+    Ok(())
+}
+
+/// Checks a hostname as used in `ServiceEntry.hosts`: a DNS-1123 subdomain
+/// that may contain uppercase letters (compared case-insensitively).
+pub fn check_hostname(s: &str) -> Result<(), String> {
+    check_subdomain(&s.to_ascii_lowercase())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels() {
+        for ok in ["a", "shop", "payments-v2", "0abc", &"a".repeat(63)] {
+            assert!(check_label(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-a", "a-", "Shop", "a.b", "a_b", &"a".repeat(64)] {
+            assert!(check_label(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn subdomains_and_hosts() {
+        assert!(check_subdomain("payments.shop.svc.cluster.local").is_ok());
+        assert!(check_subdomain("a..b").is_err());
+        assert!(check_subdomain(".a").is_err());
+        assert!(check_hostname("API.example.com").is_ok());
+        assert!(check_hostname("*.example.com").is_err());
+    }
+}
