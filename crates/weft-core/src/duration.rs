@@ -23,7 +23,9 @@ pub fn parse(input: &str) -> Result<Duration, String> {
             .unwrap_or(rest.len());
         let (num, tail) = rest.split_at(num_len);
         if num.is_empty() || num == "." {
-            return Err(format!("{input:?} is not a duration; write e.g. \"500ms\" or \"2s\""));
+            return Err(format!(
+                "{input:?} is not a duration; write e.g. \"500ms\" or \"2s\""
+            ));
         }
         let value: f64 = num
             .parse()
@@ -93,7 +95,11 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        for d in [Duration::from_secs(3), Duration::from_millis(1500), Duration::from_millis(20)] {
+        for d in [
+            Duration::from_secs(3),
+            Duration::from_millis(1500),
+            Duration::from_millis(20),
+        ] {
             assert_eq!(parse(&format(d)), Ok(d));
         }
     }

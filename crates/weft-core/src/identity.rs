@@ -180,7 +180,10 @@ mod tests {
         ];
         for (input, needle) in cases {
             let err = input.parse::<Identity>().expect_err(input).to_string();
-            assert!(err.contains(needle), "{input:?}: {err:?} should mention {needle:?}");
+            assert!(
+                err.contains(needle),
+                "{input:?}: {err:?} should mention {needle:?}"
+            );
         }
     }
 }

@@ -370,7 +370,10 @@ mod tests {
         ];
         for (input, (r, z, s)) in cases {
             let l = Locality::parse(input).expect(input);
-            assert_eq!((l.region.as_str(), l.zone.as_str(), l.subzone.as_str()), (r, z, s));
+            assert_eq!(
+                (l.region.as_str(), l.zone.as_str(), l.subzone.as_str()),
+                (r, z, s)
+            );
             assert_eq!(l.to_string(), input);
         }
         for bad in ["eu//x", "/eu", "a/b/c/d", "eu/"] {
@@ -423,7 +426,13 @@ mod tests {
         };
         assert_eq!(svc.target_port(&port(None), &workload(&[])), 80);
         assert_eq!(svc.target_port(&port(Some(8080)), &workload(&[])), 8080);
-        assert_eq!(svc.target_port(&port(Some(8080)), &workload(&[("http", 9090)])), 9090);
-        assert_eq!(svc.target_port(&port(None), &workload(&[("grpc", 9090)])), 80);
+        assert_eq!(
+            svc.target_port(&port(Some(8080)), &workload(&[("http", 9090)])),
+            9090
+        );
+        assert_eq!(
+            svc.target_port(&port(None), &workload(&[("grpc", 9090)])),
+            80
+        );
     }
 }

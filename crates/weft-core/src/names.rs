@@ -15,7 +15,10 @@ pub fn check_label(s: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if s.len() > MAX_LABEL_LEN {
-        return Err(format!("is {} characters long; at most {MAX_LABEL_LEN} are allowed", s.len()));
+        return Err(format!(
+            "is {} characters long; at most {MAX_LABEL_LEN} are allowed",
+            s.len()
+        ));
     }
     let bytes = s.as_bytes();
     let ok_inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';

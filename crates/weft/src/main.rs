@@ -1,1 +1,88 @@
-fn main() {}
+//! # weft
+//!
+//! The one `weft` binary. Each subcommand is a thin shell over a library
+//! crate: `validate` over `weft-config`, `sample-app` over `weft-sample-app`;
+//! `control`, `node`, `waypoint` and `up` are reserved for the control
+//! plane, the node proxy, the waypoint and the local launcher.
+
+#![forbid(unsafe_code)]
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod cmd;
+
+/// weft: a sidecar-less service mesh.
+#[derive(Parser, Debug)]
+#[command(name = "weft", version, about, long_about = None)]
+struct Cli {
+    /// Log filter, e.g. `info` or `weft=debug` (overrides RUST_LOG).
+    #[arg(long, global = true)]
+    log_level: Option<String>,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check a configuration directory (or file) and list every problem.
+    ///
+    /// Exit status: 0 valid, 1 problems found, 2 the path cannot be read.
+    Validate {
+        /// Directory of YAML resources, or a single YAML file.
+        path: PathBuf,
+    },
+    /// Run the sample application used by examples, tests and benchmarks.
+    SampleApp(cmd::sample_app::Args),
+    /// Print the version.
+    Version,
+    /// Run the control plane (not built yet).
+    #[command(hide = true)]
+    Control,
+    /// Run a node proxy (not built yet).
+    #[command(hide = true)]
+    Node,
+    /// Run a waypoint proxy (not built yet).
+    #[command(hide = true)]
+    Waypoint,
+    /// Start a whole local mesh from a directory (not built yet).
+    #[command(hide = true)]
+    Up,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_level.as_deref());
+    match cli.command {
+        Command::Validate { path } => cmd::validate::run(&path),
+        Command::SampleApp(args) => cmd::sample_app::run(args),
+        Command::Version => {
+            println!("weft {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Control => reserved("control", "the control plane"),
+        Command::Node => reserved("node", "the node proxy"),
+        Command::Waypoint => reserved("waypoint", "the waypoint"),
+        Command::Up => reserved("up", "the local launcher"),
+    }
+}
+
+fn reserved(name: &str, what: &str) -> ExitCode {
+    eprintln!("weft {name}: {what} is not built yet in this version of weft");
+    ExitCode::from(2)
+}
+
+fn init_logging(level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}

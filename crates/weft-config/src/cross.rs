@@ -1,0 +1,240 @@
+//! Checks that need more than one resource: duplicate names, hosts and
+//! addresses claimed twice, workloads no service selects, at most one Mesh.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use weft_core::model::{CLIENT_ONLY_ANNOTATION, NamespacedName};
+
+use crate::diag::{Diagnostic, Origin};
+use crate::kinds::Resources;
+use crate::resource::{Resource, Spec};
+
+/// Runs every cross-resource check, appending problems to `out`.
+pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
+    duplicate_names(&r.service_entries, out);
+    duplicate_names(&r.workload_entries, out);
+    duplicate_names(&r.meshes, out);
+    if let [first, rest @ ..] = r.meshes.as_slice() {
+        for extra in rest {
+            out.push(error(
+                extra,
+                "",
+                format!(
+                    "only one Mesh is allowed; another is defined at {}",
+                    first.origin.describe()
+                ),
+            ));
+        }
+    }
+    duplicate_hosts(r, out);
+    overlapping_addresses(r, out);
+    duplicate_workload_ips(r, out);
+    unselected_workloads(r, out);
+}
+
+fn error<S: Spec>(res: &Resource<S>, field: &str, message: String) -> Diagnostic {
+    Diagnostic::at(&res.origin, Some(res.object()), field, message)
+}
+
+fn duplicate_names<S: Spec>(list: &[Resource<S>], out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<&NamespacedName, &Origin> = HashMap::new();
+    for res in list {
+        if let Some(first) = seen.insert(&res.name, &res.origin) {
+            out.push(error(
+                res,
+                "metadata.name",
+                format!(
+                    "{} is defined twice; first at {}",
+                    res.object(),
+                    first.describe()
+                ),
+            ));
+            seen.insert(&res.name, first);
+        }
+    }
+}
+
+fn duplicate_hosts(r: &Resources, out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<String, (String, &Origin)> = HashMap::new();
+    for se in &r.service_entries {
+        for (i, host) in se.spec.hosts.iter().enumerate() {
+            let key = host.to_ascii_lowercase();
+            match seen.get(&key) {
+                Some((owner, origin)) if *owner != se.object() => out.push(error(
+                    se,
+                    &format!("spec.hosts[{i}]"),
+                    format!(
+                        "host {host:?} is already claimed by {owner} at {}",
+                        origin.describe()
+                    ),
+                )),
+                Some(_) => {}
+                None => {
+                    seen.insert(key, (se.object(), &se.origin));
+                }
+            }
+        }
+    }
+}
+
+/// Two services may not share an address: sort every address range by start
+/// and report each one that begins inside an earlier one (O(n log n)).
+fn overlapping_addresses(r: &Resources, out: &mut Vec<Diagnostic>) {
+    struct Range {
+        family: u8,
+        start: u128,
+        end: u128,
+        service: usize,
+        index: usize,
+        net: IpNet,
+    }
+    let mut ranges = Vec::new();
+    for (service, se) in r.service_entries.iter().enumerate() {
+        for (index, address) in se.spec.addresses.iter().enumerate() {
+            if let Some(net) = crate::kinds::service_entry::parse_net(address) {
+                let (family, start, end) = span(&net);
+                ranges.push(Range {
+                    family,
+                    start,
+                    end,
+                    service,
+                    index,
+                    net,
+                });
+            }
+        }
+    }
+    ranges.sort_by_key(|r| (r.family, r.start, r.end));
+    let mut widest: Option<&Range> = None;
+    for range in &ranges {
+        if let Some(w) = widest
+            && w.family == range.family
+            && range.start <= w.end
+            && w.service != range.service
+        {
+            let other = &r.service_entries[w.service];
+            out.push(error(
+                &r.service_entries[range.service],
+                &format!("spec.addresses[{}]", range.index),
+                format!(
+                    "address {} overlaps {} of {} at {}",
+                    range.net,
+                    w.net,
+                    other.object(),
+                    other.origin.describe()
+                ),
+            ));
+        }
+        if widest.is_none_or(|w| w.family != range.family || range.end > w.end) {
+            widest = Some(range);
+        }
+    }
+}
+
+/// The address family and the inclusive range a network covers.
+fn span(net: &IpNet) -> (u8, u128, u128) {
+    match net {
+        IpNet::V4(n) => (
+            4,
+            u32::from(n.network()).into(),
+            u32::from(n.broadcast()).into(),
+        ),
+        IpNet::V6(n) => (6, n.network().into(), n.broadcast().into()),
+    }
+}
+
+/// Two workloads with the same IP on the same network make inbound identity
+/// ambiguous.
+fn duplicate_workload_ips(r: &Resources, out: &mut Vec<Diagnostic>) {
+    let mut seen: HashMap<(String, IpAddr), &Resource<_>> = HashMap::new();
+    for we in &r.workload_entries {
+        let Some(ip) = we.spec.ip() else { continue };
+        let key = (we.spec.network.clone().unwrap_or_default(), ip);
+        match seen.get(&key) {
+            Some(first) => out.push(error(
+                we,
+                "spec.address",
+                format!(
+                    "address {ip} is already used by {} at {}",
+                    first.object(),
+                    first.origin.describe()
+                ),
+            )),
+            None => {
+                seen.insert(key, we);
+            }
+        }
+    }
+}
+
+/// A WorkloadEntry no ServiceEntry selects is usually a label typo.
+/// Workloads that only make calls say so with `weft.dev/client-only: "true"`.
+fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
+    let mut selectors: BTreeMap<&str, Vec<&Resource<_>>> = BTreeMap::new();
+    for se in &r.service_entries {
+        if se.spec.workload_selector.is_some() {
+            selectors
+                .entry(se.name.namespace.as_str())
+                .or_default()
+                .push(se);
+        }
+    }
+    for we in &r.workload_entries {
+        let client_only = we
+            .annotations
+            .get(CLIENT_ONLY_ANNOTATION)
+            .map(String::as_str);
+        match client_only {
+            Some("true") => continue,
+            Some("false") | None => {}
+            Some(other) => {
+                out.push(error(
+                    we,
+                    &format!("metadata.annotations.{CLIENT_ONLY_ANNOTATION}"),
+                    format!("{other:?} must be \"true\" or \"false\""),
+                ));
+                continue;
+            }
+        }
+        let candidates = selectors
+            .get(we.name.namespace.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        let selected: Vec<_> = candidates
+            .iter()
+            .filter(|se| {
+                se.spec
+                    .workload_selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(&we.spec.labels))
+            })
+            .collect();
+        if selected.is_empty() {
+            out.push(error(
+                we,
+                "spec.labels",
+                format!(
+                    "no ServiceEntry in namespace {:?} selects these labels; fix the labels, or annotate {CLIENT_ONLY_ANNOTATION}: \"true\" if it only makes calls",
+                    we.name.namespace
+                ),
+            ));
+            continue;
+        }
+        for name in we.spec.ports.keys() {
+            let known = selected.iter().any(|se| {
+                se.spec
+                    .ports
+                    .iter()
+                    .any(|p| p.name.as_deref() == Some(name))
+            });
+            if !known {
+                out.push(error(
+                    we,
+                    &format!("spec.ports.{name}"),
+                    "names no port of the ServiceEntries that select this workload".to_owned(),
+                ));
+            }
+        }
+    }
+}

@@ -1,0 +1,109 @@
+//! The resource kinds weft reads, and the table that maps `apiVersion` +
+//! `kind` to a decoder.
+//!
+//! Adding a kind is local: write its `Spec` in a new file, add a field to
+//! [`Resources`] and one row to [`KINDS`].
+
+use serde_json::Value;
+
+use crate::diag::{Diagnostic, Origin};
+use crate::resource::{Resource, decode};
+
+pub mod mesh;
+pub mod service_entry;
+pub mod workload_entry;
+
+pub use mesh::MeshSpec;
+pub use service_entry::ServiceEntrySpec;
+pub use workload_entry::WorkloadEntrySpec;
+
+/// Every decoded resource of a configuration, grouped by kind, in load order.
+#[derive(Debug, Clone, Default)]
+pub struct Resources {
+    /// Istio `ServiceEntry`.
+    pub service_entries: Vec<Resource<ServiceEntrySpec>>,
+    /// Istio `WorkloadEntry`.
+    pub workload_entries: Vec<Resource<WorkloadEntrySpec>>,
+    /// weft `Mesh`.
+    pub meshes: Vec<Resource<MeshSpec>>,
+}
+
+impl Resources {
+    /// How many resources there are of every kind.
+    pub fn len(&self) -> usize {
+        self.service_entries.len() + self.workload_entries.len() + self.meshes.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One row of the kind table.
+pub(crate) struct KindDef {
+    /// API group (`networking.istio.io`), empty for the core group.
+    pub(crate) group: &'static str,
+    /// Versions accepted, newest first.
+    pub(crate) versions: &'static [&'static str],
+    /// The `kind` field.
+    pub(crate) kind: &'static str,
+    /// Decodes a document of this kind into `Resources`.
+    pub(crate) add: fn(&Value, &Origin, &mut Resources, &mut Vec<Diagnostic>),
+}
+
+const ISTIO_NETWORKING: &str = "networking.istio.io";
+const ISTIO_NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const WEFT: &str = "weft.dev";
+
+/// Every kind weft understands.
+pub(crate) const KINDS: &[KindDef] = &[
+    KindDef {
+        group: ISTIO_NETWORKING,
+        versions: ISTIO_NETWORKING_VERSIONS,
+        kind: "ServiceEntry",
+        add: |v, o, r, out| r.service_entries.extend(decode(v, o, out)),
+    },
+    KindDef {
+        group: ISTIO_NETWORKING,
+        versions: ISTIO_NETWORKING_VERSIONS,
+        kind: "WorkloadEntry",
+        add: |v, o, r, out| r.workload_entries.extend(decode(v, o, out)),
+    },
+    KindDef {
+        group: WEFT,
+        versions: &["v1alpha1"],
+        kind: "Mesh",
+        add: |v, o, r, out| r.meshes.extend(decode(v, o, out)),
+    },
+];
+
+/// Finds the decoder for a document, or explains why there is none.
+pub(crate) fn lookup(api_version: &str, kind: &str) -> Result<&'static KindDef, String> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let same_kind: Vec<&KindDef> = KINDS.iter().filter(|k| k.kind == kind).collect();
+    if same_kind.is_empty() {
+        let known: Vec<String> = KINDS
+            .iter()
+            .map(|k| format!("{} ({}/{})", k.kind, k.group, k.versions[0]))
+            .collect();
+        return Err(format!(
+            "kind {kind:?} is not supported by weft; supported kinds: {}",
+            known.join(", ")
+        ));
+    }
+    same_kind
+        .iter()
+        .find(|k| k.group == group && k.versions.contains(&version))
+        .copied()
+        .ok_or_else(|| {
+            let accepted: Vec<String> = same_kind
+                .iter()
+                .flat_map(|k| k.versions.iter().map(move |v| format!("{}/{v}", k.group)))
+                .collect();
+            format!(
+                "apiVersion {api_version:?} is not supported for {kind}; use {}",
+                accepted.join(" or ")
+            )
+        })
+}

@@ -1,0 +1,214 @@
+//! Validated resources → the internal model ([`Snapshot`]).
+//!
+//! Runs only on a configuration without problems, so it can assume fields
+//! parse; anything that still fails is reported, never unwrapped.
+
+use std::net::IpAddr;
+
+use weft_core::model::{
+    CLIENT_ONLY_ANNOTATION, Locality, MeshSettings, MtlsMode, NODE_LABEL, NamespacedName,
+    OutboundPolicy, Protocol, RUN_ANNOTATION, Resolution, Service, ServiceLocation, ServicePort,
+    Snapshot, Workload, WorkloadAddress,
+};
+use weft_core::{Identity, duration};
+
+use crate::diag::{Diagnostic, Origin};
+use crate::kinds::mesh::{MtlsModeSpec, OutboundModeSpec};
+use crate::kinds::service_entry::{LocationSpec, ResolutionSpec, parse_net};
+use crate::kinds::workload_entry::DEFAULT_SERVICE_ACCOUNT;
+use crate::kinds::{MeshSpec, Resources, ServiceEntrySpec, WorkloadEntrySpec};
+use crate::resource::Resource;
+
+/// Builds the snapshot, reporting anything that cannot be translated.
+pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
+    let mesh = r.meshes.first().map(mesh_settings).unwrap_or_default();
+    let mut snapshot = Snapshot {
+        mesh,
+        ..Snapshot::default()
+    };
+    for we in &r.workload_entries {
+        let annotations = Annotations::of(we);
+        if let Some(w) = workload(
+            we.name.clone(),
+            &we.spec,
+            annotations,
+            &snapshot.mesh,
+            &we.origin,
+            out,
+        ) {
+            snapshot.workloads.insert(w.name.clone(), w);
+        }
+    }
+    for se in &r.service_entries {
+        let endpoints = endpoints(se, &r.workload_entries, &mut snapshot, out);
+        snapshot
+            .services
+            .insert(se.name.clone(), service(se, endpoints));
+    }
+    snapshot
+}
+
+fn mesh_settings(mesh: &Resource<MeshSpec>) -> MeshSettings {
+    let spec = &mesh.spec;
+    let defaults = MeshSettings::default();
+    MeshSettings {
+        trust_domain: spec.trust_domain.clone().unwrap_or(defaults.trust_domain),
+        mtls_mode: match spec.mtls.as_ref().and_then(|m| m.mode) {
+            Some(MtlsModeSpec::Permissive) => MtlsMode::Permissive,
+            Some(MtlsModeSpec::Strict) => MtlsMode::Strict,
+            None => defaults.mtls_mode,
+        },
+        outbound_policy: match spec.outbound_traffic_policy.as_ref().and_then(|o| o.mode) {
+            Some(OutboundModeSpec::RegistryOnly) => OutboundPolicy::RegistryOnly,
+            Some(OutboundModeSpec::AllowAny) => OutboundPolicy::AllowAny,
+            None => defaults.outbound_policy,
+        },
+        connect_timeout: spec
+            .connect_timeout
+            .as_deref()
+            .and_then(|t| duration::parse(t).ok())
+            .unwrap_or(defaults.connect_timeout),
+    }
+}
+
+/// The annotations that shape a workload.
+#[derive(Default)]
+struct Annotations {
+    run: Option<String>,
+    client_only: bool,
+}
+
+impl Annotations {
+    fn of(we: &Resource<WorkloadEntrySpec>) -> Self {
+        Annotations {
+            run: we.annotations.get(RUN_ANNOTATION).cloned(),
+            client_only: we
+                .annotations
+                .get(CLIENT_ONLY_ANNOTATION)
+                .is_some_and(|v| v == "true"),
+        }
+    }
+}
+
+fn workload(
+    name: NamespacedName,
+    spec: &WorkloadEntrySpec,
+    annotations: Annotations,
+    mesh: &MeshSettings,
+    origin: &Origin,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Workload> {
+    let sa = spec
+        .service_account
+        .as_deref()
+        .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
+    let identity = match Identity::new(&mesh.trust_domain, &name.namespace, sa) {
+        Ok(id) => id,
+        Err(e) => {
+            out.push(Diagnostic::at(
+                origin,
+                Some(format!("workload {name}")),
+                "spec.serviceAccount",
+                e.to_string(),
+            ));
+            return None;
+        }
+    };
+    let address = spec.address.as_deref().unwrap_or_default();
+    Some(Workload {
+        address: match address.parse::<IpAddr>() {
+            Ok(ip) => WorkloadAddress::Ip(ip),
+            Err(_) => WorkloadAddress::Hostname(address.to_ascii_lowercase()),
+        },
+        labels: spec.labels.clone(),
+        ports: spec
+            .ports
+            .iter()
+            .filter_map(|(k, v)| Some((k.clone(), u16::try_from(*v).ok()?)))
+            .collect(),
+        identity,
+        network: spec.network.clone().unwrap_or_default(),
+        locality: spec
+            .locality
+            .as_deref()
+            .and_then(|l| Locality::parse(l).ok())
+            .unwrap_or_default(),
+        weight: spec.weight.filter(|w| *w > 0).unwrap_or(1),
+        node: spec.labels.get(NODE_LABEL).cloned(),
+        run: annotations.run,
+        client_only: annotations.client_only,
+        name,
+    })
+}
+
+/// The workloads behind a ServiceEntry: selected WorkloadEntries, or its
+/// inline endpoints (added to the snapshot as workloads named `<se>[i]`).
+fn endpoints(
+    se: &Resource<ServiceEntrySpec>,
+    workload_entries: &[Resource<WorkloadEntrySpec>],
+    snapshot: &mut Snapshot,
+    out: &mut Vec<Diagnostic>,
+) -> Vec<NamespacedName> {
+    let mut names = Vec::new();
+    if let Some(selector) = &se.spec.workload_selector {
+        names.extend(
+            workload_entries
+                .iter()
+                .filter(|we| {
+                    we.name.namespace == se.name.namespace && selector.matches(&we.spec.labels)
+                })
+                .map(|we| we.name.clone()),
+        );
+    }
+    for (i, endpoint) in se.spec.endpoints.iter().enumerate() {
+        let name = NamespacedName::new(se.name.namespace.clone(), format!("{}[{i}]", se.name.name));
+        let workload = workload(
+            name.clone(),
+            endpoint,
+            Annotations::default(),
+            &snapshot.mesh,
+            &se.origin,
+            out,
+        );
+        if let Some(w) = workload {
+            snapshot.workloads.insert(name.clone(), w);
+            names.push(name);
+        }
+    }
+    names.sort();
+    names
+}
+
+fn service(se: &Resource<ServiceEntrySpec>, endpoints: Vec<NamespacedName>) -> Service {
+    let spec = &se.spec;
+    Service {
+        name: se.name.clone(),
+        hosts: spec.hosts.iter().map(|h| h.to_ascii_lowercase()).collect(),
+        addresses: spec.addresses.iter().filter_map(|a| parse_net(a)).collect(),
+        ports: spec
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                name: p.name.clone().unwrap_or_default(),
+                number: u16::try_from(p.number).unwrap_or_default(),
+                protocol: p
+                    .protocol
+                    .as_deref()
+                    .and_then(Protocol::parse)
+                    .unwrap_or(Protocol::Tcp),
+                target_port: p.target_port.and_then(|t| u16::try_from(t).ok()),
+            })
+            .collect(),
+        location: match spec.location() {
+            LocationSpec::MeshInternal => ServiceLocation::MeshInternal,
+            LocationSpec::MeshExternal => ServiceLocation::MeshExternal,
+        },
+        resolution: match spec.resolution() {
+            ResolutionSpec::None => Resolution::None,
+            ResolutionSpec::Static => Resolution::Static,
+            ResolutionSpec::Dns => Resolution::Dns,
+            ResolutionSpec::DnsRoundRobin => Resolution::DnsRoundRobin,
+        },
+        endpoints,
+    }
+}

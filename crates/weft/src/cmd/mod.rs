@@ -1,0 +1,4 @@
+//! One module per subcommand.
+
+pub(crate) mod sample_app;
+pub(crate) mod validate;

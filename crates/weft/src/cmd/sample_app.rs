@@ -1,0 +1,107 @@
+//! `weft sample-app`: the httpbin-like test server, or a TCP echo.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use weft_sample_app::AppConfig;
+
+/// Flags of `weft sample-app`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Address to listen on, e.g. 127.0.0.1:8080.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Name returned in the x-weft-app header.
+    #[arg(long, default_value = "sample-app")]
+    name: String,
+    /// Version returned in the x-weft-version header.
+    #[arg(long, default_value = "v1")]
+    version: String,
+    /// Locality (region/zone/subzone) returned in the x-weft-locality header.
+    #[arg(long, default_value = "")]
+    locality: String,
+    /// Fraction of requests (0.0-1.0) answered with an injected 503.
+    #[arg(long, default_value_t = 0.0)]
+    fail_ratio: f64,
+    /// Latency added before every response, e.g. 20ms.
+    #[arg(long, value_parser = parse_duration, default_value = "0s")]
+    latency: Duration,
+    /// Echo raw TCP instead of serving HTTP.
+    #[arg(long)]
+    tcp_echo: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    weft_core::duration::parse(s)
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    let config = AppConfig {
+        name: args.name,
+        version: args.version,
+        locality: args.locality,
+        fail_ratio: args.fail_ratio,
+        latency: args.latency,
+    };
+    if let Err(e) = config.validate() {
+        eprintln!("weft sample-app: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("weft sample-app: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+        let mode = if args.tcp_echo {
+            "tcp-echo"
+        } else {
+            "http (HTTP/1.1 and h2c)"
+        };
+        tracing::info!(listen = %args.listen, mode, name = %config.name, "sample app ready");
+        let served = if args.tcp_echo {
+            weft_sample_app::serve_tcp_echo(listener, shutdown_signal()).await
+        } else {
+            weft_sample_app::serve_http(listener, config, shutdown_signal()).await
+        };
+        served.map_err(|e| e.to_string())
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft sample-app: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+    tracing::info!("shutting down");
+}
