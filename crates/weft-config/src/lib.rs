@@ -100,6 +100,8 @@ fn load_sources_with<'a>(
     }
     cross::check(&resources, &mut problems);
     if !problems.is_empty() {
+        // File order reads best; within a document, the order checks ran.
+        problems.sort_by(|a, b| (&a.file, a.doc, a.line).cmp(&(&b.file, b.doc, b.line)));
         return Err(Problems(problems));
     }
     let snapshot = translate::translate(&resources, &mut problems);

@@ -140,6 +140,6 @@ fn add_document(
     };
     match kinds::lookup(api_version, kind) {
         Ok(def) => (def.add)(value, origin, resources, out),
-        Err(message) => out.push(Diagnostic::at(origin, None, "kind", message)),
+        Err((field, message)) => out.push(Diagnostic::at(origin, None, field, message)),
     }
 }

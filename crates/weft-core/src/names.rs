@@ -43,6 +43,9 @@ pub fn check_subdomain(s: &str) -> Result<(), String> {
             s.len()
         ));
     }
+    if !s.contains('.') {
+        return check_label(s);
+    }
     for part in s.split('.') {
         check_label(part).map_err(|e| format!("part {part:?} {e}"))?;
     }

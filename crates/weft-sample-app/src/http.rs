@@ -151,18 +151,18 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let route = route(req.uri().path());
-    let mut response = if route == Route::Healthz {
-        text(StatusCode::OK, Bytes::from_static(b"ok"))
-    } else {
+    // `/healthz` reports liveness only: injected latency and failures skip it.
+    if route != Route::Healthz {
         if !state.latency.is_zero() {
             tokio::time::sleep(state.latency).await;
         }
         if state.fail_ratio > 0.0 && fastrand::f64() < state.fail_ratio {
-            injected_failure()
-        } else {
-            respond(route, &state, peer, req).await
+            let mut response = injected_failure();
+            state.add_identity(response.headers_mut());
+            return Ok(response);
         }
-    };
+    }
+    let mut response = respond(route, &state, peer, req).await;
     state.add_identity(response.headers_mut());
     Ok(response)
 }
@@ -174,7 +174,8 @@ async fn respond(
     req: Request<Incoming>,
 ) -> Response<Body> {
     match route {
-        Route::Root | Route::Healthz => text(StatusCode::OK, state.root_body.clone()),
+        Route::Root => text(StatusCode::OK, state.root_body.clone()),
+        Route::Healthz => text(StatusCode::OK, Bytes::from_static(b"ok")),
         Route::Status(status) => empty(status),
         Route::Delay(delay) => {
             tokio::time::sleep(delay).await;

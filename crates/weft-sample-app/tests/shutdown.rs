@@ -5,7 +5,9 @@
 mod common;
 
 use bytes::Bytes;
-use common::{ChunkBody, HANG_GUARD, PROTOS, TestServer, client, client_with, get};
+use common::{
+    ChunkBody, HANG_GUARD, PROTOS, TestServer, client, client_with, get, wait_until_refused,
+};
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use tokio::net::TcpStream;
@@ -50,6 +52,13 @@ async fn in_flight_requests_finish_during_shutdown() {
         assert_eq!(response.status(), StatusCode::OK);
 
         server.trigger_shutdown();
+        // Once the listener is closed the server has signalled shutdown to
+        // its connections; the request is still in flight.
+        wait_until_refused(server.addr).await;
+        assert!(
+            !server.is_finished(),
+            "{proto:?}: returned with a request in flight"
+        );
 
         tx.send(Bytes::from_static(b"after shutdown"))
             .await

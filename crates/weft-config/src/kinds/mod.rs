@@ -78,8 +78,12 @@ pub(crate) const KINDS: &[KindDef] = &[
     },
 ];
 
-/// Finds the decoder for a document, or explains why there is none.
-pub(crate) fn lookup(api_version: &str, kind: &str) -> Result<&'static KindDef, String> {
+/// Finds the decoder for a document, or explains why there is none
+/// (as the field at fault and a message).
+pub(crate) fn lookup(
+    api_version: &str,
+    kind: &str,
+) -> Result<&'static KindDef, (&'static str, String)> {
     let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
     let same_kind: Vec<&KindDef> = KINDS.iter().filter(|k| k.kind == kind).collect();
     if same_kind.is_empty() {
@@ -87,9 +91,12 @@ pub(crate) fn lookup(api_version: &str, kind: &str) -> Result<&'static KindDef, 
             .iter()
             .map(|k| format!("{} ({}/{})", k.kind, k.group, k.versions[0]))
             .collect();
-        return Err(format!(
-            "kind {kind:?} is not supported by weft; supported kinds: {}",
-            known.join(", ")
+        return Err((
+            "kind",
+            format!(
+                "{kind:?} is not a kind weft supports; supported kinds: {}",
+                known.join(", ")
+            ),
         ));
     }
     same_kind
@@ -101,9 +108,12 @@ pub(crate) fn lookup(api_version: &str, kind: &str) -> Result<&'static KindDef, 
                 .iter()
                 .flat_map(|k| k.versions.iter().map(move |v| format!("{}/{v}", k.group)))
                 .collect();
-            format!(
-                "apiVersion {api_version:?} is not supported for {kind}; use {}",
-                accepted.join(" or ")
+            (
+                "apiVersion",
+                format!(
+                    "{api_version:?} is not supported for {kind}; use {}",
+                    accepted.join(" or ")
+                ),
             )
         })
 }

@@ -272,7 +272,7 @@ impl ServiceEntrySpec {
                     if !self.ports.iter().any(|p| p.name.as_deref() == Some(name)) {
                         ctx.error(
                             &format!("{prefix}.ports.{name}"),
-                            format!("names no port of this ServiceEntry"),
+                            "names no port of this ServiceEntry",
                         );
                     }
                 }

@@ -100,6 +100,11 @@ impl TestServer {
         }
     }
 
+    /// Whether `serve_http` has returned.
+    pub(crate) fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
     /// Triggers shutdown and waits (generously) for `serve_http` to return.
     pub(crate) async fn stop(mut self) -> Result<(), AppError> {
         self.trigger_shutdown();
@@ -108,6 +113,18 @@ impl TestServer {
             .expect("serve_http did not return after shutdown")
             .expect("server task panicked")
     }
+}
+
+/// Waits until connecting to `addr` is refused, i.e. the server has closed
+/// its listener. No sleeping: the server task only needs to be scheduled.
+pub(crate) async fn wait_until_refused(addr: SocketAddr) {
+    for _ in 0..10_000 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+    panic!("{addr} still accepts connections after shutdown");
 }
 
 /// Sends `req` and collects the whole response body.

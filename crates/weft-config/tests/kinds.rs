@@ -1,0 +1,387 @@
+//! Each kind, written in its upstream shape, loads into the model with every
+//! field carried over; fields weft does not implement are rejected by name.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use weft_config::{Config, Problems, load_sources};
+use weft_core::model::{
+    Locality, MtlsMode, NamespacedName, OutboundPolicy, Protocol, Resolution, ServiceLocation,
+    WorkloadAddress,
+};
+
+fn load(yaml: &str) -> Result<Config, Problems> {
+    load_sources([(Path::new("test.yaml"), yaml)])
+}
+
+fn load_ok(yaml: &str) -> Config {
+    load(yaml).unwrap_or_else(|p| panic!("expected a valid config, got:\n{p}"))
+}
+
+fn name(ns: &str, n: &str) -> NamespacedName {
+    NamespacedName::new(ns, n)
+}
+
+const SELECTED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: payments
+  namespace: billing
+spec:
+  hosts:
+  - payments.billing.svc.cluster.local
+  - Payments.Example.com
+  addresses:
+  - 240.240.0.20
+  - 2001:db8::/64
+  ports:
+  - number: 80
+    name: http
+    protocol: HTTP
+    targetPort: 8080
+  - number: 9090
+    name: grpc-api
+    protocol: grpc
+  - number: 5432
+    name: db
+  location: MESH_INTERNAL
+  resolution: STATIC
+  workloadSelector:
+    labels:
+      app: payments
+  exportTo: ["*"]
+---
+apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata:
+  name: payments-1
+  namespace: billing
+  labels: {team: money}
+  annotations:
+    weft.dev/run: "weft sample-app --listen 10.1.0.5:8080"
+spec:
+  address: 10.1.0.5
+  ports:
+    grpc-api: 19090
+  labels:
+    app: payments
+    version: v2
+    weft.dev/node: node-3
+  network: net-a
+  locality: eu-west/eu-west-1a/rack-7
+  weight: 3
+  serviceAccount: payments-sa
+---
+apiVersion: networking.istio.io/v1alpha3
+kind: WorkloadEntry
+metadata:
+  name: payments-2
+  namespace: billing
+spec:
+  address: payments-2.vm.internal
+  labels: {app: payments}
+"#;
+
+#[test]
+fn service_entry_with_selector_and_workload_entries() {
+    let config = load_ok(SELECTED);
+    let snap = &config.snapshot;
+    let svc = &snap.services[&name("billing", "payments")];
+    assert_eq!(
+        svc.hosts,
+        ["payments.billing.svc.cluster.local", "payments.example.com"]
+    );
+    assert_eq!(
+        svc.addresses
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>(),
+        ["240.240.0.20/32", "2001:db8::/64"]
+    );
+    let ports: Vec<_> = svc
+        .ports
+        .iter()
+        .map(|p| (p.name.as_str(), p.number, p.protocol, p.target_port))
+        .collect();
+    assert_eq!(
+        ports,
+        [
+            ("http", 80, Protocol::Http, Some(8080)),
+            ("grpc-api", 9090, Protocol::Grpc, None),
+            ("db", 5432, Protocol::Tcp, None),
+        ]
+    );
+    assert_eq!(svc.location, ServiceLocation::MeshInternal);
+    assert_eq!(svc.resolution, Resolution::Static);
+    assert_eq!(
+        svc.endpoints,
+        [name("billing", "payments-1"), name("billing", "payments-2")]
+    );
+
+    let w = &snap.workloads[&name("billing", "payments-1")];
+    assert_eq!(
+        w.address,
+        WorkloadAddress::Ip("10.1.0.5".parse::<IpAddr>().expect("ip"))
+    );
+    assert_eq!(w.ports, BTreeMap::from([("grpc-api".to_owned(), 19090)]));
+    assert_eq!(w.labels["version"], "v2");
+    assert_eq!(w.network, "net-a");
+    assert_eq!(
+        w.locality,
+        Locality::parse("eu-west/eu-west-1a/rack-7").expect("locality")
+    );
+    assert_eq!(w.weight, 3);
+    assert_eq!(
+        w.identity.to_string(),
+        "spiffe://cluster.local/ns/billing/sa/payments-sa"
+    );
+    assert_eq!(w.node.as_deref(), Some("node-3"));
+    assert_eq!(
+        w.run.as_deref(),
+        Some("weft sample-app --listen 10.1.0.5:8080")
+    );
+    assert!(!w.client_only);
+    // Target ports: the workload's own mapping wins, then targetPort, then the number.
+    let port = |n| svc.port(n).expect("port");
+    assert_eq!(svc.target_port(port(80), w), 8080);
+    assert_eq!(svc.target_port(port(9090), w), 19090);
+    assert_eq!(svc.target_port(port(5432), w), 5432);
+
+    let w2 = &snap.workloads[&name("billing", "payments-2")];
+    assert_eq!(
+        w2.address,
+        WorkloadAddress::Hostname("payments-2.vm.internal".into())
+    );
+    assert_eq!(
+        w2.identity.to_string(),
+        "spiffe://cluster.local/ns/billing/sa/default"
+    );
+    assert_eq!((w2.weight, w2.node.as_deref()), (1, None));
+
+    // Lookups.
+    assert_eq!(
+        snap.service_for_host("PAYMENTS.example.com")
+            .map(|s| &s.name),
+        Some(&svc.name)
+    );
+    assert_eq!(
+        snap.service_for_ip("2001:db8::42".parse().expect("ip"))
+            .map(|s| &s.name),
+        Some(&svc.name)
+    );
+    assert_eq!(snap.endpoints(svc).count(), 2);
+    // The typed resources are kept as written.
+    assert_eq!(config.resources.workload_entries[0].labels["team"], "money");
+}
+
+#[test]
+fn service_entry_with_inline_endpoints_and_dns() {
+    let config = load_ok(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: external-api}
+spec:
+  hosts: [api.example.com]
+  location: MESH_EXTERNAL
+  resolution: DNS
+  ports:
+  - {number: 443, name: tls, protocol: TLS}
+  endpoints:
+  - address: eu.api.example.com
+    locality: eu
+    weight: 0
+  - address: us.api.example.com
+    locality: us
+    ports: {tls: 8443}
+"#,
+    );
+    let snap = &config.snapshot;
+    let svc = &snap.services[&name("default", "external-api")];
+    assert_eq!(svc.location, ServiceLocation::MeshExternal);
+    assert_eq!(svc.resolution, Resolution::Dns);
+    assert_eq!(
+        svc.endpoints,
+        [
+            name("default", "external-api[0]"),
+            name("default", "external-api[1]")
+        ]
+    );
+    let eps: Vec<_> = snap.endpoints(svc).collect();
+    assert_eq!(eps[0].address.to_string(), "eu.api.example.com");
+    assert_eq!(eps[0].weight, 1, "weight 0 means the default");
+    assert_eq!(svc.target_port(&svc.ports[0], eps[1]), 8443);
+}
+
+#[test]
+fn istio_defaults_apply() {
+    let config = load_ok(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec:\n  hosts: [x.example.com]\n  ports: [{number: 80, name: http}]\n",
+    );
+    let svc = &config.snapshot.services[&name("default", "x")];
+    assert_eq!(svc.location, ServiceLocation::MeshExternal);
+    assert_eq!(svc.resolution, Resolution::None);
+    assert_eq!(svc.ports[0].protocol, Protocol::Tcp);
+}
+
+#[test]
+fn mesh_settings_and_defaults() {
+    let empty = load_ok("");
+    assert_eq!(empty.snapshot.mesh.trust_domain, "cluster.local");
+    assert_eq!(empty.snapshot.mesh.mtls_mode, MtlsMode::Strict);
+    assert_eq!(
+        empty.snapshot.mesh.outbound_policy,
+        OutboundPolicy::AllowAny
+    );
+    assert_eq!(empty.snapshot.mesh.connect_timeout, Duration::from_secs(10));
+
+    let config = load_ok(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh}
+spec:
+  trustDomain: prod.example.org
+  mtls: {mode: PERMISSIVE}
+  outboundTrafficPolicy: {mode: REGISTRY_ONLY}
+  connectTimeout: 1.5s
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: cli
+  annotations: {weft.dev/client-only: "true"}
+spec: {address: 10.0.0.9, serviceAccount: cli}
+"#,
+    );
+    let mesh = &config.snapshot.mesh;
+    assert_eq!(mesh.trust_domain, "prod.example.org");
+    assert_eq!(mesh.mtls_mode, MtlsMode::Permissive);
+    assert_eq!(mesh.outbound_policy, OutboundPolicy::RegistryOnly);
+    assert_eq!(mesh.connect_timeout, Duration::from_millis(1500));
+    let w = &config.snapshot.workloads[&name("default", "cli")];
+    assert!(w.client_only);
+    assert_eq!(
+        w.identity.to_string(),
+        "spiffe://prod.example.org/ns/default/sa/cli"
+    );
+}
+
+#[test]
+fn kubectl_exports_load() {
+    load_ok(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: x
+  namespace: default
+  uid: 4b0c8a8e-0000-0000-0000-000000000000
+  resourceVersion: "12345"
+  generation: 2
+  creationTimestamp: "2026-01-01T00:00:00Z"
+  managedFields: [{manager: kubectl}]
+spec:
+  hosts: [x.example.com]
+  ports: [{number: 80, name: http}]
+status:
+  conditions: [{type: Reconciled, status: "True"}]
+"#,
+    );
+}
+
+/// Every row: a document and the field path its error must name.
+#[test]
+fn unsupported_and_unknown_fields_are_named() {
+    let se = |extra: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: x}}\nspec:\n  hosts: [x.example.com]\n  ports: [{{number: 80, name: http}}]\n{extra}"
+        )
+    };
+    let we = |extra: &str| {
+        format!(
+            "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: w, annotations: {{weft.dev/client-only: \"true\"}}}}\nspec:\n  address: 10.0.0.1\n{extra}"
+        )
+    };
+    let mesh = |extra: &str| {
+        format!("apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: m}}\nspec:\n{extra}")
+    };
+    let cases = [
+        (
+            se("  subjectAltNames: [a]\n"),
+            "spec.subjectAltNames",
+            "not supported",
+        ),
+        (
+            se("  exportTo: [\".\"]\n"),
+            "spec.exportTo[0]",
+            "only \"*\"",
+        ),
+        (se("  hosts2: [a]\n"), "spec.hosts2", "unknown field"),
+        (
+            se("  workloadSelector: {labels: {a: b}, matchLabels: {a: b}}\n"),
+            "spec.workloadSelector.matchLabels",
+            "unknown field",
+        ),
+        (
+            se("  endpoints: [{address: 10.0.0.1, zone: a}]\n"),
+            "spec.endpoints[0].zone",
+            "unknown field",
+        ),
+        (se("  hosts: ['*.example.com']\n"), "", "duplicate"),
+        (
+            we("  locality: a/b/c/d\n"),
+            "spec.locality",
+            "region/zone/subzone",
+        ),
+        (we("  address2: x\n"), "spec.address2", "unknown field"),
+        (we("  weight: -1\n"), "spec.weight", "invalid value"),
+        (
+            mesh("  mtls: {mode: DISABLE}\n"),
+            "spec.mtls.mode",
+            "unknown variant",
+        ),
+        (
+            mesh("  trustDomain: [a]\n"),
+            "spec.trustDomain",
+            "invalid type",
+        ),
+        (mesh("  meshId: m1\n"), "spec.meshId", "unknown field"),
+        (
+            mesh("  connectTimeout: 0s\n"),
+            "spec.connectTimeout",
+            "greater than zero",
+        ),
+        (
+            "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {name: m, finalizers: [x]}\n"
+                .into(),
+            "metadata.finalizers",
+            "unknown field",
+        ),
+    ];
+    for (yaml, field, needle) in cases {
+        let problems = load(&yaml).expect_err(&yaml);
+        let found = problems.iter().any(|d| {
+            (field.is_empty() || d.field.as_deref() == Some(field)) && d.message.contains(needle)
+        });
+        assert!(
+            found,
+            "for\n{yaml}\nexpected {field:?} with {needle:?}, got:\n{problems}"
+        );
+    }
+}
+
+#[test]
+fn wildcard_hosts_are_rejected() {
+    let problems = load(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {name: x}\nspec:\n  hosts: ['*.example.com']\n  ports: [{number: 80, name: http}]\n",
+    )
+    .expect_err("wildcard");
+    let d = problems.iter().next().expect("one problem");
+    assert_eq!(d.field.as_deref(), Some("spec.hosts[0]"));
+    assert!(d.message.contains("wildcard"), "{d}");
+    assert_eq!((d.doc, d.line), (Some(1), Some(5)));
+}
