@@ -30,6 +30,9 @@ pub(crate) struct Args {
     /// Echo raw TCP instead of serving HTTP.
     #[arg(long)]
     tcp_echo: bool,
+    /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    drain_timeout: Duration,
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -59,18 +62,37 @@ pub(crate) fn run(args: Args) -> ExitCode {
         let listener = tokio::net::TcpListener::bind(args.listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
-        let mode = if args.tcp_echo {
-            "tcp-echo"
-        } else {
-            "http (HTTP/1.1 and h2c)"
+        let local = listener.local_addr().map_err(|e| e.to_string())?;
+        let mode = if args.tcp_echo { "tcp-echo" } else { "http" };
+        // A plain line on stdout: scripts and tests wait for it as the readiness signal.
+        println!("weft sample-app {} listening on {local} ({mode})", config.name);
+
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            let _ = stop_tx.send(true);
+        });
+        let stopped = |extra: Duration| {
+            let mut rx = stop_rx.clone();
+            async move {
+                let _ = rx.wait_for(|stop| *stop).await;
+                tokio::time::sleep(extra).await;
+            }
         };
-        tracing::info!(listen = %args.listen, mode, name = %config.name, "sample app ready");
-        let served = if args.tcp_echo {
-            weft_sample_app::serve_tcp_echo(listener, shutdown_signal()).await
-        } else {
-            weft_sample_app::serve_http(listener, config, shutdown_signal()).await
+        let serve = async {
+            if args.tcp_echo {
+                weft_sample_app::serve_tcp_echo(listener, stopped(Duration::ZERO)).await
+            } else {
+                weft_sample_app::serve_http(listener, config, stopped(Duration::ZERO)).await
+            }
         };
-        served.map_err(|e| e.to_string())
+        tokio::select! {
+            served = serve => served.map_err(|e| e.to_string()),
+            () = stopped(args.drain_timeout) => {
+                tracing::warn!(timeout = ?args.drain_timeout, "drain deadline passed; closing the remaining connections");
+                Ok(())
+            }
+        }
     });
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -103,5 +125,5 @@ async fn shutdown_signal() {
     {
         let _ = ctrl_c.await;
     }
-    tracing::info!("shutting down");
+    tracing::info!("shutting down: no new connections, draining open ones");
 }

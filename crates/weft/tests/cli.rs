@@ -1,0 +1,162 @@
+//! The `weft` binary as a user runs it: exit codes, output, the sample app.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+fn weft() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_weft"))
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(rel)
+}
+
+fn run(args: &[&str]) -> Output {
+    weft().args(args).output().expect("weft runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn validate_demo_exits_zero() {
+    let out = run(&["validate", repo("examples/demo").to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("valid: 12 resources, 4 services, 7 workloads"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn validate_broken_lists_every_problem_and_exits_one() {
+    let dir = repo("crates/weft-config/tests/data/broken");
+    let out = run(&["validate", dir.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    let expected = std::fs::read_to_string(repo("crates/weft-config/tests/data/broken.expected"))
+        .expect("expected file");
+    assert_eq!(stdout.lines().count(), expected.lines().count(), "{stdout}");
+    assert!(
+        stdout.contains("ports.yaml#1:12 ServiceEntry shop/payments: spec.ports[0].number: 70000 is not a valid port (1-65535)"),
+        "{stdout}"
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains(&format!("{} problem(s)", expected.lines().count())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn validate_unreadable_path_exits_two_with_one_line() {
+    let out = run(&["validate", "/nonexistent/weft-config"]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("/nonexistent/weft-config"), "{stderr}");
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn version_and_reserved_commands() {
+    let out = run(&["version"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        format!("weft {}", env!("CARGO_PKG_VERSION"))
+    );
+    for reserved in ["control", "node", "waypoint", "up"] {
+        let out = run(&[reserved]);
+        assert_eq!(out.status.code(), Some(2), "{reserved}");
+        assert!(text(&out.stderr).contains("not built yet"), "{reserved}");
+    }
+}
+
+#[test]
+fn sample_app_rejects_bad_flags() {
+    let out = run(&["sample-app", "--fail-ratio", "1.5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("1.5"), "{}", text(&out.stderr));
+    let out = run(&["sample-app", "--latency", "5"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no unit"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+/// Kills the child if the test fails before it exits.
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `weft sample-app` on an ephemeral port and returns it with its
+/// address, read from its readiness line.
+fn start_sample_app(extra: &[&str]) -> (Guard, String) {
+    let mut child = weft()
+        .args(["sample-app", "--listen", "127.0.0.1:0"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    BufReader::new(stdout)
+        .read_line(&mut line)
+        .expect("readiness line");
+    let addr = line
+        .split(" listening on ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("unexpected readiness line {line:?}"))
+        .to_owned();
+    (Guard(child), addr)
+}
+
+#[test]
+fn sample_app_serves_http_and_stops_on_sigterm() {
+    let (mut app, addr) = start_sample_app(&["--name", "orders", "--version", "v2"]);
+    let mut conn = TcpStream::connect(&addr).expect("connect");
+    conn.write_all(b"GET /status/418 HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        .expect("write");
+    let mut response = String::new();
+    conn.read_to_string(&mut response).expect("read");
+    assert!(response.starts_with("HTTP/1.1 418"), "{response}");
+    assert!(response.contains("x-weft-app: orders"), "{response}");
+    assert!(response.contains("x-weft-version: v2"), "{response}");
+
+    let pid = app.0.id().to_string();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(status.success());
+    let exit = app.0.wait().expect("wait");
+    assert_eq!(exit.code(), Some(0), "graceful exit on SIGTERM");
+}
+
+#[test]
+fn sample_app_tcp_echo() {
+    let (_app, addr) = start_sample_app(&["--tcp-echo"]);
+    let mut conn = TcpStream::connect(&addr).expect("connect");
+    conn.write_all(b"hello weft").expect("write");
+    conn.shutdown(std::net::Shutdown::Write)
+        .expect("half-close");
+    let mut back = Vec::new();
+    conn.read_to_end(&mut back).expect("read");
+    assert_eq!(back, b"hello weft");
+}
