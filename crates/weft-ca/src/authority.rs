@@ -1,0 +1,447 @@
+//! The certificate authority: a signing key and certificate (a self-made
+//! root, or a user-provided root or intermediate), the trust bundle, and the
+//! one function that turns a CSR into a workload certificate.
+//!
+//! Files in the CA directory, named as Istio's `cacerts` so existing ones
+//! can be reused:
+//!
+//! | file | meaning |
+//! |---|---|
+//! | `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`, `root-cert.pem` | user-provided signing CA (root or intermediate), its chain up to the root, and the root |
+//! | `root-cert.pem`, `root-key.pem` | the self-made root, created on first start when no `ca-cert.pem` exists |
+//! | `trust-bundle.pem` | optional extra trusted roots (e.g. the next root, during a root rotation) |
+//!
+//! Key files must not be readable by other users; the CA refuses to start
+//! otherwise.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
+    PKCS_ECDSA_P256_SHA256, PublicKeyData, SanType, SerialNumber,
+};
+use rustls_pki_types::CertificateDer;
+use weft_core::Identity;
+
+use crate::cert::{CertInfo, certs_from_pem, to_pem};
+
+/// Default lifetime of a workload certificate.
+pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
+/// Longest lifetime a workload may ask for.
+pub const MAX_WORKLOAD_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+/// Lifetime of a self-made root.
+pub const ROOT_TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Why the CA cannot start or cannot sign.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    /// A CA file cannot be read or written.
+    #[error("CA file {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// A key file is readable by other users.
+    #[error(
+        "refusing to use CA key {path}: it is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+    )]
+    KeyPermissions {
+        /// The key file.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A CA file holds something unusable.
+    #[error("CA file {path}: {reason}")]
+    BadFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The CSR cannot be parsed or its signature does not verify.
+    #[error("certificate signing request is invalid: {0}")]
+    BadCsr(String),
+    /// The CSR asks for names other than the identity being issued.
+    #[error(
+        "certificate signing request asks for {requested:?}, but the certificate is for {identity}; a CSR must carry exactly that one URI SAN"
+    )]
+    SanMismatch {
+        /// The identity the caller is entitled to.
+        identity: String,
+        /// What the CSR asked for.
+        requested: Vec<String>,
+    },
+    /// The identity is in another trust domain.
+    #[error("{identity} is not in this CA's trust domain {trust_domain}")]
+    TrustDomain {
+        /// The identity asked for.
+        identity: String,
+        /// This CA's trust domain.
+        trust_domain: String,
+    },
+    /// Signing itself failed.
+    #[error("signing failed: {0}")]
+    Sign(String),
+}
+
+/// How to find or make the CA's key material.
+#[derive(Debug, Clone)]
+pub struct CaOptions {
+    /// Directory of the CA files (created if missing).
+    pub dir: PathBuf,
+    /// Trust domain of every identity this CA signs.
+    pub trust_domain: String,
+    /// Lifetime of workload certificates when the request asks for none.
+    pub workload_ttl: Duration,
+}
+
+/// Validity of a certificate to issue.
+#[derive(Debug, Clone, Copy)]
+pub struct Validity {
+    /// Start.
+    pub not_before: SystemTime,
+    /// End.
+    pub not_after: SystemTime,
+}
+
+impl Validity {
+    /// From now, for `ttl`.
+    pub fn from_now(ttl: Duration) -> Self {
+        let now = SystemTime::now();
+        Validity {
+            not_before: now,
+            not_after: now + ttl,
+        }
+    }
+}
+
+/// A loaded certificate authority.
+pub struct Authority {
+    issuer: Issuer<'static, KeyPair>,
+    /// The signing certificate followed by its chain up to and including the root.
+    chain: Vec<CertificateDer<'static>>,
+    /// Every root that workloads should trust.
+    bundle: Vec<CertificateDer<'static>>,
+    signing_not_after: SystemTime,
+    trust_domain: String,
+    workload_ttl: Duration,
+}
+
+impl std::fmt::Debug for Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print key material.
+        f.debug_struct("Authority")
+            .field("trust_domain", &self.trust_domain)
+            .field("chain_len", &self.chain.len())
+            .field("bundle_len", &self.bundle.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authority {
+    /// Loads the CA from `opts.dir`, creating a new root there on first start.
+    pub fn load_or_create(opts: &CaOptions) -> Result<Self, CaError> {
+        let dir = &opts.dir;
+        std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        let plugged = dir.join("ca-cert.pem");
+        let (issuer, chain, signing_not_after) = if plugged.exists() {
+            load_plugged(dir)?
+        } else if dir.join("root-key.pem").exists() {
+            load_self_made(dir)?
+        } else {
+            create_root(dir, &opts.trust_domain)?
+        };
+        let mut bundle = vec![chain.last().cloned().ok_or_else(|| CaError::BadFile {
+            path: dir.clone(),
+            reason: "no certificates".into(),
+        })?];
+        let extra = dir.join("trust-bundle.pem");
+        if extra.exists() {
+            for root in certs_from_pem(&read(&extra)?, &extra.display().to_string())
+                .map_err(|e| bad(&extra, e))?
+            {
+                if !bundle.contains(&root) {
+                    bundle.push(root);
+                }
+            }
+        }
+        tracing::info!(dir = %dir.display(), trust_domain = %opts.trust_domain, roots = bundle.len(), "certificate authority ready");
+        Ok(Authority {
+            issuer,
+            chain,
+            bundle,
+            signing_not_after,
+            trust_domain: opts.trust_domain.clone(),
+            workload_ttl: opts.workload_ttl,
+        })
+    }
+
+    /// The roots workloads should trust.
+    pub fn trust_bundle(&self) -> &[CertificateDer<'static>] {
+        &self.bundle
+    }
+
+    /// The trust domain this CA signs for.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
+    /// Signs a PEM CSR for `identity`. The CSR's signature must verify and
+    /// its only SAN must be `identity`'s URI. `ttl` of `None` means the
+    /// default; longer than the maximum is capped. Returns the leaf
+    /// followed by the chain up to the root.
+    pub fn sign_csr(
+        &self,
+        csr_pem: &str,
+        identity: &Identity,
+        ttl: Option<Duration>,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        let csr = CertificateSigningRequestParams::from_pem(csr_pem)
+            .map_err(|e| CaError::BadCsr(e.to_string()))?;
+        let requested: Vec<String> = csr
+            .params
+            .subject_alt_names
+            .iter()
+            .map(|san| match san {
+                SanType::URI(uri) => uri.as_str().to_owned(),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        if requested != [identity.to_string()] {
+            return Err(CaError::SanMismatch {
+                identity: identity.to_string(),
+                requested,
+            });
+        }
+        let ttl = ttl
+            .filter(|t| !t.is_zero())
+            .unwrap_or(self.workload_ttl)
+            .min(MAX_WORKLOAD_TTL);
+        self.issue(&csr.public_key, identity, Validity::from_now(ttl))
+    }
+
+    /// Issues a workload certificate for a public key with explicit
+    /// validity (capped at the signing certificate's own expiry). Used by
+    /// [`Authority::sign_csr`] and by tests that need unusual validity.
+    pub fn issue(
+        &self,
+        public_key: &impl PublicKeyData,
+        identity: &Identity,
+        validity: Validity,
+    ) -> Result<Vec<CertificateDer<'static>>, CaError> {
+        if identity.trust_domain() != self.trust_domain {
+            return Err(CaError::TrustDomain {
+                identity: identity.to_string(),
+                trust_domain: self.trust_domain.clone(),
+            });
+        }
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let uri = identity
+            .to_string()
+            .try_into()
+            .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
+        params.subject_alt_names = vec![SanType::URI(uri)];
+        params.not_before = validity.not_before.into();
+        params.not_after = validity.not_after.min(self.signing_not_after).into();
+        params.serial_number = Some(random_serial());
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let leaf = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(|e| CaError::Sign(e.to_string()))?;
+        let mut out = vec![leaf.der().clone()];
+        out.extend(self.chain.iter().cloned());
+        Ok(out)
+    }
+}
+
+fn random_serial() -> SerialNumber {
+    let mut bytes = [0u8; 16];
+    fastrand::fill(&mut bytes);
+    bytes[0] &= 0x7f; // positive
+    bytes[0] |= 0x01; // no leading zero byte
+    SerialNumber::from_slice(&bytes)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, CaError> {
+    std::fs::read(path).map_err(|source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn bad(path: &Path, reason: impl ToString) -> CaError {
+    CaError::BadFile {
+        path: path.to_owned(),
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads a private key, refusing one that other users can read.
+fn read_key(path: &Path) -> Result<KeyPair, CaError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let meta = std::fs::metadata(path).map_err(|source| CaError::Io {
+            path: path.to_owned(),
+            source,
+        })?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o004 != 0 {
+            return Err(CaError::KeyPermissions {
+                path: path.to_owned(),
+                mode,
+            });
+        }
+    }
+    let pem = String::from_utf8(read(path)?).map_err(|_| bad(path, "not PEM text"))?;
+    // The error from the key parser never includes key bytes.
+    KeyPair::from_pem(&pem).map_err(|e| bad(path, format!("not a usable private key: {e}")))
+}
+
+fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
+    use std::io::Write;
+    let io = |source| CaError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut file = options.open(path).map_err(io)?;
+    file.write_all(contents.as_bytes()).map_err(io)
+}
+
+type Loaded = (
+    Issuer<'static, KeyPair>,
+    Vec<CertificateDer<'static>>,
+    SystemTime,
+);
+
+fn issuer_from(
+    cert: &CertificateDer<'static>,
+    key: KeyPair,
+    path: &Path,
+) -> Result<Loaded, CaError> {
+    let info = CertInfo::parse(cert).map_err(|e| bad(path, e))?;
+    let issuer = Issuer::from_ca_cert_der(cert, key).map_err(|e| bad(path, e))?;
+    Ok((issuer, vec![cert.clone()], info.not_after))
+}
+
+fn load_plugged(dir: &Path) -> Result<Loaded, CaError> {
+    let cert_path = dir.join("ca-cert.pem");
+    let key = read_key(&dir.join("ca-key.pem"))?;
+    let cert = certs_from_pem(&read(&cert_path)?, "ca-cert.pem")
+        .map_err(|e| bad(&cert_path, e))?
+        .remove(0);
+    let (issuer, mut chain, not_after) = issuer_from(&cert, key, &cert_path)?;
+    let chain_path = dir.join("cert-chain.pem");
+    if chain_path.exists() {
+        for c in certs_from_pem(&read(&chain_path)?, "cert-chain.pem")
+            .map_err(|e| bad(&chain_path, e))?
+        {
+            if !chain.contains(&c) {
+                chain.push(c);
+            }
+        }
+    }
+    let root_path = dir.join("root-cert.pem");
+    if root_path.exists() {
+        let root = certs_from_pem(&read(&root_path)?, "root-cert.pem")
+            .map_err(|e| bad(&root_path, e))?
+            .remove(0);
+        if chain.last() != Some(&root) {
+            chain.push(root);
+        }
+    }
+    Ok((issuer, chain, not_after))
+}
+
+fn load_self_made(dir: &Path) -> Result<Loaded, CaError> {
+    let cert_path = dir.join("root-cert.pem");
+    let key = read_key(&dir.join("root-key.pem"))?;
+    let cert = certs_from_pem(&read(&cert_path)?, "root-cert.pem")
+        .map_err(|e| bad(&cert_path, e))?
+        .remove(0);
+    issuer_from(&cert, key, &cert_path)
+}
+
+/// Makes a new ECDSA P-256 root, writes it (key mode 0600) and returns it.
+fn create_root(dir: &Path, trust_domain: &str) -> Result<Loaded, CaError> {
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Sign(e.to_string()))?;
+    let params = root_params(trust_domain, Validity::from_now(ROOT_TTL));
+    let cert = params
+        .self_signed(&key)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    write_private(&dir.join("root-key.pem"), &key.serialize_pem())?;
+    std::fs::write(dir.join("root-cert.pem"), cert.pem()).map_err(|source| CaError::Io {
+        path: dir.join("root-cert.pem"),
+        source,
+    })?;
+    tracing::info!(dir = %dir.display(), "created a new root CA (ECDSA P-256)");
+    let der = cert.der().clone();
+    let not_after = SystemTime::now() + ROOT_TTL;
+    Ok((Issuer::new(params, key), vec![der], not_after))
+}
+
+/// Parameters of a root or intermediate CA certificate.
+pub fn root_params(trust_domain: &str, validity: Validity) -> CertificateParams {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(DnType::CommonName, "weft root CA");
+    params.distinguished_name = dn;
+    params.not_before = validity.not_before.into();
+    params.not_after = validity.not_after.into();
+    params.serial_number = Some(random_serial());
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params
+}
+
+/// PEM of every certificate, concatenated.
+pub fn chain_pem(chain: &[CertificateDer<'_>]) -> String {
+    chain.iter().map(to_pem).collect()
+}
+
+/// The authority used in-process as a [`crate::CaClient`] (the control
+/// plane's own certificates, tests, benchmarks).
+impl crate::manager::CaClient for Authority {
+    fn sign<'a>(
+        &'a self,
+        identity: &'a Identity,
+        csr_pem: &'a str,
+        ttl: Duration,
+    ) -> crate::manager::SignFuture<'a> {
+        Box::pin(async move {
+            self.sign_csr(csr_pem, identity, Some(ttl))
+                .map_err(|e| crate::manager::FetchError(e.to_string()))
+        })
+    }
+}
