@@ -411,7 +411,12 @@ pub fn root_params(trust_domain: &str, validity: Validity) -> CertificateParams 
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);
-    dn.push(DnType::CommonName, "weft root CA");
+    // A unique name per root: path building matches issuers by name, so two
+    // roots trusted side by side during a rotation must not share one.
+    let mut tag = [0u8; 4];
+    fastrand::fill(&mut tag);
+    let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    dn.push(DnType::CommonName, format!("weft root CA {tag}"));
     params.distinguished_name = dn;
     params.not_before = validity.not_before.into();
     params.not_after = validity.not_after.into();

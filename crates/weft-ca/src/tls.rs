@@ -164,8 +164,10 @@ impl Roots {
 fn pki_error(e: webpki::Error) -> rustls::Error {
     use webpki::Error as E;
     rustls::Error::InvalidCertificate(match e {
-        E::CertExpired { .. } => CertificateError::Expired,
-        E::CertNotValidYet { .. } => CertificateError::NotValidYet,
+        E::CertExpired { time, not_after } => CertificateError::ExpiredContext { time, not_after },
+        E::CertNotValidYet { time, not_before } => {
+            CertificateError::NotValidYetContext { time, not_before }
+        }
         E::UnknownIssuer => CertificateError::UnknownIssuer,
         E::InvalidSignatureForPublicKey => CertificateError::BadSignature,
         E::BadDer | E::BadDerTime => CertificateError::BadEncoding,
