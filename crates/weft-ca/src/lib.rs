@@ -15,8 +15,12 @@
 #![forbid(unsafe_code)]
 
 pub mod authority;
+pub mod authz;
 pub mod cert;
+pub mod client;
 pub mod manager;
+pub mod proto;
+pub mod service;
 pub mod tls;
 pub mod workload;
 

@@ -42,9 +42,9 @@ pub enum WorkloadCertError {
     #[error("asked the CA for {asked} but received a certificate for {got}")]
     WrongIdentity {
         /// The identity requested.
-        asked: Identity,
+        asked: String,
         /// The identity in the certificate.
-        got: Identity,
+        got: String,
     },
     /// The key does not suit rustls.
     #[error("the private key cannot be used for TLS: {0}")]
@@ -84,8 +84,8 @@ impl KeyAndCsr {
         let got = info.identity()?;
         if &got != identity {
             return Err(WorkloadCertError::WrongIdentity {
-                asked: identity.clone(),
-                got,
+                asked: identity.to_string(),
+                got: got.to_string(),
             });
         }
         let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));

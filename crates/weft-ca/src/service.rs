@@ -1,0 +1,253 @@
+//! The gRPC certificate service (`istio.v1.auth.IstioCertificateService/CreateCertificate`)
+//! served over weft's mutual TLS, as `weft control` runs it on port 15012.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use prost_types::value::Kind;
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
+use tonic::{Request, Response, Status};
+use weft_core::Identity;
+use weft_core::model::Snapshot;
+
+use crate::authority::{Authority, chain_pem};
+use crate::authz::{BootstrapTokens, Caller, authorize};
+use crate::cert::to_pem;
+use crate::proto::istio_certificate_service_server::{
+    IstioCertificateService, IstioCertificateServiceServer,
+};
+use crate::proto::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::tls;
+
+/// Metadata key a node proxy sets to ask on behalf of a workload.
+pub const IMPERSONATED_IDENTITY: &str = "ImpersonatedIdentity";
+/// How long a client may take to complete the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Signs CSRs for authorized callers.
+pub struct CertificateService {
+    authority: Arc<Authority>,
+    registry: Arc<ArcSwap<Snapshot>>,
+    tokens: BootstrapTokens,
+}
+
+impl CertificateService {
+    /// A service signing with `authority`, authorizing against the
+    /// registry's current snapshot and the bootstrap `tokens`.
+    pub fn new(
+        authority: Arc<Authority>,
+        registry: Arc<ArcSwap<Snapshot>>,
+        tokens: BootstrapTokens,
+    ) -> Self {
+        CertificateService {
+            authority,
+            registry,
+            tokens,
+        }
+    }
+
+    fn caller<T>(&self, request: &Request<T>) -> Caller {
+        if let Some(identity) = request
+            .extensions()
+            .get::<PeerInfo>()
+            .and_then(|p| p.identity.clone())
+        {
+            return Caller::from_identity(identity);
+        }
+        let token = request
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match token.and_then(|t| self.tokens.node_for(t.trim())) {
+            Some(node) => Caller::Node(node.to_owned()),
+            None => Caller::Anonymous,
+        }
+    }
+}
+
+/// The identity a request asks for: the impersonated identity when set,
+/// else the CSR's one URI SAN.
+fn wanted_identity(request: &IstioCertificateRequest) -> Result<Identity, Status> {
+    let impersonated = request
+        .metadata
+        .as_ref()
+        .and_then(|m| m.fields.get(IMPERSONATED_IDENTITY))
+        .and_then(|v| match &v.kind {
+            Some(Kind::StringValue(s)) => Some(s.clone()),
+            _ => None,
+        });
+    if let Some(id) = impersonated {
+        return id.parse().map_err(|e| {
+            Status::invalid_argument(format!("metadata {IMPERSONATED_IDENTITY}: {e}"))
+        });
+    }
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr).map_err(|e| {
+        Status::invalid_argument(format!("certificate signing request is invalid: {e}"))
+    })?;
+    let uris: Vec<String> = csr
+        .params
+        .subject_alt_names
+        .iter()
+        .filter_map(|san| match san {
+            rcgen::SanType::URI(uri) => Some(uri.as_str().to_owned()),
+            _ => None,
+        })
+        .collect();
+    match uris.as_slice() {
+        [one] => one
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("CSR URI SAN: {e}"))),
+        _ => Err(Status::invalid_argument(format!(
+            "CSR must carry exactly one spiffe:// URI SAN, found {uris:?}"
+        ))),
+    }
+}
+
+#[tonic::async_trait]
+impl IstioCertificateService for CertificateService {
+    async fn create_certificate(
+        &self,
+        request: Request<IstioCertificateRequest>,
+    ) -> Result<Response<IstioCertificateResponse>, Status> {
+        let started = Instant::now();
+        let caller = self.caller(&request);
+        let body = request.into_inner();
+        let wanted = wanted_identity(&body)?;
+        if let Err(denied) = authorize(&self.registry.load(), &caller, &wanted) {
+            tracing::warn!(?caller, identity = %wanted, reason = %denied, "certificate request refused");
+            return Err(Status::permission_denied(denied.0));
+        }
+        let ttl = u64::try_from(body.validity_duration)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs);
+        let chain = self
+            .authority
+            .sign_csr(&body.csr, &wanted, ttl)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::info!(?caller, identity = %wanted, took = ?started.elapsed(), "certificate issued");
+        Ok(Response::new(IstioCertificateResponse {
+            cert_chain: chain.iter().map(to_pem).collect(),
+        }))
+    }
+}
+
+/// What a request knows about the connection it came on.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The identity its client certificate proved, if it sent one.
+    pub identity: Option<Identity>,
+}
+
+/// A server-side TLS connection carrying its [`PeerInfo`] into requests.
+pub struct TlsConn {
+    stream: TlsStream<TcpStream>,
+    info: PeerInfo,
+}
+
+impl Connected for TlsConn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> PeerInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for TlsConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for TlsConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The certificate service could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate service stopped: {0}")]
+pub struct ServeError(#[from] tonic::transport::Error);
+
+/// Serves `service` on `listener` with TLS `config` until `shutdown`.
+/// Handshakes run concurrently and are bounded by [`HANDSHAKE_TIMEOUT`], so
+/// a slow or hostile client cannot stall others.
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    service: CertificateService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, io::Error>>(64);
+    let accept = tokio::spawn(async move {
+        loop {
+            let (tcp, remote) = match listener.accept().await {
+                Ok(conn) => conn,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed on the certificate service port");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            };
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let identity =
+                            tls::peer_identity(stream.get_ref().1.peer_certificates()).ok();
+                        let _ = tx
+                            .send(Ok(TlsConn {
+                                stream,
+                                info: PeerInfo { remote, identity },
+                            }))
+                            .await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%remote, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%remote, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
+    let result = tonic::transport::Server::builder()
+        .add_service(IstioCertificateServiceServer::new(service))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await;
+    accept.abort();
+    Ok(result?)
+}
+
+/// PEM of the bundle, for writing `root-cert.pem`-style files.
+pub fn bundle_pem(authority: &Authority) -> String {
+    chain_pem(authority.trust_bundle())
+}
