@@ -341,3 +341,68 @@ impl Collector for ExpiryCollector {
         Ok(())
     }
 }
+
+/// One row of `/certs`: what an operator asks about a held certificate.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq)]
+pub struct CertReport {
+    /// SPIFFE identity.
+    pub identity: String,
+    /// Serial number (hex).
+    pub serial: Option<String>,
+    /// Start of validity (RFC 3339).
+    pub not_before: Option<String>,
+    /// End of validity (RFC 3339).
+    pub not_after: Option<String>,
+    /// Seconds until expiry (negative once expired).
+    pub expires_in_seconds: Option<i64>,
+    /// Seconds until the next renewal attempt.
+    pub renews_in_seconds: Option<i64>,
+    /// Issuing CA (subject of the issuer).
+    pub issuer: Option<String>,
+    /// The last renewal failure, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+/// Seconds from `now` to `t`, negative when `t` is past.
+fn signed_secs(t: SystemTime, now: SystemTime) -> i64 {
+    match t.duration_since(now) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    }
+}
+
+/// RFC 3339 time, e.g. `2026-11-28T14:25:00Z`.
+pub fn rfc3339(t: SystemTime) -> String {
+    time::OffsetDateTime::from(t)
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "?".into())
+}
+
+impl CertManager {
+    /// What `/certs` shows, one row per identity.
+    pub fn report(&self) -> Vec<CertReport> {
+        let now = SystemTime::now();
+        self.states()
+            .into_iter()
+            .map(|(identity, state)| {
+                let info = state.cert.as_ref().map(|c| c.info().clone());
+                CertReport {
+                    identity: identity.to_string(),
+                    serial: info.as_ref().map(|i| i.serial.clone()),
+                    not_before: info.as_ref().map(|i| rfc3339(i.not_before)),
+                    not_after: info.as_ref().map(|i| rfc3339(i.not_after)),
+                    expires_in_seconds: info.as_ref().map(|i| signed_secs(i.not_after, now)),
+                    renews_in_seconds: state.renew_at.map(|t| signed_secs(t, now)),
+                    issuer: info.map(|i| i.issuer),
+                    last_error: state.last_error,
+                }
+            })
+            .collect()
+    }
+
+    /// `/certs` as JSON.
+    pub fn report_json(&self) -> String {
+        serde_json::to_string_pretty(&self.report())
+            .unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"))
+    }
+}

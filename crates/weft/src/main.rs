@@ -1,9 +1,10 @@
 //! # weft
 //!
 //! The one `weft` binary. Each subcommand is a thin shell over a library
-//! crate: `validate` over `weft-config`, `sample-app` over `weft-sample-app`;
-//! `control`, `node`, `waypoint` and `up` are reserved for the control
-//! plane, the node proxy, the waypoint and the local launcher.
+//! crate: `validate` over `weft-config`, `sample-app` over `weft-sample-app`,
+//! `control` and `certs` over `weft-ca` and `weft-admin`; `node`, `waypoint`
+//! and `up` are reserved for the node proxy, the waypoint and the local
+//! launcher.
 
 #![forbid(unsafe_code)]
 
@@ -39,9 +40,10 @@ enum Command {
     SampleApp(cmd::sample_app::Args),
     /// Print the version.
     Version,
-    /// Run the control plane (not built yet).
-    #[command(hide = true)]
-    Control,
+    /// Run the control plane: certificate authority and certificate service.
+    Control(cmd::control::Args),
+    /// Show the certificates a weft process holds (from its admin port).
+    Certs(cmd::certs::Args),
     /// Run a node proxy (not built yet).
     #[command(hide = true)]
     Node,
@@ -63,7 +65,8 @@ fn main() -> ExitCode {
             println!("weft {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Control => reserved("control", "the control plane"),
+        Command::Control(args) => cmd::control::run(args),
+        Command::Certs(args) => cmd::certs::run(args),
         Command::Node => reserved("node", "the node proxy"),
         Command::Waypoint => reserved("waypoint", "the waypoint"),
         Command::Up => reserved("up", "the local launcher"),

@@ -35,7 +35,7 @@ pub(crate) struct Args {
     drain_timeout: Duration,
 }
 
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     weft_core::duration::parse(s)
 }
 
@@ -51,10 +51,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
         eprintln!("weft sample-app: {e}");
         return ExitCode::from(2);
     }
-    let runtime = match tokio::runtime::Runtime::new() {
+    let runtime = match super::runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("weft sample-app: cannot start the async runtime: {e}");
+            eprintln!("weft sample-app: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -69,7 +69,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
 
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         tokio::spawn(async move {
-            shutdown_signal().await;
+            super::shutdown_signal().await;
             let _ = stop_tx.send(true);
         });
         let stopped = |extra: Duration| {
@@ -101,29 +101,4 @@ pub(crate) fn run(args: Args) -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// Resolves on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutting down: no new connections, draining open ones");
 }
