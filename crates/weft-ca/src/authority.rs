@@ -25,7 +25,7 @@ use rcgen::{
 use rustls_pki_types::CertificateDer;
 use weft_core::Identity;
 
-use crate::cert::{CertInfo, certs_from_pem, to_pem};
+use crate::cert::{CertInfo, certs_from_pem, spiffe_params, to_pem};
 
 /// Default lifetime of a workload certificate.
 pub const DEFAULT_WORKLOAD_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -243,13 +243,7 @@ impl Authority {
                 trust_domain: self.trust_domain.clone(),
             });
         }
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        let uri = identity
-            .to_string()
-            .try_into()
-            .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
+        let mut params = spiffe_params(identity).map_err(|e| CaError::Sign(e.to_string()))?;
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.min(self.signing_not_after).into();
         params.serial_number = Some(random_serial());

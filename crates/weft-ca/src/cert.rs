@@ -39,6 +39,15 @@ pub fn to_pem(der: &CertificateDer<'_>) -> String {
     pem::encode(&pem::Pem::new("CERTIFICATE", der.as_ref().to_vec()))
 }
 
+/// Certificate parameters with an empty subject and `identity` as the only
+/// SAN (a URI), the shape of every workload certificate and CSR.
+pub fn spiffe_params(identity: &Identity) -> Result<rcgen::CertificateParams, rcgen::Error> {
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params.subject_alt_names = vec![rcgen::SanType::URI(identity.to_string().try_into()?)];
+    Ok(params)
+}
+
 /// What an operator wants to know about a certificate.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CertInfo {

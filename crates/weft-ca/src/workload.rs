@@ -5,12 +5,12 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use rcgen::{CertificateParams, DistinguishedName, KeyPair, PKCS_ECDSA_P256_SHA256, SanType};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use weft_core::Identity;
 
-use crate::cert::{CertError, CertInfo};
+use crate::cert::{CertError, CertInfo, spiffe_params};
 use crate::tls;
 
 /// A freshly generated key and the CSR for it.
@@ -56,14 +56,8 @@ impl KeyAndCsr {
     pub fn generate(identity: &Identity) -> Result<Self, WorkloadCertError> {
         let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256)
             .map_err(|e| WorkloadCertError::Generate(e.to_string()))?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        let uri = identity
-            .to_string()
-            .try_into()
-            .map_err(|e: rcgen::Error| WorkloadCertError::Generate(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        let csr = params
+        let csr = spiffe_params(identity)
+            .map_err(|e| WorkloadCertError::Generate(e.to_string()))?
             .serialize_request(&key)
             .map_err(|e| WorkloadCertError::Generate(e.to_string()))?;
         let csr_pem = csr

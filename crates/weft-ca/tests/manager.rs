@@ -223,17 +223,6 @@ async fn no_certificate_and_no_ca_is_an_error_not_a_hang() {
     );
 }
 
-async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !done() {
-        assert!(
-            start.elapsed() < limit,
-            "condition not reached within {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[test]
 fn metrics_report_seconds_until_expiry() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");

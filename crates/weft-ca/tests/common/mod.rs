@@ -164,3 +164,15 @@ pub async fn echo_client(
     }
     Ok(server)
 }
+
+/// Polls `done` every 20 ms until it holds; fails the test after `limit`.
+pub async fn wait_until(limit: Duration, mut done: impl FnMut() -> bool) {
+    let start = std::time::Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < limit,
+            "condition not reached within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
