@@ -197,26 +197,28 @@ impl AsyncWrite for TlsConn {
 #[error("certificate service stopped: {0}")]
 pub struct ServeError(#[from] tonic::transport::Error);
 
-/// Serves `service` on `listener` with TLS `config` until `shutdown`.
+/// Accepts TLS connections on `listener` as a stream tonic can serve.
 /// Handshakes run concurrently and are bounded by [`HANDSHAKE_TIMEOUT`], so
-/// a slow or hostile client cannot stall others.
-pub async fn serve(
+/// a slow or hostile client cannot stall others. The accept loop ends when
+/// the stream is dropped.
+pub fn tls_incoming(
     listener: TcpListener,
     config: ServerConfig,
-    service: CertificateService,
-    shutdown: impl std::future::Future<Output = ()> + Send,
-) -> Result<(), ServeError> {
+) -> tokio_stream::wrappers::ReceiverStream<Result<TlsConn, io::Error>> {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<TlsConn, io::Error>>(64);
-    let accept = tokio::spawn(async move {
+    tokio::spawn(async move {
         loop {
-            let (tcp, remote) = match listener.accept().await {
-                Ok(conn) => conn,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed on the certificate service port");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
+            let (tcp, remote) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed on the control plane TLS port");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+                () = tx.closed() => return,
             };
             let acceptor = acceptor.clone();
             let tx = tx.clone();
@@ -238,13 +240,29 @@ pub async fn serve(
             });
         }
     });
-    let incoming = tokio_stream::wrappers::ReceiverStream::new(rx);
-    let result = tonic::transport::Server::builder()
-        .add_service(IstioCertificateServiceServer::new(service))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    accept.abort();
-    Ok(result?)
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// Serves only the certificate service on `listener` with TLS `config`
+/// until `shutdown` (the control plane adds its other services beside it).
+pub async fn serve(
+    listener: TcpListener,
+    config: ServerConfig,
+    service: CertificateService,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    tonic::transport::Server::builder()
+        .add_service(service.into_server())
+        .serve_with_incoming_shutdown(tls_incoming(listener, config), shutdown)
+        .await?;
+    Ok(())
+}
+
+impl CertificateService {
+    /// The tonic service to add to a server.
+    pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
+        IstioCertificateServiceServer::new(self)
+    }
 }
 
 /// PEM of the bundle, for writing `root-cert.pem`-style files.

@@ -1,0 +1,14 @@
+//! Compiles the xDS, Workload API and authorization protobufs with protox.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let files = ["discovery.proto", "workload.proto", "authorization.proto"];
+    for f in files {
+        println!("cargo:rerun-if-changed=proto/{f}");
+    }
+    let fds = protox::compile(files, ["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -1,0 +1,286 @@
+//! The snapshot as xDS resources: Istio Workload API `Address`es (one per
+//! workload, one per service hostname) and `Authorization`s, each with a
+//! version derived from its encoded bytes, so an unchanged resource keeps
+//! its version across snapshots and control plane restarts.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use prost::Message;
+use prost_types::Any;
+use weft_core::model::{Service, Snapshot, Workload, WorkloadAddress};
+
+use crate::proto::workload::{self as wl, address::Type};
+
+/// Type URL of Istio Workload API addresses.
+pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
+/// Type URL of Istio L4 authorization policies.
+pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
+/// Every type the server offers.
+pub const TYPES: [&str; 2] = [ADDRESS_TYPE, AUTHORIZATION_TYPE];
+
+/// One resource as sent: its version and encoded body.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    /// Opaque version (hash of the body).
+    pub version: String,
+    /// The encoded resource.
+    pub body: Any,
+}
+
+impl Entry {
+    fn new(type_url: &str, message: &impl Message) -> Arc<Entry> {
+        let value = message.encode_to_vec();
+        Arc::new(Entry {
+            version: format!("{:016x}", fnv1a(&value)),
+            body: Any {
+                type_url: type_url.to_owned(),
+                value,
+            },
+        })
+    }
+}
+
+/// Resources of one type, by name.
+pub type Resources = BTreeMap<String, Arc<Entry>>;
+
+/// Everything the server offers at one configuration version.
+#[derive(Debug, Clone, Default)]
+pub struct ResourceSet {
+    /// The configuration version these were built from.
+    pub version: u64,
+    /// Type URL → resources.
+    pub types: BTreeMap<&'static str, Resources>,
+}
+
+impl ResourceSet {
+    /// The resources of `type_url` (empty for an unknown type).
+    pub fn of(&self, type_url: &str) -> Option<&Resources> {
+        self.types.get(type_url)
+    }
+}
+
+/// FNV-1a, 64 bit: a stable, fast version hash (not for security).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// The xDS name of a workload (its uid).
+pub fn workload_uid(w: &Workload) -> String {
+    format!("weft/{}/{}", w.name.namespace, w.name.name)
+}
+
+/// The xDS name of a service hostname.
+pub fn service_name(namespace: &str, host: &str) -> String {
+    format!("{namespace}/{host}")
+}
+
+fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+    match ip {
+        IpAddr::V4(v4) => v4.octets().to_vec(),
+        IpAddr::V6(v6) => v6.octets().to_vec(),
+    }
+}
+
+/// Builds every resource from a snapshot.
+pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
+    let mut addresses = Resources::new();
+    for service in snapshot.services.values() {
+        for host in &service.hosts {
+            let message = wl::Address {
+                r#type: Some(Type::Service(service_message(service, host))),
+            };
+            addresses.insert(
+                service_name(&service.name.namespace, host),
+                Entry::new(ADDRESS_TYPE, &message),
+            );
+        }
+    }
+    for workload in snapshot.workloads.values() {
+        let message = wl::Address {
+            r#type: Some(Type::Workload(workload_message(snapshot, workload))),
+        };
+        addresses.insert(workload_uid(workload), Entry::new(ADDRESS_TYPE, &message));
+    }
+    let mut types = BTreeMap::new();
+    types.insert(ADDRESS_TYPE, addresses);
+    // L4 policies join when AuthorizationPolicy is added to the configuration.
+    types.insert(AUTHORIZATION_TYPE, Resources::new());
+    ResourceSet { version, types }
+}
+
+fn service_message(service: &Service, host: &str) -> wl::Service {
+    wl::Service {
+        name: service.name.name.clone(),
+        namespace: service.name.namespace.clone(),
+        hostname: host.to_owned(),
+        // The Workload API carries single addresses; CIDR ranges stay in
+        // weft's own model.
+        addresses: service
+            .addresses
+            .iter()
+            .filter(|net| net.prefix_len() == net.max_prefix_len())
+            .map(|net| wl::NetworkAddress {
+                network: String::new(),
+                address: ip_bytes(net.addr()),
+            })
+            .collect(),
+        ports: service
+            .ports
+            .iter()
+            .map(|p| wl::Port {
+                service_port: u32::from(p.number),
+                target_port: u32::from(p.target_port.unwrap_or(p.number)),
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn workload_message(snapshot: &Snapshot, w: &Workload) -> wl::Workload {
+    let (addresses, hostname) = match &w.address {
+        WorkloadAddress::Ip(ip) => (vec![ip_bytes(*ip)], String::new()),
+        WorkloadAddress::Hostname(h) => (Vec::new(), h.clone()),
+    };
+    let mut services = std::collections::HashMap::new();
+    for service in snapshot.services.values() {
+        if !service.endpoints.contains(&w.name) {
+            continue;
+        }
+        let ports = wl::PortList {
+            ports: service
+                .ports
+                .iter()
+                .map(|p| wl::Port {
+                    service_port: u32::from(p.number),
+                    target_port: u32::from(service.target_port(p, w)),
+                })
+                .collect(),
+        };
+        for host in &service.hosts {
+            services.insert(service_name(&service.name.namespace, host), ports.clone());
+        }
+    }
+    wl::Workload {
+        uid: workload_uid(w),
+        name: w.name.name.clone(),
+        namespace: w.name.namespace.clone(),
+        addresses,
+        hostname,
+        network: w.network.clone(),
+        tunnel_protocol: if w.node.is_some() {
+            wl::TunnelProtocol::Hbone as i32
+        } else {
+            wl::TunnelProtocol::None as i32
+        },
+        trust_domain: w.identity.trust_domain().to_owned(),
+        service_account: w.identity.service_account().to_owned(),
+        node: w.node.clone().unwrap_or_default(),
+        canonical_name: w
+            .labels
+            .get("app")
+            .cloned()
+            .unwrap_or_else(|| w.name.name.clone()),
+        canonical_revision: w
+            .labels
+            .get("version")
+            .cloned()
+            .unwrap_or_else(|| "latest".into()),
+        workload_name: w.name.name.clone(),
+        services,
+        locality: (!w.locality.is_empty()).then(|| wl::Locality {
+            region: w.locality.region.clone(),
+            zone: w.locality.zone.clone(),
+            subzone: w.locality.subzone.clone(),
+        }),
+        capacity: Some(w.weight),
+        ..Default::default()
+    }
+}
+
+/// What must be sent to move a client from `known` to `current`: changed
+/// or new resources, and names to remove.
+pub fn diff<'a>(
+    known: &BTreeMap<String, String>,
+    current: &'a Resources,
+) -> (Vec<(&'a String, &'a Arc<Entry>)>, Vec<String>) {
+    let changed = current
+        .iter()
+        .filter(|(name, entry)| known.get(*name) != Some(&entry.version))
+        .collect();
+    let removed = known
+        .keys()
+        .filter(|name| !current.contains_key(*name))
+        .cloned()
+        .collect();
+    (changed, removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(v: &str) -> Arc<Entry> {
+        Arc::new(Entry {
+            version: v.into(),
+            body: Any::default(),
+        })
+    }
+
+    #[test]
+    fn diff_table() {
+        let current: Resources =
+            [("a".to_owned(), entry("1")), ("b".to_owned(), entry("2"))].into();
+        let cases: &[(&[(&str, &str)], &[&str], &[&str])] = &[
+            (&[], &["a", "b"], &[]),
+            (&[("a", "1"), ("b", "2")], &[], &[]),
+            (&[("a", "1"), ("b", "1")], &["b"], &[]),
+            (&[("a", "1"), ("b", "2"), ("c", "3")], &[], &["c"]),
+        ];
+        for (known, want_changed, want_removed) in cases {
+            let known: BTreeMap<String, String> = known
+                .iter()
+                .map(|(k, v)| ((*k).into(), (*v).into()))
+                .collect();
+            let (changed, removed) = diff(&known, &current);
+            let changed: Vec<&str> = changed.iter().map(|(n, _)| n.as_str()).collect();
+            assert_eq!(&changed, want_changed, "{known:?}");
+            assert_eq!(&removed, want_removed, "{known:?}");
+        }
+    }
+
+    #[test]
+    fn versions_are_stable_and_content_addressed() {
+        let a = Entry::new(
+            ADDRESS_TYPE,
+            &wl::Locality {
+                region: "eu".into(),
+                ..Default::default()
+            },
+        );
+        let b = Entry::new(
+            ADDRESS_TYPE,
+            &wl::Locality {
+                region: "eu".into(),
+                ..Default::default()
+            },
+        );
+        let c = Entry::new(
+            ADDRESS_TYPE,
+            &wl::Locality {
+                region: "us".into(),
+                ..Default::default()
+            },
+        );
+        assert_eq!(a.version, b.version);
+        assert_ne!(a.version, c.version);
+        assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
+        assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
+    }
+}

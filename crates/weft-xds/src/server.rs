@@ -1,0 +1,296 @@
+//! The delta xDS server (`envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources`).
+//!
+//! Per stream and type it tracks what the client holds (name → version):
+//! the first request of a type starts from the client's
+//! `initial_resource_versions`, so a reconnecting client receives only the
+//! difference; every later push sends only changed resources and removals.
+//! ACKs confirm; a NACK is logged with the client's reason, counted, and
+//! the resources of that response are marked unknown so they are sent
+//! again with the next change.
+
+use std::collections::{BTreeMap, HashMap};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use prost::Message;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status, Streaming};
+
+use crate::proto::discovery::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
+use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
+use crate::resources::{ResourceSet, TYPES, diff};
+
+/// Labels of per-type xDS metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TypeLabels {
+    /// The resource type URL.
+    pub type_url: String,
+}
+
+/// Metrics of the xDS server, registered explicitly.
+#[derive(Clone, Debug, Default)]
+pub struct XdsMetrics {
+    /// Responses sent.
+    pub pushes: Family<TypeLabels, Counter>,
+    /// Responses a client rejected.
+    pub nacks: Family<TypeLabels, Counter>,
+    /// Streams open now.
+    pub connected: Gauge,
+}
+
+impl XdsMetrics {
+    /// Registers the metrics under `weft_xds_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_xds_pushes",
+            "xDS responses sent to proxies",
+            self.pushes.clone(),
+        );
+        registry.register(
+            "weft_xds_nacks",
+            "xDS responses proxies rejected (NACK)",
+            self.nacks.clone(),
+        );
+        registry.register(
+            "weft_xds_connected_proxies",
+            "Proxies with an open config stream",
+            self.connected.clone(),
+        );
+    }
+}
+
+/// Serves the current [`ResourceSet`] to every subscriber.
+#[derive(Clone)]
+pub struct XdsServer {
+    state: watch::Receiver<Arc<ResourceSet>>,
+    metrics: XdsMetrics,
+}
+
+impl XdsServer {
+    /// A server publishing whatever `state` holds, pushing on every change.
+    pub fn new(state: watch::Receiver<Arc<ResourceSet>>, metrics: XdsMetrics) -> Self {
+        XdsServer { state, metrics }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn into_service(self) -> AggregatedDiscoveryServiceServer<Self> {
+        AggregatedDiscoveryServiceServer::new(self).max_decoding_message_size(16 << 20)
+    }
+}
+
+type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaDiscoveryResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl AggregatedDiscoveryService for XdsServer {
+    type DeltaAggregatedResourcesStream = ResponseStream;
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<ResponseStream>, Status> {
+        let requests = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let session = Session {
+            state: self.state.clone(),
+            metrics: self.metrics.clone(),
+            tx,
+            subscriptions: HashMap::new(),
+            node: String::from("unknown"),
+            next_nonce: 0,
+        };
+        tokio::spawn(session.run(requests));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+/// What one client holds of one type.
+#[derive(Default)]
+struct Subscription {
+    known: BTreeMap<String, String>,
+    /// nonce → (name, version known before that response) for NACK rollback.
+    pending: HashMap<String, Vec<(String, Option<String>)>>,
+}
+
+struct Session {
+    state: watch::Receiver<Arc<ResourceSet>>,
+    metrics: XdsMetrics,
+    tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
+    subscriptions: HashMap<String, Subscription>,
+    node: String,
+    next_nonce: u64,
+}
+
+impl Session {
+    async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
+        self.metrics.connected.inc();
+        let mut current = self.state.borrow_and_update().clone();
+        loop {
+            tokio::select! {
+                message = requests.message() => match message {
+                    Ok(Some(request)) => {
+                        if self.handle(request, &current).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(status) => {
+                        tracing::debug!(node = %self.node, %status, "config stream ended");
+                        break;
+                    }
+                },
+                changed = self.state.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    current = self.state.borrow_and_update().clone();
+                    let types: Vec<String> = self.subscriptions.keys().cloned().collect();
+                    for type_url in types {
+                        if self.push(&type_url, &current, false).await.is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.metrics.connected.dec();
+        tracing::info!(node = %self.node, "proxy disconnected from the config stream");
+    }
+
+    async fn handle(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        current: &ResourceSet,
+    ) -> Result<(), ()> {
+        if let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) {
+            if self.node != node.id {
+                tracing::info!(node = %node.id, "proxy connected to the config stream");
+            }
+            self.node = node.id.clone();
+        }
+        let type_url = request.type_url;
+        if !TYPES.contains(&type_url.as_str()) {
+            tracing::warn!(node = %self.node, %type_url, "subscription to a type weft does not serve; ignored");
+            return Ok(());
+        }
+        if !request.response_nonce.is_empty() {
+            let Some(sub) = self.subscriptions.get_mut(&type_url) else {
+                return Ok(());
+            };
+            let pending = sub
+                .pending
+                .remove(&request.response_nonce)
+                .unwrap_or_default();
+            if let Some(error) = request.error_detail {
+                tracing::warn!(
+                    node = %self.node,
+                    %type_url,
+                    nonce = %request.response_nonce,
+                    reason = %error.message,
+                    "proxy rejected configuration (NACK); it keeps its previous state"
+                );
+                self.metrics
+                    .nacks
+                    .get_or_create(&TypeLabels {
+                        type_url: type_url.clone(),
+                    })
+                    .inc();
+                for (name, previous) in pending {
+                    match previous {
+                        Some(v) => sub.known.insert(name, v),
+                        None => sub.known.remove(&name),
+                    };
+                }
+            }
+            return Ok(());
+        }
+        // A new subscription (or a re-subscription) of this type.
+        let known: BTreeMap<String, String> =
+            request.initial_resource_versions.into_iter().collect();
+        self.subscriptions.insert(
+            type_url.clone(),
+            Subscription {
+                known,
+                pending: HashMap::new(),
+            },
+        );
+        self.push(&type_url, current, true).await
+    }
+
+    /// Sends what `type_url`'s subscriber lacks; with `always`, also an
+    /// empty response (the first answer of a subscription).
+    async fn push(
+        &mut self,
+        type_url: &str,
+        current: &ResourceSet,
+        always: bool,
+    ) -> Result<(), ()> {
+        let started = Instant::now();
+        let empty = Default::default();
+        let resources = current.of(type_url).unwrap_or(&empty);
+        let Some(sub) = self.subscriptions.get_mut(type_url) else {
+            return Ok(());
+        };
+        let (changed, removed) = diff(&sub.known, resources);
+        if changed.is_empty() && removed.is_empty() && !always {
+            return Ok(());
+        }
+        self.next_nonce += 1;
+        let nonce = self.next_nonce.to_string();
+        let mut rollback = Vec::with_capacity(changed.len() + removed.len());
+        let mut out = Vec::with_capacity(changed.len());
+        for (name, entry) in changed {
+            rollback.push((
+                name.clone(),
+                sub.known.insert(name.clone(), entry.version.clone()),
+            ));
+            out.push(Resource {
+                name: name.clone(),
+                version: entry.version.clone(),
+                resource: Some(entry.body.clone()),
+                ..Default::default()
+            });
+        }
+        for name in &removed {
+            rollback.push((name.clone(), sub.known.remove(name)));
+        }
+        sub.pending.insert(nonce.clone(), rollback);
+        let response = DeltaDiscoveryResponse {
+            system_version_info: current.version.to_string(),
+            resources: out,
+            type_url: type_url.to_owned(),
+            nonce,
+            removed_resources: removed,
+        };
+        let bytes = response.encoded_len();
+        let (count, removals) = (response.resources.len(), response.removed_resources.len());
+        self.tx.send(Ok(response)).await.map_err(|_| ())?;
+        self.metrics
+            .pushes
+            .get_or_create(&TypeLabels {
+                type_url: type_url.to_owned(),
+            })
+            .inc();
+        tracing::info!(
+            node = %self.node,
+            %type_url,
+            version = current.version,
+            resources = count,
+            removed = removals,
+            bytes,
+            took = ?started.elapsed(),
+            "pushed configuration"
+        );
+        Ok(())
+    }
+}
