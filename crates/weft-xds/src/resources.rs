@@ -237,7 +237,9 @@ mod tests {
     fn diff_table() {
         let current: Resources =
             [("a".to_owned(), entry("1")), ("b".to_owned(), entry("2"))].into();
-        let cases: &[(&[(&str, &str)], &[&str], &[&str])] = &[
+        // (what the client holds, expected changed, expected removed)
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+        let cases: &[Case<'_>] = &[
             (&[], &["a", "b"], &[]),
             (&[("a", "1"), ("b", "2")], &[], &[]),
             (&[("a", "1"), ("b", "1")], &["b"], &[]),

@@ -40,10 +40,12 @@ enum Command {
     SampleApp(cmd::sample_app::Args),
     /// Print the version.
     Version,
-    /// Run the control plane: certificate authority and certificate service.
+    /// Run the control plane: config stream, certificate authority.
     Control(cmd::control::Args),
     /// Show the certificates a weft process holds (from its admin port).
     Certs(cmd::certs::Args),
+    /// Show what a proxy holds from the config stream (from its admin port).
+    ConfigDump(cmd::config_dump::Args),
     /// Run a node proxy (not built yet).
     #[command(hide = true)]
     Node,
@@ -67,6 +69,7 @@ fn main() -> ExitCode {
         }
         Command::Control(args) => cmd::control::run(args),
         Command::Certs(args) => cmd::certs::run(args),
+        Command::ConfigDump(args) => cmd::config_dump::run(args),
         Command::Node => reserved("node", "the node proxy"),
         Command::Waypoint => reserved("waypoint", "the waypoint"),
         Command::Up => reserved("up", "the local launcher"),

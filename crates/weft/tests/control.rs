@@ -58,7 +58,11 @@ fn start_control(dir: &Path) -> Control {
         .arg("--ca-dir")
         .arg(dir.join("ca"))
         .args([
-            "--ca-addr",
+            "--tls-addr",
+            "127.0.0.1:0",
+            "--xds-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
             "127.0.0.1:0",
             "--admin-addr",
             "127.0.0.1:0",
@@ -78,7 +82,7 @@ fn start_control(dir: &Path) -> Control {
     assert!(line.starts_with("weft control ready"), "{line:?}");
     Control {
         _guard: Guard(child),
-        ca: field(&line, "ca").parse().expect("ca addr"),
+        ca: field(&line, "tls").parse().expect("tls addr"),
         admin: field(&line, "admin").parse().expect("admin addr"),
         metrics: field(&line, "metrics").parse().expect("metrics addr"),
         root: PathBuf::from(field(&line, "root")),

@@ -1,6 +1,7 @@
 //! One module per subcommand, plus what several share.
 
 pub(crate) mod certs;
+pub(crate) mod config_dump;
 pub(crate) mod control;
 pub(crate) mod sample_app;
 pub(crate) mod validate;

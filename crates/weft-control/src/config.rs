@@ -1,0 +1,223 @@
+//! The live configuration: a directory watched for changes, each change
+//! validated as a whole. Valid → a new immutable snapshot with a new
+//! version, published to the certificate service and the config stream.
+//! Invalid → rejected with every problem logged and kept for
+//! `/debug/config-status`; the previous snapshot stays in force.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::{mpsc, watch};
+use weft_config::{LoadError, load_path};
+use weft_core::model::Snapshot;
+use weft_xds::ResourceSet;
+
+use crate::debounce::Debounce;
+
+/// What `/debug/config-status` shows.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ConfigStatus {
+    /// The directory.
+    pub dir: String,
+    /// Version of the snapshot in force.
+    pub version: u64,
+    /// When it was applied (RFC 3339).
+    pub applied_at: Option<String>,
+    /// Resources in it.
+    pub resources: usize,
+    /// Whether the last attempt was rejected.
+    pub last_attempt_rejected: bool,
+    /// Every problem of the last rejected attempt.
+    pub problems: Vec<String>,
+    /// When the last rejection happened.
+    pub rejected_at: Option<String>,
+}
+
+/// Config metrics, registered explicitly.
+#[derive(Debug, Clone, Default)]
+pub struct ConfigMetrics {
+    /// Accepted reloads.
+    pub applied: Counter,
+    /// Rejected reloads.
+    pub rejected: Counter,
+    /// Version in force.
+    pub version: Gauge,
+}
+
+impl ConfigMetrics {
+    /// Registers `weft_config_*`.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "weft_config_applied",
+            "Configuration changes validated and applied",
+            self.applied.clone(),
+        );
+        registry.register(
+            "weft_config_rejected",
+            "Configuration changes rejected as invalid (the previous one stays in force)",
+            self.rejected.clone(),
+        );
+        registry.register(
+            "weft_config_version",
+            "Version of the configuration in force",
+            self.version.clone(),
+        );
+    }
+}
+
+/// The configuration in force and how to follow it.
+pub struct LiveConfig {
+    dir: PathBuf,
+    /// The snapshot in force (the certificate service authorizes against it).
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    resources: watch::Sender<Arc<ResourceSet>>,
+    status: Mutex<ConfigStatus>,
+    metrics: ConfigMetrics,
+}
+
+impl std::fmt::Debug for LiveConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LiveConfig")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The first load failed; nothing can be served.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct InitialLoadError(pub LoadError);
+
+fn now() -> String {
+    weft_ca::manager::rfc3339(SystemTime::now())
+}
+
+impl LiveConfig {
+    /// Loads `dir` once; an invalid first configuration is an error.
+    pub fn load(dir: PathBuf, metrics: ConfigMetrics) -> Result<Arc<Self>, InitialLoadError> {
+        let config = load_path(&dir).map_err(InitialLoadError)?;
+        let version = 1;
+        let resources = weft_xds::resources::build(&config.snapshot, version);
+        let (tx, _) = watch::channel(Arc::new(resources));
+        metrics.applied.inc();
+        metrics.version.set(1);
+        let status = ConfigStatus {
+            dir: dir.display().to_string(),
+            version,
+            applied_at: Some(now()),
+            resources: config.resources.len(),
+            ..Default::default()
+        };
+        Ok(Arc::new(LiveConfig {
+            dir,
+            snapshot: Arc::new(ArcSwap::new(config.snapshot)),
+            resources: tx,
+            status: Mutex::new(status),
+            metrics,
+        }))
+    }
+
+    /// The xDS resources, updated on every applied change.
+    pub fn resources(&self) -> watch::Receiver<Arc<ResourceSet>> {
+        self.resources.subscribe()
+    }
+
+    /// The current status.
+    pub fn status(&self) -> ConfigStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Loads the directory again; applies it if valid. Returns whether it was applied.
+    pub fn reload(&self) -> bool {
+        let started = std::time::Instant::now();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        match load_path(&self.dir) {
+            Ok(config) => {
+                let version = status.version + 1;
+                let resources = weft_xds::resources::build(&config.snapshot, version);
+                self.snapshot.store(config.snapshot);
+                self.resources.send_replace(Arc::new(resources));
+                status.version = version;
+                status.applied_at = Some(now());
+                status.resources = config.resources.len();
+                status.last_attempt_rejected = false;
+                self.metrics.applied.inc();
+                self.metrics
+                    .version
+                    .set(i64::try_from(version).unwrap_or(i64::MAX));
+                tracing::info!(version, resources = status.resources, took = ?started.elapsed(), "configuration applied");
+                true
+            }
+            Err(e) => {
+                let problems: Vec<String> = match &e {
+                    LoadError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
+                    LoadError::Read(r) => vec![r.to_string()],
+                };
+                tracing::error!(
+                    dir = %self.dir.display(),
+                    version_in_force = status.version,
+                    "configuration rejected; the previous one stays in force:\n{}",
+                    problems.join("\n")
+                );
+                status.last_attempt_rejected = true;
+                status.problems = problems;
+                status.rejected_at = Some(now());
+                self.metrics.rejected.inc();
+                false
+            }
+        }
+    }
+
+    /// Watches the directory and reloads after each burst of changes,
+    /// until the returned guard is dropped.
+    pub fn watch(self: &Arc<Self>, debounce: Debounce) -> Result<WatchGuard, notify::Error> {
+        let (tx, mut rx) = mpsc::channel::<()>(1024);
+        let mut watcher =
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+                if event.is_ok_and(|e| !e.kind.is_access()) {
+                    // A full channel already means "something changed".
+                    let _ = tx.try_send(());
+                }
+            })?;
+        watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+        let me = self.clone();
+        let task = tokio::spawn(async move {
+            while debounce.next(&mut rx).await {
+                let me = me.clone();
+                // Loading reads files: keep it off the async workers.
+                let _ = tokio::task::spawn_blocking(move || me.reload()).await;
+            }
+        });
+        Ok(WatchGuard {
+            _watcher: Box::new(watcher),
+            task,
+        })
+    }
+}
+
+/// Keeps a directory watch alive.
+pub struct WatchGuard {
+    _watcher: Box<dyn Watcher + Send>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl std::fmt::Debug for WatchGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("WatchGuard")
+    }
+}
+
+impl Drop for WatchGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,285 @@
+//! # weft-control
+//!
+//! The control plane. It turns a directory of YAML kept in git into live
+//! state in every proxy: the directory is watched ([`config`]), each change
+//! validated as a whole and debounced ([`debounce`]); valid snapshots are
+//! streamed to proxies over delta xDS (`weft-xds`), invalid ones rejected
+//! with the previous one kept. It also runs the certificate authority
+//! (`weft-ca`), which authorizes against the same snapshot.
+//!
+//! Ports: 15010 config stream in plaintext (loopback only), 15012 config
+//! stream and certificate service over mTLS, 15000 admin (`/certs`), 15014
+//! monitoring (`/debug/config-status`), 15020 metrics.
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tonic::{Request, Status};
+use weft_admin::{Reply, Routes};
+use weft_ca::authz::{BootstrapTokens, control_identity};
+use weft_ca::service::{CertificateService, PeerInfo, tls_incoming};
+use weft_ca::tls::{SpiffeClientVerifier, server_config};
+use weft_ca::{Authority, CaOptions, CertManager, ManagerOptions, TrustBundle};
+use weft_xds::{XdsMetrics, XdsServer};
+
+pub mod config;
+pub mod debounce;
+
+pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
+pub use debounce::Debounce;
+
+/// Where and how to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Directory of YAML configuration, watched for changes.
+    pub config_dir: PathBuf,
+    /// Directory of the CA files.
+    pub ca_dir: PathBuf,
+    /// Plaintext config stream; must be a loopback address.
+    pub xds_addr: SocketAddr,
+    /// Config stream and certificate service over mTLS.
+    pub tls_addr: SocketAddr,
+    /// Admin endpoints.
+    pub admin_addr: SocketAddr,
+    /// Monitoring endpoints.
+    pub monitoring_addr: SocketAddr,
+    /// Prometheus metrics.
+    pub metrics_addr: SocketAddr,
+    /// File of `<node> <token>` bootstrap tokens.
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// Default lifetime of workload certificates.
+    pub workload_ttl: Duration,
+    /// Coalescing of file changes.
+    pub debounce: Debounce,
+}
+
+/// Why the control plane did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The configuration is invalid or unreadable.
+    #[error(transparent)]
+    Config(#[from] config::InitialLoadError),
+    /// The CA could not start.
+    #[error(transparent)]
+    Ca(#[from] weft_ca::CaError),
+    /// A listener could not be bound.
+    #[error(transparent)]
+    Bind(#[from] weft_admin::BindError),
+    /// Anything else, described.
+    #[error("{0}")]
+    Other(String),
+}
+
+/// A running control plane.
+#[derive(Debug)]
+pub struct Running {
+    /// Plaintext config stream address.
+    pub xds_addr: SocketAddr,
+    /// mTLS config stream and certificate service address.
+    pub tls_addr: SocketAddr,
+    /// Admin address.
+    pub admin_addr: SocketAddr,
+    /// Monitoring address.
+    pub monitoring_addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
+    /// The trust domain.
+    pub trust_domain: String,
+    /// The root certificate file proxies should trust.
+    pub root_cert: PathBuf,
+    /// The live configuration.
+    pub config: Arc<LiveConfig>,
+    stop: watch::Sender<bool>,
+    servers: Vec<tokio::task::JoinHandle<()>>,
+    _watch: config::WatchGuard,
+    _own_certs: CertManager,
+}
+
+impl Running {
+    /// Stops every server and waits for them.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        for server in self.servers {
+            let _ = server.await;
+        }
+    }
+}
+
+fn addr(l: &TcpListener) -> Result<SocketAddr, StartError> {
+    l.local_addr().map_err(|e| StartError::Other(e.to_string()))
+}
+
+/// Starts the control plane.
+pub async fn start(options: Options) -> Result<Running, StartError> {
+    if !options.xds_addr.ip().is_loopback() {
+        return Err(StartError::Other(format!(
+            "the plaintext config stream must listen on loopback, not {}; remote proxies use the mTLS port",
+            options.xds_addr
+        )));
+    }
+    let config_metrics = ConfigMetrics::default();
+    let live = LiveConfig::load(options.config_dir.clone(), config_metrics.clone())?;
+    let trust_domain = live.snapshot.load().mesh.trust_domain.clone();
+    let authority = Arc::new(Authority::load_or_create(&CaOptions {
+        dir: options.ca_dir.clone(),
+        trust_domain: trust_domain.clone(),
+        workload_ttl: options.workload_ttl,
+    })?);
+    let tokens = match &options.bootstrap_tokens {
+        Some(path) => {
+            BootstrapTokens::from_file(path).map_err(|e| StartError::Other(e.to_string()))?
+        }
+        None => {
+            tracing::warn!(
+                "no bootstrap tokens: only nodes holding a node certificate can obtain certificates"
+            );
+            BootstrapTokens::default()
+        }
+    };
+
+    // The control plane's own serving certificate, from its own CA.
+    let own = CertManager::new(authority.clone(), ManagerOptions::default());
+    let me = control_identity(&trust_domain).map_err(|e| StartError::Other(e.to_string()))?;
+    own.fetch(&me)
+        .await
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let bundle = TrustBundle::new(authority.trust_bundle().to_vec())
+        .map_err(|e| StartError::Other(e.to_string()))?;
+    let tls = server_config(
+        own.source(&me),
+        SpiffeClientVerifier::new(bundle, &trust_domain).optional(),
+    )
+    .map_err(|e| StartError::Other(e.to_string()))?;
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    own.register(&mut registry);
+    config_metrics.register(&mut registry);
+    let xds_metrics = XdsMetrics::default();
+    xds_metrics.register(&mut registry);
+    let registry = Arc::new(Mutex::new(registry));
+
+    let xds_listener = weft_admin::bind(options.xds_addr, "the plaintext config stream").await?;
+    let tls_listener = weft_admin::bind(
+        options.tls_addr,
+        "the mTLS config stream and certificate service",
+    )
+    .await?;
+    let admin_listener = weft_admin::bind(options.admin_addr, "admin").await?;
+    let monitoring_listener = weft_admin::bind(options.monitoring_addr, "monitoring").await?;
+    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics").await?;
+
+    let (stop, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let xds = XdsServer::new(live.resources(), xds_metrics);
+    let mut servers = Vec::new();
+
+    let running_addrs = (
+        addr(&xds_listener)?,
+        addr(&tls_listener)?,
+        addr(&admin_listener)?,
+        addr(&monitoring_listener)?,
+        addr(&metrics_listener)?,
+    );
+
+    // 15010: plaintext, loopback only.
+    let plain = xds.clone().into_service();
+    let plain_stop = stopped();
+    servers.push(tokio::spawn(async move {
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(xds_listener);
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(plain)
+            .serve_with_incoming_shutdown(incoming, plain_stop)
+            .await
+        {
+            tracing::error!(error = %e, "plaintext config stream stopped");
+        }
+    }));
+
+    // 15012: mTLS; the config stream needs a client certificate, the
+    // certificate service also accepts bootstrap tokens.
+    let ca_service =
+        CertificateService::new(authority.clone(), live.snapshot.clone(), tokens).into_server();
+    let tls_xds = tonic::service::interceptor::InterceptedService::new(
+        xds.into_service(),
+        require_certificate,
+    );
+    let tls_stop = stopped();
+    servers.push(tokio::spawn(async move {
+        if let Err(e) = tonic::transport::Server::builder()
+            .add_service(ca_service)
+            .add_service(tls_xds)
+            .serve_with_incoming_shutdown(tls_incoming(tls_listener, tls), tls_stop)
+            .await
+        {
+            tracing::error!(error = %e, "mTLS config stream and certificate service stopped");
+        }
+    }));
+
+    let certs = own.clone();
+    servers.push(tokio::spawn(weft_admin::serve(
+        admin_listener,
+        Routes::new().get("/certs", move || Reply::json(certs.report_json())),
+        stopped(),
+    )));
+    let status_of = live.clone();
+    servers.push(tokio::spawn(weft_admin::serve(
+        monitoring_listener,
+        Routes::new().get("/debug/config-status", move || {
+            Reply::json(serde_json::to_string_pretty(&status_of.status()).unwrap_or_default())
+        }),
+        stopped(),
+    )));
+    servers.push(tokio::spawn(weft_admin::serve(
+        metrics_listener,
+        Routes::new().metrics(registry),
+        stopped(),
+    )));
+
+    let watch_guard = live.watch(options.debounce).map_err(|e| {
+        StartError::Other(format!(
+            "cannot watch {}: {e}",
+            options.config_dir.display()
+        ))
+    })?;
+
+    Ok(Running {
+        xds_addr: running_addrs.0,
+        tls_addr: running_addrs.1,
+        admin_addr: running_addrs.2,
+        monitoring_addr: running_addrs.3,
+        metrics_addr: running_addrs.4,
+        trust_domain,
+        root_cert: options.ca_dir.join("root-cert.pem"),
+        config: live,
+        stop,
+        servers,
+        _watch: watch_guard,
+        _own_certs: own,
+    })
+}
+
+/// Lets only callers that presented a client certificate through.
+fn require_certificate(request: Request<()>) -> Result<Request<()>, Status> {
+    let has_identity = request
+        .extensions()
+        .get::<PeerInfo>()
+        .is_some_and(|p| p.identity.is_some());
+    if has_identity {
+        Ok(request)
+    } else {
+        Err(Status::unauthenticated(
+            "the config stream on the mTLS port needs a client certificate (a node certificate from the certificate service)",
+        ))
+    }
+}
