@@ -51,6 +51,8 @@ pub struct ClientState {
     pub nacks: u64,
     /// When the state last changed.
     pub updated: Option<SystemTime>,
+    /// Per type, the size of the last response applied: (resources, removals).
+    pub last_response: BTreeMap<String, (usize, usize)>,
 }
 
 /// How to reach the control plane.
@@ -358,6 +360,10 @@ fn apply(
             held.remove(name);
         }
         s.version = response.system_version_info.clone();
+        s.last_response.insert(
+            response.type_url.clone(),
+            (response.resources.len(), response.removed_resources.len()),
+        );
         s.acks += 1;
         s.last_error = None;
         s.updated = Some(SystemTime::now());
