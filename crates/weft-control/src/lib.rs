@@ -34,6 +34,9 @@ pub mod debounce;
 pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
 pub use debounce::Debounce;
 
+/// How long [`Running::stop`] lets in-flight requests finish.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how to run.
 #[derive(Debug, Clone)]
 pub struct Options {
@@ -102,11 +105,20 @@ pub struct Running {
 }
 
 impl Running {
-    /// Stops every server and waits for them.
+    /// Stops every server: no new connections, open streams closed, then
+    /// waits up to [`DRAIN_TIMEOUT`] for in-flight requests before closing
+    /// what is left.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
-        for server in self.servers {
-            let _ = server.await;
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        for mut server in self.servers {
+            if tokio::time::timeout_at(deadline, &mut server)
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain deadline passed; closing remaining connections");
+                server.abort();
+            }
         }
     }
 }
@@ -181,7 +193,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             let _ = rx.wait_for(|s| *s).await;
         }
     };
-    let xds = XdsServer::new(live.resources(), xds_metrics);
+    let xds = XdsServer::new(live.resources(), xds_metrics).with_shutdown(stop.subscribe());
     let mut servers = Vec::new();
 
     let running_addrs = (

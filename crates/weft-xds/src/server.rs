@@ -73,12 +73,25 @@ impl XdsMetrics {
 pub struct XdsServer {
     state: watch::Receiver<Arc<ResourceSet>>,
     metrics: XdsMetrics,
+    closing: Option<watch::Receiver<bool>>,
 }
 
 impl XdsServer {
     /// A server publishing whatever `state` holds, pushing on every change.
     pub fn new(state: watch::Receiver<Arc<ResourceSet>>, metrics: XdsMetrics) -> Self {
-        XdsServer { state, metrics }
+        XdsServer {
+            state,
+            metrics,
+            closing: None,
+        }
+    }
+
+    /// Ends every open stream once `closing` turns true, so a graceful
+    /// shutdown is not held open by long-lived subscriptions (proxies
+    /// reconnect, to this process's successor).
+    pub fn with_shutdown(mut self, closing: watch::Receiver<bool>) -> Self {
+        self.closing = Some(closing);
+        self
     }
 
     /// The tonic service to add to a server.
@@ -107,7 +120,8 @@ impl AggregatedDiscoveryService for XdsServer {
             node: String::from("unknown"),
             next_nonce: 0,
         };
-        tokio::spawn(session.run(requests));
+        let closing = self.closing.clone();
+        tokio::spawn(session.run(requests, closing));
         Ok(Response::new(Box::pin(
             tokio_stream::wrappers::ReceiverStream::new(rx),
         )))
@@ -132,11 +146,25 @@ struct Session {
 }
 
 impl Session {
-    async fn run(mut self, mut requests: Streaming<DeltaDiscoveryRequest>) {
+    async fn run(
+        mut self,
+        mut requests: Streaming<DeltaDiscoveryRequest>,
+        closing: Option<watch::Receiver<bool>>,
+    ) {
         self.metrics.connected.inc();
         let mut current = self.state.borrow_and_update().clone();
+        let closing = async move {
+            match closing {
+                Some(mut rx) => {
+                    let _ = rx.wait_for(|c| *c).await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        let mut closing = std::pin::pin!(closing);
         loop {
             tokio::select! {
+                () = &mut closing => break,
                 message = requests.message() => match message {
                     Ok(Some(request)) => {
                         if self.handle(request, &current).await.is_err() {
