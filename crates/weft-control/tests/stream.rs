@@ -302,3 +302,118 @@ async fn restart_keeps_state_and_resyncs_only_the_difference() {
     assert_eq!(addresses(&client.state()).len(), 11);
     running.stop().await;
 }
+
+/// Kubernetes ConfigMap mounts swap a `..data` symlink to replace every
+/// file at once; the swap is one change.
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn configmap_style_symlink_swap_is_applied() {
+    use std::os::unix::fs::symlink;
+    let env = Env::new();
+    // Lay the config dir out as a ConfigMap mount: files -> ..data/files.
+    let v1 = env.config.join("..v1");
+    std::fs::create_dir_all(&v1).expect("mkdir");
+    for f in ["mesh.yaml", "services.yaml", "workloads.yaml"] {
+        std::fs::rename(env.config.join(f), v1.join(f)).expect("move");
+        symlink(Path::new("..data").join(f), env.config.join(f)).expect("link");
+    }
+    symlink("..v1", env.config.join("..data")).expect("link data");
+    let running = weft_control::start(env.options("127.0.0.1:0"))
+        .await
+        .expect("start");
+    let client = subscribe(running.xds_addr, Arc::new(AtomicBool::new(false)));
+    wait_for(&client, Duration::from_secs(5), "initial sync", |s| {
+        s.synced
+    })
+    .await;
+    assert_eq!(addresses(&client.state()).len(), 11);
+
+    // The next version drops loadgen; swap atomically.
+    let v2 = env.config.join("..v2");
+    std::fs::create_dir_all(&v2).expect("mkdir");
+    for f in ["mesh.yaml", "services.yaml"] {
+        std::fs::copy(v1.join(f), v2.join(f)).expect("copy");
+    }
+    let workloads = std::fs::read_to_string(v1.join("workloads.yaml")).expect("read");
+    let without: Vec<&str> = workloads
+        .split("\n---\n")
+        .filter(|d| !d.contains("name: loadgen"))
+        .collect();
+    std::fs::write(v2.join("workloads.yaml"), without.join("\n---\n")).expect("write");
+    symlink("..v2", env.config.join("..data_tmp")).expect("link");
+    std::fs::rename(env.config.join("..data_tmp"), env.config.join("..data")).expect("swap");
+    wait_for(&client, Duration::from_secs(5), "swap applied", |s| {
+        addresses(s).len() == 10
+    })
+    .await;
+    running.stop().await;
+}
+
+/// On the mTLS port the config stream needs a client certificate: a node
+/// with its node certificate subscribes; a client without one is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mtls_config_stream_requires_a_certificate() {
+    use weft_ca::authz::{control_identity, node_identity};
+    use weft_ca::client::{GrpcCaClient, NodeCredential};
+    use weft_ca::tls::client_config;
+    use weft_ca::{CertManager, ManagerOptions, TrustBundle};
+
+    let env = Env::new();
+    let tokens = env.config.parent().expect("tmp").join("tokens");
+    std::fs::write(&tokens, "node-1 node-1-bootstrap-token-0000\n").expect("tokens");
+    let mut options = env.options("127.0.0.1:0");
+    options.bootstrap_tokens = Some(tokens);
+    let running = weft_control::start(options).await.expect("start");
+    let root =
+        weft_ca::cert::certs_from_pem(&std::fs::read(&running.root_cert).expect("root"), "root")
+            .expect("pem");
+    let bundle = TrustBundle::new(root).expect("bundle");
+    let control = control_identity("cluster.local").expect("id");
+
+    // node-1 gets its node certificate with its bootstrap token.
+    let ca = GrpcCaClient::new(
+        running.tls_addr,
+        bundle.clone(),
+        control.clone(),
+        NodeCredential::Token("node-1-bootstrap-token-0000".into()),
+    )
+    .expect("ca client");
+    let certs = CertManager::new(Arc::new(ca), ManagerOptions::default());
+    let me = node_identity("cluster.local", "node-1").expect("id");
+    certs.fetch(&me).await.expect("node certificate");
+
+    let tls = |cert| {
+        Arc::new(client_config(cert, bundle.clone(), vec![control.clone()]).expect("tls config"))
+    };
+    let xds = |transport| {
+        XdsClient::start(
+            transport,
+            ClientOptions {
+                node_id: "node-1".into(),
+                types: vec![ADDRESS_TYPE.into()],
+                initial_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_millis(200),
+                validator: weft_xds::decode_validator(),
+            },
+        )
+    };
+    let with_cert = xds(Transport::Tls(
+        running.tls_addr,
+        tls(Some(certs.source(&me))),
+    ));
+    wait_for(&with_cert, Duration::from_secs(5), "sync over mTLS", |s| {
+        s.synced
+    })
+    .await;
+    assert_eq!(addresses(&with_cert.state()).len(), 11);
+
+    let without = xds(Transport::Tls(running.tls_addr, tls(None)));
+    wait_for(&without, Duration::from_secs(5), "refusal", |s| {
+        s.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("needs a client certificate"))
+    })
+    .await;
+    assert!(without.state().resources.is_empty());
+    running.stop().await;
+}

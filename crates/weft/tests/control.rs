@@ -33,6 +33,7 @@ fn repo(rel: &str) -> PathBuf {
 struct Control {
     _guard: Guard,
     ca: SocketAddr,
+    xds: SocketAddr,
     admin: SocketAddr,
     metrics: SocketAddr,
     root: PathBuf,
@@ -83,6 +84,7 @@ fn start_control(dir: &Path) -> Control {
     Control {
         _guard: Guard(child),
         ca: field(&line, "tls").parse().expect("tls addr"),
+        xds: field(&line, "xds").parse().expect("xds addr"),
         admin: field(&line, "admin").parse().expect("admin addr"),
         metrics: field(&line, "metrics").parse().expect("metrics addr"),
         root: PathBuf::from(field(&line, "root")),
@@ -213,4 +215,61 @@ fn control_refuses_a_broken_configuration() {
     ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("spec.ports[0].number"), "{stderr}");
+}
+
+/// `weft config-dump` shows what a subscriber holds, per resource, with
+/// versions (here a subscriber in this test serves its dump the way every
+/// proxy's admin port does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_dump_shows_what_a_subscriber_holds() {
+    use weft_xds::client::{ClientOptions, Transport, XdsClient};
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let control = start_control(tmp.path());
+    let client = Arc::new(XdsClient::start(
+        Transport::Plaintext(control.xds),
+        ClientOptions {
+            node_id: "node-1".into(),
+            types: vec![
+                weft_xds::ADDRESS_TYPE.into(),
+                weft_xds::AUTHORIZATION_TYPE.into(),
+            ],
+            initial_backoff: std::time::Duration::from_millis(50),
+            max_backoff: std::time::Duration::from_millis(200),
+            validator: weft_xds::decode_validator(),
+        },
+    ));
+    let mut rx = client.watch();
+    tokio::time::timeout(std::time::Duration::from_secs(5), rx.wait_for(|s| s.synced))
+        .await
+        .expect("synced in time")
+        .expect("client running");
+    let listener = weft_admin::bind("127.0.0.1:0".parse().expect("addr"), "admin")
+        .await
+        .expect("bind");
+    let admin = listener.local_addr().expect("addr").to_string();
+    let dump_of = client.clone();
+    tokio::spawn(weft_admin::serve(
+        listener,
+        weft_admin::Routes::new().get("/config_dump", move || {
+            weft_admin::Reply::json(dump_of.dump_json())
+        }),
+        std::future::pending(),
+    ));
+    let (code, stdout, stderr) =
+        tokio::task::spawn_blocking(move || weft(&["config-dump", &admin]))
+            .await
+            .expect("join");
+    assert_eq!(code, 0, "{stderr}");
+    let dump: serde_json::Value = serde_json::from_str(&stdout).expect("json");
+    assert_eq!(dump["connected"], true);
+    assert_eq!(dump["version"], "1");
+    let addresses = dump["resources"][weft_xds::ADDRESS_TYPE]
+        .as_array()
+        .expect("addresses");
+    assert_eq!(addresses.len(), 11);
+    assert!(
+        addresses.iter().any(|a| a["name"] == "weft/shop/frontend-1"
+            && a["version"].as_str().is_some_and(|v| v.len() == 16)),
+        "{stdout}"
+    );
 }
