@@ -38,7 +38,7 @@ fn error<S: Spec>(res: &Resource<S>, field: &str, message: String) -> Diagnostic
     Diagnostic::at(&res.origin, Some(res.object()), field, message)
 }
 
-fn duplicate_names<S: Spec>(list: &[Resource<S>], out: &mut Vec<Diagnostic>) {
+fn duplicate_names<S: Spec>(list: &[std::sync::Arc<Resource<S>>], out: &mut Vec<Diagnostic>) {
     let mut seen: HashMap<&NamespacedName, &Origin> = HashMap::new();
     for res in list {
         if let Some(first) = seen.insert(&res.name, &res.origin) {

@@ -11,25 +11,39 @@ use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::yaml::LineIndex;
+use crate::yaml;
 
-/// Where a resource came from: its file, document and the lines of its fields.
-#[derive(Debug, Clone)]
+/// Where a resource came from: its file and document, and the file's text
+/// so that lines can be found when a problem needs one.
+#[derive(Clone)]
 pub struct Origin {
     /// The file, as the user named it (relative paths stay relative).
     pub file: Arc<PathBuf>,
     /// 1-based document index within the file.
     pub doc: usize,
-    /// Line the document starts on.
-    pub line: u64,
-    /// Field path → line.
-    pub lines: Arc<LineIndex>,
+    /// The whole file's text, shared by its documents.
+    pub source: Arc<str>,
+}
+
+impl std::fmt::Debug for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{}", self.file.display(), self.doc)
+    }
 }
 
 impl Origin {
+    /// The line of `field` (or of the document when `field` is empty).
+    /// Found by parsing the file again: only problems need lines.
+    pub fn line_of(&self, field: &str) -> Option<u64> {
+        yaml::locate(&self.source, self.doc, field)
+    }
+
     /// `file#doc:line` for the document itself.
     pub fn describe(&self) -> String {
-        format!("{}#{}:{}", self.file.display(), self.doc, self.line)
+        match self.line_of("") {
+            Some(line) => format!("{}#{}:{line}", self.file.display(), self.doc),
+            None => format!("{}#{}", self.file.display(), self.doc),
+        }
     }
 }
 
@@ -70,11 +84,7 @@ impl Diagnostic {
         field: &str,
         message: impl Into<String>,
     ) -> Self {
-        let line = if field.is_empty() {
-            Some(origin.line)
-        } else {
-            origin.lines.line_of(field).or(Some(origin.line))
-        };
+        let line = origin.line_of(field);
         Diagnostic {
             file: origin.file.as_ref().clone(),
             doc: Some(origin.doc),

@@ -22,7 +22,8 @@
 
 #![forbid(unsafe_code)]
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use weft_core::model::Snapshot;
@@ -63,23 +64,7 @@ pub enum LoadError {
 /// Loads, validates and translates every YAML file under `path` (a
 /// directory, or one file).
 pub fn load_path(path: &Path) -> Result<Config, LoadError> {
-    let files = loader::yaml_files(path)?;
-    let mut sources = Vec::with_capacity(files.len());
-    let mut problems = Vec::new();
-    for file in files {
-        match std::fs::read(&file) {
-            Ok(bytes) => match String::from_utf8(bytes) {
-                Ok(text) => sources.push((file, text)),
-                Err(_) => problems.push(Diagnostic::file(file, None, "is not UTF-8 text")),
-            },
-            Err(e) => problems.push(Diagnostic::file(file, None, format!("cannot be read: {e}"))),
-        }
-    }
-    load_sources_with(
-        sources.iter().map(|(p, t)| (p.as_path(), t.as_str())),
-        problems,
-    )
-    .map_err(LoadError::Invalid)
+    Loader::default().load(path)
 }
 
 /// Loads a configuration from in-memory `(file name, YAML text)` pairs, as
@@ -87,16 +72,121 @@ pub fn load_path(path: &Path) -> Result<Config, LoadError> {
 pub fn load_sources<'a>(
     sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
 ) -> Result<Config, Problems> {
-    load_sources_with(sources, Vec::new())
+    let parsed: Vec<Arc<Parsed>> = sources
+        .into_iter()
+        .map(|(file, text)| Arc::new(Parsed::new(file, text)))
+        .collect();
+    finish(&parsed, Vec::new())
 }
 
-fn load_sources_with<'a>(
-    sources: impl IntoIterator<Item = (&'a Path, &'a str)>,
-    mut problems: Vec<Diagnostic>,
-) -> Result<Config, Problems> {
-    let mut resources = Resources::default();
-    for (file, text) in sources {
+/// One file, parsed and decoded.
+#[derive(Debug)]
+struct Parsed {
+    hash: u64,
+    resources: Resources,
+    problems: Vec<Diagnostic>,
+}
+
+impl Parsed {
+    fn new(file: &Path, text: &str) -> Self {
+        let mut resources = Resources::default();
+        let mut problems = Vec::new();
         loader::add_file(file, text, &mut resources, &mut problems);
+        Parsed {
+            hash: content_hash(text.as_bytes()),
+            resources,
+            problems,
+        }
+    }
+}
+
+fn content_hash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Loads a directory again and again (the control plane's reloads),
+/// parsing only the files whose content changed since the last load;
+/// checks across resources and the translation always see everything.
+#[derive(Debug, Default)]
+pub struct Loader {
+    cache: HashMap<PathBuf, Arc<Parsed>>,
+}
+
+impl Loader {
+    /// Loads, validates and translates every YAML file under `path`.
+    pub fn load(&mut self, path: &Path) -> Result<Config, LoadError> {
+        let files = loader::yaml_files(path)?;
+        let mut problems = Vec::new();
+        let mut texts = Vec::with_capacity(files.len());
+        for file in files {
+            match std::fs::read(&file) {
+                Ok(bytes) => match String::from_utf8(bytes) {
+                    Ok(text) => texts.push((file, text)),
+                    Err(_) => problems.push(Diagnostic::file(file, None, "is not UTF-8 text")),
+                },
+                Err(e) => {
+                    problems.push(Diagnostic::file(file, None, format!("cannot be read: {e}")))
+                }
+            }
+        }
+        let stale: Vec<&(PathBuf, String)> = texts
+            .iter()
+            .filter(|(file, text)| {
+                self.cache
+                    .get(file)
+                    .is_none_or(|p| p.hash != content_hash(text.as_bytes()))
+            })
+            .collect();
+        for (file, parsed) in parse_parallel(&stale) {
+            self.cache.insert(file, parsed);
+        }
+        let mut parsed = Vec::with_capacity(texts.len());
+        let mut fresh = HashMap::with_capacity(texts.len());
+        for (file, _) in texts {
+            if let Some(p) = self.cache.remove(&file) {
+                parsed.push(p.clone());
+                fresh.insert(file, p);
+            }
+        }
+        // Forget files that are gone.
+        self.cache = fresh;
+        finish(&parsed, problems).map_err(LoadError::Invalid)
+    }
+}
+
+/// Parses files on every core; the results come back in input order.
+fn parse_parallel(files: &[&(PathBuf, String)]) -> Vec<(PathBuf, Arc<Parsed>)> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(files.len().max(1));
+    let chunk = files.len().div_ceil(workers).max(1);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = files
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|(file, text)| (file.clone(), Arc::new(Parsed::new(file, text))))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
+}
+
+/// Checks across resources and translates, given every parsed file.
+fn finish(parsed: &[Arc<Parsed>], mut problems: Vec<Diagnostic>) -> Result<Config, Problems> {
+    let mut resources = Resources::default();
+    for p in parsed {
+        resources.extend_from(&p.resources);
+        problems.extend(p.problems.iter().cloned());
     }
     cross::check(&resources, &mut problems);
     if !problems.is_empty() {

@@ -97,12 +97,12 @@ pub(crate) fn add_file(
         }
     };
     let file = Arc::new(file.to_owned());
+    let source: Arc<str> = Arc::from(text);
     for doc in docs {
         let origin = Origin {
             file: file.clone(),
             doc: doc.index,
-            line: doc.line,
-            lines: Arc::new(doc.lines),
+            source: source.clone(),
         };
         add_document(&doc.value, &origin, resources, out);
     }

@@ -123,11 +123,8 @@ pub(crate) fn decode<S: Spec>(
     let mut ctx = Ctx::new(origin, object, out);
 
     let mut unknown = Vec::new();
-    let mut track = serde_path_to_error::Track::new();
-    let result: Result<Envelope<S>, _> = serde_ignored::deserialize(
-        serde_path_to_error::Deserializer::new(value, &mut track),
-        |path| unknown.push(ignored_path(&path)),
-    );
+    let result: Result<Envelope<S>, _> =
+        serde_ignored::deserialize(value, |path| unknown.push(ignored_path(&path)));
     for path in &unknown {
         let message = match S::UNSUPPORTED.iter().find(|(p, _)| p == path) {
             Some((_, why)) => format!("is not supported by weft: {why}"),
@@ -141,6 +138,11 @@ pub(crate) fn decode<S: Spec>(
     let envelope = match result {
         Ok(envelope) => envelope,
         Err(e) => {
+            // Decode again, tracking the path, only to say where it failed.
+            let mut track = serde_path_to_error::Track::new();
+            let _ = Envelope::<S>::deserialize(serde_path_to_error::Deserializer::new(
+                value, &mut track,
+            ));
             let path = track.path().to_string();
             let path = if path == "." { String::new() } else { path };
             ctx.error(&path, e.to_string());

@@ -21,7 +21,11 @@ use crate::resource::Resource;
 
 /// Builds the snapshot, reporting anything that cannot be translated.
 pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
-    let mesh = r.meshes.first().map(mesh_settings).unwrap_or_default();
+    let mesh = r
+        .meshes
+        .first()
+        .map(|m| mesh_settings(m))
+        .unwrap_or_default();
     let mut snapshot = Snapshot {
         mesh,
         ..Snapshot::default()
@@ -39,8 +43,20 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
             snapshot.workloads.insert(w.name.clone(), w);
         }
     }
+    // Selectors only match within a namespace: index workloads by it once.
+    let mut by_namespace: std::collections::HashMap<&str, Vec<&Resource<WorkloadEntrySpec>>> =
+        std::collections::HashMap::new();
+    for we in &r.workload_entries {
+        by_namespace
+            .entry(we.name.namespace.as_str())
+            .or_default()
+            .push(we);
+    }
     for se in &r.service_entries {
-        let endpoints = endpoints(se, &r.workload_entries, &mut snapshot, out);
+        let candidates = by_namespace
+            .get(se.name.namespace.as_str())
+            .map_or(&[][..], Vec::as_slice);
+        let endpoints = endpoints(se, candidates, &mut snapshot, out);
         snapshot
             .services
             .insert(se.name.clone(), service(se, endpoints));
@@ -145,18 +161,16 @@ fn workload(
 /// inline endpoints (added to the snapshot as workloads named `<se>[i]`).
 fn endpoints(
     se: &Resource<ServiceEntrySpec>,
-    workload_entries: &[Resource<WorkloadEntrySpec>],
+    same_namespace: &[&Resource<WorkloadEntrySpec>],
     snapshot: &mut Snapshot,
     out: &mut Vec<Diagnostic>,
 ) -> Vec<NamespacedName> {
     let mut names = Vec::new();
     if let Some(selector) = &se.spec.workload_selector {
         names.extend(
-            workload_entries
+            same_namespace
                 .iter()
-                .filter(|we| {
-                    we.name.namespace == se.name.namespace && selector.matches(&we.spec.labels)
-                })
+                .filter(|we| selector.matches(&we.spec.labels))
                 .map(|we| we.name.clone()),
         );
     }

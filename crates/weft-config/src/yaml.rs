@@ -1,15 +1,14 @@
-//! YAML text → documents: one `serde_json::Value` per document plus an index
-//! from field path (`spec.ports[0].number`) to the line it was written on.
+//! YAML text → documents.
 //!
-//! Decoding goes through a small tree of [`Spanned`] nodes so that every
-//! later error, typed or semantic, can point at a line without the typed
-//! structs having to carry spans themselves.
+//! The fast path parses each document straight into a `serde_json::Value`.
+//! Line numbers are only needed when something is wrong, so they are found
+//! lazily: [`locate`] parses the file again with spans and walks a field
+//! path (`spec.ports[0].number`) to the line it was written on.
 
-use std::collections::HashMap;
 use std::fmt;
 
 use serde::de::{Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::{Map, Number, Value};
+use serde_json::Value;
 use serde_saphyr::Spanned;
 
 /// One parsed YAML document.
@@ -17,30 +16,8 @@ use serde_saphyr::Spanned;
 pub(crate) struct Document {
     /// 1-based position among the file's non-empty documents.
     pub(crate) index: usize,
-    /// The line the document's content starts on.
-    pub(crate) line: u64,
     /// The document as untyped JSON-like data.
     pub(crate) value: Value,
-    /// Where each field was written.
-    pub(crate) lines: LineIndex,
-}
-
-/// Field path → line number, for one document.
-#[derive(Debug, Default, Clone)]
-pub struct LineIndex(HashMap<String, u64>);
-
-impl LineIndex {
-    /// The line of `path`, or of its nearest ancestor that has one.
-    pub fn line_of(&self, path: &str) -> Option<u64> {
-        let mut p = path;
-        loop {
-            if let Some(line) = self.0.get(p) {
-                return Some(*line);
-            }
-            let cut = p.rfind(['.', '['])?;
-            p = &p[..cut];
-        }
-    }
 }
 
 /// A file that is not valid YAML.
@@ -50,17 +27,20 @@ pub(crate) struct YamlError {
     pub(crate) line: Option<u64>,
 }
 
+fn options() -> serde_saphyr::Options {
+    serde_saphyr::options! {
+        strict_booleans: true,
+        with_snippet: false,
+    }
+}
+
 /// Parses every non-empty document of a YAML file.
 ///
 /// Booleans are strict (`yes`/`on` stay strings), duplicate keys are an
 /// error, and alias expansion is bounded by the parser's default budget.
 pub(crate) fn parse(text: &str) -> Result<Vec<Document>, YamlError> {
-    let options = serde_saphyr::options! {
-        strict_booleans: true,
-        with_snippet: false,
-    };
-    let nodes: Vec<Spanned<Node>> = serde_saphyr::from_multiple_with_options(text, options)
-        .map_err(|e| {
+    let values: Vec<Value> =
+        serde_saphyr::from_multiple_with_options(text, options()).map_err(|e| {
             let line = e.location().map(|l| l.line()).filter(|l| *l > 0);
             let message = e.to_string();
             // The parser appends "at line X, column Y"; we report the line ourselves.
@@ -70,56 +50,52 @@ pub(crate) fn parse(text: &str) -> Result<Vec<Document>, YamlError> {
             };
             YamlError { message, line }
         })?;
-    Ok(nodes
+    Ok(values
         .into_iter()
         .enumerate()
-        .map(|(i, node)| {
-            let mut lines = LineIndex::default();
-            let line = node.referenced.line();
-            let value = into_value(node, String::new(), &mut lines);
-            Document {
-                index: i + 1,
-                line,
-                value,
-                lines,
-            }
+        .map(|(i, value)| Document {
+            index: i + 1,
+            value,
         })
         .collect())
 }
 
-fn into_value(node: Spanned<Node>, path: String, lines: &mut LineIndex) -> Value {
-    let line = node.referenced.line();
-    if line > 0 {
-        lines.0.entry(path.clone()).or_insert(line);
-    }
-    match node.value {
-        Node::Null => Value::Null,
-        Node::Bool(b) => Value::Bool(b),
-        Node::Int(i) => Value::Number(i.into()),
-        Node::Uint(u) => Value::Number(u.into()),
-        Node::Float(f) => Number::from_f64(f).map_or(Value::Null, Value::Number),
-        Node::Str(s) => Value::String(s),
-        Node::Seq(items) => Value::Array(
-            items
-                .into_iter()
-                .enumerate()
-                .map(|(i, item)| into_value(item, format!("{path}[{i}]"), lines))
-                .collect(),
-        ),
-        Node::Map(entries) => {
-            let mut map = Map::new();
-            for (key, value) in entries {
-                let key = key.value.into_key();
-                let child = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                map.insert(key, into_value(value, child, lines));
-            }
-            Value::Object(map)
+/// The line of `path` in document `index` (1-based) of `text`, or of its
+/// nearest ancestor that has one; `""` gives the document's first line.
+pub(crate) fn locate(text: &str, index: usize, path: &str) -> Option<u64> {
+    let docs: Vec<Spanned<Node>> =
+        serde_saphyr::from_multiple_with_options(text, options()).ok()?;
+    let mut node = docs.get(index.checked_sub(1)?)?;
+    let mut line = node.referenced.line();
+    let mut rest = path;
+    while !rest.is_empty() {
+        let next = match &node.value {
+            // Keys may contain dots (`weft.dev/node`): take the longest key
+            // that the rest of the path starts with, as a whole segment.
+            Node::Map(entries) => entries
+                .iter()
+                .filter_map(|(k, v)| {
+                    let key = k.value.key_text()?;
+                    let after = rest.strip_prefix(key.as_str())?;
+                    (after.is_empty() || after.starts_with(['.', '[']))
+                        .then(|| (key.len(), after, v))
+                })
+                .max_by_key(|(len, _, _)| *len)
+                .map(|(_, after, v)| (after, v)),
+            Node::Seq(items) => rest.strip_prefix('[').and_then(|r| {
+                let (i, after) = r.split_once(']')?;
+                Some((after, items.get(i.parse::<usize>().ok()?)?))
+            }),
+            _ => None,
+        };
+        let Some((after, child)) = next else { break };
+        node = child;
+        if node.referenced.line() > 0 {
+            line = node.referenced.line();
         }
+        rest = after.strip_prefix('.').unwrap_or(after);
     }
+    (line > 0).then_some(line)
 }
 
 /// A YAML node as the parser gives it, with spans on every child.
@@ -136,16 +112,15 @@ enum Node {
 }
 
 impl Node {
-    /// Renders a mapping key as a string (`80: x` has the key `"80"`).
-    fn into_key(self) -> String {
+    /// A mapping key as text (`80: x` has the key `"80"`).
+    fn key_text(&self) -> Option<String> {
         match self {
-            Node::Str(s) => s,
-            Node::Null => "null".into(),
-            Node::Bool(b) => b.to_string(),
-            Node::Int(i) => i.to_string(),
-            Node::Uint(u) => u.to_string(),
-            Node::Float(f) => f.to_string(),
-            Node::Seq(_) | Node::Map(_) => "<complex key>".into(),
+            Node::Str(s) => Some(s.clone()),
+            Node::Bool(b) => Some(b.to_string()),
+            Node::Int(i) => Some(i.to_string()),
+            Node::Uint(u) => Some(u.to_string()),
+            Node::Float(f) => Some(f.to_string()),
+            Node::Null | Node::Seq(_) | Node::Map(_) => None,
         }
     }
 }
@@ -211,21 +186,34 @@ impl<'de> Visitor<'de> for NodeVisitor {
 mod tests {
     use super::*;
 
+    const TEXT: &str = "---\n# empty\n---\napiVersion: v1\nkind: X\nspec:\n  ports:\n  - number: 80\n    flag: yes\n  labels:\n    weft.dev/node: n1\n---\na: 1\n";
+
     #[test]
-    fn documents_lines_and_paths() {
-        let text = "---\n# empty\n---\napiVersion: v1\nkind: X\nspec:\n  ports:\n  - number: 80\n    flag: yes\n---\na: 1\n";
-        let docs = parse(text).expect("valid yaml");
+    fn documents_and_strict_booleans() {
+        let docs = parse(TEXT).expect("valid yaml");
         assert_eq!(docs.len(), 2);
-        assert_eq!((docs[0].index, docs[0].line), (1, 4));
+        assert_eq!(docs[0].index, 1);
         assert_eq!(docs[0].value["spec"]["ports"][0]["number"], 80);
         // Strict booleans: `yes` stays a string.
         assert_eq!(docs[0].value["spec"]["ports"][0]["flag"], "yes");
-        assert_eq!(docs[0].lines.line_of("spec.ports[0].number"), Some(8));
-        assert_eq!(docs[0].lines.line_of("spec.ports[0].flag"), Some(9));
-        // Unknown paths fall back to the nearest ancestor.
-        assert_eq!(docs[0].lines.line_of("spec.ports[0].missing"), Some(8));
-        assert_eq!(docs[0].lines.line_of("kind"), Some(5));
-        assert_eq!((docs[1].index, docs[1].line), (2, 11));
+        assert_eq!(docs[1].index, 2);
+    }
+
+    #[test]
+    fn lines_are_found_lazily() {
+        let cases = [
+            (1, "", Some(4)),
+            (1, "kind", Some(5)),
+            (1, "spec.ports[0].number", Some(8)),
+            (1, "spec.ports[0].flag", Some(9)),
+            (1, "spec.ports[0].missing", Some(8)),
+            (1, "spec.labels.weft.dev/node", Some(11)),
+            (2, "a", Some(13)),
+            (3, "a", None),
+        ];
+        for (doc, path, want) in cases {
+            assert_eq!(locate(TEXT, doc, path), want, "{doc} {path}");
+        }
     }
 
     #[test]

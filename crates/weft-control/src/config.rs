@@ -14,7 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::{mpsc, watch};
-use weft_config::{LoadError, load_path};
+use weft_config::{LoadError, Loader};
 use weft_core::model::Snapshot;
 use weft_xds::ResourceSet;
 
@@ -74,6 +74,7 @@ impl ConfigMetrics {
 /// The configuration in force and how to follow it.
 pub struct LiveConfig {
     dir: PathBuf,
+    loader: Mutex<Loader>,
     /// The snapshot in force (the certificate service authorizes against it).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     resources: watch::Sender<Arc<ResourceSet>>,
@@ -101,7 +102,8 @@ fn now() -> String {
 impl LiveConfig {
     /// Loads `dir` once; an invalid first configuration is an error.
     pub fn load(dir: PathBuf, metrics: ConfigMetrics) -> Result<Arc<Self>, InitialLoadError> {
-        let config = load_path(&dir).map_err(InitialLoadError)?;
+        let mut loader = Loader::default();
+        let config = loader.load(&dir).map_err(InitialLoadError)?;
         let version = 1;
         let resources = weft_xds::resources::build(&config.snapshot, version);
         let (tx, _) = watch::channel(Arc::new(resources));
@@ -116,6 +118,7 @@ impl LiveConfig {
         };
         Ok(Arc::new(LiveConfig {
             dir,
+            loader: Mutex::new(loader),
             snapshot: Arc::new(ArcSwap::new(config.snapshot)),
             resources: tx,
             status: Mutex::new(status),
@@ -140,7 +143,12 @@ impl LiveConfig {
     pub fn reload(&self) -> bool {
         let started = std::time::Instant::now();
         let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
-        match load_path(&self.dir) {
+        let loaded = self
+            .loader
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .load(&self.dir);
+        match loaded {
             Ok(config) => {
                 let version = status.version + 1;
                 let resources = weft_xds::resources::build(&config.snapshot, version);

@@ -102,9 +102,18 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             );
         }
     }
+    // Which services each workload backs, found once rather than per workload.
+    let mut backs: std::collections::HashMap<&weft_core::model::NamespacedName, Vec<&Service>> =
+        std::collections::HashMap::new();
+    for service in snapshot.services.values() {
+        for endpoint in &service.endpoints {
+            backs.entry(endpoint).or_default().push(service);
+        }
+    }
     for workload in snapshot.workloads.values() {
+        let services = backs.get(&workload.name).map_or(&[][..], Vec::as_slice);
         let message = wl::Address {
-            r#type: Some(Type::Workload(workload_message(snapshot, workload))),
+            r#type: Some(Type::Workload(workload_message(services, workload))),
         };
         addresses.insert(workload_uid(workload), Entry::new(ADDRESS_TYPE, &message));
     }
@@ -143,16 +152,13 @@ fn service_message(service: &Service, host: &str) -> wl::Service {
     }
 }
 
-fn workload_message(snapshot: &Snapshot, w: &Workload) -> wl::Workload {
+fn workload_message(backed: &[&Service], w: &Workload) -> wl::Workload {
     let (addresses, hostname) = match &w.address {
         WorkloadAddress::Ip(ip) => (vec![ip_bytes(*ip)], String::new()),
         WorkloadAddress::Hostname(h) => (Vec::new(), h.clone()),
     };
     let mut services = std::collections::HashMap::new();
-    for service in snapshot.services.values() {
-        if !service.endpoints.contains(&w.name) {
-            continue;
-        }
+    for service in backed {
         let ports = wl::PortList {
             ports: service
                 .ports

@@ -4,6 +4,8 @@
 //! Adding a kind is local: write its `Spec` in a new file, add a field to
 //! [`Resources`] and one row to [`KINDS`].
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 use crate::diag::{Diagnostic, Origin};
@@ -17,15 +19,17 @@ pub use mesh::MeshSpec;
 pub use service_entry::ServiceEntrySpec;
 pub use workload_entry::WorkloadEntrySpec;
 
-/// Every decoded resource of a configuration, grouped by kind, in load order.
+/// Every decoded resource of a configuration, grouped by kind, in load
+/// order. Resources are shared (`Arc`) so that a reload reuses the
+/// resources of files that did not change.
 #[derive(Debug, Clone, Default)]
 pub struct Resources {
     /// Istio `ServiceEntry`.
-    pub service_entries: Vec<Resource<ServiceEntrySpec>>,
+    pub service_entries: Vec<Arc<Resource<ServiceEntrySpec>>>,
     /// Istio `WorkloadEntry`.
-    pub workload_entries: Vec<Resource<WorkloadEntrySpec>>,
+    pub workload_entries: Vec<Arc<Resource<WorkloadEntrySpec>>>,
     /// weft `Mesh`.
-    pub meshes: Vec<Resource<MeshSpec>>,
+    pub meshes: Vec<Arc<Resource<MeshSpec>>>,
 }
 
 impl Resources {
@@ -37,6 +41,15 @@ impl Resources {
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Appends every resource of `other` (shared, not copied).
+    pub fn extend_from(&mut self, other: &Resources) {
+        self.service_entries
+            .extend(other.service_entries.iter().cloned());
+        self.workload_entries
+            .extend(other.workload_entries.iter().cloned());
+        self.meshes.extend(other.meshes.iter().cloned());
     }
 }
 
@@ -62,19 +75,19 @@ pub(crate) const KINDS: &[KindDef] = &[
         group: ISTIO_NETWORKING,
         versions: ISTIO_NETWORKING_VERSIONS,
         kind: "ServiceEntry",
-        add: |v, o, r, out| r.service_entries.extend(decode(v, o, out)),
+        add: |v, o, r, out| r.service_entries.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: ISTIO_NETWORKING,
         versions: ISTIO_NETWORKING_VERSIONS,
         kind: "WorkloadEntry",
-        add: |v, o, r, out| r.workload_entries.extend(decode(v, o, out)),
+        add: |v, o, r, out| r.workload_entries.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: WEFT,
         versions: &["v1alpha1"],
         kind: "Mesh",
-        add: |v, o, r, out| r.meshes.extend(decode(v, o, out)),
+        add: |v, o, r, out| r.meshes.extend(decode(v, o, out).map(Arc::new)),
     },
 ];
 
