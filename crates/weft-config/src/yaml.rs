@@ -77,8 +77,11 @@ pub(crate) fn locate(text: &str, index: usize, path: &str) -> Option<u64> {
                 .filter_map(|(k, v)| {
                     let key = k.value.key_text()?;
                     let after = rest.strip_prefix(key.as_str())?;
-                    (after.is_empty() || after.starts_with(['.', '[']))
-                        .then(|| (key.len(), after, v))
+                    (after.is_empty() || after.starts_with(['.', '['])).then_some((
+                        key.len(),
+                        after,
+                        v,
+                    ))
                 })
                 .max_by_key(|(len, _, _)| *len)
                 .map(|(_, after, v)| (after, v)),
