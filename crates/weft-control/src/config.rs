@@ -151,7 +151,9 @@ impl LiveConfig {
         match loaded {
             Ok(config) => {
                 let version = status.version + 1;
-                let resources = weft_xds::resources::build(&config.snapshot, version);
+                let previous = self.resources.borrow().clone();
+                let resources = weft_xds::resources::build(&config.snapshot, version)
+                    .with_delta_from(&previous);
                 self.snapshot.store(config.snapshot);
                 self.resources.send_replace(Arc::new(resources));
                 status.version = version;

@@ -3,7 +3,7 @@
 //! version derived from its encoded bytes, so an unchanged resource keeps
 //! its version across snapshots and control plane restarts.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -23,8 +23,8 @@ pub const TYPES: [&str; 2] = [ADDRESS_TYPE, AUTHORIZATION_TYPE];
 /// One resource as sent: its version and encoded body.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
-    /// Opaque version (hash of the body).
-    pub version: String,
+    /// Opaque version: a hash of the body (sent as 16 hex digits).
+    pub version: u64,
     /// The encoded resource.
     pub body: Any,
 }
@@ -33,7 +33,7 @@ impl Entry {
     fn new(type_url: &str, message: &impl Message) -> Arc<Entry> {
         let value = message.encode_to_vec();
         Arc::new(Entry {
-            version: format!("{:016x}", fnv1a(&value)),
+            version: fnv1a(&value),
             body: Any {
                 type_url: type_url.to_owned(),
                 value,
@@ -42,8 +42,25 @@ impl Entry {
     }
 }
 
-/// Resources of one type, by name.
-pub type Resources = BTreeMap<String, Arc<Entry>>;
+/// A version as it travels on the wire.
+pub fn version_text(version: u64) -> String {
+    format!("{version:016x}")
+}
+
+/// A version a client reports; anything unrecognized never matches.
+pub fn parse_version(text: &str) -> u64 {
+    if text.len() == 16 {
+        u64::from_str_radix(text, 16).unwrap_or(u64::MAX)
+    } else {
+        u64::MAX
+    }
+}
+
+/// Resources of one type, by name (names are shared with every session).
+pub type Resources = BTreeMap<Arc<str>, Arc<Entry>>;
+
+/// What a client holds of one type: name → version.
+pub type Known = HashMap<Arc<str>, u64>;
 
 /// Everything the server offers at one configuration version.
 #[derive(Debug, Clone, Default)]
@@ -52,12 +69,52 @@ pub struct ResourceSet {
     pub version: u64,
     /// Type URL → resources.
     pub types: BTreeMap<&'static str, Resources>,
+    /// What changed since the previous set, when known.
+    pub delta: Option<Delta>,
+}
+
+/// The names that changed between two consecutive sets.
+#[derive(Debug, Clone, Default)]
+pub struct Delta {
+    /// Version of the previous set.
+    pub from: u64,
+    /// Type URL → names added, changed or removed.
+    pub names: BTreeMap<&'static str, Vec<Arc<str>>>,
 }
 
 impl ResourceSet {
     /// The resources of `type_url` (empty for an unknown type).
     pub fn of(&self, type_url: &str) -> Option<&Resources> {
         self.types.get(type_url)
+    }
+
+    /// Records what changed since `previous`, so that sessions in sync
+    /// with it look only at those names instead of every resource.
+    pub fn with_delta_from(mut self, previous: &ResourceSet) -> Self {
+        let mut names = BTreeMap::new();
+        for (type_url, now) in &self.types {
+            let empty = Resources::new();
+            let before = previous.types.get(type_url).unwrap_or(&empty);
+            let mut changed: Vec<Arc<str>> = now
+                .iter()
+                .filter(|(name, entry)| {
+                    before.get(*name).is_none_or(|b| b.version != entry.version)
+                })
+                .map(|(name, _)| name.clone())
+                .collect();
+            changed.extend(
+                before
+                    .keys()
+                    .filter(|name| !now.contains_key(*name))
+                    .cloned(),
+            );
+            names.insert(*type_url, changed);
+        }
+        self.delta = Some(Delta {
+            from: previous.version,
+            names,
+        });
+        self
     }
 }
 
@@ -97,7 +154,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
                 r#type: Some(Type::Service(service_message(service, host))),
             };
             addresses.insert(
-                service_name(&service.name.namespace, host),
+                Arc::from(service_name(&service.name.namespace, host)),
                 Entry::new(ADDRESS_TYPE, &message),
             );
         }
@@ -115,13 +172,20 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
         let message = wl::Address {
             r#type: Some(Type::Workload(workload_message(services, workload))),
         };
-        addresses.insert(workload_uid(workload), Entry::new(ADDRESS_TYPE, &message));
+        addresses.insert(
+            Arc::from(workload_uid(workload)),
+            Entry::new(ADDRESS_TYPE, &message),
+        );
     }
     let mut types = BTreeMap::new();
     types.insert(ADDRESS_TYPE, addresses);
     // L4 policies join when AuthorizationPolicy is added to the configuration.
     types.insert(AUTHORIZATION_TYPE, Resources::new());
-    ResourceSet { version, types }
+    ResourceSet {
+        version,
+        types,
+        delta: None,
+    }
 }
 
 fn service_message(service: &Service, host: &str) -> wl::Service {
@@ -210,12 +274,12 @@ fn workload_message(backed: &[&Service], w: &Workload) -> wl::Workload {
     }
 }
 
+/// Changed or new resources, and names to remove.
+pub type Diff<'a> = (Vec<(&'a Arc<str>, &'a Arc<Entry>)>, Vec<Arc<str>>);
+
 /// What must be sent to move a client from `known` to `current`: changed
 /// or new resources, and names to remove.
-pub fn diff<'a>(
-    known: &BTreeMap<String, String>,
-    current: &'a Resources,
-) -> (Vec<(&'a String, &'a Arc<Entry>)>, Vec<String>) {
+pub fn diff<'a>(known: &Known, current: &'a Resources) -> Diff<'a> {
     let changed = current
         .iter()
         .filter(|(name, entry)| known.get(*name) != Some(&entry.version))
@@ -228,39 +292,79 @@ pub fn diff<'a>(
     (changed, removed)
 }
 
+/// [`diff`] restricted to `names` (a [`Delta`]'s), for a client that held
+/// exactly the previous set.
+pub fn diff_names<'a>(known: &Known, current: &'a Resources, names: &[Arc<str>]) -> Diff<'a> {
+    let mut changed = Vec::new();
+    let mut removed = Vec::new();
+    for name in names {
+        match current.get_key_value(name) {
+            Some((n, entry)) if known.get(name) != Some(&entry.version) => changed.push((n, entry)),
+            Some(_) => {}
+            None if known.contains_key(name) => removed.push(name.clone()),
+            None => {}
+        }
+    }
+    (changed, removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn entry(v: &str) -> Arc<Entry> {
+    fn entry(v: u64) -> Arc<Entry> {
         Arc::new(Entry {
-            version: v.into(),
+            version: v,
             body: Any::default(),
         })
     }
 
     #[test]
     fn diff_table() {
-        let current: Resources =
-            [("a".to_owned(), entry("1")), ("b".to_owned(), entry("2"))].into();
+        let current: Resources = [(Arc::from("a"), entry(1)), (Arc::from("b"), entry(2))].into();
         // (what the client holds, expected changed, expected removed)
-        type Case<'a> = (&'a [(&'a str, &'a str)], &'a [&'a str], &'a [&'a str]);
+        type Case<'a> = (&'a [(&'a str, u64)], &'a [&'a str], &'a [&'a str]);
         let cases: &[Case<'_>] = &[
             (&[], &["a", "b"], &[]),
-            (&[("a", "1"), ("b", "2")], &[], &[]),
-            (&[("a", "1"), ("b", "1")], &["b"], &[]),
-            (&[("a", "1"), ("b", "2"), ("c", "3")], &[], &["c"]),
+            (&[("a", 1), ("b", 2)], &[], &[]),
+            (&[("a", 1), ("b", 1)], &["b"], &[]),
+            (&[("a", 1), ("b", 2), ("c", 3)], &[], &["c"]),
         ];
         for (known, want_changed, want_removed) in cases {
-            let known: BTreeMap<String, String> = known
-                .iter()
-                .map(|(k, v)| ((*k).into(), (*v).into()))
-                .collect();
+            let known: Known = known.iter().map(|(k, v)| (Arc::from(*k), *v)).collect();
             let (changed, removed) = diff(&known, &current);
-            let changed: Vec<&str> = changed.iter().map(|(n, _)| n.as_str()).collect();
+            let changed: Vec<&str> = changed.iter().map(|(n, _)| &***n).collect();
+            let removed: Vec<&str> = removed.iter().map(|n| &**n).collect();
             assert_eq!(&changed, want_changed, "{known:?}");
             assert_eq!(&removed, want_removed, "{known:?}");
+            // Restricted to every name involved, the answer is the same.
+            let all: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
+            let (c2, r2) = diff_names(&known, &current, &all);
+            assert_eq!(c2.len(), changed.len());
+            assert_eq!(r2.len(), removed.len());
         }
+    }
+
+    #[test]
+    fn delta_between_sets() {
+        let set = |version, entries: &[(&str, u64)]| ResourceSet {
+            version,
+            types: [(
+                ADDRESS_TYPE,
+                entries
+                    .iter()
+                    .map(|(n, v)| (Arc::from(*n), entry(*v)))
+                    .collect(),
+            )]
+            .into(),
+            delta: None,
+        };
+        let before = set(1, &[("a", 1), ("b", 2), ("c", 3)]);
+        let after = set(2, &[("a", 1), ("b", 5), ("d", 4)]).with_delta_from(&before);
+        let delta = after.delta.expect("delta");
+        assert_eq!(delta.from, 1);
+        let names: Vec<&str> = delta.names[ADDRESS_TYPE].iter().map(|n| &**n).collect();
+        assert_eq!(names, ["b", "d", "c"]);
     }
 
     #[test]
@@ -287,6 +391,8 @@ mod tests {
             },
         );
         assert_eq!(a.version, b.version);
+        assert_eq!(parse_version(&version_text(a.version)), a.version);
+        assert_eq!(parse_version("not-a-version"), u64::MAX);
         assert_ne!(a.version, c.version);
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);

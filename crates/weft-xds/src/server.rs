@@ -8,7 +8,7 @@
 //! the resources of that response are marked unknown so they are sent
 //! again with the next change.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
@@ -27,7 +27,14 @@ use crate::proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use crate::resources::{ResourceSet, TYPES, diff};
+use crate::resources::{Known, ResourceSet, TYPES, diff, diff_names, parse_version, version_text};
+
+/// Pushes of more resources than this need a permit: at most
+/// [`LARGE_PUSHES_IN_FLIGHT`] of them are unacknowledged at once, which
+/// bounds the memory of many proxies (re)connecting together.
+pub const LARGE_PUSH: usize = 1000;
+/// How many large pushes may await their ACK at once.
+pub const LARGE_PUSHES_IN_FLIGHT: usize = 4;
 
 /// Labels of per-type xDS metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -74,6 +81,7 @@ pub struct XdsServer {
     state: watch::Receiver<Arc<ResourceSet>>,
     metrics: XdsMetrics,
     closing: Option<watch::Receiver<bool>>,
+    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl XdsServer {
@@ -83,6 +91,7 @@ impl XdsServer {
             state,
             metrics,
             closing: None,
+            large_pushes: Arc::new(tokio::sync::Semaphore::new(LARGE_PUSHES_IN_FLIGHT)),
         }
     }
 
@@ -119,6 +128,7 @@ impl AggregatedDiscoveryService for XdsServer {
             subscriptions: HashMap::new(),
             node: String::from("unknown"),
             next_nonce: 0,
+            large_pushes: self.large_pushes.clone(),
         };
         let closing = self.closing.clone();
         tokio::spawn(session.run(requests, closing));
@@ -131,9 +141,18 @@ impl AggregatedDiscoveryService for XdsServer {
 /// What one client holds of one type.
 #[derive(Default)]
 struct Subscription {
-    known: BTreeMap<String, String>,
-    /// nonce → (name, version known before that response) for NACK rollback.
-    pending: HashMap<String, Vec<(String, Option<String>)>>,
+    known: Known,
+    /// The set version `known` matches exactly, when it does (then the next
+    /// push need only look at that set's delta).
+    synced: Option<u64>,
+    /// Unacknowledged responses: the names they carried (forgotten on a
+    /// NACK, so they are offered again) and the permit of a large push.
+    pending: HashMap<String, Pending>,
+}
+
+struct Pending {
+    names: Vec<Arc<str>>,
+    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 struct Session {
@@ -143,6 +162,7 @@ struct Session {
     subscriptions: HashMap<String, Subscription>,
     node: String,
     next_nonce: u64,
+    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -215,10 +235,8 @@ impl Session {
             let Some(sub) = self.subscriptions.get_mut(&type_url) else {
                 return Ok(());
             };
-            let pending = sub
-                .pending
-                .remove(&request.response_nonce)
-                .unwrap_or_default();
+            // An ACK releases the entry (and any large-push permit).
+            let pending = sub.pending.remove(&request.response_nonce);
             if let Some(error) = request.error_detail {
                 tracing::warn!(
                     node = %self.node,
@@ -233,25 +251,27 @@ impl Session {
                         type_url: type_url.clone(),
                     })
                     .inc();
-                for (name, previous) in pending {
-                    match previous {
-                        Some(v) => sub.known.insert(name, v),
-                        None => sub.known.remove(&name),
-                    };
+                // Forget what that response carried: the next push offers it again.
+                if let Some(pending) = pending {
+                    for name in pending.names {
+                        sub.known.remove(&name);
+                    }
                 }
+                sub.synced = None;
             }
             return Ok(());
         }
         // A new subscription (or a re-subscription) of this type.
-        let known: BTreeMap<String, String> =
-            request.initial_resource_versions.into_iter().collect();
-        self.subscriptions.insert(
-            type_url.clone(),
-            Subscription {
-                known,
-                pending: HashMap::new(),
-            },
-        );
+        let known: Known = request
+            .initial_resource_versions
+            .iter()
+            .map(|(name, version)| (Arc::from(name.as_str()), parse_version(version)))
+            .collect();
+        let sub = Subscription {
+            known,
+            ..Subscription::default()
+        };
+        self.subscriptions.insert(type_url.clone(), sub);
         self.push(&type_url, current, true).await
     }
 
@@ -269,36 +289,63 @@ impl Session {
         let Some(sub) = self.subscriptions.get_mut(type_url) else {
             return Ok(());
         };
-        let (changed, removed) = diff(&sub.known, resources);
+        let delta = current
+            .delta
+            .as_ref()
+            .filter(|d| sub.synced == Some(d.from))
+            .and_then(|d| d.names.get(type_url));
+        let (changed, removed) = match delta {
+            Some(names) => diff_names(&sub.known, resources, names),
+            None => diff(&sub.known, resources),
+        };
         if changed.is_empty() && removed.is_empty() && !always {
+            sub.synced = Some(current.version);
             return Ok(());
         }
+        let permit = if changed.len() > LARGE_PUSH {
+            // Wait for a slot: large pushes are few and bounded.
+            Some(
+                self.large_pushes
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ())?,
+            )
+        } else {
+            None
+        };
         self.next_nonce += 1;
         let nonce = self.next_nonce.to_string();
-        let mut rollback = Vec::with_capacity(changed.len() + removed.len());
+        let mut names = Vec::with_capacity(changed.len() + removed.len());
         let mut out = Vec::with_capacity(changed.len());
         for (name, entry) in changed {
-            rollback.push((
-                name.clone(),
-                sub.known.insert(name.clone(), entry.version.clone()),
-            ));
+            sub.known.insert(name.clone(), entry.version);
+            names.push(name.clone());
             out.push(Resource {
-                name: name.clone(),
-                version: entry.version.clone(),
+                name: name.to_string(),
+                version: version_text(entry.version),
                 resource: Some(entry.body.clone()),
                 ..Default::default()
             });
         }
         for name in &removed {
-            rollback.push((name.clone(), sub.known.remove(name)));
+            sub.known.remove(name);
+            names.push(name.clone());
         }
-        sub.pending.insert(nonce.clone(), rollback);
+        sub.pending.insert(
+            nonce.clone(),
+            Pending {
+                names,
+                _permit: permit,
+            },
+        );
+        sub.synced = Some(current.version);
         let response = DeltaDiscoveryResponse {
             system_version_info: current.version.to_string(),
             resources: out,
             type_url: type_url.to_owned(),
             nonce,
-            removed_resources: removed,
+            removed_resources: removed.iter().map(ToString::to_string).collect(),
         };
         let bytes = response.encoded_len();
         let (count, removals) = (response.resources.len(), response.removed_resources.len());
