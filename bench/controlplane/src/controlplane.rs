@@ -228,7 +228,13 @@ async fn main() -> Result<()> {
     // Full push to one proxy.
     let started = Instant::now();
     let first = subscriber(xds, 0);
-    first.watch().wait_for(|s| s.synced).await?;
+    let complete = |s: &weft_xds::ClientState| {
+        s.resources
+            .get(weft_xds::ADDRESS_TYPE)
+            .map_or(0, |r| r.len())
+            == resources
+    };
+    first.watch().wait_for(complete).await?;
     let full_push = started.elapsed();
     let held = first
         .state()
@@ -244,7 +250,7 @@ async fn main() -> Result<()> {
         subs.push(subscriber(xds, i));
     }
     for s in &subs {
-        s.watch().wait_for(|s| s.synced).await?;
+        s.watch().wait_for(complete).await?;
     }
     println!(
         "{} subscribers synced in {:?}; control plane RSS {} MiB",

@@ -29,12 +29,12 @@ use crate::proto::discovery::aggregated_discovery_service_server::{
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use crate::resources::{Known, ResourceSet, TYPES, diff, diff_names, parse_version, version_text};
 
-/// Pushes of more resources than this need a permit: at most
-/// [`LARGE_PUSHES_IN_FLIGHT`] of them are unacknowledged at once, which
-/// bounds the memory of many proxies (re)connecting together.
-pub const LARGE_PUSH: usize = 1000;
-/// How many large pushes may await their ACK at once.
-pub const LARGE_PUSHES_IN_FLIGHT: usize = 4;
+/// Most resources in one response: larger pushes are split, so no stream
+/// holds a huge message (or a huge encode buffer) and memory stays bounded
+/// when many proxies (re)connect together.
+pub const MAX_RESOURCES_PER_RESPONSE: usize = 2000;
+/// Responses queued per stream before the session waits for the client.
+const QUEUED_RESPONSES: usize = 4;
 
 /// Labels of per-type xDS metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,7 +81,6 @@ pub struct XdsServer {
     state: watch::Receiver<Arc<ResourceSet>>,
     metrics: XdsMetrics,
     closing: Option<watch::Receiver<bool>>,
-    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl XdsServer {
@@ -91,7 +90,6 @@ impl XdsServer {
             state,
             metrics,
             closing: None,
-            large_pushes: Arc::new(tokio::sync::Semaphore::new(LARGE_PUSHES_IN_FLIGHT)),
         }
     }
 
@@ -120,7 +118,7 @@ impl AggregatedDiscoveryService for XdsServer {
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
         let requests = request.into_inner();
-        let (tx, rx) = mpsc::channel(16);
+        let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let session = Session {
             state: self.state.clone(),
             metrics: self.metrics.clone(),
@@ -128,7 +126,6 @@ impl AggregatedDiscoveryService for XdsServer {
             subscriptions: HashMap::new(),
             node: String::from("unknown"),
             next_nonce: 0,
-            large_pushes: self.large_pushes.clone(),
         };
         let closing = self.closing.clone();
         tokio::spawn(session.run(requests, closing));
@@ -145,14 +142,9 @@ struct Subscription {
     /// The set version `known` matches exactly, when it does (then the next
     /// push need only look at that set's delta).
     synced: Option<u64>,
-    /// Unacknowledged responses: the names they carried (forgotten on a
-    /// NACK, so they are offered again) and the permit of a large push.
-    pending: HashMap<String, Pending>,
-}
-
-struct Pending {
-    names: Vec<Arc<str>>,
-    _permit: Option<tokio::sync::OwnedSemaphorePermit>,
+    /// Unacknowledged responses: the names they carried, forgotten on a
+    /// NACK so they are offered again.
+    pending: HashMap<String, Vec<Arc<str>>>,
 }
 
 struct Session {
@@ -162,7 +154,6 @@ struct Session {
     subscriptions: HashMap<String, Subscription>,
     node: String,
     next_nonce: u64,
-    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -235,7 +226,6 @@ impl Session {
             let Some(sub) = self.subscriptions.get_mut(&type_url) else {
                 return Ok(());
             };
-            // An ACK releases the entry (and any large-push permit).
             let pending = sub.pending.remove(&request.response_nonce);
             if let Some(error) = request.error_detail {
                 tracing::warn!(
@@ -252,10 +242,8 @@ impl Session {
                     })
                     .inc();
                 // Forget what that response carried: the next push offers it again.
-                if let Some(pending) = pending {
-                    for name in pending.names {
-                        sub.known.remove(&name);
-                    }
+                for name in pending.unwrap_or_default() {
+                    sub.known.remove(&name);
                 }
                 sub.synced = None;
             }
@@ -302,54 +290,50 @@ impl Session {
             sub.synced = Some(current.version);
             return Ok(());
         }
-        let permit = if changed.len() > LARGE_PUSH {
-            // Wait for a slot: large pushes are few and bounded.
-            Some(
-                self.large_pushes
-                    .clone()
-                    .acquire_owned()
-                    .await
-                    .map_err(|_| ())?,
-            )
-        } else {
-            None
-        };
-        self.next_nonce += 1;
-        let nonce = self.next_nonce.to_string();
-        let mut names = Vec::with_capacity(changed.len() + removed.len());
-        let mut out = Vec::with_capacity(changed.len());
-        for (name, entry) in changed {
-            sub.known.insert(name.clone(), entry.version);
-            names.push(name.clone());
-            out.push(Resource {
-                name: name.to_string(),
-                version: version_text(entry.version),
-                resource: Some(entry.body.clone()),
-                ..Default::default()
-            });
+        // Split into responses of at most MAX_RESOURCES_PER_RESPONSE;
+        // removals ride with the last one.
+        let chunks = changed.len().div_ceil(MAX_RESOURCES_PER_RESPONSE).max(1);
+        let mut changed = changed.into_iter();
+        let mut removed = Some(removed);
+        let mut sent = (0usize, 0usize, 0usize);
+        for chunk in 0..chunks {
+            self.next_nonce += 1;
+            let nonce = self.next_nonce.to_string();
+            let mut names = Vec::new();
+            let mut out = Vec::new();
+            for (name, entry) in changed.by_ref().take(MAX_RESOURCES_PER_RESPONSE) {
+                sub.known.insert(name.clone(), entry.version);
+                names.push(name.clone());
+                out.push(Resource {
+                    name: name.to_string(),
+                    version: version_text(entry.version),
+                    resource: Some(entry.body.clone()),
+                    ..Default::default()
+                });
+            }
+            let removals = if chunk + 1 == chunks {
+                removed.take().unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+            for name in &removals {
+                sub.known.remove(name);
+                names.push(name.clone());
+            }
+            sub.pending.insert(nonce.clone(), names);
+            let response = DeltaDiscoveryResponse {
+                system_version_info: current.version.to_string(),
+                resources: out,
+                type_url: type_url.to_owned(),
+                nonce,
+                removed_resources: removals.iter().map(ToString::to_string).collect(),
+            };
+            sent.0 += response.resources.len();
+            sent.1 += response.removed_resources.len();
+            sent.2 += response.encoded_len();
+            self.tx.send(Ok(response)).await.map_err(|_| ())?;
         }
-        for name in &removed {
-            sub.known.remove(name);
-            names.push(name.clone());
-        }
-        sub.pending.insert(
-            nonce.clone(),
-            Pending {
-                names,
-                _permit: permit,
-            },
-        );
         sub.synced = Some(current.version);
-        let response = DeltaDiscoveryResponse {
-            system_version_info: current.version.to_string(),
-            resources: out,
-            type_url: type_url.to_owned(),
-            nonce,
-            removed_resources: removed.iter().map(ToString::to_string).collect(),
-        };
-        let bytes = response.encoded_len();
-        let (count, removals) = (response.resources.len(), response.removed_resources.len());
-        self.tx.send(Ok(response)).await.map_err(|_| ())?;
         self.metrics
             .pushes
             .get_or_create(&TypeLabels {
@@ -360,9 +344,10 @@ impl Session {
             node = %self.node,
             %type_url,
             version = current.version,
-            resources = count,
-            removed = removals,
-            bytes,
+            resources = sent.0,
+            removed = sent.1,
+            bytes = sent.2,
+            responses = chunks,
             took = ?started.elapsed(),
             "pushed configuration"
         );
