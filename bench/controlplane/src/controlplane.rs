@@ -228,7 +228,7 @@ async fn main() -> Result<()> {
     // Full push to one proxy.
     let started = Instant::now();
     let first = subscriber(xds, 0);
-    let complete = |s: &weft_xds::ClientState| {
+    let complete = |s: &Arc<weft_xds::ClientState>| {
         s.resources
             .get(weft_xds::ADDRESS_TYPE)
             .map_or(0, |r| r.len())
