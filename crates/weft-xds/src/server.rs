@@ -35,6 +35,10 @@ use crate::resources::{Known, ResourceSet, TYPES, diff, diff_names, parse_versio
 pub const MAX_RESOURCES_PER_RESPONSE: usize = 2000;
 /// Responses queued per stream before the session waits for the client.
 const QUEUED_RESPONSES: usize = 4;
+/// How many sessions may stream a push of several responses (an initial
+/// sync) at once; the others wait their turn, which bounds the memory of
+/// many proxies connecting together.
+pub const CONCURRENT_LARGE_PUSHES: usize = 8;
 
 /// Labels of per-type xDS metrics.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -81,6 +85,7 @@ pub struct XdsServer {
     state: watch::Receiver<Arc<ResourceSet>>,
     metrics: XdsMetrics,
     closing: Option<watch::Receiver<bool>>,
+    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl XdsServer {
@@ -90,6 +95,7 @@ impl XdsServer {
             state,
             metrics,
             closing: None,
+            large_pushes: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_LARGE_PUSHES)),
         }
     }
 
@@ -126,6 +132,7 @@ impl AggregatedDiscoveryService for XdsServer {
             subscriptions: HashMap::new(),
             node: String::from("unknown"),
             next_nonce: 0,
+            large_pushes: self.large_pushes.clone(),
         };
         let closing = self.closing.clone();
         tokio::spawn(session.run(requests, closing));
@@ -154,6 +161,7 @@ struct Session {
     subscriptions: HashMap<String, Subscription>,
     node: String,
     next_nonce: u64,
+    large_pushes: Arc<tokio::sync::Semaphore>,
 }
 
 impl Session {
@@ -293,6 +301,17 @@ impl Session {
         // Split into responses of at most MAX_RESOURCES_PER_RESPONSE;
         // removals ride with the last one.
         let chunks = changed.len().div_ceil(MAX_RESOURCES_PER_RESPONSE).max(1);
+        let _turn = if chunks > 1 {
+            Some(
+                self.large_pushes
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| ())?,
+            )
+        } else {
+            None
+        };
         let mut changed = changed.into_iter();
         let mut removed = Some(removed);
         let mut sent = (0usize, 0usize, 0usize);
