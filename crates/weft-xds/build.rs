@@ -1,7 +1,12 @@
 //! Compiles the xDS, Workload API and authorization protobufs with protox.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["discovery.proto", "workload.proto", "authorization.proto"];
+    let files = [
+        "discovery.proto",
+        "workload.proto",
+        "authorization.proto",
+        "weft.proto",
+    ];
     for f in files {
         println!("cargo:rerun-if-changed=proto/{f}");
     }

@@ -417,3 +417,50 @@ async fn mtls_config_stream_requires_a_certificate() {
     assert!(without.state().resources.is_empty());
     running.stop().await;
 }
+
+/// Waypoints subscribe to weft's own per-service L7 view: hostnames and
+/// each port's protocol, which the Workload API does not carry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waypoints_receive_l7_services() {
+    use weft_xds::proto::weft::{L7Service, Protocol};
+    let env = Env::new();
+    let running = weft_control::start(env.options("127.0.0.1:0"))
+        .await
+        .expect("start");
+    let client = XdsClient::start(
+        Transport::Plaintext(running.xds_addr),
+        ClientOptions {
+            node_id: "waypoint-shop".into(),
+            types: vec![weft_xds::L7_SERVICE_TYPE.into()],
+            initial_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(200),
+            validator: weft_xds::decode_validator(),
+        },
+    );
+    wait_for(&client, Duration::from_secs(5), "sync", |s| s.synced).await;
+    let state = client.state();
+    let held = &state.resources[weft_xds::L7_SERVICE_TYPE];
+    let names: Vec<&str> = held.keys().map(String::as_str).collect();
+    assert_eq!(
+        names,
+        [
+            "billing/payments",
+            "shop/frontend",
+            "shop/orders",
+            "shop/reviews"
+        ]
+    );
+    let payments =
+        L7Service::decode(held["billing/payments"].body.value.as_slice()).expect("decode");
+    assert_eq!(payments.hostnames, ["payments.billing.svc.cluster.local"]);
+    assert_eq!(payments.ports.len(), 1);
+    assert_eq!(
+        (
+            payments.ports[0].number,
+            payments.ports[0].protocol,
+            payments.ports[0].target_port
+        ),
+        (80, Protocol::Http as i32, 8080)
+    );
+    running.stop().await;
+}

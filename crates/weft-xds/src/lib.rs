@@ -4,7 +4,8 @@
 //! delta variant of Envoy's aggregated discovery service carrying Istio's
 //! Workload API resources (`istio.workload.Address`,
 //! `istio.security.Authorization`), wire-compatible with what istiod sends
-//! to ztunnel.
+//! to ztunnel, and weft's own `weft.config.v1alpha1.L7Service` for
+//! waypoints and gateways.
 //!
 //! - [`resources`]: snapshot → versioned resources, and the diff between
 //!   what a client holds and what is current (pure, table-tested);
@@ -20,7 +21,7 @@ pub mod resources;
 pub mod server;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
-pub use resources::{ADDRESS_TYPE, AUTHORIZATION_TYPE, ResourceSet};
+pub use resources::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE, ResourceSet};
 pub use server::{XdsMetrics, XdsServer};
 
 /// A validator that checks resources decode as the type they claim
@@ -34,6 +35,9 @@ pub fn decode_validator() -> client::Validator {
         AUTHORIZATION_TYPE => proto::security::Authorization::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid istio.security.Authorization: {e}")),
+        L7_SERVICE_TYPE => proto::weft::L7Service::decode(body.value.as_slice())
+            .map(|_| ())
+            .map_err(|e| format!("not a valid weft.config.v1alpha1.L7Service: {e}")),
         other => Err(format!("unexpected type {other}")),
     })
 }

@@ -16,3 +16,8 @@ pub mod workload {
 pub mod security {
     tonic::include_proto!("istio.security");
 }
+
+/// `weft.config.v1alpha1`: weft's own resources for waypoints and gateways.
+pub mod weft {
+    tonic::include_proto!("weft.config.v1alpha1");
+}

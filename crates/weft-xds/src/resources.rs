@@ -17,8 +17,10 @@ use crate::proto::workload::{self as wl, address::Type};
 pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 /// Type URL of Istio L4 authorization policies.
 pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
+/// Type URL of weft's per-service L7 view (waypoints and gateways).
+pub const L7_SERVICE_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.L7Service";
 /// Every type the server offers.
-pub const TYPES: [&str; 2] = [ADDRESS_TYPE, AUTHORIZATION_TYPE];
+pub const TYPES: [&str; 3] = [ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE];
 
 /// One resource as sent: its version and encoded body.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,14 +179,49 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             Entry::new(ADDRESS_TYPE, &message),
         );
     }
+    let mut l7 = Resources::new();
+    for service in snapshot.services.values() {
+        l7.insert(
+            Arc::from(format!("{}/{}", service.name.namespace, service.name.name)),
+            Entry::new(L7_SERVICE_TYPE, &l7_message(service)),
+        );
+    }
     let mut types = BTreeMap::new();
     types.insert(ADDRESS_TYPE, addresses);
+    types.insert(L7_SERVICE_TYPE, l7);
     // L4 policies join when AuthorizationPolicy is added to the configuration.
     types.insert(AUTHORIZATION_TYPE, Resources::new());
     ResourceSet {
         version,
         types,
         delta: None,
+    }
+}
+
+fn l7_message(service: &Service) -> crate::proto::weft::L7Service {
+    use crate::proto::weft::{Protocol as P, ServicePort};
+    use weft_core::model::Protocol;
+    crate::proto::weft::L7Service {
+        name: service.name.name.clone(),
+        namespace: service.name.namespace.clone(),
+        hostnames: service.hosts.clone(),
+        ports: service
+            .ports
+            .iter()
+            .map(|p| ServicePort {
+                number: u32::from(p.number),
+                name: p.name.clone(),
+                protocol: match p.protocol {
+                    Protocol::Tcp => P::Tcp,
+                    Protocol::Http => P::Http,
+                    Protocol::Http2 => P::Http2,
+                    Protocol::Grpc => P::Grpc,
+                    Protocol::Https => P::Https,
+                    Protocol::Tls => P::Tls,
+                } as i32,
+                target_port: u32::from(p.target_port.unwrap_or(p.number)),
+            })
+            .collect(),
     }
 }
 
