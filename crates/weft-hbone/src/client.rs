@@ -1,0 +1,304 @@
+//! The HBONE client: a pool of mutual-TLS HTTP/2 connections. One
+//! connection serves every tunnel with the same (source identity,
+//! destination address, expected destination identities), up to
+//! [`MAX_STREAMS_PER_CONNECTION`] at a time; idle connections are dropped.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::Empty;
+use hyper::client::conn::http2::SendRequest;
+use hyper::upgrade::Upgraded;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use weft_ca::TrustBundle;
+use weft_ca::tls::{CertSource, client_config};
+use weft_core::Identity;
+
+use crate::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME,
+    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
+};
+
+/// Idle pooled connections are closed after this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What a pooled connection is shared by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PoolKey {
+    /// The identity this side presents.
+    pub source: Identity,
+    /// The node or waypoint's HBONE address (`ip:15008`).
+    pub destination: SocketAddr,
+    /// Identities acceptable for the destination, sorted.
+    pub expected: Vec<Identity>,
+}
+
+/// Why a tunnel could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum HboneError {
+    /// TCP connect failed.
+    #[error("connection to {addr} failed: {source}: is port {port} reachable?", port = addr.port())]
+    Connect {
+        /// The destination.
+        addr: SocketAddr,
+        /// The reason.
+        source: std::io::Error,
+    },
+    /// TCP connect or TLS handshake took too long.
+    #[error("connection to {0} timed out: is port {port} blocked?", port = .0.port())]
+    Timeout(SocketAddr),
+    /// The TLS handshake failed (wrong identity, untrusted chain, …).
+    #[error("mTLS handshake with {addr} failed: {source}")]
+    Tls {
+        /// The destination.
+        addr: SocketAddr,
+        /// The reason (names both identities on a mismatch).
+        source: std::io::Error,
+    },
+    /// The TLS config could not be built.
+    #[error(transparent)]
+    Config(#[from] weft_ca::tls::ConfigError),
+    /// HTTP/2 failed.
+    #[error("HTTP/2 with {addr} failed: {source}")]
+    Http {
+        /// The destination.
+        addr: SocketAddr,
+        /// The reason.
+        source: hyper::Error,
+    },
+    /// The target cannot be written as a CONNECT authority.
+    #[error("{0} cannot be a CONNECT target")]
+    InvalidTarget(SocketAddr),
+    /// The far side refused the tunnel.
+    #[error("{addr} refused the tunnel to {target} with {status}")]
+    Refused {
+        /// The destination.
+        addr: SocketAddr,
+        /// The target workload.
+        target: SocketAddr,
+        /// 400, 401 or 503.
+        status: StatusCode,
+    },
+}
+
+impl HboneError {
+    /// Whether trying another endpoint may help (connect-level failures).
+    pub fn is_connect_failure(&self) -> bool {
+        matches!(self, HboneError::Connect { .. } | HboneError::Timeout(_))
+            || matches!(self, HboneError::Refused { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE)
+    }
+}
+
+struct Conn {
+    sender: SendRequest<Empty<Bytes>>,
+    active: Arc<AtomicUsize>,
+    last_used: Instant,
+}
+
+impl Conn {
+    fn usable(&self) -> bool {
+        !self.sender.is_closed() && self.active.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION
+    }
+}
+
+/// The pool. Cheap to clone.
+#[derive(Clone)]
+pub struct HbonePool {
+    bundle: TrustBundle,
+    connect_timeout: Duration,
+    conns: Arc<Mutex<HashMap<PoolKey, Vec<Conn>>>>,
+    opened: Arc<AtomicUsize>,
+}
+
+impl std::fmt::Debug for HbonePool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HbonePool")
+            .field("opened", &self.opened.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl HbonePool {
+    /// A pool verifying destinations against `bundle`.
+    pub fn new(bundle: TrustBundle, connect_timeout: Duration) -> Self {
+        HbonePool {
+            bundle,
+            connect_timeout,
+            conns: Arc::default(),
+            opened: Arc::default(),
+        }
+    }
+
+    /// How many TLS connections this pool has opened so far.
+    pub fn connections_opened(&self) -> usize {
+        self.opened.load(Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<Conn>>> {
+        self.conns.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pooled connection with room for one more stream, marked busy.
+    fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>)> {
+        let mut conns = self.lock();
+        let now = Instant::now();
+        let list = conns.get_mut(key)?;
+        list.retain(|c| {
+            !c.sender.is_closed()
+                && !(c.active.load(Ordering::Relaxed) == 0
+                    && now.duration_since(c.last_used) > IDLE_TIMEOUT)
+        });
+        let conn = list.iter_mut().find(|c| c.usable())?;
+        conn.active.fetch_add(1, Ordering::Relaxed);
+        conn.last_used = now;
+        Some((conn.sender.clone(), conn.active.clone()))
+    }
+
+    async fn open(
+        &self,
+        key: &PoolKey,
+        cert: Arc<dyn CertSource>,
+    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), HboneError> {
+        let addr = key.destination;
+        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| HboneError::Timeout(addr))?
+            .map_err(|source| HboneError::Connect { addr, source })?;
+        let _ = tcp.set_nodelay(true);
+        let config = client_config(Some(cert), self.bundle.clone(), key.expected.clone())?;
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsConnector::from(Arc::new(config))
+                .connect(ServerName::IpAddress(addr.ip().into()), tcp),
+        )
+        .await
+        .map_err(|_| HboneError::Timeout(addr))?
+        .map_err(|source| HboneError::Tls { addr, source })?;
+        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .max_frame_size(MAX_FRAME)
+            .keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let (sender, connection) = builder
+            .handshake(TokioIo::new(tls))
+            .await
+            .map_err(|source| HboneError::Http { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(%addr, error = %e, "HBONE client connection ended");
+            }
+        });
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        let active = Arc::new(AtomicUsize::new(1));
+        self.lock().entry(key.clone()).or_default().push(Conn {
+            sender: sender.clone(),
+            active: active.clone(),
+            last_used: Instant::now(),
+        });
+        Ok((sender, active))
+    }
+
+    /// Opens a tunnel to `target` through `key.destination`, presenting
+    /// `cert` (the source identity's) and sending `headers` with the CONNECT.
+    pub async fn connect(
+        &self,
+        key: &PoolKey,
+        cert: Arc<dyn CertSource>,
+        target: SocketAddr,
+        headers: HeaderMap,
+    ) -> Result<Tunnel, HboneError> {
+        let (mut sender, active) = match self.reuse(key) {
+            Some(found) => found,
+            None => self.open(key, cert).await?,
+        };
+        let guard = ActiveGuard(active);
+        let addr = key.destination;
+        let mut request = Request::new(Empty::new());
+        *request.method_mut() = Method::CONNECT;
+        *request.uri_mut() = target
+            .to_string()
+            .parse()
+            .map_err(|_| HboneError::InvalidTarget(target))?;
+        *request.headers_mut() = headers;
+        let response = sender
+            .send_request(request)
+            .await
+            .map_err(|source| HboneError::Http { addr, source })?;
+        if response.status() != StatusCode::OK {
+            return Err(HboneError::Refused {
+                addr,
+                target,
+                status: response.status(),
+            });
+        }
+        let upgraded = hyper::upgrade::on(response)
+            .await
+            .map_err(|source| HboneError::Http { addr, source })?;
+        Ok(Tunnel {
+            io: TokioIo::new(upgraded),
+            _guard: guard,
+        })
+    }
+}
+
+/// Frees the stream slot of a pooled connection when a tunnel ends.
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An open tunnel: bytes in and out of the far workload.
+pub struct Tunnel {
+    io: TokioIo<Upgraded>,
+    _guard: ActiveGuard,
+}
+
+impl std::fmt::Debug for Tunnel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Tunnel")
+    }
+}
+
+impl AsyncRead for Tunnel {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Tunnel {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}

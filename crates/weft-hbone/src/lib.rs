@@ -1,0 +1,41 @@
+//! # weft-hbone
+//!
+//! HBONE, the tunnel every weft hop uses: an HTTP/2 `CONNECT` stream inside
+//! a mutual-TLS connection to port 15008, with `:authority` the target
+//! workload's `ip:port`. Wire-compatible with Istio ztunnel's HBONE (TLS
+//! 1.3, ALPN `h2`, SPIFFE identities checked both ways, the same HTTP/2
+//! tuning).
+//!
+//! - [`server`]: terminates mTLS, reads `CONNECT`s, asks an
+//!   [`server::InboundHandler`] where to connect (or why not), answers 200 /
+//!   400 / 401 / 503 and splices the bytes;
+//! - [`client`]: a pool of mTLS HTTP/2 connections keyed by (source
+//!   identity, destination address, expected destination identity), each
+//!   carrying up to 100 streams.
+
+#![forbid(unsafe_code)]
+
+use std::time::Duration;
+
+pub mod client;
+pub mod server;
+
+pub use client::{HbonePool, PoolKey, Tunnel};
+pub use server::{Inbound, InboundHandler, Refusal};
+
+/// The HBONE port.
+pub const PORT: u16 = 15008;
+/// HTTP/2 stream window (4 MiB, as ztunnel).
+pub const STREAM_WINDOW: u32 = 4 * 1024 * 1024;
+/// HTTP/2 connection window (16 MiB, as ztunnel).
+pub const CONNECTION_WINDOW: u32 = 16 * 1024 * 1024;
+/// HTTP/2 maximum frame size (1 MiB, as ztunnel).
+pub const MAX_FRAME: u32 = 1024 * 1024;
+/// Streams one pooled client connection carries before another is opened.
+pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
+/// HTTP/2 keepalive ping interval.
+pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// HTTP/2 keepalive timeout.
+pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -1,0 +1,268 @@
+//! The HBONE server: mTLS on 15008, HTTP/2, one `CONNECT` per tunnel.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, Response, StatusCode};
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use weft_core::Identity;
+
+use crate::{
+    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME,
+    STREAM_WINDOW,
+};
+
+/// A tunnel request that passed mTLS.
+#[derive(Debug, Clone)]
+pub struct Inbound {
+    /// The identity the client's certificate proved.
+    pub peer: Identity,
+    /// The client's address.
+    pub peer_addr: SocketAddr,
+    /// The address the client connected to (this proxy's listener).
+    pub local_addr: SocketAddr,
+    /// The workload address asked for (`:authority`).
+    pub target: SocketAddr,
+    /// The request headers (`forwarded`, `baggage`, `traceparent`, …).
+    pub headers: HeaderMap,
+}
+
+/// Why a tunnel is refused, and so its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// 400: malformed, or a target this proxy does not serve.
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// 401: denied by policy.
+    #[error("denied: {0}")]
+    Denied(String),
+    /// 503: the workload could not be reached.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+}
+
+impl Refusal {
+    fn status(&self) -> StatusCode {
+        match self {
+            Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Refusal::Denied(_) => StatusCode::UNAUTHORIZED,
+            Refusal::Unreachable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        }
+    }
+}
+
+/// A byte stream to the workload a tunnel ends at.
+pub trait Upstream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Upstream for T {}
+
+/// Boxed future of [`InboundHandler::open`].
+pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Upstream>, Refusal>> + Send>>;
+
+/// Decides where a tunnel goes: policy checks, then the connection to the
+/// workload (the node proxy implements this).
+pub trait InboundHandler: Send + Sync + 'static {
+    /// Opens the upstream for `request`, or refuses it.
+    fn open(&self, request: Inbound) -> OpenFuture;
+}
+
+/// Server limits.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Connections (TLS, before and after the handshake) open at once;
+    /// beyond it new ones are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Serves HBONE on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    handler: Arc<dyn InboundHandler>,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let (tcp, peer_addr) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "HBONE accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => return,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer_addr, limit = limits.max_connections, "HBONE connection limit reached; closing the new connection");
+            continue;
+        };
+        let local_addr = tcp.local_addr().unwrap_or(peer_addr);
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let _slot = slot;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(%peer_addr, error = %e, "HBONE TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::info!(%peer_addr, "HBONE TLS handshake timed out");
+                    return;
+                }
+            };
+            let peer = match weft_ca::tls::peer_identity(tls.get_ref().1.peer_certificates()) {
+                Ok(id) => id,
+                Err(e) => {
+                    tracing::info!(%peer_addr, error = %e, "HBONE client has no usable identity");
+                    return;
+                }
+            };
+            let service = service_fn(move |req| {
+                let handler = handler.clone();
+                let peer = peer.clone();
+                async move {
+                    Ok::<_, Infallible>(tunnel(req, handler, peer, peer_addr, local_addr).await)
+                }
+            });
+            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .max_frame_size(MAX_FRAME)
+                .keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
+            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+                tracing::debug!(%peer_addr, error = %e, "HBONE connection ended");
+            }
+        });
+    }
+}
+
+fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
+    let mut response = Response::new(Empty::new());
+    *response.status_mut() = status;
+    response
+}
+
+/// Parses `ip:port` (`[v6]:port` for IPv6); never a hostname.
+pub fn parse_authority(authority: &str) -> Option<SocketAddr> {
+    authority.parse().ok()
+}
+
+async fn tunnel(
+    mut req: Request<Incoming>,
+    handler: Arc<dyn InboundHandler>,
+    peer: Identity,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+) -> Response<Empty<Bytes>> {
+    if req.method() != Method::CONNECT {
+        tracing::info!(%peer_addr, method = %req.method(), "HBONE request is not a CONNECT");
+        return reply(StatusCode::BAD_REQUEST);
+    }
+    let Some(target) = req
+        .uri()
+        .authority()
+        .and_then(|a| parse_authority(a.as_str()))
+    else {
+        tracing::info!(%peer_addr, uri = %req.uri(), "HBONE CONNECT authority is not ip:port");
+        return reply(StatusCode::BAD_REQUEST);
+    };
+    let inbound = Inbound {
+        peer: peer.clone(),
+        peer_addr,
+        local_addr,
+        target,
+        headers: req.headers().clone(),
+    };
+    let upstream = match handler.open(inbound).await {
+        Ok(u) => u,
+        Err(refusal) => {
+            tracing::info!(%peer_addr, %peer, %target, reason = %refusal, "HBONE tunnel refused");
+            return reply(refusal.status());
+        }
+    };
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match upgrade.await {
+            Ok(upgraded) => {
+                let mut downstream = TokioIo::new(upgraded);
+                let mut upstream = upstream;
+                match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+                    Ok((sent, received)) => {
+                        tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error")
+                    }
+                }
+            }
+            Err(e) => tracing::info!(%peer, %target, error = %e, "HBONE upgrade failed"),
+        }
+    });
+    reply(StatusCode::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities() {
+        assert_eq!(
+            parse_authority("10.0.0.1:8080"),
+            Some("10.0.0.1:8080".parse().expect("addr"))
+        );
+        assert_eq!(
+            parse_authority("[::1]:80"),
+            Some("[::1]:80".parse().expect("addr"))
+        );
+        for bad in ["payments.shop:80", "10.0.0.1", "10.0.0.1:99999", ":80", ""] {
+            assert_eq!(parse_authority(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn refusal_statuses() {
+        assert_eq!(
+            Refusal::BadRequest(String::new()).status(),
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            Refusal::Denied(String::new()).status(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            Refusal::Unreachable(String::new()).status(),
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+    }
+}
