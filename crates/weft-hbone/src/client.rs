@@ -155,9 +155,9 @@ impl HbonePool {
         let now = Instant::now();
         let list = conns.get_mut(key)?;
         list.retain(|c| {
-            !c.sender.is_closed()
-                && !(c.active.load(Ordering::Relaxed) == 0
-                    && now.duration_since(c.last_used) > IDLE_TIMEOUT)
+            let idle = c.active.load(Ordering::Relaxed) == 0
+                && now.duration_since(c.last_used) > IDLE_TIMEOUT;
+            !c.sender.is_closed() && !idle
         });
         let conn = list.iter_mut().find(|c| c.usable())?;
         conn.active.fetch_add(1, Ordering::Relaxed);
