@@ -222,6 +222,7 @@ mod tests {
                 node: Some(node.into()),
                 run: None,
                 client_only: false,
+                outbound: Vec::new(),
             };
             s.workloads.insert(w.name.clone(), w);
         }

@@ -32,6 +32,80 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     overlapping_addresses(r, out);
     duplicate_workload_ips(r, out);
     unselected_workloads(r, out);
+    outbound_listeners(r, out);
+}
+
+/// Ports weft's own listeners use; an outbound listener may not take them.
+const RESERVED_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 15080];
+
+/// `weft.dev/outbound` must parse, name known service ports, and not reuse
+/// a local port.
+fn outbound_listeners(r: &Resources, out: &mut Vec<Diagnostic>) {
+    use weft_core::model::{OUTBOUND_ANNOTATION, OutboundListener};
+    let mut ports_of: HashMap<String, Vec<u16>> = HashMap::new();
+    for se in &r.service_entries {
+        for host in &se.spec.hosts {
+            let ports = se
+                .spec
+                .ports
+                .iter()
+                .filter_map(|p| u16::try_from(p.number).ok());
+            ports_of
+                .entry(host.to_ascii_lowercase())
+                .or_default()
+                .extend(ports);
+        }
+    }
+    for we in &r.workload_entries {
+        let Some(value) = we.annotations.get(OUTBOUND_ANNOTATION) else {
+            continue;
+        };
+        let field = format!("metadata.annotations.{OUTBOUND_ANNOTATION}");
+        let mut seen = std::collections::HashSet::new();
+        // Entry by entry, so every bad one is reported.
+        for part in value.split(',') {
+            let l = match OutboundListener::parse_list(part) {
+                Ok(mut one) if one.len() == 1 => one.remove(0),
+                Ok(_) => continue,
+                Err(e) => {
+                    out.push(error(we, &field, e));
+                    continue;
+                }
+            };
+            if RESERVED_PORTS.contains(&l.local_port) {
+                out.push(error(
+                    we,
+                    &field,
+                    format!(
+                        "local port {} is reserved for weft's own listeners",
+                        l.local_port
+                    ),
+                ));
+            }
+            if !seen.insert(l.local_port) {
+                out.push(error(
+                    we,
+                    &field,
+                    format!("local port {} is used twice", l.local_port),
+                ));
+            }
+            match ports_of.get(&l.host) {
+                None => out.push(error(
+                    we,
+                    &field,
+                    format!("{} is not a host of any ServiceEntry", l.host),
+                )),
+                Some(ports) if !ports.contains(&l.port) => {
+                    out.push(error(
+                        we,
+                        &field,
+                        format!("{} has no port {}", l.host, l.port),
+                    ));
+                }
+                Some(_) => {}
+            }
+        }
+    }
 }
 
 fn error<S: Spec>(res: &Resource<S>, field: &str, message: String) -> Diagnostic {

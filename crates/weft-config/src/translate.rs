@@ -92,6 +92,7 @@ fn mesh_settings(mesh: &Resource<MeshSpec>) -> MeshSettings {
 struct Annotations {
     run: Option<String>,
     client_only: bool,
+    outbound: Vec<weft_core::model::OutboundListener>,
 }
 
 impl Annotations {
@@ -102,6 +103,12 @@ impl Annotations {
                 .annotations
                 .get(CLIENT_ONLY_ANNOTATION)
                 .is_some_and(|v| v == "true"),
+            // Checked by `cross`; nothing invalid reaches translation.
+            outbound: we
+                .annotations
+                .get(weft_core::model::OUTBOUND_ANNOTATION)
+                .and_then(|v| weft_core::model::OutboundListener::parse_list(v).ok())
+                .unwrap_or_default(),
         }
     }
 }
@@ -153,6 +160,7 @@ fn workload(
         node: spec.labels.get(NODE_LABEL).cloned(),
         run: annotations.run,
         client_only: annotations.client_only,
+        outbound: annotations.outbound,
         name,
     })
 }

@@ -21,6 +21,11 @@ use crate::Identity;
 pub const NODE_LABEL: &str = "weft.dev/node";
 /// Annotation on a workload with the command `weft up` runs for it.
 pub const RUN_ANNOTATION: &str = "weft.dev/run";
+/// Annotation declaring a workload's explicit outbound listeners (local
+/// mode): `"<local-port>=<service-host>:<port>, …"`. The node proxy listens
+/// on the workload's own address at each local port and carries what
+/// arrives to the service through the mesh.
+pub const OUTBOUND_ANNOTATION: &str = "weft.dev/outbound";
 /// Annotation marking a workload that only makes calls, so that it is not an
 /// error for no service to select it.
 pub const CLIENT_ONLY_ANNOTATION: &str = "weft.dev/client-only";
@@ -354,6 +359,44 @@ pub struct Workload {
     pub run: Option<String>,
     /// Whether it only makes calls (annotation `weft.dev/client-only`).
     pub client_only: bool,
+    /// Explicit outbound listeners (annotation `weft.dev/outbound`).
+    pub outbound: Vec<OutboundListener>,
+}
+
+/// A local port on a workload's address that leads to a service.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboundListener {
+    /// Port the node proxy listens on, at the workload's address.
+    pub local_port: u16,
+    /// The service hostname.
+    pub host: String,
+    /// The service port.
+    pub port: u16,
+}
+
+impl OutboundListener {
+    /// Parses `"<local-port>=<host>:<port>, …"`.
+    pub fn parse_list(s: &str) -> Result<Vec<OutboundListener>, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|part| !part.is_empty())
+            .map(|part| {
+                let bad = || format!("{part:?} is not <local-port>=<service-host>:<port>");
+                let (local, target) = part.split_once('=').ok_or_else(bad)?;
+                let (host, port) = target.trim().rsplit_once(':').ok_or_else(bad)?;
+                let local_port: u16 = local.trim().parse().map_err(|_| bad())?;
+                let port: u16 = port.parse().map_err(|_| bad())?;
+                if local_port == 0 || port == 0 || host.is_empty() {
+                    return Err(bad());
+                }
+                Ok(OutboundListener {
+                    local_port,
+                    host: host.to_ascii_lowercase(),
+                    port,
+                })
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -382,6 +425,27 @@ mod tests {
     }
 
     #[test]
+    fn outbound_listener_lists() {
+        let got = OutboundListener::parse_list("9001=orders.shop:80, 9002=Payments.billing:8080")
+            .expect("valid");
+        assert_eq!(got.len(), 2);
+        assert_eq!(
+            (got[1].local_port, got[1].host.as_str(), got[1].port),
+            (9002, "payments.billing", 8080)
+        );
+        for bad in [
+            "9001",
+            "9001=orders",
+            "x=orders:80",
+            "9001=orders:x",
+            "0=orders:80",
+            "9001=:80",
+        ] {
+            assert!(OutboundListener::parse_list(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn protocol_names() {
         assert_eq!(Protocol::parse("http"), Some(Protocol::Http));
         assert_eq!(Protocol::parse("GRPC"), Some(Protocol::Grpc));
@@ -404,6 +468,7 @@ mod tests {
             node: None,
             run: None,
             client_only: false,
+            outbound: Vec::new(),
         }
     }
 
