@@ -21,7 +21,9 @@ pub mod resources;
 pub mod server;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
-pub use resources::{ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE, ResourceSet};
+pub use resources::{
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE, LISTENERS_TYPE, ResourceSet,
+};
 pub use server::{XdsMetrics, XdsServer};
 
 /// A validator that checks resources decode as the type they claim
@@ -35,6 +37,9 @@ pub fn decode_validator() -> client::Validator {
         AUTHORIZATION_TYPE => proto::security::Authorization::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid istio.security.Authorization: {e}")),
+        LISTENERS_TYPE => proto::weft::WorkloadListeners::decode(body.value.as_slice())
+            .map(|_| ())
+            .map_err(|e| format!("not a valid weft.config.v1alpha1.WorkloadListeners: {e}")),
         L7_SERVICE_TYPE => proto::weft::L7Service::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid weft.config.v1alpha1.L7Service: {e}")),

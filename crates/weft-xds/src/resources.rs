@@ -19,8 +19,15 @@ pub const ADDRESS_TYPE: &str = "type.googleapis.com/istio.workload.Address";
 pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authorization";
 /// Type URL of weft's per-service L7 view (waypoints and gateways).
 pub const L7_SERVICE_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.L7Service";
+/// Type URL of workloads' explicit outbound listeners (local mode).
+pub const LISTENERS_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.WorkloadListeners";
 /// Every type the server offers.
-pub const TYPES: [&str; 3] = [ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE];
+pub const TYPES: [&str; 4] = [
+    ADDRESS_TYPE,
+    AUTHORIZATION_TYPE,
+    L7_SERVICE_TYPE,
+    LISTENERS_TYPE,
+];
 
 /// One resource as sent: its version and encoded body.
 #[derive(Debug, Clone, PartialEq)]
@@ -186,7 +193,35 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             Entry::new(L7_SERVICE_TYPE, &l7_message(service)),
         );
     }
+    let mut listeners = Resources::new();
+    for w in snapshot
+        .workloads
+        .values()
+        .filter(|w| !w.outbound.is_empty())
+    {
+        let message = crate::proto::weft::WorkloadListeners {
+            workload_uid: workload_uid(w),
+            outbound: w
+                .outbound
+                .iter()
+                .filter_map(|l| {
+                    // Validation guarantees the host exists; find its namespace.
+                    let service = snapshot.service_for_host(&l.host)?;
+                    Some(crate::proto::weft::OutboundListener {
+                        local_port: u32::from(l.local_port),
+                        service: service_name(&service.name.namespace, &l.host),
+                        service_port: u32::from(l.port),
+                    })
+                })
+                .collect(),
+        };
+        listeners.insert(
+            Arc::from(workload_uid(w)),
+            Entry::new(LISTENERS_TYPE, &message),
+        );
+    }
     let mut types = BTreeMap::new();
+    types.insert(LISTENERS_TYPE, listeners);
     types.insert(ADDRESS_TYPE, addresses);
     types.insert(L7_SERVICE_TYPE, l7);
     // L4 policies join when AuthorizationPolicy is added to the configuration.

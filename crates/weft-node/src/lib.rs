@@ -1,0 +1,21 @@
+//! # weft-node
+//!
+//! The L4 node proxy. It obtains certificates for the workloads on its
+//! node, follows the config stream, and carries their TCP traffic in HBONE
+//! tunnels: inbound on an HBONE listener at each local workload's address,
+//! outbound from explicit listeners (local mode). Endpoint choice is a pure
+//! function ([`route::decide`]): locality first, failover to the next
+//! locality when local endpoints fail to connect, and back when they
+//! recover.
+//!
+//! Still to come (see the issue tracker): captured mode in network
+//! namespaces, SOCKS5, L4 authorization, PeerAuthentication, TCP
+//! telemetry, graceful drain.
+
+#![forbid(unsafe_code)]
+
+pub mod proxy;
+pub mod route;
+pub mod view;
+
+pub use proxy::{NodeOptions, NodeProxy, start};

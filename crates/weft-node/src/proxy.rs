@@ -1,0 +1,443 @@
+//! The running node proxy: certificates from the CA, state from the config
+//! stream, an HBONE listener on each local workload's address (presenting
+//! that workload's identity, as ztunnel's in-pod mode does), and the
+//! workloads' explicit outbound listeners.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http::HeaderMap;
+use rustls_pki_types::CertificateDer;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use weft_admin::{Reply, Routes};
+use weft_ca::authz::{control_identity, node_identity};
+use weft_ca::client::{GrpcCaClient, NodeCredential};
+use weft_ca::tls::{SpiffeClientVerifier, server_config};
+use weft_ca::{CertManager, ManagerOptions, TrustBundle};
+use weft_hbone::server::{Limits, OpenFuture, Upstream};
+use weft_hbone::{HbonePool, Inbound, InboundHandler, PoolKey, Refusal};
+use weft_xds::client::{ClientOptions, Transport, XdsClient};
+
+use crate::route::{Route, decide};
+use crate::view::{Listener, NodeView, WorkloadInfo};
+
+/// Ports that are never valid tunnel targets (they would loop).
+pub const LOOP_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
+/// How long an endpoint that failed to connect is skipped.
+pub const FAILED_ENDPOINT_BACKOFF: Duration = Duration::from_secs(5);
+/// Endpoints tried per outbound connection before giving up.
+pub const ATTEMPTS: usize = 3;
+
+/// How to run a node proxy.
+#[derive(Debug, Clone)]
+pub struct NodeOptions {
+    /// Node name (`weft.dev/node`).
+    pub node: String,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// The control plane's plaintext config stream (local mode).
+    pub xds_addr: SocketAddr,
+    /// The control plane's certificate service.
+    pub ca_addr: SocketAddr,
+    /// Roots to trust.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// This node's bootstrap token.
+    pub token: String,
+    /// Admin endpoints (`/config_dump`, `/certs`).
+    pub admin_addr: SocketAddr,
+    /// TCP connect timeout to workloads and peers.
+    pub connect_timeout: Duration,
+}
+
+/// Why a node proxy did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// Something in setup failed.
+    #[error("node proxy: {0}")]
+    Setup(String),
+}
+
+/// A running node proxy.
+pub struct NodeProxy {
+    /// Admin address.
+    pub admin_addr: SocketAddr,
+    /// The current view.
+    pub view: Arc<ArcSwap<NodeView>>,
+    reconcile: JoinHandle<()>,
+    admin: JoinHandle<()>,
+    listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
+    _xds: Arc<XdsClient>,
+}
+
+impl std::fmt::Debug for NodeProxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeProxy")
+            .field("admin_addr", &self.admin_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NodeProxy {
+    /// Stops every listener.
+    pub fn stop(self) {
+        self.reconcile.abort();
+        self.admin.abort();
+        for (_, task) in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// Endpoints that recently failed to connect.
+#[derive(Default, Debug)]
+struct Health(Mutex<HashMap<String, Instant>>);
+
+impl Health {
+    fn mark_failed(&self, uid: &str) {
+        let until = Instant::now() + FAILED_ENDPOINT_BACKOFF;
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(uid.to_owned(), until);
+    }
+    fn is_unhealthy(&self, uid: &str) -> bool {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(uid)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+}
+
+struct Shared {
+    node: String,
+    trust_domain: String,
+    certs: CertManager,
+    bundle: TrustBundle,
+    pool: HbonePool,
+    view: Arc<ArcSwap<NodeView>>,
+    health: Health,
+    turn: AtomicUsize,
+    connect_timeout: Duration,
+}
+
+/// Starts a node proxy.
+pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
+    let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
+    let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
+    let control = control_identity(&options.trust_domain).map_err(|e| setup(&e))?;
+    let ca = GrpcCaClient::new(
+        options.ca_addr,
+        bundle.clone(),
+        control,
+        NodeCredential::Token(options.token.clone()),
+    )
+    .map_err(|e| setup(&e))?;
+    let certs = CertManager::new(Arc::new(ca), ManagerOptions::default());
+    let me = node_identity(&options.trust_domain, &options.node).map_err(|e| setup(&e))?;
+    certs.fetch(&me).await.map_err(|e| setup(&e))?;
+    let xds = Arc::new(XdsClient::start(
+        Transport::Plaintext(options.xds_addr),
+        ClientOptions {
+            node_id: options.node.clone(),
+            types: vec![
+                weft_xds::ADDRESS_TYPE.into(),
+                weft_xds::LISTENERS_TYPE.into(),
+            ],
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            validator: weft_xds::decode_validator(),
+        },
+    ));
+    let view = Arc::new(ArcSwap::from_pointee(NodeView::default()));
+    let shared = Arc::new(Shared {
+        node: options.node.clone(),
+        trust_domain: options.trust_domain.clone(),
+        certs: certs.clone(),
+        bundle: bundle.clone(),
+        pool: HbonePool::new(bundle, options.connect_timeout),
+        view: view.clone(),
+        health: Health::default(),
+        turn: AtomicUsize::new(0),
+        connect_timeout: options.connect_timeout,
+    });
+    let listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::default();
+
+    let admin_listener = weft_admin::bind(options.admin_addr, "admin")
+        .await
+        .map_err(|e| setup(&e))?;
+    let admin_addr = admin_listener.local_addr().map_err(|e| setup(&e))?;
+    let (dump_of, certs_of) = (xds.clone(), certs.clone());
+    let admin = tokio::spawn(weft_admin::serve(
+        admin_listener,
+        Routes::new()
+            .get("/config_dump", move || Reply::json(dump_of.dump_json()))
+            .get("/certs", move || Reply::json(certs_of.report_json())),
+        std::future::pending(),
+    ));
+
+    let mut changes = xds.watch();
+    let (task_shared, task_listeners) = (shared.clone(), listeners.clone());
+    let reconcile = tokio::spawn(async move {
+        loop {
+            let state = changes.borrow_and_update().clone();
+            let next = Arc::new(NodeView::build(&state, &task_shared.node));
+            task_shared.view.store(next.clone());
+            reconcile_listeners(&task_shared, &next, &task_listeners).await;
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    Ok(NodeProxy {
+        admin_addr,
+        view,
+        reconcile,
+        admin,
+        listeners,
+        _xds: xds,
+    })
+}
+
+/// Opens listeners for new local workloads and outbound listeners, and
+/// closes those that left.
+async fn reconcile_listeners(
+    shared: &Arc<Shared>,
+    view: &NodeView,
+    tasks: &Mutex<HashMap<String, JoinHandle<()>>>,
+) {
+    let mut wanted: HashMap<String, Listening> = HashMap::new();
+    for w in view.local(&shared.node) {
+        wanted.insert(format!("inbound {}", w.ip), Listening::Inbound(w.clone()));
+    }
+    for l in &view.listeners {
+        if let Some(w) = view.workloads.get(&l.workload) {
+            wanted.insert(
+                format!("outbound {}:{}", w.ip, l.local_port),
+                Listening::Outbound(w.clone(), l.clone()),
+            );
+        }
+    }
+    let mut running = tasks.lock().unwrap_or_else(|p| p.into_inner());
+    running.retain(|key, task| {
+        let keep = wanted.contains_key(key) && !task.is_finished();
+        if !keep {
+            task.abort();
+            tracing::info!(listener = %key, "closed");
+        }
+        keep
+    });
+    for (key, what) in wanted {
+        if running.contains_key(&key) {
+            continue;
+        }
+        let shared = shared.clone();
+        let label = key.clone();
+        running.insert(
+            key,
+            tokio::spawn(async move {
+                if let Err(e) = what.run(shared).await {
+                    tracing::error!(listener = %label, error = %e, "listener failed");
+                }
+            }),
+        );
+    }
+}
+
+enum Listening {
+    Inbound(Arc<WorkloadInfo>),
+    Outbound(Arc<WorkloadInfo>, Listener),
+}
+
+impl Listening {
+    async fn run(self, shared: Arc<Shared>) -> Result<(), String> {
+        match self {
+            Listening::Inbound(w) => {
+                shared
+                    .certs
+                    .fetch(&w.identity)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let tls = server_config(
+                    shared.certs.source(&w.identity),
+                    SpiffeClientVerifier::new(shared.bundle.clone(), &shared.trust_domain),
+                )
+                .map_err(|e| e.to_string())?;
+                let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                tracing::info!(workload = %w.name, %addr, identity = %w.identity, "inbound HBONE listener ready");
+                let handler = Arc::new(InboundFor {
+                    ip: w.ip,
+                    connect_timeout: shared.connect_timeout,
+                });
+                weft_hbone::server::serve(
+                    listener,
+                    Arc::new(tls),
+                    handler,
+                    Limits::default(),
+                    std::future::pending(),
+                )
+                .await;
+                Ok(())
+            }
+            Listening::Outbound(w, l) => {
+                let addr = SocketAddr::new(w.ip, l.local_port);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                tracing::info!(workload = %w.name, %addr, service = %l.service, port = l.service_port, "outbound listener ready");
+                loop {
+                    let (client, peer) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    let (shared, w, l) = (shared.clone(), w.clone(), l.clone());
+                    tokio::spawn(async move { outbound(shared, w, l, client, peer).await });
+                }
+            }
+        }
+    }
+}
+
+/// One outbound connection: choose an endpoint, open a tunnel (trying the
+/// next endpoint on a connect failure), splice, log.
+async fn outbound(
+    shared: Arc<Shared>,
+    source: Arc<WorkloadInfo>,
+    l: Listener,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    let started = Instant::now();
+    let _ = client.set_nodelay(true);
+    if let Err(e) = shared.certs.fetch(&source.identity).await {
+        tracing::warn!(source = %source.name, error = %e, "no certificate for the source workload; closing");
+        return;
+    }
+    let mut last_error = String::new();
+    for _ in 0..ATTEMPTS {
+        let view = shared.view.load();
+        let turn = shared.turn.fetch_add(1, Ordering::Relaxed);
+        let route = decide(
+            &view,
+            &source,
+            &l.service,
+            l.service_port,
+            &|uid| shared.health.is_unhealthy(uid),
+            turn,
+        );
+        let (endpoint, target, hbone, identity) = match route {
+            Route::Tunnel {
+                endpoint,
+                target,
+                hbone,
+                identity,
+            } => (endpoint, target, hbone, identity),
+            Route::Deny(reason) => {
+                tracing::info!(source = %source.name, service = %l.service, %reason, "outbound connection denied");
+                return;
+            }
+        };
+        let key = PoolKey {
+            source: source.identity.clone(),
+            destination: hbone,
+            expected: vec![identity],
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = format!(
+            "for=\"{peer}\";host={}",
+            l.service.rsplit('/').next().unwrap_or_default()
+        )
+        .parse()
+        {
+            headers.insert("forwarded", v);
+        }
+        match shared
+            .pool
+            .connect(&key, shared.certs.source(&source.identity), target, headers)
+            .await
+        {
+            Ok(mut tunnel) => {
+                let result = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
+                let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
+                tracing::info!(
+                    source = %source.name,
+                    service = %l.service,
+                    port = l.service_port,
+                    %endpoint,
+                    %target,
+                    sent,
+                    received,
+                    duration_ms = started.elapsed().as_millis() as u64,
+                    error = result.err().map(|e| e.to_string()),
+                    "outbound connection closed (mTLS)"
+                );
+                return;
+            }
+            Err(e) if e.is_connect_failure() => {
+                tracing::info!(%endpoint, error = %e, "endpoint failed to connect; trying another");
+                shared.health.mark_failed(&endpoint);
+                last_error = e.to_string();
+            }
+            Err(e) => {
+                tracing::warn!(source = %source.name, %endpoint, error = %e, "outbound tunnel failed");
+                return;
+            }
+        }
+    }
+    tracing::warn!(source = %source.name, service = %l.service, error = %last_error, "no endpoint could be reached");
+}
+
+/// Inbound tunnels for one local workload.
+struct InboundFor {
+    ip: IpAddr,
+    connect_timeout: Duration,
+}
+
+impl InboundHandler for InboundFor {
+    fn open(&self, request: Inbound) -> OpenFuture {
+        let (ip, timeout) = (self.ip, self.connect_timeout);
+        Box::pin(async move {
+            if request.target.ip() != ip {
+                return Err(Refusal::BadRequest(format!(
+                    "authority {} is not the workload this tunnel arrived for ({ip})",
+                    request.target
+                )));
+            }
+            if LOOP_PORTS.contains(&request.target.port()) {
+                return Err(Refusal::BadRequest(format!(
+                    "port {} is never a valid destination",
+                    request.target.port()
+                )));
+            }
+            match tokio::time::timeout(timeout, TcpStream::connect(request.target)).await {
+                Ok(Ok(stream)) => {
+                    let _ = stream.set_nodelay(true);
+                    tracing::debug!(peer = %request.peer, target = %request.target, "inbound tunnel open");
+                    Ok(Box::new(stream) as Box<dyn Upstream>)
+                }
+                Ok(Err(e)) => Err(Refusal::Unreachable(format!("{}: {e}", request.target))),
+                Err(_) => Err(Refusal::Unreachable(format!(
+                    "{}: connect timed out",
+                    request.target
+                ))),
+            }
+        })
+    }
+}

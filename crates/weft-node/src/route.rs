@@ -1,0 +1,221 @@
+//! The outbound routing decision, as one pure function: from (view, source
+//! workload, service, port, endpoint health) to a [`Route`]. I/O happens
+//! after, from the decision.
+//!
+//! Endpoint choice is locality-aware: the best tier that has a healthy
+//! endpoint wins — same node, then same zone, then same region, then
+//! anywhere. Within a tier endpoints take turns. When the caller's
+//! locality has no healthy endpoint, traffic fails over to the next tier,
+//! and returns when the local ones recover.
+
+use std::net::SocketAddr;
+
+use weft_core::Identity;
+
+use crate::view::{NodeView, WorkloadInfo};
+
+/// Where a connection goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// Through an HBONE tunnel to an endpoint.
+    Tunnel {
+        /// Endpoint uid (for health marking and logs).
+        endpoint: String,
+        /// `:authority`: the endpoint's address and target port.
+        target: SocketAddr,
+        /// The endpoint's HBONE address.
+        hbone: SocketAddr,
+        /// The identity the endpoint must prove.
+        identity: Identity,
+    },
+    /// Refused, with the reason.
+    Deny(String),
+}
+
+/// How close an endpoint is to the caller (lower is closer).
+fn tier(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> u8 {
+    let (sr, sz, _) = &source.locality;
+    let (er, ez, _) = &endpoint.locality;
+    if !source.node.is_empty() && source.node == endpoint.node {
+        0
+    } else if !sz.is_empty() && sr == er && sz == ez {
+        1
+    } else if !sr.is_empty() && sr == er {
+        2
+    } else {
+        3
+    }
+}
+
+/// Chooses an endpoint of `service:port` for `source`. `unhealthy` says
+/// which endpoints recently failed; `turn` spreads load within a tier.
+pub fn decide(
+    view: &NodeView,
+    source: &WorkloadInfo,
+    service: &str,
+    port: u16,
+    unhealthy: &dyn Fn(&str) -> bool,
+    turn: usize,
+) -> Route {
+    let Some(uids) = view.endpoints.get(service) else {
+        return Route::Deny(format!("no service {service} in the registry"));
+    };
+    let candidates: Vec<(&WorkloadInfo, u16)> = uids
+        .iter()
+        .filter_map(|uid| view.workloads.get(uid))
+        .filter_map(|w| Some((w.as_ref(), *w.services.get(service)?.get(&port)?)))
+        .collect();
+    if candidates.is_empty() {
+        return Route::Deny(format!("service {service} has no endpoint for port {port}"));
+    }
+    let healthy: Vec<&(&WorkloadInfo, u16)> = candidates
+        .iter()
+        .filter(|(w, _)| !unhealthy(&w.uid))
+        .collect();
+    // With nothing healthy, try everyone rather than refuse (fail open).
+    let pool: Vec<&(&WorkloadInfo, u16)> = if healthy.is_empty() {
+        candidates.iter().collect()
+    } else {
+        healthy
+    };
+    let best = pool.iter().map(|(w, _)| tier(source, w)).min().unwrap_or(3);
+    let tier_members: Vec<&&(&WorkloadInfo, u16)> = pool
+        .iter()
+        .filter(|(w, _)| tier(source, w) == best)
+        .collect();
+    let (endpoint, target_port) = **tier_members[turn % tier_members.len()];
+    Route::Tunnel {
+        endpoint: endpoint.uid.clone(),
+        target: SocketAddr::new(endpoint.ip, target_port),
+        hbone: SocketAddr::new(endpoint.ip, weft_hbone::PORT),
+        identity: endpoint.identity.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+
+    fn w(uid: &str, ip: [u8; 4], node: &str, zone: &str) -> WorkloadInfo {
+        WorkloadInfo {
+            uid: uid.into(),
+            name: uid.into(),
+            ip: ip.into(),
+            identity: Identity::new("cluster.local", "shop", uid).expect("id"),
+            node: node.into(),
+            locality: ("eu".into(), zone.into(), String::new()),
+            services: HashMap::from([("shop/pay".to_owned(), HashMap::from([(80, 8080)]))]),
+        }
+    }
+
+    fn view(endpoints: &[WorkloadInfo]) -> NodeView {
+        let mut v = NodeView::default();
+        for e in endpoints {
+            v.endpoints
+                .entry("shop/pay".into())
+                .or_default()
+                .push(e.uid.clone());
+            v.workloads.insert(e.uid.clone(), Arc::new(e.clone()));
+        }
+        v
+    }
+
+    fn chosen(route: &Route) -> &str {
+        match route {
+            Route::Tunnel { endpoint, .. } => endpoint,
+            Route::Deny(reason) => reason,
+        }
+    }
+
+    #[test]
+    fn table() {
+        let client = w("client", [127, 0, 1, 9], "node-1", "a");
+        let same_node = w("same-node", [127, 0, 1, 20], "node-1", "a");
+        let same_zone = w("same-zone", [127, 0, 3, 20], "node-3", "a");
+        let other_zone = w("other-zone", [127, 0, 2, 20], "node-2", "b");
+        let all = view(&[same_node.clone(), same_zone.clone(), other_zone.clone()]);
+        let none: &dyn Fn(&str) -> bool = &|_| false;
+        // (what, service, port, which endpoints are unhealthy, expected choice)
+        type Case = (
+            &'static str,
+            &'static str,
+            u16,
+            Box<dyn Fn(&str) -> bool>,
+            &'static str,
+        );
+        let cases: Vec<Case> = vec![
+            (
+                "prefers the same node",
+                "shop/pay",
+                80,
+                Box::new(|_| false),
+                "same-node",
+            ),
+            (
+                "then the same zone",
+                "shop/pay",
+                80,
+                Box::new(|u| u == "same-node"),
+                "same-zone",
+            ),
+            (
+                "then the region",
+                "shop/pay",
+                80,
+                Box::new(|u| u != "other-zone"),
+                "other-zone",
+            ),
+            (
+                "all unhealthy: best tier anyway",
+                "shop/pay",
+                80,
+                Box::new(|_| true),
+                "same-node",
+            ),
+            (
+                "unknown service",
+                "shop/nope",
+                80,
+                Box::new(|_| false),
+                "no service shop/nope in the registry",
+            ),
+            (
+                "unknown port",
+                "shop/pay",
+                81,
+                Box::new(|_| false),
+                "service shop/pay has no endpoint for port 81",
+            ),
+        ];
+        for (what, service, port, unhealthy, want) in cases {
+            let got = decide(&all, &client, service, port, &*unhealthy, 0);
+            assert_eq!(chosen(&got), want, "{what}");
+        }
+        // The chosen tunnel targets the endpoint's target port, HBONE on 15008.
+        let route = decide(&all, &client, "shop/pay", 80, none, 0);
+        assert_eq!(
+            route,
+            Route::Tunnel {
+                endpoint: "same-node".into(),
+                target: "127.0.1.20:8080".parse().expect("addr"),
+                hbone: "127.0.1.20:15008".parse().expect("addr"),
+                identity: same_node.identity.clone(),
+            }
+        );
+    }
+
+    #[test]
+    fn endpoints_of_one_tier_take_turns() {
+        let client = w("client", [127, 0, 9, 9], "node-9", "z");
+        let a = w("a", [127, 0, 2, 1], "node-2", "b");
+        let b = w("b", [127, 0, 2, 2], "node-2", "b");
+        let v = view(&[a, b]);
+        let picks: Vec<String> = (0..4)
+            .map(|t| chosen(&decide(&v, &client, "shop/pay", 80, &|_| false, t)).to_owned())
+            .collect();
+        assert_eq!(picks, ["a", "b", "a", "b"]);
+    }
+}

@@ -1,0 +1,179 @@
+//! What a node proxy knows, rebuilt from the config stream on every change:
+//! workloads by uid and by address, services and their endpoints, and the
+//! explicit outbound listeners of workloads on this node.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use prost::Message;
+use weft_core::Identity;
+use weft_xds::ClientState;
+use weft_xds::proto::weft::WorkloadListeners;
+use weft_xds::proto::workload::{Address, address::Type};
+
+/// A workload as the node proxy needs it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkloadInfo {
+    /// xDS name.
+    pub uid: String,
+    /// Namespace/name, for logs.
+    pub name: String,
+    /// Its address.
+    pub ip: IpAddr,
+    /// Its SPIFFE identity.
+    pub identity: Identity,
+    /// The node it runs on (empty: not behind a weft node).
+    pub node: String,
+    /// (region, zone, subzone).
+    pub locality: (String, String, String),
+    /// Service name → (service port → target port).
+    pub services: HashMap<String, HashMap<u16, u16>>,
+}
+
+/// One explicit outbound listener of a local workload.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Listener {
+    /// The workload it belongs to.
+    pub workload: String,
+    /// Port on the workload's address.
+    pub local_port: u16,
+    /// Service name (`namespace/hostname`).
+    pub service: String,
+    /// Service port.
+    pub service_port: u16,
+}
+
+/// The node's view of the mesh.
+#[derive(Debug, Clone, Default)]
+pub struct NodeView {
+    /// Workloads by uid.
+    pub workloads: HashMap<String, Arc<WorkloadInfo>>,
+    /// Workload uid by address.
+    pub by_ip: HashMap<IpAddr, String>,
+    /// Service name → endpoint uids, sorted.
+    pub endpoints: HashMap<String, Vec<String>>,
+    /// Listeners of workloads on this node.
+    pub listeners: Vec<Listener>,
+}
+
+impl NodeView {
+    /// Builds the view for node `node` from what the config stream holds.
+    /// Resources that do not decode are skipped (the client NACKs them).
+    pub fn build(state: &ClientState, node: &str) -> NodeView {
+        let mut view = NodeView::default();
+        for held in state
+            .resources
+            .get(weft_xds::ADDRESS_TYPE)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            let Ok(Address {
+                r#type: Some(Type::Workload(w)),
+            }) = Address::decode(held.body.value.as_slice())
+            else {
+                continue;
+            };
+            let Some(ip) = ip_of(w.addresses.first().map(Vec::as_slice).unwrap_or_default()) else {
+                continue;
+            };
+            let trust_domain = if w.trust_domain.is_empty() {
+                "cluster.local"
+            } else {
+                &w.trust_domain
+            };
+            let sa = if w.service_account.is_empty() {
+                "default"
+            } else {
+                &w.service_account
+            };
+            let Ok(identity) = Identity::new(trust_domain, &w.namespace, sa) else {
+                continue;
+            };
+            let services = w
+                .services
+                .iter()
+                .map(|(name, ports)| {
+                    let map = ports
+                        .ports
+                        .iter()
+                        .filter_map(|p| {
+                            Some((
+                                u16::try_from(p.service_port).ok()?,
+                                u16::try_from(p.target_port).ok()?,
+                            ))
+                        })
+                        .collect();
+                    (name.clone(), map)
+                })
+                .collect();
+            let locality = w.locality.clone().unwrap_or_default();
+            let info = WorkloadInfo {
+                uid: w.uid.clone(),
+                name: format!("{}/{}", w.namespace, w.name),
+                ip,
+                identity,
+                node: w.node.clone(),
+                locality: (locality.region, locality.zone, locality.subzone),
+                services,
+            };
+            for service in info.services.keys() {
+                view.endpoints
+                    .entry(service.clone())
+                    .or_default()
+                    .push(info.uid.clone());
+            }
+            view.by_ip.insert(ip, info.uid.clone());
+            view.workloads.insert(info.uid.clone(), Arc::new(info));
+        }
+        for list in view.endpoints.values_mut() {
+            list.sort();
+        }
+        for held in state
+            .resources
+            .get(weft_xds::LISTENERS_TYPE)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            let Ok(l) = WorkloadListeners::decode(held.body.value.as_slice()) else {
+                continue;
+            };
+            let local = view
+                .workloads
+                .get(&l.workload_uid)
+                .is_some_and(|w| w.node == node);
+            if !local {
+                continue;
+            }
+            for o in l.outbound {
+                let (Ok(local_port), Ok(service_port)) =
+                    (u16::try_from(o.local_port), u16::try_from(o.service_port))
+                else {
+                    continue;
+                };
+                view.listeners.push(Listener {
+                    workload: l.workload_uid.clone(),
+                    local_port,
+                    service: o.service,
+                    service_port,
+                });
+            }
+        }
+        view.listeners
+            .sort_by(|a, b| (&a.workload, a.local_port).cmp(&(&b.workload, b.local_port)));
+        view
+    }
+
+    /// Workloads running on `node`.
+    pub fn local<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<WorkloadInfo>> {
+        self.workloads.values().filter(move |w| w.node == node)
+    }
+}
+
+fn ip_of(bytes: &[u8]) -> Option<IpAddr> {
+    match bytes.len() {
+        4 => Some(IpAddr::from(<[u8; 4]>::try_from(bytes).ok()?)),
+        16 => Some(IpAddr::from(<[u8; 16]>::try_from(bytes).ok()?)),
+        _ => None,
+    }
+}
