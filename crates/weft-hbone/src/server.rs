@@ -128,6 +128,11 @@ pub async fn serve(
             let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => tls,
+                Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    // A TCP probe (readiness check) that never spoke TLS.
+                    tracing::debug!(%peer_addr, "HBONE connection closed before the TLS handshake");
+                    return;
+                }
                 Ok(Err(e)) => {
                     tracing::info!(%peer_addr, error = %e, "HBONE TLS handshake refused");
                     return;

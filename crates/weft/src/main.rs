@@ -2,9 +2,9 @@
 //!
 //! The one `weft` binary. Each subcommand is a thin shell over a library
 //! crate: `validate` over `weft-config`, `sample-app` over `weft-sample-app`,
-//! `control` and `certs` over `weft-ca` and `weft-admin`; `node`, `waypoint`
-//! and `up` are reserved for the node proxy, the waypoint and the local
-//! launcher.
+//! `control` over `weft-control`, `up` over every crate (a local mesh);
+//! `node` and `waypoint` are reserved for the standalone node proxy and the
+//! waypoint.
 
 #![forbid(unsafe_code)]
 
@@ -58,9 +58,9 @@ enum Command {
     /// Run a waypoint proxy (not built yet).
     #[command(hide = true)]
     Waypoint,
-    /// Start a whole local mesh from a directory (not built yet).
-    #[command(hide = true)]
-    Up,
+    /// Start a whole local mesh from a directory: control plane, node
+    /// proxies, apps.
+    Up(cmd::up::Args),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Command::ConfigDump(args) => cmd::config_dump::run(args),
         Command::Node => reserved("node", "the node proxy"),
         Command::Waypoint => reserved("waypoint", "the waypoint"),
-        Command::Up => reserved("up", "the local launcher"),
+        Command::Up(args) => cmd::up::run(args),
     }
 }
 

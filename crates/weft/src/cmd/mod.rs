@@ -4,6 +4,7 @@ pub(crate) mod certs;
 pub(crate) mod config_dump;
 pub(crate) mod control;
 pub(crate) mod sample_app;
+pub(crate) mod up;
 pub(crate) mod validate;
 
 /// Resolves on Ctrl-C or SIGTERM.

@@ -1,0 +1,290 @@
+//! `weft up <dir>`: a whole mesh on this machine, no root needed — the
+//! control plane on 127.0.0.1, one node proxy per node named in the
+//! configuration (node N on 127.0.N.1), and the apps the workloads'
+//! `weft.dev/run` annotations describe. Ctrl-C stops all of it.
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use weft_config::{LoadError, load_path};
+use weft_control::{Debounce, Options};
+use weft_core::model::{Snapshot, WorkloadAddress};
+use weft_node::NodeOptions;
+
+/// Flags of `weft up`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// Directory of YAML resources describing the mesh and its apps.
+    dir: PathBuf,
+    /// Where CA files, tokens and app logs go.
+    #[arg(long, default_value = ".weft")]
+    state_dir: PathBuf,
+}
+
+/// Node N's address: `node-N` names give N; other names are numbered in
+/// sorted order after the highest `node-N`.
+pub(crate) fn node_numbers(names: &BTreeSet<String>) -> Vec<(String, u8)> {
+    let explicit = |n: &str| {
+        n.strip_prefix("node-")
+            .and_then(|d| d.parse::<u8>().ok())
+            .filter(|d| *d > 0)
+    };
+    let mut next = names.iter().filter_map(|n| explicit(n)).max().unwrap_or(0);
+    names
+        .iter()
+        .filter_map(|n| match explicit(n) {
+            Some(d) => Some((n.clone(), d)),
+            None => {
+                next = next.checked_add(1)?;
+                Some((n.clone(), next))
+            }
+        })
+        .collect()
+}
+
+struct Apps(Vec<(String, Child)>);
+
+impl Drop for Apps {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    let config = match load_path(&args.dir) {
+        Ok(c) => c,
+        Err(LoadError::Invalid(problems)) => {
+            eprintln!("weft up: {} has problems:\n{problems}", args.dir.display());
+            return ExitCode::from(1);
+        }
+        Err(LoadError::Read(e)) => {
+            eprintln!("weft up: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = super::runtime().and_then(|rt| rt.block_on(up(&args, &config.snapshot)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft up: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn random_token() -> String {
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[fastrand::usize(..36)]))
+        .collect()
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| format!("cannot protect {}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
+    let state = &args.state_dir;
+    std::fs::create_dir_all(state.join("logs"))
+        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    let names: BTreeSet<String> = snapshot
+        .workloads
+        .values()
+        .filter_map(|w| w.node.clone())
+        .collect();
+    let nodes = node_numbers(&names);
+    let tokens: Vec<(String, u8, String)> = nodes
+        .iter()
+        .map(|(n, i)| (n.clone(), *i, random_token()))
+        .collect();
+    let token_file = state.join("bootstrap-tokens");
+    write_private(
+        &token_file,
+        &tokens
+            .iter()
+            .map(|(n, _, t)| format!("{n} {t}\n"))
+            .collect::<String>(),
+    )?;
+
+    let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    let control = weft_control::start(Options {
+        config_dir: args.dir.clone(),
+        ca_dir: state.join("ca"),
+        xds_addr: local(15010),
+        tls_addr: local(15012),
+        admin_addr: local(15000),
+        monitoring_addr: local(15014),
+        metrics_addr: local(15020),
+        bootstrap_tokens: Some(token_file),
+        workload_ttl: Duration::from_secs(24 * 3600),
+        debounce: Debounce::default(),
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    let roots = weft_ca::cert::certs_from_pem(
+        &std::fs::read(&control.root_cert).map_err(|e| e.to_string())?,
+        "root-cert.pem",
+    )
+    .map_err(|e| e.to_string())?;
+
+    let mut proxies = Vec::new();
+    for (name, n, token) in &tokens {
+        let proxy = weft_node::start(NodeOptions {
+            node: name.clone(),
+            trust_domain: control.trust_domain.clone(),
+            xds_addr: control.xds_addr,
+            ca_addr: control.tls_addr,
+            roots: roots.clone(),
+            token: token.clone(),
+            admin_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, *n, 1)), 15000),
+            connect_timeout: snapshot.mesh.connect_timeout,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        proxies.push((name.clone(), *n, proxy));
+    }
+
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    let mut apps = Apps(Vec::new());
+    for w in snapshot.workloads.values() {
+        let Some(command) = &w.run else { continue };
+        let mut words = command.split_whitespace();
+        let Some(program) = words.next() else {
+            continue;
+        };
+        let program = if program == "weft" {
+            exe.clone()
+        } else {
+            PathBuf::from(program)
+        };
+        let log = state
+            .join("logs")
+            .join(format!("{}-{}.log", w.name.namespace, w.name.name));
+        let out = std::fs::File::create(&log)
+            .map_err(|e| format!("cannot create {}: {e}", log.display()))?;
+        let err = out.try_clone().map_err(|e| e.to_string())?;
+        let child = Command::new(&program)
+            .args(words)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("cannot start {} for {}: {e}", program.display(), w.name))?;
+        apps.0.push((w.name.to_string(), child));
+    }
+
+    // Wait until every local workload's HBONE port is open (nodes ready).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    for w in snapshot.workloads.values().filter(|w| w.node.is_some()) {
+        if let WorkloadAddress::Ip(ip) = w.address {
+            while tokio::net::TcpStream::connect((ip, weft_hbone::PORT))
+                .await
+                .is_err()
+            {
+                if Instant::now() > deadline {
+                    return Err(format!(
+                        "{}'s node never opened {ip}:{}",
+                        w.name,
+                        weft_hbone::PORT
+                    ));
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    println!("weft up: the mesh in {} is running\n", args.dir.display());
+    println!(
+        "{:<9} {:<16} {:<22} {:<48} OUTBOUND",
+        "NODE", "ADMIN", "WORKLOAD", "IDENTITY"
+    );
+    for (name, _, proxy) in &proxies {
+        let mut first = true;
+        for w in snapshot
+            .workloads
+            .values()
+            .filter(|w| w.node.as_deref() == Some(name.as_str()))
+        {
+            let outbound: Vec<String> = w
+                .outbound
+                .iter()
+                .map(|l| format!("{}:{} -> {}:{}", w.address, l.local_port, l.host, l.port))
+                .collect();
+            println!(
+                "{:<9} {:<16} {:<32} {:<48} {}",
+                if first { name.as_str() } else { "" },
+                if first {
+                    proxy.admin_addr.to_string()
+                } else {
+                    String::new()
+                },
+                format!("{} {}", w.name, w.address),
+                w.identity.to_string(),
+                outbound.join(", ")
+            );
+            first = false;
+        }
+    }
+    println!(
+        "\ncontrol plane: config stream {} (plaintext) / {} (mTLS), admin {}, status http://{}/debug/config-status, metrics {}",
+        control.xds_addr,
+        control.tls_addr,
+        control.admin_addr,
+        control.monitoring_addr,
+        control.metrics_addr
+    );
+    println!("app logs: {}/logs/", state.display());
+    if let Some((w, l)) = snapshot
+        .workloads
+        .values()
+        .find_map(|w| w.outbound.first().map(|l| (w, l)))
+    {
+        println!(
+            "\ntry it: curl -si http://{}:{}/headers   ({} -> {} over mTLS)",
+            w.address, l.local_port, w.name, l.host
+        );
+    }
+    println!("weft up: ready (Ctrl-C stops everything)");
+
+    super::shutdown_signal().await;
+    drop(apps);
+    for (_, _, proxy) in proxies {
+        proxy.stop();
+    }
+    control.stop().await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_numbering() {
+        let names: BTreeSet<String> = ["node-2", "edge", "node-1", "alpha"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            node_numbers(&names),
+            [
+                ("alpha".into(), 3),
+                ("edge".into(), 4),
+                ("node-1".into(), 1),
+                ("node-2".into(), 2)
+            ]
+        );
+    }
+}
