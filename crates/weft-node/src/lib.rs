@@ -9,13 +9,14 @@
 //! recover.
 //!
 //! Still to come (see the issue tracker): captured mode in network
-//! namespaces, SOCKS5, L4 authorization, PeerAuthentication, TCP
-//! telemetry, graceful drain.
+//! namespaces, SOCKS5, L4 authorization, PeerAuthentication, graceful
+//! drain.
 
 #![forbid(unsafe_code)]
 
 pub mod proxy;
 pub mod route;
+pub mod telemetry;
 pub mod view;
 
 pub use proxy::{NodeOptions, NodeProxy, start};

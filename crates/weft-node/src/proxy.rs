@@ -4,7 +4,7 @@
 //! workloads' explicit outbound listeners.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +24,7 @@ use weft_hbone::{HbonePool, Inbound, InboundHandler, PoolKey, Refusal};
 use weft_xds::client::{ClientOptions, Transport, XdsClient};
 
 use crate::route::{Route, decide};
+use crate::telemetry::{Counted, TcpLabels, TcpMetrics};
 use crate::view::{Listener, NodeView, WorkloadInfo};
 
 /// Ports that are never valid tunnel targets (they would loop).
@@ -50,6 +51,8 @@ pub struct NodeOptions {
     pub token: String,
     /// Admin endpoints (`/config_dump`, `/certs`).
     pub admin_addr: SocketAddr,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics_addr: SocketAddr,
     /// TCP connect timeout to workloads and peers.
     pub connect_timeout: Duration,
 }
@@ -66,10 +69,13 @@ pub enum NodeError {
 pub struct NodeProxy {
     /// Admin address.
     pub admin_addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: SocketAddr,
     /// The current view.
     pub view: Arc<ArcSwap<NodeView>>,
     reconcile: JoinHandle<()>,
     admin: JoinHandle<()>,
+    metrics: JoinHandle<()>,
     listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
     _xds: Arc<XdsClient>,
 }
@@ -87,6 +93,7 @@ impl NodeProxy {
     pub fn stop(self) {
         self.reconcile.abort();
         self.admin.abort();
+        self.metrics.abort();
         for (_, task) in self
             .listeners
             .lock()
@@ -129,6 +136,7 @@ struct Shared {
     health: Health,
     turn: AtomicUsize,
     connect_timeout: Duration,
+    metrics: TcpMetrics,
 }
 
 /// Starts a node proxy.
@@ -170,7 +178,20 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         health: Health::default(),
         turn: AtomicUsize::new(0),
         connect_timeout: options.connect_timeout,
+        metrics: TcpMetrics::default(),
     });
+    let mut registry = prometheus_client::registry::Registry::default();
+    shared.metrics.register(&mut registry);
+    certs.register(&mut registry);
+    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics")
+        .await
+        .map_err(|e| setup(&e))?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|e| setup(&e))?;
+    let metrics = tokio::spawn(weft_admin::serve(
+        metrics_listener,
+        Routes::new().metrics(Arc::new(Mutex::new(registry))),
+        std::future::pending(),
+    ));
     let listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::default();
 
     let admin_listener = weft_admin::bind(options.admin_addr, "admin")
@@ -201,9 +222,11 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
     });
     Ok(NodeProxy {
         admin_addr,
+        metrics_addr,
         view,
         reconcile,
         admin,
+        metrics,
         listeners,
         _xds: xds,
     })
@@ -279,8 +302,9 @@ impl Listening {
                     .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
                 tracing::info!(workload = %w.name, %addr, identity = %w.identity, "inbound HBONE listener ready");
                 let handler = Arc::new(InboundFor {
-                    ip: w.ip,
+                    workload: w.clone(),
                     connect_timeout: shared.connect_timeout,
+                    metrics: shared.metrics.clone(),
                 });
                 weft_hbone::server::serve(
                     listener,
@@ -324,7 +348,6 @@ async fn outbound(
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
-    let started = Instant::now();
     let _ = client.set_nodelay(true);
     if let Err(e) = shared.certs.fetch(&source.identity).await {
         tracing::warn!(source = %source.name, error = %e, "no certificate for the source workload; closing");
@@ -359,14 +382,14 @@ async fn outbound(
             destination: hbone,
             expected: vec![identity],
         };
+        let host = l.service.rsplit('/').next().unwrap_or_default();
         let mut headers = HeaderMap::new();
-        if let Ok(v) = format!(
-            "for=\"{peer}\";host={}",
-            l.service.rsplit('/').next().unwrap_or_default()
-        )
-        .parse()
-        {
+        if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
             headers.insert("forwarded", v);
+        }
+        let (src_ns, src_name) = split_name(&source.name);
+        if let Ok(v) = format!("k8s.namespace.name={src_ns},k8s.pod.name={src_name}").parse() {
+            headers.insert("baggage", v);
         }
         match shared
             .pool
@@ -374,20 +397,20 @@ async fn outbound(
             .await
         {
             Ok(mut tunnel) => {
-                let result = tokio::io::copy_bidirectional(&mut client, &mut tunnel).await;
-                let (sent, received) = result.as_ref().map_or((0, 0), |r| *r);
-                tracing::info!(
-                    source = %source.name,
-                    service = %l.service,
-                    port = l.service_port,
-                    %endpoint,
-                    %target,
-                    sent,
-                    received,
-                    duration_ms = started.elapsed().as_millis() as u64,
-                    error = result.err().map(|e| e.to_string()),
-                    "outbound connection closed (mTLS)"
-                );
+                let view = shared.view.load();
+                let destination = view.workloads.get(&endpoint).cloned();
+                let guard = shared.metrics.open(labels(
+                    "source",
+                    &source,
+                    destination.as_deref(),
+                    host,
+                    "-",
+                ));
+                // The guard logs the access line and emits the metrics when the copy ends.
+                let mut counted = Counted::new(&mut client, guard, true);
+                if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut tunnel).await {
+                    tracing::debug!(source = %source.name, %endpoint, %target, error = %e, "outbound connection ended with an error");
+                }
                 return;
             }
             Err(e) if e.is_connect_failure() => {
@@ -402,18 +425,81 @@ async fn outbound(
         }
     }
     tracing::warn!(source = %source.name, service = %l.service, error = %last_error, "no endpoint could be reached");
+    let host = l.service.rsplit('/').next().unwrap_or_default();
+    drop(
+        shared
+            .metrics
+            .open(labels("source", &source, None, host, "UF")),
+    );
+}
+
+fn split_name(name: &str) -> (&str, &str) {
+    name.split_once('/').unwrap_or(("", name))
+}
+
+/// Istio labels for a connection from `source` to `destination`.
+fn labels(
+    reporter: &'static str,
+    source: &WorkloadInfo,
+    destination: Option<&WorkloadInfo>,
+    service: &str,
+    flags: &'static str,
+) -> TcpLabels {
+    let (src_ns, src_name) = split_name(&source.name);
+    let (dst_ns, dst_name, dst_principal) = match destination {
+        Some(d) => {
+            let (ns, name) = split_name(&d.name);
+            (ns.to_owned(), name.to_owned(), d.identity.to_string())
+        }
+        None => ("unknown".into(), "unknown".into(), "unknown".into()),
+    };
+    TcpLabels {
+        reporter,
+        source_workload: src_name.to_owned(),
+        source_workload_namespace: src_ns.to_owned(),
+        source_principal: source.identity.to_string(),
+        destination_workload: dst_name,
+        destination_workload_namespace: dst_ns,
+        destination_principal: dst_principal,
+        destination_service: if service.is_empty() {
+            "unknown".into()
+        } else {
+            service.to_owned()
+        },
+        request_protocol: "tcp",
+        response_flags: flags,
+        connection_security_policy: "mutual_tls",
+    }
 }
 
 /// Inbound tunnels for one local workload.
 struct InboundFor {
-    ip: IpAddr,
+    workload: Arc<WorkloadInfo>,
     connect_timeout: Duration,
+    metrics: TcpMetrics,
+}
+
+/// A `key=value` from a comma-separated header (`baggage`) or a
+/// `;`-separated one (`forwarded`).
+fn header_param<'a>(headers: &'a HeaderMap, header: &str, key: &str) -> Option<&'a str> {
+    headers
+        .get(header)?
+        .to_str()
+        .ok()?
+        .split([',', ';'])
+        .find_map(|kv| kv.trim().strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"'))
 }
 
 impl InboundHandler for InboundFor {
     fn open(&self, request: Inbound) -> OpenFuture {
-        let (ip, timeout) = (self.ip, self.connect_timeout);
+        let (workload, timeout, metrics) = (
+            self.workload.clone(),
+            self.connect_timeout,
+            self.metrics.clone(),
+        );
         Box::pin(async move {
+            let ip = workload.ip;
             if request.target.ip() != ip {
                 return Err(Refusal::BadRequest(format!(
                     "authority {} is not the workload this tunnel arrived for ({ip})",
@@ -426,17 +512,59 @@ impl InboundHandler for InboundFor {
                     request.target.port()
                 )));
             }
+            // The caller as its identity and baggage describe it.
+            let source = WorkloadInfo {
+                uid: String::new(),
+                name: format!(
+                    "{}/{}",
+                    header_param(&request.headers, "baggage", "k8s.namespace.name")
+                        .unwrap_or(request.peer.namespace()),
+                    header_param(&request.headers, "baggage", "k8s.pod.name").unwrap_or("unknown")
+                ),
+                ip: request.peer_addr.ip(),
+                identity: request.peer.clone(),
+                node: String::new(),
+                locality: Default::default(),
+                services: Default::default(),
+            };
+            let service = header_param(&request.headers, "forwarded", "host")
+                .unwrap_or_default()
+                .to_owned();
             match tokio::time::timeout(timeout, TcpStream::connect(request.target)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    tracing::debug!(peer = %request.peer, target = %request.target, "inbound tunnel open");
-                    Ok(Box::new(stream) as Box<dyn Upstream>)
+                    let guard = metrics.open(labels(
+                        "destination",
+                        &source,
+                        Some(&workload),
+                        &service,
+                        "-",
+                    ));
+                    Ok(Box::new(Counted::new(stream, guard, false)) as Box<dyn Upstream>)
                 }
-                Ok(Err(e)) => Err(Refusal::Unreachable(format!("{}: {e}", request.target))),
-                Err(_) => Err(Refusal::Unreachable(format!(
-                    "{}: connect timed out",
-                    request.target
-                ))),
+                Ok(Err(e)) => {
+                    drop(metrics.open(labels(
+                        "destination",
+                        &source,
+                        Some(&workload),
+                        &service,
+                        "UF",
+                    )));
+                    Err(Refusal::Unreachable(format!("{}: {e}", request.target)))
+                }
+                Err(_) => {
+                    drop(metrics.open(labels(
+                        "destination",
+                        &source,
+                        Some(&workload),
+                        &service,
+                        "UF",
+                    )));
+                    Err(Refusal::Unreachable(format!(
+                        "{}: connect timed out",
+                        request.target
+                    )))
+                }
             }
         })
     }

@@ -119,6 +119,7 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
         roots: roots.clone(),
         token: format!("node-{n}-token-0123456789"),
         admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
+        metrics_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
     };
     let node1 = weft_node::start(node(1)).await.expect("node-1");
@@ -193,6 +194,43 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     assert!(
         certs.contains("spiffe://cluster.local/ns/weft-system/sa/weft-node.node-1"),
         "{certs}"
+    );
+
+    // Istio-standard TCP metrics on both sides of the hop.
+    let source_side = get(&node1.metrics_addr.to_string(), "/metrics")
+        .await
+        .expect("node-1 metrics");
+    let line = source_side
+        .lines()
+        .find(|l| {
+            l.starts_with("istio_tcp_connections_closed_total{")
+                && l.contains("reporter=\"source\"")
+                && l.contains("source_workload=\"orders-1\"")
+                && l.contains("destination_workload=\"payments-1b\"")
+                && l.contains("destination_service=\"payments.billing.svc.cluster.local\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")
+        })
+        .unwrap_or_else(|| {
+            panic!("no source-side metric for orders → payments-1b:\n{source_side}")
+        });
+    let closed: u64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("count");
+    assert!(closed >= 10, "{line}");
+    let dest_side = get(&node2.metrics_addr.to_string(), "/metrics")
+        .await
+        .expect("node-2 metrics");
+    assert!(
+        dest_side
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_received_bytes_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/orders\"")
+                && l.contains("source_workload=\"orders-1\"")
+                && !l.ends_with(" 0")),
+        "no destination-side bytes on node-2:\n{dest_side}"
     );
 
     for a in [orders, pay_a, pay_b] {

@@ -149,6 +149,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             roots: roots.clone(),
             token: token.clone(),
             admin_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, *n, 1)), 15000),
+            metrics_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, *n, 1)), 15020),
             connect_timeout: snapshot.mesh.connect_timeout,
         })
         .await

@@ -1,0 +1,199 @@
+//! L4 telemetry with Istio's standard metric names and labels, so existing
+//! dashboards work: `istio_tcp_connections_opened_total`,
+//! `istio_tcp_connections_closed_total`, `istio_tcp_sent_bytes_total`,
+//! `istio_tcp_received_bytes_total`. One guard per connection counts its
+//! bytes and, when the connection closes, emits the metrics and one access
+//! log line.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Istio's standard TCP labels.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// `source` (the caller's node) or `destination` (the callee's node).
+    pub reporter: &'static str,
+    /// Caller workload name.
+    pub source_workload: String,
+    /// Caller namespace.
+    pub source_workload_namespace: String,
+    /// Caller SPIFFE identity.
+    pub source_principal: String,
+    /// Callee workload name.
+    pub destination_workload: String,
+    /// Callee namespace.
+    pub destination_workload_namespace: String,
+    /// Callee SPIFFE identity.
+    pub destination_principal: String,
+    /// Service hostname called (`unknown` when the caller did not name one).
+    pub destination_service: String,
+    /// Always `tcp` at L4.
+    pub request_protocol: &'static str,
+    /// `-`, or Envoy-style flags such as `UF` (upstream connect failure).
+    pub response_flags: &'static str,
+    /// `mutual_tls` through HBONE.
+    pub connection_security_policy: &'static str,
+}
+
+/// The four TCP metric families, registered explicitly.
+#[derive(Clone, Debug, Default)]
+pub struct TcpMetrics {
+    opened: Family<TcpLabels, Counter>,
+    closed: Family<TcpLabels, Counter>,
+    sent: Family<TcpLabels, Counter>,
+    received: Family<TcpLabels, Counter>,
+}
+
+impl TcpMetrics {
+    /// Registers the families under their Istio names.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "istio_tcp_connections_opened",
+            "TCP connections opened",
+            self.opened.clone(),
+        );
+        registry.register(
+            "istio_tcp_connections_closed",
+            "TCP connections closed",
+            self.closed.clone(),
+        );
+        registry.register(
+            "istio_tcp_sent_bytes",
+            "Bytes sent during TCP connections (toward the destination)",
+            self.sent.clone(),
+        );
+        registry.register(
+            "istio_tcp_received_bytes",
+            "Bytes received during TCP connections (from the destination)",
+            self.received.clone(),
+        );
+    }
+
+    /// Starts accounting for one connection.
+    pub fn open(&self, labels: TcpLabels) -> Arc<ConnectionGuard> {
+        self.opened.get_or_create(&labels).inc();
+        Arc::new(ConnectionGuard {
+            metrics: self.clone(),
+            labels,
+            started: Instant::now(),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+        })
+    }
+}
+
+/// One connection's accounting; emits on drop.
+#[derive(Debug)]
+pub struct ConnectionGuard {
+    metrics: TcpMetrics,
+    labels: TcpLabels,
+    started: Instant,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let (sent, received) = (
+            self.sent.load(Ordering::Relaxed),
+            self.received.load(Ordering::Relaxed),
+        );
+        self.metrics.closed.get_or_create(&self.labels).inc();
+        self.metrics.sent.get_or_create(&self.labels).inc_by(sent);
+        self.metrics
+            .received
+            .get_or_create(&self.labels)
+            .inc_by(received);
+        let l = &self.labels;
+        tracing::info!(
+            target: "weft::access",
+            reporter = l.reporter,
+            src = %format!("{}/{}", l.source_workload_namespace, l.source_workload),
+            src_principal = %l.source_principal,
+            dst = %format!("{}/{}", l.destination_workload_namespace, l.destination_workload),
+            dst_principal = %l.destination_principal,
+            service = %l.destination_service,
+            flags = l.response_flags,
+            security = l.connection_security_policy,
+            sent,
+            received,
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            "connection closed"
+        );
+    }
+}
+
+/// A stream that counts what passes through it into a [`ConnectionGuard`]:
+/// bytes read from it count as `sent` when it is the caller's side
+/// (`reads_are_sent`), as `received` otherwise.
+pub struct Counted<S> {
+    inner: S,
+    guard: Arc<ConnectionGuard>,
+    reads_are_sent: bool,
+}
+
+impl<S> Counted<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, guard: Arc<ConnectionGuard>, reads_are_sent: bool) -> Self {
+        Counted {
+            inner,
+            guard,
+            reads_are_sent,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        let counter = if this.reads_are_sent {
+            &this.guard.sent
+        } else {
+            &this.guard.received
+        };
+        counter.fetch_add(n, Ordering::Relaxed);
+        result
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &result {
+            let counter = if this.reads_are_sent {
+                &this.guard.received
+            } else {
+                &this.guard.sent
+            };
+            counter.fetch_add(*n as u64, Ordering::Relaxed);
+        }
+        result
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
