@@ -77,18 +77,22 @@ pub trait InboundHandler: Send + Sync + 'static {
     fn open(&self, request: Inbound) -> OpenFuture;
 }
 
-/// Server limits.
+/// Server limits: what a flood of idle or slow clients can take.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    /// Connections (TLS, before and after the handshake) open at once;
-    /// beyond it new ones are closed at once.
+    /// Connections open at once; beyond it new ones are closed at once.
     pub max_connections: usize,
+    /// Connections still in their TLS handshake at once (each bounded by
+    /// [`HANDSHAKE_TIMEOUT`]); beyond it new ones are closed at once, so
+    /// idle connections cannot take every slot.
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_connections: 10_000,
+            max_handshakes: 1024,
         }
     }
 }
@@ -103,6 +107,8 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let mut refused: u64 = 0;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
         let (tcp, peer_addr) = tokio::select! {
@@ -116,8 +122,20 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(%peer_addr, limit = limits.max_connections, "HBONE connection limit reached; closing the new connection");
+        let (Ok(slot), Ok(handshake)) = (
+            slots.clone().try_acquire_owned(),
+            handshakes.clone().try_acquire_owned(),
+        ) else {
+            refused += 1;
+            if refused == 1 || refused.is_multiple_of(1000) {
+                tracing::warn!(
+                    %peer_addr,
+                    refused,
+                    max_connections = limits.max_connections,
+                    max_handshakes = limits.max_handshakes,
+                    "HBONE connection refused: too many connections or unfinished TLS handshakes"
+                );
+            }
             continue;
         };
         let local_addr = tcp.local_addr().unwrap_or(peer_addr);
@@ -126,7 +144,10 @@ pub async fn serve(
         let handler = handler.clone();
         tokio::spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            let handshake_result =
+                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
+            drop(handshake);
+            let tls = match handshake_result {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                     // A TCP probe (readiness check) that never spoke TLS.
