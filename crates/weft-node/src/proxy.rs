@@ -77,6 +77,7 @@ pub struct NodeProxy {
     admin: JoinHandle<()>,
     metrics: JoinHandle<()>,
     listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
+    shared: Arc<Shared>,
     _xds: Arc<XdsClient>,
 }
 
@@ -89,6 +90,34 @@ impl std::fmt::Debug for NodeProxy {
 }
 
 impl NodeProxy {
+    /// Graceful drain: stops accepting (every listener closes), lets open
+    /// connections finish for up to `deadline`, then stops. Returns how
+    /// many connections were still open at the deadline.
+    pub async fn drain(self, deadline: Duration) -> u64 {
+        self.reconcile.abort();
+        for (_, task) in self
+            .listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+        {
+            task.abort();
+        }
+        let until = Instant::now() + deadline;
+        let open = self.shared.metrics.active();
+        tracing::info!(node = %self.shared.node, open, ?deadline, "draining: no new connections");
+        while self.shared.metrics.active() > 0 && Instant::now() < until {
+            tracing::debug!(open = self.shared.metrics.active(), "draining");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.shared.metrics.active();
+        if left > 0 {
+            tracing::warn!(node = %self.shared.node, left, "drain deadline passed; closing the remaining connections");
+        }
+        self.stop();
+        left
+    }
+
     /// Stops every listener.
     pub fn stop(self) {
         self.reconcile.abort();
@@ -228,6 +257,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         admin,
         metrics,
         listeners,
+        shared,
         _xds: xds,
     })
 }

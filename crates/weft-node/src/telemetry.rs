@@ -51,6 +51,7 @@ pub struct TcpMetrics {
     closed: Family<TcpLabels, Counter>,
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
+    active: Arc<AtomicU64>,
 }
 
 impl TcpMetrics {
@@ -78,9 +79,15 @@ impl TcpMetrics {
         );
     }
 
+    /// Connections open now (what a drain waits for).
+    pub fn active(&self) -> u64 {
+        self.active.load(Ordering::Relaxed)
+    }
+
     /// Starts accounting for one connection.
     pub fn open(&self, labels: TcpLabels) -> Arc<ConnectionGuard> {
         self.opened.get_or_create(&labels).inc();
+        self.active.fetch_add(1, Ordering::Relaxed);
         Arc::new(ConnectionGuard {
             metrics: self.clone(),
             labels,
@@ -103,6 +110,7 @@ pub struct ConnectionGuard {
 
 impl Drop for ConnectionGuard {
     fn drop(&mut self) {
+        self.metrics.active.fetch_sub(1, Ordering::Relaxed);
         let (sent, received) = (
             self.sent.load(Ordering::Relaxed),
             self.received.load(Ordering::Relaxed),

@@ -48,6 +48,39 @@ async fn until(addr: &str, needle: &str, limit: Duration) -> String {
     }
 }
 
+/// One request on an open connection; reads exactly one response.
+async fn request_on(conn: &mut TcpStream, close: bool) -> String {
+    let connection = if close { "close" } else { "keep-alive" };
+    conn.write_all(
+        format!("GET / HTTP/1.1\r\nhost: test\r\nconnection: {connection}\r\n\r\n").as_bytes(),
+    )
+    .await
+    .expect("write");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut chunk))
+            .await
+            .expect("response in time")
+            .expect("read");
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length: usize = text
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: "))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length || n == 0 {
+                return text;
+            }
+        }
+        if n == 0 {
+            return text;
+        }
+    }
+}
+
 struct App {
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
@@ -233,10 +266,36 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
         "no destination-side bytes on node-2:\n{dest_side}"
     );
 
+    // Graceful drain: the open connection finishes its work, new ones are refused.
+    let mut held = TcpStream::connect("127.0.1.10:9001")
+        .await
+        .expect("connect");
+    let first = request_on(&mut held, false).await;
+    assert!(first.contains("x-weft-app: orders"), "{first}");
+    let draining = tokio::spawn(node1.drain(Duration::from_secs(20)));
+    let start = Instant::now();
+    while TcpStream::connect("127.0.1.10:9001").await.is_ok() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "node-1 kept accepting while draining"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let second = request_on(&mut held, true).await;
+    assert!(
+        second.contains("x-weft-app: orders"),
+        "the open connection was cut: {second}"
+    );
+    drop(held);
+    let left = tokio::time::timeout(Duration::from_secs(10), draining)
+        .await
+        .expect("drain ends once the last connection closes")
+        .expect("join");
+    assert_eq!(left, 0);
+
     for a in [orders, pay_a, pay_b] {
         a.stop().await;
     }
-    node1.stop();
     node2.stop();
     control.stop().await;
 }

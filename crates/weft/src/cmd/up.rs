@@ -22,6 +22,9 @@ pub(crate) struct Args {
     /// Where CA files, tokens and app logs go.
     #[arg(long, default_value = ".weft")]
     state_dir: PathBuf,
+    /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
+    drain_timeout: Duration,
 }
 
 /// Node N's address: `node-N` names give N; other names are numbered in
@@ -260,10 +263,16 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     println!("weft up: ready (Ctrl-C stops everything)");
 
     super::shutdown_signal().await;
-    drop(apps);
-    for (_, _, proxy) in proxies {
-        proxy.stop();
+    // Nodes stop accepting and drain while the apps still answer; then the
+    // apps and the control plane go.
+    let drains: Vec<_> = proxies
+        .into_iter()
+        .map(|(_, _, proxy)| tokio::spawn(proxy.drain(args.drain_timeout)))
+        .collect();
+    for drain in drains {
+        let _ = drain.await;
     }
+    drop(apps);
     control.stop().await;
     Ok(())
 }
