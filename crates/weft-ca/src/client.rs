@@ -74,28 +74,38 @@ impl GrpcCaClient {
         };
         let config = tls::client_config(cert, bundle, vec![server])
             .map_err(|e| ClientError(e.to_string()))?;
-        let connector = TlsConnector::from(Arc::new(config));
         let endpoint = Endpoint::from_shared(format!("http://{address}"))
             .map_err(|e| ClientError(e.to_string()))?
             .connect_timeout(Duration::from_secs(5))
             .timeout(REQUEST_TIMEOUT);
-        let channel = endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(address).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector
-                    .connect(ServerName::IpAddress(address.ip().into()), tcp)
-                    .await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }));
+        let channel = tls_channel(endpoint, address, Arc::new(config));
         Ok(GrpcCaClient {
             channel,
             address,
             token,
         })
     }
+}
+
+/// A lazily connecting gRPC channel to `address` over weft mTLS (`config`
+/// decides which identity the server must prove).
+pub fn tls_channel(
+    endpoint: Endpoint,
+    address: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Channel {
+    let connector = TlsConnector::from(config);
+    endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
+        let connector = connector.clone();
+        async move {
+            let tcp = TcpStream::connect(address).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector
+                .connect(ServerName::IpAddress(address.ip().into()), tcp)
+                .await?;
+            Ok::<_, std::io::Error>(TokioIo::new(tls))
+        }
+    }))
 }
 
 impl CaClient for GrpcCaClient {

@@ -126,14 +126,14 @@ async fn another_trust_domain_is_refused_and_others_are_served() {
     roots.extend(foreign_ca.trust_bundle().iter().cloned());
     let bundle = weft_ca::TrustBundle::new(roots).expect("bundle");
     let pool = weft_hbone::HbonePool::new(bundle, Duration::from_secs(2));
-    let key = weft_hbone::PoolKey {
+    let foreign_key = weft_hbone::PoolKey {
         source: stranger.clone(),
         destination: hbone,
         expected: vec![node.clone()],
     };
     let err = pool
         .connect(
-            &key,
+            &foreign_key,
             foreign_certs.source(&stranger),
             echo,
             HeaderMap::new(),
@@ -148,21 +148,13 @@ async fn another_trust_domain_is_refused_and_others_are_served() {
     let orders = id("orders");
     let ok = client(&mesh, &orders).await;
     ok.connect(
-        &key_for(&orders, hbone, &node),
+        &key(&orders, hbone, &node),
         mesh.certs.source(&orders),
         echo,
         HeaderMap::new(),
     )
     .await
     .expect("a good client is still served");
-}
-
-fn key_for(
-    source: &Identity,
-    destination: std::net::SocketAddr,
-    expected: &Identity,
-) -> weft_hbone::PoolKey {
-    key(source, destination, expected)
 }
 
 /// 10,000 idle connections: at most `max_handshakes` wait in their TLS

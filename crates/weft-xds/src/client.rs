@@ -10,10 +10,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use hyper_util::rt::TokioIo;
 use prost_types::Any;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
 
@@ -89,22 +86,11 @@ impl Transport {
             .keep_alive_timeout(Duration::from_secs(20));
         match self {
             Transport::Plaintext(_) => Ok(endpoint.connect_lazy()),
-            Transport::Tls(_, config) => {
-                let connector = tokio_rustls::TlsConnector::from(config.clone());
-                Ok(
-                    endpoint.connect_with_connector_lazy(tower::service_fn(move |_| {
-                        let connector = connector.clone();
-                        async move {
-                            let tcp = TcpStream::connect(address).await?;
-                            tcp.set_nodelay(true)?;
-                            let tls = connector
-                                .connect(ServerName::IpAddress(address.ip().into()), tcp)
-                                .await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(tls))
-                        }
-                    })),
-                )
-            }
+            Transport::Tls(_, config) => Ok(weft_ca::client::tls_channel(
+                endpoint,
+                address,
+                config.clone(),
+            )),
         }
     }
 }
