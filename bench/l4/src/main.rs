@@ -1,0 +1,266 @@
+//! L4 benchmark (not a test): one bulk TCP stream's throughput, and small
+//! request/response latency at a fixed rate, directly over loopback and
+//! through weft (client → node-1 → HBONE/mTLS → node-2 → server), plus the
+//! memory of 1,000 open tunnels and the CPU cost per 1,000 requests. The
+//! control plane, both node proxies and the echo server run in this
+//! process, so RSS and CPU figures include them all.
+//!
+//! ```sh
+//! cargo run --release -p weft-bench-l4 --bin l4
+//! ```
+
+#![forbid(unsafe_code)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_control::{Debounce, Options};
+use weft_node::NodeOptions;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo, namespace: bench}
+spec:
+  hosts: [echo.bench.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: tcp, number: 7000, protocol: TCP}]
+  workloadSelector: {labels: {app: echo}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-1, namespace: bench}
+spec: {address: 127.0.2.50, serviceAccount: echo, labels: {app: echo, weft.dev/node: node-2}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: client
+  namespace: bench
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9100=echo.bench.svc.cluster.local:7000"
+spec: {address: 127.0.1.50, serviceAccount: client, labels: {app: client, weft.dev/node: node-1}}
+"#;
+
+const DIRECT: &str = "127.0.2.50:7000";
+const VIA_WEFT: &str = "127.0.1.50:9100";
+
+fn proc_field(file: &str, field: &str) -> u64 {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Process CPU time (user + system), from /proc/self/stat clock ticks.
+fn cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // After the ")" the 12th and 13th fields are utime and stime; 100 ticks/s on Linux.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// One echo stream: write `total` bytes while reading them back.
+async fn bulk(addr: &str, total: usize) -> Result<f64> {
+    let stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (mut r, mut w) = stream.into_split();
+    let started = Instant::now();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![7u8; 256 * 1024];
+        let mut sent = 0;
+        while sent < total {
+            let n = chunk.len().min(total - sent);
+            w.write_all(&chunk[..n]).await?;
+            sent += n;
+        }
+        w.shutdown().await?;
+        Ok::<_, std::io::Error>(())
+    });
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut got = 0;
+    while got < total {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        got += n;
+    }
+    writer.await??;
+    anyhow::ensure!(got == total, "echoed {got} of {total} bytes");
+    Ok(total as f64 / started.elapsed().as_secs_f64() / (1024.0 * 1024.0))
+}
+
+/// Requests of 64 bytes at `rate` per second on one connection; returns
+/// sorted round-trip times.
+async fn latency(addr: &str, rate: u32, seconds: u32) -> Result<Vec<Duration>> {
+    let mut stream = TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let request = [1u8; 64];
+    let mut response = [0u8; 64];
+    // Warm up.
+    for _ in 0..100 {
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut response).await?;
+    }
+    let mut samples = Vec::with_capacity((rate * seconds) as usize);
+    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    for _ in 0..rate * seconds {
+        tick.tick().await;
+        let started = Instant::now();
+        stream.write_all(&request).await?;
+        stream.read_exact(&mut response).await?;
+        samples.push(started.elapsed());
+    }
+    samples.sort();
+    Ok(samples)
+}
+
+fn pct(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+async fn main() -> Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config)?;
+    std::fs::write(config.join("bench.yaml"), CONFIG)?;
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
+    )?;
+    let any: SocketAddr = "127.0.0.1:0".parse()?;
+    let control = weft_control::start(Options {
+        config_dir: config,
+        ca_dir: tmp.path().join("ca"),
+        xds_addr: any,
+        tls_addr: any,
+        admin_addr: any,
+        monitoring_addr: any,
+        metrics_addr: any,
+        bootstrap_tokens: Some(tokens),
+        workload_ttl: Duration::from_secs(3600),
+        debounce: Debounce::default(),
+    })
+    .await?;
+    let roots = weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert)?, "root")?;
+    let rss_before_nodes = proc_field("/proc/self/status", "VmRSS:");
+    let mut nodes = Vec::new();
+    for n in [1u8, 2] {
+        nodes.push(
+            weft_node::start(NodeOptions {
+                node: format!("node-{n}"),
+                trust_domain: "cluster.local".into(),
+                xds_addr: control.xds_addr,
+                ca_addr: control.tls_addr,
+                roots: roots.clone(),
+                token: format!("node-{n}-token-0123456789"),
+                admin_addr: format!("127.0.{n}.1:0").parse()?,
+                metrics_addr: format!("127.0.{n}.1:0").parse()?,
+                connect_timeout: Duration::from_secs(2),
+            })
+            .await?,
+        );
+    }
+    let echo = TcpListener::bind(DIRECT).await?;
+    tokio::spawn(weft_sample_app::serve_tcp_echo(
+        echo,
+        std::future::pending(),
+    ));
+    // Ready once the outbound listener answers.
+    let started = Instant::now();
+    while bulk(VIA_WEFT, 1024).await.is_err() {
+        anyhow::ensure!(
+            started.elapsed() < Duration::from_secs(20),
+            "the mesh never got ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rss_idle_nodes = proc_field("/proc/self/status", "VmRSS:");
+    println!(
+        "two node proxies (with their certificates and config), idle: +{} MiB RSS over the control plane alone",
+        (rss_idle_nodes.saturating_sub(rss_before_nodes)) / 1024
+    );
+
+    // (a) Bulk throughput.
+    let total = 1024 * 1024 * 1024;
+    for (what, addr) in [("direct", DIRECT), ("weft (2 hops, mTLS)", VIA_WEFT)] {
+        let mut runs = Vec::new();
+        for _ in 0..3 {
+            runs.push(bulk(addr, total).await?);
+        }
+        runs.sort_by(f64::total_cmp);
+        println!(
+            "bulk echo, 1 GiB each way, {what}: median {:.0} MiB/s (runs {:?})",
+            runs[1],
+            runs.iter().map(|r| r.round()).collect::<Vec<_>>()
+        );
+    }
+
+    // (b) Latency at 1,000 requests per second, and (d) CPU per 1,000 requests.
+    let mut cpu = Vec::new();
+    for (what, addr) in [("direct", DIRECT), ("weft (2 hops, mTLS)", VIA_WEFT)] {
+        let before = cpu_seconds();
+        let samples = latency(addr, 1000, 10).await?;
+        let used = cpu_seconds() - before;
+        cpu.push(used);
+        println!(
+            "64-byte request/response at 1,000/s for 10 s, {what}: p50 {:?} p99 {:?} max {:?}; process CPU {:.2} s",
+            pct(&samples, 0.5),
+            pct(&samples, 0.99),
+            samples.last().copied().unwrap_or_default(),
+            used
+        );
+    }
+    println!(
+        "CPU added by weft: {:.3} CPU-seconds per 1,000 requests",
+        (cpu[1] - cpu[0]) / 10.0
+    );
+
+    // (c) Memory per 1,000 open tunnels.
+    let rss_before = proc_field("/proc/self/status", "VmRSS:");
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(VIA_WEFT).await.context("connect")?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        open.push(s);
+    }
+    let rss_after = proc_field("/proc/self/status", "VmRSS:");
+    println!(
+        "1,000 open tunneled connections (client sockets, both nodes, echo server): +{} MiB RSS",
+        (rss_after.saturating_sub(rss_before)) / 1024
+    );
+    drop(open);
+    for n in nodes {
+        n.stop();
+    }
+    control.stop().await;
+    Ok(())
+}
