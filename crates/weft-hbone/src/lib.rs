@@ -37,5 +37,8 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// HTTP/2 keepalive timeout.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Buffer per direction when splicing a tunnel to a socket: large enough
+/// to fill HTTP/2 frames and TLS records on bulk transfers.
+pub const COPY_BUFFER: usize = 16 * 1024;
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

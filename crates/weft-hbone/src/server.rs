@@ -242,7 +242,14 @@ async fn tunnel(
             Ok(upgraded) => {
                 let mut downstream = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                match tokio::io::copy_bidirectional(&mut downstream, &mut upstream).await {
+                match tokio::io::copy_bidirectional_with_sizes(
+                    &mut downstream,
+                    &mut upstream,
+                    crate::COPY_BUFFER,
+                    crate::COPY_BUFFER,
+                )
+                .await
+                {
                     Ok((sent, received)) => {
                         tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
                     }

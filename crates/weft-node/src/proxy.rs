@@ -438,7 +438,14 @@ async fn outbound(
                 ));
                 // The guard logs the access line and emits the metrics when the copy ends.
                 let mut counted = Counted::new(&mut client, guard, true);
-                if let Err(e) = tokio::io::copy_bidirectional(&mut counted, &mut tunnel).await {
+                if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
+                    &mut counted,
+                    &mut tunnel,
+                    weft_hbone::COPY_BUFFER,
+                    weft_hbone::COPY_BUFFER,
+                )
+                .await
+                {
                     tracing::debug!(source = %source.name, %endpoint, %target, error = %e, "outbound connection ended with an error");
                 }
                 return;
