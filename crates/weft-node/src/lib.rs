@@ -8,14 +8,18 @@
 //! locality when local endpoints fail to connect, and back when they
 //! recover.
 //!
+//! Apps that cannot use an explicit listener use SOCKS5 at their own
+//! address, port 15080 ([`socks`]).
+//!
 //! Still to come (see the issue tracker): captured mode in network
-//! namespaces, SOCKS5, L4 authorization, PeerAuthentication, graceful
+//! namespaces, L4 authorization, PeerAuthentication, graceful
 //! drain.
 
 #![forbid(unsafe_code)]
 
 pub mod proxy;
 pub mod route;
+pub mod socks;
 pub mod telemetry;
 pub mod view;
 

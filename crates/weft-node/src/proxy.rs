@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use http::HeaderMap;
 use rustls_pki_types::CertificateDer;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use weft_admin::{Reply, Routes};
@@ -272,6 +273,7 @@ async fn reconcile_listeners(
     let mut wanted: HashMap<String, Listening> = HashMap::new();
     for w in view.local(&shared.node) {
         wanted.insert(format!("inbound {}", w.ip), Listening::Inbound(w.clone()));
+        wanted.insert(format!("socks {}", w.ip), Listening::Socks(w.clone()));
     }
     for l in &view.listeners {
         if let Some(w) = view.workloads.get(&l.workload) {
@@ -310,6 +312,43 @@ async fn reconcile_listeners(
 enum Listening {
     Inbound(Arc<WorkloadInfo>),
     Outbound(Arc<WorkloadInfo>, Listener),
+    Socks(Arc<WorkloadInfo>),
+}
+
+/// The SOCKS5 port, on each local workload's address.
+pub const SOCKS_PORT: u16 = 15080;
+
+/// A SOCKS client on workload `w`'s address: handshake, find the service,
+/// then the same path as an outbound listener.
+async fn socks_client(
+    shared: Arc<Shared>,
+    w: Arc<WorkloadInfo>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    use crate::socks::{Reply, Target, handshake, reply_bytes};
+    let target = match handshake(&mut client).await {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::info!(workload = %w.name, %peer, error = %e, "SOCKS handshake failed");
+            return;
+        }
+    };
+    let view = shared.view.load();
+    let found = match &target {
+        Target::Host(host, port) => view.services_by_host.get(host).map(|s| (s.clone(), *port)),
+        Target::Addr(addr) => view
+            .services_by_vip
+            .get(&addr.ip())
+            .map(|s| (s.clone(), addr.port())),
+    };
+    drop(view);
+    let Some((service, port)) = found else {
+        tracing::info!(workload = %w.name, ?target, "SOCKS target is not a service in the registry; refused");
+        let _ = client.write_all(&reply_bytes(Reply::NotAllowed)).await;
+        return;
+    };
+    outbound(shared, w, service, port, client, peer, true).await;
 }
 
 impl Listening {
@@ -346,6 +385,24 @@ impl Listening {
                 .await;
                 Ok(())
             }
+            Listening::Socks(w) => {
+                let addr = SocketAddr::new(w.ip, SOCKS_PORT);
+                let listener = TcpListener::bind(addr)
+                    .await
+                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                tracing::info!(workload = %w.name, %addr, "SOCKS5 listener ready");
+                loop {
+                    let (client, peer) = match listener.accept().await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(%addr, error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    };
+                    tokio::spawn(socks_client(shared.clone(), w.clone(), client, peer));
+                }
+            }
             Listening::Outbound(w, l) => {
                 let addr = SocketAddr::new(w.ip, l.local_port);
                 let listener = TcpListener::bind(addr)
@@ -362,7 +419,9 @@ impl Listening {
                         }
                     };
                     let (shared, w, l) = (shared.clone(), w.clone(), l.clone());
-                    tokio::spawn(async move { outbound(shared, w, l, client, peer).await });
+                    tokio::spawn(async move {
+                        outbound(shared, w, l.service, l.service_port, client, peer, false).await;
+                    });
                 }
             }
         }
@@ -374,10 +433,20 @@ impl Listening {
 async fn outbound(
     shared: Arc<Shared>,
     source: Arc<WorkloadInfo>,
-    l: Listener,
+    service: String,
+    port: u16,
     mut client: TcpStream,
     peer: SocketAddr,
+    socks: bool,
 ) {
+    // A SOCKS client is told the outcome before any bytes flow.
+    async fn tell(client: &mut TcpStream, socks: bool, reply: crate::socks::Reply) -> bool {
+        !socks
+            || client
+                .write_all(&crate::socks::reply_bytes(reply))
+                .await
+                .is_ok()
+    }
     let _ = client.set_nodelay(true);
     if let Err(e) = shared.certs.fetch(&source.identity).await {
         tracing::warn!(source = %source.name, error = %e, "no certificate for the source workload; closing");
@@ -390,8 +459,8 @@ async fn outbound(
         let route = decide(
             &view,
             &source,
-            &l.service,
-            l.service_port,
+            &service,
+            port,
             &|uid| shared.health.is_unhealthy(uid),
             turn,
         );
@@ -403,7 +472,8 @@ async fn outbound(
                 identity,
             } => (endpoint, target, hbone, identity),
             Route::Deny(reason) => {
-                tracing::info!(source = %source.name, service = %l.service, %reason, "outbound connection denied");
+                tracing::info!(source = %source.name, service = %service, %reason, "outbound connection denied");
+                tell(&mut client, socks, crate::socks::Reply::NotAllowed).await;
                 return;
             }
         };
@@ -412,7 +482,7 @@ async fn outbound(
             destination: hbone,
             expected: vec![identity],
         };
-        let host = l.service.rsplit('/').next().unwrap_or_default();
+        let host = service.rsplit('/').next().unwrap_or_default();
         let mut headers = HeaderMap::new();
         if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
             headers.insert("forwarded", v);
@@ -427,6 +497,9 @@ async fn outbound(
             .await
         {
             Ok(mut tunnel) => {
+                if !tell(&mut client, socks, crate::socks::Reply::Succeeded).await {
+                    return;
+                }
                 let view = shared.view.load();
                 let destination = view.workloads.get(&endpoint).cloned();
                 let guard = shared.metrics.open(labels(
@@ -457,12 +530,14 @@ async fn outbound(
             }
             Err(e) => {
                 tracing::warn!(source = %source.name, %endpoint, error = %e, "outbound tunnel failed");
+                tell(&mut client, socks, crate::socks::Reply::GeneralFailure).await;
                 return;
             }
         }
     }
-    tracing::warn!(source = %source.name, service = %l.service, error = %last_error, "no endpoint could be reached");
-    let host = l.service.rsplit('/').next().unwrap_or_default();
+    tracing::warn!(source = %source.name, service = %service, error = %last_error, "no endpoint could be reached");
+    tell(&mut client, socks, crate::socks::Reply::HostUnreachable).await;
+    let host = service.rsplit('/').next().unwrap_or_default();
     drop(
         shared
             .metrics

@@ -55,6 +55,10 @@ pub struct NodeView {
     pub endpoints: HashMap<String, Vec<String>>,
     /// Listeners of workloads on this node.
     pub listeners: Vec<Listener>,
+    /// Service name (`namespace/hostname`) by hostname.
+    pub services_by_host: HashMap<String, String>,
+    /// Service name by virtual IP.
+    pub services_by_vip: HashMap<IpAddr, String>,
 }
 
 impl NodeView {
@@ -68,11 +72,24 @@ impl NodeView {
             .into_iter()
             .flat_map(|m| m.values())
         {
-            let Ok(Address {
-                r#type: Some(Type::Workload(w)),
-            }) = Address::decode(held.body.value.as_slice())
-            else {
-                continue;
+            let w = match Address::decode(held.body.value.as_slice()) {
+                Ok(Address {
+                    r#type: Some(Type::Workload(w)),
+                }) => w,
+                Ok(Address {
+                    r#type: Some(Type::Service(s)),
+                }) => {
+                    let name = format!("{}/{}", s.namespace, s.hostname);
+                    for a in &s.addresses {
+                        if let Some(ip) = ip_of(&a.address) {
+                            view.services_by_vip.insert(ip, name.clone());
+                        }
+                    }
+                    view.services_by_host
+                        .insert(s.hostname.to_ascii_lowercase(), name);
+                    continue;
+                }
+                _ => continue,
             };
             let Some(ip) = ip_of(w.addresses.first().map(Vec::as_slice).unwrap_or_default()) else {
                 continue;

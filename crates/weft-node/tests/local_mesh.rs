@@ -81,6 +81,41 @@ async fn request_on(conn: &mut TcpStream, close: bool) -> String {
     }
 }
 
+enum Socks {
+    Host(&'static str, u16),
+    Ip([u8; 4], u16),
+}
+
+/// A GET through a SOCKS5 proxy; returns the HTTP response, or "SOCKS reply N".
+async fn socks_get(proxy: &str, target: Socks) -> String {
+    let mut conn = TcpStream::connect(proxy).await.expect("connect to SOCKS");
+    conn.write_all(&[5, 1, 0]).await.expect("greeting");
+    let mut choice = [0u8; 2];
+    conn.read_exact(&mut choice).await.expect("method");
+    assert_eq!(choice, [5, 0]);
+    let mut request = vec![5, 1, 0];
+    match target {
+        Socks::Host(host, port) => {
+            request.push(3);
+            request.push(host.len() as u8);
+            request.extend_from_slice(host.as_bytes());
+            request.extend_from_slice(&port.to_be_bytes());
+        }
+        Socks::Ip(ip, port) => {
+            request.push(1);
+            request.extend_from_slice(&ip);
+            request.extend_from_slice(&port.to_be_bytes());
+        }
+    }
+    conn.write_all(&request).await.expect("request");
+    let mut reply = [0u8; 10];
+    conn.read_exact(&mut reply).await.expect("reply");
+    if reply[1] != 0 {
+        return format!("SOCKS reply {}", reply[1]);
+    }
+    request_on(&mut conn, true).await
+}
+
 struct App {
     stop: oneshot::Sender<()>,
     done: tokio::task::JoinHandle<()>,
@@ -211,6 +246,18 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
         Duration::from_secs(15),
     )
     .await;
+
+    // SOCKS5 at the caller's own address, by hostname and by virtual IP.
+    let r = socks_get(
+        "127.0.1.10:15080",
+        Socks::Host("payments.billing.svc.cluster.local", 80),
+    )
+    .await;
+    assert!(r.contains("x-weft-app: payments"), "{r}");
+    let r = socks_get("127.0.1.10:15080", Socks::Ip([240, 240, 0, 11], 80)).await;
+    assert!(r.contains("x-weft-app: orders"), "{r}");
+    let r = socks_get("127.0.1.10:15080", Socks::Host("nowhere.example", 80)).await;
+    assert_eq!(r, "SOCKS reply 2");
 
     // What the nodes hold is visible on their admin ports.
     let dump = get(&node1.admin_addr.to_string(), "/config_dump")
