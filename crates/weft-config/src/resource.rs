@@ -53,7 +53,8 @@ pub trait Spec: DeserializeOwned + Default {
     /// Whether the kind lives in a namespace.
     const NAMESPACED: bool = true;
     /// Fields of the upstream API that weft knows but does not implement,
-    /// with the reason shown to the operator (path relative to the document).
+    /// with the reason shown to the operator (path from the document root,
+    /// without list indices: `spec.rules.to.operation.methods`).
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[];
 
     /// Checks the spec on its own, reporting through `ctx`.
@@ -126,7 +127,9 @@ pub(crate) fn decode<S: Spec>(
     let result: Result<Envelope<S>, _> =
         serde_ignored::deserialize(value, |path| unknown.push(ignored_path(&path)));
     for path in &unknown {
-        let message = match S::UNSUPPORTED.iter().find(|(p, _)| p == path) {
+        // UNSUPPORTED paths are written without list indices.
+        let general = strip_indices(path);
+        let message = match S::UNSUPPORTED.iter().find(|(p, _)| *p == general) {
             Some((_, why)) => format!("is not supported by weft: {why}"),
             None => format!(
                 "unknown field in {} (check its spelling and indentation)",
@@ -187,6 +190,21 @@ pub(crate) fn decode<S: Spec>(
         spec: envelope.spec,
         origin: origin.clone(),
     })
+}
+
+/// `spec.rules[0].to[1].operation.methods` → `spec.rules.to.operation.methods`.
+fn strip_indices(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut in_index = false;
+    for c in path.chars() {
+        match c {
+            '[' => in_index = true,
+            ']' => in_index = false,
+            _ if !in_index => out.push(c),
+            _ => {}
+        }
+    }
+    out
 }
 
 /// Renders serde_ignored's path in the same `a.b[0].c` form as everywhere else.

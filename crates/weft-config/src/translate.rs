@@ -61,7 +61,71 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
             .services
             .insert(se.name.clone(), service(se, endpoints));
     }
+    for ap in &r.authorization_policies {
+        snapshot.policies.insert(ap.name.clone(), policy(ap));
+    }
     snapshot
+}
+
+fn policy(
+    ap: &Resource<crate::kinds::AuthorizationPolicySpec>,
+) -> weft_core::model::AuthorizationPolicy {
+    use crate::kinds::authorization_policy::ActionSpec;
+    use weft_core::model::{
+        AuthzAction, AuthzCondition, AuthzKey, AuthzOperation, AuthzRule, AuthzSource,
+    };
+    let nets = |list: &[String]| list.iter().filter_map(|b| parse_net(b)).collect::<Vec<_>>();
+    let ports = |list: &[String]| {
+        list.iter()
+            .filter_map(|p| p.parse().ok())
+            .collect::<Vec<u16>>()
+    };
+    weft_core::model::AuthorizationPolicy {
+        name: ap.name.clone(),
+        selector: ap.spec.selector.as_ref().map(|s| s.match_labels.clone()),
+        action: match ap.spec.action {
+            Some(ActionSpec::Deny) => AuthzAction::Deny,
+            _ => AuthzAction::Allow,
+        },
+        rules: ap
+            .spec
+            .rules
+            .iter()
+            .map(|rule| AuthzRule {
+                from: rule
+                    .from
+                    .iter()
+                    .map(|f| AuthzSource {
+                        principals: f.source.principals.clone(),
+                        not_principals: f.source.not_principals.clone(),
+                        namespaces: f.source.namespaces.clone(),
+                        not_namespaces: f.source.not_namespaces.clone(),
+                        ip_blocks: nets(&f.source.ip_blocks),
+                        not_ip_blocks: nets(&f.source.not_ip_blocks),
+                    })
+                    .collect(),
+                to: rule
+                    .to
+                    .iter()
+                    .map(|t| AuthzOperation {
+                        ports: ports(&t.operation.ports),
+                        not_ports: ports(&t.operation.not_ports),
+                    })
+                    .collect(),
+                when: rule
+                    .when
+                    .iter()
+                    .filter_map(|c| {
+                        Some(AuthzCondition {
+                            key: AuthzKey::parse(&c.key)?,
+                            values: c.values.clone(),
+                            not_values: c.not_values.clone(),
+                        })
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
 }
 
 fn mesh_settings(mesh: &Resource<MeshSpec>) -> MeshSettings {

@@ -385,3 +385,115 @@ fn wildcard_hosts_are_rejected() {
     assert!(d.message.contains("wildcard"), "{d}");
     assert_eq!((d.doc, d.line), (Some(1), Some(5)));
 }
+
+#[test]
+fn authorization_policy_l4_subset() {
+    let config = load_ok(
+        r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: payments-callers, namespace: billing}
+spec:
+  selector:
+    matchLabels: {app: payments}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/shop/sa/orders, "cluster.local/ns/ops/*"]
+        notNamespaces: [sandbox]
+        ipBlocks: [10.0.0.0/8]
+    to:
+    - operation: {ports: ["8080"], notPorts: ["9090"]}
+    when:
+    - key: source.namespace
+      values: [shop]
+---
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: deny-sandbox, namespace: billing}
+spec:
+  action: DENY
+  rules:
+  - from:
+    - source: {namespaces: [sandbox]}
+"#,
+    );
+    use weft_core::model::{AuthzAction, AuthzKey};
+    let snap = &config.snapshot;
+    let p = &snap.policies[&name("billing", "payments-callers")];
+    assert_eq!(p.action, AuthzAction::Allow);
+    assert_eq!(
+        p.selector.as_ref().map(|s| s["app"].as_str()),
+        Some("payments")
+    );
+    let rule = &p.rules[0];
+    assert_eq!(
+        rule.from[0].principals,
+        ["cluster.local/ns/shop/sa/orders", "cluster.local/ns/ops/*"]
+    );
+    assert_eq!(rule.from[0].not_namespaces, ["sandbox"]);
+    assert_eq!(rule.from[0].ip_blocks[0].to_string(), "10.0.0.0/8");
+    assert_eq!(
+        (rule.to[0].ports.as_slice(), rule.to[0].not_ports.as_slice()),
+        (&[8080][..], &[9090][..])
+    );
+    assert_eq!(rule.when[0].key, AuthzKey::SourceNamespace);
+    let deny = &snap.policies[&name("billing", "deny-sandbox")];
+    assert_eq!(
+        (deny.action, deny.selector.is_none()),
+        (AuthzAction::Deny, true)
+    );
+}
+
+#[test]
+fn authorization_policy_l7_fields_and_bad_values_are_named() {
+    let ap = |spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            ap("  rules:\n  - to:\n    - operation: {methods: [GET]}\n"),
+            "spec.rules[0].to[0].operation.methods",
+            "needs a waypoint",
+        ),
+        (
+            ap("  rules:\n  - from:\n    - source: {requestPrincipals: [\"*\"]}\n"),
+            "spec.rules[0].from[0].source.requestPrincipals",
+            "needs a waypoint",
+        ),
+        (ap("  action: CUSTOM\n"), "spec.action", "not supported yet"),
+        (
+            ap("  rules:\n  - to:\n    - operation: {ports: [\"http\"]}\n"),
+            "spec.rules[0].to[0].operation.ports[0]",
+            "not a valid port",
+        ),
+        (
+            ap("  rules:\n  - when:\n    - {key: \"request.headers[x-user]\", values: [a]}\n"),
+            "spec.rules[0].when[0].key",
+            "not an L4 attribute",
+        ),
+        (
+            ap("  rules:\n  - from:\n    - source: {ipBlocks: [10.0.0.0/40]}\n"),
+            "spec.rules[0].from[0].source.ipBlocks[0]",
+            "not an IP address or CIDR",
+        ),
+        (
+            ap("  selector: {matchLabels: {}}\n"),
+            "spec.selector.matchLabels",
+            "selects nothing",
+        ),
+    ];
+    for (yaml, field, needle) in cases {
+        let problems = load(&yaml).expect_err(&yaml);
+        let found = problems
+            .iter()
+            .any(|d| d.field.as_deref() == Some(field) && d.message.contains(needle));
+        assert!(
+            found,
+            "for\n{yaml}\nexpected {field:?} with {needle:?}, got:\n{problems}"
+        );
+    }
+}

@@ -64,6 +64,8 @@ pub struct Snapshot {
     pub services: BTreeMap<NamespacedName, Service>,
     /// Workloads by namespace and name.
     pub workloads: BTreeMap<NamespacedName, Workload>,
+    /// Authorization policies by namespace and name.
+    pub policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
 }
 
 impl Snapshot {
@@ -88,6 +90,120 @@ impl Snapshot {
         self.services
             .values()
             .find(|s| s.addresses.iter().any(|net| net.contains(&ip)))
+    }
+}
+
+/// An L4 authorization policy (Istio `AuthorizationPolicy`, the subset a
+/// node proxy can enforce without reading HTTP).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthorizationPolicy {
+    /// Namespace and name.
+    pub name: NamespacedName,
+    /// Labels a workload must carry for the policy to apply; `None`: every
+    /// workload of the namespace.
+    pub selector: Option<BTreeMap<String, String>>,
+    /// ALLOW or DENY.
+    pub action: AuthzAction,
+    /// Rules, OR-ed. ALLOW with no rules allows nothing.
+    pub rules: Vec<AuthzRule>,
+}
+
+/// What a matching policy does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthzAction {
+    /// Let matching traffic through (and, once any ALLOW applies, only it).
+    Allow,
+    /// Refuse matching traffic; DENY wins over ALLOW.
+    Deny,
+}
+
+/// One rule: every part must match (an empty part matches anything).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthzRule {
+    /// Sources, OR-ed.
+    pub from: Vec<AuthzSource>,
+    /// Operations, OR-ed.
+    pub to: Vec<AuthzOperation>,
+    /// Conditions, AND-ed.
+    pub when: Vec<AuthzCondition>,
+}
+
+/// Who is calling. Within a field values are OR-ed; fields are AND-ed.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthzSource {
+    /// `cluster.local/ns/x/sa/y`, with `*` prefix/suffix wildcards.
+    pub principals: Vec<String>,
+    /// Principals that must not match.
+    pub not_principals: Vec<String>,
+    /// Source namespaces (`*` wildcards allowed).
+    pub namespaces: Vec<String>,
+    /// Namespaces that must not match.
+    pub not_namespaces: Vec<String>,
+    /// Source addresses.
+    pub ip_blocks: Vec<IpNet>,
+    /// Addresses that must not match.
+    pub not_ip_blocks: Vec<IpNet>,
+}
+
+/// What is being called, at L4.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct AuthzOperation {
+    /// Destination ports.
+    pub ports: Vec<u16>,
+    /// Ports that must not match.
+    pub not_ports: Vec<u16>,
+}
+
+/// A `when` condition on an L4 attribute.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AuthzCondition {
+    /// The attribute.
+    pub key: AuthzKey,
+    /// Values, OR-ed.
+    pub values: Vec<String>,
+    /// Values that must not match.
+    pub not_values: Vec<String>,
+}
+
+/// L4 attributes a `when` condition may test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthzKey {
+    /// `source.ip`
+    SourceIp,
+    /// `source.namespace`
+    SourceNamespace,
+    /// `source.principal`
+    SourcePrincipal,
+    /// `destination.ip`
+    DestinationIp,
+    /// `destination.port`
+    DestinationPort,
+}
+
+impl AuthzKey {
+    /// Every key, with the name configuration uses.
+    pub const ALL: [(&'static str, AuthzKey); 5] = [
+        ("source.ip", AuthzKey::SourceIp),
+        ("source.namespace", AuthzKey::SourceNamespace),
+        ("source.principal", AuthzKey::SourcePrincipal),
+        ("destination.ip", AuthzKey::DestinationIp),
+        ("destination.port", AuthzKey::DestinationPort),
+    ];
+
+    /// Parses a key name.
+    pub fn parse(s: &str) -> Option<AuthzKey> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, k)| *k)
+    }
+}
+
+impl AuthorizationPolicy {
+    /// Whether it applies to `workload`.
+    pub fn applies_to(&self, workload: &Workload) -> bool {
+        self.name.namespace == workload.name.namespace
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|sel| sel.iter().all(|(k, v)| workload.labels.get(k) == Some(v)))
     }
 }
 

@@ -11,12 +11,16 @@
 //! Apps that cannot use an explicit listener use SOCKS5 at their own
 //! address, port 15080 ([`socks`]).
 //!
+//! Inbound tunnels are checked against L4 `AuthorizationPolicy`
+//! ([`authz`]).
+//!
 //! Still to come (see the issue tracker): captured mode in network
-//! namespaces, L4 authorization, PeerAuthentication, graceful
-//! drain.
+//! namespaces, PeerAuthentication, re-checking open connections when
+//! policy changes.
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod proxy;
 pub mod route;
 pub mod socks;

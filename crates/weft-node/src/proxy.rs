@@ -191,6 +191,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
             types: vec![
                 weft_xds::ADDRESS_TYPE.into(),
                 weft_xds::LISTENERS_TYPE.into(),
+                weft_xds::AUTHORIZATION_TYPE.into(),
             ],
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -374,6 +375,7 @@ impl Listening {
                     workload: w.clone(),
                     connect_timeout: shared.connect_timeout,
                     metrics: shared.metrics.clone(),
+                    view: shared.view.clone(),
                 });
                 weft_hbone::server::serve(
                     listener,
@@ -589,6 +591,7 @@ struct InboundFor {
     workload: Arc<WorkloadInfo>,
     connect_timeout: Duration,
     metrics: TcpMetrics,
+    view: Arc<ArcSwap<NodeView>>,
 }
 
 /// A `key=value` from a comma-separated header (`baggage`) or a
@@ -605,10 +608,11 @@ fn header_param<'a>(headers: &'a HeaderMap, header: &str, key: &str) -> Option<&
 
 impl InboundHandler for InboundFor {
     fn open(&self, request: Inbound) -> OpenFuture {
-        let (workload, timeout, metrics) = (
+        let (workload, timeout, metrics, view) = (
             self.workload.clone(),
             self.connect_timeout,
             self.metrics.clone(),
+            self.view.clone(),
         );
         Box::pin(async move {
             let ip = workload.ip;
@@ -638,7 +642,36 @@ impl InboundHandler for InboundFor {
                 node: String::new(),
                 locality: Default::default(),
                 services: Default::default(),
+                policies: Vec::new(),
             };
+            // L4 authorization against the policies in force now.
+            let decision = {
+                let view = view.load();
+                let current = view
+                    .workloads
+                    .get(&workload.uid)
+                    .cloned()
+                    .unwrap_or_else(|| workload.clone());
+                let conn = crate::authz::Conn {
+                    source: &request.peer,
+                    source_ip: request.peer_addr.ip(),
+                    destination_ip: request.target.ip(),
+                    destination_port: request.target.port(),
+                };
+                crate::authz::check(&view.policies_for(&current), &conn)
+            };
+            if let Err(reason) = decision {
+                let service =
+                    header_param(&request.headers, "forwarded", "host").unwrap_or_default();
+                drop(metrics.open(labels(
+                    "destination",
+                    &source,
+                    Some(&workload),
+                    service,
+                    "DENY",
+                )));
+                return Err(Refusal::Denied(reason));
+            }
             let service = header_param(&request.headers, "forwarded", "host")
                 .unwrap_or_default()
                 .to_owned();

@@ -108,6 +108,7 @@ mod tests {
             node: node.into(),
             locality: ("eu".into(), zone.into(), String::new()),
             services: HashMap::from([("shop/pay".to_owned(), HashMap::from([(80, 8080)]))]),
+            policies: Vec::new(),
         }
     }
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use prost::Message;
 use weft_core::Identity;
 use weft_xds::ClientState;
+use weft_xds::proto::security::{Authorization, Scope};
 use weft_xds::proto::weft::WorkloadListeners;
 use weft_xds::proto::workload::{Address, address::Type};
 
@@ -29,6 +30,8 @@ pub struct WorkloadInfo {
     pub locality: (String, String, String),
     /// Service name → (service port → target port).
     pub services: HashMap<String, HashMap<u16, u16>>,
+    /// Selector-based authorization policies that select it (`ns/name`).
+    pub policies: Vec<String>,
 }
 
 /// One explicit outbound listener of a local workload.
@@ -59,6 +62,8 @@ pub struct NodeView {
     pub services_by_host: HashMap<String, String>,
     /// Service name by virtual IP.
     pub services_by_vip: HashMap<IpAddr, String>,
+    /// Authorization policies by `ns/name`.
+    pub policies: HashMap<String, Arc<Authorization>>,
 }
 
 impl NodeView {
@@ -133,6 +138,7 @@ impl NodeView {
                 node: w.node.clone(),
                 locality: (locality.region, locality.zone, locality.subzone),
                 services,
+                policies: w.authorization_policies.clone(),
             };
             for service in info.services.keys() {
                 view.endpoints
@@ -145,6 +151,17 @@ impl NodeView {
         }
         for list in view.endpoints.values_mut() {
             list.sort();
+        }
+        for held in state
+            .resources
+            .get(weft_xds::AUTHORIZATION_TYPE)
+            .into_iter()
+            .flat_map(|m| m.values())
+        {
+            if let Ok(p) = Authorization::decode(held.body.value.as_slice()) {
+                view.policies
+                    .insert(format!("{}/{}", p.namespace, p.name), Arc::new(p));
+            }
         }
         for held in state
             .resources
@@ -179,6 +196,22 @@ impl NodeView {
         view.listeners
             .sort_by(|a, b| (&a.workload, a.local_port).cmp(&(&b.workload, b.local_port)));
         view
+    }
+
+    /// The policies that apply to `w`: mesh-wide ones, its namespace's, and
+    /// the selector-based ones that select it.
+    pub fn policies_for(&self, w: &WorkloadInfo) -> Vec<&Authorization> {
+        let namespace = w.name.split('/').next().unwrap_or_default();
+        self.policies
+            .iter()
+            .filter(|(name, p)| match Scope::try_from(p.scope) {
+                Ok(Scope::Global) => true,
+                Ok(Scope::Namespace) => p.namespace == namespace,
+                Ok(Scope::WorkloadSelector) => w.policies.contains(name),
+                Err(_) => false,
+            })
+            .map(|(_, p)| p.as_ref())
+            .collect()
     }
 
     /// Workloads running on `node`.

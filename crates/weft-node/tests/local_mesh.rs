@@ -154,7 +154,13 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
         .with_test_writer()
         .try_init();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    // A copy of the demo, so the test can add a policy while the mesh runs.
+    let demo = tmp.path().join("config");
+    std::fs::create_dir_all(&demo).expect("mkdir");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
+    for f in ["mesh.yaml", "services.yaml", "workloads.yaml"] {
+        std::fs::copy(source.join(f), demo.join(f)).expect("copy demo");
+    }
     let tokens = tmp.path().join("tokens");
     std::fs::write(
         &tokens,
@@ -163,7 +169,7 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     .expect("tokens");
     let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let control = weft_control::start(Options {
-        config_dir: demo,
+        config_dir: demo.clone(),
         ca_dir: tmp.path().join("ca"),
         xds_addr: any,
         tls_addr: any,
@@ -258,6 +264,50 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     assert!(r.contains("x-weft-app: orders"), "{r}");
     let r = socks_get("127.0.1.10:15080", Socks::Host("nowhere.example", 80)).await;
     assert_eq!(r, "SOCKS reply 2");
+
+    // Restrict payments' callers to orders: frontend is refused (401 at the
+    // destination node → SOCKS "general failure"), orders still gets through.
+    std::fs::write(
+        demo.join("policy.yaml"),
+        "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\nmetadata: {name: payments-callers, namespace: billing}\nspec:\n  selector: {matchLabels: {app: payments}}\n  action: ALLOW\n  rules:\n  - from:\n    - source: {principals: [cluster.local/ns/shop/sa/orders]}\n",
+    )
+    .expect("write policy");
+    let start = Instant::now();
+    loop {
+        let r = socks_get(
+            "127.0.1.10:15080",
+            Socks::Host("payments.billing.svc.cluster.local", 80),
+        )
+        .await;
+        if r == "SOCKS reply 1" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the policy never took effect: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = get("127.0.1.11:9001", "/")
+        .await
+        .expect("orders → payments");
+    assert!(
+        r.contains("x-weft-app: payments"),
+        "orders must still be allowed: {r}"
+    );
+    let denials = get(&node1.metrics_addr.to_string(), "/metrics")
+        .await
+        .expect("metrics");
+    assert!(
+        denials
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/frontend\"")
+                && l.contains("response_flags=\"DENY\"")),
+        "the denial is not counted:\n{denials}"
+    );
+    std::fs::remove_file(demo.join("policy.yaml")).expect("rm policy");
 
     // What the nodes hold is visible on their admin ports.
     let dump = get(&node1.admin_addr.to_string(), "/config_dump")

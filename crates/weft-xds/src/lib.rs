@@ -15,6 +15,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authz;
 pub mod client;
 pub mod proto;
 pub mod resources;

@@ -176,10 +176,14 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             backs.entry(endpoint).or_default().push(service);
         }
     }
+    let policies: Vec<&weft_core::model::AuthorizationPolicy> =
+        snapshot.policies.values().collect();
     for workload in snapshot.workloads.values() {
         let services = backs.get(&workload.name).map_or(&[][..], Vec::as_slice);
         let message = wl::Address {
-            r#type: Some(Type::Workload(workload_message(services, workload))),
+            r#type: Some(Type::Workload(workload_message(
+                services, &policies, workload,
+            ))),
         };
         addresses.insert(
             Arc::from(workload_uid(workload)),
@@ -220,12 +224,18 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             Entry::new(LISTENERS_TYPE, &message),
         );
     }
+    let mut authorizations = Resources::new();
+    for policy in snapshot.policies.values() {
+        authorizations.insert(
+            Arc::from(policy.name.to_string()),
+            Entry::new(AUTHORIZATION_TYPE, &crate::authz::to_proto(policy)),
+        );
+    }
     let mut types = BTreeMap::new();
     types.insert(LISTENERS_TYPE, listeners);
     types.insert(ADDRESS_TYPE, addresses);
     types.insert(L7_SERVICE_TYPE, l7);
-    // L4 policies join when AuthorizationPolicy is added to the configuration.
-    types.insert(AUTHORIZATION_TYPE, Resources::new());
+    types.insert(AUTHORIZATION_TYPE, authorizations);
     ResourceSet {
         version,
         types,
@@ -288,7 +298,11 @@ fn service_message(service: &Service, host: &str) -> wl::Service {
     }
 }
 
-fn workload_message(backed: &[&Service], w: &Workload) -> wl::Workload {
+fn workload_message(
+    backed: &[&Service],
+    policies: &[&weft_core::model::AuthorizationPolicy],
+    w: &Workload,
+) -> wl::Workload {
     let (addresses, hostname) = match &w.address {
         WorkloadAddress::Ip(ip) => (vec![ip_bytes(*ip)], String::new()),
         WorkloadAddress::Hostname(h) => (Vec::new(), h.clone()),
@@ -342,6 +356,13 @@ fn workload_message(backed: &[&Service], w: &Workload) -> wl::Workload {
             subzone: w.locality.subzone.clone(),
         }),
         capacity: Some(w.weight),
+        // Selector-based policies that select this workload (namespace-wide
+        // ones travel as NAMESPACE-scoped resources).
+        authorization_policies: policies
+            .iter()
+            .filter(|p| p.selector.is_some() && p.applies_to(w))
+            .map(|p| p.name.to_string())
+            .collect(),
         ..Default::default()
     }
 }

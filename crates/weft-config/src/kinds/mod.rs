@@ -11,10 +11,12 @@ use serde_json::Value;
 use crate::diag::{Diagnostic, Origin};
 use crate::resource::{Resource, decode};
 
+pub mod authorization_policy;
 pub mod mesh;
 pub mod service_entry;
 pub mod workload_entry;
 
+pub use authorization_policy::AuthorizationPolicySpec;
 pub use mesh::MeshSpec;
 pub use service_entry::ServiceEntrySpec;
 pub use workload_entry::WorkloadEntrySpec;
@@ -30,12 +32,17 @@ pub struct Resources {
     pub workload_entries: Vec<Arc<Resource<WorkloadEntrySpec>>>,
     /// weft `Mesh`.
     pub meshes: Vec<Arc<Resource<MeshSpec>>>,
+    /// Istio `AuthorizationPolicy`.
+    pub authorization_policies: Vec<Arc<Resource<AuthorizationPolicySpec>>>,
 }
 
 impl Resources {
     /// How many resources there are of every kind.
     pub fn len(&self) -> usize {
-        self.service_entries.len() + self.workload_entries.len() + self.meshes.len()
+        self.service_entries.len()
+            + self.workload_entries.len()
+            + self.meshes.len()
+            + self.authorization_policies.len()
     }
 
     /// Whether there are none.
@@ -50,6 +57,8 @@ impl Resources {
         self.workload_entries
             .extend(other.workload_entries.iter().cloned());
         self.meshes.extend(other.meshes.iter().cloned());
+        self.authorization_policies
+            .extend(other.authorization_policies.iter().cloned());
     }
 }
 
@@ -68,6 +77,7 @@ pub(crate) struct KindDef {
 const ISTIO_NETWORKING: &str = "networking.istio.io";
 const ISTIO_NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
 const WEFT: &str = "weft.dev";
+const ISTIO_SECURITY: &str = "security.istio.io";
 
 /// Every kind weft understands.
 pub(crate) const KINDS: &[KindDef] = &[
@@ -82,6 +92,15 @@ pub(crate) const KINDS: &[KindDef] = &[
         versions: ISTIO_NETWORKING_VERSIONS,
         kind: "WorkloadEntry",
         add: |v, o, r, out| r.workload_entries.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: ISTIO_SECURITY,
+        versions: &["v1", "v1beta1"],
+        kind: "AuthorizationPolicy",
+        add: |v, o, r, out| {
+            r.authorization_policies
+                .extend(decode(v, o, out).map(Arc::new))
+        },
     },
     KindDef {
         group: WEFT,
