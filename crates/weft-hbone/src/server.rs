@@ -254,7 +254,10 @@ async fn tunnel(
                         tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
                     }
                     Err(e) => {
-                        tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error")
+                        tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error");
+                        // End the stream cleanly so the client's side of the
+                        // tunnel finishes too, rather than waiting on a reset.
+                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut downstream).await;
                     }
                 }
             }

@@ -12,16 +12,17 @@
 //! address, port 15080 ([`socks`]).
 //!
 //! Inbound tunnels are checked against L4 `AuthorizationPolicy`
-//! ([`authz`]).
+//! ([`authz`]); when policy changes, open connections are checked again
+//! and newly denied ones closed ([`revocable`]).
 //!
 //! Still to come (see the issue tracker): captured mode in network
-//! namespaces, PeerAuthentication, re-checking open connections when
-//! policy changes.
+//! namespaces, PeerAuthentication.
 
 #![forbid(unsafe_code)]
 
 pub mod authz;
 pub mod proxy;
+pub mod revocable;
 pub mod route;
 pub mod socks;
 pub mod telemetry;

@@ -167,6 +167,7 @@ struct Shared {
     turn: AtomicUsize,
     connect_timeout: Duration,
     metrics: TcpMetrics,
+    open: crate::revocable::Registry,
 }
 
 /// Starts a node proxy.
@@ -210,6 +211,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         turn: AtomicUsize::new(0),
         connect_timeout: options.connect_timeout,
         metrics: TcpMetrics::default(),
+        open: crate::revocable::Registry::default(),
     });
     let mut registry = prometheus_client::registry::Registry::default();
     shared.metrics.register(&mut registry);
@@ -245,6 +247,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
             let state = changes.borrow_and_update().clone();
             let next = Arc::new(NodeView::build(&state, &task_shared.node));
             task_shared.view.store(next.clone());
+            recheck_open_connections(&task_shared, &next);
             reconcile_listeners(&task_shared, &next, &task_listeners).await;
             if changes.changed().await.is_err() {
                 return;
@@ -262,6 +265,59 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         shared,
         _xds: xds,
     })
+}
+
+/// How long the caller may keep sending after the destination finished.
+pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Copies both ways between a caller and a tunnel. When the destination
+/// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
+/// tunnel the far side closed (or policy revoked) never lingers.
+async fn splice<A, B>(caller: A, tunnel: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncWriteExt, BufReader, copy_buf, split};
+    let (caller_read, mut caller_write) = split(caller);
+    let (tunnel_read, mut tunnel_write) = split(tunnel);
+    let mut caller_read = BufReader::with_capacity(weft_hbone::COPY_BUFFER, caller_read);
+    let mut tunnel_read = BufReader::with_capacity(weft_hbone::COPY_BUFFER, tunnel_read);
+    let upstream = async {
+        let _ = copy_buf(&mut caller_read, &mut tunnel_write).await;
+        let _ = tunnel_write.shutdown().await;
+    };
+    let downstream = async {
+        let _ = copy_buf(&mut tunnel_read, &mut caller_write).await;
+        let _ = caller_write.shutdown().await;
+    };
+    tokio::pin!(upstream, downstream);
+    tokio::select! {
+        () = &mut upstream => downstream.await,
+        () = &mut downstream => {
+            let _ = tokio::time::timeout(HALF_CLOSE_GRACE, upstream).await;
+        }
+    }
+}
+
+/// Checks every open inbound connection against the policies now in
+/// force; closes the ones no longer allowed.
+fn recheck_open_connections(shared: &Shared, view: &NodeView) {
+    let closed = shared.open.recheck(|c| {
+        let Some(w) = view.workloads.get(&c.workload) else {
+            return Err("the destination workload left the registry".into());
+        };
+        let conn = crate::authz::Conn {
+            source: &c.peer,
+            source_ip: c.peer_ip,
+            destination_ip: c.target_ip,
+            destination_port: c.target_port,
+        };
+        crate::authz::check(&view.policies_for(w), &conn)
+    });
+    for (conn, reason) in closed {
+        tracing::info!(peer = %conn.peer, workload = %conn.workload, %reason, "open connection closed: policy changed");
+    }
 }
 
 /// Opens listeners for new local workloads and outbound listeners, and
@@ -376,6 +432,7 @@ impl Listening {
                     connect_timeout: shared.connect_timeout,
                     metrics: shared.metrics.clone(),
                     view: shared.view.clone(),
+                    open: shared.open.clone(),
                 });
                 weft_hbone::server::serve(
                     listener,
@@ -513,16 +570,7 @@ async fn outbound(
                 ));
                 // The guard logs the access line and emits the metrics when the copy ends.
                 let mut counted = Counted::new(&mut client, guard, true);
-                if let Err(e) = tokio::io::copy_bidirectional_with_sizes(
-                    &mut counted,
-                    &mut tunnel,
-                    weft_hbone::COPY_BUFFER,
-                    weft_hbone::COPY_BUFFER,
-                )
-                .await
-                {
-                    tracing::debug!(source = %source.name, %endpoint, %target, error = %e, "outbound connection ended with an error");
-                }
+                splice(&mut counted, &mut tunnel).await;
                 return;
             }
             Err(e) if e.is_connect_failure() => {
@@ -592,6 +640,7 @@ struct InboundFor {
     connect_timeout: Duration,
     metrics: TcpMetrics,
     view: Arc<ArcSwap<NodeView>>,
+    open: crate::revocable::Registry,
 }
 
 /// A `key=value` from a comma-separated header (`baggage`) or a
@@ -608,11 +657,12 @@ fn header_param<'a>(headers: &'a HeaderMap, header: &str, key: &str) -> Option<&
 
 impl InboundHandler for InboundFor {
     fn open(&self, request: Inbound) -> OpenFuture {
-        let (workload, timeout, metrics, view) = (
+        let (workload, timeout, metrics, view, open) = (
             self.workload.clone(),
             self.connect_timeout,
             self.metrics.clone(),
             self.view.clone(),
+            self.open.clone(),
         );
         Box::pin(async move {
             let ip = workload.ip;
@@ -685,7 +735,15 @@ impl InboundHandler for InboundFor {
                         &service,
                         "-",
                     ));
-                    Ok(Box::new(Counted::new(stream, guard, false)) as Box<dyn Upstream>)
+                    let registered = crate::revocable::OpenConn {
+                        workload: workload.uid.clone(),
+                        peer: request.peer.clone(),
+                        peer_ip: request.peer_addr.ip(),
+                        target_ip: request.target.ip(),
+                        target_port: request.target.port(),
+                    };
+                    let upstream = open.wrap(registered, Counted::new(stream, guard, false));
+                    Ok(Box::new(upstream) as Box<dyn Upstream>)
                 }
                 Ok(Err(e)) => {
                     drop(metrics.open(labels(

@@ -88,6 +88,14 @@ enum Socks {
 
 /// A GET through a SOCKS5 proxy; returns the HTTP response, or "SOCKS reply N".
 async fn socks_get(proxy: &str, target: Socks) -> String {
+    match socks_connect(proxy, target).await {
+        Ok(mut conn) => request_on(&mut conn, true).await,
+        Err(reply) => format!("SOCKS reply {reply}"),
+    }
+}
+
+/// A connection through a SOCKS5 proxy, or the failing reply code.
+async fn socks_connect(proxy: &str, target: Socks) -> Result<TcpStream, u8> {
     let mut conn = TcpStream::connect(proxy).await.expect("connect to SOCKS");
     conn.write_all(&[5, 1, 0]).await.expect("greeting");
     let mut choice = [0u8; 2];
@@ -111,9 +119,9 @@ async fn socks_get(proxy: &str, target: Socks) -> String {
     let mut reply = [0u8; 10];
     conn.read_exact(&mut reply).await.expect("reply");
     if reply[1] != 0 {
-        return format!("SOCKS reply {}", reply[1]);
+        return Err(reply[1]);
     }
-    request_on(&mut conn, true).await
+    Ok(conn)
 }
 
 struct App {
@@ -264,6 +272,16 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     assert!(r.contains("x-weft-app: orders"), "{r}");
     let r = socks_get("127.0.1.10:15080", Socks::Host("nowhere.example", 80)).await;
     assert_eq!(r, "SOCKS reply 2");
+
+    // An open connection from frontend to payments, allowed so far...
+    let mut open_conn = socks_connect(
+        "127.0.1.10:15080",
+        Socks::Host("payments.billing.svc.cluster.local", 80),
+    )
+    .await
+    .expect("SOCKS connect");
+    let r = request_on(&mut open_conn, false).await;
+    assert!(r.contains("x-weft-app: payments"), "{r}");
 
     // Restrict payments' callers to orders: frontend is refused (401 at the
     // destination node → SOCKS "general failure"), orders still gets through.

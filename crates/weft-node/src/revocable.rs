@@ -1,0 +1,218 @@
+//! Open inbound connections that policy can take back: each is registered
+//! with what authorization needs, and when the policies change every open
+//! connection is checked again; newly denied ones are closed at once, even
+//! when idle.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
+use tokio::sync::futures::OwnedNotified;
+use weft_core::Identity;
+
+/// What authorization needs to know about an open connection.
+#[derive(Debug, Clone)]
+pub struct OpenConn {
+    /// The destination workload's uid.
+    pub workload: String,
+    /// The caller's identity.
+    pub peer: Identity,
+    /// The caller's address.
+    pub peer_ip: IpAddr,
+    /// The workload address.
+    pub target_ip: IpAddr,
+    /// The workload port.
+    pub target_port: u16,
+}
+
+struct Entry {
+    conn: OpenConn,
+    revoke: Arc<Notify>,
+}
+
+/// Every open inbound connection of a node.
+#[derive(Default, Clone)]
+pub struct Registry {
+    next: Arc<AtomicU64>,
+    open: Arc<Mutex<HashMap<u64, Entry>>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Registry({} open)", self.lock().len())
+    }
+}
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers `conn`; the returned stream ends when it is revoked, and
+    /// unregisters itself when dropped.
+    pub fn wrap<S>(&self, conn: OpenConn, inner: S) -> Revocable<S> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let revoke = Arc::new(Notify::new());
+        self.lock().insert(
+            id,
+            Entry {
+                conn,
+                revoke: revoke.clone(),
+            },
+        );
+        Revocable {
+            inner,
+            revoked: Box::pin(revoke.notified_owned()),
+            registry: self.clone(),
+            id,
+            done: false,
+        }
+    }
+
+    /// Closes every open connection `still_allowed` rejects; returns how
+    /// many were closed and why.
+    pub fn recheck(
+        &self,
+        still_allowed: impl Fn(&OpenConn) -> Result<(), String>,
+    ) -> Vec<(OpenConn, String)> {
+        let mut closed = Vec::new();
+        for entry in self.lock().values() {
+            if let Err(reason) = still_allowed(&entry.conn) {
+                entry.revoke.notify_one();
+                closed.push((entry.conn.clone(), reason));
+            }
+        }
+        closed
+    }
+
+    /// How many connections are open.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A stream whose reads end and whose writes fail with `PermissionDenied`
+/// once revoked.
+pub struct Revocable<S> {
+    inner: S,
+    revoked: Pin<Box<OwnedNotified>>,
+    registry: Registry,
+    id: u64,
+    done: bool,
+}
+
+impl<S> Drop for Revocable<S> {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+impl<S> Revocable<S> {
+    fn check(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
+        if self.done || self.revoked.as_mut().poll(cx).is_ready() {
+            self.done = true;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "connection closed: no longer allowed by authorization policy",
+            ));
+        }
+        Ok(())
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Revocable<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.check(cx).is_err() {
+            // Reads end (EOF), so the tunnel closes cleanly toward the
+            // caller; writes fail, so nothing more reaches the workload.
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if let Err(e) = this.check(cx) {
+            return Poll::Ready(Err(e));
+        }
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn revoked_idle_streams_fail_and_others_continue() {
+        let registry = Registry::default();
+        let conn = |sa: &str| OpenConn {
+            workload: "w".into(),
+            peer: Identity::new("cluster.local", "shop", sa).expect("id"),
+            peer_ip: [127, 0, 0, 1].into(),
+            target_ip: [127, 0, 0, 2].into(),
+            target_port: 80,
+        };
+        let (a, mut a_peer) = tokio::io::duplex(64);
+        let (b, mut b_peer) = tokio::io::duplex(64);
+        let mut denied = registry.wrap(conn("frontend"), a);
+        let mut kept = registry.wrap(conn("orders"), b);
+        assert_eq!(registry.len(), 2);
+        // An idle read on the denied stream ends once policy changes.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 8];
+            denied.read(&mut buf).await
+        });
+        tokio::task::yield_now().await;
+        let closed = registry.recheck(|c| {
+            if c.peer.service_account() == "frontend" {
+                Err("denied".into())
+            } else {
+                Ok(())
+            }
+        });
+        assert_eq!(closed.len(), 1);
+        assert_eq!(
+            reader.await.expect("join").expect("EOF"),
+            0,
+            "revoked reads end"
+        );
+        assert_eq!(registry.len(), 1, "a dropped stream unregisters");
+        // The other keeps working.
+        b_peer.write_all(b"hi").await.expect("write");
+        let mut buf = [0u8; 2];
+        kept.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"hi");
+        let _ = a_peer.write_all(b"x").await;
+    }
+}
