@@ -273,30 +273,79 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Copies both ways between a caller and a tunnel. When the destination
 /// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
 /// tunnel the far side closed (or policy revoked) never lingers.
-async fn splice<A, B>(caller: A, tunnel: B)
+async fn splice<A, B>(caller: &mut A, tunnel: B)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    use tokio::io::{AsyncWriteExt, BufReader, copy_buf, split};
-    let (caller_read, mut caller_write) = split(caller);
-    let (tunnel_read, mut tunnel_write) = split(tunnel);
-    let mut caller_read = BufReader::with_capacity(weft_hbone::COPY_BUFFER, caller_read);
-    let mut tunnel_read = BufReader::with_capacity(weft_hbone::COPY_BUFFER, tunnel_read);
-    let upstream = async {
-        let _ = copy_buf(&mut caller_read, &mut tunnel_write).await;
-        let _ = tunnel_write.shutdown().await;
+    let ended = Arc::new(tokio::sync::Notify::new());
+    let mut tunnel = EofSignal {
+        inner: tunnel,
+        ended: ended.clone(),
     };
-    let downstream = async {
-        let _ = copy_buf(&mut tunnel_read, &mut caller_write).await;
-        let _ = caller_write.shutdown().await;
+    let copy = tokio::io::copy_bidirectional_with_sizes(
+        caller,
+        &mut tunnel,
+        weft_hbone::COPY_BUFFER,
+        weft_hbone::COPY_BUFFER,
+    );
+    let grace = async {
+        ended.notified().await;
+        tokio::time::sleep(HALF_CLOSE_GRACE).await;
     };
-    tokio::pin!(upstream, downstream);
     tokio::select! {
-        () = &mut upstream => downstream.await,
-        () = &mut downstream => {
-            let _ = tokio::time::timeout(HALF_CLOSE_GRACE, upstream).await;
+        result = copy => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "outbound connection ended with an error");
+            }
         }
+        () = grace => tracing::debug!("destination finished; the caller did not within the grace period"),
+    }
+}
+
+/// Signals when the wrapped stream's reads reach the end.
+struct EofSignal<S> {
+    inner: S,
+    ended: Arc<tokio::sync::Notify>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        let at_end = matches!(&poll, std::task::Poll::Ready(Ok(())) if buf.filled().len() == before)
+            || matches!(&poll, std::task::Poll::Ready(Err(_)));
+        if at_end {
+            this.ended.notify_one();
+        }
+        poll
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofSignal<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
 

@@ -7,13 +7,12 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
-use tokio::sync::futures::OwnedNotified;
 use weft_core::Identity;
 
 /// What authorization needs to know about an open connection.
@@ -33,7 +32,15 @@ pub struct OpenConn {
 
 struct Entry {
     conn: OpenConn,
-    revoke: Arc<Notify>,
+    revoke: Arc<Revoke>,
+}
+
+/// The revocation signal: a flag read on every I/O (cheap), and a wakeup
+/// for streams that are idle when it is raised.
+#[derive(Default)]
+struct Revoke {
+    flag: AtomicBool,
+    notify: Notify,
 }
 
 /// Every open inbound connection of a node.
@@ -58,7 +65,7 @@ impl Registry {
     /// unregisters itself when dropped.
     pub fn wrap<S>(&self, conn: OpenConn, inner: S) -> Revocable<S> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let revoke = Arc::new(Notify::new());
+        let revoke = Arc::new(Revoke::default());
         self.lock().insert(
             id,
             Entry {
@@ -68,10 +75,10 @@ impl Registry {
         );
         Revocable {
             inner,
-            revoked: Box::pin(revoke.notified_owned()),
+            wakeup: None,
+            revoke,
             registry: self.clone(),
             id,
-            done: false,
         }
     }
 
@@ -84,7 +91,8 @@ impl Registry {
         let mut closed = Vec::new();
         for entry in self.lock().values() {
             if let Err(reason) = still_allowed(&entry.conn) {
-                entry.revoke.notify_one();
+                entry.revoke.flag.store(true, Ordering::Release);
+                entry.revoke.notify.notify_waiters();
                 closed.push((entry.conn.clone(), reason));
             }
         }
@@ -106,10 +114,12 @@ impl Registry {
 /// once revoked.
 pub struct Revocable<S> {
     inner: S,
-    revoked: Pin<Box<OwnedNotified>>,
+    revoke: Arc<Revoke>,
+    /// Registered only while a read waits, so busy streams pay one atomic
+    /// load per I/O.
+    wakeup: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     registry: Registry,
     id: u64,
-    done: bool,
 }
 
 impl<S> Drop for Revocable<S> {
@@ -119,16 +129,16 @@ impl<S> Drop for Revocable<S> {
 }
 
 impl<S> Revocable<S> {
-    fn check(&mut self, cx: &mut Context<'_>) -> Result<(), std::io::Error> {
-        if self.done || self.revoked.as_mut().poll(cx).is_ready() {
-            self.done = true;
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::PermissionDenied,
-                "connection closed: no longer allowed by authorization policy",
-            ));
-        }
-        Ok(())
+    fn revoked(&self) -> bool {
+        self.revoke.flag.load(Ordering::Acquire)
     }
+}
+
+fn denied() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::PermissionDenied,
+        "connection closed: no longer allowed by authorization policy",
+    )
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Revocable<S> {
@@ -138,12 +148,36 @@ impl<S: AsyncRead + Unpin> AsyncRead for Revocable<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if this.check(cx).is_err() {
-            // Reads end (EOF), so the tunnel closes cleanly toward the
-            // caller; writes fail, so nothing more reaches the workload.
+        // Revoked: reads end (EOF), so the tunnel closes cleanly toward the
+        // caller; writes fail, so nothing more reaches the workload.
+        if this.revoked() {
             return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut this.inner).poll_read(cx, buf)
+        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+            Poll::Pending => {
+                let revoke = this.revoke.clone();
+                let wakeup = this.wakeup.get_or_insert_with(|| {
+                    Box::pin(async move {
+                        loop {
+                            // Register before checking the flag, so a revocation
+                            // between the two cannot be missed.
+                            let notified = revoke.notify.notified();
+                            tokio::pin!(notified);
+                            notified.as_mut().enable();
+                            if revoke.flag.load(Ordering::Acquire) {
+                                return;
+                            }
+                            notified.await;
+                        }
+                    })
+                });
+                if wakeup.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+                Poll::Pending
+            }
+            ready => ready,
+        }
     }
 }
 
@@ -154,8 +188,8 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Revocable<S> {
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
-        if let Err(e) = this.check(cx) {
-            return Poll::Ready(Err(e));
+        if this.revoked() {
+            return Poll::Ready(Err(denied()));
         }
         Pin::new(&mut this.inner).poll_write(cx, buf)
     }
