@@ -11,13 +11,12 @@
 
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_control::{Debounce, Options};
+use weft_control::Options;
 use weft_node::NodeOptions;
 
 #[global_allocator]
@@ -154,18 +153,9 @@ async fn main() -> Result<()> {
         &tokens,
         "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
     )?;
-    let any: SocketAddr = "127.0.0.1:0".parse()?;
     let control = weft_control::start(Options {
-        config_dir: config,
-        ca_dir: tmp.path().join("ca"),
-        xds_addr: any,
-        tls_addr: any,
-        admin_addr: any,
-        monitoring_addr: any,
-        metrics_addr: any,
         bootstrap_tokens: Some(tokens),
-        workload_ttl: Duration::from_secs(3600),
-        debounce: Debounce::default(),
+        ..Options::ephemeral(config, tmp.path().join("ca"))
     })
     .await?;
     let roots = weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert)?, "root")?;

@@ -62,6 +62,26 @@ pub struct Options {
     pub debounce: Debounce,
 }
 
+impl Options {
+    /// Every listener on an ephemeral loopback port, no bootstrap tokens,
+    /// default lifetimes: for tests, benchmarks and embedding.
+    pub fn ephemeral(config_dir: PathBuf, ca_dir: PathBuf) -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Options {
+            config_dir,
+            ca_dir,
+            xds_addr: any,
+            tls_addr: any,
+            admin_addr: any,
+            monitoring_addr: any,
+            metrics_addr: any,
+            bootstrap_tokens: None,
+            workload_ttl: Duration::from_secs(3600),
+            debounce: Debounce::default(),
+        }
+    }
+}
+
 /// Why the control plane did not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {

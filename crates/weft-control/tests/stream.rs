@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use weft_control::{Debounce, Options, Running};
+use weft_control::{Options, Running};
 use weft_xds::client::{ClientOptions, ClientState, Transport, XdsClient};
 use weft_xds::proto::workload::{Address, address::Type};
 use weft_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
@@ -43,18 +43,9 @@ impl Env {
     }
 
     fn options(&self, xds: &str) -> Options {
-        let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
         Options {
-            config_dir: self.config.clone(),
-            ca_dir: self.ca.clone(),
             xds_addr: xds.parse().expect("addr"),
-            tls_addr: any,
-            admin_addr: any,
-            monitoring_addr: any,
-            metrics_addr: any,
-            bootstrap_tokens: None,
-            workload_ttl: Duration::from_secs(3600),
-            debounce: Debounce::default(),
+            ..Options::ephemeral(self.config.clone(), self.ca.clone())
         }
     }
 

@@ -4,9 +4,8 @@
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
-use weft_control::{Debounce, Options};
+use weft_control::Options;
 
 fn python_has_grpc() -> bool {
     Command::new("python3")
@@ -26,19 +25,10 @@ async fn python_grpc_subscriber_decodes_addresses() {
     }
     let here = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().expect("tempdir");
-    let any = "127.0.0.1:0".parse().expect("addr");
-    let running = weft_control::start(Options {
-        config_dir: here.join("../../examples/demo"),
-        ca_dir: tmp.path().join("ca"),
-        xds_addr: any,
-        tls_addr: any,
-        admin_addr: any,
-        monitoring_addr: any,
-        metrics_addr: any,
-        bootstrap_tokens: None,
-        workload_ttl: Duration::from_secs(3600),
-        debounce: Debounce::default(),
-    })
+    let running = weft_control::start(Options::ephemeral(
+        here.join("../../examples/demo"),
+        tmp.path().join("ca"),
+    ))
     .await
     .expect("control plane");
     let script = here.join("tests/wire/xds_subscriber.py");

@@ -472,9 +472,7 @@ impl Listening {
                 )
                 .map_err(|e| e.to_string())?;
                 let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let listener = bind(addr).await?;
                 tracing::info!(workload = %w.name, %addr, identity = %w.identity, "inbound HBONE listener ready");
                 let handler = Arc::new(InboundFor {
                     workload: w.clone(),
@@ -495,42 +493,48 @@ impl Listening {
             }
             Listening::Socks(w) => {
                 let addr = SocketAddr::new(w.ip, SOCKS_PORT);
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let listener = bind(addr).await?;
                 tracing::info!(workload = %w.name, %addr, "SOCKS5 listener ready");
-                loop {
-                    let (client, peer) = match listener.accept().await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(%addr, error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
+                accept_forever(listener, addr, |client, peer| {
                     tokio::spawn(socks_client(shared.clone(), w.clone(), client, peer));
-                }
+                })
+                .await
             }
             Listening::Outbound(w, l) => {
                 let addr = SocketAddr::new(w.ip, l.local_port);
-                let listener = TcpListener::bind(addr)
-                    .await
-                    .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+                let listener = bind(addr).await?;
                 tracing::info!(workload = %w.name, %addr, service = %l.service, port = l.service_port, "outbound listener ready");
-                loop {
-                    let (client, peer) = match listener.accept().await {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!(%addr, error = %e, "accept failed");
-                            tokio::time::sleep(Duration::from_millis(50)).await;
-                            continue;
-                        }
-                    };
+                accept_forever(listener, addr, |client, peer| {
                     let (shared, w, l) = (shared.clone(), w.clone(), l.clone());
                     tokio::spawn(async move {
                         outbound(shared, w, l.service, l.service_port, client, peer, false).await;
                     });
-                }
+                })
+                .await
+            }
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+}
+
+/// Accepts until the task is aborted; a failed accept (e.g. out of file
+/// descriptors) is logged and retried after a pause, never fatal.
+async fn accept_forever(
+    listener: TcpListener,
+    addr: SocketAddr,
+    mut on_accept: impl FnMut(TcpStream, SocketAddr),
+) -> ! {
+    loop {
+        match listener.accept().await {
+            Ok((client, peer)) => on_accept(client, peer),
+            Err(e) => {
+                tracing::warn!(%addr, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }

@@ -4,14 +4,13 @@
 //! when the caller's locality loses its endpoint, traffic fails over to the
 //! other zone, and comes back when the endpoint recovers (scenario 3 at L4).
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
-use weft_control::{Debounce, Options};
+use weft_control::Options;
 use weft_node::NodeOptions;
 use weft_sample_app::AppConfig;
 
@@ -175,18 +174,9 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
         "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
     )
     .expect("tokens");
-    let any: SocketAddr = "127.0.0.1:0".parse().expect("addr");
     let control = weft_control::start(Options {
-        config_dir: demo.clone(),
-        ca_dir: tmp.path().join("ca"),
-        xds_addr: any,
-        tls_addr: any,
-        admin_addr: any,
-        monitoring_addr: any,
-        metrics_addr: any,
         bootstrap_tokens: Some(tokens),
-        workload_ttl: Duration::from_secs(3600),
-        debounce: Debounce::default(),
+        ..Options::ephemeral(demo.clone(), tmp.path().join("ca"))
     })
     .await
     .expect("control plane");
