@@ -193,6 +193,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
                 weft_xds::ADDRESS_TYPE.into(),
                 weft_xds::LISTENERS_TYPE.into(),
                 weft_xds::AUTHORIZATION_TYPE.into(),
+                weft_xds::MESH_TYPE.into(),
             ],
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
@@ -349,6 +350,44 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofSignal<S> {
     }
 }
 
+/// A SOCKS target outside the registry: an address passes through in
+/// plaintext when the mesh allows it (`ALLOW_ANY`); hostnames must be
+/// services (weft does no DNS on the caller's behalf).
+async fn passthrough(
+    shared: &Shared,
+    w: &WorkloadInfo,
+    target: crate::socks::Target,
+    mut client: TcpStream,
+) {
+    use crate::socks::{Reply, Target, reply_bytes};
+    let registry_only = shared.view.load().registry_only;
+    let addr = match target {
+        Target::Addr(addr) if !registry_only && !LOOP_PORTS.contains(&addr.port()) => addr,
+        other => {
+            tracing::info!(workload = %w.name, target = ?other, registry_only, "SOCKS target is not a service in the registry; refused");
+            let _ = client.write_all(&reply_bytes(Reply::NotAllowed)).await;
+            return;
+        }
+    };
+    let upstream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await;
+    let Ok(Ok(mut upstream)) = upstream else {
+        let _ = client.write_all(&reply_bytes(Reply::HostUnreachable)).await;
+        return;
+    };
+    if client
+        .write_all(&reply_bytes(Reply::Succeeded))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let mut l = labels("source", w, None, &addr.to_string(), "-");
+    l.connection_security_policy = "none";
+    let guard = shared.metrics.open(l);
+    let mut counted = Counted::new(&mut client, guard, true);
+    let _ = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await;
+}
+
 /// Checks every open inbound connection against the policies now in
 /// force; closes the ones no longer allowed.
 fn recheck_open_connections(shared: &Shared, view: &NodeView) {
@@ -432,7 +471,7 @@ async fn socks_client(
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
-    use crate::socks::{Reply, Target, handshake, reply_bytes};
+    use crate::socks::{Target, handshake};
     let target = match handshake(&mut client).await {
         Ok(t) => t,
         Err(e) => {
@@ -450,9 +489,7 @@ async fn socks_client(
     };
     drop(view);
     let Some((service, port)) = found else {
-        tracing::info!(workload = %w.name, ?target, "SOCKS target is not a service in the registry; refused");
-        let _ = client.write_all(&reply_bytes(Reply::NotAllowed)).await;
-        return;
+        return passthrough(&shared, &w, target, client).await;
     };
     outbound(shared, w, service, port, client, peer, true).await;
 }

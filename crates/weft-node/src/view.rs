@@ -10,7 +10,7 @@ use prost::Message;
 use weft_core::Identity;
 use weft_xds::ClientState;
 use weft_xds::proto::security::{Authorization, Scope};
-use weft_xds::proto::weft::WorkloadListeners;
+use weft_xds::proto::weft::{MeshConfig, OutboundPolicy, WorkloadListeners};
 use weft_xds::proto::workload::{Address, address::Type};
 
 /// A workload as the node proxy needs it.
@@ -64,6 +64,9 @@ pub struct NodeView {
     pub services_by_vip: HashMap<IpAddr, String>,
     /// Authorization policies by `ns/name`.
     pub policies: HashMap<String, Arc<Authorization>>,
+    /// Whether traffic to destinations outside the registry passes through
+    /// (`Mesh` `outboundTrafficPolicy: ALLOW_ANY`, the default).
+    pub registry_only: bool,
 }
 
 impl NodeView {
@@ -151,6 +154,14 @@ impl NodeView {
         }
         for list in view.endpoints.values_mut() {
             list.sort();
+        }
+        if let Some(held) = state
+            .resources
+            .get(weft_xds::MESH_TYPE)
+            .and_then(|m| m.get("mesh"))
+            && let Ok(mesh) = MeshConfig::decode(held.body.value.as_slice())
+        {
+            view.registry_only = mesh.outbound_policy == OutboundPolicy::RegistryOnly as i32;
         }
         for held in state
             .resources

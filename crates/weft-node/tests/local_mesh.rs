@@ -261,7 +261,13 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     let r = socks_get("127.0.1.10:15080", Socks::Ip([240, 240, 0, 11], 80)).await;
     assert!(r.contains("x-weft-app: orders"), "{r}");
     let r = socks_get("127.0.1.10:15080", Socks::Host("nowhere.example", 80)).await;
-    assert_eq!(r, "SOCKS reply 2");
+    assert_eq!(r, "SOCKS reply 2", "unknown hostnames are refused");
+    // An address outside the registry passes through (the demo's Mesh says
+    // ALLOW_ANY): here, an app no ServiceEntry describes.
+    let outsider = app("127.0.3.99:8080", "outsider", "").await;
+    let r = socks_get("127.0.1.10:15080", Socks::Ip([127, 0, 3, 99], 8080)).await;
+    assert!(r.contains("x-weft-app: outsider"), "{r}");
+    outsider.stop().await;
 
     // An open connection from frontend to payments, allowed so far...
     let mut open_conn = socks_connect(

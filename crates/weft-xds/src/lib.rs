@@ -23,7 +23,7 @@ pub mod server;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
 pub use resources::{
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE, LISTENERS_TYPE, ResourceSet,
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE, LISTENERS_TYPE, MESH_TYPE, ResourceSet,
 };
 pub use server::{XdsMetrics, XdsServer};
 
@@ -38,6 +38,9 @@ pub fn decode_validator() -> client::Validator {
         AUTHORIZATION_TYPE => proto::security::Authorization::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid istio.security.Authorization: {e}")),
+        MESH_TYPE => proto::weft::MeshConfig::decode(body.value.as_slice())
+            .map(|_| ())
+            .map_err(|e| format!("not a valid weft.config.v1alpha1.MeshConfig: {e}")),
         LISTENERS_TYPE => proto::weft::WorkloadListeners::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid weft.config.v1alpha1.WorkloadListeners: {e}")),

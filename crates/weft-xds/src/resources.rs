@@ -21,12 +21,15 @@ pub const AUTHORIZATION_TYPE: &str = "type.googleapis.com/istio.security.Authori
 pub const L7_SERVICE_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.L7Service";
 /// Type URL of workloads' explicit outbound listeners (local mode).
 pub const LISTENERS_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.WorkloadListeners";
+/// Type URL of the mesh-wide settings nodes need.
+pub const MESH_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.MeshConfig";
 /// Every type the server offers.
-pub const TYPES: [&str; 4] = [
+pub const TYPES: [&str; 5] = [
     ADDRESS_TYPE,
     AUTHORIZATION_TYPE,
     L7_SERVICE_TYPE,
     LISTENERS_TYPE,
+    MESH_TYPE,
 ];
 
 /// One resource as sent: its version and encoded body.
@@ -231,7 +234,28 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             Entry::new(AUTHORIZATION_TYPE, &crate::authz::to_proto(policy)),
         );
     }
+    let mesh = &snapshot.mesh;
+    let mesh_message = crate::proto::weft::MeshConfig {
+        trust_domain: mesh.trust_domain.clone(),
+        outbound_policy: match mesh.outbound_policy {
+            weft_core::model::OutboundPolicy::AllowAny => {
+                crate::proto::weft::OutboundPolicy::AllowAny
+            }
+            weft_core::model::OutboundPolicy::RegistryOnly => {
+                crate::proto::weft::OutboundPolicy::RegistryOnly
+            }
+        } as i32,
+        connect_timeout_ms: u32::try_from(mesh.connect_timeout.as_millis()).unwrap_or(u32::MAX),
+        mtls_mode: match mesh.mtls_mode {
+            weft_core::model::MtlsMode::Strict => crate::proto::weft::MtlsMode::Strict,
+            weft_core::model::MtlsMode::Permissive => crate::proto::weft::MtlsMode::Permissive,
+        } as i32,
+    };
     let mut types = BTreeMap::new();
+    types.insert(
+        MESH_TYPE,
+        Resources::from([(Arc::from("mesh"), Entry::new(MESH_TYPE, &mesh_message))]),
+    );
     types.insert(LISTENERS_TYPE, listeners);
     types.insert(ADDRESS_TYPE, addresses);
     types.insert(L7_SERVICE_TYPE, l7);
