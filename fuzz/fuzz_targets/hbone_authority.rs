@@ -1,0 +1,10 @@
+//! CONNECT authorities from a hostile peer.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = weft_hbone::server::parse_authority(text);
+    }
+});
