@@ -2,9 +2,8 @@
 //!
 //! The one `weft` binary. Each subcommand is a thin shell over a library
 //! crate: `validate` over `weft-config`, `sample-app` over `weft-sample-app`,
-//! `control` over `weft-control`, `up` over every crate (a local mesh);
-//! `node` and `waypoint` are reserved for the standalone node proxy and the
-//! waypoint.
+//! `control` over `weft-control`, `node` over `weft-node`, `up` over every
+//! crate (a local mesh); `waypoint` is reserved for the L7 proxy.
 
 #![forbid(unsafe_code)]
 
@@ -52,9 +51,8 @@ enum Command {
     Certs(cmd::certs::Args),
     /// Show what a proxy holds from the config stream (from its admin port).
     ConfigDump(cmd::config_dump::Args),
-    /// Run a node proxy (not built yet).
-    #[command(hide = true)]
-    Node,
+    /// Run one node proxy (local mode) as its own process.
+    Node(cmd::node::Args),
     /// Run a waypoint proxy (not built yet).
     #[command(hide = true)]
     Waypoint,
@@ -76,7 +74,7 @@ fn main() -> ExitCode {
         Command::Control(args) => cmd::control::run(args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::ConfigDump(args) => cmd::config_dump::run(args),
-        Command::Node => reserved("node", "the node proxy"),
+        Command::Node(args) => cmd::node::run(args),
         Command::Waypoint => reserved("waypoint", "the waypoint"),
         Command::Up(args) => cmd::up::run(args),
     }

@@ -273,3 +273,69 @@ async fn config_dump_shows_what_a_subscriber_holds() {
         "{stdout}"
     );
 }
+
+/// `weft node` as its own process against a running `weft control`: it
+/// gets its node certificate with the bootstrap token, then certificates
+/// for its workloads, and stops cleanly on SIGTERM.
+#[test]
+fn node_process_joins_the_control_plane() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let control = start_control(tmp.path());
+    let token = tmp.path().join("node-1.token");
+    std::fs::write(&token, "node-1-secret-token-000\n").expect("token");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(["node", "--name", "node-1"])
+        .args([
+            "--xds-addr",
+            &control.xds.to_string(),
+            "--ca-addr",
+            &control.ca.to_string(),
+        ])
+        .arg("--root-cert")
+        .arg(&control.root)
+        .arg("--token-file")
+        .arg(&token)
+        .args([
+            "--admin-addr",
+            "127.0.1.1:0",
+            "--metrics-addr",
+            "127.0.1.1:0",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn weft node");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    let mut node = Guard(child);
+    assert!(line.starts_with("weft node node-1 ready"), "{line:?}");
+    let admin = field(&line, "admin");
+    let start = std::time::Instant::now();
+    loop {
+        let mut conn = std::net::TcpStream::connect(&admin).expect("admin");
+        use std::io::{Read, Write};
+        conn.write_all(b"GET /certs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .expect("write");
+        let mut certs = String::new();
+        conn.read_to_string(&mut certs).expect("read");
+        if certs.contains("sa/weft-node.node-1") && certs.contains("ns/shop/sa/frontend") {
+            break;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(10),
+            "node-1 never held its certificates:\n{certs}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let pid = node.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    assert_eq!(node.0.wait().expect("wait").code(), Some(0));
+}

@@ -1,0 +1,87 @@
+//! `weft node`: one node proxy as its own process (local mode: plaintext
+//! config stream on loopback, certificates over mTLS with a bootstrap
+//! token). `weft up` runs the same proxies in one process.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use weft_node::NodeOptions;
+
+/// Flags of `weft node`.
+#[derive(clap::Args, Debug)]
+pub(crate) struct Args {
+    /// This node's name (the `weft.dev/node` label of its workloads).
+    #[arg(long)]
+    name: String,
+    /// The control plane's plaintext config stream.
+    #[arg(long, default_value = "127.0.0.1:15010")]
+    xds_addr: SocketAddr,
+    /// The control plane's certificate service (mTLS).
+    #[arg(long, default_value = "127.0.0.1:15012")]
+    ca_addr: SocketAddr,
+    /// Root certificate(s) to trust (the control plane's root-cert.pem).
+    #[arg(long)]
+    root_cert: PathBuf,
+    /// File holding this node's bootstrap token.
+    #[arg(long)]
+    token_file: PathBuf,
+    /// Trust domain.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Admin endpoints (`/config_dump`, `/certs`).
+    #[arg(long)]
+    admin_addr: SocketAddr,
+    /// Prometheus metrics.
+    #[arg(long)]
+    metrics_addr: SocketAddr,
+    /// TCP connect timeout to workloads and peers.
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "10s")]
+    connect_timeout: Duration,
+    /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
+    drain_timeout: Duration,
+}
+
+pub(crate) fn run(args: Args) -> ExitCode {
+    let result = super::runtime().and_then(|rt| rt.block_on(node(args)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft node: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn node(args: Args) -> Result<(), String> {
+    let pem = std::fs::read(&args.root_cert)
+        .map_err(|e| format!("cannot read {}: {e}", args.root_cert.display()))?;
+    let roots = weft_ca::cert::certs_from_pem(&pem, &args.root_cert.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let token = std::fs::read_to_string(&args.token_file)
+        .map_err(|e| format!("cannot read {}: {e}", args.token_file.display()))?
+        .trim()
+        .to_owned();
+    let proxy = weft_node::start(NodeOptions {
+        node: args.name.clone(),
+        trust_domain: args.trust_domain,
+        xds_addr: args.xds_addr,
+        ca_addr: args.ca_addr,
+        roots,
+        token,
+        admin_addr: args.admin_addr,
+        metrics_addr: args.metrics_addr,
+        connect_timeout: args.connect_timeout,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    println!(
+        "weft node {} ready: admin={} metrics={}",
+        args.name, proxy.admin_addr, proxy.metrics_addr
+    );
+    super::shutdown_signal().await;
+    proxy.drain(args.drain_timeout).await;
+    Ok(())
+}
