@@ -20,7 +20,7 @@ use tonic::{Request, Response, Status};
 use weft_core::Identity;
 use weft_core::model::Snapshot;
 
-use crate::authority::{Authority, chain_pem};
+use crate::authority::Authority;
 use crate::authz::{BootstrapTokens, Caller, authorize};
 use crate::cert::to_pem;
 use crate::proto::istio_certificate_service_server::{
@@ -263,9 +263,4 @@ impl CertificateService {
     pub fn into_server(self) -> IstioCertificateServiceServer<Self> {
         IstioCertificateServiceServer::new(self)
     }
-}
-
-/// PEM of the bundle, for writing `root-cert.pem`-style files.
-pub fn bundle_pem(authority: &Authority) -> String {
-    chain_pem(authority.trust_bundle())
 }
