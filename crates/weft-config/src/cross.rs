@@ -17,6 +17,7 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_names(&r.workload_entries, out);
     duplicate_names(&r.meshes, out);
     duplicate_names(&r.authorization_policies, out);
+    duplicate_names(&r.peer_authentications, out);
     if let [first, rest @ ..] = r.meshes.as_slice() {
         for extra in rest {
             out.push(error(

@@ -16,7 +16,9 @@ use crate::diag::{Diagnostic, Origin};
 use crate::kinds::mesh::{MtlsModeSpec, OutboundModeSpec};
 use crate::kinds::service_entry::{LocationSpec, ResolutionSpec, parse_net};
 use crate::kinds::workload_entry::DEFAULT_SERVICE_ACCOUNT;
-use crate::kinds::{MeshSpec, Resources, ServiceEntrySpec, WorkloadEntrySpec};
+use crate::kinds::{
+    MeshSpec, PeerAuthenticationSpec, Resources, ServiceEntrySpec, WorkloadEntrySpec,
+};
 use crate::resource::Resource;
 
 /// Builds the snapshot, reporting anything that cannot be translated.
@@ -64,7 +66,46 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
     for ap in &r.authorization_policies {
         snapshot.policies.insert(ap.name.clone(), policy(ap));
     }
+    for w in snapshot.workloads.values_mut() {
+        if let Some(mode) = peer_mode(&r.peer_authentications, w) {
+            w.mtls_mode = mode;
+        }
+    }
     snapshot
+}
+
+/// The `PeerAuthentication` mode in force for `w`, most specific first:
+/// selector in its namespace, its namespace, the root namespace. Among
+/// equals, the first by name decides. `UNSET` inherits.
+fn peer_mode(
+    policies: &[std::sync::Arc<Resource<PeerAuthenticationSpec>>],
+    w: &Workload,
+) -> Option<MtlsMode> {
+    use crate::kinds::peer_authentication::{PeerModeSpec, ROOT_NAMESPACES};
+    let mode = |p: &Resource<PeerAuthenticationSpec>| match p.spec.mtls.as_ref()?.mode? {
+        PeerModeSpec::Strict => Some(MtlsMode::Strict),
+        PeerModeSpec::Permissive => Some(MtlsMode::Permissive),
+        PeerModeSpec::Unset | PeerModeSpec::Disable => None,
+    };
+    let mut sorted: Vec<&Resource<PeerAuthenticationSpec>> =
+        policies.iter().map(|p| p.as_ref()).collect();
+    sorted.sort_by(|a, b| a.name.cmp(&b.name));
+    let selects = |p: &Resource<PeerAuthenticationSpec>| {
+        p.spec.selector.as_ref().is_some_and(|s| {
+            s.match_labels
+                .iter()
+                .all(|(k, v)| w.labels.get(k) == Some(v))
+        })
+    };
+    let ns = w.name.namespace.as_str();
+    let tiers: [&dyn Fn(&Resource<PeerAuthenticationSpec>) -> bool; 3] = [
+        &|p| p.name.namespace == ns && selects(p),
+        &|p| p.name.namespace == ns && p.spec.selector.is_none(),
+        &|p| ROOT_NAMESPACES.contains(&p.name.namespace.as_str()) && p.spec.selector.is_none(),
+    ];
+    tiers
+        .iter()
+        .find_map(|tier| sorted.iter().filter(|p| tier(p)).find_map(|p| mode(p)))
 }
 
 fn policy(
@@ -225,6 +266,7 @@ fn workload(
         run: annotations.run,
         client_only: annotations.client_only,
         outbound: annotations.outbound,
+        mtls_mode: mesh.mtls_mode,
         name,
     })
 }

@@ -477,6 +477,9 @@ pub struct Workload {
     pub client_only: bool,
     /// Explicit outbound listeners (annotation `weft.dev/outbound`).
     pub outbound: Vec<OutboundListener>,
+    /// Whether it accepts plaintext: the `PeerAuthentication` in force, or
+    /// the mesh default.
+    pub mtls_mode: MtlsMode,
 }
 
 /// A local port on a workload's address that leads to a service.

@@ -13,8 +13,8 @@ use weft_xds::proto::security::{self as sec, string_match::MatchType};
 /// What is known about a connection at L4.
 #[derive(Debug, Clone)]
 pub struct Conn<'a> {
-    /// The caller's proven identity.
-    pub source: &'a Identity,
+    /// The caller's proven identity (`None`: plaintext).
+    pub source: Option<&'a Identity>,
     /// The caller's address.
     pub source_ip: IpAddr,
     /// The workload's address.
@@ -53,8 +53,10 @@ fn in_nets(list: &[sec::Address], ip: IpAddr) -> bool {
 
 /// Whether one `Match` holds (unset fields are ignored).
 fn match_holds(m: &sec::Match, c: &Conn<'_>) -> bool {
-    let ns = c.source.namespace();
-    let pr = principal(c.source);
+    // Plaintext callers have no namespace or principal: only rules that do
+    // not ask for them can match.
+    let ns = c.source.map(Identity::namespace).unwrap_or_default();
+    let pr = c.source.map(principal).unwrap_or_default();
     let port = u32::from(c.destination_port);
     let any = |list: &[sec::StringMatch], v: &str| list.iter().any(|m| string_matches(m, v));
     (m.namespaces.is_empty() || any(&m.namespaces, ns))
@@ -135,7 +137,7 @@ mod tests {
         let frontend = Identity::new("cluster.local", "shop", "frontend").expect("id");
         let ops = Identity::new("cluster.local", "ops", "debug").expect("id");
         let conn = |id| Conn {
-            source: id,
+            source: Some(id),
             source_ip: [127, 0, 1, 11].into(),
             destination_ip: [127, 0, 2, 20].into(),
             destination_port: 8080,
@@ -222,6 +224,14 @@ mod tests {
                 Err("not allowed"),
             ),
         ];
+        // Plaintext callers (PERMISSIVE) match only identity-free rules.
+        let plain = Conn {
+            source: None,
+            ..conn(&orders)
+        };
+        assert!(check(&[&allow_all], &plain).is_ok());
+        assert!(check(&[&shop_wildcard], &plain).is_err());
+        assert!(check(&[&allow_all, &deny_ops], &plain).is_ok());
         for (what, policies, id, want) in cases {
             let got = check(&policies, &conn(id));
             match (&want, &got) {

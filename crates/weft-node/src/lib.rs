@@ -15,12 +15,18 @@
 //! ([`authz`]); when policy changes, open connections are checked again
 //! and newly denied ones closed ([`revocable`]).
 //!
-//! Still to come (see the issue tracker): captured mode in network
-//! namespaces, PeerAuthentication.
+//! Captured mode ([`capture`], [`netns`]): `weft run` puts a workload in
+//! its own network namespace with nftables rules that redirect its
+//! outbound TCP to port 15001 and inbound plaintext to 15006; the proxy
+//! opens those listeners, and HBONE on 15008, inside the namespace, and
+//! routes by the original destination ([`route::decide_original`]).
+//! Plaintext is accepted only for `PERMISSIVE` workloads.
 
 #![forbid(unsafe_code)]
 
 pub mod authz;
+pub mod capture;
+pub mod netns;
 pub mod proxy;
 pub mod revocable;
 pub mod route;

@@ -3,8 +3,9 @@
 //! that workload's identity, as ztunnel's in-pod mode does), and the
 //! workloads' explicit outbound listeners.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,12 +25,19 @@ use weft_hbone::server::{Limits, OpenFuture, Upstream};
 use weft_hbone::{HbonePool, Inbound, InboundHandler, PoolKey, Refusal};
 use weft_xds::client::{ClientOptions, Transport, XdsClient};
 
-use crate::route::{Route, decide};
+use crate::netns::Netns;
+use crate::route::{Destination, Route, decide, decide_original, resolve};
 use crate::telemetry::{Counted, TcpLabels, TcpMetrics};
 use crate::view::{Listener, NodeView, WorkloadInfo};
 
+/// Captured outbound connections arrive here, inside the workload's
+/// namespace (nftables redirects them).
+pub const CAPTURE_PORT: u16 = 15001;
+/// Captured inbound plaintext arrives here, inside the workload's
+/// namespace; accepted only when the workload is `PERMISSIVE`.
+pub const PLAINTEXT_PORT: u16 = 15006;
 /// Ports that are never valid tunnel targets (they would loop).
-pub const LOOP_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
+pub const LOOP_PORTS: [u16; 4] = [CAPTURE_PORT, PLAINTEXT_PORT, 15008, 15080];
 /// How long an endpoint that failed to connect is skipped.
 pub const FAILED_ENDPOINT_BACKOFF: Duration = Duration::from_secs(5);
 /// Endpoints tried per outbound connection before giving up.
@@ -56,6 +64,9 @@ pub struct NodeOptions {
     pub metrics_addr: SocketAddr,
     /// TCP connect timeout to workloads and peers.
     pub connect_timeout: Duration,
+    /// Where `weft run` attaches captured workloads (a Unix socket);
+    /// `None` disables captured mode.
+    pub attach_socket: Option<PathBuf>,
 }
 
 /// Why a node proxy did not start.
@@ -77,6 +88,7 @@ pub struct NodeProxy {
     reconcile: JoinHandle<()>,
     admin: JoinHandle<()>,
     metrics: JoinHandle<()>,
+    attach: Option<JoinHandle<()>>,
     listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
     shared: Arc<Shared>,
     _xds: Arc<XdsClient>,
@@ -124,6 +136,9 @@ impl NodeProxy {
         self.reconcile.abort();
         self.admin.abort();
         self.metrics.abort();
+        if let Some(attach) = &self.attach {
+            attach.abort();
+        }
         for (_, task) in self
             .listeners
             .lock()
@@ -156,18 +171,37 @@ impl Health {
     }
 }
 
-struct Shared {
-    node: String,
+pub(crate) struct Shared {
+    pub(crate) node: String,
     trust_domain: String,
     certs: CertManager,
     bundle: TrustBundle,
     pool: HbonePool,
-    view: Arc<ArcSwap<NodeView>>,
+    pub(crate) view: Arc<ArcSwap<NodeView>>,
     health: Health,
     turn: AtomicUsize,
     connect_timeout: Duration,
     metrics: TcpMetrics,
     open: crate::revocable::Registry,
+    /// Captured workloads' network namespaces, by workload uid.
+    pub(crate) captured: Mutex<HashMap<String, Arc<Netns>>>,
+    /// Wakes the reconcile loop (a workload was attached or detached).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Keys of the listeners that are bound and accepting.
+    pub(crate) ready: Mutex<HashSet<String>>,
+}
+
+/// Locks a mutex, recovering the data if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The key of one listener of workload `w`: what it is, where it listens.
+pub(crate) fn listener_key(kind: &str, w: &WorkloadInfo, ns: Option<&Netns>) -> String {
+    match ns {
+        Some(ns) => format!("{kind} {} in {} ({})", w.ip, ns.path().display(), ns.inode()),
+        None => format!("{kind} {}", w.ip),
+    }
 }
 
 /// Starts a node proxy.
@@ -213,6 +247,9 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         connect_timeout: options.connect_timeout,
         metrics: TcpMetrics::default(),
         open: crate::revocable::Registry::default(),
+        captured: Mutex::default(),
+        wake: tokio::sync::Notify::new(),
+        ready: Mutex::default(),
     });
     let mut registry = prometheus_client::registry::Registry::default();
     shared.metrics.register(&mut registry);
@@ -250,11 +287,18 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
             task_shared.view.store(next.clone());
             recheck_open_connections(&task_shared, &next);
             reconcile_listeners(&task_shared, &next, &task_listeners).await;
-            if changes.changed().await.is_err() {
-                return;
+            tokio::select! {
+                changed = changes.changed() => if changed.is_err() {
+                    return;
+                },
+                () = task_shared.wake.notified() => {}
             }
         }
     });
+    let attach = match &options.attach_socket {
+        Some(path) => Some(crate::capture::serve(path, shared.clone()).map_err(|e| setup(&e))?),
+        None => None,
+    };
     Ok(NodeProxy {
         admin_addr,
         metrics_addr,
@@ -262,6 +306,7 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         reconcile,
         admin,
         metrics,
+        attach,
         listeners,
         shared,
         _xds: xds,
@@ -370,7 +415,7 @@ async fn passthrough(
         }
     };
     let upstream = tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await;
-    let Ok(Ok(mut upstream)) = upstream else {
+    let Ok(Ok(upstream)) = upstream else {
         let _ = client.write_all(&reply_bytes(Reply::HostUnreachable)).await;
         return;
     };
@@ -381,11 +426,49 @@ async fn passthrough(
     {
         return;
     }
+    splice_plain(shared, w, addr, client, upstream).await;
+}
+
+/// Copies between a caller and a plaintext upstream outside the mesh,
+/// counted with `connection_security_policy="none"`.
+async fn splice_plain(
+    shared: &Shared,
+    w: &WorkloadInfo,
+    addr: SocketAddr,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+) {
     let mut l = labels("source", w, None, &addr.to_string(), "-");
     l.connection_security_policy = "none";
     let guard = shared.metrics.open(l);
     let mut counted = Counted::new(&mut client, guard, true);
     let _ = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await;
+}
+
+/// A captured connection to an address outside the registry, which the
+/// mesh's outbound policy lets through: connected from the node, in
+/// plaintext. Loopback and the proxy's own ports are never targets.
+async fn captured_passthrough(
+    shared: &Shared,
+    w: &WorkloadInfo,
+    addr: SocketAddr,
+    client: TcpStream,
+) {
+    let mut l = labels("source", w, None, &addr.to_string(), "UF");
+    l.connection_security_policy = "none";
+    if addr.ip().is_loopback() || addr.ip().is_unspecified() || LOOP_PORTS.contains(&addr.port()) {
+        shared
+            .metrics
+            .refused(l, format!("{addr} is not a valid passthrough destination"));
+        return;
+    }
+    match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(upstream)) => splice_plain(shared, w, addr, client, upstream).await,
+        Ok(Err(e)) => shared.metrics.refused(l, format!("passthrough to {addr}: {e}")),
+        Err(_) => shared
+            .metrics
+            .refused(l, format!("passthrough to {addr}: connect timed out")),
+    }
 }
 
 /// Checks every open inbound connection against the policies now in
@@ -396,7 +479,7 @@ fn recheck_open_connections(shared: &Shared, view: &NodeView) {
             return Err("the destination workload left the registry".into());
         };
         let conn = crate::authz::Conn {
-            source: &c.peer,
+            source: Some(&c.peer),
             source_ip: c.peer_ip,
             destination_ip: c.target_ip,
             destination_port: c.target_port,
@@ -415,24 +498,35 @@ async fn reconcile_listeners(
     view: &NodeView,
     tasks: &Mutex<HashMap<String, JoinHandle<()>>>,
 ) {
+    // A captured workload's listeners live in its network namespace; the
+    // others on the node's own (local mode).
+    let captured = lock(&shared.captured).clone();
     let mut wanted: HashMap<String, Listening> = HashMap::new();
     for w in view.local(&shared.node) {
-        wanted.insert(format!("inbound {}", w.ip), Listening::Inbound(w.clone()));
-        wanted.insert(format!("socks {}", w.ip), Listening::Socks(w.clone()));
+        let ns = captured.get(&w.uid).cloned();
+        let key = |kind| listener_key(kind, w, ns.as_deref());
+        wanted.insert(key("inbound"), Listening::Inbound(w.clone(), ns.clone()));
+        wanted.insert(key("socks"), Listening::Socks(w.clone(), ns.clone()));
+        if let Some(ns) = &ns {
+            wanted.insert(key("captured"), Listening::Captured(w.clone(), ns.clone()));
+            wanted.insert(key("plaintext"), Listening::Plaintext(w.clone(), ns.clone()));
+        }
     }
     for l in &view.listeners {
         if let Some(w) = view.workloads.get(&l.workload) {
+            let ns = captured.get(&w.uid).cloned();
             wanted.insert(
-                format!("outbound {}:{}", w.ip, l.local_port),
-                Listening::Outbound(w.clone(), l.clone()),
+                listener_key(&format!("outbound :{}", l.local_port), w, ns.as_deref()),
+                Listening::Outbound(w.clone(), l.clone(), ns),
             );
         }
     }
-    let mut running = tasks.lock().unwrap_or_else(|p| p.into_inner());
+    let mut running = lock(tasks);
     running.retain(|key, task| {
         let keep = wanted.contains_key(key) && !task.is_finished();
         if !keep {
             task.abort();
+            lock(&shared.ready).remove(key);
             tracing::info!(listener = %key, "closed");
         }
         keep
@@ -446,7 +540,7 @@ async fn reconcile_listeners(
         running.insert(
             key,
             tokio::spawn(async move {
-                if let Err(e) = what.run(shared).await {
+                if let Err(e) = what.run(shared, &label).await {
                     tracing::error!(listener = %label, error = %e, "listener failed");
                 }
             }),
@@ -454,10 +548,19 @@ async fn reconcile_listeners(
     }
 }
 
+/// One listener the node proxy runs for a local workload; the namespace,
+/// when there is one, is where it listens (captured mode).
 enum Listening {
-    Inbound(Arc<WorkloadInfo>),
-    Outbound(Arc<WorkloadInfo>, Listener),
-    Socks(Arc<WorkloadInfo>),
+    /// HBONE on the workload's address, port 15008.
+    Inbound(Arc<WorkloadInfo>, Option<Arc<Netns>>),
+    /// An explicit outbound listener.
+    Outbound(Arc<WorkloadInfo>, Listener, Option<Arc<Netns>>),
+    /// SOCKS5 on the workload's address, port 15080.
+    Socks(Arc<WorkloadInfo>, Option<Arc<Netns>>),
+    /// Redirected outbound connections, `127.0.0.1:15001` in the namespace.
+    Captured(Arc<WorkloadInfo>, Arc<Netns>),
+    /// Redirected inbound plaintext, port 15006 in the namespace.
+    Plaintext(Arc<WorkloadInfo>, Arc<Netns>),
 }
 
 /// The SOCKS5 port, on each local workload's address.
@@ -491,13 +594,16 @@ async fn socks_client(
     let Some((service, port)) = found else {
         return passthrough(&shared, &w, target, client).await;
     };
-    outbound(shared, w, service, port, client, peer, true).await;
+    outbound(shared, w, self::Target::Service(service, port), client, peer, true).await;
 }
 
 impl Listening {
-    async fn run(self, shared: Arc<Shared>) -> Result<(), String> {
+    async fn run(self, shared: Arc<Shared>, key: &str) -> Result<(), String> {
+        let ready = |shared: &Shared| {
+            lock(&shared.ready).insert(key.to_owned());
+        };
         match self {
-            Listening::Inbound(w) => {
+            Listening::Inbound(w, ns) => {
                 shared
                     .certs
                     .fetch(&w.identity)
@@ -509,10 +615,12 @@ impl Listening {
                 )
                 .map_err(|e| e.to_string())?;
                 let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
-                let listener = bind(addr).await?;
-                tracing::info!(workload = %w.name, %addr, identity = %w.identity, "inbound HBONE listener ready");
+                let listener = bind(addr, ns.as_deref()).await?;
+                ready(&shared);
+                tracing::info!(workload = %w.name, %addr, identity = %w.identity, netns = ?ns, "inbound HBONE listener ready");
                 let handler = Arc::new(InboundFor {
                     workload: w.clone(),
+                    ns,
                     connect_timeout: shared.connect_timeout,
                     metrics: shared.metrics.clone(),
                     view: shared.view.clone(),
@@ -528,24 +636,58 @@ impl Listening {
                 .await;
                 Ok(())
             }
-            Listening::Socks(w) => {
+            Listening::Socks(w, ns) => {
                 let addr = SocketAddr::new(w.ip, SOCKS_PORT);
-                let listener = bind(addr).await?;
+                let listener = bind(addr, ns.as_deref()).await?;
+                ready(&shared);
                 tracing::info!(workload = %w.name, %addr, "SOCKS5 listener ready");
                 accept_forever(listener, addr, |client, peer| {
                     tokio::spawn(socks_client(shared.clone(), w.clone(), client, peer));
                 })
                 .await
             }
-            Listening::Outbound(w, l) => {
+            Listening::Outbound(w, l, ns) => {
                 let addr = SocketAddr::new(w.ip, l.local_port);
-                let listener = bind(addr).await?;
+                let listener = bind(addr, ns.as_deref()).await?;
+                ready(&shared);
                 tracing::info!(workload = %w.name, %addr, service = %l.service, port = l.service_port, "outbound listener ready");
                 accept_forever(listener, addr, |client, peer| {
                     let (shared, w, l) = (shared.clone(), w.clone(), l.clone());
                     tokio::spawn(async move {
-                        outbound(shared, w, l.service, l.service_port, client, peer, false).await;
+                        let target = Target::Service(l.service, l.service_port);
+                        outbound(shared, w, target, client, peer, false).await;
                     });
+                })
+                .await
+            }
+            Listening::Captured(w, ns) => {
+                let addr = SocketAddr::from(([127, 0, 0, 1], CAPTURE_PORT));
+                let listener = bind(addr, Some(&ns)).await?;
+                ready(&shared);
+                tracing::info!(workload = %w.name, %addr, netns = %ns.path().display(), "captured outbound listener ready");
+                accept_forever(listener, addr, |client, peer| {
+                    let (shared, w) = (shared.clone(), w.clone());
+                    tokio::spawn(async move {
+                        match crate::netns::original_destination(&client) {
+                            Ok(dst) => {
+                                outbound(shared, w, Target::Original(dst), client, peer, false)
+                                    .await;
+                            }
+                            Err(e) => tracing::warn!(workload = %w.name, %peer, error = %e,
+                                "captured connection has no original destination (not redirected by nftables?); closed"),
+                        }
+                    });
+                })
+                .await
+            }
+            Listening::Plaintext(w, ns) => {
+                let addr = SocketAddr::from(([0, 0, 0, 0], PLAINTEXT_PORT));
+                let listener = bind(addr, Some(&ns)).await?;
+                ready(&shared);
+                tracing::info!(workload = %w.name, %addr, netns = %ns.path().display(), "plaintext inbound listener ready");
+                accept_forever(listener, addr, |client, peer| {
+                    let (shared, uid, ns) = (shared.clone(), w.uid.clone(), ns.clone());
+                    tokio::spawn(plaintext_inbound(shared, uid, ns, client, peer));
                 })
                 .await
             }
@@ -553,10 +695,111 @@ impl Listening {
     }
 }
 
-async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))
+/// A plaintext connection to captured workload `uid` (nftables sent it to
+/// port 15006): refused under `STRICT`; under `PERMISSIVE` checked against
+/// L4 policy as an unauthenticated caller and delivered.
+async fn plaintext_inbound(
+    shared: Arc<Shared>,
+    uid: String,
+    ns: Arc<Netns>,
+    mut client: TcpStream,
+    peer: SocketAddr,
+) {
+    let dst = match crate::netns::original_destination(&client) {
+        Ok(dst) => dst,
+        Err(e) => {
+            tracing::warn!(%peer, error = %e, "plaintext connection has no original destination; closed");
+            return;
+        }
+    };
+    let view = shared.view.load();
+    let Some(w) = view.workloads.get(&uid).cloned() else {
+        return;
+    };
+    let labels = |flags| plaintext_labels(&w, dst.port(), flags);
+    let refusal = if !w.permissive {
+        Some("plaintext refused: the workload requires mutual TLS (PeerAuthentication STRICT)".to_owned())
+    } else if dst.ip() != w.ip || LOOP_PORTS.contains(&dst.port()) {
+        Some(format!("{dst} is not a port of workload {}", w.name))
+    } else {
+        let conn = crate::authz::Conn {
+            source: None,
+            source_ip: peer.ip(),
+            destination_ip: dst.ip(),
+            destination_port: dst.port(),
+        };
+        crate::authz::check(&view.policies_for(&w), &conn).err()
+    };
+    drop(view);
+    if let Some(reason) = refusal {
+        tracing::info!(workload = %w.name, %peer, %reason, "plaintext connection refused");
+        shared.metrics.refused(labels("DENY"), reason);
+        return;
+    }
+    match tokio::time::timeout(shared.connect_timeout, ns.connect(dst)).await {
+        Ok(Ok(mut app)) => {
+            let _ = app.set_nodelay(true);
+            let guard = shared.metrics.open(labels("-"));
+            let mut counted = Counted::new(&mut client, guard, true);
+            let _ = tokio::io::copy_bidirectional(&mut counted, &mut app).await;
+        }
+        Ok(Err(e)) => shared.metrics.refused(labels("UF"), format!("{dst}: {e}")),
+        Err(_) => shared
+            .metrics
+            .refused(labels("UF"), format!("{dst}: connect timed out")),
+    }
+}
+
+/// Labels for plaintext from an unknown caller to workload `w`.
+fn plaintext_labels(w: &WorkloadInfo, port: u16, flags: &'static str) -> TcpLabels {
+    let (ns, name) = split_name(&w.name);
+    let service = w
+        .services
+        .iter()
+        .find(|(_, ports)| ports.values().any(|target| *target == port))
+        .map(|(s, _)| s.rsplit('/').next().unwrap_or_default().to_owned())
+        .unwrap_or_else(|| "unknown".into());
+    TcpLabels {
+        reporter: "destination",
+        source_workload: "unknown".into(),
+        source_workload_namespace: "unknown".into(),
+        source_principal: "unknown".into(),
+        destination_workload: name.to_owned(),
+        destination_workload_namespace: ns.to_owned(),
+        destination_principal: w.identity.to_string(),
+        destination_service: service,
+        request_protocol: "tcp",
+        response_flags: flags,
+        connection_security_policy: "none",
+    }
+}
+
+/// A listener on `addr`, in `ns` when given.
+async fn bind(addr: SocketAddr, ns: Option<&Netns>) -> Result<TcpListener, String> {
+    let bound = match ns {
+        Some(ns) => ns.listen(addr).await,
+        None => TcpListener::bind(addr).await,
+    };
+    bound.map_err(|e| match ns {
+        Some(ns) => format!("cannot listen on {addr} in {}: {e}", ns.path().display()),
+        None => format!("cannot listen on {addr}: {e}"),
+    })
+}
+
+/// A connection to `addr`, made from `ns` when given.
+async fn connect(addr: SocketAddr, ns: Option<&Netns>) -> std::io::Result<TcpStream> {
+    match ns {
+        Some(ns) => ns.connect(addr).await,
+        None => TcpStream::connect(addr).await,
+    }
+}
+
+/// What an outbound connection asked for.
+enum Target {
+    /// A service port (explicit listener, SOCKS).
+    Service(String, u16),
+    /// The original destination of a captured connection.
+    Original(SocketAddr),
 }
 
 /// Accepts until the task is aborted; a failed accept (e.g. out of file
@@ -582,8 +825,7 @@ async fn accept_forever(
 async fn outbound(
     shared: Arc<Shared>,
     source: Arc<WorkloadInfo>,
-    service: String,
-    port: u16,
+    target: Target,
     mut client: TcpStream,
     peer: SocketAddr,
     socks: bool,
@@ -601,18 +843,28 @@ async fn outbound(
         tracing::warn!(source = %source.name, error = %e, "no certificate for the source workload; closing");
         return;
     }
+    // The service the caller reached, for labels and logs (empty when it
+    // named a workload or an outside address).
+    let service = match &target {
+        Target::Service(service, _) => service.clone(),
+        Target::Original(dst) => match resolve(&shared.view.load(), *dst) {
+            Destination::Service { service, .. } => service,
+            _ => String::new(),
+        },
+    };
+    let host = service.rsplit('/').next().unwrap_or_default();
     let mut last_error = String::new();
     for _ in 0..ATTEMPTS {
         let view = shared.view.load();
         let turn = shared.turn.fetch_add(1, Ordering::Relaxed);
-        let route = decide(
-            &view,
-            &source,
-            &service,
-            port,
-            &|uid| shared.health.is_unhealthy(uid),
-            turn,
-        );
+        let unhealthy = |uid: &str| shared.health.is_unhealthy(uid);
+        let route = match &target {
+            Target::Service(service, port) => {
+                decide(&view, &source, service, *port, &unhealthy, turn)
+            }
+            Target::Original(dst) => decide_original(&view, &source, *dst, &unhealthy, turn),
+        };
+        drop(view);
         let (endpoint, target, hbone, identity) = match route {
             Route::Tunnel {
                 endpoint,
@@ -620,9 +872,15 @@ async fn outbound(
                 hbone,
                 identity,
             } => (endpoint, target, hbone, identity),
+            Route::Passthrough(addr) => {
+                return captured_passthrough(&shared, &source, addr, client).await;
+            }
             Route::Deny(reason) => {
                 tracing::info!(source = %source.name, service = %service, %reason, "outbound connection denied");
                 tell(&mut client, socks, crate::socks::Reply::NotAllowed).await;
+                shared
+                    .metrics
+                    .refused(labels("source", &source, None, host, "DENY"), reason);
                 return;
             }
         };
@@ -631,7 +889,6 @@ async fn outbound(
             destination: hbone,
             expected: vec![identity],
         };
-        let host = service.rsplit('/').next().unwrap_or_default();
         let mut headers = HeaderMap::new();
         if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
             headers.insert("forwarded", v);
@@ -677,11 +934,9 @@ async fn outbound(
     }
     tracing::warn!(source = %source.name, service = %service, error = %last_error, "no endpoint could be reached");
     tell(&mut client, socks, crate::socks::Reply::HostUnreachable).await;
-    let host = service.rsplit('/').next().unwrap_or_default();
-    drop(
-        shared
-            .metrics
-            .open(labels("source", &source, None, host, "UF")),
+    shared.metrics.refused(
+        labels("source", &source, None, host, "UF"),
+        format!("no endpoint could be reached: {last_error}"),
     );
 }
 
@@ -727,6 +982,8 @@ fn labels(
 /// Inbound tunnels for one local workload.
 struct InboundFor {
     workload: Arc<WorkloadInfo>,
+    /// Where the workload runs, in captured mode.
+    ns: Option<Arc<Netns>>,
     connect_timeout: Duration,
     metrics: TcpMetrics,
     view: Arc<ArcSwap<NodeView>>,
@@ -747,8 +1004,9 @@ fn header_param<'a>(headers: &'a HeaderMap, header: &str, key: &str) -> Option<&
 
 impl InboundHandler for InboundFor {
     fn open(&self, request: Inbound) -> OpenFuture {
-        let (workload, timeout, metrics, view, open) = (
+        let (workload, ns, timeout, metrics, view, open) = (
             self.workload.clone(),
+            self.ns.clone(),
             self.connect_timeout,
             self.metrics.clone(),
             self.view.clone(),
@@ -783,6 +1041,7 @@ impl InboundHandler for InboundFor {
                 locality: Default::default(),
                 services: Default::default(),
                 policies: Vec::new(),
+                permissive: false,
             };
             // L4 authorization against the policies in force now.
             let decision = {
@@ -793,7 +1052,7 @@ impl InboundHandler for InboundFor {
                     .cloned()
                     .unwrap_or_else(|| workload.clone());
                 let conn = crate::authz::Conn {
-                    source: &request.peer,
+                    source: Some(&request.peer),
                     source_ip: request.peer_addr.ip(),
                     destination_ip: request.target.ip(),
                     destination_port: request.target.port(),
@@ -803,19 +1062,16 @@ impl InboundHandler for InboundFor {
             if let Err(reason) = decision {
                 let service =
                     header_param(&request.headers, "forwarded", "host").unwrap_or_default();
-                drop(metrics.open(labels(
-                    "destination",
-                    &source,
-                    Some(&workload),
-                    service,
-                    "DENY",
-                )));
+                metrics.refused(
+                    labels("destination", &source, Some(&workload), service, "DENY"),
+                    &reason,
+                );
                 return Err(Refusal::Denied(reason));
             }
             let service = header_param(&request.headers, "forwarded", "host")
                 .unwrap_or_default()
                 .to_owned();
-            match tokio::time::timeout(timeout, TcpStream::connect(request.target)).await {
+            match tokio::time::timeout(timeout, connect(request.target, ns.as_deref())).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
                     let guard = metrics.open(labels(
@@ -835,28 +1091,16 @@ impl InboundHandler for InboundFor {
                     let upstream = open.wrap(registered, Counted::new(stream, guard, false));
                     Ok(Box::new(upstream) as Box<dyn Upstream>)
                 }
-                Ok(Err(e)) => {
-                    drop(metrics.open(labels(
-                        "destination",
-                        &source,
-                        Some(&workload),
-                        &service,
-                        "UF",
-                    )));
-                    Err(Refusal::Unreachable(format!("{}: {e}", request.target)))
-                }
-                Err(_) => {
-                    drop(metrics.open(labels(
-                        "destination",
-                        &source,
-                        Some(&workload),
-                        &service,
-                        "UF",
-                    )));
-                    Err(Refusal::Unreachable(format!(
-                        "{}: connect timed out",
-                        request.target
-                    )))
+                failed => {
+                    let reason = match failed {
+                        Ok(Err(e)) => format!("{}: {e}", request.target),
+                        _ => format!("{}: connect timed out", request.target),
+                    };
+                    metrics.refused(
+                        labels("destination", &source, Some(&workload), &service, "UF"),
+                        &reason,
+                    );
+                    Err(Refusal::Unreachable(reason))
                 }
             }
         })

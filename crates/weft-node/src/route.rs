@@ -1,6 +1,7 @@
-//! The outbound routing decision, as one pure function: from (view, source
-//! workload, service, port, endpoint health) to a [`Route`]. I/O happens
-//! after, from the decision.
+//! The outbound routing decision, as pure functions: from (view, source
+//! workload, service and port — or, in captured mode, the original
+//! destination — and endpoint health) to a [`Route`]. I/O happens after,
+//! from the decision.
 //!
 //! Endpoint choice is locality-aware: the best tier that has a healthy
 //! endpoint wins — same node, then same zone, then same region, then
@@ -28,8 +29,80 @@ pub enum Route {
         /// The identity the endpoint must prove.
         identity: Identity,
     },
+    /// To an address outside the registry, in plaintext (the `Mesh`
+    /// outbound policy is `ALLOW_ANY`).
+    Passthrough(SocketAddr),
     /// Refused, with the reason.
     Deny(String),
+}
+
+/// What an original destination (captured mode) names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Destination {
+    /// A service's virtual IP and service port.
+    Service {
+        /// `namespace/hostname`.
+        service: String,
+        /// Service port.
+        port: u16,
+    },
+    /// A workload's own address: that workload, not its service.
+    Workload {
+        /// The workload's uid.
+        uid: String,
+        /// The port on the workload.
+        port: u16,
+    },
+    /// Not in the registry.
+    Unknown(SocketAddr),
+}
+
+/// Names the original destination of a captured connection.
+pub fn resolve(view: &NodeView, dst: SocketAddr) -> Destination {
+    if let Some(service) = view.services_by_vip.get(&dst.ip()) {
+        Destination::Service {
+            service: service.clone(),
+            port: dst.port(),
+        }
+    } else if let Some(uid) = view.by_ip.get(&dst.ip()) {
+        Destination::Workload {
+            uid: uid.clone(),
+            port: dst.port(),
+        }
+    } else {
+        Destination::Unknown(dst)
+    }
+}
+
+/// The route for a captured connection from `source` to `dst`: a service
+/// VIP is load balanced as [`decide`] does; a workload address goes to that
+/// workload over HBONE; anything else passes through or is denied by the
+/// mesh's outbound policy.
+pub fn decide_original(
+    view: &NodeView,
+    source: &WorkloadInfo,
+    dst: SocketAddr,
+    unhealthy: &dyn Fn(&str) -> bool,
+    turn: usize,
+) -> Route {
+    match resolve(view, dst) {
+        Destination::Service { service, port } => {
+            decide(view, source, &service, port, unhealthy, turn)
+        }
+        Destination::Workload { uid, port } => match view.workloads.get(&uid) {
+            Some(w) => Route::Tunnel {
+                endpoint: w.uid.clone(),
+                target: SocketAddr::new(w.ip, port),
+                hbone: SocketAddr::new(w.ip, weft_hbone::PORT),
+                identity: w.identity.clone(),
+            },
+            None => Route::Deny(format!("workload {uid} left the registry")),
+        },
+        Destination::Unknown(addr) if view.registry_only => Route::Deny(format!(
+            "{addr} is not in the registry and the mesh's outbound policy is REGISTRY_ONLY"
+        )),
+        Destination::Unknown(addr) => Route::Passthrough(addr),
+    }
 }
 
 /// How close an endpoint is to the caller (lower is closer).
@@ -109,6 +182,7 @@ mod tests {
             locality: ("eu".into(), zone.into(), String::new()),
             services: HashMap::from([("shop/pay".to_owned(), HashMap::from([(80, 8080)]))]),
             policies: Vec::new(),
+            permissive: false,
         }
     }
 
@@ -127,8 +201,46 @@ mod tests {
     fn chosen(route: &Route) -> &str {
         match route {
             Route::Tunnel { endpoint, .. } => endpoint,
+            Route::Passthrough(_) => "passthrough",
             Route::Deny(reason) => reason,
         }
+    }
+
+    #[test]
+    fn original_destinations() {
+        let client = w("client", [127, 0, 1, 9], "node-1", "a");
+        let pay = w("pay-1", [10, 0, 0, 5], "node-2", "b");
+        let mut v = view(std::slice::from_ref(&pay));
+        v.by_ip.insert(pay.ip, pay.uid.clone());
+        v.services_by_vip
+            .insert([240, 0, 0, 1].into(), "shop/pay".into());
+        let none: &dyn Fn(&str) -> bool = &|_| false;
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        // (what, original destination, registry only, expected choice)
+        let cases = [
+            ("service VIP", "240.0.0.1:80", false, "pay-1"),
+            ("service VIP, unknown port", "240.0.0.1:81", false, "service shop/pay has no endpoint for port 81"),
+            ("workload address", "10.0.0.5:9000", false, "pay-1"),
+            ("outside, ALLOW_ANY", "192.0.2.1:443", false, "passthrough"),
+            (
+                "outside, REGISTRY_ONLY",
+                "192.0.2.1:443",
+                true,
+                "192.0.2.1:443 is not in the registry and the mesh's outbound policy is REGISTRY_ONLY",
+            ),
+        ];
+        for (what, dst, registry_only, want) in cases {
+            v.registry_only = registry_only;
+            let got = decide_original(&v, &client, addr(dst), none, 0);
+            assert_eq!(chosen(&got), want, "{what}");
+        }
+        // A workload address keeps the port the caller asked for.
+        let route = decide_original(&v, &client, addr("10.0.0.5:9000"), none, 0);
+        assert!(matches!(route, Route::Tunnel { target, .. } if target == addr("10.0.0.5:9000")));
+        assert_eq!(
+            resolve(&v, addr("192.0.2.1:443")),
+            Destination::Unknown(addr("192.0.2.1:443"))
+        );
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub struct TcpLabels {
     pub request_protocol: &'static str,
     /// `-`, or Envoy-style flags such as `UF` (upstream connect failure).
     pub response_flags: &'static str,
-    /// `mutual_tls` through HBONE.
+    /// `mutual_tls` through HBONE, `none` for plaintext.
     pub connection_security_policy: &'static str,
 }
 
@@ -94,7 +94,23 @@ impl TcpMetrics {
             started: Instant::now(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
+            reason: None,
         })
+    }
+
+    /// Counts and logs a connection that was refused or failed before any
+    /// byte flowed, with the reason in its access log line.
+    pub fn refused(&self, labels: TcpLabels, reason: impl std::fmt::Display) {
+        self.opened.get_or_create(&labels).inc();
+        self.active.fetch_add(1, Ordering::Relaxed);
+        drop(ConnectionGuard {
+            metrics: self.clone(),
+            labels,
+            started: Instant::now(),
+            sent: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            reason: Some(reason.to_string()),
+        });
     }
 }
 
@@ -106,6 +122,7 @@ pub struct ConnectionGuard {
     started: Instant,
     sent: AtomicU64,
     received: AtomicU64,
+    reason: Option<String>,
 }
 
 impl Drop for ConnectionGuard {
@@ -135,6 +152,7 @@ impl Drop for ConnectionGuard {
             sent,
             received,
             duration_ms = self.started.elapsed().as_millis() as u64,
+            reason = self.reason.as_deref().unwrap_or("-"),
             "connection closed"
         );
     }

@@ -10,7 +10,7 @@ use prost::Message;
 use weft_core::Identity;
 use weft_xds::ClientState;
 use weft_xds::proto::security::{Authorization, Scope};
-use weft_xds::proto::weft::{MeshConfig, OutboundPolicy, WorkloadListeners};
+use weft_xds::proto::weft::{MeshConfig, MtlsMode, OutboundPolicy, WorkloadListeners};
 use weft_xds::proto::workload::{Address, address::Type};
 
 /// A workload as the node proxy needs it.
@@ -32,6 +32,9 @@ pub struct WorkloadInfo {
     pub services: HashMap<String, HashMap<u16, u16>>,
     /// Selector-based authorization policies that select it (`ns/name`).
     pub policies: Vec<String>,
+    /// Whether it also accepts plaintext (`PeerAuthentication`
+    /// `PERMISSIVE`); only captured workloads can receive any.
+    pub permissive: bool,
 }
 
 /// One explicit outbound listener of a local workload.
@@ -142,6 +145,7 @@ impl NodeView {
                 locality: (locality.region, locality.zone, locality.subzone),
                 services,
                 policies: w.authorization_policies.clone(),
+                permissive: false,
             };
             for service in info.services.keys() {
                 view.endpoints
@@ -162,6 +166,11 @@ impl NodeView {
             && let Ok(mesh) = MeshConfig::decode(held.body.value.as_slice())
         {
             view.registry_only = mesh.outbound_policy == OutboundPolicy::RegistryOnly as i32;
+            if mesh.mtls_mode == MtlsMode::Permissive as i32 {
+                for w in view.workloads.values_mut() {
+                    Arc::make_mut(w).permissive = true;
+                }
+            }
         }
         for held in state
             .resources
@@ -183,6 +192,9 @@ impl NodeView {
             let Ok(l) = WorkloadListeners::decode(held.body.value.as_slice()) else {
                 continue;
             };
+            if let Some(w) = view.workloads.get_mut(&l.workload_uid) {
+                Arc::make_mut(w).permissive = l.mtls_mode == MtlsMode::Permissive as i32;
+            }
             let local = view
                 .workloads
                 .get(&l.workload_uid)

@@ -184,6 +184,7 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
         weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
             .expect("pem");
     let node = |n: u8| NodeOptions {
+        attach_socket: None,
         node: format!("node-{n}"),
         trust_domain: "cluster.local".into(),
         xds_addr: control.xds_addr,

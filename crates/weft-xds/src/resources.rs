@@ -201,10 +201,14 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
         );
     }
     let mut listeners = Resources::new();
+    let mode = |m: weft_core::model::MtlsMode| match m {
+        weft_core::model::MtlsMode::Strict => crate::proto::weft::MtlsMode::Strict,
+        weft_core::model::MtlsMode::Permissive => crate::proto::weft::MtlsMode::Permissive,
+    } as i32;
     for w in snapshot
         .workloads
         .values()
-        .filter(|w| !w.outbound.is_empty())
+        .filter(|w| !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode)
     {
         let message = crate::proto::weft::WorkloadListeners {
             workload_uid: workload_uid(w),
@@ -221,6 +225,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
                     })
                 })
                 .collect(),
+            mtls_mode: mode(w.mtls_mode),
         };
         listeners.insert(
             Arc::from(workload_uid(w)),
@@ -246,10 +251,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             }
         } as i32,
         connect_timeout_ms: u32::try_from(mesh.connect_timeout.as_millis()).unwrap_or(u32::MAX),
-        mtls_mode: match mesh.mtls_mode {
-            weft_core::model::MtlsMode::Strict => crate::proto::weft::MtlsMode::Strict,
-            weft_core::model::MtlsMode::Permissive => crate::proto::weft::MtlsMode::Permissive,
-        } as i32,
+        mtls_mode: mode(mesh.mtls_mode),
     };
     let mut types = BTreeMap::new();
     types.insert(

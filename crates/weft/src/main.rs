@@ -28,6 +28,11 @@ struct Cli {
     #[arg(long, global = true)]
     log_level: Option<String>,
 
+    /// Log format: `text`, or `json` (one object per line, access logs
+    /// included).
+    #[arg(long, global = true, default_value = "text", value_parser = ["text", "json"])]
+    log_format: String,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -53,6 +58,9 @@ enum Command {
     ConfigDump(cmd::config_dump::Args),
     /// Run one node proxy (local mode) as its own process.
     Node(cmd::node::Args),
+    /// Run a program as a captured workload in its own network namespace
+    /// (root): its TCP goes through the node proxy unchanged.
+    Run(cmd::run::Args),
     /// Run a waypoint proxy (not built yet).
     #[command(hide = true)]
     Waypoint,
@@ -63,7 +71,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref());
+    init_logging(cli.log_level.as_deref(), cli.log_format == "json");
     match cli.command {
         Command::Validate { path } => cmd::validate::run(&path),
         Command::SampleApp(args) => cmd::sample_app::run(args),
@@ -77,6 +85,7 @@ fn main() -> ExitCode {
         Command::Node(args) => cmd::node::run(args),
         Command::Waypoint => reserved("waypoint", "the waypoint"),
         Command::Up(args) => cmd::up::run(args),
+        Command::Run(args) => cmd::run::run(args),
     }
 }
 
@@ -85,15 +94,20 @@ fn reserved(name: &str, what: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging(level: Option<&str>) {
+fn init_logging(level: Option<&str>, json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = match level {
         Some(l) => EnvFilter::new(l),
         None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
     };
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }

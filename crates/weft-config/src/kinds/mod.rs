@@ -13,11 +13,13 @@ use crate::resource::{Resource, decode};
 
 pub mod authorization_policy;
 pub mod mesh;
+pub mod peer_authentication;
 pub mod service_entry;
 pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
 pub use mesh::MeshSpec;
+pub use peer_authentication::PeerAuthenticationSpec;
 pub use service_entry::ServiceEntrySpec;
 pub use workload_entry::WorkloadEntrySpec;
 
@@ -34,6 +36,8 @@ pub struct Resources {
     pub meshes: Vec<Arc<Resource<MeshSpec>>>,
     /// Istio `AuthorizationPolicy`.
     pub authorization_policies: Vec<Arc<Resource<AuthorizationPolicySpec>>>,
+    /// Istio `PeerAuthentication`.
+    pub peer_authentications: Vec<Arc<Resource<PeerAuthenticationSpec>>>,
 }
 
 impl Resources {
@@ -43,6 +47,7 @@ impl Resources {
             + self.workload_entries.len()
             + self.meshes.len()
             + self.authorization_policies.len()
+            + self.peer_authentications.len()
     }
 
     /// Whether there are none.
@@ -59,6 +64,8 @@ impl Resources {
         self.meshes.extend(other.meshes.iter().cloned());
         self.authorization_policies
             .extend(other.authorization_policies.iter().cloned());
+        self.peer_authentications
+            .extend(other.peer_authentications.iter().cloned());
     }
 }
 
@@ -99,6 +106,15 @@ pub(crate) const KINDS: &[KindDef] = &[
         kind: "AuthorizationPolicy",
         add: |v, o, r, out| {
             r.authorization_policies
+                .extend(decode(v, o, out).map(Arc::new))
+        },
+    },
+    KindDef {
+        group: ISTIO_SECURITY,
+        versions: &["v1", "v1beta1"],
+        kind: "PeerAuthentication",
+        add: |v, o, r, out| {
+            r.peer_authentications
                 .extend(decode(v, o, out).map(Arc::new))
         },
     },

@@ -39,6 +39,11 @@ pub(crate) struct Args {
     /// TCP connect timeout to workloads and peers.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "10s")]
     connect_timeout: Duration,
+    /// Unix socket where `weft run` attaches captured workloads (default
+    /// `/run/weft/<name>.sock` when running as root; captured mode is off
+    /// otherwise).
+    #[arg(long)]
+    attach_socket: Option<PathBuf>,
     /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
     drain_timeout: Duration,
@@ -74,6 +79,11 @@ async fn node(args: Args) -> Result<(), String> {
         admin_addr: args.admin_addr,
         metrics_addr: args.metrics_addr,
         connect_timeout: args.connect_timeout,
+        attach_socket: args.attach_socket.or_else(|| {
+            nix::unistd::geteuid()
+                .is_root()
+                .then(|| super::run::default_socket(&args.name))
+        }),
     })
     .await
     .map_err(|e| e.to_string())?;

@@ -145,6 +145,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     let mut proxies = Vec::new();
     for (name, n, token) in &tokens {
         let proxy = weft_node::start(NodeOptions {
+            attach_socket: None,
             node: name.clone(),
             trust_domain: control.trust_domain.clone(),
             xds_addr: control.xds_addr,
