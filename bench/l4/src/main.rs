@@ -164,6 +164,7 @@ async fn main() -> Result<()> {
     for n in [1u8, 2] {
         nodes.push(
             weft_node::start(NodeOptions {
+                attach_socket: None,
                 node: format!("node-{n}"),
                 trust_domain: "cluster.local".into(),
                 xds_addr: control.xds_addr,

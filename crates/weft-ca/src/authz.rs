@@ -223,6 +223,7 @@ mod tests {
                 run: None,
                 client_only: false,
                 outbound: Vec::new(),
+                mtls_mode: weft_core::model::MtlsMode::Strict,
             };
             s.workloads.insert(w.name.clone(), w);
         }

@@ -98,14 +98,22 @@ fn peer_mode(
         })
     };
     let ns = w.name.namespace.as_str();
-    let tiers: [&dyn Fn(&Resource<PeerAuthenticationSpec>) -> bool; 3] = [
-        &|p| p.name.namespace == ns && selects(p),
-        &|p| p.name.namespace == ns && p.spec.selector.is_none(),
-        &|p| ROOT_NAMESPACES.contains(&p.name.namespace.as_str()) && p.spec.selector.is_none(),
-    ];
-    tiers
-        .iter()
-        .find_map(|tier| sorted.iter().filter(|p| tier(p)).find_map(|p| mode(p)))
+    // 0: selector in its namespace, 1: its namespace, 2: root namespace.
+    let tier = |p: &Resource<PeerAuthenticationSpec>| {
+        let root = ROOT_NAMESPACES.contains(&p.name.namespace.as_str());
+        match (p.name.namespace == ns, p.spec.selector.is_some()) {
+            (true, true) if selects(p) => Some(0),
+            (true, false) => Some(1),
+            (false, false) if root => Some(2),
+            _ => None,
+        }
+    };
+    (0..3).find_map(|t| {
+        sorted
+            .iter()
+            .filter(|p| tier(p) == Some(t))
+            .find_map(|p| mode(p))
+    })
 }
 
 fn policy(

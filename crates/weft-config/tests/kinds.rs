@@ -497,3 +497,75 @@ fn authorization_policy_l7_fields_and_bad_values_are_named() {
         );
     }
 }
+
+#[test]
+fn peer_authentication_most_specific_wins() {
+    let workload = |name: &str, ns: &str, app: &str| {
+        format!(
+            "---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata:\n  name: {name}\n  namespace: {ns}\n  annotations: {{weft.dev/client-only: \"true\"}}\nspec: {{address: 10.0.{}.{}, labels: {{app: {app}}}}}\n",
+            ns.len(),
+            name.len()
+        )
+    };
+    let pa = |name: &str, ns: &str, selector: &str, mode: &str| {
+        format!(
+            "---\napiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: {name}, namespace: {ns}}}\nspec:\n{selector}  mtls: {{mode: {mode}}}\n"
+        )
+    };
+    let yaml = [
+        workload("a", "shop", "legacy"),
+        workload("bb", "shop", "web"),
+        workload("ccc", "billing", "pay"),
+        workload("dddd", "ops", "tool"),
+        pa("mesh-wide", "istio-system", "", "PERMISSIVE"),
+        pa("shop", "shop", "", "STRICT"),
+        pa(
+            "legacy",
+            "shop",
+            "  selector: {matchLabels: {app: legacy}}\n",
+            "PERMISSIVE",
+        ),
+        pa("billing", "billing", "", "UNSET"),
+    ]
+    .concat();
+    let config = load_ok(&yaml);
+    let mode = |ns: &str, n: &str| config.snapshot.workloads[&name(ns, n)].mtls_mode;
+    // selector beats namespace; namespace beats the root namespace; UNSET
+    // inherits from the root namespace; nothing at all → the root.
+    assert_eq!(mode("shop", "a"), MtlsMode::Permissive);
+    assert_eq!(mode("shop", "bb"), MtlsMode::Strict);
+    assert_eq!(mode("billing", "ccc"), MtlsMode::Permissive);
+    assert_eq!(mode("ops", "dddd"), MtlsMode::Permissive);
+    // Without any policy, the Mesh default (STRICT) holds.
+    let plain = load_ok(&workload("a", "shop", "legacy"));
+    assert_eq!(
+        plain.snapshot.workloads[&name("shop", "a")].mtls_mode,
+        MtlsMode::Strict
+    );
+}
+
+#[test]
+fn peer_authentication_unsupported_modes_are_named() {
+    let pa = |spec: &str| {
+        format!(
+            "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    for (spec, want) in [
+        (
+            "  mtls: {mode: DISABLE}\n",
+            "spec.mtls.mode: DISABLE is not supported",
+        ),
+        (
+            "  portLevelMtls: {\"8080\": {mode: PERMISSIVE}}\n",
+            "spec.portLevelMtls: is not supported by weft",
+        ),
+        (
+            "  selector: {matchLabels: {}}\n",
+            "an empty selector selects nothing",
+        ),
+    ] {
+        let text = load(&pa(spec)).expect_err(spec).to_string();
+        assert!(text.contains(want), "{spec}: {text}");
+    }
+}

@@ -588,6 +588,7 @@ mod tests {
             run: None,
             client_only: false,
             outbound: Vec::new(),
+            mtls_mode: crate::model::MtlsMode::Strict,
         }
     }
 

@@ -149,6 +149,13 @@ impl HbonePool {
         self.conns.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Forgets the pooled connection whose stream counter is `active`.
+    fn evict(&self, key: &PoolKey, active: &Arc<AtomicUsize>) {
+        if let Some(list) = self.lock().get_mut(key) {
+            list.retain(|c| !Arc::ptr_eq(&c.active, active));
+        }
+    }
+
     /// A pooled connection with room for one more stream, marked busy.
     fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>)> {
         let mut conns = self.lock();
@@ -235,10 +242,16 @@ impl HbonePool {
             .parse()
             .map_err(|_| HboneError::InvalidTarget(target))?;
         *request.headers_mut() = headers;
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|source| HboneError::Http { addr, source })?;
+        // A pooled connection whose peer vanished (its namespace or host
+        // gone) never answers; bound the wait and drop that connection.
+        let response =
+            match tokio::time::timeout(self.connect_timeout, sender.send_request(request)).await {
+                Ok(sent) => sent.map_err(|source| HboneError::Http { addr, source })?,
+                Err(_) => {
+                    self.evict(key, &guard.0);
+                    return Err(HboneError::Timeout(addr));
+                }
+            };
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 addr,

@@ -82,9 +82,8 @@ pub(crate) fn serve(path: &Path, shared: Arc<Shared>) -> std::io::Result<JoinHan
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(path);
-    let listener = UnixListener::bind(path).map_err(|e| {
-        std::io::Error::other(format!("cannot listen on {}: {e}", path.display()))
-    })?;
+    let listener = UnixListener::bind(path)
+        .map_err(|e| std::io::Error::other(format!("cannot listen on {}: {e}", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     tracing::info!(socket = %path.display(), "captured mode: waiting for `weft run`");
     Ok(tokio::spawn(async move {

@@ -37,7 +37,7 @@ pub const CAPTURE_PORT: u16 = 15001;
 /// namespace; accepted only when the workload is `PERMISSIVE`.
 pub const PLAINTEXT_PORT: u16 = 15006;
 /// Ports that are never valid tunnel targets (they would loop).
-pub const LOOP_PORTS: [u16; 4] = [CAPTURE_PORT, PLAINTEXT_PORT, 15008, 15080];
+pub const LOOP_PORTS: [u16; 4] = crate::route::LOOP_PORTS;
 /// How long an endpoint that failed to connect is skipped.
 pub const FAILED_ENDPOINT_BACKOFF: Duration = Duration::from_secs(5);
 /// Endpoints tried per outbound connection before giving up.
@@ -199,7 +199,12 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// The key of one listener of workload `w`: what it is, where it listens.
 pub(crate) fn listener_key(kind: &str, w: &WorkloadInfo, ns: Option<&Netns>) -> String {
     match ns {
-        Some(ns) => format!("{kind} {} in {} ({})", w.ip, ns.path().display(), ns.inode()),
+        Some(ns) => format!(
+            "{kind} {} in {} ({})",
+            w.ip,
+            ns.path().display(),
+            ns.inode()
+        ),
         None => format!("{kind} {}", w.ip),
     }
 }
@@ -464,7 +469,9 @@ async fn captured_passthrough(
     }
     match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
         Ok(Ok(upstream)) => splice_plain(shared, w, addr, client, upstream).await,
-        Ok(Err(e)) => shared.metrics.refused(l, format!("passthrough to {addr}: {e}")),
+        Ok(Err(e)) => shared
+            .metrics
+            .refused(l, format!("passthrough to {addr}: {e}")),
         Err(_) => shared
             .metrics
             .refused(l, format!("passthrough to {addr}: connect timed out")),
@@ -509,7 +516,10 @@ async fn reconcile_listeners(
         wanted.insert(key("socks"), Listening::Socks(w.clone(), ns.clone()));
         if let Some(ns) = &ns {
             wanted.insert(key("captured"), Listening::Captured(w.clone(), ns.clone()));
-            wanted.insert(key("plaintext"), Listening::Plaintext(w.clone(), ns.clone()));
+            wanted.insert(
+                key("plaintext"),
+                Listening::Plaintext(w.clone(), ns.clone()),
+            );
         }
     }
     for l in &view.listeners {
@@ -540,8 +550,12 @@ async fn reconcile_listeners(
         running.insert(
             key,
             tokio::spawn(async move {
-                if let Err(e) = what.run(shared, &label).await {
-                    tracing::error!(listener = %label, error = %e, "listener failed");
+                match what.run(shared, &label).await {
+                    Ok(()) => {}
+                    Err(ListenError::NotHere(e)) => tracing::info!(listener = %label, "{e}"),
+                    Err(ListenError::Failed(e)) => {
+                        tracing::error!(listener = %label, error = %e, "listener failed");
+                    }
                 }
             }),
         );
@@ -594,11 +608,19 @@ async fn socks_client(
     let Some((service, port)) = found else {
         return passthrough(&shared, &w, target, client).await;
     };
-    outbound(shared, w, self::Target::Service(service, port), client, peer, true).await;
+    outbound(
+        shared,
+        w,
+        self::Target::Service(service, port),
+        client,
+        peer,
+        true,
+    )
+    .await;
 }
 
 impl Listening {
-    async fn run(self, shared: Arc<Shared>, key: &str) -> Result<(), String> {
+    async fn run(self, shared: Arc<Shared>, key: &str) -> Result<(), ListenError> {
         let ready = |shared: &Shared| {
             lock(&shared.ready).insert(key.to_owned());
         };
@@ -608,12 +630,12 @@ impl Listening {
                     .certs
                     .fetch(&w.identity)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ListenError::Failed(e.to_string()))?;
                 let tls = server_config(
                     shared.certs.source(&w.identity),
                     SpiffeClientVerifier::new(shared.bundle.clone(), &shared.trust_domain),
                 )
-                .map_err(|e| e.to_string())?;
+                .map_err(|e| ListenError::Failed(e.to_string()))?;
                 let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
                 let listener = bind(addr, ns.as_deref()).await?;
                 ready(&shared);
@@ -718,9 +740,12 @@ async fn plaintext_inbound(
     };
     let labels = |flags| plaintext_labels(&w, dst.port(), flags);
     let refusal = if !w.permissive {
-        Some("plaintext refused: the workload requires mutual TLS (PeerAuthentication STRICT)".to_owned())
-    } else if dst.ip() != w.ip || LOOP_PORTS.contains(&dst.port()) {
-        Some(format!("{dst} is not a port of workload {}", w.name))
+        Some(
+            "plaintext refused: the workload requires mutual TLS (PeerAuthentication STRICT)"
+                .to_owned(),
+        )
+    } else if let Err(why) = crate::route::check_target(&w, dst) {
+        Some(why)
     } else {
         let conn = crate::authz::Conn {
             source: None,
@@ -774,15 +799,31 @@ fn plaintext_labels(w: &WorkloadInfo, port: u16, flags: &'static str) -> TcpLabe
     }
 }
 
+/// Why a listener is not running.
+enum ListenError {
+    /// The workload's address is not on this host: it runs in captured
+    /// mode and `weft run` has not attached it yet (not a fault).
+    NotHere(String),
+    /// Anything else.
+    Failed(String),
+}
+
 /// A listener on `addr`, in `ns` when given.
-async fn bind(addr: SocketAddr, ns: Option<&Netns>) -> Result<TcpListener, String> {
+async fn bind(addr: SocketAddr, ns: Option<&Netns>) -> Result<TcpListener, ListenError> {
     let bound = match ns {
         Some(ns) => ns.listen(addr).await,
         None => TcpListener::bind(addr).await,
     };
     bound.map_err(|e| match ns {
-        Some(ns) => format!("cannot listen on {addr} in {}: {e}", ns.path().display()),
-        None => format!("cannot listen on {addr}: {e}"),
+        Some(ns) => ListenError::Failed(format!(
+            "cannot listen on {addr} in {}: {e}",
+            ns.path().display()
+        )),
+        None if e.kind() == std::io::ErrorKind::AddrNotAvailable => ListenError::NotHere(format!(
+            "{} is not an address of this host; waiting for `weft run` to attach the workload (captured mode)",
+            addr.ip()
+        )),
+        None => ListenError::Failed(format!("cannot listen on {addr}: {e}")),
     })
 }
 
@@ -1013,18 +1054,8 @@ impl InboundHandler for InboundFor {
             self.open.clone(),
         );
         Box::pin(async move {
-            let ip = workload.ip;
-            if request.target.ip() != ip {
-                return Err(Refusal::BadRequest(format!(
-                    "authority {} is not the workload this tunnel arrived for ({ip})",
-                    request.target
-                )));
-            }
-            if LOOP_PORTS.contains(&request.target.port()) {
-                return Err(Refusal::BadRequest(format!(
-                    "port {} is never a valid destination",
-                    request.target.port()
-                )));
+            if let Err(why) = crate::route::check_target(&workload, request.target) {
+                return Err(Refusal::BadRequest(why));
             }
             // The caller as its identity and baggage describe it.
             let source = WorkloadInfo {

@@ -36,6 +36,47 @@ pub enum Route {
     Deny(String),
 }
 
+/// Ports that are never valid tunnel targets: the node proxy's own
+/// (15001 captured outbound, 15006 plaintext inbound, 15008 HBONE, 15080
+/// SOCKS5), which would loop.
+pub const LOOP_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
+
+/// Whether an inbound connection may be delivered to `target` on workload
+/// `w`: the address must be the workload's, the port one it exposes (a
+/// target port of one of its services) and never one of the proxy's own.
+pub fn check_target(w: &WorkloadInfo, target: SocketAddr) -> Result<(), String> {
+    if target.ip() != w.ip {
+        return Err(format!(
+            "authority {target} is not the workload this tunnel arrived for ({})",
+            w.ip
+        ));
+    }
+    let port = target.port();
+    if LOOP_PORTS.contains(&port) {
+        return Err(format!("port {port} is never a valid destination"));
+    }
+    let mut exposed: Vec<u16> = w
+        .services
+        .values()
+        .flat_map(|ports| ports.values().copied())
+        .collect();
+    if !exposed.contains(&port) {
+        exposed.sort_unstable();
+        exposed.dedup();
+        let list: Vec<String> = exposed.iter().map(u16::to_string).collect();
+        return Err(format!(
+            "port {port} is not exposed by workload {} (its ports: {})",
+            w.name,
+            if list.is_empty() {
+                "none".to_owned()
+            } else {
+                list.join(", ")
+            }
+        ));
+    }
+    Ok(())
+}
+
 /// What an original destination (captured mode) names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -207,6 +248,33 @@ mod tests {
     }
 
     #[test]
+    fn inbound_targets() {
+        let pay = w("pay-1", [10, 0, 0, 5], "node-2", "b");
+        let addr = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        // (what, target, expected error substring or "" for allowed)
+        let cases = [
+            ("an exposed port", "10.0.0.5:8080", ""),
+            ("another address", "10.0.0.6:8080", "is not the workload"),
+            (
+                "the proxy's own port",
+                "10.0.0.5:15008",
+                "never a valid destination",
+            ),
+            (
+                "a port it does not expose",
+                "10.0.0.5:22",
+                "port 22 is not exposed by workload pay-1 (its ports: 8080)",
+            ),
+        ];
+        for (what, target, want) in cases {
+            match check_target(&pay, addr(target)) {
+                Ok(()) => assert!(want.is_empty(), "{what}: allowed"),
+                Err(e) => assert!(!want.is_empty() && e.contains(want), "{what}: {e}"),
+            }
+        }
+    }
+
+    #[test]
     fn original_destinations() {
         let client = w("client", [127, 0, 1, 9], "node-1", "a");
         let pay = w("pay-1", [10, 0, 0, 5], "node-2", "b");
@@ -219,7 +287,12 @@ mod tests {
         // (what, original destination, registry only, expected choice)
         let cases = [
             ("service VIP", "240.0.0.1:80", false, "pay-1"),
-            ("service VIP, unknown port", "240.0.0.1:81", false, "service shop/pay has no endpoint for port 81"),
+            (
+                "service VIP, unknown port",
+                "240.0.0.1:81",
+                false,
+                "service shop/pay has no endpoint for port 81",
+            ),
             ("workload address", "10.0.0.5:9000", false, "pay-1"),
             ("outside, ALLOW_ANY", "192.0.2.1:443", false, "passthrough"),
             (

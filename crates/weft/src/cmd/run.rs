@@ -111,9 +111,7 @@ async fn main(args: Args) -> Result<ExitCode, String> {
         workload: args.workload.clone(),
     };
     let (found, _) = ask(&socket, &request(Op::Resolve)).await?;
-    let ip = found
-        .ip
-        .ok_or("node proxy: no address for the workload")?;
+    let ip = found.ip.ok_or("node proxy: no address for the workload")?;
     let plumbing = Plumbing::create(&args.netns, ip)?;
     let (_, attached) = ask(&socket, &request(Op::Attach)).await?;
     eprintln!(
@@ -289,7 +287,10 @@ mod tests {
     fn rules_skip_hbone_and_local_traffic_and_redirect_the_rest() {
         let r = rules("10.0.0.5".parse().expect("ip"));
         assert!(r.contains("tcp dport 15008 accept"), "{r}");
-        assert!(r.contains("ip daddr { 127.0.0.0/8, 10.0.0.5 } accept"), "{r}");
+        assert!(
+            r.contains("ip daddr { 127.0.0.0/8, 10.0.0.5 } accept"),
+            "{r}"
+        );
         assert!(r.contains("redirect to :15001"), "{r}");
         assert!(r.contains("redirect to :15006"), "{r}");
     }
