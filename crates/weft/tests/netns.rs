@@ -230,7 +230,10 @@ impl Mesh {
             let token = tmp.path().join(format!("node-{n}.token"));
             std::fs::write(&token, format!("netns-token-000000{n}")).expect("token");
             let log = tmp.path().join(format!("node-{n}.log"));
+            // node-1 logs text (the default), node-2 JSON.
+            let format = if n == 1 { "text" } else { "json" };
             let mut node = Command::new(WEFT)
+                .args(["--log-format", format])
                 .args(["node", "--name", &format!("node-{n}")])
                 .args([
                     "--xds-addr",
@@ -467,6 +470,18 @@ fn captured_workloads_in_network_namespaces() {
                 && l.contains("response_flags=\"DENY\"")),
         "STRICT refusal not counted"
     );
+
+    // node-2 writes its access log as JSON: one object per connection.
+    wait_for("a JSON access log line for the plaintext connection", || {
+        mesh.log(2).lines().any(|l| {
+            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                v["target"] == "weft::access"
+                    && v["fields"]["security"] == "none"
+                    && v["fields"]["dst"] == "shop/legacy"
+                    && v["fields"]["sent"].as_u64().is_some_and(|n| n > 0)
+            })
+        })
+    });
 
     // 4. Failover: with orders-a gone, zone b serves; back when it returns.
     orders_a.terminate();
