@@ -3,7 +3,12 @@
 //! through weft (client → node-1 → HBONE/mTLS → node-2 → server), plus the
 //! memory of 1,000 open tunnels and the CPU cost per 1,000 requests. The
 //! control plane, both node proxies and the echo server run in this
-//! process, so RSS and CPU figures include them all.
+//! process, so RSS and CPU figures include them all. Each node proxy gets
+//! its own single-threaded runtime on its own thread, as `weft node` runs
+//! by default (`--worker-threads 1`), and so does the echo server; the load
+//! generator and control plane share the main one. So every hop between
+//! client, proxies and server crosses threads, as it crosses processes in
+//! a real deployment.
 //!
 //! ```sh
 //! cargo run --release -p weft-bench-l4 --bin l4
@@ -142,7 +147,7 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
     let tmp = tempfile::tempdir()?;
     let config = tmp.path().join("config");
@@ -160,29 +165,68 @@ async fn main() -> Result<()> {
     .await?;
     let roots = weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert)?, "root")?;
     let rss_before_nodes = proc_field("/proc/self/status", "VmRSS:");
-    let mut nodes = Vec::new();
+    // Each node proxy runs as `weft node` does by default: its own
+    // single-threaded runtime on its own thread (here a thread, there a
+    // process). The load generator and echo server share the main one.
     for n in [1u8, 2] {
-        nodes.push(
-            weft_node::start(NodeOptions {
-                attach_socket: None,
-                node: format!("node-{n}"),
-                trust_domain: "cluster.local".into(),
-                xds_addr: control.xds_addr,
-                ca_addr: control.tls_addr,
-                roots: roots.clone(),
-                token: format!("node-{n}-token-0123456789"),
-                admin_addr: format!("127.0.{n}.1:0").parse()?,
-                metrics_addr: format!("127.0.{n}.1:0").parse()?,
-                connect_timeout: Duration::from_secs(2),
-            })
-            .await?,
-        );
+        let options = NodeOptions {
+            attach_socket: None,
+            node: format!("node-{n}"),
+            trust_domain: "cluster.local".into(),
+            xds_addr: control.xds_addr,
+            ca_addr: control.tls_addr,
+            roots: roots.clone(),
+            token: format!("node-{n}-token-0123456789"),
+            admin_addr: format!("127.0.{n}.1:0").parse()?,
+            metrics_addr: format!("127.0.{n}.1:0").parse()?,
+            connect_timeout: Duration::from_secs(2),
+        };
+        let (started, ready) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(format!("node-{n}"))
+            .spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build();
+                let runtime = match runtime {
+                    Ok(r) => r,
+                    Err(e) => {
+                        let _ = started.send(Err(e.to_string()));
+                        return;
+                    }
+                };
+                runtime.block_on(async move {
+                    match weft_node::start(options).await {
+                        Ok(_node) => {
+                            let _ = started.send(Ok(()));
+                            // Serves until the process exits.
+                            std::future::pending::<()>().await;
+                        }
+                        Err(e) => {
+                            let _ = started.send(Err(e.to_string()));
+                        }
+                    }
+                });
+            })?;
+        ready.await?.map_err(|e| anyhow::anyhow!("node-{n}: {e}"))?;
     }
-    let echo = TcpListener::bind(DIRECT).await?;
-    tokio::spawn(weft_sample_app::serve_tcp_echo(
-        echo,
-        std::future::pending(),
-    ));
+    // The echo server is another process in real life: its own thread and
+    // runtime here, so the direct baseline pays the same cross-thread
+    // wakeups a client and a server in two processes do.
+    let echo = std::net::TcpListener::bind(DIRECT)?;
+    echo.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name("echo".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("echo runtime");
+            runtime.block_on(async move {
+                let echo = TcpListener::from_std(echo).expect("echo listener");
+                let _ = weft_sample_app::serve_tcp_echo(echo, std::future::pending()).await;
+            });
+        })?;
     // Ready once the outbound listener answers.
     let started = Instant::now();
     while bulk(VIA_WEFT, 1024).await.is_err() {
@@ -198,9 +242,15 @@ async fn main() -> Result<()> {
         (rss_idle_nodes.saturating_sub(rss_before_nodes)) / 1024
     );
 
-    // (a) Bulk throughput.
+    // (a) Bulk throughput (skipped with WEFT_BENCH_SKIP_BULK=1, for profiling
+    // the request path alone).
     let total = 1024 * 1024 * 1024;
-    for (what, addr) in [("direct", DIRECT), ("weft (2 hops, mTLS)", VIA_WEFT)] {
+    let bulk_runs = if std::env::var_os("WEFT_BENCH_SKIP_BULK").is_some() {
+        &[][..]
+    } else {
+        &[("direct", DIRECT), ("weft (2 hops, mTLS)", VIA_WEFT)][..]
+    };
+    for &(what, addr) in bulk_runs {
         let mut runs = Vec::new();
         for _ in 0..3 {
             runs.push(bulk(addr, total).await?);
@@ -249,9 +299,6 @@ async fn main() -> Result<()> {
         (rss_after.saturating_sub(rss_before)) / 1024
     );
     drop(open);
-    for n in nodes {
-        n.stop();
-    }
     control.stop().await;
     Ok(())
 }

@@ -472,16 +472,19 @@ fn captured_workloads_in_network_namespaces() {
     );
 
     // node-2 writes its access log as JSON: one object per connection.
-    wait_for("a JSON access log line for the plaintext connection", || {
-        mesh.log(2).lines().any(|l| {
-            serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
-                v["target"] == "weft::access"
-                    && v["fields"]["security"] == "none"
-                    && v["fields"]["dst"] == "shop/legacy"
-                    && v["fields"]["sent"].as_u64().is_some_and(|n| n > 0)
+    wait_for(
+        "a JSON access log line for the plaintext connection",
+        || {
+            mesh.log(2).lines().any(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| {
+                    v["target"] == "weft::access"
+                        && v["fields"]["security"] == "none"
+                        && v["fields"]["dst"] == "shop/legacy"
+                        && v["fields"]["sent"].as_u64().is_some_and(|n| n > 0)
+                })
             })
-        })
-    });
+        },
+    );
 
     // 4. Failover: with orders-a gone, zone b serves; back when it returns.
     orders_a.terminate();
