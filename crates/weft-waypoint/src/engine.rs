@@ -1,0 +1,379 @@
+//! The HTTP engine: one request goes through named phases, in this order,
+//! with one [`Ctx`] carrying what they learn:
+//!
+//! 1. `route` — choose the route ([`crate::route::select`]) and a backend;
+//! 2. `buffer` — keep the request body for replay, up to a limit (beyond
+//!    it the request is sent once, never retried);
+//! 3. `upstream` — tries within the overall timeout: each try bounded by
+//!    the per-try timeout; a retryable outcome is retried after backoff (or
+//!    `Retry-After`) only while the retry budgets allow;
+//! 4. `log` — metrics and the access-log line, from the context.
+//!
+//! Errors become responses in one place ([`L7Error::response`]). The engine
+//! knows nothing about listeners: a front (plain HTTP, HBONE) hands it
+//! requests.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::time::Instant;
+
+use crate::budget::{ConcurrencyBudget, RateBudget};
+use crate::metrics::Metrics;
+use crate::retry::{Outcome, RetryPolicy, retry_after};
+use crate::route::{Route, pick_backend, select};
+
+/// Request bodies up to this size are kept for replay (retries).
+pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
+/// Longest `Retry-After` honoured.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
+
+/// A response body, whatever produced it.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// An upstream service: its endpoints and its retry budgets.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `namespace/hostname`.
+    pub name: String,
+    /// Endpoint addresses.
+    pub endpoints: Vec<SocketAddr>,
+    /// Retries as a share of the request rate.
+    pub rate_budget: Option<RateBudget>,
+    /// Retries as a share of requests in flight.
+    pub concurrency_budget: Option<ConcurrencyBudget>,
+    next: AtomicUsize,
+}
+
+impl Cluster {
+    /// A cluster without budgets.
+    pub fn new(name: impl Into<String>, endpoints: Vec<SocketAddr>) -> Self {
+        Cluster {
+            name: name.into(),
+            endpoints,
+            rate_budget: None,
+            concurrency_budget: None,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    fn pick(&self) -> Option<SocketAddr> {
+        let n = self.endpoints.len();
+        (n > 0).then(|| self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n])
+    }
+}
+
+/// What the engine serves: an immutable snapshot, swapped whole.
+#[derive(Debug, Default)]
+pub struct Config {
+    /// Routes, in order.
+    pub routes: Vec<Route>,
+    /// Upstream services by name.
+    pub clusters: HashMap<String, Arc<Cluster>>,
+}
+
+/// Why a request failed inside the proxy; each maps to one status and an
+/// Envoy response flag.
+#[derive(Debug, thiserror::Error)]
+pub enum L7Error {
+    /// No route matched.
+    #[error("no route matches {0}")]
+    NoRoute(String),
+    /// The route's backend has no endpoint.
+    #[error("no healthy upstream for {0}")]
+    NoHealthyUpstream(String),
+    /// The overall or per-try timeout fired and no try answered.
+    #[error("upstream request timeout")]
+    Timeout,
+    /// The upstream could not be reached.
+    #[error("upstream connect error: {0}")]
+    Connect(String),
+    /// The upstream reset the request.
+    #[error("upstream reset: {0}")]
+    Reset(String),
+    /// The request body could not be read.
+    #[error("reading the request body: {0}")]
+    Downstream(String),
+}
+
+impl L7Error {
+    /// The Envoy response flag.
+    pub fn flag(&self) -> &'static str {
+        match self {
+            L7Error::NoRoute(_) => "NR",
+            L7Error::NoHealthyUpstream(_) => "UH",
+            L7Error::Timeout => "UT",
+            L7Error::Connect(_) => "UF",
+            L7Error::Reset(_) => "UR",
+            L7Error::Downstream(_) => "DC",
+        }
+    }
+
+    /// The one place errors become responses.
+    pub fn response(&self) -> Response<Body> {
+        let status = match self {
+            L7Error::NoRoute(_) => StatusCode::NOT_FOUND,
+            L7Error::NoHealthyUpstream(_) | L7Error::Connect(_) | L7Error::Reset(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            L7Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            L7Error::Downstream(_) => StatusCode::BAD_REQUEST,
+        };
+        let mut r = Response::new(full(format!("{self}\n")));
+        *r.status_mut() = status;
+        r.headers_mut()
+            .insert("content-type", HeaderValue::from_static("text/plain"));
+        r
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> Body {
+    Full::new(s.into()).map_err(|never| match never {}).boxed()
+}
+
+/// What the phases learn about one request.
+#[derive(Debug)]
+pub struct Ctx {
+    /// When it arrived.
+    pub started: Instant,
+    /// The route chosen.
+    pub route: String,
+    /// The service chosen.
+    pub service: String,
+    /// Tries made.
+    pub tries: u32,
+    /// Envoy response flags (`-` when none).
+    pub flags: &'static str,
+}
+
+/// The request body, for replay or not.
+enum Payload {
+    /// Buffered: can be sent again.
+    Replayable(Bytes),
+    /// Too large to keep: sent once.
+    Once(Option<Body>),
+}
+
+/// The L7 engine.
+pub struct Engine {
+    config: ArcSwap<Config>,
+    client: Client<HttpConnector, Body>,
+    metrics: Metrics,
+    max_replay: usize,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine").finish_non_exhaustive()
+    }
+}
+
+impl Engine {
+    /// An engine serving `config`, counting into `metrics`.
+    pub fn new(config: Config, metrics: Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        Engine {
+            config: ArcSwap::from_pointee(config),
+            client: Client::builder(TokioExecutor::new()).build(connector),
+            metrics,
+            max_replay: DEFAULT_MAX_REPLAY,
+        }
+    }
+
+    /// Swaps in a new configuration; requests in flight keep the old one.
+    pub fn update(&self, config: Config) {
+        self.config.store(Arc::new(config));
+    }
+
+    /// Serves one request through every phase.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let mut ctx = Ctx {
+            started: Instant::now(),
+            route: String::new(),
+            service: String::new(),
+            tries: 0,
+            flags: "-",
+        };
+        let response = match self.phases(&mut ctx, request).await {
+            Ok(r) => r,
+            Err(e) => {
+                ctx.flags = e.flag();
+                e.response()
+            }
+        };
+        // Phase 4: log.
+        self.metrics.request(&ctx, response.status());
+        response
+    }
+
+    async fn phases(&self, ctx: &mut Ctx, request: Request<Incoming>) -> Result<Response<Body>, L7Error> {
+        let config = self.config.load_full();
+        // Phase 1: route.
+        let route = select(
+            &config.routes,
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+        )
+        .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
+        ctx.route = route.name.clone();
+        let backend = pick_backend(route, fastrand::f64())
+            .ok_or_else(|| L7Error::NoHealthyUpstream(route.name.clone()))?;
+        ctx.service = backend.service.clone();
+        let cluster = config
+            .clusters
+            .get(&backend.service)
+            .cloned()
+            .ok_or_else(|| L7Error::NoHealthyUpstream(backend.service.clone()))?;
+        // Phase 2: buffer.
+        let (parts, body) = request.into_parts();
+        let payload = self.buffer(body).await?;
+        // Phase 3: upstream, within the overall timeout.
+        let tries = self.upstream(ctx, route, &cluster, &parts, payload);
+        match route.timeout {
+            Some(limit) => tokio::time::timeout(limit, tries)
+                .await
+                .unwrap_or(Err(L7Error::Timeout)),
+            None => tries.await,
+        }
+    }
+
+    async fn buffer(&self, body: Incoming) -> Result<Payload, L7Error> {
+        use http_body::Body as _;
+        let small = body
+            .size_hint()
+            .upper()
+            .is_some_and(|n| n <= self.max_replay as u64);
+        if !small {
+            return Ok(Payload::Once(Some(body.boxed())));
+        }
+        let collected = Limited::new(body, self.max_replay)
+            .collect()
+            .await
+            .map_err(|e| L7Error::Downstream(e.to_string()))?;
+        Ok(Payload::Replayable(collected.to_bytes()))
+    }
+
+    async fn upstream(
+        &self,
+        ctx: &mut Ctx,
+        route: &Route,
+        cluster: &Cluster,
+        parts: &http::request::Parts,
+        mut payload: Payload,
+    ) -> Result<Response<Body>, L7Error> {
+        let none = RetryPolicy {
+            attempts: 0,
+            ..RetryPolicy::default()
+        };
+        let policy = route.retry.as_ref().unwrap_or(&none);
+        if let Some(b) = &cluster.rate_budget {
+            b.deposit();
+        }
+        let _active = cluster.concurrency_budget.as_ref().map(|b| b.request());
+        let mut _retry_slot = None;
+        let mut retries = 0;
+        loop {
+            let endpoint = cluster
+                .pick()
+                .ok_or_else(|| L7Error::NoHealthyUpstream(cluster.name.clone()))?;
+            let body = match &mut payload {
+                Payload::Replayable(bytes) => full(bytes.clone()),
+                Payload::Once(body) => body.take().unwrap_or_else(|| full(Bytes::new())),
+            };
+            let request = upstream_request(parts, endpoint, body)?;
+            ctx.tries += 1;
+            let sent = self.client.request(request);
+            let result = match policy.per_try_timeout {
+                Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
+                None => Ok(sent.await),
+            };
+            let (outcome, result) = match result {
+                Err(()) => {
+                    self.metrics.try_timeout(&cluster.name);
+                    (Outcome::Timeout, Err(L7Error::Timeout))
+                }
+                Ok(Ok(response)) => {
+                    let outcome = Outcome::Response {
+                        status: response.status().as_u16(),
+                        grpc_status: response
+                            .headers()
+                            .get("grpc-status")
+                            .and_then(|v| v.to_str().ok()?.parse().ok()),
+                    };
+                    (outcome, Ok(response.map(BodyExt::boxed)))
+                }
+                Ok(Err(e)) if e.is_connect() => (
+                    Outcome::ConnectFailure,
+                    Err(L7Error::Connect(format!("{endpoint}: {e}"))),
+                ),
+                Ok(Err(e)) => (
+                    Outcome::Reset,
+                    Err(L7Error::Reset(format!("{endpoint}: {e}"))),
+                ),
+            };
+            let wanted = retries < policy.attempts
+                && matches!(payload, Payload::Replayable(_))
+                && policy.retry_on.matches(outcome);
+            if !wanted {
+                return result;
+            }
+            let rate_ok = cluster.rate_budget.as_ref().is_none_or(|b| b.try_withdraw());
+            let slot = match (&cluster.concurrency_budget, rate_ok) {
+                (_, false) => None,
+                (Some(b), true) => b.try_retry().map(Some),
+                (None, true) => Some(None),
+            };
+            let Some(slot) = slot else {
+                self.metrics.budget_exhausted(&cluster.name);
+                ctx.flags = "URX";
+                return result;
+            };
+            _retry_slot = slot;
+            let wait = match &result {
+                Ok(r) => retry_after(r.headers(), MAX_RETRY_AFTER),
+                Err(_) => None,
+            }
+            .unwrap_or_else(|| policy.backoff(retries, fastrand::f64()));
+            drop(result);
+            self.metrics.retry(&cluster.name);
+            retries += 1;
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// The request as sent to `endpoint`: same method, path, headers and
+/// version-independent form (HTTP/1.1 upstream).
+fn upstream_request(
+    parts: &http::request::Parts,
+    endpoint: SocketAddr,
+    body: Body,
+) -> Result<Request<Body>, L7Error> {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", http::uri::PathAndQuery::as_str);
+    let uri: Uri = format!("http://{endpoint}{path}")
+        .parse()
+        .map_err(|e| L7Error::Downstream(format!("request target {path:?}: {e}")))?;
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.uri_mut() = uri;
+    *request.headers_mut() = parts.headers.clone();
+    Ok(request)
+}

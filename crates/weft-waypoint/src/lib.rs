@@ -1,0 +1,26 @@
+//! # weft-waypoint
+//!
+//! weft's L7 engine: what `weft waypoint` (and later `weft gateway`) runs.
+//! Requests pass through named phases ([`engine`]): route
+//! ([`route::select`], a pure function over the route model every API
+//! family is translated into), buffer for replay, upstream tries with
+//! per-try and overall timeouts and retries ([`retry`]) bounded by retry
+//! budgets ([`budget`]), then metrics and the access log ([`metrics`]).
+//! Listeners are pluggable fronts ([`front`]).
+//!
+//! Still to come (issue 6): the HBONE front and upstream, configuration
+//! from `HTTPRoute`/`VirtualService`/`DestinationRule`, circuit breaking,
+//! outlier detection, load-balancing policies, header changes, fault
+//! injection, mirroring.
+
+#![forbid(unsafe_code)]
+
+pub mod budget;
+pub mod engine;
+pub mod front;
+pub mod metrics;
+pub mod retry;
+pub mod route;
+
+pub use engine::{Cluster, Config, Engine};
+pub use metrics::Metrics;

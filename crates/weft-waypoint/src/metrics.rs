@@ -1,0 +1,150 @@
+//! The waypoint's metrics, registered explicitly: Istio's request metrics
+//! (`istio_requests_total`, `istio_request_duration_milliseconds`) and
+//! weft's resilience counters (retries, exhausted budgets, per-try
+//! timeouts), by destination service.
+
+use std::sync::Arc;
+
+use http::StatusCode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::engine::Ctx;
+
+/// Labels of a request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Always `waypoint` here.
+    pub reporter: &'static str,
+    /// The service the route sent it to.
+    pub destination_service: String,
+    /// HTTP status returned downstream.
+    pub response_code: u16,
+    /// Envoy response flags, `-` when none.
+    pub response_flags: &'static str,
+}
+
+/// Labels of an upstream service.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    /// `namespace/hostname`.
+    pub destination_service: String,
+}
+
+/// Every family the waypoint exports.
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    requests: Family<RequestLabels, Counter>,
+    duration: Family<RequestLabels, Histogram>,
+    retries: Family<ServiceLabels, Counter>,
+    exhausted: Family<ServiceLabels, Counter>,
+    try_timeouts: Family<ServiceLabels, Counter>,
+}
+
+fn duration_histogram() -> Histogram {
+    Histogram::new([
+        1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0,
+    ])
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            requests: Family::default(),
+            duration: Family::new_with_constructor(duration_histogram),
+            retries: Family::default(),
+            exhausted: Family::default(),
+            try_timeouts: Family::default(),
+        }
+    }
+}
+
+fn service(name: &str) -> ServiceLabels {
+    ServiceLabels {
+        destination_service: name.to_owned(),
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register("istio_requests", "Requests handled", self.requests.clone());
+        registry.register(
+            "istio_request_duration_milliseconds",
+            "Request duration, first byte in to response headers out",
+            self.duration.clone(),
+        );
+        registry.register(
+            "weft_upstream_retries",
+            "Retries sent to upstream services",
+            self.retries.clone(),
+        );
+        registry.register(
+            "weft_retry_budget_exhausted",
+            "Retries not sent because the retry budget was exhausted (the original failure was returned)",
+            self.exhausted.clone(),
+        );
+        registry.register(
+            "weft_upstream_try_timeouts",
+            "Tries cut by the per-try timeout",
+            self.try_timeouts.clone(),
+        );
+    }
+
+    /// Records one finished request.
+    pub fn request(&self, ctx: &Ctx, status: StatusCode) {
+        let labels = RequestLabels {
+            reporter: "waypoint",
+            destination_service: if ctx.service.is_empty() {
+                "unknown".into()
+            } else {
+                ctx.service.clone()
+            },
+            response_code: status.as_u16(),
+            response_flags: ctx.flags,
+        };
+        let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
+        self.requests.get_or_create(&labels).inc();
+        self.duration.get_or_create(&labels).observe(ms);
+        tracing::info!(
+            target: "weft::access",
+            route = %ctx.route,
+            service = %labels.destination_service,
+            code = labels.response_code,
+            flags = ctx.flags,
+            tries = ctx.tries,
+            duration_ms = ms as u64,
+            "request"
+        );
+    }
+
+    pub(crate) fn retry(&self, name: &str) {
+        self.retries.get_or_create(&service(name)).inc();
+    }
+
+    pub(crate) fn budget_exhausted(&self, name: &str) {
+        self.exhausted.get_or_create(&service(name)).inc();
+    }
+
+    pub(crate) fn try_timeout(&self, name: &str) {
+        self.try_timeouts.get_or_create(&service(name)).inc();
+    }
+
+    /// (retries, budget exhaustions, per-try timeouts) for a service.
+    pub fn resilience(&self, name: &str) -> (u64, u64, u64) {
+        let s = service(name);
+        (
+            self.retries.get_or_create(&s).get(),
+            self.exhausted.get_or_create(&s).get(),
+            self.try_timeouts.get_or_create(&s).get(),
+        )
+    }
+
+    /// A shared handle (the families are reference-counted already).
+    pub fn shared(self) -> Arc<Metrics> {
+        Arc::new(self)
+    }
+}

@@ -1,0 +1,220 @@
+//! The route model every API family (Gateway API `HTTPRoute`, Istio
+//! `VirtualService`) is translated into, and route selection as a pure
+//! function from the request's method, path and headers to a [`Route`].
+
+use std::time::Duration;
+
+use http::{HeaderMap, Method};
+
+use crate::retry::RetryPolicy;
+
+/// How a path is matched.
+#[derive(Debug, Clone)]
+pub enum PathMatch {
+    /// The whole path.
+    Exact(String),
+    /// A prefix, on segment boundaries (`/api` matches `/api/x`, not `/apix`).
+    Prefix(String),
+    /// A regular expression over the whole path.
+    Regex(regex::Regex),
+}
+
+impl PathMatch {
+    fn matches(&self, path: &str) -> bool {
+        match self {
+            PathMatch::Exact(p) => path == p,
+            PathMatch::Prefix(p) => {
+                let p = p.trim_end_matches('/');
+                path.strip_prefix(p)
+                    .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+            }
+            PathMatch::Regex(r) => r.find(path).is_some_and(|m| m.len() == path.len()),
+        }
+    }
+}
+
+/// A header condition.
+#[derive(Debug, Clone)]
+pub struct HeaderMatch {
+    /// Header name (lowercase).
+    pub name: String,
+    /// The value must equal this exactly.
+    pub value: String,
+}
+
+/// One set of conditions; all must hold.
+#[derive(Debug, Clone, Default)]
+pub struct RouteMatch {
+    /// Path condition.
+    pub path: Option<PathMatch>,
+    /// Method condition.
+    pub method: Option<Method>,
+    /// Header conditions.
+    pub headers: Vec<HeaderMatch>,
+}
+
+impl RouteMatch {
+    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
+        self.path.as_ref().is_none_or(|p| p.matches(path))
+            && self.method.as_ref().is_none_or(|m| m == method)
+            && self.headers.iter().all(|h| {
+                headers
+                    .get_all(h.name.as_str())
+                    .iter()
+                    .any(|v| v.as_bytes() == h.value.as_bytes())
+            })
+    }
+}
+
+/// A backend and its share of traffic.
+#[derive(Debug, Clone)]
+pub struct Backend {
+    /// The service (`namespace/hostname`) traffic goes to.
+    pub service: String,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// One route.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name, for logs and metrics.
+    pub name: String,
+    /// Any one of these must hold; empty matches every request.
+    pub matches: Vec<RouteMatch>,
+    /// Where traffic goes, by weight.
+    pub backends: Vec<Backend>,
+    /// Overall request timeout (all tries and backoffs).
+    pub timeout: Option<Duration>,
+    /// Retries; `None`: none.
+    pub retry: Option<RetryPolicy>,
+}
+
+/// The first route whose matches hold, in order.
+pub fn select<'a>(
+    routes: &'a [Route],
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+) -> Option<&'a Route> {
+    routes.iter().find(|r| {
+        r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, path, headers))
+    })
+}
+
+/// The backend for a draw `unit` in [0, 1), by weight.
+pub fn pick_backend(route: &Route, unit: f64) -> Option<&Backend> {
+    let total: u64 = route.backends.iter().map(|b| u64::from(b.weight)).sum();
+    if total == 0 {
+        return route.backends.first();
+    }
+    let mut point = (unit.clamp(0.0, 1.0) * total as f64) as u64;
+    for b in &route.backends {
+        if point < u64::from(b.weight) {
+            return Some(b);
+        }
+        point -= u64::from(b.weight);
+    }
+    route.backends.last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, matches: Vec<RouteMatch>) -> Route {
+        Route {
+            name: name.into(),
+            matches,
+            backends: vec![Backend {
+                service: name.into(),
+                weight: 1,
+            }],
+            timeout: None,
+            retry: None,
+        }
+    }
+
+    #[test]
+    fn selection_table() {
+        let routes = vec![
+            route(
+                "canary-header",
+                vec![RouteMatch {
+                    headers: vec![HeaderMatch {
+                        name: "x-canary".into(),
+                        value: "yes".into(),
+                    }],
+                    ..Default::default()
+                }],
+            ),
+            route(
+                "exact",
+                vec![RouteMatch {
+                    path: Some(PathMatch::Exact("/login".into())),
+                    method: Some(Method::POST),
+                    ..Default::default()
+                }],
+            ),
+            route(
+                "api",
+                vec![RouteMatch {
+                    path: Some(PathMatch::Prefix("/api/".into())),
+                    ..Default::default()
+                }],
+            ),
+            route(
+                "regex",
+                vec![RouteMatch {
+                    path: Some(PathMatch::Regex(regex::Regex::new("/v[0-9]+/.*").expect("re"))),
+                    ..Default::default()
+                }],
+            ),
+            route("default", vec![]),
+        ];
+        let h = |pairs: &[(&'static str, &'static str)]| {
+            let mut m = HeaderMap::new();
+            for (k, v) in pairs {
+                m.insert(*k, v.parse().expect("value"));
+            }
+            m
+        };
+        // (method, path, headers, expected route)
+        let cases = [
+            (Method::GET, "/", h(&[("x-canary", "yes")]), "canary-header"),
+            (Method::GET, "/", h(&[("x-canary", "no")]), "default"),
+            (Method::POST, "/login", h(&[]), "exact"),
+            (Method::GET, "/login", h(&[]), "default"),
+            (Method::GET, "/api", h(&[]), "api"),
+            (Method::GET, "/api/orders", h(&[]), "api"),
+            (Method::GET, "/apix", h(&[]), "default"),
+            (Method::GET, "/v2/items", h(&[]), "regex"),
+            (Method::GET, "/x/v2/items", h(&[]), "default"),
+        ];
+        for (method, path, headers, want) in cases {
+            let got = select(&routes, &method, path, &headers).map(|r| r.name.as_str());
+            assert_eq!(got, Some(want), "{method} {path}");
+        }
+        assert!(select(&routes[..1], &Method::GET, "/", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn weights_split_the_unit_interval() {
+        let mut r = route("split", vec![]);
+        r.backends = vec![
+            Backend {
+                service: "stable".into(),
+                weight: 90,
+            },
+            Backend {
+                service: "canary".into(),
+                weight: 10,
+            },
+        ];
+        let pick = |u| pick_backend(&r, u).map(|b| b.service.as_str());
+        assert_eq!(pick(0.0), Some("stable"));
+        assert_eq!(pick(0.899), Some("stable"));
+        assert_eq!(pick(0.9), Some("canary"));
+        assert_eq!(pick(0.9999), Some("canary"));
+    }
+}
