@@ -220,7 +220,11 @@ impl Engine {
         response
     }
 
-    async fn phases(&self, ctx: &mut Ctx, request: Request<Incoming>) -> Result<Response<Body>, L7Error> {
+    async fn phases(
+        &self,
+        ctx: &mut Ctx,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, L7Error> {
         let config = self.config.load_full();
         // Phase 1: route.
         let route = select(
@@ -332,7 +336,10 @@ impl Engine {
             if !wanted {
                 return result;
             }
-            let rate_ok = cluster.rate_budget.as_ref().is_none_or(|b| b.try_withdraw());
+            let rate_ok = cluster
+                .rate_budget
+                .as_ref()
+                .is_none_or(|b| b.try_withdraw());
             let slot = match (&cluster.concurrency_budget, rate_ok) {
                 (_, false) => None,
                 (Some(b), true) => b.try_retry().map(Some),

@@ -146,7 +146,13 @@ impl RetryPolicy {
 
 /// The server's `Retry-After` (seconds form), capped at `cap`.
 pub fn retry_after(headers: &HeaderMap, cap: Duration) -> Option<Duration> {
-    let secs: u64 = headers.get("retry-after")?.to_str().ok()?.trim().parse().ok()?;
+    let secs: u64 = headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     Some(Duration::from_secs(secs).min(cap))
 }
 
@@ -222,10 +228,19 @@ mod tests {
     fn retry_after_seconds_are_honoured_and_capped() {
         let mut h = HeaderMap::new();
         h.insert("retry-after", "1".parse().expect("value"));
-        assert_eq!(retry_after(&h, Duration::from_secs(5)), Some(Duration::from_secs(1)));
+        assert_eq!(
+            retry_after(&h, Duration::from_secs(5)),
+            Some(Duration::from_secs(1))
+        );
         h.insert("retry-after", "120".parse().expect("value"));
-        assert_eq!(retry_after(&h, Duration::from_secs(5)), Some(Duration::from_secs(5)));
-        h.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value"));
+        assert_eq!(
+            retry_after(&h, Duration::from_secs(5)),
+            Some(Duration::from_secs(5))
+        );
+        h.insert(
+            "retry-after",
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().expect("value"),
+        );
         assert_eq!(retry_after(&h, Duration::from_secs(5)), None);
     }
 }

@@ -166,7 +166,9 @@ mod tests {
             route(
                 "regex",
                 vec![RouteMatch {
-                    path: Some(PathMatch::Regex(regex::Regex::new("/v[0-9]+/.*").expect("re"))),
+                    path: Some(PathMatch::Regex(
+                        regex::Regex::new("/v[0-9]+/.*").expect("re"),
+                    )),
                     ..Default::default()
                 }],
             ),
