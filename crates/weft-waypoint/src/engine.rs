@@ -1,7 +1,8 @@
 //! The HTTP engine: one request goes through named phases, in this order,
 //! with one [`Ctx`] carrying what they learn:
 //!
-//! 1. `route` — choose the route ([`crate::route::select`]) and a backend;
+//! 1. `route` — choose the route ([`crate::route::select`]) and a backend,
+//!    whose circuit breaker admits the request or fails it at once (`UO`);
 //! 2. `buffer` — keep the request body for replay, up to a limit (beyond
 //!    it the request is sent once, never retried);
 //! 3. `upstream` — tries within the overall timeout: each try bounded by
@@ -54,7 +55,57 @@ pub struct Cluster {
     pub rate_budget: Option<RateBudget>,
     /// Retries as a share of requests in flight.
     pub concurrency_budget: Option<ConcurrencyBudget>,
+    /// Circuit breaker (`DestinationRule` `connectionPool`).
+    pub breaker: Breaker,
     next: AtomicUsize,
+}
+
+/// Circuit-breaker limits (`DestinationRule.trafficPolicy.connectionPool`):
+/// overflow fails at once with 503 and response flag `UO`.
+#[derive(Debug)]
+pub struct Breaker {
+    /// Requests in flight (`http.http2MaxRequests`).
+    requests: Option<Arc<tokio::sync::Semaphore>>,
+    /// Requests allowed to wait for a slot (`http.http1MaxPendingRequests`).
+    pending: Option<Arc<tokio::sync::Semaphore>>,
+}
+
+impl Breaker {
+    /// No limits.
+    pub fn unlimited() -> Self {
+        Breaker {
+            requests: None,
+            pending: None,
+        }
+    }
+
+    /// At most `max_requests` in flight, and `max_pending` more waiting.
+    pub fn new(max_requests: usize, max_pending: usize) -> Self {
+        Breaker {
+            requests: Some(Arc::new(tokio::sync::Semaphore::new(max_requests))),
+            pending: Some(Arc::new(tokio::sync::Semaphore::new(max_pending))),
+        }
+    }
+
+    /// Requests in flight now, when a limit is set.
+    pub fn in_flight(&self, max_requests: usize) -> usize {
+        self.requests
+            .as_ref()
+            .map_or(0, |s| max_requests.saturating_sub(s.available_permits()))
+    }
+
+    /// A slot for one request, waiting in the pending queue if there is
+    /// room there; `None` when both are full (overflow).
+    async fn admit(&self) -> Option<Option<tokio::sync::OwnedSemaphorePermit>> {
+        let Some(requests) = &self.requests else {
+            return Some(None);
+        };
+        if let Ok(slot) = requests.clone().try_acquire_owned() {
+            return Some(Some(slot));
+        }
+        let _waiting = self.pending.as_ref()?.clone().try_acquire_owned().ok()?;
+        requests.clone().acquire_owned().await.ok().map(Some)
+    }
 }
 
 impl Cluster {
@@ -65,6 +116,7 @@ impl Cluster {
             endpoints,
             rate_budget: None,
             concurrency_budget: None,
+            breaker: Breaker::unlimited(),
             next: AtomicUsize::new(0),
         }
     }
@@ -106,6 +158,9 @@ pub enum L7Error {
     /// The request body could not be read.
     #[error("reading the request body: {0}")]
     Downstream(String),
+    /// The circuit breaker's limits were reached.
+    #[error("upstream overflow: {0} has too many requests in flight")]
+    Overflow(String),
 }
 
 impl L7Error {
@@ -118,6 +173,7 @@ impl L7Error {
             L7Error::Connect(_) => "UF",
             L7Error::Reset(_) => "UR",
             L7Error::Downstream(_) => "DC",
+            L7Error::Overflow(_) => "UO",
         }
     }
 
@@ -125,9 +181,10 @@ impl L7Error {
     pub fn response(&self) -> Response<Body> {
         let status = match self {
             L7Error::NoRoute(_) => StatusCode::NOT_FOUND,
-            L7Error::NoHealthyUpstream(_) | L7Error::Connect(_) | L7Error::Reset(_) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            L7Error::NoHealthyUpstream(_)
+            | L7Error::Connect(_)
+            | L7Error::Reset(_)
+            | L7Error::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             L7Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
             L7Error::Downstream(_) => StatusCode::BAD_REQUEST,
         };
@@ -243,6 +300,12 @@ impl Engine {
             .get(&backend.service)
             .cloned()
             .ok_or_else(|| L7Error::NoHealthyUpstream(backend.service.clone()))?;
+        // The circuit breaker admits the request or fails it at once.
+        let _slot = cluster
+            .breaker
+            .admit()
+            .await
+            .ok_or_else(|| L7Error::Overflow(cluster.name.clone()))?;
         // Phase 2: buffer.
         let (parts, body) = request.into_parts();
         let payload = self.buffer(body).await?;

@@ -143,6 +143,16 @@ impl Metrics {
         )
     }
 
+    /// The families in Prometheus text format (for tests and tools that
+    /// hold the engine, not its listener).
+    pub fn encode(&self) -> String {
+        let mut registry = Registry::default();
+        self.register(&mut registry);
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &registry);
+        out
+    }
+
     /// A shared handle (the families are reference-counted already).
     pub fn shared(self) -> Arc<Metrics> {
         Arc::new(self)
