@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -32,6 +31,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use crate::budget::{ConcurrencyBudget, RateBudget};
+use crate::lb::{Balancer, Endpoint, Locality};
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
 use crate::route::{Route, pick_backend, select};
@@ -49,15 +49,14 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 pub struct Cluster {
     /// `namespace/hostname`.
     pub name: String,
-    /// Endpoint addresses.
-    pub endpoints: Vec<SocketAddr>,
+    /// Its endpoints: locality, outliers, least request.
+    pub balancer: Balancer,
     /// Retries as a share of the request rate.
     pub rate_budget: Option<RateBudget>,
     /// Retries as a share of requests in flight.
     pub concurrency_budget: Option<ConcurrencyBudget>,
     /// Circuit breaker (`DestinationRule` `connectionPool`).
     pub breaker: Breaker,
-    next: AtomicUsize,
 }
 
 /// Circuit-breaker limits (`DestinationRule.trafficPolicy.connectionPool`):
@@ -109,21 +108,25 @@ impl Breaker {
 }
 
 impl Cluster {
-    /// A cluster without budgets.
+    /// A cluster of endpoints without locality, outlier detection,
+    /// budgets or limits.
     pub fn new(name: impl Into<String>, endpoints: Vec<SocketAddr>) -> Self {
+        let endpoints = endpoints
+            .into_iter()
+            .map(|a| Endpoint::new(a, Locality::default()))
+            .collect();
+        Cluster::with_balancer(name, Balancer::new(endpoints, Locality::default(), None))
+    }
+
+    /// A cluster balanced by `balancer`.
+    pub fn with_balancer(name: impl Into<String>, balancer: Balancer) -> Self {
         Cluster {
             name: name.into(),
-            endpoints,
+            balancer,
             rate_budget: None,
             concurrency_budget: None,
             breaker: Breaker::unlimited(),
-            next: AtomicUsize::new(0),
         }
-    }
-
-    fn pick(&self) -> Option<SocketAddr> {
-        let n = self.endpoints.len();
-        (n > 0).then(|| self.endpoints[self.next.fetch_add(1, Ordering::Relaxed) % n])
     }
 }
 
@@ -355,9 +358,12 @@ impl Engine {
         let mut _retry_slot = None;
         let mut retries = 0;
         loop {
-            let endpoint = cluster
-                .pick()
+            let index = cluster
+                .balancer
+                .pick(fastrand::usize(..), fastrand::usize(..))
                 .ok_or_else(|| L7Error::NoHealthyUpstream(cluster.name.clone()))?;
+            let endpoint = cluster.balancer.endpoints()[index].addr;
+            let active = cluster.balancer.start(index);
             let body = match &mut payload {
                 Payload::Replayable(bytes) => full(bytes.clone()),
                 Payload::Once(body) => body.take().unwrap_or_else(|| full(Bytes::new())),
@@ -393,6 +399,8 @@ impl Engine {
                     Err(L7Error::Reset(format!("{endpoint}: {e}"))),
                 ),
             };
+            drop(active);
+            cluster.balancer.report(index, outcome);
             let wanted = retries < policy.attempts
                 && matches!(payload, Payload::Replayable(_))
                 && policy.retry_on.matches(outcome);

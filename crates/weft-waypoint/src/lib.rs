@@ -5,19 +5,22 @@
 //! ([`route::select`], a pure function over the route model every API
 //! family is translated into), buffer for replay, upstream tries with
 //! per-try and overall timeouts and retries ([`retry`]) bounded by retry
-//! budgets ([`budget`]), then metrics and the access log ([`metrics`]).
+//! budgets ([`budget`]), on endpoints chosen by locality, outlier state
+//! and least request ([`lb`]), then metrics and the access log
+//! ([`metrics`]).
 //! Listeners are pluggable fronts ([`front`]).
 //!
 //! Still to come (issue 6): the HBONE front and upstream, configuration
-//! from `HTTPRoute`/`VirtualService`/`DestinationRule`, circuit breaking,
-//! outlier detection, load-balancing policies, header changes, fault
-//! injection, mirroring.
+//! from `HTTPRoute`/`VirtualService`/`DestinationRule`, the other
+//! load-balancing policies (round robin, random, consistent hashing),
+//! header changes, redirects and rewrites, fault injection, mirroring.
 
 #![forbid(unsafe_code)]
 
 pub mod budget;
 pub mod engine;
 pub mod front;
+pub mod lb;
 pub mod metrics;
 pub mod retry;
 pub mod route;

@@ -1,0 +1,358 @@
+//! Endpoint choice at L7: locality first (same zone, then same region,
+//! then anywhere), outliers ejected, and power-of-two-choices least-request
+//! within the chosen tier.
+//!
+//! Outlier detection follows `DestinationRule.outlierDetection`: an
+//! endpoint with `consecutive5xxErrors` (any 5xx, resets, connect failures,
+//! timeouts) or `consecutiveGatewayErrors` (502, 503, 504 and the same
+//! transport failures) in a row is ejected for `baseEjectionTime` × the
+//! number of times it has been ejected, as long as no more than
+//! `maxEjectionPercent` of the endpoints are out. When every endpoint of
+//! the caller's locality is out, traffic goes to the next locality, and
+//! comes back once they return and answer.
+
+use std::net::SocketAddr;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::retry::Outcome;
+
+/// Where something runs: (region, zone, subzone).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Locality {
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+    /// Subzone.
+    pub subzone: String,
+}
+
+impl Locality {
+    /// Parses `region/zone/subzone` (trailing parts optional).
+    pub fn parse(s: &str) -> Locality {
+        let mut parts = s.split('/').map(str::to_owned);
+        Locality {
+            region: parts.next().unwrap_or_default(),
+            zone: parts.next().unwrap_or_default(),
+            subzone: parts.next().unwrap_or_default(),
+        }
+    }
+
+    /// How far `other` is (lower is closer): 0 same subzone, 1 same zone,
+    /// 2 same region, 3 elsewhere.
+    pub fn distance(&self, other: &Locality) -> u8 {
+        if self.region.is_empty() || self.region != other.region {
+            3
+        } else if self.zone.is_empty() || self.zone != other.zone {
+            2
+        } else if self.subzone != other.subzone {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+/// `DestinationRule.trafficPolicy.outlierDetection`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutlierDetection {
+    /// Ejects after this many 5xx-class failures in a row.
+    pub consecutive_5xx: Option<u32>,
+    /// Ejects after this many gateway failures in a row.
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Ejection time, multiplied by the times ejected.
+    pub base_ejection_time: Duration,
+    /// At most this share of endpoints ejected at once (percent).
+    pub max_ejection_percent: u32,
+}
+
+impl Default for OutlierDetection {
+    /// Envoy's defaults: 5 consecutive 5xx, 30 s, 10 %.
+    fn default() -> Self {
+        OutlierDetection {
+            consecutive_5xx: Some(5),
+            consecutive_gateway_errors: None,
+            base_ejection_time: Duration::from_secs(30),
+            max_ejection_percent: 10,
+        }
+    }
+}
+
+/// One endpoint and what the balancer tracks about it.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// Its locality.
+    pub locality: Locality,
+    active: AtomicUsize,
+    consecutive_5xx: AtomicU32,
+    consecutive_gateway: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until: Mutex<Option<Instant>>,
+}
+
+impl Endpoint {
+    /// An endpoint in `locality`.
+    pub fn new(addr: SocketAddr, locality: Locality) -> Self {
+        Endpoint {
+            addr,
+            locality,
+            active: AtomicUsize::new(0),
+            consecutive_5xx: AtomicU32::new(0),
+            consecutive_gateway: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until: Mutex::new(None),
+        }
+    }
+
+    fn ejected(&self, now: Instant) -> bool {
+        let until = self.ejected_until.lock().unwrap_or_else(|p| p.into_inner());
+        until.is_some_and(|t| now < t)
+    }
+}
+
+/// Marks a request active on an endpoint until dropped.
+#[derive(Debug)]
+pub struct Active<'a>(&'a AtomicUsize);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The endpoints of one service as a proxy in `local` balances them.
+#[derive(Debug)]
+pub struct Balancer {
+    endpoints: Vec<Endpoint>,
+    local: Locality,
+    outlier: Option<OutlierDetection>,
+}
+
+impl Balancer {
+    /// A balancer for a proxy in `local`.
+    pub fn new(
+        endpoints: Vec<Endpoint>,
+        local: Locality,
+        outlier: Option<OutlierDetection>,
+    ) -> Self {
+        Balancer {
+            endpoints,
+            local,
+            outlier,
+        }
+    }
+
+    /// The endpoints.
+    pub fn endpoints(&self) -> &[Endpoint] {
+        &self.endpoints
+    }
+
+    /// Chooses an endpoint: the closest locality with an endpoint not
+    /// ejected (all of them if every one is ejected), then the less busy of
+    /// two drawn by `a` and `b` (any integers).
+    pub fn pick(&self, a: usize, b: usize) -> Option<usize> {
+        let now = Instant::now();
+        let healthy: Vec<usize> = (0..self.endpoints.len())
+            .filter(|&i| !self.endpoints[i].ejected(now))
+            .collect();
+        let pool = if healthy.is_empty() {
+            (0..self.endpoints.len()).collect()
+        } else {
+            healthy
+        };
+        let best = pool
+            .iter()
+            .map(|&i| self.local.distance(&self.endpoints[i].locality))
+            .min()?;
+        let tier: Vec<usize> = pool
+            .into_iter()
+            .filter(|&i| self.local.distance(&self.endpoints[i].locality) == best)
+            .collect();
+        let (x, y) = (tier[a % tier.len()], tier[b % tier.len()]);
+        let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+        Some(if load(y) < load(x) { y } else { x })
+    }
+
+    /// Marks a request active on endpoint `i`.
+    pub fn start(&self, i: usize) -> Active<'_> {
+        let active = &self.endpoints[i].active;
+        active.fetch_add(1, Ordering::Relaxed);
+        Active(active)
+    }
+
+    /// Records how a try on endpoint `i` ended; may eject it.
+    pub fn report(&self, i: usize, outcome: Outcome) {
+        let Some(od) = &self.outlier else {
+            return;
+        };
+        let e = &self.endpoints[i];
+        let (five_xx, gateway) = match outcome {
+            Outcome::Response { status, .. } => {
+                ((500..600).contains(&status), matches!(status, 502..=504))
+            }
+            Outcome::Timeout
+            | Outcome::ConnectFailure
+            | Outcome::Reset
+            | Outcome::RefusedStream => (true, true),
+        };
+        let bump = |counter: &AtomicU32, failed: bool| {
+            if failed {
+                counter.fetch_add(1, Ordering::Relaxed) + 1
+            } else {
+                counter.store(0, Ordering::Relaxed);
+                0
+            }
+        };
+        let n5 = bump(&e.consecutive_5xx, five_xx);
+        let ng = bump(&e.consecutive_gateway, gateway);
+        let tripped = od.consecutive_5xx.is_some_and(|t| t > 0 && n5 >= t)
+            || od
+                .consecutive_gateway_errors
+                .is_some_and(|t| t > 0 && ng >= t);
+        if tripped {
+            self.eject(i, od);
+        }
+    }
+
+    fn eject(&self, i: usize, od: &OutlierDetection) {
+        let now = Instant::now();
+        let e = &self.endpoints[i];
+        if e.ejected(now) {
+            return;
+        }
+        let out = self.endpoints.iter().filter(|x| x.ejected(now)).count();
+        let limit = (self.endpoints.len() * od.max_ejection_percent as usize).div_ceil(100);
+        if out + 1 > limit.max(1) {
+            return;
+        }
+        let times = e.ejections.fetch_add(1, Ordering::Relaxed) + 1;
+        let until = now + od.base_ejection_time.saturating_mul(times);
+        *e.ejected_until.lock().unwrap_or_else(|p| p.into_inner()) = Some(until);
+        e.consecutive_5xx.store(0, Ordering::Relaxed);
+        e.consecutive_gateway.store(0, Ordering::Relaxed);
+        tracing::info!(endpoint = %e.addr, times, until = ?od.base_ejection_time.saturating_mul(times), "outlier ejected");
+    }
+
+    /// Whether endpoint `i` is ejected now.
+    pub fn is_ejected(&self, i: usize) -> bool {
+        self.endpoints[i].ejected(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn balancer(outlier: Option<OutlierDetection>) -> Balancer {
+        let ep = |port: u16, loc: &str| {
+            Endpoint::new(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Locality::parse(loc),
+            )
+        };
+        Balancer::new(
+            vec![ep(1, "eu/a"), ep(2, "eu/a"), ep(3, "eu/b"), ep(4, "us/c")],
+            Locality::parse("eu/a"),
+            outlier,
+        )
+    }
+
+    fn fail() -> Outcome {
+        Outcome::Response {
+            status: 503,
+            grpc_status: None,
+        }
+    }
+
+    #[test]
+    fn distances() {
+        let here = Locality::parse("eu/a/1");
+        let cases = [
+            ("eu/a/1", 0),
+            ("eu/a/2", 1),
+            ("eu/b", 2),
+            ("us/a/1", 3),
+            ("", 3),
+        ];
+        for (other, want) in cases {
+            assert_eq!(here.distance(&Locality::parse(other)), want, "{other}");
+        }
+    }
+
+    #[test]
+    fn least_request_of_two_in_the_closest_tier() {
+        let b = balancer(None);
+        // Only endpoints 0 and 1 (zone a) are ever chosen.
+        for a in 0..10 {
+            assert!(b.pick(a, a + 1).is_some_and(|i| i < 2));
+        }
+        let _busy = b.start(0);
+        assert_eq!(b.pick(0, 1), Some(1), "the less busy of the two");
+        assert_eq!(b.pick(1, 0), Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn ejection_fails_over_and_recovers_with_growing_times() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(3),
+            consecutive_gateway_errors: None,
+            base_ejection_time: Duration::from_secs(10),
+            max_ejection_percent: 100,
+        };
+        let b = balancer(Some(od));
+        for i in [0, 1] {
+            b.report(i, fail());
+            b.report(i, fail());
+            assert!(!b.is_ejected(i), "two failures are not enough");
+            b.report(i, fail());
+            assert!(b.is_ejected(i));
+        }
+        // Zone a is out: zone b serves.
+        assert_eq!(b.pick(0, 1), Some(2));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(
+            b.pick(0, 1).is_some_and(|i| i < 2),
+            "back after the ejection time"
+        );
+        // A second ejection lasts twice as long.
+        for _ in 0..3 {
+            b.report(0, fail());
+        }
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert!(b.is_ejected(0));
+        tokio::time::advance(Duration::from_secs(6)).await;
+        assert!(!b.is_ejected(0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_success_resets_the_count_and_max_percent_holds() {
+        let od = OutlierDetection {
+            consecutive_5xx: Some(2),
+            max_ejection_percent: 25,
+            ..OutlierDetection::default()
+        };
+        let b = balancer(Some(od));
+        b.report(0, fail());
+        b.report(
+            0,
+            Outcome::Response {
+                status: 200,
+                grpc_status: None,
+            },
+        );
+        b.report(0, fail());
+        assert!(!b.is_ejected(0));
+        b.report(0, fail());
+        assert!(b.is_ejected(0));
+        // 25 % of 4 is one endpoint: the second stays in.
+        b.report(1, fail());
+        b.report(1, fail());
+        assert!(!b.is_ejected(1));
+    }
+}
