@@ -1,14 +1,20 @@
 //! The HTTP engine: one request goes through named phases, in this order,
 //! with one [`Ctx`] carrying what they learn:
 //!
-//! 1. `route` — choose the route ([`crate::route::select`]) and a backend,
-//!    whose circuit breaker admits the request or fails it at once (`UO`);
-//! 2. `buffer` — keep the request body for replay, up to a limit (beyond
-//!    it the request is sent once, never retried);
-//! 3. `upstream` — tries within the overall timeout: each try bounded by
+//! 1. `route` — choose the route ([`crate::route::select`]);
+//! 2. `fault` — injected delays and aborts (flags `DI`, `FI`);
+//! 3. `redirect` — answered here when the route redirects;
+//!    then the backend is chosen by weight, and its circuit breaker admits
+//!    the request or fails it at once (`UO`);
+//! 4. `rewrite` — path and host rewrites, request header changes;
+//! 5. `buffer` — keep the request body for replay, up to a limit (beyond
+//!    it the request is sent once, never retried or mirrored);
+//! 6. `mirror` — a copy to the mirror service, answer ignored;
+//! 7. `upstream` — tries within the overall timeout: each try bounded by
 //!    the per-try timeout; a retryable outcome is retried after backoff (or
 //!    `Retry-After`) only while the retry budgets allow;
-//! 4. `log` — metrics and the access-log line, from the context.
+//! 8. `response` — response header changes;
+//! 9. `log` — metrics and the access-log line, from the context.
 //!
 //! Errors become responses in one place ([`L7Error::response`]). The engine
 //! knows nothing about listeners: a front (plain HTTP, HBONE) hands it
@@ -34,7 +40,7 @@ use crate::budget::{ConcurrencyBudget, RateBudget};
 use crate::lb::{Balancer, Endpoint, Locality};
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
-use crate::route::{Route, pick_backend, select};
+use crate::route::{Redirect, Rewrite, Route, pick_backend, select};
 
 /// Request bodies up to this size are kept for replay (retries).
 pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
@@ -295,6 +301,25 @@ impl Engine {
         )
         .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
         ctx.route = route.name.clone();
+        // Phase 2: fault injection.
+        if let Some(fault) = &route.fault {
+            if let Some((percent, delay)) = fault.delay
+                && fastrand::f64() * 100.0 < percent
+            {
+                tokio::time::sleep(delay).await;
+                ctx.flags = "DI";
+            }
+            if let Some((percent, status)) = fault.abort
+                && fastrand::f64() * 100.0 < percent
+            {
+                ctx.flags = "FI";
+                return Ok(status_response(status, "fault filter abort"));
+            }
+        }
+        // Phase 3: redirect, answered here.
+        if let Some(redirect) = &route.redirect {
+            return Ok(redirect_response(redirect, &request));
+        }
         let backend = pick_backend(route, fastrand::f64())
             .ok_or_else(|| L7Error::NoHealthyUpstream(route.name.clone()))?;
         ctx.service = backend.service.clone();
@@ -309,17 +334,63 @@ impl Engine {
             .admit()
             .await
             .ok_or_else(|| L7Error::Overflow(cluster.name.clone()))?;
-        // Phase 2: buffer.
-        let (parts, body) = request.into_parts();
+        // Phase 4: rewrite and request headers.
+        let (mut parts, body) = request.into_parts();
+        if let Some(rewrite) = &route.rewrite {
+            rewrite_request(rewrite, &mut parts)?;
+        }
+        route.request_headers.apply(&mut parts.headers);
+        // Phase 5: buffer for replay.
         let payload = self.buffer(body).await?;
-        // Phase 3: upstream, within the overall timeout.
+        // Phase 6: mirror.
+        if let (Some(mirror), Payload::Replayable(bytes)) = (&route.mirror, &payload)
+            && fastrand::f64() * 100.0 < mirror.percent
+            && let Some(target) = config.clusters.get(&mirror.service)
+        {
+            self.mirror(target, &parts, bytes.clone());
+        }
+        // Phase 7: upstream, within the overall timeout.
         let tries = self.upstream(ctx, route, &cluster, &parts, payload);
-        match route.timeout {
+        let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, tries)
                 .await
                 .unwrap_or(Err(L7Error::Timeout)),
             None => tries.await,
+        }?;
+        // Phase 8: response headers.
+        route.response_headers.apply(response.headers_mut());
+        Ok(response)
+    }
+
+    /// Sends a copy to `target`; its answer is dropped.
+    fn mirror(&self, target: &Arc<Cluster>, parts: &http::request::Parts, body: Bytes) {
+        let Some(index) = target
+            .balancer
+            .pick(fastrand::usize(..), fastrand::usize(..))
+        else {
+            return;
+        };
+        let Ok(mut copy) =
+            upstream_request(parts, target.balancer.endpoints()[index].addr, full(body))
+        else {
+            return;
+        };
+        // Envoy marks shadow traffic by suffixing the host.
+        if let Some(host) = parts
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            && let Ok(v) = HeaderValue::from_str(&format!("{host}-shadow"))
+        {
+            copy.headers_mut().insert(http::header::HOST, v);
         }
+        let client = self.client.clone();
+        let name = target.name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.request(copy).await {
+                tracing::debug!(service = %name, error = %e, "mirrored request failed");
+            }
+        });
     }
 
     async fn buffer(&self, body: Incoming) -> Result<Payload, L7Error> {
@@ -433,6 +504,65 @@ impl Engine {
             tokio::time::sleep(wait).await;
         }
     }
+}
+
+/// A short plain-text response with `status`.
+fn status_response(status: u16, text: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{text}\n")));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r
+}
+
+/// The redirect for `request`: scheme, host, port and path replaced as
+/// configured, the query kept.
+fn redirect_response(r: &Redirect, request: &Request<Incoming>) -> Response<Body> {
+    let host_header = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| request.uri().host())
+        .unwrap_or("localhost");
+    let (req_host, req_port) = match host_header.rsplit_once(':') {
+        Some((h, p)) if p.parse::<u16>().is_ok() => (h, Some(p)),
+        _ => (host_header, None),
+    };
+    let scheme = r.scheme.as_deref().unwrap_or("http");
+    let host = r.host.as_deref().unwrap_or(req_host);
+    let port = match (r.port, &r.host, req_port) {
+        (Some(p), _, _) => format!(":{p}"),
+        (None, None, Some(p)) => format!(":{p}"),
+        _ => String::new(),
+    };
+    let path = r.path.as_deref().unwrap_or(request.uri().path());
+    let query = request
+        .uri()
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    let mut response = status_response(r.status, "redirect");
+    if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{port}{path}{query}")) {
+        response.headers_mut().insert(http::header::LOCATION, v);
+    }
+    response
+}
+
+/// Applies a rewrite to the request's path and host.
+fn rewrite_request(r: &Rewrite, parts: &mut http::request::Parts) -> Result<(), L7Error> {
+    let path = r.path(parts.uri.path());
+    let query = parts
+        .uri
+        .query()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    parts.uri = format!("{path}{query}")
+        .parse()
+        .map_err(|e| L7Error::Downstream(format!("rewritten path {path:?}: {e}")))?;
+    if let Some(host) = &r.host
+        && let Ok(v) = HeaderValue::from_str(host)
+    {
+        parts.headers.insert(http::header::HOST, v);
+    }
+    Ok(())
 }
 
 /// The request as sent to `endpoint`: same method, path, headers and

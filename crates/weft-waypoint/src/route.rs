@@ -75,8 +75,115 @@ pub struct Backend {
     pub weight: u32,
 }
 
-/// One route.
+/// Header changes (Gateway API `RequestHeaderModifier` /
+/// `ResponseHeaderModifier`, Istio `headers.request/response`).
+#[derive(Debug, Clone, Default)]
+pub struct HeaderChanges {
+    /// Replace (or add) these.
+    pub set: Vec<(String, String)>,
+    /// Add these, keeping existing values.
+    pub add: Vec<(String, String)>,
+    /// Remove these.
+    pub remove: Vec<String>,
+}
+
+impl HeaderChanges {
+    /// Applies the changes: remove, then set, then add.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        use http::header::{HeaderName, HeaderValue};
+        for name in &self.remove {
+            headers.remove(name.as_str());
+        }
+        let parsed = |(k, v): &(String, String)| {
+            Some((
+                HeaderName::from_bytes(k.as_bytes()).ok()?,
+                HeaderValue::from_str(v).ok()?,
+            ))
+        };
+        for (k, v) in self.set.iter().filter_map(parsed) {
+            headers.insert(k, v);
+        }
+        for (k, v) in self.add.iter().filter_map(parsed) {
+            headers.append(k, v);
+        }
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.set.is_empty() && self.add.is_empty() && self.remove.is_empty()
+    }
+}
+
+/// Fault injection (Istio `fault`): delays and aborts by percentage.
+#[derive(Debug, Clone, Default)]
+pub struct Fault {
+    /// (percent of requests, delay).
+    pub delay: Option<(f64, Duration)>,
+    /// (percent of requests, HTTP status returned).
+    pub abort: Option<(f64, u16)>,
+}
+
+/// A redirect answered by the proxy itself.
 #[derive(Debug, Clone)]
+pub struct Redirect {
+    /// New scheme (`http`/`https`); default: the request's (`http`).
+    pub scheme: Option<String>,
+    /// New host; default: the request's.
+    pub host: Option<String>,
+    /// New port.
+    pub port: Option<u16>,
+    /// New path; default: the request's.
+    pub path: Option<String>,
+    /// 301 or 302 (also 303, 307, 308).
+    pub status: u16,
+}
+
+/// Rewrites before forwarding.
+#[derive(Debug, Clone, Default)]
+pub struct Rewrite {
+    /// Replace this path prefix with that one.
+    pub prefix: Option<(String, String)>,
+    /// Replace the whole path.
+    pub full_path: Option<String>,
+    /// Replace the `host` header (authority).
+    pub host: Option<String>,
+}
+
+impl Rewrite {
+    /// The rewritten path (query kept by the caller).
+    pub fn path(&self, path: &str) -> String {
+        if let Some(full) = &self.full_path {
+            return full.clone();
+        }
+        if let Some((from, to)) = &self.prefix
+            && let Some(rest) = path.strip_prefix(from.trim_end_matches('/'))
+        {
+            let joined = format!(
+                "{}/{}",
+                to.trim_end_matches('/'),
+                rest.trim_start_matches('/')
+            );
+            return if rest.is_empty() && !to.is_empty() {
+                to.clone()
+            } else {
+                joined
+            };
+        }
+        path.to_owned()
+    }
+}
+
+/// Copies of requests sent to another service; responses ignored.
+#[derive(Debug, Clone)]
+pub struct Mirror {
+    /// The service copies go to.
+    pub service: String,
+    /// Share of requests copied, in percent.
+    pub percent: f64,
+}
+
+/// One route.
+#[derive(Debug, Clone, Default)]
 pub struct Route {
     /// Name, for logs and metrics.
     pub name: String,
@@ -88,6 +195,18 @@ pub struct Route {
     pub timeout: Option<Duration>,
     /// Retries; `None`: none.
     pub retry: Option<RetryPolicy>,
+    /// Injected faults.
+    pub fault: Option<Fault>,
+    /// Answer with a redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Path and host rewrites.
+    pub rewrite: Option<Rewrite>,
+    /// Changes to request headers.
+    pub request_headers: HeaderChanges,
+    /// Changes to response headers.
+    pub response_headers: HeaderChanges,
+    /// Request mirroring.
+    pub mirror: Option<Mirror>,
 }
 
 /// The first route whose matches hold, in order.
@@ -130,8 +249,7 @@ mod tests {
                 service: name.into(),
                 weight: 1,
             }],
-            timeout: None,
-            retry: None,
+            ..Route::default()
         }
     }
 
@@ -198,6 +316,53 @@ mod tests {
             assert_eq!(got, Some(want), "{method} {path}");
         }
         assert!(select(&routes[..1], &Method::GET, "/", &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn rewrites() {
+        let prefix = Rewrite {
+            prefix: Some(("/old".into(), "/new".into())),
+            ..Rewrite::default()
+        };
+        let cases = [
+            (&prefix, "/old/a/b", "/new/a/b"),
+            (&prefix, "/old", "/new"),
+            (&prefix, "/other", "/other"),
+        ];
+        for (r, path, want) in cases {
+            assert_eq!(r.path(path), want, "{path}");
+        }
+        let root = Rewrite {
+            prefix: Some(("/api".into(), "/".into())),
+            ..Rewrite::default()
+        };
+        assert_eq!(root.path("/api/x"), "/x");
+        let full = Rewrite {
+            full_path: Some("/fixed".into()),
+            ..Rewrite::default()
+        };
+        assert_eq!(full.path("/anything?"), "/fixed");
+    }
+
+    #[test]
+    fn header_changes_remove_set_add() {
+        let mut h = HeaderMap::new();
+        h.insert("x-a", "1".parse().expect("v"));
+        h.insert("x-gone", "1".parse().expect("v"));
+        HeaderChanges {
+            set: vec![("x-a".into(), "2".into())],
+            add: vec![("x-a".into(), "3".into()), ("x-new".into(), "n".into())],
+            remove: vec!["x-gone".into()],
+        }
+        .apply(&mut h);
+        let a: Vec<&str> = h
+            .get_all("x-a")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        assert_eq!(a, ["2", "3"]);
+        assert!(h.get("x-gone").is_none());
+        assert_eq!(h.get("x-new").map(|v| v.as_bytes()), Some(&b"n"[..]));
     }
 
     #[test]

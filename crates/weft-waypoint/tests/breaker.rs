@@ -49,6 +49,7 @@ async fn request_n_plus_one_overflows_at_once() {
             }],
             timeout: Some(Duration::from_secs(20)),
             retry: None,
+            ..Route::default()
         }],
         clusters: HashMap::from([("shop/b".to_owned(), cluster.clone())]),
     };

@@ -87,6 +87,7 @@ async fn a_failing_zone_is_ejected_and_traffic_returns_after_recovery() {
                 retry_on: RetryOn::parse("5xx").expect("retryOn"),
                 ..RetryPolicy::default()
             }),
+            ..Route::default()
         }],
         clusters: HashMap::from([(
             "shop/b".to_owned(),

@@ -61,6 +61,7 @@ async fn waypoint(b: SocketAddr) -> (SocketAddr, Metrics) {
                 retry_on: RetryOn::parse("5xx,reset,connect-failure").expect("retryOn"),
                 ..RetryPolicy::default()
             }),
+            ..Route::default()
         }],
         clusters: HashMap::from([(SERVICE.to_owned(), Arc::new(cluster))]),
     };
