@@ -35,6 +35,65 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_workload_ips(r, out);
     unselected_workloads(r, out);
     outbound_listeners(r, out);
+    waypoints(r, out);
+}
+
+/// `istio.io/use-waypoint` must name a waypoint workload; a waypoint needs
+/// an IP address and a node.
+fn waypoints(r: &Resources, out: &mut Vec<Diagnostic>) {
+    use weft_core::model::{
+        NODE_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, WAYPOINT_LABEL,
+    };
+    let is_waypoint = |we: &Resource<crate::kinds::WorkloadEntrySpec>| {
+        we.spec.labels.get(WAYPOINT_LABEL).is_some_and(|v| v == "true")
+    };
+    let by_name: HashMap<&NamespacedName, &Resource<crate::kinds::WorkloadEntrySpec>> = r
+        .workload_entries
+        .iter()
+        .map(|we| (&we.name, we.as_ref()))
+        .collect();
+    for se in &r.service_entries {
+        let Some(name) = se.labels.get(USE_WAYPOINT_LABEL) else {
+            continue;
+        };
+        let ns = se
+            .labels
+            .get(USE_WAYPOINT_NAMESPACE_LABEL)
+            .map_or(se.name.namespace.as_str(), String::as_str);
+        let wanted = NamespacedName::new(ns, name);
+        let field = format!("metadata.labels.{USE_WAYPOINT_LABEL}");
+        match by_name.get(&wanted) {
+            None => out.push(error(
+                se,
+                &field,
+                format!("no WorkloadEntry {wanted} to be the waypoint; declare one labelled {WAYPOINT_LABEL}: \"true\""),
+            )),
+            Some(we) if !is_waypoint(we) => out.push(error(
+                se,
+                &field,
+                format!("WorkloadEntry {wanted} is not a waypoint; label it {WAYPOINT_LABEL}: \"true\""),
+            )),
+            Some(_) if se.spec.addresses.is_empty() => out.push(error(
+                se,
+                "spec.addresses",
+                "a service that uses a waypoint needs a virtual IP: node proxies send its traffic to the waypoint by that address".into(),
+            )),
+            Some(_) => {}
+        }
+    }
+    for we in r.workload_entries.iter().filter(|we| is_waypoint(we)) {
+        let ip = we.spec.address.as_deref().unwrap_or_default().parse::<IpAddr>();
+        if ip.is_err() {
+            out.push(error(we, "spec.address", "a waypoint needs an IP address".into()));
+        }
+        if !we.spec.labels.contains_key(NODE_LABEL) {
+            out.push(error(
+                we,
+                &format!("spec.labels.{NODE_LABEL}"),
+                "a waypoint runs on a node: name it (the waypoint uses that node's bootstrap token)".into(),
+            ));
+        }
+    }
 }
 
 /// Ports weft's own listeners use; an outbound listener may not take them.
@@ -258,6 +317,15 @@ fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
         }
     }
     for we in &r.workload_entries {
+        // A waypoint serves services; no service selects it.
+        if we
+            .spec
+            .labels
+            .get(weft_core::model::WAYPOINT_LABEL)
+            .is_some_and(|v| v == "true")
+        {
+            continue;
+        }
         let client_only = we
             .annotations
             .get(CLIENT_ONLY_ANNOTATION)

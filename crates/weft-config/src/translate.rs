@@ -8,7 +8,8 @@ use std::net::IpAddr;
 use weft_core::model::{
     CLIENT_ONLY_ANNOTATION, Locality, MeshSettings, MtlsMode, NODE_LABEL, NamespacedName,
     OutboundPolicy, Protocol, RUN_ANNOTATION, Resolution, Service, ServiceLocation, ServicePort,
-    Snapshot, Workload, WorkloadAddress,
+    Snapshot, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, WAYPOINT_LABEL, Workload,
+    WorkloadAddress,
 };
 use weft_core::{Identity, duration};
 
@@ -275,6 +276,7 @@ fn workload(
         client_only: annotations.client_only,
         outbound: annotations.outbound,
         mtls_mode: mesh.mtls_mode,
+        waypoint: spec.labels.get(WAYPOINT_LABEL).is_some_and(|v| v == "true"),
         name,
     })
 }
@@ -346,5 +348,13 @@ fn service(se: &Resource<ServiceEntrySpec>, endpoints: Vec<NamespacedName>) -> S
             ResolutionSpec::DnsRoundRobin => Resolution::DnsRoundRobin,
         },
         endpoints,
+        waypoint: se.labels.get(USE_WAYPOINT_LABEL).map(|name| {
+            NamespacedName::new(
+                se.labels
+                    .get(USE_WAYPOINT_NAMESPACE_LABEL)
+                    .map_or(se.name.namespace.as_str(), String::as_str),
+                name,
+            )
+        }),
     }
 }

@@ -30,6 +30,17 @@ pub const OUTBOUND_ANNOTATION: &str = "weft.dev/outbound";
 /// error for no service to select it.
 pub const CLIENT_ONLY_ANNOTATION: &str = "weft.dev/client-only";
 
+/// Label on a workload marking it as a waypoint (weft's file-mode stand-in
+/// for Istio's `istio-waypoint` Gateway): it runs `weft waypoint`, receives
+/// HBONE itself, and its node proxy leaves it alone.
+pub const WAYPOINT_LABEL: &str = "weft.dev/waypoint";
+/// Label on a service naming the waypoint (a workload of the same
+/// namespace, unless `istio.io/use-waypoint-namespace` says otherwise) its
+/// traffic goes through, as in Istio.
+pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// Label naming the namespace of the waypoint in `istio.io/use-waypoint`.
+pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
+
 /// A namespace-qualified name, displayed as `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct NamespacedName {
@@ -269,6 +280,8 @@ pub struct Service {
     pub resolution: Resolution,
     /// The workloads behind the service, by name, sorted.
     pub endpoints: Vec<NamespacedName>,
+    /// The waypoint (a workload) its traffic goes through, if any.
+    pub waypoint: Option<NamespacedName>,
 }
 
 impl Service {
@@ -480,6 +493,8 @@ pub struct Workload {
     /// Whether it accepts plaintext: the `PeerAuthentication` in force, or
     /// the mesh default.
     pub mtls_mode: MtlsMode,
+    /// Whether it is a waypoint (label `weft.dev/waypoint: "true"`).
+    pub waypoint: bool,
 }
 
 /// A local port on a workload's address that leads to a service.

@@ -1073,6 +1073,7 @@ impl InboundHandler for InboundFor {
                 services: Default::default(),
                 policies: Vec::new(),
                 permissive: false,
+                waypoint: false,
             };
             // L4 authorization against the policies in force now.
             let decision = {

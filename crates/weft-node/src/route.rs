@@ -171,6 +171,28 @@ pub fn decide(
     unhealthy: &dyn Fn(&str) -> bool,
     turn: usize,
 ) -> Route {
+    // A service with a waypoint: everyone but the waypoint itself goes
+    // through it, addressed by the service's VIP (as ztunnel does).
+    if let Some(info) = view.services.get(service)
+        && let Some(waypoint_ip) = info.waypoint
+        && source.ip != waypoint_ip
+    {
+        let waypoint = view.by_ip.get(&waypoint_ip).and_then(|uid| view.workloads.get(uid));
+        return match (waypoint, info.vip) {
+            (Some(w), Some(vip)) => Route::Tunnel {
+                endpoint: w.uid.clone(),
+                target: SocketAddr::new(vip, port),
+                hbone: SocketAddr::new(w.ip, weft_hbone::PORT),
+                identity: w.identity.clone(),
+            },
+            (None, _) => Route::Deny(format!(
+                "service {service} uses waypoint {waypoint_ip}, which is not in the registry"
+            )),
+            (_, None) => Route::Deny(format!(
+                "service {service} uses a waypoint but has no virtual IP"
+            )),
+        };
+    }
     let Some(uids) = view.endpoints.get(service) else {
         return Route::Deny(format!("no service {service} in the registry"));
     };
@@ -224,6 +246,7 @@ mod tests {
             services: HashMap::from([("shop/pay".to_owned(), HashMap::from([(80, 8080)]))]),
             policies: Vec::new(),
             permissive: false,
+            waypoint: false,
         }
     }
 
@@ -245,6 +268,43 @@ mod tests {
             Route::Passthrough(_) => "passthrough",
             Route::Deny(reason) => reason,
         }
+    }
+
+    #[test]
+    fn services_with_a_waypoint_go_through_it() {
+        let client = w("client", [127, 0, 1, 9], "node-1", "a");
+        let pay = w("pay-1", [127, 0, 2, 20], "node-2", "b");
+        let mut waypoint = w("waypoint", [127, 0, 1, 50], "node-1", "a");
+        waypoint.services.clear();
+        waypoint.waypoint = true;
+        let mut v = view(std::slice::from_ref(&pay));
+        v.by_ip.insert(waypoint.ip, waypoint.uid.clone());
+        v.workloads
+            .insert(waypoint.uid.clone(), Arc::new(waypoint.clone()));
+        let vip = std::net::IpAddr::from([240, 0, 0, 1]);
+        v.services.insert(
+            "shop/pay".into(),
+            crate::view::ServiceInfo {
+                vip: Some(vip),
+                waypoint: Some(waypoint.ip),
+            },
+        );
+        let none: &dyn Fn(&str) -> bool = &|_| false;
+        // The caller reaches the waypoint, naming the service's VIP.
+        assert_eq!(
+            decide(&v, &client, "shop/pay", 80, none, 0),
+            Route::Tunnel {
+                endpoint: "waypoint".into(),
+                target: SocketAddr::new(vip, 80),
+                hbone: "127.0.1.50:15008".parse().expect("addr"),
+                identity: waypoint.identity.clone(),
+            }
+        );
+        // The waypoint itself reaches the endpoints.
+        assert_eq!(chosen(&decide(&v, &waypoint, "shop/pay", 80, none, 0)), "pay-1");
+        // A waypoint missing from the registry is a clear refusal.
+        v.workloads.remove("waypoint");
+        assert!(chosen(&decide(&v, &client, "shop/pay", 80, none, 0)).contains("not in the registry"));
     }
 
     #[test]

@@ -11,7 +11,7 @@ use weft_core::Identity;
 use weft_xds::ClientState;
 use weft_xds::proto::security::{Authorization, Scope};
 use weft_xds::proto::weft::{MeshConfig, MtlsMode, OutboundPolicy, WorkloadListeners};
-use weft_xds::proto::workload::{Address, address::Type};
+use weft_xds::proto::workload::{Address, address::Type, gateway_address};
 
 /// A workload as the node proxy needs it.
 #[derive(Debug, Clone, PartialEq)]
@@ -35,6 +35,17 @@ pub struct WorkloadInfo {
     /// Whether it also accepts plaintext (`PeerAuthentication`
     /// `PERMISSIVE`); only captured workloads can receive any.
     pub permissive: bool,
+    /// Whether it is a waypoint (it terminates HBONE itself).
+    pub waypoint: bool,
+}
+
+/// What the node needs about a service beyond its endpoints.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Its first virtual IP.
+    pub vip: Option<IpAddr>,
+    /// The address of the waypoint its traffic goes through.
+    pub waypoint: Option<IpAddr>,
 }
 
 /// One explicit outbound listener of a local workload.
@@ -65,6 +76,8 @@ pub struct NodeView {
     pub services_by_host: HashMap<String, String>,
     /// Service name by virtual IP.
     pub services_by_vip: HashMap<IpAddr, String>,
+    /// Services by name (`namespace/hostname`).
+    pub services: HashMap<String, ServiceInfo>,
     /// Authorization policies by `ns/name`.
     pub policies: HashMap<String, Arc<Authorization>>,
     /// Whether traffic to destinations outside the registry passes through
@@ -91,11 +104,18 @@ impl NodeView {
                     r#type: Some(Type::Service(s)),
                 }) => {
                     let name = format!("{}/{}", s.namespace, s.hostname);
+                    let mut info = ServiceInfo::default();
                     for a in &s.addresses {
                         if let Some(ip) = ip_of(&a.address) {
                             view.services_by_vip.insert(ip, name.clone());
+                            info.vip.get_or_insert(ip);
                         }
                     }
+                    info.waypoint = s.waypoint.as_ref().and_then(|w| match &w.destination {
+                        Some(gateway_address::Destination::Address(a)) => ip_of(&a.address),
+                        _ => None,
+                    });
+                    view.services.insert(name.clone(), info);
                     view.services_by_host
                         .insert(s.hostname.to_ascii_lowercase(), name);
                     continue;
@@ -146,6 +166,7 @@ impl NodeView {
                 services,
                 policies: w.authorization_policies.clone(),
                 permissive: false,
+                waypoint: false,
             };
             for service in info.services.keys() {
                 view.endpoints
@@ -193,7 +214,9 @@ impl NodeView {
                 continue;
             };
             if let Some(w) = view.workloads.get_mut(&l.workload_uid) {
-                Arc::make_mut(w).permissive = l.mtls_mode == MtlsMode::Permissive as i32;
+                let w = Arc::make_mut(w);
+                w.permissive = l.mtls_mode == MtlsMode::Permissive as i32;
+                w.waypoint = l.waypoint;
             }
             let local = view
                 .workloads
@@ -237,9 +260,12 @@ impl NodeView {
             .collect()
     }
 
-    /// Workloads running on `node`.
+    /// Workloads running on `node` that its proxy serves (waypoints serve
+    /// themselves).
     pub fn local<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<WorkloadInfo>> {
-        self.workloads.values().filter(move |w| w.node == node)
+        self.workloads
+            .values()
+            .filter(move |w| w.node == node && !w.waypoint)
     }
 }
 

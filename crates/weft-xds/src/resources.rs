@@ -163,7 +163,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     for service in snapshot.services.values() {
         for host in &service.hosts {
             let message = wl::Address {
-                r#type: Some(Type::Service(service_message(service, host))),
+                r#type: Some(Type::Service(service_message(snapshot, service, host))),
             };
             addresses.insert(
                 Arc::from(service_name(&service.name.namespace, host)),
@@ -208,7 +208,9 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     for w in snapshot
         .workloads
         .values()
-        .filter(|w| !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode)
+        .filter(|w| {
+            !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode || w.waypoint
+        })
     {
         let message = crate::proto::weft::WorkloadListeners {
             workload_uid: workload_uid(w),
@@ -226,6 +228,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
                 })
                 .collect(),
             mtls_mode: mode(w.mtls_mode),
+            waypoint: w.waypoint,
         };
         listeners.insert(
             Arc::from(workload_uid(w)),
@@ -296,8 +299,26 @@ fn l7_message(service: &Service) -> crate::proto::weft::L7Service {
     }
 }
 
-fn service_message(service: &Service, host: &str) -> wl::Service {
+fn service_message(snapshot: &Snapshot, service: &Service, host: &str) -> wl::Service {
+    // The waypoint, by address (validation guarantees it has an IP).
+    let waypoint = service
+        .waypoint
+        .as_ref()
+        .and_then(|name| snapshot.workloads.get(name))
+        .and_then(|w| match &w.address {
+            WorkloadAddress::Ip(ip) => Some(wl::GatewayAddress {
+                destination: Some(wl::gateway_address::Destination::Address(
+                    wl::NetworkAddress {
+                        network: String::new(),
+                        address: ip_bytes(*ip),
+                    },
+                )),
+                hbone_mtls_port: 15008,
+            }),
+            WorkloadAddress::Hostname(_) => None,
+        });
     wl::Service {
+        waypoint,
         name: service.name.name.clone(),
         namespace: service.name.namespace.clone(),
         hostname: host.to_owned(),
