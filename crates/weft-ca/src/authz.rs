@@ -224,6 +224,7 @@ mod tests {
                 client_only: false,
                 outbound: Vec::new(),
                 mtls_mode: weft_core::model::MtlsMode::Strict,
+                waypoint: false,
             };
             s.workloads.insert(w.name.clone(), w);
         }

@@ -45,7 +45,10 @@ fn waypoints(r: &Resources, out: &mut Vec<Diagnostic>) {
         NODE_LABEL, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, WAYPOINT_LABEL,
     };
     let is_waypoint = |we: &Resource<crate::kinds::WorkloadEntrySpec>| {
-        we.spec.labels.get(WAYPOINT_LABEL).is_some_and(|v| v == "true")
+        we.spec
+            .labels
+            .get(WAYPOINT_LABEL)
+            .is_some_and(|v| v == "true")
     };
     let by_name: HashMap<&NamespacedName, &Resource<crate::kinds::WorkloadEntrySpec>> = r
         .workload_entries
@@ -82,9 +85,18 @@ fn waypoints(r: &Resources, out: &mut Vec<Diagnostic>) {
         }
     }
     for we in r.workload_entries.iter().filter(|we| is_waypoint(we)) {
-        let ip = we.spec.address.as_deref().unwrap_or_default().parse::<IpAddr>();
+        let ip = we
+            .spec
+            .address
+            .as_deref()
+            .unwrap_or_default()
+            .parse::<IpAddr>();
         if ip.is_err() {
-            out.push(error(we, "spec.address", "a waypoint needs an IP address".into()));
+            out.push(error(
+                we,
+                "spec.address",
+                "a waypoint needs an IP address".into(),
+            ));
         }
         if !we.spec.labels.contains_key(NODE_LABEL) {
             out.push(error(

@@ -604,6 +604,7 @@ mod tests {
             client_only: false,
             outbound: Vec::new(),
             mtls_mode: crate::model::MtlsMode::Strict,
+            waypoint: false,
         }
     }
 
@@ -617,6 +618,7 @@ mod tests {
             location: ServiceLocation::MeshInternal,
             resolution: Resolution::Static,
             endpoints: vec![],
+            waypoint: None,
         };
         let port = |target| ServicePort {
             name: "http".into(),

@@ -177,7 +177,10 @@ pub fn decide(
         && let Some(waypoint_ip) = info.waypoint
         && source.ip != waypoint_ip
     {
-        let waypoint = view.by_ip.get(&waypoint_ip).and_then(|uid| view.workloads.get(uid));
+        let waypoint = view
+            .by_ip
+            .get(&waypoint_ip)
+            .and_then(|uid| view.workloads.get(uid));
         return match (waypoint, info.vip) {
             (Some(w), Some(vip)) => Route::Tunnel {
                 endpoint: w.uid.clone(),
@@ -301,10 +304,15 @@ mod tests {
             }
         );
         // The waypoint itself reaches the endpoints.
-        assert_eq!(chosen(&decide(&v, &waypoint, "shop/pay", 80, none, 0)), "pay-1");
+        assert_eq!(
+            chosen(&decide(&v, &waypoint, "shop/pay", 80, none, 0)),
+            "pay-1"
+        );
         // A waypoint missing from the registry is a clear refusal.
         v.workloads.remove("waypoint");
-        assert!(chosen(&decide(&v, &client, "shop/pay", 80, none, 0)).contains("not in the registry"));
+        assert!(
+            chosen(&decide(&v, &client, "shop/pay", 80, none, 0)).contains("not in the registry")
+        );
     }
 
     #[test]

@@ -139,8 +139,12 @@ impl Cluster {
 /// What the engine serves: an immutable snapshot, swapped whole.
 #[derive(Debug, Default)]
 pub struct Config {
-    /// Routes, in order.
+    /// Routes, in order, for requests that do not name a target (a plain
+    /// HTTP front).
     pub routes: Vec<Route>,
+    /// Routes by target (`namespace/hostname:port`, the service a waypoint
+    /// received the request for).
+    pub targets: HashMap<String, Vec<Route>>,
     /// Upstream services by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
 }
@@ -232,10 +236,36 @@ enum Payload {
     Once(Option<Body>),
 }
 
+/// How the engine reaches endpoints.
+#[derive(Clone, Debug)]
+enum Upstream {
+    /// Plain TCP (benchmarks, tests, the gateway's non-mesh backends).
+    Plain(Client<HttpConnector, Body>),
+    /// HBONE tunnels to the endpoints' nodes (a waypoint).
+    Hbone(Client<crate::hbone::HboneConnector, Body>),
+}
+
+type ResponseFuture = std::pin::Pin<
+    Box<
+        dyn std::future::Future<
+                Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
+            > + Send,
+    >,
+>;
+
+impl Upstream {
+    fn request(&self, request: Request<Body>) -> ResponseFuture {
+        match self {
+            Upstream::Plain(c) => Box::pin(c.request(request)),
+            Upstream::Hbone(c) => Box::pin(c.request(request)),
+        }
+    }
+}
+
 /// The L7 engine.
 pub struct Engine {
     config: ArcSwap<Config>,
-    client: Client<HttpConnector, Body>,
+    client: Upstream,
     metrics: Metrics,
     max_replay: usize,
 }
@@ -254,7 +284,21 @@ impl Engine {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Engine {
             config: ArcSwap::from_pointee(config),
-            client: Client::builder(TokioExecutor::new()).build(connector),
+            client: Upstream::Plain(Client::builder(TokioExecutor::new()).build(connector)),
+            metrics,
+            max_replay: DEFAULT_MAX_REPLAY,
+        }
+    }
+
+    /// An engine that reaches endpoints over HBONE (a waypoint).
+    pub fn with_hbone(
+        config: Config,
+        metrics: Metrics,
+        connector: crate::hbone::HboneConnector,
+    ) -> Self {
+        Engine {
+            config: ArcSwap::from_pointee(config),
+            client: Upstream::Hbone(Client::builder(TokioExecutor::new()).build(connector)),
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -265,8 +309,19 @@ impl Engine {
         self.config.store(Arc::new(config));
     }
 
-    /// Serves one request through every phase.
+    /// Serves one request through every phase, with the routes for
+    /// requests that name no target.
     pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        self.handle_for(None, request).await
+    }
+
+    /// Serves one request received for `target` (a waypoint's service and
+    /// port, `namespace/hostname:port`).
+    pub async fn handle_for(
+        &self,
+        target: Option<&str>,
+        request: Request<Incoming>,
+    ) -> Response<Body> {
         let mut ctx = Ctx {
             started: Instant::now(),
             route: String::new(),
@@ -274,7 +329,7 @@ impl Engine {
             tries: 0,
             flags: "-",
         };
-        let response = match self.phases(&mut ctx, request).await {
+        let response = match self.phases(&mut ctx, target, request).await {
             Ok(r) => r,
             Err(e) => {
                 ctx.flags = e.flag();
@@ -289,12 +344,20 @@ impl Engine {
     async fn phases(
         &self,
         ctx: &mut Ctx,
+        target: Option<&str>,
         request: Request<Incoming>,
     ) -> Result<Response<Body>, L7Error> {
         let config = self.config.load_full();
         // Phase 1: route.
+        let routes = match target {
+            Some(t) => config
+                .targets
+                .get(t)
+                .ok_or_else(|| L7Error::NoRoute(format!("{t} (not a service of this waypoint)")))?,
+            None => &config.routes,
+        };
         let route = select(
-            &config.routes,
+            routes,
             request.method(),
             request.uri().path(),
             request.headers(),

@@ -10,7 +10,11 @@
 //! ([`metrics`]).
 //! Listeners are pluggable fronts ([`front`]).
 //!
-//! Still to come (issue 6): the HBONE front and upstream, configuration
+//! [`proxy`] runs it as a waypoint: HBONE in from node proxies (one HTTP
+//! connection per tunnel, for the service the tunnel names), HBONE out to
+//! endpoints ([`hbone`]), configuration from the config stream.
+//!
+//! Still to come (issue 6): configuration
 //! from `HTTPRoute`/`VirtualService`/`DestinationRule`, the other
 //! load-balancing policies (round robin, random, consistent hashing),
 //! header changes, redirects and rewrites, fault injection, mirroring.
@@ -20,8 +24,10 @@
 pub mod budget;
 pub mod engine;
 pub mod front;
+pub mod hbone;
 pub mod lb;
 pub mod metrics;
+pub mod proxy;
 pub mod retry;
 pub mod route;
 

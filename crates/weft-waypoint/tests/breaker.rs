@@ -52,6 +52,7 @@ async fn request_n_plus_one_overflows_at_once() {
             ..Route::default()
         }],
         clusters: HashMap::from([("shop/b".to_owned(), cluster.clone())]),
+        ..Config::default()
     };
     let metrics = Metrics::default();
     let engine = Arc::new(Engine::new(config, metrics.clone()));

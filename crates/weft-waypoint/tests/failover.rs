@@ -93,6 +93,7 @@ async fn a_failing_zone_is_ejected_and_traffic_returns_after_recovery() {
             "shop/b".to_owned(),
             Arc::new(Cluster::with_balancer("shop/b", balancer)),
         )]),
+        ..Config::default()
     };
     let engine = Arc::new(Engine::new(config, Metrics::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");

@@ -64,6 +64,7 @@ async fn waypoint(b: SocketAddr) -> (SocketAddr, Metrics) {
             ..Route::default()
         }],
         clusters: HashMap::from([(SERVICE.to_owned(), Arc::new(cluster))]),
+        ..Config::default()
     };
     let metrics = Metrics::default();
     let engine = Arc::new(Engine::new(config, metrics.clone()));

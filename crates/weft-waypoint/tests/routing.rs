@@ -181,7 +181,14 @@ impl Harness {
             .into_iter()
             .map(|(n, a)| (n.to_owned(), Arc::new(Cluster::new(n, vec![a]))))
             .collect::<HashMap<_, _>>();
-        let engine = Arc::new(Engine::new(Config { routes, clusters }, Metrics::default()));
+        let engine = Arc::new(Engine::new(
+            Config {
+                routes,
+                clusters,
+                ..Config::default()
+            },
+            Metrics::default(),
+        ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         tokio::spawn(weft_waypoint::front::serve_http(

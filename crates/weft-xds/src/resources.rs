@@ -208,9 +208,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     for w in snapshot
         .workloads
         .values()
-        .filter(|w| {
-            !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode || w.waypoint
-        })
+        .filter(|w| !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode || w.waypoint)
     {
         let message = crate::proto::weft::WorkloadListeners {
             workload_uid: workload_uid(w),

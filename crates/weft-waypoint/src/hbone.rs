@@ -1,0 +1,134 @@
+//! Upstream over HBONE: a connector for hyper's client that opens an
+//! HBONE tunnel (mTLS, HTTP/2 CONNECT, pooled) to the endpoint's node,
+//! presenting the waypoint's identity and expecting the endpoint's.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use arc_swap::ArcSwap;
+use http::{HeaderMap, Uri};
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use weft_ca::tls::CertSource;
+use weft_core::Identity;
+use weft_hbone::{HbonePool, PoolKey, Tunnel};
+
+/// Who may be at an endpoint address: the identity its certificate must
+/// carry. Swapped whole when the registry changes.
+pub type Peers = Arc<ArcSwap<HashMap<IpAddr, Identity>>>;
+
+/// Opens HBONE tunnels for hyper's client.
+#[derive(Clone)]
+pub struct HboneConnector {
+    pool: HbonePool,
+    source: Identity,
+    cert: Arc<dyn CertSource>,
+    peers: Peers,
+}
+
+impl std::fmt::Debug for HboneConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HboneConnector({})", self.source)
+    }
+}
+
+impl HboneConnector {
+    /// Tunnels from `source` (presenting `cert`) to endpoints in `peers`.
+    pub fn new(pool: HbonePool, source: Identity, cert: Arc<dyn CertSource>, peers: Peers) -> Self {
+        HboneConnector {
+            pool,
+            source,
+            cert,
+            peers,
+        }
+    }
+}
+
+/// Why no tunnel was opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// The URI does not name an `ip:port`.
+    #[error("upstream {0} is not an ip:port")]
+    Target(String),
+    /// The address is not a known endpoint.
+    #[error("no endpoint at {0} in the registry")]
+    Unknown(IpAddr),
+    /// The tunnel failed.
+    #[error(transparent)]
+    Hbone(#[from] weft_hbone::client::HboneError),
+}
+
+impl tower_service::Service<Uri> for HboneConnector {
+    type Response = TunnelIo;
+    type Error = ConnectError;
+    type Future = Pin<Box<dyn Future<Output = Result<TunnelIo, ConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let target: SocketAddr = uri
+                .authority()
+                .and_then(|a| a.as_str().parse().ok())
+                .ok_or_else(|| ConnectError::Target(uri.to_string()))?;
+            let expected = this
+                .peers
+                .load()
+                .get(&target.ip())
+                .cloned()
+                .ok_or(ConnectError::Unknown(target.ip()))?;
+            let key = PoolKey {
+                source: this.source.clone(),
+                destination: SocketAddr::new(target.ip(), weft_hbone::PORT),
+                expected: vec![expected],
+            };
+            let tunnel = this
+                .pool
+                .connect(&key, this.cert.clone(), target, HeaderMap::new())
+                .await?;
+            Ok(TunnelIo(TokioIo::new(tunnel)))
+        })
+    }
+}
+
+/// A tunnel as hyper's client sees a connection.
+pub struct TunnelIo(TokioIo<Tunnel>);
+
+impl Connection for TunnelIo {
+    fn connected(&self) -> Connected {
+        Connected::new()
+    }
+}
+
+impl hyper::rt::Read for TunnelIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for TunnelIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().0).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().0).poll_shutdown(cx)
+    }
+}

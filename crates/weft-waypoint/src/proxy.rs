@@ -1,0 +1,335 @@
+//! The running waypoint: its certificate from the CA, the registry from the
+//! config stream, HBONE on its own address (port 15008), and the L7 engine
+//! behind it. Node proxies send it the traffic of the services that name
+//! it (`istio.io/use-waypoint`), addressed to the service's VIP and port;
+//! it routes each request and forwards it to an endpoint over HBONE with
+//! its own identity.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls_pki_types::CertificateDer;
+use tokio::task::JoinHandle;
+use weft_admin::Routes;
+use weft_ca::authz::control_identity;
+use weft_ca::client::{GrpcCaClient, NodeCredential};
+use weft_ca::tls::{SpiffeClientVerifier, server_config};
+use weft_ca::{CertManager, ManagerOptions, TrustBundle};
+use weft_core::Identity;
+use weft_hbone::server::{Limits, OpenFuture, Upstream};
+use weft_hbone::{HbonePool, Inbound, InboundHandler, Refusal};
+use weft_node::view::{NodeView, WorkloadInfo};
+use weft_xds::client::{ClientOptions, Transport, XdsClient};
+
+use crate::budget::RateBudget;
+use crate::engine::{Cluster, Config, Engine};
+use crate::hbone::{HboneConnector, Peers};
+use crate::lb::{Balancer, Endpoint, Locality};
+use crate::metrics::Metrics;
+use crate::retry::RetryPolicy;
+use crate::route::{Backend, Route};
+
+/// How long to wait for the waypoint's own workload to appear.
+pub const REGISTRY_WAIT: Duration = Duration::from_secs(30);
+
+/// How to run a waypoint.
+#[derive(Debug, Clone)]
+pub struct WaypointOptions {
+    /// The waypoint's workload, `namespace/name`.
+    pub name: String,
+    /// The node it runs on (its bootstrap token is that node's).
+    pub node: String,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// The control plane's plaintext config stream.
+    pub xds_addr: SocketAddr,
+    /// The control plane's certificate service.
+    pub ca_addr: SocketAddr,
+    /// Roots to trust.
+    pub roots: Vec<CertificateDer<'static>>,
+    /// The node's bootstrap token.
+    pub token: String,
+    /// Prometheus metrics (`/metrics`).
+    pub metrics_addr: SocketAddr,
+    /// TCP connect timeout to endpoints.
+    pub connect_timeout: Duration,
+}
+
+/// Why a waypoint did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WaypointError {
+    /// Something in setup failed.
+    #[error("waypoint: {0}")]
+    Setup(String),
+}
+
+/// A running waypoint.
+pub struct Waypoint {
+    /// Where it receives HBONE.
+    pub hbone_addr: SocketAddr,
+    /// Where its metrics are.
+    pub metrics_addr: SocketAddr,
+    /// Its request metrics.
+    pub metrics: Metrics,
+    tasks: Vec<JoinHandle<()>>,
+    _xds: Arc<XdsClient>,
+}
+
+impl std::fmt::Debug for Waypoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Waypoint")
+            .field("hbone_addr", &self.hbone_addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Waypoint {
+    /// Stops listening and following the config stream.
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts a waypoint.
+pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> {
+    let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
+    let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
+    let control = control_identity(&options.trust_domain).map_err(|e| setup(&e))?;
+    let ca = GrpcCaClient::new(
+        options.ca_addr,
+        bundle.clone(),
+        control,
+        NodeCredential::Token(options.token.clone()),
+    )
+    .map_err(|e| setup(&e))?;
+    let certs = CertManager::new(Arc::new(ca), ManagerOptions::default());
+    let xds = Arc::new(XdsClient::start(
+        Transport::Plaintext(options.xds_addr),
+        ClientOptions {
+            node_id: options.node.clone(),
+            types: vec![
+                weft_xds::ADDRESS_TYPE.into(),
+                weft_xds::LISTENERS_TYPE.into(),
+                weft_xds::MESH_TYPE.into(),
+                weft_xds::L7_SERVICE_TYPE.into(),
+            ],
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(15),
+            validator: weft_xds::decode_validator(),
+        },
+    ));
+    // Its own workload: address and identity.
+    let mut changes = xds.watch();
+    let me = tokio::time::timeout(REGISTRY_WAIT, async {
+        loop {
+            let view = NodeView::build(&changes.borrow_and_update(), &options.node);
+            if let Some(w) = view.workloads.values().find(|w| w.name == options.name) {
+                return Ok(w.clone());
+            }
+            if changes.changed().await.is_err() {
+                return Err(());
+            }
+        }
+    })
+    .await
+    .map_err(|_| {
+        WaypointError::Setup(format!(
+            "workload {} did not appear in the registry within {REGISTRY_WAIT:?}; declare it with the label weft.dev/waypoint: \"true\"",
+            options.name
+        ))
+    })?
+    .map_err(|()| WaypointError::Setup("the config stream ended".into()))?;
+    certs.fetch(&me.identity).await.map_err(|e| setup(&e))?;
+
+    let metrics = Metrics::default();
+    let peers: Peers = Arc::default();
+    let connector = HboneConnector::new(
+        HbonePool::new(bundle.clone(), options.connect_timeout),
+        me.identity.clone(),
+        certs.source(&me.identity),
+        peers.clone(),
+    );
+    let engine = Arc::new(Engine::with_hbone(
+        Config::default(),
+        metrics.clone(),
+        connector,
+    ));
+    let view = Arc::new(ArcSwap::from_pointee(NodeView::default()));
+    let (task_engine, task_view, task_me, node) = (
+        engine.clone(),
+        view.clone(),
+        me.clone(),
+        options.node.clone(),
+    );
+    let reconcile = tokio::spawn(async move {
+        loop {
+            let next = Arc::new(NodeView::build(&changes.borrow_and_update(), &node));
+            peers.store(Arc::new(
+                next.workloads
+                    .values()
+                    .map(|w| (w.ip, w.identity.clone()))
+                    .collect::<HashMap<IpAddr, Identity>>(),
+            ));
+            task_engine.update(config_for(&next, &task_me));
+            task_view.store(next);
+            if changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+
+    let tls = server_config(
+        certs.source(&me.identity),
+        SpiffeClientVerifier::new(bundle, &options.trust_domain),
+    )
+    .map_err(|e| setup(&e))?;
+    let hbone_addr = SocketAddr::new(me.ip, weft_hbone::PORT);
+    let listener = tokio::net::TcpListener::bind(hbone_addr)
+        .await
+        .map_err(|e| WaypointError::Setup(format!("cannot listen on {hbone_addr}: {e}")))?;
+    let handler = Arc::new(WaypointInbound { engine, view });
+    let hbone = tokio::spawn(weft_hbone::server::serve(
+        listener,
+        Arc::new(tls),
+        handler,
+        Limits::default(),
+        std::future::pending(),
+    ));
+
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    certs.register(&mut registry);
+    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics")
+        .await
+        .map_err(|e| setup(&e))?;
+    let metrics_addr = metrics_listener.local_addr().map_err(|e| setup(&e))?;
+    let served = tokio::spawn(weft_admin::serve(
+        metrics_listener,
+        Routes::new().metrics(Arc::new(Mutex::new(registry))),
+        std::future::pending(),
+    ));
+    tracing::info!(waypoint = %options.name, %hbone_addr, identity = %me.identity, "waypoint ready");
+    Ok(Waypoint {
+        hbone_addr,
+        metrics_addr,
+        metrics,
+        tasks: vec![reconcile, hbone, served],
+        _xds: xds,
+    })
+}
+
+/// Istio's default retry policy for a service without one: two retries on
+/// connect failures, refused streams and gateway errors.
+fn default_retry() -> RetryPolicy {
+    RetryPolicy::default()
+}
+
+/// Linkerd's default retry budget: 20 % of requests plus 10 retries per
+/// second, over 10 s.
+fn default_budget() -> RateBudget {
+    RateBudget::new(0.2, 10.0, Duration::from_secs(10))
+}
+
+/// The engine's configuration for the services that use waypoint `me`:
+/// per service port, a default route to its endpoints, balanced from the
+/// waypoint's locality, with the default retries within the default budget.
+pub fn config_for(view: &NodeView, me: &WorkloadInfo) -> Config {
+    let locality = |w: &WorkloadInfo| Locality {
+        region: w.locality.0.clone(),
+        zone: w.locality.1.clone(),
+        subzone: w.locality.2.clone(),
+    };
+    let mut config = Config::default();
+    for (service, info) in &view.services {
+        if info.waypoint != Some(me.ip) {
+            continue;
+        }
+        // Service port → endpoints (address and target port).
+        let mut ports: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
+        for uid in view.endpoints.get(service).into_iter().flatten() {
+            let Some(w) = view.workloads.get(uid) else {
+                continue;
+            };
+            for (port, target) in w.services.get(service).into_iter().flatten() {
+                ports
+                    .entry(*port)
+                    .or_default()
+                    .push(Endpoint::new(SocketAddr::new(w.ip, *target), locality(w)));
+            }
+        }
+        for (port, endpoints) in ports {
+            let key = format!("{service}:{port}");
+            let mut cluster =
+                Cluster::with_balancer(&key, Balancer::new(endpoints, locality(me), None));
+            cluster.rate_budget = Some(default_budget());
+            config.clusters.insert(key.clone(), Arc::new(cluster));
+            config.targets.insert(
+                key.clone(),
+                vec![Route {
+                    name: format!("{key} default"),
+                    backends: vec![Backend {
+                        service: key,
+                        weight: 1,
+                    }],
+                    retry: Some(default_retry()),
+                    ..Route::default()
+                }],
+            );
+        }
+    }
+    config
+}
+
+/// HBONE into the waypoint: each tunnel is an HTTP connection for the
+/// service its `:authority` (VIP and port) names.
+struct WaypointInbound {
+    engine: Arc<Engine>,
+    view: Arc<ArcSwap<NodeView>>,
+}
+
+impl InboundHandler for WaypointInbound {
+    fn open(&self, request: Inbound) -> OpenFuture {
+        let service = self
+            .view
+            .load()
+            .services_by_vip
+            .get(&request.target.ip())
+            .cloned();
+        let engine = self.engine.clone();
+        Box::pin(async move {
+            let service = service.ok_or_else(|| {
+                Refusal::BadRequest(format!(
+                    "{} is not the address of a service this waypoint serves",
+                    request.target
+                ))
+            })?;
+            let target = format!("{service}:{}", request.target.port());
+            let (ours, theirs) = tokio::io::duplex(64 * 1024);
+            let peer = request.peer.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req| {
+                    let (engine, target) = (engine.clone(), target.clone());
+                    async move {
+                        Ok::<_, std::convert::Infallible>(
+                            engine.handle_for(Some(&target), req).await,
+                        )
+                    }
+                });
+                if let Err(e) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(ours), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "waypoint connection ended");
+                }
+            });
+            Ok(Box::new(theirs) as Box<dyn Upstream>)
+        })
+    }
+}

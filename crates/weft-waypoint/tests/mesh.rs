@@ -1,0 +1,188 @@
+//! A waypoint in a running mesh, in one process: control plane, two node
+//! proxies, a waypoint and sample apps on loopback addresses. The caller
+//! uses its explicit outbound listener; its node proxy sends the service's
+//! traffic to the waypoint (the service names it with
+//! `istio.io/use-waypoint`), which routes each request and forwards it over
+//! HBONE to an endpoint, preferring its own zone.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_control::Options;
+use weft_node::NodeOptions;
+use weft_sample_app::AppConfig;
+use weft_waypoint::proxy::WaypointOptions;
+
+const CONFIG: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: reviews
+  namespace: shop
+  labels: {istio.io/use-waypoint: shop-waypoint}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [240.240.7.1]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: http, number: 80, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: frontend
+  namespace: shop
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9002=reviews.shop.svc.cluster.local:80"
+spec:
+  address: 127.0.1.110
+  serviceAccount: frontend
+  locality: eu/a
+  labels: {app: frontend, weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: shop-waypoint, namespace: shop}
+spec:
+  address: 127.0.1.140
+  serviceAccount: shop-waypoint
+  locality: eu/a
+  labels: {weft.dev/waypoint: "true", weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-a, namespace: shop}
+spec:
+  address: 127.0.1.112
+  serviceAccount: reviews
+  locality: eu/a
+  labels: {app: reviews, weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-b, namespace: shop}
+spec:
+  address: 127.0.2.112
+  serviceAccount: reviews
+  locality: eu/b
+  labels: {app: reviews, weft.dev/node: node-2}
+"#;
+
+async fn app(addr: &str, name: &str) {
+    let listener = TcpListener::bind(addr).await.expect("bind app");
+    let config = AppConfig {
+        name: name.into(),
+        ..AppConfig::default()
+    };
+    tokio::spawn(weft_sample_app::serve_http(
+        listener,
+        config,
+        std::future::pending(),
+    ));
+}
+
+async fn get(addr: &str) -> Option<String> {
+    let mut conn = TcpStream::connect(addr).await.ok()?;
+    conn.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.ok()?;
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_traffic_goes_through_its_waypoint() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = tmp.path().join("config");
+    std::fs::create_dir_all(&config).expect("mkdir");
+    std::fs::write(config.join("mesh.yaml"), CONFIG).expect("config");
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(
+        &tokens,
+        "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
+    )
+    .expect("tokens");
+    let control = weft_control::start(Options {
+        bootstrap_tokens: Some(tokens),
+        ..Options::ephemeral(config, tmp.path().join("ca"))
+    })
+    .await
+    .expect("control plane");
+    let roots =
+        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
+            .expect("pem");
+    let mut nodes = Vec::new();
+    for n in [1u8, 2] {
+        nodes.push(
+            weft_node::start(NodeOptions {
+                attach_socket: None,
+                node: format!("node-{n}"),
+                trust_domain: "cluster.local".into(),
+                xds_addr: control.xds_addr,
+                ca_addr: control.tls_addr,
+                roots: roots.clone(),
+                token: format!("node-{n}-token-0123456789"),
+                admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
+                metrics_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
+                connect_timeout: Duration::from_secs(1),
+            })
+            .await
+            .expect("node"),
+        );
+    }
+    let waypoint = weft_waypoint::proxy::start(WaypointOptions {
+        name: "shop/shop-waypoint".into(),
+        node: "node-1".into(),
+        trust_domain: "cluster.local".into(),
+        xds_addr: control.xds_addr,
+        ca_addr: control.tls_addr,
+        roots,
+        token: "node-1-token-0123456789".into(),
+        metrics_addr: "127.0.1.140:0".parse().expect("addr"),
+        connect_timeout: Duration::from_secs(1),
+    })
+    .await
+    .expect("waypoint");
+    assert_eq!(waypoint.hbone_addr.to_string(), "127.0.1.140:15008");
+    app("127.0.1.112:8080", "reviews-a").await;
+    app("127.0.2.112:8080", "reviews-b").await;
+
+    // frontend → its outbound listener → node-1 → waypoint → reviews.
+    let started = Instant::now();
+    let response = loop {
+        if let Some(r) = get("127.0.1.110:9002").await
+            && r.starts_with("HTTP/1.1 200")
+        {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "no answer through the waypoint"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The waypoint is in zone a: the zone-a endpoint answers.
+    assert!(response.contains("x-weft-app: reviews-a"), "{response}");
+    for _ in 0..10 {
+        let r = get("127.0.1.110:9002").await.expect("response");
+        assert!(r.contains("x-weft-app: reviews-a"), "{r}");
+    }
+    // The waypoint saw and counted the requests as L7.
+    let metrics = waypoint.metrics.encode();
+    let counted = metrics.lines().any(|l| {
+        l.starts_with("istio_requests_total{")
+            && l.contains("reporter=\"waypoint\"")
+            && l.contains("destination_service=\"shop/reviews.shop.svc.cluster.local:80\"")
+            && l.contains("response_code=\"200\"")
+            && !l.ends_with(" 0")
+    });
+    assert!(counted, "{metrics}");
+    waypoint.stop();
+    for n in nodes {
+        n.stop();
+    }
+}
