@@ -45,5 +45,23 @@ fn demo_is_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
     let config = load_path(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.snapshot.services.len(), 4);
-    assert_eq!(config.snapshot.workloads.len(), 7);
+    assert_eq!(config.snapshot.workloads.len(), 8);
+    // reviews goes through the waypoint shop-waypoint.
+    let reviews = config
+        .snapshot
+        .services
+        .values()
+        .find(|s| s.name.name == "reviews")
+        .expect("reviews");
+    assert_eq!(
+        reviews.waypoint.as_ref().map(ToString::to_string),
+        Some("shop/shop-waypoint".to_owned())
+    );
+    assert!(
+        config
+            .snapshot
+            .workloads
+            .values()
+            .any(|w| w.waypoint && w.name.name == "shop-waypoint")
+    );
 }

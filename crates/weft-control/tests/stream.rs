@@ -147,13 +147,13 @@ async fn config_changes_stream_to_subscribers() {
     let reject = Arc::new(AtomicBool::new(false));
     let client = subscribe(running.xds_addr, reject.clone());
 
-    // Initial snapshot: 4 service hostnames and 7 workloads.
+    // Initial snapshot: 4 service hostnames and 8 workloads (a waypoint among them).
     wait_for(&client, Duration::from_secs(5), "initial sync", |s| {
         s.synced
     })
     .await;
     let state = client.state();
-    assert_eq!(addresses(&state).len(), 11, "{:?}", addresses(&state));
+    assert_eq!(addresses(&state).len(), 12, "{:?}", addresses(&state));
     assert!(addresses(&state).contains(&"billing/payments.billing.svc.cluster.local".to_owned()));
     assert!(addresses(&state).contains(&"weft/shop/frontend-1".to_owned()));
     let first_version = state.version.clone();
@@ -196,7 +196,7 @@ async fn config_changes_stream_to_subscribers() {
         "{metrics}"
     );
     assert_eq!(client.state().version, version_before);
-    assert_eq!(addresses(&client.state()).len(), 11);
+    assert_eq!(addresses(&client.state()).len(), 12);
 
     // Fixing it applies again; then a removal arrives as a removal.
     std::fs::remove_file(env.config.join("broken.yaml")).expect("rm");
@@ -290,7 +290,7 @@ async fn restart_keeps_state_and_resyncs_only_the_difference() {
         client.state().last_response.get(ADDRESS_TYPE),
         Some(&(1, 0))
     );
-    assert_eq!(addresses(&client.state()).len(), 11);
+    assert_eq!(addresses(&client.state()).len(), 12);
     running.stop().await;
 }
 
@@ -317,7 +317,7 @@ async fn configmap_style_symlink_swap_is_applied() {
         s.synced
     })
     .await;
-    assert_eq!(addresses(&client.state()).len(), 11);
+    assert_eq!(addresses(&client.state()).len(), 12);
 
     // The next version drops loadgen; swap atomically.
     let v2 = env.config.join("..v2");
@@ -334,7 +334,7 @@ async fn configmap_style_symlink_swap_is_applied() {
     symlink("..v2", env.config.join("..data_tmp")).expect("link");
     std::fs::rename(env.config.join("..data_tmp"), env.config.join("..data")).expect("swap");
     wait_for(&client, Duration::from_secs(5), "swap applied", |s| {
-        addresses(s).len() == 10
+        addresses(s).len() == 11
     })
     .await;
     running.stop().await;
@@ -396,7 +396,7 @@ async fn mtls_config_stream_requires_a_certificate() {
         s.synced
     })
     .await;
-    assert_eq!(addresses(&with_cert.state()).len(), 11);
+    assert_eq!(addresses(&with_cert.state()).len(), 12);
 
     let without = xds(Transport::Tls(running.tls_addr, tls(None)));
     wait_for(&without, Duration::from_secs(5), "refusal", |s| {

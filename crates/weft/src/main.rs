@@ -3,7 +3,8 @@
 //! The one `weft` binary. Each subcommand is a thin shell over a library
 //! crate: `validate` over `weft-config`, `sample-app` over `weft-sample-app`,
 //! `control` over `weft-control`, `node` over `weft-node`, `up` over every
-//! crate (a local mesh); `waypoint` is reserved for the L7 proxy.
+//! crate (a local mesh), `waypoint` over `weft-waypoint`, `run` over
+//! `weft-node`'s captured mode.
 
 #![forbid(unsafe_code)]
 
@@ -61,9 +62,9 @@ enum Command {
     /// Run a program as a captured workload in its own network namespace
     /// (root): its TCP goes through the node proxy unchanged.
     Run(cmd::run::Args),
-    /// Run a waypoint proxy (not built yet).
-    #[command(hide = true)]
-    Waypoint,
+    /// Run a waypoint: L7 routing, timeouts, retries within budgets for
+    /// the services that name it.
+    Waypoint(cmd::waypoint::Args),
     /// Start a whole local mesh from a directory: control plane, node
     /// proxies, apps.
     Up(cmd::up::Args),
@@ -83,15 +84,10 @@ fn main() -> ExitCode {
         Command::Certs(args) => cmd::certs::run(args),
         Command::ConfigDump(args) => cmd::config_dump::run(args),
         Command::Node(args) => cmd::node::run(args),
-        Command::Waypoint => reserved("waypoint", "the waypoint"),
+        Command::Waypoint(args) => cmd::waypoint::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Run(args) => cmd::run::run(args),
     }
-}
-
-fn reserved(name: &str, what: &str) -> ExitCode {
-    eprintln!("weft {name}: {what} is not built yet in this version of weft");
-    ExitCode::from(2)
 }
 
 fn init_logging(level: Option<&str>, json: bool) {

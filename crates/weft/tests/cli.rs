@@ -29,7 +29,7 @@ fn validate_demo_exits_zero() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("valid: 12 resources, 4 services, 7 workloads"),
+        stdout.contains("valid: 13 resources, 4 services, 8 workloads"),
         "{stdout}"
     );
 }
@@ -65,16 +65,40 @@ fn validate_unreadable_path_exits_two_with_one_line() {
 }
 
 #[test]
-fn version_and_reserved_commands() {
+fn version_and_waypoint_flags() {
     let out = run(&["version"]);
     assert_eq!(out.status.code(), Some(0));
     assert_eq!(
         text(&out.stdout).trim(),
         format!("weft {}", env!("CARGO_PKG_VERSION"))
     );
+    // A waypoint needs to know who it is.
     let out = run(&["waypoint"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(text(&out.stderr).contains("not built yet"));
+    assert!(
+        text(&out.stderr).contains("--name"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&[
+        "waypoint",
+        "--name",
+        "shop/wp",
+        "--node",
+        "node-1",
+        "--root-cert",
+        "/nonexistent/root-cert.pem",
+        "--token-file",
+        "/nonexistent/token",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("cannot read /nonexistent/root-cert.pem"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]

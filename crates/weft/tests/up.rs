@@ -18,9 +18,16 @@ impl Drop for Guard {
 }
 
 fn get(addr: &str) -> std::io::Result<String> {
+    get_path(addr, "/")
+}
+
+fn get_path(addr: &str, path: &str) -> std::io::Result<String> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")?;
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+    )?;
     let mut out = String::new();
     conn.read_to_string(&mut out)?;
     Ok(out)
@@ -76,6 +83,18 @@ fn up_runs_the_demo_mesh() {
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
     let payments = get("127.0.1.11:9001").expect("orders → payments");
     assert!(payments.contains("x-weft-app: payments"), "{payments}");
+    // frontend → reviews goes through the waypoint, which counts it at L7.
+    let reviews = get("127.0.1.10:9002").expect("frontend → reviews");
+    assert!(reviews.contains("x-weft-app: reviews"), "{reviews}");
+    let metrics = get_path("127.0.1.40:15020", "/metrics").expect("waypoint metrics");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("istio_requests_total{")
+                && l.contains("reporter=\"waypoint\"")
+                && l.contains("reviews.shop.svc.cluster.local")),
+        "{metrics}"
+    );
 
     // SIGTERM stops the mesh, apps included.
     let pid = guard.0.id().to_string();

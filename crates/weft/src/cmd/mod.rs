@@ -8,6 +8,7 @@ pub(crate) mod run;
 pub(crate) mod sample_app;
 pub(crate) mod up;
 pub(crate) mod validate;
+pub(crate) mod waypoint;
 
 /// Resolves on Ctrl-C or SIGTERM.
 pub(crate) async fn shutdown_signal() {

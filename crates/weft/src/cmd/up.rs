@@ -13,6 +13,7 @@ use weft_config::{LoadError, load_path};
 use weft_control::{Debounce, Options};
 use weft_core::model::{Snapshot, WorkloadAddress};
 use weft_node::NodeOptions;
+use weft_waypoint::proxy::WaypointOptions;
 
 /// Flags of `weft up`.
 #[derive(clap::Args, Debug)]
@@ -161,6 +162,31 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         proxies.push((name.clone(), *n, proxy));
     }
 
+    // Waypoints, each with its node's token, HBONE on its own address.
+    let mut waypoints = Vec::new();
+    for w in snapshot.workloads.values().filter(|w| w.waypoint) {
+        let (Some(node), WorkloadAddress::Ip(ip)) = (&w.node, &w.address) else {
+            continue;
+        };
+        let Some((_, _, token)) = tokens.iter().find(|(n, _, _)| n == node) else {
+            continue;
+        };
+        let waypoint = weft_waypoint::proxy::start(WaypointOptions {
+            name: w.name.to_string(),
+            node: node.clone(),
+            trust_domain: control.trust_domain.clone(),
+            xds_addr: control.xds_addr,
+            ca_addr: control.tls_addr,
+            roots: roots.clone(),
+            token: token.clone(),
+            metrics_addr: SocketAddr::new(*ip, 15020),
+            connect_timeout: snapshot.mesh.connect_timeout,
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        waypoints.push(waypoint);
+    }
+
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut apps = Apps(Vec::new());
     for w in snapshot.workloads.values() {
@@ -235,7 +261,11 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
                 } else {
                     String::new()
                 },
-                format!("{} {}", w.name, w.address),
+                if w.waypoint {
+                    format!("{} {} (waypoint)", w.name, w.address)
+                } else {
+                    format!("{} {}", w.name, w.address)
+                },
                 w.identity.to_string(),
                 outbound.join(", ")
             );
@@ -272,6 +302,9 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         .collect();
     for drain in drains {
         let _ = drain.await;
+    }
+    for waypoint in waypoints {
+        waypoint.stop();
     }
     drop(apps);
     control.stop().await;
