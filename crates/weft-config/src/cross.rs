@@ -18,6 +18,8 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_names(&r.meshes, out);
     duplicate_names(&r.authorization_policies, out);
     duplicate_names(&r.peer_authentications, out);
+    duplicate_names(&r.virtual_services, out);
+    duplicate_names(&r.destination_rules, out);
     if let [first, rest @ ..] = r.meshes.as_slice() {
         for extra in rest {
             out.push(error(

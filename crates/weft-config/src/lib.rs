@@ -34,6 +34,7 @@ pub mod kinds;
 pub mod loader;
 pub mod resource;
 mod translate;
+pub mod translate_l7;
 mod yaml;
 
 pub use diag::{Diagnostic, Problems};

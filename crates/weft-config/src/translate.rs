@@ -72,6 +72,7 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
             w.mtls_mode = mode;
         }
     }
+    crate::translate_l7::translate(r, &mut snapshot, out);
     snapshot
 }
 

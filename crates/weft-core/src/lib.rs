@@ -12,6 +12,7 @@
 
 pub mod duration;
 pub mod identity;
+pub mod l7;
 pub mod model;
 pub mod names;
 

@@ -77,6 +77,8 @@ pub struct Snapshot {
     pub workloads: BTreeMap<NamespacedName, Workload>,
     /// Authorization policies by namespace and name.
     pub policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
+    /// L7 policy by service (namespace and name of its ServiceEntry).
+    pub l7: BTreeMap<NamespacedName, crate::l7::L7Policy>,
 }
 
 impl Snapshot {

@@ -197,7 +197,10 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     for service in snapshot.services.values() {
         l7.insert(
             Arc::from(format!("{}/{}", service.name.namespace, service.name.name)),
-            Entry::new(L7_SERVICE_TYPE, &l7_message(service)),
+            Entry::new(
+                L7_SERVICE_TYPE,
+                &l7_message(service, snapshot.l7.get(&service.name)),
+            ),
         );
     }
     let mut listeners = Resources::new();
@@ -270,10 +273,17 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     }
 }
 
-fn l7_message(service: &Service) -> crate::proto::weft::L7Service {
+fn l7_message(
+    service: &Service,
+    policy: Option<&weft_core::l7::L7Policy>,
+) -> crate::proto::weft::L7Service {
     use crate::proto::weft::{Protocol as P, ServicePort};
     use weft_core::model::Protocol;
     crate::proto::weft::L7Service {
+        // Serializing plain data cannot fail; an empty string means none.
+        policy_json: policy
+            .and_then(|p| serde_json::to_string(p).ok())
+            .unwrap_or_default(),
         name: service.name.name.clone(),
         namespace: service.name.namespace.clone(),
         hostnames: service.hosts.clone(),

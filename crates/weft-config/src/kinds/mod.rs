@@ -12,15 +12,19 @@ use crate::diag::{Diagnostic, Origin};
 use crate::resource::{Resource, decode};
 
 pub mod authorization_policy;
+pub mod destination_rule;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod service_entry;
+pub mod virtual_service;
 pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
+pub use destination_rule::DestinationRuleSpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
 pub use service_entry::ServiceEntrySpec;
+pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
 
 /// Every decoded resource of a configuration, grouped by kind, in load
@@ -38,6 +42,10 @@ pub struct Resources {
     pub authorization_policies: Vec<Arc<Resource<AuthorizationPolicySpec>>>,
     /// Istio `PeerAuthentication`.
     pub peer_authentications: Vec<Arc<Resource<PeerAuthenticationSpec>>>,
+    /// Istio `VirtualService`.
+    pub virtual_services: Vec<Arc<Resource<VirtualServiceSpec>>>,
+    /// Istio `DestinationRule`.
+    pub destination_rules: Vec<Arc<Resource<DestinationRuleSpec>>>,
 }
 
 impl Resources {
@@ -48,6 +56,8 @@ impl Resources {
             + self.meshes.len()
             + self.authorization_policies.len()
             + self.peer_authentications.len()
+            + self.virtual_services.len()
+            + self.destination_rules.len()
     }
 
     /// Whether there are none.
@@ -66,6 +76,10 @@ impl Resources {
             .extend(other.authorization_policies.iter().cloned());
         self.peer_authentications
             .extend(other.peer_authentications.iter().cloned());
+        self.virtual_services
+            .extend(other.virtual_services.iter().cloned());
+        self.destination_rules
+            .extend(other.destination_rules.iter().cloned());
     }
 }
 
@@ -99,6 +113,18 @@ pub(crate) const KINDS: &[KindDef] = &[
         versions: ISTIO_NETWORKING_VERSIONS,
         kind: "WorkloadEntry",
         add: |v, o, r, out| r.workload_entries.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: ISTIO_NETWORKING,
+        versions: ISTIO_NETWORKING_VERSIONS,
+        kind: "VirtualService",
+        add: |v, o, r, out| r.virtual_services.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: ISTIO_NETWORKING,
+        versions: ISTIO_NETWORKING_VERSIONS,
+        kind: "DestinationRule",
+        add: |v, o, r, out| r.destination_rules.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: ISTIO_SECURITY,

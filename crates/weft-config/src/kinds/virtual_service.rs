@@ -1,0 +1,377 @@
+//! Istio `VirtualService` (`networking.istio.io/v1`): HTTP routing for the
+//! services it names in `hosts`, applied by their waypoint. Matches on
+//! path, method and headers; weighted destinations (subsets from
+//! `DestinationRule`); timeouts, retries, faults, mirroring, redirects,
+//! rewrites and header changes. TCP and TLS routes, and gateways other
+//! than `mesh`, are rejected by name.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use weft_core::duration;
+
+use crate::diag::Ctx;
+use crate::resource::Spec;
+
+/// `spec` of a `VirtualService`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct VirtualServiceSpec {
+    /// Services the routes apply to (hostnames; short names resolve in the
+    /// resource's namespace).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Only `mesh` (the default).
+    #[serde(default)]
+    pub gateways: Vec<String>,
+    /// HTTP routes, first match wins.
+    #[serde(default)]
+    pub http: Vec<HttpRouteSpec>,
+}
+
+/// `spec.http[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteSpec {
+    /// Name, for logs.
+    pub name: Option<String>,
+    /// Conditions; any one must hold.
+    #[serde(rename = "match", default)]
+    pub matches: Vec<MatchSpec>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<RouteDestinationSpec>,
+    /// Redirect.
+    pub redirect: Option<RedirectSpec>,
+    /// Rewrite.
+    pub rewrite: Option<RewriteSpec>,
+    /// Overall timeout, e.g. `2s`.
+    pub timeout: Option<String>,
+    /// Retries.
+    pub retries: Option<RetriesSpec>,
+    /// Fault injection.
+    pub fault: Option<FaultSpec>,
+    /// Mirror destination.
+    pub mirror: Option<DestinationSpec>,
+    /// Share mirrored (default 100).
+    pub mirror_percentage: Option<PercentSpec>,
+    /// Header changes.
+    pub headers: Option<HeadersSpec>,
+}
+
+/// `match[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct MatchSpec {
+    /// Name (informational).
+    pub name: Option<String>,
+    /// Path.
+    pub uri: Option<StringMatchSpec>,
+    /// Method.
+    pub method: Option<StringMatchSpec>,
+    /// Headers by name.
+    #[serde(default)]
+    pub headers: BTreeMap<String, StringMatchSpec>,
+}
+
+/// Istio's `StringMatch`: exactly one of the three.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct StringMatchSpec {
+    /// Equal.
+    pub exact: Option<String>,
+    /// Starts with.
+    pub prefix: Option<String>,
+    /// RE2 regular expression over the whole value.
+    pub regex: Option<String>,
+}
+
+/// `route[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RouteDestinationSpec {
+    /// Where.
+    pub destination: DestinationSpec,
+    /// Relative weight (all 0 or absent: equal).
+    pub weight: Option<u32>,
+    /// Header changes for this destination.
+    pub headers: Option<HeadersSpec>,
+}
+
+/// `destination`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct DestinationSpec {
+    /// Service hostname.
+    pub host: String,
+    /// Subset (from a `DestinationRule`).
+    pub subset: Option<String>,
+    /// Port.
+    pub port: Option<PortSelectorSpec>,
+}
+
+/// `port`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct PortSelectorSpec {
+    /// Port number.
+    pub number: u32,
+}
+
+/// `redirect`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RedirectSpec {
+    /// New path.
+    pub uri: Option<String>,
+    /// New host.
+    pub authority: Option<String>,
+    /// New port.
+    pub port: Option<u32>,
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// Status, default 301.
+    pub redirect_code: Option<u32>,
+}
+
+/// `rewrite`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RewriteSpec {
+    /// Replaces the matched prefix (or the whole path with an exact match).
+    pub uri: Option<String>,
+    /// New authority.
+    pub authority: Option<String>,
+}
+
+/// `retries`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct RetriesSpec {
+    /// Retries (not counting the first try).
+    pub attempts: Option<u32>,
+    /// Per-try timeout.
+    pub per_try_timeout: Option<String>,
+    /// Conditions, comma separated.
+    pub retry_on: Option<String>,
+}
+
+/// `fault`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct FaultSpec {
+    /// Delay.
+    pub delay: Option<DelaySpec>,
+    /// Abort.
+    pub abort: Option<AbortSpec>,
+}
+
+/// `fault.delay`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DelaySpec {
+    /// How long.
+    pub fixed_delay: Option<String>,
+    /// Share delayed (default 100).
+    pub percentage: Option<PercentSpec>,
+}
+
+/// `fault.abort`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AbortSpec {
+    /// Status returned.
+    pub http_status: Option<u32>,
+    /// Share aborted (default 100).
+    pub percentage: Option<PercentSpec>,
+}
+
+/// `{value: <percent>}`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct PercentSpec {
+    /// 0–100.
+    pub value: f64,
+}
+
+/// `headers`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct HeadersSpec {
+    /// Request changes.
+    pub request: Option<HeaderOpsSpec>,
+    /// Response changes.
+    pub response: Option<HeaderOpsSpec>,
+}
+
+/// `headers.request` / `headers.response`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct HeaderOpsSpec {
+    /// Replace.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Append.
+    #[serde(default)]
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+const NOT_YET: &str = "is not supported by weft's waypoint yet";
+
+impl Spec for VirtualServiceSpec {
+    const KIND: &'static str = "VirtualService";
+    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
+        ("spec.tcp", "TCP routes are not supported; L4 traffic goes to the service directly"),
+        ("spec.tls", "TLS routes are not supported"),
+        ("spec.exportTo", "exportTo is not supported: every route is visible mesh-wide"),
+        ("spec.http.match.queryParams", NOT_YET),
+        ("spec.http.match.scheme", NOT_YET),
+        ("spec.http.match.authority", NOT_YET),
+        ("spec.http.match.port", NOT_YET),
+        ("spec.http.match.sourceLabels", NOT_YET),
+        ("spec.http.match.gateways", NOT_YET),
+        ("spec.http.match.sourceNamespace", NOT_YET),
+        ("spec.http.match.ignoreUriCase", NOT_YET),
+        ("spec.http.match.withoutHeaders", NOT_YET),
+        ("spec.http.match.statPrefix", NOT_YET),
+        ("spec.http.corsPolicy", NOT_YET),
+        ("spec.http.delegate", NOT_YET),
+        ("spec.http.directResponse", NOT_YET),
+        ("spec.http.retries.retryRemoteLocalities", NOT_YET),
+        ("spec.http.retries.backoff", NOT_YET),
+        ("spec.http.mirrors", "use mirror and mirrorPercentage (one mirror per route)"),
+        ("spec.http.mirrorPercent", "use mirrorPercentage"),
+        ("spec.http.fault.delay.exponentialDelay", NOT_YET),
+        ("spec.http.fault.delay.percent", "use percentage: {value: …}"),
+        ("spec.http.fault.abort.grpcStatus", NOT_YET),
+        ("spec.http.fault.abort.http2Error", NOT_YET),
+        ("spec.http.rewrite.uriRegexRewrite", NOT_YET),
+        ("spec.http.redirect.derivePort", NOT_YET),
+    ];
+
+    fn validate(&self, ctx: &mut Ctx<'_>) {
+        if self.hosts.is_empty() {
+            ctx.error("spec.hosts", "name at least one service host");
+        }
+        for (i, g) in self.gateways.iter().enumerate() {
+            if g != "mesh" {
+                ctx.error(
+                    &format!("spec.gateways[{i}]"),
+                    format!("{g:?}: only mesh routes are supported (the ingress gateway comes with Gateway API)"),
+                );
+            }
+        }
+        for (r, route) in self.http.iter().enumerate() {
+            let base = format!("spec.http[{r}]");
+            match (&route.redirect, route.route.is_empty()) {
+                (Some(_), false) => ctx.error(&base, "a route has either redirect or route, not both"),
+                (None, true) => ctx.error(&format!("{base}.route"), "name at least one destination (or a redirect)"),
+                _ => {}
+            }
+            for (m, cond) in route.matches.iter().enumerate() {
+                let at = format!("{base}.match[{m}]");
+                if let Some(uri) = &cond.uri {
+                    check_string_match(ctx, &format!("{at}.uri"), uri);
+                }
+                if let Some(method) = &cond.method {
+                    check_string_match(ctx, &format!("{at}.method"), method);
+                    if method.exact.is_none() {
+                        ctx.error(&format!("{at}.method"), "methods match exactly: use exact");
+                    }
+                }
+                for (name, h) in &cond.headers {
+                    check_string_match(ctx, &format!("{at}.headers.{name}"), h);
+                }
+            }
+            for (d, dest) in route.route.iter().enumerate() {
+                if dest.destination.host.is_empty() {
+                    ctx.error(&format!("{base}.route[{d}].destination.host"), "required");
+                }
+            }
+            for (field, value) in [("timeout", &route.timeout)] {
+                check_duration(ctx, &format!("{base}.{field}"), value.as_deref());
+            }
+            if let Some(retries) = &route.retries {
+                check_duration(ctx, &format!("{base}.retries.perTryTimeout"), retries.per_try_timeout.as_deref());
+                if let Some(on) = &retries.retry_on {
+                    ctx.check(&format!("{base}.retries.retryOn"), check_retry_on(on));
+                }
+            }
+            if let Some(fault) = &route.fault {
+                if let Some(delay) = &fault.delay {
+                    if delay.fixed_delay.is_none() {
+                        ctx.error(&format!("{base}.fault.delay.fixedDelay"), "required");
+                    }
+                    check_duration(ctx, &format!("{base}.fault.delay.fixedDelay"), delay.fixed_delay.as_deref());
+                    check_percent(ctx, &format!("{base}.fault.delay.percentage.value"), delay.percentage.as_ref());
+                }
+                if let Some(abort) = &fault.abort {
+                    match abort.http_status {
+                        Some(s) if (200..600).contains(&s) => {}
+                        _ => ctx.error(&format!("{base}.fault.abort.httpStatus"), "an HTTP status (200-599) is required"),
+                    }
+                    check_percent(ctx, &format!("{base}.fault.abort.percentage.value"), abort.percentage.as_ref());
+                }
+            }
+            check_percent(ctx, &format!("{base}.mirrorPercentage.value"), route.mirror_percentage.as_ref());
+            if let Some(redirect) = &route.redirect
+                && let Some(code) = redirect.redirect_code
+                && ![301, 302, 303, 307, 308].contains(&code)
+            {
+                ctx.error(&format!("{base}.redirect.redirectCode"), format!("{code} is not a redirect status (301, 302, 303, 307, 308)"));
+            }
+        }
+    }
+}
+
+/// The `retryOn` names weft accepts (Envoy's, as Istio passes them).
+pub const RETRY_ON: &[&str] = &[
+    "5xx",
+    "gateway-error",
+    "reset",
+    "connect-failure",
+    "refused-stream",
+    "retriable-4xx",
+    "cancelled",
+    "deadline-exceeded",
+    "resource-exhausted",
+    "internal",
+    "unavailable",
+];
+
+fn check_retry_on(list: &str) -> Result<(), String> {
+    for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        if !RETRY_ON.contains(&name) {
+            return Err(format!(
+                "{name:?} is not a retry condition weft knows; use {}",
+                RETRY_ON.join(", ")
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn check_string_match(ctx: &mut Ctx<'_>, field: &str, m: &StringMatchSpec) {
+    let set = [m.exact.is_some(), m.prefix.is_some(), m.regex.is_some()]
+        .iter()
+        .filter(|b| **b)
+        .count();
+    if set != 1 {
+        ctx.error(field, "set exactly one of exact, prefix, regex");
+    }
+    if let Some(re) = &m.regex
+        && let Err(e) = regex_syntax::Parser::new().parse(re)
+    {
+        ctx.error(&format!("{field}.regex"), format!("not a valid regular expression: {e}"));
+    }
+}
+
+fn check_duration(ctx: &mut Ctx<'_>, field: &str, value: Option<&str>) {
+    if let Some(v) = value {
+        match duration::parse(v) {
+            Ok(d) if d.is_zero() => ctx.error(field, "must be greater than zero"),
+            Ok(_) => {}
+            Err(e) => ctx.error(field, e),
+        }
+    }
+}
+
+fn check_percent(ctx: &mut Ctx<'_>, field: &str, p: Option<&PercentSpec>) {
+    if let Some(p) = p
+        && !(0.0..=100.0).contains(&p.value)
+    {
+        ctx.error(field, format!("{} is not a percentage (0-100)", p.value));
+    }
+}

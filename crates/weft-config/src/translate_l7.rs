@@ -1,0 +1,324 @@
+//! `VirtualService` and `DestinationRule` → each service's [`L7Policy`].
+//! Names are resolved here: hosts to services (short names in the
+//! resource's namespace), subsets to workloads. What cannot be resolved is
+//! reported with the resource and field.
+
+use std::collections::BTreeMap;
+
+use weft_core::duration;
+use weft_core::l7::{
+    Destination, Fault, HashOn, Headers, HttpMatch, HttpRoute, L7Policy, LoadBalancer, Mirror,
+    Outlier, Redirect, Retries, RetryBudget, Rewrite, StringMatch, TrafficPolicy,
+};
+use weft_core::model::{NamespacedName, Service, Snapshot};
+
+use crate::diag::Diagnostic;
+use crate::kinds::destination_rule::{BUDGET_MIN_ANNOTATION, BUDGET_RATIO_ANNOTATION};
+use crate::kinds::virtual_service::{
+    DestinationSpec, HeaderOpsSpec, HttpRouteSpec, StringMatchSpec,
+};
+use crate::kinds::{DestinationRuleSpec, Resources, VirtualServiceSpec};
+use crate::resource::{Resource, Spec};
+
+/// Istio's default `retryOn` when a route sets retries without one.
+pub const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,gateway-error";
+
+/// The service a host names, seen from `namespace`: the exact host, else
+/// the Kubernetes short forms (`reviews`, `reviews.shop`).
+pub fn resolve_host<'a>(snapshot: &'a Snapshot, namespace: &str, host: &str) -> Option<&'a Service> {
+    let host = host.to_ascii_lowercase();
+    [
+        host.clone(),
+        format!("{host}.{namespace}.svc.cluster.local"),
+        format!("{host}.svc.cluster.local"),
+    ]
+    .iter()
+    .find_map(|h| snapshot.service_for_host(h))
+}
+
+/// The name destinations use for a service: `namespace/<first host>`.
+pub fn service_key(s: &Service) -> String {
+    format!(
+        "{}/{}",
+        s.name.namespace,
+        s.hosts.first().map_or("", String::as_str)
+    )
+}
+
+fn report<S: Spec>(out: &mut Vec<Diagnostic>, r: &Resource<S>, field: &str, message: String) {
+    out.push(Diagnostic::at(&r.origin, Some(r.object()), field, message));
+}
+
+/// Adds every service's L7 policy to the snapshot.
+pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
+    let mut policies: BTreeMap<NamespacedName, L7Policy> = BTreeMap::new();
+    let mut rules: Vec<&Resource<DestinationRuleSpec>> =
+        r.destination_rules.iter().map(|d| d.as_ref()).collect();
+    rules.sort_by(|a, b| a.name.cmp(&b.name));
+    for dr in rules {
+        let Some(service) = resolve_host(snapshot, &dr.name.namespace, &dr.spec.host) else {
+            report(out, dr, "spec.host", format!("{:?} is not a service in the registry", dr.spec.host));
+            continue;
+        };
+        let policy = policies.entry(service.name.clone()).or_default();
+        policy.traffic = traffic_policy(dr, out);
+        for (i, subset) in dr.spec.subsets.iter().enumerate() {
+            let members: Vec<String> = snapshot
+                .endpoints(service)
+                .filter(|w| subset.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                .map(|w| w.name.to_string())
+                .collect();
+            if members.is_empty() {
+                report(
+                    out,
+                    dr,
+                    &format!("spec.subsets[{i}].labels"),
+                    format!("subset {:?} selects none of {}'s endpoints", subset.name, service.name),
+                );
+            }
+            policy.subsets.insert(subset.name.clone(), members);
+        }
+    }
+    let mut services: Vec<&Resource<VirtualServiceSpec>> =
+        r.virtual_services.iter().map(|v| v.as_ref()).collect();
+    services.sort_by(|a, b| a.name.cmp(&b.name));
+    for vs in services {
+        let mut routes = Vec::new();
+        for (i, spec) in vs.spec.http.iter().enumerate() {
+            if let Some(route) = http_route(snapshot, &policies, vs, i, spec, out) {
+                routes.push(route);
+            }
+        }
+        for (h, host) in vs.spec.hosts.iter().enumerate() {
+            match resolve_host(snapshot, &vs.name.namespace, host) {
+                Some(service) => policies
+                    .entry(service.name.clone())
+                    .or_default()
+                    .routes
+                    .extend(routes.iter().cloned()),
+                None => report(out, vs, &format!("spec.hosts[{h}]"), format!("{host:?} is not a service in the registry")),
+            }
+        }
+    }
+    snapshot.l7 = policies;
+}
+
+fn string_match(m: &StringMatchSpec) -> Option<StringMatch> {
+    m.exact
+        .clone()
+        .map(StringMatch::Exact)
+        .or_else(|| m.prefix.clone().map(StringMatch::Prefix))
+        .or_else(|| m.regex.clone().map(StringMatch::Regex))
+}
+
+fn headers(ops: Option<&HeaderOpsSpec>) -> Headers {
+    ops.map(|o| Headers {
+        set: o.set.clone(),
+        add: o.add.clone(),
+        remove: o.remove.clone(),
+    })
+    .unwrap_or_default()
+}
+
+fn destination(
+    snapshot: &Snapshot,
+    policies: &BTreeMap<NamespacedName, L7Policy>,
+    vs: &Resource<VirtualServiceSpec>,
+    field: &str,
+    d: &DestinationSpec,
+    weight: u32,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Destination> {
+    let Some(service) = resolve_host(snapshot, &vs.name.namespace, &d.host) else {
+        report(out, vs, &format!("{field}.host"), format!("{:?} is not a service in the registry", d.host));
+        return None;
+    };
+    if let Some(subset) = &d.subset
+        && !policies
+            .get(&service.name)
+            .is_some_and(|p| p.subsets.contains_key(subset))
+    {
+        report(
+            out,
+            vs,
+            &format!("{field}.subset"),
+            format!("no DestinationRule for {} defines subset {subset:?}", service.name),
+        );
+        return None;
+    }
+    let port = d.port.as_ref().and_then(|p| u16::try_from(p.number).ok());
+    if let Some(p) = port
+        && service.port(p).is_none()
+    {
+        report(out, vs, &format!("{field}.port.number"), format!("{} has no port {p}", service.name));
+        return None;
+    }
+    Some(Destination {
+        service: service_key(service),
+        subset: d.subset.clone(),
+        port,
+        weight,
+    })
+}
+
+fn parse_duration(d: Option<&str>) -> Option<std::time::Duration> {
+    d.and_then(|v| duration::parse(v).ok())
+}
+
+fn http_route(
+    snapshot: &Snapshot,
+    policies: &BTreeMap<NamespacedName, L7Policy>,
+    vs: &Resource<VirtualServiceSpec>,
+    index: usize,
+    spec: &HttpRouteSpec,
+    out: &mut Vec<Diagnostic>,
+) -> Option<HttpRoute> {
+    let base = format!("spec.http[{index}]");
+    let all_unweighted = spec.route.iter().all(|d| d.weight.is_none());
+    let mut destinations = Vec::new();
+    let mut request_headers = headers(spec.headers.as_ref().and_then(|h| h.request.as_ref()));
+    let mut response_headers = headers(spec.headers.as_ref().and_then(|h| h.response.as_ref()));
+    for (d, dest) in spec.route.iter().enumerate() {
+        let weight = if all_unweighted { 1 } else { dest.weight.unwrap_or(0) };
+        let field = format!("{base}.route[{d}].destination");
+        destinations.push(destination(snapshot, policies, vs, &field, &dest.destination, weight, out)?);
+        // Per-destination header changes apply to the route (weft applies
+        // header changes per route).
+        if let Some(h) = &dest.headers {
+            for (target, ops) in [(&mut request_headers, &h.request), (&mut response_headers, &h.response)] {
+                let more = headers(ops.as_ref());
+                target.set.extend(more.set);
+                target.add.extend(more.add);
+                target.remove.extend(more.remove);
+            }
+        }
+    }
+    let matches: Vec<HttpMatch> = spec
+        .matches
+        .iter()
+        .map(|m| HttpMatch {
+            path: m.uri.as_ref().and_then(string_match),
+            method: m.method.as_ref().and_then(|x| x.exact.clone()),
+            headers: m
+                .headers
+                .iter()
+                .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), string_match(v)?)))
+                .collect(),
+        })
+        .collect();
+    // Istio's rewrite.uri replaces the matched prefix; with an exact match
+    // (or none) it replaces the whole path.
+    let rewrite = spec.rewrite.as_ref().map(|r| {
+        let prefix = spec.matches.iter().find_map(|m| m.uri.as_ref()?.prefix.clone());
+        Rewrite {
+            prefix: match (&r.uri, &prefix) {
+                (Some(to), Some(from)) => Some((from.clone(), to.clone())),
+                _ => None,
+            },
+            full_path: match (&r.uri, &prefix) {
+                (Some(to), None) => Some(to.clone()),
+                _ => None,
+            },
+            host: r.authority.clone(),
+        }
+    });
+    let mirror = match &spec.mirror {
+        Some(m) => Some(Mirror {
+            destination: destination(snapshot, policies, vs, &format!("{base}.mirror"), m, 1, out)?,
+            percent: spec.mirror_percentage.as_ref().map_or(100.0, |p| p.value),
+        }),
+        None => None,
+    };
+    Some(HttpRoute {
+        name: spec
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}[{index}]", vs.name.namespace, vs.name.name)),
+        matches,
+        destinations,
+        timeout: parse_duration(spec.timeout.as_deref()),
+        retries: spec.retries.as_ref().map(|r| Retries {
+            attempts: r.attempts.unwrap_or(2),
+            per_try_timeout: parse_duration(r.per_try_timeout.as_deref()),
+            retry_on: r.retry_on.clone().unwrap_or_else(|| DEFAULT_RETRY_ON.into()),
+        }),
+        fault: spec.fault.as_ref().map(|f| Fault {
+            delay: f.delay.as_ref().and_then(|d| {
+                Some((
+                    d.percentage.as_ref().map_or(100.0, |p| p.value),
+                    parse_duration(d.fixed_delay.as_deref())?,
+                ))
+            }),
+            abort: f.abort.as_ref().and_then(|a| {
+                Some((
+                    a.percentage.as_ref().map_or(100.0, |p| p.value),
+                    u16::try_from(a.http_status?).ok()?,
+                ))
+            }),
+        }),
+        redirect: spec.redirect.as_ref().map(|r| Redirect {
+            scheme: r.scheme.clone(),
+            host: r.authority.clone(),
+            port: r.port.and_then(|p| u16::try_from(p).ok()),
+            path: r.uri.clone(),
+            status: r.redirect_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(301),
+        }),
+        rewrite,
+        request_headers,
+        response_headers,
+        mirror,
+    })
+}
+
+fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>) -> TrafficPolicy {
+    let mut policy = TrafficPolicy::default();
+    let mut budget = RetryBudget::default();
+    for (annotation, slot) in [
+        (BUDGET_RATIO_ANNOTATION, &mut budget.ratio),
+        (BUDGET_MIN_ANNOTATION, &mut budget.min_per_second),
+    ] {
+        if let Some(v) = dr.annotations.get(annotation) {
+            match v.parse::<f64>() {
+                Ok(x) if x >= 0.0 && x.is_finite() => *slot = x,
+                _ => report(out, dr, &format!("metadata.annotations.{annotation}"), format!("{v:?} is not a non-negative number")),
+            }
+        }
+    }
+    let Some(tp) = &dr.spec.traffic_policy else {
+        policy.retry_budget = budget;
+        return policy;
+    };
+    if let Some(lb) = &tp.load_balancer {
+        policy.load_balancer = match (lb.simple.as_deref(), &lb.consistent_hash) {
+            (Some("ROUND_ROBIN"), _) => LoadBalancer::RoundRobin,
+            (Some("RANDOM"), _) => LoadBalancer::Random,
+            (_, Some(h)) => LoadBalancer::ConsistentHash(
+                match (&h.http_header_name, &h.http_cookie) {
+                    (Some(name), _) => HashOn::Header(name.to_ascii_lowercase()),
+                    (None, Some(c)) => HashOn::Cookie(c.name.clone()),
+                    (None, None) => HashOn::SourceIp,
+                },
+            ),
+            _ => LoadBalancer::LeastRequest,
+        };
+    }
+    if let Some(http) = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref()) {
+        policy.max_requests = http.http2_max_requests;
+        policy.max_pending = http.http1_max_pending_requests;
+    }
+    if let Some(od) = &tp.outlier_detection {
+        policy.outlier = Some(Outlier {
+            consecutive_5xx: Some(od.consecutive_5xx_errors.unwrap_or(5)),
+            consecutive_gateway_errors: od.consecutive_gateway_errors,
+            base_ejection_time: parse_duration(od.base_ejection_time.as_deref())
+                .unwrap_or(std::time::Duration::from_secs(30)),
+            max_ejection_percent: od.max_ejection_percent.unwrap_or(10),
+        });
+    }
+    if let Some(b) = &tp.retry_budget {
+        budget.concurrent_percent = Some(b.percent.as_ref().map_or(20.0, |p| p.value));
+        budget.min_concurrency = b.min_retry_concurrency.unwrap_or(3);
+    }
+    policy.retry_budget = budget;
+    policy
+}

@@ -1,0 +1,235 @@
+//! The L7 policy of one service, as waypoints apply it: ordered HTTP
+//! routes (from Istio `VirtualService`, later Gateway API `HTTPRoute`) and
+//! the traffic policy of its destinations (from `DestinationRule`).
+//!
+//! The control plane resolves names before this point: destinations are
+//! services by `namespace/hostname`, subsets are lists of workload uids.
+//! The types serialize (serde) because they travel inside the config
+//! stream's `L7Service` resource.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// Everything a waypoint applies to one service.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct L7Policy {
+    /// Routes, first match wins; empty: everything to the service itself.
+    pub routes: Vec<HttpRoute>,
+    /// Traffic policy for requests to this service (as a destination).
+    pub traffic: TrafficPolicy,
+    /// Named subsets of this service's endpoints: workload uids.
+    pub subsets: BTreeMap<String, Vec<String>>,
+}
+
+/// How a string is matched.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StringMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the whole string (RE2 syntax).
+    Regex(String),
+}
+
+/// One set of request conditions; all must hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpMatch {
+    /// Path condition.
+    pub path: Option<StringMatch>,
+    /// Method (exact).
+    pub method: Option<String>,
+    /// Header conditions, by lowercase name.
+    pub headers: BTreeMap<String, StringMatch>,
+}
+
+/// Where a share of a route's traffic goes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Destination {
+    /// The service, `namespace/hostname`.
+    pub service: String,
+    /// A subset of its endpoints.
+    pub subset: Option<String>,
+    /// Its port; `None`: the port the request arrived on.
+    pub port: Option<u16>,
+    /// Relative weight.
+    pub weight: u32,
+}
+
+/// Header changes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Headers {
+    /// Set (replace).
+    pub set: BTreeMap<String, String>,
+    /// Add (append).
+    pub add: BTreeMap<String, String>,
+    /// Remove.
+    pub remove: Vec<String>,
+}
+
+/// Retries of a route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retries {
+    /// Retries after the first try.
+    pub attempts: u32,
+    /// Limit per try.
+    pub per_try_timeout: Option<Duration>,
+    /// Envoy `retry_on` list, comma separated.
+    pub retry_on: String,
+}
+
+/// Injected faults.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Fault {
+    /// (percent, delay).
+    pub delay: Option<(f64, Duration)>,
+    /// (percent, status).
+    pub abort: Option<(f64, u16)>,
+}
+
+/// A redirect.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Redirect {
+    /// New scheme.
+    pub scheme: Option<String>,
+    /// New host.
+    pub host: Option<String>,
+    /// New port.
+    pub port: Option<u16>,
+    /// New path.
+    pub path: Option<String>,
+    /// Status (301 by default).
+    pub status: u16,
+}
+
+/// A rewrite.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rewrite {
+    /// Replace the matched prefix (from, to).
+    pub prefix: Option<(String, String)>,
+    /// Replace the whole path.
+    pub full_path: Option<String>,
+    /// Replace the authority.
+    pub host: Option<String>,
+}
+
+/// Mirroring.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Mirror {
+    /// Where copies go.
+    pub destination: Destination,
+    /// Share copied, percent.
+    pub percent: f64,
+}
+
+/// One route.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HttpRoute {
+    /// Name, for logs and metrics.
+    pub name: String,
+    /// Any one holds; empty: all requests.
+    pub matches: Vec<HttpMatch>,
+    /// Destinations by weight; empty with a redirect.
+    pub destinations: Vec<Destination>,
+    /// Overall timeout.
+    pub timeout: Option<Duration>,
+    /// Retries; `None`: the mesh default.
+    pub retries: Option<Retries>,
+    /// Faults.
+    pub fault: Option<Fault>,
+    /// Redirect instead of forwarding.
+    pub redirect: Option<Redirect>,
+    /// Rewrite before forwarding.
+    pub rewrite: Option<Rewrite>,
+    /// Request header changes.
+    pub request_headers: Headers,
+    /// Response header changes.
+    pub response_headers: Headers,
+    /// Mirroring.
+    pub mirror: Option<Mirror>,
+}
+
+/// Load-balancing policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LoadBalancer {
+    /// Power of two choices, least requests (the default).
+    #[default]
+    LeastRequest,
+    /// In turn.
+    RoundRobin,
+    /// At random.
+    Random,
+    /// Consistent hashing on a request attribute.
+    ConsistentHash(HashOn),
+}
+
+/// What consistent hashing hashes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum HashOn {
+    /// A header's value.
+    Header(String),
+    /// A cookie's value.
+    Cookie(String),
+    /// The caller's address.
+    SourceIp,
+}
+
+/// Outlier detection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Outlier {
+    /// Consecutive 5xx-class failures that eject.
+    pub consecutive_5xx: Option<u32>,
+    /// Consecutive gateway failures that eject.
+    pub consecutive_gateway_errors: Option<u32>,
+    /// Base ejection time.
+    pub base_ejection_time: Duration,
+    /// Most endpoints ejected at once, percent.
+    pub max_ejection_percent: u32,
+}
+
+/// Retry budget: a share of the request rate with a floor, and/or a share
+/// of requests in flight with a floor.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RetryBudget {
+    /// Retries per request over the window (0.2 = 20 %).
+    pub ratio: f64,
+    /// Retries per second always allowed.
+    pub min_per_second: f64,
+    /// The window.
+    pub window: Duration,
+    /// Concurrent retries as a percent of active requests (Istio
+    /// `retryBudget.percent`), if set.
+    pub concurrent_percent: Option<f64>,
+    /// Floor of concurrent retries (`minRetryConcurrency`).
+    pub min_concurrency: u32,
+}
+
+impl Default for RetryBudget {
+    /// Linkerd's default: 20 % plus 10 per second over 10 s.
+    fn default() -> Self {
+        RetryBudget {
+            ratio: 0.2,
+            min_per_second: 10.0,
+            window: Duration::from_secs(10),
+            concurrent_percent: None,
+            min_concurrency: 3,
+        }
+    }
+}
+
+/// A destination's traffic policy (`DestinationRule.trafficPolicy`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficPolicy {
+    /// How endpoints are chosen.
+    pub load_balancer: LoadBalancer,
+    /// Requests in flight (`http2MaxRequests`).
+    pub max_requests: Option<u32>,
+    /// Requests waiting (`http1MaxPendingRequests`).
+    pub max_pending: Option<u32>,
+    /// Outlier detection.
+    pub outlier: Option<Outlier>,
+    /// Retry budget.
+    pub retry_budget: RetryBudget,
+}
