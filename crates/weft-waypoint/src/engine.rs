@@ -38,6 +38,7 @@ use tokio::time::Instant;
 
 use crate::budget::{ConcurrencyBudget, RateBudget};
 use crate::lb::{Balancer, Endpoint, Locality};
+use weft_core::l7::HashOn;
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
 use crate::route::{Redirect, Rewrite, Route, pick_backend, select};
@@ -63,6 +64,36 @@ pub struct Cluster {
     pub concurrency_budget: Option<ConcurrencyBudget>,
     /// Circuit breaker (`DestinationRule` `connectionPool`).
     pub breaker: Breaker,
+    /// What consistent hashing hashes (with [`crate::lb::Policy::Hash`]).
+    pub hash_on: Option<HashOn>,
+}
+
+/// The downstream peer's address, put in request extensions by the front.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+/// The consistent-hash key of a request, if the attribute is present.
+pub fn hash_key(on: &HashOn, parts: &http::request::Parts) -> Option<u64> {
+    match on {
+        HashOn::Header(name) => parts
+            .headers
+            .get(name.as_str())
+            .map(|v| crate::lb::hash_key(v.as_bytes())),
+        HashOn::Cookie(name) => parts
+            .headers
+            .get_all(http::header::COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .find_map(|kv| {
+                let (k, v) = kv.trim().split_once('=')?;
+                (k == name).then(|| crate::lb::hash_key(v.as_bytes()))
+            }),
+        HashOn::SourceIp => parts
+            .extensions
+            .get::<PeerAddr>()
+            .map(|p| crate::lb::hash_key(p.0.ip().to_string().as_bytes())),
+    }
 }
 
 /// Circuit-breaker limits (`DestinationRule.trafficPolicy.connectionPool`):
@@ -132,6 +163,7 @@ impl Cluster {
             rate_budget: None,
             concurrency_budget: None,
             breaker: Breaker::unlimited(),
+            hash_on: None,
         }
     }
 }
@@ -429,7 +461,7 @@ impl Engine {
     fn mirror(&self, target: &Arc<Cluster>, parts: &http::request::Parts, body: Bytes) {
         let Some(index) = target
             .balancer
-            .pick(fastrand::usize(..), fastrand::usize(..))
+            .pick(fastrand::usize(..), fastrand::usize(..), None)
         else {
             return;
         };
@@ -491,10 +523,11 @@ impl Engine {
         let _active = cluster.concurrency_budget.as_ref().map(|b| b.request());
         let mut _retry_slot = None;
         let mut retries = 0;
+        let key = cluster.hash_on.as_ref().and_then(|on| hash_key(on, parts));
         loop {
             let index = cluster
                 .balancer
-                .pick(fastrand::usize(..), fastrand::usize(..))
+                .pick(fastrand::usize(..), fastrand::usize(..), key)
                 .ok_or_else(|| L7Error::NoHealthyUpstream(cluster.name.clone()))?;
             let endpoint = cluster.balancer.endpoints()[index].addr;
             let active = cluster.balancer.start(index);

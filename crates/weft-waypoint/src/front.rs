@@ -34,7 +34,10 @@ pub async fn serve_http(
         let _ = stream.set_nodelay(true);
         let engine = engine.clone();
         tokio::spawn(async move {
-            let service = service_fn(move |request| {
+            let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+                request
+                    .extensions_mut()
+                    .insert(crate::engine::PeerAddr(peer));
                 let engine = engine.clone();
                 async move { Ok::<_, std::convert::Infallible>(engine.handle(request).await) }
             });

@@ -126,12 +126,31 @@ impl Drop for Active<'_> {
     }
 }
 
+/// How an endpoint is chosen within the closest healthy locality.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Policy {
+    /// The less busy of two drawn at random (the default).
+    #[default]
+    LeastRequest,
+    /// In turn.
+    RoundRobin,
+    /// At random.
+    Random,
+    /// By a hash of a request attribute: rendezvous (highest random
+    /// weight) hashing, so a key keeps its endpoint while the endpoint set
+    /// allows and moves minimally when it changes. Ring hash and Maglev
+    /// are configured as this.
+    Hash,
+}
+
 /// The endpoints of one service as a proxy in `local` balances them.
 #[derive(Debug)]
 pub struct Balancer {
     endpoints: Vec<Endpoint>,
     local: Locality,
     outlier: Option<OutlierDetection>,
+    policy: Policy,
+    turn: AtomicUsize,
 }
 
 impl Balancer {
@@ -145,7 +164,20 @@ impl Balancer {
             endpoints,
             local,
             outlier,
+            policy: Policy::default(),
+            turn: AtomicUsize::new(0),
         }
+    }
+
+    /// The same balancer choosing by `policy`.
+    pub fn with_policy(mut self, policy: Policy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Its policy.
+    pub fn policy(&self) -> Policy {
+        self.policy
     }
 
     /// The endpoints.
@@ -154,9 +186,10 @@ impl Balancer {
     }
 
     /// Chooses an endpoint: the closest locality with an endpoint not
-    /// ejected (all of them if every one is ejected), then the less busy of
-    /// two drawn by `a` and `b` (any integers).
-    pub fn pick(&self, a: usize, b: usize) -> Option<usize> {
+    /// ejected (all of them if every one is ejected), then by the policy —
+    /// `a` and `b` are random draws (any integers), `key` the request's
+    /// hash key (consistent hashing; without one, least request).
+    pub fn pick(&self, a: usize, b: usize, key: Option<u64>) -> Option<usize> {
         let now = Instant::now();
         let healthy: Vec<usize> = (0..self.endpoints.len())
             .filter(|&i| !self.endpoints[i].ejected(now))
@@ -174,9 +207,21 @@ impl Balancer {
             .into_iter()
             .filter(|&i| self.local.distance(&self.endpoints[i].locality) == best)
             .collect();
-        let (x, y) = (tier[a % tier.len()], tier[b % tier.len()]);
-        let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
-        Some(if load(y) < load(x) { y } else { x })
+        match (self.policy, key) {
+            (Policy::RoundRobin, _) => {
+                Some(tier[self.turn.fetch_add(1, Ordering::Relaxed) % tier.len()])
+            }
+            (Policy::Random, _) => Some(tier[a % tier.len()]),
+            (Policy::Hash, Some(key)) => tier
+                .iter()
+                .copied()
+                .max_by_key(|&i| rendezvous(key, &self.endpoints[i].addr)),
+            (Policy::LeastRequest | Policy::Hash, _) => {
+                let (x, y) = (tier[a % tier.len()], tier[b % tier.len()]);
+                let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
+                Some(if load(y) < load(x) { y } else { x })
+            }
+        }
     }
 
     /// Marks a request active on endpoint `i`.
@@ -245,6 +290,24 @@ impl Balancer {
     }
 }
 
+/// The rendezvous weight of `addr` for `key` (a fixed-key hash, stable
+/// across processes and restarts).
+fn rendezvous(key: u64, addr: &SocketAddr) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    addr.hash(&mut h);
+    h.finish()
+}
+
+/// A hash key for a string (a header or cookie value, an address).
+pub fn hash_key(value: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    value.hash(&mut h);
+    h.finish()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,11 +353,30 @@ mod tests {
         let b = balancer(None);
         // Only endpoints 0 and 1 (zone a) are ever chosen.
         for a in 0..10 {
-            assert!(b.pick(a, a + 1).is_some_and(|i| i < 2));
+            assert!(b.pick(a, a + 1, None).is_some_and(|i| i < 2));
         }
         let _busy = b.start(0);
-        assert_eq!(b.pick(0, 1), Some(1), "the less busy of the two");
-        assert_eq!(b.pick(1, 0), Some(1));
+        assert_eq!(b.pick(0, 1, None), Some(1), "the less busy of the two");
+        assert_eq!(b.pick(1, 0, None), Some(1));
+    }
+
+    #[test]
+    fn policies_within_the_tier() {
+        let rr = balancer(None).with_policy(Policy::RoundRobin);
+        let picks: Vec<Option<usize>> = (0..4).map(|_| rr.pick(0, 0, None)).collect();
+        assert_eq!(picks, [Some(0), Some(1), Some(0), Some(1)]);
+        let random = balancer(None).with_policy(Policy::Random);
+        assert_eq!(random.pick(3, 0, None), Some(1));
+        // The same key always lands on the same endpoint; keys spread.
+        let hashed = balancer(None).with_policy(Policy::Hash);
+        let mut seen = std::collections::BTreeSet::new();
+        for user in 0..50u64 {
+            let key = hash_key(&user.to_be_bytes());
+            let first = hashed.pick(0, 1, Some(key));
+            assert_eq!(hashed.pick(1, 0, Some(key)), first);
+            seen.extend(first);
+        }
+        assert_eq!(seen.len(), 2, "both zone-a endpoints get keys");
     }
 
     #[tokio::test(start_paused = true)]
@@ -314,10 +396,10 @@ mod tests {
             assert!(b.is_ejected(i));
         }
         // Zone a is out: zone b serves.
-        assert_eq!(b.pick(0, 1), Some(2));
+        assert_eq!(b.pick(0, 1, None), Some(2));
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(
-            b.pick(0, 1).is_some_and(|i| i < 2),
+            b.pick(0, 1, None).is_some_and(|i| i < 2),
             "back after the ejection time"
         );
         // A second ejection lasts twice as long.

@@ -13,8 +13,11 @@ use crate::retry::RetryPolicy;
 pub enum PathMatch {
     /// The whole path.
     Exact(String),
-    /// A prefix, on segment boundaries (`/api` matches `/api/x`, not `/apix`).
+    /// A prefix, on segment boundaries (`/api` matches `/api/x`, not
+    /// `/apix`): Gateway API's `PathPrefix`.
     Prefix(String),
+    /// A plain string prefix: Istio's `uri.prefix`.
+    StringPrefix(String),
     /// A regular expression over the whole path.
     Regex(regex::Regex),
 }
@@ -28,7 +31,36 @@ impl PathMatch {
                 path.strip_prefix(p)
                     .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
             }
-            PathMatch::Regex(r) => r.find(path).is_some_and(|m| m.len() == path.len()),
+            PathMatch::StringPrefix(p) => path.starts_with(p.as_str()),
+            PathMatch::Regex(r) => full_match(r, path),
+        }
+    }
+}
+
+fn full_match(r: &regex::Regex, s: &str) -> bool {
+    r.find(s).is_some_and(|m| m.start() == 0 && m.len() == s.len())
+}
+
+/// How a header value is matched.
+#[derive(Debug, Clone)]
+pub enum ValueMatch {
+    /// Equal.
+    Exact(String),
+    /// Starts with.
+    Prefix(String),
+    /// Matches the whole value.
+    Regex(regex::Regex),
+}
+
+impl ValueMatch {
+    fn matches(&self, value: &[u8]) -> bool {
+        let Ok(value) = std::str::from_utf8(value) else {
+            return false;
+        };
+        match self {
+            ValueMatch::Exact(v) => value == v,
+            ValueMatch::Prefix(p) => value.starts_with(p.as_str()),
+            ValueMatch::Regex(r) => full_match(r, value),
         }
     }
 }
@@ -38,8 +70,8 @@ impl PathMatch {
 pub struct HeaderMatch {
     /// Header name (lowercase).
     pub name: String,
-    /// The value must equal this exactly.
-    pub value: String,
+    /// The condition on its value (any of its values may satisfy it).
+    pub value: ValueMatch,
 }
 
 /// One set of conditions; all must hold.
@@ -61,7 +93,7 @@ impl RouteMatch {
                 headers
                     .get_all(h.name.as_str())
                     .iter()
-                    .any(|v| v.as_bytes() == h.value.as_bytes())
+                    .any(|v| h.value.matches(v.as_bytes()))
             })
     }
 }
@@ -261,7 +293,7 @@ mod tests {
                 vec![RouteMatch {
                     headers: vec![HeaderMatch {
                         name: "x-canary".into(),
-                        value: "yes".into(),
+                        value: ValueMatch::Exact("yes".into()),
                     }],
                     ..Default::default()
                 }],

@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use weft_sample_app::AppConfig;
 use weft_waypoint::route::{
     Backend, Fault, HeaderChanges, HeaderMatch, Mirror, PathMatch, Redirect, Rewrite, Route,
-    RouteMatch,
+    RouteMatch, ValueMatch,
 };
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
 
@@ -104,7 +104,7 @@ impl Harness {
                 matches: vec![RouteMatch {
                     headers: vec![HeaderMatch {
                         name: "x-canary".into(),
-                        value: "always".into(),
+                        value: ValueMatch::Exact("always".into()),
                     }],
                     ..RouteMatch::default()
                 }],
