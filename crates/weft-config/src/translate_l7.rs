@@ -21,11 +21,16 @@ use crate::kinds::{DestinationRuleSpec, Resources, VirtualServiceSpec};
 use crate::resource::{Resource, Spec};
 
 /// Istio's default `retryOn` when a route sets retries without one.
-pub const DEFAULT_RETRY_ON: &str = "connect-failure,refused-stream,unavailable,cancelled,gateway-error";
+pub const DEFAULT_RETRY_ON: &str =
+    "connect-failure,refused-stream,unavailable,cancelled,gateway-error";
 
 /// The service a host names, seen from `namespace`: the exact host, else
 /// the Kubernetes short forms (`reviews`, `reviews.shop`).
-pub fn resolve_host<'a>(snapshot: &'a Snapshot, namespace: &str, host: &str) -> Option<&'a Service> {
+pub fn resolve_host<'a>(
+    snapshot: &'a Snapshot,
+    namespace: &str,
+    host: &str,
+) -> Option<&'a Service> {
     let host = host.to_ascii_lowercase();
     [
         host.clone(),
@@ -57,7 +62,12 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     rules.sort_by(|a, b| a.name.cmp(&b.name));
     for dr in rules {
         let Some(service) = resolve_host(snapshot, &dr.name.namespace, &dr.spec.host) else {
-            report(out, dr, "spec.host", format!("{:?} is not a service in the registry", dr.spec.host));
+            report(
+                out,
+                dr,
+                "spec.host",
+                format!("{:?} is not a service in the registry", dr.spec.host),
+            );
             continue;
         };
         let policy = policies.entry(service.name.clone()).or_default();
@@ -65,7 +75,12 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
         for (i, subset) in dr.spec.subsets.iter().enumerate() {
             let members: Vec<String> = snapshot
                 .endpoints(service)
-                .filter(|w| subset.labels.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+                .filter(|w| {
+                    subset
+                        .labels
+                        .iter()
+                        .all(|(k, v)| w.labels.get(k) == Some(v))
+                })
                 .map(|w| w.name.to_string())
                 .collect();
             if members.is_empty() {
@@ -73,7 +88,10 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
                     out,
                     dr,
                     &format!("spec.subsets[{i}].labels"),
-                    format!("subset {:?} selects none of {}'s endpoints", subset.name, service.name),
+                    format!(
+                        "subset {:?} selects none of {}'s endpoints",
+                        subset.name, service.name
+                    ),
                 );
             }
             policy.subsets.insert(subset.name.clone(), members);
@@ -96,7 +114,12 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
                     .or_default()
                     .routes
                     .extend(routes.iter().cloned()),
-                None => report(out, vs, &format!("spec.hosts[{h}]"), format!("{host:?} is not a service in the registry")),
+                None => report(
+                    out,
+                    vs,
+                    &format!("spec.hosts[{h}]"),
+                    format!("{host:?} is not a service in the registry"),
+                ),
             }
         }
     }
@@ -130,7 +153,12 @@ fn destination(
     out: &mut Vec<Diagnostic>,
 ) -> Option<Destination> {
     let Some(service) = resolve_host(snapshot, &vs.name.namespace, &d.host) else {
-        report(out, vs, &format!("{field}.host"), format!("{:?} is not a service in the registry", d.host));
+        report(
+            out,
+            vs,
+            &format!("{field}.host"),
+            format!("{:?} is not a service in the registry", d.host),
+        );
         return None;
     };
     if let Some(subset) = &d.subset
@@ -142,7 +170,10 @@ fn destination(
             out,
             vs,
             &format!("{field}.subset"),
-            format!("no DestinationRule for {} defines subset {subset:?}", service.name),
+            format!(
+                "no DestinationRule for {} defines subset {subset:?}",
+                service.name
+            ),
         );
         return None;
     }
@@ -150,7 +181,12 @@ fn destination(
     if let Some(p) = port
         && service.port(p).is_none()
     {
-        report(out, vs, &format!("{field}.port.number"), format!("{} has no port {p}", service.name));
+        report(
+            out,
+            vs,
+            &format!("{field}.port.number"),
+            format!("{} has no port {p}", service.name),
+        );
         return None;
     }
     Some(Destination {
@@ -179,13 +215,28 @@ fn http_route(
     let mut request_headers = headers(spec.headers.as_ref().and_then(|h| h.request.as_ref()));
     let mut response_headers = headers(spec.headers.as_ref().and_then(|h| h.response.as_ref()));
     for (d, dest) in spec.route.iter().enumerate() {
-        let weight = if all_unweighted { 1 } else { dest.weight.unwrap_or(0) };
+        let weight = if all_unweighted {
+            1
+        } else {
+            dest.weight.unwrap_or(0)
+        };
         let field = format!("{base}.route[{d}].destination");
-        destinations.push(destination(snapshot, policies, vs, &field, &dest.destination, weight, out)?);
+        destinations.push(destination(
+            snapshot,
+            policies,
+            vs,
+            &field,
+            &dest.destination,
+            weight,
+            out,
+        )?);
         // Per-destination header changes apply to the route (weft applies
         // header changes per route).
         if let Some(h) = &dest.headers {
-            for (target, ops) in [(&mut request_headers, &h.request), (&mut response_headers, &h.response)] {
+            for (target, ops) in [
+                (&mut request_headers, &h.request),
+                (&mut response_headers, &h.response),
+            ] {
                 let more = headers(ops.as_ref());
                 target.set.extend(more.set);
                 target.add.extend(more.add);
@@ -209,7 +260,10 @@ fn http_route(
     // Istio's rewrite.uri replaces the matched prefix; with an exact match
     // (or none) it replaces the whole path.
     let rewrite = spec.rewrite.as_ref().map(|r| {
-        let prefix = spec.matches.iter().find_map(|m| m.uri.as_ref()?.prefix.clone());
+        let prefix = spec
+            .matches
+            .iter()
+            .find_map(|m| m.uri.as_ref()?.prefix.clone());
         Rewrite {
             prefix: match (&r.uri, &prefix) {
                 (Some(to), Some(from)) => Some((from.clone(), to.clone())),
@@ -240,7 +294,10 @@ fn http_route(
         retries: spec.retries.as_ref().map(|r| Retries {
             attempts: r.attempts.unwrap_or(2),
             per_try_timeout: parse_duration(r.per_try_timeout.as_deref()),
-            retry_on: r.retry_on.clone().unwrap_or_else(|| DEFAULT_RETRY_ON.into()),
+            retry_on: r
+                .retry_on
+                .clone()
+                .unwrap_or_else(|| DEFAULT_RETRY_ON.into()),
         }),
         fault: spec.fault.as_ref().map(|f| Fault {
             delay: f.delay.as_ref().and_then(|d| {
@@ -261,7 +318,10 @@ fn http_route(
             host: r.authority.clone(),
             port: r.port.and_then(|p| u16::try_from(p).ok()),
             path: r.uri.clone(),
-            status: r.redirect_code.and_then(|c| u16::try_from(c).ok()).unwrap_or(301),
+            status: r
+                .redirect_code
+                .and_then(|c| u16::try_from(c).ok())
+                .unwrap_or(301),
         }),
         rewrite,
         request_headers,
@@ -280,7 +340,12 @@ fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>)
         if let Some(v) = dr.annotations.get(annotation) {
             match v.parse::<f64>() {
                 Ok(x) if x >= 0.0 && x.is_finite() => *slot = x,
-                _ => report(out, dr, &format!("metadata.annotations.{annotation}"), format!("{v:?} is not a non-negative number")),
+                _ => report(
+                    out,
+                    dr,
+                    &format!("metadata.annotations.{annotation}"),
+                    format!("{v:?} is not a non-negative number"),
+                ),
             }
         }
     }
@@ -292,13 +357,13 @@ fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>)
         policy.load_balancer = match (lb.simple.as_deref(), &lb.consistent_hash) {
             (Some("ROUND_ROBIN"), _) => LoadBalancer::RoundRobin,
             (Some("RANDOM"), _) => LoadBalancer::Random,
-            (_, Some(h)) => LoadBalancer::ConsistentHash(
-                match (&h.http_header_name, &h.http_cookie) {
+            (_, Some(h)) => {
+                LoadBalancer::ConsistentHash(match (&h.http_header_name, &h.http_cookie) {
                     (Some(name), _) => HashOn::Header(name.to_ascii_lowercase()),
                     (None, Some(c)) => HashOn::Cookie(c.name.clone()),
                     (None, None) => HashOn::SourceIp,
-                },
-            ),
+                })
+            }
             _ => LoadBalancer::LeastRequest,
         };
     }

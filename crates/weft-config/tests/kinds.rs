@@ -569,3 +569,185 @@ fn peer_authentication_unsupported_modes_are_named() {
         assert!(text.contains(want), "{spec}: {text}");
     }
 }
+
+const REVIEWS: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [240.240.0.12]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 80, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v1, namespace: shop}
+spec: {address: 10.0.0.1, labels: {app: reviews, version: v1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-v2, namespace: shop}
+spec: {address: 10.0.0.2, labels: {app: reviews, version: v2}}
+"#;
+
+#[test]
+fn virtual_service_and_destination_rule_become_an_l7_policy() {
+    let yaml = format!(
+        "{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer: {{consistentHash: {{httpHeaderName: x-user}}}}
+    connectionPool: {{http: {{http2MaxRequests: 100, http1MaxPendingRequests: 10}}}}
+    outlierDetection: {{consecutive5xxErrors: 3, baseEjectionTime: 15s, maxEjectionPercent: 50}}
+  subsets:
+  - {{name: v1, labels: {{version: v1}}}}
+  - {{name: v2, labels: {{version: v2}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{uri: {{prefix: /api}}, headers: {{x-canary: {{exact: 'yes'}}}}}}]
+    rewrite: {{uri: /}}
+    route: [{{destination: {{host: reviews, subset: v2}}}}]
+  - route:
+    - {{destination: {{host: reviews, subset: v1}}, weight: 90}}
+    - {{destination: {{host: reviews.shop.svc.cluster.local, subset: v2}}, weight: 10}}
+    timeout: 2s
+    retries: {{attempts: 3, perTryTimeout: 500ms, retryOn: '5xx,reset'}}
+    fault: {{abort: {{httpStatus: 503, percentage: {{value: 1}}}}}}
+"
+    );
+    use weft_core::l7::{HashOn, LoadBalancer, StringMatch};
+    let config = load_ok(&yaml);
+    let policy = &config.snapshot.l7[&name("shop", "reviews")];
+    assert_eq!(policy.subsets["v1"], ["shop/reviews-v1"]);
+    assert_eq!(policy.subsets["v2"], ["shop/reviews-v2"]);
+    assert_eq!(
+        policy.traffic.load_balancer,
+        LoadBalancer::ConsistentHash(HashOn::Header("x-user".into()))
+    );
+    assert_eq!(
+        (policy.traffic.max_requests, policy.traffic.max_pending),
+        (Some(100), Some(10))
+    );
+    let outlier = policy.traffic.outlier.as_ref().expect("outlier");
+    assert_eq!(outlier.consecutive_5xx, Some(3));
+    assert_eq!(outlier.base_ejection_time, Duration::from_secs(15));
+    let [canary, split] = policy.routes.as_slice() else {
+        panic!("two routes: {:?}", policy.routes);
+    };
+    assert_eq!(
+        canary.matches[0].path,
+        Some(StringMatch::Prefix("/api".into()))
+    );
+    assert_eq!(
+        canary.rewrite.as_ref().and_then(|r| r.prefix.clone()),
+        Some(("/api".into(), "/".into()))
+    );
+    let weights: Vec<(&str, Option<&str>, u32)> = split
+        .destinations
+        .iter()
+        .map(|d| (d.service.as_str(), d.subset.as_deref(), d.weight))
+        .collect();
+    assert_eq!(
+        weights,
+        [
+            ("shop/reviews.shop.svc.cluster.local", Some("v1"), 90),
+            ("shop/reviews.shop.svc.cluster.local", Some("v2"), 10)
+        ]
+    );
+    let retries = split.retries.as_ref().expect("retries");
+    assert_eq!(
+        (
+            retries.attempts,
+            retries.per_try_timeout,
+            retries.retry_on.as_str()
+        ),
+        (3, Some(Duration::from_millis(500)), "5xx,reset")
+    );
+    assert_eq!(split.timeout, Some(Duration::from_secs(2)));
+    assert_eq!(split.fault.as_ref().and_then(|f| f.abort), Some((1.0, 503)));
+}
+
+#[test]
+fn l7_mistakes_are_named() {
+    let vs = |spec: &str| {
+        format!(
+            "{REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let dr = |spec: &str| {
+        format!(
+            "{REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            vs("  hosts: [ratings]\n  http: [{route: [{destination: {host: reviews}}]}]\n"),
+            "spec.hosts[0]: \"ratings\" is not a service in the registry",
+        ),
+        (
+            vs(
+                "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews, subset: v9}}]}]\n",
+            ),
+            "no DestinationRule for shop/reviews defines subset \"v9\"",
+        ),
+        (
+            vs(
+                "  hosts: [reviews]\n  gateways: [edge]\n  http: [{route: [{destination: {host: reviews}}]}]\n",
+            ),
+            "only mesh routes are supported",
+        ),
+        (
+            vs(
+                "  hosts: [reviews]\n  http: [{route: [{destination: {host: reviews}}], retries: {attempts: 2, retryOn: sometimes}}]\n",
+            ),
+            "\"sometimes\" is not a retry condition",
+        ),
+        (
+            vs(
+                "  hosts: [reviews]\n  http: [{match: [{uri: {regex: '(['}}], route: [{destination: {host: reviews}}]}]\n",
+            ),
+            "spec.http[0].match[0].uri.regex: not a valid regular expression",
+        ),
+        (
+            vs("  hosts: [reviews]\n  tcp: [{route: [{destination: {host: reviews}}]}]\n"),
+            "spec.tcp: is not supported by weft",
+        ),
+        (
+            vs("  hosts: [reviews]\n  http: [{}]\n"),
+            "name at least one destination",
+        ),
+        (
+            dr("  host: reviews\n  trafficPolicy: {loadBalancer: {simple: PASSTHROUGH}}\n"),
+            "\"PASSTHROUGH\" is not supported",
+        ),
+        (
+            dr(
+                "  host: reviews\n  subsets: [{name: a, labels: {version: v1}}, {name: a, labels: {version: v2}}]\n",
+            ),
+            "subset \"a\" is defined twice",
+        ),
+        (
+            dr("  host: reviews\n  subsets: [{name: v3, labels: {version: v3}}]\n"),
+            "subset \"v3\" selects none of shop/reviews's endpoints",
+        ),
+        (
+            dr("  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
+            "mutual TLS is automatic",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let text = load(&yaml).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+}

@@ -38,10 +38,10 @@ use tokio::time::Instant;
 
 use crate::budget::{ConcurrencyBudget, RateBudget};
 use crate::lb::{Balancer, Endpoint, Locality};
-use weft_core::l7::HashOn;
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
 use crate::route::{Redirect, Rewrite, Route, pick_backend, select};
+use weft_core::l7::HashOn;
 
 /// Request bodies up to this size are kept for replay (retries).
 pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
@@ -54,8 +54,11 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// An upstream service: its endpoints and its retry budgets.
 #[derive(Debug)]
 pub struct Cluster {
-    /// `namespace/hostname`.
+    /// Its key: `namespace/hostname:port`, `#subset` appended for a subset.
     pub name: String,
+    /// The service as metrics name it (`destination_service`): its
+    /// hostname.
+    pub label: String,
     /// Its endpoints: locality, outliers, least request.
     pub balancer: Balancer,
     /// Retries as a share of the request rate.
@@ -157,8 +160,10 @@ impl Cluster {
 
     /// A cluster balanced by `balancer`.
     pub fn with_balancer(name: impl Into<String>, balancer: Balancer) -> Self {
+        let name = name.into();
         Cluster {
-            name: name.into(),
+            label: name.clone(),
+            name,
             balancer,
             rate_budget: None,
             concurrency_budget: None,
@@ -417,12 +422,12 @@ impl Engine {
         }
         let backend = pick_backend(route, fastrand::f64())
             .ok_or_else(|| L7Error::NoHealthyUpstream(route.name.clone()))?;
-        ctx.service = backend.service.clone();
         let cluster = config
             .clusters
             .get(&backend.service)
             .cloned()
             .ok_or_else(|| L7Error::NoHealthyUpstream(backend.service.clone()))?;
+        ctx.service = cluster.label.clone();
         // The circuit breaker admits the request or fails it at once.
         let _slot = cluster
             .breaker

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod budget;
+pub mod config;
 pub mod engine;
 pub mod front;
 pub mod hbone;

@@ -5,7 +5,7 @@
 //! it routes each request and forwards it to an endpoint over HBONE with
 //! its own identity.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -23,16 +23,12 @@ use weft_ca::{CertManager, ManagerOptions, TrustBundle};
 use weft_core::Identity;
 use weft_hbone::server::{Limits, OpenFuture, Upstream};
 use weft_hbone::{HbonePool, Inbound, InboundHandler, Refusal};
-use weft_node::view::{NodeView, WorkloadInfo};
+use weft_node::view::NodeView;
 use weft_xds::client::{ClientOptions, Transport, XdsClient};
 
-use crate::budget::RateBudget;
-use crate::engine::{Cluster, Config, Engine};
+use crate::engine::{Config, Engine};
 use crate::hbone::{HboneConnector, Peers};
-use crate::lb::{Balancer, Endpoint, Locality};
 use crate::metrics::Metrics;
-use crate::retry::RetryPolicy;
-use crate::route::{Backend, Route};
 
 /// How long to wait for the waypoint's own workload to appear.
 pub const REGISTRY_WAIT: Duration = Duration::from_secs(30);
@@ -177,7 +173,8 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
                     .map(|w| (w.ip, w.identity.clone()))
                     .collect::<HashMap<IpAddr, Identity>>(),
             ));
-            task_engine.update(config_for(&next, &task_me));
+            let policies = policies(&changes.borrow());
+            task_engine.update(crate::config::config_for(&next, &task_me, &policies));
             task_view.store(next);
             if changes.changed().await.is_err() {
                 return;
@@ -225,66 +222,37 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
     })
 }
 
-/// Istio's default retry policy for a service without one: two retries on
-/// connect failures, refused streams and gateway errors.
-fn default_retry() -> RetryPolicy {
-    RetryPolicy::default()
-}
-
-/// Linkerd's default retry budget: 20 % of requests plus 10 retries per
-/// second, over 10 s.
-fn default_budget() -> RateBudget {
-    RateBudget::new(0.2, 10.0, Duration::from_secs(10))
-}
-
-/// The engine's configuration for the services that use waypoint `me`:
-/// per service port, a default route to its endpoints, balanced from the
-/// waypoint's locality, with the default retries within the default budget.
-pub fn config_for(view: &NodeView, me: &WorkloadInfo) -> Config {
-    let locality = |w: &WorkloadInfo| Locality {
-        region: w.locality.0.clone(),
-        zone: w.locality.1.clone(),
-        subzone: w.locality.2.clone(),
-    };
-    let mut config = Config::default();
-    for (service, info) in &view.services {
-        if info.waypoint != Some(me.ip) {
+/// The L7 policies in the config stream's `L7Service` resources, by
+/// service (`namespace/hostname`). A policy that does not decode is logged
+/// and skipped (the service gets the default route).
+fn policies(state: &weft_xds::ClientState) -> crate::config::Policies {
+    use prost::Message;
+    let mut out = crate::config::Policies::new();
+    for held in state
+        .resources
+        .get(weft_xds::L7_SERVICE_TYPE)
+        .into_iter()
+        .flat_map(|m| m.values())
+    {
+        let Ok(s) = weft_xds::proto::weft::L7Service::decode(held.body.value.as_slice()) else {
+            continue;
+        };
+        if s.policy_json.is_empty() {
             continue;
         }
-        // Service port → endpoints (address and target port).
-        let mut ports: BTreeMap<u16, Vec<Endpoint>> = BTreeMap::new();
-        for uid in view.endpoints.get(service).into_iter().flatten() {
-            let Some(w) = view.workloads.get(uid) else {
-                continue;
-            };
-            for (port, target) in w.services.get(service).into_iter().flatten() {
-                ports
-                    .entry(*port)
-                    .or_default()
-                    .push(Endpoint::new(SocketAddr::new(w.ip, *target), locality(w)));
+        let Some(host) = s.hostnames.first() else {
+            continue;
+        };
+        match serde_json::from_str(&s.policy_json) {
+            Ok(policy) => {
+                out.insert(format!("{}/{host}", s.namespace), policy);
+            }
+            Err(e) => {
+                tracing::warn!(service = %s.name, error = %e, "L7 policy not understood; default route used")
             }
         }
-        for (port, endpoints) in ports {
-            let key = format!("{service}:{port}");
-            let mut cluster =
-                Cluster::with_balancer(&key, Balancer::new(endpoints, locality(me), None));
-            cluster.rate_budget = Some(default_budget());
-            config.clusters.insert(key.clone(), Arc::new(cluster));
-            config.targets.insert(
-                key.clone(),
-                vec![Route {
-                    name: format!("{key} default"),
-                    backends: vec![Backend {
-                        service: key,
-                        weight: 1,
-                    }],
-                    retry: Some(default_retry()),
-                    ..Route::default()
-                }],
-            );
-        }
     }
-    config
+    out
 }
 
 /// HBONE into the waypoint: each tunnel is an HTTP connection for the

@@ -38,7 +38,8 @@ impl PathMatch {
 }
 
 fn full_match(r: &regex::Regex, s: &str) -> bool {
-    r.find(s).is_some_and(|m| m.start() == 0 && m.len() == s.len())
+    r.find(s)
+        .is_some_and(|m| m.start() == 0 && m.len() == s.len())
 }
 
 /// How a header value is matched.

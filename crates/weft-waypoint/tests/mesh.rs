@@ -2,8 +2,9 @@
 //! proxies, a waypoint and sample apps on loopback addresses. The caller
 //! uses its explicit outbound listener; its node proxy sends the service's
 //! traffic to the waypoint (the service names it with
-//! `istio.io/use-waypoint`), which routes each request and forwards it over
-//! HBONE to an endpoint, preferring its own zone.
+//! `istio.io/use-waypoint`), which routes each request by the service's
+//! `VirtualService` (subsets from its `DestinationRule`) and forwards it
+//! over HBONE to an endpoint.
 
 use std::time::{Duration, Instant};
 
@@ -59,7 +60,7 @@ spec:
   address: 127.0.1.112
   serviceAccount: reviews
   locality: eu/a
-  labels: {app: reviews, weft.dev/node: node-1}
+  labels: {app: reviews, zone: a, weft.dev/node: node-1}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -68,7 +69,31 @@ spec:
   address: 127.0.2.112
   serviceAccount: reviews
   locality: eu/b
-  labels: {app: reviews, weft.dev/node: node-2}
+  labels: {app: reviews, zone: b, weft.dev/node: node-2}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews
+  subsets:
+  - {name: a, labels: {zone: a}}
+  - {name: b, labels: {zone: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews]
+  http:
+  - name: canary
+    match: [{headers: {x-canary: {exact: "yes"}}}]
+    route: [{destination: {host: reviews, subset: b}}]
+    headers: {response: {set: {x-routed-by: canary}}}
+  - name: stable
+    route: [{destination: {host: reviews, subset: a}}]
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 5xx}
 "#;
 
 async fn app(addr: &str, name: &str) {
@@ -85,10 +110,16 @@ async fn app(addr: &str, name: &str) {
 }
 
 async fn get(addr: &str) -> Option<String> {
+    get_with(addr, "").await
+}
+
+async fn get_with(addr: &str, headers: &str) -> Option<String> {
     let mut conn = TcpStream::connect(addr).await.ok()?;
-    conn.write_all(b"GET / HTTP/1.1\r\nhost: reviews\r\nconnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    conn.write_all(
+        format!("GET / HTTP/1.1\r\nhost: reviews\r\n{headers}connection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .ok()?;
     let mut out = String::new();
     conn.read_to_string(&mut out).await.ok()?;
     Some(out)
@@ -165,18 +196,26 @@ async fn service_traffic_goes_through_its_waypoint() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    // The waypoint is in zone a: the zone-a endpoint answers.
+    // The VirtualService's stable route: subset a.
     assert!(response.contains("x-weft-app: reviews-a"), "{response}");
     for _ in 0..10 {
         let r = get("127.0.1.110:9002").await.expect("response");
         assert!(r.contains("x-weft-app: reviews-a"), "{r}");
+    }
+    // Its canary route, by header: subset b, with the response header set.
+    for _ in 0..10 {
+        let r = get_with("127.0.1.110:9002", "x-canary: yes\r\n")
+            .await
+            .expect("response");
+        assert!(r.contains("x-weft-app: reviews-b"), "{r}");
+        assert!(r.contains("x-routed-by: canary"), "{r}");
     }
     // The waypoint saw and counted the requests as L7.
     let metrics = waypoint.metrics.encode();
     let counted = metrics.lines().any(|l| {
         l.starts_with("istio_requests_total{")
             && l.contains("reporter=\"waypoint\"")
-            && l.contains("destination_service=\"shop/reviews.shop.svc.cluster.local:80\"")
+            && l.contains("destination_service=\"reviews.shop.svc.cluster.local\"")
             && l.contains("response_code=\"200\"")
             && !l.ends_with(" 0")
     });

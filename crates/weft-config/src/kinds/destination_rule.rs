@@ -140,27 +140,72 @@ pub const BUDGET_MIN_ANNOTATION: &str = "weft.dev/retry-budget-min-per-second";
 impl Spec for DestinationRuleSpec {
     const KIND: &'static str = "DestinationRule";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        ("spec.trafficPolicy.tls", "the mesh's mutual TLS is automatic; TLS origination is not supported"),
+        (
+            "spec.trafficPolicy.tls",
+            "the mesh's mutual TLS is automatic; TLS origination is not supported",
+        ),
         ("spec.trafficPolicy.portLevelSettings", NOT_YET),
         ("spec.trafficPolicy.tunnel", NOT_YET),
         ("spec.trafficPolicy.proxyProtocol", NOT_YET),
         ("spec.trafficPolicy.connectionPool.tcp", NOT_YET),
-        ("spec.trafficPolicy.connectionPool.http.maxRetries", "use retryBudget or the weft.dev/retry-budget-* annotations"),
-        ("spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection", NOT_YET),
-        ("spec.trafficPolicy.connectionPool.http.idleTimeout", NOT_YET),
-        ("spec.trafficPolicy.connectionPool.http.h2UpgradePolicy", NOT_YET),
-        ("spec.trafficPolicy.connectionPool.http.useClientProtocol", NOT_YET),
-        ("spec.trafficPolicy.connectionPool.http.maxConcurrentStreams", NOT_YET),
+        (
+            "spec.trafficPolicy.connectionPool.http.maxRetries",
+            "use retryBudget or the weft.dev/retry-budget-* annotations",
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.http.idleTimeout",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.http.h2UpgradePolicy",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.http.useClientProtocol",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
+            NOT_YET,
+        ),
         ("spec.trafficPolicy.loadBalancer.localityLbSetting", NOT_YET),
         ("spec.trafficPolicy.loadBalancer.warmup", NOT_YET),
-        ("spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName", NOT_YET),
-        ("spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize", NOT_YET),
-        ("spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures", NOT_YET),
-        ("spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors", NOT_YET),
-        ("spec.trafficPolicy.outlierDetection.minHealthPercent", NOT_YET),
-        ("spec.trafficPolicy.outlierDetection.consecutiveErrors", "use consecutive5xxErrors"),
-        ("spec.subsets.trafficPolicy", "per-subset policies are not supported yet; set the policy on the rule"),
-        ("spec.exportTo", "exportTo is not supported: every rule is visible mesh-wide"),
+        (
+            "spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.loadBalancer.consistentHash.minimumRingSize",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.outlierDetection.consecutiveLocalOriginFailures",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.outlierDetection.splitExternalLocalOriginErrors",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.outlierDetection.minHealthPercent",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.outlierDetection.consecutiveErrors",
+            "use consecutive5xxErrors",
+        ),
+        (
+            "spec.subsets.trafficPolicy",
+            "per-subset policies are not supported yet; set the policy on the rule",
+        ),
+        (
+            "spec.exportTo",
+            "exportTo is not supported: every rule is visible mesh-wide",
+        ),
         ("spec.workloadSelector", NOT_YET),
     ];
 
@@ -173,7 +218,10 @@ impl Spec for DestinationRuleSpec {
             if s.name.is_empty() {
                 ctx.error(&format!("spec.subsets[{i}].name"), "required");
             } else if !seen.insert(&s.name) {
-                ctx.error(&format!("spec.subsets[{i}].name"), format!("subset {:?} is defined twice", s.name));
+                ctx.error(
+                    &format!("spec.subsets[{i}].name"),
+                    format!("subset {:?} is defined twice", s.name),
+                );
             }
         }
         let Some(tp) = &self.traffic_policy else {
@@ -181,18 +229,29 @@ impl Spec for DestinationRuleSpec {
         };
         if let Some(lb) = &tp.load_balancer {
             match (lb.simple.as_deref(), &lb.consistent_hash) {
-                (Some(_), Some(_)) => ctx.error("spec.trafficPolicy.loadBalancer", "set simple or consistentHash, not both"),
-                (Some("LEAST_REQUEST" | "ROUND_ROBIN" | "RANDOM" | "UNSPECIFIED" | "LEAST_CONN"), _) | (None, _) => {}
+                (Some(_), Some(_)) => ctx.error(
+                    "spec.trafficPolicy.loadBalancer",
+                    "set simple or consistentHash, not both",
+                ),
+                (
+                    Some("LEAST_REQUEST" | "ROUND_ROBIN" | "RANDOM" | "UNSPECIFIED" | "LEAST_CONN"),
+                    _,
+                )
+                | (None, _) => {}
                 (Some(other), _) => ctx.error(
                     "spec.trafficPolicy.loadBalancer.simple",
                     format!("{other:?} is not supported; use LEAST_REQUEST, ROUND_ROBIN or RANDOM"),
                 ),
             }
             if let Some(h) = &lb.consistent_hash {
-                let set = [h.http_header_name.is_some(), h.http_cookie.is_some(), h.use_source_ip == Some(true)]
-                    .iter()
-                    .filter(|b| **b)
-                    .count();
+                let set = [
+                    h.http_header_name.is_some(),
+                    h.http_cookie.is_some(),
+                    h.use_source_ip == Some(true),
+                ]
+                .iter()
+                .filter(|b| **b)
+                .count();
                 if set != 1 {
                     ctx.error(
                         "spec.trafficPolicy.loadBalancer.consistentHash",
@@ -202,7 +261,10 @@ impl Spec for DestinationRuleSpec {
             }
         }
         if let Some(od) = &tp.outlier_detection {
-            for (field, v) in [("interval", &od.interval), ("baseEjectionTime", &od.base_ejection_time)] {
+            for (field, v) in [
+                ("interval", &od.interval),
+                ("baseEjectionTime", &od.base_ejection_time),
+            ] {
                 if let Some(v) = v
                     && let Err(e) = duration::parse(v)
                 {
@@ -210,13 +272,21 @@ impl Spec for DestinationRuleSpec {
                 }
             }
             if od.max_ejection_percent.is_some_and(|p| p > 100) {
-                ctx.error("spec.trafficPolicy.outlierDetection.maxEjectionPercent", "a percentage (0-100)");
+                ctx.error(
+                    "spec.trafficPolicy.outlierDetection.maxEjectionPercent",
+                    "a percentage (0-100)",
+                );
             }
         }
         if let Some(b) = &tp.retry_budget
-            && b.percent.as_ref().is_some_and(|p| !(0.0..=100.0).contains(&p.value))
+            && b.percent
+                .as_ref()
+                .is_some_and(|p| !(0.0..=100.0).contains(&p.value))
         {
-            ctx.error("spec.trafficPolicy.retryBudget.percent.value", "a percentage (0-100)");
+            ctx.error(
+                "spec.trafficPolicy.retryBudget.percent.value",
+                "a percentage (0-100)",
+            );
         }
     }
 }

@@ -213,9 +213,15 @@ const NOT_YET: &str = "is not supported by weft's waypoint yet";
 impl Spec for VirtualServiceSpec {
     const KIND: &'static str = "VirtualService";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        ("spec.tcp", "TCP routes are not supported; L4 traffic goes to the service directly"),
+        (
+            "spec.tcp",
+            "TCP routes are not supported; L4 traffic goes to the service directly",
+        ),
         ("spec.tls", "TLS routes are not supported"),
-        ("spec.exportTo", "exportTo is not supported: every route is visible mesh-wide"),
+        (
+            "spec.exportTo",
+            "exportTo is not supported: every route is visible mesh-wide",
+        ),
         ("spec.http.match.queryParams", NOT_YET),
         ("spec.http.match.scheme", NOT_YET),
         ("spec.http.match.authority", NOT_YET),
@@ -231,10 +237,16 @@ impl Spec for VirtualServiceSpec {
         ("spec.http.directResponse", NOT_YET),
         ("spec.http.retries.retryRemoteLocalities", NOT_YET),
         ("spec.http.retries.backoff", NOT_YET),
-        ("spec.http.mirrors", "use mirror and mirrorPercentage (one mirror per route)"),
+        (
+            "spec.http.mirrors",
+            "use mirror and mirrorPercentage (one mirror per route)",
+        ),
         ("spec.http.mirrorPercent", "use mirrorPercentage"),
         ("spec.http.fault.delay.exponentialDelay", NOT_YET),
-        ("spec.http.fault.delay.percent", "use percentage: {value: …}"),
+        (
+            "spec.http.fault.delay.percent",
+            "use percentage: {value: …}",
+        ),
         ("spec.http.fault.abort.grpcStatus", NOT_YET),
         ("spec.http.fault.abort.http2Error", NOT_YET),
         ("spec.http.rewrite.uriRegexRewrite", NOT_YET),
@@ -256,8 +268,13 @@ impl Spec for VirtualServiceSpec {
         for (r, route) in self.http.iter().enumerate() {
             let base = format!("spec.http[{r}]");
             match (&route.redirect, route.route.is_empty()) {
-                (Some(_), false) => ctx.error(&base, "a route has either redirect or route, not both"),
-                (None, true) => ctx.error(&format!("{base}.route"), "name at least one destination (or a redirect)"),
+                (Some(_), false) => {
+                    ctx.error(&base, "a route has either redirect or route, not both")
+                }
+                (None, true) => ctx.error(
+                    &format!("{base}.route"),
+                    "name at least one destination (or a redirect)",
+                ),
                 _ => {}
             }
             for (m, cond) in route.matches.iter().enumerate() {
@@ -280,11 +297,13 @@ impl Spec for VirtualServiceSpec {
                     ctx.error(&format!("{base}.route[{d}].destination.host"), "required");
                 }
             }
-            for (field, value) in [("timeout", &route.timeout)] {
-                check_duration(ctx, &format!("{base}.{field}"), value.as_deref());
-            }
+            check_duration(ctx, &format!("{base}.timeout"), route.timeout.as_deref());
             if let Some(retries) = &route.retries {
-                check_duration(ctx, &format!("{base}.retries.perTryTimeout"), retries.per_try_timeout.as_deref());
+                check_duration(
+                    ctx,
+                    &format!("{base}.retries.perTryTimeout"),
+                    retries.per_try_timeout.as_deref(),
+                );
                 if let Some(on) = &retries.retry_on {
                     ctx.check(&format!("{base}.retries.retryOn"), check_retry_on(on));
                 }
@@ -294,23 +313,45 @@ impl Spec for VirtualServiceSpec {
                     if delay.fixed_delay.is_none() {
                         ctx.error(&format!("{base}.fault.delay.fixedDelay"), "required");
                     }
-                    check_duration(ctx, &format!("{base}.fault.delay.fixedDelay"), delay.fixed_delay.as_deref());
-                    check_percent(ctx, &format!("{base}.fault.delay.percentage.value"), delay.percentage.as_ref());
+                    check_duration(
+                        ctx,
+                        &format!("{base}.fault.delay.fixedDelay"),
+                        delay.fixed_delay.as_deref(),
+                    );
+                    check_percent(
+                        ctx,
+                        &format!("{base}.fault.delay.percentage.value"),
+                        delay.percentage.as_ref(),
+                    );
                 }
                 if let Some(abort) = &fault.abort {
                     match abort.http_status {
                         Some(s) if (200..600).contains(&s) => {}
-                        _ => ctx.error(&format!("{base}.fault.abort.httpStatus"), "an HTTP status (200-599) is required"),
+                        _ => ctx.error(
+                            &format!("{base}.fault.abort.httpStatus"),
+                            "an HTTP status (200-599) is required",
+                        ),
                     }
-                    check_percent(ctx, &format!("{base}.fault.abort.percentage.value"), abort.percentage.as_ref());
+                    check_percent(
+                        ctx,
+                        &format!("{base}.fault.abort.percentage.value"),
+                        abort.percentage.as_ref(),
+                    );
                 }
             }
-            check_percent(ctx, &format!("{base}.mirrorPercentage.value"), route.mirror_percentage.as_ref());
+            check_percent(
+                ctx,
+                &format!("{base}.mirrorPercentage.value"),
+                route.mirror_percentage.as_ref(),
+            );
             if let Some(redirect) = &route.redirect
                 && let Some(code) = redirect.redirect_code
                 && ![301, 302, 303, 307, 308].contains(&code)
             {
-                ctx.error(&format!("{base}.redirect.redirectCode"), format!("{code} is not a redirect status (301, 302, 303, 307, 308)"));
+                ctx.error(
+                    &format!("{base}.redirect.redirectCode"),
+                    format!("{code} is not a redirect status (301, 302, 303, 307, 308)"),
+                );
             }
         }
     }
@@ -354,7 +395,10 @@ fn check_string_match(ctx: &mut Ctx<'_>, field: &str, m: &StringMatchSpec) {
     if let Some(re) = &m.regex
         && let Err(e) = regex_syntax::Parser::new().parse(re)
     {
-        ctx.error(&format!("{field}.regex"), format!("not a valid regular expression: {e}"));
+        ctx.error(
+            &format!("{field}.regex"),
+            format!("not a valid regular expression: {e}"),
+        );
     }
 }
 

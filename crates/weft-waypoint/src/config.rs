@@ -1,0 +1,361 @@
+//! From what the config stream says to what the engine serves, as one pure
+//! function: for each service that uses this waypoint, and each of its
+//! ports, the routes of its L7 policy (or a default route to itself), and
+//! a cluster for every (service, subset, port) a route sends to — its
+//! endpoints from the registry, balanced from the waypoint's locality with
+//! the destination's traffic policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use weft_core::l7::{self, L7Policy, LoadBalancer};
+use weft_node::view::{NodeView, WorkloadInfo};
+
+use crate::budget::{ConcurrencyBudget, RateBudget};
+use crate::engine::{Breaker, Cluster, Config};
+use crate::lb::{Balancer, Endpoint, Locality, OutlierDetection, Policy};
+use crate::retry::{RetryOn, RetryPolicy};
+use crate::route::{
+    Backend, Fault, HeaderChanges, HeaderMatch, Mirror, PathMatch, Redirect, Rewrite, Route,
+    RouteMatch, ValueMatch,
+};
+
+/// L7 policies by service (`namespace/hostname`).
+pub type Policies = HashMap<String, L7Policy>;
+
+fn locality(w: &WorkloadInfo) -> Locality {
+    Locality {
+        region: w.locality.0.clone(),
+        zone: w.locality.1.clone(),
+        subzone: w.locality.2.clone(),
+    }
+}
+
+/// The engine's configuration for the services that use waypoint `me`.
+pub fn config_for(view: &NodeView, me: &WorkloadInfo, policies: &Policies) -> Config {
+    let mut builder = Builder {
+        view,
+        me,
+        policies,
+        clusters: HashMap::new(),
+    };
+    let mut config = Config::default();
+    for (service, info) in &view.services {
+        if info.waypoint != Some(me.ip) {
+            continue;
+        }
+        for port in service_ports(view, service) {
+            let routes = match policies.get(service).filter(|p| !p.routes.is_empty()) {
+                Some(p) => p
+                    .routes
+                    .iter()
+                    .filter_map(|r| builder.route(r, port))
+                    .collect(),
+                None => vec![Route {
+                    name: format!("{service}:{port} default"),
+                    backends: vec![Backend {
+                        service: builder.cluster(service, None, port),
+                        weight: 1,
+                    }],
+                    retry: Some(RetryPolicy::default()),
+                    ..Route::default()
+                }],
+            };
+            config.targets.insert(format!("{service}:{port}"), routes);
+        }
+    }
+    config.clusters = builder.clusters;
+    config
+}
+
+/// The service ports of `service`, from its endpoints.
+fn service_ports(view: &NodeView, service: &str) -> Vec<u16> {
+    let mut ports: Vec<u16> = view
+        .endpoints
+        .get(service)
+        .into_iter()
+        .flatten()
+        .filter_map(|uid| view.workloads.get(uid)?.services.get(service))
+        .flat_map(|m| m.keys().copied())
+        .collect();
+    ports.sort_unstable();
+    ports.dedup();
+    ports
+}
+
+struct Builder<'a> {
+    view: &'a NodeView,
+    me: &'a WorkloadInfo,
+    policies: &'a Policies,
+    clusters: HashMap<String, Arc<Cluster>>,
+}
+
+impl Builder<'_> {
+    /// The cluster for (service, subset, port), built on first use; its key.
+    fn cluster(&mut self, service: &str, subset: Option<&str>, port: u16) -> String {
+        let key = match subset {
+            Some(s) => format!("{service}:{port}#{s}"),
+            None => format!("{service}:{port}"),
+        };
+        if self.clusters.contains_key(&key) {
+            return key;
+        }
+        let policy = self.policies.get(service);
+        let members = subset.and_then(|s| policy?.subsets.get(s));
+        let endpoints: Vec<Endpoint> = self
+            .view
+            .endpoints
+            .get(service)
+            .into_iter()
+            .flatten()
+            .filter_map(|uid| self.view.workloads.get(uid))
+            .filter(|w| members.is_none_or(|m| m.contains(&w.name)))
+            .filter_map(|w| {
+                let target = w.services.get(service)?.get(&port)?;
+                Some(Endpoint::new(SocketAddr::new(w.ip, *target), locality(w)))
+            })
+            .collect();
+        let traffic = policy.map(|p| p.traffic.clone()).unwrap_or_default();
+        let lb_policy = match &traffic.load_balancer {
+            LoadBalancer::LeastRequest => Policy::LeastRequest,
+            LoadBalancer::RoundRobin => Policy::RoundRobin,
+            LoadBalancer::Random => Policy::Random,
+            LoadBalancer::ConsistentHash(_) => Policy::Hash,
+        };
+        let outlier = traffic.outlier.as_ref().map(|o| OutlierDetection {
+            consecutive_5xx: o.consecutive_5xx,
+            consecutive_gateway_errors: o.consecutive_gateway_errors,
+            base_ejection_time: o.base_ejection_time,
+            max_ejection_percent: o.max_ejection_percent,
+        });
+        let balancer = Balancer::new(endpoints, locality(self.me), outlier).with_policy(lb_policy);
+        let mut cluster = Cluster::with_balancer(&key, balancer);
+        cluster.label = service.rsplit('/').next().unwrap_or(service).to_owned();
+        let b = &traffic.retry_budget;
+        cluster.rate_budget = Some(RateBudget::new(b.ratio, b.min_per_second, b.window));
+        cluster.concurrency_budget = b
+            .concurrent_percent
+            .map(|p| ConcurrencyBudget::new(p, u64::from(b.min_concurrency)));
+        if let Some(max) = traffic.max_requests {
+            cluster.breaker = Breaker::new(max as usize, traffic.max_pending.unwrap_or(0) as usize);
+        }
+        if let LoadBalancer::ConsistentHash(on) = &traffic.load_balancer {
+            cluster.hash_on = Some(on.clone());
+        }
+        self.clusters.insert(key.clone(), Arc::new(cluster));
+        key
+    }
+
+    fn backend(&mut self, d: &l7::Destination, port: u16) -> Backend {
+        Backend {
+            service: self.cluster(&d.service, d.subset.as_deref(), d.port.unwrap_or(port)),
+            weight: d.weight,
+        }
+    }
+
+    /// The engine route for `r` on service port `port`; `None` (logged)
+    /// when a regular expression does not compile.
+    fn route(&mut self, r: &l7::HttpRoute, port: u16) -> Option<Route> {
+        let regex = |s: &str| match regex::Regex::new(s) {
+            Ok(re) => Some(re),
+            Err(e) => {
+                tracing::warn!(route = %r.name, error = %e, "route skipped: bad regular expression");
+                None
+            }
+        };
+        let mut matches = Vec::new();
+        for m in &r.matches {
+            let path = match &m.path {
+                Some(l7::StringMatch::Exact(p)) => Some(PathMatch::Exact(p.clone())),
+                Some(l7::StringMatch::Prefix(p)) => Some(PathMatch::StringPrefix(p.clone())),
+                Some(l7::StringMatch::Regex(p)) => Some(PathMatch::Regex(regex(p)?)),
+                None => None,
+            };
+            let mut headers = Vec::new();
+            for (name, v) in &m.headers {
+                let value = match v {
+                    l7::StringMatch::Exact(x) => ValueMatch::Exact(x.clone()),
+                    l7::StringMatch::Prefix(x) => ValueMatch::Prefix(x.clone()),
+                    l7::StringMatch::Regex(x) => ValueMatch::Regex(regex(x)?),
+                };
+                headers.push(HeaderMatch {
+                    name: name.clone(),
+                    value,
+                });
+            }
+            matches.push(RouteMatch {
+                path,
+                method: m.method.as_deref().and_then(|x| x.parse().ok()),
+                headers,
+            });
+        }
+        let backends = r
+            .destinations
+            .iter()
+            .map(|d| self.backend(d, port))
+            .collect();
+        let mirror = r.mirror.as_ref().map(|m| Mirror {
+            service: self.backend(&m.destination, port).service,
+            percent: m.percent,
+        });
+        let headers = |h: &l7::Headers| HeaderChanges {
+            set: pairs(&h.set),
+            add: pairs(&h.add),
+            remove: h.remove.clone(),
+        };
+        Some(Route {
+            name: r.name.clone(),
+            matches,
+            backends,
+            timeout: r.timeout,
+            retry: Some(match &r.retries {
+                Some(x) => RetryPolicy {
+                    attempts: x.attempts,
+                    per_try_timeout: x.per_try_timeout,
+                    // Validated by the control plane; gRPC names and the
+                    // rest parse.
+                    retry_on: RetryOn::parse(&x.retry_on).unwrap_or_default(),
+                    ..RetryPolicy::default()
+                },
+                None => RetryPolicy::default(),
+            }),
+            fault: r.fault.as_ref().map(|f| Fault {
+                delay: f.delay,
+                abort: f.abort,
+            }),
+            redirect: r.redirect.as_ref().map(|x| Redirect {
+                scheme: x.scheme.clone(),
+                host: x.host.clone(),
+                port: x.port,
+                path: x.path.clone(),
+                status: x.status,
+            }),
+            rewrite: r.rewrite.as_ref().map(|x| Rewrite {
+                prefix: x.prefix.clone(),
+                full_path: x.full_path.clone(),
+                host: x.host.clone(),
+            }),
+            request_headers: headers(&r.request_headers),
+            response_headers: headers(&r.response_headers),
+            mirror,
+        })
+    }
+}
+
+fn pairs(m: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use weft_core::Identity;
+    use weft_node::view::ServiceInfo;
+
+    use super::*;
+
+    fn workload(name: &str, ip: [u8; 4], zone: &str) -> WorkloadInfo {
+        WorkloadInfo {
+            uid: format!("weft/{name}"),
+            name: name.into(),
+            ip: ip.into(),
+            identity: Identity::new("cluster.local", "shop", "x").expect("id"),
+            node: "node-1".into(),
+            locality: ("eu".into(), zone.into(), String::new()),
+            services: HashMap::from([("shop/reviews".to_owned(), HashMap::from([(80, 8080)]))]),
+            policies: vec![],
+            permissive: false,
+            waypoint: false,
+        }
+    }
+
+    fn view(me: &WorkloadInfo, endpoints: &[WorkloadInfo]) -> NodeView {
+        let mut v = NodeView::default();
+        v.services.insert(
+            "shop/reviews".into(),
+            ServiceInfo {
+                vip: Some([240, 0, 0, 1].into()),
+                waypoint: Some(me.ip),
+            },
+        );
+        for e in endpoints {
+            v.endpoints
+                .entry("shop/reviews".into())
+                .or_default()
+                .push(e.uid.clone());
+            v.workloads.insert(e.uid.clone(), Arc::new(e.clone()));
+        }
+        v
+    }
+
+    #[test]
+    fn without_a_policy_a_default_route_to_the_service() {
+        let me = workload("shop/waypoint", [127, 0, 1, 40], "a");
+        let v1 = workload("shop/reviews-v1", [127, 0, 1, 12], "a");
+        let config = config_for(&view(&me, &[v1]), &me, &Policies::new());
+        let routes = &config.targets["shop/reviews:80"];
+        assert_eq!(routes.len(), 1);
+        assert_eq!(routes[0].backends[0].service, "shop/reviews:80");
+        let cluster = &config.clusters["shop/reviews:80"];
+        assert_eq!(
+            cluster.balancer.endpoints()[0].addr.to_string(),
+            "127.0.1.12:8080"
+        );
+        assert!(
+            cluster.rate_budget.is_some(),
+            "retries are budgeted by default"
+        );
+    }
+
+    #[test]
+    fn subsets_split_endpoints_and_policies_shape_clusters() {
+        let me = workload("shop/waypoint", [127, 0, 1, 40], "a");
+        let v1 = workload("shop/reviews-v1", [127, 0, 1, 12], "a");
+        let v2 = workload("shop/reviews-v2", [127, 0, 2, 12], "b");
+        let dest = |subset: &str, weight| l7::Destination {
+            service: "shop/reviews".into(),
+            subset: Some(subset.into()),
+            port: None,
+            weight,
+        };
+        let policy = L7Policy {
+            routes: vec![l7::HttpRoute {
+                name: "split".into(),
+                destinations: vec![dest("v1", 90), dest("v2", 10)],
+                ..l7::HttpRoute::default()
+            }],
+            traffic: l7::TrafficPolicy {
+                load_balancer: LoadBalancer::RoundRobin,
+                max_requests: Some(5),
+                ..l7::TrafficPolicy::default()
+            },
+            subsets: [
+                ("v1".to_owned(), vec!["shop/reviews-v1".to_owned()]),
+                ("v2".to_owned(), vec!["shop/reviews-v2".to_owned()]),
+            ]
+            .into(),
+        };
+        let policies = Policies::from([("shop/reviews".to_owned(), policy)]);
+        let config = config_for(&view(&me, &[v1, v2]), &me, &policies);
+        let route = &config.targets["shop/reviews:80"][0];
+        let backends: Vec<(&str, u32)> = route
+            .backends
+            .iter()
+            .map(|b| (b.service.as_str(), b.weight))
+            .collect();
+        assert_eq!(
+            backends,
+            [("shop/reviews:80#v1", 90), ("shop/reviews:80#v2", 10)]
+        );
+        let v2 = &config.clusters["shop/reviews:80#v2"];
+        assert_eq!(v2.balancer.endpoints().len(), 1);
+        assert_eq!(
+            v2.balancer.endpoints()[0].addr.to_string(),
+            "127.0.2.12:8080"
+        );
+        assert_eq!(v2.balancer.policy(), Policy::RoundRobin);
+        assert_eq!(v2.breaker.in_flight(5), 0);
+    }
+}
