@@ -125,59 +125,89 @@ async fn get_with(addr: &str, headers: &str) -> Option<String> {
     Some(out)
 }
 
+/// A control plane, two node proxies and a waypoint over `config`.
+struct Mesh {
+    _tmp: tempfile::TempDir,
+    _control: weft_control::Running,
+    nodes: Vec<weft_node::NodeProxy>,
+    waypoint: weft_waypoint::proxy::Waypoint,
+}
+
+impl Mesh {
+    async fn start(config_yaml: &str, waypoint: &str, waypoint_ip: &str) -> Mesh {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let config = tmp.path().join("config");
+        std::fs::create_dir_all(&config).expect("mkdir");
+        std::fs::write(config.join("mesh.yaml"), config_yaml).expect("config");
+        let tokens = tmp.path().join("tokens");
+        std::fs::write(
+            &tokens,
+            "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
+        )
+        .expect("tokens");
+        let control = weft_control::start(Options {
+            bootstrap_tokens: Some(tokens),
+            ..Options::ephemeral(config, tmp.path().join("ca"))
+        })
+        .await
+        .expect("control plane");
+        let roots = weft_ca::cert::certs_from_pem(
+            &std::fs::read(&control.root_cert).expect("root"),
+            "root",
+        )
+        .expect("pem");
+        let mut nodes = Vec::new();
+        for n in [1u8, 2] {
+            nodes.push(
+                weft_node::start(NodeOptions {
+                    attach_socket: None,
+                    node: format!("node-{n}"),
+                    trust_domain: "cluster.local".into(),
+                    xds_addr: control.xds_addr,
+                    ca_addr: control.tls_addr,
+                    roots: roots.clone(),
+                    token: format!("node-{n}-token-0123456789"),
+                    admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
+                    metrics_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
+                    connect_timeout: Duration::from_secs(1),
+                })
+                .await
+                .expect("node"),
+            );
+        }
+        let waypoint = weft_waypoint::proxy::start(WaypointOptions {
+            name: waypoint.into(),
+            node: "node-1".into(),
+            trust_domain: "cluster.local".into(),
+            xds_addr: control.xds_addr,
+            ca_addr: control.tls_addr,
+            roots,
+            token: "node-1-token-0123456789".into(),
+            metrics_addr: format!("{waypoint_ip}:0").parse().expect("addr"),
+            connect_timeout: Duration::from_secs(1),
+        })
+        .await
+        .expect("waypoint");
+        Mesh {
+            _tmp: tmp,
+            _control: control,
+            nodes,
+            waypoint,
+        }
+    }
+
+    fn stop(self) {
+        self.waypoint.stop();
+        for n in self.nodes {
+            n.stop();
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_traffic_goes_through_its_waypoint() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let config = tmp.path().join("config");
-    std::fs::create_dir_all(&config).expect("mkdir");
-    std::fs::write(config.join("mesh.yaml"), CONFIG).expect("config");
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
-    )
-    .expect("tokens");
-    let control = weft_control::start(Options {
-        bootstrap_tokens: Some(tokens),
-        ..Options::ephemeral(config, tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
-    let roots =
-        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
-            .expect("pem");
-    let mut nodes = Vec::new();
-    for n in [1u8, 2] {
-        nodes.push(
-            weft_node::start(NodeOptions {
-                attach_socket: None,
-                node: format!("node-{n}"),
-                trust_domain: "cluster.local".into(),
-                xds_addr: control.xds_addr,
-                ca_addr: control.tls_addr,
-                roots: roots.clone(),
-                token: format!("node-{n}-token-0123456789"),
-                admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
-                metrics_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
-                connect_timeout: Duration::from_secs(1),
-            })
-            .await
-            .expect("node"),
-        );
-    }
-    let waypoint = weft_waypoint::proxy::start(WaypointOptions {
-        name: "shop/shop-waypoint".into(),
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        xds_addr: control.xds_addr,
-        ca_addr: control.tls_addr,
-        roots,
-        token: "node-1-token-0123456789".into(),
-        metrics_addr: "127.0.1.140:0".parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-    })
-    .await
-    .expect("waypoint");
+    let mesh = Mesh::start(CONFIG, "shop/shop-waypoint", "127.0.1.140").await;
+    let waypoint = &mesh.waypoint;
     assert_eq!(waypoint.hbone_addr.to_string(), "127.0.1.140:15008");
     app("127.0.1.112:8080", "reviews-a").await;
     app("127.0.2.112:8080", "reviews-b").await;
@@ -220,8 +250,168 @@ async fn service_traffic_goes_through_its_waypoint() {
             && !l.ends_with(" 0")
     });
     assert!(counted, "{metrics}");
-    waypoint.stop();
-    for n in nodes {
-        n.stop();
+    mesh.stop();
+}
+
+/// Scenario 1 through node proxies and the waypoint, configured the way a
+/// user writes it: `VirtualService` retries (3 attempts, 0.5 s per try,
+/// 2 s overall, on 5xx) and a `DestinationRule` retry budget of 20 % plus
+/// 1 retry per second. B fails half of its requests.
+const SCENARIO_1: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: b
+  namespace: shop
+  labels: {istio.io/use-waypoint: b-waypoint}
+spec:
+  hosts: [b.shop.svc.cluster.local]
+  addresses: [240.240.7.2]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 80, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: b}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: a
+  namespace: shop
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9003=b.shop.svc.cluster.local:80"
+spec:
+  address: 127.0.1.210
+  serviceAccount: a
+  labels: {app: a, weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b-waypoint, namespace: shop}
+spec:
+  address: 127.0.1.240
+  serviceAccount: b-waypoint
+  labels: {weft.dev/waypoint: "true", weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: b-1, namespace: shop}
+spec:
+  address: 127.0.2.212
+  serviceAccount: b
+  labels: {app: b, weft.dev/node: node-2}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: b, namespace: shop}
+spec:
+  hosts: [b]
+  http:
+  - route: [{destination: {host: b}}]
+    timeout: 2s
+    retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 5xx}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata:
+  name: b
+  namespace: shop
+  annotations:
+    weft.dev/retry-budget-ratio: "0.2"
+    weft.dev/retry-budget-min-per-second: "1"
+spec:
+  host: b
+"#;
+
+fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scenario_1_retries_within_the_configured_budget_through_the_mesh() {
+    let mesh = Mesh::start(SCENARIO_1, "shop/b-waypoint", "127.0.1.240").await;
+    let listener = TcpListener::bind("127.0.2.212:8080").await.expect("bind b");
+    tokio::spawn(weft_sample_app::serve_http(
+        listener,
+        AppConfig {
+            name: "b".into(),
+            fail_ratio: 0.5,
+            ..AppConfig::default()
+        },
+        std::future::pending(),
+    ));
+    // Readiness: a request gets an answer from B through the waypoint.
+    let started = Instant::now();
+    while !get("127.0.1.210:9003")
+        .await
+        .is_some_and(|r| r.contains("x-weft-app: b"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "mesh not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let before = mesh.waypoint.metrics.encode();
+    let (retries_before, ok_before, all_before) = (
+        counter(&before, "weft_upstream_retries_total", &[]),
+        counter(&before, "istio_requests_total", &["response_code=\"200\""]),
+        counter(&before, "istio_requests_total", &[]),
+    );
+
+    // 600 requests from A, 6 at a time, on kept-alive connections.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build_http();
+    let n = 600usize;
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..6 {
+        let (client, next) = (client.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut ok = 0usize;
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < n {
+                let r = client
+                    .get("http://127.0.1.210:9003/".parse().expect("uri"))
+                    .await
+                    .expect("an answer");
+                ok += usize::from(r.status() == 200);
+                let _ = http_body_util::BodyExt::collect(r.into_body()).await;
+            }
+            ok
+        }));
+    }
+    let mut ok = 0;
+    for w in workers {
+        ok += w.await.expect("worker");
+    }
+    let after = mesh.waypoint.metrics.encode();
+    let retries = counter(&after, "weft_upstream_retries_total", &[]) - retries_before;
+    let served = counter(&after, "istio_requests_total", &[]) - all_before;
+    let served_ok = counter(&after, "istio_requests_total", &["response_code=\"200\""]) - ok_before;
+    assert_eq!(served as usize, n, "the waypoint saw every request");
+    assert_eq!(
+        served_ok as usize, ok,
+        "the caller saw what the waypoint counted"
+    );
+    // The budget: 20 % of requests plus 1/s over the 10 s window (the
+    // run is shorter than a window; allow one more window's floor).
+    let cap = 0.2 * n as f64 + 20.0;
+    assert!(
+        retries as f64 <= cap,
+        "{retries} retries for {n} requests (cap {cap})"
+    );
+    assert!(counter(&after, "weft_retry_budget_exhausted_total", &[]) > 0);
+    // Success is what the budgeted retries buy: half the originals and
+    // half the retries.
+    let rate = ok as f64 / n as f64;
+    let expected = (0.5 * n as f64 + 0.5 * retries as f64) / n as f64;
+    assert!(
+        (rate - expected).abs() < 0.06,
+        "success {rate}, expected {expected}"
+    );
+    mesh.stop();
 }
