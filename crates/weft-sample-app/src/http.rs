@@ -162,8 +162,18 @@ async fn handle(
             return Ok(response);
         }
     }
+    let version = req.version();
     let mut response = respond(route, &state, peer, req).await;
     state.add_identity(response.headers_mut());
+    // Which protocol reached the app (proxies may change it on the way).
+    let protocol = if version == http::Version::HTTP_2 {
+        "HTTP/2"
+    } else {
+        "HTTP/1.1"
+    };
+    response
+        .headers_mut()
+        .insert("x-weft-protocol", http::HeaderValue::from_static(protocol));
     Ok(response)
 }
 

@@ -24,6 +24,16 @@ use crate::route::{
 /// L7 policies by service (`namespace/hostname`).
 pub type Policies = HashMap<String, L7Policy>;
 
+/// What the config stream says about the services, beyond the registry.
+#[derive(Debug, Clone, Default)]
+pub struct Services {
+    /// L7 policies by service.
+    pub policies: Policies,
+    /// Service ports that speak HTTP/2 (`HTTP2`, `GRPC`), as
+    /// `namespace/hostname:port`.
+    pub http2: std::collections::HashSet<String>,
+}
+
 fn locality(w: &WorkloadInfo) -> Locality {
     Locality {
         region: w.locality.0.clone(),
@@ -33,11 +43,13 @@ fn locality(w: &WorkloadInfo) -> Locality {
 }
 
 /// The engine's configuration for the services that use waypoint `me`.
-pub fn config_for(view: &NodeView, me: &WorkloadInfo, policies: &Policies) -> Config {
+pub fn config_for(view: &NodeView, me: &WorkloadInfo, services: &Services) -> Config {
+    let policies = &services.policies;
     let mut builder = Builder {
         view,
         me,
         policies,
+        http2: &services.http2,
         clusters: HashMap::new(),
     };
     let mut config = Config::default();
@@ -88,6 +100,7 @@ struct Builder<'a> {
     view: &'a NodeView,
     me: &'a WorkloadInfo,
     policies: &'a Policies,
+    http2: &'a std::collections::HashSet<String>,
     clusters: HashMap<String, Arc<Cluster>>,
 }
 
@@ -132,6 +145,7 @@ impl Builder<'_> {
         let balancer = Balancer::new(endpoints, locality(self.me), outlier).with_policy(lb_policy);
         let mut cluster = Cluster::with_balancer(&key, balancer);
         cluster.label = service.rsplit('/').next().unwrap_or(service).to_owned();
+        cluster.http2 = self.http2.contains(&format!("{service}:{port}"));
         let b = &traffic.retry_budget;
         cluster.rate_budget = Some(RateBudget::new(b.ratio, b.min_per_second, b.window));
         cluster.concurrency_budget = b
@@ -294,7 +308,7 @@ mod tests {
     fn without_a_policy_a_default_route_to_the_service() {
         let me = workload("shop/waypoint", [127, 0, 1, 40], "a");
         let v1 = workload("shop/reviews-v1", [127, 0, 1, 12], "a");
-        let config = config_for(&view(&me, &[v1]), &me, &Policies::new());
+        let config = config_for(&view(&me, &[v1]), &me, &Services::default());
         let routes = &config.targets["shop/reviews:80"];
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].backends[0].service, "shop/reviews:80");
@@ -337,8 +351,11 @@ mod tests {
             ]
             .into(),
         };
-        let policies = Policies::from([("shop/reviews".to_owned(), policy)]);
-        let config = config_for(&view(&me, &[v1, v2]), &me, &policies);
+        let services = Services {
+            policies: Policies::from([("shop/reviews".to_owned(), policy)]),
+            http2: ["shop/reviews:80".to_owned()].into(),
+        };
+        let config = config_for(&view(&me, &[v1, v2]), &me, &services);
         let route = &config.targets["shop/reviews:80"][0];
         let backends: Vec<(&str, u32)> = route
             .backends
@@ -356,6 +373,7 @@ mod tests {
             "127.0.2.12:8080"
         );
         assert_eq!(v2.balancer.policy(), Policy::RoundRobin);
+        assert!(v2.http2, "an HTTP2 port is spoken to in HTTP/2");
         assert_eq!(v2.breaker.in_flight(5), 0);
     }
 }

@@ -69,6 +69,8 @@ pub struct Cluster {
     pub breaker: Breaker,
     /// What consistent hashing hashes (with [`crate::lb::Policy::Hash`]).
     pub hash_on: Option<HashOn>,
+    /// Speak HTTP/2 to its endpoints (ports declared `HTTP2` or `GRPC`).
+    pub http2: bool,
 }
 
 /// The downstream peer's address, put in request extensions by the front.
@@ -169,6 +171,7 @@ impl Cluster {
             concurrency_budget: None,
             breaker: Breaker::unlimited(),
             hash_on: None,
+            http2: false,
         }
     }
 }
@@ -273,13 +276,17 @@ enum Payload {
     Once(Option<Body>),
 }
 
-/// How the engine reaches endpoints.
+/// How the engine reaches endpoints: HTTP/1.1 and HTTP/2 (prior
+/// knowledge, for `HTTP2` and `GRPC` ports) clients over one connector.
 #[derive(Clone, Debug)]
 enum Upstream {
     /// Plain TCP (benchmarks, tests, the gateway's non-mesh backends).
-    Plain(Client<HttpConnector, Body>),
+    Plain(Client<HttpConnector, Body>, Client<HttpConnector, Body>),
     /// HBONE tunnels to the endpoints' nodes (a waypoint).
-    Hbone(Client<crate::hbone::HboneConnector, Body>),
+    Hbone(
+        Client<crate::hbone::HboneConnector, Body>,
+        Client<crate::hbone::HboneConnector, Body>,
+    ),
 }
 
 type ResponseFuture = std::pin::Pin<
@@ -291,12 +298,26 @@ type ResponseFuture = std::pin::Pin<
 >;
 
 impl Upstream {
-    fn request(&self, request: Request<Body>) -> ResponseFuture {
-        match self {
-            Upstream::Plain(c) => Box::pin(c.request(request)),
-            Upstream::Hbone(c) => Box::pin(c.request(request)),
+    fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
+        match (self, http2) {
+            (Upstream::Plain(h1, _), false) => Box::pin(h1.request(request)),
+            (Upstream::Plain(_, h2), true) => Box::pin(h2.request(request)),
+            (Upstream::Hbone(h1, _), false) => Box::pin(h1.request(request)),
+            (Upstream::Hbone(_, h2), true) => Box::pin(h2.request(request)),
         }
     }
+}
+
+/// The HTTP/1.1 and HTTP/2 clients over `connector`.
+fn clients<C>(connector: C) -> (Client<C, Body>, Client<C, Body>)
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone,
+{
+    let h1 = Client::builder(TokioExecutor::new()).build(connector.clone());
+    let h2 = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(connector);
+    (h1, h2)
 }
 
 /// The L7 engine.
@@ -321,7 +342,10 @@ impl Engine {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Engine {
             config: ArcSwap::from_pointee(config),
-            client: Upstream::Plain(Client::builder(TokioExecutor::new()).build(connector)),
+            client: {
+                let (h1, h2) = clients(connector);
+                Upstream::Plain(h1, h2)
+            },
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -335,7 +359,10 @@ impl Engine {
     ) -> Self {
         Engine {
             config: ArcSwap::from_pointee(config),
-            client: Upstream::Hbone(Client::builder(TokioExecutor::new()).build(connector)),
+            client: {
+                let (h1, h2) = clients(connector);
+                Upstream::Hbone(h1, h2)
+            },
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -485,9 +512,9 @@ impl Engine {
             copy.headers_mut().insert(http::header::HOST, v);
         }
         let client = self.client.clone();
-        let name = target.name.clone();
+        let (name, http2) = (target.name.clone(), target.http2);
         tokio::spawn(async move {
-            if let Err(e) = client.request(copy).await {
+            if let Err(e) = client.request(copy, http2).await {
                 tracing::debug!(service = %name, error = %e, "mirrored request failed");
             }
         });
@@ -542,7 +569,7 @@ impl Engine {
             };
             let request = upstream_request(parts, endpoint, body)?;
             ctx.tries += 1;
-            let sent = self.client.request(request);
+            let sent = self.client.request(request, cluster.http2);
             let result = match policy.per_try_timeout {
                 Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
                 None => Ok(sent.await),

@@ -173,8 +173,8 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
                     .map(|w| (w.ip, w.identity.clone()))
                     .collect::<HashMap<IpAddr, Identity>>(),
             ));
-            let policies = policies(&changes.borrow());
-            task_engine.update(crate::config::config_for(&next, &task_me, &policies));
+            let services = services(&changes.borrow());
+            task_engine.update(crate::config::config_for(&next, &task_me, &services));
             task_view.store(next);
             if changes.changed().await.is_err() {
                 return;
@@ -222,12 +222,13 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
     })
 }
 
-/// The L7 policies in the config stream's `L7Service` resources, by
-/// service (`namespace/hostname`). A policy that does not decode is logged
-/// and skipped (the service gets the default route).
-fn policies(state: &weft_xds::ClientState) -> crate::config::Policies {
+/// The L7 policies and HTTP/2 ports in the config stream's `L7Service`
+/// resources, by service (`namespace/hostname`). A policy that does not
+/// decode is logged and skipped (the service gets the default route).
+fn services(state: &weft_xds::ClientState) -> crate::config::Services {
     use prost::Message;
-    let mut out = crate::config::Policies::new();
+    use weft_xds::proto::weft::Protocol;
+    let mut out = crate::config::Services::default();
     for held in state
         .resources
         .get(weft_xds::L7_SERVICE_TYPE)
@@ -237,15 +238,21 @@ fn policies(state: &weft_xds::ClientState) -> crate::config::Policies {
         let Ok(s) = weft_xds::proto::weft::L7Service::decode(held.body.value.as_slice()) else {
             continue;
         };
-        if s.policy_json.is_empty() {
-            continue;
-        }
         let Some(host) = s.hostnames.first() else {
             continue;
         };
+        let key = format!("{}/{host}", s.namespace);
+        for p in &s.ports {
+            if p.protocol == Protocol::Http2 as i32 || p.protocol == Protocol::Grpc as i32 {
+                out.http2.insert(format!("{key}:{}", p.number));
+            }
+        }
+        if s.policy_json.is_empty() {
+            continue;
+        }
         match serde_json::from_str(&s.policy_json) {
             Ok(policy) => {
-                out.insert(format!("{}/{host}", s.namespace), policy);
+                out.policies.insert(key, policy);
             }
             Err(e) => {
                 tracing::warn!(service = %s.name, error = %e, "L7 policy not understood; default route used")

@@ -415,3 +415,86 @@ async fn scenario_1_retries_within_the_configured_budget_through_the_mesh() {
     );
     mesh.stop();
 }
+
+/// A port declared `GRPC`: the waypoint speaks HTTP/2 to the endpoint
+/// whatever the caller spoke, and h2c callers (gRPC clients) work end to
+/// end.
+const HTTP2_PORT: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: grpc
+  namespace: shop
+  labels: {istio.io/use-waypoint: grpc-waypoint}
+spec:
+  hosts: [grpc.shop.svc.cluster.local]
+  addresses: [240.240.7.3]
+  location: MESH_INTERNAL
+  ports: [{name: grpc, number: 50051, protocol: GRPC, targetPort: 8080}]
+  workloadSelector: {labels: {app: grpc}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: grpc-client
+  namespace: shop
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9004=grpc.shop.svc.cluster.local:50051"
+spec:
+  address: 127.0.1.151
+  labels: {app: grpc-client, weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: grpc-waypoint, namespace: shop}
+spec:
+  address: 127.0.1.150
+  labels: {weft.dev/waypoint: "true", weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: grpc-1, namespace: shop}
+spec:
+  address: 127.0.2.152
+  labels: {app: grpc, weft.dev/node: node-2}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_ports_are_spoken_to_in_http2() {
+    let mesh = Mesh::start(HTTP2_PORT, "shop/grpc-waypoint", "127.0.1.150").await;
+    app("127.0.2.152:8080", "grpc-1").await;
+    // An HTTP/1.1 caller: the endpoint still receives HTTP/2.
+    let started = Instant::now();
+    let response = loop {
+        if let Some(r) = get("127.0.1.151:9004").await
+            && r.starts_with("HTTP/1.1 200")
+        {
+            break r;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "mesh not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(response.contains("x-weft-protocol: HTTP/2"), "{response}");
+    // An h2c caller (as gRPC clients are) works through node and waypoint.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    for _ in 0..5 {
+        let r = client
+            .get("http://127.0.1.151:9004/".parse().expect("uri"))
+            .await
+            .expect("h2c through the mesh");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.version(), http::Version::HTTP_2);
+        assert_eq!(
+            r.headers().get("x-weft-protocol").map(|v| v.as_bytes()),
+            Some(&b"HTTP/2"[..])
+        );
+    }
+    mesh.stop();
+}
