@@ -281,13 +281,16 @@ enum Payload {
 #[derive(Clone, Debug)]
 enum Upstream {
     /// Plain TCP (benchmarks, tests, the gateway's non-mesh backends).
-    Plain(Client<HttpConnector, Body>, Client<HttpConnector, Body>),
+    Plain(Box<PlainClients>),
     /// HBONE tunnels to the endpoints' nodes (a waypoint).
-    Hbone(
-        Client<crate::hbone::HboneConnector, Body>,
-        Client<crate::hbone::HboneConnector, Body>,
-    ),
+    Hbone(Box<HboneClients>),
 }
+
+type PlainClients = (Client<HttpConnector, Body>, Client<HttpConnector, Body>);
+type HboneClients = (
+    Client<crate::hbone::HboneConnector, Body>,
+    Client<crate::hbone::HboneConnector, Body>,
+);
 
 type ResponseFuture = std::pin::Pin<
     Box<
@@ -300,10 +303,10 @@ type ResponseFuture = std::pin::Pin<
 impl Upstream {
     fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
         match (self, http2) {
-            (Upstream::Plain(h1, _), false) => Box::pin(h1.request(request)),
-            (Upstream::Plain(_, h2), true) => Box::pin(h2.request(request)),
-            (Upstream::Hbone(h1, _), false) => Box::pin(h1.request(request)),
-            (Upstream::Hbone(_, h2), true) => Box::pin(h2.request(request)),
+            (Upstream::Plain(c), false) => Box::pin(c.0.request(request)),
+            (Upstream::Plain(c), true) => Box::pin(c.1.request(request)),
+            (Upstream::Hbone(c), false) => Box::pin(c.0.request(request)),
+            (Upstream::Hbone(c), true) => Box::pin(c.1.request(request)),
         }
     }
 }
@@ -342,10 +345,7 @@ impl Engine {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Engine {
             config: ArcSwap::from_pointee(config),
-            client: {
-                let (h1, h2) = clients(connector);
-                Upstream::Plain(h1, h2)
-            },
+            client: Upstream::Plain(Box::new(clients(connector))),
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -359,10 +359,7 @@ impl Engine {
     ) -> Self {
         Engine {
             config: ArcSwap::from_pointee(config),
-            client: {
-                let (h1, h2) = clients(connector);
-                Upstream::Hbone(h1, h2)
-            },
+            client: Upstream::Hbone(Box::new(clients(connector))),
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
