@@ -266,7 +266,17 @@ pub struct Ctx {
     pub tries: u32,
     /// Envoy response flags (`-` when none).
     pub flags: &'static str,
+    /// The caller's proven identity (HBONE), if any.
+    pub source: Option<weft_core::Identity>,
+    /// `grpc` or `http`.
+    pub protocol: &'static str,
+    /// The access-log line being filled in.
+    pub access: crate::access::AccessEntry,
 }
+
+/// The caller's identity, put in request extensions by an mTLS front.
+#[derive(Debug, Clone)]
+pub struct SourceIdentity(pub weft_core::Identity);
 
 /// The request body, for replay or not.
 enum Payload {
@@ -383,21 +393,68 @@ impl Engine {
         target: Option<&str>,
         request: Request<Incoming>,
     ) -> Response<Body> {
+        let header = |name: &str| {
+            request
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
         let mut ctx = Ctx {
             started: Instant::now(),
             route: String::new(),
             service: String::new(),
             tries: 0,
             flags: "-",
+            source: request
+                .extensions()
+                .get::<SourceIdentity>()
+                .map(|s| s.0.clone()),
+            protocol: if grpc { "grpc" } else { "http" },
+            access: crate::access::AccessEntry {
+                start: Some(std::time::SystemTime::now()),
+                method: request.method().to_string(),
+                path: request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str)
+                    .to_owned(),
+                protocol: if request.version() == http::Version::HTTP_2 {
+                    "HTTP/2"
+                } else {
+                    "HTTP/1.1"
+                },
+                forwarded_for: header("x-forwarded-for"),
+                user_agent: header("user-agent"),
+                request_id: header("x-request-id"),
+                authority: header("host")
+                    .or_else(|| request.uri().authority().map(ToString::to_string)),
+                downstream_remote: request
+                    .extensions()
+                    .get::<PeerAddr>()
+                    .map(|p| p.0.to_string()),
+                ..Default::default()
+            },
         };
         let response = match self.phases(&mut ctx, target, request).await {
             Ok(r) => r,
             Err(e) => {
                 ctx.flags = e.flag();
+                ctx.access.upstream_failure = Some(e.to_string());
                 e.response()
             }
         };
-        // Phase 4: log.
+        // Last phase: log.
+        ctx.access.code = response.status().as_u16();
+        ctx.access.flags = ctx.flags;
+        ctx.access.duration = ctx.started.elapsed();
+        ctx.access.bytes_sent = response
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        ctx.access.route = Some(ctx.route.clone()).filter(|r| !r.is_empty());
         self.metrics.request(&ctx, response.status());
         response
     }
@@ -466,6 +523,9 @@ impl Engine {
         route.request_headers.apply(&mut parts.headers);
         // Phase 5: buffer for replay.
         let payload = self.buffer(body).await?;
+        if let Payload::Replayable(bytes) = &payload {
+            ctx.access.bytes_received = bytes.len() as u64;
+        }
         // Phase 6: mirror.
         if let (Some(mirror), Payload::Replayable(bytes)) = (&route.mirror, &payload)
             && fastrand::f64() * 100.0 < mirror.percent
@@ -559,6 +619,8 @@ impl Engine {
                 .pick(fastrand::usize(..), fastrand::usize(..), key)
                 .ok_or_else(|| L7Error::NoHealthyUpstream(cluster.name.clone()))?;
             let endpoint = cluster.balancer.endpoints()[index].addr;
+            ctx.access.upstream_host = Some(endpoint.to_string());
+            ctx.access.upstream_cluster = Some(cluster.name.clone());
             let active = cluster.balancer.start(index);
             let body = match &mut payload {
                 Payload::Replayable(bytes) => full(bytes.clone()),

@@ -21,6 +21,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod budget;
 pub mod config;
 pub mod engine;

@@ -14,13 +14,21 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::Ctx;
 
-/// Labels of a request.
+/// Labels of a request (Istio's standard names).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     /// Always `waypoint` here.
     pub reporter: &'static str,
-    /// The service the route sent it to.
+    /// The caller's SPIFFE identity, `unknown` without mTLS.
+    pub source_principal: String,
+    /// The caller's namespace (from its identity), `unknown` without mTLS.
+    pub source_workload_namespace: String,
+    /// The service the route sent it to (its hostname).
     pub destination_service: String,
+    /// `http` or `grpc`.
+    pub request_protocol: &'static str,
+    /// `mutual_tls` when the caller proved an identity, else `none`.
+    pub connection_security_policy: &'static str,
     /// HTTP status returned downstream.
     pub response_code: u16,
     /// Envoy response flags, `-` when none.
@@ -39,9 +47,17 @@ pub struct ServiceLabels {
 pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     duration: Family<RequestLabels, Histogram>,
+    request_bytes: Family<RequestLabels, Histogram>,
+    response_bytes: Family<RequestLabels, Histogram>,
     retries: Family<ServiceLabels, Counter>,
     exhausted: Family<ServiceLabels, Counter>,
     try_timeouts: Family<ServiceLabels, Counter>,
+}
+
+fn bytes_histogram() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 10.0, 9,
+    ))
 }
 
 fn duration_histogram() -> Histogram {
@@ -55,6 +71,8 @@ impl Default for Metrics {
         Metrics {
             requests: Family::default(),
             duration: Family::new_with_constructor(duration_histogram),
+            request_bytes: Family::new_with_constructor(bytes_histogram),
+            response_bytes: Family::new_with_constructor(bytes_histogram),
             retries: Family::default(),
             exhausted: Family::default(),
             try_timeouts: Family::default(),
@@ -78,6 +96,16 @@ impl Metrics {
             self.duration.clone(),
         );
         registry.register(
+            "istio_request_bytes",
+            "Request body sizes (buffered requests)",
+            self.request_bytes.clone(),
+        );
+        registry.register(
+            "istio_response_bytes",
+            "Response body sizes (from content-length)",
+            self.response_bytes.clone(),
+        );
+        registry.register(
             "weft_upstream_retries",
             "Retries sent to upstream services",
             self.retries.clone(),
@@ -98,10 +126,24 @@ impl Metrics {
     pub fn request(&self, ctx: &Ctx, status: StatusCode) {
         let labels = RequestLabels {
             reporter: "waypoint",
+            source_principal: ctx
+                .source
+                .as_ref()
+                .map_or_else(|| "unknown".into(), ToString::to_string),
+            source_workload_namespace: ctx
+                .source
+                .as_ref()
+                .map_or_else(|| "unknown".into(), |s| s.namespace().to_owned()),
             destination_service: if ctx.service.is_empty() {
                 "unknown".into()
             } else {
                 ctx.service.clone()
+            },
+            request_protocol: ctx.protocol,
+            connection_security_policy: if ctx.source.is_some() {
+                "mutual_tls"
+            } else {
+                "none"
             },
             response_code: status.as_u16(),
             response_flags: ctx.flags,
@@ -109,16 +151,13 @@ impl Metrics {
         let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         self.requests.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(ms);
-        tracing::info!(
-            target: "weft::access",
-            route = %ctx.route,
-            service = %labels.destination_service,
-            code = labels.response_code,
-            flags = ctx.flags,
-            tries = ctx.tries,
-            duration_ms = ms as u64,
-            "request"
-        );
+        self.request_bytes
+            .get_or_create(&labels)
+            .observe(ctx.access.bytes_received as f64);
+        self.response_bytes
+            .get_or_create(&labels)
+            .observe(ctx.access.bytes_sent as f64);
+        tracing::info!(target: "weft::access", tries = ctx.tries, "{}", ctx.access.line());
     }
 
     pub(crate) fn retry(&self, name: &str) {

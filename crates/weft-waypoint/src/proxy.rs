@@ -288,8 +288,12 @@ impl InboundHandler for WaypointInbound {
             let target = format!("{service}:{}", request.target.port());
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
             let peer = request.peer.clone();
+            let (source, from) = (request.peer.clone(), request.peer_addr);
             tokio::spawn(async move {
-                let service = service_fn(move |req| {
+                let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+                    req.extensions_mut()
+                        .insert(crate::engine::SourceIdentity(source.clone()));
+                    req.extensions_mut().insert(crate::engine::PeerAddr(from));
                     let (engine, target) = (engine.clone(), target.clone());
                     async move {
                         Ok::<_, std::convert::Infallible>(

@@ -246,6 +246,8 @@ async fn service_traffic_goes_through_its_waypoint() {
         l.starts_with("istio_requests_total{")
             && l.contains("reporter=\"waypoint\"")
             && l.contains("destination_service=\"reviews.shop.svc.cluster.local\"")
+            && l.contains("source_principal=\"spiffe://cluster.local/ns/shop/sa/frontend\"")
+            && l.contains("connection_security_policy=\"mutual_tls\"")
             && l.contains("response_code=\"200\"")
             && !l.ends_with(" 0")
     });
