@@ -20,6 +20,7 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_names(&r.peer_authentications, out);
     duplicate_names(&r.virtual_services, out);
     duplicate_names(&r.destination_rules, out);
+    duplicate_names(&r.http_routes, out);
     if let [first, rest @ ..] = r.meshes.as_slice() {
         for extra in rest {
             out.push(error(

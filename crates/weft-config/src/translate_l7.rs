@@ -124,6 +124,7 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
         }
     }
     snapshot.l7 = policies;
+    translate_http_routes(r, snapshot, out);
 }
 
 fn string_match(m: &StringMatchSpec) -> Option<StringMatch> {
@@ -298,6 +299,7 @@ fn http_route(
                 .retry_on
                 .clone()
                 .unwrap_or_else(|| DEFAULT_RETRY_ON.into()),
+            statuses: Vec::new(),
         }),
         fault: spec.fault.as_ref().map(|f| Fault {
             delay: f.delay.as_ref().and_then(|d| {
@@ -386,4 +388,268 @@ fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>)
     }
     policy.retry_budget = budget;
     policy
+}
+
+/// Gateway API `HTTPRoute`s with service parents (GAMMA) → routes of those
+/// services. A service takes its routes from one API: a service that also
+/// has `VirtualService` routes is reported.
+pub(crate) fn translate_http_routes(
+    r: &Resources,
+    snapshot: &mut Snapshot,
+    out: &mut Vec<Diagnostic>,
+) {
+    use crate::kinds::HttpRouteSpec;
+    let from_virtual_services: std::collections::BTreeSet<NamespacedName> = snapshot
+        .l7
+        .iter()
+        .filter(|(_, p)| !p.routes.is_empty())
+        .map(|(n, _)| n.clone())
+        .collect();
+    let mut routes: Vec<&Resource<HttpRouteSpec>> =
+        r.http_routes.iter().map(|h| h.as_ref()).collect();
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    for hr in routes {
+        let mut converted = Vec::new();
+        for (i, rule) in hr.spec.rules.iter().enumerate() {
+            if let Some(route) = gateway_rule(snapshot, hr, i, rule, out) {
+                converted.push(route);
+            }
+        }
+        for (i, parent) in hr.spec.parent_refs.iter().enumerate() {
+            let field = format!("spec.parentRefs[{i}]");
+            let Some(service) = service_ref(snapshot, hr, &field, parent, out) else {
+                continue;
+            };
+            let name = service.name.clone();
+            if from_virtual_services.contains(&name) {
+                report(
+                    out,
+                    hr,
+                    &field,
+                    format!(
+                        "{name} already has VirtualService routes; route a service with one API"
+                    ),
+                );
+                continue;
+            }
+            snapshot
+                .l7
+                .entry(name)
+                .or_default()
+                .routes
+                .extend(converted.iter().cloned());
+        }
+    }
+}
+
+/// The service a `parentRef` or `backendRef` names (by ServiceEntry name).
+fn service_ref<'a>(
+    snapshot: &'a Snapshot,
+    hr: &Resource<crate::kinds::HttpRouteSpec>,
+    field: &str,
+    r: &crate::kinds::http_route::RefSpec,
+    out: &mut Vec<Diagnostic>,
+) -> Option<&'a Service> {
+    let ns = r.namespace.as_deref().unwrap_or(&hr.name.namespace);
+    let wanted = NamespacedName::new(ns, &r.name);
+    let Some(service) = snapshot.services.get(&wanted) else {
+        report(
+            out,
+            hr,
+            &format!("{field}.name"),
+            format!("no service {wanted} in the registry"),
+        );
+        return None;
+    };
+    if let Some(port) = r.port.and_then(|p| u16::try_from(p).ok())
+        && service.port(port).is_none()
+    {
+        report(
+            out,
+            hr,
+            &format!("{field}.port"),
+            format!("{wanted} has no port {port}"),
+        );
+        return None;
+    }
+    Some(service)
+}
+
+fn gateway_rule(
+    snapshot: &Snapshot,
+    hr: &Resource<crate::kinds::HttpRouteSpec>,
+    index: usize,
+    rule: &crate::kinds::http_route::RuleSpec,
+    out: &mut Vec<Diagnostic>,
+) -> Option<HttpRoute> {
+    let base = format!("spec.rules[{index}]");
+    let matches: Vec<HttpMatch> = rule
+        .matches
+        .iter()
+        .map(|m| HttpMatch {
+            path: m.path.as_ref().map(|p| {
+                let value = p.value.clone().unwrap_or_else(|| "/".into());
+                match p.kind.as_deref() {
+                    Some("Exact") => StringMatch::Exact(value),
+                    Some("RegularExpression") => StringMatch::Regex(value),
+                    _ => StringMatch::SegmentPrefix(value),
+                }
+            }),
+            method: m.method.clone(),
+            headers: m
+                .headers
+                .iter()
+                .map(|h| {
+                    let value = match h.kind.as_deref() {
+                        Some("RegularExpression") => StringMatch::Regex(h.value.clone()),
+                        _ => StringMatch::Exact(h.value.clone()),
+                    };
+                    (h.name.to_ascii_lowercase(), value)
+                })
+                .collect(),
+        })
+        .collect();
+    let mut destinations = Vec::new();
+    for (b, backend) in rule.backend_refs.iter().enumerate() {
+        let field = format!("{base}.backendRefs[{b}]");
+        let service = service_ref(snapshot, hr, &field, backend, out)?;
+        destinations.push(Destination {
+            service: service_key(service),
+            subset: None,
+            port: backend.port.and_then(|p| u16::try_from(p).ok()),
+            weight: backend.weight.unwrap_or(1),
+        });
+    }
+    let modifier = |m: Option<&crate::kinds::http_route::HeaderModifierSpec>| {
+        m.map(|m| Headers {
+            set: m
+                .set
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            add: m
+                .add
+                .iter()
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
+            remove: m.remove.clone(),
+        })
+        .unwrap_or_default()
+    };
+    let mut route = HttpRoute {
+        name: rule
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}/{}[{index}]", hr.name.namespace, hr.name.name)),
+        matches,
+        destinations,
+        ..HttpRoute::default()
+    };
+    let matched_prefix = rule.matches.iter().find_map(|m| {
+        let p = m.path.as_ref()?;
+        matches!(p.kind.as_deref(), None | Some("PathPrefix"))
+            .then(|| p.value.clone().unwrap_or_else(|| "/".into()))
+    });
+    for (f, filter) in rule.filters.iter().enumerate() {
+        let field = format!("{base}.filters[{f}]");
+        match filter.kind.as_str() {
+            "RequestHeaderModifier" => {
+                route.request_headers = modifier(filter.request_header_modifier.as_ref());
+            }
+            "ResponseHeaderModifier" => {
+                route.response_headers = modifier(filter.response_header_modifier.as_ref());
+            }
+            "RequestRedirect" => {
+                let r = filter.request_redirect.clone().unwrap_or_default();
+                let path = match &r.path {
+                    Some(p) if p.kind == "ReplaceFullPath" => p.replace_full_path.clone(),
+                    Some(p) => {
+                        report(
+                            out,
+                            hr,
+                            &format!("{field}.requestRedirect.path.type"),
+                            format!(
+                                "{:?} is not supported in redirects; use ReplaceFullPath",
+                                p.kind
+                            ),
+                        );
+                        return None;
+                    }
+                    None => None,
+                };
+                route.redirect = Some(Redirect {
+                    scheme: r.scheme,
+                    host: r.hostname,
+                    port: r.port.and_then(|p| u16::try_from(p).ok()),
+                    path,
+                    status: r
+                        .status_code
+                        .and_then(|c| u16::try_from(c).ok())
+                        .unwrap_or(302),
+                });
+            }
+            "URLRewrite" => {
+                let r = filter.url_rewrite.clone().unwrap_or_default();
+                let mut rewrite = Rewrite {
+                    host: r.hostname,
+                    ..Rewrite::default()
+                };
+                match r.path {
+                    Some(p) if p.kind == "ReplaceFullPath" => {
+                        rewrite.full_path = p.replace_full_path
+                    }
+                    Some(p) => match (&matched_prefix, p.replace_prefix_match) {
+                        (Some(from), Some(to)) => rewrite.prefix = Some((from.clone(), to)),
+                        _ => {
+                            report(out, hr, &format!("{field}.urlRewrite.path"), "ReplacePrefixMatch needs a PathPrefix match and replacePrefixMatch".into());
+                            return None;
+                        }
+                    },
+                    None => {}
+                }
+                route.rewrite = Some(rewrite);
+            }
+            "RequestMirror" => {
+                let m = filter.request_mirror.clone().unwrap_or_default();
+                let service = service_ref(
+                    snapshot,
+                    hr,
+                    &format!("{field}.requestMirror.backendRef"),
+                    &m.backend_ref,
+                    out,
+                )?;
+                route.mirror = Some(Mirror {
+                    destination: Destination {
+                        service: service_key(service),
+                        subset: None,
+                        port: m.backend_ref.port.and_then(|p| u16::try_from(p).ok()),
+                        weight: 1,
+                    },
+                    percent: f64::from(m.percent.unwrap_or(100)),
+                });
+            }
+            _ => {}
+        }
+    }
+    if let Some(t) = &rule.timeouts {
+        route.timeout = parse_duration(t.request.as_deref());
+    }
+    let per_try = rule
+        .timeouts
+        .as_ref()
+        .and_then(|t| parse_duration(t.backend_request.as_deref()));
+    if rule.retry.is_some() || per_try.is_some() {
+        let retry = rule.retry.clone().unwrap_or_default();
+        route.retries = Some(Retries {
+            attempts: retry.attempts.unwrap_or(0),
+            per_try_timeout: per_try,
+            retry_on: "connect-failure,refused-stream".into(),
+            statuses: retry
+                .codes
+                .iter()
+                .filter_map(|c| u16::try_from(*c).ok())
+                .collect(),
+        });
+    }
+    Some(route)
 }

@@ -751,3 +751,123 @@ fn l7_mistakes_are_named() {
         assert!(text.contains(want), "want {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn http_route_for_a_service_becomes_its_routes() {
+    let yaml = format!(
+        "{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews-canary, namespace: shop}}
+spec:
+  hosts: [reviews-canary.shop.svc.cluster.local]
+  addresses: [240.240.0.13]
+  location: MESH_INTERNAL
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{version: v2}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Service, name: reviews, port: 80}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /v2}}, headers: [{{name: X-Beta, value: 'on'}}]}}]
+    filters:
+    - type: URLRewrite
+      urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {{set: [{{name: x-route, value: beta}}]}}
+    backendRefs: [{{name: reviews-canary, port: 80}}]
+  - backendRefs:
+    - {{name: reviews, port: 80, weight: 9}}
+    - {{name: reviews-canary, port: 80, weight: 1}}
+    timeouts: {{request: 2s, backendRequest: 500ms}}
+    retry: {{attempts: 3, codes: [503]}}
+"
+    );
+    use weft_core::l7::StringMatch;
+    let config = load_ok(&yaml);
+    let policy = &config.snapshot.l7[&name("shop", "reviews")];
+    let [beta, split] = policy.routes.as_slice() else {
+        panic!("two routes: {:?}", policy.routes);
+    };
+    assert_eq!(
+        beta.matches[0].path,
+        Some(StringMatch::SegmentPrefix("/v2".into()))
+    );
+    assert_eq!(
+        beta.matches[0].headers["x-beta"],
+        StringMatch::Exact("on".into())
+    );
+    assert_eq!(
+        beta.rewrite.as_ref().and_then(|r| r.prefix.clone()),
+        Some(("/v2".into(), "/".into()))
+    );
+    assert_eq!(beta.response_headers.set["x-route"], "beta");
+    assert_eq!(
+        beta.destinations[0].service,
+        "shop/reviews-canary.shop.svc.cluster.local"
+    );
+    let weights: Vec<u32> = split.destinations.iter().map(|d| d.weight).collect();
+    assert_eq!(weights, [9, 1]);
+    assert_eq!(split.timeout, Some(Duration::from_secs(2)));
+    let retries = split.retries.as_ref().expect("retries");
+    assert_eq!(
+        (
+            retries.attempts,
+            retries.per_try_timeout,
+            retries.statuses.as_slice()
+        ),
+        (3, Some(Duration::from_millis(500)), &[503u16][..])
+    );
+}
+
+#[test]
+fn http_route_mistakes_are_named() {
+    let hr = |spec: &str| {
+        format!(
+            "{REVIEWS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            hr("  parentRefs: [{name: ratings}]\n  rules: [{backendRefs: [{name: reviews}]}]\n"),
+            "spec.parentRefs[0].name: no service shop/ratings in the registry",
+        ),
+        (
+            hr(
+                "  parentRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: edge}]\n  rules: [{backendRefs: [{name: reviews}]}]\n",
+            ),
+            "Gateways come with the ingress gateway",
+        ),
+        (
+            hr(
+                "  parentRefs: [{name: reviews}]\n  rules: [{backendRefs: [{name: reviews, port: 81}]}]\n",
+            ),
+            "shop/reviews has no port 81",
+        ),
+        (
+            hr(
+                "  parentRefs: [{name: reviews}]\n  rules: [{filters: [{type: ExtensionRef}], backendRefs: [{name: reviews}]}]\n",
+            ),
+            "\"ExtensionRef\" is not supported",
+        ),
+        (
+            hr(
+                "  parentRefs: [{name: reviews}]\n  hostnames: [reviews]\n  rules: [{backendRefs: [{name: reviews}]}]\n",
+            ),
+            "spec.hostnames",
+        ),
+        (
+            hr(
+                "  parentRefs: [{name: reviews}]\n  rules: [{retry: {codes: [200]}, backendRefs: [{name: reviews}]}]\n",
+            ),
+            "200 is not an error status",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let text = load(&yaml).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+}

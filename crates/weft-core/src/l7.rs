@@ -30,6 +30,9 @@ pub enum StringMatch {
     Exact(String),
     /// Starts with.
     Prefix(String),
+    /// A path prefix on segment boundaries (Gateway API `PathPrefix`:
+    /// `/api` matches `/api` and `/api/x`, not `/apix`).
+    SegmentPrefix(String),
     /// Matches the whole string (RE2 syntax).
     Regex(String),
 }
@@ -78,6 +81,9 @@ pub struct Retries {
     pub per_try_timeout: Option<Duration>,
     /// Envoy `retry_on` list, comma separated.
     pub retry_on: String,
+    /// HTTP statuses also retried (Gateway API `retry.codes`).
+    #[serde(default)]
+    pub statuses: Vec<u16>,
 }
 
 /// Injected faults.

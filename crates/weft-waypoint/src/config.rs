@@ -183,6 +183,7 @@ impl Builder<'_> {
             let path = match &m.path {
                 Some(l7::StringMatch::Exact(p)) => Some(PathMatch::Exact(p.clone())),
                 Some(l7::StringMatch::Prefix(p)) => Some(PathMatch::StringPrefix(p.clone())),
+                Some(l7::StringMatch::SegmentPrefix(p)) => Some(PathMatch::Prefix(p.clone())),
                 Some(l7::StringMatch::Regex(p)) => Some(PathMatch::Regex(regex(p)?)),
                 None => None,
             };
@@ -190,7 +191,9 @@ impl Builder<'_> {
             for (name, v) in &m.headers {
                 let value = match v {
                     l7::StringMatch::Exact(x) => ValueMatch::Exact(x.clone()),
-                    l7::StringMatch::Prefix(x) => ValueMatch::Prefix(x.clone()),
+                    l7::StringMatch::Prefix(x) | l7::StringMatch::SegmentPrefix(x) => {
+                        ValueMatch::Prefix(x.clone())
+                    }
                     l7::StringMatch::Regex(x) => ValueMatch::Regex(regex(x)?),
                 };
                 headers.push(HeaderMatch {
@@ -229,7 +232,10 @@ impl Builder<'_> {
                     per_try_timeout: x.per_try_timeout,
                     // Validated by the control plane; gRPC names and the
                     // rest parse.
-                    retry_on: RetryOn::parse(&x.retry_on).unwrap_or_default(),
+                    retry_on: RetryOn {
+                        statuses: x.statuses.clone(),
+                        ..RetryOn::parse(&x.retry_on).unwrap_or_default()
+                    },
                     ..RetryPolicy::default()
                 },
                 None => RetryPolicy::default(),

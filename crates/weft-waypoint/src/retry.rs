@@ -42,6 +42,8 @@ pub struct RetryOn {
     pub refused_stream: bool,
     /// `retriable-4xx`: 409.
     pub retriable_4xx: bool,
+    /// These statuses (Gateway API `retry.codes`).
+    pub statuses: Vec<u16>,
     /// gRPC status codes (`cancelled`, `deadline-exceeded`, `internal`,
     /// `resource-exhausted`, `unavailable`).
     pub grpc: Vec<u32>,
@@ -92,7 +94,8 @@ impl RetryOn {
                 ..
             } if self.grpc.contains(&code) => true,
             Outcome::Response { status, .. } => {
-                (self.five_xx && (500..600).contains(&status))
+                self.statuses.contains(&status)
+                    || (self.five_xx && (500..600).contains(&status))
                     || (self.gateway_error && matches!(status, 502..=504))
                     || (self.retriable_4xx && status == 409)
             }
@@ -203,6 +206,13 @@ mod tests {
             ),
             ("", resp(503), false),
         ];
+        // Gateway API retry codes: exactly those statuses.
+        let codes = RetryOn {
+            statuses: vec![503],
+            ..RetryOn::default()
+        };
+        assert!(codes.matches(resp(503)));
+        assert!(!codes.matches(resp(500)));
         for (list, outcome, want) in cases {
             let on = RetryOn::parse(list).expect(list);
             assert_eq!(on.matches(outcome), want, "{list} / {outcome:?}");

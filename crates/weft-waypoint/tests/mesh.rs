@@ -420,7 +420,7 @@ async fn scenario_1_retries_within_the_configured_budget_through_the_mesh() {
 
 /// A port declared `GRPC`: the waypoint speaks HTTP/2 to the endpoint
 /// whatever the caller spoke, and h2c callers (gRPC clients) work end to
-/// end.
+/// end. Its routes come from a Gateway API `HTTPRoute`.
 const HTTP2_PORT: &str = r#"
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
@@ -460,6 +460,18 @@ metadata: {name: grpc-1, namespace: shop}
 spec:
   address: 127.0.2.152
   labels: {app: grpc, weft.dev/node: node-2}
+---
+# Gateway API for the mesh (GAMMA): a route whose parent is the service.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: grpc, namespace: shop}
+spec:
+  parentRefs: [{kind: Service, name: grpc, port: 50051}]
+  rules:
+  - filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-route, value: gamma}]}
+    backendRefs: [{name: grpc, port: 50051}]
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -481,6 +493,8 @@ async fn http2_ports_are_spoken_to_in_http2() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert!(response.contains("x-weft-protocol: HTTP/2"), "{response}");
+    // The service's HTTPRoute applied.
+    assert!(response.contains("x-route: gamma"), "{response}");
     // An h2c caller (as gRPC clients are) works through node and waypoint.
     let client: hyper_util::client::legacy::Client<_, http_body_util::Empty<bytes::Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())

@@ -13,6 +13,7 @@ use crate::resource::{Resource, decode};
 
 pub mod authorization_policy;
 pub mod destination_rule;
+pub mod http_route;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod service_entry;
@@ -21,6 +22,7 @@ pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
 pub use destination_rule::DestinationRuleSpec;
+pub use http_route::HttpRouteSpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
 pub use service_entry::ServiceEntrySpec;
@@ -46,6 +48,8 @@ pub struct Resources {
     pub virtual_services: Vec<Arc<Resource<VirtualServiceSpec>>>,
     /// Istio `DestinationRule`.
     pub destination_rules: Vec<Arc<Resource<DestinationRuleSpec>>>,
+    /// Gateway API `HTTPRoute`.
+    pub http_routes: Vec<Arc<Resource<HttpRouteSpec>>>,
 }
 
 impl Resources {
@@ -58,6 +62,7 @@ impl Resources {
             + self.peer_authentications.len()
             + self.virtual_services.len()
             + self.destination_rules.len()
+            + self.http_routes.len()
     }
 
     /// Whether there are none.
@@ -80,6 +85,7 @@ impl Resources {
             .extend(other.virtual_services.iter().cloned());
         self.destination_rules
             .extend(other.destination_rules.iter().cloned());
+        self.http_routes.extend(other.http_routes.iter().cloned());
     }
 }
 
@@ -125,6 +131,12 @@ pub(crate) const KINDS: &[KindDef] = &[
         versions: ISTIO_NETWORKING_VERSIONS,
         kind: "DestinationRule",
         add: |v, o, r, out| r.destination_rules.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: "gateway.networking.k8s.io",
+        versions: &["v1", "v1beta1"],
+        kind: "HTTPRoute",
+        add: |v, o, r, out| r.http_routes.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: ISTIO_SECURITY,
