@@ -21,6 +21,7 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_names(&r.virtual_services, out);
     duplicate_names(&r.destination_rules, out);
     duplicate_names(&r.http_routes, out);
+    duplicate_names(&r.grpc_routes, out);
     if let [first, rest @ ..] = r.meshes.as_slice() {
         for extra in rest {
             out.push(error(

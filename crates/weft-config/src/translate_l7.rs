@@ -405,8 +405,15 @@ pub(crate) fn translate_http_routes(
         .filter(|(_, p)| !p.routes.is_empty())
         .map(|(n, _)| n.clone())
         .collect();
-    let mut routes: Vec<&Resource<HttpRouteSpec>> =
-        r.http_routes.iter().map(|h| h.as_ref()).collect();
+    // GRPCRoutes are HTTPRoutes whose matches are paths `/<service>/<method>`.
+    let grpc: Vec<Resource<HttpRouteSpec>> =
+        r.grpc_routes.iter().map(|g| as_http_route(g)).collect();
+    let mut routes: Vec<&Resource<HttpRouteSpec>> = r
+        .http_routes
+        .iter()
+        .map(|h| h.as_ref())
+        .chain(grpc.iter())
+        .collect();
     routes.sort_by(|a, b| a.name.cmp(&b.name));
     for hr in routes {
         let mut converted = Vec::new();
@@ -439,6 +446,49 @@ pub(crate) fn translate_http_routes(
                 .routes
                 .extend(converted.iter().cloned());
         }
+    }
+}
+
+/// A `GRPCRoute` in the shape of an `HTTPRoute` (same name and origin, so
+/// problems point at the GRPCRoute's file and line).
+fn as_http_route(
+    g: &Resource<crate::kinds::GrpcRouteSpec>,
+) -> Resource<crate::kinds::HttpRouteSpec> {
+    use crate::kinds::grpc_route::method_path_regex;
+    use crate::kinds::http_route::{MatchSpec, PathSpec, RuleSpec};
+    let rules = g
+        .spec
+        .rules
+        .iter()
+        .map(|rule| RuleSpec {
+            matches: rule
+                .matches
+                .iter()
+                .map(|m| MatchSpec {
+                    path: m.method.as_ref().map(|method| PathSpec {
+                        kind: Some("RegularExpression".into()),
+                        value: Some(method_path_regex(method)),
+                    }),
+                    headers: m.headers.clone(),
+                    method: None,
+                })
+                .collect(),
+            filters: rule.filters.clone(),
+            backend_refs: rule.backend_refs.clone(),
+            timeouts: None,
+            retry: None,
+            name: rule.name.clone(),
+        })
+        .collect();
+    Resource {
+        name: g.name.clone(),
+        labels: g.labels.clone(),
+        annotations: g.annotations.clone(),
+        spec: crate::kinds::HttpRouteSpec {
+            parent_refs: g.spec.parent_refs.clone(),
+            rules,
+        },
+        origin: g.origin.clone(),
     }
 }
 

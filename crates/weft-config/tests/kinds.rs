@@ -871,3 +871,45 @@ fn http_route_mistakes_are_named() {
         assert!(text.contains(want), "want {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn grpc_route_matches_service_and_method_paths() {
+    let yaml = format!(
+        "{REVIEWS}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: reviews-grpc, namespace: shop}}
+spec:
+  parentRefs: [{{name: reviews}}]
+  rules:
+  - matches: [{{method: {{service: shop.Reviews, method: List}}}}]
+    backendRefs: [{{name: reviews}}]
+  - matches: [{{method: {{service: shop.Reviews}}}}, {{headers: [{{name: x-debug, value: '1'}}]}}]
+    backendRefs: [{{name: reviews}}]
+"
+    );
+    use weft_core::l7::StringMatch;
+    let config = load_ok(&yaml);
+    let routes = &config.snapshot.l7[&name("shop", "reviews")].routes;
+    assert_eq!(
+        routes[0].matches[0].path,
+        Some(StringMatch::Regex("/shop\\.Reviews/List".into()))
+    );
+    assert_eq!(
+        routes[1].matches[0].path,
+        Some(StringMatch::Regex("/shop\\.Reviews/[^/]+".into()))
+    );
+    assert_eq!(
+        routes[1].matches[1].headers["x-debug"],
+        StringMatch::Exact("1".into())
+    );
+    let bad = format!(
+        "{REVIEWS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: shop}}\nspec:\n  parentRefs: [{{name: reviews}}]\n  rules: [{{matches: [{{method: {{}}}}], filters: [{{type: URLRewrite}}], backendRefs: [{{name: reviews}}]}}]\n"
+    );
+    let text = load(&bad).expect_err("bad grpc route").to_string();
+    assert!(text.contains("set service, method or both"), "{text}");
+    assert!(
+        text.contains("\"URLRewrite\" is not supported on gRPC routes"),
+        "{text}"
+    );
+}

@@ -13,6 +13,7 @@ use crate::resource::{Resource, decode};
 
 pub mod authorization_policy;
 pub mod destination_rule;
+pub mod grpc_route;
 pub mod http_route;
 pub mod mesh;
 pub mod peer_authentication;
@@ -22,6 +23,7 @@ pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
 pub use destination_rule::DestinationRuleSpec;
+pub use grpc_route::GrpcRouteSpec;
 pub use http_route::HttpRouteSpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
@@ -50,6 +52,8 @@ pub struct Resources {
     pub destination_rules: Vec<Arc<Resource<DestinationRuleSpec>>>,
     /// Gateway API `HTTPRoute`.
     pub http_routes: Vec<Arc<Resource<HttpRouteSpec>>>,
+    /// Gateway API `GRPCRoute`.
+    pub grpc_routes: Vec<Arc<Resource<GrpcRouteSpec>>>,
 }
 
 impl Resources {
@@ -63,6 +67,7 @@ impl Resources {
             + self.virtual_services.len()
             + self.destination_rules.len()
             + self.http_routes.len()
+            + self.grpc_routes.len()
     }
 
     /// Whether there are none.
@@ -86,6 +91,7 @@ impl Resources {
         self.destination_rules
             .extend(other.destination_rules.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
+        self.grpc_routes.extend(other.grpc_routes.iter().cloned());
     }
 }
 
@@ -137,6 +143,12 @@ pub(crate) const KINDS: &[KindDef] = &[
         versions: &["v1", "v1beta1"],
         kind: "HTTPRoute",
         add: |v, o, r, out| r.http_routes.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: "gateway.networking.k8s.io",
+        versions: &["v1"],
+        kind: "GRPCRoute",
+        add: |v, o, r, out| r.grpc_routes.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: ISTIO_SECURITY,
