@@ -369,6 +369,30 @@ fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>)
             _ => LoadBalancer::LeastRequest,
         };
     }
+    if let Some(l) = tp
+        .load_balancer
+        .as_ref()
+        .and_then(|lb| lb.locality_lb_setting.as_ref())
+    {
+        policy.locality = weft_core::l7::LocalityLb {
+            enabled: l.enabled.unwrap_or(true),
+            failover: l
+                .failover
+                .iter()
+                .map(|f| (f.from.clone(), f.to.clone()))
+                .collect(),
+            distribute: l
+                .distribute
+                .iter()
+                .map(|d| {
+                    (
+                        d.from.clone(),
+                        d.to.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    )
+                })
+                .collect(),
+        };
+    }
     if let Some(http) = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref()) {
         policy.max_requests = http.http2_max_requests;
         policy.max_pending = http.http1_max_pending_requests;

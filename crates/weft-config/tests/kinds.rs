@@ -913,3 +913,32 @@ spec:
         "{text}"
     );
 }
+
+#[test]
+fn locality_lb_settings_translate_and_are_checked() {
+    let dr = |lb: &str| {
+        format!(
+            "{REVIEWS}---\napiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {{name: r, namespace: shop}}\nspec:\n  host: reviews\n  trafficPolicy:\n    loadBalancer:\n      localityLbSetting: {lb}\n"
+        )
+    };
+    let config = load_ok(&dr("{failover: [{from: eu, to: us}]}"));
+    let policy = &config.snapshot.l7[&name("shop", "reviews")];
+    assert!(policy.traffic.locality.enabled);
+    assert_eq!(
+        policy.traffic.locality.failover,
+        [("eu".to_owned(), "us".to_owned())]
+    );
+    let config = load_ok(&dr(
+        "{distribute: [{from: 'eu/a/*', to: {'eu/a/*': 80, 'eu/b/*': 20}}]}",
+    ));
+    let policy = &config.snapshot.l7[&name("shop", "reviews")];
+    assert_eq!(policy.traffic.locality.distribute[0].1.len(), 2);
+    let text = load(&dr("{distribute: [{from: 'eu/a/*', to: {'eu/a/*': 70}}]}"))
+        .expect_err("bad weights")
+        .to_string();
+    assert!(text.contains("weights sum to 70, not 100"), "{text}");
+    let text = load(&dr("{failoverPriority: [topology.kubernetes.io/region]}"))
+        .expect_err("failoverPriority")
+        .to_string();
+    assert!(text.contains("failoverPriority"), "{text}");
+}

@@ -238,4 +238,31 @@ pub struct TrafficPolicy {
     pub outlier: Option<Outlier>,
     /// Retry budget.
     pub retry_budget: RetryBudget,
+    /// Locality-aware balancing settings.
+    #[serde(default)]
+    pub locality: LocalityLb,
+}
+
+/// `localityLbSetting`: locality preference is on by default (closest
+/// healthy locality first); `failover` says which region to fail over to
+/// from a region; `distribute` splits traffic from a locality by weight.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LocalityLb {
+    /// Off: every endpoint is equally close.
+    pub enabled: bool,
+    /// (from region, to region).
+    pub failover: Vec<(String, String)>,
+    /// (from locality pattern, [(to locality pattern, weight)]); patterns
+    /// are `region/zone/subzone` with `*` for the rest.
+    pub distribute: Vec<(String, Vec<(String, u32)>)>,
+}
+
+impl Default for LocalityLb {
+    fn default() -> Self {
+        LocalityLb {
+            enabled: true,
+            failover: Vec::new(),
+            distribute: Vec::new(),
+        }
+    }
 }

@@ -142,7 +142,9 @@ impl Builder<'_> {
             base_ejection_time: o.base_ejection_time,
             max_ejection_percent: o.max_ejection_percent,
         });
-        let balancer = Balancer::new(endpoints, locality(self.me), outlier).with_policy(lb_policy);
+        let balancer = Balancer::new(endpoints, locality(self.me), outlier)
+            .with_policy(lb_policy)
+            .with_locality(traffic.locality.clone());
         let mut cluster = Cluster::with_balancer(&key, balancer);
         cluster.label = service.rsplit('/').next().unwrap_or(service).to_owned();
         cluster.http2 = self.http2.contains(&format!("{service}:{port}"));

@@ -143,6 +143,21 @@ pub enum Policy {
     Hash,
 }
 
+/// Whether locality pattern `pattern` (`region/zone/subzone`, `*` for
+/// the rest) covers `l`.
+pub fn locality_matches(pattern: &str, l: &Locality) -> bool {
+    let parts = [&l.region, &l.zone, &l.subzone];
+    for (i, p) in pattern.split('/').enumerate() {
+        if p == "*" {
+            return true;
+        }
+        if parts.get(i).is_none_or(|x| x.as_str() != p) {
+            return false;
+        }
+    }
+    true
+}
+
 /// The endpoints of one service as a proxy in `local` balances them.
 #[derive(Debug)]
 pub struct Balancer {
@@ -151,6 +166,7 @@ pub struct Balancer {
     outlier: Option<OutlierDetection>,
     policy: Policy,
     turn: AtomicUsize,
+    locality: weft_core::l7::LocalityLb,
 }
 
 impl Balancer {
@@ -166,6 +182,32 @@ impl Balancer {
             outlier,
             policy: Policy::default(),
             turn: AtomicUsize::new(0),
+            locality: weft_core::l7::LocalityLb::default(),
+        }
+    }
+
+    /// The same balancer with `localityLbSetting` applied.
+    pub fn with_locality(mut self, setting: weft_core::l7::LocalityLb) -> Self {
+        self.locality = setting;
+        self
+    }
+
+    /// How far endpoint `i` is, with locality preference and `failover`
+    /// applied (lower is closer; 0 when preference is off).
+    fn rank(&self, i: usize) -> u8 {
+        if !self.locality.enabled {
+            return 0;
+        }
+        let there = &self.endpoints[i].locality;
+        let d = self.local.distance(there);
+        let preferred_region = self
+            .locality
+            .failover
+            .iter()
+            .any(|(from, to)| *from == self.local.region && *to == there.region);
+        match d {
+            3 if !self.locality.failover.is_empty() && !preferred_region => 4,
+            d => d,
         }
     }
 
@@ -199,14 +241,36 @@ impl Balancer {
         } else {
             healthy
         };
-        let best = pool
+        // `distribute`: traffic from this locality is split by weight
+        // across target localities (when the drawn one has endpoints).
+        if let Some((_, targets)) = self
+            .locality
+            .distribute
             .iter()
-            .map(|&i| self.local.distance(&self.endpoints[i].locality))
-            .min()?;
-        let tier: Vec<usize> = pool
-            .into_iter()
-            .filter(|&i| self.local.distance(&self.endpoints[i].locality) == best)
-            .collect();
+            .find(|(from, _)| locality_matches(from, &self.local))
+        {
+            let total: u64 = targets.iter().map(|(_, w)| u64::from(*w)).sum();
+            if total > 0 {
+                let mut point = (a as u64) % total;
+                let target = targets.iter().find(|(_, w)| {
+                    let hit = point < u64::from(*w);
+                    point = point.saturating_sub(u64::from(*w));
+                    hit
+                });
+                if let Some((pattern, _)) = target {
+                    let chosen: Vec<usize> = pool
+                        .iter()
+                        .copied()
+                        .filter(|&i| locality_matches(pattern, &self.endpoints[i].locality))
+                        .collect();
+                    if !chosen.is_empty() {
+                        return Some(chosen[b % chosen.len()]);
+                    }
+                }
+            }
+        }
+        let best = pool.iter().map(|&i| self.rank(i)).min()?;
+        let tier: Vec<usize> = pool.into_iter().filter(|&i| self.rank(i) == best).collect();
         match (self.policy, key) {
             (Policy::RoundRobin, _) => {
                 Some(tier[self.turn.fetch_add(1, Ordering::Relaxed) % tier.len()])
@@ -377,6 +441,50 @@ mod tests {
             seen.extend(first);
         }
         assert_eq!(seen.len(), 2, "both zone-a endpoints get keys");
+    }
+
+    #[test]
+    fn failover_distribute_and_off() {
+        use weft_core::l7::LocalityLb;
+        let ep = |port: u16, loc: &str| {
+            Endpoint::new(
+                SocketAddr::from(([127, 0, 0, 1], port)),
+                Locality::parse(loc),
+            )
+        };
+        // Only other regions have endpoints: failover names the one to use.
+        let b = Balancer::new(
+            vec![ep(1, "us/x"), ep(2, "ap/y")],
+            Locality::parse("eu/a"),
+            None,
+        );
+        let b = b.with_locality(LocalityLb {
+            failover: vec![("eu".into(), "ap".into())],
+            ..LocalityLb::default()
+        });
+        for a in 0..6 {
+            assert_eq!(b.pick(a, a + 1, None), Some(1), "eu fails over to ap");
+        }
+        // distribute: 80 % stays in zone a, 20 % goes to zone b.
+        let d = balancer(None).with_locality(LocalityLb {
+            distribute: vec![(
+                "eu/a/*".into(),
+                vec![("eu/a/*".into(), 80), ("eu/b/*".into(), 20)],
+            )],
+            ..LocalityLb::default()
+        });
+        let to_b = (0..100).filter(|a| d.pick(*a, 0, None) == Some(2)).count();
+        assert_eq!(to_b, 20);
+        // Off: every endpoint is a candidate.
+        let off = balancer(None).with_locality(LocalityLb {
+            enabled: false,
+            ..LocalityLb::default()
+        });
+        let seen: std::collections::BTreeSet<usize> =
+            (0..8).filter_map(|a| off.pick(a, a, None)).collect();
+        assert_eq!(seen.len(), 4);
+        assert!(locality_matches("eu/*", &Locality::parse("eu/a/1")));
+        assert!(!locality_matches("eu/b/*", &Locality::parse("eu/a/1")));
     }
 
     #[tokio::test(start_paused = true)]

@@ -46,6 +46,40 @@ pub struct LoadBalancerSpec {
     pub simple: Option<String>,
     /// Consistent hashing.
     pub consistent_hash: Option<ConsistentHashSpec>,
+    /// Locality-aware balancing.
+    pub locality_lb_setting: Option<LocalityLbSpec>,
+}
+
+/// `loadBalancer.localityLbSetting`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct LocalityLbSpec {
+    /// On unless `false`.
+    pub enabled: Option<bool>,
+    /// Region to region.
+    #[serde(default)]
+    pub failover: Vec<FailoverSpec>,
+    /// Weighted split by locality.
+    #[serde(default)]
+    pub distribute: Vec<DistributeSpec>,
+}
+
+/// `failover[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct FailoverSpec {
+    /// From this region.
+    pub from: String,
+    /// To this region.
+    pub to: String,
+}
+
+/// `distribute[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct DistributeSpec {
+    /// Source locality pattern (`region/zone/*`).
+    pub from: String,
+    /// Target locality patterns and weights (summing to 100).
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
 }
 
 /// `loadBalancer.consistentHash`.
@@ -172,7 +206,10 @@ impl Spec for DestinationRuleSpec {
             "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
             NOT_YET,
         ),
-        ("spec.trafficPolicy.loadBalancer.localityLbSetting", NOT_YET),
+        (
+            "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
+            "weft's registry does not carry the labels failoverPriority ranks by; use failover",
+        ),
         ("spec.trafficPolicy.loadBalancer.warmup", NOT_YET),
         (
             "spec.trafficPolicy.loadBalancer.consistentHash.httpQueryParameterName",
@@ -242,6 +279,23 @@ impl Spec for DestinationRuleSpec {
                     "spec.trafficPolicy.loadBalancer.simple",
                     format!("{other:?} is not supported; use LEAST_REQUEST, ROUND_ROBIN or RANDOM"),
                 ),
+            }
+            if let Some(l) = &lb.locality_lb_setting {
+                if !l.failover.is_empty() && !l.distribute.is_empty() {
+                    ctx.error(
+                        "spec.trafficPolicy.loadBalancer.localityLbSetting",
+                        "set failover or distribute, not both (as in Istio)",
+                    );
+                }
+                for (i, d) in l.distribute.iter().enumerate() {
+                    let sum: u32 = d.to.values().sum();
+                    if sum != 100 {
+                        ctx.error(
+                            &format!("spec.trafficPolicy.loadBalancer.localityLbSetting.distribute[{i}].to"),
+                            format!("weights sum to {sum}, not 100"),
+                        );
+                    }
+                }
             }
             if let Some(h) = &lb.consistent_hash {
                 let set = [
