@@ -43,13 +43,22 @@ fn locality(w: &WorkloadInfo) -> Locality {
 }
 
 /// The engine's configuration for the services that use waypoint `me`.
-pub fn config_for(view: &NodeView, me: &WorkloadInfo, services: &Services) -> Config {
+/// Clusters whose endpoints and policy did not change are carried over
+/// from `previous`, so a change elsewhere does not reset their retry
+/// budgets, ejections or breaker counts.
+pub fn config_for(
+    view: &NodeView,
+    me: &WorkloadInfo,
+    services: &Services,
+    previous: Option<&Config>,
+) -> Config {
     let policies = &services.policies;
     let mut builder = Builder {
         view,
         me,
         policies,
         http2: &services.http2,
+        previous,
         clusters: HashMap::new(),
     };
     let mut config = Config::default();
@@ -101,6 +110,7 @@ struct Builder<'a> {
     me: &'a WorkloadInfo,
     policies: &'a Policies,
     http2: &'a std::collections::HashSet<String>,
+    previous: Option<&'a Config>,
     clusters: HashMap<String, Arc<Cluster>>,
 }
 
@@ -130,6 +140,30 @@ impl Builder<'_> {
             })
             .collect();
         let traffic = policy.map(|p| p.traffic.clone()).unwrap_or_default();
+        let http2 = self.http2.contains(&format!("{service}:{port}"));
+        let signature = {
+            use std::hash::{Hash, Hasher};
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            for e in &endpoints {
+                (
+                    e.addr,
+                    &e.locality.region,
+                    &e.locality.zone,
+                    &e.locality.subzone,
+                )
+                    .hash(&mut h);
+            }
+            format!("{traffic:?}/{http2}/{:?}", self.me.locality).hash(&mut h);
+            h.finish()
+        };
+        if let Some(kept) = self
+            .previous
+            .and_then(|p| p.clusters.get(&key))
+            .filter(|c| c.signature == signature)
+        {
+            self.clusters.insert(key.clone(), kept.clone());
+            return key;
+        }
         let lb_policy = match &traffic.load_balancer {
             LoadBalancer::LeastRequest => Policy::LeastRequest,
             LoadBalancer::RoundRobin => Policy::RoundRobin,
@@ -147,7 +181,8 @@ impl Builder<'_> {
             .with_locality(traffic.locality.clone());
         let mut cluster = Cluster::with_balancer(&key, balancer);
         cluster.label = service.rsplit('/').next().unwrap_or(service).to_owned();
-        cluster.http2 = self.http2.contains(&format!("{service}:{port}"));
+        cluster.http2 = http2;
+        cluster.signature = signature;
         let b = &traffic.retry_budget;
         cluster.rate_budget = Some(RateBudget::new(b.ratio, b.min_per_second, b.window));
         cluster.concurrency_budget = b
@@ -316,7 +351,7 @@ mod tests {
     fn without_a_policy_a_default_route_to_the_service() {
         let me = workload("shop/waypoint", [127, 0, 1, 40], "a");
         let v1 = workload("shop/reviews-v1", [127, 0, 1, 12], "a");
-        let config = config_for(&view(&me, &[v1]), &me, &Services::default());
+        let config = config_for(&view(&me, &[v1]), &me, &Services::default(), None);
         let routes = &config.targets["shop/reviews:80"];
         assert_eq!(routes.len(), 1);
         assert_eq!(routes[0].backends[0].service, "shop/reviews:80");
@@ -363,7 +398,8 @@ mod tests {
             policies: Policies::from([("shop/reviews".to_owned(), policy)]),
             http2: ["shop/reviews:80".to_owned()].into(),
         };
-        let config = config_for(&view(&me, &[v1, v2]), &me, &services);
+        let endpoints = [v1, v2];
+        let config = config_for(&view(&me, &endpoints), &me, &services, None);
         let route = &config.targets["shop/reviews:80"][0];
         let backends: Vec<(&str, u32)> = route
             .backends
@@ -374,14 +410,25 @@ mod tests {
             backends,
             [("shop/reviews:80#v1", 90), ("shop/reviews:80#v2", 10)]
         );
-        let v2 = &config.clusters["shop/reviews:80#v2"];
-        assert_eq!(v2.balancer.endpoints().len(), 1);
+        let canary = &config.clusters["shop/reviews:80#v2"];
+        assert_eq!(canary.balancer.endpoints().len(), 1);
         assert_eq!(
-            v2.balancer.endpoints()[0].addr.to_string(),
+            canary.balancer.endpoints()[0].addr.to_string(),
             "127.0.2.12:8080"
         );
-        assert_eq!(v2.balancer.policy(), Policy::RoundRobin);
-        assert!(v2.http2, "an HTTP2 port is spoken to in HTTP/2");
-        assert_eq!(v2.breaker.in_flight(5), 0);
+        assert_eq!(canary.balancer.policy(), Policy::RoundRobin);
+        assert!(canary.http2, "an HTTP2 port is spoken to in HTTP/2");
+        assert_eq!(canary.breaker.in_flight(5), 0);
+        // Rebuilt from the same inputs, clusters (and their budgets and
+        // ejections) are the same objects; a changed policy makes new ones.
+        let key = "shop/reviews:80#v1";
+        let again = config_for(&view(&me, &endpoints), &me, &services, Some(&config));
+        assert!(Arc::ptr_eq(&config.clusters[key], &again.clusters[key]));
+        let mut changed = services.clone();
+        if let Some(p) = changed.policies.get_mut("shop/reviews") {
+            p.traffic.max_requests = Some(6);
+        }
+        let fresh = config_for(&view(&me, &endpoints), &me, &changed, Some(&again));
+        assert!(!Arc::ptr_eq(&again.clusters[key], &fresh.clusters[key]));
     }
 }

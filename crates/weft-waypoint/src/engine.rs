@@ -71,6 +71,8 @@ pub struct Cluster {
     pub hash_on: Option<HashOn>,
     /// Speak HTTP/2 to its endpoints (ports declared `HTTP2` or `GRPC`).
     pub http2: bool,
+    /// A hash of what it was built from; equal means reusable.
+    pub signature: u64,
 }
 
 /// The downstream peer's address, put in request extensions by the front.
@@ -172,6 +174,7 @@ impl Cluster {
             breaker: Breaker::unlimited(),
             hash_on: None,
             http2: false,
+            signature: 0,
         }
     }
 }
@@ -378,6 +381,11 @@ impl Engine {
     /// Swaps in a new configuration; requests in flight keep the old one.
     pub fn update(&self, config: Config) {
         self.config.store(Arc::new(config));
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<Config> {
+        self.config.load_full()
     }
 
     /// Serves one request through every phase, with the routes for

@@ -174,7 +174,13 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
                     .collect::<HashMap<IpAddr, Identity>>(),
             ));
             let services = services(&changes.borrow());
-            task_engine.update(crate::config::config_for(&next, &task_me, &services));
+            let previous = task_engine.current();
+            task_engine.update(crate::config::config_for(
+                &next,
+                &task_me,
+                &services,
+                Some(&previous),
+            ));
             task_view.store(next);
             if changes.changed().await.is_err() {
                 return;
