@@ -29,7 +29,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -280,6 +280,27 @@ pub struct Ctx {
 /// The caller's identity, put in request extensions by an mTLS front.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity(pub weft_core::Identity);
+
+/// A body that was partly read: the part read, then the rest.
+struct Prefixed {
+    head: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl http_body::Body for Prefixed {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, hyper::Error>>> {
+        if let Some(head) = self.head.take() {
+            return std::task::Poll::Ready(Some(Ok(http_body::Frame::data(head))));
+        }
+        std::pin::Pin::new(&mut self.rest).poll_frame(cx)
+    }
+}
 
 /// The request body, for replay or not.
 enum Payload {
@@ -585,20 +606,34 @@ impl Engine {
         });
     }
 
-    async fn buffer(&self, body: Incoming) -> Result<Payload, L7Error> {
+    /// Reads the body up to the replay limit. A body known to be larger,
+    /// or found to be larger while reading, is sent once: what was read,
+    /// then the rest, as it arrives.
+    async fn buffer(&self, mut body: Incoming) -> Result<Payload, L7Error> {
         use http_body::Body as _;
-        let small = body
-            .size_hint()
-            .upper()
-            .is_some_and(|n| n <= self.max_replay as u64);
-        if !small {
+        if body.size_hint().lower() > self.max_replay as u64 {
             return Ok(Payload::Once(Some(body.boxed())));
         }
-        let collected = Limited::new(body, self.max_replay)
-            .collect()
-            .await
-            .map_err(|e| L7Error::Downstream(e.to_string()))?;
-        Ok(Payload::Replayable(collected.to_bytes()))
+        let mut kept = bytes::BytesMut::new();
+        loop {
+            match body.frame().await {
+                None => return Ok(Payload::Replayable(kept.freeze())),
+                Some(Err(e)) => return Err(L7Error::Downstream(e.to_string())),
+                Some(Ok(frame)) => {
+                    // Request trailers are rare; they are not forwarded.
+                    if let Ok(data) = frame.into_data() {
+                        kept.extend_from_slice(&data);
+                    }
+                    if kept.len() > self.max_replay {
+                        let rest = Prefixed {
+                            head: Some(kept.freeze()),
+                            rest: body,
+                        };
+                        return Ok(Payload::Once(Some(rest.boxed())));
+                    }
+                }
+            }
+        }
     }
 
     async fn upstream(

@@ -216,3 +216,76 @@ async fn hung_tries_are_cut_and_no_request_outlives_the_overall_timeout() {
     let (_, exhausted, _) = metrics.resilience(SERVICE);
     assert!(exhausted > 0, "the budget bounded the retries");
 }
+
+/// A chunked request body (no length given) of `size` bytes.
+fn chunked(size: usize) -> http_body_util::StreamBody<chunks::Chunks> {
+    http_body_util::StreamBody::new(chunks::Chunks::new(size))
+}
+
+/// A stream of 1 KiB data frames.
+mod chunks {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use bytes::Bytes;
+    use http_body::Frame;
+
+    pub struct Chunks {
+        left: usize,
+    }
+
+    impl Chunks {
+        pub fn new(size: usize) -> Self {
+            Chunks { left: size }
+        }
+    }
+
+    impl tokio_stream::Stream for Chunks {
+        type Item = Result<Frame<Bytes>, std::convert::Infallible>;
+        fn poll_next(mut self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+            if self.left == 0 {
+                return Poll::Ready(None);
+            }
+            let n = self.left.min(1024);
+            self.left -= n;
+            Poll::Ready(Some(Ok(Frame::data(Bytes::from(vec![b'x'; n])))))
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_chunked_bodies_are_replayed_large_ones_sent_once_and_intact() {
+    // A failing B: small bodies are retried, large ones are not.
+    let (failing, metrics) = waypoint(app_b(1.0, Duration::ZERO).await).await;
+    let client: Client<_, http_body_util::StreamBody<chunks::Chunks>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let post = |addr: SocketAddr, size| {
+        http::Request::post(format!("http://{addr}/echo"))
+            .body(chunked(size))
+            .expect("request")
+    };
+    let r = client
+        .request(post(failing, 4 * 1024))
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 503);
+    let (retries, _, _) = metrics.resilience(SERVICE);
+    assert_eq!(retries, 3, "a 4 KiB chunked body is replayed");
+    let r = client
+        .request(post(failing, 200 * 1024))
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 503);
+    let (after, _, _) = metrics.resilience(SERVICE);
+    assert_eq!(after, retries, "a 200 KiB body is sent once");
+    // A healthy B echoes a large chunked body byte for byte.
+    let (healthy, _) = waypoint(app_b(0.0, Duration::ZERO).await).await;
+    let r = client
+        .request(post(healthy, 200 * 1024))
+        .await
+        .expect("response");
+    assert_eq!(r.status(), 200);
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    assert_eq!(body.len(), 200 * 1024);
+    assert!(body.iter().all(|b| *b == b'x'));
+}
