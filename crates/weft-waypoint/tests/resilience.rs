@@ -230,12 +230,12 @@ mod chunks {
     use bytes::Bytes;
     use http_body::Frame;
 
-    pub struct Chunks {
+    pub(crate) struct Chunks {
         left: usize,
     }
 
     impl Chunks {
-        pub fn new(size: usize) -> Self {
+        pub(crate) fn new(size: usize) -> Self {
             Chunks { left: size }
         }
     }
