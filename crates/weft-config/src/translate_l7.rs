@@ -256,6 +256,11 @@ fn http_route(
                 .iter()
                 .filter_map(|(k, v)| Some((k.to_ascii_lowercase(), string_match(v)?)))
                 .collect(),
+            query: m
+                .query_params
+                .iter()
+                .filter_map(|(k, v)| Some((k.clone(), string_match(v)?)))
+                .collect(),
         })
         .collect();
     // Istio's rewrite.uri replaces the matched prefix; with an exact match
@@ -393,9 +398,13 @@ fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>)
                 .collect(),
         };
     }
-    if let Some(http) = tp.connection_pool.as_ref().and_then(|c| c.http.as_ref()) {
-        policy.max_requests = http.http2_max_requests;
+    if let Some(pool) = &tp.connection_pool {
+        let http = pool.http.clone().unwrap_or_default();
+        policy.max_requests = http
+            .http2_max_requests
+            .or(pool.tcp.as_ref().and_then(|t| t.max_connections));
         policy.max_pending = http.http1_max_pending_requests;
+        policy.max_retries = http.max_retries;
     }
     if let Some(od) = &tp.outlier_detection {
         policy.outlier = Some(Outlier {
@@ -495,6 +504,7 @@ fn as_http_route(
                     }),
                     headers: m.headers.clone(),
                     method: None,
+                    query_params: Vec::new(),
                 })
                 .collect(),
             filters: rule.filters.clone(),
@@ -579,6 +589,17 @@ fn gateway_rule(
                         _ => StringMatch::Exact(h.value.clone()),
                     };
                     (h.name.to_ascii_lowercase(), value)
+                })
+                .collect(),
+            query: m
+                .query_params
+                .iter()
+                .map(|q| {
+                    let value = match q.kind.as_deref() {
+                        Some("RegularExpression") => StringMatch::Regex(q.value.clone()),
+                        _ => StringMatch::Exact(q.value.clone()),
+                    };
+                    (q.name.clone(), value)
                 })
                 .collect(),
         })

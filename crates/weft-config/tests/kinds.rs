@@ -615,7 +615,7 @@ metadata: {{name: reviews, namespace: shop}}
 spec:
   hosts: [reviews]
   http:
-  - match: [{{uri: {{prefix: /api}}, headers: {{x-canary: {{exact: 'yes'}}}}}}]
+  - match: [{{uri: {{prefix: /api}}, headers: {{x-canary: {{exact: 'yes'}}}}, queryParams: {{v: {{exact: '2'}}}}}}]
     rewrite: {{uri: /}}
     route: [{{destination: {{host: reviews, subset: v2}}}}]
   - route:
@@ -649,6 +649,7 @@ spec:
         canary.matches[0].path,
         Some(StringMatch::Prefix("/api".into()))
     );
+    assert_eq!(canary.matches[0].query["v"], StringMatch::Exact("2".into()));
     assert_eq!(
         canary.rewrite.as_ref().and_then(|r| r.prefix.clone()),
         Some(("/api".into(), "/".into()))

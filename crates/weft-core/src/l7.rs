@@ -46,6 +46,9 @@ pub struct HttpMatch {
     pub method: Option<String>,
     /// Header conditions, by lowercase name.
     pub headers: BTreeMap<String, StringMatch>,
+    /// Query parameter conditions, by name.
+    #[serde(default)]
+    pub query: BTreeMap<String, StringMatch>,
 }
 
 /// Where a share of a route's traffic goes.
@@ -234,6 +237,9 @@ pub struct TrafficPolicy {
     pub max_requests: Option<u32>,
     /// Requests waiting (`http1MaxPendingRequests`).
     pub max_pending: Option<u32>,
+    /// Retries in flight (`maxRetries`).
+    #[serde(default)]
+    pub max_retries: Option<u32>,
     /// Outlier detection.
     pub outlier: Option<Outlier>,
     /// Retry budget.

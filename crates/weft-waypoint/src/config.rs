@@ -185,9 +185,13 @@ impl Builder<'_> {
         cluster.signature = signature;
         let b = &traffic.retry_budget;
         cluster.rate_budget = Some(RateBudget::new(b.ratio, b.min_per_second, b.window));
-        cluster.concurrency_budget = b
-            .concurrent_percent
-            .map(|p| ConcurrencyBudget::new(p, u64::from(b.min_concurrency)));
+        // Istio's retryBudget, else the maxRetries breaker (a fixed cap on
+        // retries in flight).
+        cluster.concurrency_budget = match (b.concurrent_percent, traffic.max_retries) {
+            (Some(p), _) => Some(ConcurrencyBudget::new(p, u64::from(b.min_concurrency))),
+            (None, Some(max)) => Some(ConcurrencyBudget::new(0.0, u64::from(max))),
+            (None, None) => None,
+        };
         if let Some(max) = traffic.max_requests {
             cluster.breaker = Breaker::new(max as usize, traffic.max_pending.unwrap_or(0) as usize);
         }
@@ -238,10 +242,22 @@ impl Builder<'_> {
                     value,
                 });
             }
+            let mut query = Vec::new();
+            for (name, v) in &m.query {
+                let value = match v {
+                    l7::StringMatch::Regex(x) => ValueMatch::Regex(regex(x)?),
+                    l7::StringMatch::Prefix(x) | l7::StringMatch::SegmentPrefix(x) => {
+                        ValueMatch::Prefix(x.clone())
+                    }
+                    l7::StringMatch::Exact(x) => ValueMatch::Exact(x.clone()),
+                };
+                query.push((name.clone(), value));
+            }
             matches.push(RouteMatch {
                 path,
                 method: m.method.as_deref().and_then(|x| x.parse().ok()),
                 headers,
+                query,
             });
         }
         let backends = r

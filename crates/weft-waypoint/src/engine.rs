@@ -503,13 +503,8 @@ impl Engine {
                 .ok_or_else(|| L7Error::NoRoute(format!("{t} (not a service of this waypoint)")))?,
             None => &config.routes,
         };
-        let route = select(
-            routes,
-            request.method(),
-            request.uri().path(),
-            request.headers(),
-        )
-        .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
+        let route = select(routes, request.method(), request.uri(), request.headers())
+            .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
         ctx.route = route.name.clone();
         // Phase 2: fault injection.
         if let Some(fault) = &route.fault {

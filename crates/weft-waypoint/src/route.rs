@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use http::{HeaderMap, Method};
+use http::{HeaderMap, Method, Uri};
 
 use crate::retry::RetryPolicy;
 
@@ -84,11 +84,22 @@ pub struct RouteMatch {
     pub method: Option<Method>,
     /// Header conditions.
     pub headers: Vec<HeaderMatch>,
+    /// Query parameter conditions: (name, condition on its value).
+    pub query: Vec<(String, ValueMatch)>,
 }
 
 impl RouteMatch {
-    fn matches(&self, method: &Method, path: &str, headers: &HeaderMap) -> bool {
-        self.path.as_ref().is_none_or(|p| p.matches(path))
+    fn matches(&self, method: &Method, uri: &Uri, headers: &HeaderMap) -> bool {
+        let params = || {
+            uri.query()
+                .unwrap_or_default()
+                .split('&')
+                .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        };
+        self.path.as_ref().is_none_or(|p| p.matches(uri.path()))
+            && self.query.iter().all(|(name, value)| {
+                params().any(|(k, v)| k == name && value.matches(v.as_bytes()))
+            })
             && self.method.as_ref().is_none_or(|m| m == method)
             && self.headers.iter().all(|h| {
                 headers
@@ -246,12 +257,12 @@ pub struct Route {
 pub fn select<'a>(
     routes: &'a [Route],
     method: &Method,
-    path: &str,
+    uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<&'a Route> {
-    routes.iter().find(|r| {
-        r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, path, headers))
-    })
+    routes
+        .iter()
+        .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, uri, headers)))
 }
 
 /// The backend for a draw `unit` in [0, 1), by weight.
@@ -323,6 +334,13 @@ mod tests {
                     ..Default::default()
                 }],
             ),
+            route(
+                "query",
+                vec![RouteMatch {
+                    query: vec![("debug".into(), ValueMatch::Exact("1".into()))],
+                    ..Default::default()
+                }],
+            ),
             route("default", vec![]),
         ];
         let h = |pairs: &[(&'static str, &'static str)]| {
@@ -343,12 +361,16 @@ mod tests {
             (Method::GET, "/apix", h(&[]), "default"),
             (Method::GET, "/v2/items", h(&[]), "regex"),
             (Method::GET, "/x/v2/items", h(&[]), "default"),
+            (Method::GET, "/x?a=2&debug=1", h(&[]), "query"),
+            (Method::GET, "/x?debug=2", h(&[]), "default"),
         ];
         for (method, path, headers, want) in cases {
-            let got = select(&routes, &method, path, &headers).map(|r| r.name.as_str());
+            let uri: Uri = path.parse().expect("uri");
+            let got = select(&routes, &method, &uri, &headers).map(|r| r.name.as_str());
             assert_eq!(got, Some(want), "{method} {path}");
         }
-        assert!(select(&routes[..1], &Method::GET, "/", &HeaderMap::new()).is_none());
+        let root: Uri = "/".parse().expect("uri");
+        assert!(select(&routes[..1], &Method::GET, &root, &HeaderMap::new()).is_none());
     }
 
     #[test]

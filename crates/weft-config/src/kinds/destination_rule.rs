@@ -108,8 +108,20 @@ pub struct CookieSpec {
 /// `connectionPool`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct ConnectionPoolSpec {
+    /// TCP limits.
+    pub tcp: Option<TcpPoolSpec>,
     /// HTTP limits.
     pub http: Option<HttpPoolSpec>,
+}
+
+/// `connectionPool.tcp`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpPoolSpec {
+    /// Connections to the destination: with HTTP/1.1 one per request in
+    /// flight, so weft applies it as the request limit when
+    /// `http2MaxRequests` is not set.
+    pub max_connections: Option<u32>,
 }
 
 /// `connectionPool.http`.
@@ -120,6 +132,8 @@ pub struct HttpPoolSpec {
     pub http1_max_pending_requests: Option<u32>,
     /// Requests in flight.
     pub http2_max_requests: Option<u32>,
+    /// Retries in flight (Envoy's `max_retries` circuit breaker).
+    pub max_retries: Option<u32>,
 }
 
 /// `outlierDetection`.
@@ -181,11 +195,19 @@ impl Spec for DestinationRuleSpec {
         ("spec.trafficPolicy.portLevelSettings", NOT_YET),
         ("spec.trafficPolicy.tunnel", NOT_YET),
         ("spec.trafficPolicy.proxyProtocol", NOT_YET),
-        ("spec.trafficPolicy.connectionPool.tcp", NOT_YET),
         (
-            "spec.trafficPolicy.connectionPool.http.maxRetries",
-            "use retryBudget or the weft.dev/retry-budget-* annotations",
+            "spec.trafficPolicy.connectionPool.tcp.connectTimeout",
+            "set the Mesh connectTimeout",
         ),
+        (
+            "spec.trafficPolicy.connectionPool.tcp.tcpKeepalive",
+            NOT_YET,
+        ),
+        (
+            "spec.trafficPolicy.connectionPool.tcp.maxConnectionDuration",
+            NOT_YET,
+        ),
+        ("spec.trafficPolicy.connectionPool.tcp.idleTimeout", NOT_YET),
         (
             "spec.trafficPolicy.connectionPool.http.maxRequestsPerConnection",
             NOT_YET,

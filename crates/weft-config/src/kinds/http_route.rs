@@ -75,6 +75,9 @@ pub struct MatchSpec {
     pub headers: Vec<HeaderMatchSpec>,
     /// Method.
     pub method: Option<String>,
+    /// Query parameters, all must hold.
+    #[serde(default, rename = "queryParams")]
+    pub query_params: Vec<HeaderMatchSpec>,
 }
 
 /// `matches[].path`.
@@ -226,10 +229,6 @@ impl Spec for HttpRouteSpec {
         (
             "spec.hostnames",
             "hostnames apply to gateways; a mesh route applies to its parent service",
-        ),
-        (
-            "spec.rules.matches.queryParams",
-            "query parameter matches are not supported yet",
         ),
         (
             "spec.rules.backendRefs.filters",

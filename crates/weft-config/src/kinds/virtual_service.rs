@@ -60,6 +60,7 @@ pub struct HttpRouteSpec {
 
 /// `match[]`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
 pub struct MatchSpec {
     /// Name (informational).
     pub name: Option<String>,
@@ -70,6 +71,9 @@ pub struct MatchSpec {
     /// Headers by name.
     #[serde(default)]
     pub headers: BTreeMap<String, StringMatchSpec>,
+    /// Query parameters by name (`exact` or `regex`).
+    #[serde(default)]
+    pub query_params: BTreeMap<String, StringMatchSpec>,
 }
 
 /// Istio's `StringMatch`: exactly one of the three.
@@ -222,7 +226,6 @@ impl Spec for VirtualServiceSpec {
             "spec.exportTo",
             "exportTo is not supported: every route is visible mesh-wide",
         ),
-        ("spec.http.match.queryParams", NOT_YET),
         ("spec.http.match.scheme", NOT_YET),
         ("spec.http.match.authority", NOT_YET),
         ("spec.http.match.port", NOT_YET),
@@ -290,6 +293,9 @@ impl Spec for VirtualServiceSpec {
                 }
                 for (name, h) in &cond.headers {
                     check_string_match(ctx, &format!("{at}.headers.{name}"), h);
+                }
+                for (name, q) in &cond.query_params {
+                    check_string_match(ctx, &format!("{at}.queryParams.{name}"), q);
                 }
             }
             for (d, dest) in route.route.iter().enumerate() {
