@@ -72,6 +72,49 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
         };
         let policy = policies.entry(service.name.clone()).or_default();
         policy.traffic = traffic_policy(dr, out);
+        if let Some(keys) = dr
+            .spec
+            .traffic_policy
+            .as_ref()
+            .and_then(|t| t.load_balancer.as_ref())
+            .and_then(|lb| lb.locality_lb_setting.as_ref())
+            .map(|l| &l.failover_priority)
+            .filter(|k| !k.is_empty())
+        {
+            // Ranked against the waypoint that calls the endpoints.
+            match service
+                .waypoint
+                .as_ref()
+                .and_then(|w| snapshot.workloads.get(w))
+            {
+                Some(caller) => {
+                    for w in snapshot.endpoints(service) {
+                        let same = keys
+                            .iter()
+                            .take_while(|k| {
+                                caller.labels.contains_key(*k)
+                                    && caller.labels.get(*k) == w.labels.get(*k)
+                            })
+                            .count();
+                        let rank = u8::try_from(keys.len() - same).unwrap_or(u8::MAX);
+                        policy
+                            .traffic
+                            .locality
+                            .priority
+                            .insert(w.name.to_string(), rank);
+                    }
+                }
+                None => report(
+                    out,
+                    dr,
+                    "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
+                    format!(
+                        "{} has no waypoint to rank its endpoints against",
+                        service.name
+                    ),
+                ),
+            }
+        }
         for (i, subset) in dr.spec.subsets.iter().enumerate() {
             let members: Vec<String> = snapshot
                 .endpoints(service)
@@ -396,6 +439,7 @@ fn traffic_policy(dr: &Resource<DestinationRuleSpec>, out: &mut Vec<Diagnostic>)
                     )
                 })
                 .collect(),
+            priority: std::collections::BTreeMap::new(),
         };
     }
     if let Some(pool) = &tp.connection_pool {

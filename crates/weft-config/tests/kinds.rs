@@ -943,3 +943,35 @@ fn locality_lb_settings_translate_and_are_checked() {
         .to_string();
     assert!(text.contains("failoverPriority"), "{text}");
 }
+
+#[test]
+fn failover_priority_ranks_endpoints_against_the_waypoint() {
+    let yaml = REVIEWS.replace(
+        "metadata: {name: reviews, namespace: shop}\nspec:\n  hosts",
+        "metadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec:\n  hosts",
+    ) + "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: wp, namespace: shop}
+spec: {address: 10.0.0.9, labels: {weft.dev/waypoint: 'true', weft.dev/node: n1, version: v2}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting: {failoverPriority: [version]}
+";
+    let config = load_ok(&yaml);
+    let priority = &config.snapshot.l7[&name("shop", "reviews")]
+        .traffic
+        .locality
+        .priority;
+    assert_eq!(
+        priority["shop/reviews-v2"], 0,
+        "same version as the waypoint"
+    );
+    assert_eq!(priority["shop/reviews-v1"], 1);
+}

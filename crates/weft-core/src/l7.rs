@@ -261,6 +261,11 @@ pub struct LocalityLb {
     /// (from locality pattern, [(to locality pattern, weight)]); patterns
     /// are `region/zone/subzone` with `*` for the rest.
     pub distribute: Vec<(String, Vec<(String, u32)>)>,
+    /// `failoverPriority` resolved against the service's waypoint: each
+    /// endpoint's rank (0 best: all the listed labels equal the
+    /// waypoint's), by workload `namespace/name`. Empty: by locality.
+    #[serde(default)]
+    pub priority: BTreeMap<String, u8>,
 }
 
 impl Default for LocalityLb {
@@ -269,6 +274,7 @@ impl Default for LocalityLb {
             enabled: true,
             failover: Vec::new(),
             distribute: Vec::new(),
+            priority: BTreeMap::new(),
         }
     }
 }

@@ -136,7 +136,9 @@ impl Builder<'_> {
             .filter(|w| members.is_none_or(|m| m.contains(&w.name)))
             .filter_map(|w| {
                 let target = w.services.get(service)?.get(&port)?;
-                Some(Endpoint::new(SocketAddr::new(w.ip, *target), locality(w)))
+                let mut e = Endpoint::new(SocketAddr::new(w.ip, *target), locality(w));
+                e.priority = policy.and_then(|p| p.traffic.locality.priority.get(&w.name).copied());
+                Some(e)
             })
             .collect();
         let traffic = policy.map(|p| p.traffic.clone()).unwrap_or_default();

@@ -89,6 +89,8 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// Its locality.
     pub locality: Locality,
+    /// Its `failoverPriority` rank (0 best), when one is configured.
+    pub priority: Option<u8>,
     active: AtomicUsize,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
@@ -102,6 +104,7 @@ impl Endpoint {
         Endpoint {
             addr,
             locality,
+            priority: None,
             active: AtomicUsize::new(0),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
@@ -197,6 +200,9 @@ impl Balancer {
     fn rank(&self, i: usize) -> u8 {
         if !self.locality.enabled {
             return 0;
+        }
+        if let Some(p) = self.endpoints[i].priority {
+            return p;
         }
         let there = &self.endpoints[i].locality;
         let d = self.local.distance(there);
@@ -483,6 +489,13 @@ mod tests {
         let seen: std::collections::BTreeSet<usize> =
             (0..8).filter_map(|a| off.pick(a, a, None)).collect();
         assert_eq!(seen.len(), 4);
+        // failoverPriority ranks replace locality: rank 0 first, then 1.
+        let mut far = ep(7, "us/x");
+        far.priority = Some(0);
+        let mut near = ep(8, "eu/a");
+        near.priority = Some(1);
+        let ranked = Balancer::new(vec![far, near], Locality::parse("eu/a"), None);
+        assert_eq!(ranked.pick(0, 1, None), Some(0));
         assert!(locality_matches("eu/*", &Locality::parse("eu/a/1")));
         assert!(!locality_matches("eu/b/*", &Locality::parse("eu/a/1")));
     }

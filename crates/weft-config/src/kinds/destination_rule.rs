@@ -61,6 +61,10 @@ pub struct LocalityLbSpec {
     /// Weighted split by locality.
     #[serde(default)]
     pub distribute: Vec<DistributeSpec>,
+    /// Label keys ranking endpoints by how many (in order) equal the
+    /// caller's.
+    #[serde(default, rename = "failoverPriority")]
+    pub failover_priority: Vec<String>,
 }
 
 /// `failover[]`.
@@ -227,10 +231,6 @@ impl Spec for DestinationRuleSpec {
         (
             "spec.trafficPolicy.connectionPool.http.maxConcurrentStreams",
             NOT_YET,
-        ),
-        (
-            "spec.trafficPolicy.loadBalancer.localityLbSetting.failoverPriority",
-            "weft's registry does not carry the labels failoverPriority ranks by; use failover",
         ),
         ("spec.trafficPolicy.loadBalancer.warmup", NOT_YET),
         (
