@@ -87,6 +87,24 @@ impl GrpcCaClient {
     }
 }
 
+/// The certificate manager of a proxy (node or waypoint) that proves
+/// itself to the control plane's CA at `address` with its node's bootstrap
+/// token, and expects the CA to prove the control plane's identity.
+pub fn token_cert_manager(
+    address: SocketAddr,
+    bundle: TrustBundle,
+    trust_domain: &str,
+    token: String,
+) -> Result<crate::CertManager, ClientError> {
+    let control =
+        crate::authz::control_identity(trust_domain).map_err(|e| ClientError(e.to_string()))?;
+    let ca = GrpcCaClient::new(address, bundle, control, NodeCredential::Token(token))?;
+    Ok(crate::CertManager::new(
+        Arc::new(ca),
+        crate::ManagerOptions::default(),
+    ))
+}
+
 /// A lazily connecting gRPC channel to `address` over weft mTLS (`config`
 /// decides which identity the server must prove).
 pub fn tls_channel(

@@ -17,10 +17,9 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use weft_admin::{Reply, Routes};
-use weft_ca::authz::{control_identity, node_identity};
-use weft_ca::client::{GrpcCaClient, NodeCredential};
+use weft_ca::authz::node_identity;
 use weft_ca::tls::{SpiffeClientVerifier, server_config};
-use weft_ca::{CertManager, ManagerOptions, TrustBundle};
+use weft_ca::{CertManager, TrustBundle};
 use weft_hbone::server::{Limits, OpenFuture, Upstream};
 use weft_hbone::{HbonePool, Inbound, InboundHandler, PoolKey, Refusal};
 use weft_xds::client::{ClientOptions, Transport, XdsClient};
@@ -213,15 +212,13 @@ pub(crate) fn listener_key(kind: &str, w: &WorkloadInfo, ns: Option<&Netns>) -> 
 pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
     let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
     let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
-    let control = control_identity(&options.trust_domain).map_err(|e| setup(&e))?;
-    let ca = GrpcCaClient::new(
+    let certs = weft_ca::client::token_cert_manager(
         options.ca_addr,
         bundle.clone(),
-        control,
-        NodeCredential::Token(options.token.clone()),
+        &options.trust_domain,
+        options.token.clone(),
     )
     .map_err(|e| setup(&e))?;
-    let certs = CertManager::new(Arc::new(ca), ManagerOptions::default());
     let me = node_identity(&options.trust_domain, &options.node).map_err(|e| setup(&e))?;
     certs.fetch(&me).await.map_err(|e| setup(&e))?;
     let xds = Arc::new(XdsClient::start(

@@ -16,10 +16,9 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls_pki_types::CertificateDer;
 use tokio::task::JoinHandle;
 use weft_admin::Routes;
-use weft_ca::authz::control_identity;
-use weft_ca::client::{GrpcCaClient, NodeCredential};
+use weft_ca::TrustBundle;
+use weft_ca::client::token_cert_manager;
 use weft_ca::tls::{SpiffeClientVerifier, server_config};
-use weft_ca::{CertManager, ManagerOptions, TrustBundle};
 use weft_core::Identity;
 use weft_hbone::server::{Limits, OpenFuture, Upstream};
 use weft_hbone::{HbonePool, Inbound, InboundHandler, Refusal};
@@ -97,15 +96,13 @@ impl Waypoint {
 pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> {
     let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
     let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
-    let control = control_identity(&options.trust_domain).map_err(|e| setup(&e))?;
-    let ca = GrpcCaClient::new(
+    let certs = token_cert_manager(
         options.ca_addr,
         bundle.clone(),
-        control,
-        NodeCredential::Token(options.token.clone()),
+        &options.trust_domain,
+        options.token.clone(),
     )
     .map_err(|e| setup(&e))?;
-    let certs = CertManager::new(Arc::new(ca), ManagerOptions::default());
     let xds = Arc::new(XdsClient::start(
         Transport::Plaintext(options.xds_addr),
         ClientOptions {

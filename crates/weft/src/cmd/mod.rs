@@ -35,6 +35,22 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down: no new connections, draining open ones");
 }
 
+/// The root certificates and bootstrap token a proxy process starts with.
+pub(crate) fn proxy_credentials(
+    root_cert: &std::path::Path,
+    token_file: &std::path::Path,
+) -> Result<(Vec<rustls_pki_types::CertificateDer<'static>>, String), String> {
+    let pem = std::fs::read(root_cert)
+        .map_err(|e| format!("cannot read {}: {e}", root_cert.display()))?;
+    let roots = weft_ca::cert::certs_from_pem(&pem, &root_cert.display().to_string())
+        .map_err(|e| e.to_string())?;
+    let token = std::fs::read_to_string(token_file)
+        .map_err(|e| format!("cannot read {}: {e}", token_file.display()))?
+        .trim()
+        .to_owned();
+    Ok((roots, token))
+}
+
 /// A multi-threaded runtime, or a message saying why there is none.
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))

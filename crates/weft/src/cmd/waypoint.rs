@@ -54,14 +54,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
 }
 
 async fn waypoint(args: Args) -> Result<(), String> {
-    let pem = std::fs::read(&args.root_cert)
-        .map_err(|e| format!("cannot read {}: {e}", args.root_cert.display()))?;
-    let roots = weft_ca::cert::certs_from_pem(&pem, &args.root_cert.display().to_string())
-        .map_err(|e| e.to_string())?;
-    let token = std::fs::read_to_string(&args.token_file)
-        .map_err(|e| format!("cannot read {}: {e}", args.token_file.display()))?
-        .trim()
-        .to_owned();
+    let (roots, token) = super::proxy_credentials(&args.root_cert, &args.token_file)?;
     let waypoint = weft_waypoint::proxy::start(WaypointOptions {
         name: args.name.clone(),
         node: args.node,
