@@ -139,12 +139,17 @@ pub enum Policy {
     RoundRobin,
     /// At random.
     Random,
-    /// By a hash of a request attribute: rendezvous (highest random
-    /// weight) hashing, so a key keeps its endpoint while the endpoint set
-    /// allows and moves minimally when it changes. Ring hash and Maglev
-    /// are configured as this.
+    /// By a hash of a request attribute, on a hash ring (Envoy's ring
+    /// hash: each endpoint at many points of a 64-bit ring, a key served
+    /// by the first point at or after it whose endpoint is eligible), so a
+    /// key keeps its endpoint and moves minimally when endpoints come and
+    /// go. Maglev settings use the same ring.
     Hash,
 }
+
+/// Points each endpoint has on the ring. Fixed, so that endpoints coming
+/// and going never move the keys of the others.
+pub const RING_POINTS: usize = 128;
 
 /// Whether locality pattern `pattern` (`region/zone/subzone`, `*` for
 /// the rest) covers `l`.
@@ -170,6 +175,7 @@ pub struct Balancer {
     policy: Policy,
     turn: AtomicUsize,
     locality: weft_core::l7::LocalityLb,
+    ring: std::sync::OnceLock<Vec<(u64, usize)>>,
 }
 
 impl Balancer {
@@ -186,6 +192,7 @@ impl Balancer {
             policy: Policy::default(),
             turn: AtomicUsize::new(0),
             locality: weft_core::l7::LocalityLb::default(),
+            ring: std::sync::OnceLock::new(),
         }
     }
 
@@ -282,10 +289,16 @@ impl Balancer {
                 Some(tier[self.turn.fetch_add(1, Ordering::Relaxed) % tier.len()])
             }
             (Policy::Random, _) => Some(tier[a % tier.len()]),
-            (Policy::Hash, Some(key)) => tier
-                .iter()
-                .copied()
-                .max_by_key(|&i| rendezvous(key, &self.endpoints[i].addr)),
+            (Policy::Hash, Some(key)) => {
+                let ring = self.ring.get_or_init(|| ring(&self.endpoints));
+                let start = ring.partition_point(|(point, _)| *point < key);
+                ring.iter()
+                    .cycle()
+                    .skip(start)
+                    .take(ring.len())
+                    .map(|(_, i)| *i)
+                    .find(|i| tier.contains(i))
+            }
             (Policy::LeastRequest | Policy::Hash, _) => {
                 let (x, y) = (tier[a % tier.len()], tier[b % tier.len()]);
                 let load = |i: usize| self.endpoints[i].active.load(Ordering::Relaxed);
@@ -360,14 +373,25 @@ impl Balancer {
     }
 }
 
-/// The rendezvous weight of `addr` for `key` (a fixed-key hash, stable
-/// across processes and restarts).
-fn rendezvous(key: u64, addr: &SocketAddr) -> u64 {
+/// The hash ring of `endpoints`: each at [`RING_POINTS`] points, sorted.
+/// Hashes use fixed keys, so the ring is the same in every process and
+/// after restarts.
+fn ring(endpoints: &[Endpoint]) -> Vec<(u64, usize)> {
     use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    key.hash(&mut h);
-    addr.hash(&mut h);
-    h.finish()
+    let per = RING_POINTS;
+    let mut points: Vec<(u64, usize)> = endpoints
+        .iter()
+        .enumerate()
+        .flat_map(|(i, e)| {
+            (0..per).map(move |replica| {
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                (e.addr, replica).hash(&mut h);
+                (h.finish(), i)
+            })
+        })
+        .collect();
+    points.sort_unstable();
+    points
 }
 
 /// A hash key for a string (a header or cookie value, an address).
@@ -447,6 +471,37 @@ mod tests {
             seen.extend(first);
         }
         assert_eq!(seen.len(), 2, "both zone-a endpoints get keys");
+        // An endpoint that leaves moves only its own keys (ring hash).
+        let same_zone = |ports: &[u16]| {
+            let eps = ports
+                .iter()
+                .map(|p| {
+                    Endpoint::new(
+                        SocketAddr::from(([127, 0, 0, 1], *p)),
+                        Locality::parse("eu/a"),
+                    )
+                })
+                .collect();
+            Balancer::new(eps, Locality::parse("eu/a"), None).with_policy(Policy::Hash)
+        };
+        let (four, three) = (same_zone(&[1, 2, 3, 4]), same_zone(&[1, 2, 3]));
+        let addr_of = |b: &Balancer, k: u64| {
+            b.pick(0, 0, Some(hash_key(&k.to_be_bytes())))
+                .map(|i| b.endpoints()[i].addr.port())
+        };
+        let mut moved = 0;
+        for k in 0..400u64 {
+            let (was, now) = (addr_of(&four, k), addr_of(&three, k));
+            if was != Some(4) {
+                assert_eq!(was, now, "key {k} moved though its endpoint stayed");
+            } else {
+                moved += 1;
+            }
+        }
+        assert!(
+            (50..150).contains(&moved),
+            "{moved} of 400 keys were on the 4th endpoint"
+        );
     }
 
     #[test]
