@@ -190,6 +190,8 @@ pub struct Config {
     pub targets: HashMap<String, Vec<Route>>,
     /// Upstream services by name.
     pub clusters: HashMap<String, Arc<Cluster>>,
+    /// Rate limits by target (`""`: requests that name no target).
+    pub limits: HashMap<String, Arc<crate::ratelimit::RateLimiter>>,
 }
 
 /// Why a request failed inside the proxy; each maps to one status and an
@@ -506,7 +508,32 @@ impl Engine {
         let route = select(routes, request.method(), request.uri(), request.headers())
             .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
         ctx.route = route.name.clone();
-        // Phase 2: fault injection.
+        // Phase 2: rate limits.
+        let mut limit_headers = None;
+        if let Some(limiter) = config.limits.get(target.unwrap_or("")) {
+            let principal = ctx.source.as_ref().map(ToString::to_string);
+            let attributes = crate::ratelimit::Attributes {
+                principal: principal.as_deref(),
+                headers: Some(request.headers()),
+                claims: None,
+                path: request.uri().path(),
+                method: request.method().as_str(),
+            };
+            if let Some(decision) = limiter.check(&attributes).await {
+                self.metrics.rate_limit(&limiter.policy, &decision);
+                if let Some(why) = &decision.store_error {
+                    tracing::warn!(policy = %limiter.policy, rule = %decision.rule, allowed = decision.allowed, "rate limit store failed ({why}); the failure mode decided");
+                }
+                if !decision.allowed {
+                    ctx.flags = "RL";
+                    let mut response = status_response(429, "rate limited");
+                    rate_limit_headers(response.headers_mut(), &decision, true);
+                    return Ok(response);
+                }
+                limit_headers = Some(decision);
+            }
+        }
+        // Phase 3: fault injection.
         if let Some(fault) = &route.fault {
             if let Some((percent, delay)) = fault.delay
                 && fastrand::f64() * 100.0 < percent
@@ -521,7 +548,7 @@ impl Engine {
                 return Ok(status_response(status, "fault filter abort"));
             }
         }
-        // Phase 3: redirect, answered here.
+        // Phase 4: redirect, answered here.
         if let Some(redirect) = &route.redirect {
             return Ok(redirect_response(redirect, &request));
         }
@@ -539,25 +566,25 @@ impl Engine {
             .admit()
             .await
             .ok_or_else(|| L7Error::Overflow(cluster.name.clone()))?;
-        // Phase 4: rewrite and request headers.
+        // Phase 5: rewrite and request headers.
         let (mut parts, body) = request.into_parts();
         if let Some(rewrite) = &route.rewrite {
             rewrite_request(rewrite, &mut parts)?;
         }
         route.request_headers.apply(&mut parts.headers);
-        // Phase 5: buffer for replay.
+        // Phase 6: buffer for replay.
         let payload = self.buffer(body).await?;
         if let Payload::Replayable(bytes) = &payload {
             ctx.access.bytes_received = bytes.len() as u64;
         }
-        // Phase 6: mirror.
+        // Phase 7: mirror.
         if let (Some(mirror), Payload::Replayable(bytes)) = (&route.mirror, &payload)
             && fastrand::f64() * 100.0 < mirror.percent
             && let Some(target) = config.clusters.get(&mirror.service)
         {
             self.mirror(target, &parts, bytes.clone());
         }
-        // Phase 7: upstream, within the overall timeout.
+        // Phase 8: upstream, within the overall timeout.
         let tries = self.upstream(ctx, route, &cluster, &parts, payload);
         let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, tries)
@@ -565,8 +592,11 @@ impl Engine {
                 .unwrap_or(Err(L7Error::Timeout)),
             None => tries.await,
         }?;
-        // Phase 8: response headers.
+        // Phase 9: response headers.
         route.response_headers.apply(response.headers_mut());
+        if let Some(d) = &limit_headers {
+            rate_limit_headers(response.headers_mut(), d, false);
+        }
         Ok(response)
     }
 
@@ -728,6 +758,25 @@ impl Engine {
             retries += 1;
             tokio::time::sleep(wait).await;
         }
+    }
+}
+
+/// `x-ratelimit-limit/remaining/reset`, and `retry-after` on a refusal.
+fn rate_limit_headers(
+    headers: &mut http::HeaderMap,
+    d: &crate::ratelimit::Decision,
+    refused: bool,
+) {
+    let secs = d.reset.as_secs() + u64::from(d.reset.subsec_nanos() > 0);
+    for (name, value) in [
+        ("x-ratelimit-limit", d.limit),
+        ("x-ratelimit-remaining", d.remaining),
+        ("x-ratelimit-reset", secs),
+    ] {
+        headers.insert(name, HeaderValue::from(value));
+    }
+    if refused {
+        headers.insert(http::header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
     }
 }
 

@@ -30,6 +30,7 @@ pub mod hbone;
 pub mod lb;
 pub mod metrics;
 pub mod proxy;
+pub mod ratelimit;
 pub mod retry;
 pub mod route;
 

@@ -52,6 +52,20 @@ pub struct Metrics {
     retries: Family<ServiceLabels, Counter>,
     exhausted: Family<ServiceLabels, Counter>,
     try_timeouts: Family<ServiceLabels, Counter>,
+    rate_limits: Family<RateLimitLabels, Counter>,
+}
+
+/// Labels of a rate-limit decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RateLimitLabels {
+    /// `namespace/name` of the RateLimitPolicy.
+    pub policy: String,
+    /// The rule that matched.
+    pub rule: String,
+    /// `allowed` or `limited`.
+    pub decision: &'static str,
+    /// `ok`, or `error` when the store failed and the failure mode decided.
+    pub store: &'static str,
 }
 
 fn bytes_histogram() -> Histogram {
@@ -76,6 +90,7 @@ impl Default for Metrics {
             retries: Family::default(),
             exhausted: Family::default(),
             try_timeouts: Family::default(),
+            rate_limits: Family::default(),
         }
     }
 }
@@ -114,6 +129,11 @@ impl Metrics {
             "weft_retry_budget_exhausted",
             "Retries not sent because the retry budget was exhausted (the original failure was returned)",
             self.exhausted.clone(),
+        );
+        registry.register(
+            "weft_ratelimit_decisions",
+            "Rate-limit decisions by policy, rule and outcome",
+            self.rate_limits.clone(),
         );
         registry.register(
             "weft_upstream_try_timeouts",
@@ -158,6 +178,21 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(ctx.access.bytes_sent as f64);
         tracing::info!(target: "weft::access", tries = ctx.tries, "{}", ctx.access.line());
+    }
+
+    pub(crate) fn rate_limit(&self, policy: &str, d: &crate::ratelimit::Decision) {
+        self.rate_limits
+            .get_or_create(&RateLimitLabels {
+                policy: policy.to_owned(),
+                rule: d.rule.clone(),
+                decision: if d.allowed { "allowed" } else { "limited" },
+                store: if d.store_error.is_some() {
+                    "error"
+                } else {
+                    "ok"
+                },
+            })
+            .inc();
     }
 
     pub(crate) fn retry(&self, name: &str) {
