@@ -168,6 +168,65 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     }
     snapshot.l7 = policies;
     translate_http_routes(r, snapshot, out);
+    translate_rate_limits(r, snapshot, out);
+}
+
+/// `RateLimitPolicy` → the target service's rate limits (one per service).
+fn translate_rate_limits(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
+    use crate::kinds::rate_limit_policy::attribute;
+    use weft_core::l7::{RateLimit, RateRule};
+    let mut policies: Vec<&Resource<crate::kinds::RateLimitPolicySpec>> =
+        r.rate_limit_policies.iter().map(|p| p.as_ref()).collect();
+    policies.sort_by(|a, b| a.name.cmp(&b.name));
+    for p in policies {
+        let Some(target) = &p.spec.target_ref else {
+            continue;
+        };
+        let ns = target.namespace.as_deref().unwrap_or(&p.name.namespace);
+        let wanted = NamespacedName::new(ns, &target.name);
+        if !snapshot.services.contains_key(&wanted) {
+            report(
+                out,
+                p,
+                "spec.targetRef.name",
+                format!("no service {wanted} in the registry"),
+            );
+            continue;
+        }
+        let rules = p
+            .spec
+            .rules
+            .iter()
+            .map(|rule| RateRule {
+                name: rule.name.clone(),
+                when: rule.matches.iter().filter_map(|m| m.condition()).collect(),
+                count_by: rule.count_by.iter().filter_map(|c| attribute(c)).collect(),
+                requests: rule.limit.requests,
+                period: parse_duration(Some(&rule.limit.per)).unwrap_or_default(),
+                burst: rule.limit.burst.unwrap_or(rule.limit.requests),
+            })
+            .collect();
+        let limit = RateLimit {
+            policy: p.name.to_string(),
+            redis: p.spec.redis.as_ref().map(|r| r.url.clone()),
+            fail_open: p.spec.failure_mode.as_deref() != Some("closed"),
+            rules,
+        };
+        let policy = snapshot.l7.entry(wanted.clone()).or_default();
+        if let Some(existing) = &policy.rate_limit {
+            report(
+                out,
+                p,
+                "spec.targetRef",
+                format!(
+                    "{wanted} is already limited by RateLimitPolicy {}; one policy per service",
+                    existing.policy
+                ),
+            );
+            continue;
+        }
+        policy.rate_limit = Some(limit);
+    }
 }
 
 fn string_match(m: &StringMatchSpec) -> Option<StringMatch> {

@@ -975,3 +975,112 @@ spec:
     );
     assert_eq!(priority["shop/reviews-v1"], 1);
 }
+
+#[test]
+fn rate_limit_policy_expresses_scenario_4_in_a_few_lines() {
+    let yaml = format!(
+        "{REVIEWS}---
+apiVersion: weft.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: tiers, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: reviews}}
+  mode: global
+  redis: {{url: 'redis://127.0.0.1:6379'}}
+  failureMode: closed
+  rules:
+  - name: platinum
+    match: [{{header: {{name: x-customer-tier, value: platinum}}}}, {{claim: {{name: tier, value: platinum}}}}]
+    countBy: [sourcePrincipal]
+    limit: {{requests: 1000, per: 1h}}
+  - name: default
+    countBy: [sourcePrincipal]
+    limit: {{requests: 100, per: 1h, burst: 10}}
+"
+    );
+    use weft_core::l7::RateAttribute;
+    let config = load_ok(&yaml);
+    let limit = config.snapshot.l7[&name("shop", "reviews")]
+        .rate_limit
+        .as_ref()
+        .expect("rate limit");
+    assert_eq!(limit.policy, "shop/tiers");
+    assert_eq!(limit.redis.as_deref(), Some("redis://127.0.0.1:6379"));
+    assert!(!limit.fail_open);
+    assert_eq!(
+        limit.rules[0].when,
+        [
+            (
+                RateAttribute::Header("x-customer-tier".into()),
+                "platinum".into()
+            ),
+            (RateAttribute::Claim("tier".into()), "platinum".into())
+        ]
+    );
+    assert_eq!(limit.rules[0].count_by, [RateAttribute::SourcePrincipal]);
+    assert_eq!(
+        (
+            limit.rules[1].requests,
+            limit.rules[1].period,
+            limit.rules[1].burst
+        ),
+        (100, Duration::from_secs(3600), 10)
+    );
+}
+
+#[test]
+fn rate_limit_policy_mistakes_are_named() {
+    let p = |spec: &str| {
+        format!(
+            "{REVIEWS}---\napiVersion: weft.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let cases = [
+        (
+            p(
+                "  targetRef: {name: reviews}\n  mode: global\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "a global limit needs Redis",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  mode: global\n  redis: {url: 'localhost:6379'}\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "use redis://host:port",
+        ),
+        (
+            p(
+                "  targetRef: {name: ratings}\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "no service shop/ratings in the registry",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  rules: [{name: a, countBy: [ip], limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "\"ip\": use sourcePrincipal",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  rules: [{name: a, match: [{path: /x, method: GET}], limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "set exactly one of header",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  rules: [{name: a, limit: {requests: 0, per: 1s}}, {name: a, limit: {requests: 1, per: fortnight}}]\n",
+            ),
+            "must be at least 1",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  failureMode: maybe\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "\"maybe\": use open or closed",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let text = load(&yaml).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+}

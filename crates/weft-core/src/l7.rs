@@ -21,6 +21,54 @@ pub struct L7Policy {
     pub traffic: TrafficPolicy,
     /// Named subsets of this service's endpoints: workload uids.
     pub subsets: BTreeMap<String, Vec<String>>,
+    /// Rate limits on requests to this service.
+    #[serde(default)]
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// A request attribute rate limits match on or count by.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RateAttribute {
+    /// The caller's SPIFFE identity.
+    SourcePrincipal,
+    /// A request header (lowercase).
+    Header(String),
+    /// A JWT claim.
+    Claim(String),
+    /// The path.
+    Path,
+    /// The method.
+    Method,
+}
+
+/// One rate-limit rule.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateRule {
+    /// Name.
+    pub name: String,
+    /// Any one holds (attribute equals value); empty: every request.
+    pub when: Vec<(RateAttribute, String)>,
+    /// Counted per the values of these.
+    pub count_by: Vec<RateAttribute>,
+    /// Requests per period.
+    pub requests: u64,
+    /// The period.
+    pub period: Duration,
+    /// Requests allowed at once.
+    pub burst: u64,
+}
+
+/// A service's rate limits (`RateLimitPolicy`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimit {
+    /// `namespace/name` of the policy.
+    pub policy: String,
+    /// Redis URL for a global limit; `None`: local (per replica).
+    pub redis: Option<String>,
+    /// Allow requests when Redis is unreachable.
+    pub fail_open: bool,
+    /// Rules, first match wins.
+    pub rules: Vec<RateRule>,
 }
 
 /// How a string is matched.

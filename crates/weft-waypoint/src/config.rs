@@ -15,6 +15,7 @@ use weft_node::view::{NodeView, WorkloadInfo};
 use crate::budget::{ConcurrencyBudget, RateBudget};
 use crate::engine::{Breaker, Cluster, Config};
 use crate::lb::{Balancer, Endpoint, Locality, OutlierDetection, Policy};
+use crate::ratelimit::{RateLimiter, Rule, Store};
 use crate::retry::{RetryOn, RetryPolicy};
 use crate::route::{
     Backend, Fault, HeaderChanges, HeaderMatch, Mirror, PathMatch, Redirect, Rewrite, Route,
@@ -25,13 +26,62 @@ use crate::route::{
 pub type Policies = HashMap<String, L7Policy>;
 
 /// What the config stream says about the services, beyond the registry.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Services {
     /// L7 policies by service.
     pub policies: Policies,
     /// Service ports that speak HTTP/2 (`HTTP2`, `GRPC`), as
     /// `namespace/hostname:port`.
     pub http2: std::collections::HashSet<String>,
+    /// Redis connections by URL, for global rate limits (opened by the
+    /// waypoint; a missing one means Redis was unreachable).
+    pub redis: HashMap<String, redis::aio::ConnectionManager>,
+}
+
+/// The rate limiter for `limit`, reusing `previous` when built from the
+/// same policy (so local counts survive configuration changes).
+fn limiter(
+    limit: &l7::RateLimit,
+    redis: &HashMap<String, redis::aio::ConnectionManager>,
+    previous: Option<&Arc<RateLimiter>>,
+) -> Arc<RateLimiter> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    format!("{limit:?}").hash(&mut h);
+    let signature = h.finish();
+    if let Some(kept) = previous.filter(|p| p.signature == signature) {
+        return kept.clone();
+    }
+    let store = match &limit.redis {
+        None => Store::Local(std::sync::Mutex::default()),
+        Some(url) => match redis.get(url) {
+            Some(conn) => Store::Global {
+                redis: conn.clone(),
+                fail_open: limit.fail_open,
+            },
+            None => Store::Unreachable {
+                reason: format!("redis at {url} was unreachable when the limit was set up"),
+                fail_open: limit.fail_open,
+            },
+        },
+    };
+    Arc::new(RateLimiter {
+        policy: limit.policy.clone(),
+        rules: limit
+            .rules
+            .iter()
+            .map(|r| Rule {
+                name: r.name.clone(),
+                when: r.when.clone(),
+                count_by: r.count_by.clone(),
+                requests: r.requests,
+                period: r.period,
+                burst: r.burst,
+            })
+            .collect(),
+        store,
+        signature,
+    })
 }
 
 fn locality(w: &WorkloadInfo) -> Locality {
@@ -83,7 +133,14 @@ pub fn config_for(
                     ..Route::default()
                 }],
             };
-            config.targets.insert(format!("{service}:{port}"), routes);
+            let target = format!("{service}:{port}");
+            if let Some(limit) = policies.get(service).and_then(|p| p.rate_limit.as_ref()) {
+                let previous = previous.and_then(|p| p.limits.get(&target));
+                config
+                    .limits
+                    .insert(target.clone(), limiter(limit, &services.redis, previous));
+            }
+            config.targets.insert(target, routes);
         }
     }
     config.clusters = builder.clusters;
@@ -411,10 +468,24 @@ mod tests {
                 ("v2".to_owned(), vec!["shop/reviews-v2".to_owned()]),
             ]
             .into(),
+            rate_limit: Some(l7::RateLimit {
+                policy: "shop/tiers".into(),
+                redis: None,
+                fail_open: true,
+                rules: vec![l7::RateRule {
+                    name: "default".into(),
+                    when: vec![],
+                    count_by: vec![l7::RateAttribute::SourcePrincipal],
+                    requests: 100,
+                    period: std::time::Duration::from_secs(3600),
+                    burst: 100,
+                }],
+            }),
         };
         let services = Services {
             policies: Policies::from([("shop/reviews".to_owned(), policy)]),
             http2: ["shop/reviews:80".to_owned()].into(),
+            redis: HashMap::new(),
         };
         let endpoints = [v1, v2];
         let config = config_for(&view(&me, &endpoints), &me, &services, None);
@@ -442,6 +513,10 @@ mod tests {
         let key = "shop/reviews:80#v1";
         let again = config_for(&view(&me, &endpoints), &me, &services, Some(&config));
         assert!(Arc::ptr_eq(&config.clusters[key], &again.clusters[key]));
+        // So are rate limiters (local counts survive).
+        let target = "shop/reviews:80";
+        assert_eq!(config.limits[target].rules[0].requests, 100);
+        assert!(Arc::ptr_eq(&config.limits[target], &again.limits[target]));
         let mut changed = services.clone();
         if let Some(p) = changed.policies.get_mut("shop/reviews") {
             p.traffic.max_requests = Some(6);

@@ -162,6 +162,7 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
         options.node.clone(),
     );
     let reconcile = tokio::spawn(async move {
+        let mut redis = HashMap::new();
         loop {
             let next = Arc::new(NodeView::build(&changes.borrow_and_update(), &node));
             peers.store(Arc::new(
@@ -170,7 +171,9 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
                     .map(|w| (w.ip, w.identity.clone()))
                     .collect::<HashMap<IpAddr, Identity>>(),
             ));
-            let services = services(&changes.borrow());
+            let mut services = services(&changes.borrow());
+            connect_redis(&services, &mut redis).await;
+            services.redis = redis.clone();
             let previous = task_engine.current();
             task_engine.update(crate::config::config_for(
                 &next,
@@ -223,6 +226,41 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
         tasks: vec![reconcile, hbone, served],
         _xds: xds,
     })
+}
+
+/// Opens a Redis connection for every global rate limit's URL not yet
+/// connected (each attempt bounded; a failure is logged and tried again
+/// at the next configuration change, the limit's failure mode applying
+/// meanwhile).
+async fn connect_redis(
+    services: &crate::config::Services,
+    cache: &mut HashMap<String, redis::aio::ConnectionManager>,
+) {
+    let urls: Vec<String> = services
+        .policies
+        .values()
+        .filter_map(|p| p.rate_limit.as_ref()?.redis.clone())
+        .filter(|u| !cache.contains_key(u))
+        .collect();
+    for url in urls {
+        let connect = async {
+            redis::Client::open(url.as_str())?
+                .get_connection_manager()
+                .await
+        };
+        match tokio::time::timeout(Duration::from_secs(2), connect).await {
+            Ok(Ok(conn)) => {
+                tracing::info!(%url, "connected to redis for global rate limits");
+                cache.insert(url, conn);
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%url, error = %e, "cannot connect to redis; global rate limits use their failure mode")
+            }
+            Err(_) => {
+                tracing::warn!(%url, "redis did not answer in 2s; global rate limits use their failure mode")
+            }
+        }
+    }
 }
 
 /// The L7 policies and HTTP/2 ports in the config stream's `L7Service`

@@ -21,19 +21,7 @@ use tokio::time::Instant;
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// A request attribute a rule matches on or counts by.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Attribute {
-    /// The caller's SPIFFE identity.
-    SourcePrincipal,
-    /// A request header (lowercase name).
-    Header(String),
-    /// A JWT claim (once the request is authenticated).
-    Claim(String),
-    /// The path.
-    Path,
-    /// The method.
-    Method,
-}
+pub use weft_core::l7::RateAttribute as Attribute;
 
 /// What is known about a request, for rate limiting.
 #[derive(Debug, Clone, Default)]
@@ -74,7 +62,7 @@ pub struct Rule {
     /// Any one must hold (attribute equals value); empty: every request.
     pub when: Vec<(Attribute, String)>,
     /// Counted per the values of these (empty: one counter for the rule).
-    pub key: Vec<Attribute>,
+    pub count_by: Vec<Attribute>,
     /// Requests per period.
     pub requests: u64,
     /// The period.
@@ -94,6 +82,14 @@ pub enum Store {
         /// Allow requests when Redis is unreachable.
         fail_open: bool,
     },
+    /// Redis could not be reached when the limit was set up: the failure
+    /// mode decides every request until it can.
+    Unreachable {
+        /// Why.
+        reason: String,
+        /// Allow requests meanwhile.
+        fail_open: bool,
+    },
 }
 
 impl std::fmt::Debug for Store {
@@ -101,6 +97,7 @@ impl std::fmt::Debug for Store {
         match self {
             Store::Local(_) => f.write_str("Local"),
             Store::Global { fail_open, .. } => write!(f, "Global(fail_open: {fail_open})"),
+            Store::Unreachable { reason, .. } => write!(f, "Unreachable({reason})"),
         }
     }
 }
@@ -114,6 +111,8 @@ pub struct RateLimiter {
     pub rules: Vec<Rule>,
     /// Where counts live.
     pub store: Store,
+    /// A hash of the policy it was built from; equal means reusable.
+    pub signature: u64,
 }
 
 /// The outcome for one request.
@@ -188,7 +187,7 @@ impl RateLimiter {
                     .any(|(attr, v)| a.get(attr).as_deref() == Some(v))
         })?;
         let values: Vec<String> = rule
-            .key
+            .count_by
             .iter()
             .map(|k| a.get(k).unwrap_or_else(|| "-".into()))
             .collect();
@@ -226,6 +225,9 @@ impl RateLimiter {
                     tats.insert(key, epoch + Duration::from_millis(new_tat));
                 }
                 Some(decided(allowed, remaining, reset, None))
+            }
+            Store::Unreachable { reason, fail_open } => {
+                Some(decided(*fail_open, 0, 1000, Some(reason.clone())))
             }
             Store::Global { redis, fail_open } => {
                 let mut conn = redis.clone();
@@ -284,6 +286,7 @@ mod tests {
             policy: "shop/b".into(),
             rules,
             store: Store::Local(Mutex::default()),
+            signature: 0,
         }
     }
 
@@ -292,7 +295,7 @@ mod tests {
         let rule = |name: &str, when: Vec<(Attribute, String)>, requests| Rule {
             name: name.into(),
             when,
-            key: vec![Attribute::SourcePrincipal],
+            count_by: vec![Attribute::SourcePrincipal],
             requests,
             period: Duration::from_secs(3600),
             burst: requests,

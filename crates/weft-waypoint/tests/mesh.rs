@@ -514,3 +514,108 @@ async fn http2_ports_are_spoken_to_in_http2() {
     }
     mesh.stop();
 }
+
+/// Scenario 4's policy written as users write it, applied by the waypoint
+/// per caller identity (local mode here; the global mode's Redis path is
+/// tested in tests/ratelimit.rs).
+const RATE_LIMITED: &str = r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: limited
+  namespace: shop
+  labels: {istio.io/use-waypoint: rl-waypoint}
+spec:
+  hosts: [limited.shop.svc.cluster.local]
+  addresses: [240.240.7.4]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 80, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: limited}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: rl-client
+  namespace: shop
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9005=limited.shop.svc.cluster.local:80"
+spec:
+  address: 127.0.1.161
+  serviceAccount: rl-client
+  labels: {app: rl-client, weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: rl-waypoint, namespace: shop}
+spec:
+  address: 127.0.1.160
+  labels: {weft.dev/waypoint: "true", weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: limited-1, namespace: shop}
+spec:
+  address: 127.0.2.162
+  labels: {app: limited, weft.dev/node: node-2}
+---
+apiVersion: weft.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {name: tiers, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: limited}
+  rules:
+  - name: platinum
+    match: [{header: {name: x-customer-tier, value: platinum}}]
+    countBy: [sourcePrincipal]
+    limit: {requests: 20, per: 1h}
+  - name: default
+    countBy: [sourcePrincipal]
+    limit: {requests: 5, per: 1h}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_policy_applies_per_caller_in_the_waypoint() {
+    let mesh = Mesh::start(RATE_LIMITED, "shop/rl-waypoint", "127.0.1.160").await;
+    app("127.0.2.162:8080", "limited-1").await;
+    let statuses = |headers: &'static str, n: usize| async move {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let r = get_with("127.0.1.161:9005", headers)
+                .await
+                .unwrap_or_default();
+            out.push(r.get(9..12).unwrap_or("---").to_owned());
+        }
+        out
+    };
+    // Readiness: the first answer from the service (it counts: 1 of 5).
+    let started = Instant::now();
+    while !get("127.0.1.161:9005")
+        .await
+        .is_some_and(|r| r.starts_with("HTTP/1.1 200"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "mesh not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let default = statuses("", 10).await;
+    assert_eq!(
+        default.iter().filter(|s| *s == "200").count(),
+        4,
+        "{default:?}"
+    );
+    assert_eq!(
+        default.iter().filter(|s| *s == "429").count(),
+        6,
+        "{default:?}"
+    );
+    let platinum = statuses("x-customer-tier: platinum\r\n", 25).await;
+    assert_eq!(
+        platinum.iter().filter(|s| *s == "200").count(),
+        20,
+        "{platinum:?}"
+    );
+    mesh.stop();
+}

@@ -105,7 +105,7 @@ fn rules() -> Vec<Rule> {
     let rule = |name: &str, when: Vec<(Attribute, String)>, requests| Rule {
         name: name.into(),
         when,
-        key: vec![Attribute::Header("x-caller".into())],
+        count_by: vec![Attribute::Header("x-caller".into())],
         requests,
         period: Duration::from_secs(3600),
         burst: requests,
@@ -135,6 +135,7 @@ async fn replica(
         policy: "shop/b-tiers".into(),
         rules: rules(),
         store: Store::Global { redis, fail_open },
+        signature: 0,
     };
     let config = Config {
         routes: vec![Route {

@@ -17,6 +17,7 @@ pub mod grpc_route;
 pub mod http_route;
 pub mod mesh;
 pub mod peer_authentication;
+pub mod rate_limit_policy;
 pub mod service_entry;
 pub mod virtual_service;
 pub mod workload_entry;
@@ -27,6 +28,7 @@ pub use grpc_route::GrpcRouteSpec;
 pub use http_route::HttpRouteSpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
+pub use rate_limit_policy::RateLimitPolicySpec;
 pub use service_entry::ServiceEntrySpec;
 pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
@@ -54,6 +56,8 @@ pub struct Resources {
     pub http_routes: Vec<Arc<Resource<HttpRouteSpec>>>,
     /// Gateway API `GRPCRoute`.
     pub grpc_routes: Vec<Arc<Resource<GrpcRouteSpec>>>,
+    /// weft `RateLimitPolicy`.
+    pub rate_limit_policies: Vec<Arc<Resource<RateLimitPolicySpec>>>,
 }
 
 impl Resources {
@@ -68,6 +72,7 @@ impl Resources {
             + self.destination_rules.len()
             + self.http_routes.len()
             + self.grpc_routes.len()
+            + self.rate_limit_policies.len()
     }
 
     /// Whether there are none.
@@ -92,6 +97,8 @@ impl Resources {
             .extend(other.destination_rules.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
         self.grpc_routes.extend(other.grpc_routes.iter().cloned());
+        self.rate_limit_policies
+            .extend(other.rate_limit_policies.iter().cloned());
     }
 }
 
@@ -165,6 +172,15 @@ pub(crate) const KINDS: &[KindDef] = &[
         kind: "PeerAuthentication",
         add: |v, o, r, out| {
             r.peer_authentications
+                .extend(decode(v, o, out).map(Arc::new))
+        },
+    },
+    KindDef {
+        group: WEFT,
+        versions: &["v1alpha1"],
+        kind: "RateLimitPolicy",
+        add: |v, o, r, out| {
+            r.rate_limit_policies
                 .extend(decode(v, o, out).map(Arc::new))
         },
     },
