@@ -2,19 +2,20 @@
 //! with one [`Ctx`] carrying what they learn:
 //!
 //! 1. `route` — choose the route ([`crate::route::select`]);
-//! 2. `fault` — injected delays and aborts (flags `DI`, `FI`);
-//! 3. `redirect` — answered here when the route redirects;
+//! 2. `rate limit` — the target's [`crate::ratelimit`] rules (429, `RL`);
+//! 3. `fault` — injected delays and aborts (flags `DI`, `FI`);
+//! 4. `redirect` — answered here when the route redirects;
 //!    then the backend is chosen by weight, and its circuit breaker admits
 //!    the request or fails it at once (`UO`);
-//! 4. `rewrite` — path and host rewrites, request header changes;
-//! 5. `buffer` — keep the request body for replay, up to a limit (beyond
+//! 5. `rewrite` — path and host rewrites, request header changes;
+//! 6. `buffer` — keep the request body for replay, up to a limit (beyond
 //!    it the request is sent once, never retried or mirrored);
-//! 6. `mirror` — a copy to the mirror service, answer ignored;
-//! 7. `upstream` — tries within the overall timeout: each try bounded by
+//! 7. `mirror` — a copy to the mirror service, answer ignored;
+//! 8. `upstream` — tries within the overall timeout: each try bounded by
 //!    the per-try timeout; a retryable outcome is retried after backoff (or
 //!    `Retry-After`) only while the retry budgets allow;
-//! 8. `response` — response header changes;
-//! 9. `log` — metrics and the access-log line, from the context.
+//! 9. `response` — response header changes (and `x-ratelimit-*`);
+//! 10. `log` — metrics and the access-log line, from the context.
 //!
 //! Errors become responses in one place ([`L7Error::response`]). The engine
 //! knows nothing about listeners: a front (plain HTTP, HBONE) hands it
