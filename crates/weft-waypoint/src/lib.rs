@@ -14,10 +14,10 @@
 //! connection per tunnel, for the service the tunnel names), HBONE out to
 //! endpoints ([`hbone`]), configuration from the config stream.
 //!
-//! Still to come (issue 6): configuration
-//! from `HTTPRoute`/`VirtualService`/`DestinationRule`, the other
-//! load-balancing policies (round robin, random, consistent hashing),
-//! header changes, redirects and rewrites, fault injection, mirroring.
+//! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis.
+//!
+//! Still to come (issue 7): JWT authentication, L7 authorization, external
+//! authorization, the ingress gateway.
 
 #![forbid(unsafe_code)]
 
