@@ -71,8 +71,9 @@ fn match_holds(m: &sec::Match, c: &Conn<'_>) -> bool {
         && !m.not_destination_ports.contains(&port)
 }
 
-fn policy_matches(p: &sec::Authorization, c: &Conn<'_>) -> bool {
-    p.rules.iter().any(|rule| {
+/// The index of the first rule of `p` that matches.
+fn matching_rule(p: &sec::Authorization, c: &Conn<'_>) -> Option<usize> {
+    p.rules.iter().position(|rule| {
         rule.clauses
             .iter()
             .all(|clause| clause.matches.iter().any(|m| match_holds(m, c)))
@@ -83,23 +84,53 @@ fn label(p: &sec::Authorization) -> String {
     format!("{}/{}", p.namespace, p.name)
 }
 
+/// A decision with what decided it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// Whether the connection may proceed.
+    pub allowed: bool,
+    /// The deciding policy (`namespace/name`), when one decided.
+    pub policy: Option<String>,
+    /// The index of its matching rule, when one matched.
+    pub rule: Option<usize>,
+    /// The explanation, in the words the logs use.
+    pub reason: String,
+}
+
 /// Decides a connection against the policies that apply to its
-/// destination. `Err` carries the reason, naming the deciding policy.
-pub fn check(policies: &[&sec::Authorization], c: &Conn<'_>) -> Result<(), String> {
+/// destination, saying which policy and rule decided: DENY policies
+/// first, then ALLOW ones (if any applies, one must match).
+pub fn explain(policies: &[&sec::Authorization], c: &Conn<'_>) -> Verdict {
     let (deny, allow): (Vec<&sec::Authorization>, Vec<&sec::Authorization>) = policies
         .iter()
         .partition(|p| p.action == sec::Action::Deny as i32);
-    if let Some(p) = deny.iter().find(|p| policy_matches(p, c)) {
-        return Err(format!("denied by DENY policy {}", label(p)));
+    let verdict = |allowed, p: Option<&sec::Authorization>, rule, reason| Verdict {
+        allowed,
+        policy: p.map(label),
+        rule,
+        reason,
+    };
+    if let Some((p, rule)) = deny.iter().find_map(|p| Some((*p, matching_rule(p, c)?))) {
+        let reason = format!("denied by DENY policy {}", label(p));
+        return verdict(false, Some(p), Some(rule), reason);
     }
-    if allow.is_empty() || allow.iter().any(|p| policy_matches(p, c)) {
-        return Ok(());
+    if allow.is_empty() {
+        return verdict(true, None, None, "no ALLOW policy applies".into());
+    }
+    if let Some((p, rule)) = allow.iter().find_map(|p| Some((*p, matching_rule(p, c)?))) {
+        let reason = format!("allowed by ALLOW policy {}", label(p));
+        return verdict(true, Some(p), Some(rule), reason);
     }
     let names: Vec<String> = allow.iter().map(|p| label(p)).collect();
-    Err(format!(
-        "not allowed by any ALLOW policy ({})",
-        names.join(", ")
-    ))
+    let reason = format!("not allowed by any ALLOW policy ({})", names.join(", "));
+    verdict(false, None, None, reason)
+}
+
+/// Decides a connection against the policies that apply to its
+/// destination. `Err` carries the reason, naming the deciding policy.
+pub fn check(policies: &[&sec::Authorization], c: &Conn<'_>) -> Result<(), String> {
+    let v = explain(policies, c);
+    if v.allowed { Ok(()) } else { Err(v.reason) }
 }
 
 #[cfg(test)]

@@ -59,6 +59,8 @@ enum Command {
     ConfigDump(cmd::config_dump::Args),
     /// Run one node proxy (local mode) as its own process.
     Node(cmd::node::Args),
+    /// Authorization tools: `weft authz check` decides a call offline.
+    Authz(cmd::authz::Args),
     /// Run a program as a captured workload in its own network namespace
     /// (root): its TCP goes through the node proxy unchanged.
     Run(cmd::run::Args),
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
         Command::Waypoint(args) => cmd::waypoint::run(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Run(args) => cmd::run::run(args),
+        Command::Authz(args) => cmd::authz::run(args),
     }
 }
 

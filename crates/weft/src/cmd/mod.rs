@@ -1,5 +1,6 @@
 //! One module per subcommand, plus what several share.
 
+pub(crate) mod authz;
 pub(crate) mod certs;
 pub(crate) mod config_dump;
 pub(crate) mod control;
