@@ -51,6 +51,8 @@ pub struct AccessEntry {
     pub downstream_remote: Option<String>,
     /// The route.
     pub route: Option<String>,
+    /// The JWT's `iss/sub`, when one verified.
+    pub request_principal: Option<String>,
 }
 
 fn or_dash(v: &Option<String>) -> &str {

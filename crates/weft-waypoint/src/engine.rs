@@ -2,20 +2,21 @@
 //! with one [`Ctx`] carrying what they learn:
 //!
 //! 1. `route` — choose the route ([`crate::route::select`]);
-//! 2. `rate limit` — the target's [`crate::ratelimit`] rules (429, `RL`);
-//! 3. `fault` — injected delays and aborts (flags `DI`, `FI`);
-//! 4. `redirect` — answered here when the route redirects;
+//! 2. `authenticate` — verify the request's JWT, if any ([`crate::jwt`]; 401);
+//! 3. `rate limit` — the target's [`crate::ratelimit`] rules (429, `RL`);
+//! 4. `fault` — injected delays and aborts (flags `DI`, `FI`);
+//! 5. `redirect` — answered here when the route redirects;
 //!    then the backend is chosen by weight, and its circuit breaker admits
 //!    the request or fails it at once (`UO`);
-//! 5. `rewrite` — path and host rewrites, request header changes;
-//! 6. `buffer` — keep the request body for replay, up to a limit (beyond
+//! 6. `rewrite` — path and host rewrites, request header changes;
+//! 7. `buffer` — keep the request body for replay, up to a limit (beyond
 //!    it the request is sent once, never retried or mirrored);
-//! 7. `mirror` — a copy to the mirror service, answer ignored;
-//! 8. `upstream` — tries within the overall timeout: each try bounded by
+//! 8. `mirror` — a copy to the mirror service, answer ignored;
+//! 9. `upstream` — tries within the overall timeout: each try bounded by
 //!    the per-try timeout; a retryable outcome is retried after backoff (or
 //!    `Retry-After`) only while the retry budgets allow;
-//! 9. `response` — response header changes (and `x-ratelimit-*`);
-//! 10. `log` — metrics and the access-log line, from the context.
+//! 10. `response` — response header changes (and `x-ratelimit-*`);
+//! 11. `log` — metrics and the access-log line, from the context.
 //!
 //! Errors become responses in one place ([`L7Error::response`]). The engine
 //! knows nothing about listeners: a front (plain HTTP, HBONE) hands it
@@ -193,6 +194,8 @@ pub struct Config {
     pub clusters: HashMap<String, Arc<Cluster>>,
     /// Rate limits by target (`""`: requests that name no target).
     pub limits: HashMap<String, Arc<crate::ratelimit::RateLimiter>>,
+    /// JWT authentication by target (`""`: requests that name no target).
+    pub authn: HashMap<String, Arc<crate::jwt::Authenticator>>,
 }
 
 /// Why a request failed inside the proxy; each maps to one status and an
@@ -495,7 +498,7 @@ impl Engine {
         &self,
         ctx: &mut Ctx,
         target: Option<&str>,
-        request: Request<Incoming>,
+        mut request: Request<Incoming>,
     ) -> Result<Response<Body>, L7Error> {
         let config = self.config.load_full();
         // Phase 1: route.
@@ -509,14 +512,30 @@ impl Engine {
         let route = select(routes, request.method(), request.uri(), request.headers())
             .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
         ctx.route = route.name.clone();
-        // Phase 2: rate limits.
+        // Phase 2: authentication (a JWT, when the request carries one).
+        let mut claims = None;
+        if let Some(authn) = config.authn.get(target.unwrap_or("")) {
+            let query = request.uri().query().map(str::to_owned);
+            match authn.authenticate(request.headers_mut(), query.as_deref()) {
+                Ok(Some(who)) => {
+                    ctx.access.request_principal = Some(who.principal);
+                    claims = Some(who.claims);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::info!(route = %route.name, error = %e, "request refused: invalid token");
+                    return Ok(status_response(401, &e.to_string()));
+                }
+            }
+        }
+        // Phase 3: rate limits.
         let mut limit_headers = None;
         if let Some(limiter) = config.limits.get(target.unwrap_or("")) {
             let principal = ctx.source.as_ref().map(ToString::to_string);
             let attributes = crate::ratelimit::Attributes {
                 principal: principal.as_deref(),
                 headers: Some(request.headers()),
-                claims: None,
+                claims: claims.as_ref(),
                 path: request.uri().path(),
                 method: request.method().as_str(),
             };
@@ -534,7 +553,7 @@ impl Engine {
                 limit_headers = Some(decision);
             }
         }
-        // Phase 3: fault injection.
+        // Phase 4: fault injection.
         if let Some(fault) = &route.fault {
             if let Some((percent, delay)) = fault.delay
                 && fastrand::f64() * 100.0 < percent
@@ -549,7 +568,7 @@ impl Engine {
                 return Ok(status_response(status, "fault filter abort"));
             }
         }
-        // Phase 4: redirect, answered here.
+        // Phase 5: redirect, answered here.
         if let Some(redirect) = &route.redirect {
             return Ok(redirect_response(redirect, &request));
         }
@@ -567,25 +586,25 @@ impl Engine {
             .admit()
             .await
             .ok_or_else(|| L7Error::Overflow(cluster.name.clone()))?;
-        // Phase 5: rewrite and request headers.
+        // Phase 6: rewrite and request headers.
         let (mut parts, body) = request.into_parts();
         if let Some(rewrite) = &route.rewrite {
             rewrite_request(rewrite, &mut parts)?;
         }
         route.request_headers.apply(&mut parts.headers);
-        // Phase 6: buffer for replay.
+        // Phase 7: buffer for replay.
         let payload = self.buffer(body).await?;
         if let Payload::Replayable(bytes) = &payload {
             ctx.access.bytes_received = bytes.len() as u64;
         }
-        // Phase 7: mirror.
+        // Phase 8: mirror.
         if let (Some(mirror), Payload::Replayable(bytes)) = (&route.mirror, &payload)
             && fastrand::f64() * 100.0 < mirror.percent
             && let Some(target) = config.clusters.get(&mirror.service)
         {
             self.mirror(target, &parts, bytes.clone());
         }
-        // Phase 8: upstream, within the overall timeout.
+        // Phase 9: upstream, within the overall timeout.
         let tries = self.upstream(ctx, route, &cluster, &parts, payload);
         let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, tries)
@@ -593,7 +612,7 @@ impl Engine {
                 .unwrap_or(Err(L7Error::Timeout)),
             None => tries.await,
         }?;
-        // Phase 9: response headers.
+        // Phase 10: response headers.
         route.response_headers.apply(response.headers_mut());
         if let Some(d) = &limit_headers {
             rate_limit_headers(response.headers_mut(), d, false);

@@ -27,6 +27,7 @@ pub mod config;
 pub mod engine;
 pub mod front;
 pub mod hbone;
+pub mod jwt;
 pub mod lb;
 pub mod metrics;
 pub mod proxy;

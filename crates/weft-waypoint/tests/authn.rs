@@ -1,0 +1,162 @@
+//! JWT authentication in the engine, with rate limits by claim: no token
+//! passes (default tier), a forged, expired or wrong-audience token is 401,
+//! a valid token's `tier` claim selects the platinum tier. Keys and tokens
+//! are made here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+use tokio::net::TcpListener;
+use weft_waypoint::jwt::{Authenticator, JwtRule};
+use weft_waypoint::ratelimit::{Attribute, RateLimiter, Rule, Store};
+use weft_waypoint::route::{Backend, Route};
+use weft_waypoint::{Cluster, Config, Engine, Metrics};
+
+const ISSUER: &str = "https://issuer.example";
+
+fn sign(key: &KeyPair, claims: serde_json::Value) -> String {
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some("k1".into());
+    let pem = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("pem");
+    encode(&header, &claims, &pem).expect("sign")
+}
+
+fn jwks(key: &KeyPair) -> jsonwebtoken::jwk::JwkSet {
+    let raw = key.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    serde_json::from_value(serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
+        "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+    }]}))
+    .expect("jwks")
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let b = app.local_addr().expect("addr");
+    tokio::spawn(weft_sample_app::serve_http(
+        app,
+        weft_sample_app::AppConfig::default(),
+        std::future::pending(),
+    ));
+    let rule = |name: &str, when: Vec<(Attribute, String)>, requests| Rule {
+        name: name.into(),
+        when,
+        count_by: vec![],
+        requests,
+        period: Duration::from_secs(3600),
+        burst: requests,
+    };
+    let config = Config {
+        routes: vec![Route {
+            name: "b".into(),
+            backends: vec![Backend {
+                service: "b".into(),
+                weight: 1,
+            }],
+            ..Route::default()
+        }],
+        clusters: HashMap::from([("b".to_owned(), Arc::new(Cluster::new("b", vec![b])))]),
+        authn: HashMap::from([(
+            String::new(),
+            Arc::new(Authenticator {
+                rules: vec![JwtRule {
+                    issuer: ISSUER.into(),
+                    audiences: vec!["b".into()],
+                    keys: jwks(&key),
+                    locations: vec![],
+                    forward_original_token: false,
+                    claim_to_headers: vec![],
+                }],
+            }),
+        )]),
+        limits: HashMap::from([(
+            String::new(),
+            Arc::new(RateLimiter {
+                policy: "tiers".into(),
+                rules: vec![
+                    rule(
+                        "platinum",
+                        vec![(Attribute::Claim("tier".into()), "platinum".into())],
+                        3,
+                    ),
+                    rule("default", vec![], 2),
+                ],
+                store: Store::Local(std::sync::Mutex::default()),
+                signature: 0,
+            }),
+        )]),
+        ..Config::default()
+    };
+    let engine = Arc::new(Engine::new(config, Metrics::default()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(weft_waypoint::front::serve_http(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let call = |token: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::get(format!("http://{addr}/"));
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let r = client
+                .request(req.body(Empty::new()).expect("request"))
+                .await
+                .expect("response");
+            let status = r.status().as_u16();
+            let _ = r.into_body().collect().await;
+            status
+        }
+    };
+    let claims = |aud: &str, exp: u64| serde_json::json!({"iss": ISSUER, "sub": "alice", "aud": aud, "exp": exp, "tier": "platinum"});
+    // Refused tokens never reach the rate limit.
+    assert_eq!(
+        call(Some(sign(&forger, claims("b", now() + 600)))).await,
+        401,
+        "forged"
+    );
+    assert_eq!(
+        call(Some(sign(&key, claims("b", now() - 3600)))).await,
+        401,
+        "expired"
+    );
+    assert_eq!(
+        call(Some(sign(&key, claims("c", now() + 600)))).await,
+        401,
+        "wrong audience"
+    );
+    assert_eq!(call(Some("not.a.jwt".into())).await, 401, "malformed");
+    // No token: the default tier (2).
+    let anonymous: Vec<u16> = [call(None).await, call(None).await, call(None).await].into();
+    assert_eq!(anonymous, [200, 200, 429]);
+    // A valid platinum token: its own tier (3).
+    let valid = sign(&key, claims("b", now() + 600));
+    let mut platinum = Vec::new();
+    for _ in 0..4 {
+        platinum.push(call(Some(valid.clone())).await);
+    }
+    assert_eq!(platinum, [200, 200, 200, 429]);
+}
