@@ -25,7 +25,19 @@ spec:
 struct Guard(Child);
 
 impl Drop for Guard {
+    /// SIGTERM, so `weft up` stops its apps too; SIGKILL only as a last
+    /// resort (it would leave the apps running).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
