@@ -169,6 +169,72 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     snapshot.l7 = policies;
     translate_http_routes(r, snapshot, out);
     translate_rate_limits(r, snapshot, out);
+    translate_request_authentications(r, snapshot, out);
+}
+
+/// `RequestAuthentication` → the accepted issuers of its target services.
+fn translate_request_authentications(
+    r: &Resources,
+    snapshot: &mut Snapshot,
+    out: &mut Vec<Diagnostic>,
+) {
+    use weft_core::l7::JwtIssuer;
+    let mut all: Vec<&Resource<crate::kinds::RequestAuthenticationSpec>> = r
+        .request_authentications
+        .iter()
+        .map(|p| p.as_ref())
+        .collect();
+    all.sort_by(|a, b| a.name.cmp(&b.name));
+    for ra in all {
+        let issuers: Vec<JwtIssuer> = ra
+            .spec
+            .jwt_rules
+            .iter()
+            .map(|rule| JwtIssuer {
+                issuer: rule.issuer.clone(),
+                audiences: rule.audiences.clone(),
+                jwks: rule.jwks.clone().unwrap_or_default(),
+                from_headers: rule
+                    .from_headers
+                    .iter()
+                    .map(|h| (h.name.to_ascii_lowercase(), h.prefix.clone()))
+                    .collect(),
+                from_params: rule.from_params.clone(),
+                from_cookies: rule.from_cookies.clone(),
+                forward_original_token: rule.forward_original_token,
+                claim_to_headers: rule
+                    .output_claim_to_headers
+                    .iter()
+                    .map(|c| (c.header.to_ascii_lowercase(), c.claim.clone()))
+                    .collect(),
+            })
+            .collect();
+        let targets = ra.spec.target_ref.iter().chain(ra.spec.target_refs.iter());
+        for (i, target) in targets.enumerate() {
+            let ns = target.namespace.as_deref().unwrap_or(&ra.name.namespace);
+            let wanted = NamespacedName::new(ns, &target.name);
+            if !snapshot.services.contains_key(&wanted) {
+                let field = if i == 0 && ra.spec.target_ref.is_some() {
+                    "spec.targetRef.name".to_owned()
+                } else {
+                    format!("spec.targetRefs[{i}].name")
+                };
+                report(
+                    out,
+                    ra,
+                    &field,
+                    format!("no service {wanted} in the registry"),
+                );
+                continue;
+            }
+            snapshot
+                .l7
+                .entry(wanted)
+                .or_default()
+                .jwt
+                .extend(issuers.iter().cloned());
+        }
+    }
 }
 
 /// `RateLimitPolicy` → the target service's rate limits (one per service).

@@ -457,12 +457,12 @@ fn authorization_policy_l7_fields_and_bad_values_are_named() {
         (
             ap("  rules:\n  - to:\n    - operation: {methods: [GET]}\n"),
             "spec.rules[0].to[0].operation.methods",
-            "needs a waypoint",
+            "not supported yet",
         ),
         (
             ap("  rules:\n  - from:\n    - source: {requestPrincipals: [\"*\"]}\n"),
             "spec.rules[0].from[0].source.requestPrincipals",
-            "needs a waypoint",
+            "not supported yet",
         ),
         (ap("  action: CUSTOM\n"), "spec.action", "not supported yet"),
         (
@@ -1077,6 +1077,60 @@ fn rate_limit_policy_mistakes_are_named() {
                 "  targetRef: {name: reviews}\n  failureMode: maybe\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
             ),
             "\"maybe\": use open or closed",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let text = load(&yaml).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+}
+
+#[test]
+fn request_authentication_attaches_issuers_to_services() {
+    let jwks =
+        r#"{"keys": [{"kty": "EC", "crv": "P-256", "kid": "k1", "x": "AAAA", "y": "AAAA"}]}"#;
+    let ra = |spec: &str| {
+        format!(
+            "{REVIEWS}---\napiVersion: security.istio.io/v1\nkind: RequestAuthentication\nmetadata: {{name: jwt, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let ok = ra(&format!(
+        "  targetRef: {{kind: Service, name: reviews}}\n  jwtRules:\n  - issuer: https://issuer.example\n    audiences: [reviews]\n    jwks: '{jwks}'\n    fromHeaders: [{{name: X-Token, prefix: ''}}]\n    outputClaimToHeaders: [{{header: X-Tier, claim: tier}}]\n"
+    ));
+    let config = load_ok(&ok);
+    let jwt = &config.snapshot.l7[&name("shop", "reviews")].jwt;
+    assert_eq!(jwt[0].issuer, "https://issuer.example");
+    assert_eq!(jwt[0].from_headers, [("x-token".to_owned(), String::new())]);
+    assert_eq!(
+        jwt[0].claim_to_headers,
+        [("x-tier".to_owned(), "tier".to_owned())]
+    );
+    let cases = [
+        (
+            ra(
+                "  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwksUri: 'https://i/keys'}]\n",
+            ),
+            "spec.jwtRules[0].jwksUri: is not supported by weft",
+        ),
+        (
+            ra(
+                "  selector: {matchLabels: {app: reviews}}\n  jwtRules: [{issuer: i, jwks: '{}'}]\n",
+            ),
+            "attach with targetRef",
+        ),
+        (
+            ra("  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwks: 'nope'}]\n"),
+            "spec.jwtRules[0].jwks: not JSON",
+        ),
+        (
+            ra("  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwks: '{\"keys\": []}'}]\n"),
+            "at least one key",
+        ),
+        (
+            ra(&format!(
+                "  targetRef: {{name: ratings}}\n  jwtRules: [{{issuer: i, jwks: '{jwks}'}}]\n"
+            )),
+            "no service shop/ratings",
         ),
     ];
     for (yaml, want) in cases {

@@ -24,6 +24,31 @@ pub struct L7Policy {
     /// Rate limits on requests to this service.
     #[serde(default)]
     pub rate_limit: Option<RateLimit>,
+    /// JWT issuers whose tokens it accepts (`RequestAuthentication`).
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuer>,
+}
+
+/// One accepted JWT issuer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JwtIssuer {
+    /// `iss`.
+    pub issuer: String,
+    /// Accepted audiences (empty: any).
+    pub audiences: Vec<String>,
+    /// The JWKS, as JSON.
+    pub jwks: String,
+    /// Headers (name, prefix) carrying the token; all empty: the default
+    /// `Authorization: Bearer`.
+    pub from_headers: Vec<(String, String)>,
+    /// Query parameters carrying it.
+    pub from_params: Vec<String>,
+    /// Cookies carrying it.
+    pub from_cookies: Vec<String>,
+    /// Keep the token on the forwarded request.
+    pub forward_original_token: bool,
+    /// (header, claim) copies.
+    pub claim_to_headers: Vec<(String, String)>,
 }
 
 /// A request attribute rate limits match on or count by.

@@ -38,6 +38,35 @@ pub struct Services {
     pub redis: HashMap<String, redis::aio::ConnectionManager>,
 }
 
+/// The JWT authenticator for a service's issuers (a JWKS that does not
+/// parse — validation makes that rare — leaves that issuer without keys,
+/// so its tokens are refused).
+fn authenticator(issuers: &[l7::JwtIssuer]) -> crate::jwt::Authenticator {
+    use crate::jwt::{JwtRule, Location};
+    crate::jwt::Authenticator {
+        rules: issuers
+            .iter()
+            .map(|i| JwtRule {
+                issuer: i.issuer.clone(),
+                audiences: i.audiences.clone(),
+                keys: serde_json::from_str(&i.jwks).unwrap_or_else(|e| {
+                    tracing::warn!(issuer = %i.issuer, error = %e, "JWKS not understood; tokens of this issuer are refused");
+                    jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
+                }),
+                locations: i
+                    .from_headers
+                    .iter()
+                    .map(|(n, p)| Location::Header(n.clone(), p.clone()))
+                    .chain(i.from_params.iter().map(|q| Location::Query(q.clone())))
+                    .chain(i.from_cookies.iter().map(|c| Location::Cookie(c.clone())))
+                    .collect(),
+                forward_original_token: i.forward_original_token,
+                claim_to_headers: i.claim_to_headers.clone(),
+            })
+            .collect(),
+    }
+}
+
 /// The rate limiter for `limit`, reusing `previous` when built from the
 /// same policy (so local counts survive configuration changes).
 fn limiter(
@@ -134,6 +163,15 @@ pub fn config_for(
                 }],
             };
             let target = format!("{service}:{port}");
+            if let Some(issuers) = policies
+                .get(service)
+                .map(|p| &p.jwt)
+                .filter(|j| !j.is_empty())
+            {
+                config
+                    .authn
+                    .insert(target.clone(), Arc::new(authenticator(issuers)));
+            }
             if let Some(limit) = policies.get(service).and_then(|p| p.rate_limit.as_ref()) {
                 let previous = previous.and_then(|p| p.limits.get(&target));
                 config
@@ -481,6 +519,7 @@ mod tests {
                     burst: 100,
                 }],
             }),
+            jwt: vec![],
         };
         let services = Services {
             policies: Policies::from([("shop/reviews".to_owned(), policy)]),

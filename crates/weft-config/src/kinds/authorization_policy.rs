@@ -132,8 +132,7 @@ pub struct ConditionSpec {
     pub not_values: Vec<String>,
 }
 
-const NEEDS_WAYPOINT: &str =
-    "request-level (L7) matching needs a waypoint, which this version of weft does not have yet";
+const NEEDS_WAYPOINT: &str = "request-level (L7) authorization in waypoints is not supported yet; use L4 fields (principals, namespaces, ipBlocks, ports)";
 
 impl Spec for AuthorizationPolicySpec {
     const KIND: &'static str = "AuthorizationPolicy";

@@ -18,6 +18,7 @@ pub mod http_route;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod rate_limit_policy;
+pub mod request_authentication;
 pub mod service_entry;
 pub mod virtual_service;
 pub mod workload_entry;
@@ -29,6 +30,7 @@ pub use http_route::HttpRouteSpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
 pub use rate_limit_policy::RateLimitPolicySpec;
+pub use request_authentication::RequestAuthenticationSpec;
 pub use service_entry::ServiceEntrySpec;
 pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
@@ -58,6 +60,8 @@ pub struct Resources {
     pub grpc_routes: Vec<Arc<Resource<GrpcRouteSpec>>>,
     /// weft `RateLimitPolicy`.
     pub rate_limit_policies: Vec<Arc<Resource<RateLimitPolicySpec>>>,
+    /// Istio `RequestAuthentication`.
+    pub request_authentications: Vec<Arc<Resource<RequestAuthenticationSpec>>>,
 }
 
 impl Resources {
@@ -73,6 +77,7 @@ impl Resources {
             + self.http_routes.len()
             + self.grpc_routes.len()
             + self.rate_limit_policies.len()
+            + self.request_authentications.len()
     }
 
     /// Whether there are none.
@@ -99,6 +104,8 @@ impl Resources {
         self.grpc_routes.extend(other.grpc_routes.iter().cloned());
         self.rate_limit_policies
             .extend(other.rate_limit_policies.iter().cloned());
+        self.request_authentications
+            .extend(other.request_authentications.iter().cloned());
     }
 }
 
@@ -163,6 +170,15 @@ pub(crate) const KINDS: &[KindDef] = &[
         kind: "AuthorizationPolicy",
         add: |v, o, r, out| {
             r.authorization_policies
+                .extend(decode(v, o, out).map(Arc::new))
+        },
+    },
+    KindDef {
+        group: ISTIO_SECURITY,
+        versions: &["v1", "v1beta1"],
+        kind: "RequestAuthentication",
+        add: |v, o, r, out| {
+            r.request_authentications
                 .extend(decode(v, o, out).map(Arc::new))
         },
     },
