@@ -14,10 +14,11 @@
 //! connection per tunnel, for the service the tunnel names), HBONE out to
 //! endpoints ([`hbone`]), configuration from the config stream.
 //!
-//! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis.
+//! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis;
+//! JWT authentication ([`jwt`]) verifies tokens against inline JWKS.
 //!
-//! Still to come (issue 7): JWT authentication, L7 authorization, external
-//! authorization, the ingress gateway.
+//! Still to come (issue 7): fetched JWKS, L7 authorization, external
+//! authorization, API keys, the ingress gateway.
 
 #![forbid(unsafe_code)]
 
