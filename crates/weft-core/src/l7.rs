@@ -27,6 +27,99 @@ pub struct L7Policy {
     /// JWT issuers whose tokens it accepts (`RequestAuthentication`).
     #[serde(default)]
     pub jwt: Vec<JwtIssuer>,
+    /// Request-level authorization policies (`AuthorizationPolicy`
+    /// attached to the service).
+    #[serde(default)]
+    pub authz: Vec<L7Authz>,
+}
+
+/// What an authorization policy does when it matches.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthzAction {
+    /// Only matching requests pass (when any ALLOW policy applies).
+    #[default]
+    Allow,
+    /// Matching requests are refused.
+    Deny,
+    /// Matching requests are logged.
+    Audit,
+}
+
+/// A request-level authorization policy.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Authz {
+    /// `namespace/name`.
+    pub policy: String,
+    /// Its action.
+    pub action: AuthzAction,
+    /// Evaluated and logged, never enforced (`istio.io/dry-run`).
+    pub dry_run: bool,
+    /// Rules, any one matches.
+    pub rules: Vec<L7AuthzRule>,
+}
+
+/// One rule: any source, any operation, every condition.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7AuthzRule {
+    /// Sources (empty: any).
+    pub from: Vec<L7Source>,
+    /// Operations (empty: any).
+    pub to: Vec<L7Operation>,
+    /// Conditions.
+    pub when: Vec<L7Condition>,
+}
+
+/// `from[].source`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Source {
+    /// Peer identities (`td/ns/<ns>/sa/<sa>`, wildcards).
+    pub principals: Vec<String>,
+    /// Not these.
+    pub not_principals: Vec<String>,
+    /// Peer namespaces.
+    pub namespaces: Vec<String>,
+    /// Not these.
+    pub not_namespaces: Vec<String>,
+    /// JWT `iss/sub` values.
+    pub request_principals: Vec<String>,
+    /// Not these.
+    pub not_request_principals: Vec<String>,
+    /// Peer addresses or CIDRs.
+    pub ip_blocks: Vec<String>,
+    /// Not these.
+    pub not_ip_blocks: Vec<String>,
+}
+
+/// `to[].operation`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Operation {
+    /// Hosts.
+    pub hosts: Vec<String>,
+    /// Not these.
+    pub not_hosts: Vec<String>,
+    /// Ports (as strings, as in Istio).
+    pub ports: Vec<String>,
+    /// Not these.
+    pub not_ports: Vec<String>,
+    /// Methods.
+    pub methods: Vec<String>,
+    /// Not these.
+    pub not_methods: Vec<String>,
+    /// Paths (wildcards).
+    pub paths: Vec<String>,
+    /// Not these.
+    pub not_paths: Vec<String>,
+}
+
+/// `when[]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L7Condition {
+    /// The attribute, e.g. `request.auth.claims[group]`.
+    pub key: String,
+    /// Values, any one.
+    pub values: Vec<String>,
+    /// Values that must not match.
+    pub not_values: Vec<String>,
 }
 
 /// One accepted JWT issuer.

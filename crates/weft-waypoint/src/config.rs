@@ -163,6 +163,13 @@ pub fn config_for(
                 }],
             };
             let target = format!("{service}:{port}");
+            if let Some(authz) = policies
+                .get(service)
+                .map(|p| &p.authz)
+                .filter(|a| !a.is_empty())
+            {
+                config.authz.insert(target.clone(), Arc::new(authz.clone()));
+            }
             if let Some(issuers) = policies
                 .get(service)
                 .map(|p| &p.jwt)
@@ -520,6 +527,7 @@ mod tests {
                 }],
             }),
             jwt: vec![],
+            authz: vec![],
         };
         let services = Services {
             policies: Policies::from([("shop/reviews".to_owned(), policy)]),

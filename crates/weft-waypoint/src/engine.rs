@@ -196,6 +196,8 @@ pub struct Config {
     pub limits: HashMap<String, Arc<crate::ratelimit::RateLimiter>>,
     /// JWT authentication by target (`""`: requests that name no target).
     pub authn: HashMap<String, Arc<crate::jwt::Authenticator>>,
+    /// Request-level authorization policies by target.
+    pub authz: HashMap<String, Arc<Vec<weft_core::l7::L7Authz>>>,
 }
 
 /// Why a request failed inside the proxy; each maps to one status and an
@@ -526,6 +528,51 @@ impl Engine {
                     tracing::info!(route = %route.name, error = %e, "request refused: invalid token");
                     return Ok(status_response(401, &e.to_string()));
                 }
+            }
+        }
+        // Phase 2b: authorization.
+        if let Some(policies) = config.authz.get(target.unwrap_or("")) {
+            let principal = ctx.source.as_ref().map(|s| {
+                let s = s.to_string();
+                s.strip_prefix("spiffe://").unwrap_or(&s).to_owned()
+            });
+            let namespace = ctx.source.as_ref().map(|s| s.namespace().to_owned());
+            let host = request
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+                .unwrap_or_default();
+            let port = target
+                .and_then(|t| t.rsplit(':').next()?.parse().ok())
+                .unwrap_or(0);
+            let attributes = crate::authz::Request {
+                principal: principal.as_deref(),
+                namespace: namespace.as_deref(),
+                source_ip: request.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
+                request_principal: ctx.access.request_principal.as_deref(),
+                claims: claims.as_ref(),
+                host: &host,
+                port,
+                method: request.method().as_str(),
+                path: request.uri().path(),
+                headers: Some(request.headers()),
+            };
+            let decision = crate::authz::decide(policies, &attributes);
+            for shadow in &decision.shadow {
+                tracing::info!(policy = %shadow, path = %attributes.path, "authorization policy matched (not enforced)");
+            }
+            self.metrics
+                .authz(decision.policy.as_deref(), decision.allowed);
+            if !decision.allowed {
+                tracing::info!(
+                    policy = decision.policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
+                    rule = ?decision.rule,
+                    method = %attributes.method,
+                    path = %attributes.path,
+                    "request denied: RBAC: access denied"
+                );
+                return Ok(status_response(403, "RBAC: access denied"));
             }
         }
         // Phase 3: rate limits.

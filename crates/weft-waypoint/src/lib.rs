@@ -23,6 +23,7 @@
 #![forbid(unsafe_code)]
 
 pub mod access;
+pub mod authz;
 pub mod budget;
 pub mod config;
 pub mod engine;

@@ -53,6 +53,16 @@ pub struct Metrics {
     exhausted: Family<ServiceLabels, Counter>,
     try_timeouts: Family<ServiceLabels, Counter>,
     rate_limits: Family<RateLimitLabels, Counter>,
+    authz: Family<AuthzLabels, Counter>,
+}
+
+/// Labels of an authorization decision.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuthzLabels {
+    /// The deciding policy, or `-` when no ALLOW policy matched.
+    pub policy: String,
+    /// `allowed` or `denied`.
+    pub decision: &'static str,
 }
 
 /// Labels of a rate-limit decision.
@@ -91,6 +101,7 @@ impl Default for Metrics {
             exhausted: Family::default(),
             try_timeouts: Family::default(),
             rate_limits: Family::default(),
+            authz: Family::default(),
         }
     }
 }
@@ -129,6 +140,11 @@ impl Metrics {
             "weft_retry_budget_exhausted",
             "Retries not sent because the retry budget was exhausted (the original failure was returned)",
             self.exhausted.clone(),
+        );
+        registry.register(
+            "weft_authz_decisions",
+            "Request-level authorization decisions by deciding policy",
+            self.authz.clone(),
         );
         registry.register(
             "weft_ratelimit_decisions",
@@ -178,6 +194,15 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(ctx.access.bytes_sent as f64);
         tracing::info!(target: "weft::access", tries = ctx.tries, "{}", ctx.access.line());
+    }
+
+    pub(crate) fn authz(&self, policy: Option<&str>, allowed: bool) {
+        self.authz
+            .get_or_create(&AuthzLabels {
+                policy: policy.unwrap_or("-").to_owned(),
+                decision: if allowed { "allowed" } else { "denied" },
+            })
+            .inc();
     }
 
     pub(crate) fn rate_limit(&self, policy: &str, d: &crate::ratelimit::Decision) {

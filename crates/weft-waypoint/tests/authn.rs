@@ -160,3 +160,119 @@ async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
     }
     assert_eq!(platinum, [200, 200, 200, 429]);
 }
+
+/// Scenario 5's shape in the engine: B requires a JWT from its issuer with
+/// a given claim. Missing → 403 by policy; forged → 401; valid without the
+/// claim → 403; valid with it → 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_requires_a_verified_token_with_a_claim() {
+    use weft_core::l7::{AuthzAction, L7Authz, L7AuthzRule, L7Condition, L7Source};
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let b = app.local_addr().expect("addr");
+    tokio::spawn(weft_sample_app::serve_http(
+        app,
+        weft_sample_app::AppConfig::default(),
+        std::future::pending(),
+    ));
+    let policy = L7Authz {
+        policy: "shop/b-needs-platinum".into(),
+        action: AuthzAction::Allow,
+        dry_run: false,
+        rules: vec![L7AuthzRule {
+            from: vec![L7Source {
+                request_principals: vec![format!("{ISSUER}/*")],
+                ..L7Source::default()
+            }],
+            when: vec![L7Condition {
+                key: "request.auth.claims[tier]".into(),
+                values: vec!["platinum".into()],
+                not_values: vec![],
+            }],
+            ..L7AuthzRule::default()
+        }],
+    };
+    let config = Config {
+        routes: vec![Route {
+            name: "b".into(),
+            backends: vec![Backend {
+                service: "b".into(),
+                weight: 1,
+            }],
+            ..Route::default()
+        }],
+        clusters: HashMap::from([("b".to_owned(), Arc::new(Cluster::new("b", vec![b])))]),
+        authn: HashMap::from([(
+            String::new(),
+            Arc::new(Authenticator {
+                rules: vec![JwtRule {
+                    issuer: ISSUER.into(),
+                    audiences: vec!["b".into()],
+                    keys: jwks(&key),
+                    locations: vec![],
+                    forward_original_token: false,
+                    claim_to_headers: vec![],
+                }],
+            }),
+        )]),
+        authz: HashMap::from([(String::new(), Arc::new(vec![policy]))]),
+        ..Config::default()
+    };
+    let metrics = Metrics::default();
+    let engine = Arc::new(Engine::new(config, metrics.clone()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(weft_waypoint::front::serve_http(
+        listener,
+        engine,
+        std::future::pending(),
+    ));
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let call = |token: Option<String>| {
+        let client = client.clone();
+        async move {
+            let mut req = http::Request::get(format!("http://{addr}/"));
+            if let Some(t) = token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            let r = client
+                .request(req.body(Empty::new()).expect("request"))
+                .await
+                .expect("response");
+            let status = r.status().as_u16();
+            let body = r.into_body().collect().await.expect("body").to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let claims = |tier: &str| serde_json::json!({"iss": ISSUER, "sub": "alice", "aud": "b", "exp": now() + 600, "tier": tier});
+    let (status, body) = call(None).await;
+    assert_eq!(
+        (status, body.trim()),
+        (403, "RBAC: access denied"),
+        "missing token"
+    );
+    assert_eq!(
+        call(Some(sign(&forger, claims("platinum")))).await.0,
+        401,
+        "forged"
+    );
+    assert_eq!(
+        call(Some(sign(&key, claims("gold")))).await.0,
+        403,
+        "no claim"
+    );
+    assert_eq!(
+        call(Some(sign(&key, claims("platinum")))).await.0,
+        200,
+        "valid"
+    );
+    let text = metrics.encode();
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("weft_authz_decisions_total{")
+                && l.contains("policy=\"shop/b-needs-platinum\"")
+                && l.contains("decision=\"allowed\"")),
+        "{text}"
+    );
+}
