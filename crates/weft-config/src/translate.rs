@@ -64,7 +64,13 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
             .services
             .insert(se.name.clone(), service(se, endpoints));
     }
-    for ap in &r.authorization_policies {
+    // Policies attached to services are enforced by their waypoints
+    // (translate_l7); the rest by node proxies.
+    for ap in r
+        .authorization_policies
+        .iter()
+        .filter(|p| !p.spec.attached())
+    {
         snapshot.policies.insert(ap.name.clone(), policy(ap));
     }
     for w in snapshot.workloads.values_mut() {

@@ -170,6 +170,105 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     translate_http_routes(r, snapshot, out);
     translate_rate_limits(r, snapshot, out);
     translate_request_authentications(r, snapshot, out);
+    translate_waypoint_policies(r, snapshot, out);
+}
+
+/// `AuthorizationPolicy` attached with `targetRef(s)` → the request-level
+/// policies of those services (enforced by their waypoints).
+fn translate_waypoint_policies(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
+    use crate::kinds::authorization_policy::ActionSpec;
+    use weft_core::l7::{AuthzAction, L7Authz, L7AuthzRule, L7Condition, L7Operation, L7Source};
+    let mut attached: Vec<&Resource<crate::kinds::AuthorizationPolicySpec>> = r
+        .authorization_policies
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.spec.attached())
+        .collect();
+    attached.sort_by(|a, b| a.name.cmp(&b.name));
+    for ap in attached {
+        let policy = L7Authz {
+            policy: ap.name.to_string(),
+            action: match ap.spec.action {
+                Some(ActionSpec::Deny) => AuthzAction::Deny,
+                Some(ActionSpec::Audit) => AuthzAction::Audit,
+                _ => AuthzAction::Allow,
+            },
+            dry_run: ap
+                .annotations
+                .get("istio.io/dry-run")
+                .is_some_and(|v| v == "true"),
+            rules: ap
+                .spec
+                .rules
+                .iter()
+                .map(|rule| L7AuthzRule {
+                    from: rule
+                        .from
+                        .iter()
+                        .map(|f| {
+                            let s = &f.source;
+                            L7Source {
+                                principals: s.principals.clone(),
+                                not_principals: s.not_principals.clone(),
+                                namespaces: s.namespaces.clone(),
+                                not_namespaces: s.not_namespaces.clone(),
+                                request_principals: s.request_principals.clone(),
+                                not_request_principals: s.not_request_principals.clone(),
+                                ip_blocks: s.ip_blocks.clone(),
+                                not_ip_blocks: s.not_ip_blocks.clone(),
+                            }
+                        })
+                        .collect(),
+                    to: rule
+                        .to
+                        .iter()
+                        .map(|t| {
+                            let o = &t.operation;
+                            L7Operation {
+                                hosts: o.hosts.clone(),
+                                not_hosts: o.not_hosts.clone(),
+                                ports: o.ports.clone(),
+                                not_ports: o.not_ports.clone(),
+                                methods: o.methods.clone(),
+                                not_methods: o.not_methods.clone(),
+                                paths: o.paths.clone(),
+                                not_paths: o.not_paths.clone(),
+                            }
+                        })
+                        .collect(),
+                    when: rule
+                        .when
+                        .iter()
+                        .map(|c| L7Condition {
+                            key: c.key.clone(),
+                            values: c.values.clone(),
+                            not_values: c.not_values.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
+        };
+        let targets = ap.spec.target_ref.iter().chain(ap.spec.target_refs.iter());
+        for target in targets {
+            let ns = target.namespace.as_deref().unwrap_or(&ap.name.namespace);
+            let wanted = NamespacedName::new(ns, &target.name);
+            if !snapshot.services.contains_key(&wanted) {
+                report(
+                    out,
+                    ap,
+                    "spec.targetRef.name",
+                    format!("no service {wanted} in the registry"),
+                );
+                continue;
+            }
+            snapshot
+                .l7
+                .entry(wanted)
+                .or_default()
+                .authz
+                .push(policy.clone());
+        }
+    }
 }
 
 /// `RequestAuthentication` → the accepted issuers of its target services.

@@ -457,12 +457,12 @@ fn authorization_policy_l7_fields_and_bad_values_are_named() {
         (
             ap("  rules:\n  - to:\n    - operation: {methods: [GET]}\n"),
             "spec.rules[0].to[0].operation.methods",
-            "not supported yet",
+            "need targetRef",
         ),
         (
             ap("  rules:\n  - from:\n    - source: {requestPrincipals: [\"*\"]}\n"),
             "spec.rules[0].from[0].source.requestPrincipals",
-            "not supported yet",
+            "need targetRef",
         ),
         (ap("  action: CUSTOM\n"), "spec.action", "not supported yet"),
         (
@@ -1137,4 +1137,47 @@ fn request_authentication_attaches_issuers_to_services() {
         let text = load(&yaml).expect_err(want).to_string();
         assert!(text.contains(want), "want {want:?} in:\n{text}");
     }
+}
+
+#[test]
+fn authorization_policy_attached_to_a_service_goes_to_its_waypoint() {
+    let yaml = format!(
+        "{REVIEWS}---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: reviews-jwt
+  namespace: shop
+  annotations: {{istio.io/dry-run: 'true'}}
+spec:
+  targetRef: {{kind: Service, name: reviews}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ['https://issuer.example/*']}}}}]
+    to: [{{operation: {{methods: [GET], paths: ['/reviews/*']}}}}]
+    when: [{{key: 'request.auth.claims[tier]', values: [platinum]}}]
+"
+    );
+    use weft_core::l7::AuthzAction;
+    let config = load_ok(&yaml);
+    assert!(
+        config.snapshot.policies.is_empty(),
+        "not a node-proxy policy"
+    );
+    let authz = &config.snapshot.l7[&name("shop", "reviews")].authz;
+    assert_eq!(authz[0].policy, "shop/reviews-jwt");
+    assert_eq!(authz[0].action, AuthzAction::Allow);
+    assert!(authz[0].dry_run);
+    assert_eq!(
+        authz[0].rules[0].from[0].request_principals,
+        ["https://issuer.example/*"]
+    );
+    assert_eq!(authz[0].rules[0].to[0].paths, ["/reviews/*"]);
+    assert_eq!(authz[0].rules[0].when[0].key, "request.auth.claims[tier]");
+    let bad = yaml.replace("request.auth.claims[tier]", "request.time");
+    let text = load(&bad).expect_err("unknown key").to_string();
+    assert!(
+        text.contains("\"request.time\" is not an attribute weft can check"),
+        "{text}"
+    );
 }

@@ -619,3 +619,136 @@ async fn rate_limit_policy_applies_per_caller_in_the_waypoint() {
     );
     mesh.stop();
 }
+
+/// Scenario 5 through node proxies and the waypoint: B accepts JWTs from
+/// its issuer (`RequestAuthentication`, keys inline) and requires one with
+/// `tier: platinum` (`AuthorizationPolicy` attached to B). No token → 403 by
+/// policy; forged → 401; valid without the claim → 403; valid → 200.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_and_request_level_policy_through_the_mesh() {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let raw = key.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
+        "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+    }]})
+    .to_string();
+    let config = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata:
+  name: secure
+  namespace: shop
+  labels: {{istio.io/use-waypoint: sec-waypoint}}
+spec:
+  hosts: [secure.shop.svc.cluster.local]
+  addresses: [240.240.7.5]
+  location: MESH_INTERNAL
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: secure}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: sec-client
+  namespace: shop
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9006=secure.shop.svc.cluster.local:80"
+spec:
+  address: 127.0.1.171
+  labels: {{app: sec-client, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: sec-waypoint, namespace: shop}}
+spec:
+  address: 127.0.1.170
+  labels: {{weft.dev/waypoint: "true", weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: secure-1, namespace: shop}}
+spec:
+  address: 127.0.2.172
+  labels: {{app: secure, weft.dev/node: node-2}}
+---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: secure-jwt, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: secure}}
+  jwtRules:
+  - issuer: https://issuer.example
+    audiences: [secure]
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: secure-platinum, namespace: shop}}
+spec:
+  targetRef: {{kind: Service, name: secure}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{requestPrincipals: ['https://issuer.example/*']}}}}]
+    when: [{{key: 'request.auth.claims[tier]', values: [platinum]}}]
+"#
+    );
+    let mesh = Mesh::start(&config, "shop/sec-waypoint", "127.0.1.170").await;
+    app("127.0.2.172:8080", "secure-1").await;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let token = |signer: &KeyPair, tier: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let pem = EncodingKey::from_ec_pem(signer.serialize_pem().as_bytes()).expect("pem");
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example", "sub": "alice", "aud": "secure",
+            "exp": now + 600, "tier": tier,
+        });
+        format!(
+            "authorization: Bearer {}\r\n",
+            encode(&header, &claims, &pem).expect("sign")
+        )
+    };
+    let status = |headers: String| async move {
+        get_with("127.0.1.171:9006", &headers)
+            .await
+            .and_then(|r| r.get(9..12).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    // Readiness: the policy is in force once a valid token gets through.
+    let started = Instant::now();
+    while status(token(&key, "platinum")).await != "200" {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "mesh not ready"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        status(String::new()).await,
+        "403",
+        "no token: denied by policy"
+    );
+    assert_eq!(
+        status(token(&forger, "platinum")).await,
+        "401",
+        "forged signature"
+    );
+    assert_eq!(
+        status(token(&key, "gold")).await,
+        "403",
+        "valid, without the claim"
+    );
+    assert_eq!(status(token(&key, "platinum")).await, "200", "valid");
+    mesh.stop();
+}

@@ -24,6 +24,19 @@ pub struct AuthorizationPolicySpec {
     /// Rules, OR-ed.
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// The service whose waypoint enforces this policy (request-level
+    /// fields need one).
+    pub target_ref: Option<crate::kinds::http_route::RefSpec>,
+    /// Several services.
+    #[serde(default)]
+    pub target_refs: Vec<crate::kinds::http_route::RefSpec>,
+}
+
+impl AuthorizationPolicySpec {
+    /// Whether a waypoint enforces it (it names services).
+    pub fn attached(&self) -> bool {
+        self.target_ref.is_some() || !self.target_refs.is_empty()
+    }
 }
 
 /// `spec.selector`.
@@ -96,6 +109,12 @@ pub struct SourceSpec {
     /// IPs or CIDRs that must not match.
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
+    /// JWT `iss/sub` values (waypoints).
+    #[serde(default)]
+    pub request_principals: Vec<String>,
+    /// Not these.
+    #[serde(default)]
+    pub not_request_principals: Vec<String>,
 }
 
 /// `rules[].to[]`.
@@ -116,6 +135,24 @@ pub struct OperationSpec {
     /// Ports that must not match.
     #[serde(default)]
     pub not_ports: Vec<String>,
+    /// Hosts (waypoints).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Not these.
+    #[serde(default)]
+    pub not_hosts: Vec<String>,
+    /// Methods (waypoints).
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Not these.
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    /// Paths, with `*` wildcards (waypoints).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Not these.
+    #[serde(default)]
+    pub not_paths: Vec<String>,
 }
 
 /// `rules[].when[]`.
@@ -132,43 +169,77 @@ pub struct ConditionSpec {
     pub not_values: Vec<String>,
 }
 
-const NEEDS_WAYPOINT: &str = "request-level (L7) authorization in waypoints is not supported yet; use L4 fields (principals, namespaces, ipBlocks, ports)";
+const NEEDS_WAYPOINT: &str = "is not supported yet";
+
+/// The `when` keys waypoints evaluate (request level).
+pub const L7_KEYS: &str = "request.auth.claims[<name>], request.headers[<name>], request.auth.principal, source.principal, source.namespace, source.ip, remote.ip, destination.port";
+
+fn l7_key(key: &str) -> bool {
+    (key.starts_with("request.auth.claims[") || key.starts_with("request.headers["))
+        && key.ends_with(']')
+        || matches!(
+            key,
+            "request.auth.principal"
+                | "source.principal"
+                | "source.namespace"
+                | "source.ip"
+                | "remote.ip"
+                | "destination.port"
+        )
+}
 
 impl Spec for AuthorizationPolicySpec {
     const KIND: &'static str = "AuthorizationPolicy";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        ("spec.rules.from.source.requestPrincipals", NEEDS_WAYPOINT),
-        (
-            "spec.rules.from.source.notRequestPrincipals",
-            NEEDS_WAYPOINT,
-        ),
         ("spec.rules.from.source.remoteIpBlocks", NEEDS_WAYPOINT),
         ("spec.rules.from.source.notRemoteIpBlocks", NEEDS_WAYPOINT),
-        ("spec.rules.to.operation.hosts", NEEDS_WAYPOINT),
-        ("spec.rules.to.operation.notHosts", NEEDS_WAYPOINT),
-        ("spec.rules.to.operation.methods", NEEDS_WAYPOINT),
-        ("spec.rules.to.operation.notMethods", NEEDS_WAYPOINT),
-        ("spec.rules.to.operation.paths", NEEDS_WAYPOINT),
-        ("spec.rules.to.operation.notPaths", NEEDS_WAYPOINT),
         (
             "spec.provider",
             "CUSTOM actions (external authorization) are not supported yet",
         ),
-        (
-            "spec.targetRef",
-            "policies attached with targetRef need a waypoint; use selector",
-        ),
-        (
-            "spec.targetRefs",
-            "policies attached with targetRefs need a waypoint; use selector",
-        ),
     ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
+        let attached = self.attached();
+        if attached && self.selector.is_some() {
+            ctx.error("spec.selector", "use selector or targetRef, not both");
+        }
+        // Request-level fields need a waypoint: the policy must name services.
+        if !attached {
+            for (r, rule) in self.rules.iter().enumerate() {
+                for (f, from) in rule.from.iter().enumerate() {
+                    let s = &from.source;
+                    if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
+                        ctx.error(
+                            &format!("spec.rules[{r}].from[{f}].source.requestPrincipals"),
+                            "request-level fields need targetRef: attach the policy to a service, whose waypoint enforces it",
+                        );
+                    }
+                }
+                for (t, to) in rule.to.iter().enumerate() {
+                    let o = &to.operation;
+                    for (name, list) in [
+                        ("hosts", &o.hosts),
+                        ("notHosts", &o.not_hosts),
+                        ("methods", &o.methods),
+                        ("notMethods", &o.not_methods),
+                        ("paths", &o.paths),
+                        ("notPaths", &o.not_paths),
+                    ] {
+                        if !list.is_empty() {
+                            ctx.error(
+                                &format!("spec.rules[{r}].to[{t}].operation.{name}"),
+                                "request-level fields need targetRef: attach the policy to a service, whose waypoint enforces it",
+                            );
+                        }
+                    }
+                }
+            }
+        }
         match self.action {
-            Some(ActionSpec::Audit) => ctx.error(
+            Some(ActionSpec::Audit) if !attached => ctx.error(
                 "spec.action",
-                "AUDIT is not supported yet; use ALLOW or DENY",
+                "AUDIT is enforced by waypoints: attach the policy with targetRef, or use ALLOW or DENY",
             ),
             Some(ActionSpec::Custom) => ctx.error(
                 "spec.action",
@@ -219,6 +290,18 @@ impl Spec for AuthorizationPolicySpec {
             }
             for (w, cond) in rule.when.iter().enumerate() {
                 let base = format!("spec.rules[{r}].when[{w}]");
+                if attached {
+                    if !l7_key(&cond.key) {
+                        ctx.error(
+                            &format!("{base}.key"),
+                            format!(
+                                "{:?} is not an attribute weft can check; use one of {L7_KEYS}",
+                                cond.key
+                            ),
+                        );
+                    }
+                    continue;
+                }
                 match AuthzKey::parse(&cond.key) {
                     None => {
                         let known: Vec<&str> = AuthzKey::ALL.iter().map(|(n, _)| *n).collect();
