@@ -2,7 +2,8 @@
 //! with one [`Ctx`] carrying what they learn:
 //!
 //! 1. `route` — choose the route ([`crate::route::select`]);
-//! 2. `authenticate` — verify the request's JWT, if any ([`crate::jwt`]; 401);
+//! 2. `authenticate` — verify the request's JWT, if any ([`crate::jwt`]; 401),
+//!    then `authorize` ([`crate::authz`]; 403);
 //! 3. `rate limit` — the target's [`crate::ratelimit`] rules (429, `RL`);
 //! 4. `fault` — injected delays and aborts (flags `DI`, `FI`);
 //! 5. `redirect` — answered here when the route redirects;

@@ -15,10 +15,11 @@
 //! endpoints ([`hbone`]), configuration from the config stream.
 //!
 //! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis;
-//! JWT authentication ([`jwt`]) verifies tokens against inline JWKS.
+//! JWT authentication ([`jwt`]) verifies tokens against inline JWKS;
+//! request-level authorization ([`authz`]) is a pure decision.
 //!
-//! Still to come (issue 7): fetched JWKS, L7 authorization, external
-//! authorization, API keys, the ingress gateway.
+//! Still to come (issue 7): fetched JWKS, external authorization (CUSTOM),
+//! API keys, the ingress gateway.
 
 #![forbid(unsafe_code)]
 
