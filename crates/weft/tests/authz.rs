@@ -1,7 +1,8 @@
 //! `weft authz check` agrees with the live data path: the demo mesh runs
-//! (`weft up`) with a policy letting only orders call payments; each case
-//! is asked offline and then tried for real through the caller's SOCKS5
-//! port, and the two answers must match.
+//! (`weft up`) with a policy letting only orders call payments (node level)
+//! and one refusing DELETE on reviews (its waypoint, request level); each
+//! case is asked offline and then tried for real, and the answers must
+//! match.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -20,6 +21,16 @@ spec:
   action: ALLOW
   rules:
   - from: [{source: {principals: [cluster.local/ns/shop/sa/orders]}}]
+---
+# Enforced by reviews' waypoint, at request level.
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: reviews-read-only, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: reviews}
+  action: DENY
+  rules:
+  - to: [{operation: {methods: [DELETE, PUT]}}]
 ";
 
 struct Guard(Child);
@@ -68,12 +79,33 @@ fn live(socks: &str) -> bool {
     attempt().unwrap_or(false)
 }
 
+/// Through frontend's outbound listener to reviews (via its waypoint):
+/// the status of `method /`.
+fn live_reviews(method: &str) -> String {
+    let attempt = || -> std::io::Result<String> {
+        let mut conn = TcpStream::connect("127.0.1.10:9002")?;
+        conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+        write!(
+            conn,
+            "{method} / HTTP/1.1\r\nhost: reviews\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )?;
+        let mut response = String::new();
+        let _ = conn.read_to_string(&mut response);
+        Ok(response.get(9..12).unwrap_or_default().to_owned())
+    };
+    attempt().unwrap_or_default()
+}
+
 /// Offline: the exit status of `weft authz check`.
 fn offline(config: &Path, from: &str) -> bool {
+    offline_to(config, from, PAYMENTS, "GET")
+}
+
+fn offline_to(config: &Path, from: &str, to: &str, method: &str) -> bool {
     let status = Command::new(WEFT)
         .args(["authz", "check"])
         .arg(config)
-        .args(["--from", from, "--to", PAYMENTS])
+        .args(["--from", from, "--to", to, "--method", method])
         .stdout(Stdio::null())
         .status()
         .expect("weft authz check");
@@ -132,5 +164,17 @@ fn offline_answers_match_the_data_path() {
             "{from}: weft authz check said {said}, the mesh did {did}"
         );
         assert_eq!(did, expected, "{from}");
+    }
+    // Request level, in reviews' waypoint: reads pass, DELETE is refused.
+    let reviews = "reviews.shop.svc.cluster.local";
+    for (method, expected) in [("GET", "200"), ("DELETE", "403")] {
+        let did = live_reviews(method);
+        assert_eq!(did, expected, "{method} through the waypoint");
+        let said = offline_to(&config, "shop/frontend-1", reviews, method);
+        assert_eq!(
+            said,
+            did == "200",
+            "{method}: weft authz check said {said}, the mesh answered {did}"
+        );
     }
 }

@@ -1,9 +1,10 @@
 //! `weft authz check`: would this caller be allowed to reach this service?
-//! Answered offline from a configuration directory, with the same decision
-//! function the node proxies run (`weft_node::authz::explain` over the
-//! policies as the config stream carries them), naming the policy and rule
-//! that decided. L4 attributes today: identity, namespace, source address,
-//! port.
+//! Answered offline from a configuration directory, with the decision
+//! functions the proxies run, naming the policy and rule that decided:
+//! the waypoint's request-level decision (`weft_waypoint::authz::decide`)
+//! when the service has a waypoint and attached policies, and the
+//! destination node's L4 decision (`weft_node::authz::explain`) — which,
+//! behind a waypoint, sees the waypoint as the caller.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -45,6 +46,86 @@ struct CheckArgs {
     /// The caller's address (default: the workload's, if `--from` names one).
     #[arg(long)]
     source_ip: Option<IpAddr>,
+    /// Request method (request-level policies).
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// Request path (request-level policies).
+    #[arg(long, default_value = "/")]
+    path: String,
+    /// A request header, `name=value` (repeatable).
+    #[arg(long = "header", value_parser = pair)]
+    headers: Vec<(String, String)>,
+    /// A verified JWT claim, `name=value` (repeatable).
+    #[arg(long = "claim", value_parser = pair)]
+    claims: Vec<(String, String)>,
+    /// The verified JWT's `iss/sub`.
+    #[arg(long)]
+    request_principal: Option<String>,
+}
+
+fn pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?}: use name=value"))
+}
+
+/// The waypoint's request-level decision, when the service has one and
+/// policies attached to it; `None` otherwise.
+fn request_level(
+    args: &CheckArgs,
+    snapshot: &Snapshot,
+    service: &weft_core::model::Service,
+    port: u16,
+    identity: &Identity,
+    source_ip: IpAddr,
+) -> Result<Option<bool>, String> {
+    let policies = match snapshot.l7.get(&service.name) {
+        Some(p) if !p.authz.is_empty() && service.waypoint.is_some() => &p.authz,
+        _ => return Ok(None),
+    };
+    let mut headers = http::HeaderMap::new();
+    for (k, v) in &args.headers {
+        let name = http::HeaderName::from_bytes(k.to_ascii_lowercase().as_bytes())
+            .map_err(|e| format!("--header {k}: {e}"))?;
+        let value = http::HeaderValue::from_str(v).map_err(|e| format!("--header {k}: {e}"))?;
+        headers.insert(name, value);
+    }
+    let claims: std::collections::HashMap<String, String> = args.claims.iter().cloned().collect();
+    let principal = identity.to_string();
+    let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
+    let host = service.hosts.first().map_or("", String::as_str);
+    let request = weft_waypoint::authz::Request {
+        principal: Some(principal),
+        namespace: Some(identity.namespace()),
+        source_ip: Some(source_ip),
+        request_principal: args.request_principal.as_deref(),
+        claims: Some(&claims),
+        host,
+        port,
+        method: &args.method,
+        path: &args.path,
+        headers: Some(&headers),
+    };
+    let d = weft_waypoint::authz::decide(policies, &request);
+    let reason = match (&d.policy, d.allowed) {
+        (Some(p), true) => format!("allowed by ALLOW policy {p}"),
+        (Some(p), false) => format!("denied by DENY policy {p}"),
+        (None, true) => "no ALLOW policy applies".to_owned(),
+        (None, false) => "not allowed by any ALLOW policy".to_owned(),
+    };
+    let rule = d.rule.map(|r| format!(" (rule {r})")).unwrap_or_default();
+    println!(
+        "{:<5} {} -> {} {} {}  {reason}{rule} [waypoint, request level]",
+        if d.allowed { "ALLOW" } else { "DENY" },
+        identity,
+        service.name,
+        args.method,
+        args.path
+    );
+    for shadow in &d.shadow {
+        println!("      (matched, not enforced: {shadow})");
+    }
+    Ok(Some(d.allowed))
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -116,6 +197,26 @@ fn check(args: &CheckArgs) -> Result<bool, String> {
     };
     let mut all_allowed = true;
     let mut any = false;
+    if let Some(allowed) =
+        request_level(args, snapshot, service, port.number, &identity, source_ip)?
+    {
+        all_allowed &= allowed;
+    }
+    // Behind a waypoint, the destination node sees the waypoint as the caller.
+    let (identity, source_ip) = match service
+        .waypoint
+        .as_ref()
+        .and_then(|w| snapshot.workloads.get(w))
+    {
+        Some(w) => (
+            w.identity.clone(),
+            match w.address {
+                WorkloadAddress::Ip(ip) => ip,
+                WorkloadAddress::Hostname(_) => source_ip,
+            },
+        ),
+        None => (identity, source_ip),
+    };
     for w in snapshot.endpoints(service) {
         let WorkloadAddress::Ip(w_ip) = w.address else {
             continue;
