@@ -444,3 +444,21 @@ impl Default for LocalityLb {
         }
     }
 }
+
+/// The `when` keys waypoints evaluate, as operators read them.
+pub const WHEN_KEYS: &str = "request.auth.claims[<name>], request.headers[<name>], request.auth.principal, source.principal, source.namespace, source.ip, remote.ip, destination.port";
+
+/// Whether `key` is a `when` key waypoints evaluate.
+pub fn is_when_key(key: &str) -> bool {
+    (key.starts_with("request.auth.claims[") || key.starts_with("request.headers["))
+        && key.ends_with(']')
+        || matches!(
+            key,
+            "request.auth.principal"
+                | "source.principal"
+                | "source.namespace"
+                | "source.ip"
+                | "remote.ip"
+                | "destination.port"
+        )
+}

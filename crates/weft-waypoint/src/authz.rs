@@ -121,24 +121,6 @@ fn attribute(key: &str, r: &Request<'_>) -> Option<String> {
     }
 }
 
-/// The `when` keys weft evaluates.
-pub const WHEN_KEYS: &str = "request.auth.claims[<name>], request.headers[<name>], request.auth.principal, source.principal, source.namespace, source.ip, remote.ip, destination.port";
-
-/// Whether `key` is one weft evaluates.
-pub fn known_key(key: &str) -> bool {
-    (key.starts_with("request.auth.claims[") || key.starts_with("request.headers["))
-        && key.ends_with(']')
-        || matches!(
-            key,
-            "request.auth.principal"
-                | "source.principal"
-                | "source.namespace"
-                | "source.ip"
-                | "remote.ip"
-                | "destination.port"
-        )
-}
-
 fn condition_holds(c: &L7Condition, r: &Request<'_>) -> bool {
     let v = attribute(&c.key, r);
     let v = v.as_deref();
@@ -339,6 +321,9 @@ mod tests {
             d.shadow.is_empty(),
             "a non-matching dry-run policy leaves no trace"
         );
-        assert!(known_key("request.auth.claims[tier]") && !known_key("request.time"));
+        assert!(
+            weft_core::l7::is_when_key("request.auth.claims[tier]")
+                && !weft_core::l7::is_when_key("request.time")
+        );
     }
 }

@@ -43,8 +43,8 @@ pub struct Services {
 /// so its tokens are refused).
 fn authenticator(issuers: &[l7::JwtIssuer]) -> crate::jwt::Authenticator {
     use crate::jwt::{JwtRule, Location};
-    crate::jwt::Authenticator {
-        rules: issuers
+    crate::jwt::Authenticator::new(
+        issuers
             .iter()
             .map(|i| JwtRule {
                 issuer: i.issuer.clone(),
@@ -64,7 +64,7 @@ fn authenticator(issuers: &[l7::JwtIssuer]) -> crate::jwt::Authenticator {
                 claim_to_headers: i.claim_to_headers.clone(),
             })
             .collect(),
-    }
+    )
 }
 
 /// The rate limiter for `limit`, reusing `previous` when built from the
@@ -82,7 +82,7 @@ fn limiter(
         return kept.clone();
     }
     let store = match &limit.redis {
-        None => Store::Local(std::sync::Mutex::default()),
+        None => Store::Local(crate::ratelimit::LocalCounts::default()),
         Some(url) => match redis.get(url) {
             Some(conn) => Store::Global {
                 redis: conn.clone(),

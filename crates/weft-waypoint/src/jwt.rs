@@ -119,14 +119,41 @@ fn claim_text(v: &serde_json::Value) -> String {
     }
 }
 
-/// A service's authentication rules.
-#[derive(Debug, Clone, Default)]
+/// A service's authentication rules, with each issuer's keys decoded once.
+#[derive(Clone, Default)]
 pub struct Authenticator {
     /// Rules by issuer.
-    pub rules: Vec<JwtRule>,
+    rules: Vec<JwtRule>,
+    /// Per rule: (kid, key), from its JWKS (keys that do not decode are
+    /// skipped, so tokens needing them fail verification).
+    keys: Vec<Vec<(Option<String>, DecodingKey)>>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let issuers: Vec<&str> = self.rules.iter().map(|r| r.issuer.as_str()).collect();
+        write!(f, "Authenticator({issuers:?})")
+    }
 }
 
 impl Authenticator {
+    /// An authenticator for `rules`.
+    pub fn new(rules: Vec<JwtRule>) -> Self {
+        let keys = rules
+            .iter()
+            .map(|r| {
+                r.keys
+                    .keys
+                    .iter()
+                    .filter_map(|jwk| {
+                        Some((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk).ok()?))
+                    })
+                    .collect()
+            })
+            .collect();
+        Authenticator { rules, keys }
+    }
+
     /// Verifies the request's token, if it has one: `Ok(None)` without a
     /// token, `Ok(Some(..))` verified (the token removed from `headers`
     /// unless forwarded, claims copied to headers), `Err` refused.
@@ -153,10 +180,11 @@ impl Authenticator {
             return Err(JwtError::Malformed);
         }
         let issuer = issuer_of(&token).ok_or(JwtError::Malformed)?;
-        let rule = self
+        let (rule, keys) = self
             .rules
             .iter()
-            .find(|r| r.issuer == issuer)
+            .zip(&self.keys)
+            .find(|(r, _)| r.issuer == issuer)
             .ok_or(JwtError::UnknownIssuer)?;
         let header = jsonwebtoken::decode_header(&token).map_err(|_| JwtError::Malformed)?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -165,16 +193,11 @@ impl Authenticator {
                 header.alg
             )));
         }
-        let candidates = rule
-            .keys
-            .keys
+        let candidates = keys
             .iter()
-            .filter(|k| header.kid.is_none() || k.common.key_id == header.kid);
+            .filter(|(kid, _)| header.kid.is_none() || *kid == header.kid);
         let mut last = "no key matches the token's kid".to_owned();
-        for jwk in candidates {
-            let Ok(key) = DecodingKey::from_jwk(jwk) else {
-                continue;
-            };
+        for (_, key) in candidates {
             let mut validation = Validation::new(header.alg);
             validation.algorithms = vec![header.alg];
             validation.leeway = LEEWAY;
@@ -186,7 +209,7 @@ impl Authenticator {
                 validation.set_audience(&rule.audiences);
             }
             validation.set_required_spec_claims(&["exp", "iss"]);
-            match jsonwebtoken::decode::<serde_json::Value>(&token, &key, &validation) {
+            match jsonwebtoken::decode::<serde_json::Value>(&token, key, &validation) {
                 Ok(data) => {
                     let claims: HashMap<String, String> = data
                         .claims
@@ -282,19 +305,21 @@ mod tests {
             .as_secs()
     }
 
-    fn authenticator(issuer: &Issuer) -> Authenticator {
+    fn rule(issuer: &Issuer) -> JwtRule {
         let keys: JwkSet =
             serde_json::from_value(serde_json::json!({"keys": [issuer.jwk()]})).expect("jwks");
-        Authenticator {
-            rules: vec![JwtRule {
-                issuer: "https://issuer.example".into(),
-                audiences: vec!["b".into()],
-                keys,
-                locations: vec![],
-                forward_original_token: false,
-                claim_to_headers: vec![("x-tier".into(), "tier".into())],
-            }],
+        JwtRule {
+            issuer: "https://issuer.example".into(),
+            audiences: vec!["b".into()],
+            keys,
+            locations: vec![],
+            forward_original_token: false,
+            claim_to_headers: vec![("x-tier".into(), "tier".into())],
         }
+    }
+
+    fn authenticator(issuer: &Issuer) -> Authenticator {
+        Authenticator::new(vec![rule(issuer)])
     }
 
     fn bearer(token: &str) -> HeaderMap {
@@ -376,11 +401,12 @@ mod tests {
     #[test]
     fn tokens_from_query_and_cookie() {
         let issuer = Issuer::new("k1");
-        let mut auth = authenticator(&issuer);
-        auth.rules[0].locations = vec![
+        let mut only_query_and_cookie = rule(&issuer);
+        only_query_and_cookie.locations = vec![
             Location::Query("token".into()),
             Location::Cookie("session".into()),
         ];
+        let auth = Authenticator::new(vec![only_query_and_cookie]);
         let token = issuer.token(serde_json::json!({
             "iss": "https://issuer.example", "sub": "bob", "aud": ["a", "b"], "exp": now() + 60,
         }));

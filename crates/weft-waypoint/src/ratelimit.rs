@@ -71,10 +71,27 @@ pub struct Rule {
     pub burst: u64,
 }
 
+/// Local GCRA state: each descriptor's theoretical arrival time, in
+/// milliseconds since `epoch`.
+#[derive(Debug)]
+pub struct LocalCounts {
+    epoch: Instant,
+    tats: Mutex<HashMap<String, u64>>,
+}
+
+impl Default for LocalCounts {
+    fn default() -> Self {
+        LocalCounts {
+            epoch: Instant::now(),
+            tats: Mutex::default(),
+        }
+    }
+}
+
 /// Where counts live.
 pub enum Store {
     /// In this process.
-    Local(Mutex<HashMap<String, Instant>>),
+    Local(LocalCounts),
     /// In Redis, shared by every replica.
     Global {
         /// The connection (reconnects by itself).
@@ -177,6 +194,12 @@ redis.call('SET', KEYS[1], new_tat, 'PX', new_tat - now + 1000)
 return {1, math.floor((now + capacity - new_tat) / interval), new_tat - now}
 ";
 
+/// The script, hashed once (Redis runs it by its SHA-1).
+fn gcra_script() -> &'static redis::Script {
+    static SCRIPT: std::sync::OnceLock<redis::Script> = std::sync::OnceLock::new();
+    SCRIPT.get_or_init(|| redis::Script::new(GCRA_LUA))
+}
+
 impl RateLimiter {
     /// The first rule whose conditions hold, with the request's counter key.
     pub fn rule_for(&self, a: &Attributes<'_>) -> Option<(&Rule, String)> {
@@ -210,19 +233,18 @@ impl RateLimiter {
             store_error,
         };
         match &self.store {
-            Store::Local(tats) => {
-                let mut tats = tats.lock().unwrap_or_else(|p| p.into_inner());
-                // Milliseconds on a process-local clock.
-                let epoch = *tats.entry(String::new()).or_insert_with(Instant::now);
-                let now = u64::try_from(Instant::now().duration_since(epoch).as_millis())
-                    .unwrap_or(u64::MAX);
-                let tat = tats.get(&key).map(|t| {
-                    u64::try_from(t.duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
-                });
-                let (allowed, new_tat, remaining, reset) =
-                    gcra(now, tat, rule.requests, period_ms, rule.burst);
+            Store::Local(counts) => {
+                let now = u64::try_from(counts.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let mut tats = counts.tats.lock().unwrap_or_else(|p| p.into_inner());
+                let (allowed, new_tat, remaining, reset) = gcra(
+                    now,
+                    tats.get(&key).copied(),
+                    rule.requests,
+                    period_ms,
+                    rule.burst,
+                );
                 if allowed {
-                    tats.insert(key, epoch + Duration::from_millis(new_tat));
+                    tats.insert(key, new_tat);
                 }
                 Some(decided(allowed, remaining, reset, None))
             }
@@ -231,8 +253,7 @@ impl RateLimiter {
             }
             Store::Global { redis, fail_open } => {
                 let mut conn = redis.clone();
-                let script = redis::Script::new(GCRA_LUA);
-                let mut invocation = script.key(&key);
+                let mut invocation = gcra_script().key(&key);
                 invocation.arg(rule.requests).arg(period_ms).arg(rule.burst);
                 let call = invocation.invoke_async::<(u64, u64, u64)>(&mut conn);
                 match tokio::time::timeout(REDIS_TIMEOUT, call).await {
@@ -285,7 +306,7 @@ mod tests {
         RateLimiter {
             policy: "shop/b".into(),
             rules,
-            store: Store::Local(Mutex::default()),
+            store: Store::Local(LocalCounts::default()),
             signature: 0,
         }
     }

@@ -4,6 +4,7 @@
 //! are made here.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -46,10 +47,13 @@ fn now() -> u64 {
         .as_secs()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
-    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-    let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+/// B (the sample app) behind an engine that verifies `key`'s tokens and
+/// applies `limits` and `authz` to requests naming no target.
+async fn engine_for_b(
+    key: &KeyPair,
+    limits: Option<RateLimiter>,
+    authz: Vec<weft_core::l7::L7Authz>,
+) -> (SocketAddr, Metrics) {
     let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let b = app.local_addr().expect("addr");
     tokio::spawn(weft_sample_app::serve_http(
@@ -57,15 +61,7 @@ async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
         weft_sample_app::AppConfig::default(),
         std::future::pending(),
     ));
-    let rule = |name: &str, when: Vec<(Attribute, String)>, requests| Rule {
-        name: name.into(),
-        when,
-        count_by: vec![],
-        requests,
-        period: Duration::from_secs(3600),
-        burst: requests,
-    };
-    let config = Config {
+    let mut config = Config {
         routes: vec![Route {
             name: "b".into(),
             backends: vec![Backend {
@@ -77,36 +73,25 @@ async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
         clusters: HashMap::from([("b".to_owned(), Arc::new(Cluster::new("b", vec![b])))]),
         authn: HashMap::from([(
             String::new(),
-            Arc::new(Authenticator {
-                rules: vec![JwtRule {
-                    issuer: ISSUER.into(),
-                    audiences: vec!["b".into()],
-                    keys: jwks(&key),
-                    locations: vec![],
-                    forward_original_token: false,
-                    claim_to_headers: vec![],
-                }],
-            }),
-        )]),
-        limits: HashMap::from([(
-            String::new(),
-            Arc::new(RateLimiter {
-                policy: "tiers".into(),
-                rules: vec![
-                    rule(
-                        "platinum",
-                        vec![(Attribute::Claim("tier".into()), "platinum".into())],
-                        3,
-                    ),
-                    rule("default", vec![], 2),
-                ],
-                store: Store::Local(std::sync::Mutex::default()),
-                signature: 0,
-            }),
+            Arc::new(Authenticator::new(vec![JwtRule {
+                issuer: ISSUER.into(),
+                audiences: vec!["b".into()],
+                keys: jwks(key),
+                locations: vec![],
+                forward_original_token: false,
+                claim_to_headers: vec![],
+            }])),
         )]),
         ..Config::default()
     };
-    let engine = Arc::new(Engine::new(config, Metrics::default()));
+    if let Some(l) = limits {
+        config.limits.insert(String::new(), Arc::new(l));
+    }
+    if !authz.is_empty() {
+        config.authz.insert(String::new(), Arc::new(authz));
+    }
+    let metrics = Metrics::default();
+    let engine = Arc::new(Engine::new(config, metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(weft_waypoint::front::serve_http(
@@ -114,23 +99,52 @@ async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
         engine,
         std::future::pending(),
     ));
+    (addr, metrics)
+}
+
+/// One GET, with a bearer token if given: (status, body).
+async fn call(addr: SocketAddr, token: Option<String>) -> (u16, String) {
     let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let call = |token: Option<String>| {
-        let client = client.clone();
-        async move {
-            let mut req = http::Request::get(format!("http://{addr}/"));
-            if let Some(t) = token {
-                req = req.header("authorization", format!("Bearer {t}"));
-            }
-            let r = client
-                .request(req.body(Empty::new()).expect("request"))
-                .await
-                .expect("response");
-            let status = r.status().as_u16();
-            let _ = r.into_body().collect().await;
-            status
-        }
+    let mut req = http::Request::get(format!("http://{addr}/"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let r = client
+        .request(req.body(Empty::new()).expect("request"))
+        .await
+        .expect("response");
+    let status = r.status().as_u16();
+    let body = r.into_body().collect().await.expect("body").to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
+    let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let rule = |name: &str, when: Vec<(Attribute, String)>, requests| Rule {
+        name: name.into(),
+        when,
+        count_by: vec![],
+        requests,
+        period: Duration::from_secs(3600),
+        burst: requests,
     };
+    let limiter = RateLimiter {
+        policy: "tiers".into(),
+        rules: vec![
+            rule(
+                "platinum",
+                vec![(Attribute::Claim("tier".into()), "platinum".into())],
+                3,
+            ),
+            rule("default", vec![], 2),
+        ],
+        store: Store::Local(weft_waypoint::ratelimit::LocalCounts::default()),
+        signature: 0,
+    };
+    let (addr, _) = engine_for_b(&key, Some(limiter), vec![]).await;
+    let call = |token: Option<String>| async move { call(addr, token).await.0 };
     let claims = |aud: &str, exp: u64| serde_json::json!({"iss": ISSUER, "sub": "alice", "aud": aud, "exp": exp, "tier": "platinum"});
     // Refused tokens never reach the rate limit.
     assert_eq!(
@@ -169,13 +183,6 @@ async fn a_policy_requires_a_verified_token_with_a_claim() {
     use weft_core::l7::{AuthzAction, L7Authz, L7AuthzRule, L7Condition, L7Source};
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
     let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-    let app = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let b = app.local_addr().expect("addr");
-    tokio::spawn(weft_sample_app::serve_http(
-        app,
-        weft_sample_app::AppConfig::default(),
-        std::future::pending(),
-    ));
     let policy = L7Authz {
         policy: "shop/b-needs-platinum".into(),
         action: AuthzAction::Allow,
@@ -193,58 +200,8 @@ async fn a_policy_requires_a_verified_token_with_a_claim() {
             ..L7AuthzRule::default()
         }],
     };
-    let config = Config {
-        routes: vec![Route {
-            name: "b".into(),
-            backends: vec![Backend {
-                service: "b".into(),
-                weight: 1,
-            }],
-            ..Route::default()
-        }],
-        clusters: HashMap::from([("b".to_owned(), Arc::new(Cluster::new("b", vec![b])))]),
-        authn: HashMap::from([(
-            String::new(),
-            Arc::new(Authenticator {
-                rules: vec![JwtRule {
-                    issuer: ISSUER.into(),
-                    audiences: vec!["b".into()],
-                    keys: jwks(&key),
-                    locations: vec![],
-                    forward_original_token: false,
-                    claim_to_headers: vec![],
-                }],
-            }),
-        )]),
-        authz: HashMap::from([(String::new(), Arc::new(vec![policy]))]),
-        ..Config::default()
-    };
-    let metrics = Metrics::default();
-    let engine = Arc::new(Engine::new(config, metrics.clone()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    tokio::spawn(weft_waypoint::front::serve_http(
-        listener,
-        engine,
-        std::future::pending(),
-    ));
-    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
-    let call = |token: Option<String>| {
-        let client = client.clone();
-        async move {
-            let mut req = http::Request::get(format!("http://{addr}/"));
-            if let Some(t) = token {
-                req = req.header("authorization", format!("Bearer {t}"));
-            }
-            let r = client
-                .request(req.body(Empty::new()).expect("request"))
-                .await
-                .expect("response");
-            let status = r.status().as_u16();
-            let body = r.into_body().collect().await.expect("body").to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-    };
+    let (addr, metrics) = engine_for_b(&key, None, vec![policy]).await;
+    let call = |token: Option<String>| call(addr, token);
     let claims = |tier: &str| serde_json::json!({"iss": ISSUER, "sub": "alice", "aud": "b", "exp": now() + 600, "tier": tier});
     let (status, body) = call(None).await;
     assert_eq!(

@@ -171,23 +171,6 @@ pub struct ConditionSpec {
 
 const NEEDS_WAYPOINT: &str = "is not supported yet";
 
-/// The `when` keys waypoints evaluate (request level).
-pub const L7_KEYS: &str = "request.auth.claims[<name>], request.headers[<name>], request.auth.principal, source.principal, source.namespace, source.ip, remote.ip, destination.port";
-
-fn l7_key(key: &str) -> bool {
-    (key.starts_with("request.auth.claims[") || key.starts_with("request.headers["))
-        && key.ends_with(']')
-        || matches!(
-            key,
-            "request.auth.principal"
-                | "source.principal"
-                | "source.namespace"
-                | "source.ip"
-                | "remote.ip"
-                | "destination.port"
-        )
-}
-
 impl Spec for AuthorizationPolicySpec {
     const KIND: &'static str = "AuthorizationPolicy";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
@@ -291,12 +274,13 @@ impl Spec for AuthorizationPolicySpec {
             for (w, cond) in rule.when.iter().enumerate() {
                 let base = format!("spec.rules[{r}].when[{w}]");
                 if attached {
-                    if !l7_key(&cond.key) {
+                    if !weft_core::l7::is_when_key(&cond.key) {
                         ctx.error(
                             &format!("{base}.key"),
                             format!(
-                                "{:?} is not an attribute weft can check; use one of {L7_KEYS}",
-                                cond.key
+                                "{:?} is not an attribute weft can check; use one of {}",
+                                cond.key,
+                                weft_core::l7::WHEN_KEYS
                             ),
                         );
                     }
