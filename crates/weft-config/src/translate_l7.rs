@@ -293,6 +293,12 @@ fn translate_request_authentications(
                 issuer: rule.issuer.clone(),
                 audiences: rule.audiences.clone(),
                 jwks: rule.jwks.clone().unwrap_or_default(),
+                jwks_uri: rule.jwks_uri.clone().unwrap_or_default(),
+                fetch_timeout: rule
+                    .timeout
+                    .as_deref()
+                    .and_then(|t| weft_core::duration::parse(t).ok())
+                    .unwrap_or(weft_core::l7::JWKS_FETCH_TIMEOUT),
                 from_headers: rule
                     .from_headers
                     .iter()

@@ -1100,6 +1100,14 @@ fn request_authentication_attaches_issuers_to_services() {
     let config = load_ok(&ok);
     let jwt = &config.snapshot.l7[&name("shop", "reviews")].jwt;
     assert_eq!(jwt[0].issuer, "https://issuer.example");
+    let fetched = load_ok(&ra(
+        "  targetRef: {kind: Service, name: reviews}\n  jwtRules: [{issuer: i, jwksUri: 'https://i.example/keys', timeout: 2s}]\n",
+    ));
+    let rule = &fetched.snapshot.l7[&name("shop", "reviews")].jwt[0];
+    assert_eq!(
+        (rule.jwks_uri.as_str(), rule.fetch_timeout),
+        ("https://i.example/keys", std::time::Duration::from_secs(2))
+    );
     assert_eq!(jwt[0].from_headers, [("x-token".to_owned(), String::new())]);
     assert_eq!(
         jwt[0].claim_to_headers,
@@ -1107,10 +1115,22 @@ fn request_authentication_attaches_issuers_to_services() {
     );
     let cases = [
         (
+            ra(&format!(
+                "  targetRef: {{name: reviews}}\n  jwtRules: [{{issuer: i, jwks: '{jwks}', jwksUri: 'https://i/keys'}}]\n"
+            )),
+            "spec.jwtRules[0].jwksUri: give the keys inline (jwks) or by address (jwksUri), not both",
+        ),
+        (
             ra(
-                "  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwksUri: 'https://i/keys'}]\n",
+                "  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwksUri: 'ftp://i/keys'}]\n",
             ),
-            "spec.jwtRules[0].jwksUri: is not supported by weft",
+            "spec.jwtRules[0].jwksUri: \"ftp://i/keys\" must be an absolute https:// URL",
+        ),
+        (
+            ra(
+                "  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwksUri: 'https://i/keys', timeout: 0s}]\n",
+            ),
+            "spec.jwtRules[0].timeout: must be greater than zero",
         ),
         (
             ra(

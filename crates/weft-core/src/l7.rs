@@ -122,6 +122,13 @@ pub struct L7Condition {
     pub not_values: Vec<String>,
 }
 
+/// How long one JWKS fetch may take unless a rule says otherwise.
+pub const JWKS_FETCH_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn default_fetch_timeout() -> Duration {
+    JWKS_FETCH_TIMEOUT
+}
+
 /// One accepted JWT issuer.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JwtIssuer {
@@ -129,8 +136,14 @@ pub struct JwtIssuer {
     pub issuer: String,
     /// Accepted audiences (empty: any).
     pub audiences: Vec<String>,
-    /// The JWKS, as JSON.
+    /// The JWKS, as JSON (empty when fetched from `jwks_uri`).
     pub jwks: String,
+    /// Where waypoints fetch the JWKS (empty: inline `jwks`).
+    #[serde(default)]
+    pub jwks_uri: String,
+    /// How long one fetch of `jwks_uri` may take.
+    #[serde(default = "default_fetch_timeout")]
+    pub fetch_timeout: Duration,
     /// Headers (name, prefix) carrying the token; all empty: the default
     /// `Authorization: Bearer`.
     pub from_headers: Vec<(String, String)>,

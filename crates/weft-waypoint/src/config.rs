@@ -36,23 +36,33 @@ pub struct Services {
     /// Redis connections by URL, for global rate limits (opened by the
     /// waypoint; a missing one means Redis was unreachable).
     pub redis: HashMap<String, redis::aio::ConnectionManager>,
+    /// Keys fetched from issuers' `jwksUri`, shared across configurations.
+    pub jwks: crate::jwks::Fetcher,
 }
 
-/// The JWT authenticator for a service's issuers (a JWKS that does not
-/// parse — validation makes that rare — leaves that issuer without keys,
-/// so its tokens are refused).
-fn authenticator(issuers: &[l7::JwtIssuer]) -> crate::jwt::Authenticator {
-    use crate::jwt::{JwtRule, Location};
+/// The JWT authenticator for a service's issuers: inline keys decoded
+/// (a JWKS that does not parse — validation makes that rare — leaves that
+/// issuer without keys, so its tokens are refused), fetched keys shared
+/// through `jwks`.
+fn authenticator(
+    issuers: &[l7::JwtIssuer],
+    jwks: &crate::jwks::Fetcher,
+) -> crate::jwt::Authenticator {
+    use crate::jwt::{JwtRule, KeySource, Location};
     crate::jwt::Authenticator::new(
         issuers
             .iter()
             .map(|i| JwtRule {
                 issuer: i.issuer.clone(),
                 audiences: i.audiences.clone(),
-                keys: serde_json::from_str(&i.jwks).unwrap_or_else(|e| {
-                    tracing::warn!(issuer = %i.issuer, error = %e, "JWKS not understood; tokens of this issuer are refused");
-                    jsonwebtoken::jwk::JwkSet { keys: Vec::new() }
-                }),
+                keys: if i.jwks_uri.is_empty() {
+                    KeySource::inline(&serde_json::from_str(&i.jwks).unwrap_or_else(|e| {
+                        tracing::warn!(issuer = %i.issuer, error = %e, "JWKS not understood; tokens of this issuer are refused");
+                        serde_json::Value::Null
+                    }))
+                } else {
+                    KeySource::Remote(jwks.keys(&i.jwks_uri, i.fetch_timeout))
+                },
                 locations: i
                     .from_headers
                     .iter()
@@ -175,9 +185,10 @@ pub fn config_for(
                 .map(|p| &p.jwt)
                 .filter(|j| !j.is_empty())
             {
-                config
-                    .authn
-                    .insert(target.clone(), Arc::new(authenticator(issuers)));
+                config.authn.insert(
+                    target.clone(),
+                    Arc::new(authenticator(issuers, &services.jwks)),
+                );
             }
             if let Some(limit) = policies.get(service).and_then(|p| p.rate_limit.as_ref()) {
                 let previous = previous.and_then(|p| p.limits.get(&target));
@@ -532,7 +543,7 @@ mod tests {
         let services = Services {
             policies: Policies::from([("shop/reviews".to_owned(), policy)]),
             http2: ["shop/reviews:80".to_owned()].into(),
-            redis: HashMap::new(),
+            ..Services::default()
         };
         let endpoints = [v1, v2];
         let config = config_for(&view(&me, &endpoints), &me, &services, None);

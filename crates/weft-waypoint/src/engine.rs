@@ -519,7 +519,10 @@ impl Engine {
         let mut claims = None;
         if let Some(authn) = config.authn.get(target.unwrap_or("")) {
             let query = request.uri().query().map(str::to_owned);
-            match authn.authenticate(request.headers_mut(), query.as_deref()) {
+            match authn
+                .authenticate(request.headers_mut(), query.as_deref())
+                .await
+            {
                 Ok(Some(who)) => {
                     ctx.access.request_principal = Some(who.principal);
                     claims = Some(who.claims);

@@ -8,9 +8,12 @@
 
 use std::collections::HashMap;
 
+use std::sync::Arc;
+
 use http::HeaderMap;
-use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
+
+use crate::jwks::{Keys, Reason, RemoteKeys};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY: u64 = 60;
@@ -36,13 +39,36 @@ pub struct JwtRule {
     /// Accepted `aud` values (empty: any).
     pub audiences: Vec<String>,
     /// Its keys.
-    pub keys: JwkSet,
+    pub keys: KeySource,
     /// Where to look (default: `Authorization: Bearer …`).
     pub locations: Vec<Location>,
     /// Keep the token on the forwarded request.
     pub forward_original_token: bool,
     /// (header, claim): copy a claim to a request header.
     pub claim_to_headers: Vec<(String, String)>,
+}
+
+/// Where a rule's keys come from.
+#[derive(Debug, Clone)]
+pub enum KeySource {
+    /// A JWKS given in the configuration (decoded once).
+    Inline(Arc<Keys>),
+    /// Fetched from the issuer's `jwksUri`, refreshed.
+    Remote(Arc<RemoteKeys>),
+}
+
+impl KeySource {
+    /// Keys from an inline JWKS document.
+    pub fn inline(document: &serde_json::Value) -> Self {
+        KeySource::Inline(Arc::new(crate::jwks::decode(document)))
+    }
+
+    fn current(&self) -> Arc<Keys> {
+        match self {
+            KeySource::Inline(k) => k.clone(),
+            KeySource::Remote(r) => r.current(),
+        }
+    }
 }
 
 /// What authentication established.
@@ -119,14 +145,11 @@ fn claim_text(v: &serde_json::Value) -> String {
     }
 }
 
-/// A service's authentication rules, with each issuer's keys decoded once.
+/// A service's authentication rules.
 #[derive(Clone, Default)]
 pub struct Authenticator {
     /// Rules by issuer.
     rules: Vec<JwtRule>,
-    /// Per rule: (kid, key), from its JWKS (keys that do not decode are
-    /// skipped, so tokens needing them fail verification).
-    keys: Vec<Vec<(Option<String>, DecodingKey)>>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -136,28 +159,20 @@ impl std::fmt::Debug for Authenticator {
     }
 }
 
+fn has_key(keys: &Keys, kid: Option<&String>) -> bool {
+    keys.iter().any(|(k, _)| kid.is_none() || k.as_ref() == kid)
+}
+
 impl Authenticator {
     /// An authenticator for `rules`.
     pub fn new(rules: Vec<JwtRule>) -> Self {
-        let keys = rules
-            .iter()
-            .map(|r| {
-                r.keys
-                    .keys
-                    .iter()
-                    .filter_map(|jwk| {
-                        Some((jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk).ok()?))
-                    })
-                    .collect()
-            })
-            .collect();
-        Authenticator { rules, keys }
+        Authenticator { rules }
     }
 
     /// Verifies the request's token, if it has one: `Ok(None)` without a
     /// token, `Ok(Some(..))` verified (the token removed from `headers`
     /// unless forwarded, claims copied to headers), `Err` refused.
-    pub fn authenticate(
+    pub async fn authenticate(
         &self,
         headers: &mut HeaderMap,
         query: Option<&str>,
@@ -180,11 +195,10 @@ impl Authenticator {
             return Err(JwtError::Malformed);
         }
         let issuer = issuer_of(&token).ok_or(JwtError::Malformed)?;
-        let (rule, keys) = self
+        let rule = self
             .rules
             .iter()
-            .zip(&self.keys)
-            .find(|(r, _)| r.issuer == issuer)
+            .find(|r| r.issuer == issuer)
             .ok_or(JwtError::UnknownIssuer)?;
         let header = jsonwebtoken::decode_header(&token).map_err(|_| JwtError::Malformed)?;
         if !ALGORITHMS.contains(&header.alg) {
@@ -192,6 +206,12 @@ impl Authenticator {
                 "algorithm {:?} is not accepted",
                 header.alg
             )));
+        }
+        let mut keys = rule.keys.current();
+        if let KeySource::Remote(remote) = &rule.keys
+            && !has_key(&keys, header.kid.as_ref())
+        {
+            keys = remote.refresh(Reason::UnknownKid).await;
         }
         let candidates = keys
             .iter()
@@ -306,8 +326,7 @@ mod tests {
     }
 
     fn rule(issuer: &Issuer) -> JwtRule {
-        let keys: JwkSet =
-            serde_json::from_value(serde_json::json!({"keys": [issuer.jwk()]})).expect("jwks");
+        let keys = KeySource::inline(&serde_json::json!({"keys": [issuer.jwk()]}));
         JwtRule {
             issuer: "https://issuer.example".into(),
             audiences: vec!["b".into()],
@@ -331,8 +350,8 @@ mod tests {
         h
     }
 
-    #[test]
-    fn tokens_are_verified_or_refused() {
+    #[tokio::test]
+    async fn tokens_are_verified_or_refused() {
         let issuer = Issuer::new("k1");
         let forger = Issuer::new("k1");
         let auth = authenticator(&issuer);
@@ -344,6 +363,7 @@ mod tests {
         let mut h = bearer(&issuer.token(good.clone()));
         let who = auth
             .authenticate(&mut h, None)
+            .await
             .expect("valid")
             .expect("token");
         assert_eq!(who.principal, "https://issuer.example/alice");
@@ -354,7 +374,10 @@ mod tests {
             Some(&b"platinum"[..])
         );
         // No token: passes, unauthenticated.
-        assert_eq!(auth.authenticate(&mut HeaderMap::new(), None), Ok(None));
+        assert_eq!(
+            auth.authenticate(&mut HeaderMap::new(), None).await,
+            Ok(None)
+        );
         // (what, token, expected error text)
         let mut expired = good.clone();
         expired["exp"] = serde_json::json!(now() - 3600);
@@ -393,13 +416,14 @@ mod tests {
         for (what, token, want) in cases {
             let err = auth
                 .authenticate(&mut bearer(&token), None)
+                .await
                 .expect_err(what);
             assert!(err.to_string().contains(want), "{what}: {err}");
         }
     }
 
-    #[test]
-    fn tokens_from_query_and_cookie() {
+    #[tokio::test]
+    async fn tokens_from_query_and_cookie() {
         let issuer = Issuer::new("k1");
         let mut only_query_and_cookie = rule(&issuer);
         only_query_and_cookie.locations = vec![
@@ -413,6 +437,7 @@ mod tests {
         let q = format!("x=1&token={token}");
         let who = auth
             .authenticate(&mut HeaderMap::new(), Some(&q))
+            .await
             .expect("query")
             .expect("token");
         assert_eq!(who.claims["aud"], "a,b");
@@ -421,6 +446,11 @@ mod tests {
             "cookie",
             format!("a=1; session={token}").parse().expect("value"),
         );
-        assert!(auth.authenticate(&mut h, None).expect("cookie").is_some());
+        assert!(
+            auth.authenticate(&mut h, None)
+                .await
+                .expect("cookie")
+                .is_some()
+        );
     }
 }

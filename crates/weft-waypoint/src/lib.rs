@@ -15,10 +15,11 @@
 //! endpoints ([`hbone`]), configuration from the config stream.
 //!
 //! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis;
-//! JWT authentication ([`jwt`]) verifies tokens against inline JWKS;
+//! JWT authentication ([`jwt`]) verifies tokens against inline JWKS or
+//! keys fetched from the issuer ([`jwks`]);
 //! request-level authorization ([`authz`]) is a pure decision.
 //!
-//! Still to come (issue 7): fetched JWKS, external authorization (CUSTOM),
+//! Still to come (issue 7): external authorization (CUSTOM),
 //! API keys, the ingress gateway.
 
 #![forbid(unsafe_code)]
@@ -30,6 +31,7 @@ pub mod config;
 pub mod engine;
 pub mod front;
 pub mod hbone;
+pub mod jwks;
 pub mod jwt;
 pub mod lb;
 pub mod metrics;

@@ -53,6 +53,9 @@ pub struct WaypointOptions {
     pub metrics_addr: SocketAddr,
     /// TCP connect timeout to endpoints.
     pub connect_timeout: Duration,
+    /// Roots trusted, besides the system's, for fetching JWKS from
+    /// issuers (`jwksUri`).
+    pub jwks_roots: Vec<CertificateDer<'static>>,
 }
 
 /// Why a waypoint did not start.
@@ -161,6 +164,7 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
         me.clone(),
         options.node.clone(),
     );
+    let jwks = crate::jwks::Fetcher::new(&options.jwks_roots);
     let reconcile = tokio::spawn(async move {
         let mut redis = HashMap::new();
         loop {
@@ -174,6 +178,7 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
             let mut services = services(&changes.borrow());
             connect_redis(&services, &mut redis).await;
             services.redis = redis.clone();
+            services.jwks = jwks.clone();
             let previous = task_engine.current();
             task_engine.update(crate::config::config_for(
                 &next,

@@ -16,7 +16,7 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::net::TcpListener;
-use weft_waypoint::jwt::{Authenticator, JwtRule};
+use weft_waypoint::jwt::{Authenticator, JwtRule, KeySource};
 use weft_waypoint::ratelimit::{Attribute, RateLimiter, Rule, Store};
 use weft_waypoint::route::{Backend, Route};
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
@@ -30,14 +30,13 @@ fn sign(key: &KeyPair, claims: serde_json::Value) -> String {
     encode(&header, &claims, &pem).expect("sign")
 }
 
-fn jwks(key: &KeyPair) -> jsonwebtoken::jwk::JwkSet {
+fn jwks(key: &KeyPair) -> KeySource {
     let raw = key.public_key_raw();
     let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    serde_json::from_value(serde_json::json!({"keys": [{
+    KeySource::inline(&serde_json::json!({"keys": [{
         "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
         "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
     }]}))
-    .expect("jwks")
 }
 
 fn now() -> u64 {

@@ -135,6 +135,16 @@ struct Mesh {
 
 impl Mesh {
     async fn start(config_yaml: &str, waypoint: &str, waypoint_ip: &str) -> Mesh {
+        Mesh::start_with(config_yaml, waypoint, waypoint_ip, Vec::new()).await
+    }
+
+    /// As [`Mesh::start`], the waypoint trusting `jwks_roots` for JWKS.
+    async fn start_with(
+        config_yaml: &str,
+        waypoint: &str,
+        waypoint_ip: &str,
+        jwks_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    ) -> Mesh {
         let tmp = tempfile::tempdir().expect("tempdir");
         let config = tmp.path().join("config");
         std::fs::create_dir_all(&config).expect("mkdir");
@@ -185,6 +195,7 @@ impl Mesh {
             token: "node-1-token-0123456789".into(),
             metrics_addr: format!("{waypoint_ip}:0").parse().expect("addr"),
             connect_timeout: Duration::from_secs(1),
+            jwks_roots,
         })
         .await
         .expect("waypoint");
@@ -620,24 +631,111 @@ async fn rate_limit_policy_applies_per_caller_in_the_waypoint() {
     mesh.stop();
 }
 
+/// An issuer's JWKS endpoint over HTTPS: serves whatever `document`
+/// holds, counting requests. Returns its URL and the CA to trust.
+struct JwksServer {
+    url: String,
+    ca: rustls_pki_types::CertificateDer<'static>,
+    document: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl JwksServer {
+    async fn start(document: String) -> JwksServer {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let ca_key = rcgen::KeyPair::generate().expect("key");
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).expect("ca");
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+            .expect("params")
+            .signed_by(&key, &issuer)
+            .expect("cert");
+        let tls = rustls::ServerConfig::builder_with_provider(weft_ca::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+            )
+            .expect("tls");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(tls));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("https://{}/keys", listener.local_addr().expect("addr"));
+        let document = Arc::new(std::sync::Mutex::new(document));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (served, count) = (document.clone(), fetches.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, served, count) = (acceptor.clone(), served.clone(), count.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service = hyper::service::service_fn(move |_req| {
+                        count.fetch_add(1, Ordering::SeqCst);
+                        let body = served.lock().expect("lock").clone();
+                        async move {
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from(body)),
+                            ))
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        JwksServer {
+            url,
+            ca: ca.der().clone(),
+            document,
+            fetches,
+        }
+    }
+
+    fn serve(&self, document: String) {
+        *self.document.lock().expect("lock") = document;
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 /// Scenario 5 through node proxies and the waypoint: B accepts JWTs from
-/// its issuer (`RequestAuthentication`, keys inline) and requires one with
-/// `tier: platinum` (`AuthorizationPolicy` attached to B). No token → 403 by
-/// policy; forged → 401; valid without the claim → 403; valid → 200.
+/// its issuer (`RequestAuthentication` whose keys the waypoint fetches
+/// from the issuer's `jwksUri` over HTTPS) and requires one with
+/// `tier: platinum` (`AuthorizationPolicy` attached to B). No token → 403
+/// by policy; forged, expired, wrong audience → 401; valid without the
+/// claim → 403; valid → 200. Then the issuer rotates its key: a token
+/// with the new `kid` is accepted (fetched on the unknown kid), the
+/// retired key's tokens are refused, and a stream of made-up key ids
+/// causes at most one fetch per second.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jwt_and_request_level_policy_through_the_mesh() {
     use base64::Engine as _;
     use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
     use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
     let key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
+    let next_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
     let forger = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-    let raw = key.public_key_raw();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwks = serde_json::json!({"keys": [{
-        "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
-        "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
-    }]})
-    .to_string();
+    let jwks = |key: &KeyPair, kid: &str| {
+        let raw = key.public_key_raw();
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        serde_json::json!({"keys": [{
+            "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": kid,
+            "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+        }]})
+        .to_string()
+    };
+    let issuer = JwksServer::start(jwks(&key, "k1")).await;
+    let jwks_uri = issuer.url.clone();
     let config = format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -687,7 +785,7 @@ spec:
   jwtRules:
   - issuer: https://issuer.example
     audiences: [secure]
-    jwks: '{jwks}'
+    jwksUri: {jwks_uri}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -700,25 +798,34 @@ spec:
     when: [{{key: 'request.auth.claims[tier]', values: [platinum]}}]
 "#
     );
-    let mesh = Mesh::start(&config, "shop/sec-waypoint", "127.0.1.170").await;
+    let mesh = Mesh::start_with(
+        &config,
+        "shop/sec-waypoint",
+        "127.0.1.170",
+        vec![issuer.ca.clone()],
+    )
+    .await;
     app("127.0.2.172:8080", "secure-1").await;
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs();
-    let token = |signer: &KeyPair, tier: &str| {
+    let signed = |signer: &KeyPair, kid: &str, claims: serde_json::Value| {
         let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some("k1".into());
+        header.kid = Some(kid.into());
         let pem = EncodingKey::from_ec_pem(signer.serialize_pem().as_bytes()).expect("pem");
-        let claims = serde_json::json!({
-            "iss": "https://issuer.example", "sub": "alice", "aud": "secure",
-            "exp": now + 600, "tier": tier,
-        });
         format!(
             "authorization: Bearer {}\r\n",
             encode(&header, &claims, &pem).expect("sign")
         )
     };
+    let claims = |tier: &str| {
+        serde_json::json!({
+            "iss": "https://issuer.example", "sub": "alice", "aud": "secure",
+            "exp": now + 600, "tier": tier,
+        })
+    };
+    let token = |signer: &KeyPair, tier: &str| signed(signer, "k1", claims(tier));
     let status = |headers: String| async move {
         get_with("127.0.1.171:9006", &headers)
             .await
@@ -750,5 +857,45 @@ spec:
         "valid, without the claim"
     );
     assert_eq!(status(token(&key, "platinum")).await, "200", "valid");
+    let mut expired = claims("platinum");
+    expired["exp"] = serde_json::json!(now - 3600);
+    assert_eq!(status(signed(&key, "k1", expired)).await, "401", "expired");
+    let mut other_audience = claims("platinum");
+    other_audience["aud"] = serde_json::json!("elsewhere");
+    assert_eq!(
+        status(signed(&key, "k1", other_audience)).await,
+        "401",
+        "wrong audience"
+    );
+    // The issuer rotates to k2 and retires k1.
+    issuer.serve(jwks(&next_key, "k2"));
+    let rotated = Instant::now();
+    while status(signed(&next_key, "k2", claims("platinum"))).await != "200" {
+        assert!(
+            rotated.elapsed() < Duration::from_secs(5),
+            "a token with the new kid was never accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        status(token(&key, "platinum")).await,
+        "401",
+        "the retired key's tokens are refused"
+    );
+    // Made-up key ids: refused, and the issuer is not hammered.
+    let before = issuer.fetches();
+    let flood = Instant::now();
+    for i in 0..30 {
+        assert_eq!(
+            status(signed(&next_key, &format!("bogus-{i}"), claims("platinum"))).await,
+            "401"
+        );
+    }
+    let seconds = flood.elapsed().as_secs() as usize;
+    assert!(
+        issuer.fetches() - before <= seconds + 1,
+        "{} fetches for 30 unknown kids in {seconds}s",
+        issuer.fetches() - before
+    );
     mesh.stop();
 }

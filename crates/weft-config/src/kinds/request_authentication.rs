@@ -2,7 +2,8 @@
 //! service accepts, checked by its waypoint. A request with an invalid
 //! token is refused (401); a request without one passes and is left to
 //! authorization. Attached to services with `targetRef(s)` (as Istio does
-//! for waypoints); keys are given inline (`jwks`).
+//! for waypoints); keys are given inline (`jwks`) or fetched by the
+//! waypoint from `jwksUri` (HTTPS), cached and refreshed.
 
 use serde::Deserialize;
 
@@ -35,6 +36,10 @@ pub struct JwtRuleSpec {
     pub audiences: Vec<String>,
     /// The JWKS, as JSON.
     pub jwks: Option<String>,
+    /// Where to fetch the JWKS (`https://…`).
+    pub jwks_uri: Option<String>,
+    /// How long one fetch may take (default `5s`).
+    pub timeout: Option<String>,
     /// Headers carrying the token.
     #[serde(default)]
     pub from_headers: Vec<FromHeaderSpec>,
@@ -79,16 +84,8 @@ impl Spec for RequestAuthenticationSpec {
             "weft checks JWTs in waypoints: attach with targetRef (kind: Service)",
         ),
         (
-            "spec.jwtRules.jwksUri",
-            "fetching keys is not supported yet; give them inline with jwks",
-        ),
-        (
             "spec.jwtRules.outputPayloadToHeader",
             "use outputClaimToHeaders",
-        ),
-        (
-            "spec.jwtRules.timeout",
-            "keys are inline; there is nothing to fetch",
         ),
     ];
 
@@ -107,12 +104,21 @@ impl Spec for RequestAuthenticationSpec {
             if rule.issuer.is_empty() {
                 ctx.error(&format!("{base}.issuer"), "required");
             }
-            match rule.jwks.as_deref() {
-                None => ctx.error(
+            match (rule.jwks.as_deref(), rule.jwks_uri.as_deref()) {
+                (None, None) => ctx.error(
                     &format!("{base}.jwks"),
-                    "required: the issuer's public keys (a JWKS)",
+                    "required: the issuer's public keys, inline (jwks) or by address (jwksUri)",
                 ),
-                Some(j) => match serde_json::from_str::<serde_json::Value>(j) {
+                (Some(_), Some(_)) => ctx.error(
+                    &format!("{base}.jwksUri"),
+                    "give the keys inline (jwks) or by address (jwksUri), not both",
+                ),
+                (None, Some(uri)) => {
+                    if let Err(e) = check_jwks_uri(uri) {
+                        ctx.error(&format!("{base}.jwksUri"), e);
+                    }
+                }
+                (Some(j), None) => match serde_json::from_str::<serde_json::Value>(j) {
                     Ok(v) if v["keys"].as_array().is_some_and(|k| !k.is_empty()) => {}
                     Ok(_) => ctx.error(
                         &format!("{base}.jwks"),
@@ -121,6 +127,29 @@ impl Spec for RequestAuthenticationSpec {
                     Err(e) => ctx.error(&format!("{base}.jwks"), format!("not JSON: {e}")),
                 },
             }
+            if let Some(t) = &rule.timeout {
+                match weft_core::duration::parse(t) {
+                    Ok(d) if d.is_zero() => {
+                        ctx.error(&format!("{base}.timeout"), "must be greater than zero")
+                    }
+                    Ok(_) => {}
+                    Err(e) => ctx.error(&format!("{base}.timeout"), e),
+                }
+            }
         }
+    }
+}
+
+/// A JWKS address must be an absolute `https://` (or `http://`) URL with
+/// a host.
+fn check_jwks_uri(uri: &str) -> Result<(), String> {
+    let parsed: http::Uri = uri
+        .parse()
+        .map_err(|e| format!("{uri:?} is not a URL: {e}"))?;
+    match parsed.scheme_str() {
+        Some("https" | "http") if parsed.host().is_some() => Ok(()),
+        _ => Err(format!(
+            "{uri:?} must be an absolute https:// URL with a host"
+        )),
     }
 }

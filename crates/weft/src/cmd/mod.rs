@@ -41,15 +41,20 @@ pub(crate) fn proxy_credentials(
     root_cert: &std::path::Path,
     token_file: &std::path::Path,
 ) -> Result<(Vec<rustls_pki_types::CertificateDer<'static>>, String), String> {
-    let pem = std::fs::read(root_cert)
-        .map_err(|e| format!("cannot read {}: {e}", root_cert.display()))?;
-    let roots = weft_ca::cert::certs_from_pem(&pem, &root_cert.display().to_string())
-        .map_err(|e| e.to_string())?;
+    let roots = read_roots(root_cert)?;
     let token = std::fs::read_to_string(token_file)
         .map_err(|e| format!("cannot read {}: {e}", token_file.display()))?
         .trim()
         .to_owned();
     Ok((roots, token))
+}
+
+/// The certificates of a PEM file.
+pub(crate) fn read_roots(
+    path: &std::path::Path,
+) -> Result<Vec<rustls_pki_types::CertificateDer<'static>>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    weft_ca::cert::certs_from_pem(&pem, &path.display().to_string()).map_err(|e| e.to_string())
 }
 
 /// A multi-threaded runtime, or a message saying why there is none.

@@ -181,6 +181,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             token: token.clone(),
             metrics_addr: SocketAddr::new(*ip, 15020),
             connect_timeout: snapshot.mesh.connect_timeout,
+            jwks_roots: Vec::new(),
         })
         .await
         .map_err(|e| e.to_string())?;

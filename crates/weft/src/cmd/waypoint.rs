@@ -41,6 +41,10 @@ pub(crate) struct Args {
     /// TCP connect timeout to endpoints.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "10s")]
     connect_timeout: Duration,
+    /// PEM file of extra roots trusted when fetching issuers' JWKS
+    /// (`jwksUri`), besides the system's.
+    #[arg(long)]
+    jwks_ca: Option<PathBuf>,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -55,6 +59,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
 
 async fn waypoint(args: Args) -> Result<(), String> {
     let (roots, token) = super::proxy_credentials(&args.root_cert, &args.token_file)?;
+    let jwks_roots = match &args.jwks_ca {
+        Some(path) => super::read_roots(path)?,
+        None => Vec::new(),
+    };
     let waypoint = weft_waypoint::proxy::start(WaypointOptions {
         name: args.name.clone(),
         node: args.node,
@@ -65,6 +73,7 @@ async fn waypoint(args: Args) -> Result<(), String> {
         token,
         metrics_addr: args.metrics_addr,
         connect_timeout: args.connect_timeout,
+        jwks_roots,
     })
     .await
     .map_err(|e| e.to_string())?;
