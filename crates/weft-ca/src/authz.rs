@@ -225,6 +225,7 @@ mod tests {
                 outbound: Vec::new(),
                 mtls_mode: weft_core::model::MtlsMode::Strict,
                 waypoint: false,
+                gateway: false,
             };
             s.workloads.insert(w.name.clone(), w);
         }

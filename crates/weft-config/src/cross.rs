@@ -335,12 +335,13 @@ fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
         }
     }
     for we in &r.workload_entries {
-        // A waypoint serves services; no service selects it.
-        if we
-            .spec
-            .labels
-            .get(weft_core::model::WAYPOINT_LABEL)
-            .is_some_and(|v| v == "true")
+        // Waypoints and gateways serve services; no service selects them.
+        if [
+            weft_core::model::WAYPOINT_LABEL,
+            weft_core::model::GATEWAY_LABEL,
+        ]
+        .iter()
+        .any(|label| we.spec.labels.get(*label).is_some_and(|v| v == "true"))
         {
             continue;
         }

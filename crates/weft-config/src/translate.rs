@@ -284,6 +284,10 @@ fn workload(
         outbound: annotations.outbound,
         mtls_mode: mesh.mtls_mode,
         waypoint: spec.labels.get(WAYPOINT_LABEL).is_some_and(|v| v == "true"),
+        gateway: spec
+            .labels
+            .get(weft_core::model::GATEWAY_LABEL)
+            .is_some_and(|v| v == "true"),
         name,
     })
 }

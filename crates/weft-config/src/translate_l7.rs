@@ -54,6 +54,28 @@ fn report<S: Spec>(out: &mut Vec<Diagnostic>, r: &Resource<S>, field: &str, mess
     out.push(Diagnostic::at(&r.origin, Some(r.object()), field, message));
 }
 
+/// The L7 policy a `targetRef` names: a service's (created on first use)
+/// or a Gateway's; `Err` says what is missing.
+fn attach_point<'a>(
+    snapshot: &'a mut Snapshot,
+    namespace: &str,
+    target: &crate::kinds::http_route::RefSpec,
+) -> Result<&'a mut L7Policy, String> {
+    let ns = target.namespace.as_deref().unwrap_or(namespace);
+    let wanted = NamespacedName::new(ns, &target.name);
+    if target.is_gateway() {
+        return snapshot
+            .gateways
+            .get_mut(&wanted)
+            .map(|g| &mut g.policy)
+            .ok_or_else(|| format!("no Gateway {wanted} in the configuration"));
+    }
+    if !snapshot.services.contains_key(&wanted) {
+        return Err(format!("no service {wanted} in the registry"));
+    }
+    Ok(snapshot.l7.entry(wanted).or_default())
+}
+
 /// Adds every service's L7 policy to the snapshot.
 pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
     let mut policies: BTreeMap<NamespacedName, L7Policy> = BTreeMap::new();
@@ -167,6 +189,7 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
         }
     }
     snapshot.l7 = policies;
+    translate_gateways(r, snapshot, out);
     translate_http_routes(r, snapshot, out);
     translate_rate_limits(r, snapshot, out);
     translate_request_authentications(r, snapshot, out);
@@ -186,11 +209,25 @@ fn translate_waypoint_policies(r: &Resources, snapshot: &mut Snapshot, out: &mut
         .collect();
     attached.sort_by(|a, b| a.name.cmp(&b.name));
     for ap in attached {
+        let provider = match &ap.spec.provider {
+            Some(p) if ap.spec.action == Some(ActionSpec::Custom) => {
+                match authz_provider(r, &p.name) {
+                    Ok(provider) => Some(provider),
+                    Err(e) => {
+                        report(out, ap, "spec.provider.name", e);
+                        continue;
+                    }
+                }
+            }
+            _ => None,
+        };
         let policy = L7Authz {
             policy: ap.name.to_string(),
+            provider,
             action: match ap.spec.action {
                 Some(ActionSpec::Deny) => AuthzAction::Deny,
                 Some(ActionSpec::Audit) => AuthzAction::Audit,
+                Some(ActionSpec::Custom) => AuthzAction::Custom,
                 _ => AuthzAction::Allow,
             },
             dry_run: ap
@@ -250,24 +287,122 @@ fn translate_waypoint_policies(r: &Resources, snapshot: &mut Snapshot, out: &mut
         };
         let targets = ap.spec.target_ref.iter().chain(ap.spec.target_refs.iter());
         for target in targets {
-            let ns = target.namespace.as_deref().unwrap_or(&ap.name.namespace);
-            let wanted = NamespacedName::new(ns, &target.name);
-            if !snapshot.services.contains_key(&wanted) {
-                report(
-                    out,
-                    ap,
-                    "spec.targetRef.name",
-                    format!("no service {wanted} in the registry"),
-                );
-                continue;
+            match attach_point(snapshot, &ap.name.namespace, target) {
+                Ok(p) => p.authz.push(policy.clone()),
+                Err(e) => report(out, ap, "spec.targetRef.name", e),
             }
-            snapshot
-                .l7
-                .entry(wanted)
-                .or_default()
-                .authz
-                .push(policy.clone());
         }
+    }
+}
+
+/// Default bound on one external authorization check.
+const AUTHZ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The `Mesh` extension provider `name`, resolved: addresses joined,
+/// durations parsed, an API-key Secret's hashes read.
+fn authz_provider(r: &Resources, name: &str) -> Result<weft_core::l7::AuthzProvider, String> {
+    use crate::kinds::mesh::parse_status;
+    use weft_core::l7::{AuthzProvider, ProviderKind};
+    let spec = r
+        .meshes
+        .iter()
+        .flat_map(|m| m.spec.extension_providers.iter())
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            format!(
+                "no extension provider {name:?}; declare it in the Mesh's spec.extensionProviders"
+            )
+        })?;
+    let timeout = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| weft_core::duration::parse(t).ok())
+            .unwrap_or(AUTHZ_TIMEOUT)
+    };
+    let status = |s: &Option<String>| {
+        s.as_deref()
+            .and_then(|s| parse_status(s).ok())
+            .unwrap_or(403)
+    };
+    let lower = |v: &[String]| v.iter().map(|h| h.to_ascii_lowercase()).collect::<Vec<_>>();
+    let provider = |kind, timeout, fail_open, status_on_error| AuthzProvider {
+        name: name.to_owned(),
+        kind,
+        timeout,
+        fail_open,
+        status_on_error,
+    };
+    if let Some(g) = &spec.envoy_ext_authz_grpc {
+        return Ok(provider(
+            ProviderKind::Grpc {
+                address: join_host_port(&g.service, g.port),
+            },
+            timeout(&g.timeout),
+            g.fail_open,
+            status(&g.status_on_error),
+        ));
+    }
+    if let Some(h) = &spec.envoy_ext_authz_http {
+        return Ok(provider(
+            ProviderKind::Http {
+                address: join_host_port(&h.service, h.port),
+                path_prefix: h.path_prefix.clone().unwrap_or_default(),
+                include_headers: lower(&h.include_request_headers_in_check),
+                headers_to_upstream: lower(&h.headers_to_upstream_on_allow),
+                headers_to_downstream: lower(&h.headers_to_downstream_on_deny),
+            },
+            timeout(&h.timeout),
+            h.fail_open,
+            status(&h.status_on_error),
+        ));
+    }
+    let Some(k) = &spec.api_key else {
+        return Err(format!("extension provider {name:?} has no kind"));
+    };
+    let (ns, secret_name) = k
+        .secret
+        .split_once('/')
+        .unwrap_or(("weft-system", &k.secret));
+    let secret = r.secret(ns, secret_name).ok_or_else(|| {
+        format!("extension provider {name:?} reads API keys from Secret {ns}/{secret_name}, which is not in the configuration")
+    })?;
+    let mut keys = std::collections::BTreeMap::new();
+    for (client, value) in secret.spec.values() {
+        let text = String::from_utf8_lossy(&value).trim().to_owned();
+        let hash = text
+            .strip_prefix("sha256:")
+            .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+            .ok_or_else(|| {
+                format!("Secret {ns}/{secret_name} entry {client:?} is not sha256:<64 hex digits>; keys are stored hashed (weft hash-key <key>)")
+            })?;
+        keys.insert(hash.to_ascii_lowercase(), client);
+    }
+    Ok(provider(
+        ProviderKind::ApiKey {
+            header: k
+                .header
+                .as_deref()
+                .unwrap_or("x-api-key")
+                .to_ascii_lowercase(),
+            query: k.query.clone(),
+            keys,
+            client_header: k
+                .client_header
+                .as_deref()
+                .unwrap_or("x-weft-api-client")
+                .to_ascii_lowercase(),
+        },
+        AUTHZ_TIMEOUT,
+        false,
+        401,
+    ))
+}
+
+/// `host:port`, bracketing an IPv6 address.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
     }
 }
 
@@ -316,28 +451,17 @@ fn translate_request_authentications(
             .collect();
         let targets = ra.spec.target_ref.iter().chain(ra.spec.target_refs.iter());
         for (i, target) in targets.enumerate() {
-            let ns = target.namespace.as_deref().unwrap_or(&ra.name.namespace);
-            let wanted = NamespacedName::new(ns, &target.name);
-            if !snapshot.services.contains_key(&wanted) {
-                let field = if i == 0 && ra.spec.target_ref.is_some() {
-                    "spec.targetRef.name".to_owned()
-                } else {
-                    format!("spec.targetRefs[{i}].name")
-                };
-                report(
-                    out,
-                    ra,
-                    &field,
-                    format!("no service {wanted} in the registry"),
-                );
-                continue;
+            match attach_point(snapshot, &ra.name.namespace, target) {
+                Ok(policy) => policy.jwt.extend(issuers.iter().cloned()),
+                Err(e) => {
+                    let field = if i == 0 && ra.spec.target_ref.is_some() {
+                        "spec.targetRef.name".to_owned()
+                    } else {
+                        format!("spec.targetRefs[{i}].name")
+                    };
+                    report(out, ra, &field, e);
+                }
             }
-            snapshot
-                .l7
-                .entry(wanted)
-                .or_default()
-                .jwt
-                .extend(issuers.iter().cloned());
         }
     }
 }
@@ -353,15 +477,8 @@ fn translate_rate_limits(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<D
         let Some(target) = &p.spec.target_ref else {
             continue;
         };
-        let ns = target.namespace.as_deref().unwrap_or(&p.name.namespace);
-        let wanted = NamespacedName::new(ns, &target.name);
-        if !snapshot.services.contains_key(&wanted) {
-            report(
-                out,
-                p,
-                "spec.targetRef.name",
-                format!("no service {wanted} in the registry"),
-            );
+        if let Err(e) = attach_point(snapshot, &p.name.namespace, target) {
+            report(out, p, "spec.targetRef.name", e);
             continue;
         }
         let rules = p
@@ -383,15 +500,18 @@ fn translate_rate_limits(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<D
             fail_open: p.spec.failure_mode.as_deref() != Some("closed"),
             rules,
         };
-        let policy = snapshot.l7.entry(wanted.clone()).or_default();
+        let Ok(policy) = attach_point(snapshot, &p.name.namespace, target) else {
+            continue;
+        };
         if let Some(existing) = &policy.rate_limit {
+            let existing = existing.policy.clone();
             report(
                 out,
                 p,
                 "spec.targetRef",
                 format!(
-                    "{wanted} is already limited by RateLimitPolicy {}; one policy per service",
-                    existing.policy
+                    "{} is already limited by RateLimitPolicy {existing}; one policy per target",
+                    target.name
                 ),
             );
             continue;
@@ -563,6 +683,8 @@ fn http_route(
         None => None,
     };
     Some(HttpRoute {
+        hosts: Vec::new(),
+        listeners: Vec::new(),
         name: spec
             .name
             .clone()
@@ -731,6 +853,10 @@ pub(crate) fn translate_http_routes(
         }
         for (i, parent) in hr.spec.parent_refs.iter().enumerate() {
             let field = format!("spec.parentRefs[{i}]");
+            if parent.is_gateway() {
+                attach_to_gateway(snapshot, hr, &field, parent, &converted, out);
+                continue;
+            }
             let Some(service) = service_ref(snapshot, hr, &field, parent, out) else {
                 continue;
             };
@@ -752,6 +878,192 @@ pub(crate) fn translate_http_routes(
                 .or_default()
                 .routes
                 .extend(converted.iter().cloned());
+        }
+    }
+}
+
+/// Adds a route's rules to the Gateway `parent` names: with the route's
+/// host names and listener (`sectionName`), each backend given a port
+/// (the service's only port when the route leaves it out).
+fn attach_to_gateway(
+    snapshot: &mut Snapshot,
+    hr: &Resource<crate::kinds::HttpRouteSpec>,
+    field: &str,
+    parent: &crate::kinds::http_route::RefSpec,
+    converted: &[HttpRoute],
+    out: &mut Vec<Diagnostic>,
+) {
+    let ns = parent.namespace.as_deref().unwrap_or(&hr.name.namespace);
+    let wanted = NamespacedName::new(ns, &parent.name);
+    let Some(gateway) = snapshot.gateways.get(&wanted) else {
+        report(
+            out,
+            hr,
+            &format!("{field}.name"),
+            format!("no Gateway {wanted} in the configuration"),
+        );
+        return;
+    };
+    if let Some(section) = &parent.section_name
+        && !gateway.listeners.iter().any(|l| &l.name == section)
+    {
+        report(
+            out,
+            hr,
+            &format!("{field}.sectionName"),
+            format!("Gateway {wanted} has no listener {section:?}"),
+        );
+        return;
+    }
+    let mut routes = converted.to_vec();
+    for (r, route) in routes.iter_mut().enumerate() {
+        route.hosts = hr.spec.hostnames.clone();
+        route.listeners = parent.section_name.iter().cloned().collect();
+        for (b, d) in route.destinations.iter_mut().enumerate() {
+            if d.port.is_some() {
+                continue;
+            }
+            let only = snapshot
+                .services
+                .values()
+                .find(|s| service_key(s) == d.service)
+                .and_then(|s| match s.ports.as_slice() {
+                    [one] => Some(one.number),
+                    _ => None,
+                });
+            match only {
+                Some(port) => d.port = Some(port),
+                None => {
+                    report(
+                        out,
+                        hr,
+                        &format!("spec.rules[{r}].backendRefs[{b}].port"),
+                        format!(
+                            "{} has several ports; name one for routes at a Gateway",
+                            d.service
+                        ),
+                    );
+                    return;
+                }
+            }
+        }
+    }
+    if let Some(g) = snapshot.gateways.get_mut(&wanted) {
+        g.policy.routes.extend(routes);
+    }
+}
+
+/// `Gateway`s → their listeners (certificates and CA bundles read from
+/// Secrets), each checked to have its WorkloadEntry.
+fn translate_gateways(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
+    use crate::kinds::gateway::{CLIENT_CERTIFICATE_OPTION, SecretRefSpec};
+    use weft_core::l7::{CertificateKey, GatewayConfig, GatewayListener, ListenerTls};
+    let mut gateways: Vec<&Resource<crate::kinds::GatewaySpec>> =
+        r.gateways.iter().map(|g| g.as_ref()).collect();
+    gateways.sort_by(|a, b| a.name.cmp(&b.name));
+    for gw in gateways {
+        let runs_as = snapshot.workloads.get(&gw.name).is_some_and(|w| w.gateway);
+        if !runs_as {
+            report(
+                out,
+                gw,
+                "metadata.name",
+                format!(
+                    "no WorkloadEntry {} labelled weft.dev/gateway: \"true\" to run this gateway as",
+                    gw.name
+                ),
+            );
+            continue;
+        }
+        let secret = |field: &str, reference: &SecretRefSpec, out: &mut Vec<Diagnostic>| {
+            let ns = reference.namespace.as_deref().unwrap_or(&gw.name.namespace);
+            let found = r.secret(ns, &reference.name);
+            if found.is_none() {
+                report(
+                    out,
+                    gw,
+                    field,
+                    format!("no Secret {ns}/{} in the configuration", reference.name),
+                );
+            }
+            found.map(|s| (format!("{ns}/{}", reference.name), s))
+        };
+        let mut listeners = Vec::new();
+        let mut ok = true;
+        for (i, l) in gw.spec.listeners.iter().enumerate() {
+            let base = format!("spec.listeners[{i}].tls");
+            let tls = match &l.tls {
+                None => None,
+                Some(t) => {
+                    let mut certificates = Vec::new();
+                    for (c, reference) in t.certificate_refs.iter().enumerate() {
+                        let field = format!("{base}.certificateRefs[{c}]");
+                        let Some((name, s)) = secret(&field, reference, out) else {
+                            ok = false;
+                            continue;
+                        };
+                        match (s.spec.text("tls.crt"), s.spec.text("tls.key")) {
+                            (Some(chain_pem), Some(key_pem)) => certificates.push(CertificateKey {
+                                secret: name,
+                                chain_pem,
+                                key_pem,
+                            }),
+                            _ => {
+                                ok = false;
+                                report(
+                                    out,
+                                    gw,
+                                    &field,
+                                    format!("Secret {name} has no tls.crt and tls.key"),
+                                );
+                            }
+                        }
+                    }
+                    let mut client_ca = None;
+                    if let Some(v) = &t.frontend_validation {
+                        let mut bundle = String::new();
+                        for (c, reference) in v.ca_certificate_refs.iter().enumerate() {
+                            let field = format!("{base}.frontendValidation.caCertificateRefs[{c}]");
+                            let Some((name, s)) = secret(&field, reference, out) else {
+                                ok = false;
+                                continue;
+                            };
+                            match s.spec.text("ca.crt") {
+                                Some(pem) => bundle.push_str(&pem),
+                                None => {
+                                    ok = false;
+                                    report(out, gw, &field, format!("Secret {name} has no ca.crt"));
+                                }
+                            }
+                        }
+                        client_ca = Some(bundle);
+                    }
+                    Some(ListenerTls {
+                        certificates,
+                        client_ca,
+                        client_certificate_optional: t
+                            .options
+                            .get(CLIENT_CERTIFICATE_OPTION)
+                            .is_some_and(|v| v == "optional"),
+                    })
+                }
+            };
+            listeners.push(GatewayListener {
+                name: l.name.clone(),
+                port: u16::try_from(l.port).unwrap_or_default(),
+                hostname: l.hostname.clone(),
+                tls,
+            });
+        }
+        if ok {
+            snapshot.gateways.insert(
+                gw.name.clone(),
+                GatewayConfig {
+                    name: gw.name.to_string(),
+                    listeners,
+                    policy: L7Policy::default(),
+                },
+            );
         }
     }
 }
@@ -793,6 +1105,7 @@ fn as_http_route(
         labels: g.labels.clone(),
         annotations: g.annotations.clone(),
         spec: crate::kinds::HttpRouteSpec {
+            hostnames: Vec::new(),
             parent_refs: g.spec.parent_refs.clone(),
             rules,
         },

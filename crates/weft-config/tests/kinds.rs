@@ -464,7 +464,26 @@ fn authorization_policy_l7_fields_and_bad_values_are_named() {
             "spec.rules[0].from[0].source.requestPrincipals",
             "need targetRef",
         ),
-        (ap("  action: CUSTOM\n"), "spec.action", "not supported yet"),
+        (
+            ap("  action: CUSTOM\n"),
+            "spec.action",
+            "attach the policy with targetRef",
+        ),
+        (
+            ap("  targetRef: {name: reviews}\n  action: CUSTOM\n"),
+            "spec.provider",
+            "names its authorizer",
+        ),
+        (
+            ap("  targetRef: {name: reviews}\n  action: CUSTOM\n  provider: {name: nope}\n"),
+            "spec.provider.name",
+            "no extension provider \"nope\"",
+        ),
+        (
+            ap("  targetRef: {name: reviews}\n  action: ALLOW\n  provider: {name: nope}\n"),
+            "spec.provider",
+            "only CUSTOM policies",
+        ),
         (
             ap("  rules:\n  - to:\n    - operation: {ports: [\"http\"]}\n"),
             "spec.rules[0].to[0].operation.ports[0]",
@@ -840,7 +859,7 @@ fn http_route_mistakes_are_named() {
             hr(
                 "  parentRefs: [{kind: Gateway, group: gateway.networking.k8s.io, name: edge}]\n  rules: [{backendRefs: [{name: reviews}]}]\n",
             ),
-            "Gateways come with the ingress gateway",
+            "spec.parentRefs[0].name: no Gateway shop/edge in the configuration",
         ),
         (
             hr(
@@ -1200,4 +1219,140 @@ spec:
         text.contains("\"request.time\" is not an attribute weft can check"),
         "{text}"
     );
+}
+
+#[test]
+fn gateways_secrets_and_extension_providers() {
+    let hash = "ab".repeat(32);
+    let base = format!(
+        "{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: edge, namespace: shop}}
+spec: {{address: 10.0.0.9, labels: {{weft.dev/gateway: \"true\"}}}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: edge-cert, namespace: shop}}
+type: kubernetes.io/tls
+data: {{tls.crt: Q0VSVA==, tls.key: S0VZ}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: keys, namespace: shop}}
+stringData: {{acme: 'sha256:{hash}'}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec:
+  extensionProviders:
+  - name: keys
+    apiKey: {{secret: shop/keys}}
+  - name: ext
+    envoyExtAuthzHttp: {{service: authz.example, port: 8000, pathPrefix: /check, headersToUpstreamOnAllow: [X-User], failOpen: true}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  gatewayClassName: istio
+  listeners:
+  - {{name: web, port: 80, protocol: HTTP}}
+  - {{name: tls, port: 443, protocol: HTTPS, hostname: '*.example.com', tls: {{certificateRefs: [{{name: edge-cert}}]}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: in, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Gateway, name: edge, sectionName: tls}}]
+  hostnames: [shop.example.com]
+  rules: [{{backendRefs: [{{name: reviews}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: keys, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: edge}}
+  action: CUSTOM
+  provider: {{name: keys}}
+  rules: [{{to: [{{operation: {{paths: ['/partner/*']}}}}]}}]
+"
+    );
+    let config = load_ok(&base);
+    let gw = &config.snapshot.gateways[&name("shop", "edge")];
+    assert_eq!(gw.listeners.len(), 2);
+    let tls = gw.listeners[1].tls.as_ref().expect("tls");
+    assert_eq!(
+        (
+            tls.certificates[0].chain_pem.as_str(),
+            tls.certificates[0].key_pem.as_str()
+        ),
+        ("CERT", "KEY")
+    );
+    let route = &gw.policy.routes[0];
+    assert_eq!(route.hosts, ["shop.example.com"]);
+    assert_eq!(route.listeners, ["tls"]);
+    assert_eq!(
+        route.destinations[0].port,
+        Some(80),
+        "the service's only port"
+    );
+    let provider = gw.policy.authz[0].provider.as_ref().expect("provider");
+    match &provider.kind {
+        weft_core::l7::ProviderKind::ApiKey { keys, header, .. } => {
+            assert_eq!(keys.get(&hash).map(String::as_str), Some("acme"));
+            assert_eq!(header, "x-api-key");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        !format!("{:?}", tls.certificates[0]).contains("KEY"),
+        "keys are redacted in debug output"
+    );
+    // Mistakes, each named.
+    let cases = [
+        (
+            base.replace(&format!("sha256:{hash}"), "hunter2"),
+            "keys are stored hashed",
+        ),
+        (
+            base.replace(
+                "{name: edge, namespace: shop}\nspec: {address: 10.0.0.9",
+                "{name: edge-2, namespace: shop}\nspec: {address: 10.0.0.9",
+            ),
+            "no WorkloadEntry shop/edge labelled weft.dev/gateway",
+        ),
+        (
+            base.replace("[{name: edge-cert}]", "[{name: missing}]"),
+            "no Secret shop/missing",
+        ),
+        (
+            base.replace("sectionName: tls", "sectionName: nope"),
+            "has no listener \"nope\"",
+        ),
+        (
+            base.replace("gatewayClassName: istio", "gatewayClassName: nginx"),
+            "not a class weft runs",
+        ),
+        (
+            base.replace("protocol: HTTPS, hostname", "protocol: TCP, hostname"),
+            "serves HTTP and HTTPS listeners",
+        ),
+        (
+            base.replace("Q0VSVA==", "not base64!"),
+            "spec.data.tls.crt: not base64",
+        ),
+        (
+            base.replace(
+                "apiKey: {secret: shop/keys}",
+                "apiKey: {secret: shop/keys}\n    envoyExtAuthzGrpc: {service: a, port: 1}",
+            ),
+            "give exactly one of",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let text = load(&yaml).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
 }

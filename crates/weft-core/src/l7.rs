@@ -43,6 +43,64 @@ pub enum AuthzAction {
     Deny,
     /// Matching requests are logged.
     Audit,
+    /// Matching requests are decided by an external authorizer (the
+    /// policy's `provider`), before DENY and ALLOW policies.
+    Custom,
+}
+
+/// An authorizer for CUSTOM policies (Istio's mesh `extensionProviders`),
+/// resolved by the control plane.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AuthzProvider {
+    /// Its name in the mesh configuration.
+    pub name: String,
+    /// How it is asked.
+    pub kind: ProviderKind,
+    /// How long one check may take.
+    pub timeout: Duration,
+    /// Allow requests when the authorizer cannot be asked (error,
+    /// timeout, 5xx); otherwise refuse them with `status_on_error`.
+    pub fail_open: bool,
+    /// The status sent when failing closed (default 403).
+    pub status_on_error: u16,
+}
+
+/// The protocol of an authorizer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ProviderKind {
+    /// Envoy's `envoy.service.auth.v3.Authorization/Check` over gRPC.
+    Grpc {
+        /// `host:port`.
+        address: String,
+    },
+    /// Envoy's HTTP ext_authz: the request's method and path (after
+    /// `path_prefix`) with selected headers; 2xx allows.
+    Http {
+        /// `host:port`.
+        address: String,
+        /// Prepended to the request path.
+        path_prefix: String,
+        /// Request headers sent in the check (lowercase), besides
+        /// `authorization`, `host`, `cookie`… (see the waypoint).
+        include_headers: Vec<String>,
+        /// Authorizer response headers copied to the upstream request on
+        /// allow (lowercase).
+        headers_to_upstream: Vec<String>,
+        /// Authorizer response headers copied to the client on deny.
+        headers_to_downstream: Vec<String>,
+    },
+    /// weft's built-in API-key check: the key in `header` (or `query`
+    /// parameter) must hash (SHA-256) to one of `keys`.
+    ApiKey {
+        /// Header carrying the key (lowercase).
+        header: String,
+        /// Query parameter carrying it, if any.
+        query: Option<String>,
+        /// Hex SHA-256 of each key → the client it belongs to.
+        keys: BTreeMap<String, String>,
+        /// Header the client's name is sent upstream in (lowercase).
+        client_header: String,
+    },
 }
 
 /// A request-level authorization policy.
@@ -56,6 +114,9 @@ pub struct L7Authz {
     pub dry_run: bool,
     /// Rules, any one matches.
     pub rules: Vec<L7AuthzRule>,
+    /// The authorizer of a CUSTOM policy.
+    #[serde(default)]
+    pub provider: Option<AuthzProvider>,
 }
 
 /// One rule: any source, any operation, every condition.
@@ -337,6 +398,14 @@ pub struct HttpRoute {
     pub response_headers: Headers,
     /// Mirroring.
     pub mirror: Option<Mirror>,
+    /// Host names the route answers (gateways; `*.` wildcards); empty:
+    /// any.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Gateway listeners the route is attached to (`sectionName`);
+    /// empty: all.
+    #[serde(default)]
+    pub listeners: Vec<String>,
 }
 
 /// Load-balancing policy.
@@ -474,4 +543,72 @@ pub fn is_when_key(key: &str) -> bool {
                 | "remote.ip"
                 | "destination.port"
         )
+}
+
+/// An ingress gateway (Gateway API `Gateway`), as the gateway proxy runs
+/// it: listeners, and the routes and policies attached to it.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GatewayConfig {
+    /// `namespace/name` of the Gateway (and of the WorkloadEntry it runs
+    /// as).
+    pub name: String,
+    /// Its listeners.
+    pub listeners: Vec<GatewayListener>,
+    /// Routes (`HTTPRoute`s with this Gateway as parent), JWT issuers,
+    /// request-level authorization and rate limits attached to it.
+    pub policy: L7Policy,
+}
+
+/// One listener.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GatewayListener {
+    /// Its name (`sectionName` in routes).
+    pub name: String,
+    /// Port on the gateway's address.
+    pub port: u16,
+    /// Host name it accepts (`*.` wildcard); `None`: any.
+    pub hostname: Option<String>,
+    /// TLS termination (HTTPS); `None`: plain HTTP.
+    pub tls: Option<ListenerTls>,
+}
+
+/// A listener's TLS settings.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListenerTls {
+    /// Certificate chains with their keys (PEM), picked by SNI.
+    pub certificates: Vec<CertificateKey>,
+    /// CA bundle (PEM) client certificates are checked against; `None`:
+    /// no client certificates asked for.
+    pub client_ca: Option<String>,
+    /// Accept clients without a certificate (their requests carry no
+    /// principal; policy decides).
+    pub client_certificate_optional: bool,
+}
+
+/// One certificate chain and its private key, PEM.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateKey {
+    /// `namespace/name` of the Secret it came from.
+    pub secret: String,
+    /// The chain.
+    pub chain_pem: String,
+    /// The key.
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertificateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CertificateKey({}, key redacted)", self.secret)
+    }
+}
+
+/// Whether `host` matches a Gateway API host name pattern (exact, or
+/// `*.suffix` for one or more labels), case-insensitively.
+pub fn host_matches(pattern: &str, host: &str) -> bool {
+    let host = host.split(':').next().unwrap_or(host).to_ascii_lowercase();
+    let pattern = pattern.to_ascii_lowercase();
+    match pattern.strip_prefix("*.") {
+        Some(suffix) => host.len() > suffix.len() + 1 && host.ends_with(&format!(".{suffix}")),
+        None => host == pattern,
+    }
 }

@@ -34,6 +34,9 @@ pub const CLIENT_ONLY_ANNOTATION: &str = "weft.dev/client-only";
 /// for Istio's `istio-waypoint` Gateway): it runs `weft waypoint`, receives
 /// HBONE itself, and its node proxy leaves it alone.
 pub const WAYPOINT_LABEL: &str = "weft.dev/waypoint";
+/// Label on a workload marking it as an ingress gateway: it runs `weft
+/// gateway` for the Gateway API `Gateway` of the same name and namespace.
+pub const GATEWAY_LABEL: &str = "weft.dev/gateway";
 /// Label on a service naming the waypoint (a workload of the same
 /// namespace, unless `istio.io/use-waypoint-namespace` says otherwise) its
 /// traffic goes through, as in Istio.
@@ -79,6 +82,8 @@ pub struct Snapshot {
     pub policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
     /// L7 policy by service (namespace and name of its ServiceEntry).
     pub l7: BTreeMap<NamespacedName, crate::l7::L7Policy>,
+    /// Ingress gateways by namespace and name.
+    pub gateways: BTreeMap<NamespacedName, crate::l7::GatewayConfig>,
 }
 
 impl Snapshot {
@@ -497,6 +502,9 @@ pub struct Workload {
     pub mtls_mode: MtlsMode,
     /// Whether it is a waypoint (label `weft.dev/waypoint: "true"`).
     pub waypoint: bool,
+    /// Whether it is an ingress gateway (label `weft.dev/gateway:
+    /// "true"`; the Gateway of the same name configures it).
+    pub gateway: bool,
 }
 
 /// A local port on a workload's address that leads to a service.
@@ -607,6 +615,7 @@ mod tests {
             outbound: Vec::new(),
             mtls_mode: crate::model::MtlsMode::Strict,
             waypoint: false,
+            gateway: false,
         }
     }
 

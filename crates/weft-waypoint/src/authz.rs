@@ -155,7 +155,20 @@ pub struct Decision {
     pub shadow: Vec<String>,
 }
 
-/// Decides a request against the policies of its service.
+/// The CUSTOM policies whose rules match the request, in order: each
+/// one's provider must allow it before DENY and ALLOW policies are
+/// looked at (dry-run ones are left out: the caller logs nothing for
+/// them, as their provider is never asked).
+pub fn custom<'a>(policies: &'a [L7Authz], r: &Request<'_>) -> Vec<&'a L7Authz> {
+    policies
+        .iter()
+        .filter(|p| p.action == AuthzAction::Custom && !p.dry_run && p.provider.is_some())
+        .filter(|p| matching_rule(p, r).is_some())
+        .collect()
+}
+
+/// Decides a request against the policies of its service (CUSTOM ones
+/// are [`custom`]'s business).
 pub fn decide(policies: &[L7Authz], r: &Request<'_>) -> Decision {
     let mut shadow = Vec::new();
     let enforced: Vec<&L7Authz> = policies
@@ -209,6 +222,7 @@ mod tests {
             action,
             dry_run: false,
             rules,
+            provider: None,
         }
     }
 

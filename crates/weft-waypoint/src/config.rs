@@ -203,6 +203,70 @@ pub fn config_for(
     config
 }
 
+/// The engine target of a gateway listener.
+pub fn listener_target(listener: &str) -> String {
+    format!("gateway/{listener}")
+}
+
+/// The engine's configuration for ingress gateway `gateway` (running as
+/// workload `me`): per listener, the routes attached to it (a route
+/// without host names takes the listener's), and the gateway's JWT
+/// issuers, authorization policies and rate limit; clusters as for a
+/// waypoint, reused from `previous` when unchanged.
+pub fn gateway_config_for(
+    view: &NodeView,
+    me: &WorkloadInfo,
+    gateway: &l7::GatewayConfig,
+    services: &Services,
+    previous: Option<&Config>,
+) -> Config {
+    let mut builder = Builder {
+        view,
+        me,
+        policies: &services.policies,
+        http2: &services.http2,
+        previous,
+        clusters: HashMap::new(),
+    };
+    let policy = &gateway.policy;
+    let mut config = Config::default();
+    let authn =
+        (!policy.jwt.is_empty()).then(|| Arc::new(authenticator(&policy.jwt, &services.jwks)));
+    let authz = (!policy.authz.is_empty()).then(|| Arc::new(policy.authz.clone()));
+    // One limiter for every listener: a client's requests count once.
+    let limit = policy.rate_limit.as_ref().map(|l| {
+        let previous = previous.and_then(|p| p.limits.values().next());
+        limiter(l, &services.redis, previous)
+    });
+    for listener in &gateway.listeners {
+        let target = listener_target(&listener.name);
+        let routes = policy
+            .routes
+            .iter()
+            .filter(|r| r.listeners.is_empty() || r.listeners.contains(&listener.name))
+            .filter_map(|r| {
+                let mut route = builder.route(r, 0)?;
+                if route.hosts.is_empty() {
+                    route.hosts = listener.hostname.iter().cloned().collect();
+                }
+                Some(route)
+            })
+            .collect();
+        config.targets.insert(target.clone(), routes);
+        if let Some(a) = &authn {
+            config.authn.insert(target.clone(), a.clone());
+        }
+        if let Some(a) = &authz {
+            config.authz.insert(target.clone(), a.clone());
+        }
+        if let Some(l) = &limit {
+            config.limits.insert(target, l.clone());
+        }
+    }
+    config.clusters = builder.clusters;
+    config
+}
+
 /// The service ports of `service`, from its endpoints.
 fn service_ports(view: &NodeView, service: &str) -> Vec<u16> {
     let mut ports: Vec<u16> = view
@@ -391,6 +455,7 @@ impl Builder<'_> {
         };
         Some(Route {
             name: r.name.clone(),
+            hosts: r.hosts.clone(),
             matches,
             backends,
             timeout: r.timeout,

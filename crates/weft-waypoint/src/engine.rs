@@ -44,7 +44,7 @@ use crate::lb::{Balancer, Endpoint, Locality};
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
 use crate::route::{Redirect, Rewrite, Route, pick_backend, select};
-use weft_core::l7::HashOn;
+use weft_core::l7::{AuthzAction, HashOn};
 
 /// Request bodies up to this size are kept for replay (retries).
 pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
@@ -290,6 +290,16 @@ pub struct Ctx {
 #[derive(Debug, Clone)]
 pub struct SourceIdentity(pub weft_core::Identity);
 
+/// A gateway client's certificate principal (its first URI SAN without
+/// `spiffe://`, else its first DNS SAN, else its subject), put in request
+/// extensions by a TLS front that checked the certificate.
+#[derive(Debug, Clone)]
+pub struct ClientPrincipal(pub String);
+
+/// Marks a request that arrived over TLS (a gateway's HTTPS listener).
+#[derive(Debug, Clone, Copy)]
+pub struct Tls;
+
 /// A body that was partly read: the part read, then the rest.
 struct Prefixed {
     head: Option<Bytes>,
@@ -370,6 +380,7 @@ where
 pub struct Engine {
     config: ArcSwap<Config>,
     client: Upstream,
+    authorizers: crate::extauthz::Authorizers,
     metrics: Metrics,
     max_replay: usize,
 }
@@ -389,6 +400,7 @@ impl Engine {
         Engine {
             config: ArcSwap::from_pointee(config),
             client: Upstream::Plain(Box::new(clients(connector))),
+            authorizers: crate::extauthz::Authorizers::default(),
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -403,6 +415,7 @@ impl Engine {
         Engine {
             config: ArcSwap::from_pointee(config),
             client: Upstream::Hbone(Box::new(clients(connector))),
+            authorizers: crate::extauthz::Authorizers::default(),
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -534,50 +547,13 @@ impl Engine {
                 }
             }
         }
-        // Phase 2b: authorization.
-        if let Some(policies) = config.authz.get(target.unwrap_or("")) {
-            let principal = ctx.source.as_ref().map(|s| {
-                let s = s.to_string();
-                s.strip_prefix("spiffe://").unwrap_or(&s).to_owned()
-            });
-            let namespace = ctx.source.as_ref().map(|s| s.namespace().to_owned());
-            let host = request
-                .headers()
-                .get(http::header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(|h| h.split(':').next().unwrap_or(h).to_owned())
-                .unwrap_or_default();
-            let port = target
-                .and_then(|t| t.rsplit(':').next()?.parse().ok())
-                .unwrap_or(0);
-            let attributes = crate::authz::Request {
-                principal: principal.as_deref(),
-                namespace: namespace.as_deref(),
-                source_ip: request.extensions().get::<PeerAddr>().map(|p| p.0.ip()),
-                request_principal: ctx.access.request_principal.as_deref(),
-                claims: claims.as_ref(),
-                host: &host,
-                port,
-                method: request.method().as_str(),
-                path: request.uri().path(),
-                headers: Some(request.headers()),
-            };
-            let decision = crate::authz::decide(policies, &attributes);
-            for shadow in &decision.shadow {
-                tracing::info!(policy = %shadow, path = %attributes.path, "authorization policy matched (not enforced)");
-            }
-            self.metrics
-                .authz(decision.policy.as_deref(), decision.allowed);
-            if !decision.allowed {
-                tracing::info!(
-                    policy = decision.policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
-                    rule = ?decision.rule,
-                    method = %attributes.method,
-                    path = %attributes.path,
-                    "request denied: RBAC: access denied"
-                );
-                return Ok(status_response(403, "RBAC: access denied"));
-            }
+        // Phase 2b: authorization (CUSTOM providers, then DENY, ALLOW).
+        if let Some(policies) = config.authz.get(target.unwrap_or(""))
+            && let Some(refused) = self
+                .authorize(ctx, policies, target, &mut request, claims.as_ref())
+                .await
+        {
+            return Ok(refused);
         }
         // Phase 3: rate limits.
         let mut limit_headers = None;
@@ -669,6 +645,160 @@ impl Engine {
             rate_limit_headers(response.headers_mut(), d, false);
         }
         Ok(response)
+    }
+
+    /// Authorization: each matching CUSTOM policy's provider is asked
+    /// (its denial answers the client; its changes to the request apply
+    /// once every provider allowed), then DENY and ALLOW policies decide.
+    /// `Some` is the refusal to send.
+    async fn authorize(
+        &self,
+        ctx: &mut Ctx,
+        policies: &[weft_core::l7::L7Authz],
+        target: Option<&str>,
+        request: &mut Request<Incoming>,
+        claims: Option<&HashMap<String, String>>,
+    ) -> Option<Response<Body>> {
+        let principal = match (&ctx.source, request.extensions().get::<ClientPrincipal>()) {
+            (Some(s), _) => {
+                let s = s.to_string();
+                Some(s.strip_prefix("spiffe://").unwrap_or(&s).to_owned())
+            }
+            (None, Some(c)) => Some(c.0.clone()),
+            (None, None) => None,
+        };
+        let namespace = ctx.source.as_ref().map(|s| s.namespace().to_owned());
+        let host = request
+            .headers()
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(|h| h.split(':').next().unwrap_or(h).to_owned())
+            .unwrap_or_default();
+        let port = target
+            .and_then(|t| t.rsplit(':').next()?.parse().ok())
+            .unwrap_or(0);
+        let peer = request.extensions().get::<PeerAddr>().map(|p| p.0);
+        let attributes = crate::authz::Request {
+            principal: principal.as_deref(),
+            namespace: namespace.as_deref(),
+            source_ip: peer.map(|p| p.ip()),
+            request_principal: ctx.access.request_principal.as_deref(),
+            claims,
+            host: &host,
+            port,
+            method: request.method().as_str(),
+            path: request.uri().path(),
+            headers: Some(request.headers()),
+        };
+        let mut changes = Vec::new();
+        for policy in crate::authz::custom(policies, &attributes) {
+            let Some(provider) = &policy.provider else {
+                continue;
+            };
+            let input = crate::extauthz::CheckInput {
+                method: attributes.method,
+                path: request
+                    .uri()
+                    .path_and_query()
+                    .map_or("/", http::uri::PathAndQuery::as_str),
+                host: &host,
+                scheme: if request.extensions().get::<Tls>().is_some() {
+                    "https"
+                } else {
+                    "http"
+                },
+                protocol: ctx.access.protocol,
+                headers: request.headers(),
+                principal: principal.as_deref(),
+                source: peer,
+            };
+            let asked =
+                tokio::time::timeout(provider.timeout, self.authorizers.check(provider, &input))
+                    .await;
+            let verdict = match asked {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => self.provider_failed(policy, provider, &e.to_string()),
+                Err(_) => self.provider_failed(
+                    policy,
+                    provider,
+                    &format!("no answer within {:?}", provider.timeout),
+                ),
+            };
+            match verdict {
+                crate::extauthz::Verdict::Allow(allowed) => {
+                    self.metrics.authz(Some(&policy.policy), true);
+                    changes.push(allowed);
+                }
+                crate::extauthz::Verdict::Deny(denied) => {
+                    self.metrics.authz(Some(&policy.policy), false);
+                    tracing::info!(
+                        policy = %policy.policy,
+                        provider = %provider.name,
+                        status = denied.status,
+                        method = %attributes.method,
+                        path = %attributes.path,
+                        "request denied by external authorization"
+                    );
+                    ctx.flags = "UAEX";
+                    let mut response = status_response(denied.status, denied.body.trim_end());
+                    for (name, value) in denied.headers {
+                        response.headers_mut().insert(name, value);
+                    }
+                    return Some(response);
+                }
+            }
+        }
+        let decision = crate::authz::decide(policies, &attributes);
+        for shadow in &decision.shadow {
+            tracing::info!(policy = %shadow, path = %attributes.path, "authorization policy matched (not enforced)");
+        }
+        let enforced = policies
+            .iter()
+            .any(|p| matches!(p.action, AuthzAction::Allow | AuthzAction::Deny) && !p.dry_run);
+        if enforced {
+            self.metrics
+                .authz(decision.policy.as_deref(), decision.allowed);
+        }
+        if !decision.allowed {
+            tracing::info!(
+                policy = decision.policy.as_deref().unwrap_or("(no ALLOW policy matched)"),
+                rule = ?decision.rule,
+                method = %attributes.method,
+                path = %attributes.path,
+                "request denied: RBAC: access denied"
+            );
+            return Some(status_response(403, "RBAC: access denied"));
+        }
+        for change in changes {
+            change.apply(request.headers_mut());
+        }
+        None
+    }
+
+    /// A provider could not be asked: its failure mode decides.
+    fn provider_failed(
+        &self,
+        policy: &weft_core::l7::L7Authz,
+        provider: &weft_core::l7::AuthzProvider,
+        why: &str,
+    ) -> crate::extauthz::Verdict {
+        self.metrics.authz_error(&provider.name, provider.fail_open);
+        tracing::warn!(
+            policy = %policy.policy,
+            provider = %provider.name,
+            error = %why,
+            fail_open = provider.fail_open,
+            "external authorization failed; the provider's failure mode decides"
+        );
+        if provider.fail_open {
+            crate::extauthz::Verdict::Allow(crate::extauthz::Allowed::default())
+        } else {
+            crate::extauthz::Verdict::Deny(crate::extauthz::Denied {
+                status: provider.status_on_error,
+                headers: Vec::new(),
+                body: "external authorization failed".into(),
+            })
+        }
     }
 
     /// Sends a copy to `target`; its answer is dropped.

@@ -54,6 +54,16 @@ pub struct Metrics {
     try_timeouts: Family<ServiceLabels, Counter>,
     rate_limits: Family<RateLimitLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
+    authz_errors: Family<ProviderLabels, Counter>,
+}
+
+/// Labels of an external authorization failure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProviderLabels {
+    /// The provider's name.
+    pub provider: String,
+    /// What the failure mode did: `allowed` (fail open) or `denied`.
+    pub decision: &'static str,
 }
 
 /// Labels of an authorization decision.
@@ -102,6 +112,7 @@ impl Default for Metrics {
             try_timeouts: Family::default(),
             rate_limits: Family::default(),
             authz: Family::default(),
+            authz_errors: Family::default(),
         }
     }
 }
@@ -145,6 +156,11 @@ impl Metrics {
             "weft_authz_decisions",
             "Request-level authorization decisions by deciding policy",
             self.authz.clone(),
+        );
+        registry.register(
+            "weft_ext_authz_errors",
+            "External authorization checks that failed (unreachable, timeout, 5xx), by provider and what the failure mode did",
+            self.authz_errors.clone(),
         );
         registry.register(
             "weft_ratelimit_decisions",
@@ -201,6 +217,15 @@ impl Metrics {
             .get_or_create(&AuthzLabels {
                 policy: policy.unwrap_or("-").to_owned(),
                 decision: if allowed { "allowed" } else { "denied" },
+            })
+            .inc();
+    }
+
+    pub(crate) fn authz_error(&self, provider: &str, fail_open: bool) {
+        self.authz_errors
+            .get_or_create(&ProviderLabels {
+                provider: provider.to_owned(),
+                decision: if fail_open { "allowed" } else { "denied" },
             })
             .inc();
     }

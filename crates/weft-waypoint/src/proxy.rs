@@ -95,8 +95,28 @@ impl Waypoint {
     }
 }
 
-/// Starts a waypoint.
-pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> {
+/// What waypoints and gateways share: the workload they run as (found in
+/// the registry), its certificate, the config stream, and an engine that
+/// forwards over HBONE with that identity.
+pub(crate) struct Core {
+    pub(crate) me: Arc<weft_node::view::WorkloadInfo>,
+    pub(crate) bundle: TrustBundle,
+    pub(crate) certs: weft_ca::CertManager,
+    pub(crate) xds: Arc<XdsClient>,
+    pub(crate) changes: tokio::sync::watch::Receiver<Arc<weft_xds::ClientState>>,
+    pub(crate) engine: Arc<Engine>,
+    pub(crate) metrics: Metrics,
+    pub(crate) peers: Peers,
+}
+
+/// Sets up [`Core`] for workload `options.name`, following the config
+/// stream's `extra` types besides the registry's. `label` says what the
+/// workload must be labelled, for the error when it does not appear.
+pub(crate) async fn core(
+    options: &WaypointOptions,
+    extra: &[&str],
+    label: &str,
+) -> Result<Core, WaypointError> {
     let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
     let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
     let certs = token_cert_manager(
@@ -106,16 +126,18 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
         options.token.clone(),
     )
     .map_err(|e| setup(&e))?;
+    let mut types = vec![
+        weft_xds::ADDRESS_TYPE.into(),
+        weft_xds::LISTENERS_TYPE.into(),
+        weft_xds::MESH_TYPE.into(),
+        weft_xds::L7_SERVICE_TYPE.into(),
+    ];
+    types.extend(extra.iter().map(|t| (*t).to_owned()));
     let xds = Arc::new(XdsClient::start(
         Transport::Plaintext(options.xds_addr),
         ClientOptions {
             node_id: options.node.clone(),
-            types: vec![
-                weft_xds::ADDRESS_TYPE.into(),
-                weft_xds::LISTENERS_TYPE.into(),
-                weft_xds::MESH_TYPE.into(),
-                weft_xds::L7_SERVICE_TYPE.into(),
-            ],
+            types,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(15),
             validator: weft_xds::decode_validator(),
@@ -137,13 +159,12 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
     .await
     .map_err(|_| {
         WaypointError::Setup(format!(
-            "workload {} did not appear in the registry within {REGISTRY_WAIT:?}; declare it with the label weft.dev/waypoint: \"true\"",
+            "workload {} did not appear in the registry within {REGISTRY_WAIT:?}; declare it with the label {label}",
             options.name
         ))
     })?
     .map_err(|()| WaypointError::Setup("the config stream ended".into()))?;
     certs.fetch(&me.identity).await.map_err(|e| setup(&e))?;
-
     let metrics = Metrics::default();
     let peers: Peers = Arc::default();
     let connector = HboneConnector::new(
@@ -157,47 +178,97 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
         metrics.clone(),
         connector,
     ));
+    Ok(Core {
+        me,
+        bundle,
+        certs,
+        xds,
+        changes,
+        engine,
+        metrics,
+        peers,
+    })
+}
+
+impl Core {
+    /// What the registry says now, for building a configuration: the
+    /// node's view (peers' identities refreshed for the HBONE connector)
+    /// and the services' L7 policies, with Redis connections and fetched
+    /// keys carried over.
+    pub(crate) async fn refresh(
+        &mut self,
+        node: &str,
+        redis: &mut HashMap<String, redis::aio::ConnectionManager>,
+        jwks: &crate::jwks::Fetcher,
+    ) -> (Arc<NodeView>, crate::config::Services) {
+        let view = Arc::new(NodeView::build(&self.changes.borrow_and_update(), node));
+        self.peers.store(Arc::new(
+            view.workloads
+                .values()
+                .map(|w| (w.ip, w.identity.clone()))
+                .collect::<HashMap<IpAddr, Identity>>(),
+        ));
+        let mut services = services(&self.changes.borrow());
+        connect_redis(&services, redis).await;
+        services.redis = redis.clone();
+        services.jwks = jwks.clone();
+        (view, services)
+    }
+
+    /// Serves Prometheus metrics (requests and certificate expiry).
+    pub(crate) async fn serve_metrics(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<(SocketAddr, JoinHandle<()>), WaypointError> {
+        let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
+        let mut registry = prometheus_client::registry::Registry::default();
+        self.metrics.register(&mut registry);
+        self.certs.register(&mut registry);
+        let listener = weft_admin::bind(addr, "metrics")
+            .await
+            .map_err(|e| setup(&e))?;
+        let bound = listener.local_addr().map_err(|e| setup(&e))?;
+        let served = tokio::spawn(weft_admin::serve(
+            listener,
+            Routes::new().metrics(Arc::new(Mutex::new(registry))),
+            std::future::pending(),
+        ));
+        Ok((bound, served))
+    }
+}
+
+/// Starts a waypoint.
+pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> {
+    let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
+    let mut core = core(&options, &[], "weft.dev/waypoint: \"true\"").await?;
+    let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;
+    let tls = server_config(
+        core.certs.source(&core.me.identity),
+        SpiffeClientVerifier::new(core.bundle.clone(), &options.trust_domain),
+    )
+    .map_err(|e| setup(&e))?;
+    let me = core.me.clone();
+    let (engine, metrics, xds) = (core.engine.clone(), core.metrics.clone(), core.xds.clone());
     let view = Arc::new(ArcSwap::from_pointee(NodeView::default()));
-    let (task_engine, task_view, task_me, node) = (
-        engine.clone(),
-        view.clone(),
-        me.clone(),
-        options.node.clone(),
-    );
+    let (task_view, node) = (view.clone(), options.node.clone());
     let jwks = crate::jwks::Fetcher::new(&options.jwks_roots);
     let reconcile = tokio::spawn(async move {
         let mut redis = HashMap::new();
         loop {
-            let next = Arc::new(NodeView::build(&changes.borrow_and_update(), &node));
-            peers.store(Arc::new(
-                next.workloads
-                    .values()
-                    .map(|w| (w.ip, w.identity.clone()))
-                    .collect::<HashMap<IpAddr, Identity>>(),
-            ));
-            let mut services = services(&changes.borrow());
-            connect_redis(&services, &mut redis).await;
-            services.redis = redis.clone();
-            services.jwks = jwks.clone();
-            let previous = task_engine.current();
-            task_engine.update(crate::config::config_for(
+            let (next, services) = core.refresh(&node, &mut redis, &jwks).await;
+            let previous = core.engine.current();
+            core.engine.update(crate::config::config_for(
                 &next,
-                &task_me,
+                &core.me,
                 &services,
                 Some(&previous),
             ));
             task_view.store(next);
-            if changes.changed().await.is_err() {
+            if core.changes.changed().await.is_err() {
                 return;
             }
         }
     });
-
-    let tls = server_config(
-        certs.source(&me.identity),
-        SpiffeClientVerifier::new(bundle, &options.trust_domain),
-    )
-    .map_err(|e| setup(&e))?;
     let hbone_addr = SocketAddr::new(me.ip, weft_hbone::PORT);
     let listener = tokio::net::TcpListener::bind(hbone_addr)
         .await
@@ -208,19 +279,6 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
         Arc::new(tls),
         handler,
         Limits::default(),
-        std::future::pending(),
-    ));
-
-    let mut registry = prometheus_client::registry::Registry::default();
-    metrics.register(&mut registry);
-    certs.register(&mut registry);
-    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics")
-        .await
-        .map_err(|e| setup(&e))?;
-    let metrics_addr = metrics_listener.local_addr().map_err(|e| setup(&e))?;
-    let served = tokio::spawn(weft_admin::serve(
-        metrics_listener,
-        Routes::new().metrics(Arc::new(Mutex::new(registry))),
         std::future::pending(),
     ));
     tracing::info!(waypoint = %options.name, %hbone_addr, identity = %me.identity, "waypoint ready");

@@ -251,6 +251,17 @@ pub struct Route {
     pub response_headers: HeaderChanges,
     /// Request mirroring.
     pub mirror: Option<Mirror>,
+    /// Host names it answers (gateways; `*.` wildcards); empty: any.
+    pub hosts: Vec<String>,
+}
+
+/// The request's host: the `Host` header, else the URI's authority.
+fn request_host<'a>(uri: &'a Uri, headers: &'a HeaderMap) -> &'a str {
+    headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| uri.authority().map(http::uri::Authority::as_str))
+        .unwrap_or("")
 }
 
 /// The first route whose matches hold, in order.
@@ -260,9 +271,11 @@ pub fn select<'a>(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Option<&'a Route> {
-    routes
-        .iter()
-        .find(|r| r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, uri, headers)))
+    let host = request_host(uri, headers);
+    routes.iter().find(|r| {
+        (r.hosts.is_empty() || r.hosts.iter().any(|h| weft_core::l7::host_matches(h, host)))
+            && (r.matches.is_empty() || r.matches.iter().any(|m| m.matches(method, uri, headers)))
+    })
 }
 
 /// The backend for a draw `unit` in [0, 1), by weight.
@@ -300,6 +313,16 @@ mod tests {
     #[test]
     fn selection_table() {
         let routes = vec![
+            Route {
+                hosts: vec!["*.partner.example".into(), "api.example".into()],
+                ..route(
+                    "partners",
+                    vec![RouteMatch {
+                        path: Some(PathMatch::Prefix("/p".into())),
+                        ..Default::default()
+                    }],
+                )
+            },
             route(
                 "canary-header",
                 vec![RouteMatch {
@@ -363,6 +386,26 @@ mod tests {
             (Method::GET, "/x/v2/items", h(&[]), "default"),
             (Method::GET, "/x?a=2&debug=1", h(&[]), "query"),
             (Method::GET, "/x?debug=2", h(&[]), "default"),
+            (
+                Method::GET,
+                "/p",
+                h(&[("host", "a.partner.example")]),
+                "partners",
+            ),
+            (
+                Method::GET,
+                "/p",
+                h(&[("host", "API.example:8443")]),
+                "partners",
+            ),
+            (
+                Method::GET,
+                "/p",
+                h(&[("host", "partner.example")]),
+                "default",
+            ),
+            (Method::GET, "/p", h(&[("host", "evil.example")]), "default"),
+            (Method::GET, "/p", h(&[]), "default"),
         ];
         for (method, path, headers, want) in cases {
             let uri: Uri = path.parse().expect("uri");
@@ -370,7 +413,7 @@ mod tests {
             assert_eq!(got, Some(want), "{method} {path}");
         }
         let root: Uri = "/".parse().expect("uri");
-        assert!(select(&routes[..1], &Method::GET, &root, &HeaderMap::new()).is_none());
+        assert!(select(&routes[1..2], &Method::GET, &root, &HeaderMap::new()).is_none());
     }
 
     #[test]

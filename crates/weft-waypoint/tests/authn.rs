@@ -186,6 +186,7 @@ async fn a_policy_requires_a_verified_token_with_a_claim() {
         policy: "shop/b-needs-platinum".into(),
         action: AuthzAction::Allow,
         dry_run: false,
+        provider: None,
         rules: vec![L7AuthzRule {
             from: vec![L7Source {
                 request_principals: vec![format!("{ISSUER}/*")],

@@ -23,7 +23,8 @@ pub mod server;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
 pub use resources::{
-    ADDRESS_TYPE, AUTHORIZATION_TYPE, L7_SERVICE_TYPE, LISTENERS_TYPE, MESH_TYPE, ResourceSet,
+    ADDRESS_TYPE, AUTHORIZATION_TYPE, GATEWAY_TYPE, L7_SERVICE_TYPE, LISTENERS_TYPE, MESH_TYPE,
+    ResourceSet,
 };
 pub use server::{XdsMetrics, XdsServer};
 
@@ -47,6 +48,9 @@ pub fn decode_validator() -> client::Validator {
         L7_SERVICE_TYPE => proto::weft::L7Service::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid weft.config.v1alpha1.L7Service: {e}")),
+        GATEWAY_TYPE => proto::weft::Gateway::decode(body.value.as_slice())
+            .map(|_| ())
+            .map_err(|e| format!("not a valid weft.config.v1alpha1.Gateway: {e}")),
         other => Err(format!("unexpected type {other}")),
     })
 }

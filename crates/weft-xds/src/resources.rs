@@ -23,9 +23,12 @@ pub const L7_SERVICE_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.L7Se
 pub const LISTENERS_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.WorkloadListeners";
 /// Type URL of the mesh-wide settings nodes need.
 pub const MESH_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.MeshConfig";
+/// Type URL of ingress gateways' configuration.
+pub const GATEWAY_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.Gateway";
 /// Every type the server offers.
-pub const TYPES: [&str; 5] = [
+pub const TYPES: [&str; 6] = [
     ADDRESS_TYPE,
+    GATEWAY_TYPE,
     AUTHORIZATION_TYPE,
     L7_SERVICE_TYPE,
     LISTENERS_TYPE,
@@ -203,6 +206,19 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             ),
         );
     }
+    let mut gateways = Resources::new();
+    for (name, gateway) in &snapshot.gateways {
+        let message = crate::proto::weft::Gateway {
+            name: name.name.clone(),
+            namespace: name.namespace.clone(),
+            // Serializing plain data cannot fail.
+            config_json: serde_json::to_string(gateway).unwrap_or_default(),
+        };
+        gateways.insert(
+            Arc::from(name.to_string()),
+            Entry::new(GATEWAY_TYPE, &message),
+        );
+    }
     let mut listeners = Resources::new();
     let mode = |m: weft_core::model::MtlsMode| match m {
         weft_core::model::MtlsMode::Strict => crate::proto::weft::MtlsMode::Strict,
@@ -265,6 +281,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     types.insert(LISTENERS_TYPE, listeners);
     types.insert(ADDRESS_TYPE, addresses);
     types.insert(L7_SERVICE_TYPE, l7);
+    types.insert(GATEWAY_TYPE, gateways);
     types.insert(AUTHORIZATION_TYPE, authorizations);
     ResourceSet {
         version,

@@ -67,6 +67,13 @@ enum Command {
     /// Run a waypoint: L7 routing, timeouts, retries within budgets for
     /// the services that name it.
     Waypoint(cmd::waypoint::Args),
+    /// Run an ingress gateway: a Gateway API `Gateway`'s HTTP and HTTPS
+    /// listeners, authentication, authorization and rate limits, then into
+    /// the mesh over HBONE.
+    Gateway(cmd::waypoint::Args),
+    /// Print the hash an API-key Secret stores for a key
+    /// (`sha256:<hex>`); the key is read from standard input, one line.
+    HashKey,
     /// Start a whole local mesh from a directory: control plane, node
     /// proxies, apps.
     Up(cmd::up::Args),
@@ -87,9 +94,23 @@ fn main() -> ExitCode {
         Command::ConfigDump(args) => cmd::config_dump::run(args),
         Command::Node(args) => cmd::node::run(args),
         Command::Waypoint(args) => cmd::waypoint::run(args),
+        Command::Gateway(args) => cmd::waypoint::run_gateway(args),
         Command::Up(args) => cmd::up::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Authz(args) => cmd::authz::run(args),
+        Command::HashKey => {
+            let mut key = String::new();
+            match std::io::stdin().read_line(&mut key) {
+                Ok(_) if !key.trim().is_empty() => {
+                    println!("sha256:{}", weft_waypoint::extauthz::hash_key(key.trim()));
+                    ExitCode::SUCCESS
+                }
+                _ => {
+                    eprintln!("weft hash-key: give the key on standard input");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 

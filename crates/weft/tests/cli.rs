@@ -182,3 +182,29 @@ fn sample_app_tcp_echo() {
     conn.read_to_end(&mut back).expect("read");
     assert_eq!(back, b"hello weft");
 }
+
+#[test]
+fn hash_key_prints_what_api_key_secrets_store() {
+    use std::io::Write as _;
+    let mut child = weft()
+        .arg("hash-key")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"abc\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("wait");
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+    );
+    let out = run(&["gateway"]);
+    assert_eq!(out.status.code(), Some(2), "the gateway needs --name");
+}

@@ -30,6 +30,15 @@ pub struct AuthorizationPolicySpec {
     /// Several services.
     #[serde(default)]
     pub target_refs: Vec<crate::kinds::http_route::RefSpec>,
+    /// The authorizer of a CUSTOM policy (a `Mesh` extension provider).
+    pub provider: Option<ProviderSpec>,
+}
+
+/// `spec.provider`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct ProviderSpec {
+    /// The `Mesh` `extensionProviders[].name`.
+    pub name: String,
 }
 
 impl AuthorizationPolicySpec {
@@ -57,10 +66,10 @@ pub enum ActionSpec {
     /// Deny matching traffic.
     #[serde(rename = "DENY")]
     Deny,
-    /// Log only (not supported yet).
+    /// Log only (waypoints).
     #[serde(rename = "AUDIT")]
     Audit,
-    /// External authorization (not supported yet).
+    /// Ask an external authorizer (waypoints and gateways).
     #[serde(rename = "CUSTOM")]
     Custom,
 }
@@ -176,10 +185,6 @@ impl Spec for AuthorizationPolicySpec {
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
         ("spec.rules.from.source.remoteIpBlocks", NEEDS_WAYPOINT),
         ("spec.rules.from.source.notRemoteIpBlocks", NEEDS_WAYPOINT),
-        (
-            "spec.provider",
-            "CUSTOM actions (external authorization) are not supported yet",
-        ),
     ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
@@ -224,11 +229,18 @@ impl Spec for AuthorizationPolicySpec {
                 "spec.action",
                 "AUDIT is enforced by waypoints: attach the policy with targetRef, or use ALLOW or DENY",
             ),
-            Some(ActionSpec::Custom) => ctx.error(
+            Some(ActionSpec::Custom) if !attached => ctx.error(
                 "spec.action",
-                "CUSTOM (external authorization) is not supported yet",
+                "CUSTOM is enforced by waypoints and gateways: attach the policy with targetRef",
+            ),
+            Some(ActionSpec::Custom) if self.provider.is_none() => ctx.error(
+                "spec.provider",
+                "a CUSTOM policy names its authorizer: provider: {name: <Mesh extensionProviders name>}",
             ),
             _ => {}
+        }
+        if self.provider.is_some() && self.action != Some(ActionSpec::Custom) {
+            ctx.error("spec.provider", "only CUSTOM policies name a provider");
         }
         if let Some(selector) = &self.selector
             && selector.match_labels.is_empty()

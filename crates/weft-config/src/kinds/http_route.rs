@@ -23,6 +23,9 @@ pub struct HttpRouteSpec {
     /// Rules, first match wins (in order).
     #[serde(default)]
     pub rules: Vec<RuleSpec>,
+    /// Host names the route answers at a Gateway (`*.` wildcards).
+    #[serde(default)]
+    pub hostnames: Vec<String>,
 }
 
 /// A `parentRef` or `backendRef`.
@@ -42,6 +45,20 @@ pub struct RefSpec {
     pub port: Option<u32>,
     /// Weight (backends).
     pub weight: Option<u32>,
+    /// A Gateway listener's name (parents).
+    #[serde(rename = "sectionName")]
+    pub section_name: Option<String>,
+}
+
+impl RefSpec {
+    /// Whether it names a Gateway API `Gateway`.
+    pub fn is_gateway(&self) -> bool {
+        self.kind.as_deref() == Some("Gateway")
+            && matches!(
+                self.group.as_deref(),
+                None | Some("gateway.networking.k8s.io")
+            )
+    }
 }
 
 /// `rules[]`.
@@ -227,10 +244,6 @@ impl Spec for HttpRouteSpec {
     const KIND: &'static str = "HTTPRoute";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
         (
-            "spec.hostnames",
-            "hostnames apply to gateways; a mesh route applies to its parent service",
-        ),
-        (
             "spec.rules.backendRefs.filters",
             "per-backend filters are not supported; use rule filters",
         ),
@@ -257,12 +270,24 @@ impl Spec for HttpRouteSpec {
             )
         };
         for (i, p) in self.parent_refs.iter().enumerate() {
-            if !is_service(p) {
+            if !is_service(p) && !p.is_gateway() {
                 ctx.error(
                     &format!("spec.parentRefs[{i}]"),
-                    "only services (kind: Service, or ServiceEntry of networking.istio.io) can be parents here; Gateways come with the ingress gateway",
+                    "parents are services (kind: Service, or ServiceEntry of networking.istio.io) or a Gateway (kind: Gateway)",
                 );
             }
+            if p.section_name.is_some() && !p.is_gateway() {
+                ctx.error(
+                    &format!("spec.parentRefs[{i}].sectionName"),
+                    "sectionName names a Gateway listener",
+                );
+            }
+        }
+        if !self.hostnames.is_empty() && !self.parent_refs.iter().any(RefSpec::is_gateway) {
+            ctx.error(
+                "spec.hostnames",
+                "hostnames apply at gateways; a mesh route applies to its parent service",
+            );
         }
         for (r, rule) in self.rules.iter().enumerate() {
             let base = format!("spec.rules[{r}]");

@@ -21,6 +21,93 @@ pub struct MeshSpec {
     pub outbound_traffic_policy: Option<OutboundTrafficPolicySpec>,
     /// TCP connect timeout to endpoints, e.g. `5s` (default `10s`).
     pub connect_timeout: Option<String>,
+    /// Authorizers CUSTOM `AuthorizationPolicy` rules name (the shape of
+    /// Istio's MeshConfig field).
+    #[serde(default)]
+    pub extension_providers: Vec<ExtensionProviderSpec>,
+}
+
+/// `spec.extensionProviders[]`: exactly one of the provider fields.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtensionProviderSpec {
+    /// Referred to by `AuthorizationPolicy.spec.provider.name`.
+    pub name: String,
+    /// Envoy's ext_authz over gRPC.
+    pub envoy_ext_authz_grpc: Option<ExtAuthzGrpcSpec>,
+    /// Envoy's ext_authz over plain HTTP.
+    pub envoy_ext_authz_http: Option<ExtAuthzHttpSpec>,
+    /// weft's built-in API-key check.
+    pub api_key: Option<ApiKeySpec>,
+}
+
+/// `envoyExtAuthzGrpc`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzGrpcSpec {
+    /// Host name or IP the proxies dial directly.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// Bound on one check (default `1s`).
+    pub timeout: Option<String>,
+    /// Allow when the authorizer cannot answer.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Status when failing closed (default `403`).
+    pub status_on_error: Option<String>,
+}
+
+/// `envoyExtAuthzHttp`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExtAuthzHttpSpec {
+    /// Host name or IP the proxies dial directly.
+    pub service: String,
+    /// Its port.
+    pub port: u16,
+    /// Bound on one check (default `1s`).
+    pub timeout: Option<String>,
+    /// Prepended to the checked path.
+    pub path_prefix: Option<String>,
+    /// Allow when the authorizer cannot answer.
+    #[serde(default)]
+    pub fail_open: bool,
+    /// Status when failing closed (default `403`).
+    pub status_on_error: Option<String>,
+    /// Request headers sent to the authorizer.
+    #[serde(default)]
+    pub include_request_headers_in_check: Vec<String>,
+    /// Authorizer headers added to the upstream request on allow.
+    #[serde(default)]
+    pub headers_to_upstream_on_allow: Vec<String>,
+    /// Authorizer headers sent to the client on deny.
+    #[serde(default)]
+    pub headers_to_downstream_on_deny: Vec<String>,
+}
+
+/// `apiKey` (weft): keys hashed at rest in a Secret.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ApiKeySpec {
+    /// The Secret (`namespace/name`, or a name in `weft-system`) whose
+    /// entries are `<client>: sha256:<hex>`.
+    pub secret: String,
+    /// Header carrying the key (default `x-api-key`).
+    pub header: Option<String>,
+    /// Query parameter carrying the key (none by default).
+    pub query: Option<String>,
+    /// Header the client's name goes upstream in (default
+    /// `x-weft-api-client`).
+    pub client_header: Option<String>,
+}
+
+/// `statusOnError`: a status code in 200..=599, as text (Istio's shape).
+pub fn parse_status(s: &str) -> Result<u16, String> {
+    match s.parse::<u16>() {
+        Ok(code) if (200..=599).contains(&code) => Ok(code),
+        _ => Err(format!("{s:?} is not an HTTP status code (200-599)")),
+    }
 }
 
 /// `spec.mtls`.
@@ -69,6 +156,85 @@ impl Spec for MeshSpec {
                 "spec.trustDomain",
                 check_trust_domain(td).map_err(|e| e.to_string()),
             );
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, p) in self.extension_providers.iter().enumerate() {
+            let base = format!("spec.extensionProviders[{i}]");
+            if p.name.is_empty() {
+                ctx.error(&format!("{base}.name"), "required");
+            } else if !names.insert(p.name.as_str()) {
+                ctx.error(
+                    &format!("{base}.name"),
+                    format!("{:?} is declared twice", p.name),
+                );
+            }
+            let kinds = [
+                p.envoy_ext_authz_grpc.is_some(),
+                p.envoy_ext_authz_http.is_some(),
+                p.api_key.is_some(),
+            ];
+            if kinds.iter().filter(|k| **k).count() != 1 {
+                ctx.error(
+                    &base,
+                    "give exactly one of envoyExtAuthzGrpc, envoyExtAuthzHttp, apiKey",
+                );
+            }
+            let mut common = |kind: &str,
+                              service: &str,
+                              port: u16,
+                              timeout: &Option<String>,
+                              status: &Option<String>| {
+                if service.is_empty() {
+                    ctx.error(
+                        &format!("{base}.{kind}.service"),
+                        "required: the authorizer's host name or IP",
+                    );
+                }
+                if port == 0 {
+                    ctx.error(&format!("{base}.{kind}.port"), "required");
+                }
+                if let Some(t) = timeout {
+                    match duration::parse(t) {
+                        Ok(d) if d.is_zero() => ctx.error(
+                            &format!("{base}.{kind}.timeout"),
+                            "must be greater than zero",
+                        ),
+                        Ok(_) => {}
+                        Err(e) => ctx.error(&format!("{base}.{kind}.timeout"), e),
+                    }
+                }
+                if let Some(s) = status
+                    && let Err(e) = parse_status(s)
+                {
+                    ctx.error(&format!("{base}.{kind}.statusOnError"), e);
+                }
+            };
+            if let Some(g) = &p.envoy_ext_authz_grpc {
+                common(
+                    "envoyExtAuthzGrpc",
+                    &g.service,
+                    g.port,
+                    &g.timeout,
+                    &g.status_on_error,
+                );
+            }
+            if let Some(h) = &p.envoy_ext_authz_http {
+                common(
+                    "envoyExtAuthzHttp",
+                    &h.service,
+                    h.port,
+                    &h.timeout,
+                    &h.status_on_error,
+                );
+            }
+            if let Some(k) = &p.api_key
+                && k.secret.is_empty()
+            {
+                ctx.error(
+                    &format!("{base}.apiKey.secret"),
+                    "required: the Secret holding the key hashes",
+                );
+            }
         }
         if let Some(timeout) = &self.connect_timeout {
             match duration::parse(timeout) {

@@ -13,24 +13,28 @@ use crate::resource::{Resource, decode};
 
 pub mod authorization_policy;
 pub mod destination_rule;
+pub mod gateway;
 pub mod grpc_route;
 pub mod http_route;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod rate_limit_policy;
 pub mod request_authentication;
+pub mod secret;
 pub mod service_entry;
 pub mod virtual_service;
 pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
 pub use destination_rule::DestinationRuleSpec;
+pub use gateway::GatewaySpec;
 pub use grpc_route::GrpcRouteSpec;
 pub use http_route::HttpRouteSpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
 pub use rate_limit_policy::RateLimitPolicySpec;
 pub use request_authentication::RequestAuthenticationSpec;
+pub use secret::SecretSpec;
 pub use service_entry::ServiceEntrySpec;
 pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
@@ -62,6 +66,10 @@ pub struct Resources {
     pub rate_limit_policies: Vec<Arc<Resource<RateLimitPolicySpec>>>,
     /// Istio `RequestAuthentication`.
     pub request_authentications: Vec<Arc<Resource<RequestAuthenticationSpec>>>,
+    /// Kubernetes `Secret`.
+    pub secrets: Vec<Arc<Resource<SecretSpec>>>,
+    /// Gateway API `Gateway`.
+    pub gateways: Vec<Arc<Resource<GatewaySpec>>>,
 }
 
 impl Resources {
@@ -78,6 +86,8 @@ impl Resources {
             + self.grpc_routes.len()
             + self.rate_limit_policies.len()
             + self.request_authentications.len()
+            + self.secrets.len()
+            + self.gateways.len()
     }
 
     /// Whether there are none.
@@ -106,6 +116,16 @@ impl Resources {
             .extend(other.rate_limit_policies.iter().cloned());
         self.request_authentications
             .extend(other.request_authentications.iter().cloned());
+        self.secrets.extend(other.secrets.iter().cloned());
+        self.gateways.extend(other.gateways.iter().cloned());
+    }
+
+    /// The Secret `namespace/name`, if loaded.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<&Resource<SecretSpec>> {
+        self.secrets
+            .iter()
+            .map(|s| s.as_ref())
+            .find(|s| s.name.namespace == namespace && s.name.name == name)
     }
 }
 
@@ -160,6 +180,12 @@ pub(crate) const KINDS: &[KindDef] = &[
     },
     KindDef {
         group: "gateway.networking.k8s.io",
+        versions: &["v1", "v1beta1"],
+        kind: "Gateway",
+        add: |v, o, r, out| r.gateways.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: "gateway.networking.k8s.io",
         versions: &["v1"],
         kind: "GRPCRoute",
         add: |v, o, r, out| r.grpc_routes.extend(decode(v, o, out).map(Arc::new)),
@@ -206,7 +232,25 @@ pub(crate) const KINDS: &[KindDef] = &[
         kind: "Mesh",
         add: |v, o, r, out| r.meshes.extend(decode(v, o, out).map(Arc::new)),
     },
+    KindDef {
+        group: "",
+        versions: &["v1"],
+        kind: "Secret",
+        add: |v, o, r, out| {
+            r.secrets
+                .extend(decode(&secret::nest(v), o, out).map(Arc::new))
+        },
+    },
 ];
+
+/// `group/version`, or just `version` for the core group.
+fn api_version_of(k: &KindDef, version: &str) -> String {
+    if k.group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{}/{version}", k.group)
+    }
+}
 
 /// Finds the decoder for a document, or explains why there is none
 /// (as the field at fault and a message).
@@ -219,7 +263,7 @@ pub(crate) fn lookup(
     if same_kind.is_empty() {
         let known: Vec<String> = KINDS
             .iter()
-            .map(|k| format!("{} ({}/{})", k.kind, k.group, k.versions[0]))
+            .map(|k| format!("{} ({})", k.kind, api_version_of(k, k.versions[0])))
             .collect();
         return Err((
             "kind",
@@ -236,7 +280,7 @@ pub(crate) fn lookup(
         .ok_or_else(|| {
             let accepted: Vec<String> = same_kind
                 .iter()
-                .flat_map(|k| k.versions.iter().map(move |v| format!("{}/{v}", k.group)))
+                .flat_map(|k| k.versions.iter().map(move |v| api_version_of(k, v)))
                 .collect();
             (
                 "apiVersion",

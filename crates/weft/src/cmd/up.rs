@@ -187,6 +187,31 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         .map_err(|e| e.to_string())?;
         waypoints.push(waypoint);
     }
+    // Ingress gateways, likewise.
+    let mut gateways = Vec::new();
+    for w in snapshot.workloads.values().filter(|w| w.gateway) {
+        let (Some(node), WorkloadAddress::Ip(ip)) = (&w.node, &w.address) else {
+            continue;
+        };
+        let Some((_, _, token)) = tokens.iter().find(|(n, _, _)| n == node) else {
+            continue;
+        };
+        let gateway = weft_waypoint::gateway::start(WaypointOptions {
+            name: w.name.to_string(),
+            node: node.clone(),
+            trust_domain: control.trust_domain.clone(),
+            xds_addr: control.xds_addr,
+            ca_addr: control.tls_addr,
+            roots: roots.clone(),
+            token: token.clone(),
+            metrics_addr: SocketAddr::new(*ip, 15020),
+            connect_timeout: snapshot.mesh.connect_timeout,
+            jwks_roots: Vec::new(),
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+        gateways.push(gateway);
+    }
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut apps = Apps(Vec::new());
@@ -264,6 +289,8 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
                 },
                 if w.waypoint {
                     format!("{} {} (waypoint)", w.name, w.address)
+                } else if w.gateway {
+                    format!("{} {} (gateway)", w.name, w.address)
                 } else {
                     format!("{} {}", w.name, w.address)
                 },
@@ -306,6 +333,9 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     }
     for waypoint in waypoints {
         waypoint.stop();
+    }
+    for gateway in gateways {
+        gateway.stop();
     }
     drop(apps);
     control.stop().await;

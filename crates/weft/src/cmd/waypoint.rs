@@ -1,7 +1,9 @@
 //! `weft waypoint`: one waypoint as its own process. It authenticates to
 //! the certificate service with the bootstrap token of the node it runs
 //! on, listens for HBONE on its workload's address, and applies L7 policy
-//! to the services that name it (`istio.io/use-waypoint`).
+//! to the services that name it (`istio.io/use-waypoint`). `weft gateway`
+//! takes the same flags and serves the Gateway API `Gateway` of its
+//! workload's name on that workload's address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -13,8 +15,9 @@ use weft_waypoint::proxy::WaypointOptions;
 /// Flags of `weft waypoint`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// The waypoint's workload, `namespace/name` (a WorkloadEntry labelled
-    /// `weft.dev/waypoint: "true"`).
+    /// The workload, `namespace/name` (a WorkloadEntry labelled
+    /// `weft.dev/waypoint: "true"`, or `weft.dev/gateway: "true"` for
+    /// `weft gateway`).
     #[arg(long)]
     name: String,
     /// The node it runs on (whose bootstrap token it uses).
@@ -57,14 +60,46 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
-async fn waypoint(args: Args) -> Result<(), String> {
+/// `weft gateway`: the same flags, for a workload labelled
+/// `weft.dev/gateway: "true"` serving the Gateway of its name.
+pub(crate) fn run_gateway(args: Args) -> ExitCode {
+    match super::runtime().and_then(|rt| rt.block_on(gateway(args))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("weft gateway: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn gateway(args: Args) -> Result<(), String> {
+    let name = args.name.clone();
+    let gateway = weft_waypoint::gateway::start(options(args)?)
+        .await
+        .map_err(|e| e.to_string())?;
+    let listening: Vec<String> = gateway
+        .listening()
+        .iter()
+        .map(|(l, a)| format!("{l}={a}"))
+        .collect();
+    println!(
+        "weft gateway {name} ready: {} metrics={}",
+        listening.join(" "),
+        gateway.metrics_addr
+    );
+    super::shutdown_signal().await;
+    gateway.stop();
+    Ok(())
+}
+
+fn options(args: Args) -> Result<WaypointOptions, String> {
     let (roots, token) = super::proxy_credentials(&args.root_cert, &args.token_file)?;
     let jwks_roots = match &args.jwks_ca {
         Some(path) => super::read_roots(path)?,
         None => Vec::new(),
     };
-    let waypoint = weft_waypoint::proxy::start(WaypointOptions {
-        name: args.name.clone(),
+    Ok(WaypointOptions {
+        name: args.name,
         node: args.node,
         trust_domain: args.trust_domain,
         xds_addr: args.xds_addr,
@@ -75,11 +110,16 @@ async fn waypoint(args: Args) -> Result<(), String> {
         connect_timeout: args.connect_timeout,
         jwks_roots,
     })
-    .await
-    .map_err(|e| e.to_string())?;
+}
+
+async fn waypoint(args: Args) -> Result<(), String> {
+    let name = args.name.clone();
+    let waypoint = weft_waypoint::proxy::start(options(args)?)
+        .await
+        .map_err(|e| e.to_string())?;
     println!(
         "weft waypoint {} ready: hbone={} metrics={}",
-        args.name, waypoint.hbone_addr, waypoint.metrics_addr
+        name, waypoint.hbone_addr, waypoint.metrics_addr
     );
     super::shutdown_signal().await;
     waypoint.stop();

@@ -1,0 +1,182 @@
+//! Gateway API `Gateway` (`gateway.networking.k8s.io/v1`): an ingress
+//! gateway's listeners. It runs as the WorkloadEntry of the same name and
+//! namespace labelled `weft.dev/gateway: "true"` (its address and
+//! identity); `HTTPRoute`s name it as parent; `AuthorizationPolicy`,
+//! `RequestAuthentication` and `RateLimitPolicy` attach to it with
+//! `targetRef: {kind: Gateway}`.
+//!
+//! Listeners are `HTTP`, or `HTTPS` terminating TLS with certificates
+//! from `kubernetes.io/tls` Secrets (picked by SNI), optionally checking
+//! client certificates against a CA bundle (`tls.frontendValidation`),
+//! required unless `tls.options` says `weft.dev/client-certificate:
+//! optional`.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::diag::Ctx;
+use crate::resource::Spec;
+
+/// Gateway classes weft runs (its own, and Istio's for YAML written for
+/// Istio).
+pub const CLASSES: [&str; 2] = ["weft", "istio"];
+
+/// `spec` of a `Gateway`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewaySpec {
+    /// `weft` (or `istio`).
+    pub gateway_class_name: String,
+    /// Listeners.
+    #[serde(default)]
+    pub listeners: Vec<ListenerSpec>,
+}
+
+/// `spec.listeners[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSpec {
+    /// Name (routes attach to it with `sectionName`).
+    pub name: String,
+    /// Host name accepted (`*.` wildcard).
+    pub hostname: Option<String>,
+    /// Port.
+    pub port: u32,
+    /// `HTTP` or `HTTPS`.
+    pub protocol: String,
+    /// TLS settings (HTTPS).
+    pub tls: Option<ListenerTlsSpec>,
+    /// Which routes may attach (accepted; routes from any namespace may).
+    pub allowed_routes: Option<serde_json::Value>,
+}
+
+/// `spec.listeners[].tls`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerTlsSpec {
+    /// `Terminate` (the default; `Passthrough` is not supported).
+    pub mode: Option<String>,
+    /// `kubernetes.io/tls` Secrets.
+    #[serde(default)]
+    pub certificate_refs: Vec<SecretRefSpec>,
+    /// Client certificate checking.
+    pub frontend_validation: Option<FrontendValidationSpec>,
+    /// Implementation options: `weft.dev/client-certificate: optional`.
+    #[serde(default)]
+    pub options: BTreeMap<String, String>,
+}
+
+/// `tls.frontendValidation`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct FrontendValidationSpec {
+    /// Secrets or ConfigMaps holding `ca.crt`.
+    #[serde(default)]
+    pub ca_certificate_refs: Vec<SecretRefSpec>,
+}
+
+/// A reference to a Secret (or, for CA bundles, a ConfigMap-shaped Secret).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct SecretRefSpec {
+    /// `""`.
+    pub group: Option<String>,
+    /// `Secret` (default).
+    pub kind: Option<String>,
+    /// Name.
+    pub name: String,
+    /// Namespace (default: the Gateway's).
+    pub namespace: Option<String>,
+}
+
+/// The option saying client certificates are optional.
+pub const CLIENT_CERTIFICATE_OPTION: &str = "weft.dev/client-certificate";
+
+impl Spec for GatewaySpec {
+    const KIND: &'static str = "Gateway";
+    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
+        (
+            "spec.addresses",
+            "the gateway listens on the address of its WorkloadEntry (same name, label weft.dev/gateway: \"true\")",
+        ),
+        ("spec.infrastructure", "weft does not deploy gateways"),
+    ];
+
+    fn validate(&self, ctx: &mut Ctx<'_>) {
+        if !CLASSES.contains(&self.gateway_class_name.as_str()) {
+            ctx.error(
+                "spec.gatewayClassName",
+                format!(
+                    "{:?} is not a class weft runs; use one of {CLASSES:?}",
+                    self.gateway_class_name
+                ),
+            );
+        }
+        if self.listeners.is_empty() {
+            ctx.error("spec.listeners", "add at least one listener");
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut ports = BTreeMap::new();
+        for (i, l) in self.listeners.iter().enumerate() {
+            let base = format!("spec.listeners[{i}]");
+            if !names.insert(l.name.as_str()) {
+                ctx.error(
+                    &format!("{base}.name"),
+                    format!("{:?} is used twice", l.name),
+                );
+            }
+            if !(1..=65535).contains(&l.port) {
+                ctx.error(&format!("{base}.port"), "must be 1-65535");
+            }
+            if let Some(previous) = ports.insert(l.port, l.protocol.as_str())
+                && previous != l.protocol
+            {
+                ctx.error(
+                    &format!("{base}.port"),
+                    format!("port {} already has a {previous} listener", l.port),
+                );
+            }
+            match (l.protocol.as_str(), &l.tls) {
+                ("HTTP", None) => {}
+                ("HTTP", Some(_)) => ctx.error(
+                    &format!("{base}.tls"),
+                    "an HTTP listener has no tls; use HTTPS",
+                ),
+                ("HTTPS", None) => ctx.error(
+                    &format!("{base}.tls"),
+                    "an HTTPS listener needs tls.certificateRefs",
+                ),
+                ("HTTPS", Some(tls)) => {
+                    if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
+                        ctx.error(
+                            &format!("{base}.tls.mode"),
+                            "only Terminate is supported (TLS passthrough is not)",
+                        );
+                    }
+                    if tls.certificate_refs.is_empty() {
+                        ctx.error(
+                            &format!("{base}.tls.certificateRefs"),
+                            "name at least one kubernetes.io/tls Secret",
+                        );
+                    }
+                    for (key, value) in &tls.options {
+                        if key != CLIENT_CERTIFICATE_OPTION
+                            || !matches!(value.as_str(), "optional" | "required")
+                        {
+                            ctx.error(
+                                &format!("{base}.tls.options.{key}"),
+                                format!(
+                                    "weft understands only {CLIENT_CERTIFICATE_OPTION}: optional | required"
+                                ),
+                            );
+                        }
+                    }
+                }
+                (other, _) => ctx.error(
+                    &format!("{base}.protocol"),
+                    format!("{other:?}: weft's gateway serves HTTP and HTTPS listeners"),
+                ),
+            }
+        }
+    }
+}

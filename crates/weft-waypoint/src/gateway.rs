@@ -1,0 +1,475 @@
+//! The ingress gateway: the L7 engine on public listeners. It runs as a
+//! workload labelled `weft.dev/gateway: "true"` (its address, identity and
+//! certificate from the mesh) and serves the Gateway API `Gateway` of the
+//! same name: one listener per `spec.listeners[]` on its address, plain
+//! HTTP or HTTPS (TLS terminated with the listener's certificates, chosen
+//! by SNI; optionally checking client certificates), then every request
+//! goes through the same phases as in a waypoint — routes from the
+//! `HTTPRoute`s attached to the listener, JWT authentication, CUSTOM
+//! (external or API-key) authorization, DENY/ALLOW policies, rate limits —
+//! and is forwarded into the mesh over HBONE with the gateway's identity.
+//!
+//! Hostile input is bounded: TLS handshakes within [`HANDSHAKE_TIMEOUT`],
+//! request heads within [`MAX_HEADER_BYTES`] (larger ones are refused by
+//! the HTTP layer with 431 or a closed connection), an SNI that matches
+//! no certificate fails the handshake and is logged. Listeners follow the
+//! configuration: changed ones are rebound, removed ones closed.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
+use tokio::task::JoinHandle;
+use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
+
+use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
+use crate::metrics::Metrics;
+use crate::proxy::{WaypointError, WaypointOptions};
+
+/// Longest a client may take to finish the TLS handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line and headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// A running gateway.
+pub struct Gateway {
+    /// Where its metrics are.
+    pub metrics_addr: SocketAddr,
+    /// Its request metrics.
+    pub metrics: Metrics,
+    listeners: Arc<Mutex<Listeners>>,
+    tasks: Vec<JoinHandle<()>>,
+    _xds: Arc<weft_xds::XdsClient>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("listening", &self.listening())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// The listeners bound now: (name, address).
+    pub fn listening(&self) -> Vec<(String, SocketAddr)> {
+        let held = self
+            .listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<_> = held
+            .bound
+            .iter()
+            .map(|(name, l)| (name.clone(), l.addr))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Stops listening and following the config stream.
+    pub fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .close_all();
+    }
+}
+
+/// Starts the gateway for workload `options.name` (`namespace/name`; the
+/// Gateway of the same name configures it).
+pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
+    let mut core = crate::proxy::core(
+        &options,
+        &[weft_xds::GATEWAY_TYPE],
+        "weft.dev/gateway: \"true\"",
+    )
+    .await?;
+    let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;
+    let listeners = Arc::new(Mutex::new(Listeners::default()));
+    let (task_listeners, name, node) = (
+        listeners.clone(),
+        options.name.clone(),
+        options.node.clone(),
+    );
+    let (metrics, xds) = (core.metrics.clone(), core.xds.clone());
+    let jwks = crate::jwks::Fetcher::new(&options.jwks_roots);
+    let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
+    let reconcile = tokio::spawn(async move {
+        let mut redis = HashMap::new();
+        loop {
+            let (view, services) = core.refresh(&node, &mut redis, &jwks).await;
+            let gateway = gateway_config(&core.changes.borrow(), &name);
+            let gateway = gateway.unwrap_or_else(|why| {
+                tracing::warn!(gateway = %name, "{why}; serving no listeners");
+                GatewayConfig::default()
+            });
+            let previous = core.engine.current();
+            core.engine.update(crate::config::gateway_config_for(
+                &view,
+                &core.me,
+                &gateway,
+                &services,
+                Some(&previous),
+            ));
+            task_listeners
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .apply(&gateway.listeners, core.me.ip, &core.engine, &name);
+            ready_tx.send_replace(!gateway.listeners.is_empty());
+            if core.changes.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    // Ready once the first configuration with listeners is applied.
+    let _ = tokio::time::timeout(crate::proxy::REGISTRY_WAIT, ready.wait_for(|ready| *ready)).await;
+    tracing::info!(gateway = %options.name, "gateway ready");
+    Ok(Gateway {
+        metrics_addr,
+        metrics,
+        listeners,
+        tasks: vec![reconcile, served],
+        _xds: xds,
+    })
+}
+
+/// The Gateway resource named `name` in the config stream.
+fn gateway_config(state: &weft_xds::ClientState, name: &str) -> Result<GatewayConfig, String> {
+    use prost::Message;
+    let held = state
+        .resources
+        .get(weft_xds::GATEWAY_TYPE)
+        .and_then(|m| m.get(name))
+        .ok_or_else(|| format!("no Gateway {name} in the configuration"))?;
+    let message = weft_xds::proto::weft::Gateway::decode(held.body.value.as_slice())
+        .map_err(|e| format!("Gateway {name} does not decode: {e}"))?;
+    serde_json::from_str(&message.config_json)
+        .map_err(|e| format!("Gateway {name} is not understood: {e}"))
+}
+
+/// The listeners bound, by name.
+#[derive(Default)]
+struct Listeners {
+    bound: HashMap<String, Bound>,
+}
+
+struct Bound {
+    signature: String,
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Listeners {
+    /// Binds new and changed listeners, closes removed ones; a listener
+    /// that cannot be bound or whose TLS settings do not load is logged
+    /// and left out (the others serve).
+    fn apply(
+        &mut self,
+        wanted: &[GatewayListener],
+        ip: std::net::IpAddr,
+        engine: &Arc<Engine>,
+        gateway: &str,
+    ) {
+        let keep: Vec<&str> = wanted.iter().map(|l| l.name.as_str()).collect();
+        self.bound.retain(|name, b| {
+            let stays = keep.contains(&name.as_str());
+            if !stays {
+                b.task.abort();
+            }
+            stays
+        });
+        for listener in wanted {
+            let signature = serde_json::to_string(listener).unwrap_or_default();
+            if self
+                .bound
+                .get(&listener.name)
+                .is_some_and(|b| b.signature == signature)
+            {
+                continue;
+            }
+            if let Some(old) = self.bound.remove(&listener.name) {
+                old.task.abort();
+            }
+            let tls = match &listener.tls {
+                None => None,
+                Some(t) => match server_tls(t) {
+                    Ok(c) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(c))),
+                    Err(e) => {
+                        tracing::error!(%gateway, listener = %listener.name, error = %e, "listener not started: its TLS settings do not load");
+                        continue;
+                    }
+                },
+            };
+            let addr = SocketAddr::new(ip, listener.port);
+            let socket = match std::net::TcpListener::bind(addr).and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            }) {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(%gateway, listener = %listener.name, %addr, error = %e, "listener not started: cannot bind");
+                    continue;
+                }
+            };
+            tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), "listening");
+            let task = tokio::spawn(accept(
+                socket,
+                tls,
+                engine.clone(),
+                crate::config::listener_target(&listener.name),
+            ));
+            self.bound.insert(
+                listener.name.clone(),
+                Bound {
+                    signature,
+                    addr,
+                    task,
+                },
+            );
+        }
+    }
+
+    fn close_all(&mut self) {
+        for (_, b) in self.bound.drain() {
+            b.task.abort();
+        }
+    }
+}
+
+/// Accepts connections on one listener.
+async fn accept(
+    listener: tokio::net::TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    engine: Arc<Engine>,
+    target: String,
+) {
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(%target, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let (tls, engine, target) = (tls.clone(), engine.clone(), target.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve(TokioIo::new(tcp), peer, None, engine, target).await,
+                Some(acceptor) => {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => {
+                            let principal = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(|c| c.first())
+                                .and_then(principal_of);
+                            serve(TokioIo::new(stream), peer, Some(principal), engine, target)
+                                .await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, listener = %target, error = %e, "TLS handshake refused")
+                        }
+                        Err(_) => {
+                            tracing::info!(%peer, listener = %target, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed")
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Serves HTTP/1.1 and HTTP/2 on one accepted connection. `tls` is
+/// `Some` for HTTPS, holding the client certificate's principal if one
+/// was presented.
+async fn serve<I>(
+    io: TokioIo<I>,
+    peer: SocketAddr,
+    tls: Option<Option<String>>,
+    engine: Arc<Engine>,
+    target: String,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let https = tls.is_some();
+    let principal = tls.flatten();
+    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        req.extensions_mut().insert(PeerAddr(peer));
+        if https {
+            req.extensions_mut().insert(Tls);
+        }
+        if let Some(p) = &principal {
+            req.extensions_mut().insert(ClientPrincipal(p.clone()));
+        }
+        let headers = req.headers_mut();
+        if let Ok(v) = http::HeaderValue::from_str(&peer.ip().to_string()) {
+            headers.append("x-forwarded-for", v);
+        }
+        headers.insert(
+            "x-forwarded-proto",
+            http::HeaderValue::from_static(if https { "https" } else { "http" }),
+        );
+        let (engine, target) = (engine.clone(), target.clone());
+        async move { Ok::<_, std::convert::Infallible>(engine.handle_for(Some(&target), req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_buf_size(MAX_HEADER_BYTES)
+        .header_read_timeout(HANDSHAKE_TIMEOUT);
+    builder
+        .http2()
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    if let Err(e) = builder.serve_connection(io, service).await {
+        tracing::debug!(%peer, error = %e, "gateway connection ended");
+    }
+}
+
+/// A client certificate's principal, as Envoy derives it: the first URI
+/// SAN (without `spiffe://`), else the first DNS SAN, else the subject.
+pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+    let names: Vec<GeneralName<'_>> = parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| san.value.general_names.clone())
+        .unwrap_or_default();
+    let uri = names.iter().find_map(|n| match n {
+        GeneralName::URI(u) => Some(u.strip_prefix("spiffe://").unwrap_or(u).to_owned()),
+        _ => None,
+    });
+    let dns = || {
+        names.iter().find_map(|n| match n {
+            GeneralName::DNSName(d) => Some((*d).to_owned()),
+            _ => None,
+        })
+    };
+    uri.or_else(dns)
+        .or_else(|| Some(parsed.subject().to_string()))
+}
+
+/// Why a listener's TLS settings did not load.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsSetupError {
+    /// A chain or key that does not parse.
+    #[error("Secret {0}: {1}")]
+    Certificate(String, String),
+    /// The client CA bundle.
+    #[error("client CA bundle: {0}")]
+    ClientCa(String),
+}
+
+/// The rustls server configuration of an HTTPS listener.
+pub fn server_tls(t: &ListenerTls) -> Result<rustls::ServerConfig, TlsSetupError> {
+    let provider = weft_ca::tls::provider();
+    let mut certs = Vec::new();
+    for c in &t.certificates {
+        let bad =
+            |e: &dyn std::fmt::Display| TlsSetupError::Certificate(c.secret.clone(), e.to_string());
+        let chain = weft_ca::cert::certs_from_pem(c.chain_pem.as_bytes(), &c.secret)
+            .map_err(|e| bad(&e))?;
+        let key = rustls_pki_types::PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes())
+            .map_err(|e| bad(&format!("tls.key: {e}")))?;
+        let signing = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|e| bad(&format!("tls.key: {e}")))?;
+        let names = chain.first().map(dns_names).unwrap_or_default();
+        certs.push((names, Arc::new(CertifiedKey::new(chain, signing))));
+    }
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsSetupError::Certificate(String::new(), e.to_string()))?;
+    let builder = match &t.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(pem) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for ca in weft_ca::cert::certs_from_pem(pem.as_bytes(), "ca.crt")
+                .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?
+            {
+                roots
+                    .add(ca)
+                    .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            );
+            let verifier = if t.client_certificate_optional {
+                verifier.allow_unauthenticated()
+            } else {
+                verifier
+            };
+            builder.with_client_cert_verifier(
+                verifier
+                    .build()
+                    .map_err(|e| TlsSetupError::ClientCa(e.to_string()))?,
+            )
+        }
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(BySni(certs)));
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else {
+        return Vec::new();
+    };
+    parsed
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .map(|san| {
+            san.value
+                .general_names
+                .iter()
+                .filter_map(|n| match n {
+                    GeneralName::DNSName(d) => Some((*d).to_owned()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Picks a listener's certificate by SNI: the first whose DNS names match
+/// (`*.` wildcards); without SNI (a client connecting by address) the
+/// first certificate; an SNI no certificate covers fails the handshake.
+#[derive(Debug)]
+struct BySni(Vec<(Vec<String>, Arc<CertifiedKey>)>);
+
+impl ResolvesServerCert for BySni {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let Some(sni) = hello.server_name() else {
+            return self.0.first().map(|(_, c)| c.clone());
+        };
+        let found = self
+            .0
+            .iter()
+            .find(|(names, _)| names.iter().any(|n| weft_core::l7::host_matches(n, sni)));
+        if found.is_none() {
+            tracing::info!(%sni, "TLS handshake refused: no certificate of this listener covers the server name");
+        }
+        found.map(|(_, c)| c.clone())
+    }
+}

@@ -1,0 +1,656 @@
+//! Scenario 6, untrusted ingress, end to end in one process: control
+//! plane, a node proxy, the sample app as the backend, and `weft gateway`
+//! configured by a Gateway API `Gateway` (HTTP and HTTPS listeners, a
+//! certificate chosen by SNI, optional client certificates) and an
+//! `HTTPRoute`, with credentials checked at call time:
+//!
+//! - JWT (`RequestAuthentication` on the Gateway) for `/api/*`;
+//! - API key (built-in CUSTOM provider, keys hashed in a Secret) for
+//!   `/partner/*`;
+//! - client certificate (principal from its SAN) for `/b2b/*`;
+//! - an external authorizer (Envoy ext_authz gRPC, written here) for
+//!   `/ext/*`, whose added header reaches the backend; an unreachable one
+//!   fails closed (`/closed/*`) or open (`/open/*`) as configured.
+//!
+//! Then hostile input: an unknown SNI, a header bomb, an oversized token —
+//! each refused while other clients keep being served. Every key and
+//! certificate is made here.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rcgen::{CertificateParams, IsCa, KeyPair};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use weft_waypoint::extauthz::proto;
+use weft_waypoint::proxy::WaypointOptions;
+
+const GATEWAY_IP: &str = "127.0.1.200";
+const HTTP_PORT: u16 = 18080;
+const HTTPS_PORT: u16 = 18443;
+
+/// A CA and what it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, KeyPair>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let cert = params.self_signed(&key).expect("ca");
+        Ca {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names` (DNS SANs): (chain PEM, key PEM, chain DER, key DER).
+    fn leaf(
+        &self,
+        names: &[&str],
+    ) -> (
+        String,
+        String,
+        CertificateDer<'static>,
+        PrivateKeyDer<'static>,
+    ) {
+        let key = KeyPair::generate().expect("key");
+        let cert =
+            CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())
+                .expect("params")
+                .signed_by(&key, &self.issuer)
+                .expect("leaf");
+        (
+            cert.pem(),
+            key.serialize_pem(),
+            cert.der().clone(),
+            PrivateKeyDer::try_from(key.serialize_der()).expect("key der"),
+        )
+    }
+}
+
+/// The external authorizer: allows requests carrying `x-ext-token: good`
+/// (adding `x-ext-user: alice` upstream), denies others with 403 and a
+/// body of its own.
+#[derive(Default)]
+struct ExtAuthz;
+
+#[tonic::async_trait]
+impl proto::authorization_server::Authorization for ExtAuthz {
+    async fn check(
+        &self,
+        request: tonic::Request<proto::CheckRequest>,
+    ) -> Result<tonic::Response<proto::CheckResponse>, tonic::Status> {
+        let http = request
+            .into_inner()
+            .attributes
+            .and_then(|a| a.request)
+            .and_then(|r| r.http)
+            .unwrap_or_default();
+        let header = |key: &str, value: &str| proto::HeaderValueOption {
+            header: Some(proto::HeaderValue {
+                key: key.into(),
+                value: value.into(),
+                raw_value: Vec::new(),
+            }),
+            append: None,
+            append_action: 0,
+        };
+        let response = if http.headers.get("x-ext-token").map(String::as_str) == Some("good")
+            && http.path.starts_with("/ext/")
+        {
+            proto::CheckResponse {
+                status: Some(proto::Status {
+                    code: 0,
+                    message: String::new(),
+                }),
+                http_response: Some(proto::check_response::HttpResponse::OkResponse(
+                    proto::OkHttpResponse {
+                        headers: vec![header("x-ext-user", "alice")],
+                        headers_to_remove: vec!["x-ext-token".into()],
+                        response_headers_to_add: Vec::new(),
+                    },
+                )),
+            }
+        } else {
+            proto::CheckResponse {
+                status: Some(proto::Status {
+                    code: 7,
+                    message: "permission denied".into(),
+                }),
+                http_response: Some(proto::check_response::HttpResponse::DeniedResponse(
+                    proto::DeniedHttpResponse {
+                        status: Some(proto::HttpStatus { code: 403 }),
+                        headers: vec![header("x-ext-reason", "no-token")],
+                        body: "ext says no".into(),
+                    },
+                )),
+            }
+        };
+        Ok(tonic::Response::new(response))
+    }
+}
+
+fn config(
+    ext_addr: SocketAddr,
+    closed_port: u16,
+    server: &(String, String),
+    client_ca: &str,
+    jwks: &str,
+    key_hash: &str,
+) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: backend, namespace: shop}}
+spec:
+  hosts: [backend.shop.svc.cluster.local]
+  addresses: [240.240.9.1]
+  location: MESH_INTERNAL
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: backend}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: backend-1, namespace: shop}}
+spec:
+  address: 127.0.1.201
+  labels: {{app: backend, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: edge, namespace: shop}}
+spec:
+  address: {GATEWAY_IP}
+  serviceAccount: edge
+  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {{name: edge-cert, namespace: shop}}
+type: kubernetes.io/tls
+stringData:
+  tls.crt: |
+{cert}  tls.key: |
+{key}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: partner-ca, namespace: shop}}
+stringData:
+  ca.crt: |
+{ca}---
+apiVersion: v1
+kind: Secret
+metadata: {{name: api-keys, namespace: shop}}
+stringData:
+  acme: sha256:{key_hash}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec:
+  extensionProviders:
+  - name: ext-grpc
+    envoyExtAuthzGrpc: {{service: {ext_ip}, port: {ext_port}, timeout: 2s}}
+  - name: down-closed
+    envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {closed_port}, timeout: 500ms, statusOnError: "503"}}
+  - name: down-open
+    envoyExtAuthzGrpc: {{service: 127.0.0.1, port: {closed_port}, timeout: 500ms, failOpen: true}}
+  - name: api-keys
+    apiKey: {{secret: shop/api-keys}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  gatewayClassName: weft
+  listeners:
+  - {{name: http, port: {HTTP_PORT}, protocol: HTTP}}
+  - name: https
+    port: {HTTPS_PORT}
+    protocol: HTTPS
+    hostname: "*.example.com"
+    tls:
+      certificateRefs: [{{name: edge-cert}}]
+      frontendValidation: {{caCertificateRefs: [{{name: partner-ca}}]}}
+      options: {{weft.dev/client-certificate: optional}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: edge-to-backend, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Gateway, name: edge}}]
+  rules:
+{rules}---
+apiVersion: security.istio.io/v1
+kind: RequestAuthentication
+metadata: {{name: edge-jwt, namespace: shop}}
+spec:
+  targetRef: {{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}
+  jwtRules:
+  - issuer: https://issuer.example
+    audiences: [edge]
+    jwks: '{jwks}'
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: ext, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: edge}}
+  action: CUSTOM
+  provider: {{name: ext-grpc}}
+  rules: [{{to: [{{operation: {{paths: ["/ext/*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: partners, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: edge}}
+  action: CUSTOM
+  provider: {{name: api-keys}}
+  rules: [{{to: [{{operation: {{paths: ["/partner/*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: closed, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: edge}}
+  action: CUSTOM
+  provider: {{name: down-closed}}
+  rules: [{{to: [{{operation: {{paths: ["/closed/*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: open, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: edge}}
+  action: CUSTOM
+  provider: {{name: down-open}}
+  rules: [{{to: [{{operation: {{paths: ["/open/*"]}}}}]}}]
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: edge-allow, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: edge}}
+  action: ALLOW
+  rules:
+  - to: [{{operation: {{paths: ["/ext/*", "/partner/*", "/closed/*", "/open/*"]}}}}]
+  - from: [{{source: {{requestPrincipals: ["https://issuer.example/*"]}}}}]
+    to: [{{operation: {{paths: ["/api/*"]}}}}]
+  - from: [{{source: {{principals: ["acme.partners.example"]}}}}]
+    to: [{{operation: {{paths: ["/b2b/*"]}}}}]
+"#,
+        rules = ["api", "partner", "b2b", "ext", "closed", "open"]
+            .iter()
+            .map(|p| format!(
+                "  - matches: [{{path: {{type: PathPrefix, value: /{p}}}}}]\n    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]\n    backendRefs: [{{name: backend}}]\n"
+            ))
+            .collect::<String>(),
+        cert = indent(&server.0),
+        key = indent(&server.1),
+        ca = indent(client_ca),
+        ext_ip = ext_addr.ip(),
+        ext_port = ext_addr.port(),
+    )
+}
+
+/// One request over HTTPS (`sni`, trusting `roots`, presenting `client`
+/// when given): (status, body, headers) — or the handshake error.
+async fn https(
+    sni: &str,
+    roots: &CertificateDer<'static>,
+    client: Option<(CertificateDer<'static>, PrivateKeyDer<'static>)>,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<(u16, String), String> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(roots.clone()).expect("root");
+    let builder = rustls::ClientConfig::builder_with_provider(weft_ca::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store);
+    let mut tls = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(vec![cert], key)
+            .expect("client cert"),
+        None => builder.with_no_client_auth(),
+    };
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = TcpStream::connect((GATEWAY_IP, HTTPS_PORT))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from(sni.to_owned()).expect("sni"), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    request(TokioIo::new(stream), sni, path, headers).await
+}
+
+async fn plain(path: &str, headers: &[(&str, String)]) -> Result<(u16, String), String> {
+    let tcp = TcpStream::connect((GATEWAY_IP, HTTP_PORT))
+        .await
+        .map_err(|e| e.to_string())?;
+    request(TokioIo::new(tcp), "edge.example.com", path, headers).await
+}
+
+async fn request<I>(
+    io: TokioIo<I>,
+    host: &str,
+    path: &str,
+    headers: &[(&str, String)],
+) -> Result<(u16, String), String>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("host", host);
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let response = sender
+        .send_request(req.body(Empty::<Bytes>::new()).expect("request"))
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
+    use base64::Engine as _;
+    use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+    // Credentials.
+    let public_ca = Ca::new("public CA");
+    let server = public_ca.leaf(&["api.example.com", "*.example.com"]);
+    let partner_ca = Ca::new("partner CA");
+    let partner = partner_ca.leaf(&["acme.partners.example"]);
+    let stranger = Ca::new("someone else").leaf(&["acme.partners.example"]);
+    let jwt_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("key");
+    let raw = jwt_key.public_key_raw();
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwks = serde_json::json!({"keys": [{
+        "kty": "EC", "crv": "P-256", "alg": "ES256", "kid": "k1",
+        "x": b64(&raw[1..33]), "y": b64(&raw[33..65]),
+    }]})
+    .to_string();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs();
+    let jwt = |aud: &str| {
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some("k1".into());
+        let pem = EncodingKey::from_ec_pem(jwt_key.serialize_pem().as_bytes()).expect("pem");
+        let claims = serde_json::json!({
+            "iss": "https://issuer.example", "sub": "carol", "aud": aud, "exp": now + 600,
+        });
+        format!("Bearer {}", encode(&header, &claims, &pem).expect("sign"))
+    };
+
+    // The external authorizer, and a port with nothing behind it.
+    let ext = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let ext_addr = ext.local_addr().expect("addr");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::authorization_server::AuthorizationServer::new(
+                ExtAuthz,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(ext)),
+    );
+    let closed_port = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+
+    // The mesh.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("config");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let yaml = config(
+        ext_addr,
+        closed_port,
+        &(server.0.clone(), server.1.clone()),
+        &partner_ca.cert.pem(),
+        &jwks,
+        &weft_waypoint::extauthz::hash_key("k-123"),
+    );
+    std::fs::write(dir.join("mesh.yaml"), &yaml).expect("config");
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, "node-1 node-1-token-0123456789\n").expect("tokens");
+    let control = weft_control::start(weft_control::Options {
+        bootstrap_tokens: Some(tokens),
+        ..weft_control::Options::ephemeral(dir, tmp.path().join("ca"))
+    })
+    .await
+    .expect("control plane");
+    let roots =
+        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
+            .expect("pem");
+    let node = weft_node::start(weft_node::NodeOptions {
+        attach_socket: None,
+        node: "node-1".into(),
+        trust_domain: "cluster.local".into(),
+        xds_addr: control.xds_addr,
+        ca_addr: control.tls_addr,
+        roots: roots.clone(),
+        token: "node-1-token-0123456789".into(),
+        admin_addr: "127.0.1.1:0".parse().expect("addr"),
+        metrics_addr: "127.0.1.1:0".parse().expect("addr"),
+        connect_timeout: Duration::from_secs(1),
+    })
+    .await
+    .expect("node");
+    let app = TcpListener::bind("127.0.1.201:8080")
+        .await
+        .expect("bind app");
+    tokio::spawn(weft_sample_app::serve_http(
+        app,
+        weft_sample_app::AppConfig {
+            name: "backend".into(),
+            ..weft_sample_app::AppConfig::default()
+        },
+        std::future::pending(),
+    ));
+    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+        name: "shop/edge".into(),
+        node: "node-1".into(),
+        trust_domain: "cluster.local".into(),
+        xds_addr: control.xds_addr,
+        ca_addr: control.tls_addr,
+        roots,
+        token: "node-1-token-0123456789".into(),
+        metrics_addr: format!("{GATEWAY_IP}:0").parse().expect("addr"),
+        connect_timeout: Duration::from_secs(1),
+        jwks_roots: Vec::new(),
+    })
+    .await
+    .expect("gateway");
+    assert_eq!(gateway.listening().len(), 2, "{gateway:?}");
+
+    let ca = public_ca.cert.der().clone();
+    let get = |path: &'static str, headers: Vec<(&'static str, String)>| {
+        let ca = ca.clone();
+        async move {
+            https("api.example.com", &ca, None, path, &headers)
+                .await
+                .expect("request")
+        }
+    };
+    // Readiness: a JWT request reaches the backend.
+    let started = Instant::now();
+    loop {
+        let last = get("/api/", vec![("authorization", jwt("edge"))]).await;
+        if last.0 == 200 {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "gateway never served: {last:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // No credential: denied by policy; a bad token: 401.
+    assert_eq!(get("/api/", vec![]).await.0, 403, "no credential");
+    assert_eq!(
+        get("/api/", vec![("authorization", jwt("elsewhere"))])
+            .await
+            .0,
+        401,
+        "token for another audience"
+    );
+    assert_eq!(
+        get("/api/", vec![("authorization", jwt("edge"))]).await.0,
+        200,
+        "JWT"
+    );
+    // The plain HTTP listener applies the same phases.
+    assert_eq!(plain("/api/", &[]).await.expect("http").0, 403);
+    assert_eq!(
+        plain("/api/", &[("authorization", jwt("edge"))])
+            .await
+            .expect("http")
+            .0,
+        200
+    );
+
+    // API key.
+    assert_eq!(get("/partner/", vec![]).await.0, 401, "no key");
+    assert_eq!(
+        get("/partner/", vec![("x-api-key", "k-999".into())])
+            .await
+            .0,
+        401,
+        "unknown key"
+    );
+    let (status, body) = get("/partner/headers", vec![("x-api-key", "k-123".into())]).await;
+    assert_eq!(status, 200, "known key: {body}");
+    assert!(body.contains("\"x-weft-api-client\":\"acme\""), "{body}");
+    assert!(!body.contains("k-123"), "the key went upstream: {body}");
+
+    // Client certificate.
+    let b2b = |client| {
+        let ca = ca.clone();
+        async move { https("api.example.com", &ca, client, "/b2b/", &[]).await }
+    };
+    assert_eq!(
+        b2b(Some((partner.2.clone(), partner.3.clone_key())))
+            .await
+            .expect("mTLS")
+            .0,
+        200,
+        "partner certificate"
+    );
+    assert_eq!(b2b(None).await.expect("TLS").0, 403, "no certificate");
+    let refused = match b2b(Some((stranger.2.clone(), stranger.3.clone_key()))).await {
+        Err(e) => e,
+        Ok((status, _)) => format!("status {status}"),
+    };
+    assert!(
+        !refused.starts_with("status 200"),
+        "a certificate from another CA must not pass: {refused}"
+    );
+
+    // External authorization: allow (its header reaches the backend),
+    // deny (its status, header and body reach the client).
+    let (status, body) = get("/ext/headers", vec![("x-ext-token", "good".into())]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"x-ext-user\":\"alice\""), "{body}");
+    assert!(
+        !body.contains("x-ext-token"),
+        "removed by the authorizer: {body}"
+    );
+    let (status, body) = get("/ext/", vec![("x-ext-token", "bad".into())]).await;
+    assert_eq!((status, body.trim()), (403, "ext says no"));
+    // The authorizer down: fail closed (503 as configured) and fail open.
+    assert_eq!(get("/closed/", vec![]).await.0, 503, "fail closed");
+    assert_eq!(get("/open/", vec![]).await.0, 200, "fail open");
+
+    // Hostile input.
+    let unknown_sni = https("evil.test", &ca, None, "/api/", &[]).await;
+    assert!(
+        unknown_sni
+            .as_ref()
+            .is_err_and(|e| e.starts_with("handshake")),
+        "unknown SNI: {unknown_sni:?}"
+    );
+    let mut bomb = TcpStream::connect((GATEWAY_IP, HTTP_PORT))
+        .await
+        .expect("connect");
+    let huge = "a".repeat(100 * 1024);
+    let _ = bomb
+        .write_all(format!("GET /api/ HTTP/1.1\r\nhost: x\r\nx-bomb: {huge}\r\n\r\n").as_bytes())
+        .await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), bomb.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "a header bomb is refused: {answer:.80}"
+    );
+    let oversized = format!("Bearer {}.{}.x", "a".repeat(20_000), "b".repeat(10));
+    assert_eq!(
+        get("/api/", vec![("authorization", oversized)]).await.0,
+        401,
+        "oversized token"
+    );
+    assert_eq!(
+        get("/api/", vec![("authorization", "Bearer not-a-jwt".into())])
+            .await
+            .0,
+        401,
+        "malformed token"
+    );
+    // Everyone else is still served.
+    assert_eq!(
+        get("/api/", vec![("authorization", jwt("edge"))]).await.0,
+        200
+    );
+    let metrics = reqwest_metrics(gateway.metrics_addr).await;
+    assert!(
+        metrics
+            .contains("weft_ext_authz_errors_total{provider=\"down-closed\",decision=\"denied\"}"),
+        "{metrics}"
+    );
+    gateway.stop();
+    drop(node);
+    control.stop().await;
+}
+
+/// The gateway's Prometheus text.
+async fn reqwest_metrics(addr: SocketAddr) -> String {
+    let tcp = TcpStream::connect(addr).await.expect("metrics");
+    request(TokioIo::new(tcp), "metrics", "/metrics", &[])
+        .await
+        .expect("metrics")
+        .1
+}
