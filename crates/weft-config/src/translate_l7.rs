@@ -253,6 +253,8 @@ fn translate_waypoint_policies(r: &Resources, snapshot: &mut Snapshot, out: &mut
                                 not_request_principals: s.not_request_principals.clone(),
                                 ip_blocks: s.ip_blocks.clone(),
                                 not_ip_blocks: s.not_ip_blocks.clone(),
+                                remote_ip_blocks: s.remote_ip_blocks.clone(),
+                                not_remote_ip_blocks: s.not_remote_ip_blocks.clone(),
                             }
                         })
                         .collect(),

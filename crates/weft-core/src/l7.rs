@@ -149,6 +149,12 @@ pub struct L7Source {
     pub ip_blocks: Vec<String>,
     /// Not these.
     pub not_ip_blocks: Vec<String>,
+    /// Original client addresses or CIDRs.
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    /// Not these.
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
 }
 
 /// `to[].operation`.

@@ -83,6 +83,10 @@ fn source_matches(s: &L7Source, r: &Request<'_>) -> bool {
         )
         && (s.ip_blocks.is_empty() || in_blocks(&s.ip_blocks, r.source_ip))
         && !in_blocks(&s.not_ip_blocks, r.source_ip)
+        // The remote (original client) address is the downstream one, as
+        // Istio's with no trusted proxies.
+        && (s.remote_ip_blocks.is_empty() || in_blocks(&s.remote_ip_blocks, r.source_ip))
+        && !in_blocks(&s.not_remote_ip_blocks, r.source_ip)
 }
 
 fn operation_matches(o: &L7Operation, r: &Request<'_>) -> bool {
@@ -339,5 +343,59 @@ mod tests {
             weft_core::l7::is_when_key("request.auth.claims[tier]")
                 && !weft_core::l7::is_when_key("request.time")
         );
+    }
+
+    #[test]
+    fn remote_ip_blocks_and_custom_matching() {
+        let office = policy(
+            "office-only",
+            AuthzAction::Allow,
+            vec![L7AuthzRule {
+                from: vec![L7Source {
+                    remote_ip_blocks: vec!["203.0.113.0/24".into()],
+                    ..L7Source::default()
+                }],
+                ..L7AuthzRule::default()
+            }],
+        );
+        let at = |ip: &str| Request {
+            source_ip: ip.parse().ok(),
+            host: "h",
+            method: "GET",
+            path: "/partner/x",
+            ..Request::default()
+        };
+        assert!(decide(std::slice::from_ref(&office), &at("203.0.113.7")).allowed);
+        assert!(!decide(std::slice::from_ref(&office), &at("198.51.100.1")).allowed);
+        // CUSTOM policies are found by their rules, and never decide here.
+        let mut keys = policy(
+            "keys",
+            AuthzAction::Custom,
+            vec![L7AuthzRule {
+                to: vec![L7Operation {
+                    paths: vec!["/partner/*".into()],
+                    ..L7Operation::default()
+                }],
+                ..L7AuthzRule::default()
+            }],
+        );
+        assert!(
+            custom(std::slice::from_ref(&keys), &at("10.0.0.1")).is_empty(),
+            "no provider"
+        );
+        keys.provider = Some(weft_core::l7::AuthzProvider {
+            name: "k".into(),
+            kind: weft_core::l7::ProviderKind::Grpc {
+                address: "127.0.0.1:1".into(),
+            },
+            timeout: std::time::Duration::from_secs(1),
+            fail_open: false,
+            status_on_error: 403,
+        });
+        assert_eq!(
+            custom(std::slice::from_ref(&keys), &at("10.0.0.1")).len(),
+            1
+        );
+        assert!(decide(std::slice::from_ref(&keys), &at("10.0.0.1")).allowed);
     }
 }

@@ -118,6 +118,13 @@ pub struct SourceSpec {
     /// IPs or CIDRs that must not match.
     #[serde(default)]
     pub not_ip_blocks: Vec<String>,
+    /// The original client's IP or CIDR (waypoints and gateways: the
+    /// downstream address, as Istio with no trusted proxies).
+    #[serde(default)]
+    pub remote_ip_blocks: Vec<String>,
+    /// Not these.
+    #[serde(default)]
+    pub not_remote_ip_blocks: Vec<String>,
     /// JWT `iss/sub` values (waypoints).
     #[serde(default)]
     pub request_principals: Vec<String>,
@@ -178,14 +185,8 @@ pub struct ConditionSpec {
     pub not_values: Vec<String>,
 }
 
-const NEEDS_WAYPOINT: &str = "is not supported yet";
-
 impl Spec for AuthorizationPolicySpec {
     const KIND: &'static str = "AuthorizationPolicy";
-    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        ("spec.rules.from.source.remoteIpBlocks", NEEDS_WAYPOINT),
-        ("spec.rules.from.source.notRemoteIpBlocks", NEEDS_WAYPOINT),
-    ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
         let attached = self.attached();
@@ -197,6 +198,12 @@ impl Spec for AuthorizationPolicySpec {
             for (r, rule) in self.rules.iter().enumerate() {
                 for (f, from) in rule.from.iter().enumerate() {
                     let s = &from.source;
+                    if !s.remote_ip_blocks.is_empty() || !s.not_remote_ip_blocks.is_empty() {
+                        ctx.error(
+                            &format!("spec.rules[{r}].from[{f}].source.remoteIpBlocks"),
+                            "request-level fields need targetRef: attach the policy to a service or Gateway",
+                        );
+                    }
                     if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
                         ctx.error(
                             &format!("spec.rules[{r}].from[{f}].source.requestPrincipals"),
@@ -256,6 +263,8 @@ impl Spec for AuthorizationPolicySpec {
                 for (field, list) in [
                     ("ipBlocks", &from.source.ip_blocks),
                     ("notIpBlocks", &from.source.not_ip_blocks),
+                    ("remoteIpBlocks", &from.source.remote_ip_blocks),
+                    ("notRemoteIpBlocks", &from.source.not_remote_ip_blocks),
                 ] {
                     for (i, block) in list.iter().enumerate() {
                         if parse_net(block).is_none() {
