@@ -95,6 +95,9 @@ fn up_runs_the_demo_mesh() {
                 && l.contains("reviews.shop.svc.cluster.local")),
         "{metrics}"
     );
+    // Outside traffic enters through the gateway and reaches frontend.
+    let edge = get("127.0.1.50:8080").expect("gateway → frontend");
+    assert!(edge.contains("x-weft-app: frontend"), "{edge}");
 
     // SIGTERM stops the mesh, apps included.
     let pid = guard.0.id().to_string();
