@@ -1,0 +1,18 @@
+//! # weft-telemetry
+//!
+//! What every weft proxy and the control plane agree on about telemetry,
+//! in one place so they cannot drift:
+//!
+//! - [`labels`]: Istio's standard metric label sets (`istio_tcp_*`,
+//!   `istio_requests_total` and friends) and the one function per family
+//!   that fills them from a reporter, the two peers and the service;
+//! - [`promtext`]: a tolerant parser of the Prometheus text format, for
+//!   the control plane's aggregation (garbage is an error, never a panic);
+//! - [`graph`]: the service graph — who calls whom, how often, how well —
+//!   computed from two scrapes of every proxy, as a pure function.
+
+#![forbid(unsafe_code)]
+
+pub mod graph;
+pub mod labels;
+pub mod promtext;
