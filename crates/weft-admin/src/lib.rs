@@ -52,6 +52,15 @@ impl Reply {
         }
     }
 
+    /// 200 with a body of the given type (HTML, JavaScript, CSS).
+    pub fn typed(content_type: &'static str, body: impl Into<Bytes>) -> Self {
+        Reply {
+            status: StatusCode::OK,
+            content_type,
+            body: body.into(),
+        }
+    }
+
     /// An error status with a text reason.
     pub fn error(status: StatusCode, reason: impl Into<Bytes>) -> Self {
         Reply {
@@ -62,7 +71,65 @@ impl Reply {
     }
 }
 
-type Handler = Arc<dyn Fn() -> Reply + Send + Sync>;
+/// A reply being computed.
+pub type ReplyFuture = std::pin::Pin<Box<dyn Future<Output = Reply> + Send>>;
+
+type Handler = Arc<dyn Fn(Query) -> ReplyFuture + Send + Sync>;
+
+/// A request's query parameters (`?a=1&b=x`), percent-decoded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Query(Vec<(String, String)>);
+
+impl Query {
+    /// Parses a query string (without `?`).
+    pub fn parse(query: Option<&str>) -> Query {
+        Query(
+            query
+                .unwrap_or("")
+                .split('&')
+                .filter(|kv| !kv.is_empty())
+                .map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (decode(k), decode(v))
+                })
+                .collect(),
+        )
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Percent-decoding (and `+` as space); bytes that do not form UTF-8 are
+/// replaced.
+fn decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => {
+                let hex = |c: u8| (c as char).to_digit(16);
+                match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                    (Some(h), Some(l)) => {
+                        out.push((h * 16 + l) as u8);
+                        i += 2;
+                    }
+                    _ => out.push(b'%'),
+                }
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
 
 /// A set of GET endpoints.
 #[derive(Clone, Default)]
@@ -86,9 +153,31 @@ impl Routes {
 
     /// Adds `GET path`.
     pub fn get(
-        mut self,
+        self,
         path: &'static str,
         handler: impl Fn() -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        self.get_with_query(path, move |_| handler())
+    }
+
+    /// Adds `GET path` whose handler reads the query parameters.
+    pub fn get_with_query(
+        self,
+        path: &'static str,
+        handler: impl Fn(&Query) -> Reply + Send + Sync + 'static,
+    ) -> Self {
+        self.get_async(path, move |q| {
+            let reply = handler(&q);
+            Box::pin(async move { reply })
+        })
+    }
+
+    /// Adds `GET path` whose handler answers asynchronously (it may ask
+    /// other servers).
+    pub fn get_async(
+        mut self,
+        path: &'static str,
+        handler: impl Fn(Query) -> ReplyFuture + Send + Sync + 'static,
     ) -> Self {
         self.handlers.insert(path, Arc::new(handler));
         self
@@ -113,19 +202,21 @@ impl Routes {
         })
     }
 
-    fn answer(&self, method: &Method, path: &str) -> Reply {
+    fn answer(&self, method: &Method, path: &str, query: Option<&str>) -> ReplyFuture {
         if method != Method::GET && method != Method::HEAD {
-            return Reply::error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+            let reply = Reply::error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
+            return Box::pin(async move { reply });
         }
         match self.handlers.get(path) {
-            Some(handler) => handler(),
+            Some(handler) => handler(Query::parse(query)),
             None => {
                 let mut paths: Vec<_> = self.handlers.keys().copied().collect();
                 paths.sort_unstable();
-                Reply::error(
+                let reply = Reply::error(
                     StatusCode::NOT_FOUND,
                     format!("not found; endpoints: {}\n", paths.join(" ")),
-                )
+                );
+                Box::pin(async move { reply })
             }
         }
     }
@@ -166,8 +257,9 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: impl Future<
         let routes = routes.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let reply = routes.answer(req.method(), req.uri().path());
+                let reply = routes.answer(req.method(), req.uri().path(), req.uri().query());
                 async move {
+                    let reply = reply.await;
                     let mut response = Response::new(Full::new(reply.body));
                     *response.status_mut() = reply.status;
                     response.headers_mut().insert(
@@ -192,16 +284,34 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: impl Future<
 mod tests {
     use super::*;
 
-    #[test]
-    fn routing() {
+    #[tokio::test]
+    async fn routing() {
         let routes = Routes::new().get("/certs", || Reply::json("[]"));
-        assert_eq!(routes.answer(&Method::GET, "/certs").status, StatusCode::OK);
-        let missing = routes.answer(&Method::GET, "/nope");
+        assert_eq!(
+            routes.answer(&Method::GET, "/certs", None).await.status,
+            StatusCode::OK
+        );
+        let missing = routes.answer(&Method::GET, "/nope", None).await;
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
         assert!(String::from_utf8_lossy(&missing.body).contains("/certs"));
         assert_eq!(
-            routes.answer(&Method::POST, "/certs").status,
+            routes.answer(&Method::POST, "/certs", None).await.status,
             StatusCode::METHOD_NOT_ALLOWED
+        );
+        let echo = Routes::new()
+            .get_with_query("/q", |q| Reply::text(q.get("to").unwrap_or("-").to_owned()));
+        let reply = echo
+            .answer(
+                &Method::GET,
+                "/q",
+                Some("window=5m&to=payments.billing%2Esvc+x"),
+            )
+            .await;
+        assert_eq!(&reply.body[..], b"payments.billing.svc x");
+        let odd = Query::parse(Some("a=%zz&b=%4"));
+        assert_eq!(
+            (odd.get("a"), odd.get("b"), odd.get("c")),
+            (Some("%zz"), Some("%4"), None)
         );
     }
 }

@@ -45,7 +45,7 @@ fn demo_is_valid() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
     let config = load_path(&dir).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(config.snapshot.services.len(), 4);
-    assert_eq!(config.snapshot.workloads.len(), 8);
+    assert_eq!(config.snapshot.workloads.len(), 9);
     // reviews goes through the waypoint shop-waypoint.
     let reviews = config
         .snapshot

@@ -29,7 +29,9 @@ use weft_ca::{Authority, CaOptions, CertManager, ManagerOptions, TrustBundle};
 use weft_xds::{XdsMetrics, XdsServer};
 
 pub mod config;
+pub mod dashboard;
 pub mod debounce;
+pub mod observe;
 
 pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
 pub use debounce::Debounce;
@@ -60,6 +62,11 @@ pub struct Options {
     pub workload_ttl: Duration,
     /// Coalescing of file changes.
     pub debounce: Debounce,
+    /// Where the service graph's numbers come from (the proxies to
+    /// scrape, or a Prometheus).
+    pub observe: observe::Source,
+    /// How often proxies are scraped.
+    pub scrape_interval: Duration,
 }
 
 impl Options {
@@ -78,6 +85,8 @@ impl Options {
             bootstrap_tokens: None,
             workload_ttl: Duration::from_secs(3600),
             debounce: Debounce::default(),
+            observe: observe::Source::Scrape(Vec::new()),
+            scrape_interval: Duration::from_secs(5),
         }
     }
 }
@@ -265,11 +274,17 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         stopped(),
     )));
     let status_of = live.clone();
+    let aggregator = observe::Aggregator::new(options.observe.clone(), options.scrape_interval);
+    servers.push(aggregator.spawn());
     servers.push(tokio::spawn(weft_admin::serve(
         monitoring_listener,
-        Routes::new().get("/debug/config-status", move || {
-            Reply::json(serde_json::to_string_pretty(&status_of.status()).unwrap_or_default())
-        }),
+        dashboard::routes(
+            Routes::new().get("/debug/config-status", move || {
+                Reply::json(serde_json::to_string_pretty(&status_of.status()).unwrap_or_default())
+            }),
+            aggregator,
+            live.snapshot.clone(),
+        ),
         stopped(),
     )));
     servers.push(tokio::spawn(weft_admin::serve(

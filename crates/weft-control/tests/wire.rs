@@ -52,7 +52,7 @@ async fn python_grpc_subscriber_decodes_addresses() {
     let json: serde_json::Value =
         serde_json::from_slice(&out.stdout).expect("json from the python subscriber");
     let resources = json["resources"].as_array().expect("resources");
-    assert_eq!(resources.len(), 12, "{json:#}");
+    assert_eq!(resources.len(), 13, "{json:#}");
 
     let find = |name: &str| {
         resources

@@ -774,26 +774,20 @@ async fn plaintext_inbound(
 
 /// Labels for plaintext from an unknown caller to workload `w`.
 fn plaintext_labels(w: &WorkloadInfo, port: u16, flags: &'static str) -> TcpLabels {
-    let (ns, name) = split_name(&w.name);
+    use weft_telemetry::labels::{Peer, Reporter, Service};
     let service = w
         .services
         .iter()
         .find(|(_, ports)| ports.values().any(|target| *target == port))
-        .map(|(s, _)| s.rsplit('/').next().unwrap_or_default().to_owned())
-        .unwrap_or_else(|| "unknown".into());
-    TcpLabels {
-        reporter: "destination",
-        source_workload: "unknown".into(),
-        source_workload_namespace: "unknown".into(),
-        source_principal: "unknown".into(),
-        destination_workload: name.to_owned(),
-        destination_workload_namespace: ns.to_owned(),
-        destination_principal: w.identity.to_string(),
-        destination_service: service,
-        request_protocol: "tcp",
-        response_flags: flags,
-        connection_security_policy: "none",
-    }
+        .map(|(s, _)| s.rsplit('/').next().unwrap_or_default().to_owned());
+    weft_telemetry::labels::tcp(
+        Reporter::Destination,
+        &Peer::unknown(),
+        &w.peer(),
+        &service.map_or_else(Service::unknown, |h| Service::from_host(&h, None)),
+        flags,
+        false,
+    )
 }
 
 /// Why a listener is not running.
@@ -932,7 +926,12 @@ async fn outbound(
             headers.insert("forwarded", v);
         }
         let (src_ns, src_name) = split_name(&source.name);
-        if let Ok(v) = format!("k8s.namespace.name={src_ns},k8s.pod.name={src_name}").parse() {
+        if let Ok(v) = format!(
+            "k8s.namespace.name={src_ns},k8s.pod.name={src_name},service.name={},service.version={}",
+            source.canonical.0, source.canonical.1
+        )
+        .parse()
+        {
             headers.insert("baggage", v);
         }
         match shared
@@ -982,7 +981,8 @@ fn split_name(name: &str) -> (&str, &str) {
     name.split_once('/').unwrap_or(("", name))
 }
 
-/// Istio labels for a connection from `source` to `destination`.
+/// Istio labels for a connection from `source` to `destination` (over
+/// HBONE: mutual TLS).
 fn labels(
     reporter: &'static str,
     source: &WorkloadInfo,
@@ -990,31 +990,24 @@ fn labels(
     service: &str,
     flags: &'static str,
 ) -> TcpLabels {
-    let (src_ns, src_name) = split_name(&source.name);
-    let (dst_ns, dst_name, dst_principal) = match destination {
-        Some(d) => {
-            let (ns, name) = split_name(&d.name);
-            (ns.to_owned(), name.to_owned(), d.identity.to_string())
-        }
-        None => ("unknown".into(), "unknown".into(), "unknown".into()),
+    use weft_telemetry::labels::{Peer, Reporter, Service};
+    let reporter = if reporter == "source" {
+        Reporter::Source
+    } else {
+        Reporter::Destination
     };
-    TcpLabels {
+    weft_telemetry::labels::tcp(
         reporter,
-        source_workload: src_name.to_owned(),
-        source_workload_namespace: src_ns.to_owned(),
-        source_principal: source.identity.to_string(),
-        destination_workload: dst_name,
-        destination_workload_namespace: dst_ns,
-        destination_principal: dst_principal,
-        destination_service: if service.is_empty() {
-            "unknown".into()
+        &source.peer(),
+        &destination.map_or_else(Peer::unknown, WorkloadInfo::peer),
+        &if service.is_empty() {
+            Service::unknown()
         } else {
-            service.to_owned()
+            Service::from_host(service, None)
         },
-        request_protocol: "tcp",
-        response_flags: flags,
-        connection_security_policy: "mutual_tls",
-    }
+        flags,
+        true,
+    )
 }
 
 /// Inbound tunnels for one local workload.
@@ -1071,6 +1064,14 @@ impl InboundHandler for InboundFor {
                 policies: Vec::new(),
                 permissive: false,
                 waypoint: false,
+                canonical: (
+                    header_param(&request.headers, "baggage", "service.name")
+                        .unwrap_or_default()
+                        .to_owned(),
+                    header_param(&request.headers, "baggage", "service.version")
+                        .unwrap_or_default()
+                        .to_owned(),
+                ),
             };
             // L4 authorization against the policies in force now.
             let decision = {

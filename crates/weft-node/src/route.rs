@@ -250,6 +250,7 @@ mod tests {
             policies: Vec::new(),
             permissive: false,
             waypoint: false,
+            canonical: Default::default(),
         }
     }
 

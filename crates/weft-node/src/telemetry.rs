@@ -11,38 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Istio's standard TCP labels.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    /// `source` (the caller's node) or `destination` (the callee's node).
-    pub reporter: &'static str,
-    /// Caller workload name.
-    pub source_workload: String,
-    /// Caller namespace.
-    pub source_workload_namespace: String,
-    /// Caller SPIFFE identity.
-    pub source_principal: String,
-    /// Callee workload name.
-    pub destination_workload: String,
-    /// Callee namespace.
-    pub destination_workload_namespace: String,
-    /// Callee SPIFFE identity.
-    pub destination_principal: String,
-    /// Service hostname called (`unknown` when the caller did not name one).
-    pub destination_service: String,
-    /// Always `tcp` at L4.
-    pub request_protocol: &'static str,
-    /// `-`, or Envoy-style flags such as `UF` (upstream connect failure).
-    pub response_flags: &'static str,
-    /// `mutual_tls` through HBONE, `none` for plaintext.
-    pub connection_security_policy: &'static str,
-}
+pub use weft_telemetry::labels::TcpLabels;
 
 /// The four TCP metric families, registered explicitly.
 #[derive(Clone, Debug, Default)]

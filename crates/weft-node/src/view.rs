@@ -37,6 +37,30 @@ pub struct WorkloadInfo {
     pub permissive: bool,
     /// Whether it is a waypoint (it terminates HBONE itself).
     pub waypoint: bool,
+    /// Canonical service and revision (its `app` and `version` labels),
+    /// for telemetry.
+    pub canonical: (String, String),
+}
+
+impl WorkloadInfo {
+    /// This workload as a telemetry peer.
+    pub fn peer(&self) -> weft_telemetry::labels::Peer {
+        let (namespace, name) = self.name.split_once('/').unwrap_or(("", &self.name));
+        let or_unknown = |s: &str| {
+            if s.is_empty() {
+                weft_telemetry::labels::UNKNOWN.to_owned()
+            } else {
+                s.to_owned()
+            }
+        };
+        weft_telemetry::labels::Peer {
+            workload: or_unknown(name),
+            namespace: or_unknown(namespace),
+            principal: self.identity.to_string(),
+            canonical_service: or_unknown(&self.canonical.0),
+            canonical_revision: or_unknown(&self.canonical.1),
+        }
+    }
 }
 
 /// What the node needs about a service beyond its endpoints.
@@ -167,6 +191,7 @@ impl NodeView {
                 policies: w.authorization_policies.clone(),
                 permissive: false,
                 waypoint: false,
+                canonical: (w.canonical_name.clone(), w.canonical_revision.clone()),
             };
             for service in info.services.keys() {
                 view.endpoints

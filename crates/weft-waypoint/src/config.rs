@@ -521,6 +521,7 @@ mod tests {
             policies: vec![],
             permissive: false,
             waypoint: false,
+            canonical: Default::default(),
         }
     }
 

@@ -282,6 +282,10 @@ pub struct Ctx {
     pub source: Option<weft_core::Identity>,
     /// `grpc` or `http`.
     pub protocol: &'static str,
+    /// Who reports this request's metrics.
+    pub reporter: weft_telemetry::labels::Reporter,
+    /// The caller as telemetry names it.
+    pub peer: weft_telemetry::labels::Peer,
     /// The access-log line being filled in.
     pub access: crate::access::AccessEntry,
 }
@@ -289,6 +293,11 @@ pub struct Ctx {
 /// The caller's identity, put in request extensions by an mTLS front.
 #[derive(Debug, Clone)]
 pub struct SourceIdentity(pub weft_core::Identity);
+
+/// The caller as its node described it (`baggage` on the tunnel), put in
+/// request extensions by the waypoint's HBONE front.
+#[derive(Debug, Clone)]
+pub struct SourcePeer(pub weft_telemetry::labels::Peer);
 
 /// A gateway client's certificate principal (its first URI SAN without
 /// `spiffe://`, else its first DNS SAN, else its subject), put in request
@@ -381,6 +390,8 @@ pub struct Engine {
     config: ArcSwap<Config>,
     client: Upstream,
     authorizers: crate::extauthz::Authorizers,
+    reporter: weft_telemetry::labels::Reporter,
+    me: Option<weft_telemetry::labels::Peer>,
     metrics: Metrics,
     max_replay: usize,
 }
@@ -401,6 +412,8 @@ impl Engine {
             config: ArcSwap::from_pointee(config),
             client: Upstream::Plain(Box::new(clients(connector))),
             authorizers: crate::extauthz::Authorizers::default(),
+            reporter: weft_telemetry::labels::Reporter::Waypoint,
+            me: None,
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
@@ -416,9 +429,19 @@ impl Engine {
             config: ArcSwap::from_pointee(config),
             client: Upstream::Hbone(Box::new(clients(connector))),
             authorizers: crate::extauthz::Authorizers::default(),
+            reporter: weft_telemetry::labels::Reporter::Waypoint,
+            me: None,
             metrics,
             max_replay: DEFAULT_MAX_REPLAY,
         }
+    }
+
+    /// Reports metrics as the caller's side (an ingress gateway, which is
+    /// the source of the calls it forwards), naming itself `me`.
+    pub fn reporting_as_source(mut self, me: weft_telemetry::labels::Peer) -> Self {
+        self.reporter = weft_telemetry::labels::Reporter::Source;
+        self.me = Some(me);
+        self
     }
 
     /// Swaps in a new configuration; requests in flight keep the old one.
@@ -452,7 +475,19 @@ impl Engine {
                 .map(str::to_owned)
         };
         let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+        let peer = match (&self.me, request.extensions().get::<SourcePeer>()) {
+            (Some(me), _) => me.clone(),
+            (None, Some(p)) => p.0.clone(),
+            (None, None) => request
+                .extensions()
+                .get::<SourceIdentity>()
+                .map_or_else(weft_telemetry::labels::Peer::unknown, |s| {
+                    weft_telemetry::labels::Peer::from_principal(&s.0.to_string())
+                }),
+        };
         let mut ctx = Ctx {
+            reporter: self.reporter,
+            peer,
             started: Instant::now(),
             route: String::new(),
             service: String::new(),
@@ -767,6 +802,7 @@ impl Engine {
                 path = %attributes.path,
                 "request denied: RBAC: access denied"
             );
+            ctx.flags = "RBAC";
             return Some(status_response(403, "RBAC: access denied"));
         }
         for change in changes {

@@ -92,6 +92,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
         &options,
         &[weft_xds::GATEWAY_TYPE],
         "weft.dev/gateway: \"true\"",
+        true,
     )
     .await?;
     let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;

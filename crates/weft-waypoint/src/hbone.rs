@@ -28,6 +28,8 @@ pub struct HboneConnector {
     source: Identity,
     cert: Arc<dyn CertSource>,
     peers: Peers,
+    /// Headers sent on every CONNECT (`baggage` describing this proxy).
+    headers: HeaderMap,
 }
 
 impl std::fmt::Debug for HboneConnector {
@@ -44,7 +46,22 @@ impl HboneConnector {
             source,
             cert,
             peers,
+            headers: HeaderMap::new(),
         }
+    }
+
+    /// Describes this proxy to destination nodes (`baggage`, as node
+    /// proxies describe their workloads), so their telemetry names it.
+    pub fn with_peer(mut self, me: &weft_telemetry::labels::Peer) -> Self {
+        if let Ok(v) = format!(
+            "k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
+            me.namespace, me.workload, me.canonical_service, me.canonical_revision
+        )
+        .parse()
+        {
+            self.headers.insert("baggage", v);
+        }
+        self
     }
 }
 
@@ -91,7 +108,7 @@ impl tower_service::Service<Uri> for HboneConnector {
             };
             let tunnel = this
                 .pool
-                .connect(&key, this.cert.clone(), target, HeaderMap::new())
+                .connect(&key, this.cert.clone(), target, this.headers.clone())
                 .await?;
             Ok(TunnelIo(TokioIo::new(tunnel)))
         })

@@ -14,26 +14,7 @@ use prometheus_client::registry::Registry;
 
 use crate::engine::Ctx;
 
-/// Labels of a request (Istio's standard names).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
-    /// Always `waypoint` here.
-    pub reporter: &'static str,
-    /// The caller's SPIFFE identity, `unknown` without mTLS.
-    pub source_principal: String,
-    /// The caller's namespace (from its identity), `unknown` without mTLS.
-    pub source_workload_namespace: String,
-    /// The service the route sent it to (its hostname).
-    pub destination_service: String,
-    /// `http` or `grpc`.
-    pub request_protocol: &'static str,
-    /// `mutual_tls` when the caller proved an identity, else `none`.
-    pub connection_security_policy: &'static str,
-    /// HTTP status returned downstream.
-    pub response_code: u16,
-    /// Envoy response flags, `-` when none.
-    pub response_flags: &'static str,
-}
+pub use weft_telemetry::labels::RequestLabels;
 
 /// Labels of an upstream service.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -176,30 +157,23 @@ impl Metrics {
 
     /// Records one finished request.
     pub fn request(&self, ctx: &Ctx, status: StatusCode) {
-        let labels = RequestLabels {
-            reporter: "waypoint",
-            source_principal: ctx
-                .source
-                .as_ref()
-                .map_or_else(|| "unknown".into(), ToString::to_string),
-            source_workload_namespace: ctx
-                .source
-                .as_ref()
-                .map_or_else(|| "unknown".into(), |s| s.namespace().to_owned()),
-            destination_service: if ctx.service.is_empty() {
-                "unknown".into()
-            } else {
-                ctx.service.clone()
-            },
-            request_protocol: ctx.protocol,
-            connection_security_policy: if ctx.source.is_some() {
-                "mutual_tls"
-            } else {
-                "none"
-            },
-            response_code: status.as_u16(),
-            response_flags: ctx.flags,
+        use weft_telemetry::labels::{Peer, Service};
+        let service = if ctx.service.is_empty() {
+            Service::unknown()
+        } else {
+            Service::from_host(&ctx.service, None)
         };
+        let labels = weft_telemetry::labels::request(
+            ctx.reporter,
+            &ctx.peer,
+            &Peer::unknown(),
+            &service,
+            ctx.protocol,
+            status.as_u16(),
+            ctx.flags,
+            // A gateway forwards over HBONE: its calls are mutual TLS.
+            ctx.source.is_some() || ctx.reporter == weft_telemetry::labels::Reporter::Source,
+        );
         let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         self.requests.get_or_create(&labels).inc();
         self.duration.get_or_create(&labels).observe(ms);

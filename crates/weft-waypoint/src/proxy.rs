@@ -116,6 +116,7 @@ pub(crate) async fn core(
     options: &WaypointOptions,
     extra: &[&str],
     label: &str,
+    as_gateway: bool,
 ) -> Result<Core, WaypointError> {
     let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
     let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
@@ -172,12 +173,14 @@ pub(crate) async fn core(
         me.identity.clone(),
         certs.source(&me.identity),
         peers.clone(),
-    );
-    let engine = Arc::new(Engine::with_hbone(
-        Config::default(),
-        metrics.clone(),
-        connector,
-    ));
+    )
+    .with_peer(&me.peer());
+    let engine = Engine::with_hbone(Config::default(), metrics.clone(), connector);
+    let engine = Arc::new(if as_gateway {
+        engine.reporting_as_source(me.peer())
+    } else {
+        engine
+    });
     Ok(Core {
         me,
         bundle,
@@ -240,7 +243,7 @@ impl Core {
 /// Starts a waypoint.
 pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> {
     let setup = |e: &dyn std::fmt::Display| WaypointError::Setup(e.to_string());
-    let mut core = core(&options, &[], "weft.dev/waypoint: \"true\"").await?;
+    let mut core = core(&options, &[], "weft.dev/waypoint: \"true\"", false).await?;
     let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;
     let tls = server_config(
         core.certs.source(&core.me.identity),
@@ -366,6 +369,34 @@ fn services(state: &weft_xds::ClientState) -> crate::config::Services {
     out
 }
 
+/// The caller as its node described it in the tunnel's `baggage`.
+fn source_peer(request: &Inbound) -> weft_telemetry::labels::Peer {
+    use weft_telemetry::labels::{Peer, UNKNOWN};
+    let baggage = request
+        .headers
+        .get("baggage")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let get = |key: &str| {
+        baggage
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| !v.is_empty())
+            .unwrap_or(UNKNOWN)
+            .to_owned()
+    };
+    Peer {
+        workload: get("k8s.pod.name"),
+        namespace: match get("k8s.namespace.name").as_str() {
+            UNKNOWN => request.peer.namespace().to_owned(),
+            ns => ns.to_owned(),
+        },
+        principal: request.peer.to_string(),
+        canonical_service: get("service.name"),
+        canonical_revision: get("service.version"),
+    }
+}
+
 /// HBONE into the waypoint: each tunnel is an HTTP connection for the
 /// service its `:authority` (VIP and port) names.
 struct WaypointInbound {
@@ -393,11 +424,14 @@ impl InboundHandler for WaypointInbound {
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
             let peer = request.peer.clone();
             let (source, from) = (request.peer.clone(), request.peer_addr);
+            let caller = source_peer(&request);
             tokio::spawn(async move {
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut()
                         .insert(crate::engine::SourceIdentity(source.clone()));
                     req.extensions_mut().insert(crate::engine::PeerAddr(from));
+                    req.extensions_mut()
+                        .insert(crate::engine::SourcePeer(caller.clone()));
                     let (engine, target) = (engine.clone(), target.clone());
                     async move {
                         Ok::<_, std::convert::Infallible>(

@@ -71,6 +71,10 @@ enum Command {
     /// listeners, authentication, authorization and rate limits, then into
     /// the mesh over HBONE.
     Gateway(cmd::waypoint::Args),
+    /// Who calls whom: edges with rate, errors, latency, mTLS, allowed
+    /// and denied counts, from the control plane (`--to payments`: its
+    /// callers).
+    Graph(cmd::graph::Args),
     /// Print the hash an API-key Secret stores for a key
     /// (`sha256:<hex>`); the key is read from standard input, one line.
     HashKey,
@@ -98,6 +102,7 @@ fn main() -> ExitCode {
         Command::Up(args) => cmd::up::run(args),
         Command::Run(args) => cmd::run::run(args),
         Command::Authz(args) => cmd::authz::run(args),
+        Command::Graph(args) => cmd::graph::run(args),
         Command::HashKey => {
             let mut key = String::new();
             match std::io::stdin().read_line(&mut key) {

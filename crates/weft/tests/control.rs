@@ -266,8 +266,8 @@ async fn config_dump_shows_what_a_subscriber_holds() {
     let addresses = dump["resources"][weft_xds::ADDRESS_TYPE]
         .as_array()
         .expect("addresses");
-    // 4 services and 8 workloads (the waypoint included).
-    assert_eq!(addresses.len(), 12);
+    // 4 services and 9 workloads (the waypoint and the gateway included).
+    assert_eq!(addresses.len(), 13);
     assert!(
         addresses.iter().any(|a| a["name"] == "weft/shop/frontend-1"
             && a["version"].as_str().is_some_and(|v| v.len() == 16)),

@@ -40,6 +40,17 @@ pub(crate) struct Args {
     /// Lifetime of workload certificates when a request asks for none.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "24h")]
     workload_ttl: Duration,
+    /// A proxy to scrape for the service graph, `name=ip:port` of its
+    /// metrics (repeat for each).
+    #[arg(long = "scrape", value_name = "NAME=ADDR")]
+    scrape: Vec<weft_control::observe::Target>,
+    /// How often proxies are scraped.
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
+    scrape_interval: Duration,
+    /// Compute the service graph from this Prometheus (`http://host:9090`)
+    /// instead of scraping.
+    #[arg(long, conflicts_with = "scrape")]
+    prometheus: Option<String>,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -61,6 +72,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         bootstrap_tokens: args.bootstrap_tokens,
         workload_ttl: args.workload_ttl,
         debounce: Debounce::default(),
+        observe: match args.prometheus {
+            Some(url) => weft_control::observe::Source::Prometheus(url),
+            None => weft_control::observe::Source::Scrape(args.scrape),
+        },
+        scrape_interval: args.scrape_interval,
     };
     runtime.block_on(async move {
         let running = match weft_control::start(options).await {

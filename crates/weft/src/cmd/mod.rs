@@ -4,6 +4,7 @@ pub(crate) mod authz;
 pub(crate) mod certs;
 pub(crate) mod config_dump;
 pub(crate) mod control;
+pub(crate) mod graph;
 pub(crate) mod node;
 pub(crate) mod run;
 pub(crate) mod sample_app;

@@ -26,6 +26,10 @@ pub(crate) struct Args {
     /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
     drain_timeout: Duration,
+    /// How often the control plane scrapes the proxies for the service
+    /// graph (`weft graph`, the dashboard).
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "2s")]
+    scrape_interval: Duration,
 }
 
 /// Node N's address: `node-N` names give N; other names are numbered in
@@ -123,6 +127,27 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     )?;
 
     let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
+    // Every proxy's metrics, for the service graph: nodes, then waypoints
+    // and gateways.
+    let mut targets: Vec<weft_control::observe::Target> = tokens
+        .iter()
+        .map(|(name, n, _)| weft_control::observe::Target {
+            name: name.clone(),
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 0, *n, 1)), 15020),
+        })
+        .collect();
+    for w in snapshot
+        .workloads
+        .values()
+        .filter(|w| w.waypoint || w.gateway)
+    {
+        if let WorkloadAddress::Ip(ip) = &w.address {
+            targets.push(weft_control::observe::Target {
+                name: w.name.to_string(),
+                addr: SocketAddr::new(*ip, 15020),
+            });
+        }
+    }
     let control = weft_control::start(Options {
         config_dir: args.dir.clone(),
         ca_dir: state.join("ca"),
@@ -134,6 +159,8 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         bootstrap_tokens: Some(token_file),
         workload_ttl: Duration::from_secs(24 * 3600),
         debounce: Debounce::default(),
+        observe: weft_control::observe::Source::Scrape(targets),
+        scrape_interval: args.scrape_interval,
     })
     .await
     .map_err(|e| e.to_string())?;
