@@ -37,6 +37,13 @@ function layout(nodes, links) {
     }
     if (!changed) break;
   }
+  // Callers nobody calls sit just left of what they call.
+  const called = new Set(links.map((l) => l.to));
+  for (const n of nodes) {
+    if (called.has(n.id)) continue;
+    const targets = links.filter((l) => l.from === n.id && l.to !== n.id).map((l) => depth.get(l.to) || 0);
+    if (targets.length) depth.set(n.id, Math.max(0, Math.min(...targets) - 1));
+  }
   const columns = new Map();
   for (const n of nodes) {
     const d = depth.get(n.id) || 0;
@@ -44,9 +51,13 @@ function layout(nodes, links) {
     columns.get(d).push(n);
   }
   const pos = new Map();
-  const colWidth = 260, rowHeight = 90;
+  const colWidth = 380, rowHeight = 110;
   for (const [d, list] of columns) {
-    list.forEach((n, i) => pos.set(n.id, { x: 40 + d * colWidth, y: 50 + i * rowHeight }));
+    list.forEach((n, i) => pos.set(n.id, {
+      x: 40 + d * colWidth, y: 50 + i * rowHeight,
+      // Where edges leave and arrive: circles are narrower than boxes.
+      right: n.kind === "client" ? 104 : 160, left: n.kind === "client" ? 56 : 0,
+    }));
   }
   return pos;
 }
@@ -73,7 +84,7 @@ function drawNode(svg, n, p) {
 }
 
 function drawLink(svg, l, from, to) {
-  const x1 = from.x + 160, y1 = from.y, x2 = to.x, y2 = to.y;
+  const x1 = from.x + from.right, y1 = from.y, x2 = to.x + to.left, y2 = to.y;
   const backwards = x2 <= x1;
   const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 + (backwards ? 40 : 0);
   const d = backwards
@@ -91,12 +102,12 @@ function drawLink(svg, l, from, to) {
   svg.appendChild(path);
   const parts = [`${fmt(l.rate, 2)}/s`, `${fmt(l.error_ratio * 100, 1)}% err`];
   if (l.p99_ms !== null && l.p99_ms !== undefined) parts.push(`p99 ${fmt(l.p99_ms, 1)}ms`);
-  if (l.mtls) parts.unshift("🔒");
+  if (l.mtls) parts.unshift("mTLS");
   const text = el("svg:text", { x: mx, y: my - 6, "text-anchor": "middle", class: "edge-label" }, parts.join(" · "));
   svg.appendChild(text);
   if (denied) {
     svg.appendChild(el("svg:text", { x: mx, y: my + 12, "text-anchor": "middle", class: "edge-label denied" },
-      `⛔ ${fmt(l.denied, 0)} denied`));
+      `${fmt(l.denied, 0)} denied`));
   }
 }
 
@@ -155,7 +166,7 @@ function edgeColumns(side) {
     ["errors", (e) => fmt(e.error_ratio * 100, 1) + "%"],
     ["p50 ms", (e) => fmt(e.p50_ms, 1)],
     ["p99 ms", (e) => fmt(e.p99_ms, 1)],
-    ["mTLS", (e) => (e.mtls ? "🔒 yes" : "no")],
+    ["mTLS", (e) => (e.mtls ? "yes" : "no")],
     ["allowed", (e) => fmt(e.allowed, 0)],
     ["denied", (e) => fmt(e.denied, 0)],
   ];
