@@ -42,6 +42,7 @@ fn up_runs_the_demo_mesh() {
         .arg(&demo)
         .arg("--state-dir")
         .arg(state.path())
+        .args(["--scrape-interval", "500ms", "--background-load", "5"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -98,6 +99,45 @@ fn up_runs_the_demo_mesh() {
     // Outside traffic enters through the gateway and reaches frontend.
     let edge = get("127.0.1.50:8080").expect("gateway → frontend");
     assert!(edge.contains("x-weft-app: frontend"), "{edge}");
+
+    // The background load makes a living graph at once: the dashboard's
+    // address is printed, and its API shows the demo's calls.
+    assert!(
+        printed.contains("dashboard: http://127.0.0.1:15014/"),
+        "{printed}"
+    );
+    let wanted = [
+        "frontend.shop.svc.cluster.local->orders.shop.svc.cluster.local",
+        "orders.shop.svc.cluster.local->payments.billing.svc.cluster.local",
+        "frontend.shop.svc.cluster.local->reviews.shop.svc.cluster.local",
+        "edge->frontend.shop.svc.cluster.local",
+    ];
+    let start = Instant::now();
+    loop {
+        let graph = get_path("127.0.0.1:15014", "/api/graph?window=1m").unwrap_or_default();
+        let body = graph.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+        let links: Vec<String> = serde_json::from_str::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v["links"].as_array().cloned())
+            .unwrap_or_default()
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}->{}",
+                    l["from"].as_str().unwrap_or(""),
+                    l["to"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        if wanted.iter().all(|w| links.iter().any(|l| l == w)) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the graph never showed the demo's calls; it has {links:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 
     // SIGTERM stops the mesh, apps included.
     let pid = guard.0.id().to_string();

@@ -30,6 +30,11 @@ pub(crate) struct Args {
     /// graph (`weft graph`, the dashboard).
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "2s")]
     scrape_interval: Duration,
+    /// Calls per second `weft up` sends through each outbound listener and
+    /// gateway listener, so the service graph shows traffic at once (0:
+    /// none).
+    #[arg(long, default_value_t = 2.0)]
+    background_load: f64,
 }
 
 /// Node N's address: `node-N` names give N; other names are numbered in
@@ -346,9 +351,17 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             w.address, l.local_port, w.name, l.host
         );
     }
+    println!(
+        "dashboard: http://{}/   (or: weft graph --control {})",
+        control.monitoring_addr, control.monitoring_addr
+    );
+    let load = background_load(snapshot, args.background_load);
     println!("weft up: ready (Ctrl-C stops everything)");
 
     super::shutdown_signal().await;
+    if let Some(load) = load {
+        load.abort();
+    }
     // Nodes stop accepting and drain while the apps still answer; then the
     // apps and the control plane go.
     let drains: Vec<_> = proxies
@@ -389,4 +402,64 @@ mod tests {
             ]
         );
     }
+}
+
+/// Light steady traffic for the demo's graph: `per_second` GETs through
+/// every workload's outbound listeners and every plain-HTTP gateway
+/// listener (answers are read and dropped). `None` when disabled.
+fn background_load(snapshot: &Snapshot, per_second: f64) -> Option<tokio::task::JoinHandle<()>> {
+    if per_second <= 0.0 || !per_second.is_finite() {
+        return None;
+    }
+    let mut targets: Vec<SocketAddr> = Vec::new();
+    for w in snapshot.workloads.values() {
+        if let WorkloadAddress::Ip(ip) = &w.address {
+            targets.extend(
+                w.outbound
+                    .iter()
+                    .map(|l| SocketAddr::new(*ip, l.local_port)),
+            );
+        }
+    }
+    for (name, gateway) in &snapshot.gateways {
+        let Some(WorkloadAddress::Ip(ip)) = snapshot.workloads.get(name).map(|w| &w.address) else {
+            continue;
+        };
+        targets.extend(
+            gateway
+                .listeners
+                .iter()
+                .filter(|l| l.tls.is_none())
+                .map(|l| SocketAddr::new(*ip, l.port)),
+        );
+    }
+    if targets.is_empty() {
+        return None;
+    }
+    println!(
+        "background load: {per_second}/s through {} listeners (--background-load 0 turns it off)",
+        targets.len()
+    );
+    let period = Duration::from_secs_f64(1.0 / per_second);
+    Some(tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            tick.tick().await;
+            for target in &targets {
+                let target = *target;
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let call = async {
+                        let mut conn = tokio::net::TcpStream::connect(target).await?;
+                        conn.write_all(b"GET / HTTP/1.1\r\nhost: demo\r\nuser-agent: weft-up-load\r\nconnection: close\r\n\r\n")
+                            .await?;
+                        let mut sink = Vec::new();
+                        conn.read_to_end(&mut sink).await
+                    };
+                    let _ = tokio::time::timeout(Duration::from_secs(5), call).await;
+                });
+            }
+        }
+    }))
 }
