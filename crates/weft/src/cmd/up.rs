@@ -382,28 +382,6 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn node_numbering() {
-        let names: BTreeSet<String> = ["node-2", "edge", "node-1", "alpha"]
-            .into_iter()
-            .map(String::from)
-            .collect();
-        assert_eq!(
-            node_numbers(&names),
-            [
-                ("alpha".into(), 3),
-                ("edge".into(), 4),
-                ("node-1".into(), 1),
-                ("node-2".into(), 2)
-            ]
-        );
-    }
-}
-
 /// Light steady traffic for the demo's graph: `per_second` GETs through
 /// every workload's outbound listeners and every plain-HTTP gateway
 /// listener (answers are read and dropped). `None` when disabled.
@@ -462,4 +440,26 @@ fn background_load(snapshot: &Snapshot, per_second: f64) -> Option<tokio::task::
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_numbering() {
+        let names: BTreeSet<String> = ["node-2", "edge", "node-1", "alpha"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        assert_eq!(
+            node_numbers(&names),
+            [
+                ("alpha".into(), 3),
+                ("edge".into(), 4),
+                ("node-1".into(), 1),
+                ("node-2".into(), 2)
+            ]
+        );
+    }
 }
