@@ -205,7 +205,38 @@ fn mesh_settings(mesh: &Resource<MeshSpec>) -> MeshSettings {
             .as_deref()
             .and_then(|t| duration::parse(t).ok())
             .unwrap_or(defaults.connect_timeout),
+        tracing: tracing(spec),
     }
+}
+
+/// The default tracing provider, resolved (validation guarantees it is an
+/// `opentelemetry` one).
+fn tracing(spec: &MeshSpec) -> Option<weft_core::model::Tracing> {
+    let name = spec.default_providers.as_ref()?.tracing.first()?;
+    let provider = spec
+        .extension_providers
+        .iter()
+        .find(|p| &p.name == name)?
+        .opentelemetry
+        .as_ref()?;
+    let host = if provider.service.contains(':') {
+        format!("[{}]", provider.service)
+    } else {
+        provider.service.clone()
+    };
+    let percent = spec
+        .tracing
+        .as_ref()
+        .and_then(|t| t.random_sampling_percentage)
+        .unwrap_or(1.0);
+    Some(weft_core::model::Tracing {
+        endpoint: format!("http://{host}:{}", provider.port),
+        http_path: provider
+            .http
+            .as_ref()
+            .map(|h| h.path.clone().unwrap_or_else(|| "/v1/traces".into())),
+        sampling_ppm: (percent.clamp(0.0, 100.0) * 10_000.0).round() as u32,
+    })
 }
 
 /// The annotations that shape a workload.

@@ -188,6 +188,18 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
             }
         }
     }
+    for se in &r.service_entries {
+        if se
+            .labels
+            .get(weft_core::model::INGRESS_USE_WAYPOINT_LABEL)
+            .is_some_and(|v| v == "true")
+        {
+            policies
+                .entry(se.name.clone())
+                .or_default()
+                .ingress_use_waypoint = true;
+        }
+    }
     snapshot.l7 = policies;
     translate_gateways(r, snapshot, out);
     translate_http_routes(r, snapshot, out);
@@ -358,7 +370,9 @@ fn authz_provider(r: &Resources, name: &str) -> Result<weft_core::l7::AuthzProvi
         ));
     }
     let Some(k) = &spec.api_key else {
-        return Err(format!("extension provider {name:?} has no kind"));
+        return Err(format!(
+            "extension provider {name:?} is not an authorizer (envoyExtAuthzGrpc, envoyExtAuthzHttp or apiKey)"
+        ));
     };
     let (ns, secret_name) = k
         .secret

@@ -1356,3 +1356,36 @@ spec:
         assert!(text.contains(want), "want {want:?} in:\n{text}");
     }
 }
+
+#[test]
+fn mesh_tracing_provider() {
+    let mesh = |spec: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec:\n{spec}"
+        )
+    };
+    let config = load_ok(&mesh(
+        "  extensionProviders:\n  - {name: otel, opentelemetry: {service: collector.obs, port: 4318, http: {}}}\n  defaultProviders: {tracing: [otel]}\n  tracing: {randomSamplingPercentage: 12.5}\n",
+    ));
+    let tracing = config.snapshot.mesh.tracing.clone().expect("tracing");
+    assert_eq!(tracing.endpoint, "http://collector.obs:4318");
+    assert_eq!(tracing.http_path.as_deref(), Some("/v1/traces"));
+    assert_eq!(tracing.sampling_ppm, 125_000);
+    for (spec, want) in [
+        (
+            "  defaultProviders: {tracing: [otel]}\n",
+            "spec.defaultProviders.tracing[0]: no extension provider \"otel\"",
+        ),
+        (
+            "  extensionProviders:\n  - {name: keys, apiKey: {secret: s}}\n  defaultProviders: {tracing: [keys]}\n",
+            "\"keys\" is not an opentelemetry provider",
+        ),
+        (
+            "  tracing: {randomSamplingPercentage: 150}\n",
+            "spec.tracing.randomSamplingPercentage: must be between 0 and 100",
+        ),
+    ] {
+        let text = load(&mesh(spec)).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+}

@@ -31,6 +31,10 @@ pub struct L7Policy {
     /// attached to the service).
     #[serde(default)]
     pub authz: Vec<L7Authz>,
+    /// Ingress gateways send this service's traffic through its waypoint
+    /// (Istio's `istio.io/ingress-use-waypoint: "true"` label).
+    #[serde(default)]
+    pub ingress_use_waypoint: bool,
 }
 
 /// What an authorization policy does when it matches.

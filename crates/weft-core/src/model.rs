@@ -41,6 +41,9 @@ pub const GATEWAY_LABEL: &str = "weft.dev/gateway";
 /// namespace, unless `istio.io/use-waypoint-namespace` says otherwise) its
 /// traffic goes through, as in Istio.
 pub const USE_WAYPOINT_LABEL: &str = "istio.io/use-waypoint";
+/// Label on a service asking ingress gateways to send its traffic through
+/// its waypoint (as in Istio; by default gateways go to endpoints).
+pub const INGRESS_USE_WAYPOINT_LABEL: &str = "istio.io/ingress-use-waypoint";
 /// Label naming the namespace of the waypoint in `istio.io/use-waypoint`.
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
 
@@ -236,6 +239,19 @@ pub struct MeshSettings {
     pub outbound_policy: OutboundPolicy,
     /// How long a proxy waits for a TCP connection to an endpoint.
     pub connect_timeout: Duration,
+    /// Where waypoints and gateways send spans, if anywhere.
+    pub tracing: Option<Tracing>,
+}
+
+/// Span export (the Mesh's default tracing provider).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tracing {
+    /// `http://host:port` of the OTLP collector.
+    pub endpoint: String,
+    /// OTLP/HTTP path (e.g. `/v1/traces`); `None`: OTLP/gRPC.
+    pub http_path: Option<String>,
+    /// New traces sampled, in parts per million.
+    pub sampling_ppm: u32,
 }
 
 /// Default trust domain, as in Istio.
@@ -248,6 +264,7 @@ impl Default for MeshSettings {
             mtls_mode: MtlsMode::Strict,
             outbound_policy: OutboundPolicy::AllowAny,
             connect_timeout: Duration::from_secs(10),
+            tracing: None,
         }
     }
 }

@@ -9,10 +9,13 @@
 //! - [`promtext`]: a tolerant parser of the Prometheus text format, for
 //!   the control plane's aggregation (garbage is an error, never a panic);
 //! - [`graph`]: the service graph — who calls whom, how often, how well —
-//!   computed from two scrapes of every proxy, as a pure function.
+//!   computed from two scrapes of every proxy, as a pure function;
+//! - [`trace`]: trace context (W3C, B3), sampling, spans and their OTLP
+//!   export.
 
 #![forbid(unsafe_code)]
 
 pub mod graph;
 pub mod labels;
 pub mod promtext;
+pub mod trace;

@@ -246,6 +246,24 @@ pub fn gateway_config_for(
             .filter(|r| r.listeners.is_empty() || r.listeners.contains(&listener.name))
             .filter_map(|r| {
                 let mut route = builder.route(r, 0)?;
+                // Services that ask for it get their ingress traffic
+                // through their waypoint: one "endpoint", the VIP, which
+                // the HBONE connector sends to the waypoint.
+                for (backend, d) in route.backends.iter_mut().zip(&r.destinations) {
+                    let info = view.services.get(&d.service);
+                    let through_waypoint = services
+                        .policies
+                        .get(&d.service)
+                        .is_some_and(|p| p.ingress_use_waypoint);
+                    if let (true, Some(vip), Some(_), Some(port)) = (
+                        through_waypoint,
+                        info.and_then(|i| i.vip),
+                        info.and_then(|i| i.waypoint),
+                        d.port,
+                    ) {
+                        backend.service = builder.via_waypoint(&d.service, vip, port);
+                    }
+                }
                 if route.hosts.is_empty() {
                     route.hosts = listener.hostname.iter().cloned().collect();
                 }
@@ -378,6 +396,27 @@ impl Builder<'_> {
             cluster.hash_on = Some(on.clone());
         }
         self.clusters.insert(key.clone(), Arc::new(cluster));
+        key
+    }
+
+    /// A cluster whose one endpoint is service `service`'s VIP and port
+    /// (reached through its waypoint); its key.
+    fn via_waypoint(&mut self, service: &str, vip: std::net::IpAddr, port: u16) -> String {
+        let key = format!("{service}:{port}@waypoint");
+        if !self.clusters.contains_key(&key) {
+            let addr = SocketAddr::new(vip, port);
+            let kept = self
+                .previous
+                .and_then(|p| p.clusters.get(&key))
+                .filter(|c| c.balancer.endpoints().iter().map(|e| e.addr).eq([addr]));
+            let cluster = kept.cloned().unwrap_or_else(|| {
+                let mut c = Cluster::new(&key, vec![addr]);
+                c.label = service.rsplit('/').next().unwrap_or(service).to_owned();
+                c.http2 = self.http2.contains(&format!("{service}:{port}"));
+                Arc::new(c)
+            });
+            self.clusters.insert(key.clone(), cluster);
+        }
         key
     }
 
@@ -605,6 +644,7 @@ mod tests {
             }),
             jwt: vec![],
             authz: vec![],
+            ingress_use_waypoint: false,
         };
         let services = Services {
             policies: Policies::from([("shop/reviews".to_owned(), policy)]),

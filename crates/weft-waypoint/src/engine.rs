@@ -288,6 +288,54 @@ pub struct Ctx {
     pub peer: weft_telemetry::labels::Peer,
     /// The access-log line being filled in.
     pub access: crate::access::AccessEntry,
+    /// This request's trace, when tracing is on.
+    pub trace: Option<RequestTrace>,
+}
+
+/// A request's place in its trace: the server span this proxy opens for
+/// it (whose id is the parent of every try's client span).
+#[derive(Debug, Clone)]
+pub struct RequestTrace {
+    /// The tracer it records into.
+    pub tracer: Arc<weft_telemetry::trace::Tracer>,
+    /// The server span's context (its id; the trace and sampling decision).
+    pub context: weft_telemetry::trace::Context,
+    /// The caller's span, if the request carried a context.
+    pub parent: Option<[u8; 8]>,
+    /// When the server span started.
+    pub start: std::time::SystemTime,
+}
+
+impl RequestTrace {
+    /// A span of this trace, ending now.
+    fn span(
+        &self,
+        span_id: [u8; 8],
+        parent: Option<[u8; 8]>,
+        name: String,
+        kind: weft_telemetry::trace::Kind,
+        start: std::time::SystemTime,
+    ) -> weft_telemetry::trace::Span {
+        weft_telemetry::trace::Span {
+            trace_id: self.context.trace_id,
+            span_id,
+            parent,
+            name,
+            kind,
+            start,
+            end: std::time::SystemTime::now(),
+            attributes: Vec::new(),
+            error: false,
+            tracestate: self.context.tracestate.clone(),
+        }
+    }
+
+    /// Records `span` when the trace is sampled.
+    fn record(&self, span: weft_telemetry::trace::Span) {
+        if self.context.sampled {
+            self.tracer.record(span);
+        }
+    }
 }
 
 /// The caller's identity, put in request extensions by an mTLS front.
@@ -388,6 +436,7 @@ where
 /// The L7 engine.
 pub struct Engine {
     config: ArcSwap<Config>,
+    tracer: ArcSwap<weft_telemetry::trace::Tracer>,
     client: Upstream,
     authorizers: crate::extauthz::Authorizers,
     reporter: weft_telemetry::labels::Reporter,
@@ -410,6 +459,7 @@ impl Engine {
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         Engine {
             config: ArcSwap::from_pointee(config),
+            tracer: ArcSwap::from_pointee(weft_telemetry::trace::Tracer::disabled()),
             client: Upstream::Plain(Box::new(clients(connector))),
             authorizers: crate::extauthz::Authorizers::default(),
             reporter: weft_telemetry::labels::Reporter::Waypoint,
@@ -427,6 +477,7 @@ impl Engine {
     ) -> Self {
         Engine {
             config: ArcSwap::from_pointee(config),
+            tracer: ArcSwap::from_pointee(weft_telemetry::trace::Tracer::disabled()),
             client: Upstream::Hbone(Box::new(clients(connector))),
             authorizers: crate::extauthz::Authorizers::default(),
             reporter: weft_telemetry::labels::Reporter::Waypoint,
@@ -442,6 +493,16 @@ impl Engine {
         self.reporter = weft_telemetry::labels::Reporter::Source;
         self.me = Some(me);
         self
+    }
+
+    /// Records spans into `tracer` from now on.
+    pub fn set_tracer(&self, tracer: weft_telemetry::trace::Tracer) {
+        self.tracer.store(Arc::new(tracer));
+    }
+
+    /// The tracer in use.
+    pub fn tracer(&self) -> Arc<weft_telemetry::trace::Tracer> {
+        self.tracer.load_full()
     }
 
     /// Swaps in a new configuration; requests in flight keep the old one.
@@ -485,7 +546,25 @@ impl Engine {
                     weft_telemetry::labels::Peer::from_principal(&s.0.to_string())
                 }),
         };
+        let tracer = self.tracer.load_full();
+        let trace = tracer.enabled().then(|| {
+            use weft_telemetry::trace;
+            let parent = trace::extract(request.headers());
+            RequestTrace {
+                context: trace::Context {
+                    trace_id: parent.as_ref().map_or_else(trace::trace_id, |p| p.trace_id),
+                    span_id: trace::span_id(),
+                    sampled: tracer.sample(parent.as_ref()),
+                    tracestate: parent.as_ref().and_then(|p| p.tracestate.clone()),
+                    format: parent.as_ref().map_or(trace::Format::W3c, |p| p.format),
+                },
+                parent: parent.map(|p| p.span_id),
+                start: std::time::SystemTime::now(),
+                tracer: tracer.clone(),
+            }
+        });
         let mut ctx = Ctx {
+            trace,
             reporter: self.reporter,
             peer,
             started: Instant::now(),
@@ -542,6 +621,47 @@ impl Engine {
             .unwrap_or(0);
         ctx.access.route = Some(ctx.route.clone()).filter(|r| !r.is_empty());
         self.metrics.request(&ctx, response.status());
+        if let Some(t) = &ctx.trace {
+            use weft_telemetry::trace::{Kind, Value};
+            let status = response.status().as_u16();
+            let mut attributes = vec![
+                ("http.request.method", Value::Str(ctx.access.method.clone())),
+                (
+                    "url.path",
+                    Value::Str(ctx.access.path.split('?').next().unwrap_or("/").to_owned()),
+                ),
+                ("http.response.status_code", Value::Int(i64::from(status))),
+                (
+                    "network.protocol.version",
+                    Value::Str(ctx.access.protocol.trim_start_matches("HTTP/").to_owned()),
+                ),
+                ("weft.response_flags", Value::Str(ctx.flags.to_owned())),
+            ];
+            if let Some(host) = &ctx.access.authority {
+                attributes.push(("server.address", Value::Str(host.clone())));
+            }
+            if let Some(ua) = &ctx.access.user_agent {
+                attributes.push(("user_agent.original", Value::Str(ua.clone())));
+            }
+            if let Some(peer) = &ctx.access.downstream_remote {
+                attributes.push(("client.address", Value::Str(peer.clone())));
+            }
+            if !ctx.route.is_empty() {
+                attributes.push(("http.route", Value::Str(ctx.route.clone())));
+            }
+            if !ctx.service.is_empty() {
+                attributes.push(("weft.destination_service", Value::Str(ctx.service.clone())));
+            }
+            let name = if ctx.route.is_empty() {
+                ctx.access.method.clone()
+            } else {
+                format!("{} {}", ctx.access.method, ctx.route)
+            };
+            let mut span = t.span(t.context.span_id, t.parent, name, Kind::Server, t.start);
+            span.attributes = attributes;
+            span.error = status >= 500;
+            t.record(span);
+        }
         response
     }
 
@@ -931,7 +1051,16 @@ impl Engine {
                 Payload::Replayable(bytes) => full(bytes.clone()),
                 Payload::Once(body) => body.take().unwrap_or_else(|| full(Bytes::new())),
             };
-            let request = upstream_request(parts, endpoint, body)?;
+            let mut request = upstream_request(parts, endpoint, body)?;
+            // Each try is a client span, child of this proxy's server span.
+            let try_span = ctx.trace.as_ref().map(|t| {
+                let context = weft_telemetry::trace::Context {
+                    span_id: weft_telemetry::trace::span_id(),
+                    ..t.context.clone()
+                };
+                weft_telemetry::trace::inject(request.headers_mut(), &context);
+                (context.span_id, std::time::SystemTime::now())
+            });
             ctx.tries += 1;
             let sent = self.client.request(request, cluster.http2);
             let result = match policy.per_try_timeout {
@@ -963,6 +1092,39 @@ impl Engine {
                 ),
             };
             drop(active);
+            if let (Some(t), Some((span_id, start))) = (&ctx.trace, try_span) {
+                use weft_telemetry::trace::{Kind, Value};
+                let mut attributes = vec![
+                    ("http.request.method", Value::Str(parts.method.to_string())),
+                    ("server.address", Value::Str(endpoint.ip().to_string())),
+                    ("server.port", Value::Int(i64::from(endpoint.port()))),
+                    ("weft.upstream_cluster", Value::Str(cluster.name.clone())),
+                ];
+                if retries > 0 {
+                    attributes.push(("http.request.resend_count", Value::Int(i64::from(retries))));
+                }
+                let failed = match outcome {
+                    Outcome::Response { status, .. } => {
+                        attributes
+                            .push(("http.response.status_code", Value::Int(i64::from(status))));
+                        status >= 500
+                    }
+                    other => {
+                        attributes.push(("error.type", Value::Str(format!("{other:?}"))));
+                        true
+                    }
+                };
+                let mut span = t.span(
+                    span_id,
+                    Some(t.context.span_id),
+                    parts.method.to_string(),
+                    Kind::Client,
+                    start,
+                );
+                span.attributes = attributes;
+                span.error = failed;
+                t.record(span);
+            }
             cluster.balancer.report(index, outcome);
             let wanted = retries < policy.attempts
                 && matches!(payload, Payload::Replayable(_))

@@ -21,6 +21,11 @@ use weft_hbone::{HbonePool, PoolKey, Tunnel};
 /// carry. Swapped whole when the registry changes.
 pub type Peers = Arc<ArcSwap<HashMap<IpAddr, Identity>>>;
 
+/// Service addresses whose tunnels go to a waypoint instead: VIP → the
+/// waypoint's address (an ingress gateway sending a service's traffic
+/// through its waypoint, `CONNECT <VIP>:<port>` as node proxies do).
+pub type Via = Arc<ArcSwap<HashMap<IpAddr, IpAddr>>>;
+
 /// Opens HBONE tunnels for hyper's client.
 #[derive(Clone)]
 pub struct HboneConnector {
@@ -28,6 +33,7 @@ pub struct HboneConnector {
     source: Identity,
     cert: Arc<dyn CertSource>,
     peers: Peers,
+    via: Via,
     /// Headers sent on every CONNECT (`baggage` describing this proxy).
     headers: HeaderMap,
 }
@@ -46,8 +52,15 @@ impl HboneConnector {
             source,
             cert,
             peers,
+            via: Arc::default(),
             headers: HeaderMap::new(),
         }
+    }
+
+    /// Sends tunnels for the VIPs in `via` to their waypoints.
+    pub fn with_via(mut self, via: Via) -> Self {
+        self.via = via;
+        self
     }
 
     /// Describes this proxy to destination nodes (`baggage`, as node
@@ -95,15 +108,21 @@ impl tower_service::Service<Uri> for HboneConnector {
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| ConnectError::Target(uri.to_string()))?;
+            let dial = this
+                .via
+                .load()
+                .get(&target.ip())
+                .copied()
+                .unwrap_or(target.ip());
             let expected = this
                 .peers
                 .load()
-                .get(&target.ip())
+                .get(&dial)
                 .cloned()
-                .ok_or(ConnectError::Unknown(target.ip()))?;
+                .ok_or(ConnectError::Unknown(dial))?;
             let key = PoolKey {
                 source: this.source.clone(),
-                destination: SocketAddr::new(target.ip(), weft_hbone::PORT),
+                destination: SocketAddr::new(dial, weft_hbone::PORT),
                 expected: vec![expected],
             };
             let tunnel = this

@@ -107,6 +107,7 @@ pub(crate) struct Core {
     pub(crate) engine: Arc<Engine>,
     pub(crate) metrics: Metrics,
     pub(crate) peers: Peers,
+    pub(crate) via: crate::hbone::Via,
 }
 
 /// Sets up [`Core`] for workload `options.name`, following the config
@@ -168,13 +169,15 @@ pub(crate) async fn core(
     certs.fetch(&me.identity).await.map_err(|e| setup(&e))?;
     let metrics = Metrics::default();
     let peers: Peers = Arc::default();
+    let via: crate::hbone::Via = Arc::default();
     let connector = HboneConnector::new(
         HbonePool::new(bundle.clone(), options.connect_timeout),
         me.identity.clone(),
         certs.source(&me.identity),
         peers.clone(),
     )
-    .with_peer(&me.peer());
+    .with_peer(&me.peer())
+    .with_via(via.clone());
     let engine = Engine::with_hbone(Config::default(), metrics.clone(), connector);
     let engine = Arc::new(if as_gateway {
         engine.reporting_as_source(me.peer())
@@ -190,6 +193,7 @@ pub(crate) async fn core(
         engine,
         metrics,
         peers,
+        via,
     })
 }
 
@@ -211,11 +215,53 @@ impl Core {
                 .map(|w| (w.ip, w.identity.clone()))
                 .collect::<HashMap<IpAddr, Identity>>(),
         ));
+        self.via.store(Arc::new(
+            view.services
+                .values()
+                .filter_map(|s| Some((s.vip?, s.waypoint?)))
+                .collect(),
+        ));
+        self.follow_tracing();
         let mut services = services(&self.changes.borrow());
         connect_redis(&services, redis).await;
         services.redis = redis.clone();
         services.jwks = jwks.clone();
         (view, services)
+    }
+
+    /// Starts, changes or stops span export as the mesh's tracing settings
+    /// say (a tracer is replaced only when its settings change).
+    fn follow_tracing(&self) {
+        use prost::Message;
+        use weft_telemetry::trace::{ExportConfig, Tracer};
+        let state = self.changes.borrow();
+        let mesh = state
+            .resources
+            .get(weft_xds::MESH_TYPE)
+            .and_then(|m| m.get("mesh"))
+            .and_then(|held| {
+                weft_xds::proto::weft::MeshConfig::decode(held.body.value.as_slice()).ok()
+            });
+        let (namespace, name) = self.me.name.split_once('/').unwrap_or(("", &self.me.name));
+        let wanted = mesh
+            .filter(|m| !m.tracing_endpoint.is_empty())
+            .map(|m| ExportConfig {
+                endpoint: m.tracing_endpoint,
+                http_path: (!m.tracing_http_path.is_empty()).then_some(m.tracing_http_path),
+                sampling_ratio: f64::from(m.tracing_sampling_ppm) / 1_000_000.0,
+                service_name: format!("{name}.{namespace}"),
+            });
+        let current = self.engine.tracer();
+        if current.config() == wanted.as_ref() {
+            return;
+        }
+        match wanted {
+            Some(config) => {
+                tracing::info!(endpoint = %config.endpoint, http = config.http_path.is_some(), ratio = config.sampling_ratio, "exporting spans");
+                self.engine.set_tracer(Tracer::start(config));
+            }
+            None => self.engine.set_tracer(Tracer::disabled()),
+        }
     }
 
     /// Serves Prometheus metrics (requests and certificate expiry).

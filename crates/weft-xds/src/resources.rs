@@ -272,6 +272,17 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
         } as i32,
         connect_timeout_ms: u32::try_from(mesh.connect_timeout.as_millis()).unwrap_or(u32::MAX),
         mtls_mode: mode(mesh.mtls_mode),
+        tracing_endpoint: mesh
+            .tracing
+            .as_ref()
+            .map(|t| t.endpoint.clone())
+            .unwrap_or_default(),
+        tracing_http_path: mesh
+            .tracing
+            .as_ref()
+            .and_then(|t| t.http_path.clone())
+            .unwrap_or_default(),
+        tracing_sampling_ppm: mesh.tracing.as_ref().map_or(0, |t| t.sampling_ppm),
     };
     let mut types = BTreeMap::new();
     types.insert(

@@ -25,6 +25,45 @@ pub struct MeshSpec {
     /// Istio's MeshConfig field).
     #[serde(default)]
     pub extension_providers: Vec<ExtensionProviderSpec>,
+    /// Providers used by default (Istio's MeshConfig field): `tracing`
+    /// names an `opentelemetry` provider.
+    pub default_providers: Option<DefaultProvidersSpec>,
+    /// Trace sampling (weft; Istio sets it in a `Telemetry` resource).
+    pub tracing: Option<TracingSpec>,
+}
+
+/// `spec.defaultProviders`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct DefaultProvidersSpec {
+    /// Tracing providers (weft uses the first).
+    #[serde(default)]
+    pub tracing: Vec<String>,
+}
+
+/// `spec.tracing`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TracingSpec {
+    /// Percentage of new traces sampled, 0-100 (default 1, as Istio).
+    pub random_sampling_percentage: Option<f64>,
+}
+
+/// `opentelemetry` (Istio's shape): an OTLP collector.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct OpenTelemetrySpec {
+    /// Host name or IP.
+    pub service: String,
+    /// Port.
+    pub port: u16,
+    /// Present: OTLP over HTTP; absent: OTLP over gRPC.
+    pub http: Option<OtlpHttpSpec>,
+}
+
+/// `opentelemetry.http`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct OtlpHttpSpec {
+    /// Path (default `/v1/traces`).
+    pub path: Option<String>,
 }
 
 /// `spec.extensionProviders[]`: exactly one of the provider fields.
@@ -39,6 +78,8 @@ pub struct ExtensionProviderSpec {
     pub envoy_ext_authz_http: Option<ExtAuthzHttpSpec>,
     /// weft's built-in API-key check.
     pub api_key: Option<ApiKeySpec>,
+    /// An OpenTelemetry (OTLP) trace collector.
+    pub opentelemetry: Option<OpenTelemetrySpec>,
 }
 
 /// `envoyExtAuthzGrpc`.
@@ -172,12 +213,24 @@ impl Spec for MeshSpec {
                 p.envoy_ext_authz_grpc.is_some(),
                 p.envoy_ext_authz_http.is_some(),
                 p.api_key.is_some(),
+                p.opentelemetry.is_some(),
             ];
             if kinds.iter().filter(|k| **k).count() != 1 {
                 ctx.error(
                     &base,
-                    "give exactly one of envoyExtAuthzGrpc, envoyExtAuthzHttp, apiKey",
+                    "give exactly one of envoyExtAuthzGrpc, envoyExtAuthzHttp, apiKey, opentelemetry",
                 );
+            }
+            if let Some(o) = &p.opentelemetry {
+                if o.service.is_empty() {
+                    ctx.error(
+                        &format!("{base}.opentelemetry.service"),
+                        "required: the collector's host name or IP",
+                    );
+                }
+                if o.port == 0 {
+                    ctx.error(&format!("{base}.opentelemetry.port"), "required");
+                }
             }
             let mut common = |kind: &str,
                               service: &str,
@@ -234,6 +287,35 @@ impl Spec for MeshSpec {
                     &format!("{base}.apiKey.secret"),
                     "required: the Secret holding the key hashes",
                 );
+            }
+        }
+        if let Some(p) = self
+            .tracing
+            .as_ref()
+            .and_then(|t| t.random_sampling_percentage)
+            && !(0.0..=100.0).contains(&p)
+        {
+            ctx.error(
+                "spec.tracing.randomSamplingPercentage",
+                "must be between 0 and 100",
+            );
+        }
+        for (i, name) in self
+            .default_providers
+            .iter()
+            .flat_map(|d| d.tracing.iter())
+            .enumerate()
+        {
+            match self.extension_providers.iter().find(|p| &p.name == name) {
+                Some(p) if p.opentelemetry.is_some() => {}
+                Some(_) => ctx.error(
+                    &format!("spec.defaultProviders.tracing[{i}]"),
+                    format!("{name:?} is not an opentelemetry provider"),
+                ),
+                None => ctx.error(
+                    &format!("spec.defaultProviders.tracing[{i}]"),
+                    format!("no extension provider {name:?}"),
+                ),
             }
         }
         if let Some(timeout) = &self.connect_timeout {
