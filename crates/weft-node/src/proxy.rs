@@ -934,6 +934,18 @@ async fn outbound(
         {
             headers.insert("baggage", v);
         }
+        // Like ztunnel, every tunnel carries a trace context of its own
+        // (not sampled: node proxies record no spans; the application's
+        // own headers travel inside the tunnel untouched).
+        if let Ok(v) = format!(
+            "00-{}-{}-00",
+            weft_telemetry::trace::hex(&weft_telemetry::trace::trace_id()),
+            weft_telemetry::trace::hex(&weft_telemetry::trace::span_id())
+        )
+        .parse()
+        {
+            headers.insert("traceparent", v);
+        }
         match shared
             .pool
             .connect(&key, shared.certs.source(&source.identity), target, headers)

@@ -1,6 +1,6 @@
 //! # weft-waypoint
 //!
-//! weft's L7 engine: what `weft waypoint` (and later `weft gateway`) runs.
+//! weft's L7 engine: what `weft waypoint` and `weft gateway` run.
 //! Requests pass through named phases ([`engine`]): route
 //! ([`route::select`], a pure function over the route model every API
 //! family is translated into), buffer for replay, upstream tries with
@@ -19,8 +19,11 @@
 //! keys fetched from the issuer ([`jwks`]);
 //! request-level authorization ([`authz`]) is a pure decision.
 //!
-//! Still to come (issue 7): external authorization (CUSTOM),
-//! API keys, the ingress gateway.
+//! External authorization for CUSTOM policies ([`extauthz`]: Envoy
+//! ext_authz over gRPC or HTTP, built-in API keys); the ingress gateway
+//! ([`gateway`]: Gateway API listeners, TLS with SNI and client
+//! certificates); spans per request and per try when tracing is on
+//! (`weft_telemetry::trace`).
 
 #![forbid(unsafe_code)]
 
