@@ -27,6 +27,7 @@ use rcgen::{CertificateParams, IsCa, KeyPair};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+use weft_testkit::{TestMesh, app};
 use weft_waypoint::extauthz::proto;
 use weft_waypoint::proxy::WaypointOptions;
 
@@ -432,9 +433,6 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         .port();
 
     // The mesh.
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("config");
-    std::fs::create_dir_all(&dir).expect("mkdir");
     let yaml = config(
         ext_addr,
         closed_port,
@@ -443,51 +441,16 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         &jwks,
         &weft_waypoint::extauthz::hash_key("k-123"),
     );
-    std::fs::write(dir.join("mesh.yaml"), &yaml).expect("config");
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(&tokens, "node-1 node-1-token-0123456789\n").expect("tokens");
-    let control = weft_control::start(weft_control::Options {
-        bootstrap_tokens: Some(tokens),
-        ..weft_control::Options::ephemeral(dir, tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
-    let roots =
-        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
-            .expect("pem");
-    let node = weft_node::start(weft_node::NodeOptions {
-        attach_socket: None,
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        xds_addr: control.xds_addr,
-        ca_addr: control.tls_addr,
-        roots: roots.clone(),
-        token: "node-1-token-0123456789".into(),
-        admin_addr: "127.0.1.1:0".parse().expect("addr"),
-        metrics_addr: "127.0.1.1:0".parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-    })
-    .await
-    .expect("node");
-    let app = TcpListener::bind("127.0.1.201:8080")
-        .await
-        .expect("bind app");
-    tokio::spawn(weft_sample_app::serve_http(
-        app,
-        weft_sample_app::AppConfig {
-            name: "backend".into(),
-            ..weft_sample_app::AppConfig::default()
-        },
-        std::future::pending(),
-    ));
+    let mesh = TestMesh::start(&yaml, 1).await;
+    app("127.0.1.201:8080", "backend").await;
     let gateway = weft_waypoint::gateway::start(WaypointOptions {
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),
-        xds_addr: control.xds_addr,
-        ca_addr: control.tls_addr,
-        roots,
-        token: "node-1-token-0123456789".into(),
+        xds_addr: mesh.control.xds_addr,
+        ca_addr: mesh.control.tls_addr,
+        roots: mesh.roots.clone(),
+        token: weft_testkit::token(1),
         metrics_addr: format!("{GATEWAY_IP}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
@@ -642,8 +605,7 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         "{metrics}"
     );
     gateway.stop();
-    drop(node);
-    control.stop().await;
+    mesh.stop().await;
 }
 
 /// The gateway's Prometheus text.

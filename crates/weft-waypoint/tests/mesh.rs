@@ -10,9 +10,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use weft_control::Options;
-use weft_node::NodeOptions;
 use weft_sample_app::AppConfig;
+use weft_testkit::{TestMesh, app};
 use weft_waypoint::proxy::WaypointOptions;
 
 const CONFIG: &str = r#"
@@ -96,19 +95,6 @@ spec:
     retries: {attempts: 3, perTryTimeout: 500ms, retryOn: 5xx}
 "#;
 
-async fn app(addr: &str, name: &str) {
-    let listener = TcpListener::bind(addr).await.expect("bind app");
-    let config = AppConfig {
-        name: name.into(),
-        ..AppConfig::default()
-    };
-    tokio::spawn(weft_sample_app::serve_http(
-        listener,
-        config,
-        std::future::pending(),
-    ));
-}
-
 async fn get(addr: &str) -> Option<String> {
     get_with(addr, "").await
 }
@@ -127,9 +113,7 @@ async fn get_with(addr: &str, headers: &str) -> Option<String> {
 
 /// A control plane, two node proxies and a waypoint over `config`.
 struct Mesh {
-    _tmp: tempfile::TempDir,
-    _control: weft_control::Running,
-    nodes: Vec<weft_node::NodeProxy>,
+    inner: TestMesh,
     waypoint: weft_waypoint::proxy::Waypoint,
 }
 
@@ -145,71 +129,27 @@ impl Mesh {
         waypoint_ip: &str,
         jwks_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     ) -> Mesh {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let config = tmp.path().join("config");
-        std::fs::create_dir_all(&config).expect("mkdir");
-        std::fs::write(config.join("mesh.yaml"), config_yaml).expect("config");
-        let tokens = tmp.path().join("tokens");
-        std::fs::write(
-            &tokens,
-            "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
-        )
-        .expect("tokens");
-        let control = weft_control::start(Options {
-            bootstrap_tokens: Some(tokens),
-            ..Options::ephemeral(config, tmp.path().join("ca"))
-        })
-        .await
-        .expect("control plane");
-        let roots = weft_ca::cert::certs_from_pem(
-            &std::fs::read(&control.root_cert).expect("root"),
-            "root",
-        )
-        .expect("pem");
-        let mut nodes = Vec::new();
-        for n in [1u8, 2] {
-            nodes.push(
-                weft_node::start(NodeOptions {
-                    attach_socket: None,
-                    node: format!("node-{n}"),
-                    trust_domain: "cluster.local".into(),
-                    xds_addr: control.xds_addr,
-                    ca_addr: control.tls_addr,
-                    roots: roots.clone(),
-                    token: format!("node-{n}-token-0123456789"),
-                    admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
-                    metrics_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
-                    connect_timeout: Duration::from_secs(1),
-                })
-                .await
-                .expect("node"),
-            );
-        }
+        let inner = TestMesh::start(config_yaml, 2).await;
         let waypoint = weft_waypoint::proxy::start(WaypointOptions {
             name: waypoint.into(),
             node: "node-1".into(),
             trust_domain: "cluster.local".into(),
-            xds_addr: control.xds_addr,
-            ca_addr: control.tls_addr,
-            roots,
-            token: "node-1-token-0123456789".into(),
+            xds_addr: inner.control.xds_addr,
+            ca_addr: inner.control.tls_addr,
+            roots: inner.roots.clone(),
+            token: weft_testkit::token(1),
             metrics_addr: format!("{waypoint_ip}:0").parse().expect("addr"),
             connect_timeout: Duration::from_secs(1),
             jwks_roots,
         })
         .await
         .expect("waypoint");
-        Mesh {
-            _tmp: tmp,
-            _control: control,
-            nodes,
-            waypoint,
-        }
+        Mesh { inner, waypoint }
     }
 
     fn stop(self) {
         self.waypoint.stop();
-        for n in self.nodes {
+        for n in self.inner.nodes {
             n.stop();
         }
     }

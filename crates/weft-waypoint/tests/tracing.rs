@@ -12,7 +12,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use weft_testkit::{TestMesh, app};
 use weft_waypoint::proxy::WaypointOptions;
 
 const COLLECTOR: &str = r#"
@@ -221,54 +222,16 @@ async fn one_trace_from_gateway_through_waypoint_to_service() {
     let Some((_collector, port, rx)) = collector() else {
         return;
     };
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("config");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("mesh.yaml"), config(port)).expect("config");
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(&tokens, "node-1 node-1-token-0123456789\n").expect("tokens");
-    let control = weft_control::start(weft_control::Options {
-        bootstrap_tokens: Some(tokens),
-        ..weft_control::Options::ephemeral(dir, tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
-    let roots =
-        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
-            .expect("pem");
-    let node = weft_node::start(weft_node::NodeOptions {
-        attach_socket: None,
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        xds_addr: control.xds_addr,
-        ca_addr: control.tls_addr,
-        roots: roots.clone(),
-        token: "node-1-token-0123456789".into(),
-        admin_addr: "127.0.1.1:0".parse().expect("addr"),
-        metrics_addr: "127.0.1.1:0".parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-    })
-    .await
-    .expect("node");
-    let app = TcpListener::bind("127.0.1.91:8080")
-        .await
-        .expect("bind app");
-    tokio::spawn(weft_sample_app::serve_http(
-        app,
-        weft_sample_app::AppConfig {
-            name: "reviews".into(),
-            ..weft_sample_app::AppConfig::default()
-        },
-        std::future::pending(),
-    ));
+    let mesh = TestMesh::start(&config(port), 1).await;
+    app("127.0.1.91:8080", "reviews").await;
     let options = |name: &str, ip: &str| WaypointOptions {
         name: name.into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),
-        xds_addr: control.xds_addr,
-        ca_addr: control.tls_addr,
-        roots: roots.clone(),
-        token: "node-1-token-0123456789".into(),
+        xds_addr: mesh.control.xds_addr,
+        ca_addr: mesh.control.tls_addr,
+        roots: mesh.roots.clone(),
+        token: weft_testkit::token(1),
         metrics_addr: format!("{ip}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
@@ -411,6 +374,5 @@ async fn one_trace_from_gateway_through_waypoint_to_service() {
 
     gateway.stop();
     waypoint.stop();
-    node.stop();
-    control.stop().await;
+    mesh.stop().await;
 }

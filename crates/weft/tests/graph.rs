@@ -16,7 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use weft_testkit::{Setup, TestMesh, app};
 
 const CONFIG: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -138,18 +139,6 @@ fn steady(addr: &'static str, per_second: u64, made: Arc<AtomicU64>) {
     });
 }
 
-async fn app(addr: &str, name: &str) {
-    let listener = TcpListener::bind(addr).await.expect("bind app");
-    tokio::spawn(weft_sample_app::serve_http(
-        listener,
-        weft_sample_app::AppConfig {
-            name: name.into(),
-            ..weft_sample_app::AppConfig::default()
-        },
-        std::future::pending(),
-    ));
-}
-
 /// `weft graph` as a user runs it.
 fn weft_graph(control: SocketAddr, args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_weft"))
@@ -178,58 +167,28 @@ fn chromium() -> Option<&'static str> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn graph_names_the_callers_and_the_dashboard_draws_them() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("config");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("mesh.yaml"), CONFIG).expect("config");
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
-    )
-    .expect("tokens");
     // Nodes' metrics on fixed ports of their addresses, so the control
     // plane can be told where to scrape before they start.
-    let metrics = |n: u8| -> SocketAddr { format!("127.0.{n}.1:15920").parse().expect("addr") };
-    let control = weft_control::start(weft_control::Options {
-        bootstrap_tokens: Some(tokens),
-        observe: weft_control::observe::Source::Scrape(vec![
-            weft_control::observe::Target {
-                name: "node-1".into(),
-                addr: metrics(1),
-            },
-            weft_control::observe::Target {
-                name: "node-2".into(),
-                addr: metrics(2),
-            },
-        ]),
-        scrape_interval: Duration::from_millis(250),
-        ..weft_control::Options::ephemeral(dir, tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
-    let roots =
-        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
-            .expect("pem");
-    let mut nodes = Vec::new();
-    for n in [1u8, 2] {
-        nodes.push(
-            weft_node::start(weft_node::NodeOptions {
-                attach_socket: None,
-                node: format!("node-{n}"),
-                trust_domain: "cluster.local".into(),
-                xds_addr: control.xds_addr,
-                ca_addr: control.tls_addr,
-                roots: roots.clone(),
-                token: format!("node-{n}-token-0123456789"),
-                admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
-                metrics_addr: metrics(n),
-                connect_timeout: Duration::from_secs(1),
-            })
-            .await
-            .expect("node"),
-        );
-    }
+    let metrics = |n: u8| SocketAddr::from(([127, 0, n, 1], 15920));
+    let mesh = TestMesh::start_with(
+        CONFIG,
+        Setup {
+            nodes: 2,
+            node_metrics: |n| SocketAddr::from(([127, 0, n, 1], 15920)),
+            control: Box::new(move |o| {
+                o.observe = weft_control::observe::Source::Scrape(
+                    (1..=2)
+                        .map(|n| weft_control::observe::Target {
+                            name: format!("node-{n}"),
+                            addr: metrics(n),
+                        })
+                        .collect(),
+                );
+                o.scrape_interval = Duration::from_millis(250);
+            }),
+        },
+    )
+    .await;
     app("127.0.2.61:8080", "payments").await;
     app("127.0.1.61:8080", "orders").await;
     app("127.0.1.63:8080", "frontend").await;
@@ -252,7 +211,7 @@ async fn graph_names_the_callers_and_the_dashboard_draws_them() {
 
     // `weft graph --to payments` over the last 3 seconds, until the
     // window is full of steady traffic (and then it must be right).
-    let monitoring = control.monitoring_addr;
+    let monitoring = mesh.control.monitoring_addr;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (edges, last) = loop {
         let (ok, stdout, stderr) = tokio::task::spawn_blocking(move || {
@@ -402,6 +361,10 @@ async fn graph_names_the_callers_and_the_dashboard_draws_them() {
             "the policy in force: {page}"
         );
         assert!(page.contains("payments-1"), "its endpoint: {page}");
+        assert!(
+            page.contains("spiffe://cluster.local/ns/billing/sa/payments"),
+            "its certificate: {page}"
+        );
     } else if std::env::var_os("CI").is_some() {
         panic!("chromium is not installed; .ci/run installs it");
     } else {
@@ -452,10 +415,7 @@ print(len(labels))
             "prometheus_client rejected the metrics: {stderr}\n{text}"
         );
     }
-    for n in nodes {
-        n.stop();
-    }
-    control.stop().await;
+    mesh.stop().await;
 }
 
 /// A metrics page.

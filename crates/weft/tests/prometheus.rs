@@ -9,7 +9,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+use weft_testkit::{Setup, TestMesh, app};
 
 const CONFIG: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -116,7 +117,7 @@ async fn the_graph_from_a_real_prometheus() {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
-    let metrics = |n: u8| -> SocketAddr { format!("127.0.{n}.1:15921").parse().expect("addr") };
+    let metrics = |n: u8| SocketAddr::from(([127, 0, n, 1], 15921));
     // Prometheus on a free port, scraping both nodes every second.
     let prom_port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -149,55 +150,21 @@ async fn the_graph_from_a_real_prometheus() {
     );
     let prom_url = format!("http://127.0.0.1:{prom_port}");
 
-    let dir = tmp.path().join("config");
-    std::fs::create_dir_all(&dir).expect("mkdir");
-    std::fs::write(dir.join("mesh.yaml"), CONFIG).expect("config");
-    let tokens = tmp.path().join("tokens");
-    std::fs::write(
-        &tokens,
-        "node-1 node-1-token-0123456789\nnode-2 node-2-token-0123456789\n",
+    let mesh = TestMesh::start_with(
+        CONFIG,
+        Setup {
+            nodes: 2,
+            node_metrics: |n| SocketAddr::from(([127, 0, n, 1], 15921)),
+            control: Box::new(move |o| {
+                o.observe = weft_control::observe::Source::Prometheus(prom_url);
+            }),
+        },
     )
-    .expect("tokens");
-    let control = weft_control::start(weft_control::Options {
-        bootstrap_tokens: Some(tokens),
-        observe: weft_control::observe::Source::Prometheus(prom_url),
-        ..weft_control::Options::ephemeral(dir, tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
-    let roots =
-        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
-            .expect("pem");
-    let mut nodes = Vec::new();
-    for n in [1u8, 2] {
-        nodes.push(
-            weft_node::start(weft_node::NodeOptions {
-                attach_socket: None,
-                node: format!("node-{n}"),
-                trust_domain: "cluster.local".into(),
-                xds_addr: control.xds_addr,
-                ca_addr: control.tls_addr,
-                roots: roots.clone(),
-                token: format!("node-{n}-token-0123456789"),
-                admin_addr: format!("127.0.{n}.1:0").parse().expect("addr"),
-                metrics_addr: metrics(n),
-                connect_timeout: Duration::from_secs(1),
-            })
-            .await
-            .expect("node"),
-        );
-    }
-    let app = TcpListener::bind("127.0.2.71:8080")
-        .await
-        .expect("bind app");
-    tokio::spawn(weft_sample_app::serve_http(
-        app,
-        weft_sample_app::AppConfig::default(),
-        std::future::pending(),
-    ));
+    .await;
+    app("127.0.2.71:8080", "payments").await;
     // Traffic until the graph from Prometheus shows both callers.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let monitoring = control.monitoring_addr;
+    let monitoring = mesh.control.monitoring_addr;
     loop {
         for _ in 0..5 {
             call("127.0.1.71:9201").await;
@@ -222,8 +189,5 @@ async fn the_graph_from_a_real_prometheus() {
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    for n in nodes {
-        n.stop();
-    }
-    control.stop().await;
+    mesh.stop().await;
 }
