@@ -1022,6 +1022,25 @@ fn labels(
     )
 }
 
+/// The service a tunnel is for: the `forwarded` header's `host` (node
+/// proxies send it), else the one service of the workload that targets
+/// the tunnel's port (waypoints and gateways dial endpoints directly).
+fn called_service(request: &weft_hbone::Inbound, workload: &WorkloadInfo) -> String {
+    if let Some(host) = header_param(&request.headers, "forwarded", "host") {
+        return host.to_owned();
+    }
+    let port = request.target.port();
+    let mut matching = workload
+        .services
+        .iter()
+        .filter(|(_, ports)| ports.values().any(|target| *target == port))
+        .map(|(s, _)| s.rsplit('/').next().unwrap_or_default());
+    match (matching.next(), matching.next()) {
+        (Some(only), None) => only.to_owned(),
+        _ => String::new(),
+    }
+}
+
 /// Inbound tunnels for one local workload.
 struct InboundFor {
     workload: Arc<WorkloadInfo>,
@@ -1102,17 +1121,14 @@ impl InboundHandler for InboundFor {
                 crate::authz::check(&view.policies_for(&current), &conn)
             };
             if let Err(reason) = decision {
-                let service =
-                    header_param(&request.headers, "forwarded", "host").unwrap_or_default();
+                let service = called_service(&request, &workload);
                 metrics.refused(
-                    labels("destination", &source, Some(&workload), service, "DENY"),
+                    labels("destination", &source, Some(&workload), &service, "DENY"),
                     &reason,
                 );
                 return Err(Refusal::Denied(reason));
             }
-            let service = header_param(&request.headers, "forwarded", "host")
-                .unwrap_or_default()
-                .to_owned();
+            let service = called_service(&request, &workload);
             match tokio::time::timeout(timeout, connect(request.target, ns.as_deref())).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);

@@ -130,6 +130,9 @@ fn up_runs_the_demo_mesh() {
             })
             .collect();
         if wanted.iter().all(|w| links.iter().any(|l| l == w)) {
+            // Every call is attributed to a service, the waypoint's and
+            // the gateway's direct tunnels to endpoints included.
+            assert!(!links.iter().any(|l| l.ends_with("->unknown")), "{links:?}");
             break;
         }
         assert!(
