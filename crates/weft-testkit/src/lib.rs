@@ -119,6 +119,12 @@ impl TestMesh {
         }
     }
 
+    /// The configuration file the control plane watches (rewrite it to
+    /// change the configuration).
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self._tmp.path().join("config").join("mesh.yaml")
+    }
+
     /// Stops the nodes, then the control plane.
     pub async fn stop(self) {
         for n in self.nodes {

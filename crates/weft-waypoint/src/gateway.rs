@@ -20,6 +20,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -167,13 +168,18 @@ struct Listeners {
 struct Bound {
     signature: String,
     addr: SocketAddr,
+    /// The listener's TLS (none: plain HTTP), swapped in place when only
+    /// its settings change (a rotated certificate), so the socket stays.
+    tls: Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>,
     task: JoinHandle<()>,
 }
 
 impl Listeners {
-    /// Binds new and changed listeners, closes removed ones; a listener
-    /// that cannot be bound or whose TLS settings do not load is logged
-    /// and left out (the others serve).
+    /// Binds new listeners, updates changed ones (new TLS settings on the
+    /// same port are swapped in without closing the socket), closes
+    /// removed ones. A listener whose TLS settings do not load, or whose
+    /// new port cannot be bound, is logged and keeps serving as before
+    /// (or stays down if it is new); the others are unaffected.
     fn apply(
         &mut self,
         wanted: &[GatewayListener],
@@ -191,41 +197,52 @@ impl Listeners {
         });
         for listener in wanted {
             let signature = serde_json::to_string(listener).unwrap_or_default();
-            if self
-                .bound
-                .get(&listener.name)
-                .is_some_and(|b| b.signature == signature)
-            {
+            let held = self.bound.get(&listener.name);
+            if held.is_some_and(|b| b.signature == signature) {
                 continue;
             }
-            if let Some(old) = self.bound.remove(&listener.name) {
-                old.task.abort();
-            }
+            let previously = if held.is_some() {
+                "; it keeps its previous settings"
+            } else {
+                ""
+            };
             let tls = match &listener.tls {
                 None => None,
                 Some(t) => match server_tls(t) {
                     Ok(c) => Some(tokio_rustls::TlsAcceptor::from(Arc::new(c))),
                     Err(e) => {
-                        tracing::error!(%gateway, listener = %listener.name, error = %e, "listener not started: its TLS settings do not load");
+                        tracing::error!(%gateway, listener = %listener.name, error = %e, "the listener's TLS settings do not load{previously}");
                         continue;
                     }
                 },
             };
             let addr = SocketAddr::new(ip, listener.port);
+            if let Some(b) = self.bound.get_mut(&listener.name)
+                && b.addr == addr
+            {
+                b.tls.store(Arc::new(tls));
+                b.signature = signature;
+                tracing::info!(%gateway, listener = %listener.name, %addr, "listener updated in place");
+                continue;
+            }
             let socket = match std::net::TcpListener::bind(addr).and_then(|l| {
                 l.set_nonblocking(true)?;
                 tokio::net::TcpListener::from_std(l)
             }) {
                 Ok(l) => l,
                 Err(e) => {
-                    tracing::error!(%gateway, listener = %listener.name, %addr, error = %e, "listener not started: cannot bind");
+                    tracing::error!(%gateway, listener = %listener.name, %addr, error = %e, "cannot bind the listener{previously}");
                     continue;
                 }
             };
+            if let Some(old) = self.bound.remove(&listener.name) {
+                old.task.abort();
+            }
             tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), "listening");
+            let tls = Arc::new(ArcSwap::from_pointee(tls));
             let task = tokio::spawn(accept(
                 socket,
-                tls,
+                tls.clone(),
                 engine.clone(),
                 crate::config::listener_target(&listener.name),
             ));
@@ -234,6 +251,7 @@ impl Listeners {
                 Bound {
                     signature,
                     addr,
+                    tls,
                     task,
                 },
             );
@@ -250,7 +268,7 @@ impl Listeners {
 /// Accepts connections on one listener.
 async fn accept(
     listener: tokio::net::TcpListener,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>,
     engine: Arc<Engine>,
     target: String,
 ) {
@@ -264,7 +282,8 @@ async fn accept(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (tls, engine, target) = (tls.clone(), engine.clone(), target.clone());
+        let tls = tls.load().as_ref().clone();
+        let (engine, target) = (engine.clone(), target.clone());
         tokio::spawn(async move {
             match tls {
                 None => serve(TokioIo::new(tcp), peer, None, engine, target).await,
@@ -393,7 +412,12 @@ pub fn server_tls(t: &ListenerTls) -> Result<rustls::ServerConfig, TlsSetupError
             .load_private_key(key)
             .map_err(|e| bad(&format!("tls.key: {e}")))?;
         let names = chain.first().map(dns_names).unwrap_or_default();
-        certs.push((names, Arc::new(CertifiedKey::new(chain, signing))));
+        let certified = CertifiedKey::new(chain, signing);
+        // The leaf must parse and carry the key's public half.
+        certified
+            .keys_match()
+            .map_err(|e| bad(&format!("tls.crt does not go with tls.key: {e}")))?;
+        certs.push((names, Arc::new(certified)));
     }
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()

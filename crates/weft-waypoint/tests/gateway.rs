@@ -345,6 +345,34 @@ async fn https(
     request(TokioIo::new(stream), sni, path, headers).await
 }
 
+/// The certificate the HTTPS listener presents for `sni`.
+async fn presented(
+    sni: &str,
+    roots: &CertificateDer<'static>,
+) -> Result<CertificateDer<'static>, String> {
+    let mut store = rustls::RootCertStore::empty();
+    store.add(roots.clone()).expect("root");
+    let tls = rustls::ClientConfig::builder_with_provider(weft_ca::tls::provider())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(store)
+        .with_no_client_auth();
+    let tcp = TcpStream::connect((GATEWAY_IP, HTTPS_PORT))
+        .await
+        .map_err(|e| e.to_string())?;
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(ServerName::try_from(sni.to_owned()).expect("sni"), tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|c| c.first())
+        .map(|c| c.clone().into_owned())
+        .ok_or_else(|| "no certificate".to_owned())
+}
+
 async fn plain(path: &str, headers: &[(&str, String)]) -> Result<(u16, String), String> {
     let tcp = TcpStream::connect((GATEWAY_IP, HTTP_PORT))
         .await
@@ -442,6 +470,21 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         &weft_waypoint::extauthz::hash_key("k-123"),
     );
     let mesh = TestMesh::start(&yaml, 1).await;
+    let rotate = |new: &(
+        String,
+        String,
+        CertificateDer<'static>,
+        PrivateKeyDer<'static>,
+    )| {
+        config(
+            ext_addr,
+            closed_port,
+            &(new.0.clone(), new.1.clone()),
+            &partner_ca.cert.pem(),
+            &jwks,
+            &weft_waypoint::extauthz::hash_key("k-123"),
+        )
+    };
     app("127.0.1.201:8080", "backend").await;
     let gateway = weft_waypoint::gateway::start(WaypointOptions {
         name: "shop/edge".into(),
@@ -604,6 +647,50 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
             .contains("weft_ext_authz_errors_total{provider=\"down-closed\",decision=\"denied\"}"),
         "{metrics}"
     );
+
+    // The certificate rotates: the listener serves the new one without
+    // being rebound; a certificate that does not load leaves the last
+    // good one in force.
+    assert_eq!(
+        presented("api.example.com", &ca).await,
+        Ok(server.2.clone())
+    );
+    let rotated = public_ca.leaf(&["api.example.com", "*.example.com"]);
+    std::fs::write(mesh.config_file(), rotate(&rotated)).expect("rewrite");
+    let started = Instant::now();
+    while presented("api.example.com", &ca).await != Ok(rotated.2.clone()) {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the rotated certificate was never served"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let broken = (
+        "-----BEGIN CERTIFICATE-----\nnot a certificate\n-----END CERTIFICATE-----\n".to_owned(),
+        rotated.1.clone(),
+        rotated.2.clone(),
+        rotated.3.clone_key(),
+    );
+    std::fs::write(mesh.config_file(), rotate(&broken)).expect("rewrite");
+    // Give the change time to arrive (the control plane's status says when).
+    let status = mesh.control.config.status();
+    let started = Instant::now();
+    while mesh.control.config.status().version == status.version {
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the change was never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for _ in 0..5 {
+        assert_eq!(
+            presented("api.example.com", &ca).await,
+            Ok(rotated.2.clone()),
+            "the last good certificate stays"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gateway.listening().len(), 2, "both listeners still up");
     gateway.stop();
     mesh.stop().await;
 }
