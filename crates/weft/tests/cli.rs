@@ -208,3 +208,77 @@ fn hash_key_prints_what_api_key_secrets_store() {
     let out = run(&["gateway"]);
     assert_eq!(out.status.code(), Some(2), "the gateway needs --name");
 }
+
+#[test]
+fn authz_check_names_the_custom_authorizer_it_cannot_ask() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("mesh.yaml"),
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: wp}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [240.240.0.12]
+  location: MESH_INTERNAL
+  ports: [{name: http, number: 80, protocol: HTTP, targetPort: 8080}]
+  workloadSelector: {labels: {app: reviews}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: reviews-1, namespace: shop}
+spec: {address: 10.0.0.1, labels: {app: reviews, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: wp, namespace: shop}
+spec: {address: 10.0.0.2, labels: {weft.dev/waypoint: "true", weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: fe, namespace: shop, annotations: {weft.dev/client-only: "true"}}
+spec: {address: 10.0.0.3, serviceAccount: fe, labels: {weft.dev/node: node-1}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {name: mesh}
+spec:
+  extensionProviders:
+  - {name: ext, envoyExtAuthzGrpc: {service: 127.0.0.1, port: 9000}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: ext, namespace: shop}
+spec:
+  targetRef: {kind: Service, name: reviews}
+  action: CUSTOM
+  provider: {name: ext}
+  rules: [{to: [{operation: {paths: ["/admin/*"]}}]}]
+"#,
+    )
+    .expect("config");
+    let config = dir.path().to_str().expect("utf-8");
+    let ask = |path: &str| {
+        let out = run(&[
+            "authz",
+            "check",
+            config,
+            "--from",
+            "shop/fe",
+            "--to",
+            "shop/reviews",
+            "--path",
+            path,
+        ]);
+        (out.status.code(), text(&out.stdout))
+    };
+    let (code, stdout) = ask("/admin/x");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(
+        stdout.contains("CUSTOM policy shop/ext asks provider ext"),
+        "{stdout}"
+    );
+    let (_, stdout) = ask("/public");
+    assert!(!stdout.contains("CUSTOM"), "{stdout}");
+}

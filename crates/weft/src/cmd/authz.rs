@@ -125,6 +125,15 @@ fn request_level(
     for shadow in &d.shadow {
         println!("      (matched, not enforced: {shadow})");
     }
+    // CUSTOM policies ask their authorizer first; offline there is no
+    // answer, only the question that would be asked.
+    for p in weft_waypoint::authz::custom(policies, &request) {
+        let provider = p.provider.as_ref().map_or("?", |p| p.name.as_str());
+        println!(
+            "      (first, CUSTOM policy {} asks provider {provider}: its answer is not known offline)",
+            p.policy
+        );
+    }
     Ok(Some(d.allowed))
 }
 
