@@ -11,9 +11,12 @@
 //!
 //! Hostile input is bounded: TLS handshakes within [`HANDSHAKE_TIMEOUT`],
 //! request heads within [`MAX_HEADER_BYTES`] (larger ones are refused by
-//! the HTTP layer with 431 or a closed connection), an SNI that matches
-//! no certificate fails the handshake and is logged. Listeners follow the
-//! configuration: changed ones are rebound, removed ones closed.
+//! the HTTP layer with 431 or a closed connection), at most
+//! [`MAX_CONNECTIONS`] open per listener, an SNI that matches no
+//! certificate fails the handshake and is logged. Listeners follow the
+//! configuration: new TLS settings are swapped in place, a new port is
+//! rebound, removed listeners closed; settings that do not load leave the
+//! last good ones in force.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -38,6 +41,8 @@ use crate::proxy::{WaypointError, WaypointOptions};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Open connections per listener; more are closed at once (and logged).
+pub const MAX_CONNECTIONS: usize = 16 * 1024;
 
 /// A running gateway.
 pub struct Gateway {
@@ -272,6 +277,8 @@ async fn accept(
     engine: Arc<Engine>,
     target: String,
 ) {
+    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut refused: u64 = 0;
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -281,10 +288,18 @@ async fn accept(
                 continue;
             }
         };
+        let Ok(slot) = open.clone().try_acquire_owned() else {
+            refused += 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(listener = %target, %peer, refused, "{MAX_CONNECTIONS} connections already open; new ones are closed");
+            }
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let tls = tls.load().as_ref().clone();
         let (engine, target) = (engine.clone(), target.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             match tls {
                 None => serve(TokioIo::new(tcp), peer, None, engine, target).await,
                 Some(acceptor) => {
