@@ -102,9 +102,17 @@ function drawLink(svg, l, from, to) {
   svg.appendChild(path);
   const parts = [`${fmt(l.rate, 2)}/s`, `${fmt(l.error_ratio * 100, 1)}% err`];
   if (l.p99_ms !== null && l.p99_ms !== undefined) parts.push(`p99 ${fmt(l.p99_ms, 1)}ms`);
-  if (l.mtls) parts.unshift("mTLS");
   const text = el("svg:text", { x: mx, y: my - 6, "text-anchor": "middle", class: "edge-label" }, parts.join(" · "));
   svg.appendChild(text);
+  if (l.mtls) {
+    // A padlock before the label: every call on this edge was mutual TLS.
+    const width = parts.join(" · ").length * 5.6;
+    const lock = el("svg:g", { class: "padlock", transform: `translate(${mx - width / 2 - 14},${my - 16})` });
+    lock.appendChild(el("svg:path", { d: "M2,5 V3 a3,3 0 0 1 6,0 V5", fill: "none" }));
+    lock.appendChild(el("svg:rect", { x: 0, y: 5, width: 10, height: 7, rx: 1.5 }));
+    lock.appendChild(el("svg:title", {}, "mutual TLS"));
+    svg.appendChild(lock);
+  }
   if (denied) {
     svg.appendChild(el("svg:text", { x: mx, y: my + 12, "text-anchor": "middle", class: "edge-label denied" },
       `${fmt(l.denied, 0)} denied`));

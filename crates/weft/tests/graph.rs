@@ -322,6 +322,10 @@ async fn graph_names_the_callers_and_the_dashboard_draws_them() {
             .split("<path")
             .any(|p| p.contains(&intruder_edge) && p.contains("denied"));
         assert!(denied, "the intruder's edge is not drawn as denied:\n{dom}");
+        assert!(
+            dom.contains("class=\"padlock\""),
+            "mutual-TLS edges carry a padlock:\n{dom}"
+        );
         let shot = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("dashboard.png");
         let out = Command::new(browser)
             .args([
