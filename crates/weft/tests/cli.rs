@@ -29,7 +29,7 @@ fn validate_demo_exits_zero() {
     assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
     let stdout = text(&out.stdout);
     assert!(
-        stdout.contains("valid: 16 resources, 4 services, 9 workloads"),
+        stdout.contains("valid: 18 resources, 4 services, 9 workloads"),
         "{stdout}"
     );
 }

@@ -22,11 +22,15 @@ fn get(addr: &str) -> std::io::Result<String> {
 }
 
 fn get_path(addr: &str, path: &str) -> std::io::Result<String> {
+    get_with(addr, path, "")
+}
+
+fn get_with(addr: &str, path: &str, headers: &str) -> std::io::Result<String> {
     let mut conn = TcpStream::connect(addr)?;
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     conn.read_to_string(&mut out)?;
@@ -99,6 +103,20 @@ fn up_runs_the_demo_mesh() {
     // Outside traffic enters through the gateway and reaches frontend.
     let edge = get("127.0.1.50:8080").expect("gateway → frontend");
     assert!(edge.contains("x-weft-app: frontend"), "{edge}");
+    // Its partner API takes the demo's API key, and only that.
+    let no_key = get_path("127.0.1.50:8080", "/partner/headers").expect("gateway");
+    assert!(no_key.starts_with("HTTP/1.1 401"), "{no_key}");
+    let keyed = get_with(
+        "127.0.1.50:8080",
+        "/partner/headers",
+        "x-api-key: demo-key\r\n",
+    )
+    .expect("gateway");
+    assert!(
+        keyed.starts_with("HTTP/1.1 200")
+            && keyed.contains("\"x-weft-api-client\":\"demo-partner\""),
+        "{keyed}"
+    );
 
     // The background load makes a living graph at once: the dashboard's
     // address is printed, and its API shows the demo's calls.
