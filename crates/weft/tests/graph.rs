@@ -176,12 +176,19 @@ async fn graph_names_the_callers_and_the_dashboard_draws_them() {
             nodes: 2,
             node_metrics: |n| SocketAddr::from(([127, 0, n, 1], 15920)),
             control: Box::new(move |o| {
+                // And a proxy that has vanished: it must show as stale,
+                // and change nothing else.
+                let ghost = weft_control::observe::Target {
+                    name: "ghost".into(),
+                    addr: SocketAddr::from(([127, 0, 0, 1], 1)),
+                };
                 o.observe = weft_control::observe::Source::Scrape(
                     (1..=2)
                         .map(|n| weft_control::observe::Target {
                             name: format!("node-{n}"),
                             addr: metrics(n),
                         })
+                        .chain([ghost])
                         .collect(),
                 );
                 o.scrape_interval = Duration::from_millis(250);
@@ -270,6 +277,17 @@ async fn graph_names_the_callers_and_the_dashboard_draws_them() {
         "the intruder got nothing through: {last}"
     );
     assert!(made[1].load(Ordering::Relaxed) > 0);
+    let json: serde_json::Value = serde_json::from_str(&last).expect("json");
+    let stale: Vec<&str> = json["stale"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str())
+        .collect();
+    assert!(
+        stale.len() == 1 && stale[0].starts_with("ghost"),
+        "only the vanished proxy is stale: {stale:?}"
+    );
 
     // The table form answers the same question for a human.
     let (ok, table, _) =
@@ -322,6 +340,10 @@ async fn graph_names_the_callers_and_the_dashboard_draws_them() {
             .split("<path")
             .any(|p| p.contains(&intruder_edge) && p.contains("denied"));
         assert!(denied, "the intruder's edge is not drawn as denied:\n{dom}");
+        assert!(
+            dom.contains("class=\"stale\" data-target=\"ghost\""),
+            "the vanished proxy is shown stale:\n{dom}"
+        );
         assert!(
             dom.contains("class=\"padlock\""),
             "mutual-TLS edges carry a padlock:\n{dom}"
