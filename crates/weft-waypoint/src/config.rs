@@ -200,7 +200,21 @@ pub fn config_for(
         }
     }
     config.clusters = builder.clusters;
+    config.peers = peers(view, previous);
     config
+}
+
+/// Every workload of the registry as telemetry names it, by address
+/// (shared with `previous` when nothing changed).
+fn peers(
+    view: &NodeView,
+    previous: Option<&Config>,
+) -> Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>> {
+    let peers: HashMap<_, _> = view.workloads.values().map(|w| (w.ip, w.peer())).collect();
+    match previous {
+        Some(p) if *p.peers == peers => p.peers.clone(),
+        _ => Arc::new(peers),
+    }
 }
 
 /// The engine target of a gateway listener.
@@ -282,6 +296,7 @@ pub fn gateway_config_for(
         }
     }
     config.clusters = builder.clusters;
+    config.peers = peers(view, previous);
     config
 }
 

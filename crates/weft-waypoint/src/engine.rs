@@ -199,6 +199,9 @@ pub struct Config {
     pub authn: HashMap<String, Arc<crate::jwt::Authenticator>>,
     /// Request-level authorization policies by target.
     pub authz: HashMap<String, Arc<Vec<weft_core::l7::L7Authz>>>,
+    /// Endpoints as telemetry names them, by address (the workload a try
+    /// went to is `destination_workload` in metrics).
+    pub peers: Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>>,
 }
 
 /// Why a request failed inside the proxy; each maps to one status and an
@@ -286,6 +289,8 @@ pub struct Ctx {
     pub reporter: weft_telemetry::labels::Reporter,
     /// The caller as telemetry names it.
     pub peer: weft_telemetry::labels::Peer,
+    /// The endpoint the last try went to, as telemetry names it.
+    pub destination: Option<weft_telemetry::labels::Peer>,
     /// The access-log line being filled in.
     pub access: crate::access::AccessEntry,
     /// This request's trace, when tracing is on.
@@ -564,6 +569,7 @@ impl Engine {
             }
         });
         let mut ctx = Ctx {
+            destination: None,
             trace,
             reporter: self.reporter,
             peer,
@@ -1045,6 +1051,7 @@ impl Engine {
                 .ok_or_else(|| L7Error::NoHealthyUpstream(cluster.name.clone()))?;
             let endpoint = cluster.balancer.endpoints()[index].addr;
             ctx.access.upstream_host = Some(endpoint.to_string());
+            ctx.destination = self.config.load().peers.get(&endpoint.ip()).cloned();
             ctx.access.upstream_cluster = Some(cluster.name.clone());
             let active = cluster.balancer.start(index);
             let body = match &mut payload {

@@ -166,7 +166,7 @@ impl Metrics {
         let labels = weft_telemetry::labels::request(
             ctx.reporter,
             &ctx.peer,
-            &Peer::unknown(),
+            ctx.destination.as_ref().unwrap_or(&Peer::unknown()),
             &service,
             ctx.protocol,
             status.as_u16(),

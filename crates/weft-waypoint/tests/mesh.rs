@@ -203,6 +203,21 @@ async fn service_traffic_goes_through_its_waypoint() {
             && !l.ends_with(" 0")
     });
     assert!(counted, "{metrics}");
+    // Both ends are named as Istio names them: the caller from its node's
+    // baggage, the endpoint each try went to from the registry.
+    for (source, destination) in [("frontend", "reviews-a"), ("frontend", "reviews-b")] {
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("istio_requests_total{")
+                    && l.contains(&format!("source_workload=\"{source}\""))
+                    && l.contains("source_canonical_service=\"frontend\"")
+                    && l.contains(&format!("destination_workload=\"{destination}\""))
+                    && l.contains("destination_canonical_service=\"reviews\"")
+                    && l.contains("destination_workload_namespace=\"shop\"")),
+            "{source} -> {destination}: {metrics}"
+        );
+    }
     mesh.stop();
 }
 
