@@ -117,6 +117,8 @@ struct History {
     scrapes: VecDeque<Scrape>,
     error: Option<String>,
     last_ok: Option<Instant>,
+    /// When the last attempt failed, if it did.
+    last_failure: Option<Instant>,
 }
 
 /// Families kept besides the graph's.
@@ -215,6 +217,15 @@ impl Aggregator {
             let h = history.entry(target.name.clone()).or_default();
             match result {
                 Ok(samples) => {
+                    // A proxy that answers after not answering has just
+                    // (re)started: its counters were zero when it last
+                    // did not answer, so what it counted since is counted.
+                    if let Some(down) = h.last_failure.take() {
+                        h.scrapes.push_back(Scrape {
+                            at: down,
+                            samples: Arc::default(),
+                        });
+                    }
                     h.scrapes.push_back(Scrape {
                         at: now,
                         samples: Arc::new(samples),
@@ -227,6 +238,7 @@ impl Aggregator {
                         tracing::warn!(target = %target.name, addr = %target.addr, error = %e, "scrape failed; target marked stale");
                     }
                     h.error = Some(e.to_string());
+                    h.last_failure = Some(now);
                 }
             }
             while h
@@ -553,15 +565,61 @@ mod tests {
         assert!(status("vanished").stale);
     }
 
+    /// A proxy that starts after the aggregator: what it counted before
+    /// its first answer still counts (its counters were zero while it did
+    /// not answer).
+    #[tokio::test]
+    async fn a_proxy_that_starts_late_is_counted_from_zero() {
+        let page = |n: u64| {
+            format!(
+                "istio_requests_total{{reporter=\"waypoint\",source_canonical_service=\"fe\",source_workload_namespace=\"shop\",destination_service=\"b\",response_code=\"403\",response_flags=\"RBAC\"}} {n}\n"
+            )
+        };
+        let late: SocketAddr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+            l.local_addr().expect("addr")
+        };
+        let agg = Aggregator::new(
+            Source::Scrape(vec![Target {
+                name: "late".into(),
+                addr: late,
+            }]),
+            Duration::from_millis(100),
+        );
+        agg.scrape_all().await;
+        let listener = tokio::net::TcpListener::bind(late).await.expect("rebind");
+        serve_on(
+            listener,
+            Arc::new(std::sync::atomic::AtomicU64::new(7)),
+            page,
+        );
+        agg.scrape_all().await;
+        let report = agg.report(Duration::from_secs(60)).await.expect("report");
+        assert_eq!(report.edges.len(), 1, "{report:?}");
+        assert_eq!(
+            (report.edges[0].requests, report.edges[0].denied),
+            (7.0, 7.0)
+        );
+    }
+
     async fn serve(
         count: Arc<std::sync::atomic::AtomicU64>,
         body: impl Fn(u64) -> String + Send + Sync + 'static,
     ) -> SocketAddr {
-        let body = Arc::new(body);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        serve_on(listener, count, body);
+        addr
+    }
+
+    fn serve_on(
+        listener: tokio::net::TcpListener,
+        count: Arc<std::sync::atomic::AtomicU64>,
+        body: impl Fn(u64) -> String + Send + Sync + 'static,
+    ) {
+        let body = Arc::new(body);
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
                 let (count, body) = (count.clone(), body.clone());
@@ -580,6 +638,5 @@ mod tests {
                 });
             }
         });
-        addr
     }
 }

@@ -689,6 +689,15 @@ impl Engine {
         let route = select(routes, request.method(), request.uri(), request.headers())
             .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
         ctx.route = route.name.clone();
+        // Requests refused before a backend is chosen (authentication,
+        // authorization, rate limits) count against the route's service.
+        if let Some(cluster) = route
+            .backends
+            .first()
+            .and_then(|b| config.clusters.get(&b.service))
+        {
+            ctx.service = cluster.label.clone();
+        }
         // Phase 2: authentication (a JWT, when the request carries one).
         let mut claims = None;
         if let Some(authn) = config.authn.get(target.unwrap_or("")) {
