@@ -71,15 +71,6 @@ fn links<'a>(snapshot: &Snapshot, report: &'a Report) -> Vec<Link<'a>> {
         .collect()
 }
 
-/// The canonical name of a workload (its `app` label, else its name), as
-/// the proxies report it.
-fn canonical(w: &weft_core::model::Workload) -> String {
-    w.labels
-        .get("app")
-        .cloned()
-        .unwrap_or_else(|| w.name.name.clone())
-}
-
 /// The graph's nodes: every service and every caller seen, with its kind.
 pub fn nodes(snapshot: &Snapshot, report: &Report) -> Vec<Node> {
     let mut out = BTreeSet::new();
@@ -87,7 +78,7 @@ pub fn nodes(snapshot: &Snapshot, report: &Report) -> Vec<Node> {
         snapshot
             .workloads
             .values()
-            .find(|w| canonical(w) == name && w.name.namespace == namespace)
+            .find(|w| w.canonical_name() == name && w.name.namespace == namespace)
             .map_or("client", |w| {
                 if w.waypoint {
                     "waypoint"
@@ -133,7 +124,7 @@ pub fn service_of(snapshot: &Snapshot, name: &str, namespace: &str) -> Option<St
     snapshot.services.values().find_map(|s| {
         snapshot
             .endpoints(s)
-            .any(|w| canonical(w) == name && w.name.namespace == namespace)
+            .any(|w| w.canonical_name() == name && w.name.namespace == namespace)
             .then(|| s.hosts.first().cloned())
             .flatten()
     })
@@ -204,7 +195,7 @@ pub struct EndpointView {
 pub fn service_view(snapshot: &Snapshot, report: &Report, host: &str) -> Option<ServiceView> {
     let service = snapshot.service_for_host(host)?;
     let workloads: Vec<&weft_core::model::Workload> = snapshot.endpoints(service).collect();
-    let names: BTreeSet<String> = workloads.iter().map(|w| canonical(w)).collect();
+    let names: BTreeSet<&str> = workloads.iter().map(|w| w.canonical_name()).collect();
     let callers = report
         .edges
         .iter()
@@ -214,7 +205,9 @@ pub fn service_view(snapshot: &Snapshot, report: &Report, host: &str) -> Option<
     let callees = report
         .edges
         .iter()
-        .filter(|e| names.contains(&e.source) && e.source_namespace == service.name.namespace)
+        .filter(|e| {
+            names.contains(e.source.as_str()) && e.source_namespace == service.name.namespace
+        })
         .cloned()
         .collect();
     let decided = |policy: &str, decision: &str| -> f64 {

@@ -14,7 +14,7 @@
 //! With a Prometheus ([`Source::Prometheus`]) the same edges are computed
 //! from `increase(…[window])` queries instead.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -121,11 +121,12 @@ struct History {
     last_failure: Option<Instant>,
 }
 
+/// Authorization decisions by policy (service pages show them).
+const DECISIONS: &str = "weft_authz_decisions_total";
+
 /// Families kept besides the graph's.
 fn kept(name: &str) -> bool {
-    graph::wanted(name)
-        || name == "weft_cert_expiry_seconds"
-        || name == "weft_authz_decisions_total"
+    graph::wanted(name) || name == "weft_cert_expiry_seconds" || name == DECISIONS
 }
 
 /// The aggregator.
@@ -183,10 +184,6 @@ impl Aggregator {
                 this.scrape_all().await;
             }
         })
-    }
-
-    async fn get(&self, uri: &str) -> Result<Bytes, ObserveError> {
-        fetch(&self.client, uri).await
     }
 
     /// Scrapes every target once (concurrently) and records the results.
@@ -306,13 +303,14 @@ impl Aggregator {
                 && base.at < newest.at
             {
                 covered = covered.max(newest.at.duration_since(base.at).as_secs_f64());
-                deltas.extend(graph::increases(&base.samples, &newest.samples));
-                deltas.extend(decision_increases(&base.samples, &newest.samples));
+                deltas.extend(graph::increases_of(&base.samples, &newest.samples, |n| {
+                    graph::wanted(n) || n == DECISIONS
+                }));
             }
         }
         let decisions: Vec<Sample> = deltas
             .iter()
-            .filter(|s| s.name == "weft_authz_decisions_total")
+            .filter(|s| s.name == DECISIONS)
             .cloned()
             .collect();
         Report {
@@ -339,21 +337,23 @@ impl Aggregator {
                 "istio_request_duration_milliseconds_bucket",
             ),
             (graph::TCP_OPENED, "istio_tcp_connections_opened_total"),
-            ("weft_authz_decisions_total", "weft_authz_decisions_total"),
+            (DECISIONS, DECISIONS),
         ] {
             let query = format!("increase({family}[{range}])");
-            let body = self
-                .get(&format!(
+            let body = fetch(
+                &self.client,
+                &format!(
                     "{}/api/v1/query?query={}",
                     url.trim_end_matches('/'),
                     percent_encode(&query)
-                ))
-                .await?;
+                ),
+            )
+            .await?;
             deltas.extend(prometheus_vector(&body, name)?);
         }
         let decisions = deltas
             .iter()
-            .filter(|s| s.name == "weft_authz_decisions_total")
+            .filter(|s| s.name == DECISIONS)
             .cloned()
             .collect();
         Ok(Report {
@@ -400,30 +400,6 @@ async fn scrape(
     let text = std::str::from_utf8(&body).map_err(|e| ObserveError::Garbage(e.to_string()))?;
     let samples = promtext::parse(text).map_err(|e| ObserveError::Garbage(e.to_string()))?;
     Ok(samples.into_iter().filter(|s| kept(&s.name)).collect())
-}
-
-fn decision_increases(older: &[Sample], newer: &[Sample]) -> Vec<Sample> {
-    let before: BTreeMap<&BTreeMap<String, String>, f64> = older
-        .iter()
-        .filter(|s| s.name == "weft_authz_decisions_total")
-        .map(|s| (&s.labels, s.value))
-        .collect();
-    newer
-        .iter()
-        .filter(|s| s.name == "weft_authz_decisions_total")
-        .filter_map(|s| {
-            let old = before.get(&s.labels).copied().unwrap_or(0.0);
-            let delta = if s.value >= old {
-                s.value - old
-            } else {
-                s.value
-            };
-            (delta > 0.0).then(|| Sample {
-                value: delta,
-                ..s.clone()
-            })
-        })
-        .collect()
 }
 
 fn percent_encode(s: &str) -> String {

@@ -524,6 +524,19 @@ pub struct Workload {
     pub gateway: bool,
 }
 
+impl Workload {
+    /// Its canonical service: the `app` label, else its name (as Istio
+    /// derives it; telemetry and the service graph name callers so).
+    pub fn canonical_name(&self) -> &str {
+        self.labels.get("app").unwrap_or(&self.name.name)
+    }
+
+    /// Its canonical revision: the `version` label, else `latest`.
+    pub fn canonical_revision(&self) -> &str {
+        self.labels.get("version").map_or("latest", String::as_str)
+    }
+}
+
 /// A local port on a workload's address that leads to a service.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutboundListener {

@@ -925,13 +925,7 @@ async fn outbound(
         if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
             headers.insert("forwarded", v);
         }
-        let (src_ns, src_name) = split_name(&source.name);
-        if let Ok(v) = format!(
-            "k8s.namespace.name={src_ns},k8s.pod.name={src_name},service.name={},service.version={}",
-            source.canonical.0, source.canonical.1
-        )
-        .parse()
-        {
+        if let Ok(v) = weft_telemetry::labels::baggage(&source.peer()).parse() {
             headers.insert("baggage", v);
         }
         // Like ztunnel, every tunnel carries a trace context of its own
@@ -987,10 +981,6 @@ async fn outbound(
         labels("source", &source, None, host, "UF"),
         format!("no endpoint could be reached: {last_error}"),
     );
-}
-
-fn split_name(name: &str) -> (&str, &str) {
-    name.split_once('/').unwrap_or(("", name))
 }
 
 /// Istio labels for a connection from `source` to `destination` (over
@@ -1079,14 +1069,17 @@ impl InboundHandler for InboundFor {
                 return Err(Refusal::BadRequest(why));
             }
             // The caller as its identity and baggage describe it.
+            let caller = weft_telemetry::labels::peer_from_baggage(
+                request
+                    .headers
+                    .get("baggage")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or(""),
+                &request.peer.to_string(),
+            );
             let source = WorkloadInfo {
                 uid: String::new(),
-                name: format!(
-                    "{}/{}",
-                    header_param(&request.headers, "baggage", "k8s.namespace.name")
-                        .unwrap_or(request.peer.namespace()),
-                    header_param(&request.headers, "baggage", "k8s.pod.name").unwrap_or("unknown")
-                ),
+                name: format!("{}/{}", caller.namespace, caller.workload),
                 ip: request.peer_addr.ip(),
                 identity: request.peer.clone(),
                 node: String::new(),
@@ -1095,14 +1088,7 @@ impl InboundHandler for InboundFor {
                 policies: Vec::new(),
                 permissive: false,
                 waypoint: false,
-                canonical: (
-                    header_param(&request.headers, "baggage", "service.name")
-                        .unwrap_or_default()
-                        .to_owned(),
-                    header_param(&request.headers, "baggage", "service.version")
-                        .unwrap_or_default()
-                        .to_owned(),
-                ),
+                canonical: (caller.canonical_service, caller.canonical_revision),
             };
             // L4 authorization against the policies in force now.
             let decision = {

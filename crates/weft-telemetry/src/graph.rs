@@ -232,14 +232,23 @@ pub fn quantile(buckets: &BTreeMap<u64, f64>, q: f64) -> Option<f64> {
 /// per series (a series whose value went down was reset: its newer value
 /// is the increase). Only the families the graph uses.
 pub fn increases(older: &[Sample], newer: &[Sample]) -> Vec<Sample> {
+    increases_of(older, newer, wanted)
+}
+
+/// As [`increases`], for the families `keep` names.
+pub fn increases_of(
+    older: &[Sample],
+    newer: &[Sample],
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Sample> {
     let before: BTreeMap<(&str, &BTreeMap<String, String>), f64> = older
         .iter()
-        .filter(|s| wanted(&s.name))
+        .filter(|s| keep(&s.name))
         .map(|s| ((s.name.as_str(), &s.labels), s.value))
         .collect();
     newer
         .iter()
-        .filter(|s| wanted(&s.name))
+        .filter(|s| keep(&s.name))
         .filter_map(|s| {
             let old = before
                 .get(&(s.name.as_str(), &s.labels))

@@ -80,6 +80,37 @@ impl Peer {
     }
 }
 
+/// The `baggage` header describing `peer` on a tunnel (the keys ztunnel
+/// sends: `k8s.namespace.name`, `k8s.pod.name`, `service.name`,
+/// `service.version`), so the proxy at the other end can name its caller.
+pub fn baggage(peer: &Peer) -> String {
+    format!(
+        "k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
+        peer.namespace, peer.workload, peer.canonical_service, peer.canonical_revision
+    )
+}
+
+/// The caller a tunnel's `baggage` describes, with `principal`, the
+/// identity the tunnel proved (its namespace stands in when the baggage
+/// names none). Missing keys are `unknown`.
+pub fn peer_from_baggage(baggage: &str, principal: &str) -> Peer {
+    let get = |key: &str| {
+        baggage
+            .split(',')
+            .find_map(|kv| kv.trim().strip_prefix(key)?.strip_prefix('='))
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
+    };
+    let proven = Peer::from_principal(principal);
+    Peer {
+        workload: get("k8s.pod.name").unwrap_or(proven.workload),
+        namespace: get("k8s.namespace.name").unwrap_or(proven.namespace),
+        principal: proven.principal,
+        canonical_service: get("service.name").unwrap_or(proven.canonical_service),
+        canonical_revision: get("service.version").unwrap_or(proven.canonical_revision),
+    }
+}
+
 /// The service a call is for.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Service {
@@ -279,6 +310,21 @@ mod tests {
             ("shop", UNKNOWN)
         );
         assert_eq!(Peer::from_principal("garbage").namespace, UNKNOWN);
+        let caller = Peer {
+            workload: "fe-1".into(),
+            canonical_service: "fe".into(),
+            canonical_revision: "v1".into(),
+            ..p.clone()
+        };
+        assert_eq!(
+            peer_from_baggage(&baggage(&caller), &caller.principal),
+            caller
+        );
+        let bare = peer_from_baggage("", "spiffe://cluster.local/ns/shop/sa/x");
+        assert_eq!(
+            (bare.namespace.as_str(), bare.workload.as_str()),
+            ("shop", UNKNOWN)
+        );
         let s = Service::from_host("payments.billing.svc.cluster.local", None);
         assert_eq!(
             (s.name.as_str(), s.namespace.as_str()),

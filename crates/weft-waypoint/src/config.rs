@@ -77,6 +77,35 @@ fn authenticator(
     )
 }
 
+/// A policy's request checks, built once and shared by every target
+/// (service port, gateway listener) it applies to.
+struct Checks {
+    authn: Option<Arc<crate::jwt::Authenticator>>,
+    authz: Option<Arc<Vec<l7::L7Authz>>>,
+}
+
+impl Checks {
+    fn of(policy: Option<&L7Policy>, jwks: &crate::jwks::Fetcher) -> Checks {
+        Checks {
+            authn: policy
+                .filter(|p| !p.jwt.is_empty())
+                .map(|p| Arc::new(authenticator(&p.jwt, jwks))),
+            authz: policy
+                .filter(|p| !p.authz.is_empty())
+                .map(|p| Arc::new(p.authz.clone())),
+        }
+    }
+
+    fn attach(&self, config: &mut Config, target: &str) {
+        if let Some(a) = &self.authn {
+            config.authn.insert(target.to_owned(), a.clone());
+        }
+        if let Some(a) = &self.authz {
+            config.authz.insert(target.to_owned(), a.clone());
+        }
+    }
+}
+
 /// The rate limiter for `limit`, reusing `previous` when built from the
 /// same policy (so local counts survive configuration changes).
 fn limiter(
@@ -155,6 +184,7 @@ pub fn config_for(
         if info.waypoint != Some(me.ip) {
             continue;
         }
+        let checks = Checks::of(policies.get(service), &services.jwks);
         for port in service_ports(view, service) {
             let routes = match policies.get(service).filter(|p| !p.routes.is_empty()) {
                 Some(p) => p
@@ -173,23 +203,7 @@ pub fn config_for(
                 }],
             };
             let target = format!("{service}:{port}");
-            if let Some(authz) = policies
-                .get(service)
-                .map(|p| &p.authz)
-                .filter(|a| !a.is_empty())
-            {
-                config.authz.insert(target.clone(), Arc::new(authz.clone()));
-            }
-            if let Some(issuers) = policies
-                .get(service)
-                .map(|p| &p.jwt)
-                .filter(|j| !j.is_empty())
-            {
-                config.authn.insert(
-                    target.clone(),
-                    Arc::new(authenticator(issuers, &services.jwks)),
-                );
-            }
+            checks.attach(&mut config, &target);
             if let Some(limit) = policies.get(service).and_then(|p| p.rate_limit.as_ref()) {
                 let previous = previous.and_then(|p| p.limits.get(&target));
                 config
@@ -244,9 +258,7 @@ pub fn gateway_config_for(
     };
     let policy = &gateway.policy;
     let mut config = Config::default();
-    let authn =
-        (!policy.jwt.is_empty()).then(|| Arc::new(authenticator(&policy.jwt, &services.jwks)));
-    let authz = (!policy.authz.is_empty()).then(|| Arc::new(policy.authz.clone()));
+    let checks = Checks::of(Some(policy), &services.jwks);
     // One limiter for every listener: a client's requests count once.
     let limit = policy.rate_limit.as_ref().map(|l| {
         let previous = previous.and_then(|p| p.limits.values().next());
@@ -285,12 +297,7 @@ pub fn gateway_config_for(
             })
             .collect();
         config.targets.insert(target.clone(), routes);
-        if let Some(a) = &authn {
-            config.authn.insert(target.clone(), a.clone());
-        }
-        if let Some(a) = &authz {
-            config.authz.insert(target.clone(), a.clone());
-        }
+        checks.attach(&mut config, &target);
         if let Some(l) = &limit {
             config.limits.insert(target, l.clone());
         }

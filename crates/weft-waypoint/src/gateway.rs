@@ -377,27 +377,44 @@ async fn serve<I>(
 /// A client certificate's principal, as Envoy derives it: the first URI
 /// SAN (without `spiffe://`), else the first DNS SAN, else the subject.
 pub fn principal_of(cert: &CertificateDer<'_>) -> Option<String> {
-    use x509_parser::extensions::GeneralName;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
-    let names: Vec<GeneralName<'_>> = parsed
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| san.value.general_names.clone())
-        .unwrap_or_default();
-    let uri = names.iter().find_map(|n| match n {
-        GeneralName::URI(u) => Some(u.strip_prefix("spiffe://").unwrap_or(u).to_owned()),
-        _ => None,
-    });
-    let dns = || {
-        names.iter().find_map(|n| match n {
-            GeneralName::DNSName(d) => Some((*d).to_owned()),
-            _ => None,
-        })
-    };
-    uri.or_else(dns)
-        .or_else(|| Some(parsed.subject().to_string()))
+    let names = Names::of(cert)?;
+    names
+        .uris
+        .first()
+        .map(|u| u.strip_prefix("spiffe://").unwrap_or(u).to_owned())
+        .or_else(|| names.dns.first().cloned())
+        .or(Some(names.subject))
+}
+
+/// What a certificate names: its URI and DNS SANs, its subject.
+struct Names {
+    uris: Vec<String>,
+    dns: Vec<String>,
+    subject: String,
+}
+
+impl Names {
+    /// `None` when the certificate does not parse.
+    fn of(cert: &CertificateDer<'_>) -> Option<Names> {
+        use x509_parser::extensions::GeneralName;
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, parsed) = X509Certificate::from_der(cert.as_ref()).ok()?;
+        let mut names = Names {
+            uris: Vec::new(),
+            dns: Vec::new(),
+            subject: parsed.subject().to_string(),
+        };
+        if let Ok(Some(san)) = parsed.subject_alternative_name() {
+            for n in &san.value.general_names {
+                match n {
+                    GeneralName::URI(u) => names.uris.push((*u).to_owned()),
+                    GeneralName::DNSName(d) => names.dns.push((*d).to_owned()),
+                    _ => {}
+                }
+            }
+        }
+        Some(names)
+    }
 }
 
 /// Why a listener's TLS settings did not load.
@@ -426,7 +443,11 @@ pub fn server_tls(t: &ListenerTls) -> Result<rustls::ServerConfig, TlsSetupError
             .key_provider
             .load_private_key(key)
             .map_err(|e| bad(&format!("tls.key: {e}")))?;
-        let names = chain.first().map(dns_names).unwrap_or_default();
+        let names = chain
+            .first()
+            .and_then(Names::of)
+            .map(|n| n.dns)
+            .unwrap_or_default();
         let certified = CertifiedKey::new(chain, signing);
         // The leaf must parse and carry the key's public half.
         certified
@@ -467,29 +488,6 @@ pub fn server_tls(t: &ListenerTls) -> Result<rustls::ServerConfig, TlsSetupError
     let mut config = builder.with_cert_resolver(Arc::new(BySni(certs)));
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
-}
-
-fn dns_names(cert: &CertificateDer<'_>) -> Vec<String> {
-    use x509_parser::extensions::GeneralName;
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let Ok((_, parsed)) = X509Certificate::from_der(cert.as_ref()) else {
-        return Vec::new();
-    };
-    parsed
-        .subject_alternative_name()
-        .ok()
-        .flatten()
-        .map(|san| {
-            san.value
-                .general_names
-                .iter()
-                .filter_map(|n| match n {
-                    GeneralName::DNSName(d) => Some((*d).to_owned()),
-                    _ => None,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Picks a listener's certificate by SNI: the first whose DNS names match

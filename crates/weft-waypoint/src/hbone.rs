@@ -66,12 +66,7 @@ impl HboneConnector {
     /// Describes this proxy to destination nodes (`baggage`, as node
     /// proxies describe their workloads), so their telemetry names it.
     pub fn with_peer(mut self, me: &weft_telemetry::labels::Peer) -> Self {
-        if let Ok(v) = format!(
-            "k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
-            me.namespace, me.workload, me.canonical_service, me.canonical_revision
-        )
-        .parse()
-        {
+        if let Ok(v) = weft_telemetry::labels::baggage(me).parse() {
             self.headers.insert("baggage", v);
         }
         self

@@ -144,9 +144,12 @@ impl RemoteKeys {
 }
 
 /// The shared cache of fetched key sets, by address. Clones share it.
-#[derive(Clone)]
+/// Cheap to make: the TLS client (the system's roots read from disk) is
+/// built when a first address is asked for.
+#[derive(Clone, Default)]
 pub struct Fetcher {
-    tls: Arc<rustls::ClientConfig>,
+    extra_roots: Arc<Vec<CertificateDer<'static>>>,
+    tls: Arc<std::sync::OnceLock<Arc<rustls::ClientConfig>>>,
     held: Arc<Mutex<HashMap<String, Weak<RemoteKeys>>>>,
 }
 
@@ -156,34 +159,37 @@ impl std::fmt::Debug for Fetcher {
     }
 }
 
-impl Default for Fetcher {
-    fn default() -> Self {
-        Fetcher::new(&[])
-    }
-}
-
 impl Fetcher {
     /// A fetcher trusting the system's roots and `extra_roots` (an
     /// issuer with a private CA).
     pub fn new(extra_roots: &[CertificateDer<'static>]) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        let native = rustls_native_certs::load_native_certs();
-        roots.add_parsable_certificates(native.certs);
-        roots.add_parsable_certificates(extra_roots.iter().cloned());
-        // The versions are rustls' defaults, so building cannot fail.
-        let mut tls = match rustls::ClientConfig::builder_with_provider(weft_ca::tls::provider())
-            .with_safe_default_protocol_versions()
-        {
-            Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-            Err(_) => rustls::ClientConfig::builder()
-                .with_root_certificates(rustls::RootCertStore::empty())
-                .with_no_client_auth(),
-        };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
         Fetcher {
-            tls: Arc::new(tls),
-            held: Arc::default(),
+            extra_roots: Arc::new(extra_roots.to_vec()),
+            ..Fetcher::default()
         }
+    }
+
+    /// The TLS client configuration, built on first use.
+    fn tls(&self) -> Arc<rustls::ClientConfig> {
+        self.tls
+            .get_or_init(|| {
+                let mut roots = rustls::RootCertStore::empty();
+                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+                roots.add_parsable_certificates(self.extra_roots.iter().cloned());
+                // The versions are rustls' defaults, so building cannot fail.
+                let mut tls =
+                    match rustls::ClientConfig::builder_with_provider(weft_ca::tls::provider())
+                        .with_safe_default_protocol_versions()
+                    {
+                        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
+                        Err(_) => rustls::ClientConfig::builder()
+                            .with_root_certificates(rustls::RootCertStore::empty())
+                            .with_no_client_auth(),
+                    };
+                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Arc::new(tls)
+            })
+            .clone()
     }
 
     /// The key set for `uri`: the one already held, or a new one whose
@@ -201,7 +207,7 @@ impl Fetcher {
         let keys = Arc::new(RemoteKeys {
             uri: uri.to_owned(),
             timeout,
-            tls: self.tls.clone(),
+            tls: self.tls(),
             keys: ArcSwap::from_pointee(Vec::new()),
             last: tokio::sync::Mutex::new(None),
             fetches: AtomicU64::new(0),
@@ -333,7 +339,7 @@ mod tests {
     }
 
     fn tls() -> Arc<rustls::ClientConfig> {
-        Fetcher::new(&[]).tls
+        Fetcher::default().tls()
     }
 
     #[test]

@@ -417,30 +417,12 @@ fn services(state: &weft_xds::ClientState) -> crate::config::Services {
 
 /// The caller as its node described it in the tunnel's `baggage`.
 fn source_peer(request: &Inbound) -> weft_telemetry::labels::Peer {
-    use weft_telemetry::labels::{Peer, UNKNOWN};
     let baggage = request
         .headers
         .get("baggage")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let get = |key: &str| {
-        baggage
-            .split(',')
-            .find_map(|kv| kv.trim().strip_prefix(key)?.strip_prefix('='))
-            .filter(|v| !v.is_empty())
-            .unwrap_or(UNKNOWN)
-            .to_owned()
-    };
-    Peer {
-        workload: get("k8s.pod.name"),
-        namespace: match get("k8s.namespace.name").as_str() {
-            UNKNOWN => request.peer.namespace().to_owned(),
-            ns => ns.to_owned(),
-        },
-        principal: request.peer.to_string(),
-        canonical_service: get("service.name"),
-        canonical_revision: get("service.version"),
-    }
+    weft_telemetry::labels::peer_from_baggage(baggage, &request.peer.to_string())
 }
 
 /// HBONE into the waypoint: each tunnel is an HTTP connection for the

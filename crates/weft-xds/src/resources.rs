@@ -421,16 +421,8 @@ fn workload_message(
         trust_domain: w.identity.trust_domain().to_owned(),
         service_account: w.identity.service_account().to_owned(),
         node: w.node.clone().unwrap_or_default(),
-        canonical_name: w
-            .labels
-            .get("app")
-            .cloned()
-            .unwrap_or_else(|| w.name.name.clone()),
-        canonical_revision: w
-            .labels
-            .get("version")
-            .cloned()
-            .unwrap_or_else(|| "latest".into()),
+        canonical_name: w.canonical_name().to_owned(),
+        canonical_revision: w.canonical_revision().to_owned(),
         workload_name: w.name.name.clone(),
         services,
         locality: (!w.locality.is_empty()).then(|| wl::Locality {
