@@ -10,6 +10,12 @@
 //! client, proxies and server crosses threads, as it crosses processes in
 //! a real deployment.
 //!
+//! Every measure is also taken through two plain TCP relays on the same
+//! kind of threads (no TLS, no HTTP/2, no policy): the floor any two-hop
+//! proxy pays on this machine, so weft's own cost shows as a ratio to it.
+//! Per-thread CPU (user, system, sleeps per request) is printed for each
+//! latency run.
+//!
 //! ```sh
 //! cargo run --release -p weft-bench-l4 --bin l4
 //! ```
@@ -56,6 +62,39 @@ spec: {address: 127.0.1.50, serviceAccount: client, labels: {app: client, weft.d
 
 const DIRECT: &str = "127.0.2.50:7000";
 const VIA_WEFT: &str = "127.0.1.50:9100";
+/// The baseline for any two-hop proxy: two plain TCP relays (no TLS, no
+/// HTTP/2, no policy), each on its own thread like a node proxy.
+const VIA_RELAY: &str = "127.0.1.60:9200";
+const RELAY_HOP: &str = "127.0.2.60:9201";
+
+/// Starts a plain TCP relay from `listen` to `upstream` on its own thread
+/// and single-threaded runtime: the least a proxy can do per request.
+fn start_relay(name: &str, listen: &str, upstream: &'static str) -> Result<()> {
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("relay runtime");
+            runtime.block_on(async move {
+                let listener = TcpListener::from_std(listener).expect("relay listener");
+                while let Ok((mut inbound, _)) = listener.accept().await {
+                    tokio::spawn(async move {
+                        let _ = inbound.set_nodelay(true);
+                        let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                            return;
+                        };
+                        let _ = outbound.set_nodelay(true);
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    });
+                }
+            });
+        })?;
+    Ok(())
+}
 
 fn proc_field(file: &str, field: &str) -> u64 {
     std::fs::read_to_string(file)
@@ -84,6 +123,62 @@ fn cpu_seconds() -> f64 {
     };
     // After the ")" the 12th and 13th fields are utime and stime; 100 ticks/s on Linux.
     (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Per-thread CPU (user and system seconds) and voluntary context switches,
+/// by thread name, from /proc/self/task. Threads of the same name add up.
+fn thread_cpu() -> std::collections::BTreeMap<String, (f64, f64, u64)> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let stat = std::fs::read_to_string(dir.join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let name = head.split_once('(').map(|(_, n)| n).unwrap_or("?");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let tick = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+                / 100.0
+        };
+        let switches = proc_field(
+            &dir.join("status").to_string_lossy(),
+            "voluntary_ctxt_switches:",
+        );
+        let entry = out.entry(name.to_string()).or_insert((0.0, 0.0, 0));
+        entry.0 += tick(11);
+        entry.1 += tick(12);
+        entry.2 += switches;
+    }
+    out
+}
+
+/// Prints what each thread spent between two `thread_cpu` readings, per
+/// 1,000 requests.
+fn print_thread_cpu(
+    before: &std::collections::BTreeMap<String, (f64, f64, u64)>,
+    after: &std::collections::BTreeMap<String, (f64, f64, u64)>,
+    requests: f64,
+) {
+    for (name, &(user, sys, switches)) in after {
+        let (u0, s0, w0) = before.get(name).copied().unwrap_or_default();
+        let (user, sys) = (user - u0, sys - s0);
+        if user + sys < 0.005 {
+            continue;
+        }
+        println!(
+            "    thread {name:<16} user {:.3} s, system {:.3} s per 1,000 requests; {:.2} sleeps per request",
+            user * 1000.0 / requests,
+            sys * 1000.0 / requests,
+            switches.saturating_sub(w0) as f64 / requests
+        );
+    }
 }
 
 /// One echo stream: write `total` bytes while reading them back.
@@ -241,6 +336,9 @@ async fn main() -> Result<()> {
         "two node proxies (with their certificates and config), idle: +{} MiB RSS over the control plane alone",
         (rss_idle_nodes.saturating_sub(rss_before_nodes)) / 1024
     );
+    // The baseline relays start after the node proxies' idle memory is read.
+    start_relay("relay-1", "127.0.1.60:9200", RELAY_HOP)?;
+    start_relay("relay-2", RELAY_HOP, DIRECT)?;
 
     // (a) Bulk throughput (skipped with WEFT_BENCH_SKIP_BULK=1, for profiling
     // the request path alone).
@@ -248,7 +346,11 @@ async fn main() -> Result<()> {
     let bulk_runs = if std::env::var_os("WEFT_BENCH_SKIP_BULK").is_some() {
         &[][..]
     } else {
-        &[("direct", DIRECT), ("weft (2 hops, mTLS)", VIA_WEFT)][..]
+        &[
+            ("direct", DIRECT),
+            ("plain TCP relay (2 hops, no TLS)", VIA_RELAY),
+            ("weft (2 hops, mTLS)", VIA_WEFT),
+        ][..]
     };
     for &(what, addr) in bulk_runs {
         let mut runs = Vec::new();
@@ -265,10 +367,16 @@ async fn main() -> Result<()> {
 
     // (b) Latency at 1,000 requests per second, and (d) CPU per 1,000 requests.
     let mut cpu = Vec::new();
-    for (what, addr) in [("direct", DIRECT), ("weft (2 hops, mTLS)", VIA_WEFT)] {
+    for (what, addr) in [
+        ("direct", DIRECT),
+        ("plain TCP relay (2 hops, no TLS)", VIA_RELAY),
+        ("weft (2 hops, mTLS)", VIA_WEFT),
+    ] {
         let before = cpu_seconds();
+        let threads = thread_cpu();
         let samples = latency(addr, 1000, 10).await?;
         let used = cpu_seconds() - before;
+        let threads_after = thread_cpu();
         cpu.push(used);
         println!(
             "64-byte request/response at 1,000/s for 10 s, {what}: p50 {:?} p99 {:?} max {:?}; process CPU {:.2} s",
@@ -277,10 +385,13 @@ async fn main() -> Result<()> {
             samples.last().copied().unwrap_or_default(),
             used
         );
+        print_thread_cpu(&threads, &threads_after, samples.len() as f64);
     }
     println!(
-        "CPU added by weft: {:.3} CPU-seconds per 1,000 requests",
-        (cpu[1] - cpu[0]) / 10.0
+        "CPU added per 1,000 requests: plain relay {:.3} s, weft {:.3} s ({:.2}× the relay's)",
+        (cpu[1] - cpu[0]) / 10.0,
+        (cpu[2] - cpu[0]) / 10.0,
+        (cpu[2] - cpu[0]) / (cpu[1] - cpu[0]).max(f64::EPSILON)
     );
 
     // (c) Memory per 1,000 open tunnels.

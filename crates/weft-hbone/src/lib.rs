@@ -11,13 +11,16 @@
 //!   400 / 401 / 503 and splices the bytes;
 //! - [`client`]: a pool of mTLS HTTP/2 connections keyed by (source
 //!   identity, destination address, expected destination identity), each
-//!   carrying up to 100 streams.
+//!   carrying up to 100 streams;
+//! - [`copy`]: splices a tunnel to a socket both ways, with buffers that
+//!   grow only for bulk flows.
 
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
 
 pub mod client;
+pub mod copy;
 pub mod server;
 
 pub use client::{HbonePool, PoolKey, Tunnel};
@@ -37,8 +40,5 @@ pub const MAX_STREAMS_PER_CONNECTION: usize = 100;
 pub const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
 /// HTTP/2 keepalive timeout.
 pub const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
-/// Buffer per direction when splicing a tunnel to a socket: large enough
-/// to fill HTTP/2 frames and TLS records on bulk transfers.
-pub const COPY_BUFFER: usize = 16 * 1024;
 /// How long a TLS handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);

@@ -242,14 +242,7 @@ async fn tunnel(
             Ok(upgraded) => {
                 let mut downstream = TokioIo::new(upgraded);
                 let mut upstream = upstream;
-                match tokio::io::copy_bidirectional_with_sizes(
-                    &mut downstream,
-                    &mut upstream,
-                    crate::COPY_BUFFER,
-                    crate::COPY_BUFFER,
-                )
-                .await
-                {
+                match crate::copy::bidirectional(&mut downstream, &mut upstream).await {
                     Ok((sent, received)) => {
                         tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
                     }

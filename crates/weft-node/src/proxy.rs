@@ -331,12 +331,7 @@ where
         inner: tunnel,
         ended: ended.clone(),
     };
-    let copy = tokio::io::copy_bidirectional_with_sizes(
-        caller,
-        &mut tunnel,
-        weft_hbone::COPY_BUFFER,
-        weft_hbone::COPY_BUFFER,
-    );
+    let copy = weft_hbone::copy::bidirectional(caller, &mut tunnel);
     let grace = async {
         ended.notified().await;
         tokio::time::sleep(HALF_CLOSE_GRACE).await;
@@ -444,7 +439,7 @@ async fn splice_plain(
     l.connection_security_policy = "none";
     let guard = shared.metrics.open(l);
     let mut counted = Counted::new(&mut client, guard, true);
-    let _ = tokio::io::copy_bidirectional(&mut counted, &mut upstream).await;
+    let _ = weft_hbone::copy::bidirectional(&mut counted, &mut upstream).await;
 }
 
 /// A captured connection to an address outside the registry, which the
@@ -763,7 +758,7 @@ async fn plaintext_inbound(
             let _ = app.set_nodelay(true);
             let guard = shared.metrics.open(labels("-"));
             let mut counted = Counted::new(&mut client, guard, true);
-            let _ = tokio::io::copy_bidirectional(&mut counted, &mut app).await;
+            let _ = weft_hbone::copy::bidirectional(&mut counted, &mut app).await;
         }
         Ok(Err(e)) => shared.metrics.refused(labels("UF"), format!("{dst}: {e}")),
         Err(_) => shared
