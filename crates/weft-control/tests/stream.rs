@@ -14,7 +14,7 @@ use prost::Message;
 use weft_control::{Options, Running};
 use weft_xds::client::{ClientOptions, ClientState, Transport, XdsClient};
 use weft_xds::proto::workload::{Address, address::Type};
-use weft_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE};
+use weft_xds::{ADDRESS_TYPE, AUTHORIZATION_TYPE, GATEWAY_TYPE};
 
 fn demo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo")
@@ -342,6 +342,8 @@ async fn configmap_style_symlink_swap_is_applied() {
 
 /// On the mTLS port the config stream needs a client certificate: a node
 /// with its node certificate subscribes; a client without one is refused.
+/// Gateway configurations (with their private keys) go only to identities
+/// of the gateway's namespace, never over plaintext.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mtls_config_stream_requires_a_certificate() {
     use weft_ca::authz::{control_identity, node_identity};
@@ -350,6 +352,7 @@ async fn mtls_config_stream_requires_a_certificate() {
     use weft_ca::{CertManager, ManagerOptions, TrustBundle};
 
     let env = Env::new();
+    std::fs::copy(demo().join("gateway.yaml"), env.config.join("gateway.yaml")).expect("copy");
     let tokens = env.config.parent().expect("tmp").join("tokens");
     std::fs::write(&tokens, "node-1 node-1-bootstrap-token-0000\n").expect("tokens");
     let mut options = env.options("127.0.0.1:0");
@@ -381,7 +384,7 @@ async fn mtls_config_stream_requires_a_certificate() {
             transport,
             ClientOptions {
                 node_id: "node-1".into(),
-                types: vec![ADDRESS_TYPE.into()],
+                types: vec![ADDRESS_TYPE.into(), GATEWAY_TYPE.into()],
                 initial_backoff: Duration::from_millis(50),
                 max_backoff: Duration::from_millis(200),
                 validator: weft_xds::decode_validator(),
@@ -396,7 +399,7 @@ async fn mtls_config_stream_requires_a_certificate() {
         s.synced
     })
     .await;
-    assert_eq!(addresses(&with_cert.state()).len(), 12);
+    assert_eq!(addresses(&with_cert.state()).len(), 13);
 
     let without = xds(Transport::Tls(running.tls_addr, tls(None)));
     wait_for(&without, Duration::from_secs(5), "refusal", |s| {
@@ -406,6 +409,35 @@ async fn mtls_config_stream_requires_a_certificate() {
     })
     .await;
     assert!(without.state().resources.is_empty());
+
+    // Gateway configurations carry private keys: the plaintext stream and
+    // identities of other namespaces (node-1's is weft-system's) get none;
+    // the gateway's own workload (shop/edge, on node-1) gets its Gateway.
+    let gateways = |s: &ClientState| {
+        s.resources
+            .get(GATEWAY_TYPE)
+            .map(|m| m.keys().cloned().collect::<Vec<_>>())
+            .unwrap_or_default()
+    };
+    assert!(gateways(&with_cert.state()).is_empty());
+    let plaintext = xds(Transport::Plaintext(running.xds_addr));
+    wait_for(&plaintext, Duration::from_secs(5), "plaintext sync", |s| {
+        s.synced
+    })
+    .await;
+    assert_eq!(addresses(&plaintext.state()).len(), 13);
+    assert!(gateways(&plaintext.state()).is_empty());
+    let edge = weft_core::Identity::new("cluster.local", "shop", "edge").expect("id");
+    certs.fetch(&edge).await.expect("the gateway's certificate");
+    let gateway = xds(Transport::Tls(
+        running.tls_addr,
+        tls(Some(certs.source(&edge))),
+    ));
+    wait_for(&gateway, Duration::from_secs(5), "gateway sync", |s| {
+        s.synced
+    })
+    .await;
+    assert_eq!(gateways(&gateway.state()), ["shop/edge"]);
     running.stop().await;
 }
 

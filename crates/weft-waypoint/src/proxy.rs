@@ -17,8 +17,9 @@ use rustls_pki_types::CertificateDer;
 use tokio::task::JoinHandle;
 use weft_admin::Routes;
 use weft_ca::TrustBundle;
+use weft_ca::authz::control_identity;
 use weft_ca::client::token_cert_manager;
-use weft_ca::tls::{SpiffeClientVerifier, server_config};
+use weft_ca::tls::{SpiffeClientVerifier, client_config, server_config};
 use weft_core::Identity;
 use weft_hbone::server::{Limits, OpenFuture, Upstream};
 use weft_hbone::{HbonePool, Inbound, InboundHandler, Refusal};
@@ -41,9 +42,11 @@ pub struct WaypointOptions {
     pub node: String,
     /// Trust domain.
     pub trust_domain: String,
-    /// The control plane's plaintext config stream.
+    /// The control plane's plaintext config stream, read only to find the
+    /// proxy's own workload and identity.
     pub xds_addr: SocketAddr,
-    /// The control plane's certificate service.
+    /// The control plane's mTLS port: certificate service and, once the
+    /// proxy holds its certificate, the config stream.
     pub ca_addr: SocketAddr,
     /// Roots to trust.
     pub roots: Vec<CertificateDer<'static>>,
@@ -128,25 +131,20 @@ pub(crate) async fn core(
         options.token.clone(),
     )
     .map_err(|e| setup(&e))?;
-    let mut types = vec![
-        weft_xds::ADDRESS_TYPE.into(),
-        weft_xds::LISTENERS_TYPE.into(),
-        weft_xds::MESH_TYPE.into(),
-        weft_xds::L7_SERVICE_TYPE.into(),
-    ];
-    types.extend(extra.iter().map(|t| (*t).to_owned()));
-    let xds = Arc::new(XdsClient::start(
+    let client_options = |types: Vec<String>| ClientOptions {
+        node_id: options.node.clone(),
+        types,
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(15),
+        validator: weft_xds::decode_validator(),
+    };
+    // Its own workload (address and identity) from the registry on the
+    // plaintext stream; everything else over mTLS with that identity.
+    let bootstrap = XdsClient::start(
         Transport::Plaintext(options.xds_addr),
-        ClientOptions {
-            node_id: options.node.clone(),
-            types,
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(15),
-            validator: weft_xds::decode_validator(),
-        },
-    ));
-    // Its own workload: address and identity.
-    let mut changes = xds.watch();
+        client_options(vec![weft_xds::ADDRESS_TYPE.into()]),
+    );
+    let mut changes = bootstrap.watch();
     let me = tokio::time::timeout(REGISTRY_WAIT, async {
         loop {
             let view = NodeView::build(&changes.borrow_and_update(), &options.node);
@@ -166,7 +164,37 @@ pub(crate) async fn core(
         ))
     })?
     .map_err(|()| WaypointError::Setup("the config stream ended".into()))?;
+    drop(bootstrap);
     certs.fetch(&me.identity).await.map_err(|e| setup(&e))?;
+    let mut types = vec![
+        weft_xds::ADDRESS_TYPE.into(),
+        weft_xds::LISTENERS_TYPE.into(),
+        weft_xds::MESH_TYPE.into(),
+        weft_xds::L7_SERVICE_TYPE.into(),
+    ];
+    types.extend(extra.iter().map(|t| (*t).to_owned()));
+    let control = control_identity(&options.trust_domain).map_err(|e| setup(&e))?;
+    let tls = client_config(
+        Some(certs.source(&me.identity)),
+        bundle.clone(),
+        vec![control],
+    )
+    .map_err(|e| setup(&e))?;
+    let xds = Arc::new(XdsClient::start(
+        Transport::Tls(options.ca_addr, Arc::new(tls)),
+        client_options(types),
+    ));
+    let mut changes = xds.watch();
+    let synced = tokio::time::timeout(REGISTRY_WAIT, changes.wait_for(|s| s.synced))
+        .await
+        .is_ok_and(|r| r.is_ok());
+    if !synced {
+        let why = changes.borrow().last_error.clone().unwrap_or_default();
+        return Err(WaypointError::Setup(format!(
+            "the config stream over mTLS at {} did not sync within {REGISTRY_WAIT:?} {why}",
+            options.ca_addr
+        )));
+    }
     let metrics = Metrics::default();
     let peers: Peers = Arc::default();
     let via: crate::hbone::Via = Arc::default();

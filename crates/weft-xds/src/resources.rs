@@ -445,6 +445,19 @@ fn workload_message(
 /// Changed or new resources, and names to remove.
 pub type Diff<'a> = (Vec<(&'a Arc<str>, &'a Arc<Entry>)>, Vec<Arc<str>>);
 
+/// Whether a subscriber that proved `peer` (over mTLS; `None` on the
+/// plaintext port) may receive resource `name` of `type_url`. Gateway
+/// configurations carry their listeners' private keys, so they go only to
+/// workloads of the gateway's own namespace (the rule Istio applies to
+/// gateway credentials); everything else goes to every subscriber.
+pub fn readable_by(type_url: &str, name: &str, peer: Option<&weft_core::Identity>) -> bool {
+    if type_url != GATEWAY_TYPE {
+        return true;
+    }
+    let namespace = name.split_once('/').map(|(ns, _)| ns);
+    peer.is_some_and(|p| namespace == Some(p.namespace()))
+}
+
 /// What must be sent to move a client from `known` to `current`: changed
 /// or new resources, and names to remove.
 pub fn diff<'a>(known: &Known, current: &'a Resources) -> Diff<'a> {
@@ -479,6 +492,27 @@ pub fn diff_names<'a>(known: &Known, current: &'a Resources, names: &[Arc<str>])
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gateway_configurations_are_readable_only_in_their_namespace() {
+        let id = |ns: &str| weft_core::Identity::new("cluster.local", ns, "edge").ok();
+        let cases = [
+            (GATEWAY_TYPE, "shop/edge", id("shop"), true),
+            (GATEWAY_TYPE, "shop/edge", id("billing"), false),
+            (GATEWAY_TYPE, "shop/edge", id("weft-system"), false),
+            (GATEWAY_TYPE, "shop/edge", None, false),
+            (GATEWAY_TYPE, "edge", id("shop"), false),
+            (ADDRESS_TYPE, "shop/orders", None, true),
+            (L7_SERVICE_TYPE, "shop/orders", id("billing"), true),
+        ];
+        for (type_url, name, peer, expected) in cases {
+            assert_eq!(
+                readable_by(type_url, name, peer.as_ref()),
+                expected,
+                "{type_url} {name} by {peer:?}"
+            );
+        }
+    }
 
     fn entry(v: u64) -> Arc<Entry> {
         Arc::new(Entry {

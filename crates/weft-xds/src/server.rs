@@ -7,6 +7,11 @@
 //! ACKs confirm; a NACK is logged with the client's reason, counted, and
 //! the resources of that response are marked unknown so they are sent
 //! again with the next change.
+//!
+//! What a stream may read depends on who opened it: resources that carry
+//! secrets (gateway configurations with private keys) are filtered by
+//! [`readable_by`] against the identity the client's certificate proved on
+//! the mTLS port; a plaintext stream has none and never receives them.
 
 use std::collections::HashMap;
 use std::pin::Pin;
@@ -27,7 +32,10 @@ use crate::proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use crate::resources::{Known, ResourceSet, TYPES, diff, diff_names, parse_version, version_text};
+use crate::resources::{
+    GATEWAY_TYPE, Known, ResourceSet, TYPES, diff, diff_names, parse_version, readable_by,
+    version_text,
+};
 
 /// Most resources in one response: larger pushes are split, so no stream
 /// holds a huge message (or a huge encode buffer) and memory stays bounded
@@ -123,9 +131,14 @@ impl AggregatedDiscoveryService for XdsServer {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<ResponseStream>, Status> {
+        let peer = request
+            .extensions()
+            .get::<weft_ca::service::PeerInfo>()
+            .and_then(|p| p.identity.clone());
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(QUEUED_RESPONSES);
         let session = Session {
+            peer,
             state: self.state.clone(),
             metrics: self.metrics.clone(),
             tx,
@@ -155,6 +168,8 @@ struct Subscription {
 }
 
 struct Session {
+    /// The identity the client's certificate proved, on the mTLS port.
+    peer: Option<weft_core::Identity>,
     state: watch::Receiver<Arc<ResourceSet>>,
     metrics: XdsMetrics,
     tx: mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>,
@@ -258,6 +273,12 @@ impl Session {
             return Ok(());
         }
         // A new subscription (or a re-subscription) of this type.
+        if type_url == GATEWAY_TYPE && self.peer.is_none() {
+            tracing::warn!(
+                node = %self.node,
+                "gateway configurations carry private keys and are served only over mTLS (15012) to workloads of the gateway's namespace; this plaintext stream gets none"
+            );
+        }
         let known: Known = request
             .initial_resource_versions
             .iter()
@@ -290,10 +311,11 @@ impl Session {
             .as_ref()
             .filter(|d| sub.synced == Some(d.from))
             .and_then(|d| d.names.get(type_url));
-        let (changed, removed) = match delta {
+        let (mut changed, removed) = match delta {
             Some(names) => diff_names(&sub.known, resources, names),
             None => diff(&sub.known, resources),
         };
+        changed.retain(|(name, _)| readable_by(type_url, name, self.peer.as_ref()));
         if changed.is_empty() && removed.is_empty() && !always {
             sub.synced = Some(current.version);
             return Ok(());
