@@ -12,8 +12,9 @@
 //! Hostile input is bounded: TLS handshakes within [`HANDSHAKE_TIMEOUT`],
 //! request heads within [`MAX_HEADER_BYTES`] (larger ones are refused by
 //! the HTTP layer with 431 or a closed connection), at most
-//! [`MAX_CONNECTIONS`] open per listener, an SNI that matches no
-//! certificate fails the handshake and is logged. Listeners follow the
+//! [`MAX_CONNECTIONS`] open per listener by default (more are closed at
+//! accept), an SNI that matches no certificate fails the handshake; each
+//! refusal is logged and counted in `weft_gateway_connections_refused`. Listeners follow the
 //! configuration: new TLS settings are swapped in place, a new port is
 //! rebound, removed listeners closed; settings that do not load leave the
 //! last good ones in force.
@@ -102,7 +103,11 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
     )
     .await?;
     let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;
-    let listeners = Arc::new(Mutex::new(Listeners::default()));
+    let listeners = Arc::new(Mutex::new(Listeners {
+        bound: HashMap::new(),
+        limit: options.max_connections_per_listener.max(1),
+        metrics: core.metrics.clone(),
+    }));
     let (task_listeners, name, node) = (
         listeners.clone(),
         options.name.clone(),
@@ -165,9 +170,11 @@ fn gateway_config(state: &weft_xds::ClientState, name: &str) -> Result<GatewayCo
 }
 
 /// The listeners bound, by name.
-#[derive(Default)]
 struct Listeners {
     bound: HashMap<String, Bound>,
+    /// Connections each listener holds open at once.
+    limit: usize,
+    metrics: Metrics,
 }
 
 struct Bound {
@@ -250,6 +257,7 @@ impl Listeners {
                 tls.clone(),
                 engine.clone(),
                 crate::config::listener_target(&listener.name),
+                (self.limit, self.metrics.clone()),
             ));
             self.bound.insert(
                 listener.name.clone(),
@@ -276,8 +284,9 @@ async fn accept(
     tls: Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>,
     engine: Arc<Engine>,
     target: String,
+    (limit, metrics): (usize, Metrics),
 ) {
-    let open = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let open = Arc::new(tokio::sync::Semaphore::new(limit));
     let mut refused: u64 = 0;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -290,14 +299,15 @@ async fn accept(
         };
         let Ok(slot) = open.clone().try_acquire_owned() else {
             refused += 1;
+            metrics.connection_refused(&target, "limit");
             if refused.is_power_of_two() {
-                tracing::warn!(listener = %target, %peer, refused, "{MAX_CONNECTIONS} connections already open; new ones are closed");
+                tracing::warn!(listener = %target, %peer, refused, "{limit} connections already open; new ones are closed");
             }
             continue;
         };
         let _ = tcp.set_nodelay(true);
         let tls = tls.load().as_ref().clone();
-        let (engine, target) = (engine.clone(), target.clone());
+        let (engine, target, metrics) = (engine.clone(), target.clone(), metrics.clone());
         tokio::spawn(async move {
             let _slot = slot;
             match tls {
@@ -315,9 +325,11 @@ async fn accept(
                                 .await;
                         }
                         Ok(Err(e)) => {
+                            metrics.connection_refused(&target, "tls_handshake");
                             tracing::info!(%peer, listener = %target, error = %e, "TLS handshake refused")
                         }
                         Err(_) => {
+                            metrics.connection_refused(&target, "tls_timeout");
                             tracing::info!(%peer, listener = %target, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed")
                         }
                     }

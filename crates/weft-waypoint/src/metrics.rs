@@ -36,6 +36,16 @@ pub struct Metrics {
     rate_limits: Family<RateLimitLabels, Counter>,
     authz: Family<AuthzLabels, Counter>,
     authz_errors: Family<ProviderLabels, Counter>,
+    refused: Family<RefusedLabels, Counter>,
+}
+
+/// Labels of a connection a gateway listener closed without serving it.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusedLabels {
+    /// The listener, `gateway/<listener>`.
+    pub listener: String,
+    /// `limit` (too many open), `tls_handshake` (failed) or `tls_timeout`.
+    pub reason: &'static str,
 }
 
 /// Labels of an external authorization failure.
@@ -94,6 +104,7 @@ impl Default for Metrics {
             rate_limits: Family::default(),
             authz: Family::default(),
             authz_errors: Family::default(),
+            refused: Family::default(),
         }
     }
 }
@@ -153,6 +164,21 @@ impl Metrics {
             "Tries cut by the per-try timeout",
             self.try_timeouts.clone(),
         );
+        registry.register(
+            "weft_gateway_connections_refused",
+            "Connections a gateway listener closed without serving: too many open, or a TLS handshake that failed or did not finish",
+            self.refused.clone(),
+        );
+    }
+
+    /// Counts a connection `listener` closed without serving it.
+    pub fn connection_refused(&self, listener: &str, reason: &'static str) {
+        self.refused
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Records one finished request.

@@ -59,6 +59,10 @@ pub struct WaypointOptions {
     /// Roots trusted, besides the system's, for fetching JWKS from
     /// issuers (`jwksUri`).
     pub jwks_roots: Vec<CertificateDer<'static>>,
+    /// Gateways only: connections each listener holds open at once (more
+    /// are closed at accept, logged and counted); usually
+    /// [`crate::gateway::MAX_CONNECTIONS`].
+    pub max_connections_per_listener: usize,
 }
 
 /// Why a waypoint did not start.

@@ -497,6 +497,7 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         metrics_addr: format!("{GATEWAY_IP}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
+        max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
     })
     .await
     .expect("gateway");
@@ -647,6 +648,13 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
             .contains("weft_ext_authz_errors_total{provider=\"down-closed\",decision=\"denied\"}"),
         "{metrics}"
     );
+    // The unknown SNI and the foreign client certificate were counted.
+    assert!(
+        metrics.contains(
+            "weft_gateway_connections_refused_total{listener=\"gateway/https\",reason=\"tls_handshake\"}"
+        ),
+        "{metrics}"
+    );
 
     // The certificate rotates: the listener serves the new one without
     // being rebound; a certificate that does not load leaves the last
@@ -702,4 +710,158 @@ async fn reqwest_metrics(addr: SocketAddr) -> String {
         .await
         .expect("metrics")
         .1
+}
+
+/// A listener holds at most its connection limit open: one more is closed
+/// at accept, logged and counted; once one closes, the next is served, and
+/// the connections already open keep working throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_holds_at_most_its_connection_limit() {
+    const IP: &str = "127.0.1.220";
+    const PORT: u16 = 18090;
+    const LIMIT: usize = 4;
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: plain, namespace: shop}}
+spec:
+  hosts: [plain.shop.svc.cluster.local]
+  addresses: [240.240.9.2]
+  location: MESH_INTERNAL
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: plain}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: plain-1, namespace: shop}}
+spec:
+  address: 127.0.1.221
+  labels: {{app: plain, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: small, namespace: shop}}
+spec:
+  address: {IP}
+  serviceAccount: small
+  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: small, namespace: shop}}
+spec:
+  gatewayClassName: weft
+  listeners: [{{name: http, port: {PORT}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: small-to-plain, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Gateway, name: small}}]
+  rules: [{{backendRefs: [{{name: plain, port: 80}}]}}]
+"#
+    );
+    let mesh = TestMesh::start(&yaml, 1).await;
+    app("127.0.1.221:8080", "plain").await;
+    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+        name: "shop/small".into(),
+        node: "node-1".into(),
+        trust_domain: "cluster.local".into(),
+        xds_addr: mesh.control.xds_addr,
+        ca_addr: mesh.control.tls_addr,
+        roots: mesh.roots.clone(),
+        token: weft_testkit::token(1),
+        metrics_addr: format!("{IP}:0").parse().expect("addr"),
+        connect_timeout: Duration::from_secs(1),
+        jwks_roots: Vec::new(),
+        max_connections_per_listener: LIMIT,
+    })
+    .await
+    .expect("gateway");
+
+    // A kept-alive connection that has been served once, or why not.
+    let open = || async {
+        let tcp = TcpStream::connect((IP, PORT))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let status = send(&mut sender).await?;
+        if status == 200 {
+            Ok(sender)
+        } else {
+            Err(format!("status {status}"))
+        }
+    };
+    // LIMIT connections, each served (retried while the readiness checks'
+    // own connections are still being closed by the gateway).
+    let mut held = Vec::new();
+    let started = Instant::now();
+    while held.len() < LIMIT {
+        match open().await {
+            Ok(sender) => held.push(sender),
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "connection {} never served: {e}",
+                held.len() + 1
+            ),
+        }
+    }
+    // One more is closed without an answer.
+    let refused = open().await.err().expect("a connection over the limit");
+    assert!(!refused.starts_with("status"), "{refused}");
+    let metrics = reqwest_metrics(gateway.metrics_addr).await;
+    let counted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("weft_gateway_connections_refused_total{")
+                && l.contains("reason=\"limit\"")
+                && l.contains("listener=\"gateway/http\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(counted.is_some_and(|n| n >= 1.0), "{metrics}");
+    // The open ones still work.
+    for sender in &mut held {
+        assert_eq!(send(sender).await, Ok(200));
+    }
+    // One closes: a new connection is served again.
+    drop(held.pop());
+    let started = Instant::now();
+    let fresh = loop {
+        match open().await {
+            Ok(sender) => break sender,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "no connection served after one closed: {e}"
+            ),
+        }
+    };
+    drop(fresh);
+    gateway.stop();
+    mesh.stop().await;
+}
+
+/// Sends `GET /` on an open HTTP/1.1 connection; the status, or why not.
+async fn send(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+) -> Result<u16, String> {
+    let response = sender
+        .send_request(
+            http::Request::get("/")
+                .header("host", "small.example.com")
+                .body(Empty::<Bytes>::new())
+                .expect("request"),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(status)
 }

@@ -214,6 +214,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             metrics_addr: SocketAddr::new(*ip, 15020),
             connect_timeout: snapshot.mesh.connect_timeout,
             jwks_roots: Vec::new(),
+            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
         })
         .await
         .map_err(|e| e.to_string())?;
@@ -239,6 +240,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             metrics_addr: SocketAddr::new(*ip, 15020),
             connect_timeout: snapshot.mesh.connect_timeout,
             jwks_roots: Vec::new(),
+            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
         })
         .await
         .map_err(|e| e.to_string())?;

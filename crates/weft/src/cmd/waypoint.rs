@@ -48,6 +48,11 @@ pub(crate) struct Args {
     /// (`jwksUri`), besides the system's.
     #[arg(long)]
     jwks_ca: Option<PathBuf>,
+    /// Gateways: connections each listener holds open at once; more are
+    /// closed at accept, logged and counted
+    /// (`weft_gateway_connections_refused_total{reason="limit"}`).
+    #[arg(long, default_value_t = weft_waypoint::gateway::MAX_CONNECTIONS)]
+    max_connections: usize,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -109,6 +114,7 @@ fn options(args: Args) -> Result<WaypointOptions, String> {
         metrics_addr: args.metrics_addr,
         connect_timeout: args.connect_timeout,
         jwks_roots,
+        max_connections_per_listener: args.max_connections,
     })
 }
 
