@@ -1121,7 +1121,7 @@ fn as_http_route(
         labels: g.labels.clone(),
         annotations: g.annotations.clone(),
         spec: crate::kinds::HttpRouteSpec {
-            hostnames: Vec::new(),
+            hostnames: g.spec.hostnames.clone(),
             parent_refs: g.spec.parent_refs.clone(),
             rules,
         },

@@ -932,6 +932,13 @@ spec:
         text.contains("\"URLRewrite\" is not supported on gRPC routes"),
         "{text}"
     );
+    // Host names belong to routes at a Gateway.
+    let hosts = format!(
+        "{REVIEWS}---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {{name: g, namespace: shop}}\nspec:\n  parentRefs: [{{name: reviews}}]\n  hostnames: [grpc.example.com]\n  rules: [{{backendRefs: [{{name: reviews}}]}}]\n"
+    );
+    let text = load(&hosts).expect_err("hostnames in the mesh").to_string();
+    assert!(text.contains("spec.hostnames"), "{text}");
+    assert!(text.contains("hostnames apply at gateways"), "{text}");
 }
 
 #[test]

@@ -41,6 +41,7 @@ use tokio::time::Instant;
 
 use crate::budget::{ConcurrencyBudget, RateBudget};
 use crate::lb::{Balancer, Endpoint, Locality};
+use crate::local_reply::status_response;
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
 use crate::route::{Redirect, Rewrite, Route, pick_backend, select};
@@ -256,11 +257,7 @@ impl L7Error {
             L7Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
             L7Error::Downstream(_) => StatusCode::BAD_REQUEST,
         };
-        let mut r = Response::new(full(format!("{self}\n")));
-        *r.status_mut() = status;
-        r.headers_mut()
-            .insert("content-type", HeaderValue::from_static("text/plain"));
-        r
+        status_response(status.as_u16(), &self.to_string())
     }
 }
 
@@ -668,7 +665,11 @@ impl Engine {
             span.error = status >= 500;
             t.record(span);
         }
-        response
+        if grpc {
+            crate::local_reply::for_grpc(response)
+        } else {
+            response
+        }
     }
 
     async fn phases(
@@ -1196,12 +1197,6 @@ fn rate_limit_headers(
 }
 
 /// A short plain-text response with `status`.
-fn status_response(status: u16, text: &str) -> Response<Body> {
-    let mut r = Response::new(full(format!("{text}\n")));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    r
-}
-
 /// The redirect for `request`: scheme, host, port and path replaced as
 /// configured, the query kept.
 fn redirect_response(r: &Redirect, request: &Request<Incoming>) -> Response<Body> {
@@ -1232,7 +1227,7 @@ fn redirect_response(r: &Redirect, request: &Request<Incoming>) -> Response<Body
     if let Ok(v) = HeaderValue::from_str(&format!("{scheme}://{host}{port}{path}{query}")) {
         response.headers_mut().insert(http::header::LOCATION, v);
     }
-    response
+    crate::local_reply::not_local(response)
 }
 
 /// Applies a rewrite to the request's path and host.

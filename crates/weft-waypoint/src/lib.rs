@@ -8,7 +8,8 @@
 //! budgets ([`budget`]), on endpoints chosen by locality, outlier state
 //! and least request ([`lb`]), then metrics and the access log
 //! ([`metrics`]).
-//! Listeners are pluggable fronts ([`front`]).
+//! Listeners are pluggable fronts ([`front`]). Answers weft makes itself
+//! reach gRPC callers as gRPC statuses ([`local_reply`]).
 //!
 //! [`proxy`] runs it as a waypoint: HBONE in from node proxies (one HTTP
 //! connection per tunnel, for the service the tunnel names), HBONE out to
@@ -39,6 +40,7 @@ pub mod hbone;
 pub mod jwks;
 pub mod jwt;
 pub mod lb;
+pub mod local_reply;
 pub mod metrics;
 pub mod proxy;
 pub mod ratelimit;

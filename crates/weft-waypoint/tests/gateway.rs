@@ -720,65 +720,16 @@ async fn a_listener_holds_at_most_its_connection_limit() {
     const IP: &str = "127.0.1.220";
     const PORT: u16 = 18090;
     const LIMIT: usize = 4;
-    let yaml = format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: plain, namespace: shop}}
-spec:
-  hosts: [plain.shop.svc.cluster.local]
-  addresses: [240.240.9.2]
-  location: MESH_INTERNAL
-  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: plain}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: plain-1, namespace: shop}}
-spec:
-  address: 127.0.1.221
-  labels: {{app: plain, weft.dev/node: node-1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: small, namespace: shop}}
-spec:
-  address: {IP}
-  serviceAccount: small
-  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: small, namespace: shop}}
-spec:
-  gatewayClassName: weft
-  listeners: [{{name: http, port: {PORT}, protocol: HTTP}}]
----
+    let route = "
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
-metadata: {{name: small-to-plain, namespace: shop}}
+metadata: {name: small-to-plain, namespace: shop}
 spec:
-  parentRefs: [{{kind: Gateway, name: small}}]
-  rules: [{{backendRefs: [{{name: plain, port: 80}}]}}]
-"#
-    );
-    let mesh = TestMesh::start(&yaml, 1).await;
+  parentRefs: [{kind: Gateway, name: small}]
+  rules: [{backendRefs: [{name: plain, port: 80}]}]
+";
     app("127.0.1.221:8080", "plain").await;
-    let gateway = weft_waypoint::gateway::start(WaypointOptions {
-        name: "shop/small".into(),
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        xds_addr: mesh.control.xds_addr,
-        ca_addr: mesh.control.tls_addr,
-        roots: mesh.roots.clone(),
-        token: weft_testkit::token(1),
-        metrics_addr: format!("{IP}:0").parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-        jwks_roots: Vec::new(),
-        max_connections_per_listener: LIMIT,
-    })
-    .await
-    .expect("gateway");
+    let (mesh, gateway) = small_gateway(IP, PORT, "127.0.1.221", "HTTP", route, LIMIT).await;
 
     // A kept-alive connection that has been served once, or why not.
     let open = || async {
@@ -866,4 +817,174 @@ async fn send(
         .await
         .map_err(|e| e.to_string())?;
     Ok(status)
+}
+
+/// A mesh with one service `plain` (port 80, `protocol`, one endpoint at
+/// `backend_ip`:8080, which the caller starts) and a gateway `shop/small`
+/// on `ip` with one HTTP listener `http` on `port`, plus `routes` (YAML).
+async fn small_gateway(
+    ip: &str,
+    port: u16,
+    backend_ip: &str,
+    protocol: &str,
+    routes: &str,
+    limit: usize,
+) -> (TestMesh, weft_waypoint::gateway::Gateway) {
+    let yaml = format!(
+        r#"
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: plain, namespace: shop}}
+spec:
+  hosts: [plain.shop.svc.cluster.local]
+  addresses: [240.240.9.2]
+  location: MESH_INTERNAL
+  ports: [{{name: web, number: 80, protocol: {protocol}, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: plain}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: plain-1, namespace: shop}}
+spec:
+  address: {backend_ip}
+  labels: {{app: plain, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: small, namespace: shop}}
+spec:
+  address: {ip}
+  serviceAccount: small
+  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: small, namespace: shop}}
+spec:
+  gatewayClassName: weft
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+{routes}"#
+    );
+    let mesh = TestMesh::start(&yaml, 1).await;
+    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+        name: "shop/small".into(),
+        node: "node-1".into(),
+        trust_domain: "cluster.local".into(),
+        xds_addr: mesh.control.xds_addr,
+        ca_addr: mesh.control.tls_addr,
+        roots: mesh.roots.clone(),
+        token: weft_testkit::token(1),
+        metrics_addr: format!("{ip}:0").parse().expect("addr"),
+        connect_timeout: Duration::from_secs(1),
+        jwks_roots: Vec::new(),
+        max_connections_per_listener: limit,
+    })
+    .await
+    .expect("gateway");
+    (mesh, gateway)
+}
+
+/// A `GRPCRoute` attached to a Gateway: a real gRPC client (tonic, HTTP/2
+/// without TLS) calls a real gRPC server through the gateway, routed by
+/// service, method and host name; status and trailers come back intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_routes_at_a_gateway_match_service_method_and_host() {
+    const IP: &str = "127.0.1.230";
+    const PORT: u16 = 18091;
+    let route = "
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: check, namespace: shop}
+spec:
+  parentRefs: [{kind: Gateway, name: small, sectionName: http}]
+  hostnames: [grpc.example.com]
+  rules:
+  - matches: [{method: {service: envoy.service.auth.v3.Authorization, method: Check}}]
+    filters:
+    - type: ResponseHeaderModifier
+      responseHeaderModifier: {set: [{name: x-route, value: check}]}
+    backendRefs: [{name: plain, port: 80}]
+";
+    // The backend: a gRPC service (the ext_authz one this file already has).
+    let backend = TcpListener::bind("127.0.1.231:8080").await.expect("bind");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(proto::authorization_server::AuthorizationServer::new(
+                ExtAuthz,
+            ))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(backend)),
+    );
+    let (mesh, gateway) = small_gateway(
+        IP,
+        PORT,
+        "127.0.1.231",
+        "GRPC",
+        route,
+        weft_waypoint::gateway::MAX_CONNECTIONS,
+    )
+    .await;
+    let client = |host: &'static str| async move {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{IP}:{PORT}"))
+            .expect("endpoint")
+            .origin(format!("http://{host}").parse().expect("origin"))
+            .connect()
+            .await
+            .expect("connect");
+        proto::authorization_client::AuthorizationClient::new(channel)
+    };
+    let check = |token: &str| proto::CheckRequest {
+        attributes: Some(proto::AttributeContext {
+            request: Some(proto::attribute_context::Request {
+                http: Some(proto::attribute_context::HttpRequest {
+                    path: "/ext/orders".into(),
+                    headers: [("x-ext-token".to_owned(), token.to_owned())].into(),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }),
+    };
+    let mut routed = client("grpc.example.com").await;
+    let started = Instant::now();
+    let response = loop {
+        match routed.check(check("good")).await {
+            Ok(r) => break r,
+            Err(status) => assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "the gRPC route never answered: {status:?}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        response
+            .metadata()
+            .get("x-route")
+            .and_then(|v| v.to_str().ok()),
+        Some("check"),
+        "the route's filter applied"
+    );
+    let answer = response.into_inner();
+    assert_eq!(
+        answer.status.map(|s| s.code),
+        Some(0),
+        "the server's answer"
+    );
+    // The server's own answer for another input comes back too.
+    let denied = routed.check(check("bad")).await.expect("a second call");
+    assert_eq!(denied.into_inner().status.map(|s| s.code), Some(7));
+    // Another host name has no route: the gateway answers as gRPC does,
+    // UNIMPLEMENTED with its reason.
+    let mut elsewhere = client("web.example.com").await;
+    let refused = elsewhere.check(check("good")).await.map(|_| ());
+    assert_eq!(
+        refused.map_err(|s| (s.code(), s.message().to_owned())),
+        Err((
+            tonic::Code::Unimplemented,
+            "no route matches /envoy.service.auth.v3.Authorization/Check".to_owned()
+        ))
+    );
+    gateway.stop();
+    mesh.stop().await;
 }

@@ -1,7 +1,8 @@
-//! Gateway API `GRPCRoute` (`gateway.networking.k8s.io/v1`) for the mesh:
-//! like `HTTPRoute`, with matches on the gRPC service and method (a path of
-//! `/<service>/<method>`) and headers. Parents and backends are services,
-//! as for `HTTPRoute`.
+//! Gateway API `GRPCRoute` (`gateway.networking.k8s.io/v1`): like
+//! `HTTPRoute`, with matches on the gRPC service and method (a path of
+//! `/<service>/<method>`) and headers. Parents are services (the mesh) or
+//! a Gateway (ingress, where `hostnames` apply), backends are services, as
+//! for `HTTPRoute`.
 
 use serde::Deserialize;
 
@@ -13,9 +14,12 @@ use crate::resource::Spec;
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcRouteSpec {
-    /// The services the rules apply to.
+    /// The services (or the Gateway) the rules apply to.
     #[serde(default)]
     pub parent_refs: Vec<RefSpec>,
+    /// Host names (`:authority`) the route answers at a Gateway.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
     /// Rules, in order.
     #[serde(default)]
     pub rules: Vec<GrpcRuleSpec>,
@@ -71,10 +75,6 @@ impl Spec for GrpcRouteSpec {
     const KIND: &'static str = "GRPCRoute";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
         (
-            "spec.hostnames",
-            "hostnames apply to gateways; a mesh route applies to its parent service",
-        ),
-        (
             "spec.rules.backendRefs.filters",
             "per-backend filters are not supported; use rule filters",
         ),
@@ -85,12 +85,7 @@ impl Spec for GrpcRouteSpec {
     ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
-        if self.parent_refs.is_empty() {
-            ctx.error(
-                "spec.parentRefs",
-                "name the service this route applies to (kind: Service)",
-            );
-        }
+        crate::kinds::http_route::check_parents(&self.parent_refs, &self.hostnames, ctx);
         for (r, rule) in self.rules.iter().enumerate() {
             let base = format!("spec.rules[{r}]");
             if rule.backend_refs.is_empty() {

@@ -240,6 +240,49 @@ pub const FILTERS: [&str; 5] = [
     "RequestMirror",
 ];
 
+/// Whether a reference names a service (`Service`, or Istio's
+/// `ServiceEntry`).
+fn is_service(r: &RefSpec) -> bool {
+    matches!(
+        (
+            r.group.as_deref().unwrap_or(""),
+            r.kind.as_deref().unwrap_or("Service")
+        ),
+        ("", "Service") | ("networking.istio.io", "ServiceEntry")
+    )
+}
+
+/// Checks a route's parents (services, or a Gateway) and hostnames (only
+/// with a Gateway parent): shared by `HTTPRoute` and `GRPCRoute`.
+pub(crate) fn check_parents(parent_refs: &[RefSpec], hostnames: &[String], ctx: &mut Ctx<'_>) {
+    if parent_refs.is_empty() {
+        ctx.error(
+            "spec.parentRefs",
+            "name the service this route applies to (kind: Service), or a Gateway",
+        );
+    }
+    for (i, p) in parent_refs.iter().enumerate() {
+        if !is_service(p) && !p.is_gateway() {
+            ctx.error(
+                &format!("spec.parentRefs[{i}]"),
+                "parents are services (kind: Service, or ServiceEntry of networking.istio.io) or a Gateway (kind: Gateway)",
+            );
+        }
+        if p.section_name.is_some() && !p.is_gateway() {
+            ctx.error(
+                &format!("spec.parentRefs[{i}].sectionName"),
+                "sectionName names a Gateway listener",
+            );
+        }
+    }
+    if !hostnames.is_empty() && !parent_refs.iter().any(RefSpec::is_gateway) {
+        ctx.error(
+            "spec.hostnames",
+            "hostnames apply at gateways; a mesh route applies to its parent service",
+        );
+    }
+}
+
 impl Spec for HttpRouteSpec {
     const KIND: &'static str = "HTTPRoute";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
@@ -254,41 +297,7 @@ impl Spec for HttpRouteSpec {
     ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
-        if self.parent_refs.is_empty() {
-            ctx.error(
-                "spec.parentRefs",
-                "name the service this route applies to (kind: Service)",
-            );
-        }
-        let is_service = |r: &RefSpec| {
-            matches!(
-                (
-                    r.group.as_deref().unwrap_or(""),
-                    r.kind.as_deref().unwrap_or("Service")
-                ),
-                ("", "Service") | ("networking.istio.io", "ServiceEntry")
-            )
-        };
-        for (i, p) in self.parent_refs.iter().enumerate() {
-            if !is_service(p) && !p.is_gateway() {
-                ctx.error(
-                    &format!("spec.parentRefs[{i}]"),
-                    "parents are services (kind: Service, or ServiceEntry of networking.istio.io) or a Gateway (kind: Gateway)",
-                );
-            }
-            if p.section_name.is_some() && !p.is_gateway() {
-                ctx.error(
-                    &format!("spec.parentRefs[{i}].sectionName"),
-                    "sectionName names a Gateway listener",
-                );
-            }
-        }
-        if !self.hostnames.is_empty() && !self.parent_refs.iter().any(RefSpec::is_gateway) {
-            ctx.error(
-                "spec.hostnames",
-                "hostnames apply at gateways; a mesh route applies to its parent service",
-            );
-        }
+        check_parents(&self.parent_refs, &self.hostnames, ctx);
         for (r, rule) in self.rules.iter().enumerate() {
             let base = format!("spec.rules[{r}]");
             for (m, cond) in rule.matches.iter().enumerate() {
