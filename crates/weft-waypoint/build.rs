@@ -1,8 +1,10 @@
-//! Compiles the subset of Envoy's external authorization API weft speaks.
+//! Compiles the subsets of Envoy's external authorization and rate limit
+//! service APIs weft speaks.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto/ext_authz.proto");
-    let fds = protox::compile(["ext_authz.proto"], ["proto"])?;
+    println!("cargo:rerun-if-changed=proto/ratelimit.proto");
+    let fds = protox::compile(["ext_authz.proto", "ratelimit.proto"], ["proto"])?;
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)

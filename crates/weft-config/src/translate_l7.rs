@@ -485,7 +485,7 @@ fn translate_request_authentications(
 /// `RateLimitPolicy` → the target service's rate limits (one per service).
 fn translate_rate_limits(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
     use crate::kinds::rate_limit_policy::attribute;
-    use weft_core::l7::{RateLimit, RateRule};
+    use weft_core::l7::{RateLimit, RateLimitService, RateRule};
     let mut policies: Vec<&Resource<crate::kinds::RateLimitPolicySpec>> =
         r.rate_limit_policies.iter().map(|p| p.as_ref()).collect();
     policies.sort_by(|a, b| a.name.cmp(&b.name));
@@ -501,17 +501,32 @@ fn translate_rate_limits(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<D
             .spec
             .rules
             .iter()
-            .map(|rule| RateRule {
-                name: rule.name.clone(),
-                when: rule.matches.iter().filter_map(|m| m.condition()).collect(),
-                count_by: rule.count_by.iter().filter_map(|c| attribute(c)).collect(),
-                requests: rule.limit.requests,
-                period: parse_duration(Some(&rule.limit.per)).unwrap_or_default(),
-                burst: rule.limit.burst.unwrap_or(rule.limit.requests),
+            .map(|rule| {
+                // With a rate limit service the limits live there: zero here.
+                let limit = rule.limit.clone().unwrap_or_default();
+                RateRule {
+                    name: rule.name.clone(),
+                    when: rule.matches.iter().filter_map(|m| m.condition()).collect(),
+                    count_by: rule.count_by.iter().filter_map(|c| attribute(c)).collect(),
+                    requests: limit.requests,
+                    period: parse_duration(Some(&limit.per)).unwrap_or_default(),
+                    burst: limit.burst.unwrap_or(limit.requests),
+                }
             })
             .collect();
+        let service = p
+            .spec
+            .rate_limit_service
+            .as_ref()
+            .map(|s| RateLimitService {
+                address: s.address.clone(),
+                domain: s.domain.clone().unwrap_or_else(|| p.name.namespace.clone()),
+                timeout: parse_duration(s.timeout.as_deref())
+                    .unwrap_or(std::time::Duration::from_millis(250)),
+            });
         let limit = RateLimit {
             policy: p.name.to_string(),
+            service,
             redis: p.spec.redis.as_ref().map(|r| r.url.clone()),
             fail_open: p.spec.failure_mode.as_deref() != Some("closed"),
             rules,

@@ -1055,6 +1055,34 @@ spec:
 }
 
 #[test]
+fn rate_limit_policy_can_ask_an_envoy_rate_limit_service() {
+    let yaml = format!(
+        "{REVIEWS}---\napiVersion: weft.dev/v1alpha1\nkind: RateLimitPolicy\nmetadata: {{name: p, namespace: shop}}\nspec:\n  targetRef: {{name: reviews}}\n  mode: global\n  failureMode: closed\n  rateLimitService: {{address: 'rls.infra:8081'}}\n  rules: [{{name: per-user, countBy: ['header:x-user']}}]\n"
+    );
+    let config = load_ok(&yaml);
+    let limit = config.snapshot.l7[&name("shop", "reviews")]
+        .rate_limit
+        .clone()
+        .expect("limit");
+    let service = limit.service.expect("service");
+    assert_eq!(
+        (
+            service.address.as_str(),
+            service.domain.as_str(),
+            service.timeout
+        ),
+        (
+            "rls.infra:8081",
+            "shop",
+            std::time::Duration::from_millis(250)
+        ),
+        "domain defaults to the namespace, timeout to 250 ms"
+    );
+    assert!(!limit.fail_open);
+    assert_eq!(limit.redis, None);
+}
+
+#[test]
 fn rate_limit_policy_mistakes_are_named() {
     let p = |spec: &str| {
         format!(
@@ -1103,6 +1131,34 @@ fn rate_limit_policy_mistakes_are_named() {
                 "  targetRef: {name: reviews}\n  failureMode: maybe\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
             ),
             "\"maybe\": use open or closed",
+        ),
+        (
+            p("  targetRef: {name: reviews}\n  rules: [{name: a}]\n"),
+            "spec.rules[0].limit: required",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  mode: global\n  rateLimitService: {address: 'rls:8081'}\n  rules: [{name: a, limit: {requests: 1, per: 1s}}]\n",
+            ),
+            "the rate limit service's own configuration holds the limits",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  rateLimitService: {address: 'rls:8081'}\n  rules: [{name: a}]\n",
+            ),
+            "a rate limit service is used only with mode: global",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  mode: global\n  redis: {url: 'redis://r:6379'}\n  rateLimitService: {address: 'rls:8081'}\n  rules: [{name: a}]\n",
+            ),
+            "set redis or rateLimitService, not both",
+        ),
+        (
+            p(
+                "  targetRef: {name: reviews}\n  mode: global\n  rateLimitService: {address: rls, timeout: soon}\n  rules: [{name: a}]\n",
+            ),
+            "\"rls\": use host:port",
         ),
     ];
     for (yaml, want) in cases {

@@ -243,6 +243,19 @@ pub enum RateAttribute {
     Method,
 }
 
+impl std::fmt::Display for RateAttribute {
+    /// As written in `countBy`: `sourcePrincipal`, `header:<name>`, ….
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RateAttribute::SourcePrincipal => f.write_str("sourcePrincipal"),
+            RateAttribute::Header(h) => write!(f, "header:{h}"),
+            RateAttribute::Claim(c) => write!(f, "claim:{c}"),
+            RateAttribute::Path => f.write_str("path"),
+            RateAttribute::Method => f.write_str("method"),
+        }
+    }
+}
+
 /// One rate-limit rule.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateRule {
@@ -267,10 +280,24 @@ pub struct RateLimit {
     pub policy: String,
     /// Redis URL for a global limit; `None`: local (per replica).
     pub redis: Option<String>,
-    /// Allow requests when Redis is unreachable.
+    /// An external rate limit service (Envoy's RLS) that decides instead.
+    #[serde(default)]
+    pub service: Option<RateLimitService>,
+    /// Allow requests when Redis or the service is unreachable.
     pub fail_open: bool,
     /// Rules, first match wins.
     pub rules: Vec<RateRule>,
+}
+
+/// An external rate limit service speaking Envoy's RLS v3 API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RateLimitService {
+    /// `host:port` (gRPC without TLS).
+    pub address: String,
+    /// The RLS domain the descriptors are sent under.
+    pub domain: String,
+    /// How long a decision may take before the failure mode applies.
+    pub timeout: Duration,
 }
 
 /// How a string is matched.

@@ -106,6 +106,29 @@ impl Checks {
     }
 }
 
+/// The store asking rate limit service `service` (the channel connects on
+/// first use; an address that is not one applies the failure mode).
+fn service_store(service: &l7::RateLimitService, fail_open: bool) -> Store {
+    use crate::ratelimit::rls::rate_limit_service_client::RateLimitServiceClient;
+    match tonic::transport::Endpoint::from_shared(format!("http://{}", service.address)) {
+        Ok(endpoint) => Store::Service {
+            client: RateLimitServiceClient::new(
+                endpoint
+                    .connect_timeout(std::time::Duration::from_secs(2))
+                    .connect_lazy(),
+            ),
+            address: service.address.clone(),
+            domain: service.domain.clone(),
+            timeout: service.timeout,
+            fail_open,
+        },
+        Err(e) => Store::Unreachable {
+            reason: format!("rate limit service address {}: {e}", service.address),
+            fail_open,
+        },
+    }
+}
+
 /// The rate limiter for `limit`, reusing `previous` when built from the
 /// same policy (so local counts survive configuration changes).
 fn limiter(
@@ -120,9 +143,10 @@ fn limiter(
     if let Some(kept) = previous.filter(|p| p.signature == signature) {
         return kept.clone();
     }
-    let store = match &limit.redis {
-        None => Store::Local(crate::ratelimit::LocalCounts::default()),
-        Some(url) => match redis.get(url) {
+    let store = match (&limit.service, &limit.redis) {
+        (Some(service), _) => service_store(service, limit.fail_open),
+        (None, None) => Store::Local(crate::ratelimit::LocalCounts::default()),
+        (None, Some(url)) => match redis.get(url) {
             Some(conn) => Store::Global {
                 redis: conn.clone(),
                 fail_open: limit.fail_open,
@@ -654,6 +678,7 @@ mod tests {
             rate_limit: Some(l7::RateLimit {
                 policy: "shop/tiers".into(),
                 redis: None,
+                service: None,
                 fail_open: true,
                 rules: vec![l7::RateRule {
                     name: "default".into(),

@@ -1196,7 +1196,6 @@ fn rate_limit_headers(
     }
 }
 
-/// A short plain-text response with `status`.
 /// The redirect for `request`: scheme, host, port and path replaced as
 /// configured, the query kept.
 fn redirect_response(r: &Redirect, request: &Request<Incoming>) -> Response<Body> {

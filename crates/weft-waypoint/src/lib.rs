@@ -15,7 +15,8 @@
 //! connection per tunnel, for the service the tunnel names), HBONE out to
 //! endpoints ([`hbone`]), configuration from the config stream.
 //!
-//! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis;
+//! Rate limits ([`ratelimit`]) are GCRA token buckets, local or in Redis,
+//! or decisions of an external service speaking Envoy's RLS API;
 //! JWT authentication ([`jwt`]) verifies tokens against inline JWKS or
 //! keys fetched from the issuer ([`jwks`]);
 //! request-level authorization ([`authz`]) is a pure decision.

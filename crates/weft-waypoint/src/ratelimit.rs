@@ -17,6 +17,12 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// Envoy's rate limit service API (the subset weft speaks, as a client).
+pub mod rls {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("envoy.service.ratelimit.v3");
+}
+
 /// Longest wait for Redis before the failure mode applies.
 pub const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
@@ -99,6 +105,20 @@ pub enum Store {
         /// Allow requests when Redis is unreachable.
         fail_open: bool,
     },
+    /// An external rate limit service (Envoy's RLS v3) decides; the
+    /// rules only choose the descriptor sent.
+    Service {
+        /// The service's channel (connects lazily, reconnects by itself).
+        client: rls::rate_limit_service_client::RateLimitServiceClient<tonic::transport::Channel>,
+        /// `host:port`, for messages.
+        address: String,
+        /// The RLS domain.
+        domain: String,
+        /// Longest wait for a decision.
+        timeout: Duration,
+        /// Allow requests when the service fails or is slow.
+        fail_open: bool,
+    },
     /// Redis could not be reached when the limit was set up: the failure
     /// mode decides every request until it can.
     Unreachable {
@@ -114,6 +134,9 @@ impl std::fmt::Debug for Store {
         match self {
             Store::Local(_) => f.write_str("Local"),
             Store::Global { fail_open, .. } => write!(f, "Global(fail_open: {fail_open})"),
+            Store::Service {
+                address, domain, ..
+            } => write!(f, "Service({address}, domain {domain})"),
             Store::Unreachable { reason, .. } => write!(f, "Unreachable({reason})"),
         }
     }
@@ -220,6 +243,17 @@ impl RateLimiter {
         ))
     }
 
+    /// The RLS descriptor for `rule` and the request: `("rule", name)`,
+    /// then each `countBy` as written with the request's value (`-` when
+    /// it has none).
+    pub fn descriptor(rule: &Rule, a: &Attributes<'_>) -> Vec<(String, String)> {
+        let mut entries = vec![("rule".to_owned(), rule.name.clone())];
+        for k in &rule.count_by {
+            entries.push((k.to_string(), a.get(k).unwrap_or_else(|| "-".into())));
+        }
+        entries
+    }
+
     /// Decides one request; `None` when no rule applies.
     pub async fn check(&self, a: &Attributes<'_>) -> Option<Decision> {
         let (rule, key) = self.rule_for(a)?;
@@ -251,6 +285,42 @@ impl RateLimiter {
             Store::Unreachable { reason, fail_open } => {
                 Some(decided(*fail_open, 0, 1000, Some(reason.clone())))
             }
+            Store::Service {
+                client,
+                address,
+                domain,
+                timeout,
+                fail_open,
+            } => {
+                let request = rls::RateLimitRequest {
+                    domain: domain.clone(),
+                    descriptors: vec![rls::RateLimitDescriptor {
+                        entries: Self::descriptor(rule, a)
+                            .into_iter()
+                            .map(|(key, value)| rls::rate_limit_descriptor::Entry { key, value })
+                            .collect(),
+                    }],
+                    hits_addend: 1,
+                };
+                let mut client = client.clone();
+                let call = client.should_rate_limit(request);
+                let failed = |why: String| {
+                    Some(decided(
+                        *fail_open,
+                        0,
+                        1000,
+                        Some(format!("rate limit service at {address}: {why}")),
+                    ))
+                };
+                match tokio::time::timeout(*timeout, call).await {
+                    Ok(Ok(answer)) => match from_rls(&rule.name, &answer.into_inner()) {
+                        Some(decision) => Some(decision),
+                        None => failed("answered UNKNOWN".into()),
+                    },
+                    Ok(Err(status)) => failed(format!("{:?}: {}", status.code(), status.message())),
+                    Err(_) => failed(format!("no answer within {timeout:?}")),
+                }
+            }
             Store::Global { redis, fail_open } => {
                 let mut conn = redis.clone();
                 let mut invocation = gcra_script().key(&key);
@@ -271,6 +341,47 @@ impl RateLimiter {
             }
         }
     }
+}
+
+/// The decision in an RLS answer (`None` for UNKNOWN): the limit,
+/// remaining and reset from the first descriptor's status.
+pub fn from_rls(rule: &str, answer: &rls::RateLimitResponse) -> Option<Decision> {
+    use rls::rate_limit_response::Code;
+    use rls::rate_limit_response::rate_limit::Unit;
+    let allowed = match Code::try_from(answer.overall_code).ok()? {
+        Code::Ok => true,
+        Code::OverLimit => false,
+        Code::Unknown => return None,
+    };
+    let status = answer.statuses.first();
+    let current = status.and_then(|s| s.current_limit.as_ref());
+    let unit_seconds = match current.and_then(|c| Unit::try_from(c.unit).ok()) {
+        Some(Unit::Second) => 1,
+        Some(Unit::Minute) => 60,
+        Some(Unit::Hour) => 3600,
+        Some(Unit::Day) => 86_400,
+        Some(Unit::Week) => 7 * 86_400,
+        Some(Unit::Month) => 30 * 86_400,
+        Some(Unit::Year) => 365 * 86_400,
+        Some(Unit::Unknown) | None => 1,
+    };
+    let reset = status.and_then(|s| s.duration_until_reset.as_ref()).map_or(
+        Duration::from_secs(unit_seconds),
+        |d| {
+            Duration::new(
+                u64::try_from(d.seconds).unwrap_or(0),
+                u32::try_from(d.nanos).unwrap_or(0),
+            )
+        },
+    );
+    Some(Decision {
+        rule: rule.to_owned(),
+        allowed,
+        limit: current.map_or(0, |c| u64::from(c.requests_per_unit)),
+        remaining: status.map_or(0, |s| u64::from(s.limit_remaining)),
+        reset,
+        store_error: None,
+    })
 }
 
 #[cfg(test)]
@@ -300,6 +411,82 @@ mod tests {
         let (ok, _, remaining, _) = gcra(100_000, Some(next), 10, 1000, 10);
         assert!(ok);
         assert_eq!(remaining, 9);
+    }
+
+    #[test]
+    fn rls_answers_become_decisions() {
+        use rls::rate_limit_response::rate_limit::Unit;
+        use rls::rate_limit_response::{Code, DescriptorStatus, RateLimit};
+        let answer = |code: Code, reset: Option<i64>| rls::RateLimitResponse {
+            overall_code: code as i32,
+            statuses: vec![DescriptorStatus {
+                code: code as i32,
+                current_limit: Some(RateLimit {
+                    requests_per_unit: 10,
+                    unit: Unit::Minute as i32,
+                    name: String::new(),
+                }),
+                limit_remaining: 3,
+                duration_until_reset: reset.map(|seconds| rls::Duration { seconds, nanos: 0 }),
+            }],
+            response_headers_to_add: Vec::new(),
+        };
+        let ok = from_rls("r", &answer(Code::Ok, Some(12))).expect("decision");
+        assert!(ok.allowed);
+        assert_eq!(
+            (ok.limit, ok.remaining, ok.reset),
+            (10, 3, Duration::from_secs(12))
+        );
+        let over = from_rls("r", &answer(Code::OverLimit, None)).expect("decision");
+        assert!(!over.allowed);
+        assert_eq!(
+            over.reset,
+            Duration::from_secs(60),
+            "the unit, without a reset"
+        );
+        assert_eq!(from_rls("r", &answer(Code::Unknown, None)), None);
+        // No statuses at all: the code alone decides.
+        let bare = rls::RateLimitResponse {
+            overall_code: Code::OverLimit as i32,
+            ..Default::default()
+        };
+        let d = from_rls("r", &bare).expect("decision");
+        assert!(!d.allowed);
+        assert_eq!((d.limit, d.remaining), (0, 0));
+    }
+
+    #[test]
+    fn descriptors_name_the_rule_then_each_count_by() {
+        let rule = Rule {
+            name: "per-user".into(),
+            when: Vec::new(),
+            count_by: vec![
+                Attribute::Header("x-user".into()),
+                Attribute::SourcePrincipal,
+                Attribute::Claim("tier".into()),
+            ],
+            requests: 0,
+            period: Duration::ZERO,
+            burst: 0,
+        };
+        let mut headers = http::HeaderMap::new();
+        headers.insert("x-user", "alice".parse().expect("value"));
+        let a = Attributes {
+            principal: Some("spiffe://cluster.local/ns/shop/sa/a"),
+            headers: Some(&headers),
+            ..Attributes::default()
+        };
+        let pairs = RateLimiter::descriptor(&rule, &a);
+        let want = [
+            ("rule", "per-user"),
+            ("header:x-user", "alice"),
+            ("sourcePrincipal", "spiffe://cluster.local/ns/shop/sa/a"),
+            ("claim:tier", "-"),
+        ];
+        assert_eq!(
+            pairs,
+            want.map(|(k, v)| (k.to_owned(), v.to_owned())).to_vec()
+        );
     }
 
     fn limiter(rules: Vec<Rule>) -> RateLimiter {

@@ -988,3 +988,206 @@ spec:
     gateway.stop();
     mesh.stop().await;
 }
+
+/// A rate limit service speaking Envoy's RLS v3 API, written for the test:
+/// two requests per descriptor, then OVER_LIMIT; it keeps what it was asked.
+#[derive(Default)]
+struct Rls {
+    counts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
+    seen: std::sync::Mutex<Vec<weft_waypoint::ratelimit::rls::RateLimitRequest>>,
+}
+
+/// The service as tonic serves it (the test keeps the `Rls` to look at).
+struct RlsServer(Arc<Rls>);
+
+#[tonic::async_trait]
+impl weft_waypoint::ratelimit::rls::rate_limit_service_server::RateLimitService for RlsServer {
+    async fn should_rate_limit(
+        &self,
+        request: tonic::Request<weft_waypoint::ratelimit::rls::RateLimitRequest>,
+    ) -> Result<tonic::Response<weft_waypoint::ratelimit::rls::RateLimitResponse>, tonic::Status>
+    {
+        use weft_waypoint::ratelimit::rls::rate_limit_response::{
+            Code, DescriptorStatus, RateLimit, rate_limit::Unit,
+        };
+        let request = request.into_inner();
+        let key = format!("{:?}", request.descriptors);
+        let used = {
+            let mut counts = self.0.counts.lock().expect("counts");
+            let n = counts.entry(key).or_default();
+            *n += 1;
+            *n
+        };
+        self.0.seen.lock().expect("seen").push(request);
+        let code = if used > 2 { Code::OverLimit } else { Code::Ok };
+        Ok(tonic::Response::new(
+            weft_waypoint::ratelimit::rls::RateLimitResponse {
+                overall_code: code as i32,
+                statuses: vec![DescriptorStatus {
+                    code: code as i32,
+                    current_limit: Some(RateLimit {
+                        requests_per_unit: 2,
+                        unit: Unit::Minute as i32,
+                        name: "two a minute".into(),
+                    }),
+                    limit_remaining: 2u32.saturating_sub(used),
+                    duration_until_reset: Some(weft_waypoint::ratelimit::rls::Duration {
+                        seconds: 30,
+                        nanos: 0,
+                    }),
+                }],
+                response_headers_to_add: Vec::new(),
+            },
+        ))
+    }
+}
+
+/// A `RateLimitPolicy` that asks an external rate limit service (Envoy's
+/// RLS API, as lyft/ratelimit speaks it): the gateway sends the rule's
+/// descriptor under the policy's domain, refuses what the service says is
+/// over the limit (429 with its limit and reset), and when the service is
+/// gone applies the failure mode (closed: refused, counted as a store
+/// error).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_limit_service_decides_through_envoys_api() {
+    const IP: &str = "127.0.1.240";
+    const PORT: u16 = 18092;
+    let rls = Arc::new(Rls::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let rls_addr = listener.local_addr().expect("addr");
+    let (stop_rls, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(
+                weft_waypoint::ratelimit::rls::rate_limit_service_server::RateLimitServiceServer::new(
+                    RlsServer(rls.clone()),
+                ),
+            )
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    let routes = format!(
+        "
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: small-to-plain, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Gateway, name: small}}]
+  rules: [{{backendRefs: [{{name: plain, port: 80}}]}}]
+---
+apiVersion: weft.dev/v1alpha1
+kind: RateLimitPolicy
+metadata: {{name: per-user, namespace: shop}}
+spec:
+  targetRef: {{kind: Gateway, name: small}}
+  mode: global
+  failureMode: closed
+  rateLimitService: {{address: '{rls_addr}', domain: edge, timeout: 1s}}
+  rules: [{{name: per-user, countBy: ['header:x-user']}}]
+"
+    );
+    app("127.0.1.241:8080", "plain").await;
+    let (mesh, gateway) = small_gateway(
+        IP,
+        PORT,
+        "127.0.1.241",
+        "HTTP",
+        &routes,
+        weft_waypoint::gateway::MAX_CONNECTIONS,
+    )
+    .await;
+    let get = |user: &'static str| async move {
+        let tcp = TcpStream::connect((IP, PORT))
+            .await
+            .map_err(|e| e.to_string())?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        let response = sender
+            .send_request(
+                http::Request::get("/headers")
+                    .header("host", "small.example.com")
+                    .header("x-user", user)
+                    .body(Empty::<Bytes>::new())
+                    .expect("request"),
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        let header = |name: &str| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        Ok::<_, String>((
+            response.status().as_u16(),
+            header("x-ratelimit-limit"),
+            header("x-ratelimit-remaining"),
+            header("retry-after"),
+        ))
+    };
+    // Ready once the service has been asked (a user of its own).
+    let started = Instant::now();
+    while rls.seen.lock().expect("seen").is_empty() {
+        let _ = get("probe").await;
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the rate limit service was never asked"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Two for alice, then the service says no; bob has his own count.
+    assert_eq!(get("alice").await.map(|r| r.0), Ok(200));
+    assert_eq!(get("alice").await.map(|r| r.0), Ok(200));
+    assert_eq!(
+        get("alice").await,
+        Ok((429, "2".into(), "0".into(), "30".into())),
+        "over the service's limit: its limit and reset"
+    );
+    assert_eq!(get("bob").await.map(|r| r.0), Ok(200));
+    {
+        let seen = rls.seen.lock().expect("seen");
+        let last = seen.last().expect("a request");
+        assert_eq!(last.domain, "edge");
+        assert_eq!(last.hits_addend, 1);
+        let entries: Vec<(&str, &str)> = last.descriptors[0]
+            .entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_str()))
+            .collect();
+        assert_eq!(entries, [("rule", "per-user"), ("header:x-user", "bob")]);
+    }
+    // The service goes away: failure mode closed refuses, counted.
+    let _ = stop_rls.send(());
+    let started = Instant::now();
+    loop {
+        let status = get("carol").await.map(|r| r.0);
+        if status == Ok(429) {
+            break;
+        }
+        assert_eq!(status, Ok(200), "only allowed until the service is gone");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "the failure mode never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let metrics = reqwest_metrics(gateway.metrics_addr).await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("weft_ratelimit_decisions_total{")
+                && l.contains("decision=\"limited\"")
+                && l.contains("store=\"error\"")),
+        "{metrics}"
+    );
+    gateway.stop();
+    mesh.stop().await;
+}

@@ -2,8 +2,10 @@
 //! service, applied by its waypoint. Ordered rules, first match wins; each
 //! counts per descriptor (`countBy`) with `requests` per `per` and a
 //! `burst`. `mode: local` limits each waypoint replica on its own;
-//! `mode: global` keeps one limit across replicas in Redis, with
-//! `failureMode` deciding when Redis is unreachable.
+//! `mode: global` keeps one limit across replicas in Redis, or asks an
+//! external rate limit service speaking Envoy's RLS API
+//! (`rateLimitService`, whose own configuration holds the limits), with
+//! `failureMode` deciding when the store is unreachable.
 //!
 //! ```yaml
 //! apiVersion: weft.dev/v1alpha1
@@ -41,6 +43,8 @@ pub struct RateLimitPolicySpec {
     pub mode: Option<String>,
     /// Redis for `global`.
     pub redis: Option<RedisSpec>,
+    /// Or an external rate limit service for `global`.
+    pub rate_limit_service: Option<RateLimitServiceSpec>,
     /// `open` (default) or `closed`, when Redis is unreachable.
     pub failure_mode: Option<String>,
     /// Rules, first match wins.
@@ -53,6 +57,17 @@ pub struct RateLimitPolicySpec {
 pub struct RedisSpec {
     /// `redis://host:port`, `rediss://…`, or `redis+unix:///path`.
     pub url: String,
+}
+
+/// `rateLimitService`: Envoy's RLS v3 over gRPC.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct RateLimitServiceSpec {
+    /// `host:port`.
+    pub address: String,
+    /// The RLS domain (default: the policy's namespace).
+    pub domain: Option<String>,
+    /// Longest wait for a decision (default `250ms`).
+    pub timeout: Option<String>,
 }
 
 /// `rules[]`.
@@ -68,8 +83,8 @@ pub struct RateRuleSpec {
     /// `claim:<name>`.
     #[serde(default)]
     pub count_by: Vec<String>,
-    /// The limit.
-    pub limit: LimitSpec,
+    /// The limit (not with `rateLimitService`, which holds its own).
+    pub limit: Option<LimitSpec>,
 }
 
 /// `match[]`: exactly one attribute.
@@ -167,8 +182,38 @@ impl Spec for RateLimitPolicySpec {
                 false
             }
         };
+        if let Some(service) = &self.rate_limit_service {
+            if !global {
+                ctx.error(
+                    "spec.rateLimitService",
+                    "a rate limit service is used only with mode: global",
+                );
+            }
+            if self.redis.is_some() {
+                ctx.error("spec.redis", "set redis or rateLimitService, not both");
+            }
+            let port = service
+                .address
+                .rsplit_once(':')
+                .and_then(|(host, port)| (!host.is_empty()).then_some(port));
+            if port.is_none_or(|p| p.parse::<u16>().is_err()) {
+                ctx.error(
+                    "spec.rateLimitService.address",
+                    format!("{:?}: use host:port", service.address),
+                );
+            }
+            if let Some(t) = &service.timeout
+                && let Err(e) = duration::parse(t)
+            {
+                ctx.error("spec.rateLimitService.timeout", e);
+            }
+        }
+        let service = self.rate_limit_service.is_some();
         match (&self.redis, global) {
-            (None, true) => ctx.error("spec.redis.url", "a global limit needs Redis"),
+            (None, true) if !service => ctx.error(
+                "spec.redis.url",
+                "a global limit needs Redis (redis.url) or a rate limit service (rateLimitService)",
+            ),
             (Some(_), false) => ctx.error("spec.redis", "Redis is used only with mode: global"),
             (Some(r), true) if redis_url(&r.url).is_err() => ctx.error(
                 "spec.redis.url",
@@ -215,10 +260,23 @@ impl Spec for RateLimitPolicySpec {
                     );
                 }
             }
-            if rule.limit.requests == 0 {
+            let Some(limit) = &rule.limit else {
+                if !service {
+                    ctx.error(&format!("{base}.limit"), "required: {requests, per}");
+                }
+                continue;
+            };
+            if service {
+                ctx.error(
+                    &format!("{base}.limit"),
+                    "the rate limit service's own configuration holds the limits; remove limit",
+                );
+                continue;
+            }
+            if limit.requests == 0 {
                 ctx.error(&format!("{base}.limit.requests"), "must be at least 1");
             }
-            match duration::parse(&rule.limit.per) {
+            match duration::parse(&limit.per) {
                 Ok(d) if d.is_zero() => {
                     ctx.error(&format!("{base}.limit.per"), "must be greater than zero")
                 }
