@@ -67,9 +67,13 @@ const VIA_WEFT: &str = "127.0.1.50:9100";
 const VIA_RELAY: &str = "127.0.1.60:9200";
 const RELAY_HOP: &str = "127.0.2.60:9201";
 
-/// Starts a plain TCP relay from `listen` to `upstream` on its own thread
-/// and single-threaded runtime: the least a proxy can do per request.
-fn start_relay(name: &str, listen: &str, upstream: &'static str) -> Result<()> {
+/// Serves `listen` on its own thread and single-threaded runtime (as a
+/// process of its own would), handing the listener to `serve`.
+fn serve_on_thread<F, Fut>(name: &str, listen: &str, serve: F) -> Result<()>
+where
+    F: FnOnce(TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     std::thread::Builder::new()
@@ -78,22 +82,29 @@ fn start_relay(name: &str, listen: &str, upstream: &'static str) -> Result<()> {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
-                .expect("relay runtime");
+                .expect("runtime");
             runtime.block_on(async move {
-                let listener = TcpListener::from_std(listener).expect("relay listener");
-                while let Ok((mut inbound, _)) = listener.accept().await {
-                    tokio::spawn(async move {
-                        let _ = inbound.set_nodelay(true);
-                        let Ok(mut outbound) = TcpStream::connect(upstream).await else {
-                            return;
-                        };
-                        let _ = outbound.set_nodelay(true);
-                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
-                    });
-                }
+                serve(TcpListener::from_std(listener).expect("listener")).await;
             });
         })?;
     Ok(())
+}
+
+/// Starts a plain TCP relay from `listen` to `upstream` on its own thread:
+/// the least a proxy can do per request.
+fn start_relay(name: &str, listen: &str, upstream: &'static str) -> Result<()> {
+    serve_on_thread(name, listen, move |listener| async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = inbound.set_nodelay(true);
+                let Ok(mut outbound) = TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = outbound.set_nodelay(true);
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            });
+        }
+    })
 }
 
 fn proc_field(file: &str, field: &str) -> u64 {
@@ -308,20 +319,9 @@ async fn main() -> Result<()> {
     // The echo server is another process in real life: its own thread and
     // runtime here, so the direct baseline pays the same cross-thread
     // wakeups a client and a server in two processes do.
-    let echo = std::net::TcpListener::bind(DIRECT)?;
-    echo.set_nonblocking(true)?;
-    std::thread::Builder::new()
-        .name("echo".into())
-        .spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("echo runtime");
-            runtime.block_on(async move {
-                let echo = TcpListener::from_std(echo).expect("echo listener");
-                let _ = weft_sample_app::serve_tcp_echo(echo, std::future::pending()).await;
-            });
-        })?;
+    serve_on_thread("echo", DIRECT, |echo| async move {
+        let _ = weft_sample_app::serve_tcp_echo(echo, std::future::pending()).await;
+    })?;
     // Ready once the outbound listener answers.
     let started = Instant::now();
     while bulk(VIA_WEFT, 1024).await.is_err() {
