@@ -119,7 +119,13 @@ struct History {
     last_ok: Option<Instant>,
     /// When the last attempt failed, if it did.
     last_failure: Option<Instant>,
+    /// Failed attempts in a row.
+    failures: u32,
 }
+
+/// Failed scrapes in a row before a target that has never answered is
+/// warned about (proxies start after the control plane).
+const QUIET_STARTUP_FAILURES: u32 = 3;
 
 /// Authorization decisions by policy (service pages show them).
 const DECISIONS: &str = "weft_authz_decisions_total";
@@ -229,10 +235,16 @@ impl Aggregator {
                     });
                     h.error = None;
                     h.last_ok = Some(now);
+                    h.failures = 0;
                 }
                 Err(e) => {
-                    if h.error.is_none() {
+                    h.failures += 1;
+                    if h.last_ok.is_some() && h.failures == 1 {
                         tracing::warn!(target = %target.name, addr = %target.addr, error = %e, "scrape failed; target marked stale");
+                    } else if h.last_ok.is_none() && h.failures == QUIET_STARTUP_FAILURES {
+                        tracing::warn!(target = %target.name, addr = %target.addr, error = %e, "target has not answered {QUIET_STARTUP_FAILURES} scrapes since the control plane started; marked stale");
+                    } else if h.last_ok.is_none() && h.failures == 1 {
+                        tracing::debug!(target = %target.name, addr = %target.addr, error = %e, "target not answering yet");
                     }
                     h.error = Some(e.to_string());
                     h.last_failure = Some(now);
