@@ -14,10 +14,10 @@
 //! the HTTP layer with 431 or a closed connection), at most
 //! [`MAX_CONNECTIONS`] open per listener by default (more are closed at
 //! accept), an SNI that matches no certificate fails the handshake; each
-//! refusal is logged and counted in `weft_gateway_connections_refused`. Listeners follow the
-//! configuration: new TLS settings are swapped in place, a new port is
-//! rebound, removed listeners closed; settings that do not load leave the
-//! last good ones in force.
+//! refusal is logged and counted in `weft_gateway_connections_refused`.
+//! Listeners follow the configuration: new TLS settings are swapped in
+//! place, a new port is rebound, removed listeners closed; settings that
+//! do not load leave the last good ones in force.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
