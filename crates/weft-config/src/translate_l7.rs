@@ -203,6 +203,7 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     snapshot.l7 = policies;
     translate_gateways(r, snapshot, out);
     translate_http_routes(r, snapshot, out);
+    translate_tls_routes(r, snapshot, out);
     translate_rate_limits(r, snapshot, out);
     translate_request_authentications(r, snapshot, out);
     translate_waypoint_policies(r, snapshot, out);
@@ -946,6 +947,20 @@ fn attach_to_gateway(
         );
         return;
     }
+    if let Some(section) = &parent.section_name
+        && gateway
+            .listeners
+            .iter()
+            .any(|l| &l.name == section && l.passthrough)
+    {
+        report(
+            out,
+            hr,
+            &format!("{field}.sectionName"),
+            format!("listener {section:?} passes TLS through unopened; attach TLSRoutes to it"),
+        );
+        return;
+    }
     let mut routes = converted.to_vec();
     for (r, route) in routes.iter_mut().enumerate() {
         route.hosts = hr.spec.hostnames.clone();
@@ -1023,8 +1038,10 @@ fn translate_gateways(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diag
         let mut ok = true;
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let base = format!("spec.listeners[{i}].tls");
+            let passthrough = l.protocol == "TLS";
             let tls = match &l.tls {
                 None => None,
+                Some(_) if passthrough => None,
                 Some(t) => {
                     let mut certificates = Vec::new();
                     for (c, reference) in t.certificate_refs.iter().enumerate() {
@@ -1084,6 +1101,7 @@ fn translate_gateways(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diag
                 port: u16::try_from(l.port).unwrap_or_default(),
                 hostname: l.hostname.clone(),
                 tls,
+                passthrough,
             });
         }
         if ok {
@@ -1093,8 +1111,84 @@ fn translate_gateways(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diag
                     name: gw.name.to_string(),
                     listeners,
                     policy: L7Policy::default(),
+                    tls_routes: Vec::new(),
                 },
             );
+        }
+    }
+}
+
+/// `TLSRoute`s → the passthrough routes of their Gateways.
+fn translate_tls_routes(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
+    use weft_core::l7::TlsRoute;
+    let mut routes: Vec<&Resource<crate::kinds::TlsRouteSpec>> =
+        r.tls_routes.iter().map(|t| t.as_ref()).collect();
+    routes.sort_by(|a, b| a.name.cmp(&b.name));
+    for tr in routes {
+        let Some(rule) = tr.spec.rules.first() else {
+            continue;
+        };
+        let mut destinations = Vec::new();
+        for (b, backend) in rule.backend_refs.iter().enumerate() {
+            let field = format!("spec.rules[0].backendRefs[{b}]");
+            let Some(service) = service_ref(snapshot, tr, &field, backend, out) else {
+                continue;
+            };
+            destinations.push(Destination {
+                service: service_key(service),
+                subset: None,
+                port: backend.port.and_then(|p| u16::try_from(p).ok()),
+                weight: backend.weight.unwrap_or(1),
+            });
+        }
+        if destinations.len() != rule.backend_refs.len() {
+            continue;
+        }
+        for (i, parent) in tr.spec.parent_refs.iter().enumerate() {
+            let field = format!("spec.parentRefs[{i}]");
+            let ns = parent.namespace.as_deref().unwrap_or(&tr.name.namespace);
+            let wanted = NamespacedName::new(ns, &parent.name);
+            let Some(gateway) = snapshot.gateways.get_mut(&wanted) else {
+                report(
+                    out,
+                    tr,
+                    &format!("{field}.name"),
+                    format!("no Gateway {wanted} in the configuration"),
+                );
+                continue;
+            };
+            let passthrough: Vec<&str> = gateway
+                .listeners
+                .iter()
+                .filter(|l| l.passthrough)
+                .map(|l| l.name.as_str())
+                .collect();
+            let fits = match &parent.section_name {
+                Some(section) => passthrough.contains(&section.as_str()),
+                None => !passthrough.is_empty(),
+            };
+            if !fits {
+                report(
+                    out,
+                    tr,
+                    &field,
+                    format!(
+                        "Gateway {wanted} has no TLS passthrough listener{}",
+                        parent
+                            .section_name
+                            .as_ref()
+                            .map(|s| format!(" named {s:?}"))
+                            .unwrap_or_default()
+                    ),
+                );
+                continue;
+            }
+            gateway.tls_routes.push(TlsRoute {
+                name: tr.name.to_string(),
+                listeners: parent.section_name.iter().cloned().collect(),
+                hosts: tr.spec.hostnames.clone(),
+                destinations: destinations.clone(),
+            });
         }
     }
 }
@@ -1145,9 +1239,9 @@ fn as_http_route(
 }
 
 /// The service a `parentRef` or `backendRef` names (by ServiceEntry name).
-fn service_ref<'a>(
+fn service_ref<'a, S: Spec>(
     snapshot: &'a Snapshot,
-    hr: &Resource<crate::kinds::HttpRouteSpec>,
+    hr: &Resource<S>,
     field: &str,
     r: &crate::kinds::http_route::RefSpec,
     out: &mut Vec<Diagnostic>,

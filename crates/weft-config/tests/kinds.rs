@@ -1285,6 +1285,121 @@ spec:
 }
 
 #[test]
+fn tls_passthrough_listeners_take_tls_routes() {
+    let gateway = |listeners: &str, routes: &str| {
+        format!(
+            "{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: edge, namespace: shop}}
+spec: {{address: 10.0.0.9, labels: {{weft.dev/gateway: \"true\"}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: edge, namespace: shop}}
+spec:
+  gatewayClassName: weft
+  listeners: {listeners}
+---
+{routes}"
+        )
+    };
+    let passthrough = "[{name: web, port: 80, protocol: HTTP}, {name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}]";
+    let route = |spec: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let ok = load_ok(&gateway(
+        passthrough,
+        &route(
+            "  parentRefs: [{kind: Gateway, name: edge}]\n  hostnames: [reviews.example.com]\n  rules: [{backendRefs: [{name: reviews, port: 80, weight: 3}]}]\n",
+        ),
+    ));
+    let gw = &ok.snapshot.gateways[&name("shop", "edge")];
+    assert!(gw.listeners[1].passthrough && gw.listeners[1].tls.is_none());
+    assert!(!gw.listeners[0].passthrough);
+    let tls = &gw.tls_routes[0];
+    assert_eq!(tls.name, "shop/r");
+    assert_eq!(tls.hosts, ["reviews.example.com"]);
+    assert_eq!(
+        (
+            tls.destinations[0].port,
+            tls.destinations[0].weight,
+            tls.destinations[0].service.as_str()
+        ),
+        (Some(80), 3, "shop/reviews.shop.svc.cluster.local")
+    );
+    let cases = [
+        (
+            gateway("[{name: tls, port: 443, protocol: TLS}]", ""),
+            "set tls.mode: Passthrough",
+        ),
+        (
+            gateway(
+                "[{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough, certificateRefs: [{name: c}]}}]",
+                "",
+            ),
+            "a passthrough listener holds no certificates",
+        ),
+        (
+            gateway(
+                "[{name: s, port: 443, protocol: HTTPS, tls: {mode: Passthrough, certificateRefs: [{name: c}]}}]",
+                "",
+            ),
+            "for Passthrough use protocol: TLS",
+        ),
+        (
+            gateway(
+                "[{name: web, port: 80, protocol: HTTP}]",
+                &route(
+                    "  parentRefs: [{kind: Gateway, name: edge}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n",
+                ),
+            ),
+            "Gateway shop/edge has no TLS passthrough listener",
+        ),
+        (
+            gateway(
+                passthrough,
+                &route(
+                    "  parentRefs: [{kind: Gateway, name: edge, sectionName: web}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n",
+                ),
+            ),
+            "no TLS passthrough listener named \"web\"",
+        ),
+        (
+            gateway(
+                passthrough,
+                &route(
+                    "  parentRefs: [{name: reviews}]\n  rules: [{backendRefs: [{name: reviews}]}, {backendRefs: [{name: reviews, port: 80}]}]\n",
+                ),
+            ),
+            "a TLSRoute attaches to a Gateway",
+        ),
+        (
+            gateway(
+                passthrough,
+                &route(
+                    "  parentRefs: [{kind: Gateway, name: edge}]\n  rules: [{backendRefs: [{name: reviews}]}]\n",
+                ),
+            ),
+            "name the backend's port",
+        ),
+        (
+            gateway(
+                passthrough,
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: h, namespace: shop}\nspec:\n  parentRefs: [{kind: Gateway, name: edge, sectionName: tls}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n",
+            ),
+            "passes TLS through unopened; attach TLSRoutes to it",
+        ),
+    ];
+    for (yaml, want) in cases {
+        let text = load(&yaml).expect_err(want).to_string();
+        assert!(text.contains(want), "want {want:?} in:\n{text}");
+    }
+}
+
+#[test]
 fn gateways_secrets_and_extension_providers() {
     let hash = "ab".repeat(32);
     let base = format!(
@@ -1400,7 +1515,7 @@ spec:
         ),
         (
             base.replace("protocol: HTTPS, hostname", "protocol: TCP, hostname"),
-            "serves HTTP and HTTPS listeners",
+            "serves HTTP, HTTPS and TLS (passthrough) listeners",
         ),
         (
             base.replace("Q0VSVA==", "not base64!"),

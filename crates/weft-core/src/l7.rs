@@ -594,6 +594,24 @@ pub struct GatewayConfig {
     /// Routes (`HTTPRoute`s with this Gateway as parent), JWT issuers,
     /// request-level authorization and rate limits attached to it.
     pub policy: L7Policy,
+    /// `TLSRoute`s: TLS connections passed through unopened, by SNI.
+    #[serde(default)]
+    pub tls_routes: Vec<TlsRoute>,
+}
+
+/// A `TLSRoute` at a Gateway: connections whose SNI matches `hosts` go,
+/// still encrypted, to one of `destinations`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsRoute {
+    /// `namespace/name` of the route.
+    pub name: String,
+    /// Listeners it attaches to (`sectionName`); empty: every passthrough
+    /// listener.
+    pub listeners: Vec<String>,
+    /// SNI host names (`*.` wildcard); empty: any, including none.
+    pub hosts: Vec<String>,
+    /// Backends by weight (each with its port).
+    pub destinations: Vec<Destination>,
 }
 
 /// One listener.
@@ -605,8 +623,11 @@ pub struct GatewayListener {
     pub port: u16,
     /// Host name it accepts (`*.` wildcard); `None`: any.
     pub hostname: Option<String>,
-    /// TLS termination (HTTPS); `None`: plain HTTP.
+    /// TLS termination (HTTPS); `None`: plain HTTP (or passthrough).
     pub tls: Option<ListenerTls>,
+    /// TLS passed through by SNI to `TlsRoute` backends, not terminated.
+    #[serde(default)]
+    pub passthrough: bool,
 }
 
 /// A listener's TLS settings.

@@ -290,6 +290,24 @@ pub fn gateway_config_for(
     });
     for listener in &gateway.listeners {
         let target = listener_target(&listener.name);
+        if listener.passthrough {
+            let routes = gateway
+                .tls_routes
+                .iter()
+                .filter(|r| r.listeners.is_empty() || r.listeners.contains(&listener.name))
+                .map(|r| crate::passthrough::PassRoute {
+                    name: r.name.clone(),
+                    hosts: r.hosts.clone(),
+                    backends: r
+                        .destinations
+                        .iter()
+                        .map(|d| builder.backend(d, d.port.unwrap_or_default()))
+                        .collect(),
+                })
+                .collect();
+            config.passthrough.insert(target, routes);
+            continue;
+        }
         let routes = policy
             .routes
             .iter()

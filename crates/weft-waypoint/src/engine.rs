@@ -203,6 +203,8 @@ pub struct Config {
     /// Endpoints as telemetry names them, by address (the workload a try
     /// went to is `destination_workload` in metrics).
     pub peers: Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>>,
+    /// TLS passthrough routes by listener target (gateways).
+    pub passthrough: HashMap<String, Vec<crate::passthrough::PassRoute>>,
 }
 
 /// Why a request failed inside the proxy; each maps to one status and an

@@ -35,6 +35,7 @@ use tokio::task::JoinHandle;
 use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
 
 use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
+use crate::hbone::HboneConnector;
 use crate::metrics::Metrics;
 use crate::proxy::{WaypointError, WaypointOptions};
 
@@ -107,6 +108,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
         bound: HashMap::new(),
         limit: options.max_connections_per_listener.max(1),
         metrics: core.metrics.clone(),
+        connector: core.connector.clone(),
     }));
     let (task_listeners, name, node) = (
         listeners.clone(),
@@ -175,11 +177,15 @@ struct Listeners {
     /// Connections each listener holds open at once.
     limit: usize,
     metrics: Metrics,
+    /// Tunnels for passthrough listeners.
+    connector: HboneConnector,
 }
 
 struct Bound {
     signature: String,
     addr: SocketAddr,
+    /// Passes TLS through (by SNI) instead of serving HTTP.
+    passthrough: bool,
     /// The listener's TLS (none: plain HTTP), swapped in place when only
     /// its settings change (a rotated certificate), so the socket stays.
     tls: Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>,
@@ -231,6 +237,7 @@ impl Listeners {
             let addr = SocketAddr::new(ip, listener.port);
             if let Some(b) = self.bound.get_mut(&listener.name)
                 && b.addr == addr
+                && b.passthrough == listener.passthrough
             {
                 b.tls.store(Arc::new(tls));
                 b.signature = signature;
@@ -250,11 +257,16 @@ impl Listeners {
             if let Some(old) = self.bound.remove(&listener.name) {
                 old.task.abort();
             }
-            tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), "listening");
+            tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), passthrough = listener.passthrough, "listening");
             let tls = Arc::new(ArcSwap::from_pointee(tls));
+            let front = if listener.passthrough {
+                Front::Passthrough(Box::new(self.connector.clone()))
+            } else {
+                Front::Http(tls.clone())
+            };
             let task = tokio::spawn(accept(
                 socket,
-                tls.clone(),
+                front,
                 engine.clone(),
                 crate::config::listener_target(&listener.name),
                 (self.limit, self.metrics.clone()),
@@ -264,6 +276,7 @@ impl Listeners {
                 Bound {
                     signature,
                     addr,
+                    passthrough: listener.passthrough,
                     tls,
                     task,
                 },
@@ -278,10 +291,18 @@ impl Listeners {
     }
 }
 
+/// What a listener does with a connection.
+enum Front {
+    /// HTTP, over TLS when the listener has TLS settings (swappable).
+    Http(Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>),
+    /// TLS passed through by SNI ([`crate::passthrough`]).
+    Passthrough(Box<HboneConnector>),
+}
+
 /// Accepts connections on one listener.
 async fn accept(
     listener: tokio::net::TcpListener,
-    tls: Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>,
+    front: Front,
     engine: Arc<Engine>,
     target: String,
     (limit, metrics): (usize, Metrics),
@@ -306,8 +327,18 @@ async fn accept(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let tls = tls.load().as_ref().clone();
         let (engine, target, metrics) = (engine.clone(), target.clone(), metrics.clone());
+        let tls = match &front {
+            Front::Http(tls) => tls.load().as_ref().clone(),
+            Front::Passthrough(connector) => {
+                let connector = HboneConnector::clone(connector);
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    crate::passthrough::serve(tcp, peer, engine, target, connector, metrics).await;
+                });
+                continue;
+            }
+        };
         tokio::spawn(async move {
             let _slot = slot;
             match tls {

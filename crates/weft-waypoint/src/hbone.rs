@@ -73,6 +73,35 @@ impl HboneConnector {
     }
 }
 
+impl HboneConnector {
+    /// Opens a tunnel to endpoint `target` (through its service's waypoint
+    /// when `target` is a VIP in `via`), expecting the identity the
+    /// registry gives that address.
+    pub async fn tunnel(&self, target: SocketAddr) -> Result<Tunnel, ConnectError> {
+        let dial = self
+            .via
+            .load()
+            .get(&target.ip())
+            .copied()
+            .unwrap_or(target.ip());
+        let expected = self
+            .peers
+            .load()
+            .get(&dial)
+            .cloned()
+            .ok_or(ConnectError::Unknown(dial))?;
+        let key = PoolKey {
+            source: self.source.clone(),
+            destination: SocketAddr::new(dial, weft_hbone::PORT),
+            expected: vec![expected],
+        };
+        Ok(self
+            .pool
+            .connect(&key, self.cert.clone(), target, self.headers.clone())
+            .await?)
+    }
+}
+
 /// Why no tunnel was opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
@@ -103,28 +132,7 @@ impl tower_service::Service<Uri> for HboneConnector {
                 .authority()
                 .and_then(|a| a.as_str().parse().ok())
                 .ok_or_else(|| ConnectError::Target(uri.to_string()))?;
-            let dial = this
-                .via
-                .load()
-                .get(&target.ip())
-                .copied()
-                .unwrap_or(target.ip());
-            let expected = this
-                .peers
-                .load()
-                .get(&dial)
-                .cloned()
-                .ok_or(ConnectError::Unknown(dial))?;
-            let key = PoolKey {
-                source: this.source.clone(),
-                destination: SocketAddr::new(dial, weft_hbone::PORT),
-                expected: vec![expected],
-            };
-            let tunnel = this
-                .pool
-                .connect(&key, this.cert.clone(), target, this.headers.clone())
-                .await?;
-            Ok(TunnelIo(TokioIo::new(tunnel)))
+            Ok(TunnelIo(TokioIo::new(this.tunnel(target).await?)))
         })
     }
 }

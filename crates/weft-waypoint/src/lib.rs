@@ -43,6 +43,7 @@ pub mod jwt;
 pub mod lb;
 pub mod local_reply;
 pub mod metrics;
+pub mod passthrough;
 pub mod proxy;
 pub mod ratelimit;
 pub mod retry;

@@ -44,7 +44,9 @@ pub struct Metrics {
 pub struct RefusedLabels {
     /// The listener, `gateway/<listener>`.
     pub listener: String,
-    /// `limit` (too many open), `tls_handshake` (failed) or `tls_timeout`.
+    /// `limit` (too many open), `tls_handshake` (failed), `tls_timeout`;
+    /// passthrough listeners also `no_route`, `no_healthy_upstream`,
+    /// `upstream_connect`.
     pub reason: &'static str,
 }
 
@@ -166,7 +168,7 @@ impl Metrics {
         );
         registry.register(
             "weft_gateway_connections_refused",
-            "Connections a gateway listener closed without serving: too many open, or a TLS handshake that failed or did not finish",
+            "Connections a gateway listener closed without serving: too many open, a TLS handshake (or ClientHello) that failed or did not finish, or a passthrough connection with no route or upstream",
             self.refused.clone(),
         );
     }

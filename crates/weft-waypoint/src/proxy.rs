@@ -115,6 +115,9 @@ pub(crate) struct Core {
     pub(crate) metrics: Metrics,
     pub(crate) peers: Peers,
     pub(crate) via: crate::hbone::Via,
+    /// Opens HBONE tunnels with this proxy's identity (the engine's
+    /// upstream, and a gateway's passthrough listeners).
+    pub(crate) connector: HboneConnector,
 }
 
 /// Sets up [`Core`] for workload `options.name`, following the config
@@ -210,7 +213,7 @@ pub(crate) async fn core(
     )
     .with_peer(&me.peer())
     .with_via(via.clone());
-    let engine = Engine::with_hbone(Config::default(), metrics.clone(), connector);
+    let engine = Engine::with_hbone(Config::default(), metrics.clone(), connector.clone());
     let engine = Arc::new(if as_gateway {
         engine.reporting_as_source(me.peer())
     } else {
@@ -226,6 +229,7 @@ pub(crate) async fn core(
         metrics,
         peers,
         via,
+        connector,
     })
 }
 

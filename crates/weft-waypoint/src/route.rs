@@ -280,18 +280,23 @@ pub fn select<'a>(
 
 /// The backend for a draw `unit` in [0, 1), by weight.
 pub fn pick_backend(route: &Route, unit: f64) -> Option<&Backend> {
-    let total: u64 = route.backends.iter().map(|b| u64::from(b.weight)).sum();
+    pick_weighted(&route.backends, unit)
+}
+
+/// One of `backends` by weight, `unit` a uniform draw in `[0, 1)`.
+pub fn pick_weighted(backends: &[Backend], unit: f64) -> Option<&Backend> {
+    let total: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
     if total == 0 {
-        return route.backends.first();
+        return backends.first();
     }
     let mut point = (unit.clamp(0.0, 1.0) * total as f64) as u64;
-    for b in &route.backends {
+    for b in backends {
         if point < u64::from(b.weight) {
             return Some(b);
         }
         point -= u64::from(b.weight);
     }
-    route.backends.last()
+    backends.last()
 }
 
 #[cfg(test)]

@@ -729,7 +729,7 @@ spec:
   rules: [{backendRefs: [{name: plain, port: 80}]}]
 ";
     app("127.0.1.221:8080", "plain").await;
-    let (mesh, gateway) = small_gateway(IP, PORT, "127.0.1.221", "HTTP", route, LIMIT).await;
+    let (mesh, gateway) = small_gateway(IP, &http(PORT), "127.0.1.221", "HTTP", route, LIMIT).await;
 
     // A kept-alive connection that has been served once, or why not.
     let open = || async {
@@ -819,12 +819,17 @@ async fn send(
     Ok(status)
 }
 
+/// A Gateway listener `http` on `port`, as YAML.
+fn http(port: u16) -> String {
+    format!("{{name: http, port: {port}, protocol: HTTP}}")
+}
+
 /// A mesh with one service `plain` (port 80, `protocol`, one endpoint at
 /// `backend_ip`:8080, which the caller starts) and a gateway `shop/small`
-/// on `ip` with one HTTP listener `http` on `port`, plus `routes` (YAML).
+/// on `ip` with one `listener` (YAML), plus `routes` (YAML).
 async fn small_gateway(
     ip: &str,
-    port: u16,
+    listener: &str,
     backend_ip: &str,
     protocol: &str,
     routes: &str,
@@ -862,7 +867,7 @@ kind: Gateway
 metadata: {{name: small, namespace: shop}}
 spec:
   gatewayClassName: weft
-  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+  listeners: [{listener}]
 ---
 {routes}"#
     );
@@ -917,7 +922,7 @@ spec:
     );
     let (mesh, gateway) = small_gateway(
         IP,
-        PORT,
+        &http(PORT),
         "127.0.1.231",
         "GRPC",
         route,
@@ -1093,7 +1098,7 @@ spec:
     app("127.0.1.241:8080", "plain").await;
     let (mesh, gateway) = small_gateway(
         IP,
-        PORT,
+        &http(PORT),
         "127.0.1.241",
         "HTTP",
         &routes,
@@ -1188,6 +1193,127 @@ spec:
                 && l.contains("store=\"error\"")),
         "{metrics}"
     );
+    gateway.stop();
+    mesh.stop().await;
+}
+
+/// TLS passthrough: a `TLSRoute` on a `protocol: TLS` listener sends a
+/// client's TLS session, chosen by SNI, unopened to a backend that holds
+/// the only key; the client sees the backend's certificate and talks to
+/// it through gateway, HBONE and node. An unknown SNI and a client that
+/// does not speak TLS are refused and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_passthrough_reaches_the_backend_by_sni() {
+    const IP: &str = "127.0.1.250";
+    const PORT: u16 = 18093;
+    let ca = Ca::new("backend CA");
+    let leaf = ca.leaf(&["vault.example.com"]);
+    // The backend: a TLS echo server with its own certificate.
+    let backend = TcpListener::bind("127.0.1.251:8080").await.expect("bind");
+    let server = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![leaf.2.clone()], leaf.3.clone_key())
+    .expect("server config");
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = backend.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let (mut r, mut w) = tokio::io::split(tls);
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let route = "
+apiVersion: gateway.networking.k8s.io/v1alpha2
+kind: TLSRoute
+metadata: {name: vault, namespace: shop}
+spec:
+  parentRefs: [{kind: Gateway, name: small, sectionName: tls}]
+  hostnames: [vault.example.com]
+  rules: [{backendRefs: [{name: plain, port: 80}]}]
+";
+    let (mesh, gateway) = small_gateway(
+        IP,
+        &format!("{{name: tls, port: {PORT}, protocol: TLS, tls: {{mode: Passthrough}}}}"),
+        "127.0.1.251",
+        "TCP",
+        route,
+        weft_waypoint::gateway::MAX_CONNECTIONS,
+    )
+    .await;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(ca.cert.der().clone()).expect("root");
+    let client = Arc::new(
+        rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    );
+    let connect = |sni: &'static str| {
+        let client = client.clone();
+        async move {
+            let tcp = TcpStream::connect((IP, PORT))
+                .await
+                .map_err(|e| e.to_string())?;
+            tokio_rustls::TlsConnector::from(client)
+                .connect(ServerName::try_from(sni).expect("name"), tcp)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    let started = Instant::now();
+    let mut tls = loop {
+        match connect("vault.example.com").await {
+            Ok(t) => break t,
+            Err(e) => assert!(
+                started.elapsed() < Duration::from_secs(15),
+                "never reached the backend: {e}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The session is the backend's: its certificate, its echo.
+    let presented = tls.get_ref().1.peer_certificates().map(|c| c[0].clone());
+    assert_eq!(presented, Some(leaf.2.clone()));
+    tls.write_all(b"through the gateway").await.expect("write");
+    let mut echoed = [0u8; 19];
+    tls.read_exact(&mut echoed).await.expect("echo");
+    assert_eq!(&echoed, b"through the gateway");
+    // An SNI no route names, and a client that is not TLS: closed.
+    assert!(connect("other.example.com").await.is_err(), "unknown SNI");
+    let mut plain = TcpStream::connect((IP, PORT)).await.expect("connect");
+    plain
+        .write_all(b"GET / HTTP/1.1\r\nhost: vault.example.com\r\n\r\n")
+        .await
+        .expect("write");
+    let mut rest = Vec::new();
+    let _ = plain.read_to_end(&mut rest).await;
+    assert!(rest.is_empty(), "nothing answers a non-TLS client");
+    let metrics = reqwest_metrics(gateway.metrics_addr).await;
+    for reason in ["no_route", "tls_handshake"] {
+        assert!(
+            metrics.contains(&format!(
+                "weft_gateway_connections_refused_total{{listener=\"gateway/tls\",reason=\"{reason}\"}}"
+            )),
+            "{reason}: {metrics}"
+        );
+    }
+    // The first session still works.
+    tls.write_all(b"again").await.expect("write");
+    let mut again = [0u8; 5];
+    tls.read_exact(&mut again).await.expect("echo");
+    assert_eq!(&again, b"again");
     gateway.stop();
     mesh.stop().await;
 }

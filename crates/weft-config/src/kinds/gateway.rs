@@ -43,9 +43,9 @@ pub struct ListenerSpec {
     pub hostname: Option<String>,
     /// Port.
     pub port: u32,
-    /// `HTTP` or `HTTPS`.
+    /// `HTTP`, `HTTPS`, or `TLS` (with `tls.mode: Passthrough`).
     pub protocol: String,
-    /// TLS settings (HTTPS).
+    /// TLS settings (HTTPS; TLS passthrough).
     pub tls: Option<ListenerTlsSpec>,
     /// Which routes may attach (accepted; routes from any namespace may).
     pub allowed_routes: Option<serde_json::Value>,
@@ -55,7 +55,7 @@ pub struct ListenerSpec {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerTlsSpec {
-    /// `Terminate` (the default; `Passthrough` is not supported).
+    /// `Terminate` (the default, HTTPS) or `Passthrough` (protocol TLS).
     pub mode: Option<String>,
     /// `kubernetes.io/tls` Secrets.
     #[serde(default)]
@@ -146,11 +146,28 @@ impl Spec for GatewaySpec {
                     &format!("{base}.tls"),
                     "an HTTPS listener needs tls.certificateRefs",
                 ),
+                ("TLS", tls) => {
+                    let mode = tls.as_ref().and_then(|t| t.mode.as_deref());
+                    if mode != Some("Passthrough") {
+                        ctx.error(
+                            &format!("{base}.tls.mode"),
+                            "a TLS listener passes connections through: set tls.mode: Passthrough (to terminate TLS, use protocol: HTTPS)",
+                        );
+                    }
+                    if tls.as_ref().is_some_and(|t| {
+                        !t.certificate_refs.is_empty() || t.frontend_validation.is_some()
+                    }) {
+                        ctx.error(
+                            &format!("{base}.tls"),
+                            "a passthrough listener holds no certificates: the backend terminates TLS",
+                        );
+                    }
+                }
                 ("HTTPS", Some(tls)) => {
                     if tls.mode.as_deref().is_some_and(|m| m != "Terminate") {
                         ctx.error(
                             &format!("{base}.tls.mode"),
-                            "only Terminate is supported (TLS passthrough is not)",
+                            "an HTTPS listener terminates TLS; for Passthrough use protocol: TLS",
                         );
                     }
                     if tls.certificate_refs.is_empty() {
@@ -174,7 +191,7 @@ impl Spec for GatewaySpec {
                 }
                 (other, _) => ctx.error(
                     &format!("{base}.protocol"),
-                    format!("{other:?}: weft's gateway serves HTTP and HTTPS listeners"),
+                    format!("{other:?}: weft's gateway serves HTTP, HTTPS and TLS (passthrough) listeners"),
                 ),
             }
         }

@@ -22,6 +22,7 @@ pub mod rate_limit_policy;
 pub mod request_authentication;
 pub mod secret;
 pub mod service_entry;
+pub mod tls_route;
 pub mod virtual_service;
 pub mod workload_entry;
 
@@ -36,6 +37,7 @@ pub use rate_limit_policy::RateLimitPolicySpec;
 pub use request_authentication::RequestAuthenticationSpec;
 pub use secret::SecretSpec;
 pub use service_entry::ServiceEntrySpec;
+pub use tls_route::TlsRouteSpec;
 pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
 
@@ -62,6 +64,8 @@ pub struct Resources {
     pub http_routes: Vec<Arc<Resource<HttpRouteSpec>>>,
     /// Gateway API `GRPCRoute`.
     pub grpc_routes: Vec<Arc<Resource<GrpcRouteSpec>>>,
+    /// Gateway API `TLSRoute`.
+    pub tls_routes: Vec<Arc<Resource<TlsRouteSpec>>>,
     /// weft `RateLimitPolicy`.
     pub rate_limit_policies: Vec<Arc<Resource<RateLimitPolicySpec>>>,
     /// Istio `RequestAuthentication`.
@@ -84,6 +88,7 @@ impl Resources {
             + self.destination_rules.len()
             + self.http_routes.len()
             + self.grpc_routes.len()
+            + self.tls_routes.len()
             + self.rate_limit_policies.len()
             + self.request_authentications.len()
             + self.secrets.len()
@@ -112,6 +117,7 @@ impl Resources {
             .extend(other.destination_rules.iter().cloned());
         self.http_routes.extend(other.http_routes.iter().cloned());
         self.grpc_routes.extend(other.grpc_routes.iter().cloned());
+        self.tls_routes.extend(other.tls_routes.iter().cloned());
         self.rate_limit_policies
             .extend(other.rate_limit_policies.iter().cloned());
         self.request_authentications
@@ -189,6 +195,12 @@ pub(crate) const KINDS: &[KindDef] = &[
         versions: &["v1"],
         kind: "GRPCRoute",
         add: |v, o, r, out| r.grpc_routes.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: "gateway.networking.k8s.io",
+        versions: &["v1alpha2", "v1alpha3"],
+        kind: "TLSRoute",
+        add: |v, o, r, out| r.tls_routes.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: ISTIO_SECURITY,
