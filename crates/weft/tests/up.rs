@@ -2,82 +2,31 @@
 //! flows from an app's outbound listener to another app over mTLS, and
 //! SIGTERM stops everything.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    /// On a failed assertion: SIGTERM first, so `weft up` stops the apps
-    /// it started (SIGKILL would leave them running), then SIGKILL.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if matches!(self.0.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use support::{Up, http_get};
 
 fn get(addr: &str) -> std::io::Result<String> {
-    get_path(addr, "/")
+    http_get(addr, "/", "")
 }
 
 fn get_path(addr: &str, path: &str) -> std::io::Result<String> {
-    get_with(addr, path, "")
-}
-
-fn get_with(addr: &str, path: &str, headers: &str) -> std::io::Result<String> {
-    let mut conn = TcpStream::connect(addr)?;
-    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    Ok(out)
+    http_get(addr, path, "")
 }
 
 #[test]
 fn up_runs_the_demo_mesh() {
-    let state = tempfile::tempdir().expect("tempdir");
     let demo = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
-        .arg("up")
-        .arg(&demo)
-        .arg("--state-dir")
-        .arg(state.path())
-        .args(["--scrape-interval", "500ms", "--background-load", "5"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weft up");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut guard = Guard(child);
-    let mut printed = String::new();
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("line");
-        printed.push_str(&line);
-        printed.push('\n');
-        if line.starts_with("weft up: ready") {
-            break;
-        }
-    }
-    assert!(
-        printed.contains("weft up: ready"),
-        "weft up did not get ready:\n{printed}"
+    let mut guard = Up::start(
+        &demo,
+        &["--scrape-interval", "500ms", "--background-load", "5"],
     );
+    let printed = guard.printed.clone();
     assert!(
         printed.contains("spiffe://cluster.local/ns/billing/sa/payments"),
         "{printed}"
@@ -118,7 +67,7 @@ fn up_runs_the_demo_mesh() {
     // Its partner API takes the demo's API key, and only that.
     let no_key = get_path("127.0.1.50:8080", "/partner/headers").expect("gateway");
     assert!(no_key.starts_with("HTTP/1.1 401"), "{no_key}");
-    let keyed = get_with(
+    let keyed = http_get(
         "127.0.1.50:8080",
         "/partner/headers",
         "x-api-key: demo-key\r\n",
@@ -182,7 +131,7 @@ fn up_runs_the_demo_mesh() {
     }
 
     // SIGTERM stops the mesh, apps included.
-    let pid = guard.0.id().to_string();
+    let pid = guard.child.id().to_string();
     assert!(
         Command::new("kill")
             .args(["-TERM", &pid])
@@ -190,7 +139,7 @@ fn up_runs_the_demo_mesh() {
             .expect("kill")
             .success()
     );
-    let status = guard.0.wait().expect("wait");
+    let status = guard.child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
     let start = Instant::now();
     while TcpStream::connect("127.0.1.11:8080").is_ok() {
