@@ -169,7 +169,7 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
         let mut routes = Vec::new();
         for (i, spec) in vs.spec.http.iter().enumerate() {
             if let Some(route) = http_route(snapshot, &policies, vs, i, spec, out) {
-                routes.push(route);
+                routes.extend(per_matched_prefix(route));
             }
         }
         for (h, host) in vs.spec.hosts.iter().enumerate() {
@@ -880,7 +880,7 @@ pub(crate) fn translate_http_routes(
         let mut converted = Vec::new();
         for (i, rule) in hr.spec.rules.iter().enumerate() {
             if let Some(route) = gateway_rule(snapshot, hr, i, rule, out) {
-                converted.push(route);
+                converted.extend(per_matched_prefix(route));
             }
         }
         for (i, parent) in hr.spec.parent_refs.iter().enumerate() {
@@ -1269,6 +1269,32 @@ fn service_ref<'a, S: Spec>(
         return None;
     }
     Some(service)
+}
+
+/// A rule whose prefix rewrite (Gateway API `ReplacePrefixMatch`, Istio
+/// `rewrite.uri`) follows several path prefixes, as one route per match:
+/// each replaces the prefix that matched, not the first one.
+fn per_matched_prefix(route: HttpRoute) -> Vec<HttpRoute> {
+    let several = route.matches.len() > 1;
+    let rewrites_prefix = route.rewrite.as_ref().is_some_and(|r| r.prefix.is_some());
+    if !(several && rewrites_prefix) {
+        return vec![route];
+    }
+    route
+        .matches
+        .iter()
+        .map(|m| {
+            let mut one = route.clone();
+            one.matches = vec![m.clone()];
+            if let (Some(StringMatch::SegmentPrefix(from) | StringMatch::Prefix(from)), Some(rw)) =
+                (&m.path, one.rewrite.as_mut())
+                && let Some(prefix) = rw.prefix.as_mut()
+            {
+                prefix.0 = from.clone();
+            }
+            one
+        })
+        .collect()
 }
 
 fn gateway_rule(

@@ -1285,6 +1285,57 @@ spec:
 }
 
 #[test]
+fn a_prefix_rewrite_replaces_the_prefix_that_matched() {
+    let prefixes = |routes: &[weft_core::l7::HttpRoute]| -> Vec<(String, String)> {
+        routes
+            .iter()
+            .filter_map(|r| r.rewrite.as_ref()?.prefix.clone())
+            .collect()
+    };
+    let pair = |from: &str, to: &str| (from.to_owned(), to.to_owned());
+    let gamma = format!(
+        "{REVIEWS}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  parentRefs: [{{kind: Service, name: reviews, port: 80}}]
+  rules:
+  - matches: [{{path: {{type: PathPrefix, value: /api}}}}, {{path: {{type: PathPrefix, value: /partner}}}}]
+    filters: [{{type: URLRewrite, urlRewrite: {{path: {{type: ReplacePrefixMatch, replacePrefixMatch: /}}}}}}]
+    backendRefs: [{{name: reviews, port: 80}}]
+"
+    );
+    let config = load_ok(&gamma);
+    let routes = &config.snapshot.l7[&name("shop", "reviews")].routes;
+    assert_eq!(
+        prefixes(routes),
+        [pair("/api", "/"), pair("/partner", "/")],
+        "{routes:?}"
+    );
+    assert!(routes.iter().all(|r| r.matches.len() == 1));
+    let istio = format!(
+        "{REVIEWS}---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews]
+  http:
+  - match: [{{uri: {{prefix: /old}}}}, {{uri: {{prefix: /legacy}}}}]
+    rewrite: {{uri: /new}}
+    route: [{{destination: {{host: reviews}}}}]
+"
+    );
+    let config = load_ok(&istio);
+    let routes = &config.snapshot.l7[&name("shop", "reviews")].routes;
+    assert_eq!(
+        prefixes(routes),
+        [pair("/old", "/new"), pair("/legacy", "/new")]
+    );
+}
+
+#[test]
 fn tls_passthrough_listeners_take_tls_routes() {
     let gateway = |listeners: &str, routes: &str| {
         format!(

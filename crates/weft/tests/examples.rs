@@ -61,7 +61,10 @@ fn resilient_calls_succeed_through_retries() {
     let after = http_get("127.0.1.40:15020", "/metrics", "").expect("waypoint metrics");
     let retries = counter(&after, "weft_upstream_retries_total", &[])
         - counter(&before, "weft_upstream_retries_total", &[]);
-    assert!(retries >= 10.0, "about 10 % of calls need a retry; {retries}");
+    assert!(
+        retries >= 10.0,
+        "about 10 % of calls need a retry; {retries}"
+    );
     let budget = 0.2 * f64::from(calls) + seconds.ceil() + 3.0;
     assert!(retries <= budget, "{retries} retries, budget {budget}");
 }
@@ -125,14 +128,18 @@ fn calls_fail_over_to_the_other_zone_and_come_back() {
     let _up = Up::start(&example("failover"), &["--background-load", "0"]);
     let local = "x-weft-locality: eu-west/eu-west-1a";
     let other = "x-weft-locality: eu-west/eu-west-1b";
-    until("127.0.1.10:9001", Duration::from_secs(15), |r| r.contains(local));
+    until("127.0.1.10:9001", Duration::from_secs(15), |r| {
+        r.contains(local)
+    });
     // Stop b in a's zone (weft up started it).
     let stopped = Command::new("pkill")
         .args(["-TERM", "-f", "listen 127.0.1.20:8080"])
         .status()
         .expect("pkill");
     assert!(stopped.success(), "b-1a was not running");
-    until("127.0.1.10:9001", Duration::from_secs(15), |r| r.contains(other));
+    until("127.0.1.10:9001", Duration::from_secs(15), |r| {
+        r.contains(other)
+    });
     for _ in 0..10 {
         let r = http_get("127.0.1.10:9001", "/", "").unwrap_or_default();
         assert!(r.contains(other), "{r}");
@@ -153,9 +160,165 @@ fn calls_fail_over_to_the_other_zone_and_come_back() {
         .spawn()
         .expect("restart b-1a");
     let returned = std::panic::catch_unwind(|| {
-        until("127.0.1.10:9001", Duration::from_secs(20), |r| r.contains(local))
+        until("127.0.1.10:9001", Duration::from_secs(20), |r| {
+            r.contains(local)
+        })
     });
     let _ = back.kill();
     let _ = back.wait();
     assert!(returned.is_ok(), "traffic never came back to eu-west-1a");
+}
+
+/// A `redis-server` on 127.0.0.1:6390 (the tiered-rate-limits example's),
+/// stopped on drop; `None` when it is not installed.
+struct Redis(std::process::Child);
+
+impl Redis {
+    fn start() -> Option<Redis> {
+        let child = Command::new("redis-server")
+            .args(["--port", "6390", "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let redis = Redis(child);
+        let start = Instant::now();
+        while std::net::TcpStream::connect("127.0.0.1:6390").is_err() {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "redis never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Some(redis)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Scenario 4: a's calls to b are limited to 100 an hour, a platinum
+/// customer's to 1000, counted in Redis.
+#[test]
+fn tiered_rate_limits_hold() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(_redis) = Redis::start() else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "redis-server is not installed (.ci/run installs it)"
+        );
+        println!("SKIPPED: redis-server is not installed");
+        return;
+    };
+    let _up = Up::start(&example("tiered-rate-limits"), &["--background-load", "0"]);
+    let first = until("127.0.1.10:9001", Duration::from_secs(15), |r| {
+        r.starts_with("HTTP/1.1 200")
+    });
+    assert!(first.contains("x-ratelimit-limit: 100"), "{first}");
+    let mut statuses = vec![200];
+    for _ in 0..104 {
+        let r = http_get("127.0.1.10:9001", "/", "").unwrap_or_default();
+        statuses.push(r.get(9..12).and_then(|s| s.parse().ok()).unwrap_or(0));
+    }
+    let ok = statuses.iter().filter(|s| **s == 200).count();
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((ok, limited), (100, 5), "{statuses:?}");
+    let platinum =
+        http_get("127.0.1.10:9001", "/", "x-customer-tier: platinum\r\n").expect("platinum call");
+    assert!(
+        platinum.starts_with("HTTP/1.1 200") && platinum.contains("x-ratelimit-limit: 1000"),
+        "{platinum}"
+    );
+}
+
+/// Scenario 5: b's waypoint verifies the caller's JWT again and b's policy
+/// checks its claims.
+#[test]
+fn a_jwt_is_verified_again_across_the_boundary() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _up = Up::start(&example("re-authentication"), &["--background-load", "0"]);
+    let token = |file: &str| {
+        let t = std::fs::read_to_string(example("re-authentication").join(file)).expect("token");
+        format!("authorization: Bearer {}\r\n", t.trim())
+    };
+    let status = |headers: &str| {
+        http_get("127.0.1.10:9001", "/headers", headers)
+            .unwrap_or_default()
+            .get(9..12)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    let alice = token("alice-gold.jwt");
+    let start = Instant::now();
+    while status(&alice) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "alice's token was never accepted"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(status(""), 403, "no token: the policy wants a principal");
+    assert_eq!(
+        status(&token("bob-silver.jwt")),
+        403,
+        "bob's tier is silver"
+    );
+    let mut tampered = alice.clone();
+    tampered.insert(30, 'x');
+    assert_eq!(status(&tampered), 401, "a token that does not verify");
+    assert_eq!(status("authorization: Bearer x.y.z\r\n"), 401);
+}
+
+/// Scenario 6: at the gateway each path takes its credential — a JWT for
+/// /api, an API key for /partner — and nothing else gets in.
+#[test]
+fn untrusted_ingress_takes_each_credential_where_it_belongs() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _up = Up::start(&example("untrusted-ingress"), &["--background-load", "0"]);
+    let jwt = std::fs::read_to_string(example("re-authentication").join("alice-gold.jwt"))
+        .expect("token");
+    let bearer = format!("authorization: Bearer {}\r\n", jwt.trim());
+    let status = |path: &str, headers: &str| {
+        http_get("127.0.1.50:8080", path, headers)
+            .unwrap_or_default()
+            .get(9..12)
+            .and_then(|s| s.parse::<u16>().ok())
+            .unwrap_or(0)
+    };
+    let start = Instant::now();
+    while status("/api/headers", &bearer) != 200 {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the gateway never let the JWT in"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let key = "x-api-key: demo-key\r\n";
+    let cases = [
+        ("/api/headers", "", 403, "no credential"),
+        (
+            "/api/headers",
+            "authorization: Bearer x.y.z\r\n",
+            401,
+            "a bad token",
+        ),
+        ("/api/headers", key, 403, "an API key is not a JWT"),
+        ("/partner/headers", key, 200, "the API key"),
+        (
+            "/partner/headers",
+            "x-api-key: guess\r\n",
+            401,
+            "a wrong key",
+        ),
+        ("/partner/headers", "", 401, "no key"),
+        ("/other", &bearer, 404, "a path no route serves"),
+    ];
+    for (path, headers, want, why) in cases {
+        assert_eq!(status(path, headers), want, "{why}: {path}");
+    }
 }
