@@ -23,6 +23,7 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_names(&r.http_routes, out);
     duplicate_names(&r.grpc_routes, out);
     duplicate_names(&r.tls_routes, out);
+    duplicate_names(&r.tcp_routes, out);
     duplicate_names(&r.rate_limit_policies, out);
     duplicate_names(&r.request_authentications, out);
     if let [first, rest @ ..] = r.meshes.as_slice() {

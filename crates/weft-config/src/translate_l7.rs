@@ -951,13 +951,15 @@ fn attach_to_gateway(
         && gateway
             .listeners
             .iter()
-            .any(|l| &l.name == section && l.passthrough)
+            .any(|l| &l.name == section && l.passthrough.is_some())
     {
         report(
             out,
             hr,
             &format!("{field}.sectionName"),
-            format!("listener {section:?} passes TLS through unopened; attach TLSRoutes to it"),
+            format!(
+                "listener {section:?} passes connections through unopened; attach TLSRoutes or TCPRoutes to it"
+            ),
         );
         return;
     }
@@ -1038,10 +1040,14 @@ fn translate_gateways(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diag
         let mut ok = true;
         for (i, l) in gw.spec.listeners.iter().enumerate() {
             let base = format!("spec.listeners[{i}].tls");
-            let passthrough = l.protocol == "TLS";
+            let passthrough = match l.protocol.as_str() {
+                "TLS" => Some(weft_core::l7::Passthrough::Tls),
+                "TCP" => Some(weft_core::l7::Passthrough::Tcp),
+                _ => None,
+            };
             let tls = match &l.tls {
                 None => None,
-                Some(_) if passthrough => None,
+                Some(_) if passthrough.is_some() => None,
                 Some(t) => {
                     let mut certificates = Vec::new();
                     for (c, reference) in t.certificate_refs.iter().enumerate() {
@@ -1118,78 +1124,104 @@ fn translate_gateways(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diag
     }
 }
 
-/// `TLSRoute`s → the passthrough routes of their Gateways.
+/// `TLSRoute`s and `TCPRoute`s → the passthrough routes of their Gateways.
 fn translate_tls_routes(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
-    use weft_core::l7::TlsRoute;
-    let mut routes: Vec<&Resource<crate::kinds::TlsRouteSpec>> =
+    use weft_core::l7::Passthrough;
+    let mut tls: Vec<&Resource<crate::kinds::TlsRouteSpec>> =
         r.tls_routes.iter().map(|t| t.as_ref()).collect();
-    routes.sort_by(|a, b| a.name.cmp(&b.name));
-    for tr in routes {
-        let Some(rule) = tr.spec.rules.first() else {
+    tls.sort_by(|a, b| a.name.cmp(&b.name));
+    for tr in tls {
+        let s = &tr.spec;
+        let route = (&s.parent_refs[..], &s.hostnames[..], &s.rules[..]);
+        stream_route(snapshot, tr, route, Passthrough::Tls, out);
+    }
+    let mut tcp: Vec<&Resource<crate::kinds::TcpRouteSpec>> =
+        r.tcp_routes.iter().map(|t| t.as_ref()).collect();
+    tcp.sort_by(|a, b| a.name.cmp(&b.name));
+    for tr in tcp {
+        let s = &tr.spec;
+        let route = (&s.parent_refs[..], &[][..], &s.rules[..]);
+        stream_route(snapshot, tr, route, Passthrough::Tcp, out);
+    }
+}
+
+/// One TLSRoute or TCPRoute — its (parents, host names, rules) — attached
+/// to the listeners of `kind` it names.
+fn stream_route<S: Spec>(
+    snapshot: &mut Snapshot,
+    res: &Resource<S>,
+    (parents, hosts, rules): (
+        &[crate::kinds::http_route::RefSpec],
+        &[String],
+        &[crate::kinds::tls_route::TlsRuleSpec],
+    ),
+    kind: weft_core::l7::Passthrough,
+    out: &mut Vec<Diagnostic>,
+) {
+    use weft_core::l7::{Passthrough, TlsRoute};
+    let Some(rule) = rules.first() else {
+        return;
+    };
+    let mut destinations = Vec::new();
+    for (b, backend) in rule.backend_refs.iter().enumerate() {
+        let field = format!("spec.rules[0].backendRefs[{b}]");
+        let Some(service) = service_ref(snapshot, res, &field, backend, out) else {
             continue;
         };
-        let mut destinations = Vec::new();
-        for (b, backend) in rule.backend_refs.iter().enumerate() {
-            let field = format!("spec.rules[0].backendRefs[{b}]");
-            let Some(service) = service_ref(snapshot, tr, &field, backend, out) else {
-                continue;
-            };
-            destinations.push(Destination {
-                service: service_key(service),
-                subset: None,
-                port: backend.port.and_then(|p| u16::try_from(p).ok()),
-                weight: backend.weight.unwrap_or(1),
-            });
-        }
-        if destinations.len() != rule.backend_refs.len() {
+        destinations.push(Destination {
+            service: service_key(service),
+            subset: None,
+            port: backend.port.and_then(|p| u16::try_from(p).ok()),
+            weight: backend.weight.unwrap_or(1),
+        });
+    }
+    if destinations.len() != rule.backend_refs.len() {
+        return;
+    }
+    let listener_kind = match kind {
+        Passthrough::Tls => "TLS passthrough",
+        Passthrough::Tcp => "TCP",
+    };
+    for (i, parent) in parents.iter().enumerate() {
+        let field = format!("spec.parentRefs[{i}]");
+        let ns = parent.namespace.as_deref().unwrap_or(&res.name.namespace);
+        let wanted = NamespacedName::new(ns, &parent.name);
+        let Some(gateway) = snapshot.gateways.get_mut(&wanted) else {
+            report(
+                out,
+                res,
+                &format!("{field}.name"),
+                format!("no Gateway {wanted} in the configuration"),
+            );
+            continue;
+        };
+        let listeners: Vec<String> = gateway
+            .listeners
+            .iter()
+            .filter(|l| l.passthrough == Some(kind))
+            .filter(|l| parent.section_name.as_ref().is_none_or(|s| &l.name == s))
+            .map(|l| l.name.clone())
+            .collect();
+        if listeners.is_empty() {
+            let named = parent
+                .section_name
+                .as_ref()
+                .map(|s| format!(" named {s:?}"))
+                .unwrap_or_default();
+            report(
+                out,
+                res,
+                &field,
+                format!("Gateway {wanted} has no {listener_kind} listener{named}"),
+            );
             continue;
         }
-        for (i, parent) in tr.spec.parent_refs.iter().enumerate() {
-            let field = format!("spec.parentRefs[{i}]");
-            let ns = parent.namespace.as_deref().unwrap_or(&tr.name.namespace);
-            let wanted = NamespacedName::new(ns, &parent.name);
-            let Some(gateway) = snapshot.gateways.get_mut(&wanted) else {
-                report(
-                    out,
-                    tr,
-                    &format!("{field}.name"),
-                    format!("no Gateway {wanted} in the configuration"),
-                );
-                continue;
-            };
-            let passthrough: Vec<&str> = gateway
-                .listeners
-                .iter()
-                .filter(|l| l.passthrough)
-                .map(|l| l.name.as_str())
-                .collect();
-            let fits = match &parent.section_name {
-                Some(section) => passthrough.contains(&section.as_str()),
-                None => !passthrough.is_empty(),
-            };
-            if !fits {
-                report(
-                    out,
-                    tr,
-                    &field,
-                    format!(
-                        "Gateway {wanted} has no TLS passthrough listener{}",
-                        parent
-                            .section_name
-                            .as_ref()
-                            .map(|s| format!(" named {s:?}"))
-                            .unwrap_or_default()
-                    ),
-                );
-                continue;
-            }
-            gateway.tls_routes.push(TlsRoute {
-                name: tr.name.to_string(),
-                listeners: parent.section_name.iter().cloned().collect(),
-                hosts: tr.spec.hostnames.clone(),
-                destinations: destinations.clone(),
-            });
-        }
+        gateway.tls_routes.push(TlsRoute {
+            name: res.name.to_string(),
+            listeners,
+            hosts: hosts.to_vec(),
+            destinations: destinations.clone(),
+        });
     }
 }
 

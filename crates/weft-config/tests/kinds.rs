@@ -1337,6 +1337,7 @@ spec:
 
 #[test]
 fn tls_passthrough_listeners_take_tls_routes() {
+    use weft_core::l7::Passthrough;
     let gateway = |listeners: &str, routes: &str| {
         format!(
             "{REVIEWS}---
@@ -1361,6 +1362,37 @@ spec:
             "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TLSRoute\nmetadata: {{name: r, namespace: shop}}\nspec:\n{spec}"
         )
     };
+    let tcp = |spec: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1alpha2\nkind: TCPRoute\nmetadata: {{name: t, namespace: shop}}\nspec:\n{spec}"
+        )
+    };
+    let raw = load_ok(&gateway(
+        "[{name: tls, port: 443, protocol: TLS, tls: {mode: Passthrough}}, {name: raw, port: 5432, protocol: TCP}]",
+        &format!(
+            "{}---\n{}",
+            tcp(
+                "  parentRefs: [{kind: Gateway, name: edge}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n"
+            ),
+            route(
+                "  parentRefs: [{kind: Gateway, name: edge}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n"
+            )
+        ),
+    ));
+    let gw = &raw.snapshot.gateways[&name("shop", "edge")];
+    assert_eq!(gw.listeners[1].passthrough, Some(Passthrough::Tcp));
+    let by_name = |n: &str| gw.tls_routes.iter().find(|r| r.name == n).expect("route");
+    assert_eq!(
+        by_name("shop/t").listeners,
+        ["raw"],
+        "a TCPRoute: TCP listeners only"
+    );
+    assert_eq!(
+        by_name("shop/r").listeners,
+        ["tls"],
+        "a TLSRoute: TLS ones only"
+    );
+    assert!(by_name("shop/t").hosts.is_empty());
     let ok = load_ok(&gateway(
         passthrough,
         &route(
@@ -1368,10 +1400,16 @@ spec:
         ),
     ));
     let gw = &ok.snapshot.gateways[&name("shop", "edge")];
-    assert!(gw.listeners[1].passthrough && gw.listeners[1].tls.is_none());
-    assert!(!gw.listeners[0].passthrough);
+    assert_eq!(gw.listeners[1].passthrough, Some(Passthrough::Tls));
+    assert!(gw.listeners[1].tls.is_none());
+    assert_eq!(gw.listeners[0].passthrough, None);
     let tls = &gw.tls_routes[0];
     assert_eq!(tls.name, "shop/r");
+    assert_eq!(
+        tls.listeners,
+        ["tls"],
+        "the Gateway's TLS passthrough listeners"
+    );
     assert_eq!(tls.hosts, ["reviews.example.com"]);
     assert_eq!(
         (
@@ -1425,7 +1463,7 @@ spec:
                     "  parentRefs: [{name: reviews}]\n  rules: [{backendRefs: [{name: reviews}]}, {backendRefs: [{name: reviews, port: 80}]}]\n",
                 ),
             ),
-            "a TLSRoute attaches to a Gateway",
+            "a TLSRoute or TCPRoute attaches to a Gateway",
         ),
         (
             gateway(
@@ -1441,7 +1479,32 @@ spec:
                 passthrough,
                 "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: h, namespace: shop}\nspec:\n  parentRefs: [{kind: Gateway, name: edge, sectionName: tls}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n",
             ),
-            "passes TLS through unopened; attach TLSRoutes to it",
+            "passes connections through unopened; attach TLSRoutes or TCPRoutes to it",
+        ),
+        (
+            gateway(
+                passthrough,
+                &tcp(
+                    "  parentRefs: [{kind: Gateway, name: edge}]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n",
+                ),
+            ),
+            "Gateway shop/edge has no TCP listener",
+        ),
+        (
+            gateway(
+                "[{name: raw, port: 5432, protocol: TCP}]",
+                &tcp(
+                    "  parentRefs: [{kind: Gateway, name: edge}]\n  hostnames: [db.example.com]\n  rules: [{backendRefs: [{name: reviews, port: 80}]}]\n",
+                ),
+            ),
+            "spec.hostnames",
+        ),
+        (
+            gateway(
+                "[{name: raw, port: 5432, protocol: TCP, tls: {mode: Passthrough}}]",
+                "",
+            ),
+            "a TCP listener passes connections through as they are; it has no tls",
         ),
     ];
     for (yaml, want) in cases {
@@ -1565,8 +1628,8 @@ spec:
             "not a class weft runs",
         ),
         (
-            base.replace("protocol: HTTPS, hostname", "protocol: TCP, hostname"),
-            "serves HTTP, HTTPS and TLS (passthrough) listeners",
+            base.replace("protocol: HTTPS, hostname", "protocol: UDP, hostname"),
+            "serves HTTP, HTTPS, TLS (passthrough) and TCP listeners",
         ),
         (
             base.replace("Q0VSVA==", "not base64!"),

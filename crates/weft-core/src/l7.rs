@@ -594,13 +594,15 @@ pub struct GatewayConfig {
     /// Routes (`HTTPRoute`s with this Gateway as parent), JWT issuers,
     /// request-level authorization and rate limits attached to it.
     pub policy: L7Policy,
-    /// `TLSRoute`s: TLS connections passed through unopened, by SNI.
+    /// `TLSRoute`s (by SNI) and `TCPRoute`s (no host names): connections
+    /// passed through unopened.
     #[serde(default)]
     pub tls_routes: Vec<TlsRoute>,
 }
 
-/// A `TLSRoute` at a Gateway: connections whose SNI matches `hosts` go,
-/// still encrypted, to one of `destinations`.
+/// A `TLSRoute` (or `TCPRoute`) at a Gateway: connections whose SNI
+/// matches `hosts` (a TCPRoute has none: every connection) go, unopened,
+/// to one of `destinations`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TlsRoute {
     /// `namespace/name` of the route.
@@ -625,9 +627,19 @@ pub struct GatewayListener {
     pub hostname: Option<String>,
     /// TLS termination (HTTPS); `None`: plain HTTP (or passthrough).
     pub tls: Option<ListenerTls>,
-    /// TLS passed through by SNI to `TlsRoute` backends, not terminated.
+    /// Connections passed through unopened to `TlsRoute` backends instead
+    /// of served as HTTP: TLS by its SNI, or plain TCP whole.
     #[serde(default)]
-    pub passthrough: bool,
+    pub passthrough: Option<Passthrough>,
+}
+
+/// How a listener passes connections through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Passthrough {
+    /// TLS, routed by the SNI of its ClientHello (`TLSRoute`).
+    Tls,
+    /// Plain TCP (`TCPRoute`).
+    Tcp,
 }
 
 /// A listener's TLS settings.

@@ -290,7 +290,7 @@ pub fn gateway_config_for(
     });
     for listener in &gateway.listeners {
         let target = listener_target(&listener.name);
-        if listener.passthrough {
+        if listener.passthrough.is_some() {
             let routes = gateway
                 .tls_routes
                 .iter()

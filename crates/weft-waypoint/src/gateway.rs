@@ -184,8 +184,8 @@ struct Listeners {
 struct Bound {
     signature: String,
     addr: SocketAddr,
-    /// Passes TLS through (by SNI) instead of serving HTTP.
-    passthrough: bool,
+    /// Passes connections through instead of serving HTTP.
+    passthrough: Option<weft_core::l7::Passthrough>,
     /// The listener's TLS (none: plain HTTP), swapped in place when only
     /// its settings change (a rotated certificate), so the socket stays.
     tls: Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>,
@@ -257,12 +257,11 @@ impl Listeners {
             if let Some(old) = self.bound.remove(&listener.name) {
                 old.task.abort();
             }
-            tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), passthrough = listener.passthrough, "listening");
+            tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), passthrough = ?listener.passthrough, "listening");
             let tls = Arc::new(ArcSwap::from_pointee(tls));
-            let front = if listener.passthrough {
-                Front::Passthrough(Box::new(self.connector.clone()))
-            } else {
-                Front::Http(tls.clone())
+            let front = match listener.passthrough {
+                Some(kind) => Front::Passthrough(Box::new(self.connector.clone()), kind),
+                None => Front::Http(tls.clone()),
             };
             let task = tokio::spawn(accept(
                 socket,
@@ -295,8 +294,8 @@ impl Listeners {
 enum Front {
     /// HTTP, over TLS when the listener has TLS settings (swappable).
     Http(Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>),
-    /// TLS passed through by SNI ([`crate::passthrough`]).
-    Passthrough(Box<HboneConnector>),
+    /// Connections passed through ([`crate::passthrough`]).
+    Passthrough(Box<HboneConnector>, weft_core::l7::Passthrough),
 }
 
 /// Accepts connections on one listener.
@@ -330,11 +329,17 @@ async fn accept(
         let (engine, target, metrics) = (engine.clone(), target.clone(), metrics.clone());
         let tls = match &front {
             Front::Http(tls) => tls.load().as_ref().clone(),
-            Front::Passthrough(connector) => {
+            Front::Passthrough(connector, kind) => {
                 let connector = HboneConnector::clone(connector);
+                let kind = *kind;
                 tokio::spawn(async move {
                     let _slot = slot;
-                    crate::passthrough::serve(tcp, peer, engine, target, connector, metrics).await;
+                    let to = crate::passthrough::Listener {
+                        target,
+                        kind,
+                        connector,
+                    };
+                    crate::passthrough::serve(tcp, peer, engine, to, metrics).await;
                 });
                 continue;
             }

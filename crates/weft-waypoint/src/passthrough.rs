@@ -1,11 +1,12 @@
-//! TLS passthrough at a gateway (`TLSRoute` on a `protocol: TLS`,
-//! `tls.mode: Passthrough` listener): the gateway reads the client's
-//! ClientHello without answering it, picks the route by its SNI
+//! Passthrough at a gateway. On a TLS passthrough listener (`protocol:
+//! TLS`, `tls.mode: Passthrough`, with `TLSRoute`s) the gateway reads the
+//! client's ClientHello without answering it, picks the route by its SNI
 //! ([`select`], pure), picks an endpoint of the route's backend as HTTP
 //! routes do, opens an HBONE tunnel to it with the gateway's identity, and
 //! splices the connection — the ClientHello first — so the client's TLS
-//! session ends at the backend. The gateway never holds the backend's key
-//! and sees nothing past the ClientHello.
+//! session ends at the backend: the gateway never holds the backend's key
+//! and sees nothing past the ClientHello. A TCP listener (`protocol: TCP`,
+//! with `TCPRoute`s) does the same without reading anything first.
 //!
 //! Bounded like the other listeners: the ClientHello must arrive within
 //! the TLS handshake timeout and [`MAX_CLIENT_HELLO`] bytes; refusals
@@ -23,6 +24,7 @@ use crate::engine::Engine;
 use crate::hbone::HboneConnector;
 use crate::metrics::Metrics;
 use crate::route::{Backend, pick_weighted};
+use weft_core::l7::Passthrough;
 
 /// Largest ClientHello read before giving up on finding its end.
 pub const MAX_CLIENT_HELLO: usize = 32 * 1024;
@@ -87,32 +89,52 @@ pub async fn client_hello<R: AsyncRead + Unpin>(
     }
 }
 
-/// Serves one connection accepted on passthrough listener `target`.
+/// A passthrough listener, as its connections need it.
+pub struct Listener {
+    /// Its target (`gateway/<listener>`), which names its routes.
+    pub target: String,
+    /// TLS (by SNI) or TCP.
+    pub kind: Passthrough,
+    /// Tunnels with the gateway's identity.
+    pub connector: HboneConnector,
+}
+
+/// Serves one connection accepted on passthrough listener `to`.
 pub async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
     engine: Arc<Engine>,
-    target: String,
-    connector: HboneConnector,
+    to: Listener,
     metrics: Metrics,
 ) {
+    let Listener {
+        target,
+        kind,
+        connector,
+    } = to;
     let refuse = |reason: &'static str, why: String| {
         metrics.connection_refused(&target, reason);
-        tracing::info!(%peer, listener = %target, "TLS passthrough connection refused: {why}");
+        tracing::info!(%peer, listener = %target, "passthrough connection refused: {why}");
     };
-    let hello =
-        tokio::time::timeout(crate::gateway::HANDSHAKE_TIMEOUT, client_hello(&mut tcp)).await;
-    let (hello, sni) = match hello {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => return refuse("tls_handshake", e),
-        Err(_) => {
-            return refuse(
-                "tls_timeout",
-                format!(
-                    "no ClientHello within {:?}",
-                    crate::gateway::HANDSHAKE_TIMEOUT
-                ),
-            );
+    let (hello, sni) = match kind {
+        Passthrough::Tcp => (Vec::new(), None),
+        Passthrough::Tls => {
+            let hello =
+                tokio::time::timeout(crate::gateway::HANDSHAKE_TIMEOUT, client_hello(&mut tcp))
+                    .await;
+            match hello {
+                Ok(Ok(h)) => h,
+                Ok(Err(e)) => return refuse("tls_handshake", e),
+                Err(_) => {
+                    return refuse(
+                        "tls_timeout",
+                        format!(
+                            "no ClientHello within {:?}",
+                            crate::gateway::HANDSHAKE_TIMEOUT
+                        ),
+                    );
+                }
+            }
         }
     };
     let config = engine.current();
@@ -121,10 +143,11 @@ pub async fn serve(
         .get(&target)
         .map_or(&[][..], Vec::as_slice);
     let Some(route) = select(routes, sni.as_deref()) else {
-        return refuse(
-            "no_route",
-            format!("no TLSRoute for SNI {:?}", sni.as_deref().unwrap_or("")),
-        );
+        let why = match kind {
+            Passthrough::Tls => format!("no TLSRoute for SNI {:?}", sni.as_deref().unwrap_or("")),
+            Passthrough::Tcp => "no TCPRoute".to_owned(),
+        };
+        return refuse("no_route", why);
     };
     let Some(cluster) = pick_weighted(&route.backends, fastrand::f64())
         .and_then(|b| config.clusters.get(&b.service))
@@ -166,7 +189,7 @@ pub async fn serve(
         upstream = %endpoint,
         sent = copied.as_ref().map_or(0, |c| c.0 + hello.len() as u64),
         received = copied.as_ref().map_or(0, |c| c.1),
-        "TLS passthrough connection closed"
+        "passthrough connection closed"
     );
 }
 

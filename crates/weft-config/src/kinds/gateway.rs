@@ -43,7 +43,7 @@ pub struct ListenerSpec {
     pub hostname: Option<String>,
     /// Port.
     pub port: u32,
-    /// `HTTP`, `HTTPS`, or `TLS` (with `tls.mode: Passthrough`).
+    /// `HTTP`, `HTTPS`, `TLS` (with `tls.mode: Passthrough`) or `TCP`.
     pub protocol: String,
     /// TLS settings (HTTPS; TLS passthrough).
     pub tls: Option<ListenerTlsSpec>,
@@ -146,6 +146,11 @@ impl Spec for GatewaySpec {
                     &format!("{base}.tls"),
                     "an HTTPS listener needs tls.certificateRefs",
                 ),
+                ("TCP", None) => {}
+                ("TCP", Some(_)) => ctx.error(
+                    &format!("{base}.tls"),
+                    "a TCP listener passes connections through as they are; it has no tls",
+                ),
                 ("TLS", tls) => {
                     let mode = tls.as_ref().and_then(|t| t.mode.as_deref());
                     if mode != Some("Passthrough") {
@@ -191,7 +196,7 @@ impl Spec for GatewaySpec {
                 }
                 (other, _) => ctx.error(
                     &format!("{base}.protocol"),
-                    format!("{other:?}: weft's gateway serves HTTP, HTTPS and TLS (passthrough) listeners"),
+                    format!("{other:?}: weft's gateway serves HTTP, HTTPS, TLS (passthrough) and TCP listeners"),
                 ),
             }
         }

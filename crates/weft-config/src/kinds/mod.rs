@@ -37,7 +37,7 @@ pub use rate_limit_policy::RateLimitPolicySpec;
 pub use request_authentication::RequestAuthenticationSpec;
 pub use secret::SecretSpec;
 pub use service_entry::ServiceEntrySpec;
-pub use tls_route::TlsRouteSpec;
+pub use tls_route::{TcpRouteSpec, TlsRouteSpec};
 pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
 
@@ -66,6 +66,8 @@ pub struct Resources {
     pub grpc_routes: Vec<Arc<Resource<GrpcRouteSpec>>>,
     /// Gateway API `TLSRoute`.
     pub tls_routes: Vec<Arc<Resource<TlsRouteSpec>>>,
+    /// Gateway API `TCPRoute`.
+    pub tcp_routes: Vec<Arc<Resource<TcpRouteSpec>>>,
     /// weft `RateLimitPolicy`.
     pub rate_limit_policies: Vec<Arc<Resource<RateLimitPolicySpec>>>,
     /// Istio `RequestAuthentication`.
@@ -89,6 +91,7 @@ impl Resources {
             + self.http_routes.len()
             + self.grpc_routes.len()
             + self.tls_routes.len()
+            + self.tcp_routes.len()
             + self.rate_limit_policies.len()
             + self.request_authentications.len()
             + self.secrets.len()
@@ -118,6 +121,7 @@ impl Resources {
         self.http_routes.extend(other.http_routes.iter().cloned());
         self.grpc_routes.extend(other.grpc_routes.iter().cloned());
         self.tls_routes.extend(other.tls_routes.iter().cloned());
+        self.tcp_routes.extend(other.tcp_routes.iter().cloned());
         self.rate_limit_policies
             .extend(other.rate_limit_policies.iter().cloned());
         self.request_authentications
@@ -201,6 +205,12 @@ pub(crate) const KINDS: &[KindDef] = &[
         versions: &["v1alpha2", "v1alpha3"],
         kind: "TLSRoute",
         add: |v, o, r, out| r.tls_routes.extend(decode(v, o, out).map(Arc::new)),
+    },
+    KindDef {
+        group: "gateway.networking.k8s.io",
+        versions: &["v1alpha2"],
+        kind: "TCPRoute",
+        add: |v, o, r, out| r.tcp_routes.extend(decode(v, o, out).map(Arc::new)),
     },
     KindDef {
         group: ISTIO_SECURITY,
