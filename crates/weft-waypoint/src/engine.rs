@@ -689,17 +689,21 @@ impl Engine {
                 .ok_or_else(|| L7Error::NoRoute(format!("{t} (not a service of this waypoint)")))?,
             None => &config.routes,
         };
-        let route = select(routes, request.method(), request.uri(), request.headers())
-            .ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
-        ctx.route = route.name.clone();
-        // Requests refused before a backend is chosen (authentication,
-        // authorization, rate limits) count against the route's service.
-        if let Some(cluster) = route
-            .backends
-            .first()
-            .and_then(|b| config.clusters.get(&b.service))
-        {
-            ctx.service = cluster.label.clone();
+        // A request no route takes is refused as such only after
+        // authentication and authorization (as Envoy's filters run before
+        // its router): a caller policy refuses learns nothing of the routes.
+        let route = select(routes, request.method(), request.uri(), request.headers());
+        if let Some(route) = route {
+            ctx.route = route.name.clone();
+            // Requests refused before a backend is chosen (authentication,
+            // authorization, rate limits) count against the route's service.
+            if let Some(cluster) = route
+                .backends
+                .first()
+                .and_then(|b| config.clusters.get(&b.service))
+            {
+                ctx.service = cluster.label.clone();
+            }
         }
         // Phase 2: authentication (a JWT, when the request carries one).
         let mut claims = None;
@@ -715,7 +719,7 @@ impl Engine {
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    tracing::info!(route = %route.name, error = %e, "request refused: invalid token");
+                    tracing::info!(route = %ctx.route, error = %e, "request refused: invalid token");
                     return Ok(status_response(401, &e.to_string()));
                 }
             }
@@ -728,6 +732,7 @@ impl Engine {
         {
             return Ok(refused);
         }
+        let route = route.ok_or_else(|| L7Error::NoRoute(request.uri().path().to_owned()))?;
         // Phase 3: rate limits.
         let mut limit_headers = None;
         if let Some(limiter) = config.limits.get(target.unwrap_or("")) {

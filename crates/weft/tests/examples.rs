@@ -316,7 +316,12 @@ fn untrusted_ingress_takes_each_credential_where_it_belongs() {
             "a wrong key",
         ),
         ("/partner/headers", "", 401, "no key"),
-        ("/other", &bearer, 404, "a path no route serves"),
+        (
+            "/other",
+            &bearer,
+            403,
+            "a path no rule allows: refused before its missing route shows",
+        ),
     ];
     for (path, headers, want, why) in cases {
         assert_eq!(status(path, headers), want, "{why}: {path}");
