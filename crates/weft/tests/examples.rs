@@ -216,6 +216,11 @@ fn tiered_rate_limits_hold() {
         return;
     };
     let _up = Up::start(&example("tiered-rate-limits"), &["--background-load", "0"]);
+    // b itself first, so no call through the mesh fails upstream after
+    // the limiter counted it.
+    until("127.0.2.10:8080", Duration::from_secs(15), |r| {
+        r.starts_with("HTTP/1.1 200")
+    });
     let first = until("127.0.1.10:9001", Duration::from_secs(15), |r| {
         r.starts_with("HTTP/1.1 200")
     });
