@@ -115,12 +115,12 @@ impl Drop for ConnectionGuard {
         let l = &self.labels;
         tracing::info!(
             target: "weft::access",
-            reporter = l.reporter,
-            src = %format!("{}/{}", l.source_workload_namespace, l.source_workload),
-            src_principal = %l.source_principal,
-            dst = %format!("{}/{}", l.destination_workload_namespace, l.destination_workload),
-            dst_principal = %l.destination_principal,
-            service = %l.destination_service,
+            reporter = l.parties.reporter,
+            src = %format!("{}/{}", l.parties.source_workload_namespace, l.parties.source_workload),
+            src_principal = %l.parties.source_principal,
+            dst = %format!("{}/{}", l.parties.destination_workload_namespace, l.parties.destination_workload),
+            dst_principal = %l.parties.destination_principal,
+            service = %l.parties.destination_service,
             flags = l.response_flags,
             security = l.connection_security_policy,
             sent,

@@ -149,83 +149,10 @@ impl Service {
     }
 }
 
-/// Labels of the `istio_tcp_*` families.
+/// Who called whom, for which service: the labels every Istio family
+/// shares, in Istio's order.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TcpLabels {
-    /// `source` or `destination`.
-    pub reporter: &'static str,
-    /// Caller workload.
-    pub source_workload: String,
-    /// Caller namespace.
-    pub source_workload_namespace: String,
-    /// Caller identity.
-    pub source_principal: String,
-    /// Caller canonical service.
-    pub source_canonical_service: String,
-    /// Caller canonical revision.
-    pub source_canonical_revision: String,
-    /// Callee workload.
-    pub destination_workload: String,
-    /// Callee namespace.
-    pub destination_workload_namespace: String,
-    /// Callee identity.
-    pub destination_principal: String,
-    /// Callee canonical service.
-    pub destination_canonical_service: String,
-    /// Callee canonical revision.
-    pub destination_canonical_revision: String,
-    /// Service hostname.
-    pub destination_service: String,
-    /// Service name.
-    pub destination_service_name: String,
-    /// Service namespace.
-    pub destination_service_namespace: String,
-    /// `tcp`.
-    pub request_protocol: &'static str,
-    /// `-` or Envoy-style flags (`DENY`, `UF`, …).
-    pub response_flags: &'static str,
-    /// `mutual_tls` or `none`.
-    pub connection_security_policy: &'static str,
-}
-
-fn security(mtls: bool) -> &'static str {
-    if mtls { "mutual_tls" } else { "none" }
-}
-
-/// The labels of one TCP connection.
-pub fn tcp(
-    reporter: Reporter,
-    source: &Peer,
-    destination: &Peer,
-    service: &Service,
-    flags: &'static str,
-    mtls: bool,
-) -> TcpLabels {
-    TcpLabels {
-        reporter: reporter.as_str(),
-        source_workload: source.workload.clone(),
-        source_workload_namespace: source.namespace.clone(),
-        source_principal: source.principal.clone(),
-        source_canonical_service: source.canonical_service.clone(),
-        source_canonical_revision: source.canonical_revision.clone(),
-        destination_workload: destination.workload.clone(),
-        destination_workload_namespace: destination.namespace.clone(),
-        destination_principal: destination.principal.clone(),
-        destination_canonical_service: destination.canonical_service.clone(),
-        destination_canonical_revision: destination.canonical_revision.clone(),
-        destination_service: service.host.clone(),
-        destination_service_name: service.name.clone(),
-        destination_service_namespace: service.namespace.clone(),
-        request_protocol: "tcp",
-        response_flags: flags,
-        connection_security_policy: security(mtls),
-    }
-}
-
-/// Labels of `istio_requests_total`, `istio_request_duration_milliseconds`,
-/// `istio_request_bytes`, `istio_response_bytes`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RequestLabels {
+pub struct Parties {
     /// `source`, `destination` or `waypoint`.
     pub reporter: &'static str,
     /// Caller workload.
@@ -254,6 +181,73 @@ pub struct RequestLabels {
     pub destination_service_name: String,
     /// Service namespace.
     pub destination_service_namespace: String,
+}
+
+impl Parties {
+    /// The parties of a call `reporter` saw from `source` to `destination`
+    /// for `service`.
+    pub fn new(reporter: Reporter, source: &Peer, destination: &Peer, service: &Service) -> Self {
+        Parties {
+            reporter: reporter.as_str(),
+            source_workload: source.workload.clone(),
+            source_workload_namespace: source.namespace.clone(),
+            source_principal: source.principal.clone(),
+            source_canonical_service: source.canonical_service.clone(),
+            source_canonical_revision: source.canonical_revision.clone(),
+            destination_workload: destination.workload.clone(),
+            destination_workload_namespace: destination.namespace.clone(),
+            destination_principal: destination.principal.clone(),
+            destination_canonical_service: destination.canonical_service.clone(),
+            destination_canonical_revision: destination.canonical_revision.clone(),
+            destination_service: service.host.clone(),
+            destination_service_name: service.name.clone(),
+            destination_service_namespace: service.namespace.clone(),
+        }
+    }
+}
+
+/// Labels of the `istio_tcp_*` families.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// Who called whom.
+    #[prometheus(flatten)]
+    pub parties: Parties,
+    /// `tcp`.
+    pub request_protocol: &'static str,
+    /// `-` or Envoy-style flags (`DENY`, `UF`, …).
+    pub response_flags: &'static str,
+    /// `mutual_tls` or `none`.
+    pub connection_security_policy: &'static str,
+}
+
+fn security(mtls: bool) -> &'static str {
+    if mtls { "mutual_tls" } else { "none" }
+}
+
+/// The labels of one TCP connection.
+pub fn tcp(
+    reporter: Reporter,
+    source: &Peer,
+    destination: &Peer,
+    service: &Service,
+    flags: &'static str,
+    mtls: bool,
+) -> TcpLabels {
+    TcpLabels {
+        parties: Parties::new(reporter, source, destination, service),
+        request_protocol: "tcp",
+        response_flags: flags,
+        connection_security_policy: security(mtls),
+    }
+}
+
+/// Labels of `istio_requests_total`, `istio_request_duration_milliseconds`,
+/// `istio_request_bytes`, `istio_response_bytes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Who called whom.
+    #[prometheus(flatten)]
+    pub parties: Parties,
     /// `http` or `grpc`.
     pub request_protocol: &'static str,
     /// HTTP status.
@@ -277,20 +271,7 @@ pub fn request(
     mtls: bool,
 ) -> RequestLabels {
     RequestLabels {
-        reporter: reporter.as_str(),
-        source_workload: source.workload.clone(),
-        source_workload_namespace: source.namespace.clone(),
-        source_principal: source.principal.clone(),
-        source_canonical_service: source.canonical_service.clone(),
-        source_canonical_revision: source.canonical_revision.clone(),
-        destination_workload: destination.workload.clone(),
-        destination_workload_namespace: destination.namespace.clone(),
-        destination_principal: destination.principal.clone(),
-        destination_canonical_service: destination.canonical_service.clone(),
-        destination_canonical_revision: destination.canonical_revision.clone(),
-        destination_service: service.host.clone(),
-        destination_service_name: service.name.clone(),
-        destination_service_namespace: service.namespace.clone(),
+        parties: Parties::new(reporter, source, destination, service),
         request_protocol: protocol,
         response_code: code,
         response_flags: flags,
@@ -344,9 +325,9 @@ mod tests {
         );
         assert_eq!(
             (
-                l.reporter,
+                l.parties.reporter,
                 l.connection_security_policy,
-                l.source_workload_namespace.as_str()
+                l.parties.source_workload_namespace.as_str()
             ),
             ("waypoint", "mutual_tls", "shop")
         );

@@ -194,57 +194,40 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         proxies.push((name.clone(), *n, proxy));
     }
 
-    // Waypoints, each with its node's token, HBONE on its own address.
+    // Waypoints and ingress gateways, each with its node's token, on its
+    // own address.
+    let options = |w: &weft_core::model::Workload| {
+        let (Some(node), WorkloadAddress::Ip(ip)) = (&w.node, &w.address) else {
+            return None;
+        };
+        let (_, _, token) = tokens.iter().find(|(n, _, _)| n == node)?;
+        Some(WaypointOptions {
+            name: w.name.to_string(),
+            node: node.clone(),
+            trust_domain: control.trust_domain.clone(),
+            xds_addr: control.xds_addr,
+            ca_addr: control.tls_addr,
+            roots: roots.clone(),
+            token: token.clone(),
+            metrics_addr: SocketAddr::new(*ip, 15020),
+            connect_timeout: snapshot.mesh.connect_timeout,
+            jwks_roots: Vec::new(),
+            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
+        })
+    };
     let mut waypoints = Vec::new();
     for w in snapshot.workloads.values().filter(|w| w.waypoint) {
-        let (Some(node), WorkloadAddress::Ip(ip)) = (&w.node, &w.address) else {
-            continue;
-        };
-        let Some((_, _, token)) = tokens.iter().find(|(n, _, _)| n == node) else {
-            continue;
-        };
-        let waypoint = weft_waypoint::proxy::start(WaypointOptions {
-            name: w.name.to_string(),
-            node: node.clone(),
-            trust_domain: control.trust_domain.clone(),
-            xds_addr: control.xds_addr,
-            ca_addr: control.tls_addr,
-            roots: roots.clone(),
-            token: token.clone(),
-            metrics_addr: SocketAddr::new(*ip, 15020),
-            connect_timeout: snapshot.mesh.connect_timeout,
-            jwks_roots: Vec::new(),
-            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        waypoints.push(waypoint);
+        if let Some(o) = options(w) {
+            let waypoint = weft_waypoint::proxy::start(o).await;
+            waypoints.push(waypoint.map_err(|e| e.to_string())?);
+        }
     }
-    // Ingress gateways, likewise.
     let mut gateways = Vec::new();
     for w in snapshot.workloads.values().filter(|w| w.gateway) {
-        let (Some(node), WorkloadAddress::Ip(ip)) = (&w.node, &w.address) else {
-            continue;
-        };
-        let Some((_, _, token)) = tokens.iter().find(|(n, _, _)| n == node) else {
-            continue;
-        };
-        let gateway = weft_waypoint::gateway::start(WaypointOptions {
-            name: w.name.to_string(),
-            node: node.clone(),
-            trust_domain: control.trust_domain.clone(),
-            xds_addr: control.xds_addr,
-            ca_addr: control.tls_addr,
-            roots: roots.clone(),
-            token: token.clone(),
-            metrics_addr: SocketAddr::new(*ip, 15020),
-            connect_timeout: snapshot.mesh.connect_timeout,
-            jwks_roots: Vec::new(),
-            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-        gateways.push(gateway);
+        if let Some(o) = options(w) {
+            let gateway = weft_waypoint::gateway::start(o).await;
+            gateways.push(gateway.map_err(|e| e.to_string())?);
+        }
     }
 
     let exe = std::env::current_exe().map_err(|e| e.to_string())?;
