@@ -393,20 +393,29 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofSignal<S> {
 }
 
 /// A SOCKS target outside the registry: an address passes through in
-/// plaintext when the mesh allows it (`ALLOW_ANY`); hostnames must be
-/// services (weft does no DNS on the caller's behalf).
+/// plaintext when the mesh allows it (`ALLOW_ANY`) and
+/// [`check_passthrough`](crate::route::check_passthrough) does; hostnames
+/// must be services (weft does no DNS on the caller's behalf).
 async fn passthrough(
     shared: &Shared,
     w: &WorkloadInfo,
+    captured: bool,
     target: crate::socks::Target,
     mut client: TcpStream,
 ) {
     use crate::socks::{Reply, Target, reply_bytes};
     let registry_only = shared.view.load().registry_only;
-    let addr = match target {
-        Target::Addr(addr) if !registry_only && !LOOP_PORTS.contains(&addr.port()) => addr,
-        other => {
-            tracing::info!(workload = %w.name, target = ?other, registry_only, "SOCKS target is not a service in the registry; refused");
+    let checked = match &target {
+        Target::Addr(_) if registry_only => {
+            Err("not a service in the registry (outbound policy REGISTRY_ONLY)".to_owned())
+        }
+        Target::Addr(addr) => crate::route::check_passthrough(*addr, captured).map(|()| *addr),
+        Target::Host(..) => Err("hostname is not a service in the registry".to_owned()),
+    };
+    let addr = match checked {
+        Ok(addr) => addr,
+        Err(reason) => {
+            tracing::info!(workload = %w.name, ?target, %reason, "SOCKS target refused");
             let _ = client.write_all(&reply_bytes(Reply::NotAllowed)).await;
             return;
         }
@@ -453,10 +462,8 @@ async fn captured_passthrough(
 ) {
     let mut l = labels("source", w, None, &addr.to_string(), "UF");
     l.connection_security_policy = "none";
-    if addr.ip().is_loopback() || addr.ip().is_unspecified() || LOOP_PORTS.contains(&addr.port()) {
-        shared
-            .metrics
-            .refused(l, format!("{addr} is not a valid passthrough destination"));
+    if let Err(reason) = crate::route::check_passthrough(addr, true) {
+        shared.metrics.refused(l, reason);
         return;
     }
     match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
@@ -515,7 +522,11 @@ async fn reconcile_listeners(
         }
     }
     for l in &view.listeners {
-        if let Some(w) = view.workloads.get(&l.workload) {
+        // Only workloads the node serves (never an L7 proxy's address).
+        if let Some(w) = view.workloads.get(&l.workload)
+            && !w.waypoint
+            && !w.gateway
+        {
             let ns = captured.get(&w.uid).cloned();
             wanted.insert(
                 listener_key(&format!("outbound :{}", l.local_port), w, ns.as_deref()),
@@ -572,11 +583,13 @@ enum Listening {
 /// The SOCKS5 port, on each local workload's address.
 pub const SOCKS_PORT: u16 = 15080;
 
-/// A SOCKS client on workload `w`'s address: handshake, find the service,
-/// then the same path as an outbound listener.
+/// A SOCKS client on workload `w`'s address (inside its namespace when
+/// `captured`): handshake, find the service, then the same path as an
+/// outbound listener.
 async fn socks_client(
     shared: Arc<Shared>,
     w: Arc<WorkloadInfo>,
+    captured: bool,
     mut client: TcpStream,
     peer: SocketAddr,
 ) {
@@ -598,7 +611,7 @@ async fn socks_client(
     };
     drop(view);
     let Some((service, port)) = found else {
-        return passthrough(&shared, &w, target, client).await;
+        return passthrough(&shared, &w, captured, target, client).await;
     };
     outbound(
         shared,
@@ -655,8 +668,15 @@ impl Listening {
                 let listener = bind(addr, ns.as_deref()).await?;
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, "SOCKS5 listener ready");
+                let captured = ns.is_some();
                 accept_forever(listener, addr, |client, peer| {
-                    tokio::spawn(socks_client(shared.clone(), w.clone(), client, peer));
+                    tokio::spawn(socks_client(
+                        shared.clone(),
+                        w.clone(),
+                        captured,
+                        client,
+                        peer,
+                    ));
                 })
                 .await
             }
@@ -1083,6 +1103,7 @@ impl InboundHandler for InboundFor {
                 policies: Vec::new(),
                 permissive: false,
                 waypoint: false,
+                gateway: false,
                 canonical: (caller.canonical_service, caller.canonical_revision),
             };
             // L4 authorization against the policies in force now.

@@ -41,6 +41,41 @@ pub enum Route {
 /// SOCKS5), which would loop.
 pub const LOOP_PORTS: [u16; 4] = [15001, 15006, 15008, 15080];
 
+/// The ports weft's own processes serve on a host's loopback addresses:
+/// admin (15000), the control plane's config stream and certificate
+/// service (15010, 15012), its dashboard (15014), metrics (15020) and
+/// readiness (15021). A passthrough connection never reaches them: the
+/// node would lend its own network position to the caller.
+pub const CONTROL_PORTS: [u16; 6] = [15000, 15010, 15012, 15014, 15020, 15021];
+
+/// Whether a connection to `addr`, outside the registry, may pass through
+/// from the node in plaintext. Never to an unspecified address or one of
+/// the proxy's own ports; never to loopback for a captured workload (the
+/// node's loopback is not the workload's); in local mode, where every
+/// workload lives on loopback, other loopback addresses pass but weft's
+/// own ports there ([`CONTROL_PORTS`]) do not.
+pub fn check_passthrough(addr: SocketAddr, captured: bool) -> Result<(), String> {
+    let ip = addr.ip();
+    let port = addr.port();
+    if ip.is_unspecified() {
+        return Err(format!("{addr} is not a valid destination"));
+    }
+    if LOOP_PORTS.contains(&port) {
+        return Err(format!("port {port} is never a valid destination"));
+    }
+    if ip.is_loopback() && captured {
+        return Err(format!(
+            "{addr} is the node's loopback, not a destination for a captured workload"
+        ));
+    }
+    if ip.is_loopback() && CONTROL_PORTS.contains(&port) {
+        return Err(format!(
+            "{addr} is a weft control or admin port on this host; passthrough refused"
+        ));
+    }
+    Ok(())
+}
+
 /// Whether an inbound connection may be delivered to `target` on workload
 /// `w`: the address must be the workload's, the port one it exposes (a
 /// target port of one of its services) and never one of the proxy's own.
@@ -233,6 +268,33 @@ pub fn decide(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn passthrough_targets() {
+        let a = |s: &str| s.parse::<SocketAddr>().expect("addr");
+        // (target, captured, allowed)
+        let cases = [
+            ("203.0.113.7:443", false, true),
+            ("203.0.113.7:443", true, true),
+            ("127.0.3.99:8080", false, true),
+            ("127.0.3.99:8080", true, false),
+            ("127.0.0.1:15010", false, false),
+            ("127.0.0.1:15000", false, false),
+            ("127.0.1.1:15020", false, false),
+            ("127.0.0.1:15014", false, false),
+            ("[::1]:15012", false, false),
+            ("0.0.0.0:80", false, false),
+            ("203.0.113.7:15008", false, false),
+            ("203.0.113.7:15080", true, false),
+        ];
+        for (target, captured, allowed) in cases {
+            assert_eq!(
+                check_passthrough(a(target), captured).is_ok(),
+                allowed,
+                "{target} captured={captured}"
+            );
+        }
+    }
+
     use std::collections::HashMap;
     use std::sync::Arc;
 
@@ -250,6 +312,7 @@ mod tests {
             policies: Vec::new(),
             permissive: false,
             waypoint: false,
+            gateway: false,
             canonical: Default::default(),
         }
     }

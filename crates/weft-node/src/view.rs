@@ -37,6 +37,8 @@ pub struct WorkloadInfo {
     pub permissive: bool,
     /// Whether it is a waypoint (it terminates HBONE itself).
     pub waypoint: bool,
+    /// Whether it is an ingress gateway (it opens its own listeners).
+    pub gateway: bool,
     /// Canonical service and revision (its `app` and `version` labels),
     /// for telemetry.
     pub canonical: (String, String),
@@ -191,6 +193,7 @@ impl NodeView {
                 policies: w.authorization_policies.clone(),
                 permissive: false,
                 waypoint: false,
+                gateway: false,
                 canonical: (w.canonical_name.clone(), w.canonical_revision.clone()),
             };
             for service in info.services.keys() {
@@ -242,6 +245,7 @@ impl NodeView {
                 let w = Arc::make_mut(w);
                 w.permissive = l.mtls_mode == MtlsMode::Permissive as i32;
                 w.waypoint = l.waypoint;
+                w.gateway = l.gateway;
             }
             let local = view
                 .workloads
@@ -285,12 +289,13 @@ impl NodeView {
             .collect()
     }
 
-    /// Workloads running on `node` that its proxy serves (waypoints serve
-    /// themselves).
+    /// Workloads running on `node` that its proxy serves. Waypoints and
+    /// gateways serve themselves: the node opens nothing on their
+    /// addresses, so their identity is usable by them alone.
     pub fn local<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<WorkloadInfo>> {
         self.workloads
             .values()
-            .filter(move |w| w.node == node && !w.waypoint)
+            .filter(move |w| w.node == node && !w.waypoint && !w.gateway)
     }
 }
 

@@ -165,7 +165,12 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     let demo = tmp.path().join("config");
     std::fs::create_dir_all(&demo).expect("mkdir");
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/demo");
-    for f in ["mesh.yaml", "services.yaml", "workloads.yaml"] {
+    for f in [
+        "mesh.yaml",
+        "services.yaml",
+        "workloads.yaml",
+        "gateway.yaml",
+    ] {
         std::fs::copy(source.join(f), demo.join(f)).expect("copy demo");
     }
     let tokens = tmp.path().join("tokens");
@@ -269,6 +274,21 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     let r = socks_get("127.0.1.10:15080", Socks::Ip([127, 0, 3, 99], 8080)).await;
     assert!(r.contains("x-weft-app: outsider"), "{r}");
     outsider.stop().await;
+    // weft's own ports on the host's loopback are never passthrough targets
+    // (refused as "not allowed", before any connection is tried).
+    for port in [15000, 15010, 15012, 15014, 15020] {
+        let r = socks_get("127.0.1.10:15080", Socks::Ip([127, 0, 0, 1], port)).await;
+        assert_eq!(r, "SOCKS reply 2", "127.0.0.1:{port} must be refused");
+    }
+    // The gateway `edge` (127.0.1.50, on node-1) opens its own listeners:
+    // its node offers no SOCKS5 or HBONE there, so nothing on the host can
+    // borrow the gateway's identity.
+    for port in [15080, 15008] {
+        assert!(
+            TcpStream::connect(("127.0.1.50", port)).await.is_err(),
+            "node-1 must not listen on the gateway's address, port {port}"
+        );
+    }
 
     // An open connection from frontend to payments, allowed so far...
     let mut open_conn = socks_connect(

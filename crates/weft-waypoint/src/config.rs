@@ -624,6 +624,7 @@ mod tests {
             policies: vec![],
             permissive: false,
             waypoint: false,
+            gateway: false,
             canonical: Default::default(),
         }
     }

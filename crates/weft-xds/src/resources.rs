@@ -224,11 +224,9 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
         weft_core::model::MtlsMode::Strict => crate::proto::weft::MtlsMode::Strict,
         weft_core::model::MtlsMode::Permissive => crate::proto::weft::MtlsMode::Permissive,
     } as i32;
-    for w in snapshot
-        .workloads
-        .values()
-        .filter(|w| !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode || w.waypoint)
-    {
+    for w in snapshot.workloads.values().filter(|w| {
+        !w.outbound.is_empty() || w.mtls_mode != snapshot.mesh.mtls_mode || w.waypoint || w.gateway
+    }) {
         let message = crate::proto::weft::WorkloadListeners {
             workload_uid: workload_uid(w),
             outbound: w
@@ -246,6 +244,7 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
                 .collect(),
             mtls_mode: mode(w.mtls_mode),
             waypoint: w.waypoint,
+            gateway: w.gateway,
         };
         listeners.insert(
             Arc::from(workload_uid(w)),
