@@ -47,7 +47,7 @@ pub enum CaError {
     },
     /// A key file is readable by other users.
     #[error(
-        "refusing to use CA key {path}: it is readable by other users (mode {mode:o}); run: chmod 600 {path}"
+        "refusing to use CA key {path}: group or other users can read it (mode {mode:o}); run: chmod 600 {path}"
     )]
     KeyPermissions {
         /// The key file.
@@ -147,10 +147,11 @@ impl Authority {
     /// Loads the CA from `opts.dir`, creating a new root there on first start.
     pub fn load_or_create(opts: &CaOptions) -> Result<Self, CaError> {
         let dir = &opts.dir;
-        std::fs::create_dir_all(dir).map_err(|source| CaError::Io {
-            path: dir.clone(),
-            source,
-        })?;
+        // A directory weft makes holds the root key: 0700. One an operator
+        // provides (plugged-in `cacerts`, perhaps read-only) is left as is.
+        if !dir.exists() {
+            crate::secret::private_dir(dir).map_err(|e| bad(dir, e))?;
+        }
         let plugged = dir.join("ca-cert.pem");
         let (issuer, chain, signing_not_after) = if plugged.exists() {
             load_plugged(dir)?
@@ -246,7 +247,7 @@ impl Authority {
         let mut params = spiffe_params(identity).map_err(|e| CaError::Sign(e.to_string()))?;
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.min(self.signing_not_after).into();
-        params.serial_number = Some(random_serial());
+        params.serial_number = Some(random_serial()?);
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
             KeyUsagePurpose::DigitalSignature,
@@ -266,12 +267,12 @@ impl Authority {
     }
 }
 
-fn random_serial() -> SerialNumber {
-    let mut bytes = [0u8; 16];
-    fastrand::fill(&mut bytes);
+fn random_serial() -> Result<SerialNumber, CaError> {
+    let mut bytes =
+        crate::secret::random_bytes::<16>().map_err(|e| CaError::Sign(e.to_string()))?;
     bytes[0] &= 0x7f; // positive
     bytes[0] |= 0x01; // no leading zero byte
-    SerialNumber::from_slice(&bytes)
+    Ok(SerialNumber::from_slice(&bytes))
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, CaError> {
@@ -288,43 +289,21 @@ fn bad(path: &Path, reason: impl ToString) -> CaError {
     }
 }
 
-/// Reads a private key, refusing one that other users can read.
+/// Reads a private key, refusing one that group or other users can read.
 fn read_key(path: &Path) -> Result<KeyPair, CaError> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let meta = std::fs::metadata(path).map_err(|source| CaError::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let mode = meta.permissions().mode() & 0o777;
-        if mode & 0o004 != 0 {
-            return Err(CaError::KeyPermissions {
-                path: path.to_owned(),
-                mode,
-            });
+    crate::secret::check_private(path).map_err(|e| match e {
+        crate::secret::SecretError::Exposed { path, mode } => {
+            CaError::KeyPermissions { path, mode }
         }
-    }
+        other => bad(path, other),
+    })?;
     let pem = String::from_utf8(read(path)?).map_err(|_| bad(path, "not PEM text"))?;
     // The error from the key parser never includes key bytes.
     KeyPair::from_pem(&pem).map_err(|e| bad(path, format!("not a usable private key: {e}")))
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), CaError> {
-    use std::io::Write;
-    let io = |source| CaError::Io {
-        path: path.to_owned(),
-        source,
-    };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut file = options.open(path).map_err(io)?;
-    file.write_all(contents.as_bytes()).map_err(io)
+    crate::secret::write_private(path, contents.as_bytes()).map_err(|e| bad(path, e))
 }
 
 type Loaded = (
@@ -385,7 +364,7 @@ fn load_self_made(dir: &Path) -> Result<Loaded, CaError> {
 fn create_root(dir: &Path, trust_domain: &str) -> Result<Loaded, CaError> {
     let key =
         KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Sign(e.to_string()))?;
-    let params = root_params(trust_domain, Validity::from_now(ROOT_TTL));
+    let params = root_params(trust_domain, Validity::from_now(ROOT_TTL))?;
     let cert = params
         .self_signed(&key)
         .map_err(|e| CaError::Sign(e.to_string()))?;
@@ -401,27 +380,26 @@ fn create_root(dir: &Path, trust_domain: &str) -> Result<Loaded, CaError> {
 }
 
 /// Parameters of a root or intermediate CA certificate.
-pub fn root_params(trust_domain: &str, validity: Validity) -> CertificateParams {
+pub fn root_params(trust_domain: &str, validity: Validity) -> Result<CertificateParams, CaError> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, trust_domain);
     // A unique name per root: path building matches issuers by name, so two
     // roots trusted side by side during a rotation must not share one.
-    let mut tag = [0u8; 4];
-    fastrand::fill(&mut tag);
+    let tag = crate::secret::random_bytes::<4>().map_err(|e| CaError::Sign(e.to_string()))?;
     let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
     dn.push(DnType::CommonName, format!("weft root CA {tag}"));
     params.distinguished_name = dn;
     params.not_before = validity.not_before.into();
     params.not_after = validity.not_after.into();
-    params.serial_number = Some(random_serial());
+    params.serial_number = Some(random_serial()?);
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    params
+    Ok(params)
 }
 
 /// PEM of every certificate, concatenated.

@@ -9,6 +9,9 @@
 //! loop ([`manager`]), and the rustls configurations that check SPIFFE
 //! identities on both sides of a connection ([`tls`]).
 //!
+//! Secrets come from the OS CSPRNG and reach disk only through
+//! [`secret::write_private`] (0600, atomic).
+//!
 //! Private keys are generated in the process that uses them, never leave
 //! it, and never appear in `Debug` output, logs or errors.
 
@@ -20,6 +23,7 @@ pub mod cert;
 pub mod client;
 pub mod manager;
 pub mod proto;
+pub mod secret;
 pub mod service;
 pub mod tls;
 pub mod workload;

@@ -240,11 +240,19 @@ async fn fetch_once(
         .map_err(|e| e.to_string())
 }
 
+/// A number in [0, 1) for spreading renewals (not a secret; drawn from
+/// the OS generator so this crate needs no second one).
+fn unit_random() -> f64 {
+    crate::secret::random_bytes::<8>().map_or(0.5, |b| {
+        (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
+    })
+}
+
 /// How long after now to renew `cert`.
 fn renew_delay(cert: &WorkloadCert, options: &ManagerOptions, now: SystemTime) -> Duration {
     let info = cert.info();
     let lifetime = info.lifetime().as_secs_f64();
-    let spread = (fastrand::f64() * 2.0 - 1.0) * options.jitter;
+    let spread = (unit_random() * 2.0 - 1.0) * options.jitter;
     let fraction = (options.renew_fraction + spread).clamp(0.05, 0.95);
     let due = info.not_before + Duration::from_secs_f64(lifetime * fraction);
     due.duration_since(now).unwrap_or_default()
@@ -288,7 +296,7 @@ async fn renew_loop(
                         .min(cert.remaining(now) / 4)
                         .max(Duration::from_millis(10));
                 }
-                let delay = delay.mul_f64(0.8 + fastrand::f64() * 0.4);
+                let delay = delay.mul_f64(0.8 + unit_random() * 0.4);
                 tracing::warn!(
                     identity = %identity,
                     %error,

@@ -50,13 +50,18 @@ fn root_is_created_once_with_a_private_key_file() {
 
 #[cfg(unix)]
 #[test]
-fn world_readable_key_is_refused() {
+fn readable_key_is_refused_and_a_new_ca_is_private() {
     use std::os::unix::fs::PermissionsExt;
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("ca");
     Authority::load_or_create(&options(&dir)).expect("create");
     let key = dir.join("root-key.pem");
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let mode =
+        |p: &std::path::Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir), 0o700, "the CA directory weft made");
+    assert_eq!(mode(&key), 0o600, "the root key");
+    // Group-readable is refused as world-readable is.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o640)).expect("chmod");
     let err = Authority::load_or_create(&options(&dir)).expect_err("refused");
     assert!(matches!(err, CaError::KeyPermissions { .. }), "{err}");
     let msg = err.to_string();
@@ -161,11 +166,13 @@ fn user_provided_intermediate_signs_with_full_chain() {
     std::fs::create_dir_all(&dir).expect("dir");
     // An operator's root and an intermediate made with it.
     let root_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
-    let root_params = root_params(TD, Validity::from_now(Duration::from_secs(86400 * 365)));
+    let root_params =
+        root_params(TD, Validity::from_now(Duration::from_secs(86400 * 365))).expect("params");
     let root = root_params.self_signed(&root_key).expect("root");
     let inter_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).expect("key");
     let inter_params =
-        weft_ca::authority::root_params(TD, Validity::from_now(Duration::from_secs(86400 * 30)));
+        weft_ca::authority::root_params(TD, Validity::from_now(Duration::from_secs(86400 * 30)))
+            .expect("params");
     let inter = inter_params
         .signed_by(&inter_key, &Issuer::new(root_params, root_key))
         .expect("intermediate");

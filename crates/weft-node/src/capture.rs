@@ -101,11 +101,34 @@ pub(crate) fn serve(path: &Path, shared: Arc<Shared>) -> std::io::Result<JoinHan
     }))
 }
 
+/// How long `weft run` has to send its request once connected.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 async fn handle(stream: UnixStream, shared: Arc<Shared>) {
+    // Only root or the node's own user may attach workloads: the socket is
+    // made 0600 just after it is bound, and this check closes that window.
+    let me = nix::unistd::geteuid().as_raw();
+    match stream.peer_cred() {
+        Ok(c) if c.uid() == 0 || c.uid() == me => {}
+        Ok(c) => {
+            tracing::warn!(
+                uid = c.uid(),
+                "attach refused: only root or the node's user may attach workloads"
+            );
+            return;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "attach refused: the caller's credentials are unknown");
+            return;
+        }
+    }
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read.take(MAX_REQUEST));
     let mut line = String::new();
-    if reader.read_line(&mut line).await.is_err() {
+    if !matches!(
+        tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await,
+        Ok(Ok(_))
+    ) {
         return;
     }
     let (reply, attached) = match serde_json::from_str::<Request>(&line) {

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
@@ -91,27 +91,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
-fn random_token() -> String {
-    (0..32)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyz0123456789"[fastrand::usize(..36)]))
-        .collect()
-}
-
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
-    std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
-            .map_err(|e| format!("cannot protect {}: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
 async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     let state = &args.state_dir;
-    std::fs::create_dir_all(state.join("logs"))
-        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    // The state directory holds the bootstrap tokens and the CA: 0700.
+    weft_ca::secret::private_dir(&state.join("logs")).map_err(|e| e.to_string())?;
+    weft_ca::secret::private_dir(state).map_err(|e| e.to_string())?;
     let names: BTreeSet<String> = snapshot
         .workloads
         .values()
@@ -120,16 +104,15 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     let nodes = node_numbers(&names);
     let tokens: Vec<(String, u8, String)> = nodes
         .iter()
-        .map(|(n, i)| (n.clone(), *i, random_token()))
-        .collect();
+        .map(|(n, i)| Ok((n.clone(), *i, weft_ca::secret::random_token(32)?)))
+        .collect::<Result<_, weft_ca::secret::SecretError>>()
+        .map_err(|e| e.to_string())?;
     let token_file = state.join("bootstrap-tokens");
-    write_private(
-        &token_file,
-        &tokens
-            .iter()
-            .map(|(n, _, t)| format!("{n} {t}\n"))
-            .collect::<String>(),
-    )?;
+    let lines: String = tokens
+        .iter()
+        .map(|(n, _, t)| format!("{n} {t}\n"))
+        .collect();
+    weft_ca::secret::write_private(&token_file, lines.as_bytes()).map_err(|e| e.to_string())?;
 
     let local = |port| SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port);
     // Every proxy's metrics, for the service graph: nodes, then waypoints
