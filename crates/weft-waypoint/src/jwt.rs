@@ -228,7 +228,13 @@ impl Authenticator {
             } else {
                 validation.set_audience(&rule.audiences);
             }
-            validation.set_required_spec_claims(&["exp", "iss"]);
+            // With audiences configured a token must name one of them: a
+            // token without `aud` is refused (as Istio does).
+            if rule.audiences.is_empty() {
+                validation.set_required_spec_claims(&["exp", "iss"]);
+            } else {
+                validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+            }
             match jsonwebtoken::decode::<serde_json::Value>(&token, key, &validation) {
                 Ok(data) => {
                     let claims: HashMap<String, String> = data
@@ -383,6 +389,8 @@ mod tests {
         expired["exp"] = serde_json::json!(now() - 3600);
         let mut wrong_aud = good.clone();
         wrong_aud["aud"] = serde_json::json!("c");
+        let mut no_aud = good.clone();
+        no_aud.as_object_mut().expect("claims").remove("aud");
         let mut other_issuer = good.clone();
         other_issuer["iss"] = serde_json::json!("https://elsewhere.example");
         let cases = [
@@ -395,6 +403,11 @@ mod tests {
             (
                 "wrong audience",
                 issuer.token(wrong_aud),
+                "Jwt verification fails",
+            ),
+            (
+                "no audience although audiences are configured",
+                issuer.token(no_aud),
                 "Jwt verification fails",
             ),
             (
