@@ -4,8 +4,11 @@
 //! mode) or its node certificate (`spiffe://<td>/ns/weft-system/sa/weft-node.<node>`)
 //! — and may obtain certificates only for its own node identity and for the
 //! identities of workloads the registry places on that node. A workload may
-//! renew its own identity with its current certificate. Everything else is
-//! refused with a reason.
+//! renew its own identity with its current certificate while the registry
+//! still has a workload with that identity: a removed identity stops
+//! renewing, and its last certificate expires (24 hours by default,
+//! [`crate::authority::DEFAULT_WORKLOAD_TTL`]). Everything else is refused
+//! with a reason.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -13,12 +16,7 @@ use std::path::Path;
 use weft_core::Identity;
 use weft_core::model::Snapshot;
 
-/// Namespace of weft's own components' identities.
-pub const SYSTEM_NAMESPACE: &str = "weft-system";
-/// Service account prefix of node proxy identities (`weft-node.<node>`).
-pub const NODE_SA_PREFIX: &str = "weft-node.";
-/// Service account of the control plane.
-pub const CONTROL_SA: &str = "weft-control";
+pub use weft_core::identity::{CONTROL_SA, NODE_SA_PREFIX, SYSTEM_NAMESPACE};
 
 /// The identity of node `node`'s proxy.
 pub fn node_identity(trust_domain: &str, node: &str) -> Result<Identity, weft_core::IdentityError> {
@@ -74,7 +72,15 @@ pub fn authorize(snapshot: &Snapshot, caller: &Caller, wanted: &Identity) -> Res
         Caller::Anonymous => Err(Denied(
             "unauthenticated: present a bootstrap token (authorization: Bearer …) or a node certificate".into(),
         )),
-        Caller::Workload(id) if id == wanted => Ok(()),
+        Caller::Workload(id) if id == wanted => {
+            if snapshot.workloads.values().any(|w| &w.identity == wanted) {
+                Ok(())
+            } else {
+                Err(Denied(format!(
+                    "{wanted} is no longer the identity of any workload in the registry; it is not renewed"
+                )))
+            }
+        }
         Caller::Workload(id) => Err(Denied(format!("{id} may renew only its own identity, not {wanted}"))),
         Caller::Node(node) => {
             if node_identity(wanted.trust_domain(), node).as_ref() == Ok(wanted) {
@@ -170,6 +176,16 @@ impl BootstrapTokens {
         Ok(Self::new(pairs))
     }
 
+    /// Whether no token is configured.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `node` has a token (is still enrolled).
+    pub fn has_node(&self, node: &str) -> bool {
+        self.0.values().any(|n| n == node)
+    }
+
     /// The node a presented token belongs to. Every token is compared in
     /// full, so timing does not reveal how much of a guess was right.
     pub fn node_for(&self, presented: &str) -> Option<&str> {
@@ -259,6 +275,12 @@ mod tests {
                 &Caller::Workload(id("shop", "orders")),
                 id("shop", "payments"),
                 Err("only its own"),
+            ),
+            // Removed from the registry: its certificate no longer renews.
+            (
+                &Caller::Workload(id("shop", "ghost")),
+                id("shop", "ghost"),
+                Err("no longer the identity of any workload"),
             ),
             (
                 &Caller::Anonymous,

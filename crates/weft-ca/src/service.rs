@@ -62,7 +62,16 @@ impl CertificateService {
             .get::<PeerInfo>()
             .and_then(|p| p.identity.clone())
         {
-            return Caller::from_identity(identity);
+            let caller = Caller::from_identity(identity);
+            // A node certificate proves a node only while the node is still
+            // enrolled (its bootstrap token is listed), when tokens are used.
+            if let Caller::Node(node) = &caller
+                && !self.tokens.is_empty()
+                && !self.tokens.has_node(node)
+            {
+                return Caller::Anonymous;
+            }
+            return caller;
         }
         let token = request
             .metadata()

@@ -44,6 +44,35 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     unselected_workloads(r, out);
     outbound_listeners(r, out);
     waypoints(r, out);
+    reserved_identities(r, out);
+}
+
+/// No workload may take the control plane's or a node's identity.
+fn reserved_identities(r: &Resources, out: &mut Vec<Diagnostic>) {
+    let check = |ns: &str, sa: Option<&String>| {
+        let sa = sa.map_or("default", String::as_str);
+        weft_core::identity::is_reserved(ns, sa).then(|| {
+            format!(
+                "service account {sa:?} in namespace {ns} is reserved for weft itself (the control plane and node proxies); choose another"
+            )
+        })
+    };
+    for we in &r.workload_entries {
+        if let Some(msg) = check(&we.name.namespace, we.spec.service_account.as_ref()) {
+            out.push(error(we, "spec.serviceAccount", msg));
+        }
+    }
+    for se in &r.service_entries {
+        for (i, e) in se.spec.endpoints.iter().enumerate() {
+            if let Some(msg) = check(&se.name.namespace, e.service_account.as_ref()) {
+                out.push(error(
+                    se,
+                    &format!("spec.endpoints[{i}].serviceAccount"),
+                    msg,
+                ));
+            }
+        }
+    }
 }
 
 /// `istio.io/use-waypoint` must name a waypoint workload; a waypoint needs

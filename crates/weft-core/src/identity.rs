@@ -13,6 +13,22 @@ pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 /// Longest trust domain the SPIFFE specification allows, in bytes.
 pub const MAX_TRUST_DOMAIN_LEN: usize = 255;
 
+/// Namespace of weft's own components' identities.
+pub const SYSTEM_NAMESPACE: &str = "weft-system";
+/// Service account prefix of node proxy identities (`weft-node.<node>`).
+pub const NODE_SA_PREFIX: &str = "weft-node.";
+/// Service account of the control plane.
+pub const CONTROL_SA: &str = "weft-control";
+
+/// Whether `namespace`/`service_account` names one of weft's own
+/// identities (the control plane's or a node proxy's). No workload may
+/// have one: a node that could obtain it would act as the control plane or
+/// as another node.
+pub fn is_reserved(namespace: &str, service_account: &str) -> bool {
+    namespace == SYSTEM_NAMESPACE
+        && (service_account == CONTROL_SA || service_account.starts_with(NODE_SA_PREFIX))
+}
+
 /// A workload identity: trust domain, namespace and service account.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Identity {
