@@ -239,7 +239,55 @@ pub fn config_for(
     }
     config.clusters = builder.clusters;
     config.peers = peers(view, previous);
+    // Every service's names, not only this waypoint's: a workload must not
+    // pass off a header another service's policy sets.
+    config.internal_headers = internal_headers(policies.values());
+    config.trusted_proxies = gateway_identities(view);
     config
+}
+
+/// The headers weft sets for `policies` (JWT claims copied to headers,
+/// API-key client names, an HTTP authorizer's upstream headers) and the
+/// fixed ones: what no client may send.
+fn internal_headers<'a>(policies: impl Iterator<Item = &'a L7Policy>) -> Vec<http::HeaderName> {
+    let mut names: Vec<String> = crate::sanitize::INTERNAL_HEADERS
+        .iter()
+        .map(|&h| h.to_owned())
+        .collect();
+    for p in policies {
+        names.extend(
+            p.jwt
+                .iter()
+                .flat_map(|j| j.claim_to_headers.iter().map(|(h, _)| h.clone())),
+        );
+        for provider in p.authz.iter().filter_map(|a| a.provider.as_ref()) {
+            match &provider.kind {
+                l7::ProviderKind::ApiKey { client_header, .. } => names.push(client_header.clone()),
+                l7::ProviderKind::Http {
+                    headers_to_upstream,
+                    ..
+                } => names.extend(headers_to_upstream.iter().cloned()),
+                l7::ProviderKind::Grpc { .. } => {}
+            }
+        }
+    }
+    let mut out: Vec<http::HeaderName> = names
+        .iter()
+        .filter_map(|n| http::HeaderName::from_bytes(n.to_ascii_lowercase().as_bytes()).ok())
+        .collect();
+    out.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+    out.dedup();
+    out
+}
+
+/// The identities of the mesh's ingress gateways: a waypoint keeps the
+/// internal headers a gateway set on the requests it forwards.
+fn gateway_identities(view: &NodeView) -> std::collections::HashSet<weft_core::Identity> {
+    view.workloads
+        .values()
+        .filter(|w| w.gateway)
+        .map(|w| w.identity.clone())
+        .collect()
 }
 
 /// Every workload of the registry as telemetry names it, by address
@@ -346,6 +394,9 @@ pub fn gateway_config_for(
     }
     config.clusters = builder.clusters;
     config.peers = peers(view, previous);
+    // Requests reach a gateway from outside: nobody is trusted to set
+    // weft's headers.
+    config.internal_headers = internal_headers(std::iter::once(policy));
     config
 }
 

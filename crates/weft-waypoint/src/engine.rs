@@ -205,6 +205,13 @@ pub struct Config {
     pub peers: Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>>,
     /// TLS passthrough routes by listener target (gateways).
     pub passthrough: HashMap<String, Vec<crate::passthrough::PassRoute>>,
+    /// Headers weft itself sets ([`crate::sanitize::INTERNAL_HEADERS`] and
+    /// the ones this configuration names): removed from every request
+    /// before any phase, unless a trusted proxy sent it.
+    pub internal_headers: Vec<http::HeaderName>,
+    /// Identities of weft's L7 proxies (ingress gateways) whose requests
+    /// keep the internal headers they set.
+    pub trusted_proxies: std::collections::HashSet<weft_core::Identity>,
 }
 
 /// Why a request failed inside the proxy; each maps to one status and an
@@ -232,6 +239,9 @@ pub enum L7Error {
     /// The circuit breaker's limits were reached.
     #[error("upstream overflow: {0} has too many requests in flight")]
     Overflow(String),
+    /// The request itself is malformed (hosts that disagree, a bad host).
+    #[error("malformed request: {0}")]
+    Malformed(String),
 }
 
 impl L7Error {
@@ -245,6 +255,7 @@ impl L7Error {
             L7Error::Reset(_) => "UR",
             L7Error::Downstream(_) => "DC",
             L7Error::Overflow(_) => "UO",
+            L7Error::Malformed(_) => "DPE",
         }
     }
 
@@ -257,7 +268,7 @@ impl L7Error {
             | L7Error::Reset(_)
             | L7Error::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
             L7Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
-            L7Error::Downstream(_) => StatusCode::BAD_REQUEST,
+            L7Error::Downstream(_) | L7Error::Malformed(_) => StatusCode::BAD_REQUEST,
         };
         status_response(status.as_u16(), &self.to_string())
     }
@@ -532,6 +543,22 @@ impl Engine {
         target: Option<&str>,
         request: Request<Incoming>,
     ) -> Response<Body> {
+        // The configuration this request sees from start to end.
+        let config = self.config.load_full();
+        // Phase 0: normalize — one host, no hop-by-hop headers, none of
+        // weft's own headers unless a trusted proxy set them.
+        let (mut parts, body) = request.into_parts();
+        let https = parts.extensions.get::<Tls>().is_some();
+        let settled = crate::sanitize::settle_host(&mut parts, https);
+        crate::sanitize::strip_hop_by_hop(&mut parts.headers);
+        let trusted = parts
+            .extensions
+            .get::<SourceIdentity>()
+            .is_some_and(|s| config.trusted_proxies.contains(&s.0));
+        if !trusted {
+            crate::sanitize::strip_internal(&mut parts.headers, &config.internal_headers);
+        }
+        let request = Request::from_parts(parts, body);
         let header = |name: &str| {
             request
                 .headers()
@@ -607,7 +634,11 @@ impl Engine {
                 ..Default::default()
             },
         };
-        let response = match self.phases(&mut ctx, target, request).await {
+        let outcome = match settled {
+            Ok(()) => self.phases(&mut ctx, &config, target, request).await,
+            Err(why) => Err(L7Error::Malformed(why)),
+        };
+        let response = match outcome {
             Ok(r) => r,
             Err(e) => {
                 ctx.flags = e.flag();
@@ -677,10 +708,10 @@ impl Engine {
     async fn phases(
         &self,
         ctx: &mut Ctx,
+        config: &Config,
         target: Option<&str>,
         mut request: Request<Incoming>,
     ) -> Result<Response<Body>, L7Error> {
-        let config = self.config.load_full();
         // Phase 1: route.
         let routes = match target {
             Some(t) => config
@@ -810,7 +841,7 @@ impl Engine {
             self.mirror(target, &parts, bytes.clone());
         }
         // Phase 9: upstream, within the overall timeout.
-        let tries = self.upstream(ctx, route, &cluster, &parts, payload);
+        let tries = self.upstream(ctx, config, route, &cluster, &parts, payload);
         let mut response = match route.timeout {
             Some(limit) => tokio::time::timeout(limit, tries)
                 .await
@@ -818,6 +849,7 @@ impl Engine {
             None => tries.await,
         }?;
         // Phase 10: response headers.
+        crate::sanitize::strip_hop_by_hop(response.headers_mut());
         route.response_headers.apply(response.headers_mut());
         if let Some(d) = &limit_headers {
             rate_limit_headers(response.headers_mut(), d, false);
@@ -1044,6 +1076,7 @@ impl Engine {
     async fn upstream(
         &self,
         ctx: &mut Ctx,
+        config: &Config,
         route: &Route,
         cluster: &Cluster,
         parts: &http::request::Parts,
@@ -1068,7 +1101,7 @@ impl Engine {
                 .ok_or_else(|| L7Error::NoHealthyUpstream(cluster.name.clone()))?;
             let endpoint = cluster.balancer.endpoints()[index].addr;
             ctx.access.upstream_host = Some(endpoint.to_string());
-            ctx.destination = self.config.load().peers.get(&endpoint.ip()).cloned();
+            ctx.destination = config.peers.get(&endpoint.ip()).cloned();
             ctx.access.upstream_cluster = Some(cluster.name.clone());
             let active = cluster.balancer.start(index);
             let body = match &mut payload {

@@ -1,7 +1,8 @@
 //! # weft-waypoint
 //!
 //! weft's L7 engine: what `weft waypoint` and `weft gateway` run.
-//! Requests pass through named phases ([`engine`]): route
+//! Requests pass through named phases ([`engine`]): normalize
+//! ([`sanitize`]: one host, no hop-by-hop or weft-internal headers), route
 //! ([`route::select`], a pure function over the route model every API
 //! family is translated into), buffer for replay, upstream tries with
 //! per-try and overall timeouts and retries ([`retry`]) bounded by retry
@@ -48,6 +49,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod retry;
 pub mod route;
+pub mod sanitize;
 
 pub use engine::{Cluster, Config, Engine};
 pub use metrics::Metrics;

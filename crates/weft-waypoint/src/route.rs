@@ -199,21 +199,31 @@ impl Rewrite {
         if let Some(full) = &self.full_path {
             return full.clone();
         }
-        if let Some((from, to)) = &self.prefix
-            && let Some(rest) = path.strip_prefix(from.trim_end_matches('/'))
-        {
-            let joined = format!(
-                "{}/{}",
-                to.trim_end_matches('/'),
-                rest.trim_start_matches('/')
-            );
-            return if rest.is_empty() && !to.is_empty() {
-                to.clone()
-            } else {
-                joined
-            };
+        match &self.prefix {
+            Some((from, to)) => replace_prefix(path, from, to),
+            None => path.to_owned(),
         }
-        path.to_owned()
+    }
+}
+
+/// Gateway API `ReplacePrefixMatch`: the matched prefix `from` (a trailing
+/// slash ignored) is replaced by `to` (likewise) at a path-element
+/// boundary, so exactly one `/` separates the new prefix from the rest —
+/// `/p//x` with prefix `/p` and `/` becomes `//x`, never `/x` (a path
+/// that policy on the original request did not see). A prefix that ends
+/// mid-element (Istio's string prefixes) is replaced as written.
+pub fn replace_prefix(path: &str, from: &str, to: &str) -> String {
+    let Some(rest) = path.strip_prefix(from.trim_end_matches('/')) else {
+        return path.to_owned();
+    };
+    if !rest.is_empty() && !rest.starts_with('/') {
+        return format!("{to}{rest}");
+    }
+    let out = format!("{}{rest}", to.trim_end_matches('/'));
+    if out.starts_with('/') {
+        out
+    } else {
+        format!("/{out}")
     }
 }
 
@@ -440,6 +450,33 @@ mod tests {
             ..Rewrite::default()
         };
         assert_eq!(root.path("/api/x"), "/x");
+        // The Gateway API's table for ReplacePrefixMatch, plus slashes that
+        // must survive: (path, matched prefix, replacement, result).
+        let table = [
+            ("/foo/bar", "/foo", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo", "/xyz/", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz", "/xyz/bar"),
+            ("/foo/bar", "/foo/", "/xyz/", "/xyz/bar"),
+            ("/foo", "/foo", "/xyz", "/xyz"),
+            ("/foo/", "/foo", "/xyz", "/xyz/"),
+            ("/foo/bar", "/foo", "", "/bar"),
+            ("/foo/", "/foo", "", "/"),
+            ("/foo", "/foo", "", "/"),
+            ("/foo/", "/foo", "/", "/"),
+            ("/foo", "/foo", "/", "/"),
+            // One slash boundary: extra slashes reach the backend as sent.
+            ("/partner//status/200", "/partner", "/", "//status/200"),
+            ("/partner///x", "/partner/", "/api", "/api///x"),
+            // Istio string prefixes that end mid-element.
+            ("/foobar", "/foo", "/xyz", "/xyzbar"),
+        ];
+        for (path, from, to, want) in table {
+            assert_eq!(
+                replace_prefix(path, from, to),
+                want,
+                "{path} {from} -> {to}"
+            );
+        }
         let full = Rewrite {
             full_path: Some("/fixed".into()),
             ..Rewrite::default()
