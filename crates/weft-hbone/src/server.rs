@@ -19,10 +19,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use weft_core::Identity;
 
-use crate::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME,
-    STREAM_WINDOW,
-};
+use crate::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, STREAM_WINDOW};
 
 /// A tunnel request that passed mTLS.
 #[derive(Debug, Clone)]
@@ -83,9 +80,15 @@ pub struct Limits {
     /// Connections open at once; beyond it new ones are closed at once.
     pub max_connections: usize,
     /// Connections still in their TLS handshake at once (each bounded by
-    /// [`HANDSHAKE_TIMEOUT`]); beyond it new ones are closed at once, so
+    /// `handshake_timeout`); beyond it new ones are closed at once, so
     /// idle connections cannot take every slot.
     pub max_handshakes: usize,
+    /// Connections from one source address in their TLS handshake at
+    /// once: one host's flood of connections that never start TLS takes
+    /// this many slots, and other callers keep the rest.
+    pub max_handshakes_per_source: usize,
+    /// Longest a client may take to finish the TLS handshake.
+    pub handshake_timeout: std::time::Duration,
 }
 
 impl Default for Limits {
@@ -93,6 +96,52 @@ impl Default for Limits {
         Limits {
             max_connections: 10_000,
             max_handshakes: 1024,
+            max_handshakes_per_source: 64,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+}
+
+/// The server's default TLS handshake deadline: short, since a peer proxy
+/// on a working network finishes in milliseconds.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+type PendingMap = std::collections::HashMap<std::net::IpAddr, usize>;
+
+/// Handshakes in progress per source address.
+#[derive(Debug, Default)]
+struct Pending(std::sync::Mutex<PendingMap>);
+
+impl Pending {
+    fn lock(&self) -> std::sync::MutexGuard<'_, PendingMap> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Takes a place for `ip` if it holds fewer than `max`.
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr, max: usize) -> Option<PendingSlot> {
+        let mut held = self.lock();
+        let n = held.entry(ip).or_default();
+        if *n >= max.max(1) {
+            return None;
+        }
+        *n += 1;
+        Some(PendingSlot(self.clone(), ip))
+    }
+}
+
+/// One source's handshake place, given back when dropped.
+struct PendingSlot(Arc<Pending>, std::net::IpAddr);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        let mut held = self.0.lock();
+        if let Some(n) = held.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                held.remove(&self.1);
+            }
         }
     }
 }
@@ -108,6 +157,7 @@ pub async fn serve(
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
+    let pending = Arc::new(Pending::default());
     let mut refused: u64 = 0;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -122,7 +172,8 @@ pub async fn serve(
             },
             () = &mut shutdown => return,
         };
-        let (Ok(slot), Ok(handshake)) = (
+        let (Some(source), Ok(slot), Ok(handshake)) = (
+            pending.take(peer_addr.ip(), limits.max_handshakes_per_source),
             slots.clone().try_acquire_owned(),
             handshakes.clone().try_acquire_owned(),
         ) else {
@@ -133,7 +184,8 @@ pub async fn serve(
                     refused,
                     max_connections = limits.max_connections,
                     max_handshakes = limits.max_handshakes,
-                    "HBONE connection refused: too many connections or unfinished TLS handshakes"
+                    per_source = limits.max_handshakes_per_source,
+                    "HBONE connection refused: too many connections, or unfinished TLS handshakes in all or from this source"
                 );
             }
             continue;
@@ -142,11 +194,11 @@ pub async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let handler = handler.clone();
+        let deadline = limits.handshake_timeout;
         tokio::spawn(async move {
             let _slot = slot;
-            let handshake_result =
-                tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await;
-            drop(handshake);
+            let handshake_result = tokio::time::timeout(deadline, acceptor.accept(tcp)).await;
+            drop((handshake, source));
             let tls = match handshake_result {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {

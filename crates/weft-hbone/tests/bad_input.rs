@@ -1,7 +1,7 @@
 //! Hostile and broken peers: requests that are not CONNECT, authorities
-//! that are not `ip:port`, certificates from another trust domain, and a
-//! flood of idle connections — each refused or bounded, while an
-//! established tunnel keeps working.
+//! that are not `ip:port`, certificates from another trust domain, and
+//! floods of idle connections — each refused or bounded, while an
+//! established tunnel keeps working and other callers keep connecting.
 
 mod common;
 
@@ -167,6 +167,7 @@ async fn idle_connection_flood_is_bounded() {
     let limits = Limits {
         max_connections: 10_000,
         max_handshakes: 256,
+        ..Limits::default()
     };
     let hbone = hbone_server_with(&mesh, &node, None, limits).await;
     let echo = echo_server().await;
@@ -236,4 +237,62 @@ async fn idle_connection_flood_is_bounded() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// 2,100 connections from one host that never start TLS (issue 15,
+/// finding 9: they used to fill all 1,024 handshake slots for seconds):
+/// that host holds at most `max_handshakes_per_source` of them, and new
+/// tunnels from elsewhere keep being accepted during the flood.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_hosts_handshake_flood_leaves_room_for_others() {
+    let mesh = Mesh::new();
+    let (node, orders) = (id("node-b"), id("orders"));
+    let hbone = hbone_server_with(&mesh, &node, None, Limits::default()).await;
+    let echo = echo_server().await;
+    let mut flood = Vec::new();
+    for _ in 0..2_100 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket
+            .bind("127.0.9.1:0".parse().expect("addr"))
+            .expect("bind the attacker's address");
+        flood.push(socket.connect(hbone).await.expect("connect during flood"));
+    }
+    // Legitimate tunnels from another address, each on a new connection,
+    // while the flood holds on.
+    let mut served = 0;
+    for _ in 0..40 {
+        let pool = client(&mesh, &orders).await;
+        if let Ok(mut t) = pool
+            .connect(
+                &key(&orders, hbone, &node),
+                mesh.certs.source(&orders),
+                echo,
+                HeaderMap::new(),
+            )
+            .await
+        {
+            t.write_all(b"ok").await.expect("write");
+            let mut buf = [0u8; 2];
+            t.read_exact(&mut buf).await.expect("read");
+            served += 1;
+        }
+    }
+    assert!(
+        served >= 38,
+        "only {served} of 40 tunnels opened during the flood"
+    );
+    // The flood's connections beyond its share were closed at once.
+    let mut closed = 0;
+    for s in flood.iter_mut().rev().take(200) {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(
+        closed >= 190,
+        "only {closed} of the flood's last 200 were closed"
+    );
 }

@@ -9,12 +9,17 @@
 //! (external or API-key) authorization, DENY/ALLOW policies, rate limits —
 //! and is forwarded into the mesh over HBONE with the gateway's identity.
 //!
-//! Hostile input is bounded: TLS handshakes within [`HANDSHAKE_TIMEOUT`],
-//! request heads within [`MAX_HEADER_BYTES`] (larger ones are refused by
-//! the HTTP layer with 431 or a closed connection), at most
-//! [`MAX_CONNECTIONS`] open per listener by default (more are closed at
-//! accept), an SNI that matches no certificate fails the handshake; each
-//! refusal is logged and counted in `weft_gateway_connections_refused`.
+//! Hostile input is bounded ([`crate::admission`]): at most
+//! [`MAX_CONNECTIONS`] open per listener and a share per source address by
+//! default, the newest idle connection shed when full; the TLS handshake
+//! and first request head within the header timeout, idle connections
+//! closed after the idle timeout; request heads within
+//! [`MAX_HEADER_BYTES`] (larger ones are refused by the HTTP layer with
+//! 431 or a closed connection), [`MAX_STREAMS`] HTTP/2 streams per
+//! connection; an SNI that matches no certificate fails the handshake.
+//! Each refusal is logged and counted in
+//! `weft_gateway_connections_refused`, each closure in
+//! `weft_gateway_connections_closed`.
 //! Listeners follow the configuration: new TLS settings are swapped in
 //! place, a new port is rebound, removed listeners closed; settings that
 //! do not load leave the last good ones in force.
@@ -34,6 +39,7 @@ use rustls_pki_types::pem::PemObject;
 use tokio::task::JoinHandle;
 use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
 
+use crate::admission::{Admission, ConnLimits, Ticket, Tracked};
 use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
 use crate::hbone::HboneConnector;
 use crate::metrics::Metrics;
@@ -43,8 +49,11 @@ use crate::proxy::{WaypointError, WaypointOptions};
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
-/// Open connections per listener; more are closed at once (and logged).
+/// Open connections per listener by default; the newest idle one is shed
+/// for a new one beyond it ([`crate::admission`]).
 pub const MAX_CONNECTIONS: usize = 16 * 1024;
+/// Concurrent HTTP/2 streams per connection (Envoy's default is 100).
+pub const MAX_STREAMS: u32 = 100;
 
 /// A running gateway.
 pub struct Gateway {
@@ -106,7 +115,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
     let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;
     let listeners = Arc::new(Mutex::new(Listeners {
         bound: HashMap::new(),
-        limit: options.max_connections_per_listener.max(1),
+        limits: options.connections,
         metrics: core.metrics.clone(),
         connector: core.connector.clone(),
     }));
@@ -175,7 +184,7 @@ fn gateway_config(state: &weft_xds::ClientState, name: &str) -> Result<GatewayCo
 struct Listeners {
     bound: HashMap<String, Bound>,
     /// Connections each listener holds open at once.
-    limit: usize,
+    limits: ConnLimits,
     metrics: Metrics,
     /// Tunnels for passthrough listeners.
     connector: HboneConnector,
@@ -268,7 +277,7 @@ impl Listeners {
                 front,
                 engine.clone(),
                 crate::config::listener_target(&listener.name),
-                (self.limit, self.metrics.clone()),
+                (self.limits, self.metrics.clone()),
             ));
             self.bound.insert(
                 listener.name.clone(),
@@ -298,15 +307,16 @@ enum Front {
     Passthrough(Box<HboneConnector>, weft_core::l7::Passthrough),
 }
 
-/// Accepts connections on one listener.
+/// Accepts connections on one listener: each is admitted (or refused)
+/// by the listener's [`Admission`] before anything is read from it.
 async fn accept(
     listener: tokio::net::TcpListener,
     front: Front,
     engine: Arc<Engine>,
     target: String,
-    (limit, metrics): (usize, Metrics),
+    (limits, metrics): (ConnLimits, Metrics),
 ) {
-    let open = Arc::new(tokio::sync::Semaphore::new(limit));
+    let admission = Admission::new(limits);
     let mut refused: u64 = 0;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -317,14 +327,20 @@ async fn accept(
                 continue;
             }
         };
-        let Ok(slot) = open.clone().try_acquire_owned() else {
-            refused += 1;
-            metrics.connection_refused(&target, "limit");
-            if refused.is_power_of_two() {
-                tracing::warn!(listener = %target, %peer, refused, "{limit} connections already open; new ones are closed");
+        let ticket = match admission.admit(peer.ip()) {
+            Ok(t) => t,
+            Err(why) => {
+                refused += 1;
+                metrics.connection_refused(&target, why.reason());
+                if refused.is_power_of_two() {
+                    tracing::warn!(listener = %target, %peer, refused, reason = why.reason(), max = limits.max_connections, per_source = limits.max_per_source, "connection refused at accept");
+                }
+                continue;
             }
-            continue;
         };
+        if ticket.shed_another {
+            metrics.connection_closed(&target, "overload_shed");
+        }
         let _ = tcp.set_nodelay(true);
         let (engine, target, metrics) = (engine.clone(), target.clone(), metrics.clone());
         let tls = match &front {
@@ -333,7 +349,10 @@ async fn accept(
                 let connector = HboneConnector::clone(connector);
                 let kind = *kind;
                 tokio::spawn(async move {
-                    let _slot = slot;
+                    // Passthrough bounds its own ClientHello wait; once
+                    // spliced it is busy and never shed.
+                    let _busy = ticket.activity.request();
+                    let _ticket = ticket;
                     let to = crate::passthrough::Listener {
                         target,
                         kind,
@@ -345,51 +364,89 @@ async fn accept(
             }
         };
         tokio::spawn(async move {
-            let _slot = slot;
-            match tls {
-                None => serve(TokioIo::new(tcp), peer, None, engine, target).await,
-                Some(acceptor) => {
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => {
-                            let principal = stream
-                                .get_ref()
-                                .1
-                                .peer_certificates()
-                                .and_then(|c| c.first())
-                                .and_then(principal_of);
-                            serve(TokioIo::new(stream), peer, Some(principal), engine, target)
-                                .await;
-                        }
-                        Ok(Err(e)) => {
-                            metrics.connection_refused(&target, "tls_handshake");
-                            tracing::info!(%peer, listener = %target, error = %e, "TLS handshake refused")
-                        }
-                        Err(_) => {
-                            metrics.connection_refused(&target, "tls_timeout");
-                            tracing::info!(%peer, listener = %target, "TLS handshake not finished within {HANDSHAKE_TIMEOUT:?}; closed")
-                        }
-                    }
+            let activity = ticket.activity.clone();
+            let handshake = async {
+                match tls {
+                    None => Ok(Either::Left(tcp)),
+                    Some(acceptor) => match acceptor.accept(tcp).await {
+                        Ok(stream) => Ok(Either::Right(stream)),
+                        Err(e) => Err(e),
+                    },
+                }
+            };
+            // The handshake counts against the header timeout; a shed
+            // connection stops here too.
+            let shaken = tokio::select! {
+                r = tokio::time::timeout(limits.header_timeout, handshake) => r,
+                () = activity.close.notified() => return,
+            };
+            let conn = Conn {
+                peer,
+                engine,
+                target,
+                ticket,
+                limits,
+                metrics: metrics.clone(),
+            };
+            match shaken {
+                Ok(Ok(Either::Left(tcp))) => serve(TokioIo::new(tcp), None, conn).await,
+                Ok(Ok(Either::Right(stream))) => {
+                    let principal = stream
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(principal_of);
+                    serve(TokioIo::new(stream), Some(principal), conn).await;
+                }
+                Ok(Err(e)) => {
+                    metrics.connection_refused(&conn.target, "tls_handshake");
+                    tracing::info!(%peer, listener = %conn.target, error = %e, "TLS handshake refused");
+                }
+                Err(_) => {
+                    metrics.connection_refused(&conn.target, "tls_timeout");
+                    tracing::info!(%peer, listener = %conn.target, "TLS handshake not finished within {:?}; closed", limits.header_timeout);
                 }
             }
         });
     }
 }
 
-/// Serves HTTP/1.1 and HTTP/2 on one accepted connection. `tls` is
-/// `Some` for HTTPS, holding the client certificate's principal if one
-/// was presented.
-async fn serve<I>(
-    io: TokioIo<I>,
+/// A plain TCP stream or a TLS one.
+enum Either<A, B> {
+    Left(A),
+    Right(B),
+}
+
+/// One admitted connection and what serving it needs.
+struct Conn {
     peer: SocketAddr,
-    tls: Option<Option<String>>,
     engine: Arc<Engine>,
     target: String,
-) where
+    ticket: Ticket,
+    limits: ConnLimits,
+    metrics: Metrics,
+}
+
+/// How long a connection told to finish may take before it is dropped.
+const GRACE: Duration = Duration::from_secs(5);
+
+/// Serves HTTP/1.1 and HTTP/2 on one admitted connection until it ends,
+/// is shed, or passes a deadline of its [`ConnLimits`]. `tls` is `Some`
+/// for HTTPS, holding the client certificate's principal if one was
+/// presented.
+async fn serve<I>(io: TokioIo<I>, tls: Option<Option<String>>, c: Conn)
+where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let https = tls.is_some();
     let principal = tls.flatten();
+    let peer = c.peer;
+    let activity = c.ticket.activity.clone();
+    let (engine, target) = (c.engine.clone(), c.target.clone());
+    let requests = activity.clone();
     let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+        let in_flight = requests.request();
         req.extensions_mut().insert(PeerAddr(peer));
         if https {
             req.extensions_mut().insert(Tls);
@@ -406,20 +463,49 @@ async fn serve<I>(
             http::HeaderValue::from_static(if https { "https" } else { "http" }),
         );
         let (engine, target) = (engine.clone(), target.clone());
-        async move { Ok::<_, std::convert::Infallible>(engine.handle_for(Some(&target), req).await) }
+        async move {
+            let response = engine.handle_for(Some(&target), req).await;
+            Ok::<_, std::convert::Infallible>(response.map(|b| Tracked::new(b, in_flight)))
+        }
     });
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_buf_size(MAX_HEADER_BYTES)
-        .header_read_timeout(HANDSHAKE_TIMEOUT);
+        .header_read_timeout(c.limits.header_timeout);
     builder
         .http2()
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
-    if let Err(e) = builder.serve_connection(io, service).await {
-        tracing::debug!(%peer, error = %e, "gateway connection ended");
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        .max_concurrent_streams(MAX_STREAMS);
+    let conn = builder.serve_connection(io, service);
+    let mut conn = std::pin::pin!(conn);
+    let why = loop {
+        let (deadline, reason) = activity.deadline(&c.limits);
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "gateway connection ended");
+                }
+                return;
+            }
+            () = activity.close.notified() => break "overload_shed",
+            () = tokio::time::sleep_until(deadline) => {
+                // Still past it now (a request may have started since)?
+                let (again, reason_now) = activity.deadline(&c.limits);
+                if again <= tokio::time::Instant::now() && reason_now == reason {
+                    break reason;
+                }
+            }
+        }
+    };
+    if why != "overload_shed" {
+        c.metrics.connection_closed(&c.target, why);
     }
+    tracing::debug!(%peer, listener = %c.target, reason = why, "closing connection");
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(GRACE, conn).await;
 }
 
 /// A client certificate's principal, as Envoy derives it: the first URI

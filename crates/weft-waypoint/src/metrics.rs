@@ -37,6 +37,7 @@ pub struct Metrics {
     authz: Family<AuthzLabels, Counter>,
     authz_errors: Family<ProviderLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
+    closed: Family<RefusedLabels, Counter>,
 }
 
 /// Labels of a connection a gateway listener closed without serving it.
@@ -107,6 +108,7 @@ impl Default for Metrics {
             authz: Family::default(),
             authz_errors: Family::default(),
             refused: Family::default(),
+            closed: Family::default(),
         }
     }
 }
@@ -171,6 +173,21 @@ impl Metrics {
             "Connections a gateway listener closed without serving: too many open, a TLS handshake (or ClientHello) that failed or did not finish, or a passthrough connection with no route or upstream",
             self.refused.clone(),
         );
+        registry.register(
+            "weft_gateway_connections_closed",
+            "Connections a gateway listener closed on its own: shed for a newer one while full (overload_shed), no request head in time (header_timeout), no request for too long (idle_timeout), or at the end of their lifetime (max_duration)",
+            self.closed.clone(),
+        );
+    }
+
+    /// Counts a connection `listener` closed on its own after admitting it.
+    pub fn connection_closed(&self, listener: &str, reason: &'static str) {
+        self.closed
+            .get_or_create(&RefusedLabels {
+                listener: listener.to_owned(),
+                reason,
+            })
+            .inc();
     }
 
     /// Counts a connection `listener` closed without serving it.

@@ -59,10 +59,9 @@ pub struct WaypointOptions {
     /// Roots trusted, besides the system's, for fetching JWKS from
     /// issuers (`jwksUri`).
     pub jwks_roots: Vec<CertificateDer<'static>>,
-    /// Gateways only: connections each listener holds open at once (more
-    /// are closed at accept, logged and counted); usually
-    /// [`crate::gateway::MAX_CONNECTIONS`].
-    pub max_connections_per_listener: usize,
+    /// Gateways only: each listener's connection limits and deadlines
+    /// (usually `ConnLimits::default()`).
+    pub connections: crate::admission::ConnLimits,
 }
 
 /// Why a waypoint did not start.

@@ -497,7 +497,7 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         metrics_addr: format!("{GATEWAY_IP}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
-        max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
+        connections: Default::default(),
     })
     .await
     .expect("gateway");
@@ -712,9 +712,10 @@ async fn reqwest_metrics(addr: SocketAddr) -> String {
         .1
 }
 
-/// A listener holds at most its connection limit open: one more is closed
-/// at accept, logged and counted; once one closes, the next is served, and
-/// the connections already open keep working throughout.
+/// A listener holds at most its connection limit open: when full, a new
+/// connection takes the place of the newest idle one (shed, counted); when
+/// none is idle, the new one is closed at accept, logged and counted; once
+/// the busy ones finish, new ones are served again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_holds_at_most_its_connection_limit() {
     const IP: &str = "127.0.1.220";
@@ -761,9 +762,38 @@ spec:
             ),
         }
     }
-    // One more is closed without an answer.
+    // Full, with every connection idle: a new one is served, and the
+    // newest idle one is shed for it (closed by the gateway).
+    let newcomer = open()
+        .await
+        .expect("a new connection is served by shedding an idle one");
+    let mut newest = held.pop().expect("held");
+    assert!(
+        send(&mut newest).await.is_err(),
+        "the newest idle connection was not shed"
+    );
+    held.push(newcomer);
+    let metrics = reqwest_metrics(gateway.metrics_addr).await;
+    let shed = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("weft_gateway_connections_closed_total{")
+                && l.contains("reason=\"overload_shed\"")
+                && l.contains("listener=\"gateway/http\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(shed.is_some_and(|n| n >= 1.0), "{metrics}");
+    // Full, with a request in flight on every connection: nothing can be
+    // shed, so one more is closed without an answer.
+    let mut busy = Vec::new();
+    for mut sender in held.drain(..) {
+        busy.push(tokio::spawn(async move {
+            send_to(&mut sender, "/delay/2").await
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     match open().await {
-        Ok(_) => panic!("a connection over the limit was served"),
+        Ok(_) => panic!("a connection over the limit was served while none was idle"),
         Err(e) => assert!(!e.starts_with("status"), "answered instead of closed: {e}"),
     }
     let metrics = reqwest_metrics(gateway.metrics_addr).await;
@@ -776,19 +806,18 @@ spec:
         })
         .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
     assert!(counted.is_some_and(|n| n >= 1.0), "{metrics}");
-    // The open ones still work.
-    for sender in &mut held {
-        assert_eq!(send(sender).await, Ok(200));
+    // The busy ones are answered; once they are done, new connections are
+    // served again.
+    for b in busy {
+        assert_eq!(b.await.expect("task"), Ok(200));
     }
-    // One closes: a new connection is served again.
-    drop(held.pop());
     let started = Instant::now();
     let fresh = loop {
         match open().await {
             Ok(sender) => break sender,
             Err(e) => assert!(
                 started.elapsed() < Duration::from_secs(10),
-                "no connection served after one closed: {e}"
+                "no connection served after the busy ones finished: {e}"
             ),
         }
     };
@@ -801,9 +830,17 @@ spec:
 async fn send(
     sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
 ) -> Result<u16, String> {
+    send_to(sender, "/").await
+}
+
+/// Sends `GET path` on an open HTTP/1.1 connection; the status, or why not.
+async fn send_to(
+    sender: &mut hyper::client::conn::http1::SendRequest<Empty<Bytes>>,
+    path: &str,
+) -> Result<u16, String> {
     let response = sender
         .send_request(
-            http::Request::get("/")
+            http::Request::get(path)
                 .header("host", "small.example.com")
                 .body(Empty::<Bytes>::new())
                 .expect("request"),
@@ -883,7 +920,10 @@ spec:
         metrics_addr: format!("{ip}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
-        max_connections_per_listener: limit,
+        connections: weft_waypoint::admission::ConnLimits {
+            max_connections: limit,
+            ..Default::default()
+        },
     })
     .await
     .expect("gateway");

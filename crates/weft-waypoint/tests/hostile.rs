@@ -172,7 +172,7 @@ async fn hostile_requests_are_normalized_before_policy() {
         metrics_addr: format!("{IP}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
-        max_connections_per_listener: 64,
+        connections: Default::default(),
     })
     .await
     .expect("gateway");

@@ -141,7 +141,7 @@ impl Mesh {
             metrics_addr: format!("{waypoint_ip}:0").parse().expect("addr"),
             connect_timeout: Duration::from_secs(1),
             jwks_roots,
-            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
+            connections: Default::default(),
         })
         .await
         .expect("waypoint");

@@ -235,7 +235,7 @@ async fn one_trace_from_gateway_through_waypoint_to_service() {
         metrics_addr: format!("{ip}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
-        max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
+        connections: Default::default(),
     };
     let waypoint = weft_waypoint::proxy::start(options("shop/shop-waypoint", "127.0.1.92"))
         .await

@@ -195,7 +195,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             metrics_addr: SocketAddr::new(*ip, 15020),
             connect_timeout: snapshot.mesh.connect_timeout,
             jwks_roots: Vec::new(),
-            max_connections_per_listener: weft_waypoint::gateway::MAX_CONNECTIONS,
+            connections: Default::default(),
         })
     };
     let mut waypoints = Vec::new();

@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use weft_waypoint::admission::ConnLimits;
+
 use weft_waypoint::proxy::WaypointOptions;
 
 /// Flags of `weft waypoint`.
@@ -48,11 +50,26 @@ pub(crate) struct Args {
     /// (`jwksUri`), besides the system's.
     #[arg(long)]
     jwks_ca: Option<PathBuf>,
-    /// Gateways: connections each listener holds open at once; more are
-    /// closed at accept, logged and counted
+    /// Gateways: connections each listener holds open at once; beyond it
+    /// the newest idle one is shed for a new one, and when none is idle
+    /// new ones are closed at accept
     /// (`weft_gateway_connections_refused_total{reason="limit"}`).
     #[arg(long, default_value_t = weft_waypoint::gateway::MAX_CONNECTIONS)]
     max_connections: usize,
+    /// Gateways: connections one source address holds open at once per
+    /// listener (`reason="per_source_limit"` when refused).
+    #[arg(long, default_value_t = ConnLimits::default().max_per_source)]
+    max_connections_per_source: usize,
+    /// Gateways: from accept to the end of the first request head (TLS
+    /// handshake included), and for each later HTTP/1 request head.
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "10s")]
+    request_headers_timeout: Duration,
+    /// Gateways: a connection with no request in flight this long is closed.
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5m")]
+    idle_timeout: Duration,
+    /// Gateways: a connection this old is asked to finish (0: never).
+    #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "0s")]
+    max_connection_duration: Duration,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -114,7 +131,13 @@ fn options(args: Args) -> Result<WaypointOptions, String> {
         metrics_addr: args.metrics_addr,
         connect_timeout: args.connect_timeout,
         jwks_roots,
-        max_connections_per_listener: args.max_connections,
+        connections: ConnLimits {
+            max_connections: args.max_connections,
+            max_per_source: args.max_connections_per_source,
+            header_timeout: args.request_headers_timeout,
+            idle_timeout: args.idle_timeout,
+            max_duration: Some(args.max_connection_duration).filter(|d| !d.is_zero()),
+        },
     })
 }
 
