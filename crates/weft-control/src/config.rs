@@ -1,8 +1,10 @@
 //! The live configuration: a directory watched for changes, each change
 //! validated as a whole. Valid → a new immutable snapshot with a new
 //! version, published to the certificate service and the config stream.
-//! Invalid → rejected with every problem logged and kept for
-//! `/debug/config-status`; the previous snapshot stays in force.
+//! Invalid, or valid but removing most of the mesh at once (held back
+//! until confirmed, [`crate::guard`]) → rejected with every problem logged
+//! and kept for `/debug/config-status`; the previous snapshot stays in
+//! force.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -74,6 +76,9 @@ impl ConfigMetrics {
 /// The configuration in force and how to follow it.
 pub struct LiveConfig {
     dir: PathBuf,
+    /// Share of services or workloads one change may remove before it is
+    /// held back for confirmation ([`crate::guard`]).
+    max_removal: f64,
     loader: Mutex<Loader>,
     /// The snapshot in force (the certificate service authorizes against it).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
@@ -100,8 +105,14 @@ fn now() -> String {
 }
 
 impl LiveConfig {
-    /// Loads `dir` once; an invalid first configuration is an error.
-    pub fn load(dir: PathBuf, metrics: ConfigMetrics) -> Result<Arc<Self>, InitialLoadError> {
+    /// Loads `dir` once; an invalid first configuration is an error. Later
+    /// changes that remove more than `max_removal` of the services or
+    /// workloads wait for confirmation ([`crate::guard`]).
+    pub fn load(
+        dir: PathBuf,
+        max_removal: f64,
+        metrics: ConfigMetrics,
+    ) -> Result<Arc<Self>, InitialLoadError> {
         let mut loader = Loader::default();
         let config = loader.load(&dir).map_err(InitialLoadError)?;
         let version = 1;
@@ -118,6 +129,7 @@ impl LiveConfig {
         };
         Ok(Arc::new(LiveConfig {
             dir,
+            max_removal,
             loader: Mutex::new(loader),
             snapshot: Arc::new(ArcSwap::new(config.snapshot)),
             resources: tx,
@@ -148,6 +160,30 @@ impl LiveConfig {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .load(&self.dir);
+        // A valid change that would remove most of the mesh waits for the
+        // operator's confirmation.
+        let marker = self.dir.join(crate::guard::CONFIRM_MARKER);
+        let loaded = loaded.map_err(|e| match e {
+            LoadError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
+            LoadError::Read(r) => vec![r.to_string()],
+        });
+        let loaded = loaded.and_then(|config| {
+            let held = crate::guard::held_back(&self.snapshot.load(), &config.snapshot, self.max_removal);
+            match held {
+                Some(why) if !marker.exists() => Err(vec![format!(
+                    "held back, not applied: {why}; if this is intended, confirm with: touch {}",
+                    marker.display()
+                )]),
+                Some(why) => {
+                    tracing::warn!(%why, marker = %marker.display(), "large removal confirmed by the marker file; applying it");
+                    if let Err(e) = std::fs::remove_file(&marker) {
+                        tracing::warn!(marker = %marker.display(), error = %e, "cannot remove the confirmation marker; the guard stays off until it is removed");
+                    }
+                    Ok(config)
+                }
+                None => Ok(config),
+            }
+        });
         match loaded {
             Ok(config) => {
                 let version = status.version + 1;
@@ -167,11 +203,7 @@ impl LiveConfig {
                 tracing::info!(version, resources = status.resources, took = ?started.elapsed(), "configuration applied");
                 true
             }
-            Err(e) => {
-                let problems: Vec<String> = match &e {
-                    LoadError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
-                    LoadError::Read(r) => vec![r.to_string()],
-                };
+            Err(problems) => {
                 tracing::error!(
                     dir = %self.dir.display(),
                     version_in_force = status.version,

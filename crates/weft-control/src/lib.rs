@@ -31,6 +31,7 @@ use weft_xds::{XdsMetrics, XdsServer};
 pub mod config;
 pub mod dashboard;
 pub mod debounce;
+pub mod guard;
 pub mod observe;
 
 pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
@@ -67,6 +68,10 @@ pub struct Options {
     pub observe: observe::Source,
     /// How often proxies are scraped.
     pub scrape_interval: Duration,
+    /// Share (0–1) of services or workloads one configuration change may
+    /// remove before it is held back for confirmation (1: no limit; an
+    /// emptied configuration is always held).
+    pub max_removal: f64,
 }
 
 impl Options {
@@ -87,6 +92,7 @@ impl Options {
             debounce: Debounce::default(),
             observe: observe::Source::Scrape(Vec::new()),
             scrape_interval: Duration::from_secs(5),
+            max_removal: guard::DEFAULT_MAX_REMOVAL,
         }
     }
 }
@@ -165,7 +171,11 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         )));
     }
     let config_metrics = ConfigMetrics::default();
-    let live = LiveConfig::load(options.config_dir.clone(), config_metrics.clone())?;
+    let live = LiveConfig::load(
+        options.config_dir.clone(),
+        options.max_removal,
+        config_metrics.clone(),
+    )?;
     let trust_domain = live.snapshot.load().mesh.trust_domain.clone();
     let authority = Arc::new(Authority::load_or_create(&CaOptions {
         dir: options.ca_dir.clone(),

@@ -47,10 +47,23 @@ pub(crate) struct Args {
     /// How often proxies are scraped.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
     scrape_interval: Duration,
+    /// Largest share (0–1) of services or workloads one configuration
+    /// change may remove; a larger removal (or an emptied directory) is
+    /// held back until `<config-dir>/.weft-confirm-removal` exists. 1 turns
+    /// the share check off.
+    #[arg(long, default_value_t = weft_control::guard::DEFAULT_MAX_REMOVAL, value_parser = parse_share)]
+    max_removal: f64,
     /// Compute the service graph from this Prometheus (`http://host:9090`)
     /// instead of scraping.
     #[arg(long, conflicts_with = "scrape")]
     prometheus: Option<String>,
+}
+
+fn parse_share(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=1.0).contains(&v) => Ok(v),
+        _ => Err(format!("{s:?} is not a share between 0 and 1 (e.g. 0.5)")),
+    }
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -77,6 +90,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             None => weft_control::observe::Source::Scrape(args.scrape),
         },
         scrape_interval: args.scrape_interval,
+        max_removal: args.max_removal,
     };
     runtime.block_on(async move {
         let running = match weft_control::start(options).await {

@@ -149,6 +149,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         debounce: Debounce::default(),
         observe: weft_control::observe::Source::Scrape(targets),
         scrape_interval: args.scrape_interval,
+        max_removal: weft_control::guard::DEFAULT_MAX_REMOVAL,
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -242,9 +243,14 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         apps.0.push((w.name.to_string(), child));
     }
 
-    // Wait until every local workload's HBONE port is open (nodes ready).
+    // Wait until every local workload's HBONE port is open (nodes ready;
+    // gateways open no HBONE port, and their nodes nothing for them).
     let deadline = Instant::now() + Duration::from_secs(20);
-    for w in snapshot.workloads.values().filter(|w| w.node.is_some()) {
+    for w in snapshot
+        .workloads
+        .values()
+        .filter(|w| w.node.is_some() && !w.gateway)
+    {
         if let WorkloadAddress::Ip(ip) = w.address {
             while tokio::net::TcpStream::connect((ip, weft_hbone::PORT))
                 .await

@@ -54,6 +54,13 @@ impl Up {
     }
 }
 
+impl Up {
+    /// Its state directory (tokens, CA, logs).
+    pub(crate) fn state(&self) -> &Path {
+        self._state.path()
+    }
+}
+
 impl Drop for Up {
     /// SIGTERM first, so `weft up` stops the apps it started (SIGKILL
     /// would leave them running), then SIGKILL.
