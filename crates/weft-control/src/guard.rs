@@ -84,7 +84,7 @@ mod tests {
     fn snapshot(services: usize, workloads: usize) -> Snapshot {
         let mut s = Snapshot::default();
         for i in 0..services {
-            let name = NamespacedName::new("shop", &format!("s{i}"));
+            let name = NamespacedName::new("shop", format!("s{i}"));
             s.services.insert(
                 name.clone(),
                 Service {
@@ -100,7 +100,7 @@ mod tests {
             );
         }
         for i in 0..workloads {
-            let name = NamespacedName::new("shop", &format!("w{i}"));
+            let name = NamespacedName::new("shop", format!("w{i}"));
             s.workloads.insert(
                 name.clone(),
                 Workload {
