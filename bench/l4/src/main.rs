@@ -277,6 +277,7 @@ async fn main() -> Result<()> {
     for n in [1u8, 2] {
         let options = NodeOptions {
             attach_socket: None,
+            state_dir: None,
             node: format!("node-{n}"),
             trust_domain: "cluster.local".into(),
             xds_addr: control.xds_addr,

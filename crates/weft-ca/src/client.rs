@@ -90,18 +90,28 @@ impl GrpcCaClient {
 /// The certificate manager of a proxy (node or waypoint) that proves
 /// itself to the control plane's CA at `address` with its node's bootstrap
 /// token, and expects the CA to prove the control plane's identity.
+/// Certificates are kept in `store`, when given (see
+/// [`crate::ManagerOptions::store`]).
 pub fn token_cert_manager(
     address: SocketAddr,
     bundle: TrustBundle,
     trust_domain: &str,
     token: String,
+    store: Option<std::path::PathBuf>,
 ) -> Result<crate::CertManager, ClientError> {
     let control =
         crate::authz::control_identity(trust_domain).map_err(|e| ClientError(e.to_string()))?;
+    let store = store.map(|dir| crate::manager::CertStore {
+        dir,
+        trust: bundle.clone(),
+    });
     let ca = GrpcCaClient::new(address, bundle, control, NodeCredential::Token(token))?;
     Ok(crate::CertManager::new(
         Arc::new(ca),
-        crate::ManagerOptions::default(),
+        crate::ManagerOptions {
+            store,
+            ..crate::ManagerOptions::default()
+        },
     ))
 }
 

@@ -59,6 +59,21 @@ pub struct ManagerOptions {
     pub initial_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Where issued certificates are kept on disk; `None`: memory only.
+    pub store: Option<CertStore>,
+}
+
+/// A private directory (0700) where each certificate and its key are kept
+/// (0600) once issued, and read back at start if they still chain to
+/// `trust` and are valid: a proxy restarted while the CA is unreachable
+/// serves with them until they expire.
+#[derive(Debug, Clone)]
+pub struct CertStore {
+    /// The directory.
+    pub dir: std::path::PathBuf,
+    /// The roots a kept certificate must chain to (after a root rotation,
+    /// older ones are not used).
+    pub trust: crate::TrustBundle,
 }
 
 impl Default for ManagerOptions {
@@ -69,6 +84,7 @@ impl Default for ManagerOptions {
             jitter: 0.05,
             initial_backoff: Duration::from_millis(200),
             max_backoff: Duration::from_secs(30),
+            store: None,
         }
     }
 }
@@ -258,6 +274,57 @@ fn renew_delay(cert: &WorkloadCert, options: &ManagerOptions, now: SystemTime) -
     due.duration_since(now).unwrap_or_default()
 }
 
+/// Where `identity`'s certificate is kept in `store` (namespaces have no
+/// dots, so `<namespace>.<service account>` is unique).
+fn stored_path(store: &std::path::Path, identity: &Identity) -> std::path::PathBuf {
+    store.join(format!(
+        "{}.{}.pem",
+        identity.namespace(),
+        identity.service_account()
+    ))
+}
+
+/// The certificate kept for `identity`, if one is there, valid now and
+/// chained to the roots trusted now.
+fn load_stored(store: &CertStore, identity: &Identity) -> Option<WorkloadCert> {
+    let path = stored_path(&store.dir, identity);
+    if !path.exists() {
+        return None;
+    }
+    let loaded = crate::secret::check_private(&path)
+        .map_err(|e| e.to_string())
+        .and_then(|()| std::fs::read_to_string(&path).map_err(|e| e.to_string()))
+        .and_then(|text| WorkloadCert::from_pem(identity, &text).map_err(|e| e.to_string()))
+        .and_then(|cert| {
+            store
+                .trust
+                .check_chain(cert.chain())
+                .map(|_| cert)
+                .map_err(|e| format!("does not chain to the roots trusted now: {e}"))
+        });
+    match loaded {
+        Ok(cert) if cert.is_valid_at(SystemTime::now()) => Some(cert),
+        Ok(_) => {
+            tracing::info!(identity = %identity, path = %path.display(), "kept certificate has expired; not used");
+            None
+        }
+        Err(e) => {
+            tracing::warn!(identity = %identity, path = %path.display(), error = %e, "kept certificate not usable");
+            None
+        }
+    }
+}
+
+/// Keeps `cert` in `store` (0600, atomically).
+fn keep(store: &CertStore, cert: &WorkloadCert) {
+    let path = stored_path(&store.dir, cert.identity());
+    let kept = crate::secret::private_dir(&store.dir)
+        .and_then(|()| crate::secret::write_private(&path, cert.to_pem().as_bytes()));
+    if let Err(e) = kept {
+        tracing::warn!(identity = %cert.identity(), error = %e, "cannot keep the certificate on disk; a restart will need the CA");
+    }
+}
+
 async fn renew_loop(
     client: Arc<dyn CaClient>,
     options: ManagerOptions,
@@ -265,6 +332,23 @@ async fn renew_loop(
     tx: watch::Sender<CertState>,
 ) {
     let mut backoff = options.initial_backoff;
+    // A certificate kept from an earlier run serves until it is due for
+    // renewal (or at once, if the CA cannot be reached then).
+    if let Some(cert) = options
+        .store
+        .as_ref()
+        .and_then(|store| load_stored(store, &identity))
+    {
+        let now = SystemTime::now();
+        let delay = renew_delay(&cert, &options, now);
+        tracing::info!(identity = %identity, serial = %cert.info().serial, renew_in = ?delay, "using the certificate kept from the last run");
+        tx.send_modify(|s| {
+            s.cert = Some(Arc::new(cert));
+            s.renew_at = Some(now + delay);
+            s.attempted = true;
+        });
+        tokio::time::sleep(delay).await;
+    }
     loop {
         match fetch_once(client.as_ref(), &identity, options.ttl).await {
             Ok(cert) => {
@@ -276,6 +360,9 @@ async fn renew_loop(
                     renew_in = ?delay,
                     "certificate issued"
                 );
+                if let Some(store) = &options.store {
+                    keep(store, &cert);
+                }
                 tx.send_modify(|s| {
                     s.cert = Some(Arc::new(cert));
                     s.last_error = None;

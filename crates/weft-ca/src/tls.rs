@@ -121,6 +121,19 @@ impl TrustBundle {
         self.0.load().ders.clone()
     }
 
+    /// Whether `chain` (leaf first) chains to these roots now: the leaf's
+    /// identity, or why not.
+    pub fn check_chain(&self, chain: &[CertificateDer<'_>]) -> Result<Identity, String> {
+        let (leaf, intermediates) = chain.split_first().ok_or("empty chain")?;
+        self.verify(
+            leaf,
+            intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::client_auth(),
+        )
+        .map_err(|e| e.to_string())
+    }
+
     /// Verifies a chain for `usage` at `now`, returning the leaf's identity.
     fn verify(
         &self,

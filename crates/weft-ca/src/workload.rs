@@ -1,5 +1,7 @@
 //! A workload's certificate as a proxy holds it: key generated here (it
-//! never leaves the process), chain from the CA, facts for `/certs`.
+//! never leaves the host: a proxy with a state directory keeps it there,
+//! 0600, to start again while the CA is unreachable), chain from the CA,
+//! facts for `/certs`.
 
 use std::fmt;
 use std::sync::Arc;
@@ -82,18 +84,13 @@ impl KeyAndCsr {
                 got: got.to_string(),
             });
         }
-        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.key.serialize_der()));
-        let signing_key = tls::provider()
-            .key_provider
-            .load_private_key(key_der)
-            .map_err(|e| WorkloadCertError::Key(e.to_string()))?;
-        Ok(WorkloadCert {
-            identity: identity.clone(),
-            info,
-            certified: Arc::new(CertifiedKey::new(chain, signing_key)),
-        })
+        WorkloadCert::assemble(identity, info, chain, self.key.serialize_der())
     }
 }
+
+/// A private key's PKCS#8 bytes; never printed.
+#[derive(Clone)]
+struct KeyBytes(Arc<Vec<u8>>);
 
 /// A workload identity's certificate chain and private key.
 #[derive(Clone)]
@@ -101,6 +98,7 @@ pub struct WorkloadCert {
     identity: Identity,
     info: CertInfo,
     certified: Arc<CertifiedKey>,
+    key: KeyBytes,
 }
 
 impl fmt::Debug for WorkloadCert {
@@ -115,6 +113,62 @@ impl fmt::Debug for WorkloadCert {
 }
 
 impl WorkloadCert {
+    fn assemble(
+        identity: &Identity,
+        info: CertInfo,
+        chain: Vec<CertificateDer<'static>>,
+        pkcs8: Vec<u8>,
+    ) -> Result<WorkloadCert, WorkloadCertError> {
+        let key_der = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(pkcs8.clone()));
+        let signing_key = tls::provider()
+            .key_provider
+            .load_private_key(key_der)
+            .map_err(|e| WorkloadCertError::Key(e.to_string()))?;
+        Ok(WorkloadCert {
+            identity: identity.clone(),
+            info,
+            certified: Arc::new(CertifiedKey::new(chain, signing_key)),
+            key: KeyBytes(Arc::new(pkcs8)),
+        })
+    }
+
+    /// The private key (PKCS#8) and the chain as PEM, for the proxy's own
+    /// state directory only ([`crate::secret::write_private`]).
+    pub fn to_pem(&self) -> String {
+        let mut out = pem::encode(&pem::Pem::new("PRIVATE KEY", self.key.0.as_slice()));
+        for cert in self.chain() {
+            out.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", cert.as_ref())));
+        }
+        out
+    }
+
+    /// Reads back what [`WorkloadCert::to_pem`] wrote, checking the leaf is
+    /// `identity`'s and the key is usable (not that it is still valid).
+    pub fn from_pem(identity: &Identity, text: &str) -> Result<WorkloadCert, WorkloadCertError> {
+        let blocks = pem::parse_many(text).map_err(|e| WorkloadCertError::Key(e.to_string()))?;
+        let key = blocks
+            .iter()
+            .find(|b| b.tag() == "PRIVATE KEY")
+            .ok_or_else(|| WorkloadCertError::Key("no PRIVATE KEY block".into()))?
+            .contents()
+            .to_vec();
+        let chain: Vec<CertificateDer<'static>> = blocks
+            .iter()
+            .filter(|b| b.tag() == "CERTIFICATE")
+            .map(|b| CertificateDer::from(b.contents().to_vec()))
+            .collect();
+        let leaf = chain.first().ok_or(WorkloadCertError::EmptyChain)?;
+        let info = CertInfo::parse(leaf)?;
+        let got = info.identity()?;
+        if &got != identity {
+            return Err(WorkloadCertError::WrongIdentity {
+                asked: identity.to_string(),
+                got: got.to_string(),
+            });
+        }
+        WorkloadCert::assemble(identity, info, chain, key)
+    }
+
     /// The identity it proves.
     pub fn identity(&self) -> &Identity {
         &self.identity

@@ -66,6 +66,11 @@ pub struct NodeOptions {
     /// Where `weft run` attaches captured workloads (a Unix socket);
     /// `None` disables captured mode.
     pub attach_socket: Option<PathBuf>,
+    /// A private directory where the node keeps its certificates and its
+    /// last good configuration (0600 files), so that it starts and serves
+    /// from them while the control plane is unreachable (until the
+    /// certificates expire). `None`: nothing kept.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// Why a node proxy did not start.
@@ -217,25 +222,31 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         bundle.clone(),
         &options.trust_domain,
         options.token.clone(),
+        options.state_dir.as_ref().map(|d| d.join("certs")),
     )
     .map_err(|e| setup(&e))?;
+    if let Some(dir) = &options.state_dir {
+        weft_ca::secret::private_dir(dir).map_err(|e| setup(&e))?;
+    }
     let me = node_identity(&options.trust_domain, &options.node).map_err(|e| setup(&e))?;
     certs.fetch(&me).await.map_err(|e| setup(&e))?;
-    let xds = Arc::new(XdsClient::start(
-        Transport::Plaintext(options.xds_addr),
-        ClientOptions {
-            node_id: options.node.clone(),
-            types: vec![
-                weft_xds::ADDRESS_TYPE.into(),
-                weft_xds::LISTENERS_TYPE.into(),
-                weft_xds::AUTHORIZATION_TYPE.into(),
-                weft_xds::MESH_TYPE.into(),
-            ],
-            initial_backoff: Duration::from_millis(200),
-            max_backoff: Duration::from_secs(15),
-            validator: weft_xds::decode_validator(),
-        },
-    ));
+    let transport = Transport::Plaintext(options.xds_addr);
+    let client_options = ClientOptions {
+        node_id: options.node.clone(),
+        types: vec![
+            weft_xds::ADDRESS_TYPE.into(),
+            weft_xds::LISTENERS_TYPE.into(),
+            weft_xds::AUTHORIZATION_TYPE.into(),
+            weft_xds::MESH_TYPE.into(),
+        ],
+        initial_backoff: Duration::from_millis(200),
+        max_backoff: Duration::from_secs(15),
+        validator: weft_xds::decode_validator(),
+    };
+    let xds = Arc::new(match &options.state_dir {
+        Some(dir) => XdsClient::start_kept(transport, client_options, dir.join("config.pb")),
+        None => XdsClient::start(transport, client_options),
+    });
     let view = Arc::new(ArcSwap::from_pointee(NodeView::default()));
     let shared = Arc::new(Shared {
         node: options.node.clone(),

@@ -190,6 +190,7 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
             .expect("pem");
     let node = |n: u8| NodeOptions {
         attach_socket: None,
+        state_dir: None,
         node: format!("node-{n}"),
         trust_domain: "cluster.local".into(),
         xds_addr: control.xds_addr,

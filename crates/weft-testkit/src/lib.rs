@@ -97,6 +97,7 @@ impl TestMesh {
             nodes.push(
                 weft_node::start(weft_node::NodeOptions {
                     attach_socket: None,
+                    state_dir: None,
                     node: format!("node-{n}"),
                     trust_domain: "cluster.local".into(),
                     xds_addr: control.xds_addr,

@@ -135,6 +135,7 @@ pub(crate) async fn core(
         bundle.clone(),
         &options.trust_domain,
         options.token.clone(),
+        None,
     )
     .map_err(|e| setup(&e))?;
     let client_options = |types: Vec<String>| ClientOptions {

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -137,6 +138,35 @@ impl XdsClient {
     pub fn start(transport: Transport, options: ClientOptions) -> Self {
         let (tx, rx) = watch::channel(Arc::new(ClientState::default()));
         let task = tokio::spawn(run(transport, options, tx));
+        XdsClient { state: rx, task }
+    }
+
+    /// As [`XdsClient::start`], keeping what it applies in `file` (0600,
+    /// written atomically after every change) and starting from what the
+    /// file holds, each resource checked again by the validator: a proxy
+    /// restarted while the control plane is unreachable serves its last
+    /// good configuration, and resumes with its versions when it returns.
+    pub fn start_kept(transport: Transport, options: ClientOptions, file: PathBuf) -> Self {
+        let initial = crate::kept::load(&file, &options.validator);
+        if !initial.resources.is_empty() {
+            tracing::info!(file = %file.display(), resources = initial.resources.values().map(BTreeMap::len).sum::<usize>(), "starting from the configuration kept from the last run");
+        }
+        let (tx, rx) = watch::channel(Arc::new(initial));
+        let mut changes = tx.subscribe();
+        let run = run(transport, options, tx);
+        let task = tokio::spawn(async move {
+            let keep = async move {
+                let mut written = changes.borrow_and_update().acks;
+                while changes.changed().await.is_ok() {
+                    let state = changes.borrow_and_update().clone();
+                    if state.acks != written {
+                        written = state.acks;
+                        crate::kept::save(&file, &state);
+                    }
+                }
+            };
+            tokio::join!(run, keep);
+        });
         XdsClient { state: rx, task }
     }
 

@@ -17,6 +17,7 @@
 
 pub mod authz;
 pub mod client;
+mod kept;
 pub mod proto;
 pub mod resources;
 pub mod server;

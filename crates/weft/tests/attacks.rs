@@ -189,3 +189,164 @@ fn an_emptied_config_directory_is_held_back_until_confirmed() {
         || ok().is_none().then_some(()),
     );
 }
+
+/// A child process killed when the test ends, however it ends.
+struct Proc(std::process::Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Runs `weft <args>` and waits for a stdout line starting with `ready`;
+/// the process and that line.
+fn spawn_ready(args: &[&std::ffi::OsStr], ready: &str) -> (Proc, String) {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spawn weft");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    let proc = Proc(child);
+    for line in lines.by_ref() {
+        let line = line.expect("line");
+        if line.starts_with(ready) {
+            // Keep draining so the child never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (proc, line);
+        }
+    }
+    panic!("weft {args:?} exited before {ready:?}");
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_owned()
+}
+
+/// Finding 14: a node restarted while the control plane was down exited
+/// ("no valid certificate"). It now starts from the certificates and
+/// configuration it kept (0600 files in its state directory) and serves.
+#[test]
+fn a_node_restarts_and_serves_while_the_control_plane_is_down() {
+    use std::ffi::OsStr;
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tokens = tmp.path().join("tokens");
+    std::fs::write(&tokens, "node-1 node-1-secret-token-000\n").expect("tokens");
+    let token = tmp.path().join("node-1.token");
+    std::fs::write(&token, "node-1-secret-token-000\n").expect("token");
+    let (ca, state) = (tmp.path().join("ca"), tmp.path().join("node-1"));
+    let any = OsStr::new("127.0.0.1:0");
+    let (control, line) = spawn_ready(
+        &[
+            OsStr::new("control"),
+            OsStr::new("--config-dir"),
+            demo().as_os_str(),
+            OsStr::new("--ca-dir"),
+            ca.as_os_str(),
+            OsStr::new("--bootstrap-tokens"),
+            tokens.as_os_str(),
+            OsStr::new("--tls-addr"),
+            any,
+            OsStr::new("--xds-addr"),
+            any,
+            OsStr::new("--monitoring-addr"),
+            any,
+            OsStr::new("--admin-addr"),
+            any,
+            OsStr::new("--metrics-addr"),
+            any,
+        ],
+        "weft control ready",
+    );
+    let (xds, tls, root) = (
+        field(&line, "xds"),
+        field(&line, "tls"),
+        field(&line, "root"),
+    );
+    let node = || {
+        spawn_ready(
+            &[
+                OsStr::new("node"),
+                OsStr::new("--name"),
+                OsStr::new("node-1"),
+                OsStr::new("--xds-addr"),
+                OsStr::new(&xds),
+                OsStr::new("--ca-addr"),
+                OsStr::new(&tls),
+                OsStr::new("--root-cert"),
+                OsStr::new(&root),
+                OsStr::new("--token-file"),
+                token.as_os_str(),
+                OsStr::new("--state-dir"),
+                state.as_os_str(),
+                OsStr::new("--admin-addr"),
+                OsStr::new("127.0.1.1:0"),
+                OsStr::new("--metrics-addr"),
+                OsStr::new("127.0.1.1:0"),
+            ],
+            "weft node node-1 ready",
+        )
+    };
+    let (_orders, _) = spawn_ready(
+        &[
+            OsStr::new("sample-app"),
+            OsStr::new("--listen"),
+            OsStr::new("127.0.1.11:8080"),
+            OsStr::new("--name"),
+            OsStr::new("orders"),
+        ],
+        "",
+    );
+    let served = || {
+        http_get("127.0.1.10:9001", "/", "")
+            .ok()
+            .filter(|r| r.starts_with("HTTP/1.1 200") && r.contains("x-weft-app: orders"))
+    };
+    let first = node();
+    eventually(
+        "frontend → orders through node-1",
+        Duration::from_secs(20),
+        served,
+    );
+
+    // The control plane goes away; then the node restarts.
+    drop(control);
+    drop(first);
+    eventually("node-1's listeners closed", Duration::from_secs(10), || {
+        served().is_none().then_some(())
+    });
+    let _second = node();
+    eventually(
+        "frontend → orders after the restart, without a control plane",
+        Duration::from_secs(20),
+        served,
+    );
+    // What it kept is private.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+        assert_eq!(mode(&state), 0o700);
+        assert_eq!(mode(&state.join("config.pb")), 0o600);
+        let certs: Vec<PathBuf> = std::fs::read_dir(state.join("certs"))
+            .expect("certs")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        assert!(
+            certs.len() >= 2,
+            "node and workload certificates: {certs:?}"
+        );
+        for c in certs {
+            assert_eq!(mode(&c), 0o600, "{}", c.display());
+        }
+    }
+}

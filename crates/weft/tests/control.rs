@@ -286,6 +286,8 @@ fn node_process_joins_the_control_plane() {
     std::fs::write(&token, "node-1-secret-token-000\n").expect("token");
     let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
         .args(["node", "--name", "node-1"])
+        .arg("--state-dir")
+        .arg(tmp.path().join("node-1"))
         .args([
             "--xds-addr",
             &control.xds.to_string(),

@@ -235,6 +235,8 @@ impl Mesh {
             let mut node = Command::new(WEFT)
                 .args(["--log-format", format])
                 .args(["node", "--name", &format!("node-{n}")])
+                .arg("--state-dir")
+                .arg(tmp.path().join(format!("node-{n}")))
                 .args([
                     "--xds-addr",
                     &field(&line, "xds"),

@@ -50,9 +50,27 @@ pub(crate) struct Args {
     /// Raise it on nodes that carry more than one core's worth of traffic.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=256))]
     worker_threads: u16,
+    /// Where the node keeps its certificates and last good configuration
+    /// (created 0700, files 0600), to start and serve from them while the
+    /// control plane is unreachable. Default: /var/lib/weft/node-<name>
+    /// as root, else ~/.local/state/weft/node-<name>.
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
     /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
     drain_timeout: Duration,
+}
+
+/// Where node `name` keeps its state unless told otherwise.
+fn default_state_dir(name: &str) -> PathBuf {
+    let base = if nix::unistd::geteuid().is_root() {
+        PathBuf::from("/var/lib/weft")
+    } else {
+        std::env::var_os("HOME")
+            .map_or_else(|| PathBuf::from("."), PathBuf::from)
+            .join(".local/state/weft")
+    };
+    base.join(format!("node-{name}"))
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -93,6 +111,11 @@ async fn node(args: Args) -> Result<(), String> {
                 .is_root()
                 .then(|| super::run::default_socket(&args.name))
         }),
+        state_dir: Some(
+            args.state_dir
+                .clone()
+                .unwrap_or_else(|| default_state_dir(&args.name)),
+        ),
     })
     .await
     .map_err(|e| e.to_string())?;

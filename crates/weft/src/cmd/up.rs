@@ -163,6 +163,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     for (name, n, token) in &tokens {
         let proxy = weft_node::start(NodeOptions {
             attach_socket: None,
+            state_dir: Some(state.join("nodes").join(name)),
             node: name.clone(),
             trust_domain: control.trust_domain.clone(),
             xds_addr: control.xds_addr,
