@@ -135,6 +135,22 @@ fn decode(s: &str) -> String {
 #[derive(Clone, Default)]
 pub struct Routes {
     handlers: HashMap<&'static str, Handler>,
+    /// Answer only requests whose `Host` is a loopback name or address.
+    local_hosts_only: bool,
+}
+
+/// Whether `host` (a `Host` header: name or address, maybe a port) names
+/// this machine's loopback: `localhost`, 127.0.0.0/8 or `[::1]`.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    let name = name.trim_end_matches('.');
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl std::fmt::Debug for Routes {
@@ -149,6 +165,25 @@ impl Routes {
     /// No endpoints.
     pub fn new() -> Self {
         Routes::default()
+    }
+
+    /// Refuses (421) requests whose `Host` is not a loopback name or
+    /// address: a web page the operator's browser opens cannot reach these
+    /// endpoints by pointing a DNS name of its own at 127.0.0.1 (DNS
+    /// rebinding). For the admin port and the dashboard.
+    pub fn local_hosts_only(mut self) -> Self {
+        self.local_hosts_only = true;
+        self
+    }
+
+    /// [`Routes::local_hosts_only`] when `bound` is a loopback address:
+    /// an operator who binds the port elsewhere chose to expose it.
+    pub fn local_hosts_only_on(self, bound: SocketAddr) -> Self {
+        if bound.ip().is_loopback() {
+            self.local_hosts_only()
+        } else {
+            self
+        }
     }
 
     /// Adds `GET path`.
@@ -202,7 +237,20 @@ impl Routes {
         })
     }
 
-    fn answer(&self, method: &Method, path: &str, query: Option<&str>) -> ReplyFuture {
+    fn answer(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        query: Option<&str>,
+    ) -> ReplyFuture {
+        if self.local_hosts_only && !host.is_none_or(is_loopback_host) {
+            let reply = Reply::error(
+                StatusCode::MISDIRECTED_REQUEST,
+                "this endpoint answers only requests for localhost or a loopback address\n",
+            );
+            return Box::pin(async move { reply });
+        }
         if method != Method::GET && method != Method::HEAD {
             let reply = Reply::error(StatusCode::METHOD_NOT_ALLOWED, "only GET is supported\n");
             return Box::pin(async move { reply });
@@ -257,7 +305,12 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: impl Future<
         let routes = routes.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
-                let reply = routes.answer(req.method(), req.uri().path(), req.uri().query());
+                let host = req
+                    .headers()
+                    .get(header::HOST)
+                    .map(|h| h.to_str().unwrap_or("(not text)"))
+                    .or_else(|| req.uri().authority().map(http::uri::Authority::as_str));
+                let reply = routes.answer(req.method(), host, req.uri().path(), req.uri().query());
                 async move {
                     let reply = reply.await;
                     let mut response = Response::new(Full::new(reply.body));
@@ -269,7 +322,11 @@ pub async fn serve(listener: TcpListener, routes: Routes, shutdown: impl Future<
                     Ok::<_, std::convert::Infallible>(response)
                 }
             });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
             if let Err(e) = builder
                 .serve_connection(TokioIo::new(stream), service)
                 .await
@@ -288,14 +345,20 @@ mod tests {
     async fn routing() {
         let routes = Routes::new().get("/certs", || Reply::json("[]"));
         assert_eq!(
-            routes.answer(&Method::GET, "/certs", None).await.status,
+            routes
+                .answer(&Method::GET, None, "/certs", None)
+                .await
+                .status,
             StatusCode::OK
         );
-        let missing = routes.answer(&Method::GET, "/nope", None).await;
+        let missing = routes.answer(&Method::GET, None, "/nope", None).await;
         assert_eq!(missing.status, StatusCode::NOT_FOUND);
         assert!(String::from_utf8_lossy(&missing.body).contains("/certs"));
         assert_eq!(
-            routes.answer(&Method::POST, "/certs", None).await.status,
+            routes
+                .answer(&Method::POST, None, "/certs", None)
+                .await
+                .status,
             StatusCode::METHOD_NOT_ALLOWED
         );
         let echo = Routes::new()
@@ -303,6 +366,7 @@ mod tests {
         let reply = echo
             .answer(
                 &Method::GET,
+                None,
                 "/q",
                 Some("window=5m&to=payments.billing%2Esvc+x"),
             )
@@ -313,5 +377,40 @@ mod tests {
             (odd.get("a"), odd.get("b"), odd.get("c")),
             (Some("%zz"), Some("%4"), None)
         );
+    }
+
+    #[tokio::test]
+    async fn local_endpoints_refuse_foreign_hosts() {
+        let routes = Routes::new()
+            .get("/certs", || Reply::json("[]"))
+            .local_hosts_only();
+        // (Host, answered)
+        let cases = [
+            (Some("localhost:15000"), true),
+            (Some("LOCALHOST"), true),
+            (Some("127.0.0.1:15014"), true),
+            (Some("127.0.1.1:15000"), true),
+            (Some("[::1]:15000"), true),
+            (None, true),
+            (Some("attacker.example:15000"), false),
+            (Some("attacker.example"), false),
+            (Some("10.0.0.7:15000"), false),
+            (Some("127.0.0.1.attacker.example"), false),
+            (Some("[::ffff:10.0.0.7]:15000"), false),
+        ];
+        for (host, answered) in cases {
+            let status = routes
+                .answer(&Method::GET, host, "/certs", None)
+                .await
+                .status;
+            assert_eq!(status == StatusCode::OK, answered, "{host:?}: {status}");
+        }
+        // Metrics ports keep answering any Host (scrapers use addresses).
+        let open = Routes::new().get("/metrics", || Reply::text("x"));
+        let status = open
+            .answer(&Method::GET, Some("attacker.example"), "/metrics", None)
+            .await
+            .status;
+        assert_eq!(status, StatusCode::OK);
     }
 }

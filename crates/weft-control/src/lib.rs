@@ -278,9 +278,15 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     }));
 
     let certs = own.clone();
+    let admin_bound = admin_listener.local_addr().unwrap_or(options.admin_addr);
+    let monitoring_bound = monitoring_listener
+        .local_addr()
+        .unwrap_or(options.monitoring_addr);
     servers.push(tokio::spawn(weft_admin::serve(
         admin_listener,
-        Routes::new().get("/certs", move || Reply::json(certs.report_json())),
+        Routes::new()
+            .get("/certs", move || Reply::json(certs.report_json()))
+            .local_hosts_only_on(admin_bound),
         stopped(),
     )));
     let status_of = live.clone();
@@ -294,7 +300,8 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             }),
             aggregator,
             live.snapshot.clone(),
-        ),
+        )
+        .local_hosts_only_on(monitoring_bound),
         stopped(),
     )));
     servers.push(tokio::spawn(weft_admin::serve(

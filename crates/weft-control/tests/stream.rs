@@ -119,7 +119,7 @@ fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut conn = TcpStream::connect(addr).expect("connect");
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
     )
     .expect("write");
     let mut out = String::new();

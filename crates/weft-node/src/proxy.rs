@@ -287,7 +287,8 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         admin_listener,
         Routes::new()
             .get("/config_dump", move || Reply::json(dump_of.dump_json()))
-            .get("/certs", move || Reply::json(certs_of.report_json())),
+            .get("/certs", move || Reply::json(certs_of.report_json()))
+            .local_hosts_only_on(admin_addr),
         std::future::pending(),
     ));
 

@@ -106,6 +106,51 @@ fn the_gateway_address_lends_no_identity_and_socks_reaches_no_control_port() {
     }
 }
 
+/// A request with an explicit `Host`: the status line.
+fn status_with_host(addr: &str, path: &str, host: &str) -> String {
+    let mut conn = TcpStream::connect(addr).expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n"
+    )
+    .expect("write");
+    let mut out = String::new();
+    let _ = conn.read_to_string(&mut out);
+    out.lines().next().unwrap_or_default().to_owned()
+}
+
+/// Finding 18: the admin and dashboard ports answered any `Host` (a page
+/// in the operator's browser could read them through DNS rebinding), and
+/// the gateway's metrics were served on its public address.
+#[test]
+fn local_endpoints_answer_local_names_only() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _up = Up::start(&demo(), &["--background-load", "0"]);
+    for (addr, path) in [
+        ("127.0.0.1:15000", "/certs"),
+        ("127.0.0.1:15014", "/debug/config-status"),
+        ("127.0.0.1:15014", "/api/graph"),
+        ("127.0.1.1:15000", "/config_dump"),
+    ] {
+        let foreign = status_with_host(addr, path, "rebound.attacker.example");
+        assert!(foreign.contains(" 421 "), "{addr}{path} answered {foreign}");
+        let local = status_with_host(addr, path, "localhost");
+        assert!(local.contains(" 200 "), "{addr}{path} answered {local}");
+    }
+    // Metrics stay scrapeable by address (Prometheus sends its target).
+    let metrics = status_with_host("127.0.1.1:15020", "/metrics", "10.0.0.1:15020");
+    assert!(metrics.contains(" 200 "), "{metrics}");
+    // The gateway's metrics are on loopback, not on its public address.
+    assert!(TcpStream::connect("127.0.1.50:15020").is_err());
+    let gw = http_get("127.0.0.1:15090", "/metrics", "").expect("gateway metrics");
+    assert!(
+        gw.contains("istio_requests_total") || gw.starts_with("HTTP/1.1 200"),
+        "{gw}"
+    );
+}
+
 /// Finding 2: the bootstrap token file was created 0644 and chmod-ed
 /// after; everything secret `weft up` writes must be private from the
 /// start.

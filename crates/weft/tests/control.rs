@@ -319,7 +319,7 @@ fn node_process_joins_the_control_plane() {
     loop {
         let mut conn = std::net::TcpStream::connect(&admin).expect("admin");
         use std::io::{Read, Write};
-        conn.write_all(b"GET /certs HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+        conn.write_all(b"GET /certs HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n")
             .expect("write");
         let mut certs = String::new();
         conn.read_to_string(&mut certs).expect("read");

@@ -92,7 +92,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> String {
     };
     let _ = conn
         .write_all(
-            format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
         )
         .await;
     let mut out = String::new();

@@ -91,6 +91,26 @@ pub(crate) fn run(args: Args) -> ExitCode {
     }
 }
 
+/// Where an L7 proxy's metrics are served: a waypoint's on its own
+/// address (reached by the mesh only), a gateway's never on its public
+/// address but on loopback, 127.0.0.1:15090 for the first gateway (by
+/// name), 15091 for the next, …
+fn proxy_metrics_addr(snapshot: &Snapshot, w: &weft_core::model::Workload) -> Option<SocketAddr> {
+    let WorkloadAddress::Ip(ip) = &w.address else {
+        return None;
+    };
+    if !w.gateway {
+        return Some(SocketAddr::new(*ip, 15020));
+    }
+    let index = snapshot
+        .workloads
+        .values()
+        .filter(|g| g.gateway)
+        .position(|g| g.name == w.name)?;
+    let port = 15090 + u16::try_from(index).ok()?;
+    Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
+}
+
 async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     let state = &args.state_dir;
     // The state directory holds the bootstrap tokens and the CA: 0700.
@@ -129,10 +149,10 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         .values()
         .filter(|w| w.waypoint || w.gateway)
     {
-        if let WorkloadAddress::Ip(ip) = &w.address {
+        if let Some(addr) = proxy_metrics_addr(snapshot, w) {
             targets.push(weft_control::observe::Target {
                 name: w.name.to_string(),
-                addr: SocketAddr::new(*ip, 15020),
+                addr,
             });
         }
     }
@@ -194,7 +214,7 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
             ca_addr: control.tls_addr,
             roots: roots.clone(),
             token: token.clone(),
-            metrics_addr: SocketAddr::new(*ip, 15020),
+            metrics_addr: proxy_metrics_addr(snapshot, w).unwrap_or(SocketAddr::new(*ip, 15020)),
             connect_timeout: snapshot.mesh.connect_timeout,
             jwks_roots: Vec::new(),
             connections: Default::default(),

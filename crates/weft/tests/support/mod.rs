@@ -90,7 +90,7 @@ pub(crate) fn http_get(addr: &str, path: &str, headers: &str) -> std::io::Result
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\n{headers}connection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: {addr}\r\n{headers}connection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     conn.read_to_string(&mut out)?;
