@@ -34,6 +34,12 @@ pub const CLIENT_ONLY_ANNOTATION: &str = "weft.dev/client-only";
 /// for Istio's `istio-waypoint` Gateway): it runs `weft waypoint`, receives
 /// HBONE itself, and its node proxy leaves it alone.
 pub const WAYPOINT_LABEL: &str = "weft.dev/waypoint";
+/// Label on a waypoint saying which traffic it is for (Istio's values:
+/// `service`, the default, `workload`, `all`, `none`). In weft anything
+/// but `none` also makes the endpoints of its services refuse their
+/// service ports to callers other than the waypoint (and gateways).
+pub const WAYPOINT_FOR_LABEL: &str = "istio.io/waypoint-for";
+
 /// Label on a workload marking it as an ingress gateway: it runs `weft
 /// gateway` for the Gateway API `Gateway` of the same name and namespace.
 pub const GATEWAY_LABEL: &str = "weft.dev/gateway";

@@ -11,8 +11,9 @@
 //! Apps that cannot use an explicit listener use SOCKS5 at their own
 //! address, port 15080 ([`socks`]).
 //!
-//! Inbound tunnels are checked against L4 `AuthorizationPolicy`
-//! ([`authz`]); when policy changes, open connections are checked again
+//! Inbound tunnels to a service port whose service uses a waypoint must
+//! come from that waypoint ([`waypoint_guard`]), then are checked against
+//! L4 `AuthorizationPolicy` ([`authz`]); when policy changes, open connections are checked again
 //! and newly denied ones closed ([`revocable`]).
 //!
 //! Captured mode ([`capture`], [`netns`]): `weft run` puts a workload in
@@ -33,5 +34,6 @@ pub mod route;
 pub mod socks;
 pub mod telemetry;
 pub mod view;
+pub mod waypoint_guard;
 
 pub use proxy::{NodeOptions, NodeProxy, start};

@@ -614,26 +614,28 @@ async fn socks_client(
         }
     };
     let view = shared.view.load();
-    let found = match &target {
-        Target::Host(host, port) => view.services_by_host.get(host).map(|s| (s.clone(), *port)),
-        Target::Addr(addr) => view
-            .services_by_vip
-            .get(&addr.ip())
-            .map(|s| (s.clone(), addr.port())),
+    // A service by name or VIP is load balanced; a workload of the registry
+    // by address is reached over HBONE like a captured connection (its node
+    // then applies its policies, waypoint included); anything else may
+    // pass through.
+    let to = match &target {
+        Target::Host(host, port) => view
+            .services_by_host
+            .get(host)
+            .map(|s| self::Target::Service(s.clone(), *port)),
+        Target::Addr(addr) => match view.services_by_vip.get(&addr.ip()) {
+            Some(s) => Some(self::Target::Service(s.clone(), addr.port())),
+            None => view
+                .by_ip
+                .contains_key(&addr.ip())
+                .then_some(self::Target::Original(*addr)),
+        },
     };
     drop(view);
-    let Some((service, port)) = found else {
+    let Some(to) = to else {
         return passthrough(&shared, &w, captured, target, client).await;
     };
-    outbound(
-        shared,
-        w,
-        self::Target::Service(service, port),
-        client,
-        peer,
-        true,
-    )
-    .await;
+    outbound(shared, w, to, client, peer, true).await;
 }
 
 impl Listening {
@@ -769,6 +771,8 @@ async fn plaintext_inbound(
                 .to_owned(),
         )
     } else if let Err(why) = crate::route::check_target(&w, dst) {
+        Some(why)
+    } else if let Err(why) = crate::waypoint_guard::check(&view, &w, dst.port(), None) {
         Some(why)
     } else {
         let conn = crate::authz::Conn {
@@ -1116,9 +1120,11 @@ impl InboundHandler for InboundFor {
                 permissive: false,
                 waypoint: false,
                 gateway: false,
+                enforced: false,
                 canonical: (caller.canonical_service, caller.canonical_revision),
             };
-            // L4 authorization against the policies in force now.
+            // No skipping a waypoint, then L4 authorization against the
+            // policies in force now.
             let decision = {
                 let view = view.load();
                 let current = view
@@ -1132,7 +1138,13 @@ impl InboundHandler for InboundFor {
                     destination_ip: request.target.ip(),
                     destination_port: request.target.port(),
                 };
-                crate::authz::check(&view.policies_for(&current), &conn)
+                crate::waypoint_guard::check(
+                    &view,
+                    &current,
+                    request.target.port(),
+                    Some(&request.peer),
+                )
+                .and_then(|()| crate::authz::check(&view.policies_for(&current), &conn))
             };
             if let Err(reason) = decision {
                 let service = called_service(&request, &workload);

@@ -313,6 +313,7 @@ mod tests {
             permissive: false,
             waypoint: false,
             gateway: false,
+            enforced: false,
             canonical: Default::default(),
         }
     }

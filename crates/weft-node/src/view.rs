@@ -39,6 +39,9 @@ pub struct WorkloadInfo {
     pub waypoint: bool,
     /// Whether it is an ingress gateway (it opens its own listeners).
     pub gateway: bool,
+    /// For a waypoint: whether the endpoints of its services accept their
+    /// service ports only from it (`istio.io/waypoint-for` is not `none`).
+    pub enforced: bool,
     /// Canonical service and revision (its `app` and `version` labels),
     /// for telemetry.
     pub canonical: (String, String),
@@ -194,6 +197,7 @@ impl NodeView {
                 permissive: false,
                 waypoint: false,
                 gateway: false,
+                enforced: false,
                 canonical: (w.canonical_name.clone(), w.canonical_revision.clone()),
             };
             for service in info.services.keys() {
@@ -246,6 +250,7 @@ impl NodeView {
                 w.permissive = l.mtls_mode == MtlsMode::Permissive as i32;
                 w.waypoint = l.waypoint;
                 w.gateway = l.gateway;
+                w.enforced = l.waypoint && l.waypoint_for != "none";
             }
             let local = view
                 .workloads

@@ -676,6 +676,7 @@ mod tests {
             permissive: false,
             waypoint: false,
             gateway: false,
+            enforced: false,
             canonical: Default::default(),
         }
     }

@@ -245,6 +245,14 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             mtls_mode: mode(w.mtls_mode),
             waypoint: w.waypoint,
             gateway: w.gateway,
+            waypoint_for: if w.waypoint {
+                w.labels
+                    .get(weft_core::model::WAYPOINT_FOR_LABEL)
+                    .cloned()
+                    .unwrap_or_else(|| "service".to_owned())
+            } else {
+                String::new()
+            },
         };
         listeners.insert(
             Arc::from(workload_uid(w)),

@@ -395,3 +395,48 @@ fn a_node_restarts_and_serves_while_the_control_plane_is_down() {
         }
     }
 }
+
+/// Finding 12: calling a workload's address skipped its service's
+/// waypoint (and so the L7 policy there). In the demo, reviews goes
+/// through the waypoint `shop-waypoint`: by name it still works, by a
+/// reviews workload's address the destination node refuses the tunnel
+/// (SOCKS5 reply 1, general failure) and counts the refusal.
+#[test]
+fn a_direct_call_cannot_skip_the_waypoint() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
+    let _up = Up::start(&demo(), &["--background-load", "0"]);
+    eventually(
+        "frontend → reviews through the waypoint",
+        Duration::from_secs(15),
+        || {
+            http_get("127.0.1.10:9002", "/", "")
+                .ok()
+                .filter(|r| r.starts_with("HTTP/1.1 200"))
+        },
+    );
+    // reviews' VIP (or name) goes through the waypoint: allowed.
+    let by_vip = eventually("SOCKS to reviews' VIP", Duration::from_secs(10), || {
+        let reply = socks_reply("127.0.1.10:15080", [240, 240, 0, 12], 80);
+        (reply == 0).then_some(reply)
+    });
+    assert_eq!(by_vip, 0);
+    // reviews-v1's own address (127.0.1.12:8080): refused at its node.
+    assert_eq!(
+        socks_reply("127.0.1.10:15080", [127, 0, 1, 12], 8080),
+        1,
+        "a direct call to reviews-v1 was let through"
+    );
+    let metrics = http_get("127.0.1.1:15020", "/metrics", "").expect("node-1 metrics");
+    assert!(
+        counter(
+            &metrics,
+            "istio_tcp_connections_opened_total",
+            &[
+                "reporter=\"destination\"",
+                "response_flags=\"DENY\"",
+                "destination_workload=\"reviews-v1\""
+            ]
+        ) >= 1.0,
+        "the refusal is not counted:\n{metrics}"
+    );
+}

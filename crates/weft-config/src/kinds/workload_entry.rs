@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::Deserialize;
-use weft_core::model::{Locality, NODE_LABEL};
+use weft_core::model::{Locality, NODE_LABEL, WAYPOINT_FOR_LABEL};
 use weft_core::names;
 
 use crate::diag::Ctx;
@@ -68,6 +68,17 @@ impl WorkloadEntrySpec {
             ctx.check(
                 &format!("{prefix}.labels.{NODE_LABEL}"),
                 names::check_label(node).map_err(|e| format!("node name {node:?} {e}")),
+            );
+        }
+        if let Some(v) = self.labels.get(WAYPOINT_FOR_LABEL) {
+            ctx.check(
+                &format!("{prefix}.labels.{WAYPOINT_FOR_LABEL}"),
+                match v.as_str() {
+                    "service" | "workload" | "all" | "none" => Ok(()),
+                    other => Err(format!(
+                        "{other:?} is not one of service, workload, all, none"
+                    )),
+                },
             );
         }
         if let Some(locality) = &self.locality {
