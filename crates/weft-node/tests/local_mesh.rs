@@ -17,7 +17,7 @@ use weft_sample_app::AppConfig;
 async fn get(addr: &str, path: &str) -> Result<String, String> {
     let mut conn = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
     conn.write_all(
-        format!("GET {path} HTTP/1.1\r\nhost: test\r\nconnection: close\r\n\r\n").as_bytes(),
+        format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").as_bytes(),
     )
     .await
     .map_err(|e| e.to_string())?;

@@ -94,7 +94,13 @@ pub fn normalize_host(raw: &str, default_port: u16) -> Option<String> {
     } else {
         host.strip_suffix('.').map_or(host.clone(), str::to_owned)
     };
-    if host.is_empty() || host.contains(['/', '@', ' ', '?', '#']) {
+    // One trailing dot is the DNS root; more, or a colon outside brackets,
+    // is not a host.
+    let unbracketed = !host.starts_with('[');
+    if host.is_empty()
+        || host.contains(['/', '@', ' ', '?', '#', '\\'])
+        || (unbracketed && (host.ends_with('.') || host.contains(':')))
+    {
         return None;
     }
     match port {
@@ -179,7 +185,8 @@ mod tests {
             ("[::1]:80", 80, Some("[::1]")),
             ("[::1]:8443", 80, Some("[::1]:8443")),
             ("[::1]", 80, Some("[::1]")),
-            ("partner.example..", 80, Some("partner.example.")),
+            ("partner.example..", 80, None),
+            ("a:80:80", 80, None),
             ("", 80, None),
             (":80", 80, None),
             ("a:b", 80, None),

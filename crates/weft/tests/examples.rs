@@ -203,7 +203,9 @@ impl Drop for Redis {
 }
 
 /// Scenario 4: a's calls to b are limited to 100 an hour, a platinum
-/// customer's to 1000, counted in Redis.
+/// customer's to 1000, counted in Redis; the tier comes from a verified
+/// JWT's claim, and claiming it in a header gains nothing (issue 15,
+/// finding 13).
 #[test]
 fn tiered_rate_limits_hold() {
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|p| p.into_inner());
@@ -233,8 +235,19 @@ fn tiered_rate_limits_hold() {
     let ok = statuses.iter().filter(|s| **s == 200).count();
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert_eq!((ok, limited), (100, 5), "{statuses:?}");
-    let platinum =
-        http_get("127.0.1.10:9001", "/", "x-customer-tier: platinum\r\n").expect("platinum call");
+    // A header is no credential: claiming the tier in one changes nothing.
+    let claimed =
+        http_get("127.0.1.10:9001", "/", "x-customer-tier: platinum\r\n").expect("claimed call");
+    assert!(claimed.starts_with("HTTP/1.1 429"), "{claimed}");
+    // A verified token's claim is.
+    let token =
+        std::fs::read_to_string(example("tiered-rate-limits").join("platinum.jwt")).expect("token");
+    let platinum = http_get(
+        "127.0.1.10:9001",
+        "/",
+        &format!("authorization: Bearer {}\r\n", token.trim()),
+    )
+    .expect("platinum call");
     assert!(
         platinum.starts_with("HTTP/1.1 200") && platinum.contains("x-ratelimit-limit: 1000"),
         "{platinum}"
