@@ -75,7 +75,12 @@ pub fn strip_internal(headers: &mut HeaderMap, names: &[HeaderName]) {
 /// scheme's default port (`default_port`) dropped. `None` when it is not a
 /// host (empty, a bad port, an unclosed IPv6 bracket).
 pub fn normalize_host(raw: &str, default_port: u16) -> Option<String> {
-    let raw = raw.trim().to_ascii_lowercase();
+    // RFC 3986 `host [":" port]`: reg-name characters, or an IPv6 literal.
+    let allowed = |b: u8| b.is_ascii_alphanumeric() || b"-._~%!$&'()*+,;=:[]".contains(&b);
+    if !raw.bytes().all(allowed) {
+        return None;
+    }
+    let raw = raw.to_ascii_lowercase();
     let (host, port) = if let Some(v6) = raw.strip_prefix('[') {
         let (addr, after) = v6.split_once(']')?;
         let port = match after {
@@ -97,10 +102,7 @@ pub fn normalize_host(raw: &str, default_port: u16) -> Option<String> {
     // One trailing dot is the DNS root; more, or a colon outside brackets,
     // is not a host.
     let unbracketed = !host.starts_with('[');
-    if host.is_empty()
-        || host.contains(['/', '@', ' ', '?', '#', '\\'])
-        || (unbracketed && (host.ends_with('.') || host.contains(':')))
-    {
+    if host.is_empty() || (unbracketed && (host.ends_with('.') || host.contains(':'))) {
         return None;
     }
     match port {
@@ -193,6 +195,9 @@ mod tests {
             ("a:99999", 80, None),
             ("[::1", 80, None),
             ("user@host", 80, None),
+            (" partner.example", 80, None),
+            ("partner.example\t", 80, None),
+            (".\u{b}.", 80, None),
         ];
         for (raw, port, want) in cases {
             assert_eq!(normalize_host(raw, port).as_deref(), want, "{raw:?}");
