@@ -191,7 +191,7 @@ async fn respond(
             tokio::time::sleep(delay).await;
             empty(StatusCode::OK)
         }
-        Route::Headers => json(headers_json(req.headers())),
+        Route::Headers => json(headers_json(req.headers(), req.uri().authority())),
         Route::Ip => json(serde_json::json!({ "origin": peer.ip().to_canonical().to_string() })),
         Route::Echo => {
             let content_type = req.headers().get(CONTENT_TYPE).cloned();
@@ -210,8 +210,19 @@ async fn respond(
 }
 
 /// `{"headers": {name: value}}`, repeated headers joined with `", "`.
-fn headers_json(headers: &HeaderMap) -> serde_json::Value {
+/// The request's headers; an HTTP/2 request's `:authority` (or an
+/// absolute-form target's authority) as `:authority`.
+fn headers_json(
+    headers: &HeaderMap,
+    authority: Option<&http::uri::Authority>,
+) -> serde_json::Value {
     let mut map = serde_json::Map::new();
+    if let Some(a) = authority {
+        map.insert(
+            ":authority".to_owned(),
+            serde_json::Value::String(a.to_string()),
+        );
+    }
     for name in headers.keys() {
         let mut joined = String::new();
         for (i, value) in headers.get_all(name).iter().enumerate() {
@@ -294,8 +305,12 @@ mod tests {
         headers.append("x-multi", HeaderValue::from_static("a"));
         headers.append("x-multi", HeaderValue::from_static("b"));
         headers.insert("x-single", HeaderValue::from_static("c"));
-        let value = headers_json(&headers);
+        let value = headers_json(&headers, None);
         assert_eq!(value["headers"]["x-multi"], "a, b");
         assert_eq!(value["headers"]["x-single"], "c");
+        assert!(value["headers"].get(":authority").is_none());
+        let authority = "shop.example".parse().unwrap();
+        let value = headers_json(&headers, Some(&authority));
+        assert_eq!(value["headers"][":authority"], "shop.example");
     }
 }

@@ -34,9 +34,7 @@ use http::{HeaderValue, Request, Response, StatusCode, Uri};
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 use tokio::time::Instant;
 
 use crate::budget::{ConcurrencyBudget, RateBudget};
@@ -45,6 +43,7 @@ use crate::local_reply::status_response;
 use crate::metrics::Metrics;
 use crate::retry::{Outcome, RetryPolicy, retry_after};
 use crate::route::{Redirect, Rewrite, Route, pick_backend, select};
+use crate::upstream::Upstream;
 use weft_core::l7::{AuthzAction, HashOn};
 
 /// Request bodies up to this size are kept for replay (retries).
@@ -274,7 +273,7 @@ impl L7Error {
     }
 }
 
-fn full(s: impl Into<Bytes>) -> Body {
+pub(crate) fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 
@@ -401,53 +400,6 @@ enum Payload {
     Once(Option<Body>),
 }
 
-/// How the engine reaches endpoints: HTTP/1.1 and HTTP/2 (prior
-/// knowledge, for `HTTP2` and `GRPC` ports) clients over one connector.
-#[derive(Clone, Debug)]
-enum Upstream {
-    /// Plain TCP (benchmarks, tests, the gateway's non-mesh backends).
-    Plain(Box<PlainClients>),
-    /// HBONE tunnels to the endpoints' nodes (a waypoint).
-    Hbone(Box<HboneClients>),
-}
-
-type PlainClients = (Client<HttpConnector, Body>, Client<HttpConnector, Body>);
-type HboneClients = (
-    Client<crate::hbone::HboneConnector, Body>,
-    Client<crate::hbone::HboneConnector, Body>,
-);
-
-type ResponseFuture = std::pin::Pin<
-    Box<
-        dyn std::future::Future<
-                Output = Result<Response<Incoming>, hyper_util::client::legacy::Error>,
-            > + Send,
-    >,
->;
-
-impl Upstream {
-    fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
-        match (self, http2) {
-            (Upstream::Plain(c), false) => Box::pin(c.0.request(request)),
-            (Upstream::Plain(c), true) => Box::pin(c.1.request(request)),
-            (Upstream::Hbone(c), false) => Box::pin(c.0.request(request)),
-            (Upstream::Hbone(c), true) => Box::pin(c.1.request(request)),
-        }
-    }
-}
-
-/// The HTTP/1.1 and HTTP/2 clients over `connector`.
-fn clients<C>(connector: C) -> (Client<C, Body>, Client<C, Body>)
-where
-    C: hyper_util::client::legacy::connect::Connect + Clone,
-{
-    let h1 = Client::builder(TokioExecutor::new()).build(connector.clone());
-    let h2 = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(connector);
-    (h1, h2)
-}
-
 /// The L7 engine.
 pub struct Engine {
     config: ArcSwap<Config>,
@@ -475,7 +427,7 @@ impl Engine {
         Engine {
             config: ArcSwap::from_pointee(config),
             tracer: ArcSwap::from_pointee(weft_telemetry::trace::Tracer::disabled()),
-            client: Upstream::Plain(Box::new(clients(connector))),
+            client: Upstream::plain(connector),
             authorizers: crate::extauthz::Authorizers::default(),
             reporter: weft_telemetry::labels::Reporter::Waypoint,
             me: None,
@@ -493,7 +445,7 @@ impl Engine {
         Engine {
             config: ArcSwap::from_pointee(config),
             tracer: ArcSwap::from_pointee(weft_telemetry::trace::Tracer::disabled()),
-            client: Upstream::Hbone(Box::new(clients(connector))),
+            client: Upstream::hbone(connector),
             authorizers: crate::extauthz::Authorizers::default(),
             reporter: weft_telemetry::labels::Reporter::Waypoint,
             me: None,

@@ -51,6 +51,7 @@ pub mod ratelimit;
 pub mod retry;
 pub mod route;
 pub mod sanitize;
+pub mod upstream;
 
 pub use engine::{Cluster, Config, Engine};
 pub use metrics::Metrics;

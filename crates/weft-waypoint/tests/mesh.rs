@@ -479,6 +479,39 @@ async fn http2_ports_are_spoken_to_in_http2() {
             Some(&b"HTTP/2"[..])
         );
     }
+    // The endpoint sees the service's host as `:authority` (finding 19 of
+    // the security review: it used to see its own ip:port), and no
+    // separate `Host` that could disagree with it.
+    let mut conn = TcpStream::connect("127.0.1.151:9004")
+        .await
+        .expect("connect");
+    conn.write_all(
+        b"GET /headers HTTP/1.1\r\nhost: grpc.shop.svc.cluster.local:50051\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .expect("send");
+    let mut out = String::new();
+    conn.read_to_string(&mut out).await.expect("read");
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
+    let body = if out
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        // One chunk: size line, data, terminator.
+        body.split("\r\n").nth(1).unwrap_or_default()
+    } else {
+        body
+    };
+    let seen: serde_json::Value = serde_json::from_str(body).expect(&out);
+    assert_eq!(
+        seen["headers"][":authority"], "grpc.shop.svc.cluster.local:50051",
+        "{out}"
+    );
+    assert!(seen["headers"].get("host").is_none(), "{out}");
+    assert!(!out.contains("127.0.2.152"), "{out}");
     mesh.stop();
 }
 

@@ -1,0 +1,290 @@
+//! How the engine reaches endpoints: an HTTP/1.1 client (hyper-util's
+//! pooled client) and an HTTP/2 client (one multiplexed connection per
+//! endpoint, [`H2Pool`]) over one connector — plain TCP or HBONE tunnels.
+//!
+//! The engine hands over a request whose URI names the endpoint
+//! (`http://{ip:port}{path}`) and whose `Host` header names the service.
+//! HTTP/1.1 sends that as is (origin form, `Host` kept). HTTP/2 has no
+//! `Host` line: the request carries `:authority`, which must be the
+//! service's host as the client asked for it, never the endpoint's address
+//! (a backend, or another weft, compares the two and refuses a request
+//! where they disagree). hyper-util's pooled client takes `:authority` from
+//! the URI it connects to, so HTTP/2 is pooled here instead: the endpoint
+//! picks the connection, the `Host` header becomes `:authority`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper::client::conn::http2;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::engine::Body;
+use crate::hbone::HboneConnector;
+
+/// Why a request got no response from an endpoint.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// From the HTTP/1.1 client.
+    #[error(transparent)]
+    Http1(#[from] hyper_util::client::legacy::Error),
+    /// No HTTP/2 connection to the endpoint could be made.
+    #[error("connect: {0}")]
+    Connect(String),
+    /// The HTTP/2 connection or stream failed.
+    #[error(transparent)]
+    Http2(#[from] hyper::Error),
+}
+
+impl SendError {
+    /// Whether the endpoint was never reached (retry policies' `connect-failure`).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            SendError::Http1(e) => e.is_connect(),
+            SendError::Connect(_) => true,
+            SendError::Http2(_) => false,
+        }
+    }
+}
+
+/// A response on its way.
+pub type ResponseFuture = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<Response<Incoming>, SendError>> + Send>,
+>;
+
+/// The engine's clients, over plain TCP or over HBONE.
+#[derive(Clone, Debug)]
+pub enum Upstream {
+    /// Plain TCP (benchmarks, tests, the gateway's non-mesh backends).
+    Plain(Box<Clients<HttpConnector>>),
+    /// HBONE tunnels to the endpoints' nodes (a waypoint).
+    Hbone(Box<Clients<HboneConnector>>),
+}
+
+impl Upstream {
+    /// Plain TCP clients over `connector`.
+    pub fn plain(connector: HttpConnector) -> Self {
+        Upstream::Plain(Box::new(Clients::new(connector)))
+    }
+
+    /// Clients over HBONE tunnels.
+    pub fn hbone(connector: HboneConnector) -> Self {
+        Upstream::Hbone(Box::new(Clients::new(connector)))
+    }
+
+    /// Sends `request` (URI `http://{endpoint}{path}`) over HTTP/2 when
+    /// `http2`, else HTTP/1.1.
+    pub fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
+        match self {
+            Upstream::Plain(c) => c.request(request, http2),
+            Upstream::Hbone(c) => c.request(request, http2),
+        }
+    }
+}
+
+/// HTTP/1.1 and HTTP/2 clients over one connector.
+#[derive(Clone, Debug)]
+pub struct Clients<C> {
+    h1: Client<C, Body>,
+    h2: H2Pool<C>,
+}
+
+/// A connector both clients can use.
+pub trait Connector:
+    Connect
+    + tower_service::Service<
+        Uri,
+        Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        Future: Send,
+        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    > + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<T> Connector for T where
+    T: Connect
+        + tower_service::Service<
+            Uri,
+            Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+            Future: Send,
+            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        > + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+impl<C: Connector> Clients<C> {
+    fn new(connector: C) -> Self {
+        Clients {
+            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h2: H2Pool {
+                connector,
+                conns: Arc::default(),
+            },
+        }
+    }
+
+    fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
+        if http2 {
+            let pool = self.h2.clone();
+            Box::pin(async move { pool.send(request).await })
+        } else {
+            let sent = self.h1.request(request);
+            Box::pin(async move { Ok(sent.await?) })
+        }
+    }
+}
+
+/// One HTTP/2 connection per endpoint, shared by all requests to it;
+/// a closed one is replaced on the next request.
+#[derive(Clone)]
+struct H2Pool<C> {
+    connector: C,
+    conns: Arc<Mutex<HashMap<SocketAddr, http2::SendRequest<Body>>>>,
+}
+
+impl<C> std::fmt::Debug for H2Pool<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Pool").finish_non_exhaustive()
+    }
+}
+
+impl<C: Connector> H2Pool<C> {
+    async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, SendError> {
+        let endpoint: SocketAddr = request
+            .uri()
+            .authority()
+            .and_then(|a| a.as_str().parse().ok())
+            .ok_or_else(|| SendError::Connect(format!("{} is not an ip:port", request.uri())))?;
+        h2_form(&mut request);
+        let mut sender = self.sender(endpoint).await?;
+        sender.ready().await?;
+        Ok(sender.send_request(request).await?)
+    }
+
+    /// The open connection to `endpoint`, or a new one.
+    async fn sender(&self, endpoint: SocketAddr) -> Result<http2::SendRequest<Body>, SendError> {
+        let open = self
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&endpoint)
+            .filter(|s| !s.is_closed())
+            .cloned();
+        if let Some(sender) = open {
+            return Ok(sender);
+        }
+        let uri: Uri = format!("http://{endpoint}")
+            .parse()
+            .map_err(|e| SendError::Connect(format!("{endpoint}: {e}")))?;
+        let mut connector = self.connector.clone();
+        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
+            .await
+            .map_err(|e| SendError::Connect(format!("{endpoint}: {}", e.into())))?;
+        let io = tower_service::Service::call(&mut connector, uri)
+            .await
+            .map_err(|e| SendError::Connect(format!("{endpoint}: {}", e.into())))?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| SendError::Connect(format!("{endpoint}: HTTP/2 handshake: {e}")))?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%endpoint, error = %e, "HTTP/2 upstream connection ended");
+            }
+        });
+        let mut conns = self
+            .conns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        conns.retain(|_, s| !s.is_closed());
+        conns.insert(endpoint, sender.clone());
+        Ok(sender)
+    }
+}
+
+/// Rewrites an endpoint-addressed request into the form HTTP/2 sends: the
+/// URI's authority (`:authority`) is the `Host` header, which is removed.
+/// Without a usable `Host` the endpoint stays the authority.
+fn h2_form(request: &mut Request<Body>) {
+    let Some(host) = request
+        .headers()
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok())
+    else {
+        return;
+    };
+    let mut parts = request.uri().clone().into_parts();
+    parts.authority = Some(host);
+    if let Ok(uri) = Uri::from_parts(parts) {
+        *request.uri_mut() = uri;
+        request.headers_mut().remove(http::header::HOST);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(uri: &str, host: Option<&str>) -> Request<Body> {
+        let mut r = Request::builder().uri(uri);
+        if let Some(h) = host {
+            r = r.header("host", h);
+        }
+        r.body(crate::engine::full(bytes::Bytes::new())).unwrap()
+    }
+
+    #[test]
+    fn http2_carries_the_service_host_as_authority() {
+        let cases = [
+            // (uri, host, want uri, host header left)
+            (
+                "http://10.0.0.5:8080/a?b=1",
+                Some("shop.example"),
+                "http://shop.example/a?b=1",
+                false,
+            ),
+            (
+                "http://10.0.0.5:8080/",
+                Some("reviews.shop:9080"),
+                "http://reviews.shop:9080/",
+                false,
+            ),
+            (
+                "http://10.0.0.5:8080/x",
+                None,
+                "http://10.0.0.5:8080/x",
+                false,
+            ),
+            // Not an authority: left as is (the engine refused such hosts
+            // long before; this is the last line).
+            (
+                "http://10.0.0.5:8080/x",
+                Some("a b"),
+                "http://10.0.0.5:8080/x",
+                true,
+            ),
+        ];
+        for (uri, host, want, host_left) in cases {
+            let mut r = request(uri, host);
+            h2_form(&mut r);
+            assert_eq!(r.uri().to_string(), want, "{uri} {host:?}");
+            assert_eq!(
+                r.headers().contains_key("host"),
+                host_left,
+                "{uri} {host:?}"
+            );
+        }
+    }
+}
