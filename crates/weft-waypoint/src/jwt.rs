@@ -393,7 +393,36 @@ mod tests {
         no_aud.as_object_mut().expect("claims").remove("aud");
         let mut other_issuer = good.clone();
         other_issuer["iss"] = serde_json::json!("https://elsewhere.example");
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let payload = b64(good.to_string().as_bytes());
+        // Unsigned: `alg: none` and no signature.
+        let alg_none = format!("{}.{payload}.", b64(br#"{"alg":"none","kid":"k1"}"#));
+        // Algorithm confusion: HMAC keyed with the issuer's public key,
+        // which a verifier trusting the token's `alg` would accept.
+        let mut hs256 = Header::new(Algorithm::HS256);
+        hs256.kid = Some("k1".into());
+        let confused =
+            |secret: &[u8]| encode(&hs256, &good, &EncodingKey::from_secret(secret)).expect("hmac");
+        let hmac_jwk = confused(issuer.jwk().to_string().as_bytes());
+        let hmac_raw = confused(&issuer.key.public_key_raw());
+        let hmac_pem = confused(issuer.key.public_key_pem().as_bytes());
         let cases = [
+            ("alg none", alg_none, "Header.Payload.Signature"),
+            (
+                "HS256 keyed with the JWK",
+                hmac_jwk,
+                "Jwt verification fails",
+            ),
+            (
+                "HS256 keyed with the raw key",
+                hmac_raw,
+                "Jwt verification fails",
+            ),
+            (
+                "HS256 keyed with the PEM key",
+                hmac_pem,
+                "Jwt verification fails",
+            ),
             (
                 "forged signature",
                 forger.token(good.clone()),
