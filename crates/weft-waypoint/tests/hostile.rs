@@ -8,7 +8,10 @@
 //!   the prefix rewrite turned into `/status/200` (finding 5);
 //! - headers weft sets itself (API-key client, client certificate, a JWT
 //!   claim header) supplied by the client and passed on (finding 11);
-//! - hop-by-hop headers forwarded upstream (finding 17).
+//! - hop-by-hop headers forwarded upstream (finding 17);
+//!
+//! and what held in the review, kept holding: request smuggling with both
+//! Content-Length and chunked framing, a 50 MB body streamed intact.
 //!
 //! Real processes' parts in one process: control plane, node proxy,
 //! gateway, the sample app as the backend (whose `/headers` shows what
@@ -263,6 +266,61 @@ async fn hostile_requests_are_normalized_before_policy() {
     }
     assert_eq!(seen["x-kept"], "yes", "{body}");
     assert_eq!(seen["host"], "shop.example", "{body}");
+
+    // Held in the review, kept by this test: request smuggling. A head with
+    // both Content-Length and chunked framing, whose chunked body ends
+    // early and hides a second request for a denied path: whichever way
+    // the gateway frames it, the hidden request is either not a request
+    // or one the gateway itself sees, and denies.
+    let mut tcp = TcpStream::connect((IP, PORT)).await.expect("connect");
+    let hidden =
+        "GET /partner/status/200 HTTP/1.1\r\nhost: shop.example\r\nconnection: close\r\n\r\n";
+    let smuggle = format!(
+        "POST /echo HTTP/1.1\r\nhost: shop.example\r\ncontent-length: {}\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{hidden}",
+        5 + hidden.len()
+    );
+    tcp.write_all(smuggle.as_bytes()).await.expect("write");
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut out))
+        .await
+        .expect("answer in time")
+        .expect("read");
+    let out = String::from_utf8_lossy(&out);
+    let statuses: Vec<&str> = out
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &out[i + 9..i + 12])
+        .collect();
+    assert!(!statuses.is_empty(), "no answer: {out}");
+    assert!(
+        statuses.iter().skip(1).all(|s| *s == "403" || *s == "400"),
+        "the hidden request was served: {statuses:?} {out}"
+    );
+
+    // Held: a 50 MB body streams through to the backend and back intact.
+    let tcp = TcpStream::connect((IP, PORT)).await.expect("connect");
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("handshake");
+    tokio::spawn(conn);
+    let big = Bytes::from(vec![b'z'; 50 * 1024 * 1024]);
+    let response = sender
+        .send_request(
+            http::Request::post("/echo")
+                .header("host", "shop.example")
+                .body(http_body_util::Full::new(big.clone()))
+                .expect("request"),
+        )
+        .await
+        .expect("50 MB response");
+    assert_eq!(response.status(), 200);
+    let echoed = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
+    assert_eq!(echoed.len(), big.len());
+    assert!(echoed == big, "50 MB body changed on the way");
 
     gateway.stop();
     mesh.stop().await;
