@@ -309,7 +309,7 @@ mod tests {
         assert_eq!(value["headers"]["x-multi"], "a, b");
         assert_eq!(value["headers"]["x-single"], "c");
         assert!(value["headers"].get(":authority").is_none());
-        let authority = "shop.example".parse().unwrap();
+        let authority = "shop.example".parse().expect("authority");
         let value = headers_json(&headers, Some(&authority));
         assert_eq!(value["headers"][":authority"], "shop.example");
     }

@@ -404,7 +404,7 @@ mod tests {
         let confused =
             |secret: &[u8]| encode(&hs256, &good, &EncodingKey::from_secret(secret)).expect("hmac");
         let hmac_jwk = confused(issuer.jwk().to_string().as_bytes());
-        let hmac_raw = confused(&issuer.key.public_key_raw());
+        let hmac_raw = confused(issuer.key.public_key_raw());
         let hmac_pem = confused(issuer.key.public_key_pem().as_bytes());
         let cases = [
             ("alg none", alg_none, "Header.Payload.Signature"),

@@ -242,7 +242,8 @@ mod tests {
         if let Some(h) = host {
             r = r.header("host", h);
         }
-        r.body(crate::engine::full(bytes::Bytes::new())).unwrap()
+        r.body(crate::engine::full(bytes::Bytes::new()))
+            .expect("request")
     }
 
     #[test]
