@@ -31,7 +31,6 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Uri};
-use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -51,8 +50,7 @@ pub const DEFAULT_MAX_REPLAY: usize = 64 * 1024;
 /// Longest `Retry-After` honoured.
 pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(5);
 
-/// A response body, whatever produced it.
-pub type Body = BoxBody<Bytes, hyper::Error>;
+pub use crate::upstream::Body;
 
 /// An upstream service: its endpoints and its retry budgets.
 #[derive(Debug)]
@@ -273,7 +271,7 @@ impl L7Error {
     }
 }
 
-pub(crate) fn full(s: impl Into<Bytes>) -> Body {
+fn full(s: impl Into<Bytes>) -> Body {
     Full::new(s.into()).map_err(|never| match never {}).boxed()
 }
 

@@ -23,8 +23,10 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::engine::Body;
 use crate::hbone::HboneConnector;
+
+/// A request or response body, whatever produced it.
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
 
 /// Why a request got no response from an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -235,6 +237,8 @@ fn h2_form(request: &mut Request<Body>) {
 
 #[cfg(test)]
 mod tests {
+    use http_body_util::BodyExt;
+
     use super::*;
 
     fn request(uri: &str, host: Option<&str>) -> Request<Body> {
@@ -242,7 +246,8 @@ mod tests {
         if let Some(h) = host {
             r = r.header("host", h);
         }
-        r.body(crate::engine::full(bytes::Bytes::new()))
+        let empty = http_body_util::Empty::<bytes::Bytes>::new();
+        r.body(empty.map_err(|never| match never {}).boxed())
             .expect("request")
     }
 
