@@ -209,9 +209,9 @@ async fn respond(
     }
 }
 
-/// `{"headers": {name: value}}`, repeated headers joined with `", "`.
-/// The request's headers; an HTTP/2 request's `:authority` (or an
-/// absolute-form target's authority) as `:authority`.
+/// `{"headers": {name: value}}`, repeated headers joined with `", "`; an
+/// HTTP/2 request's `:authority` (or an absolute-form target's authority)
+/// under `:authority`.
 fn headers_json(
     headers: &HeaderMap,
     authority: Option<&http::uri::Authority>,

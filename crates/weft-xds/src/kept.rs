@@ -9,7 +9,7 @@ use std::path::Path;
 use prost::Message;
 use prost_types::Any;
 
-use crate::client::{ClientState, Held, Validator};
+use crate::state::{ClientState, Held, Validator};
 
 /// What is kept: every resource held.
 #[derive(Clone, PartialEq, Message)]

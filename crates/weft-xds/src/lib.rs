@@ -11,7 +11,9 @@
 //!   what a client holds and what is current (pure, table-tested);
 //! - [`server`]: per-stream delta state, ACK/NACK, pushes on change;
 //! - [`client`]: subscribe, validate, apply, ACK/NACK, keep the last good
-//!   state through control plane outages, resume with versions.
+//!   state through control plane outages, resume with versions;
+//! - [`state`]: what the client holds, shared with the copy a proxy keeps
+//!   on disk between runs (`kept`).
 
 #![forbid(unsafe_code)]
 
@@ -21,6 +23,7 @@ mod kept;
 pub mod proto;
 pub mod resources;
 pub mod server;
+pub mod state;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
 pub use resources::{
