@@ -38,7 +38,7 @@ fuzz_target!(|data: &[u8]| {
             .resources
             .insert(type_url.to_owned(), BTreeMap::from([(name, held)]));
     }
-    let view = weft_node::view::NodeView::build(&state, "node-1");
+    let view = weft_state::MeshView::build(&state, "node-1");
     for w in view.workloads.values() {
         let _ = view.policies_for(w);
     }

@@ -70,6 +70,22 @@ impl NamespacedName {
             name: name.into(),
         }
     }
+
+    /// Reads the `namespace/name` form that [`Display`](fmt::Display)
+    /// writes (xDS resource keys use it). A key without a slash is a name
+    /// in no namespace.
+    pub fn from_key(key: &str) -> Self {
+        match key.split_once('/') {
+            Some((namespace, name)) => NamespacedName::new(namespace, name),
+            None => NamespacedName::new("", key),
+        }
+    }
+}
+
+impl From<&str> for NamespacedName {
+    fn from(key: &str) -> Self {
+        NamespacedName::from_key(key)
+    }
 }
 
 impl fmt::Display for NamespacedName {
@@ -478,6 +494,20 @@ impl Locality {
     /// Whether no part is set.
     pub fn is_empty(&self) -> bool {
         self.region.is_empty()
+    }
+
+    /// How far `other` is (lower is closer): 0 same subzone, 1 same zone,
+    /// 2 same region, 3 elsewhere or unknown.
+    pub fn distance(&self, other: &Locality) -> u8 {
+        if self.region.is_empty() || self.region != other.region {
+            3
+        } else if self.zone.is_empty() || self.zone != other.zone {
+            2
+        } else if self.subzone != other.subzone {
+            1
+        } else {
+            0
+        }
     }
 }
 

@@ -22,8 +22,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinHandle;
 
 use crate::netns::Netns;
-use crate::proxy::{Shared, listener_key, lock};
-use crate::view::WorkloadInfo;
+use crate::shared::{Shared, listener_key, lock};
+use weft_state::WorkloadInfo;
 
 /// Longest request line accepted.
 const MAX_REQUEST: u64 = 4096;
@@ -167,7 +167,7 @@ async fn answer(shared: &Arc<Shared>, request: &Request) -> (Reply, Option<(Stri
     };
     let found = Reply {
         error: None,
-        workload: w.name.clone(),
+        workload: w.name.to_string(),
         ip: Some(w.ip),
     };
     if request.op == Op::Resolve {
@@ -220,14 +220,14 @@ fn find(shared: &Shared, request: &Request) -> Result<Arc<WorkloadInfo>, String>
     let view = shared.view.load();
     let wanted = request.workload.as_deref().unwrap_or(&request.netns);
     let matches = |w: &WorkloadInfo| {
-        w.name == wanted || w.uid == wanted || w.name.rsplit('/').next() == Some(wanted)
+        w.name.to_string() == wanted || w.uid == wanted || w.name.name == wanted
     };
     let local: Vec<&Arc<WorkloadInfo>> = view.local(&shared.node).collect();
     let found: Vec<&&Arc<WorkloadInfo>> = local.iter().filter(|w| matches(w)).collect();
     match found.as_slice() {
         [one] => Ok((**one).clone()),
         [] => {
-            let mut names: Vec<&str> = local.iter().map(|w| w.name.as_str()).collect();
+            let mut names: Vec<String> = local.iter().map(|w| w.name.to_string()).collect();
             names.sort_unstable();
             Err(format!(
                 "no workload {wanted:?} on node {} (its workloads: {}); name one with --workload",

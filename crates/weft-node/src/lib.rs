@@ -16,6 +16,14 @@
 //! L4 `AuthorizationPolicy` ([`authz`]); when policy changes, open connections are checked again
 //! and newly denied ones closed ([`revocable`]).
 //!
+//! The proxy's rooms: [`proxy`] starts it (certificates, config stream,
+//! admin) and drains it; `shared` is the state every part reads (the
+//! [`weft_state::MeshView`] among it); `listeners` keeps each local
+//! workload's listeners in step with the view; `inbound` accepts HBONE
+//! tunnels (and captured plaintext) and checks them; `outbound` chooses an
+//! endpoint and opens tunnels; `socks5` is the SOCKS5 front ([`socks`] its
+//! wire format); [`telemetry`] counts connections.
+//!
 //! Captured mode ([`capture`], [`netns`]): `weft run` puts a workload in
 //! its own network namespace with nftables rules that redirect its
 //! outbound TCP to port 15001 and inbound plaintext to 15006; the proxy
@@ -28,12 +36,20 @@
 pub mod authz;
 pub mod capture;
 pub mod netns;
+mod inbound;
+mod listeners;
+mod outbound;
 pub mod proxy;
+mod shared;
+mod socks5;
 pub mod revocable;
 pub mod route;
 pub mod socks;
 pub mod telemetry;
-pub mod view;
 pub mod waypoint_guard;
 
-pub use proxy::{NodeOptions, NodeProxy, start};
+pub use listeners::{CAPTURE_PORT, PLAINTEXT_PORT};
+pub use outbound::{ATTEMPTS, HALF_CLOSE_GRACE};
+pub use proxy::{NodeError, NodeOptions, NodeProxy, start};
+pub use shared::FAILED_ENDPOINT_BACKOFF;
+pub use socks5::SOCKS_PORT;

@@ -13,7 +13,7 @@ use std::net::SocketAddr;
 
 use weft_core::Identity;
 
-use crate::view::{NodeView, WorkloadInfo};
+use weft_state::{MeshView, NamespacedName, WorkloadInfo};
 
 /// Where a connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -117,8 +117,8 @@ pub fn check_target(w: &WorkloadInfo, target: SocketAddr) -> Result<(), String> 
 pub enum Destination {
     /// A service's virtual IP and service port.
     Service {
-        /// `namespace/hostname`.
-        service: String,
+        /// Namespace and host name.
+        service: NamespacedName,
         /// Service port.
         port: u16,
     },
@@ -134,7 +134,7 @@ pub enum Destination {
 }
 
 /// Names the original destination of a captured connection.
-pub fn resolve(view: &NodeView, dst: SocketAddr) -> Destination {
+pub fn resolve(view: &MeshView, dst: SocketAddr) -> Destination {
     if let Some(service) = view.services_by_vip.get(&dst.ip()) {
         Destination::Service {
             service: service.clone(),
@@ -155,7 +155,7 @@ pub fn resolve(view: &NodeView, dst: SocketAddr) -> Destination {
 /// workload over HBONE; anything else passes through or is denied by the
 /// mesh's outbound policy.
 pub fn decide_original(
-    view: &NodeView,
+    view: &MeshView,
     source: &WorkloadInfo,
     dst: SocketAddr,
     unhealthy: &dyn Fn(&str) -> bool,
@@ -183,13 +183,12 @@ pub fn decide_original(
 
 /// How close an endpoint is to the caller (lower is closer).
 fn tier(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> u8 {
-    let (sr, sz, _) = &source.locality;
-    let (er, ez, _) = &endpoint.locality;
+    let (here, there) = (&source.locality, &endpoint.locality);
     if !source.node.is_empty() && source.node == endpoint.node {
         0
-    } else if !sz.is_empty() && sr == er && sz == ez {
+    } else if !here.zone.is_empty() && here.region == there.region && here.zone == there.zone {
         1
-    } else if !sr.is_empty() && sr == er {
+    } else if !here.region.is_empty() && here.region == there.region {
         2
     } else {
         3
@@ -199,9 +198,9 @@ fn tier(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> u8 {
 /// Chooses an endpoint of `service:port` for `source`. `unhealthy` says
 /// which endpoints recently failed; `turn` spreads load within a tier.
 pub fn decide(
-    view: &NodeView,
+    view: &MeshView,
     source: &WorkloadInfo,
-    service: &str,
+    service: &NamespacedName,
     port: u16,
     unhealthy: &dyn Fn(&str) -> bool,
     turn: usize,
@@ -212,10 +211,7 @@ pub fn decide(
         && let Some(waypoint_ip) = info.waypoint
         && source.ip != waypoint_ip
     {
-        let waypoint = view
-            .by_ip
-            .get(&waypoint_ip)
-            .and_then(|uid| view.workloads.get(uid));
+        let waypoint = view.workload_at(waypoint_ip);
         return match (waypoint, info.vip) {
             (Some(w), Some(vip)) => Route::Tunnel {
                 endpoint: w.uid.clone(),
@@ -231,13 +227,12 @@ pub fn decide(
             )),
         };
     }
-    let Some(uids) = view.endpoints.get(service) else {
+    if !view.endpoints.contains_key(service) {
         return Route::Deny(format!("no service {service} in the registry"));
-    };
-    let candidates: Vec<(&WorkloadInfo, u16)> = uids
-        .iter()
-        .filter_map(|uid| view.workloads.get(uid))
-        .filter_map(|w| Some((w.as_ref(), *w.services.get(service)?.get(&port)?)))
+    }
+    let candidates: Vec<(&WorkloadInfo, u16)> = view
+        .endpoints_of(service)
+        .filter_map(|w| Some((w.as_ref(), w.target_port(service, port)?)))
         .collect();
     if candidates.is_empty() {
         return Route::Deny(format!("service {service} has no endpoint for port {port}"));
@@ -303,23 +298,28 @@ mod tests {
     fn w(uid: &str, ip: [u8; 4], node: &str, zone: &str) -> WorkloadInfo {
         WorkloadInfo {
             uid: uid.into(),
-            name: uid.into(),
+            name: NamespacedName::new("shop", uid),
             ip: ip.into(),
             identity: Identity::new("cluster.local", "shop", uid).expect("id"),
             node: node.into(),
-            locality: ("eu".into(), zone.into(), String::new()),
-            services: HashMap::from([("shop/pay".to_owned(), HashMap::from([(80, 8080)]))]),
+            locality: weft_state::Locality {
+                region: "eu".into(),
+                zone: zone.into(),
+                subzone: String::new(),
+            },
+            services: HashMap::from([("shop/pay".into(), HashMap::from([(80, 8080)]))]),
             policies: Vec::new(),
             permissive: false,
             waypoint: false,
             gateway: false,
             enforced: false,
-            canonical: Default::default(),
+            canonical_service: String::new(),
+            canonical_revision: String::new(),
         }
     }
 
-    fn view(endpoints: &[WorkloadInfo]) -> NodeView {
-        let mut v = NodeView::default();
+    fn view(endpoints: &[WorkloadInfo]) -> MeshView {
+        let mut v = MeshView::default();
         for e in endpoints {
             v.endpoints
                 .entry("shop/pay".into())
@@ -352,7 +352,7 @@ mod tests {
         let vip = std::net::IpAddr::from([240, 0, 0, 1]);
         v.services.insert(
             "shop/pay".into(),
-            crate::view::ServiceInfo {
+            weft_state::ServiceInfo {
                 vip: Some(vip),
                 waypoint: Some(waypoint.ip),
             },
@@ -360,7 +360,7 @@ mod tests {
         let none: &dyn Fn(&str) -> bool = &|_| false;
         // The caller reaches the waypoint, naming the service's VIP.
         assert_eq!(
-            decide(&v, &client, "shop/pay", 80, none, 0),
+            decide(&v, &client, &"shop/pay".into(), 80, none, 0),
             Route::Tunnel {
                 endpoint: "waypoint".into(),
                 target: SocketAddr::new(vip, 80),
@@ -370,13 +370,13 @@ mod tests {
         );
         // The waypoint itself reaches the endpoints.
         assert_eq!(
-            chosen(&decide(&v, &waypoint, "shop/pay", 80, none, 0)),
+            chosen(&decide(&v, &waypoint, &"shop/pay".into(), 80, none, 0)),
             "pay-1"
         );
         // A waypoint missing from the registry is a clear refusal.
         v.workloads.remove("waypoint");
         assert!(
-            chosen(&decide(&v, &client, "shop/pay", 80, none, 0)).contains("not in the registry")
+            chosen(&decide(&v, &client, &"shop/pay".into(), 80, none, 0)).contains("not in the registry")
         );
     }
 
@@ -396,7 +396,7 @@ mod tests {
             (
                 "a port it does not expose",
                 "10.0.0.5:22",
-                "port 22 is not exposed by workload pay-1 (its ports: 8080)",
+                "port 22 is not exposed by workload shop/pay-1 (its ports: 8080)",
             ),
         ];
         for (what, target, want) in cases {
@@ -510,11 +510,11 @@ mod tests {
             ),
         ];
         for (what, service, port, unhealthy, want) in cases {
-            let got = decide(&all, &client, service, port, &*unhealthy, 0);
+            let got = decide(&all, &client, &service.into(), port, &*unhealthy, 0);
             assert_eq!(chosen(&got), want, "{what}");
         }
         // The chosen tunnel targets the endpoint's target port, HBONE on 15008.
-        let route = decide(&all, &client, "shop/pay", 80, none, 0);
+        let route = decide(&all, &client, &"shop/pay".into(), 80, none, 0);
         assert_eq!(
             route,
             Route::Tunnel {
@@ -533,7 +533,7 @@ mod tests {
         let b = w("b", [127, 0, 2, 2], "node-2", "b");
         let v = view(&[a, b]);
         let picks: Vec<String> = (0..4)
-            .map(|t| chosen(&decide(&v, &client, "shop/pay", 80, &|_| false, t)).to_owned())
+            .map(|t| chosen(&decide(&v, &client, &"shop/pay".into(), 80, &|_| false, t)).to_owned())
             .collect();
         assert_eq!(picks, ["a", "b", "a", "b"]);
     }

@@ -15,6 +15,9 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use weft_state::WorkloadInfo;
+use weft_telemetry::flags::Flags;
+use weft_telemetry::labels::{Peer, Reporter, Service};
 
 pub use weft_telemetry::labels::TcpLabels;
 
@@ -196,4 +199,27 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
+}
+
+/// Istio labels for a connection from `source` to `destination` of
+/// `service` (its host name; empty: unknown), over HBONE (mutual TLS).
+pub(crate) fn tunnel_labels(
+    reporter: Reporter,
+    source: &Peer,
+    destination: Option<&WorkloadInfo>,
+    service: &str,
+    flags: impl Into<Flags>,
+) -> TcpLabels {
+    weft_telemetry::labels::tcp(
+        reporter,
+        source,
+        &destination.map_or_else(Peer::unknown, WorkloadInfo::peer),
+        &if service.is_empty() {
+            Service::unknown()
+        } else {
+            Service::from_host(service, None)
+        },
+        flags.into(),
+        true,
+    )
 }

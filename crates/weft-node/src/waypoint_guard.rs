@@ -12,19 +12,19 @@
 
 use weft_core::Identity;
 
-use crate::view::{NodeView, WorkloadInfo};
+use weft_state::{MeshView, NamespacedName, WorkloadInfo};
 
 /// Whether a connection from `caller` (`None`: plaintext) may reach
 /// workload `w` on `port`; `Err` says which waypoint it skipped.
 pub fn check(
-    view: &NodeView,
+    view: &MeshView,
     w: &WorkloadInfo,
     port: u16,
     caller: Option<&Identity>,
 ) -> Result<(), String> {
-    let mut services: Vec<(&String, &std::collections::HashMap<u16, u16>)> =
+    let mut services: Vec<(&NamespacedName, &std::collections::HashMap<u16, u16>)> =
         w.services.iter().collect();
-    services.sort_by_key(|(name, _)| name.as_str());
+    services.sort_by_key(|(name, _)| *name);
     for (service, ports) in services {
         if !ports.values().any(|target| *target == port) {
             continue;
@@ -33,8 +33,7 @@ pub fn check(
             .services
             .get(service)
             .and_then(|s| s.waypoint)
-            .and_then(|ip| view.by_ip.get(&ip))
-            .and_then(|uid| view.workloads.get(uid))
+            .and_then(|ip| view.workload_at(ip))
             .filter(|wp| wp.enforced)
         else {
             continue;
@@ -63,12 +62,12 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::view::ServiceInfo;
+    use weft_state::ServiceInfo;
 
     fn workload(name: &str, ip: [u8; 4]) -> WorkloadInfo {
         WorkloadInfo {
             uid: name.into(),
-            name: format!("shop/{name}"),
+            name: NamespacedName::new("shop", name),
             ip: ip.into(),
             identity: Identity::new("cluster.local", "shop", name).expect("id"),
             node: "node-1".into(),
@@ -79,14 +78,15 @@ mod tests {
             waypoint: false,
             gateway: false,
             enforced: false,
-            canonical: Default::default(),
+            canonical_service: String::new(),
+            canonical_revision: String::new(),
         }
     }
 
     /// reviews (port 80 → 8080) uses waypoint `wp`; payments (80 → 9090)
     /// uses none; `edge` is a gateway.
-    fn view(enforced: bool) -> (NodeView, WorkloadInfo) {
-        let mut v = NodeView::default();
+    fn view(enforced: bool) -> (MeshView, WorkloadInfo) {
+        let mut v = MeshView::default();
         let mut wp = workload("wp", [10, 0, 0, 40]);
         wp.waypoint = true;
         wp.enforced = enforced;
@@ -94,8 +94,8 @@ mod tests {
         edge.gateway = true;
         let mut reviews = workload("reviews", [10, 0, 0, 12]);
         reviews.services = HashMap::from([
-            ("shop/reviews".to_owned(), HashMap::from([(80, 8080)])),
-            ("shop/payments".to_owned(), HashMap::from([(80, 9090)])),
+            ("shop/reviews".into(), HashMap::from([(80, 8080)])),
+            ("shop/payments".into(), HashMap::from([(80, 9090)])),
         ]);
         v.services.insert(
             "shop/reviews".into(),

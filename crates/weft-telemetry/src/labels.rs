@@ -6,6 +6,8 @@
 
 use prometheus_client::encoding::EncodeLabelSet;
 
+use crate::flags::Flags;
+
 /// Who reports a metric.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Reporter {
@@ -230,13 +232,13 @@ pub fn tcp(
     source: &Peer,
     destination: &Peer,
     service: &Service,
-    flags: &'static str,
+    flags: Flags,
     mtls: bool,
 ) -> TcpLabels {
     TcpLabels {
         parties: Parties::new(reporter, source, destination, service),
         request_protocol: "tcp",
-        response_flags: flags,
+        response_flags: flags.as_str(),
         connection_security_policy: security(mtls),
     }
 }
@@ -267,14 +269,14 @@ pub fn request(
     service: &Service,
     protocol: &'static str,
     code: u16,
-    flags: &'static str,
+    flags: Flags,
     mtls: bool,
 ) -> RequestLabels {
     RequestLabels {
         parties: Parties::new(reporter, source, destination, service),
         request_protocol: protocol,
         response_code: code,
-        response_flags: flags,
+        response_flags: flags.as_str(),
         connection_security_policy: security(mtls),
     }
 }

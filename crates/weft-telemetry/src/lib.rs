@@ -3,6 +3,7 @@
 //! What every weft proxy and the control plane agree on about telemetry,
 //! in one place so they cannot drift:
 //!
+//! - [`flags`]: Envoy's response flags as a typed set;
 //! - [`labels`]: Istio's standard metric label sets (`istio_tcp_*`,
 //!   `istio_requests_total` and friends) and the one function per family
 //!   that fills them from a reporter, the two peers and the service;
@@ -15,6 +16,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod flags;
 pub mod graph;
 pub mod labels;
 pub mod promtext;

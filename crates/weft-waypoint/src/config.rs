@@ -10,11 +10,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use weft_core::l7::{self, L7Policy, LoadBalancer};
-use weft_node::view::{NodeView, WorkloadInfo};
+use weft_state::{MeshView, NamespacedName, WorkloadInfo};
 
 use crate::budget::{ConcurrencyBudget, RateBudget};
 use crate::engine::{Breaker, Cluster, Config};
-use crate::lb::{Balancer, Endpoint, Locality, OutlierDetection, Policy};
+use crate::lb::{Balancer, Endpoint, OutlierDetection, Policy};
 use crate::ratelimit::{RateLimiter, Rule, Store};
 use crate::retry::{RetryOn, RetryPolicy};
 use crate::route::{
@@ -22,8 +22,8 @@ use crate::route::{
     RouteMatch, ValueMatch,
 };
 
-/// L7 policies by service (`namespace/hostname`).
-pub type Policies = HashMap<String, L7Policy>;
+/// L7 policies by service (namespace and host name).
+pub type Policies = HashMap<NamespacedName, L7Policy>;
 
 /// What the config stream says about the services, beyond the registry.
 #[derive(Clone, Default)]
@@ -176,20 +176,12 @@ fn limiter(
     })
 }
 
-fn locality(w: &WorkloadInfo) -> Locality {
-    Locality {
-        region: w.locality.0.clone(),
-        zone: w.locality.1.clone(),
-        subzone: w.locality.2.clone(),
-    }
-}
-
 /// The engine's configuration for the services that use waypoint `me`.
 /// Clusters whose endpoints and policy did not change are carried over
 /// from `previous`, so a change elsewhere does not reset their retry
 /// budgets, ejections or breaker counts.
 pub fn config_for(
-    view: &NodeView,
+    view: &MeshView,
     me: &WorkloadInfo,
     services: &Services,
     previous: Option<&Config>,
@@ -282,7 +274,7 @@ fn internal_headers<'a>(policies: impl Iterator<Item = &'a L7Policy>) -> Vec<htt
 
 /// The identities of the mesh's ingress gateways: a waypoint keeps the
 /// internal headers a gateway set on the requests it forwards.
-fn gateway_identities(view: &NodeView) -> std::collections::HashSet<weft_core::Identity> {
+fn gateway_identities(view: &MeshView) -> std::collections::HashSet<weft_core::Identity> {
     view.workloads
         .values()
         .filter(|w| w.gateway)
@@ -293,7 +285,7 @@ fn gateway_identities(view: &NodeView) -> std::collections::HashSet<weft_core::I
 /// Every workload of the registry as telemetry names it, by address
 /// (shared with `previous` when nothing changed).
 fn peers(
-    view: &NodeView,
+    view: &MeshView,
     previous: Option<&Config>,
 ) -> Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>> {
     let peers: HashMap<_, _> = view.workloads.values().map(|w| (w.ip, w.peer())).collect();
@@ -314,7 +306,7 @@ pub fn listener_target(listener: &str) -> String {
 /// issuers, authorization policies and rate limit; clusters as for a
 /// waypoint, reused from `previous` when unchanged.
 pub fn gateway_config_for(
-    view: &NodeView,
+    view: &MeshView,
     me: &WorkloadInfo,
     gateway: &l7::GatewayConfig,
     services: &Services,
@@ -366,10 +358,11 @@ pub fn gateway_config_for(
                 // through their waypoint: one "endpoint", the VIP, which
                 // the HBONE connector sends to the waypoint.
                 for (backend, d) in route.backends.iter_mut().zip(&r.destinations) {
-                    let info = view.services.get(&d.service);
+                    let service = NamespacedName::from_key(&d.service);
+                    let info = view.services.get(&service);
                     let through_waypoint = services
                         .policies
-                        .get(&d.service)
+                        .get(&service)
                         .is_some_and(|p| p.ingress_use_waypoint);
                     if let (true, Some(vip), Some(_), Some(port)) = (
                         through_waypoint,
@@ -377,7 +370,7 @@ pub fn gateway_config_for(
                         info.and_then(|i| i.waypoint),
                         d.port,
                     ) {
-                        backend.service = builder.via_waypoint(&d.service, vip, port);
+                        backend.service = builder.via_waypoint(&service, vip, port);
                     }
                 }
                 if route.hosts.is_empty() {
@@ -401,13 +394,10 @@ pub fn gateway_config_for(
 }
 
 /// The service ports of `service`, from its endpoints.
-fn service_ports(view: &NodeView, service: &str) -> Vec<u16> {
+fn service_ports(view: &MeshView, service: &NamespacedName) -> Vec<u16> {
     let mut ports: Vec<u16> = view
-        .endpoints
-        .get(service)
-        .into_iter()
-        .flatten()
-        .filter_map(|uid| view.workloads.get(uid)?.services.get(service))
+        .endpoints_of(service)
+        .filter_map(|w| w.services.get(service))
         .flat_map(|m| m.keys().copied())
         .collect();
     ports.sort_unstable();
@@ -416,7 +406,7 @@ fn service_ports(view: &NodeView, service: &str) -> Vec<u16> {
 }
 
 struct Builder<'a> {
-    view: &'a NodeView,
+    view: &'a MeshView,
     me: &'a WorkloadInfo,
     policies: &'a Policies,
     http2: &'a std::collections::HashSet<String>,
@@ -426,7 +416,7 @@ struct Builder<'a> {
 
 impl Builder<'_> {
     /// The cluster for (service, subset, port), built on first use; its key.
-    fn cluster(&mut self, service: &str, subset: Option<&str>, port: u16) -> String {
+    fn cluster(&mut self, service: &NamespacedName, subset: Option<&str>, port: u16) -> String {
         let key = match subset {
             Some(s) => format!("{service}:{port}#{s}"),
             None => format!("{service}:{port}"),
@@ -438,16 +428,18 @@ impl Builder<'_> {
         let members = subset.and_then(|s| policy?.subsets.get(s));
         let endpoints: Vec<Endpoint> = self
             .view
-            .endpoints
-            .get(service)
-            .into_iter()
-            .flatten()
-            .filter_map(|uid| self.view.workloads.get(uid))
-            .filter(|w| members.is_none_or(|m| m.contains(&w.name)))
+            .endpoints_of(service)
+            .filter(|w| members.is_none_or(|m| m.contains(&w.name.to_string())))
             .filter_map(|w| {
-                let target = w.services.get(service)?.get(&port)?;
-                let mut e = Endpoint::new(SocketAddr::new(w.ip, *target), locality(w));
-                e.priority = policy.and_then(|p| p.traffic.locality.priority.get(&w.name).copied());
+                let target = w.target_port(service, port)?;
+                let mut e = Endpoint::new(SocketAddr::new(w.ip, target), w.locality.clone());
+                e.priority = policy.and_then(|p| {
+                    p.traffic
+                        .locality
+                        .priority
+                        .get(&w.name.to_string())
+                        .copied()
+                });
                 Some(e)
             })
             .collect();
@@ -488,11 +480,11 @@ impl Builder<'_> {
             base_ejection_time: o.base_ejection_time,
             max_ejection_percent: o.max_ejection_percent,
         });
-        let balancer = Balancer::new(endpoints, locality(self.me), outlier)
+        let balancer = Balancer::new(endpoints, self.me.locality.clone(), outlier)
             .with_policy(lb_policy)
             .with_locality(traffic.locality.clone());
         let mut cluster = Cluster::with_balancer(&key, balancer);
-        cluster.label = service.rsplit('/').next().unwrap_or(service).to_owned();
+        cluster.label = service.name.clone();
         cluster.http2 = http2;
         cluster.signature = signature;
         let b = &traffic.retry_budget;
@@ -516,7 +508,7 @@ impl Builder<'_> {
 
     /// A cluster whose one endpoint is service `service`'s VIP and port
     /// (reached through its waypoint); its key.
-    fn via_waypoint(&mut self, service: &str, vip: std::net::IpAddr, port: u16) -> String {
+    fn via_waypoint(&mut self, service: &NamespacedName, vip: std::net::IpAddr, port: u16) -> String {
         let key = format!("{service}:{port}@waypoint");
         if !self.clusters.contains_key(&key) {
             let addr = SocketAddr::new(vip, port);
@@ -526,7 +518,7 @@ impl Builder<'_> {
                 .filter(|c| c.balancer.endpoints().iter().map(|e| e.addr).eq([addr]));
             let cluster = kept.cloned().unwrap_or_else(|| {
                 let mut c = Cluster::new(&key, vec![addr]);
-                c.label = service.rsplit('/').next().unwrap_or(service).to_owned();
+                c.label = service.name.clone();
                 c.http2 = self.http2.contains(&format!("{service}:{port}"));
                 Arc::new(c)
             });
@@ -537,7 +529,11 @@ impl Builder<'_> {
 
     fn backend(&mut self, d: &l7::Destination, port: u16) -> Backend {
         Backend {
-            service: self.cluster(&d.service, d.subset.as_deref(), d.port.unwrap_or(port)),
+            service: self.cluster(
+                &NamespacedName::from_key(&d.service),
+                d.subset.as_deref(),
+                d.port.unwrap_or(port),
+            ),
             weight: d.weight,
         }
     }
@@ -659,7 +655,7 @@ mod tests {
     use std::collections::HashMap;
 
     use weft_core::Identity;
-    use weft_node::view::ServiceInfo;
+    use weft_state::ServiceInfo;
 
     use super::*;
 
@@ -670,19 +666,24 @@ mod tests {
             ip: ip.into(),
             identity: Identity::new("cluster.local", "shop", "x").expect("id"),
             node: "node-1".into(),
-            locality: ("eu".into(), zone.into(), String::new()),
-            services: HashMap::from([("shop/reviews".to_owned(), HashMap::from([(80, 8080)]))]),
+            locality: weft_state::Locality {
+                region: "eu".into(),
+                zone: zone.into(),
+                subzone: String::new(),
+            },
+            services: HashMap::from([("shop/reviews".into(), HashMap::from([(80, 8080)]))]),
             policies: vec![],
             permissive: false,
             waypoint: false,
             gateway: false,
             enforced: false,
-            canonical: Default::default(),
+            canonical_service: String::new(),
+            canonical_revision: String::new(),
         }
     }
 
-    fn view(me: &WorkloadInfo, endpoints: &[WorkloadInfo]) -> NodeView {
-        let mut v = NodeView::default();
+    fn view(me: &WorkloadInfo, endpoints: &[WorkloadInfo]) -> MeshView {
+        let mut v = MeshView::default();
         v.services.insert(
             "shop/reviews".into(),
             ServiceInfo {
@@ -765,7 +766,7 @@ mod tests {
             ingress_use_waypoint: false,
         };
         let services = Services {
-            policies: Policies::from([("shop/reviews".to_owned(), policy)]),
+            policies: Policies::from([("shop/reviews".into(), policy)]),
             http2: ["shop/reviews:80".to_owned()].into(),
             ..Services::default()
         };
@@ -800,7 +801,7 @@ mod tests {
         assert_eq!(config.limits[target].rules[0].requests, 100);
         assert!(Arc::ptr_eq(&config.limits[target], &again.limits[target]));
         let mut changed = services.clone();
-        if let Some(p) = changed.policies.get_mut("shop/reviews") {
+        if let Some(p) = changed.policies.get_mut(&"shop/reviews".into()) {
             p.traffic.max_requests = Some(6);
         }
         let fresh = config_for(&view(&me, &endpoints), &me, &changed, Some(&again));

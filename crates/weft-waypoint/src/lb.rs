@@ -20,42 +20,9 @@ use tokio::time::Instant;
 
 use crate::retry::Outcome;
 
-/// Where something runs: (region, zone, subzone).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Locality {
-    /// Region.
-    pub region: String,
-    /// Zone.
-    pub zone: String,
-    /// Subzone.
-    pub subzone: String,
-}
-
-impl Locality {
-    /// Parses `region/zone/subzone` (trailing parts optional).
-    pub fn parse(s: &str) -> Locality {
-        let mut parts = s.split('/').map(str::to_owned);
-        Locality {
-            region: parts.next().unwrap_or_default(),
-            zone: parts.next().unwrap_or_default(),
-            subzone: parts.next().unwrap_or_default(),
-        }
-    }
-
-    /// How far `other` is (lower is closer): 0 same subzone, 1 same zone,
-    /// 2 same region, 3 elsewhere.
-    pub fn distance(&self, other: &Locality) -> u8 {
-        if self.region.is_empty() || self.region != other.region {
-            3
-        } else if self.zone.is_empty() || self.zone != other.zone {
-            2
-        } else if self.subzone != other.subzone {
-            1
-        } else {
-            0
-        }
-    }
-}
+/// Where something runs: [`weft_core::model::Locality`], one type for the
+/// whole mesh.
+pub use weft_core::model::Locality;
 
 /// `DestinationRule.trafficPolicy.outlierDetection`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -410,12 +377,12 @@ mod tests {
         let ep = |port: u16, loc: &str| {
             Endpoint::new(
                 SocketAddr::from(([127, 0, 0, 1], port)),
-                Locality::parse(loc),
+                Locality::parse(loc).expect("locality"),
             )
         };
         Balancer::new(
             vec![ep(1, "eu/a"), ep(2, "eu/a"), ep(3, "eu/b"), ep(4, "us/c")],
-            Locality::parse("eu/a"),
+            Locality::parse("eu/a").expect("locality"),
             outlier,
         )
     }
@@ -429,7 +396,7 @@ mod tests {
 
     #[test]
     fn distances() {
-        let here = Locality::parse("eu/a/1");
+        let here = Locality::parse("eu/a/1").expect("locality");
         let cases = [
             ("eu/a/1", 0),
             ("eu/a/2", 1),
@@ -438,7 +405,7 @@ mod tests {
             ("", 3),
         ];
         for (other, want) in cases {
-            assert_eq!(here.distance(&Locality::parse(other)), want, "{other}");
+            assert_eq!(here.distance(&Locality::parse(other).expect("locality")), want, "{other}");
         }
     }
 
@@ -478,11 +445,11 @@ mod tests {
                 .map(|p| {
                     Endpoint::new(
                         SocketAddr::from(([127, 0, 0, 1], *p)),
-                        Locality::parse("eu/a"),
+                        Locality::parse("eu/a").expect("locality"),
                     )
                 })
                 .collect();
-            Balancer::new(eps, Locality::parse("eu/a"), None).with_policy(Policy::Hash)
+            Balancer::new(eps, Locality::parse("eu/a").expect("locality"), None).with_policy(Policy::Hash)
         };
         let (four, three) = (same_zone(&[1, 2, 3, 4]), same_zone(&[1, 2, 3]));
         let addr_of = |b: &Balancer, k: u64| {
@@ -510,13 +477,13 @@ mod tests {
         let ep = |port: u16, loc: &str| {
             Endpoint::new(
                 SocketAddr::from(([127, 0, 0, 1], port)),
-                Locality::parse(loc),
+                Locality::parse(loc).expect("locality"),
             )
         };
         // Only other regions have endpoints: failover names the one to use.
         let b = Balancer::new(
             vec![ep(1, "us/x"), ep(2, "ap/y")],
-            Locality::parse("eu/a"),
+            Locality::parse("eu/a").expect("locality"),
             None,
         );
         let b = b.with_locality(LocalityLb {
@@ -549,10 +516,10 @@ mod tests {
         far.priority = Some(0);
         let mut near = ep(8, "eu/a");
         near.priority = Some(1);
-        let ranked = Balancer::new(vec![far, near], Locality::parse("eu/a"), None);
+        let ranked = Balancer::new(vec![far, near], Locality::parse("eu/a").expect("locality"), None);
         assert_eq!(ranked.pick(0, 1, None), Some(0));
-        assert!(locality_matches("eu/*", &Locality::parse("eu/a/1")));
-        assert!(!locality_matches("eu/b/*", &Locality::parse("eu/a/1")));
+        assert!(locality_matches("eu/*", &Locality::parse("eu/a/1").expect("locality")));
+        assert!(!locality_matches("eu/b/*", &Locality::parse("eu/a/1").expect("locality")));
     }
 
     #[tokio::test(start_paused = true)]

@@ -23,7 +23,7 @@ use weft_ca::tls::{SpiffeClientVerifier, client_config, server_config};
 use weft_core::Identity;
 use weft_hbone::server::{Limits, OpenFuture, Upstream};
 use weft_hbone::{HbonePool, Inbound, InboundHandler, Refusal};
-use weft_node::view::NodeView;
+use weft_state::MeshView;
 use weft_xds::client::{ClientOptions, Transport, XdsClient};
 
 use crate::engine::{Config, Engine};
@@ -105,7 +105,7 @@ impl Waypoint {
 /// the registry), its certificate, the config stream, and an engine that
 /// forwards over HBONE with that identity.
 pub(crate) struct Core {
-    pub(crate) me: Arc<weft_node::view::WorkloadInfo>,
+    pub(crate) me: Arc<weft_state::WorkloadInfo>,
     pub(crate) bundle: TrustBundle,
     pub(crate) certs: weft_ca::CertManager,
     pub(crate) xds: Arc<XdsClient>,
@@ -154,8 +154,8 @@ pub(crate) async fn core(
     let mut changes = bootstrap.watch();
     let me = tokio::time::timeout(REGISTRY_WAIT, async {
         loop {
-            let view = NodeView::build(&changes.borrow_and_update(), &options.node);
-            if let Some(w) = view.workloads.values().find(|w| w.name == options.name) {
+            let view = MeshView::build(&changes.borrow_and_update(), &options.node);
+            if let Some(w) = view.workload_named(&options.name.as_str().into()) {
                 return Ok(w.clone());
             }
             if changes.changed().await.is_err() {
@@ -243,8 +243,8 @@ impl Core {
         node: &str,
         redis: &mut HashMap<String, redis::aio::ConnectionManager>,
         jwks: &crate::jwks::Fetcher,
-    ) -> (Arc<NodeView>, crate::config::Services) {
-        let view = Arc::new(NodeView::build(&self.changes.borrow_and_update(), node));
+    ) -> (Arc<MeshView>, crate::config::Services) {
+        let view = Arc::new(MeshView::build(&self.changes.borrow_and_update(), node));
         self.peers.store(Arc::new(
             view.workloads
                 .values()
@@ -278,7 +278,7 @@ impl Core {
             .and_then(|held| {
                 weft_xds::proto::weft::MeshConfig::decode(held.body.value.as_slice()).ok()
             });
-        let (namespace, name) = self.me.name.split_once('/').unwrap_or(("", &self.me.name));
+        let (namespace, name) = (&self.me.name.namespace, &self.me.name.name);
         let wanted = mesh
             .filter(|m| !m.tracing_endpoint.is_empty())
             .map(|m| ExportConfig {
@@ -334,7 +334,7 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
     .map_err(|e| setup(&e))?;
     let me = core.me.clone();
     let (engine, metrics, xds) = (core.engine.clone(), core.metrics.clone(), core.xds.clone());
-    let view = Arc::new(ArcSwap::from_pointee(NodeView::default()));
+    let view = Arc::new(ArcSwap::from_pointee(MeshView::default()));
     let (task_view, node) = (view.clone(), options.node.clone());
     let jwks = crate::jwks::Fetcher::new(&options.jwks_roots);
     let reconcile = tokio::spawn(async move {
@@ -430,7 +430,7 @@ fn services(state: &weft_xds::ClientState) -> crate::config::Services {
         let Some(host) = s.hostnames.first() else {
             continue;
         };
-        let key = format!("{}/{host}", s.namespace);
+        let key = weft_state::NamespacedName::new(&s.namespace, host);
         for p in &s.ports {
             if p.protocol == Protocol::Http2 as i32 || p.protocol == Protocol::Grpc as i32 {
                 out.http2.insert(format!("{key}:{}", p.number));
@@ -465,7 +465,7 @@ fn source_peer(request: &Inbound) -> weft_telemetry::labels::Peer {
 /// service its `:authority` (VIP and port) names.
 struct WaypointInbound {
     engine: Arc<Engine>,
-    view: Arc<ArcSwap<NodeView>>,
+    view: Arc<ArcSwap<MeshView>>,
 }
 
 impl InboundHandler for WaypointInbound {

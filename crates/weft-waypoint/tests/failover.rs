@@ -62,10 +62,10 @@ async fn a_failing_zone_is_ejected_and_traffic_returns_after_recovery() {
     let (b_addr, _stop_b) = app("127.0.0.1:0", "zone-b", 0.0).await;
     let balancer = Balancer::new(
         vec![
-            Endpoint::new(a_addr, Locality::parse("eu/a")),
-            Endpoint::new(b_addr, Locality::parse("eu/b")),
+            Endpoint::new(a_addr, Locality::parse("eu/a").expect("locality")),
+            Endpoint::new(b_addr, Locality::parse("eu/b").expect("locality")),
         ],
-        Locality::parse("eu/a"),
+        Locality::parse("eu/a").expect("locality"),
         Some(OutlierDetection {
             consecutive_5xx: Some(3),
             consecutive_gateway_errors: None,

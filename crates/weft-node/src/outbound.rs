@@ -1,0 +1,298 @@
+//! Outbound: a local workload's connection to a service (explicit
+//! listener, SOCKS5) or to its original destination (captured mode) —
+//! choose an endpoint ([`route`](crate::route)), open an HBONE tunnel,
+//! trying the next endpoint when one fails to connect, splice, count.
+//! Destinations outside the registry pass through in plaintext when the
+//! mesh allows it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::HeaderMap;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use weft_hbone::PoolKey;
+use weft_state::{NamespacedName, WorkloadInfo};
+
+use crate::route::{Destination, Route, decide, decide_original, resolve};
+use crate::shared::Shared;
+use crate::telemetry::{Counted, tunnel_labels};
+use weft_telemetry::flags::{Flag, Flags};
+use weft_telemetry::labels::Reporter;
+
+/// Endpoints tried per outbound connection before giving up.
+pub const ATTEMPTS: usize = 3;
+
+
+/// What an outbound connection asked for.
+pub(crate) enum Target {
+    /// A service port (explicit listener, SOCKS).
+    Service(NamespacedName, u16),
+    /// The original destination of a captured connection.
+    Original(SocketAddr),
+}
+
+
+/// One outbound connection: choose an endpoint, open a tunnel (trying the
+/// next endpoint on a connect failure), splice, log.
+pub(crate) async fn outbound(
+    shared: Arc<Shared>,
+    source: Arc<WorkloadInfo>,
+    target: Target,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    socks: bool,
+) {
+    // A SOCKS client is told the outcome before any bytes flow.
+    async fn tell(client: &mut TcpStream, socks: bool, reply: crate::socks::Reply) -> bool {
+        !socks
+            || client
+                .write_all(&crate::socks::reply_bytes(reply))
+                .await
+                .is_ok()
+    }
+    let _ = client.set_nodelay(true);
+    if let Err(e) = shared.certs.fetch(&source.identity).await {
+        tracing::warn!(source = %source.name, error = %e, "no certificate for the source workload; closing");
+        return;
+    }
+    // The service the caller reached, for labels and logs (empty when it
+    // named a workload or an outside address).
+    let service = match &target {
+        Target::Service(service, _) => Some(service.clone()),
+        Target::Original(dst) => match resolve(&shared.view.load(), *dst) {
+            Destination::Service { service, .. } => Some(service),
+            _ => None,
+        },
+    };
+    let host = service.as_ref().map_or("", |s| s.name.as_str()).to_owned();
+    let host = host.as_str();
+    let service = service.map(|s| s.to_string()).unwrap_or_default();
+    let me = source.peer();
+    let mut last_error = String::new();
+    for _ in 0..ATTEMPTS {
+        let view = shared.view.load();
+        let turn = shared.turn.fetch_add(1, Ordering::Relaxed);
+        let unhealthy = |uid: &str| shared.health.is_unhealthy(uid);
+        let route = match &target {
+            Target::Service(service, port) => {
+                decide(&view, &source, service, *port, &unhealthy, turn)
+            }
+            Target::Original(dst) => decide_original(&view, &source, *dst, &unhealthy, turn),
+        };
+        drop(view);
+        let (endpoint, target, hbone, identity) = match route {
+            Route::Tunnel {
+                endpoint,
+                target,
+                hbone,
+                identity,
+            } => (endpoint, target, hbone, identity),
+            Route::Passthrough(addr) => {
+                return captured_passthrough(&shared, &source, addr, client).await;
+            }
+            Route::Deny(reason) => {
+                tracing::info!(source = %source.name, service = %service, %reason, "outbound connection denied");
+                tell(&mut client, socks, crate::socks::Reply::NotAllowed).await;
+                shared
+                    .metrics
+                    .refused(tunnel_labels(Reporter::Source, &me, None, host, Flag::Denied), reason);
+                return;
+            }
+        };
+        let key = PoolKey {
+            source: source.identity.clone(),
+            destination: hbone,
+            expected: vec![identity],
+        };
+        let mut headers = HeaderMap::new();
+        if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
+            headers.insert("forwarded", v);
+        }
+        if let Ok(v) = weft_telemetry::labels::baggage(&source.peer()).parse() {
+            headers.insert("baggage", v);
+        }
+        // Like ztunnel, every tunnel carries a trace context of its own
+        // (not sampled: node proxies record no spans; the application's
+        // own headers travel inside the tunnel untouched).
+        if let Ok(v) = format!(
+            "00-{}-{}-00",
+            weft_telemetry::trace::hex(&weft_telemetry::trace::trace_id()),
+            weft_telemetry::trace::hex(&weft_telemetry::trace::span_id())
+        )
+        .parse()
+        {
+            headers.insert("traceparent", v);
+        }
+        match shared
+            .pool
+            .connect(&key, shared.certs.source(&source.identity), target, headers)
+            .await
+        {
+            Ok(mut tunnel) => {
+                if !tell(&mut client, socks, crate::socks::Reply::Succeeded).await {
+                    return;
+                }
+                let view = shared.view.load();
+                let destination = view.workloads.get(&endpoint).cloned();
+                let guard = shared.metrics.open(tunnel_labels(
+                    Reporter::Source,
+                    &me,
+                    destination.as_deref(),
+                    host,
+                    Flags::NONE,
+                ));
+                // The guard logs the access line and emits the metrics when the copy ends.
+                let mut counted = Counted::new(&mut client, guard, true);
+                splice(&mut counted, &mut tunnel).await;
+                return;
+            }
+            Err(e) if e.is_connect_failure() => {
+                tracing::info!(%endpoint, error = %e, "endpoint failed to connect; trying another");
+                shared.health.mark_failed(&endpoint);
+                last_error = e.to_string();
+            }
+            Err(e) => {
+                tracing::warn!(source = %source.name, %endpoint, error = %e, "outbound tunnel failed");
+                tell(&mut client, socks, crate::socks::Reply::GeneralFailure).await;
+                return;
+            }
+        }
+    }
+    tracing::warn!(source = %source.name, service = %service, error = %last_error, "no endpoint could be reached");
+    tell(&mut client, socks, crate::socks::Reply::HostUnreachable).await;
+    shared.metrics.refused(
+        tunnel_labels(Reporter::Source, &me, None, host, Flag::UpstreamFailure),
+        format!("no endpoint could be reached: {last_error}"),
+    );
+}
+
+
+
+/// How long the caller may keep sending after the destination finished.
+pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Copies both ways between a caller and a tunnel. When the destination
+/// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
+/// tunnel the far side closed (or policy revoked) never lingers.
+async fn splice<A, B>(caller: &mut A, tunnel: B)
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let ended = Arc::new(tokio::sync::Notify::new());
+    let mut tunnel = EofSignal {
+        inner: tunnel,
+        ended: ended.clone(),
+    };
+    let copy = weft_hbone::copy::bidirectional(caller, &mut tunnel);
+    let grace = async {
+        ended.notified().await;
+        tokio::time::sleep(HALF_CLOSE_GRACE).await;
+    };
+    tokio::select! {
+        result = copy => {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "outbound connection ended with an error");
+            }
+        }
+        () = grace => tracing::debug!("destination finished; the caller did not within the grace period"),
+    }
+}
+
+/// Signals when the wrapped stream's reads reach the end.
+struct EofSignal<S> {
+    inner: S,
+    ended: Arc<tokio::sync::Notify>,
+}
+
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        let at_end = matches!(&poll, std::task::Poll::Ready(Ok(())) if buf.filled().len() == before)
+            || matches!(&poll, std::task::Poll::Ready(Err(_)));
+        if at_end {
+            this.ended.notify_one();
+        }
+        poll
+    }
+}
+
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofSignal<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Copies between a caller and a plaintext upstream outside the mesh,
+/// counted with `connection_security_policy="none"`.
+pub(crate) async fn splice_plain(
+    shared: &Shared,
+    w: &WorkloadInfo,
+    addr: SocketAddr,
+    mut client: TcpStream,
+    mut upstream: TcpStream,
+) {
+    let mut l = tunnel_labels(Reporter::Source, &w.peer(), None, &addr.to_string(), Flags::NONE);
+    l.connection_security_policy = "none";
+    let guard = shared.metrics.open(l);
+    let mut counted = Counted::new(&mut client, guard, true);
+    let _ = weft_hbone::copy::bidirectional(&mut counted, &mut upstream).await;
+}
+
+/// A captured connection to an address outside the registry, which the
+/// mesh's outbound policy lets through: connected from the node, in
+/// plaintext. Loopback and the proxy's own ports are never targets.
+async fn captured_passthrough(
+    shared: &Shared,
+    w: &WorkloadInfo,
+    addr: SocketAddr,
+    client: TcpStream,
+) {
+    let mut l = tunnel_labels(
+        Reporter::Source,
+        &w.peer(),
+        None,
+        &addr.to_string(),
+        Flag::UpstreamFailure,
+    );
+    l.connection_security_policy = "none";
+    if let Err(reason) = crate::route::check_passthrough(addr, true) {
+        shared.metrics.refused(l, reason);
+        return;
+    }
+    match tokio::time::timeout(shared.connect_timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(upstream)) => splice_plain(shared, w, addr, client, upstream).await,
+        Ok(Err(e)) => shared
+            .metrics
+            .refused(l, format!("passthrough to {addr}: {e}")),
+        Err(_) => shared
+            .metrics
+            .refused(l, format!("passthrough to {addr}: connect timed out")),
+    }
+}
+

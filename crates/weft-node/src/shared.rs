@@ -1,0 +1,75 @@
+//! What every part of the node proxy shares: the node's certificates,
+//! tunnel pool and current [`MeshView`], endpoint health, metrics, the
+//! registry of open inbound connections, captured namespaces and which
+//! listeners are ready. Built once by [`start`](crate::start).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use weft_ca::{CertManager, TrustBundle};
+use weft_hbone::HbonePool;
+use weft_state::{MeshView, WorkloadInfo};
+
+use crate::netns::Netns;
+use crate::telemetry::TcpMetrics;
+
+/// How long an endpoint that failed to connect is skipped.
+pub const FAILED_ENDPOINT_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Endpoints that recently failed to connect.
+#[derive(Default, Debug)]
+pub(crate) struct Health(Mutex<HashMap<String, Instant>>);
+
+impl Health {
+    pub(crate) fn mark_failed(&self, uid: &str) {
+        let until = Instant::now() + FAILED_ENDPOINT_BACKOFF;
+        lock(&self.0).insert(uid.to_owned(), until);
+    }
+    pub(crate) fn is_unhealthy(&self, uid: &str) -> bool {
+        lock(&self.0)
+            .get(uid)
+            .is_some_and(|until| Instant::now() < *until)
+    }
+}
+
+/// The node proxy's shared state.
+pub(crate) struct Shared {
+    pub(crate) node: String,
+    pub(crate) trust_domain: String,
+    pub(crate) certs: CertManager,
+    pub(crate) bundle: TrustBundle,
+    pub(crate) pool: HbonePool,
+    pub(crate) view: Arc<ArcSwap<MeshView>>,
+    pub(crate) health: Health,
+    pub(crate) turn: AtomicUsize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) metrics: TcpMetrics,
+    pub(crate) open: crate::revocable::Registry,
+    /// Captured workloads' network namespaces, by workload uid.
+    pub(crate) captured: Mutex<HashMap<String, Arc<Netns>>>,
+    /// Wakes the reconcile loop (a workload was attached or detached).
+    pub(crate) wake: tokio::sync::Notify,
+    /// Keys of the listeners that are bound and accepting.
+    pub(crate) ready: Mutex<HashSet<String>>,
+}
+
+/// Locks a mutex, recovering the data if a holder panicked.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The key of one listener of workload `w`: what it is, where it listens.
+pub(crate) fn listener_key(kind: &str, w: &WorkloadInfo, ns: Option<&Netns>) -> String {
+    match ns {
+        Some(ns) => format!(
+            "{kind} {} in {} ({})",
+            w.ip,
+            ns.path().display(),
+            ns.inode()
+        ),
+        None => format!("{kind} {}", w.ip),
+    }
+}
