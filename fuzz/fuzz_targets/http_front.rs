@@ -13,7 +13,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use libfuzzer_sys::fuzz_target;
 use tokio::io::AsyncWriteExt;
-use weft_waypoint::route::{Fault, Route};
+use weft_waypoint::engine::route::{Fault, Route};
 use weft_waypoint::{Config, Engine, Metrics};
 
 fn engine() -> Arc<Engine> {

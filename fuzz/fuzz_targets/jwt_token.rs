@@ -10,7 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, HeaderValue};
 use libfuzzer_sys::fuzz_target;
-use weft_waypoint::jwt::{Authenticator, JwtRule, KeySource};
+use weft_waypoint::policy::jwt::{Authenticator, JwtRule, KeySource};
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();

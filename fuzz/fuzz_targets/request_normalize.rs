@@ -1,5 +1,5 @@
 //! Hosts and headers from hostile requests through the normalization every
-//! L7 request gets first (`weft_waypoint::sanitize`). Properties: a
+//! L7 request gets first (`weft_waypoint::engine::sanitize`). Properties: a
 //! normalized host normalizes to itself, is lowercase and ends in no dot;
 //! settling a request's host leaves exactly one `Host` header, equal to
 //! the normalized value; hop-by-hop stripping leaves none of the fixed
@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use weft_waypoint::sanitize::{normalize_host, settle_host, strip_hop_by_hop};
+use weft_waypoint::engine::sanitize::{normalize_host, settle_host, strip_hop_by_hop};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {

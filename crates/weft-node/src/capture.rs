@@ -219,9 +219,8 @@ fn detach(shared: &Shared, uid: &str, ns: &Arc<Netns>) {
 fn find(shared: &Shared, request: &Request) -> Result<Arc<WorkloadInfo>, String> {
     let view = shared.view.load();
     let wanted = request.workload.as_deref().unwrap_or(&request.netns);
-    let matches = |w: &WorkloadInfo| {
-        w.name.to_string() == wanted || w.uid == wanted || w.name.name == wanted
-    };
+    let matches =
+        |w: &WorkloadInfo| w.name.to_string() == wanted || w.uid == wanted || w.name.name == wanted;
     let local: Vec<&Arc<WorkloadInfo>> = view.local(&shared.node).collect();
     let found: Vec<&&Arc<WorkloadInfo>> = local.iter().filter(|w| matches(w)).collect();
     match found.as_slice() {

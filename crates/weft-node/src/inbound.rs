@@ -84,7 +84,9 @@ pub(crate) async fn plaintext_inbound(
     drop(view);
     if let Some(reason) = refusal {
         tracing::info!(workload = %w.name, %peer, %reason, "plaintext connection refused");
-        shared.metrics.refused(labels(Flags::from(Flag::Denied)), reason);
+        shared
+            .metrics
+            .refused(labels(Flags::from(Flag::Denied)), reason);
         return;
     }
     match tokio::time::timeout(shared.connect_timeout, ns.connect(dst)).await {
@@ -94,10 +96,14 @@ pub(crate) async fn plaintext_inbound(
             let mut counted = Counted::new(&mut client, guard, true);
             let _ = weft_hbone::copy::bidirectional(&mut counted, &mut app).await;
         }
-        Ok(Err(e)) => shared.metrics.refused(labels(Flags::from(Flag::UpstreamFailure)), format!("{dst}: {e}")),
-        Err(_) => shared
-            .metrics
-            .refused(labels(Flags::from(Flag::UpstreamFailure)), format!("{dst}: connect timed out")),
+        Ok(Err(e)) => shared.metrics.refused(
+            labels(Flags::from(Flag::UpstreamFailure)),
+            format!("{dst}: {e}"),
+        ),
+        Err(_) => shared.metrics.refused(
+            labels(Flags::from(Flag::UpstreamFailure)),
+            format!("{dst}: connect timed out"),
+        ),
     }
 }
 
@@ -224,7 +230,13 @@ impl InboundHandler for InboundFor {
             if let Err(reason) = decision {
                 let service = called_service(&request, &workload);
                 metrics.refused(
-                    tunnel_labels(Reporter::Destination, &caller, Some(&workload), &service, Flag::Denied),
+                    tunnel_labels(
+                        Reporter::Destination,
+                        &caller,
+                        Some(&workload),
+                        &service,
+                        Flag::Denied,
+                    ),
                     &reason,
                 );
                 return Err(Refusal::Denied(reason));
@@ -256,7 +268,13 @@ impl InboundHandler for InboundFor {
                         _ => format!("{}: connect timed out", request.target),
                     };
                     metrics.refused(
-                        tunnel_labels(Reporter::Destination, &caller, Some(&workload), &service, Flag::UpstreamFailure),
+                        tunnel_labels(
+                            Reporter::Destination,
+                            &caller,
+                            Some(&workload),
+                            &service,
+                            Flag::UpstreamFailure,
+                        ),
                         &reason,
                     );
                     Err(Refusal::Unreachable(reason))
@@ -265,4 +283,3 @@ impl InboundHandler for InboundFor {
         })
     }
 }
-

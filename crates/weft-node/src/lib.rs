@@ -35,16 +35,16 @@
 
 pub mod authz;
 pub mod capture;
-pub mod netns;
 mod inbound;
 mod listeners;
+pub mod netns;
 mod outbound;
 pub mod proxy;
-mod shared;
-mod socks5;
 pub mod revocable;
 pub mod route;
+mod shared;
 pub mod socks;
+mod socks5;
 pub mod telemetry;
 pub mod waypoint_guard;
 

@@ -27,7 +27,6 @@ pub const CAPTURE_PORT: u16 = 15001;
 /// namespace; accepted only when the workload is `PERMISSIVE`.
 pub const PLAINTEXT_PORT: u16 = 15006;
 
-
 /// Opens listeners for new local workloads and outbound listeners, and
 /// closes those that left.
 pub(crate) async fn reconcile_listeners(
@@ -110,7 +109,6 @@ enum Listening {
     /// Redirected inbound plaintext, port 15006 in the namespace.
     Plaintext(Arc<WorkloadInfo>, Arc<Netns>),
 }
-
 
 impl Listening {
     async fn run(self, shared: Arc<Shared>, key: &str) -> Result<(), ListenError> {
@@ -217,9 +215,6 @@ impl Listening {
     }
 }
 
-/// A plaintext connection to captured workload `uid` (nftables sent it to
-
-
 /// Why a listener is not running.
 enum ListenError {
     /// The workload's address is not on this host: it runs in captured
@@ -248,7 +243,6 @@ async fn bind(addr: SocketAddr, ns: Option<&Netns>) -> Result<TcpListener, Liste
     })
 }
 
-
 /// Accepts until the task is aborted; a failed accept (e.g. out of file
 /// descriptors) is logged and retried after a pause, never fatal.
 async fn accept_forever(
@@ -266,4 +260,3 @@ async fn accept_forever(
         }
     }
 }
-

@@ -25,7 +25,6 @@ use weft_telemetry::labels::Reporter;
 /// Endpoints tried per outbound connection before giving up.
 pub const ATTEMPTS: usize = 3;
 
-
 /// What an outbound connection asked for.
 pub(crate) enum Target {
     /// A service port (explicit listener, SOCKS).
@@ -33,7 +32,6 @@ pub(crate) enum Target {
     /// The original destination of a captured connection.
     Original(SocketAddr),
 }
-
 
 /// One outbound connection: choose an endpoint, open a tunnel (trying the
 /// next endpoint on a connect failure), splice, log.
@@ -96,9 +94,10 @@ pub(crate) async fn outbound(
             Route::Deny(reason) => {
                 tracing::info!(source = %source.name, service = %service, %reason, "outbound connection denied");
                 tell(&mut client, socks, crate::socks::Reply::NotAllowed).await;
-                shared
-                    .metrics
-                    .refused(tunnel_labels(Reporter::Source, &me, None, host, Flag::Denied), reason);
+                shared.metrics.refused(
+                    tunnel_labels(Reporter::Source, &me, None, host, Flag::Denied),
+                    reason,
+                );
                 return;
             }
         };
@@ -168,8 +167,6 @@ pub(crate) async fn outbound(
         format!("no endpoint could be reached: {last_error}"),
     );
 }
-
-
 
 /// How long the caller may keep sending after the destination finished.
 pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
@@ -257,7 +254,13 @@ pub(crate) async fn splice_plain(
     mut client: TcpStream,
     mut upstream: TcpStream,
 ) {
-    let mut l = tunnel_labels(Reporter::Source, &w.peer(), None, &addr.to_string(), Flags::NONE);
+    let mut l = tunnel_labels(
+        Reporter::Source,
+        &w.peer(),
+        None,
+        &addr.to_string(),
+        Flags::NONE,
+    );
     l.connection_security_policy = "none";
     let guard = shared.metrics.open(l);
     let mut counted = Counted::new(&mut client, guard, true);
@@ -295,4 +298,3 @@ async fn captured_passthrough(
             .refused(l, format!("passthrough to {addr}: connect timed out")),
     }
 }
-

@@ -24,7 +24,6 @@ use crate::listeners::reconcile_listeners;
 use crate::shared::{Health, Shared};
 use crate::telemetry::TcpMetrics;
 
-
 /// How to run a node proxy.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -136,8 +135,6 @@ impl NodeProxy {
         }
     }
 }
-
-
 
 /// Starts a node proxy.
 pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {

@@ -376,7 +376,8 @@ mod tests {
         // A waypoint missing from the registry is a clear refusal.
         v.workloads.remove("waypoint");
         assert!(
-            chosen(&decide(&v, &client, &"shop/pay".into(), 80, none, 0)).contains("not in the registry")
+            chosen(&decide(&v, &client, &"shop/pay".into(), 80, none, 0))
+                .contains("not in the registry")
         );
     }
 

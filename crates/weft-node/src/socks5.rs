@@ -59,7 +59,6 @@ pub(crate) async fn socks_client(
     outbound(shared, w, to, client, peer, true).await;
 }
 
-
 /// A SOCKS target outside the registry: an address passes through in
 /// plaintext when the mesh allows it (`ALLOW_ANY`) and
 /// [`check_passthrough`](crate::route::check_passthrough) does; hostnames
@@ -102,4 +101,3 @@ async fn passthrough(
     }
     splice_plain(shared, w, addr, client, upstream).await;
 }
-

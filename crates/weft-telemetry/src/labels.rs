@@ -322,7 +322,7 @@ mod tests {
             &s,
             "http",
             200,
-            "-",
+            crate::flags::Flags::NONE,
             true,
         );
         assert_eq!(

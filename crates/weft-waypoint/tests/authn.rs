@@ -16,9 +16,9 @@ use hyper_util::rt::TokioExecutor;
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::net::TcpListener;
-use weft_waypoint::jwt::{Authenticator, JwtRule, KeySource};
-use weft_waypoint::ratelimit::{Attribute, RateLimiter, Rule, Store};
-use weft_waypoint::route::{Backend, Route};
+use weft_waypoint::engine::route::{Backend, Route};
+use weft_waypoint::policy::jwt::{Authenticator, JwtRule, KeySource};
+use weft_waypoint::policy::ratelimit::{Attribute, RateLimiter, Rule, Store};
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
 
 const ISSUER: &str = "https://issuer.example";
@@ -93,7 +93,7 @@ async fn engine_for_b(
     let engine = Arc::new(Engine::new(config, metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(weft_waypoint::front::serve_http(
+    tokio::spawn(weft_waypoint::fronts::http::serve_http(
         listener,
         engine,
         std::future::pending(),
@@ -139,7 +139,7 @@ async fn tokens_are_checked_and_claims_pick_the_rate_limit_tier() {
             ),
             rule("default", vec![], 2),
         ],
-        store: Store::Local(weft_waypoint::ratelimit::LocalCounts::default()),
+        store: Store::Local(weft_waypoint::policy::ratelimit::LocalCounts::default()),
         signature: 0,
     };
     let (addr, _) = engine_for_b(&key, Some(limiter), vec![]).await;

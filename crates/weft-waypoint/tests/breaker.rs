@@ -14,7 +14,7 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use weft_sample_app::AppConfig;
 use weft_waypoint::engine::Breaker;
-use weft_waypoint::route::{Backend, Route};
+use weft_waypoint::engine::route::{Backend, Route};
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
 
 const MAX: usize = 5;
@@ -58,7 +58,7 @@ async fn request_n_plus_one_overflows_at_once() {
     let engine = Arc::new(Engine::new(config, metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(weft_waypoint::front::serve_http(
+    tokio::spawn(weft_waypoint::fronts::http::serve_http(
         listener,
         engine,
         std::future::pending(),

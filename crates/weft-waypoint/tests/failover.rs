@@ -15,9 +15,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use weft_sample_app::AppConfig;
-use weft_waypoint::lb::{Balancer, Endpoint, Locality, OutlierDetection};
-use weft_waypoint::retry::{RetryOn, RetryPolicy};
-use weft_waypoint::route::{Backend, Route};
+use weft_waypoint::engine::lb::{Balancer, Endpoint, Locality, OutlierDetection};
+use weft_waypoint::engine::retry::{RetryOn, RetryPolicy};
+use weft_waypoint::engine::route::{Backend, Route};
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
 
 /// Starts the sample app named `name` on `addr`; the sender stops it.
@@ -98,7 +98,7 @@ async fn a_failing_zone_is_ejected_and_traffic_returns_after_recovery() {
     let engine = Arc::new(Engine::new(config, Metrics::default()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let waypoint = listener.local_addr().expect("addr");
-    tokio::spawn(weft_waypoint::front::serve_http(
+    tokio::spawn(weft_waypoint::fronts::http::serve_http(
         listener,
         engine,
         std::future::pending(),

@@ -16,8 +16,8 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::admission::ConnLimits;
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::admission::ConnLimits;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
 
 const IP: &str = "127.0.1.245";
 const PORT: u16 = 18096;
@@ -139,7 +139,7 @@ async fn an_idle_http2_flood_leaves_legitimate_clients_served() {
         idle_timeout: Duration::from_secs(30),
         max_duration: None,
     };
-    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+    let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),

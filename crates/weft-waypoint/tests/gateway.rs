@@ -28,8 +28,8 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::extauthz::proto;
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::policy::extauthz::proto;
 
 const GATEWAY_IP: &str = "127.0.1.200";
 const HTTP_PORT: u16 = 18080;
@@ -467,7 +467,7 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
         &(server.0.clone(), server.1.clone()),
         &partner_ca.cert.pem(),
         &jwks,
-        &weft_waypoint::extauthz::hash_key("k-123"),
+        &weft_waypoint::policy::extauthz::hash_key("k-123"),
     );
     let mesh = TestMesh::start(&yaml, 1).await;
     let rotate = |new: &(
@@ -482,11 +482,11 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
             &(new.0.clone(), new.1.clone()),
             &partner_ca.cert.pem(),
             &jwks,
-            &weft_waypoint::extauthz::hash_key("k-123"),
+            &weft_waypoint::policy::extauthz::hash_key("k-123"),
         )
     };
     app("127.0.1.201:8080", "backend").await;
-    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+    let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),
@@ -871,7 +871,7 @@ async fn small_gateway(
     protocol: &str,
     routes: &str,
     limit: usize,
-) -> (TestMesh, weft_waypoint::gateway::Gateway) {
+) -> (TestMesh, weft_waypoint::fronts::gateway::Gateway) {
     let yaml = format!(
         r#"
 apiVersion: networking.istio.io/v1
@@ -909,7 +909,7 @@ spec:
 {routes}"#
     );
     let mesh = TestMesh::start(&yaml, 1).await;
-    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+    let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
         name: "shop/small".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),
@@ -920,7 +920,7 @@ spec:
         metrics_addr: format!("{ip}:0").parse().expect("addr"),
         connect_timeout: Duration::from_secs(1),
         jwks_roots: Vec::new(),
-        connections: weft_waypoint::admission::ConnLimits {
+        connections: weft_waypoint::fronts::admission::ConnLimits {
             max_connections: limit,
             ..Default::default()
         },
@@ -966,7 +966,7 @@ spec:
         "127.0.1.231",
         "GRPC",
         route,
-        weft_waypoint::gateway::MAX_CONNECTIONS,
+        weft_waypoint::fronts::gateway::MAX_CONNECTIONS,
     )
     .await;
     let client = |host: &'static str| async move {
@@ -1039,20 +1039,24 @@ spec:
 #[derive(Default)]
 struct Rls {
     counts: std::sync::Mutex<std::collections::HashMap<String, u32>>,
-    seen: std::sync::Mutex<Vec<weft_waypoint::ratelimit::rls::RateLimitRequest>>,
+    seen: std::sync::Mutex<Vec<weft_waypoint::policy::ratelimit::rls::RateLimitRequest>>,
 }
 
 /// The service as tonic serves it (the test keeps the `Rls` to look at).
 struct RlsServer(Arc<Rls>);
 
 #[tonic::async_trait]
-impl weft_waypoint::ratelimit::rls::rate_limit_service_server::RateLimitService for RlsServer {
+impl weft_waypoint::policy::ratelimit::rls::rate_limit_service_server::RateLimitService
+    for RlsServer
+{
     async fn should_rate_limit(
         &self,
-        request: tonic::Request<weft_waypoint::ratelimit::rls::RateLimitRequest>,
-    ) -> Result<tonic::Response<weft_waypoint::ratelimit::rls::RateLimitResponse>, tonic::Status>
-    {
-        use weft_waypoint::ratelimit::rls::rate_limit_response::{
+        request: tonic::Request<weft_waypoint::policy::ratelimit::rls::RateLimitRequest>,
+    ) -> Result<
+        tonic::Response<weft_waypoint::policy::ratelimit::rls::RateLimitResponse>,
+        tonic::Status,
+    > {
+        use weft_waypoint::policy::ratelimit::rls::rate_limit_response::{
             Code, DescriptorStatus, RateLimit, rate_limit::Unit,
         };
         let request = request.into_inner();
@@ -1066,7 +1070,7 @@ impl weft_waypoint::ratelimit::rls::rate_limit_service_server::RateLimitService 
         self.0.seen.lock().expect("seen").push(request);
         let code = if used > 2 { Code::OverLimit } else { Code::Ok };
         Ok(tonic::Response::new(
-            weft_waypoint::ratelimit::rls::RateLimitResponse {
+            weft_waypoint::policy::ratelimit::rls::RateLimitResponse {
                 overall_code: code as i32,
                 statuses: vec![DescriptorStatus {
                     code: code as i32,
@@ -1076,7 +1080,7 @@ impl weft_waypoint::ratelimit::rls::rate_limit_service_server::RateLimitService 
                         name: "two a minute".into(),
                     }),
                     limit_remaining: 2u32.saturating_sub(used),
-                    duration_until_reset: Some(weft_waypoint::ratelimit::rls::Duration {
+                    duration_until_reset: Some(weft_waypoint::policy::ratelimit::rls::Duration {
                         seconds: 30,
                         nanos: 0,
                     }),
@@ -1104,7 +1108,7 @@ async fn a_rate_limit_service_decides_through_envoys_api() {
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(
-                weft_waypoint::ratelimit::rls::rate_limit_service_server::RateLimitServiceServer::new(
+                weft_waypoint::policy::ratelimit::rls::rate_limit_service_server::RateLimitServiceServer::new(
                     RlsServer(rls.clone()),
                 ),
             )
@@ -1142,7 +1146,7 @@ spec:
         "127.0.1.241",
         "HTTP",
         &routes,
-        weft_waypoint::gateway::MAX_CONNECTIONS,
+        weft_waypoint::fronts::gateway::MAX_CONNECTIONS,
     )
     .await;
     let get = |user: &'static str| async move {
@@ -1286,7 +1290,7 @@ spec:
         "127.0.1.251",
         "TCP",
         route,
-        weft_waypoint::gateway::MAX_CONNECTIONS,
+        weft_waypoint::fronts::gateway::MAX_CONNECTIONS,
     )
     .await;
     let mut roots = rustls::RootCertStore::empty();
@@ -1388,7 +1392,7 @@ spec:
         "127.0.1.253",
         "TCP",
         route,
-        weft_waypoint::gateway::MAX_CONNECTIONS,
+        weft_waypoint::fronts::gateway::MAX_CONNECTIONS,
     )
     .await;
     // Readiness: an echo comes back through the gateway.

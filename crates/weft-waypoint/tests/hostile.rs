@@ -27,7 +27,7 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
 
 const IP: &str = "127.0.1.240";
 const PORT: u16 = 18095;
@@ -164,7 +164,7 @@ async fn hostile_requests_are_normalized_before_policy() {
     .to_string();
     app(&format!("{BACKEND}:8080"), "backend").await;
     let mesh = TestMesh::start(&config(&jwks), 1).await;
-    let gateway = weft_waypoint::gateway::start(WaypointOptions {
+    let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),

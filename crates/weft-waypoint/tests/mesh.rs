@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_sample_app::AppConfig;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
 
 const CONFIG: &str = r#"
 apiVersion: networking.istio.io/v1
@@ -114,7 +114,7 @@ async fn get_with(addr: &str, headers: &str) -> Option<String> {
 /// A control plane, two node proxies and a waypoint over `config`.
 struct Mesh {
     inner: TestMesh,
-    waypoint: weft_waypoint::proxy::Waypoint,
+    waypoint: weft_waypoint::fronts::waypoint::Waypoint,
 }
 
 impl Mesh {
@@ -130,7 +130,7 @@ impl Mesh {
         jwks_roots: Vec<rustls_pki_types::CertificateDer<'static>>,
     ) -> Mesh {
         let inner = TestMesh::start(config_yaml, 2).await;
-        let waypoint = weft_waypoint::proxy::start(WaypointOptions {
+        let waypoint = weft_waypoint::fronts::waypoint::start(WaypointOptions {
             name: waypoint.into(),
             node: "node-1".into(),
             trust_domain: "cluster.local".into(),

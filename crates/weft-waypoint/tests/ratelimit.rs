@@ -20,8 +20,8 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use weft_sample_app::AppConfig;
-use weft_waypoint::ratelimit::{Attribute, RateLimiter, Rule, Store};
-use weft_waypoint::route::{Backend, Route};
+use weft_waypoint::engine::route::{Backend, Route};
+use weft_waypoint::policy::ratelimit::{Attribute, RateLimiter, Rule, Store};
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
 
 struct Redis {
@@ -157,7 +157,7 @@ async fn replica(
     let engine = Arc::new(Engine::new(config, metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(weft_waypoint::front::serve_http(
+    tokio::spawn(weft_waypoint::fronts::http::serve_http(
         listener,
         engine,
         std::future::pending(),

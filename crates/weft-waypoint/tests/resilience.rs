@@ -15,9 +15,9 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::net::TcpListener;
 use weft_sample_app::AppConfig;
-use weft_waypoint::budget::RateBudget;
-use weft_waypoint::retry::{RetryOn, RetryPolicy};
-use weft_waypoint::route::{Backend, Route};
+use weft_waypoint::engine::budget::RateBudget;
+use weft_waypoint::engine::retry::{RetryOn, RetryPolicy};
+use weft_waypoint::engine::route::{Backend, Route};
 use weft_waypoint::{Cluster, Config, Engine, Metrics};
 
 const SERVICE: &str = "shop/b";
@@ -70,7 +70,7 @@ async fn waypoint(b: SocketAddr) -> (SocketAddr, Metrics) {
     let engine = Arc::new(Engine::new(config, metrics.clone()));
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
-    tokio::spawn(weft_waypoint::front::serve_http(
+    tokio::spawn(weft_waypoint::fronts::http::serve_http(
         listener,
         engine,
         std::future::pending(),

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use weft_sample_app::AppConfig;
-use weft_waypoint::route::{
+use weft_waypoint::engine::route::{
     Backend, Fault, HeaderChanges, HeaderMatch, Mirror, PathMatch, Redirect, Rewrite, Route,
     RouteMatch, ValueMatch,
 };
@@ -191,7 +191,7 @@ impl Harness {
         ));
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
-        tokio::spawn(weft_waypoint::front::serve_http(
+        tokio::spawn(weft_waypoint::fronts::http::serve_http(
             listener,
             engine,
             std::future::pending(),

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
 
 const COLLECTOR: &str = r#"
 import json, sys, http.server
@@ -237,10 +237,11 @@ async fn one_trace_from_gateway_through_waypoint_to_service() {
         jwks_roots: Vec::new(),
         connections: Default::default(),
     };
-    let waypoint = weft_waypoint::proxy::start(options("shop/shop-waypoint", "127.0.1.92"))
-        .await
-        .expect("waypoint");
-    let gateway = weft_waypoint::gateway::start(options("shop/edge", "127.0.1.93"))
+    let waypoint =
+        weft_waypoint::fronts::waypoint::start(options("shop/shop-waypoint", "127.0.1.92"))
+            .await
+            .expect("waypoint");
+    let gateway = weft_waypoint::fronts::gateway::start(options("shop/edge", "127.0.1.93"))
         .await
         .expect("gateway");
 

@@ -107,7 +107,10 @@ fn main() -> ExitCode {
             let mut key = String::new();
             match std::io::stdin().read_line(&mut key) {
                 Ok(_) if !key.trim().is_empty() => {
-                    println!("sha256:{}", weft_waypoint::extauthz::hash_key(key.trim()));
+                    println!(
+                        "sha256:{}",
+                        weft_waypoint::policy::extauthz::hash_key(key.trim())
+                    );
                     ExitCode::SUCCESS
                 }
                 _ => {

@@ -1,7 +1,7 @@
 //! `weft authz check`: would this caller be allowed to reach this service?
 //! Answered offline from a configuration directory, with the decision
 //! functions the proxies run, naming the policy and rule that decided:
-//! the waypoint's request-level decision (`weft_waypoint::authz::decide`)
+//! the waypoint's request-level decision (`weft_waypoint::policy::authz::decide`)
 //! when the service has a waypoint and attached policies, and the
 //! destination node's L4 decision (`weft_node::authz::explain`) — which,
 //! behind a waypoint, sees the waypoint as the caller.
@@ -94,7 +94,7 @@ fn request_level(
     let principal = identity.to_string();
     let principal = principal.strip_prefix("spiffe://").unwrap_or(&principal);
     let host = service.hosts.first().map_or("", String::as_str);
-    let request = weft_waypoint::authz::Request {
+    let request = weft_waypoint::policy::authz::Request {
         principal: Some(principal),
         namespace: Some(identity.namespace()),
         source_ip: Some(source_ip),
@@ -106,7 +106,7 @@ fn request_level(
         path: &args.path,
         headers: Some(&headers),
     };
-    let d = weft_waypoint::authz::decide(policies, &request);
+    let d = weft_waypoint::policy::authz::decide(policies, &request);
     let reason = match (&d.policy, d.allowed) {
         (Some(p), true) => format!("allowed by ALLOW policy {p}"),
         (Some(p), false) => format!("denied by DENY policy {p}"),
@@ -127,7 +127,7 @@ fn request_level(
     }
     // CUSTOM policies ask their authorizer first; offline there is no
     // answer, only the question that would be asked.
-    for p in weft_waypoint::authz::custom(policies, &request) {
+    for p in weft_waypoint::policy::authz::custom(policies, &request) {
         let provider = p.provider.as_ref().map_or("?", |p| p.name.as_str());
         println!(
             "      (first, CUSTOM policy {} asks provider {provider}: its answer is not known offline)",

@@ -13,7 +13,7 @@ use weft_config::{LoadError, load_path};
 use weft_control::{Debounce, Options};
 use weft_core::model::{Snapshot, WorkloadAddress};
 use weft_node::NodeOptions;
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
 
 /// Flags of `weft up`.
 #[derive(clap::Args, Debug)]
@@ -223,14 +223,14 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     let mut waypoints = Vec::new();
     for w in snapshot.workloads.values().filter(|w| w.waypoint) {
         if let Some(o) = options(w) {
-            let waypoint = weft_waypoint::proxy::start(o).await;
+            let waypoint = weft_waypoint::fronts::waypoint::start(o).await;
             waypoints.push(waypoint.map_err(|e| e.to_string())?);
         }
     }
     let mut gateways = Vec::new();
     for w in snapshot.workloads.values().filter(|w| w.gateway) {
         if let Some(o) = options(w) {
-            let gateway = weft_waypoint::gateway::start(o).await;
+            let gateway = weft_waypoint::fronts::gateway::start(o).await;
             gateways.push(gateway.map_err(|e| e.to_string())?);
         }
     }

@@ -10,9 +10,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use weft_waypoint::admission::ConnLimits;
+use weft_waypoint::fronts::admission::ConnLimits;
 
-use weft_waypoint::proxy::WaypointOptions;
+use weft_waypoint::fronts::waypoint::WaypointOptions;
 
 /// Flags of `weft waypoint`.
 #[derive(clap::Args, Debug)]
@@ -54,7 +54,7 @@ pub(crate) struct Args {
     /// the newest idle one is shed for a new one, and when none is idle
     /// new ones are closed at accept
     /// (`weft_gateway_connections_refused_total{reason="limit"}`).
-    #[arg(long, default_value_t = weft_waypoint::gateway::MAX_CONNECTIONS)]
+    #[arg(long, default_value_t = weft_waypoint::fronts::gateway::MAX_CONNECTIONS)]
     max_connections: usize,
     /// Gateways: connections one source address holds open at once per
     /// listener (`reason="per_source_limit"` when refused).
@@ -96,7 +96,7 @@ pub(crate) fn run_gateway(args: Args) -> ExitCode {
 
 async fn gateway(args: Args) -> Result<(), String> {
     let name = args.name.clone();
-    let gateway = weft_waypoint::gateway::start(options(args)?)
+    let gateway = weft_waypoint::fronts::gateway::start(options(args)?)
         .await
         .map_err(|e| e.to_string())?;
     let listening: Vec<String> = gateway
@@ -143,7 +143,7 @@ fn options(args: Args) -> Result<WaypointOptions, String> {
 
 async fn waypoint(args: Args) -> Result<(), String> {
     let name = args.name.clone();
-    let waypoint = weft_waypoint::proxy::start(options(args)?)
+    let waypoint = weft_waypoint::fronts::waypoint::start(options(args)?)
         .await
         .map_err(|e| e.to_string())?;
     println!(

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::retry::Outcome;
+use crate::engine::retry::Outcome;
 
 /// Where something runs: [`weft_core::model::Locality`], one type for the
 /// whole mesh.
@@ -405,7 +405,11 @@ mod tests {
             ("", 3),
         ];
         for (other, want) in cases {
-            assert_eq!(here.distance(&Locality::parse(other).expect("locality")), want, "{other}");
+            assert_eq!(
+                here.distance(&Locality::parse(other).expect("locality")),
+                want,
+                "{other}"
+            );
         }
     }
 
@@ -449,7 +453,8 @@ mod tests {
                     )
                 })
                 .collect();
-            Balancer::new(eps, Locality::parse("eu/a").expect("locality"), None).with_policy(Policy::Hash)
+            Balancer::new(eps, Locality::parse("eu/a").expect("locality"), None)
+                .with_policy(Policy::Hash)
         };
         let (four, three) = (same_zone(&[1, 2, 3, 4]), same_zone(&[1, 2, 3]));
         let addr_of = |b: &Balancer, k: u64| {
@@ -516,10 +521,20 @@ mod tests {
         far.priority = Some(0);
         let mut near = ep(8, "eu/a");
         near.priority = Some(1);
-        let ranked = Balancer::new(vec![far, near], Locality::parse("eu/a").expect("locality"), None);
+        let ranked = Balancer::new(
+            vec![far, near],
+            Locality::parse("eu/a").expect("locality"),
+            None,
+        );
         assert_eq!(ranked.pick(0, 1, None), Some(0));
-        assert!(locality_matches("eu/*", &Locality::parse("eu/a/1").expect("locality")));
-        assert!(!locality_matches("eu/b/*", &Locality::parse("eu/a/1").expect("locality")));
+        assert!(locality_matches(
+            "eu/*",
+            &Locality::parse("eu/a/1").expect("locality")
+        ));
+        assert!(!locality_matches(
+            "eu/b/*",
+            &Locality::parse("eu/a/1").expect("locality")
+        ));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,6 +1,8 @@
 //! How the engine reaches endpoints: an HTTP/1.1 client (hyper-util's
 //! pooled client) and an HTTP/2 client (one multiplexed connection per
-//! endpoint, [`H2Pool`]) over one connector — plain TCP or HBONE tunnels.
+//! endpoint, [`H2Pool`]) over one connector — plain TCP here, HBONE
+//! tunnels from the fronts ([`Upstream::over`] takes any connector), or any
+//! other [`Transport`] (tests answer without sockets).
 //!
 //! The engine hands over a request whose URI names the endpoint
 //! (`http://{ip:port}{path}`) and whose `Host` header names the service.
@@ -23,10 +25,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
-use crate::hbone::HboneConnector;
+/// Why a body could not be read, whatever produced it.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request or response body, whatever produced it.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, hyper::Error>;
+pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BodyError>;
+
+/// Any body, boxed as a [`Body`].
+pub fn boxed<B>(body: B) -> Body
+where
+    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+    B::Error: Into<BodyError>,
+{
+    use http_body_util::BodyExt;
+    body.map_err(Into::into).boxed()
+}
 
 /// Why a request got no response from an endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -54,37 +67,46 @@ impl SendError {
 }
 
 /// A response on its way.
-pub type ResponseFuture = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<Response<Incoming>, SendError>> + Send>,
->;
+pub type ResponseFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Response<Body>, SendError>> + Send>>;
 
-/// The engine's clients, over plain TCP or over HBONE.
-#[derive(Clone, Debug)]
-pub enum Upstream {
-    /// Plain TCP (benchmarks, tests, the gateway's non-mesh backends).
-    Plain(Box<Clients<HttpConnector>>),
-    /// HBONE tunnels to the endpoints' nodes (a waypoint).
-    Hbone(Box<Clients<HboneConnector>>),
+/// Something that sends a request to the endpoint its URI names.
+pub trait Transport: Send + Sync + 'static {
+    /// Sends `request` (URI `http://{endpoint}{path}`) over HTTP/2 when
+    /// `http2`, else HTTP/1.1.
+    fn send(&self, request: Request<Body>, http2: bool) -> ResponseFuture;
+}
+
+/// The engine's way to its endpoints.
+#[derive(Clone)]
+pub struct Upstream(Arc<dyn Transport>);
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Upstream").finish_non_exhaustive()
+    }
 }
 
 impl Upstream {
     /// Plain TCP clients over `connector`.
     pub fn plain(connector: HttpConnector) -> Self {
-        Upstream::Plain(Box::new(Clients::new(connector)))
+        Upstream::over(connector)
     }
 
-    /// Clients over HBONE tunnels.
-    pub fn hbone(connector: HboneConnector) -> Self {
-        Upstream::Hbone(Box::new(Clients::new(connector)))
+    /// HTTP/1.1 and HTTP/2 clients over `connector` (plain TCP, HBONE).
+    pub fn over<C: Connector>(connector: C) -> Self {
+        Upstream(Arc::new(Clients::new(connector)))
+    }
+
+    /// Any other transport.
+    pub fn custom(transport: impl Transport) -> Self {
+        Upstream(Arc::new(transport))
     }
 
     /// Sends `request` (URI `http://{endpoint}{path}`) over HTTP/2 when
     /// `http2`, else HTTP/1.1.
     pub fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
-        match self {
-            Upstream::Plain(c) => c.request(request, http2),
-            Upstream::Hbone(c) => c.request(request, http2),
-        }
+        self.0.send(request, http2)
     }
 }
 
@@ -134,14 +156,17 @@ impl<C: Connector> Clients<C> {
             },
         }
     }
+}
 
-    fn request(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
+impl<C: Connector> Transport for Clients<C> {
+    fn send(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
+        let boxed = |r: Response<Incoming>| r.map(boxed);
         if http2 {
             let pool = self.h2.clone();
-            Box::pin(async move { pool.send(request).await })
+            Box::pin(async move { pool.send(request).await.map(boxed) })
         } else {
             let sent = self.h1.request(request);
-            Box::pin(async move { Ok(sent.await?) })
+            Box::pin(async move { Ok(boxed(sent.await?)) })
         }
     }
 }

@@ -12,7 +12,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::engine::Ctx;
+use crate::telemetry::record::RequestRecord;
 
 pub use weft_telemetry::labels::RequestLabels;
 
@@ -200,8 +200,9 @@ impl Metrics {
             .inc();
     }
 
-    /// Records one finished request.
-    pub fn request(&self, ctx: &Ctx, status: StatusCode) {
+    /// Records one finished request: its metrics, its access-log line and
+    /// its server span.
+    pub fn request(&self, ctx: &RequestRecord, status: StatusCode) {
         use weft_telemetry::labels::{Peer, Service};
         let service = if ctx.service.is_empty() {
             Service::unknown()
@@ -216,8 +217,7 @@ impl Metrics {
             ctx.protocol,
             status.as_u16(),
             ctx.flags,
-            // A gateway forwards over HBONE: its calls are mutual TLS.
-            ctx.source.is_some() || ctx.reporter == weft_telemetry::labels::Reporter::Source,
+            ctx.mtls(),
         );
         let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
         self.requests.get_or_create(&labels).inc();
@@ -229,6 +229,7 @@ impl Metrics {
             .get_or_create(&labels)
             .observe(ctx.access.bytes_sent as f64);
         tracing::info!(target: "weft::access", tries = ctx.tries, "{}", ctx.access.line());
+        ctx.record_server_span(status.as_u16());
     }
 
     pub(crate) fn authz(&self, policy: Option<&str>, allowed: bool) {
@@ -249,7 +250,7 @@ impl Metrics {
             .inc();
     }
 
-    pub(crate) fn rate_limit(&self, policy: &str, d: &crate::ratelimit::Decision) {
+    pub(crate) fn rate_limit(&self, policy: &str, d: &crate::policy::ratelimit::Decision) {
         self.rate_limits
             .get_or_create(&RateLimitLabels {
                 policy: policy.to_owned(),

@@ -9,7 +9,7 @@
 //! (external or API-key) authorization, DENY/ALLOW policies, rate limits —
 //! and is forwarded into the mesh over HBONE with the gateway's identity.
 //!
-//! Hostile input is bounded ([`crate::admission`]): at most
+//! Hostile input is bounded ([`crate::fronts::admission`]): at most
 //! [`MAX_CONNECTIONS`] open per listener and a share per source address by
 //! default, the newest idle connection shed when full; the TLS handshake
 //! and first request head within the header timeout, idle connections
@@ -39,18 +39,17 @@ use rustls_pki_types::pem::PemObject;
 use tokio::task::JoinHandle;
 use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
 
-use crate::admission::{Admission, ConnLimits, Ticket, Tracked};
 use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
-use crate::hbone::HboneConnector;
-use crate::metrics::Metrics;
-use crate::proxy::{WaypointError, WaypointOptions};
+use crate::fronts::admission::{Admission, ConnLimits, Ticket, Tracked};
+use crate::fronts::hbone::HboneConnector;
+use crate::fronts::waypoint::{WaypointError, WaypointOptions};
+use crate::telemetry::metrics::Metrics;
 
-/// Longest a client may take to finish the TLS handshake.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+pub use crate::fronts::admission::HANDSHAKE_TIMEOUT;
 /// Largest request head (request line and headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Open connections per listener by default; the newest idle one is shed
-/// for a new one beyond it ([`crate::admission`]).
+/// for a new one beyond it ([`crate::fronts::admission`]).
 pub const MAX_CONNECTIONS: usize = 16 * 1024;
 /// Concurrent HTTP/2 streams per connection (Envoy's default is 100).
 pub const MAX_STREAMS: u32 = 100;
@@ -105,7 +104,7 @@ impl Gateway {
 /// Starts the gateway for workload `options.name` (`namespace/name`; the
 /// Gateway of the same name configures it).
 pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
-    let mut core = crate::proxy::core(
+    let mut core = crate::fronts::waypoint::core(
         &options,
         &[weft_xds::GATEWAY_TYPE],
         "weft.dev/gateway: \"true\"",
@@ -125,7 +124,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
         options.node.clone(),
     );
     let (metrics, xds) = (core.metrics.clone(), core.xds.clone());
-    let jwks = crate::jwks::Fetcher::new(&options.jwks_roots);
+    let jwks = crate::policy::jwks::Fetcher::new(&options.jwks_roots);
     let (ready_tx, mut ready) = tokio::sync::watch::channel(false);
     let reconcile = tokio::spawn(async move {
         let mut redis = HashMap::new();
@@ -137,7 +136,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
                 GatewayConfig::default()
             });
             let previous = core.engine.current();
-            core.engine.update(crate::config::gateway_config_for(
+            core.engine.update(crate::configure::gateway_config_for(
                 &view,
                 &core.me,
                 &gateway,
@@ -155,7 +154,11 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
         }
     });
     // Ready once the first configuration with listeners is applied.
-    let _ = tokio::time::timeout(crate::proxy::REGISTRY_WAIT, ready.wait_for(|ready| *ready)).await;
+    let _ = tokio::time::timeout(
+        crate::fronts::waypoint::REGISTRY_WAIT,
+        ready.wait_for(|ready| *ready),
+    )
+    .await;
     tracing::info!(gateway = %options.name, "gateway ready");
     Ok(Gateway {
         metrics_addr,
@@ -276,7 +279,7 @@ impl Listeners {
                 socket,
                 front,
                 engine.clone(),
-                crate::config::listener_target(&listener.name),
+                crate::configure::listener_target(&listener.name),
                 (self.limits, self.metrics.clone()),
             ));
             self.bound.insert(
@@ -303,7 +306,7 @@ impl Listeners {
 enum Front {
     /// HTTP, over TLS when the listener has TLS settings (swappable).
     Http(Arc<ArcSwap<Option<tokio_rustls::TlsAcceptor>>>),
-    /// Connections passed through ([`crate::passthrough`]).
+    /// Connections passed through ([`crate::fronts::passthrough`]).
     Passthrough(Box<HboneConnector>, weft_core::l7::Passthrough),
 }
 
@@ -353,12 +356,12 @@ async fn accept(
                     // spliced it is busy and never shed.
                     let _busy = ticket.activity.request();
                     let _ticket = ticket;
-                    let to = crate::passthrough::Listener {
+                    let to = crate::fronts::passthrough::Listener {
                         target,
                         kind,
                         connector,
                     };
-                    crate::passthrough::serve(tcp, peer, engine, to, metrics).await;
+                    crate::fronts::passthrough::serve(tcp, peer, engine, to, metrics).await;
                 });
                 continue;
             }

@@ -21,7 +21,7 @@ use crate::engine::Body;
 
 /// Marks a response weft made itself, with its one-line reason.
 #[derive(Clone, Debug)]
-struct LocalReply(String);
+pub(crate) struct LocalReply(pub(crate) String);
 
 /// A local answer: `status` and `text` (one line) as the body.
 pub fn status_response(status: u16, text: &str) -> Response<Body> {

@@ -27,8 +27,8 @@ use weft_state::MeshView;
 use weft_xds::client::{ClientOptions, Transport, XdsClient};
 
 use crate::engine::{Config, Engine};
-use crate::hbone::{HboneConnector, Peers};
-use crate::metrics::Metrics;
+use crate::fronts::hbone::{HboneConnector, Peers};
+use crate::telemetry::metrics::Metrics;
 
 /// How long to wait for the waypoint's own workload to appear.
 pub const REGISTRY_WAIT: Duration = Duration::from_secs(30);
@@ -61,7 +61,7 @@ pub struct WaypointOptions {
     pub jwks_roots: Vec<CertificateDer<'static>>,
     /// Gateways only: each listener's connection limits and deadlines
     /// (usually `ConnLimits::default()`).
-    pub connections: crate::admission::ConnLimits,
+    pub connections: crate::fronts::admission::ConnLimits,
 }
 
 /// Why a waypoint did not start.
@@ -113,7 +113,7 @@ pub(crate) struct Core {
     pub(crate) engine: Arc<Engine>,
     pub(crate) metrics: Metrics,
     pub(crate) peers: Peers,
-    pub(crate) via: crate::hbone::Via,
+    pub(crate) via: crate::fronts::hbone::Via,
     /// Opens HBONE tunnels with this proxy's identity (the engine's
     /// upstream, and a gateway's passthrough listeners).
     pub(crate) connector: HboneConnector,
@@ -204,7 +204,7 @@ pub(crate) async fn core(
     }
     let metrics = Metrics::default();
     let peers: Peers = Arc::default();
-    let via: crate::hbone::Via = Arc::default();
+    let via: crate::fronts::hbone::Via = Arc::default();
     let connector = HboneConnector::new(
         HbonePool::new(bundle.clone(), options.connect_timeout),
         me.identity.clone(),
@@ -213,7 +213,11 @@ pub(crate) async fn core(
     )
     .with_peer(&me.peer())
     .with_via(via.clone());
-    let engine = Engine::with_hbone(Config::default(), metrics.clone(), connector.clone());
+    let engine = Engine::with_upstream(
+        Config::default(),
+        metrics.clone(),
+        crate::engine::Upstream::over(connector.clone()),
+    );
     let engine = Arc::new(if as_gateway {
         engine.reporting_as_source(me.peer())
     } else {
@@ -242,8 +246,8 @@ impl Core {
         &mut self,
         node: &str,
         redis: &mut HashMap<String, redis::aio::ConnectionManager>,
-        jwks: &crate::jwks::Fetcher,
-    ) -> (Arc<MeshView>, crate::config::Services) {
+        jwks: &crate::policy::jwks::Fetcher,
+    ) -> (Arc<MeshView>, crate::configure::Services) {
         let view = Arc::new(MeshView::build(&self.changes.borrow_and_update(), node));
         self.peers.store(Arc::new(
             view.workloads
@@ -336,13 +340,13 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
     let (engine, metrics, xds) = (core.engine.clone(), core.metrics.clone(), core.xds.clone());
     let view = Arc::new(ArcSwap::from_pointee(MeshView::default()));
     let (task_view, node) = (view.clone(), options.node.clone());
-    let jwks = crate::jwks::Fetcher::new(&options.jwks_roots);
+    let jwks = crate::policy::jwks::Fetcher::new(&options.jwks_roots);
     let reconcile = tokio::spawn(async move {
         let mut redis = HashMap::new();
         loop {
             let (next, services) = core.refresh(&node, &mut redis, &jwks).await;
             let previous = core.engine.current();
-            core.engine.update(crate::config::config_for(
+            core.engine.update(crate::configure::config_for(
                 &next,
                 &core.me,
                 &services,
@@ -381,7 +385,7 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
 /// at the next configuration change, the limit's failure mode applying
 /// meanwhile).
 async fn connect_redis(
-    services: &crate::config::Services,
+    services: &crate::configure::Services,
     cache: &mut HashMap<String, redis::aio::ConnectionManager>,
 ) {
     let urls: Vec<String> = services
@@ -414,10 +418,10 @@ async fn connect_redis(
 /// The L7 policies and HTTP/2 ports in the config stream's `L7Service`
 /// resources, by service (`namespace/hostname`). A policy that does not
 /// decode is logged and skipped (the service gets the default route).
-fn services(state: &weft_xds::ClientState) -> crate::config::Services {
+fn services(state: &weft_xds::ClientState) -> crate::configure::Services {
     use prost::Message;
     use weft_xds::proto::weft::Protocol;
-    let mut out = crate::config::Services::default();
+    let mut out = crate::configure::Services::default();
     for held in state
         .resources
         .get(weft_xds::L7_SERVICE_TYPE)

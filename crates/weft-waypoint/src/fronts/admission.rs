@@ -26,6 +26,10 @@ use tokio::time::Instant;
 
 use tokio::sync::Notify;
 
+/// Longest a client may take to finish the TLS handshake (or, on a
+/// passthrough listener, to send its ClientHello).
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Limits of one public listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnLimits {

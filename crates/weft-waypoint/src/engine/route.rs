@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use http::{HeaderMap, Method, Uri};
 
-use crate::retry::RetryPolicy;
+use crate::engine::retry::RetryPolicy;
 
 /// How a path is matched.
 #[derive(Debug, Clone)]
@@ -307,6 +307,18 @@ pub fn pick_weighted(backends: &[Backend], unit: f64) -> Option<&Backend> {
         point -= u64::from(b.weight);
     }
     backends.last()
+}
+
+/// One `TLSRoute` on one passthrough listener, in the engine's terms.
+#[derive(Debug, Clone)]
+pub struct PassRoute {
+    /// `namespace/name` of the TLSRoute.
+    pub name: String,
+    /// SNI host names (`*.` wildcard); empty: any, and connections
+    /// without SNI.
+    pub hosts: Vec<String>,
+    /// Clusters by weight.
+    pub backends: Vec<Backend>,
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 use jsonwebtoken::{Algorithm, Validation};
 
-use crate::jwks::{Keys, Reason, RemoteKeys};
+use crate::policy::jwks::{Keys, Reason, RemoteKeys};
 
 /// Clock skew tolerated on `exp` and `nbf`, in seconds.
 pub const LEEWAY: u64 = 60;
@@ -60,7 +60,7 @@ pub enum KeySource {
 impl KeySource {
     /// Keys from an inline JWKS document.
     pub fn inline(document: &serde_json::Value) -> Self {
-        KeySource::Inline(Arc::new(crate::jwks::decode(document)))
+        KeySource::Inline(Arc::new(crate::policy::jwks::decode(document)))
     }
 
     fn current(&self) -> Arc<Keys> {

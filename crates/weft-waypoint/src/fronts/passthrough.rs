@@ -21,25 +21,13 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::engine::Engine;
-use crate::hbone::HboneConnector;
-use crate::metrics::Metrics;
-use crate::route::{Backend, pick_weighted};
+use crate::engine::route::{PassRoute, pick_weighted};
+use crate::fronts::hbone::HboneConnector;
+use crate::telemetry::metrics::Metrics;
 use weft_core::l7::Passthrough;
 
 /// Largest ClientHello read before giving up on finding its end.
 pub const MAX_CLIENT_HELLO: usize = 32 * 1024;
-
-/// One `TLSRoute` on one passthrough listener, in the engine's terms.
-#[derive(Debug, Clone)]
-pub struct PassRoute {
-    /// `namespace/name` of the TLSRoute.
-    pub name: String,
-    /// SNI host names (`*.` wildcard); empty: any, and connections
-    /// without SNI.
-    pub hosts: Vec<String>,
-    /// Clusters by weight.
-    pub backends: Vec<Backend>,
-}
 
 /// The route for a connection whose ClientHello named `sni`: the first
 /// whose host names match (a route without host names matches any
@@ -119,9 +107,11 @@ pub async fn serve(
     let (hello, sni) = match kind {
         Passthrough::Tcp => (Vec::new(), None),
         Passthrough::Tls => {
-            let hello =
-                tokio::time::timeout(crate::gateway::HANDSHAKE_TIMEOUT, client_hello(&mut tcp))
-                    .await;
+            let hello = tokio::time::timeout(
+                crate::fronts::admission::HANDSHAKE_TIMEOUT,
+                client_hello(&mut tcp),
+            )
+            .await;
             match hello {
                 Ok(Ok(h)) => h,
                 Ok(Err(e)) => return refuse("tls_handshake", e),
@@ -130,7 +120,7 @@ pub async fn serve(
                         "tls_timeout",
                         format!(
                             "no ClientHello within {:?}",
-                            crate::gateway::HANDSHAKE_TIMEOUT
+                            crate::fronts::admission::HANDSHAKE_TIMEOUT
                         ),
                     );
                 }
@@ -173,7 +163,7 @@ pub async fn serve(
         Err(e) => {
             cluster
                 .balancer
-                .report(index, crate::retry::Outcome::ConnectFailure);
+                .report(index, crate::engine::retry::Outcome::ConnectFailure);
             return refuse("upstream_connect", format!("{endpoint}: {e}"));
         }
     };

@@ -12,15 +12,15 @@ use std::sync::Arc;
 use weft_core::l7::{self, L7Policy, LoadBalancer};
 use weft_state::{MeshView, NamespacedName, WorkloadInfo};
 
-use crate::budget::{ConcurrencyBudget, RateBudget};
-use crate::engine::{Breaker, Cluster, Config};
-use crate::lb::{Balancer, Endpoint, OutlierDetection, Policy};
-use crate::ratelimit::{RateLimiter, Rule, Store};
-use crate::retry::{RetryOn, RetryPolicy};
-use crate::route::{
+use crate::engine::budget::{ConcurrencyBudget, RateBudget};
+use crate::engine::lb::{Balancer, Endpoint, OutlierDetection, Policy};
+use crate::engine::retry::{RetryOn, RetryPolicy};
+use crate::engine::route::{
     Backend, Fault, HeaderChanges, HeaderMatch, Mirror, PathMatch, Redirect, Rewrite, Route,
     RouteMatch, ValueMatch,
 };
+use crate::engine::{Breaker, Cluster, Config};
+use crate::policy::ratelimit::{RateLimiter, Rule, Store};
 
 /// L7 policies by service (namespace and host name).
 pub type Policies = HashMap<NamespacedName, L7Policy>;
@@ -37,7 +37,7 @@ pub struct Services {
     /// waypoint; a missing one means Redis was unreachable).
     pub redis: HashMap<String, redis::aio::ConnectionManager>,
     /// Keys fetched from issuers' `jwksUri`, shared across configurations.
-    pub jwks: crate::jwks::Fetcher,
+    pub jwks: crate::policy::jwks::Fetcher,
 }
 
 /// The JWT authenticator for a service's issuers: inline keys decoded
@@ -46,10 +46,10 @@ pub struct Services {
 /// through `jwks`.
 fn authenticator(
     issuers: &[l7::JwtIssuer],
-    jwks: &crate::jwks::Fetcher,
-) -> crate::jwt::Authenticator {
-    use crate::jwt::{JwtRule, KeySource, Location};
-    crate::jwt::Authenticator::new(
+    jwks: &crate::policy::jwks::Fetcher,
+) -> crate::policy::jwt::Authenticator {
+    use crate::policy::jwt::{JwtRule, KeySource, Location};
+    crate::policy::jwt::Authenticator::new(
         issuers
             .iter()
             .map(|i| JwtRule {
@@ -80,12 +80,12 @@ fn authenticator(
 /// A policy's request checks, built once and shared by every target
 /// (service port, gateway listener) it applies to.
 struct Checks {
-    authn: Option<Arc<crate::jwt::Authenticator>>,
+    authn: Option<Arc<crate::policy::jwt::Authenticator>>,
     authz: Option<Arc<Vec<l7::L7Authz>>>,
 }
 
 impl Checks {
-    fn of(policy: Option<&L7Policy>, jwks: &crate::jwks::Fetcher) -> Checks {
+    fn of(policy: Option<&L7Policy>, jwks: &crate::policy::jwks::Fetcher) -> Checks {
         Checks {
             authn: policy
                 .filter(|p| !p.jwt.is_empty())
@@ -109,7 +109,7 @@ impl Checks {
 /// The store asking rate limit service `service` (the channel connects on
 /// first use; an address that is not one applies the failure mode).
 fn service_store(service: &l7::RateLimitService, fail_open: bool) -> Store {
-    use crate::ratelimit::rls::rate_limit_service_client::RateLimitServiceClient;
+    use crate::policy::ratelimit::rls::rate_limit_service_client::RateLimitServiceClient;
     match tonic::transport::Endpoint::from_shared(format!("http://{}", service.address)) {
         Ok(endpoint) => Store::Service {
             client: RateLimitServiceClient::new(
@@ -145,7 +145,7 @@ fn limiter(
     }
     let store = match (&limit.service, &limit.redis) {
         (Some(service), _) => service_store(service, limit.fail_open),
-        (None, None) => Store::Local(crate::ratelimit::LocalCounts::default()),
+        (None, None) => Store::Local(crate::policy::ratelimit::LocalCounts::default()),
         (None, Some(url)) => match redis.get(url) {
             Some(conn) => Store::Global {
                 redis: conn.clone(),
@@ -242,7 +242,7 @@ pub fn config_for(
 /// API-key client names, an HTTP authorizer's upstream headers) and the
 /// fixed ones: what no client may send.
 fn internal_headers<'a>(policies: impl Iterator<Item = &'a L7Policy>) -> Vec<http::HeaderName> {
-    let mut names: Vec<String> = crate::sanitize::INTERNAL_HEADERS
+    let mut names: Vec<String> = crate::engine::sanitize::INTERNAL_HEADERS
         .iter()
         .map(|&h| h.to_owned())
         .collect();
@@ -335,7 +335,7 @@ pub fn gateway_config_for(
                 .tls_routes
                 .iter()
                 .filter(|r| r.listeners.is_empty() || r.listeners.contains(&listener.name))
-                .map(|r| crate::passthrough::PassRoute {
+                .map(|r| crate::engine::route::PassRoute {
                     name: r.name.clone(),
                     hosts: r.hosts.clone(),
                     backends: r
@@ -508,7 +508,12 @@ impl Builder<'_> {
 
     /// A cluster whose one endpoint is service `service`'s VIP and port
     /// (reached through its waypoint); its key.
-    fn via_waypoint(&mut self, service: &NamespacedName, vip: std::net::IpAddr, port: u16) -> String {
+    fn via_waypoint(
+        &mut self,
+        service: &NamespacedName,
+        vip: std::net::IpAddr,
+        port: u16,
+    ) -> String {
         let key = format!("{service}:{port}@waypoint");
         if !self.clusters.contains_key(&key) {
             let addr = SocketAddr::new(vip, port);

@@ -1,0 +1,1 @@
+//! Table tests of the engine's phases, without sockets.

@@ -1,0 +1,21 @@
+//! The fronts: where traffic reaches an L7 proxy and how the proxy reaches
+//! endpoints. They own listeners, TLS, HBONE and connection admission, and
+//! hand each HTTP request to the [`Engine`](crate::engine::Engine).
+//!
+//! - [`waypoint`]: `weft waypoint` — HBONE in (one HTTP connection per
+//!   tunnel, for the service the tunnel names); the set-up it shares with
+//!   the gateway (certificates, config stream, mesh view).
+//! - [`gateway`]: `weft gateway` — Gateway API listeners (HTTP, HTTPS with
+//!   SNI and client certificates, TLS passthrough).
+//! - [`passthrough`]: TCP/TLS passthrough by SNI.
+//! - [`http`]: a plain HTTP listener (HTTP/1.1 and h2c).
+//! - [`admission`]: per-listener and per-source connection limits and
+//!   deadlines.
+//! - [`hbone`]: the connector that reaches endpoints over HBONE.
+
+pub mod admission;
+pub mod gateway;
+pub mod hbone;
+pub mod http;
+pub mod passthrough;
+pub mod waypoint;
