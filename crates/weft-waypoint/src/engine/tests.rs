@@ -2,7 +2,7 @@
 //! `Request<Full<Bytes>>`, tries go to a [`Transport`] that answers from a
 //! script and records what it was sent.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,13 +25,18 @@ enum Answer {
     ConnectError,
 }
 
+/// What a scripted endpoint saw: endpoint, path and query, `Host`.
+type Seen = (SocketAddr, String, Option<String>);
+/// Run on each send (a test changes the configuration mid-request).
+type Hook = Box<dyn FnMut() + Send>;
+
 /// A transport that answers from a script, records each request's
 /// endpoint and path, and may run a hook on each send.
 #[derive(Clone, Default)]
 struct Scripted {
     answers: Arc<Mutex<VecDeque<Answer>>>,
-    seen: Arc<Mutex<Vec<(SocketAddr, String, Option<String>)>>>,
-    on_send: Arc<Mutex<Option<Box<dyn FnMut() + Send>>>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    on_send: Arc<Mutex<Option<Hook>>>,
 }
 
 impl Scripted {
@@ -44,7 +49,7 @@ impl Scripted {
         s
     }
 
-    fn seen(&self) -> Vec<(SocketAddr, String, Option<String>)> {
+    fn seen(&self) -> Vec<Seen> {
         self.seen.lock().expect("lock").clone()
     }
 }
@@ -109,13 +114,16 @@ fn route() -> Route {
 }
 
 fn config_with(route: Route, endpoint: &str) -> Config {
-    let mut config = Config::default();
-    config.routes = vec![route];
-    config.clusters.insert(
-        "c".into(),
-        Arc::new(Cluster::new("c", vec![addr(endpoint)])),
-    );
-    config
+    config_of(route, Cluster::new("c", vec![addr(endpoint)]))
+}
+
+/// `route` to cluster `c`.
+fn config_of(route: Route, cluster: Cluster) -> Config {
+    Config {
+        routes: vec![route],
+        clusters: HashMap::from([("c".to_owned(), Arc::new(cluster))]),
+        ..Config::default()
+    }
 }
 
 fn engine(config: Config, transport: &Scripted) -> Engine {
@@ -160,7 +168,8 @@ fn retrying(attempts: u32, on: &str) -> Option<RetryPolicy> {
 /// status, flags, tries sent upstream).
 #[tokio::test]
 async fn phases_that_answer() {
-    let cases: Vec<(&str, Route, &str, u16, &str, usize)> = vec![
+    type Case = (&'static str, Route, &'static str, u16, &'static str, usize);
+    let cases: Vec<Case> = vec![
         ("plain request", route(), "/a", 200, "-", 1),
         (
             "no route matches",
@@ -411,12 +420,9 @@ async fn rate_limit_refuses_with_headers() {
 #[tokio::test]
 async fn balance_overflows_at_the_breaker() {
     let transport = Scripted::answering(&[]);
-    let mut config = Config::default();
-    config.routes = vec![route()];
     let mut cluster = Cluster::new("c", vec![addr(A)]);
     cluster.breaker = Breaker::new(0, 0);
-    config.clusters.insert("c".into(), Arc::new(cluster));
-    let engine = engine(config, &transport);
+    let engine = engine(config_of(route(), cluster), &transport);
     assert_eq!(engine.handle(get("/a")).await.status(), 503);
     assert_eq!(flags(&engine), ["UO"]);
     assert!(transport.seen().is_empty());
@@ -448,7 +454,15 @@ async fn rewrite_reaches_the_upstream() {
 /// Tries: (what, retry policy, answers, status, flags, tries).
 #[tokio::test]
 async fn tries_and_retries() {
-    let cases: Vec<(&str, Option<RetryPolicy>, Vec<Answer>, u16, &str, usize)> = vec![
+    type Case = (
+        &'static str,
+        Option<RetryPolicy>,
+        Vec<Answer>,
+        u16,
+        &'static str,
+        usize,
+    );
+    let cases: Vec<Case> = vec![
         (
             "a 503 retried, then answered",
             retrying(2, "5xx"),
@@ -498,11 +512,6 @@ async fn tries_and_retries() {
 #[tokio::test]
 async fn an_exhausted_retry_budget_is_flagged() {
     let transport = Scripted::answering(&[Answer::Status(503), Answer::Status(200)]);
-    let mut config = Config::default();
-    config.routes = vec![Route {
-        retry: retrying(2, "5xx"),
-        ..route()
-    }];
     let mut cluster = Cluster::new("c", vec![addr(A)]);
     // No retry may be withdrawn: the budget allows none.
     cluster.rate_budget = Some(crate::engine::budget::RateBudget::new(
@@ -510,8 +519,11 @@ async fn an_exhausted_retry_budget_is_flagged() {
         0.0,
         Duration::from_secs(10),
     ));
-    config.clusters.insert("c".into(), Arc::new(cluster));
-    let engine = engine(config, &transport);
+    let retried = Route {
+        retry: retrying(2, "5xx"),
+        ..route()
+    };
+    let engine = engine(config_of(retried, cluster), &transport);
     assert_eq!(engine.handle(get("/a")).await.status(), 503);
     assert_eq!(flags(&engine), ["URX"]);
     assert_eq!(transport.seen().len(), 1);
