@@ -57,10 +57,58 @@ pub struct NodeOptions {
 
 /// Why a node proxy did not start.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum NodeError {
-    /// Something in setup failed.
+    /// The trust roots given do not parse.
+    #[error("node proxy: the trust roots are not usable: {0}")]
+    Roots(#[source] weft_ca::cert::CertError),
+    /// The certificate client could not be set up.
+    #[error("node proxy: certificate client: {0}")]
+    CertClient(#[source] weft_ca::client::ClientError),
+    /// The node's name makes no SPIFFE identity.
+    #[error("node proxy: node name {node:?}: {source}")]
+    NodeName {
+        /// The name given.
+        node: String,
+        /// Why it is not usable.
+        source: weft_core::IdentityError,
+    },
+    /// The node's own certificate could not be obtained (bad token, control
+    /// plane unreachable and nothing kept).
+    #[error("node proxy: no certificate for node {node}: {source}")]
+    Enroll {
+        /// The node.
+        node: String,
+        /// Why.
+        source: weft_ca::manager::CertManagerError,
+    },
+    /// The private state directory could not be made.
+    #[error("node proxy: state directory {}: {source}", dir.display())]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: weft_ca::secret::SecretError,
+    },
+    /// The admin or metrics listener could not be bound.
     #[error("node proxy: {0}")]
-    Setup(String),
+    Bind(#[from] weft_admin::BindError),
+    /// The attach socket for captured mode could not be opened.
+    #[error("node proxy: attach socket {}: {source}", path.display())]
+    AttachSocket {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A bound listener's address could not be read.
+    #[error("node proxy: {what} listener address: {source}")]
+    LocalAddr {
+        /// Which listener.
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// A running node proxy.
@@ -138,8 +186,7 @@ impl NodeProxy {
 
 /// Starts a node proxy.
 pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
-    let setup = |e: &dyn std::fmt::Display| NodeError::Setup(e.to_string());
-    let bundle = TrustBundle::new(options.roots.clone()).map_err(|e| setup(&e))?;
+    let bundle = TrustBundle::new(options.roots.clone()).map_err(NodeError::Roots)?;
     let certs = weft_ca::client::token_cert_manager(
         options.ca_addr,
         bundle.clone(),
@@ -147,12 +194,23 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         options.token.clone(),
         options.state_dir.as_ref().map(|d| d.join("certs")),
     )
-    .map_err(|e| setup(&e))?;
+    .map_err(NodeError::CertClient)?;
     if let Some(dir) = &options.state_dir {
-        weft_ca::secret::private_dir(dir).map_err(|e| setup(&e))?;
+        weft_ca::secret::private_dir(dir).map_err(|source| NodeError::StateDir {
+            dir: dir.clone(),
+            source,
+        })?;
     }
-    let me = node_identity(&options.trust_domain, &options.node).map_err(|e| setup(&e))?;
-    certs.fetch(&me).await.map_err(|e| setup(&e))?;
+    let me = node_identity(&options.trust_domain, &options.node).map_err(|source| {
+        NodeError::NodeName {
+            node: options.node.clone(),
+            source,
+        }
+    })?;
+    certs.fetch(&me).await.map_err(|source| NodeError::Enroll {
+        node: options.node.clone(),
+        source,
+    })?;
     let transport = Transport::Plaintext(options.xds_addr);
     let client_options = ClientOptions {
         node_id: options.node.clone(),
@@ -190,10 +248,11 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
     let mut registry = prometheus_client::registry::Registry::default();
     shared.metrics.register(&mut registry);
     certs.register(&mut registry);
-    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics")
-        .await
-        .map_err(|e| setup(&e))?;
-    let metrics_addr = metrics_listener.local_addr().map_err(|e| setup(&e))?;
+    let local_addr = |what| move |source| NodeError::LocalAddr { what, source };
+    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics").await?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(local_addr("metrics"))?;
     let metrics = tokio::spawn(weft_admin::serve(
         metrics_listener,
         Routes::new().metrics(Arc::new(Mutex::new(registry))),
@@ -201,10 +260,8 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
     ));
     let listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::default();
 
-    let admin_listener = weft_admin::bind(options.admin_addr, "admin")
-        .await
-        .map_err(|e| setup(&e))?;
-    let admin_addr = admin_listener.local_addr().map_err(|e| setup(&e))?;
+    let admin_listener = weft_admin::bind(options.admin_addr, "admin").await?;
+    let admin_addr = admin_listener.local_addr().map_err(local_addr("admin"))?;
     let (dump_of, certs_of) = (xds.clone(), certs.clone());
     let admin = tokio::spawn(weft_admin::serve(
         admin_listener,
@@ -233,7 +290,14 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         }
     });
     let attach = match &options.attach_socket {
-        Some(path) => Some(crate::capture::serve(path, shared.clone()).map_err(|e| setup(&e))?),
+        Some(path) => Some(
+            crate::capture::serve(path, shared.clone()).map_err(|source| {
+                NodeError::AttachSocket {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
         None => None,
     };
     Ok(NodeProxy {

@@ -17,7 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 use weft_testkit::{TestMesh, app};
 use weft_waypoint::fronts::admission::ConnLimits;
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 
 const IP: &str = "127.0.1.245";
 const PORT: u16 = 18096;

@@ -28,7 +28,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 use weft_waypoint::policy::extauthz::proto;
 
 const GATEWAY_IP: &str = "127.0.1.200";

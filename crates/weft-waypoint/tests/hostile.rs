@@ -27,7 +27,7 @@ use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 
 const IP: &str = "127.0.1.240";
 const PORT: u16 = 18095;

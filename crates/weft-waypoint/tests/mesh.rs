@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use weft_sample_app::AppConfig;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 
 const CONFIG: &str = r#"
 apiVersion: networking.istio.io/v1

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 
 const COLLECTOR: &str = r#"
 import json, sys, http.server

@@ -42,7 +42,7 @@ use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
 use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
 use crate::fronts::admission::{Admission, ConnLimits, Ticket, Tracked};
 use crate::fronts::hbone::HboneConnector;
-use crate::fronts::waypoint::{WaypointError, WaypointOptions};
+use crate::fronts::setup::{WaypointError, WaypointOptions};
 use crate::telemetry::metrics::Metrics;
 
 pub use crate::fronts::admission::HANDSHAKE_TIMEOUT;
@@ -104,7 +104,7 @@ impl Gateway {
 /// Starts the gateway for workload `options.name` (`namespace/name`; the
 /// Gateway of the same name configures it).
 pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
-    let mut core = crate::fronts::waypoint::core(
+    let mut core = crate::fronts::setup::core(
         &options,
         &[weft_xds::GATEWAY_TYPE],
         "weft.dev/gateway: \"true\"",
@@ -155,7 +155,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
     });
     // Ready once the first configuration with listeners is applied.
     let _ = tokio::time::timeout(
-        crate::fronts::waypoint::REGISTRY_WAIT,
+        crate::fronts::setup::REGISTRY_WAIT,
         ready.wait_for(|ready| *ready),
     )
     .await;

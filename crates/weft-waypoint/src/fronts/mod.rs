@@ -2,9 +2,11 @@
 //! endpoints. They own listeners, TLS, HBONE and connection admission, and
 //! hand each HTTP request to the [`Engine`](crate::engine::Engine).
 //!
+//! - [`setup`]: what the waypoint and the gateway set up alike
+//!   (certificate, own workload, config stream over mTLS, engine, metrics)
+//!   and [`setup::WaypointError`], why either did not start.
 //! - [`waypoint`]: `weft waypoint` — HBONE in (one HTTP connection per
-//!   tunnel, for the service the tunnel names); the set-up it shares with
-//!   the gateway (certificates, config stream, mesh view).
+//!   tunnel, for the service the tunnel names).
 //! - [`gateway`]: `weft gateway` — Gateway API listeners (HTTP, HTTPS with
 //!   SNI and client certificates, TLS passthrough).
 //! - [`passthrough`]: TCP/TLS passthrough by SNI.
@@ -18,4 +20,5 @@ pub mod gateway;
 pub mod hbone;
 pub mod http;
 pub mod passthrough;
+pub mod setup;
 pub mod waypoint;

@@ -13,7 +13,7 @@ use weft_config::{LoadError, load_path};
 use weft_control::{Debounce, Options};
 use weft_core::model::{Snapshot, WorkloadAddress};
 use weft_node::NodeOptions;
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 
 /// Flags of `weft up`.
 #[derive(clap::Args, Debug)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use weft_waypoint::fronts::admission::ConnLimits;
 
-use weft_waypoint::fronts::waypoint::WaypointOptions;
+use weft_waypoint::fronts::setup::WaypointOptions;
 
 /// Flags of `weft waypoint`.
 #[derive(clap::Args, Debug)]
