@@ -5,22 +5,21 @@
 //! endpoints from the registry, balanced from the waypoint's locality with
 //! the destination's traffic policy.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::SocketAddr;
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use weft_core::l7::{self, L7Policy, LoadBalancer};
+use weft_core::l7::{self, L7Policy};
 use weft_state::{MeshView, NamespacedName, WorkloadInfo};
 
-use crate::engine::budget::{ConcurrencyBudget, RateBudget};
-use crate::engine::lb::{Balancer, Endpoint, OutlierDetection, Policy};
-use crate::engine::retry::{RetryOn, RetryPolicy};
-use crate::engine::route::{
-    Backend, Fault, HeaderChanges, HeaderMatch, Mirror, PathMatch, Redirect, Rewrite, Route,
-    RouteMatch, ValueMatch,
-};
-use crate::engine::{Breaker, Cluster, Config};
-use crate::policy::ratelimit::{RateLimiter, Rule, Store};
+use crate::engine::Config;
+use crate::engine::retry::RetryPolicy;
+use crate::engine::route::{Backend, Route};
+
+mod checks;
+mod clusters;
+
+use checks::{Checks, limiter};
+use clusters::Builder;
 
 /// L7 policies by service (namespace and host name).
 pub type Policies = HashMap<NamespacedName, L7Policy>;
@@ -38,142 +37,6 @@ pub struct Services {
     pub redis: HashMap<String, redis::aio::ConnectionManager>,
     /// Keys fetched from issuers' `jwksUri`, shared across configurations.
     pub jwks: crate::policy::jwks::Fetcher,
-}
-
-/// The JWT authenticator for a service's issuers: inline keys decoded
-/// (a JWKS that does not parse — validation makes that rare — leaves that
-/// issuer without keys, so its tokens are refused), fetched keys shared
-/// through `jwks`.
-fn authenticator(
-    issuers: &[l7::JwtIssuer],
-    jwks: &crate::policy::jwks::Fetcher,
-) -> crate::policy::jwt::Authenticator {
-    use crate::policy::jwt::{JwtRule, KeySource, Location};
-    crate::policy::jwt::Authenticator::new(
-        issuers
-            .iter()
-            .map(|i| JwtRule {
-                issuer: i.issuer.clone(),
-                audiences: i.audiences.clone(),
-                keys: if i.jwks_uri.is_empty() {
-                    KeySource::inline(&serde_json::from_str(&i.jwks).unwrap_or_else(|e| {
-                        tracing::warn!(issuer = %i.issuer, error = %e, "JWKS not understood; tokens of this issuer are refused");
-                        serde_json::Value::Null
-                    }))
-                } else {
-                    KeySource::Remote(jwks.keys(&i.jwks_uri, i.fetch_timeout))
-                },
-                locations: i
-                    .from_headers
-                    .iter()
-                    .map(|(n, p)| Location::Header(n.clone(), p.clone()))
-                    .chain(i.from_params.iter().map(|q| Location::Query(q.clone())))
-                    .chain(i.from_cookies.iter().map(|c| Location::Cookie(c.clone())))
-                    .collect(),
-                forward_original_token: i.forward_original_token,
-                claim_to_headers: i.claim_to_headers.clone(),
-            })
-            .collect(),
-    )
-}
-
-/// A policy's request checks, built once and shared by every target
-/// (service port, gateway listener) it applies to.
-struct Checks {
-    authn: Option<Arc<crate::policy::jwt::Authenticator>>,
-    authz: Option<Arc<Vec<l7::L7Authz>>>,
-}
-
-impl Checks {
-    fn of(policy: Option<&L7Policy>, jwks: &crate::policy::jwks::Fetcher) -> Checks {
-        Checks {
-            authn: policy
-                .filter(|p| !p.jwt.is_empty())
-                .map(|p| Arc::new(authenticator(&p.jwt, jwks))),
-            authz: policy
-                .filter(|p| !p.authz.is_empty())
-                .map(|p| Arc::new(p.authz.clone())),
-        }
-    }
-
-    fn attach(&self, config: &mut Config, target: &str) {
-        if let Some(a) = &self.authn {
-            config.authn.insert(target.to_owned(), a.clone());
-        }
-        if let Some(a) = &self.authz {
-            config.authz.insert(target.to_owned(), a.clone());
-        }
-    }
-}
-
-/// The store asking rate limit service `service` (the channel connects on
-/// first use; an address that is not one applies the failure mode).
-fn service_store(service: &l7::RateLimitService, fail_open: bool) -> Store {
-    use crate::policy::ratelimit::rls::rate_limit_service_client::RateLimitServiceClient;
-    match tonic::transport::Endpoint::from_shared(format!("http://{}", service.address)) {
-        Ok(endpoint) => Store::Service {
-            client: RateLimitServiceClient::new(
-                endpoint
-                    .connect_timeout(std::time::Duration::from_secs(2))
-                    .connect_lazy(),
-            ),
-            address: service.address.clone(),
-            domain: service.domain.clone(),
-            timeout: service.timeout,
-            fail_open,
-        },
-        Err(e) => Store::Unreachable {
-            reason: format!("rate limit service address {}: {e}", service.address),
-            fail_open,
-        },
-    }
-}
-
-/// The rate limiter for `limit`, reusing `previous` when built from the
-/// same policy (so local counts survive configuration changes).
-fn limiter(
-    limit: &l7::RateLimit,
-    redis: &HashMap<String, redis::aio::ConnectionManager>,
-    previous: Option<&Arc<RateLimiter>>,
-) -> Arc<RateLimiter> {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    format!("{limit:?}").hash(&mut h);
-    let signature = h.finish();
-    if let Some(kept) = previous.filter(|p| p.signature == signature) {
-        return kept.clone();
-    }
-    let store = match (&limit.service, &limit.redis) {
-        (Some(service), _) => service_store(service, limit.fail_open),
-        (None, None) => Store::Local(crate::policy::ratelimit::LocalCounts::default()),
-        (None, Some(url)) => match redis.get(url) {
-            Some(conn) => Store::Global {
-                redis: conn.clone(),
-                fail_open: limit.fail_open,
-            },
-            None => Store::Unreachable {
-                reason: format!("redis at {url} was unreachable when the limit was set up"),
-                fail_open: limit.fail_open,
-            },
-        },
-    };
-    Arc::new(RateLimiter {
-        policy: limit.policy.clone(),
-        rules: limit
-            .rules
-            .iter()
-            .map(|r| Rule {
-                name: r.name.clone(),
-                when: r.when.clone(),
-                count_by: r.count_by.clone(),
-                requests: r.requests,
-                period: r.period,
-                burst: r.burst,
-            })
-            .collect(),
-        store,
-        signature,
-    })
 }
 
 /// The engine's configuration for the services that use waypoint `me`.
@@ -405,262 +268,15 @@ fn service_ports(view: &MeshView, service: &NamespacedName) -> Vec<u16> {
     ports
 }
 
-struct Builder<'a> {
-    view: &'a MeshView,
-    me: &'a WorkloadInfo,
-    policies: &'a Policies,
-    http2: &'a std::collections::HashSet<String>,
-    previous: Option<&'a Config>,
-    clusters: HashMap<String, Arc<Cluster>>,
-}
-
-impl Builder<'_> {
-    /// The cluster for (service, subset, port), built on first use; its key.
-    fn cluster(&mut self, service: &NamespacedName, subset: Option<&str>, port: u16) -> String {
-        let key = match subset {
-            Some(s) => format!("{service}:{port}#{s}"),
-            None => format!("{service}:{port}"),
-        };
-        if self.clusters.contains_key(&key) {
-            return key;
-        }
-        let policy = self.policies.get(service);
-        let members = subset.and_then(|s| policy?.subsets.get(s));
-        let endpoints: Vec<Endpoint> = self
-            .view
-            .endpoints_of(service)
-            .filter(|w| members.is_none_or(|m| m.contains(&w.name.to_string())))
-            .filter_map(|w| {
-                let target = w.target_port(service, port)?;
-                let mut e = Endpoint::new(SocketAddr::new(w.ip, target), w.locality.clone());
-                e.priority = policy.and_then(|p| {
-                    p.traffic
-                        .locality
-                        .priority
-                        .get(&w.name.to_string())
-                        .copied()
-                });
-                Some(e)
-            })
-            .collect();
-        let traffic = policy.map(|p| p.traffic.clone()).unwrap_or_default();
-        let http2 = self.http2.contains(&format!("{service}:{port}"));
-        let signature = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            for e in &endpoints {
-                (
-                    e.addr,
-                    &e.locality.region,
-                    &e.locality.zone,
-                    &e.locality.subzone,
-                )
-                    .hash(&mut h);
-            }
-            format!("{traffic:?}/{http2}/{:?}", self.me.locality).hash(&mut h);
-            h.finish()
-        };
-        if let Some(kept) = self
-            .previous
-            .and_then(|p| p.clusters.get(&key))
-            .filter(|c| c.signature == signature)
-        {
-            self.clusters.insert(key.clone(), kept.clone());
-            return key;
-        }
-        let lb_policy = match &traffic.load_balancer {
-            LoadBalancer::LeastRequest => Policy::LeastRequest,
-            LoadBalancer::RoundRobin => Policy::RoundRobin,
-            LoadBalancer::Random => Policy::Random,
-            LoadBalancer::ConsistentHash(_) => Policy::Hash,
-        };
-        let outlier = traffic.outlier.as_ref().map(|o| OutlierDetection {
-            consecutive_5xx: o.consecutive_5xx,
-            consecutive_gateway_errors: o.consecutive_gateway_errors,
-            base_ejection_time: o.base_ejection_time,
-            max_ejection_percent: o.max_ejection_percent,
-        });
-        let balancer = Balancer::new(endpoints, self.me.locality.clone(), outlier)
-            .with_policy(lb_policy)
-            .with_locality(traffic.locality.clone());
-        let mut cluster = Cluster::with_balancer(&key, balancer);
-        cluster.label = service.name.clone();
-        cluster.http2 = http2;
-        cluster.signature = signature;
-        let b = &traffic.retry_budget;
-        cluster.rate_budget = Some(RateBudget::new(b.ratio, b.min_per_second, b.window));
-        // Istio's retryBudget, else the maxRetries breaker (a fixed cap on
-        // retries in flight).
-        cluster.concurrency_budget = match (b.concurrent_percent, traffic.max_retries) {
-            (Some(p), _) => Some(ConcurrencyBudget::new(p, u64::from(b.min_concurrency))),
-            (None, Some(max)) => Some(ConcurrencyBudget::new(0.0, u64::from(max))),
-            (None, None) => None,
-        };
-        if let Some(max) = traffic.max_requests {
-            cluster.breaker = Breaker::new(max as usize, traffic.max_pending.unwrap_or(0) as usize);
-        }
-        if let LoadBalancer::ConsistentHash(on) = &traffic.load_balancer {
-            cluster.hash_on = Some(on.clone());
-        }
-        self.clusters.insert(key.clone(), Arc::new(cluster));
-        key
-    }
-
-    /// A cluster whose one endpoint is service `service`'s VIP and port
-    /// (reached through its waypoint); its key.
-    fn via_waypoint(
-        &mut self,
-        service: &NamespacedName,
-        vip: std::net::IpAddr,
-        port: u16,
-    ) -> String {
-        let key = format!("{service}:{port}@waypoint");
-        if !self.clusters.contains_key(&key) {
-            let addr = SocketAddr::new(vip, port);
-            let kept = self
-                .previous
-                .and_then(|p| p.clusters.get(&key))
-                .filter(|c| c.balancer.endpoints().iter().map(|e| e.addr).eq([addr]));
-            let cluster = kept.cloned().unwrap_or_else(|| {
-                let mut c = Cluster::new(&key, vec![addr]);
-                c.label = service.name.clone();
-                c.http2 = self.http2.contains(&format!("{service}:{port}"));
-                Arc::new(c)
-            });
-            self.clusters.insert(key.clone(), cluster);
-        }
-        key
-    }
-
-    fn backend(&mut self, d: &l7::Destination, port: u16) -> Backend {
-        Backend {
-            service: self.cluster(
-                &NamespacedName::from_key(&d.service),
-                d.subset.as_deref(),
-                d.port.unwrap_or(port),
-            ),
-            weight: d.weight,
-        }
-    }
-
-    /// The engine route for `r` on service port `port`; `None` (logged)
-    /// when a regular expression does not compile.
-    fn route(&mut self, r: &l7::HttpRoute, port: u16) -> Option<Route> {
-        let regex = |s: &str| match regex::Regex::new(s) {
-            Ok(re) => Some(re),
-            Err(e) => {
-                tracing::warn!(route = %r.name, error = %e, "route skipped: bad regular expression");
-                None
-            }
-        };
-        let mut matches = Vec::new();
-        for m in &r.matches {
-            let path = match &m.path {
-                Some(l7::StringMatch::Exact(p)) => Some(PathMatch::Exact(p.clone())),
-                Some(l7::StringMatch::Prefix(p)) => Some(PathMatch::StringPrefix(p.clone())),
-                Some(l7::StringMatch::SegmentPrefix(p)) => Some(PathMatch::Prefix(p.clone())),
-                Some(l7::StringMatch::Regex(p)) => Some(PathMatch::Regex(regex(p)?)),
-                None => None,
-            };
-            let mut headers = Vec::new();
-            for (name, v) in &m.headers {
-                let value = match v {
-                    l7::StringMatch::Exact(x) => ValueMatch::Exact(x.clone()),
-                    l7::StringMatch::Prefix(x) | l7::StringMatch::SegmentPrefix(x) => {
-                        ValueMatch::Prefix(x.clone())
-                    }
-                    l7::StringMatch::Regex(x) => ValueMatch::Regex(regex(x)?),
-                };
-                headers.push(HeaderMatch {
-                    name: name.clone(),
-                    value,
-                });
-            }
-            let mut query = Vec::new();
-            for (name, v) in &m.query {
-                let value = match v {
-                    l7::StringMatch::Regex(x) => ValueMatch::Regex(regex(x)?),
-                    l7::StringMatch::Prefix(x) | l7::StringMatch::SegmentPrefix(x) => {
-                        ValueMatch::Prefix(x.clone())
-                    }
-                    l7::StringMatch::Exact(x) => ValueMatch::Exact(x.clone()),
-                };
-                query.push((name.clone(), value));
-            }
-            matches.push(RouteMatch {
-                path,
-                method: m.method.as_deref().and_then(|x| x.parse().ok()),
-                headers,
-                query,
-            });
-        }
-        let backends = r
-            .destinations
-            .iter()
-            .map(|d| self.backend(d, port))
-            .collect();
-        let mirror = r.mirror.as_ref().map(|m| Mirror {
-            service: self.backend(&m.destination, port).service,
-            percent: m.percent,
-        });
-        let headers = |h: &l7::Headers| HeaderChanges {
-            set: pairs(&h.set),
-            add: pairs(&h.add),
-            remove: h.remove.clone(),
-        };
-        Some(Route {
-            name: r.name.clone(),
-            hosts: r.hosts.clone(),
-            matches,
-            backends,
-            timeout: r.timeout,
-            retry: Some(match &r.retries {
-                Some(x) => RetryPolicy {
-                    attempts: x.attempts,
-                    per_try_timeout: x.per_try_timeout,
-                    // Validated by the control plane; gRPC names and the
-                    // rest parse.
-                    retry_on: RetryOn {
-                        statuses: x.statuses.clone(),
-                        ..RetryOn::parse(&x.retry_on).unwrap_or_default()
-                    },
-                    ..RetryPolicy::default()
-                },
-                None => RetryPolicy::default(),
-            }),
-            fault: r.fault.as_ref().map(|f| Fault {
-                delay: f.delay,
-                abort: f.abort,
-            }),
-            redirect: r.redirect.as_ref().map(|x| Redirect {
-                scheme: x.scheme.clone(),
-                host: x.host.clone(),
-                port: x.port,
-                path: x.path.clone(),
-                status: x.status,
-            }),
-            rewrite: r.rewrite.as_ref().map(|x| Rewrite {
-                prefix: x.prefix.clone(),
-                full_path: x.full_path.clone(),
-                host: x.host.clone(),
-            }),
-            request_headers: headers(&r.request_headers),
-            response_headers: headers(&r.response_headers),
-            mirror,
-        })
-    }
-}
-
-fn pairs(m: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
 
     use weft_core::Identity;
+    use weft_core::l7::LoadBalancer;
     use weft_state::ServiceInfo;
+
+    use crate::engine::lb::Policy;
 
     use super::*;
 
