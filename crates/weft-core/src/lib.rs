@@ -13,6 +13,7 @@
 pub mod duration;
 pub mod identity;
 pub mod l7;
+pub mod locality;
 pub mod model;
 pub mod names;
 
