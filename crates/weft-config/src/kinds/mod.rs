@@ -1,9 +1,11 @@
 //! The resource kinds weft reads, and the table that maps `apiVersion` +
 //! `kind` to a decoder.
 //!
-//! Adding a kind is local: write its `Spec` in a new file, add a field to
-//! [`Resources`] and one row to [`KINDS`].
+//! Adding a kind is local: write its `Spec` in a new file and add one line
+//! to the `kinds!` table below (the checklist for what else a kind may
+//! need is in `CONTRIBUTING.md`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use serde_json::Value;
@@ -41,93 +43,105 @@ pub use tls_route::{TcpRouteSpec, TlsRouteSpec};
 pub use virtual_service::VirtualServiceSpec;
 pub use workload_entry::WorkloadEntrySpec;
 
-/// Every decoded resource of a configuration, grouped by kind, in load
-/// order. Resources are shared (`Arc`) so that a reload reuses the
-/// resources of files that did not change.
-#[derive(Debug, Clone, Default)]
-pub struct Resources {
+/// The one registration point of a kind: its field in [`Resources`], its
+/// spec type, and its row in the kind table (API group, versions newest
+/// first, `kind`, and how a document is prepared before decoding). From
+/// this list come the [`Resources`] struct, `len`, `extend_from` and
+/// `KINDS`; a new kind is one line here (see `CONTRIBUTING.md`).
+macro_rules! kinds {
+    ($(
+        $(#[$doc:meta])*
+        $field:ident: $spec:ty = ($group:expr, $versions:expr, $kind:literal, $prepare:path)
+    ),* $(,)?) => {
+        /// Every decoded resource of a configuration, grouped by kind, in
+        /// load order. Resources are shared (`Arc`) so that a reload reuses
+        /// the resources of files that did not change.
+        #[derive(Debug, Clone, Default)]
+        pub struct Resources {
+            $( $(#[$doc])* pub $field: Vec<Arc<Resource<$spec>>>, )*
+        }
+
+        impl Resources {
+            /// How many resources there are of every kind.
+            pub fn len(&self) -> usize {
+                0 $( + self.$field.len() )*
+            }
+
+            /// Appends every resource of `other` (shared, not copied).
+            pub fn extend_from(&mut self, other: &Resources) {
+                $( self.$field.extend(other.$field.iter().cloned()); )*
+            }
+        }
+
+        /// Every kind weft understands.
+        pub(crate) const KINDS: &[KindDef] = &[
+            $(
+                KindDef {
+                    group: $group,
+                    versions: $versions,
+                    kind: $kind,
+                    add: |v, o, r, out| {
+                        r.$field.extend(decode(&$prepare(v), o, out).map(Arc::new))
+                    },
+                },
+            )*
+        ];
+    };
+}
+
+/// A document decoded as written.
+fn as_is(v: &Value) -> Cow<'_, Value> {
+    Cow::Borrowed(v)
+}
+
+/// A `Secret`'s top-level `data`/`stringData` nested under `spec`.
+fn secret_spec(v: &Value) -> Cow<'_, Value> {
+    Cow::Owned(secret::nest(v))
+}
+
+const ISTIO_NETWORKING: &str = "networking.istio.io";
+const ISTIO_NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
+const GATEWAY_API: &str = "gateway.networking.k8s.io";
+const WEFT: &str = "weft.dev";
+const ISTIO_SECURITY: &str = "security.istio.io";
+
+kinds! {
     /// Istio `ServiceEntry`.
-    pub service_entries: Vec<Arc<Resource<ServiceEntrySpec>>>,
+    service_entries: ServiceEntrySpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "ServiceEntry", as_is),
     /// Istio `WorkloadEntry`.
-    pub workload_entries: Vec<Arc<Resource<WorkloadEntrySpec>>>,
-    /// weft `Mesh`.
-    pub meshes: Vec<Arc<Resource<MeshSpec>>>,
-    /// Istio `AuthorizationPolicy`.
-    pub authorization_policies: Vec<Arc<Resource<AuthorizationPolicySpec>>>,
-    /// Istio `PeerAuthentication`.
-    pub peer_authentications: Vec<Arc<Resource<PeerAuthenticationSpec>>>,
+    workload_entries: WorkloadEntrySpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "WorkloadEntry", as_is),
     /// Istio `VirtualService`.
-    pub virtual_services: Vec<Arc<Resource<VirtualServiceSpec>>>,
+    virtual_services: VirtualServiceSpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "VirtualService", as_is),
     /// Istio `DestinationRule`.
-    pub destination_rules: Vec<Arc<Resource<DestinationRuleSpec>>>,
+    destination_rules: DestinationRuleSpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "DestinationRule", as_is),
     /// Gateway API `HTTPRoute`.
-    pub http_routes: Vec<Arc<Resource<HttpRouteSpec>>>,
-    /// Gateway API `GRPCRoute`.
-    pub grpc_routes: Vec<Arc<Resource<GrpcRouteSpec>>>,
-    /// Gateway API `TLSRoute`.
-    pub tls_routes: Vec<Arc<Resource<TlsRouteSpec>>>,
-    /// Gateway API `TCPRoute`.
-    pub tcp_routes: Vec<Arc<Resource<TcpRouteSpec>>>,
-    /// weft `RateLimitPolicy`.
-    pub rate_limit_policies: Vec<Arc<Resource<RateLimitPolicySpec>>>,
-    /// Istio `RequestAuthentication`.
-    pub request_authentications: Vec<Arc<Resource<RequestAuthenticationSpec>>>,
-    /// Kubernetes `Secret`.
-    pub secrets: Vec<Arc<Resource<SecretSpec>>>,
+    http_routes: HttpRouteSpec = (GATEWAY_API, &["v1", "v1beta1"], "HTTPRoute", as_is),
     /// Gateway API `Gateway`.
-    pub gateways: Vec<Arc<Resource<GatewaySpec>>>,
+    gateways: GatewaySpec = (GATEWAY_API, &["v1", "v1beta1"], "Gateway", as_is),
+    /// Gateway API `GRPCRoute`.
+    grpc_routes: GrpcRouteSpec = (GATEWAY_API, &["v1"], "GRPCRoute", as_is),
+    /// Gateway API `TLSRoute`.
+    tls_routes: TlsRouteSpec = (GATEWAY_API, &["v1alpha2", "v1alpha3"], "TLSRoute", as_is),
+    /// Gateway API `TCPRoute`.
+    tcp_routes: TcpRouteSpec = (GATEWAY_API, &["v1alpha2"], "TCPRoute", as_is),
+    /// Istio `AuthorizationPolicy`.
+    authorization_policies: AuthorizationPolicySpec = (ISTIO_SECURITY, &["v1", "v1beta1"], "AuthorizationPolicy", as_is),
+    /// Istio `RequestAuthentication`.
+    request_authentications: RequestAuthenticationSpec = (ISTIO_SECURITY, &["v1", "v1beta1"], "RequestAuthentication", as_is),
+    /// Istio `PeerAuthentication`.
+    peer_authentications: PeerAuthenticationSpec = (ISTIO_SECURITY, &["v1", "v1beta1"], "PeerAuthentication", as_is),
+    /// weft `RateLimitPolicy`.
+    rate_limit_policies: RateLimitPolicySpec = (WEFT, &["v1alpha1"], "RateLimitPolicy", as_is),
+    /// weft `Mesh`.
+    meshes: MeshSpec = (WEFT, &["v1alpha1"], "Mesh", as_is),
+    /// Kubernetes `Secret`.
+    secrets: SecretSpec = ("", &["v1"], "Secret", secret_spec),
 }
 
 impl Resources {
-    /// How many resources there are of every kind.
-    pub fn len(&self) -> usize {
-        self.service_entries.len()
-            + self.workload_entries.len()
-            + self.meshes.len()
-            + self.authorization_policies.len()
-            + self.peer_authentications.len()
-            + self.virtual_services.len()
-            + self.destination_rules.len()
-            + self.http_routes.len()
-            + self.grpc_routes.len()
-            + self.tls_routes.len()
-            + self.tcp_routes.len()
-            + self.rate_limit_policies.len()
-            + self.request_authentications.len()
-            + self.secrets.len()
-            + self.gateways.len()
-    }
-
     /// Whether there are none.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-
-    /// Appends every resource of `other` (shared, not copied).
-    pub fn extend_from(&mut self, other: &Resources) {
-        self.service_entries
-            .extend(other.service_entries.iter().cloned());
-        self.workload_entries
-            .extend(other.workload_entries.iter().cloned());
-        self.meshes.extend(other.meshes.iter().cloned());
-        self.authorization_policies
-            .extend(other.authorization_policies.iter().cloned());
-        self.peer_authentications
-            .extend(other.peer_authentications.iter().cloned());
-        self.virtual_services
-            .extend(other.virtual_services.iter().cloned());
-        self.destination_rules
-            .extend(other.destination_rules.iter().cloned());
-        self.http_routes.extend(other.http_routes.iter().cloned());
-        self.grpc_routes.extend(other.grpc_routes.iter().cloned());
-        self.tls_routes.extend(other.tls_routes.iter().cloned());
-        self.tcp_routes.extend(other.tcp_routes.iter().cloned());
-        self.rate_limit_policies
-            .extend(other.rate_limit_policies.iter().cloned());
-        self.request_authentications
-            .extend(other.request_authentications.iter().cloned());
-        self.secrets.extend(other.secrets.iter().cloned());
-        self.gateways.extend(other.gateways.iter().cloned());
     }
 
     /// The Secret `namespace/name`, if loaded.
@@ -150,120 +164,6 @@ pub(crate) struct KindDef {
     /// Decodes a document of this kind into `Resources`.
     pub(crate) add: fn(&Value, &Origin, &mut Resources, &mut Vec<Diagnostic>),
 }
-
-const ISTIO_NETWORKING: &str = "networking.istio.io";
-const ISTIO_NETWORKING_VERSIONS: &[&str] = &["v1", "v1beta1", "v1alpha3"];
-const WEFT: &str = "weft.dev";
-const ISTIO_SECURITY: &str = "security.istio.io";
-
-/// Every kind weft understands.
-pub(crate) const KINDS: &[KindDef] = &[
-    KindDef {
-        group: ISTIO_NETWORKING,
-        versions: ISTIO_NETWORKING_VERSIONS,
-        kind: "ServiceEntry",
-        add: |v, o, r, out| r.service_entries.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: ISTIO_NETWORKING,
-        versions: ISTIO_NETWORKING_VERSIONS,
-        kind: "WorkloadEntry",
-        add: |v, o, r, out| r.workload_entries.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: ISTIO_NETWORKING,
-        versions: ISTIO_NETWORKING_VERSIONS,
-        kind: "VirtualService",
-        add: |v, o, r, out| r.virtual_services.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: ISTIO_NETWORKING,
-        versions: ISTIO_NETWORKING_VERSIONS,
-        kind: "DestinationRule",
-        add: |v, o, r, out| r.destination_rules.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: "gateway.networking.k8s.io",
-        versions: &["v1", "v1beta1"],
-        kind: "HTTPRoute",
-        add: |v, o, r, out| r.http_routes.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: "gateway.networking.k8s.io",
-        versions: &["v1", "v1beta1"],
-        kind: "Gateway",
-        add: |v, o, r, out| r.gateways.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: "gateway.networking.k8s.io",
-        versions: &["v1"],
-        kind: "GRPCRoute",
-        add: |v, o, r, out| r.grpc_routes.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: "gateway.networking.k8s.io",
-        versions: &["v1alpha2", "v1alpha3"],
-        kind: "TLSRoute",
-        add: |v, o, r, out| r.tls_routes.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: "gateway.networking.k8s.io",
-        versions: &["v1alpha2"],
-        kind: "TCPRoute",
-        add: |v, o, r, out| r.tcp_routes.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: ISTIO_SECURITY,
-        versions: &["v1", "v1beta1"],
-        kind: "AuthorizationPolicy",
-        add: |v, o, r, out| {
-            r.authorization_policies
-                .extend(decode(v, o, out).map(Arc::new))
-        },
-    },
-    KindDef {
-        group: ISTIO_SECURITY,
-        versions: &["v1", "v1beta1"],
-        kind: "RequestAuthentication",
-        add: |v, o, r, out| {
-            r.request_authentications
-                .extend(decode(v, o, out).map(Arc::new))
-        },
-    },
-    KindDef {
-        group: ISTIO_SECURITY,
-        versions: &["v1", "v1beta1"],
-        kind: "PeerAuthentication",
-        add: |v, o, r, out| {
-            r.peer_authentications
-                .extend(decode(v, o, out).map(Arc::new))
-        },
-    },
-    KindDef {
-        group: WEFT,
-        versions: &["v1alpha1"],
-        kind: "RateLimitPolicy",
-        add: |v, o, r, out| {
-            r.rate_limit_policies
-                .extend(decode(v, o, out).map(Arc::new))
-        },
-    },
-    KindDef {
-        group: WEFT,
-        versions: &["v1alpha1"],
-        kind: "Mesh",
-        add: |v, o, r, out| r.meshes.extend(decode(v, o, out).map(Arc::new)),
-    },
-    KindDef {
-        group: "",
-        versions: &["v1"],
-        kind: "Secret",
-        add: |v, o, r, out| {
-            r.secrets
-                .extend(decode(&secret::nest(v), o, out).map(Arc::new))
-        },
-    },
-];
 
 /// `group/version`, or just `version` for the core group.
 fn api_version_of(k: &KindDef, version: &str) -> String {
