@@ -418,7 +418,7 @@ struct ExpiryCollector(CertManager);
 impl Collector for ExpiryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let mut family = encoder.encode_descriptor(
-            "weft_cert_expiry_seconds",
+            weft_telemetry::names::CERT_EXPIRY_SECONDS,
             "Seconds until the workload certificate expires (negative once expired)",
             None,
             MetricType::Gauge,

@@ -56,17 +56,17 @@ impl ConfigMetrics {
     /// Registers `weft_config_*`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "weft_config_applied",
+            weft_telemetry::names::CONFIG_APPLIED,
             "Configuration changes validated and applied",
             self.applied.clone(),
         );
         registry.register(
-            "weft_config_rejected",
+            weft_telemetry::names::CONFIG_REJECTED,
             "Configuration changes rejected as invalid (the previous one stays in force)",
             self.rejected.clone(),
         );
         registry.register(
-            "weft_config_version",
+            weft_telemetry::names::CONFIG_VERSION,
             "Version of the configuration in force",
             self.version.clone(),
         );

@@ -244,7 +244,7 @@ pub fn service_view(snapshot: &Snapshot, report: &Report, host: &str) -> Option<
     for s in report
         .latest
         .iter()
-        .filter(|s| s.name == "weft_cert_expiry_seconds")
+        .filter(|s| s.name == weft_telemetry::names::CERT_EXPIRY_SECONDS)
     {
         let id = s.label("identity");
         if identities.contains(id) {

@@ -128,11 +128,11 @@ struct History {
 const QUIET_STARTUP_FAILURES: u32 = 3;
 
 /// Authorization decisions by policy (service pages show them).
-const DECISIONS: &str = "weft_authz_decisions_total";
+const DECISIONS: &str = weft_telemetry::names::AUTHZ_DECISIONS_TOTAL;
 
 /// Families kept besides the graph's.
 fn kept(name: &str) -> bool {
-    graph::wanted(name) || name == "weft_cert_expiry_seconds" || name == DECISIONS
+    graph::wanted(name) || name == weft_telemetry::names::CERT_EXPIRY_SECONDS || name == DECISIONS
 }
 
 /// The aggregator.
@@ -343,12 +343,9 @@ impl Aggregator {
         let range = format!("{}s", window.as_secs().max(1));
         let mut deltas = Vec::new();
         for (name, family) in [
-            (graph::REQUESTS, "istio_requests_total"),
-            (
-                graph::DURATION_BUCKETS,
-                "istio_request_duration_milliseconds_bucket",
-            ),
-            (graph::TCP_OPENED, "istio_tcp_connections_opened_total"),
+            (graph::REQUESTS, graph::REQUESTS),
+            (graph::DURATION_BUCKETS, graph::DURATION_BUCKETS),
+            (graph::TCP_OPENED, graph::TCP_OPENED),
             (DECISIONS, DECISIONS),
         ] {
             let query = format!("increase({family}[{range}])");

@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use weft_state::WorkloadInfo;
 use weft_telemetry::flags::Flags;
 use weft_telemetry::labels::{Peer, Reporter, Service};
+use weft_telemetry::names;
 
 pub use weft_telemetry::labels::TcpLabels;
 
@@ -35,22 +36,22 @@ impl TcpMetrics {
     /// Registers the families under their Istio names.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "istio_tcp_connections_opened",
+            names::TCP_OPENED,
             "TCP connections opened",
             self.opened.clone(),
         );
         registry.register(
-            "istio_tcp_connections_closed",
+            names::TCP_CLOSED,
             "TCP connections closed",
             self.closed.clone(),
         );
         registry.register(
-            "istio_tcp_sent_bytes",
+            names::TCP_SENT_BYTES,
             "Bytes sent during TCP connections (toward the destination)",
             self.sent.clone(),
         );
         registry.register(
-            "istio_tcp_received_bytes",
+            names::TCP_RECEIVED_BYTES,
             "Bytes received during TCP connections (from the destination)",
             self.received.clone(),
         );

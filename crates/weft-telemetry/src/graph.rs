@@ -19,11 +19,11 @@ use serde::Serialize;
 use crate::promtext::Sample;
 
 /// Requests, by their labels.
-pub const REQUESTS: &str = "istio_requests_total";
+pub const REQUESTS: &str = crate::names::REQUESTS_TOTAL;
 /// Request latency histogram buckets.
-pub const DURATION_BUCKETS: &str = "istio_request_duration_milliseconds_bucket";
+pub const DURATION_BUCKETS: &str = crate::names::REQUEST_DURATION_BUCKET;
 /// TCP connections opened.
-pub const TCP_OPENED: &str = "istio_tcp_connections_opened_total";
+pub const TCP_OPENED: &str = crate::names::TCP_OPENED_TOTAL;
 
 /// Whether a family feeds the graph (the aggregator keeps only these).
 pub fn wanted(name: &str) -> bool {

@@ -7,6 +7,8 @@
 //! - [`labels`]: Istio's standard metric label sets (`istio_tcp_*`,
 //!   `istio_requests_total` and friends) and the one function per family
 //!   that fills them from a reporter, the two peers and the service;
+//! - [`names`]: the names of the metric families, for producers and
+//!   readers alike;
 //! - [`promtext`]: a tolerant parser of the Prometheus text format, for
 //!   the control plane's aggregation (garbage is an error, never a panic);
 //! - [`graph`]: the service graph — who calls whom, how often, how well —
@@ -19,5 +21,6 @@
 pub mod flags;
 pub mod graph;
 pub mod labels;
+pub mod names;
 pub mod promtext;
 pub mod trace;

@@ -70,17 +70,17 @@ impl XdsMetrics {
     /// Registers the metrics under `weft_xds_*`.
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
-            "weft_xds_pushes",
+            weft_telemetry::names::XDS_PUSHES,
             "xDS responses sent to proxies",
             self.pushes.clone(),
         );
         registry.register(
-            "weft_xds_nacks",
+            weft_telemetry::names::XDS_NACKS,
             "xDS responses proxies rejected (NACK)",
             self.nacks.clone(),
         );
         registry.register(
-            "weft_xds_connected_proxies",
+            weft_telemetry::names::XDS_CONNECTED_PROXIES,
             "Proxies with an open config stream",
             self.connected.clone(),
         );

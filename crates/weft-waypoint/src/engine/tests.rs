@@ -148,7 +148,7 @@ fn flags(engine: &Engine) -> Vec<String> {
         .metrics
         .encode()
         .lines()
-        .filter(|l| l.starts_with("istio_requests_total"))
+        .filter(|l| l.starts_with(weft_telemetry::names::REQUESTS_TOTAL))
         .filter_map(|l| l.split("response_flags=\"").nth(1)?.split('"').next())
         .map(str::to_owned)
         .collect()

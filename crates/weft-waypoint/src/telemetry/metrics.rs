@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 
 use crate::telemetry::record::RequestRecord;
 
+use weft_telemetry::names;
+
 pub use weft_telemetry::labels::RequestLabels;
 
 /// Labels of an upstream service.
@@ -122,59 +124,59 @@ fn service(name: &str) -> ServiceLabels {
 impl Metrics {
     /// Registers every family.
     pub fn register(&self, registry: &mut Registry) {
-        registry.register("istio_requests", "Requests handled", self.requests.clone());
+        registry.register(names::REQUESTS, "Requests handled", self.requests.clone());
         registry.register(
-            "istio_request_duration_milliseconds",
+            names::REQUEST_DURATION,
             "Request duration, first byte in to response headers out",
             self.duration.clone(),
         );
         registry.register(
-            "istio_request_bytes",
+            names::REQUEST_BYTES,
             "Request body sizes (buffered requests)",
             self.request_bytes.clone(),
         );
         registry.register(
-            "istio_response_bytes",
+            names::RESPONSE_BYTES,
             "Response body sizes (from content-length)",
             self.response_bytes.clone(),
         );
         registry.register(
-            "weft_upstream_retries",
+            names::UPSTREAM_RETRIES,
             "Retries sent to upstream services",
             self.retries.clone(),
         );
         registry.register(
-            "weft_retry_budget_exhausted",
+            names::RETRY_BUDGET_EXHAUSTED,
             "Retries not sent because the retry budget was exhausted (the original failure was returned)",
             self.exhausted.clone(),
         );
         registry.register(
-            "weft_authz_decisions",
+            names::AUTHZ_DECISIONS,
             "Request-level authorization decisions by deciding policy",
             self.authz.clone(),
         );
         registry.register(
-            "weft_ext_authz_errors",
+            names::EXT_AUTHZ_ERRORS,
             "External authorization checks that failed (unreachable, timeout, 5xx), by provider and what the failure mode did",
             self.authz_errors.clone(),
         );
         registry.register(
-            "weft_ratelimit_decisions",
+            names::RATELIMIT_DECISIONS,
             "Rate-limit decisions by policy, rule and outcome",
             self.rate_limits.clone(),
         );
         registry.register(
-            "weft_upstream_try_timeouts",
+            names::UPSTREAM_TRY_TIMEOUTS,
             "Tries cut by the per-try timeout",
             self.try_timeouts.clone(),
         );
         registry.register(
-            "weft_gateway_connections_refused",
+            names::GATEWAY_CONNECTIONS_REFUSED,
             "Connections a gateway listener closed without serving: too many open, a TLS handshake (or ClientHello) that failed or did not finish, or a passthrough connection with no route or upstream",
             self.refused.clone(),
         );
         registry.register(
-            "weft_gateway_connections_closed",
+            names::GATEWAY_CONNECTIONS_CLOSED,
             "Connections a gateway listener closed on its own: shed for a newer one while full (overload_shed), no request head in time (header_timeout), no request for too long (idle_timeout), or at the end of their lifetime (max_duration)",
             self.closed.clone(),
         );
