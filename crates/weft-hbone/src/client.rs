@@ -46,6 +46,7 @@ pub struct PoolKey {
 
 /// Why a tunnel could not be opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum HboneError {
     /// TCP connect failed.
     #[error("connection to {addr} failed: {source}: is port {port} reachable?", port = addr.port())]

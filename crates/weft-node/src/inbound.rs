@@ -227,31 +227,24 @@ impl InboundHandler for InboundFor {
                 )
                 .and_then(|()| crate::authz::check(&view.policies_for(&current), &conn))
             };
+            let service = called_service(&request, &workload);
+            let labels = |flags: Flags| {
+                tunnel_labels(
+                    Reporter::Destination,
+                    &caller,
+                    Some(&workload),
+                    &service,
+                    flags,
+                )
+            };
             if let Err(reason) = decision {
-                let service = called_service(&request, &workload);
-                metrics.refused(
-                    tunnel_labels(
-                        Reporter::Destination,
-                        &caller,
-                        Some(&workload),
-                        &service,
-                        Flag::Denied,
-                    ),
-                    &reason,
-                );
+                metrics.refused(labels(Flag::Denied.into()), &reason);
                 return Err(Refusal::Denied(reason));
             }
-            let service = called_service(&request, &workload);
             match tokio::time::timeout(timeout, connect(request.target, ns.as_deref())).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
-                    let guard = metrics.open(tunnel_labels(
-                        Reporter::Destination,
-                        &caller,
-                        Some(&workload),
-                        &service,
-                        Flags::NONE,
-                    ));
+                    let guard = metrics.open(labels(Flags::NONE));
                     let registered = crate::revocable::OpenConn {
                         workload: workload.uid.clone(),
                         peer: request.peer.clone(),
@@ -267,16 +260,7 @@ impl InboundHandler for InboundFor {
                         Ok(Err(e)) => format!("{}: {e}", request.target),
                         _ => format!("{}: connect timed out", request.target),
                     };
-                    metrics.refused(
-                        tunnel_labels(
-                            Reporter::Destination,
-                            &caller,
-                            Some(&workload),
-                            &service,
-                            Flag::UpstreamFailure,
-                        ),
-                        &reason,
-                    );
+                    metrics.refused(labels(Flag::UpstreamFailure.into()), &reason);
                     Err(Refusal::Unreachable(reason))
                 }
             }

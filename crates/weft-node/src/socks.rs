@@ -35,6 +35,7 @@ pub enum Reply {
 
 /// A SOCKS exchange that cannot go on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum SocksError {
     /// Not SOCKS version 5.
     #[error("not a SOCKS5 client (version byte {0})")]

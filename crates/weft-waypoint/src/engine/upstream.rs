@@ -43,6 +43,7 @@ where
 
 /// Why a request got no response from an endpoint.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SendError {
     /// From the HTTP/1.1 client.
     #[error(transparent)]

@@ -556,6 +556,7 @@ impl Names {
 
 /// Why a listener's TLS settings did not load.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsSetupError {
     /// A chain or key that does not parse.
     #[error("Secret {0}: {1}")]

@@ -104,6 +104,7 @@ impl HboneConnector {
 
 /// Why no tunnel was opened.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConnectError {
     /// The URI does not name an `ip:port`.
     #[error("upstream {0} is not an ip:port")]

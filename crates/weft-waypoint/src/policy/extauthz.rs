@@ -110,6 +110,7 @@ pub enum Verdict {
 
 /// Why an authorizer could not be asked.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CheckError {
     /// Connecting or the exchange failed.
     #[error("external authorizer {0} unreachable: {1}")]

@@ -51,6 +51,7 @@ pub fn decode(document: &serde_json::Value) -> Keys {
 
 /// Why a fetch failed, for the log.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum JwksError {
     /// The address is not a usable URL.
     #[error("{0} is not an http(s) URL with a host")]

@@ -83,6 +83,7 @@ pub struct Authenticated {
 
 /// Why a token was refused (401), in the words Istio's proxies use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum JwtError {
     /// Not three dot-separated parts, or too large.
     #[error("Jwt is not in the form of Header.Payload.Signature")]
