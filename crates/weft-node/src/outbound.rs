@@ -65,9 +65,9 @@ pub(crate) async fn outbound(
             _ => None,
         },
     };
-    let host = service.as_ref().map_or("", |s| s.name.as_str()).to_owned();
+    // `namespace/host` for logs, the host name for labels and `forwarded`.
+    let (service, host) = service.map_or_else(Default::default, |s| (s.to_string(), s.name));
     let host = host.as_str();
-    let service = service.map(|s| s.to_string()).unwrap_or_default();
     let me = source.peer();
     let mut last_error = String::new();
     for _ in 0..ATTEMPTS {
@@ -110,7 +110,7 @@ pub(crate) async fn outbound(
         if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
             headers.insert("forwarded", v);
         }
-        if let Ok(v) = weft_telemetry::labels::baggage(&source.peer()).parse() {
+        if let Ok(v) = weft_telemetry::labels::baggage(&me).parse() {
             headers.insert("baggage", v);
         }
         // Like ztunnel, every tunnel carries a trace context of its own

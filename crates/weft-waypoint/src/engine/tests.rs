@@ -574,6 +574,77 @@ async fn a_request_keeps_its_snapshot_across_a_config_change() {
     assert_eq!(transport.seen().last().map(|s| s.0), Some(addr(B)));
 }
 
+/// `buffer`: a body within the replay limit is kept and retried; a larger
+/// one is sent once, never retried.
+#[tokio::test]
+async fn buffer_keeps_small_bodies_for_replay_only() {
+    // (what, body size, tries)
+    let cases = [
+        ("small body: retried", 1024, 2),
+        (
+            "body over the replay limit: sent once",
+            DEFAULT_MAX_REPLAY + 1,
+            1,
+        ),
+    ];
+    for (what, size, tries) in cases {
+        let transport = Scripted::answering(&[Answer::Status(503), Answer::Status(200)]);
+        let retried = Route {
+            retry: retrying(1, "5xx"),
+            ..route()
+        };
+        let engine = engine(config_with(retried, A), &transport);
+        let request = Request::builder()
+            .method("POST")
+            .uri("/upload")
+            .header("host", "shop.example")
+            .body(Full::new(Bytes::from(vec![b'x'; size])))
+            .expect("request");
+        engine.handle(request).await;
+        assert_eq!(transport.seen().len(), tries, "{what}");
+    }
+}
+
+/// `mirror`: a copy goes to the mirror's cluster, marked as shadow
+/// traffic; the caller gets the primary's answer.
+#[tokio::test]
+async fn mirror_sends_a_marked_copy() {
+    let transport = Scripted::answering(&[]);
+    let mirrored = Route {
+        mirror: Some(crate::engine::route::Mirror {
+            service: "m".into(),
+            percent: 100.0,
+        }),
+        ..route()
+    };
+    let mut config = config_with(mirrored, A);
+    config
+        .clusters
+        .insert("m".into(), Arc::new(Cluster::new("m", vec![addr(B)])));
+    let engine = engine(config, &transport);
+    assert_eq!(engine.handle(get("/a")).await.status(), 200);
+    // The copy is sent from a task of its own: wait for it to be seen.
+    for _ in 0..100 {
+        if transport.seen().len() == 2 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    let mut seen = transport.seen();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [
+            (addr(A), "/a".to_owned(), Some("shop.example".to_owned())),
+            (
+                addr(B),
+                "/a".to_owned(),
+                Some("shop.example-shadow".to_owned())
+            ),
+        ]
+    );
+}
+
 #[tokio::test]
 async fn local_answers_to_grpc_callers_are_grpc_statuses() {
     let transport = Scripted::answering(&[]);

@@ -1,7 +1,7 @@
 //! The record of one request, filled in by the engine's phases and
-//! emitted once, when the request is finished ([`Metrics::request`]
-//! counts it and prints its access-log line; [`RequestTrace`] records its
-//! spans).
+//! emitted once, when the request is finished (`Metrics::request` in
+//! `metrics.rs` counts it and prints its access-log line;
+//! [`RequestTrace`] records its spans).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -12,9 +12,6 @@ use weft_telemetry::labels::{Peer, Reporter};
 use weft_telemetry::trace::{self, Kind, Span, Tracer, Value};
 
 use crate::telemetry::access::AccessEntry;
-
-#[cfg(doc)]
-use crate::telemetry::metrics::Metrics;
 
 /// What is known about one request, for its metrics, access-log line and
 /// span.
