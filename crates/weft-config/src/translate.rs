@@ -206,6 +206,12 @@ fn mesh_settings(mesh: &Resource<MeshSpec>) -> MeshSettings {
             .and_then(|t| duration::parse(t).ok())
             .unwrap_or(defaults.connect_timeout),
         tracing: tracing(spec),
+        path_normalization: spec
+            .path_normalization
+            .as_ref()
+            .and_then(|p| p.normalization.as_deref())
+            .and_then(weft_core::model::PathNormalization::parse)
+            .unwrap_or(defaults.path_normalization),
     }
 }
 

@@ -248,6 +248,7 @@ spec:
   mtls: {mode: PERMISSIVE}
   outboundTrafficPolicy: {mode: REGISTRY_ONLY}
   connectTimeout: 1.5s
+  pathNormalization: {normalization: MERGE_SLASHES}
 ---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
@@ -262,6 +263,15 @@ spec: {address: 10.0.0.9, serviceAccount: cli}
     assert_eq!(mesh.mtls_mode, MtlsMode::Permissive);
     assert_eq!(mesh.outbound_policy, OutboundPolicy::RegistryOnly);
     assert_eq!(mesh.connect_timeout, Duration::from_millis(1500));
+    assert_eq!(
+        mesh.path_normalization,
+        weft_core::model::PathNormalization::MergeSlashes
+    );
+    assert_eq!(
+        empty.snapshot.mesh.path_normalization,
+        weft_core::model::PathNormalization::Base,
+        "Istio's default"
+    );
     let w = &config.snapshot.workloads[&name("default", "cli")];
     assert!(w.client_only);
     assert_eq!(
@@ -339,6 +349,11 @@ fn unsupported_and_unknown_fields_are_named() {
         ),
         (we("  address2: x\n"), "spec.address2", "unknown field"),
         (we("  weight: -1\n"), "spec.weight", "invalid value"),
+        (
+            mesh("  pathNormalization: {normalization: LOOSE}\n"),
+            "spec.pathNormalization.normalization",
+            "use one of NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES",
+        ),
         (
             mesh("  mtls: {mode: DISABLE}\n"),
             "spec.mtls.mode",

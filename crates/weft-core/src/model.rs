@@ -263,6 +263,44 @@ pub struct MeshSettings {
     pub connect_timeout: Duration,
     /// Where waypoints and gateways send spans, if anywhere.
     pub tracing: Option<Tracing>,
+    /// How gateways and waypoints normalize request paths before routing
+    /// and policy.
+    pub path_normalization: PathNormalization,
+}
+
+/// How request paths are normalized before routing and policy (Istio's
+/// `meshConfig.pathNormalization.normalization`); the rules themselves are
+/// in the L7 engine.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum PathNormalization {
+    /// As received (still refusing invalid escapes and control
+    /// characters).
+    None,
+    /// RFC 3986: unreserved escapes decoded, dot segments removed,
+    /// backslashes to slashes (Istio's default).
+    #[default]
+    Base,
+    /// `Base`, then runs of slashes merged.
+    MergeSlashes,
+    /// `%2F` and `%5C` decoded first, then `MergeSlashes`.
+    DecodeAndMergeSlashes,
+}
+
+impl PathNormalization {
+    /// Every mode, as Istio names them.
+    pub const NAMES: [&'static str; 4] =
+        ["NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES"];
+
+    /// The mode Istio names `name` (`DEFAULT` is `BASE`).
+    pub fn parse(name: &str) -> Option<PathNormalization> {
+        match name {
+            "NONE" => Some(PathNormalization::None),
+            "BASE" | "DEFAULT" => Some(PathNormalization::Base),
+            "MERGE_SLASHES" => Some(PathNormalization::MergeSlashes),
+            "DECODE_AND_MERGE_SLASHES" => Some(PathNormalization::DecodeAndMergeSlashes),
+            _ => None,
+        }
+    }
 }
 
 /// Span export (the Mesh's default tracing provider).
@@ -287,6 +325,7 @@ impl Default for MeshSettings {
             outbound_policy: OutboundPolicy::AllowAny,
             connect_timeout: Duration::from_secs(10),
             tracing: None,
+            path_normalization: PathNormalization::Base,
         }
     }
 }

@@ -290,6 +290,16 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
             .and_then(|t| t.http_path.clone())
             .unwrap_or_default(),
         tracing_sampling_ppm: mesh.tracing.as_ref().map_or(0, |t| t.sampling_ppm),
+        path_normalization: {
+            use crate::proto::weft::PathNormalization as P;
+            use weft_core::model::PathNormalization as M;
+            match mesh.path_normalization {
+                M::Base => P::Base,
+                M::None => P::None,
+                M::MergeSlashes => P::MergeSlashes,
+                M::DecodeAndMergeSlashes => P::DecodeAndMergeSlashes,
+            }
+        } as i32,
     };
     let mut types = BTreeMap::new();
     types.insert(

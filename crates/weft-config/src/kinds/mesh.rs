@@ -30,6 +30,17 @@ pub struct MeshSpec {
     pub default_providers: Option<DefaultProvidersSpec>,
     /// Trace sampling (weft; Istio sets it in a `Telemetry` resource).
     pub tracing: Option<TracingSpec>,
+    /// How gateways and waypoints normalize request paths (Istio's
+    /// MeshConfig field).
+    pub path_normalization: Option<PathNormalizationSpec>,
+}
+
+/// `spec.pathNormalization` (Istio's shape).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct PathNormalizationSpec {
+    /// `NONE`, `BASE` (default), `MERGE_SLASHES` or
+    /// `DECODE_AND_MERGE_SLASHES`.
+    pub normalization: Option<String>,
 }
 
 /// `spec.defaultProviders`.
@@ -192,6 +203,20 @@ impl Spec for MeshSpec {
     const NAMESPACED: bool = false;
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
+        if let Some(mode) = self
+            .path_normalization
+            .as_ref()
+            .and_then(|p| p.normalization.as_deref())
+            && weft_core::model::PathNormalization::parse(mode).is_none()
+        {
+            ctx.error(
+                "spec.pathNormalization.normalization",
+                format!(
+                    "{mode:?} is not a normalization; use one of {}",
+                    weft_core::model::PathNormalization::NAMES.join(", ")
+                ),
+            );
+        }
         if let Some(td) = &self.trust_domain {
             ctx.check(
                 "spec.trustDomain",

@@ -37,6 +37,8 @@ pub struct Services {
     pub redis: HashMap<String, redis::aio::ConnectionManager>,
     /// Keys fetched from issuers' `jwksUri`, shared across configurations.
     pub jwks: crate::policy::jwks::Fetcher,
+    /// How request paths are normalized (the `Mesh`'s setting).
+    pub path_normalization: crate::engine::path::PathNormalization,
 }
 
 /// The engine's configuration for the services that use waypoint `me`.
@@ -93,6 +95,7 @@ pub fn config_for(
         }
     }
     config.clusters = builder.clusters;
+    config.path_normalization = services.path_normalization;
     config.peers = peers(view, previous);
     // Every service's names, not only this waypoint's: a workload must not
     // pass off a header another service's policy sets.
@@ -249,6 +252,7 @@ pub fn gateway_config_for(
         }
     }
     config.clusters = builder.clusters;
+    config.path_normalization = services.path_normalization;
     config.peers = peers(view, previous);
     // Requests reach a gateway from outside: nobody is trusted to set
     // weft's headers.

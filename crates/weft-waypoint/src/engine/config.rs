@@ -167,4 +167,6 @@ pub struct Config {
     /// Identities of weft's L7 proxies (ingress gateways) whose requests
     /// keep the internal headers they set.
     pub trusted_proxies: std::collections::HashSet<weft_core::Identity>,
+    /// How request paths are normalized before routing and policy.
+    pub path_normalization: crate::engine::path::PathNormalization,
 }

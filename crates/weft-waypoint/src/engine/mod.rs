@@ -5,8 +5,9 @@
 //!
 //! 1. `receive` — normalize the request ([`sanitize`]: one host, no
 //!    hop-by-hop headers, none of weft's own unless a trusted proxy set
-//!    them; a malformed host is refused) and open its [`Ctx`] (caller,
-//!    trace, access-log entry);
+//!    them; [`path`]: the path normalized as the mesh says; a malformed
+//!    host or path is refused) and open its [`Ctx`] (caller, trace,
+//!    access-log entry);
 //! 2. `route` — choose the route ([`route::select`]); a request no route
 //!    takes is refused only after `authorize`, so a caller policy refuses
 //!    learns nothing of the routes;
@@ -46,6 +47,7 @@ pub mod ctx;
 pub mod error;
 pub mod lb;
 pub mod local_reply;
+pub mod path;
 mod phases;
 pub mod retry;
 pub mod route;

@@ -34,7 +34,9 @@ impl Engine {
     ) -> (Ctx, Request<Body>, Result<(), L7Error>) {
         let (mut parts, body) = request.into_parts();
         let https = parts.extensions.get::<Tls>().is_some();
-        let settled = sanitize::settle_host(&mut parts, https).map_err(L7Error::Malformed);
+        let settled = sanitize::settle_host(&mut parts, https)
+            .map_err(L7Error::Malformed)
+            .and_then(|()| normalize_path(&mut parts, config.path_normalization));
         sanitize::strip_hop_by_hop(&mut parts.headers);
         let trusted = parts
             .extensions
@@ -487,6 +489,27 @@ impl Engine {
         record.access.route = Some(record.route.clone()).filter(|r| !r.is_empty());
         self.metrics.request(record, response.status());
     }
+}
+
+/// Phase 1's path step: the request's path normalized under `mode`, the
+/// query kept as sent; a path that cannot be normalized safely is refused.
+fn normalize_path(
+    parts: &mut Parts,
+    mode: crate::engine::path::PathNormalization,
+) -> Result<(), L7Error> {
+    let malformed = |why: &dyn std::fmt::Display| L7Error::Malformed(format!("path: {why}"));
+    let path = crate::engine::path::normalize(parts.uri.path(), mode).map_err(|e| malformed(&e))?;
+    if path == parts.uri.path() {
+        return Ok(());
+    }
+    let target = match parts.uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut uri = std::mem::take(&mut parts.uri).into_parts();
+    uri.path_and_query = Some(target.parse().map_err(|e| malformed(&e))?);
+    parts.uri = http::Uri::from_parts(uri).map_err(|e| malformed(&e))?;
+    Ok(())
 }
 
 /// Where a redirect sends `parts`: scheme, host, port and path replaced

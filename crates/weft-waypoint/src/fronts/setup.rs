@@ -444,6 +444,22 @@ fn services(state: &weft_xds::ClientState) -> crate::configure::Services {
     use prost::Message;
     use weft_xds::proto::weft::Protocol;
     let mut out = crate::configure::Services::default();
+    if let Some(mesh) = state
+        .resources
+        .get(weft_xds::MESH_TYPE)
+        .and_then(|m| m.get("mesh"))
+        .and_then(|held| weft_xds::proto::weft::MeshConfig::decode(held.body.value.as_slice()).ok())
+    {
+        use weft_core::model::PathNormalization as M;
+        use weft_xds::proto::weft::PathNormalization as P;
+        out.path_normalization = match P::try_from(mesh.path_normalization) {
+            Ok(P::None) => M::None,
+            Ok(P::MergeSlashes) => M::MergeSlashes,
+            Ok(P::DecodeAndMergeSlashes) => M::DecodeAndMergeSlashes,
+            // BASE, and a value this proxy does not know: the safe default.
+            Ok(P::Base) | Err(_) => M::Base,
+        };
+    }
     for held in state
         .resources
         .get(weft_xds::L7_SERVICE_TYPE)
@@ -475,4 +491,64 @@ fn services(state: &weft_xds::ClientState) -> crate::configure::Services {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use prost::Message;
+    use weft_core::model::PathNormalization;
+    use weft_xds::client::Held;
+
+    use super::services;
+
+    fn with_mesh(path_normalization: i32) -> weft_xds::ClientState {
+        let mesh = weft_xds::proto::weft::MeshConfig {
+            path_normalization,
+            ..Default::default()
+        };
+        let held = Held {
+            version: String::new(),
+            body: prost_types::Any {
+                type_url: weft_xds::MESH_TYPE.to_owned(),
+                value: mesh.encode_to_vec(),
+            },
+        };
+        let mut state = weft_xds::ClientState::default();
+        state.resources.insert(
+            weft_xds::MESH_TYPE.to_owned(),
+            BTreeMap::from([("mesh".to_owned(), held)]),
+        );
+        state
+    }
+
+    /// The mesh's path normalization reaches the engine's configuration;
+    /// a value this proxy does not know falls back to the safe default.
+    #[test]
+    fn the_mesh_says_how_paths_are_normalized() {
+        use weft_xds::proto::weft::PathNormalization as P;
+        let cases = [
+            (P::Base as i32, PathNormalization::Base),
+            (P::None as i32, PathNormalization::None),
+            (P::MergeSlashes as i32, PathNormalization::MergeSlashes),
+            (
+                P::DecodeAndMergeSlashes as i32,
+                PathNormalization::DecodeAndMergeSlashes,
+            ),
+            (99, PathNormalization::Base),
+        ];
+        for (sent, want) in cases {
+            assert_eq!(
+                services(&with_mesh(sent)).path_normalization,
+                want,
+                "{sent}"
+            );
+        }
+        assert_eq!(
+            services(&weft_xds::ClientState::default()).path_normalization,
+            PathNormalization::Base,
+            "no Mesh resource: Istio's default"
+        );
+    }
 }

@@ -356,3 +356,56 @@ fn phase_order_is_documented_once() {
         .collect();
     assert!(positions.windows(2).all(|w| w[0] < w[1]), "{positions:?}");
 }
+
+/// `receive` normalizes the path before policy: a DENY on `/partner/*`
+/// holds against the path written differently, under the mode that
+/// covers it, and the upstream gets the normalized path.
+#[tokio::test]
+async fn paths_are_normalized_before_policy() {
+    use crate::engine::path::PathNormalization::{Base, DecodeAndMergeSlashes, MergeSlashes};
+    let deny_partner = weft_core::l7::L7Authz {
+        policy: "shop/partner-only-with-key".into(),
+        action: weft_core::l7::AuthzAction::Deny,
+        dry_run: false,
+        rules: vec![weft_core::l7::L7AuthzRule {
+            to: vec![weft_core::l7::L7Operation {
+                paths: vec!["/partner/*".into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        provider: None,
+    };
+    // (path, mode, status)
+    let cases = [
+        ("/partner/x", Base, 403),
+        ("/x/../partner/x", Base, 403),
+        ("/%70artner/x", Base, 403),
+        ("/./partner/x", Base, 403),
+        ("//partner/x", MergeSlashes, 403),
+        ("/partner%2Fx", DecodeAndMergeSlashes, 403),
+        ("/partner%2fx", DecodeAndMergeSlashes, 403),
+        ("/partner/x%zz", Base, 400),
+        ("/public/%2e%2e/partner/x", Base, 403),
+        ("/public/x", Base, 200),
+    ];
+    for (path, mode, status) in cases {
+        let transport = Scripted::answering(&[]);
+        let mut config = config_with(route(), A);
+        config.path_normalization = mode;
+        config
+            .authz
+            .insert(String::new(), Arc::new(vec![deny_partner.clone()]));
+        let engine = engine(config, &transport);
+        let got = engine.handle(get(path)).await.status().as_u16();
+        assert_eq!(got, status, "{path} under {mode:?}");
+    }
+    // What the upstream receives is the normalized path, query kept.
+    let transport = Scripted::answering(&[]);
+    let engine = engine(config_with(route(), A), &transport);
+    assert_eq!(
+        engine.handle(get("/a/./b/../%63?q=%2e")).await.status(),
+        200
+    );
+    assert_eq!(transport.seen()[0].1, "/a/c?q=%2e");
+}
