@@ -89,8 +89,12 @@ pub fn normalize(path: &str, mode: PathNormalization) -> Result<String, PathErro
             bytes.get(i + 1).copied().and_then(hex),
             bytes.get(i + 2).copied().and_then(hex),
         ) else {
-            let end = (i + 3).min(path.len());
-            return Err(PathError::BadEscape(path[i..end].to_owned()));
+            // Bytes, not `str` slicing: the escape may be cut short by a
+            // multi-byte character (found by fuzzing: a panic otherwise).
+            let end = (i + 3).min(bytes.len());
+            return Err(PathError::BadEscape(
+                String::from_utf8_lossy(&bytes[i..end]).into_owned(),
+            ));
         };
         let value = hi * 16 + lo;
         if value.is_ascii_control() {
@@ -177,7 +181,7 @@ mod tests {
     #[test]
     fn hostile_paths_under_each_mode() {
         // (path, NONE, BASE, MERGE_SLASHES, DECODE_AND_MERGE_SLASHES)
-        let cases: [(&str, [&str; 4]); 30] = [
+        let cases: [(&str, [&str; 4]); 31] = [
             (
                 "/partner/x",
                 ["/partner/x", "/partner/x", "/partner/x", "/partner/x"],
@@ -307,6 +311,15 @@ mod tests {
             ),
             (
                 "/partner/%2",
+                [
+                    "!invalid percent-escape",
+                    "!invalid percent-escape",
+                    "!invalid percent-escape",
+                    "!invalid percent-escape",
+                ],
+            ),
+            (
+                "/% \u{379}2F",
                 [
                     "!invalid percent-escape",
                     "!invalid percent-escape",
