@@ -46,7 +46,8 @@ pub(crate) fn object_label(kind: &str, namespaced: bool, name: &NamespacedName) 
 }
 
 /// A resource kind's `spec`: how to decode it and what makes it valid on its
-/// own. Checks that need other resources live in `crate::cross`.
+/// own. Checks that need other resources come later, in the
+/// whole-configuration checks, which build on this module.
 pub trait Spec: DeserializeOwned + Default {
     /// The `kind` field, e.g. `ServiceEntry`.
     const KIND: &'static str;

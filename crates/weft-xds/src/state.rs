@@ -1,7 +1,7 @@
 //! What a proxy's xDS client holds: every resource applied, with its
 //! version, and how the stream is doing. Shared by the client
-//! ([`crate::client`]), which fills it, and the copy kept on disk between
-//! runs (`kept`).
+//! (`client.rs`), which fills it, and the copy kept on disk between runs
+//! (`kept.rs`); both build on this module, which imports neither.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
