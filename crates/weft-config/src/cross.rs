@@ -415,6 +415,26 @@ fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
             ));
             continue;
         }
+        // A valid address that is not an IP is a host name.
+        let named = we.spec.address.as_deref().is_some_and(|a| {
+            crate::kinds::workload_entry::check_address(a).is_ok() && we.spec.ip().is_none()
+        });
+        if named {
+            let without_dns = selected
+                .iter()
+                .find(|se| !se.spec.resolution().resolves_names());
+            if let Some(se) = without_dns {
+                out.push(error(
+                    we,
+                    "spec.address",
+                    format!(
+                        "is a host name, but ServiceEntry {} selects this workload with resolution {}, which needs an IP address; give the workload an IP or set resolution: DNS there",
+                        se.name,
+                        se.spec.resolution().name()
+                    ),
+                ));
+            }
+        }
         for name in we.spec.ports.keys() {
             let known = selected.iter().any(|se| {
                 se.spec

@@ -6,6 +6,15 @@
 //! ```
 //!
 //! `#2` is the second document of the file and `:14` the line.
+//!
+//! A problem is an error (the configuration is not loaded) or a warning
+//! (it loads: a deprecated field read in place of its replacement, a field
+//! that has no effect where it is attached). Warnings print with
+//! `warning:` before the field, so they stand apart:
+//!
+//! ```text
+//! vs.yaml#1:9 VirtualService shop/ratings: warning: spec.http[0].fault.delay.percent: deprecated; use percentage: {value: 100}
+//! ```
 
 use std::fmt;
 use std::path::PathBuf;
@@ -47,9 +56,21 @@ impl Origin {
     }
 }
 
+/// How serious a problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum Severity {
+    /// The configuration is not loaded.
+    #[default]
+    Error,
+    /// The configuration loads; the operator should still look.
+    Warning,
+}
+
 /// One problem in the configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
     /// The file the problem is in.
     pub file: PathBuf,
     /// 1-based document index, when the problem is inside a document.
@@ -68,6 +89,7 @@ impl Diagnostic {
     /// A problem with a whole file (unreadable, not YAML).
     pub fn file(file: impl Into<PathBuf>, line: Option<u64>, message: impl Into<String>) -> Self {
         Diagnostic {
+            severity: Severity::Error,
             file: file.into(),
             doc: None,
             line,
@@ -86,6 +108,7 @@ impl Diagnostic {
     ) -> Self {
         let line = origin.line_of(field);
         Diagnostic {
+            severity: Severity::Error,
             file: origin.file.as_ref().clone(),
             doc: Some(origin.doc),
             line,
@@ -93,6 +116,19 @@ impl Diagnostic {
             field: (!field.is_empty()).then(|| field.to_owned()),
             message: message.into(),
         }
+    }
+
+    /// The same problem as a warning.
+    pub fn warning(self) -> Self {
+        Diagnostic {
+            severity: Severity::Warning,
+            ..self
+        }
+    }
+
+    /// Whether it stops the configuration from loading.
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
     }
 }
 
@@ -109,6 +145,9 @@ impl fmt::Display for Diagnostic {
             write!(f, " {object}")?;
         }
         f.write_str(": ")?;
+        if self.severity == Severity::Warning {
+            f.write_str("warning: ")?;
+        }
         if let Some(field) = &self.field {
             write!(f, "{field}: ")?;
         }
@@ -116,7 +155,8 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// Every problem found in one configuration, in file order.
+/// Every problem found in one configuration, in file order: errors and
+/// the warnings found beside them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Problems(pub Vec<Diagnostic>);
 
@@ -126,9 +166,19 @@ impl Problems {
         self.0.is_empty()
     }
 
-    /// How many there are.
+    /// How many there are, warnings included.
     pub fn len(&self) -> usize {
         self.0.len()
+    }
+
+    /// How many are errors.
+    pub fn errors(&self) -> usize {
+        self.0.iter().filter(|d| d.is_error()).count()
+    }
+
+    /// How many are warnings.
+    pub fn warnings(&self) -> usize {
+        self.0.len() - self.errors()
     }
 
     /// Iterates over them.
@@ -180,6 +230,12 @@ impl<'a> Ctx<'a> {
             field,
             message,
         ));
+    }
+
+    /// Records a warning at `field`: the configuration still loads.
+    pub fn warn(&mut self, field: &str, message: impl Into<String>) {
+        self.out
+            .push(Diagnostic::at(self.origin, self.object.clone(), field, message).warning());
     }
 
     /// Records `Err(message)` from a check at `field`.

@@ -37,7 +37,7 @@ mod translate;
 pub mod translate_l7;
 mod yaml;
 
-pub use diag::{Diagnostic, Problems};
+pub use diag::{Diagnostic, Problems, Severity};
 pub use kinds::Resources;
 pub use loader::ReadError;
 pub use resource::Resource;
@@ -49,6 +49,9 @@ pub struct Config {
     pub resources: Resources,
     /// The internal model, shared read-only with the data path.
     pub snapshot: Arc<Snapshot>,
+    /// Warnings: the configuration loads, but these deserve a look
+    /// (deprecated fields read, fields without effect where attached).
+    pub warnings: Vec<Diagnostic>,
 }
 
 /// Why a configuration was not loaded.
@@ -58,7 +61,7 @@ pub enum LoadError {
     #[error(transparent)]
     Read(#[from] ReadError),
     /// The configuration has problems (`weft validate` exits 1).
-    #[error("{count} problem(s) in the configuration:\n{0}", count = .0.len())]
+    #[error("{count} problem(s) in the configuration:\n{0}", count = .0.errors())]
     Invalid(Problems),
 }
 
@@ -190,17 +193,22 @@ fn finish(parsed: &[Arc<Parsed>], mut problems: Vec<Diagnostic>) -> Result<Confi
         problems.extend(p.problems.iter().cloned());
     }
     cross::check(&resources, &mut problems);
-    if !problems.is_empty() {
-        // File order reads best; within a document, the order checks ran.
+    // File order reads best; within a document, the order checks ran.
+    let in_order = |problems: &mut Vec<Diagnostic>| {
         problems.sort_by(|a, b| (&a.file, a.doc, a.line).cmp(&(&b.file, b.doc, b.line)));
+    };
+    if problems.iter().any(Diagnostic::is_error) {
+        in_order(&mut problems);
         return Err(Problems(problems));
     }
     let snapshot = translate::translate(&resources, &mut problems);
-    if !problems.is_empty() {
+    in_order(&mut problems);
+    if problems.iter().any(Diagnostic::is_error) {
         return Err(Problems(problems));
     }
     Ok(Config {
         resources,
         snapshot: Arc::new(snapshot),
+        warnings: problems,
     })
 }

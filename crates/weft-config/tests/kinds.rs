@@ -81,7 +81,7 @@ metadata:
   name: payments-2
   namespace: billing
 spec:
-  address: payments-2.vm.internal
+  address: 10.1.0.6
   labels: {app: payments}
 "#;
 
@@ -151,10 +151,9 @@ fn service_entry_with_selector_and_workload_entries() {
     assert_eq!(svc.target_port(port(5432), w), 5432);
 
     let w2 = &snap.workloads[&name("billing", "payments-2")];
-    assert_eq!(
-        w2.address,
-        WorkloadAddress::Hostname("payments-2.vm.internal".into())
-    );
+    // A host name would be refused here: STATIC resolution needs IPs
+    // (the broken-directory test shows the message).
+    assert_eq!(w2.address, WorkloadAddress::Ip([10, 1, 0, 6].into()));
     assert_eq!(
         w2.identity.to_string(),
         "spiffe://cluster.local/ns/billing/sa/default"

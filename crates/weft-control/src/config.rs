@@ -37,6 +37,9 @@ pub struct ConfigStatus {
     pub last_attempt_rejected: bool,
     /// Every problem of the last rejected attempt.
     pub problems: Vec<String>,
+    /// Warnings of the configuration in force (it loaded; these deserve
+    /// a look: deprecated fields, fields without effect).
+    pub warnings: Vec<String>,
     /// When the last rejection happened.
     pub rejected_at: Option<String>,
 }
@@ -50,6 +53,8 @@ pub struct ConfigMetrics {
     pub rejected: Counter,
     /// Version in force.
     pub version: Gauge,
+    /// Warnings of the configuration in force.
+    pub warnings: Gauge,
 }
 
 impl ConfigMetrics {
@@ -64,6 +69,11 @@ impl ConfigMetrics {
             weft_telemetry::names::CONFIG_REJECTED,
             "Configuration changes rejected as invalid (the previous one stays in force)",
             self.rejected.clone(),
+        );
+        registry.register(
+            weft_telemetry::names::CONFIG_WARNINGS,
+            "Warnings in the configuration in force (deprecated fields, fields without effect; see /debug/config-status)",
+            self.warnings.clone(),
         );
         registry.register(
             weft_telemetry::names::CONFIG_VERSION,
@@ -100,6 +110,19 @@ impl std::fmt::Debug for LiveConfig {
 #[error("{0}")]
 pub struct InitialLoadError(pub LoadError);
 
+/// Logs and counts the warnings of a configuration about to be applied,
+/// returning them as `/debug/config-status` shows them.
+fn warnings_of(config: &weft_config::Config, metrics: &ConfigMetrics) -> Vec<String> {
+    let warnings: Vec<String> = config.warnings.iter().map(ToString::to_string).collect();
+    for w in &warnings {
+        tracing::warn!("{w}");
+    }
+    metrics
+        .warnings
+        .set(i64::try_from(warnings.len()).unwrap_or(i64::MAX));
+    warnings
+}
+
 fn now() -> String {
     weft_ca::manager::rfc3339(SystemTime::now())
 }
@@ -125,6 +148,7 @@ impl LiveConfig {
             version,
             applied_at: Some(now()),
             resources: config.resources.len(),
+            warnings: warnings_of(&config, &metrics),
             ..Default::default()
         };
         Ok(Arc::new(LiveConfig {
@@ -187,6 +211,7 @@ impl LiveConfig {
         match loaded {
             Ok(config) => {
                 let version = status.version + 1;
+                status.warnings = warnings_of(&config, &self.metrics);
                 let previous = self.resources.borrow().clone();
                 let resources = weft_xds::resources::build(&config.snapshot, version)
                     .with_delta_from(&previous);

@@ -105,6 +105,10 @@ family!(
     CONFIG_VERSION = "weft_config_version"
 );
 family!(
+    /// weft control plane: warnings in the configuration in force (gauge).
+    CONFIG_WARNINGS = "weft_config_warnings"
+);
+family!(
     /// weft control plane: config stream responses pushed (counter).
     XDS_PUSHES = "weft_xds_pushes"
 );

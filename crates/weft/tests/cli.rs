@@ -47,11 +47,57 @@ fn validate_broken_lists_every_problem_and_exits_one() {
         stdout.contains("ports.yaml#1:12 ServiceEntry shop/payments: spec.ports[0].number: 70000 is not a valid port (1-65535)"),
         "{stdout}"
     );
+    let warnings = expected
+        .lines()
+        .filter(|l| l.contains(": warning: "))
+        .count();
+    assert!(warnings > 0, "the broken directory has warnings too");
     let stderr = text(&out.stderr);
     assert!(
-        stderr.contains(&format!("{} problem(s)", expected.lines().count())),
+        stderr.contains(&format!(
+            "{} problem(s) and {warnings} warning(s)",
+            expected.lines().count() - warnings
+        )),
         "{stderr}"
     );
+}
+
+#[test]
+fn validate_exits_zero_for_warnings_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(
+        dir.path().join("old.yaml"),
+        "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings.shop]
+  addresses: [240.0.0.9]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: http, number: 80, protocol: HTTP}]
+  endpoints: [{address: 10.9.0.1, labels: {weft.dev/node: n1}}]
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: ratings, namespace: shop}
+spec:
+  hosts: [ratings.shop]
+  http:
+  - fault: {delay: {fixedDelay: 7s, percent: 100}}
+    route: [{destination: {host: ratings.shop}}]
+",
+    )
+    .expect("write");
+    let out = run(&["validate", dir.path().to_str().expect("utf-8")]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let first = stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("VirtualService shop/ratings: warning: spec.http[0].fault.delay.percent: deprecated; read as percentage: {value: 100}"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("valid (1 warning(s))"), "{stdout}");
 }
 
 #[test]

@@ -148,6 +148,9 @@ pub struct OutlierDetectionSpec {
     pub consecutive_5xx_errors: Option<u32>,
     /// Gateway failures in a row that eject.
     pub consecutive_gateway_errors: Option<u32>,
+    /// Deprecated in Istio; read as Istio reads it — gateway failures
+    /// (502, 503, 504) in a row, with 5xx ejection off — with a warning.
+    pub consecutive_errors: Option<u32>,
     /// Accepted for compatibility (ejection is checked on every response).
     pub interval: Option<String>,
     /// Base ejection time (default 30s).
@@ -254,10 +257,6 @@ impl Spec for DestinationRuleSpec {
             NOT_YET,
         ),
         (
-            "spec.trafficPolicy.outlierDetection.consecutiveErrors",
-            "use consecutive5xxErrors",
-        ),
-        (
             "spec.subsets.trafficPolicy",
             "per-subset policies are not supported yet; set the policy on the rule",
         ),
@@ -345,6 +344,20 @@ impl Spec for DestinationRuleSpec {
                     && let Err(e) = duration::parse(v)
                 {
                     ctx.error(&format!("spec.trafficPolicy.outlierDetection.{field}"), e);
+                }
+            }
+            if let Some(n) = od.consecutive_errors {
+                let field = "spec.trafficPolicy.outlierDetection.consecutiveErrors";
+                if od.consecutive_5xx_errors.is_some() || od.consecutive_gateway_errors.is_some() {
+                    ctx.error(
+                        field,
+                        "deprecated and set beside consecutive5xxErrors or consecutiveGatewayErrors; keep only those",
+                    );
+                } else {
+                    ctx.warn(
+                        field,
+                        format!("deprecated; read as Istio reads it, consecutiveGatewayErrors: {n} with 5xx ejection off — write that (or consecutive5xxErrors) instead"),
+                    );
                 }
             }
             if od.max_ejection_percent.is_some_and(|p| p > 100) {

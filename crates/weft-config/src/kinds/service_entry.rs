@@ -82,6 +82,23 @@ pub enum ResolutionSpec {
     DnsRoundRobin,
 }
 
+impl ResolutionSpec {
+    /// The name as written in YAML.
+    pub fn name(self) -> &'static str {
+        match self {
+            ResolutionSpec::None => "NONE",
+            ResolutionSpec::Static => "STATIC",
+            ResolutionSpec::Dns => "DNS",
+            ResolutionSpec::DnsRoundRobin => "DNS_ROUND_ROBIN",
+        }
+    }
+
+    /// Whether endpoints may be host names (resolved by DNS).
+    pub fn resolves_names(self) -> bool {
+        matches!(self, ResolutionSpec::Dns | ResolutionSpec::DnsRoundRobin)
+    }
+}
+
 /// `spec.workloadSelector`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 pub struct WorkloadSelector {

@@ -54,6 +54,9 @@ pub struct HttpRouteSpec {
     pub mirror: Option<DestinationSpec>,
     /// Share mirrored (default 100).
     pub mirror_percentage: Option<PercentSpec>,
+    /// Deprecated in Istio for `mirrorPercentage`; read in its place,
+    /// with a warning.
+    pub mirror_percent: Option<u32>,
     /// Header changes.
     pub headers: Option<HeadersSpec>,
 }
@@ -170,6 +173,31 @@ pub struct DelaySpec {
     pub fixed_delay: Option<String>,
     /// Share delayed (default 100).
     pub percentage: Option<PercentSpec>,
+    /// Deprecated in Istio for `percentage`; read in its place, with a
+    /// warning.
+    pub percent: Option<u32>,
+}
+
+impl DelaySpec {
+    /// The share of requests delayed, in percent.
+    pub fn share(&self) -> f64 {
+        match (&self.percentage, self.percent) {
+            (Some(p), _) => p.value,
+            (None, Some(p)) => f64::from(p),
+            (None, None) => 100.0,
+        }
+    }
+}
+
+impl HttpRouteSpec {
+    /// The share of requests mirrored, in percent.
+    pub fn mirror_share(&self) -> f64 {
+        match (&self.mirror_percentage, self.mirror_percent) {
+            (Some(p), _) => p.value,
+            (None, Some(p)) => f64::from(p),
+            (None, None) => 100.0,
+        }
+    }
 }
 
 /// `fault.abort`.
@@ -244,12 +272,7 @@ impl Spec for VirtualServiceSpec {
             "spec.http.mirrors",
             "use mirror and mirrorPercentage (one mirror per route)",
         ),
-        ("spec.http.mirrorPercent", "use mirrorPercentage"),
         ("spec.http.fault.delay.exponentialDelay", NOT_YET),
-        (
-            "spec.http.fault.delay.percent",
-            "use percentage: {value: …}",
-        ),
         ("spec.http.fault.abort.grpcStatus", NOT_YET),
         ("spec.http.fault.abort.http2Error", NOT_YET),
         ("spec.http.rewrite.uriRegexRewrite", NOT_YET),
@@ -329,6 +352,12 @@ impl Spec for VirtualServiceSpec {
                         &format!("{base}.fault.delay.percentage.value"),
                         delay.percentage.as_ref(),
                     );
+                    deprecated_percent(
+                        ctx,
+                        &format!("{base}.fault.delay"),
+                        ("percent", delay.percent),
+                        ("percentage", delay.percentage.is_some()),
+                    );
                 }
                 if let Some(abort) = &fault.abort {
                     match abort.http_status {
@@ -349,6 +378,12 @@ impl Spec for VirtualServiceSpec {
                 ctx,
                 &format!("{base}.mirrorPercentage.value"),
                 route.mirror_percentage.as_ref(),
+            );
+            deprecated_percent(
+                ctx,
+                &base,
+                ("mirrorPercent", route.mirror_percent),
+                ("mirrorPercentage", route.mirror_percentage.is_some()),
             );
             if let Some(redirect) = &route.redirect
                 && let Some(code) = redirect.redirect_code
@@ -408,6 +443,36 @@ fn check_string_match(ctx: &mut Ctx<'_>, field: &str, m: &StringMatchSpec) {
     }
 }
 
+/// A deprecated whole-number percent field (`old`) read in place of its
+/// replacement (`new`): a warning naming the replacement, an error when
+/// both are set or the value is not a percentage.
+fn deprecated_percent(
+    ctx: &mut Ctx<'_>,
+    base: &str,
+    (old, value): (&str, Option<u32>),
+    (new, new_set): (&str, bool),
+) {
+    let Some(value) = value else {
+        return;
+    };
+    let field = format!("{base}.{old}");
+    if new_set {
+        ctx.error(
+            &field,
+            format!("set {new} or the deprecated {old}, not both"),
+        );
+    } else if value > 100 {
+        ctx.error(&field, format!("{value} is not a percentage (0-100)"));
+    } else {
+        ctx.warn(
+            &field,
+            format!(
+                "deprecated; read as {new}: {{value: {value}}}, which is what to write instead"
+            ),
+        );
+    }
+}
+
 fn check_duration(ctx: &mut Ctx<'_>, field: &str, value: Option<&str>) {
     if let Some(v) = value {
         match duration::parse(v) {
@@ -423,5 +488,28 @@ fn check_percent(ctx: &mut Ctx<'_>, field: &str, p: Option<&PercentSpec>) {
         && !(0.0..=100.0).contains(&p.value)
     {
         ctx.error(field, format!("{} is not a percentage (0-100)", p.value));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deprecated_percents_are_read_in_place_of_their_replacements() {
+        let delay = |percentage: Option<f64>, percent: Option<u32>| DelaySpec {
+            fixed_delay: Some("1s".into()),
+            percentage: percentage.map(|value| PercentSpec { value }),
+            percent,
+        };
+        assert_eq!(delay(None, None).share(), 100.0);
+        assert_eq!(delay(None, Some(10)).share(), 10.0);
+        assert_eq!(delay(Some(2.5), None).share(), 2.5);
+        let route = HttpRouteSpec {
+            mirror_percent: Some(5),
+            ..Default::default()
+        };
+        assert_eq!(route.mirror_share(), 5.0);
+        assert_eq!(HttpRouteSpec::default().mirror_share(), 100.0);
     }
 }

@@ -110,13 +110,32 @@ pub(crate) fn check_port(port: u32) -> Result<(), String> {
     }
 }
 
+/// Whether `address` is written like an IPv4 address (digits and dots,
+/// last label numeric) — a host name never ends in an all-digit label.
+fn looks_like_ipv4(address: &str) -> bool {
+    let last = address
+        .trim_end_matches('.')
+        .rsplit('.')
+        .next()
+        .unwrap_or("");
+    address.contains('.')
+        && !last.is_empty()
+        && last.bytes().all(|b| b.is_ascii_digit())
+        && address.parse::<IpAddr>().is_err()
+}
+
 /// An IP address or a DNS name; Unix sockets are not supported.
-fn check_address(address: &str) -> Result<(), String> {
+pub(crate) fn check_address(address: &str) -> Result<(), String> {
     if address.parse::<IpAddr>().is_ok() {
         return Ok(());
     }
     if address.starts_with("unix://") {
         return Err("Unix domain socket addresses are not supported by weft".into());
+    }
+    if looks_like_ipv4(address) {
+        return Err(format!(
+            "{address:?} is not an IPv4 address (four parts, each 0-255) and, ending in a number, cannot be a host name"
+        ));
     }
     if address.contains('/') {
         return Err(format!(

@@ -84,8 +84,13 @@ pub(crate) fn traffic_policy(
     }
     if let Some(od) = &tp.outlier_detection {
         policy.outlier = Some(Outlier {
-            consecutive_5xx: Some(od.consecutive_5xx_errors.unwrap_or(5)),
-            consecutive_gateway_errors: od.consecutive_gateway_errors,
+            // The deprecated consecutiveErrors counts gateway failures
+            // only, as in Istio.
+            consecutive_5xx: match od.consecutive_errors {
+                Some(_) => od.consecutive_5xx_errors,
+                None => Some(od.consecutive_5xx_errors.unwrap_or(5)),
+            },
+            consecutive_gateway_errors: od.consecutive_gateway_errors.or(od.consecutive_errors),
             base_ejection_time: parse_duration(od.base_ejection_time.as_deref())
                 .unwrap_or(std::time::Duration::from_secs(30)),
             max_ejection_percent: od.max_ejection_percent.unwrap_or(10),

@@ -155,7 +155,7 @@ pub(crate) fn http_route(
     let mirror = match &spec.mirror {
         Some(m) => Some(Mirror {
             destination: destination(snapshot, policies, vs, &format!("{base}.mirror"), m, 1, out)?,
-            percent: spec.mirror_percentage.as_ref().map_or(100.0, |p| p.value),
+            percent: spec.mirror_share(),
         }),
         None => None,
     };
@@ -179,12 +179,10 @@ pub(crate) fn http_route(
             statuses: Vec::new(),
         }),
         fault: spec.fault.as_ref().map(|f| Fault {
-            delay: f.delay.as_ref().and_then(|d| {
-                Some((
-                    d.percentage.as_ref().map_or(100.0, |p| p.value),
-                    parse_duration(d.fixed_delay.as_deref())?,
-                ))
-            }),
+            delay: f
+                .delay
+                .as_ref()
+                .and_then(|d| Some((d.share(), parse_duration(d.fixed_delay.as_deref())?))),
             abort: f.abort.as_ref().and_then(|a| {
                 Some((
                     a.percentage.as_ref().map_or(100.0, |p| p.value),

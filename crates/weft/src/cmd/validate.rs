@@ -1,4 +1,5 @@
-//! `weft validate <path>`: every problem at once, one per line.
+//! `weft validate <path>`: every problem at once, one per line — errors,
+//! then a count; warnings (marked `warning:`) alone do not fail it.
 
 use std::path::Path;
 use std::process::ExitCode;
@@ -8,9 +9,16 @@ use weft_config::{LoadError, load_path};
 pub(crate) fn run(path: &Path) -> ExitCode {
     match load_path(path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                println!("{warning}");
+            }
             let s = &config.snapshot;
+            let warned = match config.warnings.len() {
+                0 => String::new(),
+                n => format!(" ({n} warning(s))"),
+            };
             println!(
-                "{}: valid: {} resources, {} services, {} workloads, trust domain {}",
+                "{}: valid{warned}: {} resources, {} services, {} workloads, trust domain {}",
                 path.display(),
                 config.resources.len(),
                 s.services.len(),
@@ -23,7 +31,15 @@ pub(crate) fn run(path: &Path) -> ExitCode {
             for problem in problems.iter() {
                 println!("{problem}");
             }
-            eprintln!("{}: {} problem(s)", path.display(), problems.len());
+            let warned = match problems.warnings() {
+                0 => String::new(),
+                n => format!(" and {n} warning(s)"),
+            };
+            eprintln!(
+                "{}: {} problem(s){warned}",
+                path.display(),
+                problems.errors()
+            );
             ExitCode::from(1)
         }
         Err(LoadError::Read(e)) => {
