@@ -32,6 +32,7 @@ mod cross;
 pub mod diag;
 pub mod kinds;
 pub mod loader;
+mod node_authz;
 pub mod resource;
 mod translate;
 pub mod translate_l7;

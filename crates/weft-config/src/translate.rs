@@ -65,13 +65,15 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
             .insert(se.name.clone(), service(se, endpoints));
     }
     // Policies attached to services are enforced by their waypoints
-    // (translate_l7); the rest by node proxies.
+    // (translate_l7); the rest by node proxies, the way Istio ambient's
+    // ztunnel does (`node_authz`), unless their selector picks gateways
+    // or waypoints only (translate_l7 attaches them there).
     for ap in r
         .authorization_policies
         .iter()
         .filter(|p| !p.spec.attached())
     {
-        snapshot.policies.insert(ap.name.clone(), policy(ap));
+        node_policy(ap, &mut snapshot, out);
     }
     for w in snapshot.workloads.values_mut() {
         if let Some(mode) = peer_mode(&r.peer_authentications, w) {
@@ -124,64 +126,52 @@ fn peer_mode(
     })
 }
 
-fn policy(
+/// The node's share of a policy without `targetRef`: its L4 rules (with
+/// a warning for each rule the node reads differently), or an error when
+/// only a proxy could enforce it.
+fn node_policy(
     ap: &Resource<crate::kinds::AuthorizationPolicySpec>,
-) -> weft_core::model::AuthorizationPolicy {
+    snapshot: &mut Snapshot,
+    out: &mut Vec<Diagnostic>,
+) {
     use crate::kinds::authorization_policy::ActionSpec;
-    use weft_core::model::{
-        AuthzAction, AuthzCondition, AuthzKey, AuthzOperation, AuthzRule, AuthzSource,
+    let reach = crate::node_authz::reach(
+        snapshot,
+        &ap.name.namespace,
+        ap.spec.selector.as_ref().map(|s| &s.match_labels),
+    );
+    let object = Some(ap.object());
+    let at =
+        |field: &str, message: String| Diagnostic::at(&ap.origin, object.clone(), field, message);
+    let action = match ap.spec.action {
+        Some(ActionSpec::Custom) => "CUSTOM",
+        Some(ActionSpec::Audit) => "AUDIT",
+        _ => {
+            if reach.nodes {
+                let (policy, warnings) = crate::node_authz::node_policy(ap);
+                for (field, message) in warnings {
+                    out.push(at(&field, message).warning());
+                }
+                snapshot.policies.insert(ap.name.clone(), policy);
+            }
+            return;
+        }
     };
-    let nets = |list: &[String]| list.iter().filter_map(|b| parse_net(b)).collect::<Vec<_>>();
-    let ports = |list: &[String]| {
-        list.iter()
-            .filter_map(|p| p.parse().ok())
-            .collect::<Vec<u16>>()
-    };
-    weft_core::model::AuthorizationPolicy {
-        name: ap.name.clone(),
-        selector: ap.spec.selector.as_ref().map(|s| s.match_labels.clone()),
-        action: match ap.spec.action {
-            Some(ActionSpec::Deny) => AuthzAction::Deny,
-            _ => AuthzAction::Allow,
-        },
-        rules: ap
-            .spec
-            .rules
-            .iter()
-            .map(|rule| AuthzRule {
-                from: rule
-                    .from
-                    .iter()
-                    .map(|f| AuthzSource {
-                        principals: f.source.principals.clone(),
-                        not_principals: f.source.not_principals.clone(),
-                        namespaces: f.source.namespaces.clone(),
-                        not_namespaces: f.source.not_namespaces.clone(),
-                        ip_blocks: nets(&f.source.ip_blocks),
-                        not_ip_blocks: nets(&f.source.not_ip_blocks),
-                    })
-                    .collect(),
-                to: rule
-                    .to
-                    .iter()
-                    .map(|t| AuthzOperation {
-                        ports: ports(&t.operation.ports),
-                        not_ports: ports(&t.operation.not_ports),
-                    })
-                    .collect(),
-                when: rule
-                    .when
-                    .iter()
-                    .filter_map(|c| {
-                        Some(AuthzCondition {
-                            key: AuthzKey::parse(&c.key)?,
-                            values: c.values.clone(),
-                            not_values: c.not_values.clone(),
-                        })
-                    })
-                    .collect(),
-            })
-            .collect(),
+    // CUSTOM and AUDIT need a proxy.
+    if reach.proxies.is_empty() {
+        out.push(at(
+            "spec.action",
+            format!("{action} is enforced by waypoints and gateways: attach the policy with targetRef, or select a gateway or waypoint workload"),
+        ));
+    } else if !reach.workloads.is_empty() {
+        let names: Vec<String> = reach.workloads.iter().map(ToString::to_string).collect();
+        out.push(at(
+            "spec.selector",
+            format!(
+                "{action} is enforced by gateways and waypoints, but this selector also picks {}, which only a node serves; narrow the selector or attach with targetRef",
+                names.join(", ")
+            ),
+        ));
     }
 }
 

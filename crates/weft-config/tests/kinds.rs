@@ -468,15 +468,12 @@ fn authorization_policy_l7_fields_and_bad_values_are_named() {
         )
     };
     let cases = [
+        // Request-level fields without targetRef load with a warning
+        // (node_authz's tests); CUSTOM with a selector needs a proxy.
         (
-            ap("  rules:\n  - to:\n    - operation: {methods: [GET]}\n"),
-            "spec.rules[0].to[0].operation.methods",
-            "need targetRef",
-        ),
-        (
-            ap("  rules:\n  - from:\n    - source: {requestPrincipals: [\"*\"]}\n"),
-            "spec.rules[0].from[0].source.requestPrincipals",
-            "need targetRef",
+            ap("  selector: {matchLabels: {app: x}}\n  action: CUSTOM\n  provider: {name: ext}\n"),
+            "spec.action",
+            "select a gateway or waypoint workload",
         ),
         (
             ap("  action: CUSTOM\n"),
@@ -504,9 +501,9 @@ fn authorization_policy_l7_fields_and_bad_values_are_named() {
             "not a valid port",
         ),
         (
-            ap("  rules:\n  - when:\n    - {key: \"request.headers[x-user]\", values: [a]}\n"),
+            ap("  rules:\n  - when:\n    - {key: \"request.bogus\", values: [a]}\n"),
             "spec.rules[0].when[0].key",
-            "not an L4 attribute",
+            "not an attribute weft can check",
         ),
         (
             ap("  rules:\n  - from:\n    - source: {ipBlocks: [10.0.0.0/40]}\n"),
@@ -1229,10 +1226,10 @@ fn request_authentication_attaches_issuers_to_services() {
             "spec.jwtRules[0].timeout: must be greater than zero",
         ),
         (
-            ra(
-                "  selector: {matchLabels: {app: reviews}}\n  jwtRules: [{issuer: i, jwks: '{}'}]\n",
-            ),
-            "attach with targetRef",
+            ra(&format!(
+                "  selector: {{matchLabels: {{app: reviews}}}}\n  targetRef: {{name: reviews}}\n  jwtRules: [{{issuer: i, jwks: '{jwks}'}}]\n"
+            )),
+            "spec.selector: use selector or targetRef, not both",
         ),
         (
             ra("  targetRef: {name: reviews}\n  jwtRules: [{issuer: i, jwks: 'nope'}]\n"),

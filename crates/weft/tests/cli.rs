@@ -328,3 +328,41 @@ spec:
     let (_, stdout) = ask("/public");
     assert!(!stdout.contains("CUSTOM"), "{stdout}");
 }
+
+#[test]
+fn authz_check_says_how_the_node_reads_request_level_fields() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let demo = repo("examples/demo");
+    for f in ["mesh.yaml", "services.yaml", "workloads.yaml"] {
+        std::fs::copy(demo.join(f), dir.path().join(f)).expect("copy demo");
+    }
+    // Sidecar-era: a selector policy allowing only GETs to payments. The
+    // node cannot see methods: as in Istio ambient, the rule never matches.
+    std::fs::write(
+        dir.path().join("policy.yaml"),
+        "apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: get-only, namespace: billing}
+spec:
+  selector: {matchLabels: {app: payments}}
+  rules: [{to: [{operation: {methods: [GET]}}]}]
+",
+    )
+    .expect("policy");
+    let out = run(&[
+        "authz",
+        "check",
+        dir.path().to_str().expect("utf-8"),
+        "--from",
+        "shop/orders-1",
+        "--to",
+        "payments.billing.svc.cluster.local",
+    ]);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "denied at the node: {stdout}");
+    assert!(
+        stdout.contains("AuthorizationPolicy billing/get-only: warning: spec.rules[0].to[0].operation.methods: methods is request-level"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("never matches"), "{stdout}");
+}

@@ -1,8 +1,10 @@
 //! Istio `AuthorizationPolicy` (`security.istio.io/v1`): who may call a
-//! workload. The node proxy enforces the L4 subset — principals,
-//! namespaces, IP blocks, ports, and `when` conditions on L4 attributes.
-//! Request-level fields (methods, paths, hosts, request principals) need a
-//! waypoint and are rejected by name until weft has one.
+//! workload. Attached with `targetRef`, a service's waypoint (or a
+//! Gateway) enforces all of it. With a `selector` or namespace-wide, the
+//! destination node enforces the L4 part — principals, namespaces, IP
+//! blocks, ports, `when` on L4 attributes — and reads request-level
+//! fields the fail-safe way Istio ambient does (`node_authz`); a selector
+//! that picks gateway or waypoint workloads attaches the policy to them.
 
 use std::collections::BTreeMap;
 
@@ -193,52 +195,18 @@ impl Spec for AuthorizationPolicySpec {
         if attached && self.selector.is_some() {
             ctx.error("spec.selector", "use selector or targetRef, not both");
         }
-        // Request-level fields need a waypoint: the policy must name services.
-        if !attached {
-            for (r, rule) in self.rules.iter().enumerate() {
-                for (f, from) in rule.from.iter().enumerate() {
-                    let s = &from.source;
-                    if !s.remote_ip_blocks.is_empty() || !s.not_remote_ip_blocks.is_empty() {
-                        ctx.error(
-                            &format!("spec.rules[{r}].from[{f}].source.remoteIpBlocks"),
-                            "request-level fields need targetRef: attach the policy to a service or Gateway",
-                        );
-                    }
-                    if !s.request_principals.is_empty() || !s.not_request_principals.is_empty() {
-                        ctx.error(
-                            &format!("spec.rules[{r}].from[{f}].source.requestPrincipals"),
-                            "request-level fields need targetRef: attach the policy to a service, whose waypoint enforces it",
-                        );
-                    }
-                }
-                for (t, to) in rule.to.iter().enumerate() {
-                    let o = &to.operation;
-                    for (name, list) in [
-                        ("hosts", &o.hosts),
-                        ("notHosts", &o.not_hosts),
-                        ("methods", &o.methods),
-                        ("notMethods", &o.not_methods),
-                        ("paths", &o.paths),
-                        ("notPaths", &o.not_paths),
-                    ] {
-                        if !list.is_empty() {
-                            ctx.error(
-                                &format!("spec.rules[{r}].to[{t}].operation.{name}"),
-                                "request-level fields need targetRef: attach the policy to a service, whose waypoint enforces it",
-                            );
-                        }
-                    }
-                }
-            }
-        }
+        // Request-level fields without targetRef are read the way Istio
+        // ambient reads them (the node's share: `node_authz`; a selector
+        // that picks gateways or waypoints: enforced there in full).
+        let node_wide = !attached && self.selector.is_none();
         match self.action {
-            Some(ActionSpec::Audit) if !attached => ctx.error(
+            Some(ActionSpec::Audit) if node_wide => ctx.error(
                 "spec.action",
-                "AUDIT is enforced by waypoints: attach the policy with targetRef, or use ALLOW or DENY",
+                "AUDIT is enforced by waypoints: attach the policy with targetRef (or select a waypoint), or use ALLOW or DENY",
             ),
-            Some(ActionSpec::Custom) if !attached => ctx.error(
+            Some(ActionSpec::Custom) if node_wide => ctx.error(
                 "spec.action",
-                "CUSTOM is enforced by waypoints and gateways: attach the policy with targetRef",
+                "CUSTOM is enforced by waypoints and gateways: attach the policy with targetRef (or select a gateway)",
             ),
             Some(ActionSpec::Custom) if self.provider.is_none() => ctx.error(
                 "spec.provider",
@@ -294,7 +262,12 @@ impl Spec for AuthorizationPolicySpec {
             }
             for (w, cond) in rule.when.iter().enumerate() {
                 let base = format!("spec.rules[{r}].when[{w}]");
-                if attached {
+                // Request-level keys: checked by proxies; the node's
+                // share drops them (`node_authz`).
+                if attached
+                    || (AuthzKey::parse(&cond.key).is_none()
+                        && weft_core::l7::is_when_key(&cond.key))
+                {
                     if !weft_core::l7::is_when_key(&cond.key) {
                         ctx.error(
                             &format!("{base}.key"),
@@ -313,9 +286,10 @@ impl Spec for AuthorizationPolicySpec {
                         ctx.error(
                             &format!("{base}.key"),
                             format!(
-                                "{:?} is not an L4 attribute weft can check; use one of {}",
+                                "{:?} is not an attribute weft can check; use one of {} (nodes), {} (waypoints and gateways)",
                                 cond.key,
-                                known.join(", ")
+                                known.join(", "),
+                                weft_core::l7::WHEN_KEYS
                             ),
                         );
                     }

@@ -1,9 +1,11 @@
 //! Istio `RequestAuthentication` (`security.istio.io/v1`): which JWTs a
 //! service accepts, checked by its waypoint. A request with an invalid
 //! token is refused (401); a request without one passes and is left to
-//! authorization. Attached to services with `targetRef(s)` (as Istio does
-//! for waypoints); keys are given inline (`jwks`) or fetched by the
-//! waypoint from `jwksUri` (HTTPS), cached and refreshed.
+//! authorization. Attached to services or Gateways with `targetRef(s)` (as
+//! Istio does for waypoints), or with a `selector` that picks gateway or
+//! waypoint workloads (on other workloads a selector has no effect, as in
+//! Istio ambient: a warning says so); keys are given inline (`jwks`) or
+//! fetched by the proxy from `jwksUri` (HTTPS), cached and refreshed.
 
 use serde::Deserialize;
 
@@ -20,6 +22,11 @@ pub struct RequestAuthenticationSpec {
     /// Several services.
     #[serde(default)]
     pub target_refs: Vec<RefSpec>,
+    /// Workloads of the namespace (Istio's sidecar-era attachment): a
+    /// gateway or waypoint it picks checks the tokens; on other workloads
+    /// it has no effect (node proxies do not read requests), as in Istio
+    /// ambient, and a warning says so.
+    pub selector: Option<crate::kinds::authorization_policy::Selector>,
     /// Issuers and their keys.
     #[serde(default)]
     pub jwt_rules: Vec<JwtRuleSpec>,
@@ -78,23 +85,24 @@ pub struct ClaimToHeaderSpec {
 
 impl Spec for RequestAuthenticationSpec {
     const KIND: &'static str = "RequestAuthentication";
-    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        (
-            "spec.selector",
-            "weft checks JWTs in waypoints: attach with targetRef (kind: Service)",
-        ),
-        (
-            "spec.jwtRules.outputPayloadToHeader",
-            "use outputClaimToHeaders",
-        ),
-    ];
+    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[(
+        "spec.jwtRules.outputPayloadToHeader",
+        "use outputClaimToHeaders",
+    )];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
-        if self.target_ref.is_none() && self.target_refs.is_empty() {
-            ctx.error(
+        let targeted = self.target_ref.is_some() || !self.target_refs.is_empty();
+        match (targeted, &self.selector) {
+            (false, None) => ctx.error(
                 "spec.targetRef",
-                "name the service whose waypoint checks the tokens",
-            );
+                "name the service whose waypoint checks the tokens (or the Gateway)",
+            ),
+            (true, Some(_)) => ctx.error("spec.selector", "use selector or targetRef, not both"),
+            (false, Some(s)) if s.match_labels.is_empty() => ctx.error(
+                "spec.selector.matchLabels",
+                "an empty selector selects nothing; name labels, or attach with targetRef",
+            ),
+            _ => {}
         }
         if self.jwt_rules.is_empty() {
             ctx.error("spec.jwtRules", "add at least one issuer");

@@ -2,7 +2,7 @@
 //! request-level `AuthorizationPolicy` and its CUSTOM providers,
 //! `RequestAuthentication` (JWT issuers), `RateLimitPolicy`.
 
-use weft_core::model::Snapshot;
+use weft_core::model::{NamespacedName, Snapshot};
 
 use super::common::{attach_point, parse_duration, report};
 use crate::diag::Diagnostic;
@@ -10,7 +10,8 @@ use crate::kinds::Resources;
 use crate::resource::Resource;
 
 /// `AuthorizationPolicy` attached with `targetRef(s)` → the request-level
-/// policies of those services (enforced by their waypoints).
+/// policies of those services (enforced by their waypoints); one whose
+/// `selector` picks gateway or waypoint workloads → those proxies'.
 pub(crate) fn translate_waypoint_policies(
     r: &Resources,
     snapshot: &mut Snapshot,
@@ -18,14 +19,24 @@ pub(crate) fn translate_waypoint_policies(
 ) {
     use crate::kinds::authorization_policy::ActionSpec;
     use weft_core::l7::{AuthzAction, L7Authz, L7AuthzRule, L7Condition, L7Operation, L7Source};
+    // Attached with targetRef, or by a selector that picks proxies.
     let mut attached: Vec<&Resource<crate::kinds::AuthorizationPolicySpec>> = r
         .authorization_policies
         .iter()
         .map(|p| p.as_ref())
-        .filter(|p| p.spec.attached())
+        .filter(|p| p.spec.attached() || p.spec.selector.is_some())
         .collect();
     attached.sort_by(|a, b| a.name.cmp(&b.name));
     for ap in attached {
+        let proxies = crate::node_authz::reach(
+            snapshot,
+            &ap.name.namespace,
+            ap.spec.selector.as_ref().map(|s| &s.match_labels),
+        )
+        .proxies;
+        if !ap.spec.attached() && proxies.is_empty() {
+            continue;
+        }
         let provider = match &ap.spec.provider {
             Some(p) if ap.spec.action == Some(ActionSpec::Custom) => {
                 match authz_provider(r, &p.name) {
@@ -111,6 +122,57 @@ pub(crate) fn translate_waypoint_policies(
                 Err(e) => report(out, ap, "spec.targetRef.name", e),
             }
         }
+        for proxy in proxies {
+            attach_to_proxy(snapshot, ap, &proxy, &policy, out);
+        }
+    }
+}
+
+/// A `selector` policy that picks gateway or waypoint workload `proxy`:
+/// the gateway's policy, or that of every service the waypoint serves.
+fn attach_to_proxy(
+    snapshot: &mut Snapshot,
+    ap: &Resource<crate::kinds::AuthorizationPolicySpec>,
+    proxy: &NamespacedName,
+    policy: &weft_core::l7::L7Authz,
+    out: &mut Vec<Diagnostic>,
+) {
+    if snapshot.workloads.get(proxy).is_some_and(|w| w.gateway) {
+        match snapshot.gateways.get_mut(proxy) {
+            Some(g) => g.policy.authz.push(policy.clone()),
+            None => report(
+                out,
+                ap,
+                "spec.selector",
+                format!("selects gateway workload {proxy}, which serves no Gateway"),
+            ),
+        }
+        return;
+    }
+    let served: Vec<NamespacedName> = snapshot
+        .services
+        .values()
+        .filter(|s| s.waypoint.as_ref() == Some(proxy))
+        .map(|s| s.name.clone())
+        .collect();
+    if served.is_empty() {
+        out.push(
+            Diagnostic::at(
+                &ap.origin,
+                Some(ap.object()),
+                "spec.selector",
+                format!("selects waypoint {proxy}, which no service uses yet: no effect"),
+            )
+            .warning(),
+        );
+    }
+    for service in served {
+        snapshot
+            .l7
+            .entry(service)
+            .or_default()
+            .authz
+            .push(policy.clone());
     }
 }
 
@@ -286,6 +348,53 @@ pub(crate) fn translate_request_authentications(
                     report(out, ra, &field, e);
                 }
             }
+        }
+        if let Some(selector) = &ra.spec.selector {
+            jwt_by_selector(snapshot, ra, &selector.match_labels, &issuers, out);
+        }
+    }
+}
+
+/// A `selector` `RequestAuthentication`: the gateways and waypoints it
+/// picks check the tokens; other workloads cannot (a warning says so).
+fn jwt_by_selector(
+    snapshot: &mut Snapshot,
+    ra: &Resource<crate::kinds::RequestAuthenticationSpec>,
+    selector: &std::collections::BTreeMap<String, String>,
+    issuers: &[weft_core::l7::JwtIssuer],
+    out: &mut Vec<Diagnostic>,
+) {
+    let reach = crate::node_authz::reach(snapshot, &ra.name.namespace, Some(selector));
+    let warn = |message: String| {
+        Diagnostic::at(&ra.origin, Some(ra.object()), "spec.selector", message).warning()
+    };
+    if reach.proxies.is_empty() && reach.workloads.is_empty() {
+        out.push(warn("selects no workload: no effect".into()));
+    }
+    if !reach.workloads.is_empty() {
+        let names: Vec<String> = reach.workloads.iter().map(ToString::to_string).collect();
+        out.push(warn(format!(
+            "no effect on {}: node proxies do not read requests, so they check no JWTs (as in Istio ambient); attach with targetRef to the service for its waypoint to check them",
+            names.join(", ")
+        )));
+    }
+    for proxy in reach.proxies {
+        let served: Vec<NamespacedName> = snapshot
+            .services
+            .values()
+            .filter(|s| s.waypoint.as_ref() == Some(&proxy))
+            .map(|s| s.name.clone())
+            .collect();
+        if let Some(g) = snapshot.gateways.get_mut(&proxy) {
+            g.policy.jwt.extend(issuers.iter().cloned());
+        }
+        for service in served {
+            snapshot
+                .l7
+                .entry(service)
+                .or_default()
+                .jwt
+                .extend(issuers.iter().cloned());
         }
     }
 }

@@ -178,6 +178,15 @@ fn caller(snapshot: &Snapshot, from: &str) -> Result<(Identity, Option<IpAddr>),
 
 fn check(args: &CheckArgs) -> Result<bool, String> {
     let config = weft_config::load_path(&args.config).map_err(|e| e.to_string())?;
+    // Policies the node reads differently from how they are written
+    // (request-level fields without targetRef) say so before the answer.
+    for w in config.warnings.iter().filter(|w| {
+        w.object.as_deref().is_some_and(|o| {
+            o.starts_with("AuthorizationPolicy ") || o.starts_with("RequestAuthentication ")
+        })
+    }) {
+        println!("{w}");
+    }
     let snapshot = &config.snapshot;
     let (identity, ip) = caller(snapshot, &args.from)?;
     let source_ip = args
