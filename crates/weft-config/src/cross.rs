@@ -19,6 +19,7 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_names(&r.authorization_policies, out);
     duplicate_names(&r.peer_authentications, out);
     duplicate_names(&r.virtual_services, out);
+    duplicate_names(&r.istio_gateways, out);
     duplicate_names(&r.destination_rules, out);
     duplicate_names(&r.http_routes, out);
     duplicate_names(&r.grpc_routes, out);

@@ -736,7 +736,7 @@ fn l7_mistakes_are_named() {
             vs(
                 "  hosts: [reviews]\n  gateways: [edge]\n  http: [{route: [{destination: {host: reviews}}]}]\n",
             ),
-            "only mesh routes are supported",
+            "no Istio Gateway (networking.istio.io) shop/edge",
         ),
         (
             vs(
@@ -752,7 +752,7 @@ fn l7_mistakes_are_named() {
         ),
         (
             vs("  hosts: [reviews]\n  tcp: [{route: [{destination: {host: reviews}}]}]\n"),
-            "spec.tcp: is not supported by weft",
+            "spec.tcp: TLS and TCP routes apply at gateways",
         ),
         (
             vs("  hosts: [reviews]\n  http: [{}]\n"),

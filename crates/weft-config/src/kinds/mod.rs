@@ -18,6 +18,7 @@ pub mod destination_rule;
 pub mod gateway;
 pub mod grpc_route;
 pub mod http_route;
+pub mod istio_gateway;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod rate_limit_policy;
@@ -33,6 +34,7 @@ pub use destination_rule::DestinationRuleSpec;
 pub use gateway::GatewaySpec;
 pub use grpc_route::GrpcRouteSpec;
 pub use http_route::HttpRouteSpec;
+pub use istio_gateway::IstioGatewaySpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
 pub use rate_limit_policy::RateLimitPolicySpec;
@@ -112,6 +114,8 @@ kinds! {
     workload_entries: WorkloadEntrySpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "WorkloadEntry", as_is),
     /// Istio `VirtualService`.
     virtual_services: VirtualServiceSpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "VirtualService", as_is),
+    /// Istio `Gateway` (ports and hosts of ingress gateway workloads).
+    istio_gateways: IstioGatewaySpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "Gateway", as_is),
     /// Istio `DestinationRule`.
     destination_rules: DestinationRuleSpec = (ISTIO_NETWORKING, ISTIO_NETWORKING_VERSIONS, "DestinationRule", as_is),
     /// Gateway API `HTTPRoute`.

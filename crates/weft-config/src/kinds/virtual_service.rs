@@ -2,8 +2,9 @@
 //! services it names in `hosts`, applied by their waypoint. Matches on
 //! path, method and headers; weighted destinations (subsets from
 //! `DestinationRule`); timeouts, retries, faults, mirroring, redirects,
-//! rewrites and header changes. TCP and TLS routes, and gateways other
-//! than `mesh`, are rejected by name.
+//! rewrites and header changes. Bound to Istio `Gateway`s with
+//! `gateways`, its `http`, `tls` (by SNI) and `tcp` routes serve the
+//! gateways' servers whose hosts match `hosts`.
 
 use std::collections::BTreeMap;
 
@@ -20,12 +21,94 @@ pub struct VirtualServiceSpec {
     /// resource's namespace).
     #[serde(default)]
     pub hosts: Vec<String>,
-    /// Only `mesh` (the default).
+    /// Where the routes apply: Istio `Gateway`s (`[namespace/]name`)
+    /// and/or `mesh` (the services in `hosts`, through their waypoints).
+    /// Empty: the mesh only.
     #[serde(default)]
     pub gateways: Vec<String>,
     /// HTTP routes, first match wins.
     #[serde(default)]
     pub http: Vec<HttpRouteSpec>,
+    /// TLS routes by SNI (gateways' passthrough servers).
+    #[serde(default)]
+    pub tls: Vec<TlsRouteSpec>,
+    /// TCP routes (gateways' TCP servers).
+    #[serde(default)]
+    pub tcp: Vec<TcpRouteSpec>,
+}
+
+/// The name in `gateways` that means the mesh.
+pub const MESH_GATEWAY: &str = "mesh";
+
+impl VirtualServiceSpec {
+    /// Whether the routes apply to the mesh (its services' waypoints).
+    pub fn binds_mesh(&self) -> bool {
+        self.gateways.is_empty() || self.gateways.iter().any(|g| g == MESH_GATEWAY)
+    }
+
+    /// The Istio Gateways named, as (index in `gateways`, namespace, name).
+    pub fn bound_gateways<'a>(
+        &'a self,
+        namespace: &'a str,
+    ) -> impl Iterator<Item = (usize, &'a str, &'a str)> + 'a {
+        self.gateways
+            .iter()
+            .enumerate()
+            .filter(|(_, g)| *g != MESH_GATEWAY)
+            .map(move |(i, g)| match g.split_once('/') {
+                Some((ns, name)) => (i, ns, name),
+                None => (i, namespace, g.as_str()),
+            })
+    }
+}
+
+/// `spec.tls[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct TlsRouteSpec {
+    /// Conditions; any one must hold.
+    #[serde(rename = "match", default)]
+    pub matches: Vec<TlsMatchSpec>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<L4DestinationSpec>,
+}
+
+/// `spec.tls[].match[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsMatchSpec {
+    /// SNI names (`*.` wildcards).
+    #[serde(default)]
+    pub sni_hosts: Vec<String>,
+    /// The gateway port.
+    pub port: Option<u32>,
+}
+
+/// `spec.tcp[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct TcpRouteSpec {
+    /// Conditions; any one must hold.
+    #[serde(rename = "match", default)]
+    pub matches: Vec<TcpMatchSpec>,
+    /// Weighted destinations.
+    #[serde(default)]
+    pub route: Vec<L4DestinationSpec>,
+}
+
+/// `spec.tcp[].match[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct TcpMatchSpec {
+    /// The gateway port.
+    pub port: Option<u32>,
+}
+
+/// `route[]` of a TLS or TCP route.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct L4DestinationSpec {
+    /// Where.
+    pub destination: DestinationSpec,
+    /// Relative weight.
+    pub weight: Option<u32>,
 }
 
 /// `spec.http[]`.
@@ -245,11 +328,15 @@ const NOT_YET: &str = "is not supported by weft's waypoint yet";
 impl Spec for VirtualServiceSpec {
     const KIND: &'static str = "VirtualService";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        (
-            "spec.tcp",
-            "TCP routes are not supported; L4 traffic goes to the service directly",
-        ),
-        ("spec.tls", "TLS routes are not supported"),
+        ("spec.tls.match.destinationSubnets", NOT_YET),
+        ("spec.tls.match.sourceLabels", NOT_YET),
+        ("spec.tls.match.gateways", NOT_YET),
+        ("spec.tls.match.sourceNamespace", NOT_YET),
+        ("spec.tcp.match.destinationSubnets", NOT_YET),
+        ("spec.tcp.match.sourceLabels", NOT_YET),
+        ("spec.tcp.match.gateways", NOT_YET),
+        ("spec.tcp.match.sourceNamespace", NOT_YET),
+        ("spec.tcp.match.sourceSubnet", NOT_YET),
         (
             "spec.exportTo",
             "exportTo is not supported: every route is visible mesh-wide",
@@ -281,15 +368,53 @@ impl Spec for VirtualServiceSpec {
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
         if self.hosts.is_empty() {
-            ctx.error("spec.hosts", "name at least one service host");
+            ctx.error("spec.hosts", "name at least one host");
         }
         for (i, g) in self.gateways.iter().enumerate() {
-            if g != "mesh" {
+            let name = g.rsplit('/').next().unwrap_or(g);
+            let ns = g.split_once('/').map(|(ns, _)| ns);
+            let bad = ns.is_some_and(|ns| weft_core::names::check_label(ns).is_err())
+                || weft_core::names::check_subdomain(name).is_err();
+            if bad {
                 ctx.error(
                     &format!("spec.gateways[{i}]"),
-                    format!("{g:?}: only mesh routes are supported (the ingress gateway comes with Gateway API)"),
+                    format!("{g:?} is not \"mesh\" or an Istio Gateway's [namespace/]name"),
                 );
             }
+        }
+        if self.binds_mesh() {
+            for (h, host) in self.hosts.iter().enumerate() {
+                if host.contains('*') {
+                    ctx.error(
+                        &format!("spec.hosts[{h}]"),
+                        format!("{host:?}: routes for the mesh name services; wildcards apply at gateways only"),
+                    );
+                }
+            }
+            for (field, present) in [
+                ("spec.tls", !self.tls.is_empty()),
+                ("spec.tcp", !self.tcp.is_empty()),
+            ] {
+                if present && self.gateways.is_empty() {
+                    ctx.error(
+                        field,
+                        "TLS and TCP routes apply at gateways: name the Gateway in spec.gateways (in the mesh, L4 traffic goes to the service directly)",
+                    );
+                }
+            }
+        }
+        for (r, route) in self.tls.iter().enumerate() {
+            let base = format!("spec.tls[{r}]");
+            if route.matches.iter().all(|m| m.sni_hosts.is_empty()) {
+                ctx.error(
+                    &format!("{base}.match"),
+                    "a TLS route matches on sniHosts: name at least one",
+                );
+            }
+            check_l4_destinations(ctx, &base, &route.route);
+        }
+        for (r, route) in self.tcp.iter().enumerate() {
+            check_l4_destinations(ctx, &format!("spec.tcp[{r}]"), &route.route);
         }
         for (r, route) in self.http.iter().enumerate() {
             let base = format!("spec.http[{r}]");
@@ -394,6 +519,17 @@ impl Spec for VirtualServiceSpec {
                     format!("{code} is not a redirect status (301, 302, 303, 307, 308)"),
                 );
             }
+        }
+    }
+}
+
+fn check_l4_destinations(ctx: &mut Ctx<'_>, base: &str, route: &[L4DestinationSpec]) {
+    if route.is_empty() {
+        ctx.error(&format!("{base}.route"), "name at least one destination");
+    }
+    for (d, dest) in route.iter().enumerate() {
+        if dest.destination.host.is_empty() {
+            ctx.error(&format!("{base}.route[{d}].destination.host"), "required");
         }
     }
 }

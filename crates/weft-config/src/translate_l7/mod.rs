@@ -1,4 +1,5 @@
-//! `VirtualService` and `DestinationRule` → each service's [`L7Policy`].
+//! `VirtualService` and `DestinationRule` → each service's [`L7Policy`];
+//! gateways (Gateway API's and Istio's) → their listeners and routes.
 //! Names are resolved here: hosts to services (short names in the
 //! resource's namespace), subsets to workloads. What cannot be resolved is
 //! reported with the resource and field.
@@ -6,6 +7,7 @@
 mod clusters;
 mod common;
 mod gateways;
+mod istio_gateways;
 mod policies;
 mod routes;
 
@@ -117,7 +119,8 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     let mut services: Vec<&Resource<VirtualServiceSpec>> =
         r.virtual_services.iter().map(|v| v.as_ref()).collect();
     services.sort_by(|a, b| a.name.cmp(&b.name));
-    for vs in services {
+    // Routes for the mesh; those for Istio Gateways are bound below.
+    for vs in services.into_iter().filter(|v| v.spec.binds_mesh()) {
         let mut routes = Vec::new();
         for (i, spec) in vs.spec.http.iter().enumerate() {
             if let Some(route) = http_route(snapshot, &policies, vs, i, spec, out) {
@@ -154,6 +157,8 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     }
     snapshot.l7 = policies;
     translate_gateways(r, snapshot, out);
+    let bindings = istio_gateways::translate_istio_gateways(r, snapshot, out);
+    istio_gateways::bind_virtual_services(r, snapshot, &bindings, out);
     translate_http_routes(r, snapshot, out);
     translate_tls_routes(r, snapshot, out);
     translate_rate_limits(r, snapshot, out);
