@@ -769,10 +769,6 @@ fn l7_mistakes_are_named() {
             "subset \"a\" is defined twice",
         ),
         (
-            dr("  host: reviews\n  subsets: [{name: v3, labels: {version: v3}}]\n"),
-            "subset \"v3\" selects none of shop/reviews's endpoints",
-        ),
-        (
             dr("  host: reviews\n  trafficPolicy: {tls: {mode: ISTIO_MUTUAL}}\n"),
             "mutual TLS is automatic",
         ),

@@ -49,6 +49,16 @@ pub(crate) fn report<S: Spec>(
     out.push(Diagnostic::at(&r.origin, Some(r.object()), field, message));
 }
 
+/// A warning at a resource's field: the configuration still loads.
+pub(crate) fn warn<S: Spec>(
+    out: &mut Vec<Diagnostic>,
+    r: &Resource<S>,
+    field: &str,
+    message: String,
+) {
+    out.push(Diagnostic::at(&r.origin, Some(r.object()), field, message).warning());
+}
+
 /// The L7 policy a `targetRef` names: a service's (created on first use)
 /// or a Gateway's; `Err` says what is missing.
 pub(crate) fn attach_point<'a>(

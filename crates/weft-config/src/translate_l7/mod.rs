@@ -103,12 +103,14 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
                 .map(|w| w.name.to_string())
                 .collect();
             if members.is_empty() {
-                report(
+                // Istio accepts it (the endpoints may come later); routes
+                // to it answer 503 until then.
+                common::warn(
                     out,
                     dr,
                     &format!("spec.subsets[{i}].labels"),
                     format!(
-                        "subset {:?} selects none of {}'s endpoints",
+                        "subset {:?} selects none of {}'s endpoints (yet): requests routed to it fail with 503 until one has these labels",
                         subset.name, service.name
                     ),
                 );

@@ -156,14 +156,11 @@ fn attach_to_proxy(
         .map(|s| s.name.clone())
         .collect();
     if served.is_empty() {
-        out.push(
-            Diagnostic::at(
-                &ap.origin,
-                Some(ap.object()),
-                "spec.selector",
-                format!("selects waypoint {proxy}, which no service uses yet: no effect"),
-            )
-            .warning(),
+        super::common::warn(
+            out,
+            ap,
+            "spec.selector",
+            format!("selects waypoint {proxy}, which no service uses yet: no effect"),
         );
     }
     for service in served {
@@ -365,18 +362,25 @@ fn jwt_by_selector(
     out: &mut Vec<Diagnostic>,
 ) {
     let reach = crate::node_authz::reach(snapshot, &ra.name.namespace, Some(selector));
-    let warn = |message: String| {
-        Diagnostic::at(&ra.origin, Some(ra.object()), "spec.selector", message).warning()
-    };
     if reach.proxies.is_empty() && reach.workloads.is_empty() {
-        out.push(warn("selects no workload: no effect".into()));
+        super::common::warn(
+            out,
+            ra,
+            "spec.selector",
+            "selects no workload: no effect".into(),
+        );
     }
     if !reach.workloads.is_empty() {
         let names: Vec<String> = reach.workloads.iter().map(ToString::to_string).collect();
-        out.push(warn(format!(
-            "no effect on {}: node proxies do not read requests, so they check no JWTs (as in Istio ambient); attach with targetRef to the service for its waypoint to check them",
-            names.join(", ")
-        )));
+        super::common::warn(
+            out,
+            ra,
+            "spec.selector",
+            format!(
+                "no effect on {}: node proxies do not read requests, so they check no JWTs (as in Istio ambient); attach with targetRef to the service for its waypoint to check them",
+                names.join(", ")
+            ),
+        );
     }
     for proxy in reach.proxies {
         let served: Vec<NamespacedName> = snapshot
