@@ -258,11 +258,13 @@ pub(crate) async fn splice_plain(
         Reporter::Source,
         &w.peer(),
         None,
-        &addr.to_string(),
+        // No service: Istio labels it "unknown" (the address is in the
+        // access log), as ztunnel does.
+        "",
         Flags::NONE,
     );
     l.connection_security_policy = "none";
-    let guard = shared.metrics.open(l);
+    let guard = shared.metrics.open_to(l, Some(addr));
     let mut counted = Counted::new(&mut client, guard, true);
     let _ = weft_hbone::copy::bidirectional(&mut counted, &mut upstream).await;
 }
@@ -280,7 +282,9 @@ async fn captured_passthrough(
         Reporter::Source,
         &w.peer(),
         None,
-        &addr.to_string(),
+        // No service: Istio labels it "unknown" (the address is in the
+        // access log), as ztunnel does.
+        "",
         Flag::UpstreamFailure,
     );
     l.connection_security_policy = "none";

@@ -5,6 +5,7 @@
 //! bytes and, when the connection closes, emits the metrics and one access
 //! log line.
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,11 +65,19 @@ impl TcpMetrics {
 
     /// Starts accounting for one connection.
     pub fn open(&self, labels: TcpLabels) -> Arc<ConnectionGuard> {
+        self.open_to(labels, None)
+    }
+
+    /// Like [`Metrics::open`], for a connection to an address outside the
+    /// registry: its labels say `unknown` (as Istio's do), the access
+    /// line names the address.
+    pub fn open_to(&self, labels: TcpLabels, address: Option<SocketAddr>) -> Arc<ConnectionGuard> {
         self.opened.get_or_create(&labels).inc();
         self.active.fetch_add(1, Ordering::Relaxed);
         Arc::new(ConnectionGuard {
             metrics: self.clone(),
             labels,
+            address,
             started: Instant::now(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -84,6 +93,7 @@ impl TcpMetrics {
         drop(ConnectionGuard {
             metrics: self.clone(),
             labels,
+            address: None,
             started: Instant::now(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
@@ -97,6 +107,8 @@ impl TcpMetrics {
 pub struct ConnectionGuard {
     metrics: TcpMetrics,
     labels: TcpLabels,
+    /// The destination address, when no service names it.
+    address: Option<SocketAddr>,
     started: Instant,
     sent: AtomicU64,
     received: AtomicU64,
@@ -125,6 +137,7 @@ impl Drop for ConnectionGuard {
             dst = %format!("{}/{}", l.parties.destination_workload_namespace, l.parties.destination_workload),
             dst_principal = %l.parties.destination_principal,
             service = %l.parties.destination_service,
+            dst_addr = %self.address.map_or_else(|| "-".to_owned(), |a| a.to_string()),
             flags = l.response_flags,
             security = l.connection_security_policy,
             sent,

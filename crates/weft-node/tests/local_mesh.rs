@@ -275,6 +275,44 @@ async fn traffic_flows_over_mtls_and_fails_over_between_zones() {
     let r = socks_get("127.0.1.10:15080", Socks::Ip([127, 0, 3, 99], 8080)).await;
     assert!(r.contains("x-weft-app: outsider"), "{r}");
     outsider.stop().await;
+    // ...and is labelled as Istio labels unknown destinations, never with
+    // an address split on its dots.
+    let passthrough = get(&node1.metrics_addr.to_string(), "/metrics")
+        .await
+        .expect("node-1 metrics");
+    assert!(
+        passthrough
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("source_workload=\"frontend-1\"")
+                && l.contains("destination_service=\"unknown\"")
+                && l.contains("destination_service_name=\"unknown\"")
+                && l.contains("destination_service_namespace=\"unknown\"")
+                && l.contains("connection_security_policy=\"none\"")),
+        "no passthrough metric labelled unknown:\n{passthrough}"
+    );
+    assert!(
+        !passthrough.contains("destination_service_name=\"127\""),
+        "{passthrough}"
+    );
+    // A mesh workload by its own address (not the service's VIP) goes over
+    // HBONE like a captured connection: payments-1b's node reports it as
+    // mutual TLS from frontend.
+    let r = socks_get("127.0.1.10:15080", Socks::Ip([127, 0, 2, 20], 8080)).await;
+    assert!(r.contains("x-weft-locality: eu-west/eu-west-1b"), "{r}");
+    let dest_side = get(&node2.metrics_addr.to_string(), "/metrics")
+        .await
+        .expect("node-2 metrics");
+    assert!(
+        dest_side
+            .lines()
+            .any(|l| l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("source_workload=\"frontend-1\"")
+                && l.contains("destination_workload=\"payments-1b\"")
+                && l.contains("connection_security_policy=\"mutual_tls\"")),
+        "node-2 did not see frontend's SOCKS5 connection over mutual TLS:\n{dest_side}"
+    );
     // weft's own ports on the host's loopback are never passthrough targets
     // (refused as "not allowed", before any connection is tried).
     for port in [15000, 15010, 15012, 15014, 15020] {
