@@ -85,7 +85,10 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_level.as_deref(), cli.log_format == "json");
+    // `weft up` keeps its console for the summary: it logs to files.
+    if !matches!(cli.command, Command::Up(_)) {
+        init_logging(cli.log_level.as_deref(), cli.log_format == "json");
+    }
     match cli.command {
         Command::Validate { path } => cmd::validate::run(&path),
         Command::SampleApp(args) => cmd::sample_app::run(args),
@@ -99,7 +102,7 @@ fn main() -> ExitCode {
         Command::Node(args) => cmd::node::run(args),
         Command::Waypoint(args) => cmd::waypoint::run(args),
         Command::Gateway(args) => cmd::waypoint::run_gateway(args),
-        Command::Up(args) => cmd::up::run(args),
+        Command::Up(args) => cmd::up::run(args, cli.log_level.as_deref(), cli.log_format == "json"),
         Command::Run(args) => cmd::run::run(args),
         Command::Authz(args) => cmd::authz::run(args),
         Command::Graph(args) => cmd::graph::run(args),

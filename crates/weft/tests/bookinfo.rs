@@ -9,10 +9,14 @@
 //! at ratings, and everyone else is split 50/50 between reviews v1 and
 //! v3. Each sample is swapped in while the mesh runs, as a user would.
 
-use std::io::{BufRead, BufReader, Read, Write};
+mod support;
+
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use support::Up;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const GATEWAY: &str = "127.0.1.64:8080";
@@ -371,26 +375,6 @@ spec:
         subset: v1
 "#;
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    /// SIGTERM, so `weft up` stops its apps too.
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// A response: status and the sample app's name and version headers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Answer {
@@ -483,22 +467,7 @@ fn bookinfo_samples_behave_as_documented_through_gateway_and_waypoint() {
         "{said}"
     );
 
-    let mut child = Command::new(WEFT)
-        .arg("up")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weft up");
-    let stdout = child.stdout.take().expect("stdout");
-    let _guard = Guard(child);
-    for line in BufReader::new(stdout).lines() {
-        if line.expect("line").starts_with("weft up: ready") {
-            break;
-        }
-    }
+    let _up = Up::start(&config, &[]);
 
     // The ingress gateway: the bookinfo VirtualService's paths go to
     // productpage (the sample app answers them, with its name; it has no

@@ -8,12 +8,14 @@
 //! mesh's `DECODE_AND_MERGE_SLASHES`, no spelling of the path reaches the
 //! secret without the key, at either proxy; with the key it is served.
 
+mod support;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-const WEFT: &str = env!("CARGO_BIN_EXE_weft");
+use support::Up;
+
 const BACKEND: &str = "127.0.1.70:8080";
 const GATEWAY: &str = "127.0.1.71:8080";
 /// The client's outbound port to the service (through its waypoint).
@@ -214,25 +216,6 @@ fn normalize(raw: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
-struct Guard(Child);
-
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 /// One request: (status, body); `None` when the connection fails.
 fn get(addr: &str, target: &str, key: Option<&str>) -> Option<(u16, String)> {
     let mut conn = TcpStream::connect(addr).ok()?;
@@ -265,22 +248,7 @@ fn no_spelling_of_a_protected_path_passes_gateway_or_waypoint_policy() {
     let listener = TcpListener::bind(BACKEND).expect("backend address");
     std::thread::spawn(move || backend(listener));
 
-    let mut child = Command::new(WEFT)
-        .arg("up")
-        .arg(&config)
-        .arg("--state-dir")
-        .arg(tmp.path().join("state"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn weft up");
-    let stdout = child.stdout.take().expect("stdout");
-    let _guard = Guard(child);
-    for line in BufReader::new(stdout).lines() {
-        if line.expect("line").starts_with("weft up: ready") {
-            break;
-        }
-    }
+    let _up = Up::start(&config, &[]);
     // Readiness: the public path answers through both proxies.
     for addr in [GATEWAY, VIA_WAYPOINT] {
         let started = Instant::now();

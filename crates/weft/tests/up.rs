@@ -31,6 +31,27 @@ fn up_runs_the_demo_mesh() {
         printed.contains("spiffe://cluster.local/ns/billing/sa/payments"),
         "{printed}"
     );
+    // The console is the summary: the table, addresses, ready. The log
+    // stream goes to one file per process.
+    assert!(
+        printed.lines().count() <= 30,
+        "{} console lines:\n{printed}",
+        printed.lines().count()
+    );
+    let errors = guard.console_errors();
+    assert!(
+        !errors.contains(" INFO "),
+        "info lines reached the console:\n{errors}"
+    );
+    let logs = guard.state().join("logs");
+    let own = std::fs::read_to_string(logs.join("weft-up.log")).expect("weft-up.log");
+    assert!(
+        own.contains("configuration applied") || own.contains(" INFO "),
+        "{own}"
+    );
+    for app in ["shop-frontend-1.log", "billing-payments-1b.log"] {
+        assert!(logs.join(app).exists(), "no {app} in {}", logs.display());
+    }
 
     // frontend → orders and orders → payments through the node proxies.
     let start = Instant::now();
@@ -141,6 +162,17 @@ fn up_runs_the_demo_mesh() {
     );
     let status = guard.child.wait().expect("wait");
     assert_eq!(status.code(), Some(0));
+    // It says what it stopped.
+    let said = guard.rest();
+    for line in [
+        "stopped node node-1",
+        "stopped waypoint shop/shop-waypoint",
+        "stopped gateway shop/edge",
+        "app(s): billing/payments-1a",
+        "weft up: done",
+    ] {
+        assert!(said.contains(line), "{line:?} not in:\n{said}");
+    }
     let start = Instant::now();
     while TcpStream::connect("127.0.1.11:8080").is_ok() {
         assert!(

@@ -1,7 +1,15 @@
 //! `weft up <dir>`: a whole mesh on this machine, no root needed — the
 //! control plane on 127.0.0.1, one node proxy per node named in the
 //! configuration (node N on 127.0.N.1), and the apps the workloads'
-//! `weft.dev/run` annotations describe. Ctrl-C stops all of it.
+//! `weft.dev/run` annotations describe. Ctrl-C stops all of it and says
+//! what it stopped.
+//!
+//! The console shows what a user needs: the summary table, the
+//! configuration's warnings, warnings and errors as they happen, and the
+//! `ready` line. Everything is logged to files under `<state>/logs/`, one
+//! per process: `weft-up.log` (control plane, nodes, waypoints, gateways)
+//! and `<namespace>-<name>.log` per app. `--verbose` puts the full log
+//! stream on the console as well.
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -14,6 +22,15 @@ use weft_control::{Debounce, Options};
 use weft_core::model::{Snapshot, WorkloadAddress};
 use weft_node::NodeOptions;
 use weft_waypoint::fronts::setup::WaypointOptions;
+
+/// A console line that may go nowhere: after Ctrl-C the reader of our
+/// standard output may be gone, and that must not stop the shutdown.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 /// Flags of `weft up`.
 #[derive(clap::Args, Debug)]
@@ -35,6 +52,59 @@ pub(crate) struct Args {
     /// none).
     #[arg(long, default_value_t = 2.0)]
     background_load: f64,
+    /// Also print every log line on the console (they always go to
+    /// `<state>/logs/weft-up.log`).
+    #[arg(long, short)]
+    verbose: bool,
+}
+
+/// The log file of `weft up`'s own components.
+const LOG_FILE: &str = "weft-up.log";
+
+/// Logs to `<state>/logs/weft-up.log` (created 0600: logs name identities
+/// and addresses) at `level` (default `info`), and to the console only
+/// warnings and errors — or everything with `--verbose`.
+fn init_logging(args: &Args, level: Option<&str>, json: bool) -> Result<PathBuf, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    use tracing_subscriber::prelude::*;
+    use tracing_subscriber::{EnvFilter, fmt};
+    let logs = args.state_dir.join("logs");
+    weft_ca::secret::private_dir(&args.state_dir).map_err(|e| e.to_string())?;
+    weft_ca::secret::private_dir(&logs).map_err(|e| e.to_string())?;
+    let path = logs.join(LOG_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    let filter = || match level {
+        Some(l) => EnvFilter::new(l),
+        None => EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+    };
+    let to_file = fmt::layer()
+        .with_ansi(false)
+        .with_writer(std::sync::Mutex::new(file));
+    let to_file = if json {
+        to_file.json().with_filter(filter()).boxed()
+    } else {
+        to_file.with_filter(filter()).boxed()
+    };
+    let console = fmt::layer()
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .with_filter(if args.verbose {
+            filter()
+        } else {
+            EnvFilter::new("warn")
+        });
+    tracing_subscriber::registry()
+        .with(to_file)
+        .with(console)
+        .try_init()
+        .map_err(|e| e.to_string())?;
+    Ok(path)
 }
 
 /// Node N's address: `node-N` names give N; other names are numbered in
@@ -69,7 +139,11 @@ impl Drop for Apps {
     }
 }
 
-pub(crate) fn run(args: Args) -> ExitCode {
+pub(crate) fn run(args: Args, level: Option<&str>, json: bool) -> ExitCode {
+    if let Err(e) = init_logging(&args, level, json) {
+        eprintln!("weft up: {e}");
+        return ExitCode::from(2);
+    }
     let config = match load_path(&args.dir) {
         Ok(c) => c,
         Err(LoadError::Invalid(problems)) => {
@@ -81,7 +155,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let result = super::runtime().and_then(|rt| rt.block_on(up(&args, &config.snapshot)));
+    let result = super::runtime().and_then(|rt| rt.block_on(up(&args, &config)));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -111,11 +185,12 @@ fn proxy_metrics_addr(snapshot: &Snapshot, w: &weft_core::model::Workload) -> Op
     Some(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port))
 }
 
-async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
+async fn up(args: &Args, config: &weft_config::Config) -> Result<(), String> {
+    let snapshot = &config.snapshot;
     let state = &args.state_dir;
     // The state directory holds the bootstrap tokens and the CA: 0700.
-    weft_ca::secret::private_dir(&state.join("logs")).map_err(|e| e.to_string())?;
-    weft_ca::secret::private_dir(state).map_err(|e| e.to_string())?;
+    // The state directory (bootstrap tokens, the CA) and its logs were
+    // made 0700 with the log file.
     let names: BTreeSet<String> = snapshot
         .workloads
         .values()
@@ -224,14 +299,14 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     for w in snapshot.workloads.values().filter(|w| w.waypoint) {
         if let Some(o) = options(w) {
             let waypoint = weft_waypoint::fronts::waypoint::start(o).await;
-            waypoints.push(waypoint.map_err(|e| e.to_string())?);
+            waypoints.push((w.name.to_string(), waypoint.map_err(|e| e.to_string())?));
         }
     }
     let mut gateways = Vec::new();
     for w in snapshot.workloads.values().filter(|w| w.gateway) {
         if let Some(o) = options(w) {
             let gateway = weft_waypoint::fronts::gateway::start(o).await;
-            gateways.push(gateway.map_err(|e| e.to_string())?);
+            gateways.push((w.name.to_string(), gateway.map_err(|e| e.to_string())?));
         }
     }
 
@@ -335,7 +410,16 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
         control.monitoring_addr,
         control.metrics_addr
     );
-    println!("app logs: {}/logs/", state.display());
+    println!(
+        "logs: {}/logs/ ({LOG_FILE}: control plane, nodes, waypoints, gateways; <namespace>-<name>.log: each app; --verbose shows them here too)",
+        state.display()
+    );
+    if !config.warnings.is_empty() {
+        println!("\nwarnings in {}:", args.dir.display());
+        for w in &config.warnings {
+            println!("  {w}");
+        }
+    }
     if let Some((w, l)) = snapshot
         .workloads
         .values()
@@ -354,6 +438,10 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     println!("weft up: ready (Ctrl-C stops everything)");
 
     super::shutdown_signal().await;
+    say!(
+        "\nweft up: stopping (draining open connections for up to {:?})",
+        args.drain_timeout
+    );
     if let Some(load) = load {
         load.abort();
     }
@@ -361,19 +449,30 @@ async fn up(args: &Args, snapshot: &Snapshot) -> Result<(), String> {
     // apps and the control plane go.
     let drains: Vec<_> = proxies
         .into_iter()
-        .map(|(_, _, proxy)| tokio::spawn(proxy.drain(args.drain_timeout)))
+        .map(|(name, _, proxy)| (name, tokio::spawn(proxy.drain(args.drain_timeout))))
         .collect();
-    for drain in drains {
-        let _ = drain.await;
+    for (name, drain) in drains {
+        match drain.await {
+            Ok(0) => say!("stopped node {name} (drained)"),
+            Ok(left) => say!("stopped node {name} ({left} connection(s) cut at the deadline)"),
+            Err(_) => say!("stopped node {name}"),
+        }
     }
-    for waypoint in waypoints {
+    for (name, waypoint) in waypoints {
         waypoint.stop();
+        say!("stopped waypoint {name}");
     }
-    for gateway in gateways {
+    for (name, gateway) in gateways {
         gateway.stop();
+        say!("stopped gateway {name}");
     }
+    let names: Vec<String> = apps.0.iter().map(|(name, _)| name.clone()).collect();
     drop(apps);
+    if !names.is_empty() {
+        say!("stopped {} app(s): {}", names.len(), names.join(", "));
+    }
     control.stop().await;
+    say!("stopped the control plane; weft up: done");
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A running `weft up`.
@@ -18,6 +18,8 @@ pub(crate) struct Up {
     pub(crate) child: Child,
     /// What it printed up to its readiness line.
     pub(crate) printed: String,
+    /// The rest of its standard output, for [`Up::rest`].
+    stdout: BufReader<ChildStdout>,
     _state: tempfile::TempDir,
 }
 
@@ -26,6 +28,9 @@ impl Up {
     /// for "weft up: ready" (panics with what it printed otherwise).
     pub(crate) fn start(dir: &Path, args: &[&str]) -> Up {
         let state = tempfile::tempdir().expect("tempdir");
+        // The console's error stream, for tests that check what it shows.
+        let stderr =
+            std::fs::File::create(state.path().join("console-stderr.txt")).expect("stderr file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
             .arg("up")
             .arg(dir)
@@ -33,24 +38,40 @@ impl Up {
             .arg(state.path())
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .expect("spawn weft up");
-        let stdout = child.stdout.take().expect("stdout");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
         let mut up = Up {
             child,
             printed: String::new(),
+            stdout,
             _state: state,
         };
-        for line in BufReader::new(stdout).lines() {
-            let line = line.expect("line");
+        loop {
+            let mut line = String::new();
+            match up.stdout.read_line(&mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
             up.printed.push_str(&line);
-            up.printed.push('\n');
             if line.starts_with("weft up: ready") {
                 return up;
             }
         }
         panic!("weft up did not get ready:\n{}", up.printed);
+    }
+
+    /// What it printed after its readiness line, up to its exit.
+    pub(crate) fn rest(&mut self) -> String {
+        let mut rest = String::new();
+        let _ = self.stdout.read_to_string(&mut rest);
+        rest
+    }
+
+    /// What it printed on its error stream so far.
+    pub(crate) fn console_errors(&self) -> String {
+        std::fs::read_to_string(self.state().join("console-stderr.txt")).unwrap_or_default()
     }
 }
 
