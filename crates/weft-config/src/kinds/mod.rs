@@ -82,6 +82,7 @@ macro_rules! kinds {
                     group: $group,
                     versions: $versions,
                     kind: $kind,
+                    refused: <$spec as crate::resource::Spec>::UNSUPPORTED,
                     add: |v, o, r, out| {
                         r.$field.extend(decode(&$prepare(v), o, out).map(Arc::new))
                     },
@@ -165,8 +166,20 @@ pub(crate) struct KindDef {
     pub(crate) versions: &'static [&'static str],
     /// The `kind` field.
     pub(crate) kind: &'static str,
+    /// Fields of the upstream API weft refuses by name, with the reason.
+    pub(crate) refused: &'static [(&'static str, &'static str)],
     /// Decodes a document of this kind into `Resources`.
     pub(crate) add: fn(&Value, &Origin, &mut Resources, &mut Vec<Diagnostic>),
+}
+
+/// Every field weft refuses by name: (`group`, `kind`, field path without
+/// list indices, the reason it gives). docs/configuration.md lists them
+/// (a test keeps it complete).
+pub fn refused_fields() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
+    KINDS
+        .iter()
+        .flat_map(|k| k.refused.iter().map(|(path, why)| (k.group, k.kind, *path, *why)))
+        .collect()
 }
 
 /// `group/version`, or just `version` for the core group.
