@@ -8,6 +8,9 @@
 //! `end-user: jason` goes to reviews v2, meets a 7 s delay or a 500 abort
 //! at ratings, and everyone else is split 50/50 between reviews v1 and
 //! v3. Each sample is swapped in while the mesh runs, as a user would.
+//! Last, a sidecar-era `AuthorizationPolicy` (a selector and a method):
+//! `weft validate` says how the node reads it, and the node enforces it
+//! the fail-safe way Istio ambient does.
 
 mod support;
 
@@ -23,6 +26,7 @@ const GATEWAY: &str = "127.0.1.64:8080";
 /// The client's outbound ports to reviews and ratings (through the mesh).
 const REVIEWS: &str = "127.0.2.65:9001";
 const RATINGS: &str = "127.0.2.65:9002";
+const DETAILS: &str = "127.0.2.65:9003";
 
 /// The registry: services, their workloads (run by `weft up`), the
 /// waypoint, the ingress gateway, a client.
@@ -146,7 +150,7 @@ metadata:
   namespace: bookinfo
   annotations:
     weft.dev/client-only: "true"
-    weft.dev/outbound: "9001=reviews.bookinfo.svc.cluster.local:9080, 9002=ratings.bookinfo.svc.cluster.local:9080"
+    weft.dev/outbound: "9001=reviews.bookinfo.svc.cluster.local:9080, 9002=ratings.bookinfo.svc.cluster.local:9080, 9003=details.bookinfo.svc.cluster.local:9080"
 spec: {address: 127.0.2.65, serviceAccount: client, labels: {app: client, weft.dev/node: node-2}}
 "#;
 
@@ -375,6 +379,29 @@ spec:
         subset: v1
 "#;
 
+/// A sidecar-era policy from Istio's HTTP authorization task: a
+/// `selector` and a method. A node cannot see methods, so, as in Istio
+/// ambient, its ALLOW rule never matches: details is closed to all.
+const DETAILS_VIEWER: &str = r#"
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: "details-viewer"
+  namespace: bookinfo
+spec:
+  selector:
+    matchLabels:
+      app: details
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: ["cluster.local/ns/bookinfo/sa/bookinfo-productpage"]
+    to:
+    - operation:
+        methods: ["GET"]
+"#;
+
 /// A response: status and the sample app's name and version headers.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 struct Answer {
@@ -536,4 +563,31 @@ fn bookinfo_samples_behave_as_documented_through_gateway_and_waypoint() {
     }
     assert_eq!(seen.keys().collect::<Vec<_>>(), ["v1", "v3"], "{seen:?}");
     assert!(seen.values().all(|n| *n >= 10), "about half each: {seen:?}");
+
+    // The sidecar-era policy: validate says how the node reads it, and
+    // the node enforces it the fail-safe way — details refuses everyone.
+    assert_eq!(
+        get(DETAILS, "/", &[]).map(|a| a.app),
+        Some("details".into())
+    );
+    write("details-viewer.yaml", DETAILS_VIEWER);
+    let validated = Command::new(WEFT)
+        .arg("validate")
+        .arg(&config)
+        .output()
+        .expect("weft validate");
+    let said = String::from_utf8_lossy(&validated.stdout);
+    assert!(validated.status.success(), "{said}");
+    assert!(
+        said.contains("AuthorizationPolicy bookinfo/details-viewer: warning: spec.rules[0].to[0].operation.methods: methods is request-level"),
+        "{said}"
+    );
+    let started = Instant::now();
+    while get(DETAILS, "/", &[]).is_some() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "details still answers under details-viewer"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

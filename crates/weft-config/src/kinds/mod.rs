@@ -178,7 +178,11 @@ pub(crate) struct KindDef {
 pub fn refused_fields() -> Vec<(&'static str, &'static str, &'static str, &'static str)> {
     KINDS
         .iter()
-        .flat_map(|k| k.refused.iter().map(|(path, why)| (k.group, k.kind, *path, *why)))
+        .flat_map(|k| {
+            k.refused
+                .iter()
+                .map(|(path, why)| (k.group, k.kind, *path, *why))
+        })
         .collect()
 }
 
