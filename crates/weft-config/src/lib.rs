@@ -137,6 +137,24 @@ impl Loader {
                 }
             }
         }
+        self.load_texts(texts, problems).map_err(LoadError::Invalid)
+    }
+
+    /// Loads, validates and translates in-memory documents, each named by
+    /// a path (Kubernetes objects: `k8s/<kind>/<namespace>/<name>`); like
+    /// [`Loader::load`], only the ones whose text changed are parsed again.
+    pub fn load_documents(
+        &mut self,
+        documents: Vec<(PathBuf, String)>,
+    ) -> Result<Config, Problems> {
+        self.load_texts(documents, Vec::new())
+    }
+
+    fn load_texts(
+        &mut self,
+        texts: Vec<(PathBuf, String)>,
+        problems: Vec<Diagnostic>,
+    ) -> Result<Config, Problems> {
         let stale: Vec<&(PathBuf, String)> = texts
             .iter()
             .filter(|(file, text)| {
@@ -158,7 +176,7 @@ impl Loader {
         }
         // Forget files that are gone.
         self.cache = fresh;
-        finish(&parsed, problems).map_err(LoadError::Invalid)
+        finish(&parsed, problems)
     }
 }
 

@@ -67,7 +67,7 @@ impl WorkloadEntrySpec {
         if let Some(node) = self.labels.get(NODE_LABEL) {
             ctx.check(
                 &format!("{prefix}.labels.{NODE_LABEL}"),
-                names::check_label(node).map_err(|e| format!("node name {node:?} {e}")),
+                names::check_subdomain(node).map_err(|e| format!("node name {node:?} {e}")),
             );
         }
         if let Some(v) = self.labels.get(WAYPOINT_FOR_LABEL) {

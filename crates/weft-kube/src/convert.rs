@@ -1,0 +1,424 @@
+//! Kubernetes objects → the documents weft's configuration pipeline
+//! reads, as pure functions. A `Service` becomes a `ServiceEntry` (its
+//! cluster IPs as VIPs, `<name>.<namespace>.svc.<cluster domain>` as host,
+//! ports with Istio's protocol detection, its selector as the workload
+//! selector); a running, ready, enrolled `Pod` becomes a `WorkloadEntry`
+//! (its IP, labels, service account, node, and the locality of its
+//! `Node`). Istio's CRDs (and Gateway API's, weft's) are read as they are.
+//! Every object becomes one document, named `k8s/<group>/<Kind>/<ns>/<name>`,
+//! so a problem points at the object and one bad object can be set aside
+//! without the rest.
+//!
+//! Enrollment follows Istio's labels: `istio.io/dataplane-mode: ambient`
+//! on the namespace or the pod (`none` on a pod opts it out).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
+use serde_json::{Value, json};
+use weft_core::model::{CLIENT_ONLY_ANNOTATION, NODE_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_LABEL};
+
+/// The label that enrolls a namespace or pod (Istio's).
+pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
+/// Region of a Node.
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+/// Zone of a Node.
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+/// Subzone of a Node, as Istio names it.
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+/// The label Gateway API implementations put on a Gateway's pods.
+pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+
+/// The cluster as the reflectors hold it.
+#[derive(Debug, Default, Clone)]
+pub struct Cluster {
+    /// Namespaces.
+    pub namespaces: Vec<Namespace>,
+    /// Nodes.
+    pub nodes: Vec<Node>,
+    /// Services.
+    pub services: Vec<Service>,
+    /// Pods.
+    pub pods: Vec<Pod>,
+    /// Objects of the kinds weft reads as they are (Istio, Gateway API,
+    /// weft's own, `Secret`s): their JSON.
+    pub resources: Vec<Value>,
+}
+
+/// Settings of the conversion.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The cluster's DNS domain (`cluster.local`).
+    pub cluster_domain: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+}
+
+/// Whether a pod is in the mesh: its own `istio.io/dataplane-mode` label
+/// decides (`ambient` in, `none` out), else its namespace's.
+pub fn enrolled(namespace: &BTreeMap<String, String>, pod: &BTreeMap<String, String>) -> bool {
+    match pod.get(DATAPLANE_MODE_LABEL).map(String::as_str) {
+        Some("ambient") => true,
+        Some("none") => false,
+        _ => namespace
+            .get(DATAPLANE_MODE_LABEL)
+            .is_some_and(|m| m == "ambient"),
+    }
+}
+
+/// A Service port's protocol, as Istio detects it: `appProtocol` first,
+/// then the port name's prefix (`http-web`, `grpc`, …); TCP otherwise.
+pub fn protocol(port: &ServicePort) -> &'static str {
+    let by_name = |name: &str| -> Option<&'static str> {
+        let name = name.to_ascii_lowercase();
+        let prefix = name.split('-').next().unwrap_or("");
+        Some(match prefix {
+            "http" => "HTTP",
+            "http2" | "h2c" => "HTTP2",
+            "https" => "HTTPS",
+            "grpc" | "grpc_web" => "GRPC",
+            "tls" => "TLS",
+            "tcp" => "TCP",
+            _ => return None,
+        })
+    };
+    if let Some(app) = &port.app_protocol {
+        let app = app.to_ascii_lowercase();
+        let known = match app.as_str() {
+            "kubernetes.io/h2c" => Some("HTTP2"),
+            "kubernetes.io/ws" | "kubernetes.io/wss" => Some("HTTP"),
+            other => by_name(other),
+        };
+        if let Some(p) = known {
+            return p;
+        }
+    }
+    port.name.as_deref().and_then(by_name).unwrap_or("TCP")
+}
+
+fn labels(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> BTreeMap<String, String> {
+    meta.labels.clone().unwrap_or_default()
+}
+
+/// The document name of an object.
+pub fn document_path(group: &str, kind: &str, namespace: &str, name: &str) -> PathBuf {
+    let group = if group.is_empty() { "core" } else { group };
+    PathBuf::from(format!("k8s/{group}/{kind}/{namespace}/{name}"))
+}
+
+/// A Service → a `ServiceEntry` document; `None` for Services weft does
+/// not carry (no selector: ExternalName and hand-made endpoints).
+pub fn service_entry(
+    svc: &Service,
+    namespace_labels: &BTreeMap<String, String>,
+    settings: &Settings,
+) -> Option<Value> {
+    let name = svc.metadata.name.as_deref()?;
+    let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+    let spec = svc.spec.as_ref()?;
+    let selector = spec.selector.clone().filter(|s| !s.is_empty())?;
+    let addresses: Vec<String> = spec
+        .cluster_ips
+        .clone()
+        .or_else(|| spec.cluster_ip.clone().map(|ip| vec![ip]))
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|ip| ip != "None" && !ip.is_empty())
+        .collect();
+    let ports: Vec<Value> = spec
+        .ports
+        .iter()
+        .flatten()
+        .map(|p| {
+            let mut port = json!({
+                "name": p.name.clone().unwrap_or_else(|| format!("port-{}", p.port)),
+                "number": p.port,
+                "protocol": protocol(p),
+            });
+            if let Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(t)) =
+                &p.target_port
+            {
+                port["targetPort"] = json!(t);
+            }
+            port
+        })
+        .collect();
+    let mut own_labels = labels(&svc.metadata);
+    // `istio.io/use-waypoint` on the namespace applies unless the service
+    // says otherwise.
+    if !own_labels.contains_key(USE_WAYPOINT_LABEL)
+        && let Some(w) = namespace_labels.get(USE_WAYPOINT_LABEL)
+    {
+        own_labels.insert(USE_WAYPOINT_LABEL.into(), w.clone());
+    }
+    own_labels.retain(|k, v| k != USE_WAYPOINT_LABEL || v != "none");
+    Some(json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": {"name": name, "namespace": ns, "labels": own_labels},
+        "spec": {
+            "hosts": [format!("{name}.{ns}.svc.{}", settings.cluster_domain)],
+            "addresses": addresses,
+            "ports": ports,
+            "location": "MESH_INTERNAL",
+            "resolution": "STATIC",
+            "workloadSelector": {"labels": selector},
+        }
+    }))
+}
+
+/// The locality of a Node: `region/zone/subzone` from its labels.
+pub fn locality(node: &Node) -> Option<String> {
+    let l = labels(&node.metadata);
+    let region = l.get(REGION_LABEL)?;
+    let mut out = region.clone();
+    if let Some(zone) = l.get(ZONE_LABEL) {
+        out.push('/');
+        out.push_str(zone);
+        if let Some(sub) = l.get(SUBZONE_LABEL) {
+            out.push('/');
+            out.push_str(sub);
+        }
+    }
+    Some(out)
+}
+
+/// Whether a pod runs and is ready, with an IP and a node.
+pub fn ready(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return false;
+    };
+    let running = status.phase.as_deref() == Some("Running");
+    let ready = status
+        .conditions
+        .iter()
+        .flatten()
+        .any(|c| c.type_ == "Ready" && c.status == "True");
+    running
+        && ready
+        && status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
+        && pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_ref())
+            .is_some()
+        && pod.metadata.deletion_timestamp.is_none()
+}
+
+/// What the Services that select a pod say about it.
+#[derive(Debug, Default, Clone)]
+pub struct Selection {
+    /// Whether any Service selects it (else it only makes calls).
+    pub selected: bool,
+    /// Service port name → the pod's port, for `targetPort`s that name a
+    /// container port.
+    pub ports: BTreeMap<String, i32>,
+}
+
+/// A pod → a `WorkloadEntry` document, when it is in the mesh and ready.
+/// `waypoint`: the waypoint (Gateway) it runs, if it is one.
+pub fn workload_entry(
+    pod: &Pod,
+    node: Option<&Node>,
+    selection: &Selection,
+    waypoint: Option<&str>,
+) -> Option<Value> {
+    if !ready(pod) {
+        return None;
+    }
+    let spec = pod.spec.as_ref()?;
+    let status = pod.status.as_ref()?;
+    let name = waypoint.or(pod.metadata.name.as_deref())?;
+    let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut own_labels = labels(&pod.metadata);
+    own_labels.insert(NODE_LABEL.into(), spec.node_name.clone()?);
+    if waypoint.is_some() {
+        own_labels.insert(WAYPOINT_LABEL.into(), "true".into());
+    }
+    let mut entry = json!({
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "WorkloadEntry",
+        "metadata": {"name": name, "namespace": ns},
+        "spec": {
+            "address": status.pod_ip,
+            "labels": own_labels,
+            "serviceAccount": spec.service_account_name.clone().unwrap_or_else(|| "default".into()),
+        }
+    });
+    if let Some(l) = node.and_then(locality) {
+        entry["spec"]["locality"] = json!(l);
+    }
+    if !selection.ports.is_empty() {
+        entry["spec"]["ports"] = json!(selection.ports);
+    }
+    if !selection.selected && waypoint.is_none() {
+        entry["metadata"]["annotations"] = json!({CLIENT_ONLY_ANNOTATION: "true"});
+    }
+    Some(entry)
+}
+
+/// Every document the cluster makes, in a stable order.
+pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String)> {
+    let ns_labels: BTreeMap<&str, BTreeMap<String, String>> = cluster
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, labels(&n.metadata))))
+        .collect();
+    let no_labels = BTreeMap::new();
+    let labels_of = |ns: &str| ns_labels.get(ns).unwrap_or(&no_labels);
+    let nodes: BTreeMap<&str, &Node> = cluster
+        .nodes
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .collect();
+    let mut out = Vec::new();
+    let mut push = |group: &str, kind: &str, v: &Value| {
+        let ns = v["metadata"]["namespace"].as_str().unwrap_or("");
+        let name = v["metadata"]["name"].as_str().unwrap_or("");
+        out.push((document_path(group, kind, ns, name), v.to_string()));
+    };
+    // Waypoints named by use-waypoint, run by pods of that Gateway.
+    let mut waypoints: std::collections::BTreeSet<(String, String)> = Default::default();
+    for svc in &cluster.services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        if let Some(se) = service_entry(svc, labels_of(ns), settings) {
+            if let Some(w) = se["metadata"]["labels"][USE_WAYPOINT_LABEL].as_str() {
+                waypoints.insert((ns.to_owned(), w.to_owned()));
+            }
+            push("", "Service", &se);
+        }
+    }
+    for pod in &cluster.pods {
+        let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
+        let pod_labels = labels(&pod.metadata);
+        let waypoint = pod_labels
+            .get(GATEWAY_NAME_LABEL)
+            .filter(|g| waypoints.contains(&(ns.to_owned(), (*g).clone())))
+            .map(String::as_str);
+        if waypoint.is_none() && !enrolled(labels_of(ns), &pod_labels) {
+            continue;
+        }
+        let selection = selection(pod, ns, &pod_labels, &cluster.services);
+        let node = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.node_name.as_deref())
+            .and_then(|n| nodes.get(n).copied());
+        if let Some(we) = workload_entry(pod, node, &selection, waypoint) {
+            push("", "Pod", &we);
+        }
+    }
+    for r in &cluster.resources {
+        let api_version = r["apiVersion"].as_str().unwrap_or("");
+        let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
+        let kind = r["kind"].as_str().unwrap_or("");
+        push(group, kind, r);
+    }
+    out.sort();
+    out
+}
+
+/// Which Services of its namespace select a pod, and the container ports
+/// their named `targetPort`s mean on it.
+fn selection(
+    pod: &Pod,
+    ns: &str,
+    pod_labels: &BTreeMap<String, String>,
+    services: &[Service],
+) -> Selection {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let named: BTreeMap<&str, i32> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| Some((p.name.as_deref()?, p.container_port)))
+        .collect();
+    let mut out = Selection::default();
+    for svc in services {
+        let Some(spec) = &svc.spec else { continue };
+        let selects = svc.metadata.namespace.as_deref().unwrap_or("default") == ns
+            && spec.selector.as_ref().is_some_and(|sel| {
+                !sel.is_empty() && sel.iter().all(|(k, v)| pod_labels.get(k) == Some(v))
+            });
+        if !selects {
+            continue;
+        }
+        out.selected = true;
+        for p in spec.ports.iter().flatten() {
+            if let Some(IntOrString::String(target)) = &p.target_port
+                && let Some(number) = named.get(target.as_str())
+            {
+                let name = p.name.clone().unwrap_or_else(|| format!("port-{}", p.port));
+                out.ports.insert(name, *number);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: Option<&str>, app: Option<&str>) -> ServicePort {
+        ServicePort {
+            name: name.map(str::to_owned),
+            app_protocol: app.map(str::to_owned),
+            port: 80,
+            ..ServicePort::default()
+        }
+    }
+
+    #[test]
+    fn protocols_as_istio_detects_them() {
+        let cases = [
+            (Some("http"), None, "HTTP"),
+            (Some("http-web"), None, "HTTP"),
+            (Some("HTTP2-x"), None, "HTTP2"),
+            (Some("https"), None, "HTTPS"),
+            (Some("grpc-api"), None, "GRPC"),
+            (Some("tls-db"), None, "TLS"),
+            (Some("tcp"), None, "TCP"),
+            (Some("web"), None, "TCP"),
+            (None, None, "TCP"),
+            // appProtocol wins over the name.
+            (Some("tcp"), Some("http"), "HTTP"),
+            (Some("web"), Some("kubernetes.io/h2c"), "HTTP2"),
+            (Some("web"), Some("kubernetes.io/ws"), "HTTP"),
+            (Some("http"), Some("mysql"), "HTTP"),
+        ];
+        for (name, app, want) in cases {
+            assert_eq!(protocol(&port(name, app)), want, "{name:?} {app:?}");
+        }
+    }
+
+    #[test]
+    fn enrollment_by_namespace_and_pod_labels() {
+        let l = |mode: Option<&str>| {
+            mode.map(|m| BTreeMap::from([(DATAPLANE_MODE_LABEL.to_owned(), m.to_owned())]))
+                .unwrap_or_default()
+        };
+        // (namespace, pod, enrolled)
+        let cases = [
+            (Some("ambient"), None, true),
+            (Some("ambient"), Some("none"), false),
+            (None, Some("ambient"), true),
+            (None, None, false),
+            (Some("none"), Some("ambient"), true),
+            (Some("sidecar"), None, false),
+        ];
+        for (ns, pod, want) in cases {
+            assert_eq!(enrolled(&l(ns), &l(pod)), want, "{ns:?} {pod:?}");
+        }
+    }
+}
