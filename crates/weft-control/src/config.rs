@@ -37,6 +37,9 @@ pub struct ConfigStatus {
     pub last_attempt_rejected: bool,
     /// Every problem of the last rejected attempt.
     pub problems: Vec<String>,
+    /// Kubernetes: the problems of objects set aside (each one's last good
+    /// version, if any, stays in force; the rest applied).
+    pub objects_set_aside: Vec<String>,
     /// Warnings of the configuration in force (it loaded; these deserve
     /// a look: deprecated fields, fields without effect).
     pub warnings: Vec<String>,
@@ -85,7 +88,8 @@ impl ConfigMetrics {
 
 /// The configuration in force and how to follow it.
 pub struct LiveConfig {
-    dir: PathBuf,
+    /// The directory, when the configuration comes from one.
+    dir: Option<PathBuf>,
     /// Share of services or workloads one change may remove before it is
     /// held back for confirmation ([`crate::guard`]).
     max_removal: f64,
@@ -138,20 +142,57 @@ impl LiveConfig {
     ) -> Result<Arc<Self>, InitialLoadError> {
         let mut loader = Loader::default();
         let config = loader.load(&dir).map_err(InitialLoadError)?;
+        let origin = dir.display().to_string();
+        Ok(Self::start_with(
+            origin,
+            Some(dir),
+            loader,
+            config,
+            max_removal,
+            metrics,
+        ))
+    }
+
+    /// A configuration fed from outside (the Kubernetes source): `origin`
+    /// names it in the status; changes come with [`LiveConfig::apply`].
+    pub fn from_config(
+        origin: String,
+        config: weft_config::Config,
+        max_removal: f64,
+        metrics: ConfigMetrics,
+    ) -> Arc<Self> {
+        Self::start_with(
+            origin,
+            None,
+            Loader::default(),
+            config,
+            max_removal,
+            metrics,
+        )
+    }
+
+    fn start_with(
+        origin: String,
+        dir: Option<PathBuf>,
+        loader: Loader,
+        config: weft_config::Config,
+        max_removal: f64,
+        metrics: ConfigMetrics,
+    ) -> Arc<Self> {
         let version = 1;
         let resources = weft_xds::resources::build(&config.snapshot, version);
         let (tx, _) = watch::channel(Arc::new(resources));
         metrics.applied.inc();
         metrics.version.set(1);
         let status = ConfigStatus {
-            dir: dir.display().to_string(),
+            dir: origin,
             version,
             applied_at: Some(now()),
             resources: config.resources.len(),
             warnings: warnings_of(&config, &metrics),
             ..Default::default()
         };
-        Ok(Arc::new(LiveConfig {
+        Arc::new(LiveConfig {
             dir,
             max_removal,
             loader: Mutex::new(loader),
@@ -159,7 +200,19 @@ impl LiveConfig {
             resources: tx,
             status: Mutex::new(status),
             metrics,
-        }))
+        })
+    }
+
+    /// Records the problems of the objects set aside in the last change
+    /// (Kubernetes mode).
+    pub fn set_aside(&self, problems: Vec<String>) {
+        for p in &problems {
+            tracing::warn!("object set aside: {p}");
+        }
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .objects_set_aside = problems;
     }
 
     /// The xDS resources, updated on every applied change.
@@ -175,37 +228,51 @@ impl LiveConfig {
             .clone()
     }
 
-    /// Loads the directory again; applies it if valid. Returns whether it was applied.
+    /// Loads the directory again; applies it if valid. Returns whether it
+    /// was applied. (Without a directory: nothing to load, `false`.)
     pub fn reload(&self) -> bool {
-        let started = std::time::Instant::now();
-        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(dir) = &self.dir else {
+            return false;
+        };
         let loaded = self
             .loader
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .load(&self.dir);
-        // A valid change that would remove most of the mesh waits for the
-        // operator's confirmation.
-        let marker = self.dir.join(crate::guard::CONFIRM_MARKER);
-        let loaded = loaded.map_err(|e| match e {
+            .load(dir);
+        self.apply(loaded.map_err(|e| match e {
             LoadError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
             LoadError::Read(r) => vec![r.to_string()],
-        });
+        }))
+    }
+
+    /// Applies a loaded configuration (or records why there is none: the
+    /// problems), the previous one staying in force when it is not
+    /// applied. Returns whether it was applied.
+    pub fn apply(&self, loaded: Result<weft_config::Config, Vec<String>>) -> bool {
+        let started = std::time::Instant::now();
+        let mut status = self.status.lock().unwrap_or_else(|p| p.into_inner());
+        // A valid change that would remove most of the mesh waits for the
+        // operator's confirmation (a marker file beside a directory).
+        let marker = self
+            .dir
+            .as_ref()
+            .map(|d| d.join(crate::guard::CONFIRM_MARKER));
         let loaded = loaded.and_then(|config| {
             let held = crate::guard::held_back(&self.snapshot.load(), &config.snapshot, self.max_removal);
-            match held {
-                Some(why) if !marker.exists() => Err(vec![format!(
+            match (held, &marker) {
+                (None, _) => Ok(config),
+                (Some(why), None) => Err(vec![format!("held back, not applied: {why}")]),
+                (Some(why), Some(marker)) if !marker.exists() => Err(vec![format!(
                     "held back, not applied: {why}; if this is intended, confirm with: touch {}",
                     marker.display()
                 )]),
-                Some(why) => {
+                (Some(why), Some(marker)) => {
                     tracing::warn!(%why, marker = %marker.display(), "large removal confirmed by the marker file; applying it");
-                    if let Err(e) = std::fs::remove_file(&marker) {
+                    if let Err(e) = std::fs::remove_file(marker) {
                         tracing::warn!(marker = %marker.display(), error = %e, "cannot remove the confirmation marker; the guard stays off until it is removed");
                     }
                     Ok(config)
                 }
-                None => Ok(config),
             }
         });
         match loaded {
@@ -230,7 +297,7 @@ impl LiveConfig {
             }
             Err(problems) => {
                 tracing::error!(
-                    dir = %self.dir.display(),
+                    source = %status.dir,
                     version_in_force = status.version,
                     "configuration rejected; the previous one stays in force:\n{}",
                     problems.join("\n")
@@ -255,7 +322,12 @@ impl LiveConfig {
                     let _ = tx.try_send(());
                 }
             })?;
-        watcher.watch(&self.dir, RecursiveMode::Recursive)?;
+        let Some(dir) = &self.dir else {
+            return Err(notify::Error::generic(
+                "the configuration does not come from a directory",
+            ));
+        };
+        watcher.watch(dir, RecursiveMode::Recursive)?;
         let me = self.clone();
         let task = tokio::spawn(async move {
             while debounce.next(&mut rx).await {
@@ -265,7 +337,7 @@ impl LiveConfig {
             }
         });
         Ok(WatchGuard {
-            _watcher: Box::new(watcher),
+            _watcher: Some(Box::new(watcher)),
             task,
         })
     }
@@ -273,8 +345,19 @@ impl LiveConfig {
 
 /// Keeps a directory watch alive.
 pub struct WatchGuard {
-    _watcher: Box<dyn Watcher + Send>,
+    _watcher: Option<Box<dyn Watcher + Send>>,
     task: tokio::task::JoinHandle<()>,
+}
+
+impl WatchGuard {
+    /// Keeps a task that feeds the configuration (the Kubernetes source)
+    /// alive, and stops it when dropped.
+    pub fn task(task: tokio::task::JoinHandle<()>) -> Self {
+        WatchGuard {
+            _watcher: None,
+            task,
+        }
+    }
 }
 
 impl std::fmt::Debug for WatchGuard {

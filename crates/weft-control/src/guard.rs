@@ -30,7 +30,7 @@ pub fn held_back(previous: &Snapshot, next: &Snapshot, max_removal: f64) -> Opti
     let had = previous.services.len() + previous.workloads.len();
     if had > 0 && next.services.is_empty() && next.workloads.is_empty() {
         return Some(format!(
-            "the new configuration has no services and no workloads (the one in force has {} and {}): was the directory emptied?",
+            "the new configuration has no services and no workloads (the one in force has {} and {}): was the directory (or cluster) emptied?",
             previous.services.len(),
             previous.workloads.len()
         ));

@@ -32,6 +32,7 @@ pub mod config;
 pub mod dashboard;
 pub mod debounce;
 pub mod guard;
+pub mod kubernetes;
 pub mod observe;
 
 pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
@@ -72,6 +73,9 @@ pub struct Options {
     /// remove before it is held back for confirmation (1: no limit; an
     /// emptied configuration is always held).
     pub max_removal: f64,
+    /// Read the configuration from a Kubernetes cluster (`config_dir`,
+    /// if it exists, is read as well).
+    pub kubernetes: Option<kubernetes::KubeSource>,
 }
 
 impl Options {
@@ -93,6 +97,7 @@ impl Options {
             observe: observe::Source::Scrape(Vec::new()),
             scrape_interval: Duration::from_secs(5),
             max_removal: guard::DEFAULT_MAX_REMOVAL,
+            kubernetes: None,
         }
     }
 }
@@ -171,11 +176,23 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         )));
     }
     let config_metrics = ConfigMetrics::default();
-    let live = LiveConfig::load(
-        options.config_dir.clone(),
-        options.max_removal,
-        config_metrics.clone(),
-    )?;
+    let (live, watch_guard) = match options.kubernetes.clone() {
+        Some(source) => kubernetes::start(source, config_metrics.clone(), options.debounce).await?,
+        None => {
+            let live = LiveConfig::load(
+                options.config_dir.clone(),
+                options.max_removal,
+                config_metrics.clone(),
+            )?;
+            let guard = live.watch(options.debounce).map_err(|e| {
+                StartError::Other(format!(
+                    "cannot watch {}: {e}",
+                    options.config_dir.display()
+                ))
+            })?;
+            (live, guard)
+        }
+    };
     let trust_domain = live.snapshot.load().mesh.trust_domain.clone();
     let authority = Arc::new(Authority::load_or_create(&CaOptions {
         dir: options.ca_dir.clone(),
@@ -309,13 +326,6 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         Routes::new().metrics(registry),
         stopped(),
     )));
-
-    let watch_guard = live.watch(options.debounce).map_err(|e| {
-        StartError::Other(format!(
-            "cannot watch {}: {e}",
-            options.config_dir.display()
-        ))
-    })?;
 
     Ok(Running {
         xds_addr: running_addrs.0,

@@ -17,3 +17,4 @@
 
 pub mod convert;
 pub mod isolate;
+pub mod source;

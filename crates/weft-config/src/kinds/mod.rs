@@ -172,6 +172,15 @@ pub(crate) struct KindDef {
     pub(crate) add: fn(&Value, &Origin, &mut Resources, &mut Vec<Diagnostic>),
 }
 
+/// Every kind weft reads, as (group — empty for the core group —, its
+/// newest version, `kind`): what a Kubernetes source watches.
+pub fn served_kinds() -> Vec<(&'static str, &'static str, &'static str)> {
+    KINDS
+        .iter()
+        .map(|k| (k.group, k.versions[0], k.kind))
+        .collect()
+}
+
 /// Every field weft refuses by name: (`group`, `kind`, field path without
 /// list indices, the reason it gives). docs/configuration.md lists them
 /// (a test keeps it complete).

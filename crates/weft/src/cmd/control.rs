@@ -10,9 +10,22 @@ use weft_control::{Debounce, Options, StartError};
 /// Flags of `weft control`.
 #[derive(clap::Args, Debug)]
 pub(crate) struct Args {
-    /// Directory of YAML configuration, watched and hot-reloaded.
+    /// Directory of YAML configuration, watched and hot-reloaded (with
+    /// `--kubernetes`: read as well, e.g. ServiceEntries for VMs).
+    #[arg(long, required_unless_present = "kubernetes")]
+    config_dir: Option<PathBuf>,
+    /// Read the configuration from a Kubernetes cluster: Services, Pods,
+    /// Nodes, Namespaces and the Istio, Gateway API and weft kinds.
     #[arg(long)]
-    config_dir: PathBuf,
+    kubernetes: bool,
+    /// The kubeconfig to use with `--kubernetes` (default: in-cluster,
+    /// else `$KUBECONFIG` or `~/.kube/config`).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+    /// The cluster's DNS domain (service hosts are
+    /// `<name>.<namespace>.svc.<domain>`).
+    #[arg(long, default_value = "cluster.local", requires = "kubernetes")]
+    cluster_domain: String,
     /// Directory of the CA files: a root is created there on first start, or
     /// put Istio-style `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`,
     /// `root-cert.pem` there to sign with your own CA.
@@ -66,6 +79,33 @@ fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
+/// The cluster to read: a kubeconfig's, or the one weft runs in.
+async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource, String> {
+    let config = match &args.kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("the kubeconfig {} cannot be used: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no cluster to read (not in one, and no kubeconfig): {e}"))?,
+    };
+    let origin = format!("kubernetes {}", config.cluster_url);
+    let client =
+        kube::Client::try_from(config).map_err(|e| format!("cannot reach the cluster: {e}"))?;
+    Ok(weft_control::kubernetes::KubeSource {
+        client,
+        settings: weft_kube::convert::Settings {
+            cluster_domain: args.cluster_domain.clone(),
+        },
+        origin,
+        extra_dir: args.config_dir.clone(),
+    })
+}
+
 pub(crate) fn run(args: Args) -> ExitCode {
     let runtime = match super::runtime() {
         Ok(rt) => rt,
@@ -74,8 +114,19 @@ pub(crate) fn run(args: Args) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let kubernetes = if args.kubernetes {
+        match runtime.block_on(kube_source(&args)) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("weft control: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
     let options = Options {
-        config_dir: args.config_dir,
+        config_dir: args.config_dir.unwrap_or_default(),
         ca_dir: args.ca_dir,
         xds_addr: args.xds_addr,
         tls_addr: args.tls_addr,
@@ -91,6 +142,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         },
         scrape_interval: args.scrape_interval,
         max_removal: args.max_removal,
+        kubernetes,
     };
     runtime.block_on(async move {
         let running = match weft_control::start(options).await {

@@ -245,6 +245,7 @@ async fn up(args: &Args, config: &weft_config::Config) -> Result<(), String> {
         observe: weft_control::observe::Source::Scrape(targets),
         scrape_interval: args.scrape_interval,
         max_removal: weft_control::guard::DEFAULT_MAX_REMOVAL,
+        kubernetes: None,
     })
     .await
     .map_err(|e| e.to_string())?;

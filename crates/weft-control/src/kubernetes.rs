@@ -1,0 +1,153 @@
+//! The configuration from a Kubernetes cluster (`weft control
+//! --kubernetes`): the reflectors of `weft-kube` feed the same
+//! [`LiveConfig`] a directory does. Each change — coalesced by the
+//! [`Debounce`] — is converted, loaded with bad objects set aside (their
+//! last good version in force), and applied; the problems of the objects
+//! set aside are kept in `/debug/config-status` and counted. A directory
+//! given as well (`--config-dir`, e.g. ServiceEntries for VMs) is read
+//! with every change. The share-of-removal guard is off (the cluster is
+//! the truth, and there is no directory to confirm in); an emptied mesh
+//! is still held back.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use weft_kube::convert::{Settings, documents};
+use weft_kube::isolate::{Isolating, Loaded};
+use weft_kube::source::Reflectors;
+
+use crate::config::{ConfigMetrics, LiveConfig, WatchGuard};
+use crate::{Debounce, StartError};
+
+/// How long the first sync may take before kinds that never listed (their
+/// CRD not installed) are taken as empty.
+pub const INITIAL_SYNC: Duration = Duration::from_secs(10);
+
+/// Where the cluster is and how to read it.
+#[derive(Clone)]
+pub struct KubeSource {
+    /// The API server's client (kube-rs).
+    pub client: kube::Client,
+    /// Conversion settings (cluster domain).
+    pub settings: Settings,
+    /// What `/debug/config-status` calls the source (the server's URL).
+    pub origin: String,
+    /// A directory read as well, if any.
+    pub extra_dir: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource")
+            .field("origin", &self.origin)
+            .field("extra_dir", &self.extra_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The documents of a directory (unreadable files are skipped, logged).
+fn directory_documents(dir: &std::path::Path) -> Vec<(PathBuf, String)> {
+    let files = match weft_config::loader::yaml_files(dir) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), error = %e, "cannot read the configuration directory");
+            return Vec::new();
+        }
+    };
+    files
+        .into_iter()
+        .filter_map(|f| match std::fs::read_to_string(&f) {
+            Ok(text) => Some((f, text)),
+            Err(e) => {
+                tracing::warn!(file = %f.display(), error = %e, "cannot read");
+                None
+            }
+        })
+        .collect()
+}
+
+fn load(source: &KubeSource, reflectors: &Reflectors, isolating: &mut Isolating) -> Loaded {
+    let mut docs = documents(&reflectors.cluster(), &source.settings);
+    if let Some(dir) = &source.extra_dir {
+        docs.extend(directory_documents(dir));
+    }
+    isolating.load(docs)
+}
+
+fn problems(loaded: &Loaded) -> Vec<String> {
+    loaded
+        .problems
+        .iter()
+        .filter(|d| d.is_error())
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Aborts a task when dropped (with the task that holds it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Starts the reflectors, waits for the first sync and loads it; then
+/// follows every change until the returned guard is dropped.
+pub async fn start(
+    source: KubeSource,
+    metrics: ConfigMetrics,
+    debounce: Debounce,
+) -> Result<(Arc<LiveConfig>, WatchGuard), StartError> {
+    let reflectors = Reflectors::start(&source.client);
+    let missing = reflectors.ready(INITIAL_SYNC).await;
+    if !missing.is_empty() {
+        tracing::warn!(kinds = ?missing, "not listed within {INITIAL_SYNC:?} (CRD not installed, or not allowed?): taken as empty until they are");
+    }
+    let mut isolating = Isolating::default();
+    let loaded = load(&source, &reflectors, &mut isolating);
+    let set_aside = problems(&loaded);
+    let config = loaded.config.ok_or_else(|| {
+        StartError::Other(format!(
+            "the cluster's configuration does not load, even without the objects at fault:\n{}",
+            set_aside.join("\n")
+        ))
+    })?;
+    // The cluster is the truth: a namespace leaving the mesh removes all
+    // its workloads at once, and there is no directory to confirm in. The
+    // reflectors keep their state across API errors; only an emptied
+    // mesh is still held back.
+    let live = LiveConfig::from_config(source.origin.clone(), config, 1.0, metrics);
+    live.set_aside(set_aside);
+    let follower = live.clone();
+    let reflectors = Arc::new(reflectors);
+    // Changes arrive through the reflectors' signal; the debounce
+    // coalesces bursts (a Deployment rolling out) into one load.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let signal = AbortOnDrop(tokio::spawn({
+        let reflectors = reflectors.clone();
+        async move {
+            loop {
+                reflectors.changed().await;
+                // Full: a load is already due.
+                if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
+                    return;
+                }
+            }
+        }
+    }));
+    let task = tokio::spawn(async move {
+        let _signal = signal;
+        while debounce.next(&mut rx).await {
+            let loaded = load(&source, &reflectors, &mut isolating);
+            let set_aside = problems(&loaded);
+            match loaded.config {
+                Some(config) => follower.apply(Ok(config)),
+                None => follower.apply(Err(set_aside.clone())),
+            };
+            follower.set_aside(set_aside);
+        }
+    });
+    Ok((live, WatchGuard::task(task)))
+}
