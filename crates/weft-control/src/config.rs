@@ -52,8 +52,9 @@ pub struct ConfigStatus {
 pub struct ConfigMetrics {
     /// Accepted reloads.
     pub applied: Counter,
-    /// Rejected reloads.
-    pub rejected: Counter,
+    /// Rejections by kind: `configuration` for a whole directory change
+    /// refused, else the kind of a Kubernetes object set aside.
+    pub rejected: prometheus_client::metrics::family::Family<Vec<(String, String)>, Counter>,
     /// Version in force.
     pub version: Gauge,
     /// Warnings of the configuration in force.
@@ -70,7 +71,7 @@ impl ConfigMetrics {
         );
         registry.register(
             weft_telemetry::names::CONFIG_REJECTED,
-            "Configuration changes rejected as invalid (the previous one stays in force)",
+            "Configuration changes rejected as invalid (the previous one stays in force), by kind: configuration (a whole change), or the kind of a Kubernetes object set aside",
             self.rejected.clone(),
         );
         registry.register(
@@ -204,10 +205,16 @@ impl LiveConfig {
     }
 
     /// Records the problems of the objects set aside in the last change
-    /// (Kubernetes mode).
-    pub fn set_aside(&self, problems: Vec<String>) {
+    /// (Kubernetes mode), and counts each object newly set aside by kind.
+    pub fn set_aside(&self, problems: Vec<String>, newly: &[String]) {
         for p in &problems {
             tracing::warn!("object set aside: {p}");
+        }
+        for kind in newly {
+            self.metrics
+                .rejected
+                .get_or_create(&vec![("kind".to_owned(), kind.clone())])
+                .inc();
         }
         self.status
             .lock()
@@ -305,7 +312,10 @@ impl LiveConfig {
                 status.last_attempt_rejected = true;
                 status.problems = problems;
                 status.rejected_at = Some(now());
-                self.metrics.rejected.inc();
+                self.metrics
+                    .rejected
+                    .get_or_create(&vec![("kind".to_owned(), "configuration".to_owned())])
+                    .inc();
                 false
             }
         }

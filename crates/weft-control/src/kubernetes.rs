@@ -3,12 +3,15 @@
 //! [`LiveConfig`] a directory does. Each change — coalesced by the
 //! [`Debounce`] — is converted, loaded with bad objects set aside (their
 //! last good version in force), and applied; the problems of the objects
-//! set aside are kept in `/debug/config-status` and counted. A directory
+//! set aside are kept in `/debug/config-status`, counted in
+//! `weft_config_rejected_total{kind}`, and written to the objects'
+//! statuses and Events (`weft_kube::status`). A directory
 //! given as well (`--config-dir`, e.g. ServiceEntries for VMs) is read
 //! with every change. The share-of-removal guard is off (the cluster is
 //! the truth, and there is no directory to confirm in); an emptied mesh
 //! is still held back.
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use std::time::Duration;
 use weft_kube::convert::{Settings, documents};
 use weft_kube::isolate::{Isolating, Loaded};
 use weft_kube::source::Reflectors;
+use weft_kube::status::StatusWriter;
 
 use crate::config::{ConfigMetrics, LiveConfig, WatchGuard};
 use crate::{Debounce, StartError};
@@ -67,12 +71,28 @@ fn directory_documents(dir: &std::path::Path) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-fn load(source: &KubeSource, reflectors: &Reflectors, isolating: &mut Isolating) -> Loaded {
-    let mut docs = documents(&reflectors.cluster(), &source.settings);
+/// Loads the cluster as it is now; also returns its objects of weft's
+/// kinds, whose statuses follow the load.
+fn load(
+    source: &KubeSource,
+    reflectors: &Reflectors,
+    isolating: &mut Isolating,
+) -> (Loaded, Vec<serde_json::Value>) {
+    let cluster = reflectors.cluster();
+    let mut docs = documents(&cluster, &source.settings);
     if let Some(dir) = &source.extra_dir {
         docs.extend(directory_documents(dir));
     }
-    isolating.load(docs)
+    (isolating.load(docs), cluster.resources)
+}
+
+/// The kinds of the documents set aside now and not before.
+fn newly(loaded: &Loaded, before: &BTreeSet<PathBuf>) -> Vec<String> {
+    loaded
+        .set_aside
+        .difference(before)
+        .filter_map(|p| p.iter().nth(2).map(|k| k.to_string_lossy().into_owned()))
+        .collect()
 }
 
 fn problems(loaded: &Loaded) -> Vec<String> {
@@ -106,8 +126,12 @@ pub async fn start(
         tracing::warn!(kinds = ?missing, "not listed within {INITIAL_SYNC:?} (CRD not installed, or not allowed?): taken as empty until they are");
     }
     let mut isolating = Isolating::default();
-    let loaded = load(&source, &reflectors, &mut isolating);
+    let mut writer = StatusWriter::new(source.client.clone());
+    let (loaded, objects) = load(&source, &reflectors, &mut isolating);
+    writer.report(&objects, &loaded.problems).await;
     let set_aside = problems(&loaded);
+    let mut before = loaded.set_aside.clone();
+    let first = newly(&loaded, &BTreeSet::new());
     let config = loaded.config.ok_or_else(|| {
         StartError::Other(format!(
             "the cluster's configuration does not load, even without the objects at fault:\n{}",
@@ -119,7 +143,7 @@ pub async fn start(
     // reflectors keep their state across API errors; only an emptied
     // mesh is still held back.
     let live = LiveConfig::from_config(source.origin.clone(), config, 1.0, metrics);
-    live.set_aside(set_aside);
+    live.set_aside(set_aside, &first);
     let follower = live.clone();
     let reflectors = Arc::new(reflectors);
     // Changes arrive through the reflectors' signal; the debounce
@@ -140,13 +164,16 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let _signal = signal;
         while debounce.next(&mut rx).await {
-            let loaded = load(&source, &reflectors, &mut isolating);
+            let (loaded, objects) = load(&source, &reflectors, &mut isolating);
             let set_aside = problems(&loaded);
+            let fresh = newly(&loaded, &before);
+            before = loaded.set_aside.clone();
+            writer.report(&objects, &loaded.problems).await;
             match loaded.config {
                 Some(config) => follower.apply(Ok(config)),
                 None => follower.apply(Err(set_aside.clone())),
             };
-            follower.set_aside(set_aside);
+            follower.set_aside(set_aside, &fresh);
         }
     });
     Ok((live, WatchGuard::task(task)))

@@ -236,3 +236,168 @@ async fn the_cluster_reaches_a_node_proxy_and_follows_every_change() {
     node.stop();
     control.stop().await;
 }
+
+/// Waits (5 s at most) until `check` holds for an object the fake holds.
+async fn object_until(
+    fake: &FakeApiServer,
+    (api_version, kind, name): (&str, &str, &str),
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    loop {
+        let object = fake
+            .get(api_version, kind, "shop", name)
+            .unwrap_or(Value::Null);
+        if check(&object) {
+            return object;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{what}: {kind} {name} has {}",
+            object["status"]
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn virtual_service(uri: Value) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"hosts": ["reviews"], "http": [{"match": [{"uri": uri}],
+                 "route": [{"destination": {"host": "reviews"}}]}]}})
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_objects_get_a_status_naming_the_field_while_the_rest_applies() {
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    fake.apply(namespace("shop", true));
+    fake.apply(service(80));
+    fake.apply(pod("reviews-1", "127.0.3.1", true));
+    fake.apply(virtual_service(json!({"prefix": "/v1", "exact": "/v1"})));
+    fake.apply(
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+        "metadata": {"name": "canary", "namespace": "shop"},
+        "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": "reviews"}],
+                 "rules": [{"backendRefs": [{"name": "nope", "port": 80}]}]}}),
+    );
+    fake.apply(
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "ports", "namespace": "shop"},
+        "spec": {"rules": [{"to": [{"operation": {"ports": ["http"]}}]}]}}),
+    );
+    fake.apply(
+        json!({"apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "shop"},
+        "spec": {"host": "reviews", "subsets": [{"name": "v1", "labels": {"app": "reviews"}}]}}),
+    );
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
+        .expect("client");
+    let control = weft_control::start(Options {
+        kubernetes: Some(KubeSource {
+            client,
+            settings: Default::default(),
+            origin: format!("kubernetes {}", fake.url()),
+            extra_dir: None,
+        }),
+        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
+    })
+    .await
+    .expect("control plane: bad objects do not stop it");
+
+    // The valid objects apply.
+    let snapshot = control.config.snapshot.load();
+    let policy = &snapshot.l7[&NamespacedName::new("shop", "reviews")];
+    assert!(
+        policy.subsets.contains_key("v1"),
+        "the DestinationRule applies"
+    );
+    assert!(
+        policy.routes.is_empty(),
+        "the invalid VirtualService does not"
+    );
+    assert!(snapshot.policies.is_empty(), "nor the invalid policy");
+    assert_eq!(control.config.status().objects_set_aside.len(), 3);
+
+    // Each invalid object's status names the field.
+    let described = |o: &Value, needle: &str| {
+        o["status"]["validationMessages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|m| {
+                m["description"]
+                    .as_str()
+                    .is_some_and(|d| d.contains(needle))
+            })
+    };
+    let vs = ("networking.istio.io/v1", "VirtualService", "reviews");
+    object_until(&fake, vs, "the VirtualService's status", |o| {
+        o["status"]["conditions"][0]["status"] == "False"
+            && described(
+                o,
+                "spec.http[0].match[0].uri: set exactly one of exact, prefix, regex",
+            )
+    })
+    .await;
+    object_until(
+        &fake,
+        ("security.istio.io/v1", "AuthorizationPolicy", "ports"),
+        "the AuthorizationPolicy's status",
+        |o| described(o, "spec.rules[0].to[0].operation.ports[0]"),
+    )
+    .await;
+    let route = object_until(
+        &fake,
+        ("gateway.networking.k8s.io/v1", "HTTPRoute", "canary"),
+        "the HTTPRoute's status",
+        |o| o["status"]["parents"][0]["conditions"][0]["status"] == "False",
+    )
+    .await;
+    let parent = &route["status"]["parents"][0];
+    assert_eq!(parent["controllerName"], "weft.dev/control");
+    assert_eq!(parent["conditions"][1]["reason"], "BackendNotFound");
+    assert!(parent["conditions"][0]["lastTransitionTime"].is_string());
+    // Valid objects are accepted.
+    object_until(
+        &fake,
+        ("networking.istio.io/v1", "DestinationRule", "reviews"),
+        "the DestinationRule's status",
+        |o| o["status"]["conditions"][0]["status"] == "True",
+    )
+    .await;
+    // An Event for each problem.
+    let events = fake.list("v1", "Event");
+    assert!(
+        events
+            .iter()
+            .any(|e| e["involvedObject"]["kind"] == "VirtualService"
+                && e["type"] == "Warning"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.http[0].match[0].uri"))),
+        "{events:?}"
+    );
+
+    // Fixed: the condition clears and the route applies.
+    fake.apply(virtual_service(json!({"prefix": "/v2"})));
+    object_until(&fake, vs, "the fixed VirtualService's status", |o| {
+        o["status"]["conditions"][0]["status"] == "True"
+            && o["status"]["validationMessages"] == json!([])
+    })
+    .await;
+    let started = Instant::now();
+    while control.config.snapshot.load().l7[&NamespacedName::new("shop", "reviews")]
+        .routes
+        .is_empty()
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "the fixed route never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    control.stop().await;
+}

@@ -192,7 +192,7 @@ async fn config_changes_stream_to_subscribers() {
     assert!(status.contains("70000 is not a valid port"), "{status}");
     let metrics = http_get(running.metrics_addr, "/metrics");
     assert!(
-        metrics.contains("weft_config_rejected_total 1"),
+        metrics.contains("weft_config_rejected_total{kind=\"configuration\"} 1"),
         "{metrics}"
     );
     assert_eq!(client.state().version, version_before);

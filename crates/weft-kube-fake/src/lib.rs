@@ -15,9 +15,10 @@
 //!   `resourceVersion` older than the history ([`FakeApiServer::compact`])
 //!   answered with an `ERROR` event carrying `410 Gone`, as the real one
 //!   does; every open watch can be cut ([`FakeApiServer::drop_watches`]);
-//! - **get**, **create** (`POST`), **replace** (`PUT`, also `/status`) and
-//!   **delete** of single objects, with `uid`, `resourceVersion` and
-//!   `409 AlreadyExists` / `404 NotFound` statuses.
+//! - **get**, **create** (`POST`), **replace** (`PUT`), **merge-patch**
+//!   (`PATCH`, also of `/status`) and **delete** of single objects, with
+//!   `uid`, `resourceVersion` and `409 AlreadyExists` / `404 NotFound`
+//!   statuses.
 //!
 //! Objects are untyped JSON: any kind works, CRDs included. There is no
 //! authentication, admission, validation or field selection — it is not a
@@ -334,6 +335,41 @@ impl Shared {
                     ),
                 }
             }
+            (Method::PATCH, Some(name)) => {
+                let Ok(bytes) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+                    return status(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body");
+                };
+                let Ok(patch) = serde_json::from_slice::<Value>(&bytes) else {
+                    return status(
+                        StatusCode::BAD_REQUEST,
+                        "BadRequest",
+                        "the body is not JSON",
+                    );
+                };
+                let key = (
+                    target.collection.clone(),
+                    target.namespace.clone().unwrap_or_default(),
+                    name.clone(),
+                );
+                let Some(mut object) = lock(&self.state).objects.get(&key).cloned() else {
+                    return status(
+                        StatusCode::NOT_FOUND,
+                        "NotFound",
+                        &format!("{name:?} not found"),
+                    );
+                };
+                // A JSON merge patch (RFC 7386); on `/status`, of the
+                // status only.
+                if target.status {
+                    merge(&mut object["status"], &patch["status"]);
+                } else {
+                    merge(&mut object, &patch);
+                }
+                match self.upsert(object, Some(false)) {
+                    Ok(stored) => full(StatusCode::OK, &stored),
+                    Err((code, e)) => status(code, "NotFound", &e),
+                }
+            }
             (Method::DELETE, Some(name)) => {
                 match self.remove(
                     &target.collection,
@@ -574,6 +610,27 @@ impl Shared {
             http::HeaderValue::from_static("application/json"),
         );
         response
+    }
+}
+
+/// RFC 7386 JSON merge patch.
+fn merge(target: &mut Value, patch: &Value) {
+    match patch {
+        Value::Object(fields) => {
+            if !target.is_object() {
+                *target = Value::Object(Default::default());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in fields {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
     }
 }
 

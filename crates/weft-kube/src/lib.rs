@@ -18,3 +18,4 @@
 pub mod convert;
 pub mod isolate;
 pub mod source;
+pub mod status;
