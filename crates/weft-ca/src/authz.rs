@@ -70,7 +70,7 @@ pub struct Denied(pub String);
 pub fn authorize(snapshot: &Snapshot, caller: &Caller, wanted: &Identity) -> Result<(), Denied> {
     match caller {
         Caller::Anonymous => Err(Denied(
-            "unauthenticated: present a bootstrap token (authorization: Bearer …) or a node certificate".into(),
+            "unauthenticated: present a bootstrap token or a Kubernetes service-account token (authorization: Bearer …), or a node certificate".into(),
         )),
         Caller::Workload(id) if id == wanted => {
             if snapshot.workloads.values().any(|w| &w.identity == wanted) {

@@ -23,6 +23,7 @@ pub mod cert;
 pub mod client;
 pub mod manager;
 pub mod proto;
+pub mod review;
 pub mod secret;
 pub mod service;
 pub mod tls;

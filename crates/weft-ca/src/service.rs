@@ -27,6 +27,7 @@ use crate::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
 };
 use crate::proto::{IstioCertificateRequest, IstioCertificateResponse};
+use crate::review::TokenReviewer;
 use crate::tls;
 
 /// Metadata key a node proxy sets to ask on behalf of a workload.
@@ -39,6 +40,14 @@ pub struct CertificateService {
     authority: Arc<Authority>,
     registry: Arc<ArcSwap<Snapshot>>,
     tokens: BootstrapTokens,
+    reviewer: Option<Reviewer>,
+}
+
+/// Tokens reviewed elsewhere (Kubernetes `TokenReview`), and the node
+/// agent's service account.
+struct Reviewer {
+    reviewer: Arc<dyn TokenReviewer>,
+    node_agent: (String, String),
 }
 
 impl CertificateService {
@@ -53,10 +62,26 @@ impl CertificateService {
             authority,
             registry,
             tokens,
+            reviewer: None,
         }
     }
 
-    fn caller<T>(&self, request: &Request<T>) -> Caller {
+    /// Also accepts bearer tokens `reviewer` vouches for (Kubernetes
+    /// service-account tokens); `node_agent` is the node agent's
+    /// (namespace, service account).
+    pub fn with_reviewer(
+        mut self,
+        reviewer: Arc<dyn TokenReviewer>,
+        node_agent: (String, String),
+    ) -> Self {
+        self.reviewer = Some(Reviewer {
+            reviewer,
+            node_agent,
+        });
+        self
+    }
+
+    async fn caller<T>(&self, request: &Request<T>) -> Caller {
         if let Some(identity) = request
             .extensions()
             .get::<PeerInfo>()
@@ -78,9 +103,25 @@ impl CertificateService {
             .get("authorization")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match token.and_then(|t| self.tokens.node_for(t.trim())) {
-            Some(node) => Caller::Node(node.to_owned()),
-            None => Caller::Anonymous,
+        let Some(token) = token.map(str::trim) else {
+            return Caller::Anonymous;
+        };
+        if let Some(node) = self.tokens.node_for(token) {
+            return Caller::Node(node.to_owned());
+        }
+        let Some(r) = &self.reviewer else {
+            return Caller::Anonymous;
+        };
+        let trust_domain = self.registry.load().mesh.trust_domain.clone();
+        let reviewed = r.reviewer.review(token).await.and_then(|t| {
+            crate::review::caller_of(&t, (&r.node_agent.0, &r.node_agent.1), &trust_domain)
+        });
+        match reviewed {
+            Ok(caller) => caller,
+            Err(why) => {
+                tracing::info!(reason = %why, "bearer token not accepted");
+                Caller::Anonymous
+            }
         }
     }
 }
@@ -130,7 +171,7 @@ impl IstioCertificateService for CertificateService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
-        let caller = self.caller(&request);
+        let caller = self.caller(&request).await;
         let body = request.into_inner();
         let wanted = wanted_identity(&body)?;
         if let Err(denied) = authorize(&self.registry.load(), &caller, &wanted) {

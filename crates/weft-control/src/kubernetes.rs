@@ -39,6 +39,45 @@ pub struct KubeSource {
     pub origin: String,
     /// A directory read as well, if any.
     pub extra_dir: Option<PathBuf>,
+    /// Audiences a service-account token may be for to obtain
+    /// certificates (`istio-ca`, what Istio's agents ask for).
+    pub token_audiences: Vec<String>,
+    /// The node agent's (namespace, service account): its token, bound
+    /// to a pod on a node, proves that node.
+    pub node_agent: (String, String),
+}
+
+impl KubeSource {
+    /// A source with the defaults: cluster domain `cluster.local`,
+    /// audience `istio-ca`, node agent `weft-system/weft-node`.
+    pub fn new(client: kube::Client, origin: String) -> Self {
+        KubeSource {
+            client,
+            settings: Settings::default(),
+            origin,
+            extra_dir: None,
+            token_audiences: vec![weft_kube::tokens::ISTIO_CA_AUDIENCE.to_owned()],
+            node_agent: ("weft-system".to_owned(), "weft-node".to_owned()),
+        }
+    }
+}
+
+/// The certificate service, accepting the cluster's service-account
+/// tokens (by `TokenReview`) when the configuration comes from one.
+pub fn reviewed(
+    service: weft_ca::service::CertificateService,
+    source: Option<&KubeSource>,
+) -> weft_ca::service::CertificateService {
+    match source {
+        Some(k) => service.with_reviewer(
+            Arc::new(weft_kube::tokens::KubeTokenReviewer::new(
+                k.client.clone(),
+                k.token_audiences.clone(),
+            )),
+            k.node_agent.clone(),
+        ),
+        None => service,
+    }
 }
 
 impl std::fmt::Debug for KubeSource {

@@ -276,8 +276,11 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
 
     // 15012: mTLS; the config stream needs a client certificate, the
     // certificate service also accepts bootstrap tokens.
-    let ca_service =
-        CertificateService::new(authority.clone(), live.snapshot.clone(), tokens).into_server();
+    let ca_service = kubernetes::reviewed(
+        CertificateService::new(authority.clone(), live.snapshot.clone(), tokens),
+        options.kubernetes.as_ref(),
+    )
+    .into_server();
     let tls_xds = tonic::service::interceptor::InterceptedService::new(
         xds.into_service(),
         require_certificate,

@@ -105,12 +105,10 @@ async fn the_cluster_reaches_a_node_proxy_and_follows_every_change() {
         .expect("client");
     let control = weft_control::start(Options {
         bootstrap_tokens: Some(tokens),
-        kubernetes: Some(KubeSource {
+        kubernetes: Some(KubeSource::new(
             client,
-            settings: Default::default(),
-            origin: format!("kubernetes {}", fake.url()),
-            extra_dir: None,
-        }),
+            format!("kubernetes {}", fake.url()),
+        )),
         ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
     })
     .await
@@ -296,12 +294,10 @@ async fn invalid_objects_get_a_status_naming_the_field_while_the_rest_applies() 
     let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
         .expect("client");
     let control = weft_control::start(Options {
-        kubernetes: Some(KubeSource {
+        kubernetes: Some(KubeSource::new(
             client,
-            settings: Default::default(),
-            origin: format!("kubernetes {}", fake.url()),
-            extra_dir: None,
-        }),
+            format!("kubernetes {}", fake.url()),
+        )),
         ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
     })
     .await
@@ -399,5 +395,110 @@ async fn invalid_objects_get_a_status_naming_the_field_while_the_rest_applies() 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    control.stop().await;
+}
+
+/// A certificate request with `token` for `identity`: the certificate
+/// service's answer (`Ok` or the refusal).
+async fn ask(control: &weft_control::Running, token: &str, identity: &str) -> Result<(), String> {
+    use weft_ca::manager::CaClient;
+    let bundle = weft_ca::tls::TrustBundle::new(
+        weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
+            .expect("pem"),
+    )
+    .expect("bundle");
+    let server = weft_ca::authz::control_identity("cluster.local").expect("id");
+    let client = weft_ca::client::GrpcCaClient::new(
+        control.tls_addr,
+        bundle,
+        server,
+        weft_ca::client::NodeCredential::Token(token.into()),
+    )
+    .expect("client");
+    let identity: weft_core::Identity = identity.parse().expect("identity");
+    let csr = weft_ca::KeyAndCsr::generate(&identity).expect("csr");
+    client
+        .sign(&identity, &csr.csr_pem, Duration::ZERO)
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+fn pod_on(name: &str, app: &str, ip: &str, node: &str) -> Value {
+    let mut p = pod(name, ip, true);
+    p["metadata"]["labels"]["app"] = json!(app);
+    p["spec"]["serviceAccountName"] = json!(app);
+    p["spec"]["nodeName"] = json!(node);
+    p
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_account_tokens_obtain_certificates_for_pods_on_their_node_only() {
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    fake.apply(namespace("shop", true));
+    fake.apply(service(80));
+    fake.apply(pod_on("reviews-1", "reviews", "127.0.3.1", "node-1"));
+    fake.apply(pod_on("ratings-1", "ratings", "127.0.3.2", "node-2"));
+    fake.add_token(
+        "agent-on-node-1",
+        "system:serviceaccount:weft-system:weft-node",
+        Some("node-1"),
+    );
+    fake.add_token(
+        "agent-unbound",
+        "system:serviceaccount:weft-system:weft-node",
+        None,
+    );
+    fake.add_token(
+        "reviews-pod",
+        "system:serviceaccount:shop:reviews",
+        Some("node-1"),
+    );
+
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
+        .expect("client");
+    let control = weft_control::start(Options {
+        kubernetes: Some(KubeSource::new(
+            client,
+            format!("kubernetes {}", fake.url()),
+        )),
+        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
+    })
+    .await
+    .expect("control plane");
+    let reviews = "spiffe://cluster.local/ns/shop/sa/reviews";
+    let ratings = "spiffe://cluster.local/ns/shop/sa/ratings";
+
+    // The node agent, by its token bound to node-1: a pod on node-1, yes…
+    ask(&control, "agent-on-node-1", reviews)
+        .await
+        .expect("a pod on its node");
+    // …a pod on node-2, no, with both nodes named.
+    let refused = ask(&control, "agent-on-node-1", ratings)
+        .await
+        .expect_err("another node's pod");
+    assert!(
+        refused.contains("node node-1 may not obtain") && refused.contains("node-2"),
+        "{refused}"
+    );
+    // Its token must say which node it is on.
+    let unbound = ask(&control, "agent-unbound", reviews)
+        .await
+        .expect_err("no node");
+    assert!(unbound.contains("unauthenticated"), "{unbound}");
+    // A pod's own token: its own identity only.
+    ask(&control, "reviews-pod", reviews)
+        .await
+        .expect("its own identity");
+    let other = ask(&control, "reviews-pod", ratings)
+        .await
+        .expect_err("not another's");
+    assert!(other.contains("may renew only its own identity"), "{other}");
+    // A token the API server does not vouch for.
+    let unknown = ask(&control, "made-up", reviews)
+        .await
+        .expect_err("unknown token");
+    assert!(unknown.contains("unauthenticated"), "{unknown}");
     control.stop().await;
 }

@@ -20,6 +20,10 @@
 //!   `uid`, `resourceVersion` and `409 AlreadyExists` / `404 NotFound`
 //!   statuses.
 //!
+//! - **TokenReview**: tokens registered with [`FakeApiServer::add_token`]
+//!   are vouched for (username, and the node of the pod they are bound
+//!   to); any other is not.
+//!
 //! Objects are untyped JSON: any kind works, CRDs included. There is no
 //! authentication, admission, validation or field selection — it is not a
 //! Kubernetes API server and must never be used as one.
@@ -69,6 +73,8 @@ struct State {
     history: Vec<Change>,
     /// Watches from a resourceVersion before this get 410 Gone.
     oldest: u64,
+    /// Tokens a `TokenReview` vouches for: token → (username, node).
+    tokens: BTreeMap<String, (String, Option<String>)>,
     next_uid: u64,
 }
 
@@ -196,6 +202,14 @@ impl FakeApiServer {
             .collect()
     }
 
+    /// Makes `TokenReview`s vouch for `token` as `username` (e.g.
+    /// `system:serviceaccount:shop:reviews`), bound to a pod on `node`.
+    pub fn add_token(&self, token: &str, username: &str, node: Option<&str>) {
+        lock(&self.state)
+            .tokens
+            .insert(token.into(), (username.into(), node.map(str::to_owned)));
+    }
+
     /// Cuts every open watch connection (clients must re-watch from
     /// their last resourceVersion and miss nothing).
     pub fn drop_watches(&self) {
@@ -295,6 +309,28 @@ impl Shared {
                         &format!("{} {name:?} not found", target.collection.plural),
                     ),
                 }
+            }
+            (Method::POST, None) if target.collection.plural == "tokenreviews" => {
+                let Ok(bytes) = req.into_body().collect().await.map(|b| b.to_bytes()) else {
+                    return status(StatusCode::BAD_REQUEST, "BadRequest", "unreadable body");
+                };
+                let review: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let token = review["spec"]["token"].as_str().unwrap_or("");
+                let known = lock(&self.state).tokens.get(token).cloned();
+                let status_body = match known {
+                    Some((username, node)) => {
+                        let extra = node.map_or(
+                            json!({}),
+                            |n| json!({"authentication.kubernetes.io/node-name": [n]}),
+                        );
+                        json!({"authenticated": true, "user": {"username": username, "extra": extra},
+                               "audiences": review["spec"]["audiences"]})
+                    }
+                    None => json!({"authenticated": false, "error": "invalid bearer token"}),
+                };
+                let mut answer = review;
+                answer["status"] = status_body;
+                full(StatusCode::CREATED, &answer)
             }
             (Method::POST, None) | (Method::PUT, Some(_)) => {
                 let create = target.name.is_none();

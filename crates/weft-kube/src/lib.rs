@@ -19,3 +19,4 @@ pub mod convert;
 pub mod isolate;
 pub mod source;
 pub mod status;
+pub mod tokens;

@@ -96,14 +96,10 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
     let origin = format!("kubernetes {}", config.cluster_url);
     let client =
         kube::Client::try_from(config).map_err(|e| format!("cannot reach the cluster: {e}"))?;
-    Ok(weft_control::kubernetes::KubeSource {
-        client,
-        settings: weft_kube::convert::Settings {
-            cluster_domain: args.cluster_domain.clone(),
-        },
-        origin,
-        extra_dir: args.config_dir.clone(),
-    })
+    let mut source = weft_control::kubernetes::KubeSource::new(client, origin);
+    source.settings.cluster_domain = args.cluster_domain.clone();
+    source.extra_dir = args.config_dir.clone();
+    Ok(source)
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
