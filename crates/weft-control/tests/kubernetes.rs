@@ -76,6 +76,26 @@ async fn seen_within(
 }
 
 /// The service as the node names it (namespace and host).
+/// A control plane reading the fake's cluster (state in `tmp`).
+async fn control_over(
+    fake: &FakeApiServer,
+    tmp: &tempfile::TempDir,
+    bootstrap_tokens: Option<std::path::PathBuf>,
+) -> weft_control::Running {
+    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
+        .expect("client");
+    weft_control::start(Options {
+        bootstrap_tokens,
+        kubernetes: Some(KubeSource::new(
+            client,
+            format!("kubernetes {}", fake.url()),
+        )),
+        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
+    })
+    .await
+    .expect("control plane")
+}
+
 fn reviews() -> NamespacedName {
     NamespacedName::new("shop", "reviews.shop.svc.cluster.local")
 }
@@ -101,18 +121,7 @@ async fn the_cluster_reaches_a_node_proxy_and_follows_every_change() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let tokens = tmp.path().join("tokens");
     std::fs::write(&tokens, "node-1 node-1-token-0123456789\n").expect("tokens");
-    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
-        .expect("client");
-    let control = weft_control::start(Options {
-        bootstrap_tokens: Some(tokens),
-        kubernetes: Some(KubeSource::new(
-            client,
-            format!("kubernetes {}", fake.url()),
-        )),
-        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
+    let control = control_over(&fake, &tmp, Some(tokens)).await;
     let roots =
         weft_ca::cert::certs_from_pem(&std::fs::read(&control.root_cert).expect("root"), "root")
             .expect("pem");
@@ -291,17 +300,8 @@ async fn invalid_objects_get_a_status_naming_the_field_while_the_rest_applies() 
     );
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
-        .expect("client");
-    let control = weft_control::start(Options {
-        kubernetes: Some(KubeSource::new(
-            client,
-            format!("kubernetes {}", fake.url()),
-        )),
-        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane: bad objects do not stop it");
+    // Bad objects do not stop it.
+    let control = control_over(&fake, &tmp, None).await;
 
     // The valid objects apply.
     let snapshot = control.config.snapshot.load();
@@ -456,17 +456,7 @@ async fn service_account_tokens_obtain_certificates_for_pods_on_their_node_only(
     );
 
     let tmp = tempfile::tempdir().expect("tempdir");
-    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
-        .expect("client");
-    let control = weft_control::start(Options {
-        kubernetes: Some(KubeSource::new(
-            client,
-            format!("kubernetes {}", fake.url()),
-        )),
-        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane");
+    let control = control_over(&fake, &tmp, None).await;
     let reviews = "spiffe://cluster.local/ns/shop/sa/reviews";
     let ratings = "spiffe://cluster.local/ns/shop/sa/ratings";
 

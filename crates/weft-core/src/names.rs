@@ -1,5 +1,6 @@
 //! Name rules shared by every resource: Kubernetes DNS-1123 labels and
-//! subdomains, and hostnames as they appear in `ServiceEntry.hosts`.
+//! subdomains, hostnames as they appear in `ServiceEntry.hosts`, and the
+//! plural the Kubernetes API gives a kind's collection.
 //!
 //! Each check returns `Err(reason)` with a sentence an operator can act on.
 
@@ -58,9 +59,42 @@ pub fn check_hostname(s: &str) -> Result<(), String> {
     check_subdomain(&s.to_ascii_lowercase())
 }
 
+/// The plural of a kind, as the API names its collection.
+pub fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    if lower.ends_with("ss") || lower.ends_with("ch") || lower.ends_with('x') {
+        format!("{lower}es")
+    } else if let Some(stem) = lower.strip_suffix('y')
+        && !stem.ends_with(['a', 'e', 'o', 'u'])
+    {
+        format!("{stem}ies")
+    } else if lower.ends_with('s') {
+        lower
+    } else {
+        format!("{lower}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn plurals() {
+        for (kind, want) in [
+            ("Pod", "pods"),
+            ("Service", "services"),
+            ("EndpointSlice", "endpointslices"),
+            ("AuthorizationPolicy", "authorizationpolicies"),
+            ("Gateway", "gateways"),
+            ("Ingress", "ingresses"),
+            ("GatewayClass", "gatewayclasses"),
+            ("Endpoints", "endpoints"),
+            ("Namespace", "namespaces"),
+        ] {
+            assert_eq!(plural(kind), want);
+        }
+    }
 
     #[test]
     fn labels() {

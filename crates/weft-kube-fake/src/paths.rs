@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use http::Request;
 use serde_json::Value;
+pub use weft_core::names::plural;
 
 /// A collection: API group (empty for core), version, plural.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -15,22 +16,6 @@ pub struct Collection {
     pub version: String,
     /// `pods`, `virtualservices`, …
     pub plural: String,
-}
-
-/// The plural of a kind, as the API names its collection.
-pub fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with("ss") || lower.ends_with("ch") || lower.ends_with('x') {
-        format!("{lower}es")
-    } else if let Some(stem) = lower.strip_suffix('y')
-        && !stem.ends_with(['a', 'e', 'o', 'u'])
-    {
-        format!("{stem}ies")
-    } else if lower.ends_with('s') {
-        lower
-    } else {
-        format!("{lower}s")
-    }
 }
 
 /// The collection and namespace of an object (by its `apiVersion`,
@@ -109,23 +94,6 @@ pub(crate) fn query<B>(req: &Request<B>) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn plurals() {
-        for (kind, want) in [
-            ("Pod", "pods"),
-            ("Service", "services"),
-            ("EndpointSlice", "endpointslices"),
-            ("AuthorizationPolicy", "authorizationpolicies"),
-            ("Gateway", "gateways"),
-            ("Ingress", "ingresses"),
-            ("GatewayClass", "gatewayclasses"),
-            ("Endpoints", "endpoints"),
-            ("Namespace", "namespaces"),
-        ] {
-            assert_eq!(plural(kind), want);
-        }
-    }
 
     #[test]
     fn paths_name_collections_objects_and_status() {

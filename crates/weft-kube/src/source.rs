@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
 use crate::convert::Cluster;
+pub use weft_core::names::plural;
 
 /// The kinds of weft's configuration read from the cluster as they are
 /// (group, version, kind): every kind weft reads except `Secret` (typed
@@ -34,22 +35,6 @@ pub fn configuration_kinds() -> Vec<ApiResource> {
             plural: plural(kind),
         })
         .collect()
-}
-
-/// The plural of a kind, as the API names its collection.
-pub fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with("ss") || lower.ends_with("ch") || lower.ends_with('x') {
-        format!("{lower}es")
-    } else if let Some(stem) = lower.strip_suffix('y')
-        && !stem.ends_with(['a', 'e', 'o', 'u'])
-    {
-        format!("{stem}ies")
-    } else if lower.ends_with('s') {
-        lower
-    } else {
-        format!("{lower}s")
-    }
 }
 
 /// The stores, kept current by their watchers.
