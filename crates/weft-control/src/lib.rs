@@ -140,6 +140,9 @@ pub struct Running {
     pub config: Arc<LiveConfig>,
     stop: watch::Sender<bool>,
     servers: Vec<tokio::task::JoinHandle<()>>,
+    /// The scraper for the service graph: holds no connection open, so
+    /// it is stopped at once rather than drained.
+    scraper: tokio::task::JoinHandle<()>,
     _watch: config::WatchGuard,
     _own_certs: CertManager,
 }
@@ -150,6 +153,7 @@ impl Running {
     /// what is left.
     pub async fn stop(self) {
         let _ = self.stop.send(true);
+        self.scraper.abort();
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         for mut server in self.servers {
             if tokio::time::timeout_at(deadline, &mut server)
@@ -311,7 +315,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     )));
     let status_of = live.clone();
     let aggregator = observe::Aggregator::new(options.observe.clone(), options.scrape_interval);
-    servers.push(aggregator.spawn());
+    let scraper = aggregator.spawn();
     servers.push(tokio::spawn(weft_admin::serve(
         monitoring_listener,
         dashboard::routes(
@@ -341,6 +345,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         config: live,
         stop,
         servers,
+        scraper,
         _watch: watch_guard,
         _own_certs: own,
     })

@@ -324,19 +324,20 @@ pub struct HeaderOpsSpec {
 }
 
 const NOT_YET: &str = "is not supported by weft's waypoint yet";
+const NOT_AT_GATEWAYS_YET: &str = "is not supported by weft's gateway yet";
 
 impl Spec for VirtualServiceSpec {
     const KIND: &'static str = "VirtualService";
     const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        ("spec.tls.match.destinationSubnets", NOT_YET),
-        ("spec.tls.match.sourceLabels", NOT_YET),
-        ("spec.tls.match.gateways", NOT_YET),
-        ("spec.tls.match.sourceNamespace", NOT_YET),
-        ("spec.tcp.match.destinationSubnets", NOT_YET),
-        ("spec.tcp.match.sourceLabels", NOT_YET),
-        ("spec.tcp.match.gateways", NOT_YET),
-        ("spec.tcp.match.sourceNamespace", NOT_YET),
-        ("spec.tcp.match.sourceSubnet", NOT_YET),
+        ("spec.tls.match.destinationSubnets", NOT_AT_GATEWAYS_YET),
+        ("spec.tls.match.sourceLabels", NOT_AT_GATEWAYS_YET),
+        ("spec.tls.match.gateways", NOT_AT_GATEWAYS_YET),
+        ("spec.tls.match.sourceNamespace", NOT_AT_GATEWAYS_YET),
+        ("spec.tcp.match.destinationSubnets", NOT_AT_GATEWAYS_YET),
+        ("spec.tcp.match.sourceLabels", NOT_AT_GATEWAYS_YET),
+        ("spec.tcp.match.gateways", NOT_AT_GATEWAYS_YET),
+        ("spec.tcp.match.sourceNamespace", NOT_AT_GATEWAYS_YET),
+        ("spec.tcp.match.sourceSubnet", NOT_AT_GATEWAYS_YET),
         (
             "spec.exportTo",
             "exportTo is not supported: every route is visible mesh-wide",
