@@ -62,7 +62,11 @@ pub fn check_hostname(s: &str) -> Result<(), String> {
 /// The plural of a kind, as the API names its collection.
 pub fn plural(kind: &str) -> String {
     let lower = kind.to_ascii_lowercase();
-    if lower.ends_with("ss") || lower.ends_with("ch") || lower.ends_with('x') {
+    if lower.ends_with("ss")
+        || lower.ends_with("ch")
+        || lower.ends_with("sh")
+        || lower.ends_with('x')
+    {
         format!("{lower}es")
     } else if let Some(stem) = lower.strip_suffix('y')
         && !stem.ends_with(['a', 'e', 'o', 'u'])
@@ -90,6 +94,8 @@ mod tests {
             ("Ingress", "ingresses"),
             ("GatewayClass", "gatewayclasses"),
             ("Endpoints", "endpoints"),
+            ("Mesh", "meshes"),
+            ("RateLimitPolicy", "ratelimitpolicies"),
             ("Namespace", "namespaces"),
         ] {
             assert_eq!(plural(kind), want);

@@ -8,7 +8,8 @@
 //! pipeline as a configuration directory (`weft-config`), so the same
 //! checks, messages and snapshot come out. One bad object never blocks
 //! the rest ([`isolate`]): it is set aside, its last good version kept,
-//! and its problems reported.
+//! and its problems reported. [`install`] prints the manifests that put
+//! weft on a cluster.
 //!
 //! Tests run against `weft-kube-fake`, a fake API server (no real one can
 //! run where weft is built); the client is the real kube-rs.
@@ -16,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod convert;
+pub mod install;
 pub mod isolate;
 pub mod source;
 pub mod status;

@@ -81,6 +81,10 @@ enum Command {
     /// Start a whole local mesh from a directory: control plane, node
     /// proxies, apps.
     Up(cmd::up::Args),
+    /// Print the manifests that install weft on a Kubernetes cluster
+    /// (`weft install --crds | kubectl apply -f -`, then without
+    /// `--crds`).
+    Install(cmd::install::Args),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +110,7 @@ fn main() -> ExitCode {
         Command::Run(args) => cmd::run::run(args),
         Command::Authz(args) => cmd::authz::run(args),
         Command::Graph(args) => cmd::graph::run(args),
+        Command::Install(args) => cmd::install::run(args),
         Command::HashKey => {
             let mut key = String::new();
             match std::io::stdin().read_line(&mut key) {

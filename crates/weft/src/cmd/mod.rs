@@ -5,6 +5,7 @@ pub(crate) mod certs;
 pub(crate) mod config_dump;
 pub(crate) mod control;
 pub(crate) mod graph;
+pub(crate) mod install;
 pub(crate) mod node;
 pub(crate) mod run;
 pub(crate) mod sample_app;
