@@ -130,6 +130,10 @@ pub struct Authority {
     signing_not_after: SystemTime,
     trust_domain: String,
     workload_ttl: Duration,
+    /// DNS names the control plane's own certificate carries besides its
+    /// SPIFFE ID (clients that check the server by name, as ztunnel does
+    /// with `istiod.istio-system.svc`).
+    server_names: Vec<String>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -182,7 +186,20 @@ impl Authority {
             signing_not_after,
             trust_domain: opts.trust_domain.clone(),
             workload_ttl: opts.workload_ttl,
+            server_names: Vec::new(),
         })
+    }
+
+    /// The control plane's own certificate also names these DNS names
+    /// (checked to be DNS names; the first bad one is the error).
+    pub fn with_server_names(mut self, names: Vec<String>) -> Result<Self, CaError> {
+        for name in &names {
+            weft_core::names::check_subdomain(name).map_err(|e| {
+                CaError::Sign(format!("server name {name:?} is not a DNS name: {e}"))
+            })?;
+        }
+        self.server_names = names;
+        Ok(self)
     }
 
     /// The roots workloads should trust.
@@ -245,6 +262,17 @@ impl Authority {
             });
         }
         let mut params = spiffe_params(identity).map_err(|e| CaError::Sign(e.to_string()))?;
+        if !self.server_names.is_empty()
+            && crate::authz::control_identity(&self.trust_domain).as_ref() == Ok(identity)
+        {
+            for name in &self.server_names {
+                params.subject_alt_names.push(SanType::DnsName(
+                    name.as_str()
+                        .try_into()
+                        .map_err(|e: rcgen::Error| CaError::Sign(e.to_string()))?,
+                ));
+            }
+        }
         params.not_before = validity.not_before.into();
         params.not_after = validity.not_after.min(self.signing_not_after).into();
         params.serial_number = Some(random_serial()?);

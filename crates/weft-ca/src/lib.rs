@@ -4,7 +4,8 @@
 //! short-lived SPIFFE workload certificates ([`authority`]), the gRPC
 //! certificate service wire-compatible with Istio's
 //! `istio.v1.auth.IstioCertificateService` ([`service`], [`client`]), the rule
-//! for who may ask for which identity ([`authz`]), the certificate manager
+//! for who may ask for which identity ([`authz`]) and who is asking
+//! ([`authn`]), the certificate manager
 //! every proxy uses to obtain and rotate certificates with no one in the
 //! loop ([`manager`]), and the rustls configurations that check SPIFFE
 //! identities on both sides of a connection ([`tls`]).
@@ -17,6 +18,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authn;
 pub mod authority;
 pub mod authz;
 pub mod cert;

@@ -20,8 +20,9 @@ use tonic::{Request, Response, Status};
 use weft_core::Identity;
 use weft_core::model::Snapshot;
 
+use crate::authn::Authenticator;
 use crate::authority::Authority;
-use crate::authz::{BootstrapTokens, Caller, authorize};
+use crate::authz::{BootstrapTokens, authorize};
 use crate::cert::to_pem;
 use crate::proto::istio_certificate_service_server::{
     IstioCertificateService, IstioCertificateServiceServer,
@@ -39,15 +40,7 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct CertificateService {
     authority: Arc<Authority>,
     registry: Arc<ArcSwap<Snapshot>>,
-    tokens: BootstrapTokens,
-    reviewer: Option<Reviewer>,
-}
-
-/// Tokens reviewed elsewhere (Kubernetes `TokenReview`), and the node
-/// agent's service account.
-struct Reviewer {
-    reviewer: Arc<dyn TokenReviewer>,
-    node_agent: (String, String),
+    authn: Authenticator,
 }
 
 impl CertificateService {
@@ -60,9 +53,8 @@ impl CertificateService {
     ) -> Self {
         CertificateService {
             authority,
+            authn: Authenticator::new(registry.clone(), tokens),
             registry,
-            tokens,
-            reviewer: None,
         }
     }
 
@@ -74,55 +66,14 @@ impl CertificateService {
         reviewer: Arc<dyn TokenReviewer>,
         node_agent: (String, String),
     ) -> Self {
-        self.reviewer = Some(Reviewer {
-            reviewer,
-            node_agent,
-        });
+        self.authn = self.authn.with_reviewer(reviewer, node_agent);
         self
     }
 
-    async fn caller<T>(&self, request: &Request<T>) -> Caller {
-        if let Some(identity) = request
-            .extensions()
-            .get::<PeerInfo>()
-            .and_then(|p| p.identity.clone())
-        {
-            let caller = Caller::from_identity(identity);
-            // A node certificate proves a node only while the node is still
-            // enrolled (its bootstrap token is listed), when tokens are used.
-            if let Caller::Node(node) = &caller
-                && !self.tokens.is_empty()
-                && !self.tokens.has_node(node)
-            {
-                return Caller::Anonymous;
-            }
-            return caller;
-        }
-        let token = request
-            .metadata()
-            .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "));
-        let Some(token) = token.map(str::trim) else {
-            return Caller::Anonymous;
-        };
-        if let Some(node) = self.tokens.node_for(token) {
-            return Caller::Node(node.to_owned());
-        }
-        let Some(r) = &self.reviewer else {
-            return Caller::Anonymous;
-        };
-        let trust_domain = self.registry.load().mesh.trust_domain.clone();
-        let reviewed = r.reviewer.review(token).await.and_then(|t| {
-            crate::review::caller_of(&t, (&r.node_agent.0, &r.node_agent.1), &trust_domain)
-        });
-        match reviewed {
-            Ok(caller) => caller,
-            Err(why) => {
-                tracing::info!(reason = %why, "bearer token not accepted");
-                Caller::Anonymous
-            }
-        }
+    /// Who the service takes callers to be (shared with the config
+    /// stream on the same port).
+    pub fn authenticator(&self) -> Authenticator {
+        self.authn.clone()
     }
 }
 
@@ -171,7 +122,10 @@ impl IstioCertificateService for CertificateService {
         request: Request<IstioCertificateRequest>,
     ) -> Result<Response<IstioCertificateResponse>, Status> {
         let started = Instant::now();
-        let caller = self.caller(&request).await;
+        let caller = self
+            .authn
+            .caller(request.extensions().get::<PeerInfo>(), request.metadata())
+            .await;
         let body = request.into_inner();
         let wanted = wanted_identity(&body)?;
         if let Err(denied) = authorize(&self.registry.load(), &caller, &wanted) {

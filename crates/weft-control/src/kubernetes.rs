@@ -45,6 +45,15 @@ pub struct KubeSource {
     /// The node agent's (namespace, service account): its token, bound
     /// to a pod on a node, proves that node.
     pub node_agent: (String, String),
+    /// The control plane's own namespace (its CA Secret and Lease).
+    pub namespace: String,
+    /// The Secret holding the CA in Istio's plug-in layout (`cacerts`):
+    /// read into the CA directory at start, created with a new root when
+    /// absent. `None`: the CA directory alone.
+    pub ca_secret: Option<String>,
+    /// Leader election among replicas: only the leader writes statuses
+    /// and Events. `None`: this replica always does (one replica).
+    pub election: Option<weft_kube::leader::Election>,
 }
 
 impl KubeSource {
@@ -58,8 +67,34 @@ impl KubeSource {
             extra_dir: None,
             token_audiences: vec![weft_kube::tokens::ISTIO_CA_AUDIENCE.to_owned()],
             node_agent: ("weft-system".to_owned(), "weft-node".to_owned()),
+            namespace: "weft-system".to_owned(),
+            ca_secret: None,
+            election: None,
         }
     }
+}
+
+/// Reads the CA Secret into `dir` (creating it when absent), when the
+/// source names one.
+pub async fn fetch_ca(
+    source: &KubeSource,
+    dir: &std::path::Path,
+    trust_domain: &str,
+) -> Result<(), StartError> {
+    let Some(name) = &source.ca_secret else {
+        return Ok(());
+    };
+    let origin = weft_kube::ca_secret::fetch_or_create(
+        &source.client,
+        &source.namespace,
+        name,
+        dir,
+        trust_domain,
+    )
+    .await
+    .map_err(|e| StartError::Other(e.to_string()))?;
+    tracing::info!(secret = %format!("{}/{name}", source.namespace), ?origin, "CA from its Secret");
+    Ok(())
 }
 
 /// The certificate service, accepting the cluster's service-account
@@ -166,8 +201,21 @@ pub async fn start(
     }
     let mut isolating = Isolating::default();
     let mut writer = StatusWriter::new(source.client.clone());
+    // Only the leader writes; without an election this replica leads.
+    let (leading, election) = match source.election.clone() {
+        Some(e) => {
+            let (rx, task) = e.spawn(source.client.clone());
+            (Some(rx), Some(AbortOnDrop(task)))
+        }
+        None => (None, None),
+    };
+    let leading_rx = leading.clone();
+    let is_leader = move || leading.as_ref().is_none_or(|rx| *rx.borrow());
+    let mut was_leader = is_leader();
     let (loaded, objects) = load(&source, &reflectors, &mut isolating);
-    writer.report(&objects, &loaded.problems).await;
+    if was_leader {
+        writer.report(&objects, &loaded.problems).await;
+    }
     let set_aside = problems(&loaded);
     let mut before = loaded.set_aside.clone();
     let first = newly(&loaded, &BTreeSet::new());
@@ -186,13 +234,22 @@ pub async fn start(
     let follower = live.clone();
     let reflectors = Arc::new(reflectors);
     // Changes arrive through the reflectors' signal; the debounce
-    // coalesces bursts (a Deployment rolling out) into one load.
+    // coalesces bursts (a Deployment rolling out) into one load. Gaining
+    // or losing leadership reloads too (a new leader writes every status
+    // afresh).
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let signal = AbortOnDrop(tokio::spawn({
         let reflectors = reflectors.clone();
+        let mut leading = leading_rx;
         async move {
             loop {
-                reflectors.changed().await;
+                match &mut leading {
+                    Some(l) => tokio::select! {
+                        () = reflectors.changed() => {}
+                        changed = l.changed() => if changed.is_err() { leading = None; },
+                    },
+                    None => reflectors.changed().await,
+                }
                 // Full: a load is already due.
                 if let Err(tokio::sync::mpsc::error::TrySendError::Closed(())) = tx.try_send(()) {
                     return;
@@ -202,12 +259,20 @@ pub async fn start(
     }));
     let task = tokio::spawn(async move {
         let _signal = signal;
+        let _election = election;
         while debounce.next(&mut rx).await {
             let (loaded, objects) = load(&source, &reflectors, &mut isolating);
             let set_aside = problems(&loaded);
             let fresh = newly(&loaded, &before);
             before = loaded.set_aside.clone();
-            writer.report(&objects, &loaded.problems).await;
+            let leader = is_leader();
+            if leader {
+                if !was_leader {
+                    writer.forget();
+                }
+                writer.report(&objects, &loaded.problems).await;
+            }
+            was_leader = leader;
             match loaded.config {
                 Some(config) => follower.apply(Ok(config)),
                 None => follower.apply(Err(set_aside.clone())),

@@ -20,10 +20,9 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tonic::{Request, Status};
 use weft_admin::{Reply, Routes};
 use weft_ca::authz::{BootstrapTokens, control_identity};
-use weft_ca::service::{CertificateService, PeerInfo, tls_incoming};
+use weft_ca::service::{CertificateService, tls_incoming};
 use weft_ca::tls::{SpiffeClientVerifier, server_config};
 use weft_ca::{Authority, CaOptions, CertManager, ManagerOptions, TrustBundle};
 use weft_xds::{XdsMetrics, XdsServer};
@@ -34,6 +33,7 @@ pub mod debounce;
 pub mod guard;
 pub mod kubernetes;
 pub mod observe;
+pub mod stream_auth;
 
 pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
 pub use debounce::Debounce;
@@ -76,6 +76,9 @@ pub struct Options {
     /// Read the configuration from a Kubernetes cluster (`config_dir`,
     /// if it exists, is read as well).
     pub kubernetes: Option<kubernetes::KubeSource>,
+    /// DNS names the certificate on the mTLS port carries besides the
+    /// control plane's SPIFFE ID (clients that check the server by name).
+    pub server_names: Vec<String>,
 }
 
 impl Options {
@@ -98,6 +101,7 @@ impl Options {
             scrape_interval: Duration::from_secs(5),
             max_removal: guard::DEFAULT_MAX_REMOVAL,
             kubernetes: None,
+            server_names: Vec::new(),
         }
     }
 }
@@ -198,11 +202,17 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         }
     };
     let trust_domain = live.snapshot.load().mesh.trust_domain.clone();
-    let authority = Arc::new(Authority::load_or_create(&CaOptions {
-        dir: options.ca_dir.clone(),
-        trust_domain: trust_domain.clone(),
-        workload_ttl: options.workload_ttl,
-    })?);
+    if let Some(k) = &options.kubernetes {
+        kubernetes::fetch_ca(k, &options.ca_dir, &trust_domain).await?;
+    }
+    let authority = Arc::new(
+        Authority::load_or_create(&CaOptions {
+            dir: options.ca_dir.clone(),
+            trust_domain: trust_domain.clone(),
+            workload_ttl: options.workload_ttl,
+        })?
+        .with_server_names(options.server_names.clone())?,
+    );
     let tokens = match &options.bootstrap_tokens {
         Some(path) => {
             BootstrapTokens::from_file(path).map_err(|e| StartError::Other(e.to_string()))?
@@ -278,17 +288,14 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         }
     }));
 
-    // 15012: mTLS; the config stream needs a client certificate, the
-    // certificate service also accepts bootstrap tokens.
+    // 15012: mTLS; the certificate service and the config stream admit
+    // the same callers (certificates, bootstrap or service-account tokens).
     let ca_service = kubernetes::reviewed(
         CertificateService::new(authority.clone(), live.snapshot.clone(), tokens),
         options.kubernetes.as_ref(),
-    )
-    .into_server();
-    let tls_xds = tonic::service::interceptor::InterceptedService::new(
-        xds.into_service(),
-        require_certificate,
     );
+    let tls_xds = stream_auth::Authenticated::new(xds.into_service(), ca_service.authenticator());
+    let ca_service = ca_service.into_server();
     let tls_stop = stopped();
     servers.push(tokio::spawn(async move {
         if let Err(e) = tonic::transport::Server::builder()
@@ -330,7 +337,11 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     )));
     servers.push(tokio::spawn(weft_admin::serve(
         metrics_listener,
-        Routes::new().metrics(registry),
+        // Readiness: serving means the first configuration is loaded and
+        // every listener is bound.
+        Routes::new()
+            .metrics(registry)
+            .get("/healthz/ready", || Reply::text("ready\n")),
         stopped(),
     )));
 
@@ -349,19 +360,4 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         _watch: watch_guard,
         _own_certs: own,
     })
-}
-
-/// Lets only callers that presented a client certificate through.
-fn require_certificate(request: Request<()>) -> Result<Request<()>, Status> {
-    let has_identity = request
-        .extensions()
-        .get::<PeerInfo>()
-        .is_some_and(|p| p.identity.is_some());
-    if has_identity {
-        Ok(request)
-    } else {
-        Err(Status::unauthenticated(
-            "the config stream on the mTLS port needs a client certificate (a node certificate from the certificate service)",
-        ))
-    }
 }

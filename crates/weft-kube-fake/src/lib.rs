@@ -18,7 +18,8 @@
 //! - **get**, **create** (`POST`), **replace** (`PUT`), **merge-patch**
 //!   (`PATCH`, also of `/status`) and **delete** of single objects, with
 //!   `uid`, `resourceVersion` and `409 AlreadyExists` / `404 NotFound`
-//!   statuses.
+//!   statuses; a replace naming a stale `resourceVersion` gets `409
+//!   Conflict` (optimistic concurrency, as leader election relies on).
 //!
 //! - **TokenReview**: tokens registered with [`FakeApiServer::add_token`]
 //!   are vouched for (username, and the node of the pod they are bound
@@ -449,6 +450,20 @@ impl Shared {
             }
             (Some(false), None) => {
                 return Err((StatusCode::NOT_FOUND, format!("{kind} {name:?} not found")));
+            }
+            // A replace naming a resourceVersion succeeds only against that
+            // version (optimistic concurrency, what leader election needs).
+            (Some(false), Some(stored)) => {
+                let asked = object["metadata"]["resourceVersion"].as_str();
+                let now = stored["metadata"]["resourceVersion"].as_str();
+                if asked.is_some_and(|a| Some(a) != now) {
+                    return Err((
+                        StatusCode::CONFLICT,
+                        format!(
+                            "Operation cannot be fulfilled on {kind} {name:?}: the object has been modified; please apply your changes to the latest version and try again"
+                        ),
+                    ));
+                }
             }
             _ => {}
         }

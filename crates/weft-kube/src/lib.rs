@@ -16,9 +16,11 @@
 
 #![forbid(unsafe_code)]
 
+pub mod ca_secret;
 pub mod convert;
 pub mod install;
 pub mod isolate;
+pub mod leader;
 pub mod source;
 pub mod status;
 pub mod tokens;

@@ -148,6 +148,13 @@ impl StatusWriter {
         }
     }
 
+    /// Forgets what it wrote (another replica may have written since):
+    /// the next report writes every status again.
+    pub fn forget(&mut self) {
+        self.written.clear();
+        self.evented.clear();
+    }
+
     /// Brings the status of every object in `objects` (the cluster's
     /// objects of weft's kinds, as JSON) in line with `problems`.
     /// Failures to write are logged; they never stop the configuration.

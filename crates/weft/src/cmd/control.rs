@@ -26,6 +26,17 @@ pub(crate) struct Args {
     /// `<name>.<namespace>.svc.<domain>`).
     #[arg(long, default_value = "cluster.local", requires = "kubernetes")]
     cluster_domain: String,
+    /// With `--kubernetes`: the Secret (in the control plane's namespace,
+    /// `$POD_NAMESPACE`, else `weft-system`) holding the CA in Istio's
+    /// plug-in layout; created with a new root when absent, so replicas
+    /// share one CA.
+    #[arg(long, requires = "kubernetes")]
+    ca_secret: Option<String>,
+    /// A DNS name the certificate on the mTLS port carries (repeat). With
+    /// `--kubernetes`, `istiod.istio-system.svc` is always added, the name
+    /// Istio's ztunnel checks by default.
+    #[arg(long = "tls-dns-name", value_name = "NAME")]
+    tls_dns_names: Vec<String>,
     /// Directory of the CA files: a root is created there on first start, or
     /// put Istio-style `ca-cert.pem`, `ca-key.pem`, `cert-chain.pem`,
     /// `root-cert.pem` there to sign with your own CA.
@@ -99,8 +110,37 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
     let mut source = weft_control::kubernetes::KubeSource::new(client, origin);
     source.settings.cluster_domain = args.cluster_domain.clone();
     source.extra_dir = args.config_dir.clone();
+    if let Ok(ns) = std::env::var("POD_NAMESPACE")
+        && !ns.is_empty()
+    {
+        source.node_agent.0 = ns.clone();
+        source.namespace = ns;
+    }
+    source.ca_secret = args.ca_secret.clone();
+    // Replicas elect who writes statuses; each is named by its pod.
+    let identity = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("weft-control-{}", std::process::id()));
+    source.election = Some(weft_kube::leader::Election::new(
+        &source.namespace,
+        "weft-control",
+        &identity,
+    ));
     Ok(source)
 }
+
+/// The DNS names of the mTLS port's certificate: those asked for, and on
+/// Kubernetes the name ztunnel expects of istiod.
+fn server_names(mut names: Vec<String>, kubernetes: bool) -> Vec<String> {
+    if kubernetes && !names.iter().any(|n| n == ISTIOD_NAME) {
+        names.push(ISTIOD_NAME.to_owned());
+    }
+    names
+}
+
+/// The name Istio's ztunnel checks the control plane's certificate for.
+const ISTIOD_NAME: &str = "istiod.istio-system.svc";
 
 pub(crate) fn run(args: Args) -> ExitCode {
     let runtime = match super::runtime() {
@@ -138,6 +178,7 @@ pub(crate) fn run(args: Args) -> ExitCode {
         },
         scrape_interval: args.scrape_interval,
         max_removal: args.max_removal,
+        server_names: server_names(args.tls_dns_names, kubernetes.is_some()),
         kubernetes,
     };
     runtime.block_on(async move {

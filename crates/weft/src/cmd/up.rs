@@ -246,6 +246,7 @@ async fn up(args: &Args, config: &weft_config::Config) -> Result<(), String> {
         scrape_interval: args.scrape_interval,
         max_removal: weft_control::guard::DEFAULT_MAX_REMOVAL,
         kubernetes: None,
+        server_names: Vec::new(),
     })
     .await
     .map_err(|e| e.to_string())?;
