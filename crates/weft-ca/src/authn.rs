@@ -6,15 +6,16 @@
 //! vouches for ([`crate::review`]: Kubernetes service-account tokens, as
 //! Istio's ztunnel sends them).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tonic::metadata::MetadataMap;
+use weft_core::Identity;
 use weft_core::model::Snapshot;
 
 use crate::authz::{BootstrapTokens, Caller};
 use crate::review::TokenReviewer;
-use crate::service::PeerInfo;
 
 /// Decides who a request comes from.
 #[derive(Clone)]
@@ -96,4 +97,13 @@ impl Authenticator {
             }
         }
     }
+}
+
+/// What a request knows about the connection it came on.
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The identity its client certificate proved, if it sent one.
+    pub identity: Option<Identity>,
 }

@@ -2,7 +2,6 @@
 //! served over weft's mutual TLS, as `weft control` runs it on port 15012.
 
 use std::io;
-use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -20,6 +19,7 @@ use tonic::{Request, Response, Status};
 use weft_core::Identity;
 use weft_core::model::Snapshot;
 
+pub use crate::authn::PeerInfo;
 use crate::authn::Authenticator;
 use crate::authority::Authority;
 use crate::authz::{BootstrapTokens, authorize};
@@ -145,15 +145,6 @@ impl IstioCertificateService for CertificateService {
             cert_chain: chain.iter().map(to_pem).collect(),
         }))
     }
-}
-
-/// What a request knows about the connection it came on.
-#[derive(Debug, Clone)]
-pub struct PeerInfo {
-    /// The client's address.
-    pub remote: SocketAddr,
-    /// The identity its client certificate proved, if it sent one.
-    pub identity: Option<Identity>,
 }
 
 /// A server-side TLS connection carrying its [`PeerInfo`] into requests.
