@@ -19,8 +19,8 @@ use tonic::{Request, Response, Status};
 use weft_core::Identity;
 use weft_core::model::Snapshot;
 
-pub use crate::authn::PeerInfo;
 use crate::authn::Authenticator;
+pub use crate::authn::PeerInfo;
 use crate::authority::Authority;
 use crate::authz::{BootstrapTokens, authorize};
 use crate::cert::to_pem;

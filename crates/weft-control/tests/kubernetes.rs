@@ -11,40 +11,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use weft_control::Options;
-use weft_control::kubernetes::KubeSource;
 use weft_kube_fake::FakeApiServer;
 use weft_node::NodeOptions;
 use weft_state::{MeshView, NamespacedName};
 
-fn namespace(name: &str, ambient: bool) -> Value {
-    let labels = if ambient {
-        json!({"istio.io/dataplane-mode": "ambient"})
-    } else {
-        json!({})
-    };
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}})
-}
-
-fn node_object(zone: &str) -> Value {
-    json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1", "labels": {
-        "topology.kubernetes.io/region": "eu-west", "topology.kubernetes.io/zone": zone}}})
-}
-
-fn service(port: u16) -> Value {
-    json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {"clusterIP": "10.96.0.10", "selector": {"app": "reviews"},
-                 "ports": [{"name": "http", "port": port, "targetPort": 8080}]}})
-}
-
-fn pod(name: &str, ip: &str, ready: bool) -> Value {
-    json!({"apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": "shop", "labels": {"app": "reviews"}},
-        "spec": {"nodeName": "node-1", "serviceAccountName": "reviews",
-                 "containers": [{"name": "app", "image": "app"}]},
-        "status": {"phase": "Running", "podIP": ip,
-                   "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}})
-}
+mod common;
+use common::{
+    control_over, namespace, node_object, object_until, pod, pod_on, service, virtual_service,
+};
 
 /// Waits (1 s at most) until the node's view satisfies `done`.
 async fn seen(
@@ -73,27 +47,6 @@ async fn seen_within(
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-}
-
-/// The service as the node names it (namespace and host).
-/// A control plane reading the fake's cluster (state in `tmp`).
-async fn control_over(
-    fake: &FakeApiServer,
-    tmp: &tempfile::TempDir,
-    bootstrap_tokens: Option<std::path::PathBuf>,
-) -> weft_control::Running {
-    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
-        .expect("client");
-    weft_control::start(Options {
-        bootstrap_tokens,
-        kubernetes: Some(KubeSource::new(
-            client,
-            format!("kubernetes {}", fake.url()),
-        )),
-        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
-    })
-    .await
-    .expect("control plane")
 }
 
 fn reviews() -> NamespacedName {
@@ -244,37 +197,6 @@ async fn the_cluster_reaches_a_node_proxy_and_follows_every_change() {
     control.stop().await;
 }
 
-/// Waits (5 s at most) until `check` holds for an object the fake holds.
-async fn object_until(
-    fake: &FakeApiServer,
-    (api_version, kind, name): (&str, &str, &str),
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    let started = Instant::now();
-    loop {
-        let object = fake
-            .get(api_version, kind, "shop", name)
-            .unwrap_or(Value::Null);
-        if check(&object) {
-            return object;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(5),
-            "{what}: {kind} {name} has {}",
-            object["status"]
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
-fn virtual_service(uri: Value) -> Value {
-    json!({"apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
-        "metadata": {"name": "reviews", "namespace": "shop"},
-        "spec": {"hosts": ["reviews"], "http": [{"match": [{"uri": uri}],
-                 "route": [{"destination": {"host": "reviews"}}]}]}})
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_objects_get_a_status_naming_the_field_while_the_rest_applies() {
     let fake = FakeApiServer::start().await.expect("fake API server");
@@ -422,14 +344,6 @@ async fn ask(control: &weft_control::Running, token: &str, identity: &str) -> Re
         .await
         .map(|_| ())
         .map_err(|e| e.to_string())
-}
-
-fn pod_on(name: &str, app: &str, ip: &str, node: &str) -> Value {
-    let mut p = pod(name, ip, true);
-    p["metadata"]["labels"]["app"] = json!(app);
-    p["spec"]["serviceAccountName"] = json!(app);
-    p["spec"]["nodeName"] = json!(node);
-    p
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
