@@ -151,6 +151,35 @@ async fn the_cluster_reaches_a_node_proxy_and_follows_every_change() {
     fake.apply(pod("reviews-2", "127.0.3.2", true));
     seen(&view, "a pod ready again", |v| has_pod(v, "reviews-2")).await;
 
+    // A Service without a selector: its EndpointSlice's ready endpoints,
+    // as they change.
+    fake.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.30", "ports": [{"name": "tcp", "port": 5432}]}}));
+    let db_slice = |ready: bool| {
+        json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+            "metadata": {"name": "db-1", "namespace": "shop",
+                         "labels": {"kubernetes.io/service-name": "db"}},
+            "addressType": "IPv4", "ports": [{"name": "tcp", "port": 5432}],
+            "endpoints": [{"addresses": ["127.0.3.9"], "conditions": {"ready": ready}}]})
+    };
+    let db_endpoint = |v: &MeshView| {
+        v.workloads
+            .values()
+            .any(|w| w.name.name.starts_with("db[") && w.ip.to_string() == "127.0.3.9")
+    };
+    fake.apply(db_slice(true));
+    seen(&view, "an EndpointSlice's endpoint", db_endpoint).await;
+    fake.apply(db_slice(false));
+    seen(&view, "an EndpointSlice endpoint no longer ready", |v| {
+        !db_endpoint(v)
+    })
+    .await;
+    fake.apply(db_slice(true));
+    seen(&view, "an EndpointSlice endpoint ready again", db_endpoint).await;
+    assert!(fake.delete("discovery.k8s.io/v1", "EndpointSlice", "shop", "db-1"));
+    seen(&view, "a deleted EndpointSlice", |v| !db_endpoint(v)).await;
+
     // A cut watch: what changed meanwhile arrives.
     fake.drop_watches();
     assert!(fake.delete("v1", "Pod", "shop", "reviews-2"));

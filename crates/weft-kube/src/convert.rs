@@ -9,6 +9,10 @@
 //! so a problem points at the object and one bad object can be set aside
 //! without the rest.
 //!
+//! A Service without a selector takes its endpoints from its
+//! `EndpointSlice`s (ready endpoints, ports by name) as the
+//! ServiceEntry's inline endpoints.
+//!
 //! Enrollment follows Istio's labels: `istio.io/dataplane-mode: ambient`
 //! on the namespace or the pod (`none` on a pod opts it out).
 
@@ -16,6 +20,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use weft_core::model::{CLIENT_ONLY_ANNOTATION, NODE_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_LABEL};
 
@@ -29,6 +34,8 @@ pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
 /// The label Gateway API implementations put on a Gateway's pods.
 pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
+/// The label naming an EndpointSlice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 /// The cluster as the reflectors hold it.
 #[derive(Debug, Default, Clone)]
@@ -41,6 +48,8 @@ pub struct Cluster {
     pub services: Vec<Service>,
     /// Pods.
     pub pods: Vec<Pod>,
+    /// EndpointSlices (used for Services without a selector).
+    pub endpoint_slices: Vec<EndpointSlice>,
     /// Objects of the kinds weft reads as they are (Istio, Gateway API,
     /// weft's own, `Secret`s): their JSON.
     pub resources: Vec<Value>,
@@ -120,12 +129,16 @@ pub fn document_path(group: &str, kind: &str, namespace: &str, name: &str) -> Pa
 pub fn service_entry(
     svc: &Service,
     namespace_labels: &BTreeMap<String, String>,
+    slices: &[EndpointSlice],
     settings: &Settings,
 ) -> Option<Value> {
     let name = svc.metadata.name.as_deref()?;
     let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
     let spec = svc.spec.as_ref()?;
-    let selector = spec.selector.clone().filter(|s| !s.is_empty())?;
+    let selector = spec.selector.clone().filter(|s| !s.is_empty());
+    if selector.is_none() && spec.type_.as_deref() == Some("ExternalName") {
+        return None;
+    }
     let addresses: Vec<String> = spec
         .cluster_ips
         .clone()
@@ -161,7 +174,7 @@ pub fn service_entry(
         own_labels.insert(USE_WAYPOINT_LABEL.into(), w.clone());
     }
     own_labels.retain(|k, v| k != USE_WAYPOINT_LABEL || v != "none");
-    Some(json!({
+    let mut se = json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
         "metadata": {"name": name, "namespace": ns, "labels": own_labels},
@@ -171,9 +184,73 @@ pub fn service_entry(
             "ports": ports,
             "location": "MESH_INTERNAL",
             "resolution": "STATIC",
-            "workloadSelector": {"labels": selector},
         }
-    }))
+    });
+    match selector {
+        Some(selector) => se["spec"]["workloadSelector"] = json!({"labels": selector}),
+        None => {
+            // Slices name ports as the Service does; an unnamed one is
+            // the Service's single unnamed port.
+            let unnamed = spec
+                .ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref().unwrap_or("").is_empty())
+                .map(|p| format!("port-{}", p.port));
+            let mut endpoints = slice_endpoints(name, ns, slices);
+            for e in &mut endpoints {
+                if let (Some(ports), Some(unnamed)) = (e["ports"].as_object_mut(), &unnamed)
+                    && let Some(p) = ports.remove("")
+                {
+                    ports.insert(unnamed.clone(), p);
+                }
+            }
+            se["spec"]["endpoints"] = Value::Array(endpoints);
+        }
+    }
+    Some(se)
+}
+
+/// The ready endpoints of a Service's EndpointSlices (those labelled
+/// `kubernetes.io/service-name: <name>` in its namespace), each with its
+/// ports by name.
+pub fn slice_endpoints(service: &str, namespace: &str, slices: &[EndpointSlice]) -> Vec<Value> {
+    let mut out: Vec<Value> = Vec::new();
+    for slice in slices.iter().filter(|s| {
+        s.metadata.namespace.as_deref() == Some(namespace)
+            && labels(&s.metadata)
+                .get(SERVICE_NAME_LABEL)
+                .map(String::as_str)
+                == Some(service)
+            && matches!(s.address_type.as_str(), "IPv4" | "IPv6")
+    }) {
+        let ports: BTreeMap<String, i32> = slice
+            .ports
+            .iter()
+            .flatten()
+            .filter_map(|p| Some((p.name.clone().unwrap_or_default(), p.port?)))
+            .collect();
+        for endpoint in &slice.endpoints {
+            let ready = endpoint
+                .conditions
+                .as_ref()
+                .and_then(|c| c.ready)
+                .unwrap_or(true);
+            if !ready {
+                continue;
+            }
+            for address in &endpoint.addresses {
+                let mut e = json!({"address": address});
+                if !ports.is_empty() {
+                    e["ports"] = json!(ports);
+                }
+                if !out.contains(&e) {
+                    out.push(e);
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The locality of a Node: `region/zone/subzone` from its labels.
@@ -290,7 +367,7 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
     let mut waypoints: std::collections::BTreeSet<(String, String)> = Default::default();
     for svc in &cluster.services {
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
-        if let Some(se) = service_entry(svc, labels_of(ns), settings) {
+        if let Some(se) = service_entry(svc, labels_of(ns), &cluster.endpoint_slices, settings) {
             if let Some(w) = se["metadata"]["labels"][USE_WAYPOINT_LABEL].as_str() {
                 waypoints.insert((ns.to_owned(), w.to_owned()));
             }

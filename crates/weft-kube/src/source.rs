@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -43,6 +44,7 @@ pub struct Reflectors {
     nodes: Store<Node>,
     services: Store<Service>,
     pods: Store<Pod>,
+    slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
     resources: Vec<(ApiResource, Store<DynamicObject>)>,
     changed: Arc<Notify>,
@@ -52,7 +54,7 @@ pub struct Reflectors {
 impl std::fmt::Debug for Reflectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reflectors")
-            .field("kinds", &(5 + self.resources.len()))
+            .field("kinds", &(6 + self.resources.len()))
             .finish_non_exhaustive()
     }
 }
@@ -135,6 +137,7 @@ impl Reflectors {
         let nodes = typed!(Node, "Node");
         let services = typed!(Service, "Service");
         let pods = typed!(Pod, "Pod");
+        let slices = typed!(EndpointSlice, "EndpointSlice");
         let secrets = typed!(Secret, "Secret");
         let resources = configuration_kinds()
             .into_iter()
@@ -155,6 +158,7 @@ impl Reflectors {
             nodes,
             services,
             pods,
+            slices,
             secrets,
             resources,
             changed,
@@ -182,6 +186,7 @@ impl Reflectors {
         wait!(self.nodes, "Node");
         wait!(self.services, "Service");
         wait!(self.pods, "Pod");
+        wait!(self.slices, "EndpointSlice");
         wait!(self.secrets, "Secret");
         for (ar, store) in &self.resources {
             wait!(store, format!("{}/{}", ar.api_version, ar.kind));
@@ -224,6 +229,7 @@ impl Reflectors {
             nodes: own(self.nodes.state()),
             services: own(self.services.state()),
             pods: own(self.pods.state()),
+            endpoint_slices: own(self.slices.state()),
             resources,
         }
     }

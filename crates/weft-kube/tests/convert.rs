@@ -82,6 +82,7 @@ fn cluster() -> Cluster {
             typed(pod("shop", "client", "client", "10.1.0.4", "node-1", true)),
             typed(pod("legacy", "old-1", "old", "10.1.0.5", "node-1", true)),
         ],
+        endpoint_slices: Vec::new(),
         resources: Vec::new(),
     }
 }
@@ -138,6 +139,61 @@ fn a_pod_opts_out_and_a_namespace_label_enrolls() {
     let snap = loaded.config.expect("config").snapshot;
     assert!(!snap.workloads.contains_key(&name("shop", "reviews-4")));
     assert!(snap.workloads.contains_key(&name("legacy", "old-1")));
+}
+
+fn slice(service: &str, name: &str, endpoints: Value) -> Value {
+    json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": "shop", "labels": {"kubernetes.io/service-name": service}},
+        "addressType": "IPv4", "ports": [{"name": "", "port": 15432, "protocol": "TCP"}],
+        "endpoints": endpoints})
+}
+
+#[test]
+fn a_service_without_selector_takes_its_ready_endpoints_from_its_slices() {
+    let mut c = cluster();
+    c.services
+        .push(typed(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"name": "db", "namespace": "shop"},
+        "spec": {"clusterIP": "10.96.0.30", "ports": [{"port": 5432}]}})));
+    c.endpoint_slices = vec![
+        typed(slice(
+            "db",
+            "db-abc",
+            json!([
+                {"addresses": ["192.168.1.10"], "conditions": {"ready": true}},
+                {"addresses": ["192.168.1.11"], "conditions": {"ready": false}},
+            ]),
+        )),
+        typed(slice(
+            "db",
+            "db-def",
+            json!([{"addresses": ["192.168.1.12"]}]),
+        )),
+        // Another service's slice.
+        typed(slice(
+            "cache",
+            "cache-abc",
+            json!([{"addresses": ["192.168.1.99"]}]),
+        )),
+    ];
+    let loaded = Isolating::default().load(documents(&c, &Settings::default()));
+    assert!(loaded.set_aside.is_empty(), "{:?}", loaded.problems);
+    let snap = loaded.config.expect("config").snapshot;
+    let db = &snap.services[&name("shop", "db")];
+    let mut addresses: Vec<(String, u16)> = snap
+        .workloads
+        .values()
+        .filter(|w| w.name.namespace == "shop" && w.name.name.starts_with("db["))
+        .map(|w| (w.address.to_string(), db.target_port(&db.ports[0], w)))
+        .collect();
+    addresses.sort();
+    assert_eq!(
+        addresses,
+        [
+            ("192.168.1.10".to_owned(), 15432),
+            ("192.168.1.12".to_owned(), 15432)
+        ]
+    );
 }
 
 fn virtual_service(uri_match: &str) -> Value {
