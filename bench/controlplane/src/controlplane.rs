@@ -97,7 +97,7 @@ fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut conn = TcpStream::connect(addr)?;
     write!(
         conn,
-        "GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     conn.read_to_string(&mut out)?;

@@ -75,13 +75,17 @@ fn pod(args: &Args, s: usize, p: usize, ip_salt: usize) -> Value {
 
 fn populate(fake: &FakeApiServer, args: &Args) {
     for n in 0..args.nodes {
-        fake.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}"),
+        fake.apply(
+            json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": format!("node-{n}"),
             "labels": {"topology.kubernetes.io/region": format!("region-{}", n % 3),
-                       "topology.kubernetes.io/zone": format!("zone-{}", n % 6)}}}));
+                       "topology.kubernetes.io/zone": format!("zone-{}", n % 6)}}}),
+        );
     }
     for ns in 0..args.services.div_ceil(PER_NAMESPACE) {
-        fake.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{ns}"),
-            "labels": {"istio.io/dataplane-mode": "ambient"}}}));
+        fake.apply(
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": format!("ns-{ns}"),
+            "labels": {"istio.io/dataplane-mode": "ambient"}}}),
+        );
     }
     for s in 0..args.services {
         fake.apply(json!({"apiVersion": "v1", "kind": "Service",
@@ -110,7 +114,7 @@ fn config_version(monitoring: SocketAddr) -> Result<u64> {
     let mut conn = TcpStream::connect(monitoring)?;
     write!(
         conn,
-        "GET /debug/config-status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+        "GET /debug/config-status HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
     )?;
     let mut out = String::new();
     conn.read_to_string(&mut out)?;
@@ -174,12 +178,19 @@ async fn main() -> Result<()> {
     }
     let started = Instant::now();
     let mut child = Command::new(&weft)
-        .args(["--log-level", "warn", "control", "--kubernetes", "--kubeconfig"])
+        .arg("--log-level")
+        .arg(std::env::var("WEFT_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .args(["control", "--kubernetes", "--kubeconfig"])
         .arg(&kubeconfig)
         .arg("--ca-dir")
         .arg(tmp.path().join("ca"))
         .args(["--xds-addr", "127.0.0.1:0", "--tls-addr", "127.0.0.1:0"])
-        .args(["--admin-addr", "127.0.0.1:0", "--monitoring-addr", "127.0.0.1:0"])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--monitoring-addr",
+            "127.0.0.1:0",
+        ])
         .args(["--metrics-addr", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .spawn()?;

@@ -152,12 +152,17 @@ fn load(
     reflectors: &Reflectors,
     isolating: &mut Isolating,
 ) -> (Loaded, Vec<serde_json::Value>) {
+    let started = std::time::Instant::now();
     let cluster = reflectors.cluster();
+    let copied = started.elapsed();
     let mut docs = documents(&cluster, &source.settings);
     if let Some(dir) = &source.extra_dir {
         docs.extend(directory_documents(dir));
     }
-    (isolating.load(docs), cluster.resources)
+    let converted = started.elapsed();
+    let loaded = isolating.load(docs);
+    tracing::debug!(?copied, ?converted, loaded = ?started.elapsed(), "cluster loaded");
+    (loaded, cluster.resources)
 }
 
 /// The kinds of the documents set aside now and not before.
@@ -261,7 +266,9 @@ pub async fn start(
         let _signal = signal;
         let _election = election;
         while debounce.next(&mut rx).await {
+            let started = std::time::Instant::now();
             let (loaded, objects) = load(&source, &reflectors, &mut isolating);
+            let loading = started.elapsed();
             let set_aside = problems(&loaded);
             let fresh = newly(&loaded, &before);
             before = loaded.set_aside.clone();
@@ -278,6 +285,7 @@ pub async fn start(
                 None => follower.apply(Err(set_aside.clone())),
             };
             follower.set_aside(set_aside, &fresh);
+            tracing::debug!(?loading, total = ?started.elapsed(), "cluster change applied");
         }
     });
     Ok((live, WatchGuard::task(task)))

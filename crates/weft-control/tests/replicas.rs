@@ -130,7 +130,7 @@ async fn replicas_share_a_ca_elect_one_writer_and_hand_over_when_it_dies() {
     let types = [weft_xds::ADDRESS_TYPE];
     let mut session = AdsSession::open(
         channel(leader_run.xds_addr),
-        None,
+        &[],
         node.clone(),
         &types,
         Default::default(),
@@ -168,10 +168,9 @@ async fn replicas_share_a_ca_elect_one_writer_and_hand_over_when_it_dies() {
     );
 
     // The proxy resumes on the survivor: only what changed comes.
-    let mut resumed =
-        AdsSession::open(channel(survivor.xds_addr), None, node, &types, held.clone())
-            .await
-            .expect("stream to the survivor");
+    let mut resumed = AdsSession::open(channel(survivor.xds_addr), &[], node, &types, held.clone())
+        .await
+        .expect("stream to the survivor");
     let delta = resumed.next().await;
     let before = &held[weft_xds::ADDRESS_TYPE];
     assert!(

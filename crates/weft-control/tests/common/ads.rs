@@ -22,12 +22,12 @@ pub(crate) struct AdsSession {
 }
 
 impl AdsSession {
-    /// Opens a stream on `channel` (with `authorization: Bearer <token>`
-    /// when given) and subscribes to `types` (wildcard), resuming from
-    /// `held`.
+    /// Opens a stream on `channel` (with `headers` as request metadata,
+    /// e.g. `authorization: Bearer …`) and subscribes to `types`
+    /// (wildcard), resuming from `held`.
     pub(crate) async fn open(
         channel: Channel,
-        token: Option<&str>,
+        headers: &[(&'static str, String)],
         node: Node,
         types: &[&str],
         held: Held,
@@ -45,11 +45,10 @@ impl AdsSession {
             .map_err(|_| tonic::Status::internal("request channel closed"))?;
         }
         let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
-        if let Some(token) = token {
-            request.metadata_mut().insert(
-                "authorization",
-                format!("Bearer {token}").parse().expect("header value"),
-            );
+        for (name, value) in headers {
+            request
+                .metadata_mut()
+                .insert(*name, value.parse().expect("header value"));
         }
         let responses = AggregatedDiscoveryServiceClient::new(channel)
             .max_decoding_message_size(64 << 20)

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub(crate) mod ads;
+pub(crate) mod ztunnel;
 
 use std::time::{Duration, Instant};
 

@@ -32,6 +32,12 @@ pub(crate) struct Args {
     /// share one CA.
     #[arg(long, requires = "kubernetes")]
     ca_secret: Option<String>,
+    /// With `--kubernetes`: the node agent's service account
+    /// (`namespace/name`; default `<own namespace>/weft-node`). Its
+    /// pod-bound token proves its node. `istio-system/ztunnel` lets
+    /// Istio's ztunnel use weft control as its istiod.
+    #[arg(long, requires = "kubernetes", value_name = "NAMESPACE/NAME")]
+    node_agent_account: Option<String>,
     /// A DNS name the certificate on the mTLS port carries (repeat). With
     /// `--kubernetes`, `istiod.istio-system.svc` is always added, the name
     /// Istio's ztunnel checks by default.
@@ -117,6 +123,15 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
         source.namespace = ns;
     }
     source.ca_secret = args.ca_secret.clone();
+    if let Some(account) = &args.node_agent_account {
+        let (ns, name) = account
+            .split_once('/')
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+            .ok_or_else(|| {
+                format!("--node-agent-account {account:?}: expected namespace/name, e.g. istio-system/ztunnel")
+            })?;
+        source.node_agent = (ns.to_owned(), name.to_owned());
+    }
     // Replicas elect who writes statuses; each is named by its pod.
     let identity = std::env::var("POD_NAME")
         .ok()
