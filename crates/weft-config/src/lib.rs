@@ -137,22 +137,20 @@ impl Loader {
                 }
             }
         }
-        self.load_texts(texts, problems).map_err(LoadError::Invalid)
+        self.load_texts(&texts, problems)
+            .map_err(LoadError::Invalid)
     }
 
     /// Loads, validates and translates in-memory documents, each named by
     /// a path (Kubernetes objects: `k8s/<kind>/<namespace>/<name>`); like
     /// [`Loader::load`], only the ones whose text changed are parsed again.
-    pub fn load_documents(
-        &mut self,
-        documents: Vec<(PathBuf, String)>,
-    ) -> Result<Config, Problems> {
+    pub fn load_documents(&mut self, documents: &[(PathBuf, String)]) -> Result<Config, Problems> {
         self.load_texts(documents, Vec::new())
     }
 
     fn load_texts(
         &mut self,
-        texts: Vec<(PathBuf, String)>,
+        texts: &[(PathBuf, String)],
         problems: Vec<Diagnostic>,
     ) -> Result<Config, Problems> {
         let stale: Vec<&(PathBuf, String)> = texts
@@ -169,9 +167,9 @@ impl Loader {
         let mut parsed = Vec::with_capacity(texts.len());
         let mut fresh = HashMap::with_capacity(texts.len());
         for (file, _) in texts {
-            if let Some(p) = self.cache.remove(&file) {
+            if let Some(p) = self.cache.remove(file) {
                 parsed.push(p.clone());
-                fresh.insert(file, p);
+                fresh.insert(file.clone(), p);
             }
         }
         // Forget files that are gone.

@@ -28,6 +28,14 @@ use crate::{Debounce, StartError};
 /// CRD not installed) are taken as empty.
 pub const INITIAL_SYNC: Duration = Duration::from_secs(10);
 
+/// How watch events are coalesced: shorter than a directory's quiet
+/// period (the API server sends whole objects, never half-written files),
+/// and still at most 1 s behind a steady stream (a rollout).
+pub const DEBOUNCE: Debounce = Debounce {
+    quiet: Duration::from_millis(30),
+    max_delay: Duration::from_secs(1),
+};
+
 /// Where the cluster is and how to read it.
 #[derive(Clone)]
 pub struct KubeSource {

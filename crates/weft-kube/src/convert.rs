@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -37,19 +38,20 @@ pub const GATEWAY_NAME_LABEL: &str = "gateway.networking.k8s.io/gateway-name";
 /// The label naming an EndpointSlice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// The cluster as the reflectors hold it.
+/// The cluster as the reflectors hold it (shared with their stores, not
+/// copied).
 #[derive(Debug, Default, Clone)]
 pub struct Cluster {
     /// Namespaces.
-    pub namespaces: Vec<Namespace>,
+    pub namespaces: Vec<Arc<Namespace>>,
     /// Nodes.
-    pub nodes: Vec<Node>,
+    pub nodes: Vec<Arc<Node>>,
     /// Services.
-    pub services: Vec<Service>,
+    pub services: Vec<Arc<Service>>,
     /// Pods.
-    pub pods: Vec<Pod>,
+    pub pods: Vec<Arc<Pod>>,
     /// EndpointSlices (used for Services without a selector).
-    pub endpoint_slices: Vec<EndpointSlice>,
+    pub endpoint_slices: Vec<Arc<EndpointSlice>>,
     /// Objects of the kinds weft reads as they are (Istio, Gateway API,
     /// weft's own, `Secret`s): their JSON.
     pub resources: Vec<Value>,
@@ -129,7 +131,7 @@ pub fn document_path(group: &str, kind: &str, namespace: &str, name: &str) -> Pa
 pub fn service_entry(
     svc: &Service,
     namespace_labels: &BTreeMap<String, String>,
-    slices: &[EndpointSlice],
+    slices: &[Arc<EndpointSlice>],
     settings: &Settings,
 ) -> Option<Value> {
     let name = svc.metadata.name.as_deref()?;
@@ -214,7 +216,11 @@ pub fn service_entry(
 /// The ready endpoints of a Service's EndpointSlices (those labelled
 /// `kubernetes.io/service-name: <name>` in its namespace), each with its
 /// ports by name.
-pub fn slice_endpoints(service: &str, namespace: &str, slices: &[EndpointSlice]) -> Vec<Value> {
+pub fn slice_endpoints(
+    service: &str,
+    namespace: &str,
+    slices: &[Arc<EndpointSlice>],
+) -> Vec<Value> {
     let mut out: Vec<Value> = Vec::new();
     for slice in slices.iter().filter(|s| {
         s.metadata.namespace.as_deref() == Some(namespace)
@@ -355,7 +361,7 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
     let nodes: BTreeMap<&str, &Node> = cluster
         .nodes
         .iter()
-        .filter_map(|n| Some((n.metadata.name.as_deref()?, n)))
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, &**n)))
         .collect();
     let mut out = Vec::new();
     let mut push = |group: &str, kind: &str, v: &Value| {
@@ -374,7 +380,14 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
             push("", "Service", &se);
         }
     }
-    for pod in &cluster.pods {
+    // A pod is selected only by Services of its namespace.
+    let mut services_in: BTreeMap<&str, Vec<Arc<Service>>> = BTreeMap::new();
+    for svc in &cluster.services {
+        let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
+        services_in.entry(ns).or_default().push(svc.clone());
+    }
+    // Pods are most of a cluster: converted on every core.
+    let convert_pod = |pod: &Arc<Pod>| -> Option<(PathBuf, String)> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let pod_labels = labels(&pod.metadata);
         let waypoint = pod_labels
@@ -382,24 +395,43 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
             .filter(|g| waypoints.contains(&(ns.to_owned(), (*g).clone())))
             .map(String::as_str);
         if waypoint.is_none() && !enrolled(labels_of(ns), &pod_labels) {
-            continue;
+            return None;
         }
-        let selection = selection(pod, ns, &pod_labels, &cluster.services);
+        let selection = selection(
+            pod,
+            ns,
+            &pod_labels,
+            services_in.get(ns).map_or(&[][..], Vec::as_slice),
+        );
         let node = pod
             .spec
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .and_then(|n| nodes.get(n).copied());
-        if let Some(we) = workload_entry(pod, node, &selection, waypoint) {
-            push("", "Pod", &we);
-        }
-    }
+        let we = workload_entry(pod, node, &selection, waypoint)?;
+        let name = we["metadata"]["name"].as_str().unwrap_or("");
+        Some((document_path("", "Pod", ns, name), we.to_string()))
+    };
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let chunk = cluster.pods.len().div_ceil(workers).max(1);
+    let pod_docs: Vec<(PathBuf, String)> = std::thread::scope(|scope| {
+        let parts: Vec<_> = cluster
+            .pods
+            .chunks(chunk)
+            .map(|part| scope.spawn(|| part.iter().filter_map(&convert_pod).collect::<Vec<_>>()))
+            .collect();
+        parts
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
     for r in &cluster.resources {
         let api_version = r["apiVersion"].as_str().unwrap_or("");
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         let kind = r["kind"].as_str().unwrap_or("");
         push(group, kind, r);
     }
+    out.extend(pod_docs);
     out.sort();
     out
 }
@@ -410,7 +442,7 @@ fn selection(
     pod: &Pod,
     ns: &str,
     pod_labels: &BTreeMap<String, String>,
-    services: &[Service],
+    services: &[Arc<Service>],
 ) -> Selection {
     use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
     let named: BTreeMap<&str, i32> = pod

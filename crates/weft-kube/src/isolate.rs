@@ -40,10 +40,10 @@ impl Isolating {
         let mut set_aside = BTreeSet::new();
         let mut reported = Vec::new();
         for _ in 0..MAX_ROUNDS {
-            match self.loader.load_documents(current.clone()) {
+            match self.loader.load_documents(&current) {
                 Ok(config) => {
                     for (path, text) in &current {
-                        if !set_aside.contains(path) {
+                        if !set_aside.contains(path) && self.good.get(path) != Some(text) {
                             self.good.insert(path.clone(), text.clone());
                         }
                     }

@@ -68,10 +68,6 @@ impl Drop for Reflectors {
 }
 
 /// The objects of a store, owned.
-fn own<K: Clone>(v: Vec<Arc<K>>) -> Vec<K> {
-    v.into_iter().map(|a| (*a).clone()).collect()
-}
-
 /// Runs one watcher into a store, signalling every change.
 fn reflect<K>(
     api: Api<K>,
@@ -225,11 +221,11 @@ impl Reflectors {
             resources.push(v);
         }
         Cluster {
-            namespaces: own(self.namespaces.state()),
-            nodes: own(self.nodes.state()),
-            services: own(self.services.state()),
-            pods: own(self.pods.state()),
-            endpoint_slices: own(self.slices.state()),
+            namespaces: self.namespaces.state(),
+            nodes: self.nodes.state(),
+            services: self.services.state(),
+            pods: self.pods.state(),
+            endpoint_slices: self.slices.state(),
             resources,
         }
     }

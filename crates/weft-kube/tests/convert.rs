@@ -9,8 +9,8 @@ use weft_core::model::{NamespacedName, Protocol, WorkloadAddress};
 use weft_kube::convert::{Cluster, Settings, documents};
 use weft_kube::isolate::Isolating;
 
-fn typed<T: serde::de::DeserializeOwned>(v: Value) -> T {
-    serde_json::from_value(v).expect("object")
+fn typed<T: serde::de::DeserializeOwned>(v: Value) -> std::sync::Arc<T> {
+    std::sync::Arc::new(serde_json::from_value(v).expect("object"))
 }
 
 fn namespace(name: &str, mode: Option<&str>) -> Value {

@@ -186,7 +186,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
         metrics_addr: args.metrics_addr,
         bootstrap_tokens: args.bootstrap_tokens,
         workload_ttl: args.workload_ttl,
-        debounce: Debounce::default(),
+        debounce: if kubernetes.is_some() {
+            weft_control::kubernetes::DEBOUNCE
+        } else {
+            Debounce::default()
+        },
         observe: match args.prometheus {
             Some(url) => weft_control::observe::Source::Prometheus(url),
             None => weft_control::observe::Source::Scrape(args.scrape),
