@@ -57,6 +57,17 @@ impl Authenticator {
         self
     }
 
+    /// Whether a workload with `identity` is in the mesh now (a token
+    /// proves an identity; only one the registry knows reads what that
+    /// identity may, as the certificate service decides too).
+    pub fn in_mesh(&self, identity: &Identity) -> bool {
+        self.registry
+            .load()
+            .workloads
+            .values()
+            .any(|w| &w.identity == identity)
+    }
+
     /// The caller of a request with these extensions and metadata
     /// ([`Caller::Anonymous`] when nothing proves one; why is logged).
     pub async fn caller(&self, peer: Option<&PeerInfo>, metadata: &MetadataMap) -> Caller {

@@ -346,6 +346,24 @@ fn issuer_from(
     path: &Path,
 ) -> Result<Loaded, CaError> {
     let info = CertInfo::parse(cert).map_err(|e| bad(path, e))?;
+    // A mistaken or tampered plug-in (a Secret anyone with write access to
+    // the namespace could change) must not start signing unverifiable
+    // certificates: the key must be this certificate's, and it a CA.
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).map_err(|e| bad(path, e))?;
+    if parsed.tbs_certificate.subject_pki.raw
+        != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+    {
+        return Err(bad(
+            path,
+            "the private key does not belong to this certificate",
+        ));
+    }
+    if !parsed.is_ca() {
+        return Err(bad(
+            path,
+            "not a CA certificate (basicConstraints CA:TRUE missing)",
+        ));
+    }
     let issuer = Issuer::from_ca_cert_der(cert, key).map_err(|e| bad(path, e))?;
     Ok((issuer, vec![cert.clone()], info.not_after))
 }

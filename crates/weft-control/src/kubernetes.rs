@@ -218,6 +218,7 @@ pub async fn start(
     let (leading, election) = match source.election.clone() {
         Some(e) => {
             let (rx, task) = e.spawn(source.client.clone());
+            writer = writer.with_leadership(rx.clone());
             (Some(rx), Some(AbortOnDrop(task)))
         }
         None => (None, None),

@@ -3,9 +3,10 @@
 //! certificate from this CA, a bootstrap token, or (on Kubernetes) a
 //! service-account token the API server vouches for, as Istio's ztunnel
 //! sends it (`authorization: Bearer …`). Anyone else is refused before
-//! the stream opens. A workload proven by its token is then treated as
-//! if its certificate had proved it (it reads what that identity may,
-//! e.g. its gateway's credentials).
+//! the stream opens. A workload proven by its token, while a workload
+//! with that identity is in the mesh, is then treated as if its
+//! certificate had proved it (it reads what that identity may, e.g. its
+//! gateway's credentials); otherwise it reads what any proxy may.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -70,8 +71,11 @@ where
                 )
                 .into_http()),
                 caller => {
+                    // A token-proven identity reads what that identity
+                    // may only while a workload has it.
                     if let (Caller::Workload(identity), Some(peer)) = (caller, peer)
                         && peer.identity.is_none()
+                        && authn.in_mesh(&identity)
                     {
                         request.extensions_mut().insert(PeerInfo {
                             identity: Some(identity),

@@ -193,3 +193,53 @@ async fn replicas_share_a_ca_elect_one_writer_and_hand_over_when_it_dies() {
     );
     survivor.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cacerts_secret_whose_key_is_not_its_certificates_is_refused() {
+    // Two roots; the Secret pairs one's certificate with the other's key
+    // (a mistake, or someone with write access to the namespace).
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let made = |dir: &str| {
+        let dir = tmp.path().join(dir);
+        weft_ca::Authority::load_or_create(&weft_ca::CaOptions {
+            dir: dir.clone(),
+            trust_domain: "cluster.local".into(),
+            workload_ttl: Duration::from_secs(3600),
+        })
+        .expect("root");
+        (
+            std::fs::read_to_string(dir.join("root-cert.pem")).expect("cert"),
+            std::fs::read_to_string(dir.join("root-key.pem")).expect("key"),
+        )
+    };
+    let (cert, _) = made("one");
+    let (_, other_key) = made("two");
+    let fake = FakeApiServer::start().await.expect("fake API server");
+    fake.apply(
+        json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": "cacerts", "namespace": "weft-system"},
+        "data": {
+            "ca-cert.pem": b64(&cert), "ca-key.pem": b64(&other_key),
+            "cert-chain.pem": b64(&cert), "root-cert.pem": b64(&cert)}}),
+    );
+    let client = kube::Client::try_from(kube::Config::new(fake.url().parse().expect("url")))
+        .expect("client");
+    let mut source = KubeSource::new(client, format!("kubernetes {}", fake.url()));
+    source.ca_secret = Some("cacerts".into());
+    let refused = weft_control::start(Options {
+        kubernetes: Some(source),
+        ..Options::ephemeral(tmp.path().join("none"), tmp.path().join("ca"))
+    })
+    .await
+    .expect_err("a mismatched CA must not start signing");
+    let message = refused.to_string();
+    assert!(
+        message.contains("ca-cert.pem") && message.contains("does not belong"),
+        "{message}"
+    );
+}
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}

@@ -201,8 +201,10 @@ pub fn service_entry(
                 .map(|p| format!("port-{}", p.port));
             let mut endpoints = slice_endpoints(name, ns, slices);
             for e in &mut endpoints {
-                if let (Some(ports), Some(unnamed)) = (e["ports"].as_object_mut(), &unnamed)
+                // An unnamed port the Service does not have is dropped.
+                if let Some(ports) = e["ports"].as_object_mut()
                     && let Some(p) = ports.remove("")
+                    && let Some(unnamed) = &unnamed
                 {
                     ports.insert(unnamed.clone(), p);
                 }
@@ -422,7 +424,7 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
             .collect();
         parts
             .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
+            .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
     for r in &cluster.resources {

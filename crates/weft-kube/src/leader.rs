@@ -58,26 +58,38 @@ impl Election {
         let (tx, rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             let api: Api<Lease> = Api::namespaced(client, &self.namespace);
+            let deadline = self.duration * 2 / 3;
             let mut seen: Option<(String, Instant)> = None;
             let mut renewed = Instant::now();
             loop {
-                let leading = match self.try_once(&api, &mut seen).await {
-                    Ok(leading) => {
-                        if leading {
-                            renewed = Instant::now();
-                        }
-                        leading
+                let leading = *tx.borrow();
+                let attempt = Instant::now();
+                // A round never outlasts the renew deadline: a hung API
+                // server must not keep a leader leading.
+                let budget = if leading {
+                    (renewed + deadline).saturating_duration_since(attempt)
+                } else {
+                    deadline
+                };
+                let outcome = tokio::time::timeout(budget, self.try_once(&api, &mut seen))
+                    .await
+                    .unwrap_or_else(|_| Err(RoundError::TimedOut(budget)));
+                let now_leading = match outcome {
+                    Ok(true) => {
+                        renewed = attempt;
+                        true
                     }
+                    Ok(false) => false,
                     Err(e) => {
                         tracing::warn!(lease = %format!("{}/{}", self.namespace, self.name), error = %e, "leader election: cannot read or write the Lease");
                         // Keep leading only while the Lease we hold is
                         // surely still ours.
-                        *tx.borrow() && renewed.elapsed() < self.duration * 2 / 3
+                        leading && renewed.elapsed() < deadline
                     }
                 };
-                if *tx.borrow() != leading {
-                    tracing::info!(identity = %self.identity, leading, "leader election");
-                    let _ = tx.send(leading);
+                if leading != now_leading {
+                    tracing::info!(identity = %self.identity, leading = now_leading, "leader election");
+                    let _ = tx.send(now_leading);
                 }
                 tokio::time::sleep(self.retry).await;
             }
@@ -90,10 +102,10 @@ impl Election {
         &self,
         api: &Api<Lease>,
         seen: &mut Option<(String, Instant)>,
-    ) -> Result<bool, kube::Error> {
+    ) -> Result<bool, RoundError> {
         let now = MicroTime(k8s_openapi::jiff::Timestamp::now());
         let seconds = i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let Some(current) = api.get_opt(&self.name).await? else {
+        let Some(current) = api.get_opt(&self.name).await.map_err(RoundError::Api)? else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -112,7 +124,7 @@ impl Election {
             return match api.create(&PostParams::default(), &lease).await {
                 Ok(_) => Ok(true),
                 Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-                Err(e) => Err(e),
+                Err(e) => Err(RoundError::Api(e)),
             };
         };
         let version = current
@@ -156,7 +168,18 @@ impl Election {
                 Ok(true)
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
-            Err(e) => Err(e),
+            Err(e) => Err(RoundError::Api(e)),
         }
     }
+}
+
+/// Why a round did not decide.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    /// The API server refused or failed.
+    #[error(transparent)]
+    Api(kube::Error),
+    /// It did not answer within the renew deadline.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
 }

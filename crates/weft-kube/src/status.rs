@@ -128,6 +128,9 @@ pub struct StatusWriter {
     client: Client,
     written: BTreeMap<PathBuf, Value>,
     evented: BTreeSet<(PathBuf, String)>,
+    /// Whether this replica leads (`None`: always); checked before every
+    /// write, so a replica that lost its Lease mid-report stops at once.
+    leading: Option<tokio::sync::watch::Receiver<bool>>,
 }
 
 impl std::fmt::Debug for StatusWriter {
@@ -145,7 +148,18 @@ impl StatusWriter {
             client,
             written: BTreeMap::new(),
             evented: BTreeSet::new(),
+            leading: None,
         }
+    }
+
+    /// Writes only while `leading` says this replica leads.
+    pub fn with_leadership(mut self, leading: tokio::sync::watch::Receiver<bool>) -> Self {
+        self.leading = Some(leading);
+        self
+    }
+
+    fn leads(&self) -> bool {
+        self.leading.as_ref().is_none_or(|l| *l.borrow())
     }
 
     /// Forgets what it wrote (another replica may have written since):
@@ -181,6 +195,9 @@ impl StatusWriter {
             let wanted = status_for(group, kind, object, &own);
             if self.written.get(&path) == Some(&wanted) {
                 continue;
+            }
+            if !self.leads() {
+                return;
             }
             let ar = ApiResource {
                 group: group.into(),

@@ -3,10 +3,10 @@
 //! `weft-control` (ClusterRole) may read what it converts — Namespaces,
 //! Nodes, Services, EndpointSlices, Pods, Secrets (TLS credentials named
 //! by Gateways; Istio's istiod reads them too) and the objects of every
-//! kind weft serves — and write only their `status` subresources and
-//! Events; it may create TokenReviews (to check the tokens of pods asking
+//! kind weft serves — and patch only their `status` subresources, create
+//! Events, and create TokenReviews (to check the tokens of pods asking
 //! for certificates). In its own namespace (Role) it may keep its
-//! leader-election Lease and the `cacerts` Secret holding the CA.
+//! leader-election Lease and create the `cacerts` Secret holding the CA.
 //!
 //! `weft-node` has no permissions: it learns everything from the control
 //! plane, and its token is only presented there.
@@ -126,7 +126,7 @@ fn cluster_rules() -> Vec<PolicyRule> {
         plurals.dedup();
         rules.push(rule(&[group], &plurals, READ));
         let statuses: Vec<String> = plurals.iter().map(|p| format!("{p}/status")).collect();
-        rules.push(rule(&[group], &statuses, &["get", "patch", "update"]));
+        rules.push(rule(&[group], &statuses, &["patch"]));
     }
     rules
 }
@@ -139,6 +139,7 @@ fn namespace_rules() -> Vec<PolicyRule> {
             &names(&["leases"]),
             &["get", "create", "update"],
         ),
-        rule(&[""], &names(&["secrets"]), &["create", "update"]),
+        // Reading it is covered by the cluster-wide read of Secrets.
+        rule(&[""], &names(&["secrets"]), &["create"]),
     ]
 }

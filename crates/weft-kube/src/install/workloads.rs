@@ -32,8 +32,10 @@ use super::{Install, InstallError, to_json};
 pub(super) const CONFIG_PORT: i32 = 15012;
 /// The port of metrics and readiness.
 pub(super) const METRICS_PORT: i32 = 15020;
-/// Where the control plane keeps its CA files (an emptyDir; the CA
-/// itself lives in the `cacerts` Secret).
+/// The control plane's scratch space (an emptyDir, in memory).
+const RUN_DIR: &str = "/var/run/weft";
+/// Where it keeps its CA files, a directory it creates 0700 inside the
+/// emptyDir (the CA itself lives in the `cacerts` Secret).
 const CA_DIR: &str = "/var/run/weft/ca";
 
 /// The namespace.
@@ -156,6 +158,7 @@ pub(crate) fn control_plane(install: &Install) -> Result<Vec<serde_json::Value>,
         format!("--ca-dir={CA_DIR}"),
         "--ca-secret=cacerts".to_owned(),
         format!("--tls-dns-name={service_host}"),
+        format!("--lease-name={name}"),
     ])
     .collect();
     let container = Container {
@@ -178,8 +181,8 @@ pub(crate) fn control_plane(install: &Install) -> Result<Vec<serde_json::Value>,
         }),
         security_context: Some(restricted()),
         volume_mounts: Some(vec![VolumeMount {
-            name: "ca".to_owned(),
-            mount_path: CA_DIR.to_owned(),
+            name: "run".to_owned(),
+            mount_path: RUN_DIR.to_owned(),
             ..Default::default()
         }]),
         ..Default::default()
@@ -215,7 +218,7 @@ pub(crate) fn control_plane(install: &Install) -> Result<Vec<serde_json::Value>,
                         ..Default::default()
                     }),
                     volumes: Some(vec![Volume {
-                        name: "ca".to_owned(),
+                        name: "run".to_owned(),
                         empty_dir: Some(EmptyDirVolumeSource {
                             medium: Some("Memory".to_owned()),
                             ..Default::default()

@@ -38,6 +38,14 @@ pub(crate) struct Args {
     /// Istio's ztunnel use weft control as its istiod.
     #[arg(long, requires = "kubernetes", value_name = "NAMESPACE/NAME")]
     node_agent_account: Option<String>,
+    /// With `--kubernetes`: elect one replica (a `Lease`) to write
+    /// statuses and Events. On by itself in a pod (`$POD_NAME` set).
+    #[arg(long, requires = "kubernetes")]
+    leader_elect: bool,
+    /// The `Lease` replicas elect with (in the control plane's namespace);
+    /// give each revision its own.
+    #[arg(long, default_value = "weft-control", requires = "kubernetes")]
+    lease_name: String,
     /// A DNS name the certificate on the mTLS port carries (repeat). With
     /// `--kubernetes`, `istiod.istio-system.svc` is always added, the name
     /// Istio's ztunnel checks by default.
@@ -132,16 +140,24 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
             })?;
         source.node_agent = (ns.to_owned(), name.to_owned());
     }
-    // Replicas elect who writes statuses; each is named by its pod.
-    let identity = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("weft-control-{}", std::process::id()));
-    source.election = Some(weft_kube::leader::Election::new(
-        &source.namespace,
-        "weft-control",
-        &identity,
-    ));
+    // Replicas elect who writes statuses, each named by its pod. Outside a
+    // pod (a workstation) the one process writes, unless asked to elect.
+    let pod = std::env::var("POD_NAME").ok().filter(|n| !n.is_empty());
+    if pod.is_some() || args.leader_elect {
+        let identity = match pod {
+            Some(pod) => pod,
+            None => {
+                let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "weft-control".into());
+                let suffix = weft_ca::secret::random_token(8).map_err(|e| e.to_string())?;
+                format!("{host}-{suffix}")
+            }
+        };
+        source.election = Some(weft_kube::leader::Election::new(
+            &source.namespace,
+            &args.lease_name,
+            &identity,
+        ));
+    }
     Ok(source)
 }
 
