@@ -76,6 +76,8 @@ struct State {
     oldest: u64,
     /// Tokens a `TokenReview` vouches for: token → (username, node).
     tokens: BTreeMap<String, (String, Option<String>)>,
+    /// How many `TokenReview`s were asked for.
+    reviews: u64,
     next_uid: u64,
 }
 
@@ -211,6 +213,11 @@ impl FakeApiServer {
             .insert(token.into(), (username.into(), node.map(str::to_owned)));
     }
 
+    /// How many `TokenReview`s it has answered.
+    pub fn token_reviews(&self) -> u64 {
+        lock(&self.state).reviews
+    }
+
     /// Cuts every open watch connection (clients must re-watch from
     /// their last resourceVersion and miss nothing).
     pub fn drop_watches(&self) {
@@ -317,7 +324,11 @@ impl Shared {
                 };
                 let review: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
                 let token = review["spec"]["token"].as_str().unwrap_or("");
-                let known = lock(&self.state).tokens.get(token).cloned();
+                let known = {
+                    let mut state = lock(&self.state);
+                    state.reviews += 1;
+                    state.tokens.get(token).cloned()
+                };
                 let status_body = match known {
                     Some((username, node)) => {
                         let extra = node.map_or(
