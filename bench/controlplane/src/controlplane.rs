@@ -12,15 +12,17 @@
 #![forbid(unsafe_code)]
 
 use std::fmt::Write as _;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use anyhow::{Context, Result, bail};
-use weft_xds::client::{ClientOptions, Transport, XdsClient};
+
+mod common;
+use common::{Guard, http_get, percentile, rss_kib, subscriber};
 
 struct Args {
     services: usize,
@@ -83,27 +85,6 @@ fn namespace_yaml(ns: usize, args: &Args, port: u32) -> String {
     out
 }
 
-fn rss_kib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
-    let mut conn = TcpStream::connect(addr)?;
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    Ok(out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned())
-}
-
 fn applied_at(monitoring: SocketAddr) -> Result<(u64, SystemTime)> {
     let body = http_get(monitoring, "/debug/config-status")?;
     let json: serde_json::Value = serde_json::from_str(&body)?;
@@ -111,35 +92,6 @@ fn applied_at(monitoring: SocketAddr) -> Result<(u64, SystemTime)> {
     let at = json["applied_at"].as_str().context("applied_at")?;
     let t = time::OffsetDateTime::parse(at, &time::format_description::well_known::Rfc3339)?;
     Ok((version, t.into()))
-}
-
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn subscriber(addr: SocketAddr, i: usize) -> XdsClient {
-    XdsClient::start(
-        Transport::Plaintext(addr),
-        ClientOptions {
-            node_id: format!("bench-{i}"),
-            types: vec![weft_xds::ADDRESS_TYPE.into()],
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            validator: Arc::new(|_, _| Ok(())),
-        },
-    )
 }
 
 #[tokio::main]

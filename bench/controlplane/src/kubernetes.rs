@@ -15,16 +15,18 @@
 
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use weft_kube_fake::FakeApiServer;
-use weft_xds::client::{ClientOptions, Transport, XdsClient};
+
+mod common;
+use common::{Guard, http_get, percentile, rss_kib, subscriber};
 
 struct Args {
     services: usize,
@@ -99,57 +101,13 @@ fn populate(fake: &FakeApiServer, args: &Args) {
     }
 }
 
-fn rss_mib(pid: u32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0)
-        / 1024
-}
-
 fn config_version(monitoring: SocketAddr) -> Result<u64> {
-    let mut conn = TcpStream::connect(monitoring)?;
-    write!(
-        conn,
-        "GET /debug/config-status HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n"
-    )?;
-    let mut out = String::new();
-    conn.read_to_string(&mut out)?;
-    let body = out.split("\r\n\r\n").nth(1).unwrap_or_default();
-    let json: Value = serde_json::from_str(body)?;
+    let json: Value = serde_json::from_str(&http_get(monitoring, "/debug/config-status")?)?;
     json["version"].as_u64().context("version")
 }
 
-struct Guard(Child);
-impl Drop for Guard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn subscriber(addr: SocketAddr, i: usize) -> XdsClient {
-    XdsClient::start(
-        Transport::Plaintext(addr),
-        ClientOptions {
-            node_id: format!("bench-{i}"),
-            types: vec![weft_xds::ADDRESS_TYPE.into()],
-            initial_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(1),
-            validator: Arc::new(|_, _| Ok(())),
-        },
-    )
+fn rss_mib(pid: u32, field: &str) -> u64 {
+    rss_kib(pid, field) / 1024
 }
 
 #[tokio::main]
@@ -227,7 +185,7 @@ async fn main() -> Result<()> {
             >= expected
     };
     let started = Instant::now();
-    let subs: Vec<XdsClient> = (0..args.subscribers).map(|i| subscriber(xds, i)).collect();
+    let subs: Vec<_> = (0..args.subscribers).map(|i| subscriber(xds, i)).collect();
     for s in &subs {
         s.watch().wait_for(complete).await?;
     }
