@@ -48,6 +48,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{broadcast, mpsc, watch};
 
 mod paths;
+mod reviews;
 
 pub use paths::{Collection, plural};
 use paths::{Target, place, query, target};
@@ -329,19 +330,7 @@ impl Shared {
                     state.reviews += 1;
                     state.tokens.get(token).cloned()
                 };
-                let status_body = match known {
-                    Some((username, node)) => {
-                        let extra = node.map_or(
-                            json!({}),
-                            |n| json!({"authentication.kubernetes.io/node-name": [n]}),
-                        );
-                        json!({"authenticated": true, "user": {"username": username, "extra": extra},
-                               "audiences": review["spec"]["audiences"]})
-                    }
-                    None => json!({"authenticated": false, "error": "invalid bearer token"}),
-                };
-                let mut answer = review;
-                answer["status"] = status_body;
+                let answer = reviews::answer(review, known);
                 full(StatusCode::CREATED, &answer)
             }
             (Method::POST, None) | (Method::PUT, Some(_)) => {
