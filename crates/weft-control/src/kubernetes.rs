@@ -62,6 +62,9 @@ pub struct KubeSource {
     /// Leader election among replicas: only the leader writes statuses
     /// and Events. `None`: this replica always does (one replica).
     pub election: Option<weft_kube::leader::Election>,
+    /// How often the root certificate ConfigMap (`istio-ca-root-cert`) is
+    /// checked in every namespace; `None`: not published.
+    pub publish_roots: Option<Duration>,
 }
 
 impl KubeSource {
@@ -78,6 +81,7 @@ impl KubeSource {
             namespace: "weft-system".to_owned(),
             ca_secret: None,
             election: None,
+            publish_roots: Some(weft_kube::roots::RESYNC),
         }
     }
 }

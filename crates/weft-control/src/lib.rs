@@ -147,6 +147,8 @@ pub struct Running {
     /// The scraper for the service graph: holds no connection open, so
     /// it is stopped at once rather than drained.
     scraper: tokio::task::JoinHandle<()>,
+    /// The root certificate publisher (Kubernetes), stopped at once too.
+    roots: Option<tokio::task::JoinHandle<()>>,
     _watch: config::WatchGuard,
     _own_certs: CertManager,
 }
@@ -158,6 +160,9 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         self.scraper.abort();
+        if let Some(roots) = &self.roots {
+            roots.abort();
+        }
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         for mut server in self.servers {
             if tokio::time::timeout_at(deadline, &mut server)
@@ -213,6 +218,12 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         })?
         .with_server_names(options.server_names.clone())?,
     );
+    // The root, in every namespace of the cluster (istio-ca-root-cert).
+    let roots = options.kubernetes.as_ref().and_then(|k| {
+        let every = k.publish_roots?;
+        let pem = weft_ca::authority::chain_pem(authority.trust_bundle());
+        Some(weft_kube::roots::spawn(k.client.clone(), pem, every))
+    });
     let tokens = match &options.bootstrap_tokens {
         Some(path) => {
             BootstrapTokens::from_file(path).map_err(|e| StartError::Other(e.to_string()))?
@@ -357,6 +368,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         stop,
         servers,
         scraper,
+        roots,
         _watch: watch_guard,
         _own_certs: own,
     })

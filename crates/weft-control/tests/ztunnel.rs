@@ -2,8 +2,10 @@
 //! ztunnel does (tests/common/ztunnel.rs): over 15012 with its
 //! service-account token it gets certificates for the pods on its node
 //! and a complete workload configuration, verifying the server by DNS
-//! name. Without a token, with a token the API server does not vouch
-//! for, or expecting another server name, it gets nothing.
+//! name, and the root it mounts is in every namespace
+//! (`istio-ca-root-cert`, put back when changed). Without a token, with a
+//! token the API server does not vouch for, or expecting another server
+//! name, it gets nothing.
 
 use std::collections::HashMap;
 
@@ -47,6 +49,7 @@ async fn a_ztunnel_gets_certificates_and_its_configuration_with_its_token() {
         .expect("client");
     let mut source = KubeSource::new(client, format!("kubernetes {}", fake.url()));
     source.node_agent = ("istio-system".into(), "ztunnel".into());
+    source.publish_roots = Some(std::time::Duration::from_millis(100));
     let control = weft_control::start(Options {
         kubernetes: Some(source),
         server_names: vec![ISTIOD.into()],
@@ -70,6 +73,39 @@ async fn a_ztunnel_gets_certificates_and_its_configuration_with_its_token() {
         ),
     };
     let z = ztunnel(Some(TOKEN), ISTIOD);
+
+    // The root ztunnel mounts: istio-ca-root-cert in every namespace,
+    // put back when someone changes it.
+    let published = |ns: &str| {
+        fake.get("v1", "ConfigMap", ns, "istio-ca-root-cert")
+            .and_then(|c| c["data"]["root-cert.pem"].as_str().map(str::to_owned))
+    };
+    let is_root = |pem: Option<String>| {
+        pem.and_then(|p| weft_ca::cert::certs_from_pem(p.as_bytes(), "published").ok())
+            .is_some_and(|certs| certs == roots)
+    };
+    let until_published = |ns: &'static str| {
+        let published = &published;
+        let is_root = &is_root;
+        async move {
+            let started = std::time::Instant::now();
+            while !is_root(published(ns)) {
+                assert!(
+                    started.elapsed() < std::time::Duration::from_secs(5),
+                    "{ns}: {:?}",
+                    published(ns)
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
+    };
+    until_published("shop").await;
+    fake.apply(json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "istio-ca-root-cert", "namespace": "shop"},
+        "data": {"root-cert.pem": "-----BEGIN CERTIFICATE-----\nattacker\n-----END CERTIFICATE-----\n"}}));
+    until_published("shop").await;
+    fake.apply(namespace("istio-system", false));
+    until_published("istio-system").await;
 
     // Certificates: for a pod on its node, not for one on another node.
     z.certificate("spiffe://cluster.local/ns/shop/sa/reviews")

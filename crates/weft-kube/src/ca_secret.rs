@@ -97,8 +97,8 @@ pub async fn fetch_or_create(
                     name: Some(name.to_owned()),
                     namespace: Some(namespace.to_owned()),
                     labels: Some(BTreeMap::from([(
-                        crate::install::PART_OF.0.to_owned(),
-                        crate::install::PART_OF.1.to_owned(),
+                        crate::labels::PART_OF.0.to_owned(),
+                        crate::labels::PART_OF.1.to_owned(),
                     )])),
                     ..Default::default()
                 },

@@ -9,7 +9,8 @@
 //! checks, messages and snapshot come out. One bad object never blocks
 //! the rest ([`isolate`]): it is set aside, its last good version kept,
 //! and its problems reported. [`install`] prints the manifests that put
-//! weft on a cluster.
+//! weft on a cluster; [`roots`] publishes the root certificate to every
+//! namespace.
 //!
 //! Tests run against `weft-kube-fake`, a fake API server (no real one can
 //! run where weft is built); the client is the real kube-rs.
@@ -20,7 +21,9 @@ pub mod ca_secret;
 pub mod convert;
 pub mod install;
 pub mod isolate;
+pub mod labels;
 pub mod leader;
+pub mod roots;
 pub mod source;
 pub mod status;
 pub mod tokens;

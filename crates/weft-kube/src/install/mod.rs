@@ -72,8 +72,7 @@ pub enum InstallError {
     Render(String),
 }
 
-/// The labels every object carries.
-pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
+pub use crate::labels::PART_OF;
 
 impl Install {
     /// Checks the options; names the one at fault.

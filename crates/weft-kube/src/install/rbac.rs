@@ -4,8 +4,9 @@
 //! Nodes, Services, EndpointSlices, Pods, Secrets (TLS credentials named
 //! by Gateways; Istio's istiod reads them too) and the objects of every
 //! kind weft serves — and patch only their `status` subresources, create
-//! Events, and create TokenReviews (to check the tokens of pods asking
-//! for certificates). In its own namespace (Role) it may keep its
+//! Events, create TokenReviews (to check the tokens of pods asking for
+//! certificates), and keep the `istio-ca-root-cert` ConfigMap in every
+//! namespace (create; get and update of that name only). In its own namespace (Role) it may keep its
 //! leader-election Lease and create the `cacerts` Secret holding the CA.
 //!
 //! `weft-node` has no permissions: it learns everything from the control
@@ -105,6 +106,13 @@ fn cluster_rules() -> Vec<PolicyRule> {
         ),
         rule(&["discovery.k8s.io"], &names(&["endpointslices"]), READ),
         rule(&[""], &names(&["events"]), &["create", "patch"]),
+        // The root certificate in every namespace (roots.rs): create any
+        // ConfigMap, but read and rewrite only that one.
+        rule(&[""], &names(&["configmaps"]), &["create"]),
+        PolicyRule {
+            resource_names: Some(vec![crate::roots::CONFIG_MAP.to_owned()]),
+            ..rule(&[""], &names(&["configmaps"]), &["get", "update"])
+        },
         rule(
             &["authentication.k8s.io"],
             &names(&["tokenreviews"]),
