@@ -134,6 +134,8 @@ pub struct Authority {
     /// SPIFFE ID (clients that check the server by name, as ztunnel does
     /// with `istiod.istio-system.svc`).
     server_names: Vec<String>,
+    /// The identity whose certificates carry `server_names`.
+    server: Option<Identity>,
 }
 
 impl std::fmt::Debug for Authority {
@@ -187,18 +189,25 @@ impl Authority {
             trust_domain: opts.trust_domain.clone(),
             workload_ttl: opts.workload_ttl,
             server_names: Vec::new(),
+            server: None,
         })
     }
 
-    /// The control plane's own certificate also names these DNS names
-    /// (checked to be DNS names; the first bad one is the error).
-    pub fn with_server_names(mut self, names: Vec<String>) -> Result<Self, CaError> {
+    /// Certificates for `server` (the control plane's own identity) also
+    /// name these DNS names (checked to be DNS names; the first bad one is
+    /// the error).
+    pub fn with_server_names(
+        mut self,
+        server: Identity,
+        names: Vec<String>,
+    ) -> Result<Self, CaError> {
         for name in &names {
             weft_core::names::check_subdomain(name).map_err(|e| {
                 CaError::Sign(format!("server name {name:?} is not a DNS name: {e}"))
             })?;
         }
         self.server_names = names;
+        self.server = Some(server);
         Ok(self)
     }
 
@@ -262,9 +271,7 @@ impl Authority {
             });
         }
         let mut params = spiffe_params(identity).map_err(|e| CaError::Sign(e.to_string()))?;
-        if !self.server_names.is_empty()
-            && crate::authz::control_identity(&self.trust_domain).as_ref() == Ok(identity)
-        {
+        if self.server.as_ref() == Some(identity) {
             for name in &self.server_names {
                 params.subject_alt_names.push(SanType::DnsName(
                     name.as_str()

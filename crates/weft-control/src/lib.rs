@@ -216,7 +216,10 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
             trust_domain: trust_domain.clone(),
             workload_ttl: options.workload_ttl,
         })?
-        .with_server_names(options.server_names.clone())?,
+        .with_server_names(
+            control_identity(&trust_domain).map_err(|e| StartError::Other(e.to_string()))?,
+            options.server_names.clone(),
+        )?,
     );
     // The root, in every namespace of the cluster (istio-ca-root-cert).
     let roots = options.kubernetes.as_ref().and_then(|k| {

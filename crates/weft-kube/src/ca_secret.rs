@@ -13,7 +13,7 @@ use std::path::Path;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, PostParams};
 
 /// The files of Istio's plug-in CA layout, in the Secret and the
 /// directory. The first two are required.
@@ -93,15 +93,7 @@ pub async fn fetch_or_create(
         None => {
             let data = new_root(dir, trust_domain).map_err(local)?;
             let secret = Secret {
-                metadata: ObjectMeta {
-                    name: Some(name.to_owned()),
-                    namespace: Some(namespace.to_owned()),
-                    labels: Some(BTreeMap::from([(
-                        crate::labels::PART_OF.0.to_owned(),
-                        crate::labels::PART_OF.1.to_owned(),
-                    )])),
-                    ..Default::default()
-                },
+                metadata: crate::labels::metadata(name, namespace),
                 type_: Some("Opaque".to_owned()),
                 data: Some(data),
                 ..Default::default()

@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
-use kube::api::{Api, ListParams, ObjectMeta, PostParams};
+use kube::api::{Api, ListParams, PostParams};
 
 /// The ConfigMap's name (Istio's).
 pub const CONFIG_MAP: &str = "istio-ca-root-cert";
@@ -60,15 +60,7 @@ pub async fn publish(client: &kube::Client, roots: &str) -> Result<usize, kube::
             }
             None => {
                 let map = ConfigMap {
-                    metadata: ObjectMeta {
-                        name: Some(CONFIG_MAP.to_owned()),
-                        namespace: Some(name.clone()),
-                        labels: Some(BTreeMap::from([(
-                            crate::labels::PART_OF.0.to_owned(),
-                            crate::labels::PART_OF.1.to_owned(),
-                        )])),
-                        ..Default::default()
-                    },
+                    metadata: crate::labels::metadata(CONFIG_MAP, &name),
                     data: Some(wanted),
                     ..Default::default()
                 };
