@@ -375,12 +375,15 @@ async fn scenario_1_retries_within_the_configured_budget_through_the_mesh() {
     );
     assert!(counter(&after, "weft_retry_budget_exhausted_total", &[]) > 0);
     // Success is what the budgeted retries buy: half the originals and
-    // half the retries.
+    // half the retries. Each attempt is a coin toss, so the bound is four
+    // standard deviations of that sum (a false alarm about once in 15,000
+    // runs), not a fixed margin.
     let rate = ok as f64 / n as f64;
     let expected = (0.5 * n as f64 + 0.5 * retries as f64) / n as f64;
+    let tolerance = 4.0 * (0.25 * (n as f64 + retries as f64)).sqrt() / n as f64;
     assert!(
-        (rate - expected).abs() < 0.06,
-        "success {rate}, expected {expected}"
+        (rate - expected).abs() < tolerance,
+        "success {rate}, expected {expected} ± {tolerance}"
     );
     mesh.stop();
 }
