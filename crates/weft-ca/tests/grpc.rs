@@ -112,7 +112,7 @@ fn client(ca: &TestCa, addr: SocketAddr, credential: NodeCredential) -> GrpcCaCl
 }
 
 fn token(t: &str) -> NodeCredential {
-    NodeCredential::Token(t.to_owned())
+    NodeCredential::Token(t.into())
 }
 
 #[tokio::test]

@@ -392,7 +392,7 @@ async fn mtls_config_stream_requires_a_certificate() {
         )
     };
     let with_cert = xds(Transport::Tls(
-        running.tls_addr,
+        running.tls_addr.into(),
         tls(Some(certs.source(&me))),
     ));
     wait_for(&with_cert, Duration::from_secs(5), "sync over mTLS", |s| {
@@ -401,7 +401,7 @@ async fn mtls_config_stream_requires_a_certificate() {
     .await;
     assert_eq!(addresses(&with_cert.state()).len(), 13);
 
-    let without = xds(Transport::Tls(running.tls_addr, tls(None)));
+    let without = xds(Transport::Tls(running.tls_addr.into(), tls(None)));
     wait_for(&without, Duration::from_secs(5), "refusal", |s| {
         s.last_error
             .as_deref()
@@ -430,7 +430,7 @@ async fn mtls_config_stream_requires_a_certificate() {
     let edge = weft_core::Identity::new("cluster.local", "shop", "edge").expect("id");
     certs.fetch(&edge).await.expect("the gateway's certificate");
     let gateway = xds(Transport::Tls(
-        running.tls_addr,
+        running.tls_addr.into(),
         tls(Some(certs.source(&edge))),
     ));
     wait_for(&gateway, Duration::from_secs(5), "gateway sync", |s| {

@@ -14,7 +14,11 @@
 //! ServiceEntry's inline endpoints.
 //!
 //! Enrollment follows Istio's labels: `istio.io/dataplane-mode: ambient`
-//! on the namespace or the pod (`none` on a pod opts it out).
+//! on the namespace or the pod (`none` on a pod opts it out). A pod
+//! labelled `gateway.networking.k8s.io/gateway-name` runs that Gateway:
+//! it becomes the workload of the Gateway's name, a waypoint (class
+//! `weft-waypoint`/`istio-waypoint`, or named by `istio.io/use-waypoint`)
+//! or an ingress gateway (class `weft`/`istio`), enrolled or not.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,7 +27,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
-use weft_core::model::{CLIENT_ONLY_ANNOTATION, NODE_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_LABEL};
+use weft_config::kinds::gateway::{CLASSES, WAYPOINT_CLASSES};
+use weft_core::model::{
+    CLIENT_ONLY_ANNOTATION, GATEWAY_LABEL, NODE_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_LABEL,
+};
 
 /// The label that enrolls a namespace or pod (Istio's).
 pub const DATAPLANE_MODE_LABEL: &str = "istio.io/dataplane-mode";
@@ -309,26 +316,46 @@ pub struct Selection {
     pub ports: BTreeMap<String, i32>,
 }
 
+/// What a pod running a Gateway is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runs<'a> {
+    /// The waypoint of this name.
+    Waypoint(&'a str),
+    /// The ingress gateway of this name.
+    Gateway(&'a str),
+}
+
+impl<'a> Runs<'a> {
+    fn name(self) -> &'a str {
+        match self {
+            Runs::Waypoint(n) | Runs::Gateway(n) => n,
+        }
+    }
+}
+
 /// A pod → a `WorkloadEntry` document, when it is in the mesh and ready.
-/// `waypoint`: the waypoint (Gateway) it runs, if it is one.
+/// `runs`: the waypoint or gateway (Gateway) it runs, if it runs one: the
+/// workload then takes the Gateway's name.
 pub fn workload_entry(
     pod: &Pod,
     node: Option<&Node>,
     selection: &Selection,
-    waypoint: Option<&str>,
+    runs: Option<Runs<'_>>,
 ) -> Option<Value> {
     if !ready(pod) {
         return None;
     }
     let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
-    let name = waypoint.or(pod.metadata.name.as_deref())?;
+    let name = runs.map(Runs::name).or(pod.metadata.name.as_deref())?;
     let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
     let mut own_labels = labels(&pod.metadata);
     own_labels.insert(NODE_LABEL.into(), spec.node_name.clone()?);
-    if waypoint.is_some() {
-        own_labels.insert(WAYPOINT_LABEL.into(), "true".into());
-    }
+    match runs {
+        Some(Runs::Waypoint(_)) => own_labels.insert(WAYPOINT_LABEL.into(), "true".into()),
+        Some(Runs::Gateway(_)) => own_labels.insert(GATEWAY_LABEL.into(), "true".into()),
+        None => None,
+    };
     let mut entry = json!({
         "apiVersion": "networking.istio.io/v1",
         "kind": "WorkloadEntry",
@@ -345,10 +372,25 @@ pub fn workload_entry(
     if !selection.ports.is_empty() {
         entry["spec"]["ports"] = json!(selection.ports);
     }
-    if !selection.selected && waypoint.is_none() {
+    if !selection.selected && runs.is_none() {
         entry["metadata"]["annotations"] = json!({CLIENT_ONLY_ANNOTATION: "true"});
     }
     Some(entry)
+}
+
+/// A Gateway API `Gateway`'s namespace, name and class.
+pub fn gateway_class(object: &Value) -> Option<(&str, &str, &str)> {
+    let api_version = object["apiVersion"].as_str()?;
+    if object["kind"] != "Gateway" || !api_version.starts_with("gateway.networking.k8s.io/") {
+        return None;
+    }
+    Some((
+        object["metadata"]["namespace"]
+            .as_str()
+            .unwrap_or("default"),
+        object["metadata"]["name"].as_str()?,
+        object["spec"]["gatewayClassName"].as_str()?,
+    ))
 }
 
 /// Every document the cluster makes, in a stable order.
@@ -371,8 +413,17 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
         let name = v["metadata"]["name"].as_str().unwrap_or("");
         out.push((document_path(group, kind, ns, name), v.to_string()));
     };
-    // Waypoints named by use-waypoint, run by pods of that Gateway.
+    // Waypoints: Gateways of a waypoint class, and those named by
+    // use-waypoint; ingress gateways: Gateways of an ingress class.
     let mut waypoints: std::collections::BTreeSet<(String, String)> = Default::default();
+    let mut gateways: std::collections::BTreeSet<(String, String)> = Default::default();
+    for (ns, name, class) in cluster.resources.iter().filter_map(gateway_class) {
+        if WAYPOINT_CLASSES.contains(&class) {
+            waypoints.insert((ns.to_owned(), name.to_owned()));
+        } else if CLASSES.contains(&class) {
+            gateways.insert((ns.to_owned(), name.to_owned()));
+        }
+    }
     for svc in &cluster.services {
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
         if let Some(se) = service_entry(svc, labels_of(ns), &cluster.endpoint_slices, settings) {
@@ -392,11 +443,15 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
     let convert_pod = |pod: &Arc<Pod>| -> Option<(PathBuf, String)> {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let pod_labels = labels(&pod.metadata);
-        let waypoint = pod_labels
-            .get(GATEWAY_NAME_LABEL)
-            .filter(|g| waypoints.contains(&(ns.to_owned(), (*g).clone())))
-            .map(String::as_str);
-        if waypoint.is_none() && !enrolled(labels_of(ns), &pod_labels) {
+        let runs = pod_labels.get(GATEWAY_NAME_LABEL).and_then(|g| {
+            let key = (ns.to_owned(), g.clone());
+            if waypoints.contains(&key) {
+                Some(Runs::Waypoint(g.as_str()))
+            } else {
+                gateways.contains(&key).then_some(Runs::Gateway(g.as_str()))
+            }
+        });
+        if runs.is_none() && !enrolled(labels_of(ns), &pod_labels) {
             return None;
         }
         let selection = selection(
@@ -410,7 +465,7 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
             .as_ref()
             .and_then(|s| s.node_name.as_deref())
             .and_then(|n| nodes.get(n).copied());
-        let we = workload_entry(pod, node, &selection, waypoint)?;
+        let we = workload_entry(pod, node, &selection, runs)?;
         let name = we["metadata"]["name"].as_str().unwrap_or("");
         Some((document_path("", "Pod", ns, name), we.to_string()))
     };

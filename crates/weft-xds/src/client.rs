@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use tokio::sync::{mpsc, watch};
 use tonic::transport::{Channel, Endpoint};
+use weft_ca::client::{ControlAddr, Token};
 
 use crate::proto::discovery::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Node, Status};
@@ -24,8 +25,13 @@ pub use crate::state::{ClientState, Held, Validator};
 pub enum Transport {
     /// Plaintext gRPC (15010, loopback only).
     Plaintext(SocketAddr),
-    /// gRPC over weft mTLS (15012).
-    Tls(SocketAddr, Arc<rustls::ClientConfig>),
+    /// gRPC over weft mTLS (15012), proven by the client certificate of
+    /// `config` (if any).
+    Tls(ControlAddr, Arc<rustls::ClientConfig>),
+    /// gRPC over TLS (15012) with a bearer token on the stream (a
+    /// bootstrap or service-account token), as ztunnel authenticates: how
+    /// a proxy finds its own workload before it holds a certificate.
+    TlsToken(ControlAddr, Arc<rustls::ClientConfig>, Token),
 }
 
 impl std::fmt::Debug for Transport {
@@ -33,33 +39,40 @@ impl std::fmt::Debug for Transport {
         match self {
             Transport::Plaintext(a) => write!(f, "plaintext {a}"),
             Transport::Tls(a, _) => write!(f, "mTLS {a}"),
+            Transport::TlsToken(a, _, _) => write!(f, "TLS with a token {a}"),
         }
     }
 }
 
 impl Transport {
-    fn address(&self) -> SocketAddr {
-        match self {
-            Transport::Plaintext(a) | Transport::Tls(a, _) => *a,
-        }
+    fn channel(&self) -> Result<Channel, String> {
+        let (address, config) = match self {
+            Transport::Plaintext(a) => {
+                return Ok(endpoint(&a.to_string())?.connect_lazy());
+            }
+            Transport::Tls(a, config) | Transport::TlsToken(a, config, _) => (a, config),
+        };
+        Ok(weft_ca::client::tls_channel(
+            endpoint(&address.to_string())?,
+            address.clone(),
+            config.clone(),
+        ))
     }
 
-    fn channel(&self) -> Result<Channel, String> {
-        let address = self.address();
-        let endpoint = Endpoint::from_shared(format!("http://{address}"))
-            .map_err(|e| e.to_string())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(10))
-            .keep_alive_timeout(Duration::from_secs(20));
+    fn token(&self) -> Option<&Token> {
         match self {
-            Transport::Plaintext(_) => Ok(endpoint.connect_lazy()),
-            Transport::Tls(_, config) => Ok(weft_ca::client::tls_channel(
-                endpoint,
-                address,
-                config.clone(),
-            )),
+            Transport::TlsToken(_, _, t) => Some(t),
+            _ => None,
         }
     }
+}
+
+fn endpoint(address: &str) -> Result<Endpoint, String> {
+    Ok(Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20)))
 }
 
 /// Settings of a client.
@@ -182,7 +195,7 @@ async fn run(transport: Transport, options: ClientOptions, state: watch::Sender<
     loop {
         let started = tokio::time::Instant::now();
         let error = match transport.channel() {
-            Ok(channel) => stream_once(channel, &options, &state).await,
+            Ok(channel) => stream_once(channel, transport.token(), &options, &state).await,
             Err(e) => e,
         };
         state.send_modify(|s| {
@@ -204,6 +217,7 @@ async fn run(transport: Transport, options: ClientOptions, state: watch::Sender<
 /// Runs one stream until it fails; returns why.
 async fn stream_once(
     channel: Channel,
+    token: Option<&Token>,
     options: &ClientOptions,
     state: &watch::Sender<Arc<ClientState>>,
 ) -> String {
@@ -234,10 +248,14 @@ async fn stream_once(
     }
     let mut client =
         AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(256 << 20);
-    let mut responses = match client
-        .delta_aggregated_resources(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-    {
+    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(rx));
+    if let Some(token) = token {
+        match token.header() {
+            Ok(value) => request.metadata_mut().insert("authorization", value),
+            Err(e) => return e,
+        };
+    }
+    let mut responses = match client.delta_aggregated_resources(request).await {
         Ok(r) => r.into_inner(),
         Err(status) => {
             return format!(

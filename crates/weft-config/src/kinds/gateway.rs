@@ -5,6 +5,11 @@
 //! `RequestAuthentication` and `RateLimitPolicy` attach to it with
 //! `targetRef: {kind: Gateway}`.
 //!
+//! A Gateway of class `weft-waypoint` (or Istio's `istio-waypoint`)
+//! declares a waypoint instead: one `HBONE` listener on 15008, run as the
+//! WorkloadEntry of its name labelled `weft.dev/waypoint: "true"` (on
+//! Kubernetes, weft control deploys both kinds for the user).
+//!
 //! Listeners are `HTTP`, or `HTTPS` terminating TLS with certificates
 //! from `kubernetes.io/tls` Secrets (picked by SNI), optionally checking
 //! client certificates against a CA bundle (`tls.frontendValidation`),
@@ -18,15 +23,21 @@ use serde::Deserialize;
 use crate::diag::Ctx;
 use crate::resource::Spec;
 
-/// Gateway classes weft runs (its own, and Istio's for YAML written for
-/// Istio).
+/// Ingress gateway classes weft runs (its own, and Istio's for YAML
+/// written for Istio).
 pub const CLASSES: [&str; 2] = ["weft", "istio"];
+
+/// Waypoint classes weft runs (its own, and Istio ambient's).
+pub const WAYPOINT_CLASSES: [&str; 2] = ["weft-waypoint", "istio-waypoint"];
+
+/// The port of a waypoint's `HBONE` listener.
+pub const HBONE_PORT: u32 = 15008;
 
 /// `spec` of a `Gateway`.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewaySpec {
-    /// `weft` (or `istio`).
+    /// `weft` (or `istio`); `weft-waypoint` (or `istio-waypoint`).
     pub gateway_class_name: String,
     /// Listeners.
     #[serde(default)]
@@ -99,15 +110,21 @@ impl Spec for GatewaySpec {
             "spec.addresses",
             "the gateway listens on the address of its WorkloadEntry (same name, label weft.dev/gateway: \"true\")",
         ),
-        ("spec.infrastructure", "weft does not deploy gateways"),
+        (
+            "spec.infrastructure",
+            "the objects weft control deploys for a Gateway carry its own labels; infrastructure settings are not applied",
+        ),
     ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
+        if self.is_waypoint() {
+            return validate_waypoint(self, ctx);
+        }
         if !CLASSES.contains(&self.gateway_class_name.as_str()) {
             ctx.error(
                 "spec.gatewayClassName",
                 format!(
-                    "{:?} is not a class weft runs; use one of {CLASSES:?}",
+                    "{:?} is not a class weft runs; use one of {CLASSES:?} (ingress) or {WAYPOINT_CLASSES:?}",
                     self.gateway_class_name
                 ),
             );
@@ -199,6 +216,39 @@ impl Spec for GatewaySpec {
                     format!("{other:?}: weft's gateway serves HTTP, HTTPS, TLS (passthrough) and TCP listeners"),
                 ),
             }
+        }
+    }
+}
+
+impl GatewaySpec {
+    /// Whether it declares a waypoint (class `weft-waypoint` or
+    /// `istio-waypoint`) rather than an ingress gateway.
+    pub fn is_waypoint(&self) -> bool {
+        WAYPOINT_CLASSES.contains(&self.gateway_class_name.as_str())
+    }
+}
+
+/// A waypoint's Gateway: HBONE listeners on 15008 only (as Istio's
+/// `istio-waypoint` Gateways are written); the waypoint takes its routes
+/// from the services that name it.
+fn validate_waypoint(spec: &GatewaySpec, ctx: &mut Ctx<'_>) {
+    if spec.listeners.is_empty() {
+        ctx.error(
+            "spec.listeners",
+            format!(
+                "add the waypoint's listener: {{name: mesh, port: {HBONE_PORT}, protocol: HBONE}}"
+            ),
+        );
+    }
+    for (i, l) in spec.listeners.iter().enumerate() {
+        if l.protocol != "HBONE" || l.port != HBONE_PORT {
+            ctx.error(
+                &format!("spec.listeners[{i}]"),
+                format!(
+                    "a waypoint listens only for HBONE on {HBONE_PORT}, not {} on {}",
+                    l.protocol, l.port
+                ),
+            );
         }
     }
 }

@@ -107,8 +107,12 @@ pub(crate) fn translate_gateways(
 ) {
     use crate::kinds::gateway::{CLIENT_CERTIFICATE_OPTION, SecretRefSpec};
     use weft_core::l7::{CertificateKey, GatewayConfig, GatewayListener, ListenerTls};
-    let mut gateways: Vec<&Resource<crate::kinds::GatewaySpec>> =
-        r.gateways.iter().map(|g| g.as_ref()).collect();
+    let mut gateways: Vec<&Resource<crate::kinds::GatewaySpec>> = r
+        .gateways
+        .iter()
+        .map(|g| g.as_ref())
+        .filter(|g| !g.spec.is_waypoint())
+        .collect();
     gateways.sort_by(|a, b| a.name.cmp(&b.name));
     for gw in gateways {
         let runs_as = snapshot.workloads.get(&gw.name).is_some_and(|w| w.gateway);

@@ -1,8 +1,10 @@
 //! What every weft L7 proxy sets up before it serves (the waypoint and the
-//! gateway alike): its certificate from the CA, its own workload from the
-//! registry, the config stream over mTLS with that identity, the engine
-//! with its HBONE connector, metrics, and the loop that turns each change
-//! of the stream into a mesh view and L7 policies.
+//! gateway alike): its own workload from the registry (read over TLS with
+//! its token), its certificate from the CA, the config stream over mTLS
+//! with that identity, the engine with its HBONE connector, metrics, and
+//! the loop that turns each change of the stream into a mesh view and L7
+//! policies. Everything goes to the control plane's one TLS port, by
+//! address or (in a cluster) by host name.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -14,7 +16,7 @@ use tokio::task::JoinHandle;
 use weft_admin::Routes;
 use weft_ca::TrustBundle;
 use weft_ca::authz::control_identity;
-use weft_ca::client::token_cert_manager;
+use weft_ca::client::{ControlAddr, Token, token_cert_manager};
 use weft_ca::tls::client_config;
 use weft_core::Identity;
 use weft_hbone::HbonePool;
@@ -33,20 +35,18 @@ pub const REGISTRY_WAIT: Duration = Duration::from_secs(30);
 pub struct WaypointOptions {
     /// The waypoint's workload, `namespace/name`.
     pub name: String,
-    /// The node it runs on (its bootstrap token is that node's).
+    /// The node it runs on (the proxy's id on the config stream).
     pub node: String,
     /// Trust domain.
     pub trust_domain: String,
-    /// The control plane's plaintext config stream, read only to find the
-    /// proxy's own workload and identity.
-    pub xds_addr: SocketAddr,
-    /// The control plane's mTLS port: certificate service and, once the
-    /// proxy holds its certificate, the config stream.
-    pub ca_addr: SocketAddr,
+    /// The control plane's TLS port: the config stream (with the token
+    /// until the proxy holds its certificate) and the certificate service.
+    pub ca_addr: ControlAddr,
     /// Roots to trust.
     pub roots: Vec<CertificateDer<'static>>,
-    /// The node's bootstrap token.
-    pub token: String,
+    /// Its token: the node's bootstrap token, or on Kubernetes its pod's
+    /// service-account token (a file, read again at every use).
+    pub token: Token,
     /// Prometheus metrics (`/metrics`).
     pub metrics_addr: SocketAddr,
     /// TCP connect timeout to endpoints.
@@ -81,7 +81,7 @@ pub enum WaypointError {
     },
     /// Its workload is not in the registry.
     #[error(
-        "{proxy}: workload {name} did not appear in the registry within {waited:?}; declare it with the label {label}"
+        "{proxy}: workload {name} did not appear in the registry within {waited:?}; declare it with the label {label}{why}"
     )]
     NotRegistered {
         /// `waypoint` or `gateway`.
@@ -92,6 +92,8 @@ pub enum WaypointError {
         label: String,
         /// How long it waited.
         waited: Duration,
+        /// The config stream's last error, if any (`; ` and the error).
+        why: String,
     },
     /// The config stream ended before the workload appeared.
     #[error("{proxy}: the config stream ended")]
@@ -131,7 +133,7 @@ pub enum WaypointError {
         /// `waypoint` or `gateway`.
         proxy: &'static str,
         /// The control plane's mTLS address.
-        addr: SocketAddr,
+        addr: ControlAddr,
         /// How long it waited.
         waited: Duration,
         /// The stream's last error, if any.
@@ -190,7 +192,7 @@ pub(crate) async fn core(
     let bundle = TrustBundle::new(options.roots.clone())
         .map_err(|source| WaypointError::Roots { proxy, source })?;
     let certs = token_cert_manager(
-        options.ca_addr,
+        options.ca_addr.clone(),
         bundle.clone(),
         &options.trust_domain,
         options.token.clone(),
@@ -204,10 +206,18 @@ pub(crate) async fn core(
         max_backoff: Duration::from_secs(15),
         validator: weft_xds::decode_validator(),
     };
-    // Its own workload (address and identity) from the registry on the
-    // plaintext stream; everything else over mTLS with that identity.
+    // Its own workload (address and identity) from the registry, read
+    // with its token; everything else over mTLS with that identity.
+    let control = control_identity(&options.trust_domain)
+        .map_err(|source| WaypointError::TrustDomain { proxy, source })?;
+    let anonymous = client_config(None, bundle.clone(), vec![control.clone()])
+        .map_err(|source| WaypointError::Tls { proxy, source })?;
     let bootstrap = XdsClient::start(
-        Transport::Plaintext(options.xds_addr),
+        Transport::TlsToken(
+            options.ca_addr.clone(),
+            Arc::new(anonymous),
+            options.token.clone(),
+        ),
         client_options(vec![weft_xds::ADDRESS_TYPE.into()]),
     );
     let mut changes = bootstrap.watch();
@@ -228,6 +238,9 @@ pub(crate) async fn core(
         name: options.name.clone(),
         label: label.to_owned(),
         waited: REGISTRY_WAIT,
+        why: (bootstrap.watch().borrow().last_error.as_ref())
+            .map(|e| format!("; the config stream: {e}"))
+            .unwrap_or_default(),
     })?
     .map_err(|()| WaypointError::StreamEnded { proxy })?;
     drop(bootstrap);
@@ -246,8 +259,6 @@ pub(crate) async fn core(
         weft_xds::L7_SERVICE_TYPE.into(),
     ];
     types.extend(extra.iter().map(|t| (*t).to_owned()));
-    let control = control_identity(&options.trust_domain)
-        .map_err(|source| WaypointError::TrustDomain { proxy, source })?;
     let tls = client_config(
         Some(certs.source(&me.identity)),
         bundle.clone(),
@@ -255,7 +266,7 @@ pub(crate) async fn core(
     )
     .map_err(|source| WaypointError::Tls { proxy, source })?;
     let xds = Arc::new(XdsClient::start(
-        Transport::Tls(options.ca_addr, Arc::new(tls)),
+        Transport::Tls(options.ca_addr.clone(), Arc::new(tls)),
         client_options(types),
     ));
     let mut changes = xds.watch();
@@ -266,7 +277,7 @@ pub(crate) async fn core(
         let why = changes.borrow().last_error.clone().unwrap_or_default();
         return Err(WaypointError::NotSynced {
             proxy,
-            addr: options.ca_addr,
+            addr: options.ca_addr.clone(),
             waited: REGISTRY_WAIT,
             why,
         });

@@ -1,9 +1,10 @@
 //! `weft waypoint`: one waypoint as its own process. It authenticates to
-//! the certificate service with the bootstrap token of the node it runs
-//! on, listens for HBONE on its workload's address, and applies L7 policy
-//! to the services that name it (`istio.io/use-waypoint`). `weft gateway`
-//! takes the same flags and serves the Gateway API `Gateway` of its
-//! workload's name on that workload's address.
+//! the control plane with a token — the bootstrap token of the node it
+//! runs on, or on Kubernetes its pod's service-account token — listens
+//! for HBONE on its workload's address, and applies L7 policy to the
+//! services that name it (`istio.io/use-waypoint`). `weft gateway` takes
+//! the same flags and serves the Gateway API `Gateway` of its workload's
+//! name on that workload's address.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,19 +23,20 @@ pub(crate) struct Args {
     /// `weft gateway`).
     #[arg(long)]
     name: String,
-    /// The node it runs on (whose bootstrap token it uses).
+    /// The node it runs on (its id on the config stream).
     #[arg(long)]
     node: String,
-    /// The control plane's plaintext config stream.
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    xds_addr: SocketAddr,
-    /// The control plane's certificate service (mTLS).
+    /// The control plane's TLS port (config stream and certificate
+    /// service): `host:port`, e.g. `weft-control.weft-system.svc:15012`.
     #[arg(long, default_value = "127.0.0.1:15012")]
-    ca_addr: SocketAddr,
-    /// Root certificate(s) to trust (the control plane's root-cert.pem).
+    ca_addr: weft_ca::client::ControlAddr,
+    /// Root certificate(s) to trust (the control plane's root-cert.pem; on
+    /// Kubernetes the `istio-ca-root-cert` ConfigMap).
     #[arg(long)]
     root_cert: PathBuf,
-    /// File holding the node's bootstrap token.
+    /// File holding its token (the node's bootstrap token, or a projected
+    /// service-account token, read again at every use as the kubelet
+    /// rotates it).
     #[arg(long)]
     token_file: PathBuf,
     /// Trust domain.
@@ -115,7 +117,9 @@ async fn gateway(args: Args) -> Result<(), String> {
 }
 
 fn options(args: Args) -> Result<WaypointOptions, String> {
-    let (roots, token) = super::proxy_credentials(&args.root_cert, &args.token_file)?;
+    let roots = super::read_roots(&args.root_cert)?;
+    let token = weft_ca::client::Token::File(args.token_file);
+    token.current()?;
     let jwks_roots = match &args.jwks_ca {
         Some(path) => super::read_roots(path)?,
         None => Vec::new(),
@@ -124,7 +128,6 @@ fn options(args: Args) -> Result<WaypointOptions, String> {
         name: args.name,
         node: args.node,
         trust_domain: args.trust_domain,
-        xds_addr: args.xds_addr,
         ca_addr: args.ca_addr,
         roots,
         token,
