@@ -59,6 +59,8 @@ pub struct Cluster {
     pub pods: Vec<Arc<Pod>>,
     /// EndpointSlices (used for Services without a selector).
     pub endpoint_slices: Vec<Arc<EndpointSlice>>,
+    /// The Deployments weft control made for Gateways (their rollout).
+    pub deployments: Vec<Arc<k8s_openapi::api::apps::v1::Deployment>>,
     /// Objects of the kinds weft reads as they are (Istio, Gateway API,
     /// weft's own, `Secret`s): their JSON.
     pub resources: Vec<Value>,
@@ -286,17 +288,23 @@ pub fn locality(node: &Node) -> Option<String> {
 
 /// Whether a pod runs and is ready, with an IP and a node.
 pub fn ready(pod: &Pod) -> bool {
+    running(pod)
+        && pod.status.as_ref().is_some_and(|status| {
+            status
+                .conditions
+                .iter()
+                .flatten()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+        })
+}
+
+/// Whether a pod runs on a node with an IP and is not being deleted
+/// (ready or not).
+pub fn running(pod: &Pod) -> bool {
     let Some(status) = &pod.status else {
         return false;
     };
-    let running = status.phase.as_deref() == Some("Running");
-    let ready = status
-        .conditions
-        .iter()
-        .flatten()
-        .any(|c| c.type_ == "Ready" && c.status == "True");
-    running
-        && ready
+    status.phase.as_deref() == Some("Running")
         && status.pod_ip.as_deref().is_some_and(|ip| !ip.is_empty())
         && pod
             .spec
@@ -333,7 +341,8 @@ impl<'a> Runs<'a> {
     }
 }
 
-/// A pod → a `WorkloadEntry` document, when it is in the mesh and ready.
+/// A pod → a `WorkloadEntry` document, when it is in the mesh and ready
+/// (a waypoint's or gateway's: running).
 /// `runs`: the waypoint or gateway (Gateway) it runs, if it runs one: the
 /// workload then takes the Gateway's name.
 pub fn workload_entry(
@@ -342,7 +351,9 @@ pub fn workload_entry(
     selection: &Selection,
     runs: Option<Runs<'_>>,
 ) -> Option<Value> {
-    if !ready(pod) {
+    // A waypoint or gateway becomes ready only once it has read its own
+    // workload: it is known as soon as it runs.
+    if !(ready(pod) || runs.is_some() && running(pod)) {
         return None;
     }
     let spec = pod.spec.as_ref()?;

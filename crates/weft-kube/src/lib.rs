@@ -19,10 +19,12 @@
 
 pub mod ca_secret;
 pub mod convert;
+pub mod deploy;
 pub mod install;
 pub mod isolate;
 pub mod labels;
 pub mod leader;
+mod pods;
 pub mod roots;
 pub mod source;
 pub mod status;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::{ApiResource, DynamicObject};
@@ -46,6 +47,8 @@ pub struct Reflectors {
     pods: Store<Pod>,
     slices: Store<EndpointSlice>,
     secrets: Store<Secret>,
+    /// The Deployments weft control made for Gateways (by label).
+    deployments: Store<Deployment>,
     resources: Vec<(ApiResource, Store<DynamicObject>)>,
     changed: Arc<Notify>,
     tasks: Vec<JoinHandle<()>>,
@@ -54,7 +57,7 @@ pub struct Reflectors {
 impl std::fmt::Debug for Reflectors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Reflectors")
-            .field("kinds", &(6 + self.resources.len()))
+            .field("kinds", &(7 + self.resources.len()))
             .finish_non_exhaustive()
     }
 }
@@ -71,6 +74,7 @@ impl Drop for Reflectors {
 /// Runs one watcher into a store, signalling every change.
 fn reflect<K>(
     api: Api<K>,
+    config: watcher::Config,
     what: String,
     changed: Arc<Notify>,
     writer: reflector::store::Writer<K>,
@@ -86,10 +90,7 @@ where
     K::DynamicType: Eq + std::hash::Hash + Clone,
 {
     tokio::spawn(async move {
-        let stream = reflector::reflector(
-            writer,
-            watcher::watcher(api, watcher::Config::default()).default_backoff(),
-        );
+        let stream = reflector::reflector(writer, watcher::watcher(api, config).default_backoff());
         let mut stream = std::pin::pin!(stream);
         let mut failing = false;
         while let Some(event) = stream.next().await {
@@ -122,6 +123,7 @@ impl Reflectors {
                 let (store, writer) = reflector::store::<$k>();
                 tasks.push(reflect(
                     Api::<$k>::all(client.clone()),
+                    watcher::Config::default(),
                     $what.into(),
                     changed.clone(),
                     writer,
@@ -135,6 +137,18 @@ impl Reflectors {
         let pods = typed!(Pod, "Pod");
         let slices = typed!(EndpointSlice, "EndpointSlice");
         let secrets = typed!(Secret, "Secret");
+        let deployments = {
+            let (store, writer) = reflector::store::<Deployment>();
+            let (key, value) = crate::deploy::MANAGED_BY;
+            tasks.push(reflect(
+                Api::<Deployment>::all(client.clone()),
+                watcher::Config::default().labels(&format!("{key}={value}")),
+                "Deployment".into(),
+                changed.clone(),
+                writer,
+            ));
+            store
+        };
         let resources = configuration_kinds()
             .into_iter()
             .map(|ar| {
@@ -142,6 +156,7 @@ impl Reflectors {
                 let store = writer.as_reader();
                 tasks.push(reflect(
                     Api::<DynamicObject>::all_with(client.clone(), &ar),
+                    watcher::Config::default(),
                     ar.api_version.clone() + "/" + &ar.kind,
                     changed.clone(),
                     writer,
@@ -156,6 +171,7 @@ impl Reflectors {
             pods,
             slices,
             secrets,
+            deployments,
             resources,
             changed,
             tasks,
@@ -184,6 +200,7 @@ impl Reflectors {
         wait!(self.pods, "Pod");
         wait!(self.slices, "EndpointSlice");
         wait!(self.secrets, "Secret");
+        wait!(self.deployments, "Deployment");
         for (ar, store) in &self.resources {
             wait!(store, format!("{}/{}", ar.api_version, ar.kind));
         }
@@ -226,6 +243,7 @@ impl Reflectors {
             services: self.services.state(),
             pods: self.pods.state(),
             endpoint_slices: self.slices.state(),
+            deployments: self.deployments.state(),
             resources,
         }
     }

@@ -83,6 +83,7 @@ fn cluster() -> Cluster {
             typed(pod("legacy", "old-1", "old", "10.1.0.5", "node-1", true)),
         ],
         endpoint_slices: Vec::new(),
+        deployments: Vec::new(),
         resources: Vec::new(),
     }
 }
@@ -139,6 +140,55 @@ fn a_pod_opts_out_and_a_namespace_label_enrolls() {
     let snap = loaded.config.expect("config").snapshot;
     assert!(!snap.workloads.contains_key(&name("shop", "reviews-4")));
     assert!(snap.workloads.contains_key(&name("legacy", "old-1")));
+}
+
+/// Pods running Gateways become the workloads of the Gateways' names, as
+/// waypoint or gateway by class, enrolled or not, ready or not (they get
+/// ready only after reading their own workload); a pod labelled for a
+/// Gateway of another class stays an ordinary (here: unenrolled) pod.
+#[test]
+fn gateway_pods_run_their_gateway_by_class() {
+    let mut c = cluster();
+    let gateway = |name: &str, class: &str, listener: Value| {
+        json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"namespace": "legacy", "name": name},
+            "spec": {"gatewayClassName": class, "listeners": [listener]}})
+    };
+    c.resources.push(gateway(
+        "waypoint",
+        "istio-waypoint",
+        json!({"name": "mesh", "port": 15008, "protocol": "HBONE"}),
+    ));
+    c.resources.push(gateway(
+        "edge",
+        "weft",
+        json!({"name": "http", "port": 80, "protocol": "HTTP"}),
+    ));
+    for (pod_name, gw, ip, ready) in [
+        ("waypoint-7d9f-abcde", "waypoint", "10.1.0.20", false),
+        ("edge-5c4b-fghij", "edge", "10.1.0.21", true),
+        ("other-1", "someone-elses", "10.1.0.22", true),
+    ] {
+        let mut p = pod("legacy", pod_name, gw, ip, "node-1", ready);
+        p["metadata"]["labels"]["gateway.networking.k8s.io/gateway-name"] = json!(gw);
+        c.pods.push(typed(p));
+    }
+    let loaded = Isolating::default().load(documents(&c, &Settings::default()));
+    assert!(loaded.set_aside.is_empty(), "{:?}", loaded.problems);
+    let snap = loaded.config.expect("config").snapshot;
+    let waypoint = &snap.workloads[&name("legacy", "waypoint")];
+    assert!(waypoint.waypoint && !waypoint.gateway);
+    assert_eq!(waypoint.address, WorkloadAddress::Ip([10, 1, 0, 20].into()));
+    let edge = &snap.workloads[&name("legacy", "edge")];
+    assert!(edge.gateway && !edge.waypoint);
+    assert!(snap.gateways.contains_key(&name("legacy", "edge")));
+    assert!(!snap.gateways.contains_key(&name("legacy", "waypoint")));
+    assert!(!snap.workloads.contains_key(&name("legacy", "other-1")));
+    assert!(
+        !snap
+            .workloads
+            .contains_key(&name("legacy", "someone-elses"))
+    );
 }
 
 fn slice(service: &str, name: &str, endpoints: Value) -> Value {

@@ -12,14 +12,11 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, HostPathVolumeSource, Namespace, ObjectFieldSelector, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServiceAccountTokenProjection, ServicePort, ServiceSpec, Volume,
-    VolumeMount, VolumeProjection,
+    Capabilities, Container, EmptyDirVolumeSource, HostPathVolumeSource, Namespace,
+    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
+    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
-use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::json;
@@ -27,11 +24,13 @@ use std::collections::BTreeMap;
 
 use super::rbac::NODE_AGENT;
 use super::{Install, InstallError, to_json};
+use crate::pods::{
+    METRICS_PORT, TOKEN_DIR, TOKEN_FILE, field_env, port, quantities, readiness, restricted,
+    token_volume,
+};
 
 /// The port the control plane serves proxies and certificates on.
 pub(super) const CONFIG_PORT: i32 = 15012;
-/// The port of metrics and readiness.
-pub(super) const METRICS_PORT: i32 = 15020;
 /// The control plane's scratch space (an emptyDir, in memory).
 const RUN_DIR: &str = "/var/run/weft";
 /// Where it keeps its CA files, a directory it creates 0700 inside the
@@ -72,63 +71,6 @@ fn selector(install: &Install, component: &str) -> BTreeMap<String, String> {
         labels.insert("weft.dev/rev".to_owned(), rev.clone());
     }
     labels
-}
-
-fn field_env(name: &str, path: &str) -> EnvVar {
-    EnvVar {
-        name: name.to_owned(),
-        value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector {
-                field_path: path.to_owned(),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn quantities(pairs: &[(&str, &str)]) -> BTreeMap<String, Quantity> {
-    pairs
-        .iter()
-        .map(|(k, v)| ((*k).to_owned(), Quantity((*v).to_owned())))
-        .collect()
-}
-
-fn port(name: &str, number: i32) -> ContainerPort {
-    ContainerPort {
-        name: Some(name.to_owned()),
-        container_port: number,
-        protocol: Some("TCP".to_owned()),
-        ..Default::default()
-    }
-}
-
-/// Unprivileged, nothing to escalate to, read-only root.
-fn restricted() -> SecurityContext {
-    SecurityContext {
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        run_as_non_root: Some(true),
-        capabilities: Some(Capabilities {
-            drop: Some(vec!["ALL".to_owned()]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-fn readiness() -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/healthz/ready".to_owned()),
-            port: IntOrString::Int(METRICS_PORT),
-            ..Default::default()
-        }),
-        period_seconds: Some(5),
-        failure_threshold: Some(3),
-        ..Default::default()
-    }
 }
 
 /// Deployment, PodDisruptionBudget (with more than one replica) and
@@ -304,7 +246,7 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
             "node".to_owned(),
             "--name=$(NODE_NAME)".to_owned(),
             format!("--control={control}:{CONFIG_PORT}"),
-            "--token-file=/var/run/secrets/tokens/istio-token".to_owned(),
+            format!("--token-file={TOKEN_DIR}/{TOKEN_FILE}"),
             "--attach-socket=/var/run/weft/attach.sock".to_owned(),
             "--admin-addr=127.0.0.1:15000".to_owned(),
             "--metrics-addr=0.0.0.0:15020".to_owned(),
@@ -343,7 +285,7 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
                 ..mount("netns", "/var/run/netns", true)
             },
             mount("weft-run", "/var/run/weft", false),
-            mount("token", "/var/run/secrets/tokens", true),
+            mount("token", TOKEN_DIR, true),
         ]),
         ..Default::default()
     };
@@ -381,21 +323,7 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
                         host_path("cni-conf", "/etc/cni/net.d", "DirectoryOrCreate"),
                         host_path("netns", "/var/run/netns", "DirectoryOrCreate"),
                         host_path("weft-run", "/var/run/weft", "DirectoryOrCreate"),
-                        Volume {
-                            name: "token".to_owned(),
-                            projected: Some(ProjectedVolumeSource {
-                                sources: Some(vec![VolumeProjection {
-                                    service_account_token: Some(ServiceAccountTokenProjection {
-                                        audience: Some("istio-ca".to_owned()),
-                                        expiration_seconds: Some(43200),
-                                        path: "istio-token".to_owned(),
-                                    }),
-                                    ..Default::default()
-                                }]),
-                                ..Default::default()
-                            }),
-                            ..Default::default()
-                        },
+                        token_volume("token"),
                     ]),
                     ..Default::default()
                 }),

@@ -385,7 +385,9 @@ impl Core {
         }
     }
 
-    /// Serves Prometheus metrics (requests and certificate expiry).
+    /// Serves Prometheus metrics (requests and certificate expiry), and
+    /// `/healthz/ready` for a readiness probe: served once the proxy holds
+    /// its certificate and its first configuration.
     pub(crate) async fn serve_metrics(
         &self,
         addr: SocketAddr,
@@ -406,7 +408,9 @@ impl Core {
             })?;
         let served = tokio::spawn(weft_admin::serve(
             listener,
-            Routes::new().metrics(Arc::new(Mutex::new(registry))),
+            Routes::new()
+                .metrics(Arc::new(Mutex::new(registry)))
+                .get("/healthz/ready", || weft_admin::Reply::text("ready\n")),
             std::future::pending(),
         ));
         Ok((bound, served))
