@@ -5,7 +5,9 @@
 //! last good version in force), and applied; the problems of the objects
 //! set aside are kept in `/debug/config-status`, counted in
 //! `weft_config_rejected_total{kind}`, and written to the objects'
-//! statuses and Events (`weft_kube::status`). A directory
+//! statuses and Events (`weft_kube::status`). The leader also deploys
+//! the Gateways' waypoints and gateways (`weft_kube::deploy`) when told
+//! which image they run. A directory
 //! given as well (`--config-dir`, e.g. ServiceEntries for VMs) is read
 //! with every change. The share-of-removal guard is off (the cluster is
 //! the truth, and there is no directory to confirm in); an emptied mesh
@@ -17,6 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use weft_kube::convert::{Settings, documents};
+use weft_kube::deploy::Deployer;
 use weft_kube::isolate::{Isolating, Loaded};
 use weft_kube::source::Reflectors;
 use weft_kube::status::StatusWriter;
@@ -65,6 +68,9 @@ pub struct KubeSource {
     /// How often the root certificate ConfigMap (`istio-ca-root-cert`) is
     /// checked in every namespace; `None`: not published.
     pub publish_roots: Option<Duration>,
+    /// What the waypoints and gateways deployed for Gateways run; `None`:
+    /// Gateways are not deployed (their proxies are run by hand).
+    pub deploy: Option<weft_kube::deploy::ProxySettings>,
 }
 
 impl KubeSource {
@@ -82,6 +88,7 @@ impl KubeSource {
             ca_secret: None,
             election: None,
             publish_roots: Some(weft_kube::roots::RESYNC),
+            deploy: None,
         }
     }
 }
@@ -157,13 +164,13 @@ fn directory_documents(dir: &std::path::Path) -> Vec<(PathBuf, String)> {
         .collect()
 }
 
-/// Loads the cluster as it is now; also returns its objects of weft's
-/// kinds, whose statuses follow the load.
+/// Loads the cluster as it is now; also returns the cluster read, whose
+/// statuses and deployments follow the load.
 fn load(
     source: &KubeSource,
     reflectors: &Reflectors,
     isolating: &mut Isolating,
-) -> (Loaded, Vec<serde_json::Value>) {
+) -> (Loaded, weft_kube::convert::Cluster) {
     let started = std::time::Instant::now();
     let cluster = reflectors.cluster();
     let copied = started.elapsed();
@@ -174,7 +181,45 @@ fn load(
     let converted = started.elapsed();
     let loaded = isolating.load(docs);
     tracing::debug!(?copied, ?converted, loaded = ?started.elapsed(), "cluster loaded");
-    (loaded, cluster.resources)
+    (loaded, cluster)
+}
+
+/// What the leader writes after a load: the Gateways' deployments, then
+/// every status.
+struct Leader {
+    writer: StatusWriter,
+    deployer: Option<Deployer>,
+}
+
+impl Leader {
+    /// Forgets what it wrote (leadership was regained).
+    fn forget(&mut self) {
+        self.writer.forget();
+        if let Some(d) = &mut self.deployer {
+            d.forget();
+        }
+    }
+
+    async fn write(&mut self, cluster: &weft_kube::convert::Cluster, loaded: &Loaded) {
+        let rollouts = match &mut self.deployer {
+            Some(d) => {
+                if let Some(config) = &loaded.config {
+                    d.set_trust_domain(&config.snapshot.mesh.trust_domain);
+                }
+                d.reconcile(&cluster.resources, &cluster.deployments, &cluster.services)
+                    .await;
+                weft_kube::deploy::rollouts(
+                    &cluster.resources,
+                    &cluster.deployments,
+                    &cluster.services,
+                )
+            }
+            None => Default::default(),
+        };
+        self.writer
+            .report(&cluster.resources, &loaded.problems, &rollouts)
+            .await;
+    }
 }
 
 /// The kinds of the documents set aside now and not before.
@@ -230,10 +275,15 @@ pub async fn start(
     let leading_rx = leading.clone();
     let is_leader = move || leading.as_ref().is_none_or(|rx| *rx.borrow());
     let mut was_leader = is_leader();
-    let (loaded, objects) = load(&source, &reflectors, &mut isolating);
+    let mut leader = Leader {
+        writer,
+        deployer: (source.deploy.clone()).map(|s| Deployer::new(source.client.clone(), s)),
+    };
+    let (loaded, cluster) = load(&source, &reflectors, &mut isolating);
     if was_leader {
-        writer.report(&objects, &loaded.problems).await;
+        leader.write(&cluster, &loaded).await;
     }
+    drop(cluster);
     let set_aside = problems(&loaded);
     let mut before = loaded.set_aside.clone();
     let first = newly(&loaded, &BTreeSet::new());
@@ -280,19 +330,20 @@ pub async fn start(
         let _election = election;
         while debounce.next(&mut rx).await {
             let started = std::time::Instant::now();
-            let (loaded, objects) = load(&source, &reflectors, &mut isolating);
+            let (loaded, cluster) = load(&source, &reflectors, &mut isolating);
             let loading = started.elapsed();
             let set_aside = problems(&loaded);
             let fresh = newly(&loaded, &before);
             before = loaded.set_aside.clone();
-            let leader = is_leader();
-            if leader {
+            let leads = is_leader();
+            if leads {
                 if !was_leader {
-                    writer.forget();
+                    leader.forget();
                 }
-                writer.report(&objects, &loaded.problems).await;
+                leader.write(&cluster, &loaded).await;
             }
-            was_leader = leader;
+            drop(cluster);
+            was_leader = leads;
             match loaded.config {
                 Some(config) => follower.apply(Ok(config)),
                 None => follower.apply(Err(set_aside.clone())),

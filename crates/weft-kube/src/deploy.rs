@@ -51,7 +51,7 @@ pub struct ProxySettings {
     /// The control plane's TLS port by DNS name
     /// (`weft-control.weft-system.svc:15012`).
     pub control: String,
-    /// The mesh's trust domain.
+    /// The mesh's trust domain (followed from the configuration).
     pub trust_domain: String,
 }
 
@@ -405,6 +405,14 @@ impl Deployer {
         }
     }
 
+    /// Follows the mesh's trust domain (from its `Mesh`), which the
+    /// deployed proxies are started with.
+    pub fn set_trust_domain(&mut self, trust_domain: &str) {
+        if self.settings.trust_domain != trust_domain {
+            self.settings.trust_domain = trust_domain.to_owned();
+        }
+    }
+
     /// Forgets what it applied (another replica may have changed things):
     /// the next reconcile checks every object again.
     pub fn forget(&mut self) {
@@ -433,27 +441,33 @@ impl Deployer {
                 object_key(&json!({"apiVersion": "v1", "kind": "Service", "metadata": m}))
             }))
             .collect();
-        let mut wanted: BTreeMap<Key, Value> = BTreeMap::new();
-        for gateway in resources {
-            for object in objects(gateway, &self.settings).into_iter().flatten() {
-                wanted.insert(object_key(&object), object);
-            }
-        }
-        for (key, object) in &wanted {
-            let (_, kind, _, _) = key;
-            let tracked = kind == "ServiceAccount" || present.contains(key);
-            if tracked && self.applied.get(key) == Some(object) {
-                continue;
-            }
-            if self.apply(key, object).await {
+        // Per Gateway, in creation order (the ServiceAccount before the
+        // pods using it); one object it may not take stops the rest, so a
+        // Gateway named after a user's ServiceAccount never runs as it.
+        let per_gateway: Vec<Vec<(Key, Value)>> = resources
+            .iter()
+            .filter_map(|g| objects(g, &self.settings))
+            .map(|objects| objects.into_iter().map(|o| (object_key(&o), o)).collect())
+            .collect();
+        for objects in &per_gateway {
+            for (key, object) in objects {
+                let (_, kind, _, _) = key;
+                let tracked = kind == "ServiceAccount" || present.contains(key);
+                if tracked && self.applied.get(key) == Some(object) {
+                    continue;
+                }
+                if !self.apply(key, object).await {
+                    break;
+                }
                 self.applied.insert(key.clone(), object.clone());
             }
         }
+        let wanted: Vec<&(Key, Value)> = per_gateway.iter().flatten().collect();
         // What it deployed, or finds labelled as its own, for a Gateway
         // that is gone.
         let running: BTreeSet<(&str, &str)> = wanted
-            .keys()
-            .map(|(_, _, ns, name)| (ns.as_str(), name.as_str()))
+            .iter()
+            .map(|((_, _, ns, name), _)| (ns.as_str(), name.as_str()))
             .collect();
         let leftovers: BTreeSet<(String, String)> = self
             .applied
@@ -498,7 +512,7 @@ impl Deployer {
                 api.create(&PostParams::default(), &o).await.map(|_| ())
             }
             Some(e) if !managed(&e.metadata) => {
-                tracing::warn!(%kind, namespace = %ns, %name, "a Gateway's {kind} has the name of one weft did not create; left alone (rename the Gateway or delete it)");
+                tracing::warn!(%kind, namespace = %ns, %name, "Gateway {ns}/{name} is not deployed: a {kind} of its name exists that weft did not create; left alone (rename the Gateway, or delete that {kind})");
                 return false;
             }
             Some(_) => api

@@ -6,7 +6,9 @@
 //! - Gateway API routes: `status.parents[]` (one per `parentRef`, with
 //!   `controllerName: weft.dev/control`): `Accepted` and `ResolvedRefs`
 //!   (`BackendNotFound` when a reference does not resolve);
-//! - Gateway API `Gateway`: `status.conditions` `Accepted`, `Programmed`;
+//! - Gateway API `Gateway`: `status.conditions` `Accepted`, `Programmed`
+//!   (for a Gateway weft deploys, only once its Deployment has an
+//!   available replica — `Pending` until then) and `status.addresses`;
 //! - Istio and weft kinds: `status.conditions` (`Reconciled`) and
 //!   `status.validationMessages` (`level`, `type.code` — `WEFT0001` for an
 //!   error, `WEFT0002` for a warning — and the message naming the field).
@@ -100,6 +102,40 @@ pub fn status_for(group: &str, kind: &str, object: &Value, problems: &[&Diagnost
     })
 }
 
+/// A Gateway's status given how its deployment stands: `Programmed` only
+/// once it is valid and has an available replica, and its Service's
+/// address.
+pub fn with_rollout(mut status: Value, rollout: &crate::deploy::Rollout) -> Value {
+    let valid = status["conditions"][1]["status"] == "True";
+    if valid && !rollout.available {
+        status["conditions"][1] = condition(
+            "Programmed",
+            false,
+            "Pending",
+            &format!(
+                "waiting for Deployment {} to have an available replica",
+                rollout.deployment
+            ),
+        );
+    } else if valid {
+        status["conditions"][1] = condition(
+            "Programmed",
+            true,
+            "Programmed",
+            &format!("running as Deployment {}", rollout.deployment),
+        );
+    }
+    if let Some(address) = &rollout.address {
+        let kind = if address.parse::<std::net::IpAddr>().is_ok() {
+            "IPAddress"
+        } else {
+            "Hostname"
+        };
+        status["addresses"] = json!([{"type": kind, "value": address}]);
+    }
+    status
+}
+
 /// A problem as a status shows it: the field and the message (the object
 /// is the one carrying it).
 fn describe(d: &Diagnostic) -> String {
@@ -170,9 +206,15 @@ impl StatusWriter {
     }
 
     /// Brings the status of every object in `objects` (the cluster's
-    /// objects of weft's kinds, as JSON) in line with `problems`.
-    /// Failures to write are logged; they never stop the configuration.
-    pub async fn report(&mut self, objects: &[Value], problems: &[Diagnostic]) {
+    /// objects of weft's kinds, as JSON) in line with `problems` (and, for
+    /// the Gateways weft deploys, with their `rollouts`). Failures to
+    /// write are logged; they never stop the configuration.
+    pub async fn report(
+        &mut self,
+        objects: &[Value],
+        problems: &[Diagnostic],
+        rollouts: &BTreeMap<(String, String), crate::deploy::Rollout>,
+    ) {
         let mut by_doc: BTreeMap<&Path, Vec<&Diagnostic>> = BTreeMap::new();
         for d in problems {
             by_doc.entry(d.file.as_path()).or_default().push(d);
@@ -192,7 +234,13 @@ impl StatusWriter {
             let path = document_path(group, kind, ns, name);
             present.insert(path.clone());
             let own = by_doc.get(path.as_path()).cloned().unwrap_or_default();
-            let wanted = status_for(group, kind, object, &own);
+            let mut wanted = status_for(group, kind, object, &own);
+            if group == GATEWAY_API
+                && kind == "Gateway"
+                && let Some(r) = rollouts.get(&(ns.to_owned(), name.to_owned()))
+            {
+                wanted = with_rollout(wanted, r);
+            }
             if self.written.get(&path) == Some(&wanted) {
                 continue;
             }
@@ -323,5 +371,26 @@ mod tests {
             g["conditions"][1]["status"], "True",
             "warnings do not fail it"
         );
+        // Deployed by weft: programmed with an available replica only.
+        let mut rollout = crate::deploy::Rollout {
+            deployment: "shop/edge".into(),
+            available: false,
+            address: None,
+        };
+        let pending = with_rollout(g.clone(), &rollout);
+        assert_eq!(pending["conditions"][1]["reason"], "Pending");
+        assert_eq!(pending["conditions"][0]["status"], "True");
+        rollout.available = true;
+        rollout.address = Some("10.0.0.7".into());
+        let up = with_rollout(g, &rollout);
+        assert_eq!(up["conditions"][1]["status"], "True");
+        assert_eq!(
+            up["addresses"],
+            json!([{"type": "IPAddress", "value": "10.0.0.7"}])
+        );
+        let bad = problem("spec.listeners", "add at least one listener", true);
+        let invalid = status_for(GATEWAY_API, "Gateway", &json!({}), &[&bad]);
+        let invalid = with_rollout(invalid, &rollout);
+        assert_eq!(invalid["conditions"][1]["reason"], "Invalid");
     }
 }

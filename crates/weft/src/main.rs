@@ -52,7 +52,7 @@ enum Command {
     /// Print the version.
     Version,
     /// Run the control plane: config stream, certificate authority.
-    Control(cmd::control::Args),
+    Control(Box<cmd::control::Args>),
     /// Show the certificates a weft process holds (from its admin port).
     Certs(cmd::certs::Args),
     /// Show what a proxy holds from the config stream (from its admin port).
@@ -100,7 +100,7 @@ fn main() -> ExitCode {
             println!("weft {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Control(args) => cmd::control::run(args),
+        Command::Control(args) => cmd::control::run(*args),
         Command::Certs(args) => cmd::certs::run(args),
         Command::ConfigDump(args) => cmd::config_dump::run(args),
         Command::Node(args) => cmd::node::run(args),

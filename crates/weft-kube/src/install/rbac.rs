@@ -6,8 +6,12 @@
 //! kind weft serves — and patch only their `status` subresources, create
 //! Events, create TokenReviews (to check the tokens of pods asking for
 //! certificates), and keep the `istio-ca-root-cert` ConfigMap in every
-//! namespace (create; get and update of that name only). In its own namespace (Role) it may keep its
-//! leader-election Lease and create the `cacerts` Secret holding the CA.
+//! namespace (create; get and update of that name only). To deploy the
+//! waypoints and gateways of Gateways (`deploy.rs`) it manages
+//! Deployments, Services and ServiceAccounts (as istiod's gateway
+//! controller does; it touches only those labelled as its own). In its
+//! own namespace (Role) it may keep its leader-election Lease and create
+//! the `cacerts` Secret holding the CA.
 //!
 //! `weft-node` has no permissions: it learns everything from the control
 //! plane, and its token is only presented there.
@@ -117,6 +121,17 @@ fn cluster_rules() -> Vec<PolicyRule> {
             &["authentication.k8s.io"],
             &names(&["tokenreviews"]),
             &["create"],
+        ),
+        // The proxies of Gateways: Services are read above.
+        rule(
+            &["apps"],
+            &names(&["deployments"]),
+            &["get", "list", "watch", "create", "patch", "delete"],
+        ),
+        rule(
+            &[""],
+            &names(&["services", "serviceaccounts"]),
+            &["get", "create", "patch", "delete"],
         ),
     ];
     // The kinds weft serves, by group (Secrets are covered above).

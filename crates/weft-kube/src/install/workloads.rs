@@ -101,6 +101,7 @@ pub(crate) fn control_plane(install: &Install) -> Result<Vec<serde_json::Value>,
         "--ca-secret=cacerts".to_owned(),
         format!("--tls-dns-name={service_host}"),
         format!("--lease-name={name}"),
+        format!("--proxy-image={}", install.image),
     ])
     .collect();
     let container = Container {

@@ -46,6 +46,16 @@ pub(crate) struct Args {
     /// give each revision its own.
     #[arg(long, default_value = "weft-control", requires = "kubernetes")]
     lease_name: String,
+    /// With `--kubernetes`: the image of the waypoints and gateways
+    /// deployed for Gateways of classes `weft-waypoint`/`istio-waypoint`
+    /// and `weft`/`istio` (without it, Gateways are not deployed).
+    #[arg(long, requires = "kubernetes")]
+    proxy_image: Option<String>,
+    /// With `--proxy-image`: where the deployed proxies reach this control
+    /// plane (`host:port`; default: the first `--tls-dns-name` and the
+    /// port of `--tls-addr`).
+    #[arg(long, requires = "proxy_image")]
+    proxy_control_addr: Option<weft_ca::client::ControlAddr>,
     /// A DNS name the certificate on the mTLS port carries (repeat). With
     /// `--kubernetes`, `istiod.istio-system.svc` is always added, the name
     /// Istio's ztunnel checks by default.
@@ -139,6 +149,22 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
                 format!("--node-agent-account {account:?}: expected namespace/name, e.g. istio-system/ztunnel")
             })?;
         source.node_agent = (ns.to_owned(), name.to_owned());
+    }
+    if let Some(image) = &args.proxy_image {
+        let control = match (&args.proxy_control_addr, args.tls_dns_names.first()) {
+            (Some(a), _) => a.to_string(),
+            (None, Some(name)) => format!("{name}:{}", args.tls_addr.port()),
+            (None, None) => {
+                return Err(
+                    "--proxy-image: say where the deployed proxies reach this control plane (--proxy-control-addr or --tls-dns-name)".into(),
+                );
+            }
+        };
+        source.deploy = Some(weft_kube::deploy::ProxySettings {
+            image: image.clone(),
+            control,
+            trust_domain: "cluster.local".into(),
+        });
     }
     // Replicas elect who writes statuses, each named by its pod. Outside a
     // pod (a workstation) the one process writes, unless asked to elect.
