@@ -40,8 +40,7 @@ use crate::pods::{
     readiness, restricted, root_cert_volume, token_volume,
 };
 
-/// The label on every object weft control deploys for a Gateway.
-pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "weft-control");
+pub use crate::labels::MANAGED_BY;
 
 /// What the deployed proxies run and where they find the control plane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -391,7 +390,7 @@ fn resource(api_version: &str, kind: &str) -> ApiResource {
         version: version.to_owned(),
         api_version: api_version.to_owned(),
         kind: kind.to_owned(),
-        plural: crate::source::plural(kind),
+        plural: weft_core::names::plural(kind),
     }
 }
 

@@ -3,6 +3,9 @@
 /// Every object weft creates carries `app.kubernetes.io/part-of: weft`.
 pub const PART_OF: (&str, &str) = ("app.kubernetes.io/part-of", "weft");
 
+/// The label on every object weft control deploys for a Gateway.
+pub const MANAGED_BY: (&str, &str) = ("app.kubernetes.io/managed-by", "weft-control");
+
 /// Metadata of an object weft creates: its name, namespace and
 /// [`PART_OF`] label.
 pub fn metadata(name: &str, namespace: &str) -> kube::api::ObjectMeta {

@@ -139,7 +139,7 @@ impl Reflectors {
         let secrets = typed!(Secret, "Secret");
         let deployments = {
             let (store, writer) = reflector::store::<Deployment>();
-            let (key, value) = crate::deploy::MANAGED_BY;
+            let (key, value) = crate::labels::MANAGED_BY;
             tasks.push(reflect(
                 Api::<Deployment>::all(client.clone()),
                 watcher::Config::default().labels(&format!("{key}={value}")),
