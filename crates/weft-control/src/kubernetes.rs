@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use weft_kube::convert::{Settings, documents};
+use weft_kube::convert::{PodDocuments, Settings, documents_reusing};
 use weft_kube::deploy::Deployer;
 use weft_kube::isolate::{Isolating, Loaded};
 use weft_kube::source::Reflectors;
@@ -33,10 +33,12 @@ pub const INITIAL_SYNC: Duration = Duration::from_secs(10);
 
 /// How watch events are coalesced: shorter than a directory's quiet
 /// period (the API server sends whole objects, never half-written files),
-/// and still at most 1 s behind a steady stream (a rollout).
+/// still at most 1 s behind a steady stream (a rollout), and the first
+/// change after a quiet spell taken at once.
 pub const DEBOUNCE: Debounce = Debounce {
     quiet: Duration::from_millis(30),
     max_delay: Duration::from_secs(1),
+    idle_at_once: true,
 };
 
 /// Where the cluster is and how to read it.
@@ -170,11 +172,12 @@ fn load(
     source: &KubeSource,
     reflectors: &Reflectors,
     isolating: &mut Isolating,
+    pods: &mut PodDocuments,
 ) -> (Loaded, weft_kube::convert::Cluster) {
     let started = std::time::Instant::now();
     let cluster = reflectors.cluster();
     let copied = started.elapsed();
-    let mut docs = documents(&cluster, &source.settings);
+    let mut docs = documents_reusing(&cluster, &source.settings, pods);
     if let Some(dir) = &source.extra_dir {
         docs.extend(directory_documents(dir));
     }
@@ -279,7 +282,8 @@ pub async fn start(
         writer,
         deployer: (source.deploy.clone()).map(|s| Deployer::new(source.client.clone(), s)),
     };
-    let (loaded, cluster) = load(&source, &reflectors, &mut isolating);
+    let mut pods = PodDocuments::default();
+    let (loaded, cluster) = load(&source, &reflectors, &mut isolating, &mut pods);
     if was_leader {
         leader.write(&cluster, &loaded).await;
     }
@@ -330,7 +334,7 @@ pub async fn start(
         let _election = election;
         while debounce.next(&mut rx).await {
             let started = std::time::Instant::now();
-            let (loaded, cluster) = load(&source, &reflectors, &mut isolating);
+            let (loaded, cluster) = load(&source, &reflectors, &mut isolating, &mut pods);
             let loading = started.elapsed();
             let set_aside = problems(&loaded);
             let fresh = newly(&loaded, &before);

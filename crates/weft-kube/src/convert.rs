@@ -404,8 +404,43 @@ pub fn gateway_class(object: &Value) -> Option<(&str, &str, &str)> {
     ))
 }
 
+/// Pod documents of the previous conversion, each with a fingerprint of
+/// everything it was made from (the pod's, its namespace's and its
+/// node's `resourceVersion`s, the Services of its namespace, the Gateway
+/// it runs): reused while the fingerprint holds, so a change converts
+/// only the pods it touches. Objects without a uid or `resourceVersion`
+/// are always converted.
+#[derive(Debug, Default)]
+pub struct PodDocuments {
+    by_uid: std::collections::HashMap<String, (u64, Option<Document>)>,
+}
+
+/// A document: its path (`k8s/<group>/<Kind>/<ns>/<name>`) and text.
+pub type Document = (PathBuf, String);
+
+fn fingerprint(parts: &[&str]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    parts.hash(&mut h);
+    h.finish()
+}
+
+fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
+    meta.resource_version.as_deref().unwrap_or("")
+}
+
 /// Every document the cluster makes, in a stable order.
 pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String)> {
+    documents_reusing(cluster, settings, &mut PodDocuments::default())
+}
+
+/// As [`documents`], reusing the pod documents in `previous` that nothing
+/// changed, and leaving there this conversion's.
+pub fn documents_reusing(
+    cluster: &Cluster,
+    settings: &Settings,
+    previous: &mut PodDocuments,
+) -> Vec<(PathBuf, String)> {
     let ns_labels: BTreeMap<&str, BTreeMap<String, String>> = cluster
         .namespaces
         .iter()
@@ -450,8 +485,49 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
         let ns = svc.metadata.namespace.as_deref().unwrap_or("default");
         services_in.entry(ns).or_default().push(svc.clone());
     }
-    // Pods are most of a cluster: converted on every core.
-    let convert_pod = |pod: &Arc<Pod>| -> Option<(PathBuf, String)> {
+    // What a pod's document depends on beyond the pod itself.
+    let ns_versions: BTreeMap<&str, &str> = cluster
+        .namespaces
+        .iter()
+        .filter_map(|n| Some((n.metadata.name.as_deref()?, version(&n.metadata))))
+        .collect();
+    let services_version: BTreeMap<&str, String> = services_in
+        .iter()
+        .map(|(ns, list)| {
+            let parts: Vec<&str> = list
+                .iter()
+                .flat_map(|s| {
+                    [
+                        s.metadata.name.as_deref().unwrap_or(""),
+                        version(&s.metadata),
+                    ]
+                })
+                .collect();
+            (*ns, fingerprint(&parts).to_string())
+        })
+        .collect();
+    let convert_one = |pod: &Arc<Pod>,
+                       ns: &str,
+                       pod_labels: &BTreeMap<String, String>,
+                       runs: Option<Runs<'_>>,
+                       node: Option<&Node>|
+     -> Option<(PathBuf, String)> {
+        if runs.is_none() && !enrolled(labels_of(ns), pod_labels) {
+            return None;
+        }
+        let selection = selection(
+            pod,
+            ns,
+            pod_labels,
+            services_in.get(ns).map_or(&[][..], Vec::as_slice),
+        );
+        let we = workload_entry(pod, node, &selection, runs)?;
+        let name = we["metadata"]["name"].as_str().unwrap_or("");
+        Some((document_path("", "Pod", ns, name), we.to_string()))
+    };
+    // Pods are most of a cluster: converted on every core, each only when
+    // something it depends on changed.
+    let convert_pod = |pod: &Arc<Pod>| -> (Option<(String, u64)>, Option<Document>) {
         let ns = pod.metadata.namespace.as_deref().unwrap_or("default");
         let pod_labels = labels(&pod.metadata);
         let runs = pod_labels.get(GATEWAY_NAME_LABEL).and_then(|g| {
@@ -462,37 +538,53 @@ pub fn documents(cluster: &Cluster, settings: &Settings) -> Vec<(PathBuf, String
                 gateways.contains(&key).then_some(Runs::Gateway(g.as_str()))
             }
         });
-        if runs.is_none() && !enrolled(labels_of(ns), &pod_labels) {
-            return None;
+        let node_name = pod.spec.as_ref().and_then(|s| s.node_name.as_deref());
+        let node = node_name.and_then(|n| nodes.get(n).copied());
+        let key = pod
+            .metadata
+            .uid
+            .clone()
+            .filter(|_| pod.metadata.resource_version.is_some())
+            .map(|uid| {
+                let runs = format!("{runs:?}");
+                let print = fingerprint(&[
+                    version(&pod.metadata),
+                    ns_versions.get(ns).copied().unwrap_or(""),
+                    node.map_or("", |n| version(&n.metadata)),
+                    services_version.get(ns).map_or("", String::as_str),
+                    &runs,
+                ]);
+                (uid, print)
+            });
+        if let Some((uid, print)) = &key
+            && let Some((was, doc)) = previous.by_uid.get(uid)
+            && was == print
+        {
+            return (key, doc.clone());
         }
-        let selection = selection(
-            pod,
-            ns,
-            &pod_labels,
-            services_in.get(ns).map_or(&[][..], Vec::as_slice),
-        );
-        let node = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.node_name.as_deref())
-            .and_then(|n| nodes.get(n).copied());
-        let we = workload_entry(pod, node, &selection, runs)?;
-        let name = we["metadata"]["name"].as_str().unwrap_or("");
-        Some((document_path("", "Pod", ns, name), we.to_string()))
+        (key, convert_one(pod, ns, &pod_labels, runs, node))
     };
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let chunk = cluster.pods.len().div_ceil(workers).max(1);
-    let pod_docs: Vec<(PathBuf, String)> = std::thread::scope(|scope| {
+    let converted: Vec<_> = std::thread::scope(|scope| {
         let parts: Vec<_> = cluster
             .pods
             .chunks(chunk)
-            .map(|part| scope.spawn(|| part.iter().filter_map(&convert_pod).collect::<Vec<_>>()))
+            .map(|part| scope.spawn(|| part.iter().map(&convert_pod).collect::<Vec<_>>()))
             .collect();
         parts
             .into_iter()
             .flat_map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
             .collect()
     });
+    let mut pod_docs = Vec::with_capacity(converted.len());
+    previous.by_uid.clear();
+    for (key, doc) in converted {
+        if let Some((uid, print)) = key {
+            previous.by_uid.insert(uid, (print, doc.clone()));
+        }
+        pod_docs.extend(doc);
+    }
     for r in &cluster.resources {
         let api_version = r["apiVersion"].as_str().unwrap_or("");
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 use weft_core::model::{NamespacedName, Protocol, WorkloadAddress};
-use weft_kube::convert::{Cluster, Settings, documents};
+use weft_kube::convert::{Cluster, PodDocuments, Settings, documents, documents_reusing};
 use weft_kube::isolate::Isolating;
 
 fn typed<T: serde::de::DeserializeOwned>(v: Value) -> std::sync::Arc<T> {
@@ -188,6 +188,85 @@ fn gateway_pods_run_their_gateway_by_class() {
         !snap
             .workloads
             .contains_key(&name("legacy", "someone-elses"))
+    );
+}
+
+/// Reused pod documents are exactly what a fresh conversion makes: after
+/// nothing changed, after a namespace leaves the mesh, after a Service
+/// stops selecting, after a pod changes — each change a new
+/// `resourceVersion`, as the API server writes them.
+#[test]
+fn reused_pod_documents_follow_what_they_depend_on() {
+    let versioned = |mut v: Value, rv: &str| {
+        let name = v["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        v["metadata"]["uid"] = json!(format!("uid-{name}"));
+        v["metadata"]["resourceVersion"] = json!(rv);
+        v
+    };
+    let mut c = cluster();
+    c.namespaces = vec![
+        typed(versioned(namespace("shop", Some("ambient")), "1")),
+        typed(versioned(namespace("legacy", None), "1")),
+    ];
+    c.services = vec![typed(versioned(
+        service("shop", "reviews", "10.96.0.10"),
+        "1",
+    ))];
+    c.pods = vec![
+        typed(versioned(
+            pod("shop", "reviews-1", "reviews", "10.1.0.1", "node-1", true),
+            "1",
+        )),
+        typed(versioned(
+            pod("shop", "client", "client", "10.1.0.5", "node-1", true),
+            "1",
+        )),
+    ];
+    let mut cache = PodDocuments::default();
+    let settings = Settings::default();
+    let mut check = |c: &Cluster, what: &str| {
+        assert_eq!(
+            documents_reusing(c, &settings, &mut cache),
+            documents(c, &settings),
+            "{what}"
+        );
+    };
+    check(&c, "first");
+    check(&c, "nothing changed");
+    // The Service now selects nothing: reviews-1 only makes calls.
+    let mut s = service("shop", "reviews", "10.96.0.10");
+    s["spec"]["selector"] = json!({"app": "nobody"});
+    c.services = vec![typed(versioned(s, "2"))];
+    check(&c, "service selector changed");
+    // A pod's IP changes.
+    c.pods[0] = typed(versioned(
+        pod("shop", "reviews-1", "reviews", "10.1.0.9", "node-1", true),
+        "2",
+    ));
+    check(&c, "pod changed");
+    // Reuse is real: a pod rewritten under the same resourceVersion (which
+    // the API server never does) keeps its previous document.
+    c.pods[0] = typed(versioned(
+        pod("shop", "reviews-1", "reviews", "10.1.0.77", "node-1", true),
+        "2",
+    ));
+    let reused = documents_reusing(&c, &settings, &mut cache);
+    assert!(reused.iter().any(|(_, d)| d.contains("10.1.0.9")));
+    assert!(!reused.iter().any(|(_, d)| d.contains("10.1.0.77")));
+    let mut check = |c: &Cluster, what: &str| {
+        assert_eq!(
+            documents_reusing(c, &settings, &mut cache),
+            documents(c, &settings),
+            "{what}"
+        );
+    };
+    // The namespace leaves the mesh.
+    c.namespaces[0] = typed(versioned(namespace("shop", None), "2"));
+    check(&c, "namespace unenrolled");
+    assert!(
+        !documents(&c, &settings)
+            .iter()
+            .any(|(p, _)| p.to_string_lossy().contains("/Pod/"))
     );
 }
 
