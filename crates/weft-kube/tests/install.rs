@@ -2,13 +2,15 @@
 //! passes `kubernetes-validate --strict` (PyPI) against the Kubernetes
 //! schemas, the CRDs' own schemas accept the `weft.dev` examples in the
 //! docs and examples and refuse a malformed one, and the fake API server
-//! takes every object (create, through kube-rs).
+//! takes every object (create, through kube-rs). What weft control
+//! deploys for Gateways is checked with them.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use kube::api::{Api, DynamicObject, PostParams};
 use kube::discovery::ApiResource;
+use serde_json::json;
 use weft_kube::install::{Install, render};
 use weft_kube_fake::FakeApiServer;
 
@@ -26,10 +28,29 @@ fn manifests() -> (Vec<serde_json::Value>, Vec<serde_json::Value>) {
         node_agent: true,
         ..Default::default()
     };
-    (
-        install.crds().expect("crds"),
-        install.objects().expect("objects"),
-    )
+    let mut objects = install.objects().expect("objects");
+    // What weft control deploys for Gateways is checked with them.
+    let settings = weft_kube::deploy::ProxySettings {
+        image: install.image.clone(),
+        control: "weft-control-blue.mesh-system.svc:15012".into(),
+        trust_domain: "cluster.local".into(),
+    };
+    for (class, listener) in [
+        (
+            "istio-waypoint",
+            json!({"name": "mesh", "port": 15008, "protocol": "HBONE"}),
+        ),
+        (
+            "weft",
+            json!({"name": "http", "port": 80, "protocol": "HTTP"}),
+        ),
+    ] {
+        let gateway = json!({"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"namespace": "shop", "name": format!("gw-{class}"), "uid": "6f1c0f1e-0000-4000-8000-000000000001"},
+            "spec": {"gatewayClassName": class, "listeners": [listener]}});
+        objects.extend(weft_kube::deploy::objects(&gateway, &settings).expect("deployed"));
+    }
+    (install.crds().expect("crds"), objects)
 }
 
 /// Whether a tool is here; in CI it must be.
