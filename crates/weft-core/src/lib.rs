@@ -10,6 +10,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod attach;
 pub mod duration;
 pub mod identity;
 pub mod l7;

@@ -88,6 +88,15 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Installed in the CNI bin directory as `weft-cni`, it is the CNI
+    // plugin (which speaks through its environment and stdin).
+    let invoked_as = std::env::args_os()
+        .next()
+        .map(std::path::PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
+    if invoked_as.as_deref() == Some("weft-cni") {
+        return ExitCode::from(u8::try_from(weft_cni::main()).unwrap_or(1));
+    }
     let cli = Cli::parse();
     // `weft up` keeps its console for the summary: it logs to files.
     if !matches!(cli.command, Command::Up(_)) {

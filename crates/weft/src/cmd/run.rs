@@ -189,28 +189,6 @@ fn sh(program: &str, args: &[&str], stdin: Option<&str>) -> Result<(), String> {
     }
 }
 
-/// The nftables rules inside a workload's namespace.
-pub(crate) fn rules(ip: IpAddr) -> String {
-    let family = if ip.is_ipv4() { "ip" } else { "ip6" };
-    let loopback = if ip.is_ipv4() { "127.0.0.0/8" } else { "::1" };
-    format!(
-        "table {family} weft {{
-  chain prerouting {{
-    type nat hook prerouting priority dstnat; policy accept;
-    iifname \"eth0\" tcp dport 15008 accept
-    iifname \"eth0\" meta l4proto tcp redirect to :15006
-  }}
-  chain output {{
-    type nat hook output priority -100; policy accept;
-    oifname \"lo\" accept
-    {family} daddr {{ {loopback}, {ip} }} accept
-    meta l4proto tcp redirect to :15001
-  }}
-}}
-"
-    )
-}
-
 impl Plumbing {
     fn create(netns: &str, ip: IpAddr) -> Result<Plumbing, String> {
         if std::path::Path::new("/run/netns").join(netns).exists() {
@@ -257,7 +235,7 @@ impl Plumbing {
         sh(
             "ip",
             &["netns", "exec", netns, "nft", "-f", "-"],
-            Some(&rules(ip)),
+            Some(&weft_cni::rules::text(ip, "eth0")),
         )?;
         Ok(plumbing)
     }
@@ -282,18 +260,6 @@ fn fnv(s: &str) -> u32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rules_skip_hbone_and_local_traffic_and_redirect_the_rest() {
-        let r = rules("10.0.0.5".parse().expect("ip"));
-        assert!(r.contains("tcp dport 15008 accept"), "{r}");
-        assert!(
-            r.contains("ip daddr { 127.0.0.0/8, 10.0.0.5 } accept"),
-            "{r}"
-        );
-        assert!(r.contains("redirect to :15001"), "{r}");
-        assert!(r.contains("redirect to :15006"), "{r}");
-    }
 
     #[test]
     fn host_interface_names_fit_the_kernel_limit() {

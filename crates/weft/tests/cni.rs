@@ -1,0 +1,365 @@
+//! The CNI plugin in the chain a container runtime runs (root only): the
+//! `weft` binary installed as `weft-cni` beside Debian's reference
+//! plugins, after `bridge` + `host-local`, invoked exactly as the CRI
+//! does (`CNI_COMMAND`, `CNI_CONTAINERID`, `CNI_NETNS`, `CNI_IFNAME`,
+//! `CNI_ARGS` with the pod, `CNI_PATH`, each plugin's configuration with
+//! the previous result on stdin) on network namespaces the test creates.
+//! The node agent's side is played by a socket server here that records
+//! what it is asked and answers by namespace, and checks at the moment it
+//! answers that no redirect rule exists yet.
+//!
+//! What must hold: a captured pod gets its redirect rules only after the
+//! agent answered, and the bridge's result is passed on unchanged; a pod
+//! the agent does not capture, and one of an excluded namespace (never
+//! asked), are untouched; `CHECK` passes; `DEL` tells the agent and
+//! removes the rules; with no agent, `ADD` fails "try again later" naming
+//! the pod, and no rules are written.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixListener;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+
+use serde_json::{Value, json};
+use weft_core::attach::{PodReply, PodRequest};
+
+fn skip_reason() -> Option<String> {
+    let uid = Command::new("id").arg("-u").output().ok()?;
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        return Some("not root (network namespaces and nftables need root)".into());
+    }
+    for tool in ["ip", "nft", "nsenter"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    if !Path::new("/usr/lib/cni/bridge").exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "containernetworking-plugins missing (.ci/run installs it)"
+        );
+        return Some("containernetworking-plugins is not installed".into());
+    }
+    None
+}
+
+fn sh(args: &[&str]) -> bool {
+    Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// The nftables table `ip weft` inside `netns`, if any.
+fn table(netns: &str) -> Option<String> {
+    let out = Command::new("nsenter")
+        .arg(format!("--net={netns}"))
+        .args(["nft", "list", "table", "ip", "weft"])
+        .output()
+        .ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// The agent's stand-in: answers each request by the pod's namespace
+/// (`shop` is captured), recording it and whether rules already existed
+/// when it answered.
+struct Agent {
+    asked: Arc<Mutex<Vec<(PodRequest, bool)>>>,
+}
+
+impl Agent {
+    fn start(socket: &Path) -> Agent {
+        let listener = UnixListener::bind(socket).expect("bind the agent socket");
+        let asked: Arc<Mutex<Vec<(PodRequest, bool)>>> = Arc::default();
+        let record = asked.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut line = String::new();
+                if BufReader::new(&stream).read_line(&mut line).is_err() {
+                    continue;
+                }
+                let Ok(request) = serde_json::from_str::<PodRequest>(&line) else {
+                    continue;
+                };
+                let (captured, rules_before) = match &request {
+                    PodRequest::Capture { pod, netns, .. } => {
+                        (pod.namespace == "shop", table(netns).is_some())
+                    }
+                    PodRequest::Check { pod } => (pod.namespace == "shop", false),
+                    PodRequest::Release { .. } => (false, false),
+                };
+                record.lock().expect("record").push((request, rules_before));
+                let reply = PodReply {
+                    captured,
+                    ..PodReply::default()
+                };
+                let _ = writeln!(stream, "{}", serde_json::to_string(&reply).expect("reply"));
+            }
+        });
+        Agent { asked }
+    }
+
+    fn requests(&self) -> Vec<(PodRequest, bool)> {
+        self.asked.lock().expect("requests").clone()
+    }
+}
+
+/// The plugins and their chain, in a temporary directory.
+struct Chain {
+    dir: tempfile::TempDir,
+    bin: PathBuf,
+    conflist: Value,
+    bridge: String,
+}
+
+impl Chain {
+    fn new() -> Chain {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let bin = dir.path().join("bin");
+        std::fs::create_dir(&bin).expect("bin dir");
+        for plugin in ["bridge", "host-local", "loopback"] {
+            std::os::unix::fs::symlink(Path::new("/usr/lib/cni").join(plugin), bin.join(plugin))
+                .expect("link plugin");
+        }
+        std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_weft"), bin.join("weft-cni"))
+            .expect("link weft-cni");
+        let bridge = format!("wcni{}", std::process::id() % 100_000);
+        let conflist = json!({
+        "cniVersion": "1.0.0",
+        "name": "weft-test",
+        "plugins": [
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.251.7.0/24"}]],
+                      "dataDir": dir.path().join("ipam")}},
+            {"type": "weft-cni", "attachSocket": dir.path().join("agent.sock"),
+             "logFile": dir.path().join("cni.log")},
+        ]});
+        Chain {
+            dir,
+            bin,
+            conflist,
+            bridge,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// One plugin, as the runtime runs it: its output, or its error JSON.
+    fn plugin(
+        &self,
+        plugin: &Value,
+        command: &str,
+        netns: &str,
+        pod: &str,
+        prev: Option<&Value>,
+    ) -> Result<Value, Value> {
+        let mut conf = plugin.clone();
+        conf["cniVersion"] = self.conflist["cniVersion"].clone();
+        conf["name"] = self.conflist["name"].clone();
+        if let Some(prev) = prev {
+            conf["prevResult"] = prev.clone();
+        }
+        let kind = plugin["type"].as_str().expect("type");
+        let mut child = Command::new(self.bin.join(kind))
+            .env_clear()
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id(pod))
+            .env("CNI_NETNS", netns)
+            .env("CNI_IFNAME", "eth0")
+            .env("CNI_ARGS", format!("IgnoreUnknown=1;{pod}"))
+            .env("CNI_PATH", &self.bin)
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run plugin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(conf.to_string().as_bytes())
+            .expect("write conf");
+        let out = child.wait_with_output().expect("plugin output");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let value = if text.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{kind}: {e}: {text}"))
+        };
+        if out.status.success() {
+            Ok(value)
+        } else {
+            Err(value)
+        }
+    }
+
+    /// `ADD` through the chain; the last result.
+    fn add(&self, netns: &str, pod: &str) -> Result<Value, Value> {
+        let mut prev: Option<Value> = None;
+        for plugin in self.conflist["plugins"].as_array().expect("plugins") {
+            prev = Some(self.plugin(plugin, "ADD", netns, pod, prev.as_ref())?);
+        }
+        Ok(prev.unwrap_or(Value::Null))
+    }
+
+    /// `DEL` or `CHECK` through the chain, in reverse, with the cached
+    /// result.
+    fn after(&self, command: &str, netns: &str, pod: &str, result: &Value) -> Result<(), Value> {
+        let plugins = self.conflist["plugins"].as_array().expect("plugins");
+        for plugin in plugins.iter().rev() {
+            self.plugin(plugin, command, netns, pod, Some(result))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Chain {
+    fn drop(&mut self) {
+        sh(&["ip", "link", "del", &self.bridge]);
+    }
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: &str) -> Netns {
+        let name = format!("{name}-{}", std::process::id());
+        assert!(sh(&["ip", "netns", "add", &name]), "ip netns add {name}");
+        Netns(name)
+    }
+
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        sh(&["ip", "netns", "del", &self.0]);
+    }
+}
+
+/// A container id for a pod's `CNI_ARGS` (letters, digits, dashes).
+fn container_id(pod_args: &str) -> String {
+    let id: String = pod_args
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+        .collect();
+    format!("c-{id}")
+}
+
+fn pod(ns: &str, name: &str) -> String {
+    format!("K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID=uid-{name}")
+}
+
+#[test]
+fn the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest() {
+    if let Some(reason) = skip_reason() {
+        println!("SKIPPED the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest: {reason}");
+        return;
+    }
+    let chain = Chain::new();
+    let agent = Agent::start(&chain.socket());
+    let (a, b, c) = (
+        Netns::new("wcni-a"),
+        Netns::new("wcni-b"),
+        Netns::new("wcni-c"),
+    );
+
+    // A captured pod: rules after the agent's answer, the result passed on.
+    let result = chain.add(&a.path(), &pod("shop", "a")).expect("ADD shop/a");
+    let address = result["ips"][0]["address"].as_str().expect("an address");
+    assert!(address.starts_with("10.251.7."), "{result}");
+    let ip = address.split('/').next().expect("ip");
+    let rules = table(&a.path()).expect("rules in shop/a");
+    assert!(
+        rules.contains("redirect to :15001") && rules.contains(ip),
+        "{rules}"
+    );
+    let asked = agent.requests();
+    match asked.as_slice() {
+        [
+            (
+                PodRequest::Capture {
+                    pod,
+                    netns,
+                    ip: Some(seen),
+                    interface,
+                },
+                rules_before,
+            ),
+        ] => {
+            assert_eq!((pod.name.as_str(), pod.uid.as_str()), ("a", "uid-a"));
+            assert_eq!(
+                (netns.as_str(), interface.as_str()),
+                (a.path().as_str(), "eth0")
+            );
+            assert_eq!(seen.to_string(), ip);
+            assert!(!rules_before, "no rule before the agent answered");
+        }
+        other => panic!("{other:?}"),
+    }
+    chain
+        .after("CHECK", &a.path(), &pod("shop", "a"), &result)
+        .expect("CHECK shop/a");
+
+    // Not captured: untouched. Excluded namespace: the agent is not asked.
+    let b_result = chain
+        .add(&b.path(), &pod("legacy", "b"))
+        .expect("ADD legacy/b");
+    assert!(table(&b.path()).is_none(), "legacy/b is untouched");
+    let c_result = chain
+        .add(&c.path(), &pod("kube-system", "dns"))
+        .expect("ADD kube-system/dns");
+    assert!(table(&c.path()).is_none());
+    assert_eq!(agent.requests().len(), 3, "capture a, check a, capture b");
+
+    // DEL: the agent is told, the rules go.
+    chain
+        .after("DEL", &a.path(), &pod("shop", "a"), &result)
+        .expect("DEL shop/a");
+    assert!(table(&a.path()).is_none(), "rules removed");
+    assert!(matches!(
+        agent.requests().last(),
+        Some((PodRequest::Release { pod }, _)) if pod.name == "a"
+    ));
+    let log = std::fs::read_to_string(chain.dir.path().join("cni.log")).expect("log");
+    assert!(
+        log.contains("Add pod shop/a") && log.contains("Del pod shop/a"),
+        "{log}"
+    );
+
+    // No agent: try again later, naming the pod; no rules.
+    std::fs::remove_file(chain.socket()).expect("agent gone");
+    let refused = chain
+        .add(&a.path(), &pod("shop", "a2"))
+        .expect_err("no agent, no pod");
+    assert_eq!(refused["code"], 11, "{refused}");
+    assert!(
+        refused["msg"]
+            .as_str()
+            .is_some_and(|m| m.contains("pod shop/a2")),
+        "{refused}"
+    );
+    assert!(table(&a.path()).is_none());
+
+    for (netns, p, r) in [
+        (&b, pod("legacy", "b"), &b_result),
+        (&c, pod("kube-system", "dns"), &c_result),
+    ] {
+        let _ = chain.after("DEL", &netns.path(), &p, r);
+    }
+}
