@@ -319,8 +319,8 @@ fn workload(
     })
 }
 
-/// The workloads behind a ServiceEntry: selected WorkloadEntries, or its
-/// inline endpoints (added to the snapshot as workloads named `<se>[i]`).
+/// The workloads behind a ServiceEntry: selected WorkloadEntries (not
+/// those annotated `weft.dev/not-ready: "true"`), or its inline endpoints (added to the snapshot as workloads named `<se>[i]`).
 fn endpoints(
     se: &Resource<ServiceEntrySpec>,
     same_namespace: &[&Resource<WorkloadEntrySpec>],
@@ -333,6 +333,11 @@ fn endpoints(
             same_namespace
                 .iter()
                 .filter(|we| selector.matches(&we.spec.labels))
+                .filter(|we| {
+                    we.annotations
+                        .get(weft_core::model::NOT_READY_ANNOTATION)
+                        .is_none_or(|v| v != "true")
+                })
                 .map(|we| we.name.clone()),
         );
     }

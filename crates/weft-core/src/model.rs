@@ -30,6 +30,11 @@ pub const OUTBOUND_ANNOTATION: &str = "weft.dev/outbound";
 /// error for no service to select it.
 pub const CLIENT_ONLY_ANNOTATION: &str = "weft.dev/client-only";
 
+/// Annotation marking a workload that is not ready (a Kubernetes pod
+/// whose readiness fails): known to the mesh — it may call out and
+/// obtain its certificate — but no service's endpoint until it is.
+pub const NOT_READY_ANNOTATION: &str = "weft.dev/not-ready";
+
 /// Label on a workload marking it as a waypoint (weft's file-mode stand-in
 /// for Istio's `istio-waypoint` Gateway): it runs `weft waypoint`, receives
 /// HBONE itself, and its node proxy leaves it alone.

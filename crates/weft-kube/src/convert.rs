@@ -2,9 +2,9 @@
 //! reads, as pure functions. A `Service` becomes a `ServiceEntry` (its
 //! cluster IPs as VIPs, `<name>.<namespace>.svc.<cluster domain>` as host,
 //! ports with Istio's protocol detection, its selector as the workload
-//! selector); a running, ready, enrolled `Pod` becomes a `WorkloadEntry`
-//! (its IP, labels, service account, node, and the locality of its
-//! `Node`). Istio's CRDs (and Gateway API's, weft's) are read as they are.
+//! selector); a running, enrolled `Pod` with an IP becomes a
+//! `WorkloadEntry` (its IP, labels, service account, node, and the
+//! locality of its `Node`), a service endpoint only while it is ready. Istio's CRDs (and Gateway API's, weft's) are read as they are.
 //! Every object becomes one document, named `k8s/<group>/<Kind>/<ns>/<name>`,
 //! so a problem points at the object and one bad object can be set aside
 //! without the rest.
@@ -29,7 +29,8 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde_json::{Value, json};
 use weft_config::kinds::gateway::{CLASSES, WAYPOINT_CLASSES};
 use weft_core::model::{
-    CLIENT_ONLY_ANNOTATION, GATEWAY_LABEL, NODE_LABEL, USE_WAYPOINT_LABEL, WAYPOINT_LABEL,
+    CLIENT_ONLY_ANNOTATION, GATEWAY_LABEL, NODE_LABEL, NOT_READY_ANNOTATION, USE_WAYPOINT_LABEL,
+    WAYPOINT_LABEL,
 };
 
 /// The label that enrolls a namespace or pod (Istio's).
@@ -341,8 +342,9 @@ impl<'a> Runs<'a> {
     }
 }
 
-/// A pod → a `WorkloadEntry` document, when it is in the mesh and ready
-/// (a waypoint's or gateway's: running).
+/// A pod → a `WorkloadEntry` document, when it is in the mesh and runs
+/// with an address; one that is not ready (and no waypoint or gateway)
+/// only makes calls until it is.
 /// `runs`: the waypoint or gateway (Gateway) it runs, if it runs one: the
 /// workload then takes the Gateway's name.
 pub fn workload_entry(
@@ -351,11 +353,15 @@ pub fn workload_entry(
     selection: &Selection,
     runs: Option<Runs<'_>>,
 ) -> Option<Value> {
-    // A waypoint or gateway becomes ready only once it has read its own
-    // workload: it is known as soon as it runs.
-    if !(ready(pod) || runs.is_some() && running(pod)) {
+    // A pod is known from the moment it runs with an address (its node
+    // agent may then obtain its certificate; its first calls need one),
+    // and serves — is a service endpoint — only once ready, as
+    // Kubernetes' endpoints go. A waypoint or gateway becomes ready only
+    // once it has read its own workload, so it serves as soon as it runs.
+    if !running(pod) {
         return None;
     }
+    let serving = ready(pod) || runs.is_some();
     let spec = pod.spec.as_ref()?;
     let status = pod.status.as_ref()?;
     let name = runs.map(Runs::name).or(pod.metadata.name.as_deref())?;
@@ -384,7 +390,10 @@ pub fn workload_entry(
         entry["spec"]["ports"] = json!(selection.ports);
     }
     if !selection.selected && runs.is_none() {
-        entry["metadata"]["annotations"] = json!({CLIENT_ONLY_ANNOTATION: "true"});
+        entry["metadata"]["annotations"][CLIENT_ONLY_ANNOTATION] = json!("true");
+    }
+    if !serving {
+        entry["metadata"]["annotations"][NOT_READY_ANNOTATION] = json!("true");
     }
     Some(entry)
 }

@@ -122,8 +122,14 @@ fn services_and_ready_enrolled_pods_become_the_registry() {
         .find(|p| p.number == 9090)
         .expect("api port");
     assert_eq!(reviews.target_port(api, r1), 19090);
-    // Not ready, or not enrolled: not in the mesh.
-    assert!(!snap.workloads.contains_key(&name("shop", "reviews-3")));
+    // Not enrolled: not in the mesh.
+    // Running but not ready: known (it may call out), no endpoint.
+    assert!(snap.workloads.contains_key(&name("shop", "reviews-3")));
+    assert!(
+        !reviews.endpoints.contains(&name("shop", "reviews-3")),
+        "{:?}",
+        reviews.endpoints
+    );
     assert!(!snap.workloads.contains_key(&name("legacy", "old-1")));
     // A pod no Service selects only calls.
     assert!(snap.workloads[&name("shop", "client")].client_only);
