@@ -194,7 +194,7 @@ fn add(env: &spec::Env, conf: &NetConf, host: &dyn Host) -> Result<Option<String
             .detailed(why)
         })?;
     if let Some(error) = reply.error {
-        return Err(CniError::new(spec::REFUSED, format!("{pod}: {error}")));
+        return Err(CniError::new(spec::REFUSED, naming(pod, error)));
     }
     if !reply.captured {
         return Ok(Some(spec::result(conf)));
@@ -214,6 +214,15 @@ fn add(env: &spec::Env, conf: &NetConf, host: &dyn Host) -> Result<Option<String
         return Err(CniError::new(spec::IO_FAILURE, format!("{pod}: {why}")));
     }
     Ok(Some(spec::result(conf)))
+}
+
+/// The agent's message, with the pod named once.
+fn naming(pod: &weft_core::attach::PodRef, message: String) -> String {
+    if message.contains(&pod.to_string()) {
+        message
+    } else {
+        format!("{pod}: {message}")
+    }
 }
 
 /// Tells the agent a pod is gone (best effort: an agent that is down
@@ -261,7 +270,7 @@ fn check(env: &spec::Env, conf: &NetConf, host: &dyn Host) -> Result<(), CniErro
             .detailed(why)
         })?;
     if let Some(error) = reply.error {
-        return Err(CniError::new(spec::REFUSED, format!("{pod}: {error}")));
+        return Err(CniError::new(spec::REFUSED, naming(pod, error)));
     }
     if !reply.captured {
         return Ok(());

@@ -26,6 +26,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{Namespace, Node, Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+
+pub use crate::pod_documents::{Document, PodDocuments};
+use crate::pod_documents::{fingerprint, version};
 use serde_json::{Value, json};
 use weft_config::kinds::gateway::{CLASSES, WAYPOINT_CLASSES};
 use weft_core::model::{
@@ -124,7 +127,7 @@ pub fn protocol(port: &ServicePort) -> &'static str {
     port.name.as_deref().and_then(by_name).unwrap_or("TCP")
 }
 
-fn labels(
+pub(crate) fn labels(
     meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
 ) -> BTreeMap<String, String> {
     meta.labels.clone().unwrap_or_default()
@@ -411,31 +414,6 @@ pub fn gateway_class(object: &Value) -> Option<(&str, &str, &str)> {
         object["metadata"]["name"].as_str()?,
         object["spec"]["gatewayClassName"].as_str()?,
     ))
-}
-
-/// Pod documents of the previous conversion, each with a fingerprint of
-/// everything it was made from (the pod's, its namespace's and its
-/// node's `resourceVersion`s, the Services of its namespace, the Gateway
-/// it runs): reused while the fingerprint holds, so a change converts
-/// only the pods it touches. Objects without a uid or `resourceVersion`
-/// are always converted.
-#[derive(Debug, Default)]
-pub struct PodDocuments {
-    by_uid: std::collections::HashMap<String, (u64, Option<Document>)>,
-}
-
-/// A document: its path (`k8s/<group>/<Kind>/<ns>/<name>`) and text.
-pub type Document = (PathBuf, String);
-
-fn fingerprint(parts: &[&str]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    parts.hash(&mut h);
-    h.finish()
-}
-
-fn version(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> &str {
-    meta.resource_version.as_deref().unwrap_or("")
 }
 
 /// Every document the cluster makes, in a stable order.

@@ -18,12 +18,14 @@
 #![forbid(unsafe_code)]
 
 pub mod ca_secret;
+pub mod capture;
 pub mod convert;
 pub mod deploy;
 pub mod install;
 pub mod isolate;
 pub mod labels;
 pub mod leader;
+mod pod_documents;
 mod pods;
 pub mod roots;
 pub mod source;

@@ -7,7 +7,9 @@
 //!
 //! Protocol: one JSON object per line. Requests are
 //! `{"op":"resolve"|"attach","netns":"<name or path>","workload":"<ns/name>"?}`;
-//! each gets one [`Reply`]. The socket is created mode 0600: only root
+//! each gets one [`Reply`]. The CNI plugin's requests about pods
+//! (`capture`, `release`, `check`: `weft_core::attach`) are answered by
+//! [`crate::pods`]. The socket is created mode 0600: only root
 //! (who can create namespaces anyway) may attach.
 
 use std::net::IpAddr;
@@ -129,6 +131,14 @@ async fn handle(stream: UnixStream, shared: Arc<Shared>) {
         tokio::time::timeout(REQUEST_TIMEOUT, reader.read_line(&mut line)).await,
         Ok(Ok(_))
     ) {
+        return;
+    }
+    // A pod from the CNI plugin: answered, not held.
+    if let Ok(request) = serde_json::from_str::<weft_core::attach::PodRequest>(&line) {
+        let reply = crate::pods::answer(&shared, request).await;
+        let mut out = serde_json::to_string(&reply).unwrap_or_default();
+        out.push('\n');
+        let _ = write.write_all(out.as_bytes()).await;
         return;
     }
     let (reply, attached) = match serde_json::from_str::<Request>(&line) {

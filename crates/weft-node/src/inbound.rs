@@ -191,6 +191,15 @@ impl InboundHandler for InboundFor {
             self.open.clone(),
         );
         Box::pin(async move {
+            // The registry's current view of the workload (a pod captured
+            // before the registry had it was listened for from what its
+            // CNI plugin said).
+            let workload = view
+                .load()
+                .workloads
+                .get(&workload.uid)
+                .cloned()
+                .unwrap_or(workload);
             if let Err(why) = crate::route::check_target(&workload, request.target) {
                 return Err(Refusal::BadRequest(why));
             }
@@ -208,11 +217,7 @@ impl InboundHandler for InboundFor {
             // policies in force now.
             let decision = {
                 let view = view.load();
-                let current = view
-                    .workloads
-                    .get(&workload.uid)
-                    .cloned()
-                    .unwrap_or_else(|| workload.clone());
+                let current = workload.clone();
                 let conn = crate::authz::Conn {
                     source: Some(&request.peer),
                     source_ip: request.peer_addr.ip(),

@@ -39,6 +39,8 @@ mod inbound;
 mod listeners;
 pub mod netns;
 mod outbound;
+mod pod_policy;
+pub mod pods;
 pub mod proxy;
 pub mod revocable;
 pub mod route;
@@ -50,6 +52,6 @@ pub mod waypoint_guard;
 
 pub use listeners::{CAPTURE_PORT, PLAINTEXT_PORT};
 pub use outbound::{ATTEMPTS, HALF_CLOSE_GRACE};
-pub use proxy::{NodeError, NodeOptions, NodeProxy, start};
+pub use proxy::{NodeError, NodeOptions, NodeProxy, start, start_with_pods};
 pub use shared::FAILED_ENDPOINT_BACKOFF;
 pub use socks5::SOCKS_PORT;

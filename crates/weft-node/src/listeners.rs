@@ -38,7 +38,13 @@ pub(crate) async fn reconcile_listeners(
     // others on the node's own (local mode).
     let captured = lock(&shared.captured).clone();
     let mut wanted: HashMap<String, Listening> = HashMap::new();
-    for w in view.local(&shared.node) {
+    // Pods captured before the registry has them, then the registry's.
+    let provisional: Vec<Arc<WorkloadInfo>> = lock(&shared.provisional)
+        .values()
+        .filter(|w| !view.workloads.contains_key(&w.uid))
+        .cloned()
+        .collect();
+    for w in provisional.iter().chain(view.local(&shared.node)) {
         let ns = captured.get(&w.uid).cloned();
         let key = |kind| listener_key(kind, w, ns.as_deref());
         wanted.insert(key("inbound"), Listening::Inbound(w.clone(), ns.clone()));
@@ -117,19 +123,18 @@ impl Listening {
         };
         match self {
             Listening::Inbound(w, ns) => {
-                shared
-                    .certs
-                    .fetch(&w.identity)
-                    .await
-                    .map_err(|e| ListenError::Failed(e.to_string()))?;
+                // Bound first: tunnels that arrive before the certificate
+                // wait in the backlog (a pod just captured gets its
+                // certificate once the registry has it).
+                let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
+                let listener = bind(addr, ns.as_deref()).await?;
+                ready(&shared);
+                fetch_until_issued(&shared, &w).await;
                 let tls = server_config(
                     shared.certs.source(&w.identity),
                     SpiffeClientVerifier::new(shared.bundle.clone(), &shared.trust_domain),
                 )
                 .map_err(|e| ListenError::Failed(e.to_string()))?;
-                let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
-                let listener = bind(addr, ns.as_deref()).await?;
-                ready(&shared);
                 tracing::info!(workload = %w.name, %addr, identity = %w.identity, netns = ?ns, "inbound HBONE listener ready");
                 let handler = Arc::new(InboundFor {
                     workload: w.clone(),
@@ -186,7 +191,11 @@ impl Listening {
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, netns = %ns.path().display(), "captured outbound listener ready");
                 accept_forever(listener, addr, |client, peer| {
-                    let (shared, w) = (shared.clone(), w.clone());
+                    // The registry's current view of it (a pod captured
+                    // before the registry had it is served as it is now).
+                    let w = (shared.view.load().workloads.get(&w.uid).cloned())
+                        .unwrap_or_else(|| w.clone());
+                    let shared = shared.clone();
                     tokio::spawn(async move {
                         match crate::netns::original_destination(&client) {
                             Ok(dst) => {
@@ -210,6 +219,22 @@ impl Listening {
                     tokio::spawn(plaintext_inbound(shared, uid, ns, client, peer));
                 })
                 .await
+            }
+        }
+    }
+}
+
+/// Obtains `w`'s certificate, trying again (1 s, doubling to 30 s) until
+/// the certificate service issues it.
+async fn fetch_until_issued(shared: &Shared, w: &WorkloadInfo) {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match shared.certs.fetch(&w.identity).await {
+            Ok(_) => return,
+            Err(e) => {
+                tracing::info!(workload = %w.name, identity = %w.identity, error = %e, retry_in = ?delay, "no certificate yet; inbound tunnels wait");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(30));
             }
         }
     }

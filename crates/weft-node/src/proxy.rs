@@ -186,6 +186,15 @@ impl NodeProxy {
 
 /// Starts a node proxy.
 pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
+    start_with_pods(options, None).await
+}
+
+/// As [`start`], also taking pods from a CNI plugin over the attach
+/// socket (on Kubernetes), captured as `pods` decides.
+pub async fn start_with_pods(
+    options: NodeOptions,
+    pods: Option<Arc<dyn crate::pod_policy::PodPolicy>>,
+) -> Result<NodeProxy, NodeError> {
     let bundle = TrustBundle::new(options.roots.clone()).map_err(NodeError::Roots)?;
     let certs = weft_ca::client::token_cert_manager(
         options.ca_addr,
@@ -242,6 +251,8 @@ pub async fn start(options: NodeOptions) -> Result<NodeProxy, NodeError> {
         metrics: TcpMetrics::default(),
         open: crate::revocable::Registry::default(),
         captured: Mutex::default(),
+        provisional: Mutex::default(),
+        pods,
         wake: tokio::sync::Notify::new(),
         ready: Mutex::default(),
     });

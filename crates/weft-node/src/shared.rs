@@ -50,6 +50,12 @@ pub(crate) struct Shared {
     pub(crate) open: crate::revocable::Registry,
     /// Captured workloads' network namespaces, by workload uid.
     pub(crate) captured: Mutex<HashMap<String, Arc<Netns>>>,
+    /// Pods captured before the registry has them, by workload uid
+    /// (served from what the CNI plugin said until it does).
+    pub(crate) provisional: Mutex<HashMap<String, Arc<WorkloadInfo>>>,
+    /// Decides which pods handed over by the CNI plugin are captured
+    /// (`None`: no pods taken).
+    pub(crate) pods: Option<Arc<dyn crate::pod_policy::PodPolicy>>,
     /// Wakes the reconcile loop (a workload was attached or detached).
     pub(crate) wake: tokio::sync::Notify,
     /// Keys of the listeners that are bound and accepting.

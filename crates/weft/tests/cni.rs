@@ -123,7 +123,8 @@ struct Chain {
 }
 
 impl Chain {
-    fn new() -> Chain {
+    /// Chain `n` of this process: its own bridge and subnet.
+    fn new(n: u8) -> Chain {
         let dir = tempfile::tempdir().expect("tempdir");
         let bin = dir.path().join("bin");
         std::fs::create_dir(&bin).expect("bin dir");
@@ -133,13 +134,15 @@ impl Chain {
         }
         std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_weft"), bin.join("weft-cni"))
             .expect("link weft-cni");
-        let bridge = format!("wcni{}", std::process::id() % 100_000);
+        let bridge = format!("wcni{}{n}", std::process::id() % 100_000);
+        let subnet = format!("10.251.{}.0/24", 7 + n);
         let conflist = json!({
         "cniVersion": "1.0.0",
         "name": "weft-test",
         "plugins": [
-            {"type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
-             "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.251.7.0/24"}]],
+            {"type": "bridge", "bridge": bridge, "isGateway": true, "isDefaultGateway": true,
+             "ipMasq": false,
+             "ipam": {"type": "host-local", "ranges": [[{"subnet": subnet}]],
                       "dataDir": dir.path().join("ipam")}},
             {"type": "weft-cni", "attachSocket": dir.path().join("agent.sock"),
              "logFile": dir.path().join("cni.log")},
@@ -238,6 +241,8 @@ impl Netns {
     fn new(name: &str) -> Netns {
         let name = format!("{name}-{}", std::process::id());
         assert!(sh(&["ip", "netns", "add", &name]), "ip netns add {name}");
+        // What the runtime's loopback plugin does before the chain.
+        assert!(sh(&["ip", "-n", &name, "link", "set", "lo", "up"]));
         Netns(name)
     }
 
@@ -271,7 +276,7 @@ fn the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest() {
         println!("SKIPPED the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest: {reason}");
         return;
     }
-    let chain = Chain::new();
+    let chain = Chain::new(0);
     let agent = Agent::start(&chain.socket());
     let (a, b, c) = (
         Netns::new("wcni-a"),
@@ -362,4 +367,214 @@ fn the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest() {
     ] {
         let _ = chain.after("DEL", &netns.path(), &p, r);
     }
+}
+
+/// A process killed (and waited for) when dropped.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `weft args…` and returns it with its first stdout line.
+fn weft(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weft"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weft");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("ready line");
+    (Child(child), line)
+}
+
+fn field(line: &str, key: &str) -> String {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+        .to_owned()
+}
+
+/// The whole path on Kubernetes, the kubelet's part played by the test:
+/// the pods' objects in the (fake) API server, `weft control
+/// --kubernetes` reading them, `weft node --kubernetes` deciding from
+/// them, the CNI chain (bridge, host-local, weft-cni) setting up each
+/// pod's namespace, then the pods' status written as the kubelet would.
+/// An unchanged client in one pod reaches the server pod's Service by its
+/// cluster IP, carried over HBONE; a pod of a namespace without the label
+/// is left untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
+    if let Some(reason) = skip_reason() {
+        println!("SKIPPED pods_set_up_by_the_cni_chain_join_the_mesh: {reason}");
+        return;
+    }
+    let fake = weft_kube_fake::FakeApiServer::start()
+        .await
+        .expect("fake API server");
+    fake.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}}}));
+    fake.apply(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "legacy"}}));
+    fake.apply(json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "node-1"}}));
+    let vip = "10.96.77.80";
+    fake.apply(json!({"apiVersion": "v1", "kind": "Service",
+        "metadata": {"namespace": "shop", "name": "server"},
+        "spec": {"clusterIP": vip, "clusterIPs": [vip], "selector": {"app": "server"},
+                 "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
+    let pod_object = |ns: &str, name: &str, app: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"namespace": ns, "name": name, "labels": {"app": app}},
+            "spec": {"nodeName": "node-1", "serviceAccountName": app,
+                     "containers": [{"name": "app", "image": "app"}]}})
+    };
+    let mut uids = std::collections::HashMap::new();
+    for (ns, name, app) in [
+        ("shop", "server-1", "server"),
+        ("shop", "client-1", "client"),
+        ("legacy", "old-1", "old"),
+    ] {
+        let stored = fake.apply(pod_object(ns, name, app));
+        let uid = stored["metadata"]["uid"].as_str().expect("uid").to_owned();
+        uids.insert(name, uid);
+    }
+
+    let chain = Chain::new(1);
+    let dir = chain.dir.path().to_owned();
+    let kubeconfig = dir.join("kubeconfig");
+    std::fs::write(&kubeconfig, fake.kubeconfig()).expect("kubeconfig");
+    std::fs::write(dir.join("tokens"), "node-1 node-1-cni-test-token-0000\n").expect("tokens");
+    std::fs::write(dir.join("token"), "node-1-cni-test-token-0000").expect("token");
+    let path = |p: &str| dir.join(p).display().to_string();
+    let (_control, line) = weft(&[
+        "control",
+        "--kubernetes",
+        "--kubeconfig",
+        &path("kubeconfig"),
+        "--ca-dir",
+        &path("ca"),
+        "--bootstrap-tokens",
+        &path("tokens"),
+        "--tls-addr",
+        "127.0.0.1:0",
+        "--xds-addr",
+        "127.0.0.1:0",
+        "--monitoring-addr",
+        "127.0.0.1:0",
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(line.starts_with("weft control ready"), "{line:?}");
+    let (_node, line) = weft(&[
+        "node",
+        "--name",
+        "node-1",
+        "--kubernetes",
+        "--kubeconfig",
+        &path("kubeconfig"),
+        "--xds-addr",
+        &field(&line, "xds"),
+        "--ca-addr",
+        &field(&line, "tls"),
+        "--root-cert",
+        &field(&line, "root"),
+        "--token-file",
+        &path("token"),
+        "--attach-socket",
+        &chain.socket().display().to_string(),
+        "--state-dir",
+        &path("node"),
+        "--admin-addr",
+        "127.0.0.1:0",
+        "--metrics-addr",
+        "127.0.0.1:0",
+    ]);
+    assert!(line.starts_with("weft node node-1 ready"), "{line:?}");
+
+    // The runtime sets up each pod's namespace, then the kubelet reports
+    // it running.
+    let (server_ns, client_ns, old_ns) = (
+        Netns::new("wcni-server"),
+        Netns::new("wcni-client"),
+        Netns::new("wcni-old"),
+    );
+    let mut results = Vec::new();
+    for (netns, ns, name, app) in [
+        (&server_ns, "shop", "server-1", "server"),
+        (&client_ns, "shop", "client-1", "client"),
+        (&old_ns, "legacy", "old-1", "old"),
+    ] {
+        let args = format!(
+            "K8S_POD_NAMESPACE={ns};K8S_POD_NAME={name};K8S_POD_UID={}",
+            uids[name]
+        );
+        let result = chain
+            .add(&netns.path(), &args)
+            .unwrap_or_else(|e| panic!("ADD {ns}/{name}: {e}"));
+        let ip = result["ips"][0]["address"]
+            .as_str()
+            .and_then(|a| a.split('/').next())
+            .expect("address")
+            .to_owned();
+        let mut object = pod_object(ns, name, app);
+        object["status"] = json!({"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}],
+            "conditions": [{"type": "Ready", "status": "True"}]});
+        fake.apply(object);
+        results.push((netns, args, result, ip));
+    }
+    assert!(table(&server_ns.path()).is_some(), "server-1 captured");
+    assert!(table(&client_ns.path()).is_some(), "client-1 captured");
+    assert!(table(&old_ns.path()).is_none(), "legacy/old-1 untouched");
+
+    // The server, unchanged, in its pod; the client calls the Service.
+    let server = Child(
+        Command::new("ip")
+            .args(["netns", "exec", &server_ns.0, env!("CARGO_BIN_EXE_weft")])
+            .args(["sample-app", "--listen", "0.0.0.0:8080", "--name", "server"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("server app"),
+    );
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client_ns.0,
+                "curl",
+                "-s",
+                "-i",
+                "--max-time",
+                "3",
+            ])
+            .arg(format!("http://{vip}/"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if text.contains("x-weft-app: server") {
+            break text;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(30),
+            "the client never reached the server through the mesh: {text}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    };
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    drop(server);
+
+    for (netns, args, result, _) in &results {
+        let _ = chain.after("DEL", &netns.path(), args, result);
+    }
+    assert!(table(&server_ns.path()).is_none(), "DEL removed the rules");
 }

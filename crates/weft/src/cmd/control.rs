@@ -116,21 +116,7 @@ fn parse_share(s: &str) -> Result<f64, String> {
 
 /// The cluster to read: a kubeconfig's, or the one weft runs in.
 async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource, String> {
-    let config = match &args.kubeconfig {
-        Some(path) => {
-            let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
-            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-                .await
-                .map_err(|e| format!("the kubeconfig {} cannot be used: {e}", path.display()))?
-        }
-        None => kube::Config::infer()
-            .await
-            .map_err(|e| format!("no cluster to read (not in one, and no kubeconfig): {e}"))?,
-    };
-    let origin = format!("kubernetes {}", config.cluster_url);
-    let client =
-        kube::Client::try_from(config).map_err(|e| format!("cannot reach the cluster: {e}"))?;
+    let (client, origin) = super::kube_client(args.kubeconfig.as_deref()).await?;
     let mut source = weft_control::kubernetes::KubeSource::new(client, origin);
     source.settings.cluster_domain = args.cluster_domain.clone();
     source.extra_dir = args.config_dir.clone();

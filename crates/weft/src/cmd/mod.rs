@@ -63,3 +63,27 @@ pub(crate) fn read_roots(
 pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
     tokio::runtime::Runtime::new().map_err(|e| format!("cannot start the async runtime: {e}"))
 }
+
+/// A client of the cluster: a kubeconfig's, or the one this runs in
+/// (in-cluster config, else `$KUBECONFIG` or `~/.kube/config`); and what
+/// to call it in logs.
+pub(crate) async fn kube_client(
+    kubeconfig: Option<&std::path::Path>,
+) -> Result<(kube::Client, String), String> {
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| format!("cannot read the kubeconfig {}: {e}", path.display()))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+                .await
+                .map_err(|e| format!("the kubeconfig {} cannot be used: {e}", path.display()))?
+        }
+        None => kube::Config::infer()
+            .await
+            .map_err(|e| format!("no cluster to read (not in one, and no kubeconfig): {e}"))?,
+    };
+    let origin = format!("kubernetes {}", config.cluster_url);
+    let client =
+        kube::Client::try_from(config).map_err(|e| format!("cannot reach the cluster: {e}"))?;
+    Ok((client, origin))
+}

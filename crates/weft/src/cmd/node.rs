@@ -59,6 +59,30 @@ pub(crate) struct Args {
     /// On Ctrl-C or SIGTERM, how long open connections may take to finish.
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "5s")]
     drain_timeout: Duration,
+    /// On Kubernetes: take pods from the CNI plugin (`weft-cni`) over the
+    /// attach socket, capturing those the API server shows enrolled and
+    /// scheduled on this node (`--name` is the Kubernetes node's name).
+    #[arg(long)]
+    kubernetes: bool,
+    /// With `--kubernetes`: the kubeconfig (default: in-cluster).
+    #[arg(long, requires = "kubernetes")]
+    kubeconfig: Option<PathBuf>,
+}
+
+/// The pod policy of a node agent on Kubernetes: the API server decides.
+struct KubePods(weft_kube::capture::PodDecider);
+
+impl weft_node::pods::PodPolicy for KubePods {
+    fn decide<'a>(&'a self, pod: &'a weft_core::attach::PodRef) -> weft_node::pods::Deciding<'a> {
+        use weft_kube::capture::Decision;
+        use weft_node::pods::Verdict;
+        Box::pin(async move {
+            Ok(match self.0.decide(pod).await? {
+                Decision::Capture(identity) => Verdict::Capture(identity),
+                Decision::Leave(reason) => Verdict::Leave(reason),
+            })
+        })
+    }
 }
 
 /// Where node `name` keeps its state unless told otherwise.
@@ -96,27 +120,39 @@ pub(crate) fn run(args: Args) -> ExitCode {
 
 async fn node(args: Args) -> Result<(), String> {
     let (roots, token) = super::proxy_credentials(&args.root_cert, &args.token_file)?;
-    let proxy = weft_node::start(NodeOptions {
-        node: args.name.clone(),
-        trust_domain: args.trust_domain,
-        xds_addr: args.xds_addr,
-        ca_addr: args.ca_addr,
-        roots,
-        token,
-        admin_addr: args.admin_addr,
-        metrics_addr: args.metrics_addr,
-        connect_timeout: args.connect_timeout,
-        attach_socket: args.attach_socket.or_else(|| {
-            nix::unistd::geteuid()
-                .is_root()
-                .then(|| super::run::default_socket(&args.name))
-        }),
-        state_dir: Some(
-            args.state_dir
-                .clone()
-                .unwrap_or_else(|| default_state_dir(&args.name)),
-        ),
-    })
+    let pods: Option<std::sync::Arc<dyn weft_node::pods::PodPolicy>> = if args.kubernetes {
+        let (client, origin) = super::kube_client(args.kubeconfig.as_deref()).await?;
+        tracing::info!(cluster = %origin, node = %args.name, "taking pods from the CNI plugin");
+        Some(std::sync::Arc::new(KubePods(
+            weft_kube::capture::PodDecider::new(client, &args.name, &args.trust_domain),
+        )))
+    } else {
+        None
+    };
+    let proxy = weft_node::start_with_pods(
+        NodeOptions {
+            node: args.name.clone(),
+            trust_domain: args.trust_domain,
+            xds_addr: args.xds_addr,
+            ca_addr: args.ca_addr,
+            roots,
+            token,
+            admin_addr: args.admin_addr,
+            metrics_addr: args.metrics_addr,
+            connect_timeout: args.connect_timeout,
+            attach_socket: args.attach_socket.or_else(|| {
+                nix::unistd::geteuid()
+                    .is_root()
+                    .then(|| super::run::default_socket(&args.name))
+            }),
+            state_dir: Some(
+                args.state_dir
+                    .clone()
+                    .unwrap_or_else(|| default_state_dir(&args.name)),
+            ),
+        },
+        pods,
+    )
     .await
     .map_err(|e| e.to_string())?;
     println!(
