@@ -3,7 +3,9 @@
 //! CNI plugin: HBONE (15008) arriving on the pod's interface is left for
 //! the node agent's listener; any other inbound TCP goes to 15006
 //! (plaintext inbound); outbound TCP, except to loopback and the pod's
-//! own address, goes to 15001. Written with `nft -f -` inside the
+//! own address, goes to 15001 — but the node agent's own tunnels, opened
+//! inside the pod and marked 0x539 (as ztunnel marks them), leave as
+//! they are, so they carry the pod's address. Written with `nft -f -` inside the
 //! namespace (`nsenter --net=<path>`), so nothing on the host changes.
 
 use std::io::Write;
@@ -28,6 +30,7 @@ pub fn text(ip: IpAddr, interface: &str) -> String {
   }}
   chain output {{
     type nat hook output priority -100; policy accept;
+    meta mark 0x539 accept
     oifname \"lo\" accept
     {family} daddr {{ {loopback}, {ip} }} accept
     meta l4proto tcp redirect to :15001
@@ -132,6 +135,10 @@ mod tests {
         );
         assert!(r.contains("redirect to :15001"), "{r}");
         assert!(r.contains("redirect to :15006"), "{r}");
+        assert!(
+            r.find("meta mark 0x539 accept") < r.find("redirect to :15001"),
+            "the agent's own tunnels pass first: {r}"
+        );
         let v6 = text("fd00::5".parse().expect("ip"), "net1");
         assert!(v6.starts_with("table ip6 weft"), "{v6}");
         assert!(v6.contains("ip6 daddr { ::1, fd00::5 } accept"), "{v6}");

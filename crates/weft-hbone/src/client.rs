@@ -38,6 +38,10 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct PoolKey {
     /// The identity this side presents.
     pub source: Identity,
+    /// Where its TCP connections start: 0 for this process's own network
+    /// namespace, else an id of the [`Dial`] used (a pod's namespace), so
+    /// connections from different places are never shared.
+    pub origin: u64,
     /// The node or waypoint's HBONE address (`ip:15008`).
     pub destination: SocketAddr,
     /// Identities acceptable for the destination, sorted.
@@ -99,6 +103,17 @@ impl HboneError {
         matches!(self, HboneError::Connect { .. } | HboneError::Timeout(_))
             || matches!(self, HboneError::Refused { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE)
     }
+}
+
+/// Opens the TCP connection under a new HBONE connection somewhere other
+/// than this process's network namespace (inside a captured pod's, so the
+/// destination sees the pod's address).
+pub trait Dial: Send + Sync {
+    /// A TCP connection to `addr`.
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send + '_>>;
 }
 
 struct Conn {
@@ -177,9 +192,16 @@ impl HbonePool {
         &self,
         key: &PoolKey,
         cert: Arc<dyn CertSource>,
+        dial: Option<&dyn Dial>,
     ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), HboneError> {
         let addr = key.destination;
-        let tcp = tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr))
+        let connecting = async {
+            match dial {
+                Some(d) => d.dial(addr).await,
+                None => TcpStream::connect(addr).await,
+            }
+        };
+        let tcp = tokio::time::timeout(self.connect_timeout, connecting)
             .await
             .map_err(|_| HboneError::Timeout(addr))?
             .map_err(|source| HboneError::Connect { addr, source })?;
@@ -230,9 +252,22 @@ impl HbonePool {
         target: SocketAddr,
         headers: HeaderMap,
     ) -> Result<Tunnel, HboneError> {
+        self.connect_from(key, cert, target, headers, None).await
+    }
+
+    /// As [`HbonePool::connect`], a new connection's TCP opened by `dial`
+    /// when given (`key.origin` names where).
+    pub async fn connect_from(
+        &self,
+        key: &PoolKey,
+        cert: Arc<dyn CertSource>,
+        target: SocketAddr,
+        headers: HeaderMap,
+        dial: Option<&dyn Dial>,
+    ) -> Result<Tunnel, HboneError> {
         let (mut sender, active) = match self.reuse(key) {
             Some(found) => found,
-            None => self.open(key, cert).await?,
+            None => self.open(key, cert, dial).await?,
         };
         let guard = ActiveGuard(active);
         let addr = key.destination;

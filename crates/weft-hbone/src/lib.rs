@@ -23,7 +23,7 @@ pub mod client;
 pub mod copy;
 pub mod server;
 
-pub use client::{HbonePool, PoolKey, Tunnel};
+pub use client::{Dial, HbonePool, PoolKey, Tunnel};
 pub use server::{Inbound, InboundHandler, Refusal};
 
 /// The HBONE port.

@@ -128,6 +128,7 @@ async fn another_trust_domain_is_refused_and_others_are_served() {
     let pool = weft_hbone::HbonePool::new(bundle, Duration::from_secs(2));
     let foreign_key = weft_hbone::PoolKey {
         source: stranger.clone(),
+        origin: 0,
         destination: hbone,
         expected: vec![node.clone()],
     };

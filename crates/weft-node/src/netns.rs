@@ -130,6 +130,51 @@ impl Netns {
     }
 }
 
+/// The mark on the node agent's own connections from inside a pod's
+/// namespace (ztunnel's value, 0x539): the pod's redirect rules let them
+/// through instead of sending them back to the agent.
+pub const MESH_MARK: u32 = 0x539;
+
+impl Netns {
+    /// A connection to `addr` made from inside the namespace, marked
+    /// [`MESH_MARK`] (so it leaves the pod as it is: the agent's tunnels
+    /// carry the pod's address as their source).
+    pub async fn connect_marked(&self, addr: SocketAddr) -> io::Result<TcpStream> {
+        let family = match addr {
+            SocketAddr::V4(_) => AddressFamily::Inet,
+            SocketAddr::V6(_) => AddressFamily::Inet6,
+        };
+        let fd = self
+            .run(move || {
+                let fd = sock::socket(
+                    family,
+                    SockType::Stream,
+                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+                    None,
+                )?;
+                sock::setsockopt(&fd, sockopt::Mark, &MESH_MARK)?;
+                Ok::<_, io::Error>(fd)
+            })
+            .await??;
+        TcpSocket::from_std_stream(std::net::TcpStream::from(fd))
+            .connect(addr)
+            .await
+    }
+}
+
+/// Opens an HBONE connection's TCP inside a pod's namespace.
+pub(crate) struct FromPod(pub(crate) std::sync::Arc<Netns>);
+
+impl weft_hbone::Dial for FromPod {
+    fn dial(
+        &self,
+        addr: SocketAddr,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = io::Result<TcpStream>> + Send + '_>>
+    {
+        Box::pin(self.0.connect_marked(addr))
+    }
+}
+
 /// Where a connection redirected by nftables (`redirect to :port`) was
 /// going before the redirect (`SO_ORIGINAL_DST`).
 pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {

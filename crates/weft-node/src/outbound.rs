@@ -17,7 +17,7 @@ use weft_hbone::PoolKey;
 use weft_state::{NamespacedName, WorkloadInfo};
 
 use crate::route::{Destination, Route, decide, decide_original, resolve};
-use crate::shared::Shared;
+use crate::shared::{Shared, lock};
 use crate::telemetry::{Counted, tunnel_labels};
 use weft_telemetry::flags::{Flag, Flags};
 use weft_telemetry::labels::Reporter;
@@ -101,8 +101,15 @@ pub(crate) async fn outbound(
                 return;
             }
         };
+        // A captured pod's tunnels start inside its namespace: the far
+        // side sees the pod's address, as with Istio's in-pod mode.
+        let from_pod = lock(&shared.captured)
+            .get(&source.uid)
+            .cloned()
+            .map(crate::netns::FromPod);
         let key = PoolKey {
             source: source.identity.clone(),
+            origin: from_pod.as_ref().map_or(0, |p| p.0.inode()),
             destination: hbone,
             expected: vec![identity],
         };
@@ -127,7 +134,13 @@ pub(crate) async fn outbound(
         }
         match shared
             .pool
-            .connect(&key, shared.certs.source(&source.identity), target, headers)
+            .connect_from(
+                &key,
+                shared.certs.source(&source.identity),
+                target,
+                headers,
+                from_pod.as_ref().map(|p| p as &dyn weft_hbone::Dial),
+            )
             .await
         {
             Ok(mut tunnel) => {

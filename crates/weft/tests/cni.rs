@@ -571,6 +571,111 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         std::thread::sleep(std::time::Duration::from_millis(200));
     };
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // On the wire between the two pods: only TLS to 15008, from the
+    // client pod's own address (its tunnels start inside it).
+    let (server_ip, client_ip) = (results[0].3.clone(), results[1].3.clone());
+    let pcap = chain.dir.path().join("server.pcap");
+    let mut capture = Child(
+        Command::new("tcpdump")
+            .args([
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-nn",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(&pcap)
+            .arg(format!("host {server_ip} and tcp"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump"),
+    );
+    // Ready once it says it listens.
+    let mut said = BufReader::new(capture.0.stderr.take().expect("tcpdump stderr"));
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        let n = said.read_line(&mut line).expect("tcpdump starts");
+        assert!(n > 0, "tcpdump ended before it listened");
+    }
+    let curl = |url: &str| {
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &client_ns.0,
+                "curl",
+                "-s",
+                "-i",
+                "--max-time",
+                "3",
+                url,
+            ])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let fresh = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &client_ns.0,
+            "curl",
+            "-s",
+            "-i",
+            "-H",
+            "connection: close",
+        ])
+        .arg(format!("http://{vip}/anything/secret-path"))
+        .output()
+        .expect("curl");
+    assert!(String::from_utf8_lossy(&fresh.stdout).contains("x-weft-app: server"));
+    // SIGTERM: tcpdump writes what it holds before it exits.
+    sh(&["kill", "-TERM", &capture.0.id().to_string()]);
+    let _ = capture.0.wait();
+    let read = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .output()
+        .expect("read capture");
+    let packets = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(
+        !packets.trim().is_empty(),
+        "nothing captured between the pods"
+    );
+    for line in packets.lines() {
+        assert!(
+            line.contains(&format!("{client_ip}.")) && line.contains(&format!("{server_ip}.15008")),
+            "only the client pod's address to 15008: {line}"
+        );
+    }
+    let raw = std::fs::read(&pcap).expect("pcap");
+    assert!(
+        !raw.windows(b"secret-path".len())
+            .any(|w| w == b"secret-path"),
+        "plaintext on the wire"
+    );
+
+    // Policy sees pods: a DENY by the client pod's address holds.
+    fake.apply(
+        json!({"apiVersion": "security.istio.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"namespace": "shop", "name": "no-client-ip"},
+        "spec": {"selector": {"matchLabels": {"app": "server"}}, "action": "DENY",
+                 "rules": [{"from": [{"source": {"ipBlocks": [format!("{client_ip}/32")]}}]}]}}),
+    );
+    let started = std::time::Instant::now();
+    while curl(&format!("http://{vip}/")).contains("x-weft-app: server") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "the ipBlocks DENY never applied"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     drop(server);
 
     for (netns, args, result, _) in &results {

@@ -117,6 +117,7 @@ pub async fn client(mesh: &Mesh, source: &Identity) -> HbonePool {
 pub fn key(source: &Identity, destination: SocketAddr, expected: &Identity) -> PoolKey {
     PoolKey {
         source: source.clone(),
+        origin: 0,
         destination,
         expected: vec![expected.clone()],
     }

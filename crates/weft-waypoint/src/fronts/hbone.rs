@@ -92,6 +92,7 @@ impl HboneConnector {
             .ok_or(ConnectError::Unknown(dial))?;
         let key = PoolKey {
             source: self.source.clone(),
+            origin: 0,
             destination: SocketAddr::new(dial, weft_hbone::PORT),
             expected: vec![expected],
         };
