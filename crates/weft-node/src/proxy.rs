@@ -31,14 +31,19 @@ pub struct NodeOptions {
     pub node: String,
     /// Trust domain.
     pub trust_domain: String,
-    /// The control plane's plaintext config stream (local mode).
-    pub xds_addr: SocketAddr,
-    /// The control plane's certificate service.
-    pub ca_addr: SocketAddr,
+    /// The control plane's plaintext config stream (local mode, loopback);
+    /// `None`: the config stream over mTLS on `ca_addr`, with the node's
+    /// certificate (in a cluster).
+    pub xds_addr: Option<SocketAddr>,
+    /// The control plane's certificate service (and, without `xds_addr`,
+    /// its config stream), by address or host name.
+    pub ca_addr: weft_ca::client::ControlAddr,
     /// Roots to trust.
     pub roots: Vec<CertificateDer<'static>>,
-    /// This node's bootstrap token.
-    pub token: String,
+    /// This node's token: a bootstrap token, or on Kubernetes the node
+    /// agent's service-account token bound to its pod (a file, read again
+    /// at every use).
+    pub token: weft_ca::client::Token,
     /// Admin endpoints (`/config_dump`, `/certs`).
     pub admin_addr: SocketAddr,
     /// Prometheus metrics (`/metrics`).
@@ -65,6 +70,9 @@ pub enum NodeError {
     /// The certificate client could not be set up.
     #[error("node proxy: certificate client: {0}")]
     CertClient(#[source] weft_ca::client::ClientError),
+    /// The config stream's mTLS could not be set up.
+    #[error("node proxy: config stream over mTLS: {0}")]
+    StreamTls(String),
     /// The node's name makes no SPIFFE identity.
     #[error("node proxy: node name {node:?}: {source}")]
     NodeName {
@@ -197,7 +205,7 @@ pub async fn start_with_pods(
 ) -> Result<NodeProxy, NodeError> {
     let bundle = TrustBundle::new(options.roots.clone()).map_err(NodeError::Roots)?;
     let certs = weft_ca::client::token_cert_manager(
-        options.ca_addr,
+        options.ca_addr.clone(),
         bundle.clone(),
         &options.trust_domain,
         options.token.clone(),
@@ -220,7 +228,17 @@ pub async fn start_with_pods(
         node: options.node.clone(),
         source,
     })?;
-    let transport = Transport::Plaintext(options.xds_addr);
+    let transport = match options.xds_addr {
+        Some(addr) => Transport::Plaintext(addr),
+        None => {
+            let control = weft_ca::authz::control_identity(&options.trust_domain)
+                .map_err(|e| NodeError::StreamTls(e.to_string()))?;
+            let tls =
+                weft_ca::tls::client_config(Some(certs.source(&me)), bundle.clone(), vec![control])
+                    .map_err(|e| NodeError::StreamTls(e.to_string()))?;
+            Transport::Tls(options.ca_addr.clone(), Arc::new(tls))
+        }
+    };
     let client_options = ClientOptions {
         node_id: options.node.clone(),
         types: vec![
@@ -266,7 +284,10 @@ pub async fn start_with_pods(
         .map_err(local_addr("metrics"))?;
     let metrics = tokio::spawn(weft_admin::serve(
         metrics_listener,
-        Routes::new().metrics(Arc::new(Mutex::new(registry))),
+        Routes::new()
+            .metrics(Arc::new(Mutex::new(registry)))
+            // Ready once the node holds its certificate and serves.
+            .get("/healthz/ready", || Reply::text("ready\n")),
         std::future::pending(),
     ));
     let listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::default();

@@ -480,10 +480,10 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         "--kubernetes",
         "--kubeconfig",
         &path("kubeconfig"),
-        "--xds-addr",
-        &field(&line, "xds"),
+        // In-cluster style: the control plane by name, the config
+        // stream over mTLS with the node's certificate.
         "--ca-addr",
-        &field(&line, "tls"),
+        &field(&line, "tls").replace("127.0.0.1", "localhost"),
         "--root-cert",
         &field(&line, "root"),
         "--token-file",

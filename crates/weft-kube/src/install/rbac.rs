@@ -13,8 +13,10 @@
 //! own namespace (Role) it may keep its leader-election Lease and create
 //! the `cacerts` Secret holding the CA.
 //!
-//! `weft-node` has no permissions: it learns everything from the control
-//! plane, and its token is only presented there.
+//! `weft-node` may only get Pods and Namespaces: when its CNI plugin
+//! hands it a pod, it reads whether the pod is enrolled and as whom it
+//! runs (as Istio's CNI agent does). Everything else it learns from the
+//! control plane, where its token is presented.
 
 use std::collections::BTreeMap;
 
@@ -47,6 +49,7 @@ pub(crate) fn objects(install: &Install) -> Vec<Result<serde_json::Value, Instal
     // Cluster-scoped names carry the namespace, so two installs in two
     // namespaces do not overwrite each other's roles.
     let cluster_name = format!("{control}-{}", install.namespace);
+    let node_cluster_name = format!("{NODE_AGENT}-{}", install.namespace);
     vec![
         to_json(&ServiceAccount {
             metadata: meta(&control, true, "control-plane"),
@@ -55,6 +58,25 @@ pub(crate) fn objects(install: &Install) -> Vec<Result<serde_json::Value, Instal
         to_json(&ServiceAccount {
             metadata: meta(NODE_AGENT, true, "node-agent"),
             ..Default::default()
+        }),
+        to_json(&ClusterRole {
+            metadata: meta(&node_cluster_name, false, "node-agent"),
+            rules: Some(vec![rule(&[""], &names(&["pods", "namespaces"]), &["get"])]),
+            ..Default::default()
+        }),
+        to_json(&ClusterRoleBinding {
+            metadata: meta(&node_cluster_name, false, "node-agent"),
+            role_ref: RoleRef {
+                api_group: "rbac.authorization.k8s.io".to_owned(),
+                kind: "ClusterRole".to_owned(),
+                name: node_cluster_name.clone(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".to_owned(),
+                name: NODE_AGENT.to_owned(),
+                namespace: Some(install.namespace.clone()),
+                ..Default::default()
+            }]),
         }),
         to_json(&ClusterRole {
             metadata: meta(&cluster_name, false, "control-plane"),

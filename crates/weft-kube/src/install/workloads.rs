@@ -25,8 +25,8 @@ use std::collections::BTreeMap;
 use super::rbac::NODE_AGENT;
 use super::{Install, InstallError, to_json};
 use crate::pods::{
-    METRICS_PORT, TOKEN_DIR, TOKEN_FILE, field_env, port, quantities, readiness, restricted,
-    token_volume,
+    METRICS_PORT, ROOT_DIR, TOKEN_DIR, TOKEN_FILE, field_env, port, quantities, readiness,
+    restricted, root_cert_volume, token_volume,
 };
 
 /// The port the control plane serves proxies and certificates on.
@@ -236,7 +236,9 @@ fn mount(name: &str, path: &str, read_only: bool) -> VolumeMount {
 /// inside pod namespaces), `SYS_ADMIN` (`setns` into them) and
 /// `NET_RAW`; not privileged. It mounts the CNI directories (to install
 /// the plugin), the runtime's network namespaces and the attach socket's
-/// directory, and a token for the `istio-ca` audience.
+/// directory (its state directory too, so a restarted agent starts from
+/// its certificates and configuration), a token for the `istio-ca`
+/// audience and the root certificate. It runs on the host's network.
 pub(crate) fn node_agent(install: &Install) -> DaemonSet {
     let control = format!("{}.{}.svc", install.control_name(), install.namespace);
     let labels = install.labels("node-agent");
@@ -246,9 +248,12 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
         args: Some(vec![
             "node".to_owned(),
             "--name=$(NODE_NAME)".to_owned(),
-            format!("--control={control}:{CONFIG_PORT}"),
+            "--kubernetes".to_owned(),
+            format!("--ca-addr={control}:{CONFIG_PORT}"),
+            format!("--root-cert={ROOT_DIR}/{}", crate::roots::KEY),
             format!("--token-file={TOKEN_DIR}/{TOKEN_FILE}"),
             "--attach-socket=/var/run/weft/attach.sock".to_owned(),
+            "--state-dir=/var/run/weft/node".to_owned(),
             "--admin-addr=127.0.0.1:15000".to_owned(),
             "--metrics-addr=0.0.0.0:15020".to_owned(),
         ]),
@@ -287,6 +292,7 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
             },
             mount("weft-run", "/var/run/weft", false),
             mount("token", TOKEN_DIR, true),
+            mount("root-cert", ROOT_DIR, true),
         ]),
         ..Default::default()
     };
@@ -318,6 +324,11 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
                     service_account_name: Some(NODE_AGENT.to_owned()),
                     containers: vec![container],
                     priority_class_name: Some("system-node-critical".to_owned()),
+                    // On the host's network: it needs no CNI call of its
+                    // own (its plugin would ask it), and reaches pods'
+                    // namespaces from the host's.
+                    host_network: Some(true),
+                    dns_policy: Some("ClusterFirstWithHostNet".to_owned()),
                     termination_grace_period_seconds: Some(30),
                     volumes: Some(vec![
                         host_path("cni-bin", "/opt/cni/bin", "DirectoryOrCreate"),
@@ -325,6 +336,7 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
                         host_path("netns", "/var/run/netns", "DirectoryOrCreate"),
                         host_path("weft-run", "/var/run/weft", "DirectoryOrCreate"),
                         token_volume("token"),
+                        root_cert_volume("root-cert"),
                     ]),
                     ..Default::default()
                 }),

@@ -38,19 +38,6 @@ pub(crate) async fn shutdown_signal() {
     tracing::info!("shutting down: no new connections, draining open ones");
 }
 
-/// The root certificates and bootstrap token a proxy process starts with.
-pub(crate) fn proxy_credentials(
-    root_cert: &std::path::Path,
-    token_file: &std::path::Path,
-) -> Result<(Vec<rustls_pki_types::CertificateDer<'static>>, String), String> {
-    let roots = read_roots(root_cert)?;
-    let token = std::fs::read_to_string(token_file)
-        .map_err(|e| format!("cannot read {}: {e}", token_file.display()))?
-        .trim()
-        .to_owned();
-    Ok((roots, token))
-}
-
 /// The certificates of a PEM file.
 pub(crate) fn read_roots(
     path: &std::path::Path,

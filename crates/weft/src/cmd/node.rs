@@ -15,16 +15,21 @@ pub(crate) struct Args {
     /// This node's name (the `weft.dev/node` label of its workloads).
     #[arg(long)]
     name: String,
-    /// The control plane's plaintext config stream.
-    #[arg(long, default_value = "127.0.0.1:15010")]
-    xds_addr: SocketAddr,
-    /// The control plane's certificate service (mTLS).
+    /// The control plane's plaintext config stream (local mode; default
+    /// 127.0.0.1:15010). With `--kubernetes` and without it, the config
+    /// stream runs over mTLS on `--ca-addr` with the node's certificate.
+    #[arg(long)]
+    xds_addr: Option<SocketAddr>,
+    /// The control plane's certificate service (mTLS): `host:port`, e.g.
+    /// `weft-control.weft-system.svc:15012` in a cluster.
     #[arg(long, default_value = "127.0.0.1:15012")]
-    ca_addr: SocketAddr,
+    ca_addr: weft_ca::client::ControlAddr,
     /// Root certificate(s) to trust (the control plane's root-cert.pem).
     #[arg(long)]
     root_cert: PathBuf,
-    /// File holding this node's bootstrap token.
+    /// File holding this node's token (a bootstrap token; in a cluster
+    /// the agent's projected service-account token, read again at every
+    /// use as the kubelet rotates it).
     #[arg(long)]
     token_file: PathBuf,
     /// Trust domain.
@@ -119,7 +124,14 @@ pub(crate) fn run(args: Args) -> ExitCode {
 }
 
 async fn node(args: Args) -> Result<(), String> {
-    let (roots, token) = super::proxy_credentials(&args.root_cert, &args.token_file)?;
+    let roots = super::read_roots(&args.root_cert)?;
+    let token = weft_ca::client::Token::File(args.token_file.clone());
+    token.current()?;
+    let xds_addr = match (args.xds_addr, args.kubernetes) {
+        (Some(a), _) => Some(a),
+        (None, true) => None,
+        (None, false) => Some(SocketAddr::from(([127, 0, 0, 1], 15010))),
+    };
     let pods: Option<std::sync::Arc<dyn weft_node::pods::PodPolicy>> = if args.kubernetes {
         let (client, origin) = super::kube_client(args.kubeconfig.as_deref()).await?;
         tracing::info!(cluster = %origin, node = %args.name, "taking pods from the CNI plugin");
@@ -133,8 +145,8 @@ async fn node(args: Args) -> Result<(), String> {
         NodeOptions {
             node: args.name.clone(),
             trust_domain: args.trust_domain,
-            xds_addr: args.xds_addr,
-            ca_addr: args.ca_addr,
+            xds_addr,
+            ca_addr: args.ca_addr.clone(),
             roots,
             token,
             admin_addr: args.admin_addr,
