@@ -5,6 +5,11 @@
 //! if so opens the pod's listeners inside its namespace before answering,
 //! so the plugin writes the redirect rules only once something listens.
 //!
+//! What is captured is kept in the state directory (`pods.json`, 0600,
+//! written atomically at every change): a restarted agent opens every
+//! captured pod's listeners again at start, so pods whose rules stayed in
+//! place are not redirected to nothing for longer than the restart.
+//!
 //! The pod is not in the registry yet when its namespace is created (it
 //! has no address in the API until it runs): the agent serves it from a
 //! provisional workload built from what the plugin and the policy say —
@@ -27,6 +32,7 @@ use crate::shared::{Shared, listener_key, lock};
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub use crate::pod_policy::{Deciding, PodPolicy, Verdict};
+use weft_core::Identity;
 
 /// The registry's uid of a pod's workload.
 pub(crate) fn uid(pod: &PodRef) -> String {
@@ -88,6 +94,26 @@ pub(crate) async fn answer(shared: &Arc<Shared>, request: PodRequest) -> PodRepl
     }
 }
 
+/// The workload a captured pod is served as until the registry has it.
+fn provisional(shared: &Shared, pod: &PodRef, ip: IpAddr, identity: Identity) -> WorkloadInfo {
+    WorkloadInfo {
+        uid: uid(pod),
+        name: NamespacedName::new(&pod.namespace, &pod.name),
+        ip,
+        identity,
+        node: shared.node.clone(),
+        locality: Default::default(),
+        services: Default::default(),
+        policies: Vec::new(),
+        permissive: false,
+        waypoint: false,
+        gateway: false,
+        enforced: false,
+        canonical_service: pod.name.clone(),
+        canonical_revision: "latest".into(),
+    }
+}
+
 fn listeners_ready(shared: &Shared, w: &WorkloadInfo, ns: &Netns) -> bool {
     let ready = lock(&shared.ready);
     ["inbound", "captured", "plaintext"]
@@ -121,22 +147,7 @@ async fn capture(
         Err(e) => return failure(format!("{pod}: {e}")),
     };
     let id = uid(pod);
-    let w = Arc::new(WorkloadInfo {
-        uid: id.clone(),
-        name: NamespacedName::new(&pod.namespace, &pod.name),
-        ip,
-        identity,
-        node: shared.node.clone(),
-        locality: Default::default(),
-        services: Default::default(),
-        policies: Vec::new(),
-        permissive: false,
-        waypoint: false,
-        gateway: false,
-        enforced: false,
-        canonical_service: pod.name.clone(),
-        canonical_revision: "latest".into(),
-    });
+    let w = Arc::new(provisional(shared, pod, ip, identity));
     lock(&shared.provisional).insert(id.clone(), w.clone());
     lock(&shared.captured).insert(id.clone(), ns.clone());
     shared.wake.notify_one();
@@ -150,6 +161,7 @@ async fn capture(
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    save(shared);
     tracing::info!(%pod, %netns, %ip, identity = %w.identity, "pod captured");
     PodReply {
         captured: true,
@@ -162,7 +174,84 @@ fn release(shared: &Shared, id: &str) {
     let had = lock(&shared.captured).remove(id).is_some();
     lock(&shared.provisional).remove(id);
     if had {
+        save(shared);
         tracing::info!(workload = %id, "pod released");
     }
     shared.wake.notify_one();
+}
+
+/// One captured pod as kept on disk.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+struct Kept {
+    namespace: String,
+    name: String,
+    netns: std::path::PathBuf,
+    ip: IpAddr,
+    identity: String,
+}
+
+/// Writes the captured pods to the state file (if the agent keeps one).
+fn save(shared: &Shared) {
+    let Some(file) = &shared.pods_file else {
+        return;
+    };
+    let captured = lock(&shared.captured).clone();
+    let kept: Vec<Kept> = lock(&shared.provisional)
+        .values()
+        .filter_map(|w| {
+            Some(Kept {
+                namespace: w.name.namespace.clone(),
+                name: w.name.name.clone(),
+                netns: captured.get(&w.uid)?.path().to_owned(),
+                ip: w.ip,
+                identity: w.identity.to_string(),
+            })
+        })
+        .collect();
+    let text = serde_json::to_vec_pretty(&kept).unwrap_or_default();
+    if let Err(e) = weft_ca::secret::write_private(file, &text) {
+        tracing::warn!(file = %file.display(), error = %e, "cannot keep the captured pods; a restart will not find them");
+    }
+}
+
+/// Takes back the pods a previous run captured whose namespaces still
+/// exist (their rules stayed); returns how many.
+pub(crate) fn restore(shared: &Shared) -> usize {
+    let Some(file) = &shared.pods_file else {
+        return 0;
+    };
+    let Ok(text) = std::fs::read(file) else {
+        return 0;
+    };
+    let kept: Vec<Kept> = match serde_json::from_slice(&text) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(file = %file.display(), error = %e, "the kept captured pods do not parse; ignored");
+            return 0;
+        }
+    };
+    let mut restored = 0;
+    for k in kept {
+        let pod = PodRef {
+            namespace: k.namespace.clone(),
+            name: k.name.clone(),
+            uid: String::new(),
+        };
+        let (Ok(identity), Ok(ns)) = (k.identity.parse::<Identity>(), Netns::open(&k.netns)) else {
+            tracing::info!(%pod, netns = %k.netns.display(), "a kept pod is gone; not restored");
+            continue;
+        };
+        let id = uid(&pod);
+        lock(&shared.provisional).insert(
+            id.clone(),
+            Arc::new(provisional(shared, &pod, k.ip, identity)),
+        );
+        lock(&shared.captured).insert(id, Arc::new(ns));
+        restored += 1;
+    }
+    if restored > 0 {
+        tracing::info!(pods = restored, "captured pods taken back after a restart");
+        shared.wake.notify_one();
+    }
+    restored
 }

@@ -270,10 +270,15 @@ pub async fn start_with_pods(
         open: crate::revocable::Registry::default(),
         captured: Mutex::default(),
         provisional: Mutex::default(),
+        pods_file: (pods.is_some())
+            .then(|| options.state_dir.as_ref().map(|d| d.join("pods.json")))
+            .flatten(),
         pods,
         wake: tokio::sync::Notify::new(),
         ready: Mutex::default(),
     });
+    // Pods captured before a restart: their listeners open again at once.
+    crate::pods::restore(&shared);
     let mut registry = prometheus_client::registry::Registry::default();
     shared.metrics.register(&mut registry);
     certs.register(&mut registry);

@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     /// Decides which pods handed over by the CNI plugin are captured
     /// (`None`: no pods taken).
     pub(crate) pods: Option<Arc<dyn crate::pod_policy::PodPolicy>>,
+    /// Where the captured pods are kept across restarts.
+    pub(crate) pods_file: Option<std::path::PathBuf>,
     /// Wakes the reconcile loop (a workload was attached or detached).
     pub(crate) wake: tokio::sync::Notify,
     /// Keys of the listeners that are bound and accepting.

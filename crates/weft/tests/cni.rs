@@ -473,30 +473,40 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         "127.0.0.1:0",
     ]);
     assert!(line.starts_with("weft control ready"), "{line:?}");
-    let (_node, line) = weft(&[
+    let socket = chain.socket().display().to_string();
+    let (ca, root) = (
+        // In-cluster style: the control plane by name, the config stream
+        // over mTLS with the node's certificate.
+        field(&line, "tls").replace("127.0.0.1", "localhost"),
+        field(&line, "root"),
+    );
+    let node_args: Vec<String> = [
         "node",
         "--name",
         "node-1",
         "--kubernetes",
         "--kubeconfig",
         &path("kubeconfig"),
-        // In-cluster style: the control plane by name, the config
-        // stream over mTLS with the node's certificate.
         "--ca-addr",
-        &field(&line, "tls").replace("127.0.0.1", "localhost"),
+        &ca,
         "--root-cert",
-        &field(&line, "root"),
+        &root,
         "--token-file",
         &path("token"),
         "--attach-socket",
-        &chain.socket().display().to_string(),
+        &socket,
         "--state-dir",
         &path("node"),
         "--admin-addr",
         "127.0.0.1:0",
         "--metrics-addr",
         "127.0.0.1:0",
-    ]);
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
+    let (node, line) = weft(&node_args);
     assert!(line.starts_with("weft node node-1 ready"), "{line:?}");
 
     // The runtime sets up each pod's namespace, then the kubelet reports
@@ -660,6 +670,20 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
             .any(|w| w == b"secret-path"),
         "plaintext on the wire"
     );
+
+    // The agent killed and started again: the pods it had captured (their
+    // rules still in place) are served again, from what it kept.
+    drop(node);
+    let (_node, line) = weft(&node_args);
+    assert!(line.starts_with("weft node node-1 ready"), "{line:?}");
+    let started = std::time::Instant::now();
+    while !curl(&format!("http://{vip}/")).contains("x-weft-app: server") {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the captured pods were not served again after the agent restarted"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 
     // Policy sees pods: a DENY by the client pod's address holds.
     fake.apply(
