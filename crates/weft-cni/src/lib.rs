@@ -26,6 +26,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod install;
 pub mod plugin;
 pub mod rules;
 pub mod spec;

@@ -445,8 +445,19 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         uids.insert(name, uid);
     }
 
-    let chain = Chain::new(1);
+    // The node's CNI configuration as its network plugin left it (bridge
+    // only); the agent installs weft-cni into it.
+    let mut chain = Chain::new(1);
     let dir = chain.dir.path().to_owned();
+    std::fs::remove_file(chain.bin.join("weft-cni")).expect("no plugin yet");
+    let net_d = dir.join("net.d");
+    std::fs::create_dir(&net_d).expect("net.d");
+    let mut network_only = chain.conflist.clone();
+    network_only["plugins"]
+        .as_array_mut()
+        .expect("plugins")
+        .retain(|p| p["type"] != "weft-cni");
+    std::fs::write(net_d.join("10-bridge.conflist"), network_only.to_string()).expect("conf");
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, fake.kubeconfig()).expect("kubeconfig");
     std::fs::write(dir.join("tokens"), "node-1 node-1-cni-test-token-0000\n").expect("tokens");
@@ -480,6 +491,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         field(&line, "tls").replace("127.0.0.1", "localhost"),
         field(&line, "root"),
     );
+    let (bin_dir, conf_dir) = (chain.bin.display().to_string(), net_d.display().to_string());
     let node_args: Vec<String> = [
         "node",
         "--name",
@@ -497,6 +509,10 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         &socket,
         "--state-dir",
         &path("node"),
+        "--cni-bin-dir",
+        &bin_dir,
+        "--cni-conf-dir",
+        &conf_dir,
         "--admin-addr",
         "127.0.0.1:0",
         "--metrics-addr",
@@ -508,6 +524,21 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     let node_args: Vec<&str> = node_args.iter().map(String::as_str).collect();
     let (node, line) = weft(&node_args);
     assert!(line.starts_with("weft node node-1 ready"), "{line:?}");
+    // The agent installed its plugin: copied, and last in the chain.
+    let installed = net_d.join("10-bridge.conflist");
+    let started = std::time::Instant::now();
+    chain.conflist = loop {
+        let list: Value = serde_json::from_str(&std::fs::read_to_string(&installed).expect("conf"))
+            .expect("conflist");
+        if list["plugins"][1]["type"] == "weft-cni" && chain.bin.join("weft-cni").exists() {
+            break list;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the agent did not install its CNI plugin: {list}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
 
     // The runtime sets up each pod's namespace, then the kubelet reports
     // it running.

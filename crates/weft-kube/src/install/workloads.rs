@@ -254,6 +254,8 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
             format!("--token-file={TOKEN_DIR}/{TOKEN_FILE}"),
             "--attach-socket=/var/run/weft/attach.sock".to_owned(),
             "--state-dir=/var/run/weft/node".to_owned(),
+            "--cni-bin-dir=/host/opt/cni/bin".to_owned(),
+            "--cni-conf-dir=/host/etc/cni/net.d".to_owned(),
             "--admin-addr=127.0.0.1:15000".to_owned(),
             "--metrics-addr=0.0.0.0:15020".to_owned(),
         ]),

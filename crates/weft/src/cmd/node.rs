@@ -72,6 +72,51 @@ pub(crate) struct Args {
     /// With `--kubernetes`: the kubeconfig (default: in-cluster).
     #[arg(long, requires = "kubernetes")]
     kubeconfig: Option<PathBuf>,
+    /// With `--kubernetes`: install the CNI plugin — copy this binary to
+    /// `<dir>/weft-cni` (the node's CNI bin directory, mounted) …
+    #[arg(long, requires_all = ["kubernetes", "cni_conf_dir"])]
+    cni_bin_dir: Option<PathBuf>,
+    /// … and chain it into the first configuration of this directory.
+    #[arg(long, requires = "cni_bin_dir")]
+    cni_conf_dir: Option<PathBuf>,
+}
+
+/// Installs the CNI plugin once the agent listens, trying again every 5 s
+/// while the node's network plugin has written no configuration yet.
+fn install_cni(args: &Args, attach_socket: Option<&std::path::Path>) -> Result<(), String> {
+    let (Some(bin), Some(conf)) = (args.cni_bin_dir.clone(), args.cni_conf_dir.clone()) else {
+        return Ok(());
+    };
+    let socket = attach_socket
+        .ok_or("--cni-bin-dir needs the attach socket (run as root, or give --attach-socket)")?
+        .to_owned();
+    let settings = weft_cni::install::PluginSettings {
+        log_file: socket.with_file_name("cni.log"),
+        attach_socket: socket,
+    };
+    let binary = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    tokio::spawn(async move {
+        let mut waiting = false;
+        loop {
+            match weft_cni::install::install(&binary, &bin, &conf, &settings) {
+                Ok(file) => {
+                    tracing::info!(plugin = %bin.join("weft-cni").display(), config = %file.display(), "CNI plugin installed");
+                    return;
+                }
+                Err(weft_cni::install::InstallError::NoConfiguration(dir)) => {
+                    if !waiting {
+                        tracing::warn!(dir = %dir.display(), "no CNI configuration yet; installing the plugin once the network plugin writes one");
+                        waiting = true;
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot install the CNI plugin; retrying");
+                }
+            }
+            tokio::time::sleep(Duration::from_secs(5)).await;
+        }
+    });
+    Ok(())
 }
 
 /// The pod policy of a node agent on Kubernetes: the API server decides.
@@ -124,6 +169,11 @@ pub(crate) fn run(args: Args) -> ExitCode {
 }
 
 async fn node(args: Args) -> Result<(), String> {
+    let attach_socket = args.attach_socket.clone().or_else(|| {
+        nix::unistd::geteuid()
+            .is_root()
+            .then(|| super::run::default_socket(&args.name))
+    });
     let roots = super::read_roots(&args.root_cert)?;
     let token = weft_ca::client::Token::File(args.token_file.clone());
     token.current()?;
@@ -144,7 +194,7 @@ async fn node(args: Args) -> Result<(), String> {
     let proxy = weft_node::start_with_pods(
         NodeOptions {
             node: args.name.clone(),
-            trust_domain: args.trust_domain,
+            trust_domain: args.trust_domain.clone(),
             xds_addr,
             ca_addr: args.ca_addr.clone(),
             roots,
@@ -152,11 +202,7 @@ async fn node(args: Args) -> Result<(), String> {
             admin_addr: args.admin_addr,
             metrics_addr: args.metrics_addr,
             connect_timeout: args.connect_timeout,
-            attach_socket: args.attach_socket.or_else(|| {
-                nix::unistd::geteuid()
-                    .is_root()
-                    .then(|| super::run::default_socket(&args.name))
-            }),
+            attach_socket: attach_socket.clone(),
             state_dir: Some(
                 args.state_dir
                     .clone()
@@ -167,6 +213,7 @@ async fn node(args: Args) -> Result<(), String> {
     )
     .await
     .map_err(|e| e.to_string())?;
+    install_cni(&args, attach_socket.as_deref())?;
     println!(
         "weft node {} ready: admin={} metrics={}",
         args.name, proxy.admin_addr, proxy.metrics_addr
