@@ -24,8 +24,8 @@ use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Container, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    Service, ServiceAccount, ServicePort, ServiceSpec, Sysctl,
+    Container, PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, Service,
+    ServiceAccount, ServicePort, ServiceSpec, Sysctl,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -37,7 +37,7 @@ use weft_config::kinds::gateway::{CLASSES, HBONE_PORT, WAYPOINT_CLASSES};
 use crate::convert::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, gateway_class};
 use crate::pods::{
     METRICS_PORT, ROOT_DIR, TOKEN_DIR, TOKEN_FILE, field_env, port, quantities, read_only_mount,
-    readiness, restricted, root_cert_volume, token_volume,
+    readiness, restricted, root_cert_volume, scraped, token_volume, unprivileged_pod,
 };
 
 pub use crate::labels::MANAGED_BY;
@@ -238,23 +238,13 @@ fn deployment(
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: Some(BTreeMap::from([
-                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
-                    ])),
+                    annotations: Some(scraped()),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.to_owned()),
                     containers: vec![container],
                     security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(1337),
-                        run_as_group: Some(1337),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..Default::default()
-                        }),
                         // Gateways listen on 80 and 443 without a
                         // capability (a namespaced, safe sysctl).
                         sysctls: (role == Role::Gateway).then(|| {
@@ -263,7 +253,7 @@ fn deployment(
                                 value: "0".to_owned(),
                             }]
                         }),
-                        ..Default::default()
+                        ..unprivileged_pod()
                     }),
                     volumes: Some(vec![token_volume("token"), root_cert_volume("root-cert")]),
                     ..Default::default()

@@ -130,3 +130,27 @@ pub(crate) fn read_only_mount(name: &str, path: &str) -> k8s_openapi::api::core:
         ..Default::default()
     }
 }
+
+/// The pod-level security of weft's unprivileged pods: not root (uid and
+/// gid 1337, as Istio's proxies), the runtime's default seccomp profile.
+pub(crate) fn unprivileged_pod() -> k8s_openapi::api::core::v1::PodSecurityContext {
+    use k8s_openapi::api::core::v1::{PodSecurityContext, SeccompProfile};
+    PodSecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(1337),
+        run_as_group: Some(1337),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".to_owned(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// Annotations asking Prometheus to scrape the metrics port.
+pub(crate) fn scraped() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
+        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
+    ])
+}

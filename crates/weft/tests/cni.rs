@@ -585,8 +585,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
             .spawn()
             .expect("server app"),
     );
-    let started = std::time::Instant::now();
-    let answer = loop {
+    let curl = |url: &str| {
         let out = Command::new("ip")
             .args([
                 "netns",
@@ -597,11 +596,15 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
                 "-i",
                 "--max-time",
                 "3",
+                url,
             ])
-            .arg(format!("http://{vip}/"))
             .output()
             .expect("curl");
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let started = std::time::Instant::now();
+    let answer = loop {
+        let text = curl(&format!("http://{vip}/"));
         if text.contains("x-weft-app: server") {
             break text;
         }
@@ -644,23 +647,6 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         let n = said.read_line(&mut line).expect("tcpdump starts");
         assert!(n > 0, "tcpdump ended before it listened");
     }
-    let curl = |url: &str| {
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &client_ns.0,
-                "curl",
-                "-s",
-                "-i",
-                "--max-time",
-                "3",
-                url,
-            ])
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
     let fresh = Command::new("ip")
         .args([
             "netns",

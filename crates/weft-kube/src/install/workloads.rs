@@ -12,9 +12,9 @@ use k8s_openapi::api::apps::v1::{
     RollingUpdateDaemonSet,
 };
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, EmptyDirVolumeSource, HostPathVolumeSource, Namespace,
-    PodSecurityContext, PodSpec, PodTemplateSpec, ResourceRequirements, SeccompProfile,
-    SecurityContext, Service, ServicePort, ServiceSpec, Volume, VolumeMount,
+    Capabilities, Container, EmptyDirVolumeSource, HostPathVolumeSource, Namespace, PodSpec,
+    PodTemplateSpec, ResourceRequirements, SecurityContext, Service, ServicePort, ServiceSpec,
+    Volume, VolumeMount,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -26,7 +26,7 @@ use super::rbac::NODE_AGENT;
 use super::{Install, InstallError, to_json};
 use crate::pods::{
     METRICS_PORT, ROOT_DIR, TOKEN_DIR, TOKEN_FILE, field_env, port, quantities, readiness,
-    restricted, root_cert_volume, token_volume,
+    restricted, root_cert_volume, scraped, token_volume, unprivileged_pod,
 };
 
 /// The port the control plane serves proxies and certificates on.
@@ -141,25 +141,13 @@ pub(crate) fn control_plane(install: &Install) -> Result<Vec<serde_json::Value>,
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(install.labels("control-plane")),
-                    annotations: Some(BTreeMap::from([
-                        ("prometheus.io/scrape".to_owned(), "true".to_owned()),
-                        ("prometheus.io/port".to_owned(), METRICS_PORT.to_string()),
-                    ])),
+                    annotations: Some(scraped()),
                     ..Default::default()
                 }),
                 spec: Some(PodSpec {
                     service_account_name: Some(name.clone()),
                     containers: vec![container],
-                    security_context: Some(PodSecurityContext {
-                        run_as_non_root: Some(true),
-                        run_as_user: Some(1337),
-                        run_as_group: Some(1337),
-                        seccomp_profile: Some(SeccompProfile {
-                            type_: "RuntimeDefault".to_owned(),
-                            ..Default::default()
-                        }),
-                        ..Default::default()
-                    }),
+                    security_context: Some(unprivileged_pod()),
                     volumes: Some(vec![Volume {
                         name: "run".to_owned(),
                         empty_dir: Some(EmptyDirVolumeSource {
