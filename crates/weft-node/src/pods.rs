@@ -21,6 +21,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use weft_core::Identity;
 use weft_core::attach::{PodRef, PodReply, PodRequest};
 use weft_core::model::NamespacedName;
 use weft_state::WorkloadInfo;
@@ -28,11 +29,10 @@ use weft_state::WorkloadInfo;
 use crate::netns::Netns;
 use crate::shared::{Shared, listener_key, lock};
 
+pub use crate::pod_policy::{Deciding, PodPolicy, Verdict};
+
 /// How long a capture waits for the pod's listeners.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
-
-pub use crate::pod_policy::{Deciding, PodPolicy, Verdict};
-use weft_core::Identity;
 
 /// The registry's uid of a pod's workload.
 pub(crate) fn uid(pod: &PodRef) -> String {
