@@ -419,16 +419,18 @@ impl Deployer {
         deployments: &[Arc<Deployment>],
         services: &[Arc<Service>],
     ) {
+        let key = |api_version: &str, kind: &str, meta: &ObjectMeta| -> Key {
+            (
+                api_version.to_owned(),
+                kind.to_owned(),
+                meta.namespace.clone().unwrap_or_default(),
+                meta.name.clone().unwrap_or_default(),
+            )
+        };
         let present: BTreeSet<Key> = deployments
             .iter()
-            .map(|d| serde_json::to_value(&d.metadata).unwrap_or_default())
-            .map(|m| {
-                object_key(&json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": m}))
-            })
-            .chain(services.iter().map(|s| {
-                let m = serde_json::to_value(&s.metadata).unwrap_or_default();
-                object_key(&json!({"apiVersion": "v1", "kind": "Service", "metadata": m}))
-            }))
+            .map(|d| key("apps/v1", "Deployment", &d.metadata))
+            .chain(services.iter().map(|s| key("v1", "Service", &s.metadata)))
             .collect();
         // Per Gateway, in creation order (the ServiceAccount before the
         // pods using it); one object it may not take stops the rest, so a

@@ -1,5 +1,5 @@
 //! The pod documents of the previous conversion, reused while nothing
-//! they were made from changed ([`crate::convert::documents_reusing`]):
+//! they were made from changed (`documents_reusing` in the conversion):
 //! with 10,000 pods, converting only those a change touches is most of
 //! what keeps a one-pod change under 200 ms (`bench/controlplane`).
 
