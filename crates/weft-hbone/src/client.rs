@@ -265,29 +265,39 @@ impl HbonePool {
         headers: HeaderMap,
         dial: Option<&dyn Dial>,
     ) -> Result<Tunnel, HboneError> {
-        let (mut sender, active) = match self.reuse(key) {
-            Some(found) => found,
-            None => self.open(key, cert, dial).await?,
-        };
-        let guard = ActiveGuard(active);
         let addr = key.destination;
-        let mut request = Request::new(Empty::new());
-        *request.method_mut() = Method::CONNECT;
-        *request.uri_mut() = target
+        let uri: http::Uri = target
             .to_string()
             .parse()
             .map_err(|_| HboneError::InvalidTarget(target))?;
-        *request.headers_mut() = headers;
-        // A pooled connection whose peer vanished (its namespace or host
-        // gone) never answers; bound the wait and drop that connection.
-        let response =
-            match tokio::time::timeout(self.connect_timeout, sender.send_request(request)).await {
-                Ok(sent) => sent.map_err(|source| HboneError::Http { addr, source })?,
-                Err(_) => {
-                    self.evict(key, &guard.0);
-                    return Err(HboneError::Timeout(addr));
+        let request = || {
+            let mut request = Request::new(Empty::new());
+            *request.method_mut() = Method::CONNECT;
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers.clone();
+            request
+        };
+        // A pooled connection the peer is closing (GOAWAY: a node agent
+        // draining after an upgrade) or that went quiet is forgotten, and
+        // the tunnel asked for once on a new connection (none of its bytes
+        // has been sent yet).
+        let reused = match self.reuse(key) {
+            Some(conn) => match self.attempt(key, conn, request(), addr).await {
+                Ok(done) => Some(done),
+                Err(e) => {
+                    tracing::debug!(%addr, error = %e, "pooled HBONE connection unusable; opening a new one");
+                    None
                 }
-            };
+            },
+            None => None,
+        };
+        let (response, guard) = match reused {
+            Some(done) => done,
+            None => {
+                let conn = self.open(key, cert, dial).await?;
+                self.attempt(key, conn, request(), addr).await?
+            }
+        };
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 addr,
@@ -302,6 +312,33 @@ impl HbonePool {
             io: TokioIo::new(upgraded),
             _guard: guard,
         })
+    }
+}
+
+impl HbonePool {
+    /// Sends one CONNECT on a pooled connection, waiting at most the
+    /// connect timeout for its answer (a connection whose peer vanished
+    /// never answers); a connection that fails is forgotten.
+    async fn attempt(
+        &self,
+        key: &PoolKey,
+        (mut sender, active): (SendRequest<Empty<Bytes>>, Arc<AtomicUsize>),
+        request: Request<Empty<Bytes>>,
+        addr: SocketAddr,
+    ) -> Result<(http::Response<hyper::body::Incoming>, ActiveGuard), HboneError> {
+        let guard = ActiveGuard(active);
+        let sent =
+            match tokio::time::timeout(self.connect_timeout, sender.send_request(request)).await {
+                Ok(sent) => sent.map_err(|source| HboneError::Http { addr, source }),
+                Err(_) => Err(HboneError::Timeout(addr)),
+            };
+        match sent {
+            Ok(response) => Ok((response, guard)),
+            Err(e) => {
+                self.evict(key, &guard.0);
+                Err(e)
+            }
+        }
     }
 }
 

@@ -146,7 +146,10 @@ impl Drop for PendingSlot {
     }
 }
 
-/// Serves HBONE on `listener` until `shutdown` resolves.
+/// Serves HBONE on `listener` until `shutdown` resolves (or the future is
+/// dropped). Then every open connection is told to open no new tunnel
+/// (HTTP/2 GOAWAY: the peer opens new ones elsewhere, such as a
+/// replacing agent on the same socket) and its open tunnels go on.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<ServerConfig>,
@@ -158,6 +161,9 @@ pub async fn serve(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let handshakes = Arc::new(Semaphore::new(limits.max_handshakes));
     let pending = Arc::new(Pending::default());
+    // Dropped when this function returns or is dropped: tells every
+    // connection to stop taking new streams.
+    let (_serving, stopped) = tokio::sync::watch::channel(());
     let mut refused: u64 = 0;
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -195,6 +201,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         let deadline = limits.handshake_timeout;
+        let mut stopped = stopped.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let handshake_result = tokio::time::timeout(deadline, acceptor.accept(tcp)).await;
@@ -237,7 +244,16 @@ pub async fn serve(
                 .max_frame_size(MAX_FRAME)
                 .keep_alive_interval(KEEPALIVE_INTERVAL)
                 .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-            if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
+            let mut connection =
+                std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
+            let ended = tokio::select! {
+                ended = connection.as_mut() => ended,
+                _ = stopped.changed() => {
+                    connection.as_mut().graceful_shutdown();
+                    connection.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer_addr, error = %e, "HBONE connection ended");
             }
         });

@@ -6,9 +6,12 @@ mod common;
 
 use common::*;
 use http::{HeaderMap, StatusCode};
+use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use weft_ca::tls::{SpiffeClientVerifier, server_config};
 use weft_hbone::client::HboneError;
+use weft_hbone::server::{Limits, serve};
 
 #[tokio::test]
 async fn bytes_flow_both_ways_with_half_close() {
@@ -180,4 +183,71 @@ async fn identities_and_refusals() {
         .expect_err("no server");
     assert!(err.to_string().contains("is port"), "{err}");
     assert!(err.is_connect_failure());
+}
+
+/// An upgrade's hand-over in small: two servers accept from one socket;
+/// the first stops. Its open tunnel goes on, and new tunnels move to a new
+/// connection (the GOAWAY) that the second server takes; none fails.
+#[tokio::test]
+async fn a_stopping_server_keeps_its_tunnels_and_sends_new_ones_to_its_successor() {
+    let mesh = Mesh::new();
+    let (node, orders) = (id("node-b"), id("orders"));
+    mesh.certs.fetch(&node).await.expect("server cert");
+    let tls = Arc::new(
+        server_config(
+            mesh.certs.source(&node),
+            SpiffeClientVerifier::new(mesh.bundle.clone(), TD),
+        )
+        .expect("tls"),
+    );
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.set_nonblocking(true).expect("nonblocking");
+    let hbone = socket.local_addr().expect("addr");
+    let second = socket.try_clone().expect("the successor's descriptor");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(serve(
+        TcpListener::from_std(socket).expect("listener"),
+        tls.clone(),
+        Arc::new(Direct { deny: None }),
+        Limits::default(),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    let echo = echo_server().await;
+    let pool = client(&mesh, &orders).await;
+    let k = key(&orders, hbone, &node);
+    let mut old = pool
+        .connect(&k, mesh.certs.source(&orders), echo, HeaderMap::new())
+        .await
+        .expect("tunnel through the first server");
+
+    tokio::spawn(serve(
+        TcpListener::from_std(second).expect("listener"),
+        tls,
+        Arc::new(Direct { deny: None }),
+        Limits::default(),
+        std::future::pending(),
+    ));
+    stop.send(()).expect("stop the first server");
+    let started = std::time::Instant::now();
+    let mut new = Vec::new();
+    while pool.connections_opened() < 2 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(5),
+            "the pool never left the stopped server's connection"
+        );
+        new.push(
+            pool.connect(&k, mesh.certs.source(&orders), echo, HeaderMap::new())
+                .await
+                .expect("no tunnel fails during the hand-over"),
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    for t in new.iter_mut().chain([&mut old]) {
+        t.write_all(b"ping").await.expect("write");
+        let mut buf = [0u8; 4];
+        t.read_exact(&mut buf).await.expect("read");
+        assert_eq!(&buf, b"ping");
+    }
 }

@@ -30,11 +30,16 @@
 //! opens those listeners, and HBONE on 15008, inside the namespace, and
 //! routes by the original destination ([`route::decide_original`]).
 //! Plaintext is accepted only for `PERMISSIVE` workloads.
+//!
+//! On Kubernetes ([`pods`]) the CNI plugin hands pods over instead, and an
+//! agent started beside a running one takes over its listening sockets
+//! (`handover`) so an upgrade refuses no connection.
 
 #![forbid(unsafe_code)]
 
 pub mod authz;
 pub mod capture;
+mod handover;
 mod inbound;
 mod listeners;
 pub mod netns;

@@ -70,12 +70,14 @@ pub(crate) async fn reconcile_listeners(
             );
         }
     }
+    // Sockets the previous agent handed over that nothing here wants.
+    lock(&shared.inherited).retain(|key, _| wanted.contains_key(key));
     let mut running = lock(tasks);
     running.retain(|key, task| {
         let keep = wanted.contains_key(key) && !task.is_finished();
         if !keep {
             task.abort();
-            lock(&shared.ready).remove(key);
+            shared.closed(key);
             tracing::info!(listener = %key, "closed");
         }
         keep
@@ -89,11 +91,19 @@ pub(crate) async fn reconcile_listeners(
         running.insert(
             key,
             tokio::spawn(async move {
-                match what.run(shared, &label).await {
-                    Ok(()) => {}
-                    Err(ListenError::NotHere(e)) => tracing::info!(listener = %label, "{e}"),
-                    Err(ListenError::Failed(e)) => {
-                        tracing::error!(listener = %label, error = %e, "listener failed");
+                // Tried again until it runs or is no longer wanted (the
+                // reconcile aborts it then).
+                loop {
+                    match what.clone().run(shared.clone(), &label).await {
+                        Ok(()) => return,
+                        Err(ListenError::NotHere(e)) => {
+                            return tracing::info!(listener = %label, "{e}");
+                        }
+                        Err(ListenError::Failed(e)) => {
+                            tracing::error!(listener = %label, error = %e, "listener failed; trying again in {RETRY:?}");
+                            shared.closed(&label);
+                            tokio::time::sleep(RETRY).await;
+                        }
                     }
                 }
             }),
@@ -103,6 +113,7 @@ pub(crate) async fn reconcile_listeners(
 
 /// One listener the node proxy runs for a local workload; the namespace,
 /// when there is one, is where it listens (captured mode).
+#[derive(Clone)]
 enum Listening {
     /// HBONE on the workload's address, port 15008.
     Inbound(Arc<WorkloadInfo>, Option<Arc<Netns>>),
@@ -127,7 +138,7 @@ impl Listening {
                 // wait in the backlog (a pod just captured gets its
                 // certificate once the registry has it).
                 let addr = SocketAddr::new(w.ip, weft_hbone::PORT);
-                let listener = bind(addr, ns.as_deref()).await?;
+                let listener = open(&shared, key, addr, ns.as_deref()).await?;
                 ready(&shared);
                 fetch_until_issued(&shared, &w).await;
                 let tls = server_config(
@@ -156,7 +167,7 @@ impl Listening {
             }
             Listening::Socks(w, ns) => {
                 let addr = SocketAddr::new(w.ip, SOCKS_PORT);
-                let listener = bind(addr, ns.as_deref()).await?;
+                let listener = open(&shared, key, addr, ns.as_deref()).await?;
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, "SOCKS5 listener ready");
                 let captured = ns.is_some();
@@ -173,7 +184,7 @@ impl Listening {
             }
             Listening::Outbound(w, l, ns) => {
                 let addr = SocketAddr::new(w.ip, l.local_port);
-                let listener = bind(addr, ns.as_deref()).await?;
+                let listener = open(&shared, key, addr, ns.as_deref()).await?;
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, service = %l.service, port = l.service_port, "outbound listener ready");
                 accept_forever(listener, addr, |client, peer| {
@@ -187,7 +198,7 @@ impl Listening {
             }
             Listening::Captured(w, ns) => {
                 let addr = SocketAddr::from(([127, 0, 0, 1], CAPTURE_PORT));
-                let listener = bind(addr, Some(&ns)).await?;
+                let listener = open(&shared, key, addr, Some(&ns)).await?;
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, netns = %ns.path().display(), "captured outbound listener ready");
                 accept_forever(listener, addr, |client, peer| {
@@ -211,7 +222,7 @@ impl Listening {
             }
             Listening::Plaintext(w, ns) => {
                 let addr = SocketAddr::from(([0, 0, 0, 0], PLAINTEXT_PORT));
-                let listener = bind(addr, Some(&ns)).await?;
+                let listener = open(&shared, key, addr, Some(&ns)).await?;
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, netns = %ns.path().display(), "plaintext inbound listener ready");
                 accept_forever(listener, addr, |client, peer| {
@@ -240,6 +251,10 @@ async fn fetch_until_issued(shared: &Shared, w: &WorkloadInfo) {
     }
 }
 
+/// How long a failed listener waits before the next reconcile tries it
+/// again (e.g. its port is still held by a stopping agent).
+const RETRY: Duration = Duration::from_secs(2);
+
 /// Why a listener is not running.
 enum ListenError {
     /// The workload's address is not on this host: it runs in captured
@@ -247,6 +262,28 @@ enum ListenError {
     NotHere(String),
     /// Anything else.
     Failed(String),
+}
+
+impl From<std::io::Error> for ListenError {
+    fn from(e: std::io::Error) -> Self {
+        ListenError::Failed(e.to_string())
+    }
+}
+
+/// The listener `key` on `addr` (in `ns` when given): taken over from the
+/// previous agent, or bound; kept for the next.
+async fn open(
+    shared: &Shared,
+    key: &str,
+    addr: SocketAddr,
+    ns: Option<&Netns>,
+) -> Result<TcpListener, ListenError> {
+    let listener = match shared.inherit(key)? {
+        Some(taken) => taken,
+        None => bind(addr, ns).await?,
+    };
+    shared.keep(key, &listener)?;
+    Ok(listener)
 }
 
 /// A listener on `addr`, in `ns` when given.

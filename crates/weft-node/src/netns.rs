@@ -1,6 +1,7 @@
 //! The few Linux calls captured mode needs, in one place: creating sockets
-//! inside a workload's network namespace, and reading the original
-//! destination of a connection nftables redirected.
+//! inside a workload's network namespace, reading the original
+//! destination of a connection nftables redirected, and passing listening
+//! sockets to another process (`SCM_RIGHTS`, for an upgrade's hand-over).
 //!
 //! A socket belongs to the namespace of the thread that created it, and
 //! keeps it wherever it is used later. So each captured namespace gets one
@@ -9,14 +10,21 @@
 //! whose threads never change namespace.
 
 use std::fs::File;
-use std::io;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::mem::MaybeUninit;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
 use nix::sched::CloneFlags;
 use nix::sys::socket::{self as sock, AddressFamily, SockFlag, SockType, sockopt};
+use rustix::net::{
+    RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+    SendAncillaryMessage, SendFlags,
+};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
 type Job = Box<dyn FnOnce() + Send>;
@@ -196,6 +204,88 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
     }
 }
 
+/// Sends one listening socket, named by `key`, over `to` (a Unix stream
+/// socket): a 2-byte length and the key, the socket attached
+/// (`SCM_RIGHTS`). The receiver gets its own descriptor of the same
+/// socket, so connections queued on it are never lost.
+pub(crate) fn send_listener(
+    to: &UnixStream,
+    key: &str,
+    listener: BorrowedFd<'_>,
+) -> io::Result<()> {
+    let len = u16::try_from(key.len()).map_err(|_| io::Error::other("listener key too long"))?;
+    let mut frame = len.to_be_bytes().to_vec();
+    frame.extend_from_slice(key.as_bytes());
+    let fds = [listener];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    control.push(SendAncillaryMessage::ScmRights(&fds));
+    let sent = rustix::net::sendmsg(
+        to,
+        &[IoSlice::new(&frame)],
+        &mut control,
+        SendFlags::NOSIGNAL,
+    )?;
+    // The socket travels with the first byte; the rest may follow.
+    (&*to).write_all(&frame[sent..])
+}
+
+/// Receives one listening socket sent by [`send_listener`]: its key and
+/// the socket, checked to be a listening TCP socket; `None` once the
+/// sender is done.
+pub(crate) fn receive_listener(
+    from: &UnixStream,
+) -> io::Result<Option<(String, std::net::TcpListener)>> {
+    let mut len = [0u8; 2];
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(4))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let read = rustix::net::recvmsg(
+        from,
+        &mut [IoSliceMut::new(&mut len)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    )?
+    .bytes;
+    // Owned at once: none leaks whatever is wrong next.
+    let mut fds: Vec<OwnedFd> = Vec::new();
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(received) = message {
+            fds.extend(received);
+        }
+    }
+    if read == 0 {
+        return Ok(None);
+    }
+    if read == 1 {
+        (&*from).read_exact(&mut len[1..])?;
+    }
+    let mut key = vec![0; usize::from(u16::from_be_bytes(len))];
+    (&*from).read_exact(&mut key)?;
+    let key = String::from_utf8(key).map_err(|_| io::Error::other("listener key is not UTF-8"))?;
+    let Ok([fd]) = <[OwnedFd; 1]>::try_from(fds) else {
+        return Err(io::Error::other(format!(
+            "listener {key}: expected exactly one socket with it"
+        )));
+    };
+    let listening = sock::getsockopt(&fd, sockopt::AcceptConn)?;
+    let tcp = sock::getsockopt(&fd, sockopt::SockType)? == SockType::Stream
+        && matches!(
+            rustix::net::getsockname(&fd)?.address_family(),
+            rustix::net::AddressFamily::INET | rustix::net::AddressFamily::INET6
+        );
+    if !listening || !tcp {
+        return Err(io::Error::other(format!(
+            "listener {key}: the socket passed is not a listening TCP socket"
+        )));
+    }
+    Ok(Some((key, std::net::TcpListener::from(fd))))
+}
+
+/// The user id of the process at the other end of a Unix socket.
+pub(crate) fn peer_uid(stream: &UnixStream) -> io::Result<u32> {
+    Ok(sock::getsockopt(stream, sockopt::PeerCredentials)?.uid())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +303,45 @@ mod tests {
             assert_eq!(dst, addr);
         }
         drop(client);
+    }
+
+    #[test]
+    fn a_listening_socket_passes_to_another_holder_with_its_queue() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // A connection queued before the hand-over is accepted after it.
+        let queued = std::net::TcpStream::connect(addr).expect("connect");
+        let (a, b) = UnixStream::pair().expect("pair");
+        send_listener(&a, "inbound 10.0.0.1", std::os::fd::AsFd::as_fd(&listener)).expect("send");
+        drop(listener);
+        drop(a);
+        let (key, taken) = receive_listener(&b).expect("receive").expect("one");
+        assert_eq!(key, "inbound 10.0.0.1");
+        assert_eq!(taken.local_addr().expect("addr"), addr);
+        let (_, peer) = taken.accept().expect("the queued connection");
+        assert_eq!(peer, queued.local_addr().expect("local"));
+        assert!(receive_listener(&b).expect("end").is_none());
+        assert_eq!(peer_uid(&b).expect("uid"), nix::unistd::geteuid().as_raw());
+    }
+
+    #[test]
+    fn a_socket_that_is_not_a_tcp_listener_is_refused() {
+        let (a, b) = UnixStream::pair().expect("pair");
+        let (other, _keep) = UnixStream::pair().expect("pair");
+        send_listener(&a, "captured", std::os::fd::AsFd::as_fd(&other)).expect("send");
+        let err = receive_listener(&b).expect_err("not a listener");
+        assert!(
+            err.to_string().contains("not a listening TCP socket"),
+            "{err}"
+        );
+        let connected = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let stream = std::net::TcpStream::connect(connected.local_addr().expect("a")).expect("c");
+        send_listener(&a, "captured", std::os::fd::AsFd::as_fd(&stream)).expect("send");
+        let err = receive_listener(&b).expect_err("a connection, not a listener");
+        assert!(
+            err.to_string().contains("not a listening TCP socket"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -21,7 +21,7 @@ use weft_xds::client::{ClientOptions, Transport, XdsClient};
 
 use crate::inbound::recheck_open_connections;
 use crate::listeners::reconcile_listeners;
-use crate::shared::{Health, Shared};
+use crate::shared::{Health, Shared, lock};
 use crate::telemetry::TcpMetrics;
 
 /// How to run a node proxy.
@@ -109,6 +109,15 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The socket a replacing agent takes the listeners from could not be
+    /// opened.
+    #[error("node proxy: hand-over socket {}: {source}", path.display())]
+    HandoverSocket {
+        /// The socket's path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
     /// A bound listener's address could not be read.
     #[error("node proxy: {what} listener address: {source}")]
     LocalAddr {
@@ -131,6 +140,7 @@ pub struct NodeProxy {
     admin: JoinHandle<()>,
     metrics: JoinHandle<()>,
     attach: Option<JoinHandle<()>>,
+    handover: Option<JoinHandle<()>>,
     listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
     shared: Arc<Shared>,
     _xds: Arc<XdsClient>,
@@ -145,19 +155,22 @@ impl std::fmt::Debug for NodeProxy {
 }
 
 impl NodeProxy {
-    /// Graceful drain: stops accepting (every listener closes), lets open
-    /// connections finish for up to `deadline`, then stops. Returns how
+    /// Graceful drain: stops accepting (every listener closes, except in
+    /// the agent that took them over), tells HBONE peers to open new
+    /// tunnels elsewhere, lets open connections finish for up to
+    /// `deadline`, then stops. Returns how
     /// many connections were still open at the deadline.
     pub async fn drain(self, deadline: Duration) -> u64 {
         self.reconcile.abort();
-        for (_, task) in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
+        for task in self.attach.iter().chain(&self.handover) {
             task.abort();
         }
+        for (_, task) in lock(&self.listeners).drain() {
+            task.abort();
+        }
+        // The last descriptors of sockets no successor took: they close
+        // (one that took them keeps them open and accepting).
+        lock(&self.shared.listening).clear();
         let until = Instant::now() + deadline;
         let open = self.shared.metrics.active();
         tracing::info!(node = %self.shared.node, open, ?deadline, "draining: no new connections");
@@ -178,18 +191,31 @@ impl NodeProxy {
         self.reconcile.abort();
         self.admin.abort();
         self.metrics.abort();
-        if let Some(attach) = &self.attach {
-            attach.abort();
-        }
-        for (_, task) in self
-            .listeners
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .drain()
-        {
+        for task in self.attach.iter().chain(&self.handover) {
             task.abort();
         }
+        for (_, task) in lock(&self.listeners).drain() {
+            task.abort();
+        }
+        lock(&self.shared.listening).clear();
     }
+}
+
+/// The admin or metrics listener on `addr` (`what`): taken over from the
+/// previous agent, or bound; kept for the next.
+async fn host_listener(
+    shared: &Shared,
+    addr: SocketAddr,
+    what: &'static str,
+) -> Result<tokio::net::TcpListener, NodeError> {
+    let key = format!("{what} {addr}");
+    let failed = |source| weft_admin::BindError { addr, what, source };
+    let listener = match shared.inherit(&key).map_err(failed)? {
+        Some(taken) => taken,
+        None => weft_admin::bind(addr, what).await?,
+    };
+    shared.keep(&key, &listener).map_err(failed)?;
+    Ok(listener)
 }
 
 /// Starts a node proxy.
@@ -276,14 +302,29 @@ pub async fn start_with_pods(
         pods,
         wake: tokio::sync::Notify::new(),
         ready: Mutex::default(),
+        listening: Mutex::default(),
+        inherited: Mutex::default(),
     });
+    // On Kubernetes, an agent started beside a running one (an upgrade)
+    // takes its listening sockets before opening any.
+    let handover = (shared.pods.is_some())
+        .then(|| {
+            options
+                .state_dir
+                .as_ref()
+                .map(|d| d.join(crate::handover::SOCKET))
+        })
+        .flatten();
+    if let Some(path) = &handover {
+        *lock(&shared.inherited) = crate::handover::take(path).await;
+    }
     // Pods captured before a restart: their listeners open again at once.
     crate::pods::restore(&shared);
     let mut registry = prometheus_client::registry::Registry::default();
     shared.metrics.register(&mut registry);
     certs.register(&mut registry);
     let local_addr = |what| move |source| NodeError::LocalAddr { what, source };
-    let metrics_listener = weft_admin::bind(options.metrics_addr, "metrics").await?;
+    let metrics_listener = host_listener(&shared, options.metrics_addr, "metrics").await?;
     let metrics_addr = metrics_listener
         .local_addr()
         .map_err(local_addr("metrics"))?;
@@ -297,7 +338,7 @@ pub async fn start_with_pods(
     ));
     let listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>> = Arc::default();
 
-    let admin_listener = weft_admin::bind(options.admin_addr, "admin").await?;
+    let admin_listener = host_listener(&shared, options.admin_addr, "admin").await?;
     let admin_addr = admin_listener.local_addr().map_err(local_addr("admin"))?;
     let (dump_of, certs_of) = (xds.clone(), certs.clone());
     let admin = tokio::spawn(weft_admin::serve(
@@ -337,6 +378,17 @@ pub async fn start_with_pods(
         ),
         None => None,
     };
+    let handover = match &handover {
+        Some(path) => Some(
+            crate::handover::serve(path, shared.clone()).map_err(|source| {
+                NodeError::AttachSocket {
+                    path: path.clone(),
+                    source,
+                }
+            })?,
+        ),
+        None => None,
+    };
     Ok(NodeProxy {
         admin_addr,
         metrics_addr,
@@ -345,6 +397,7 @@ pub async fn start_with_pods(
         admin,
         metrics,
         attach,
+        handover,
         listeners,
         shared,
         _xds: xds,

@@ -4,11 +4,13 @@
 //! listeners are ready. Built once by [`start`](crate::start).
 
 use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicUsize;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
 use weft_ca::{CertManager, TrustBundle};
 use weft_hbone::HbonePool;
 use weft_state::{MeshView, WorkloadInfo};
@@ -62,6 +64,39 @@ pub(crate) struct Shared {
     pub(crate) wake: tokio::sync::Notify,
     /// Keys of the listeners that are bound and accepting.
     pub(crate) ready: Mutex<HashSet<String>>,
+    /// A descriptor of every listening socket, by listener key: what an
+    /// upgrade hands to the next agent.
+    pub(crate) listening: Mutex<HashMap<String, OwnedFd>>,
+    /// Listening sockets taken over from the previous agent, by key, until
+    /// the listener that wants each takes it.
+    pub(crate) inherited: Mutex<HashMap<String, std::net::TcpListener>>,
+}
+
+impl Shared {
+    /// The listening socket for `key` the previous agent handed over, if
+    /// any.
+    pub(crate) fn inherit(&self, key: &str) -> std::io::Result<Option<TcpListener>> {
+        let Some(taken) = lock(&self.inherited).remove(key) else {
+            return Ok(None);
+        };
+        taken.set_nonblocking(true)?;
+        tracing::debug!(listener = %key, "taken over from the previous agent");
+        TcpListener::from_std(taken).map(Some)
+    }
+
+    /// Keeps a descriptor of `listener` for the agent that replaces this
+    /// one.
+    pub(crate) fn keep(&self, key: &str, listener: &TcpListener) -> std::io::Result<()> {
+        let kept = listener.as_fd().try_clone_to_owned()?;
+        lock(&self.listening).insert(key.to_owned(), kept);
+        Ok(())
+    }
+
+    /// Forgets a closed listener.
+    pub(crate) fn closed(&self, key: &str) {
+        lock(&self.ready).remove(key);
+        lock(&self.listening).remove(key);
+    }
 }
 
 /// Locks a mutex, recovering the data if a holder panicked.
