@@ -208,6 +208,10 @@ async fn host_listener(
     addr: SocketAddr,
     what: &'static str,
 ) -> Result<tokio::net::TcpListener, NodeError> {
+    // Only a fixed port is the same listener in the next agent.
+    if addr.port() == 0 {
+        return Ok(weft_admin::bind(addr, what).await?);
+    }
     let key = format!("{what} {addr}");
     let failed = |source| weft_admin::BindError { addr, what, source };
     let listener = match shared.inherit(&key).map_err(failed)? {

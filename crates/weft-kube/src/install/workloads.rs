@@ -246,13 +246,17 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
             "--cni-conf-dir=/host/etc/cni/net.d".to_owned(),
             "--admin-addr=127.0.0.1:15000".to_owned(),
             "--metrics-addr=0.0.0.0:15020".to_owned(),
+            // Within the pod's 30 s grace period.
+            "--drain-timeout=25s".to_owned(),
         ]),
         env: Some(vec![
             field_env("NODE_NAME", "spec.nodeName"),
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
         ]),
-        ports: Some(vec![port("http-metrics", METRICS_PORT)]),
+        // No `ports`: on the host's network they become host ports, and
+        // the scheduler would not place the surge pod of a rolling update
+        // beside the old one. The metrics port is handed over instead.
         readiness_probe: Some(readiness()),
         resources: Some(ResourceRequirements {
             requests: Some(quantities(&[("cpu", "50m"), ("memory", "64Mi")])),
