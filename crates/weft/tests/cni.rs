@@ -21,7 +21,6 @@ mod pods;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -205,62 +204,10 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
 
     // On the wire between the two pods: only TLS to 15008, from the
     // client pod's own address (its tunnels start inside it).
-    let pcap = cluster.chain.dir.path().join("server.pcap");
-    let mut capture = Child(
-        Command::new("tcpdump")
-            .args([
-                "-i",
-                "any",
-                "--immediate-mode",
-                "-U",
-                "-nn",
-                "-s",
-                "0",
-                "-w",
-            ])
-            .arg(&pcap)
-            .arg(format!("host {} and tcp", server.ip))
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump"),
-    );
-    // Ready once it says it listens.
-    let mut said = BufReader::new(capture.0.stderr.take().expect("tcpdump stderr"));
-    let mut line = String::new();
-    while !line.contains("listening on") {
-        line.clear();
-        let n = said.read_line(&mut line).expect("tcpdump starts");
-        assert!(n > 0, "tcpdump ended before it listened");
-    }
-    let fresh = curl(&client, &format!("http://{VIP}/anything/secret-path"));
-    assert!(fresh.contains("x-weft-app: server"), "{fresh}");
-    // SIGTERM: tcpdump writes what it holds before it exits.
-    sh(&["kill", "-TERM", &capture.0.id().to_string()]);
-    let _ = capture.0.wait();
-    let read = Command::new("tcpdump")
-        .args(["-nn", "-r"])
-        .arg(&pcap)
-        .output()
-        .expect("read capture");
-    let packets = String::from_utf8_lossy(&read.stdout).into_owned();
-    assert!(
-        !packets.trim().is_empty(),
-        "nothing captured between the pods"
-    );
-    for line in packets.lines() {
-        assert!(
-            line.contains(&format!("{}.", client.ip))
-                && line.contains(&format!("{}.15008", server.ip)),
-            "only the client pod's address to 15008: {line}"
-        );
-    }
-    let raw = std::fs::read(&pcap).expect("pcap");
-    assert!(
-        !raw.windows(b"secret-path".len())
-            .any(|w| w == b"secret-path"),
-        "plaintext on the wire"
-    );
+    only_tls_between(&cluster, &client.ip, &server.ip, "secret-path", || {
+        let fresh = curl(&client, &format!("http://{VIP}/anything/secret-path"));
+        assert!(fresh.contains("x-weft-app: server"), "{fresh}");
+    });
 
     // The agent killed and started again: the pods it had captured (their
     // rules still in place) are served again, from what it kept.

@@ -520,3 +520,69 @@ pub(crate) fn until_served(pod: &Pod, url: &str) -> String {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+/// Captures every TCP packet to or from `server_ip` on the host while
+/// `call` runs (tcpdump on all interfaces, the bridge among them), then
+/// checks that they all went from `client_ip` to port 15008 and that
+/// `marker`, sent in the request, never crossed in the clear.
+pub(crate) fn only_tls_between(
+    cluster: &Cluster,
+    client_ip: &str,
+    server_ip: &str,
+    marker: &str,
+    call: impl FnOnce(),
+) {
+    let pcap = cluster.chain.dir.path().join(format!("{server_ip}.pcap"));
+    let mut capture = Child(
+        Command::new("tcpdump")
+            .args([
+                "-i",
+                "any",
+                "--immediate-mode",
+                "-U",
+                "-nn",
+                "-s",
+                "0",
+                "-w",
+            ])
+            .arg(&pcap)
+            .arg(format!("host {server_ip} and tcp"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("tcpdump"),
+    );
+    // Ready once it says it listens.
+    let mut said = BufReader::new(capture.0.stderr.take().expect("tcpdump stderr"));
+    let mut line = String::new();
+    while !line.contains("listening on") {
+        line.clear();
+        let n = said.read_line(&mut line).expect("tcpdump starts");
+        assert!(n > 0, "tcpdump ended before it listened");
+    }
+    call();
+    // SIGTERM: tcpdump writes what it holds before it exits.
+    sh(&["kill", "-TERM", &capture.0.id().to_string()]);
+    let _ = capture.0.wait();
+    let read = Command::new("tcpdump")
+        .args(["-nn", "-r"])
+        .arg(&pcap)
+        .output()
+        .expect("read capture");
+    let packets = String::from_utf8_lossy(&read.stdout).into_owned();
+    assert!(
+        !packets.trim().is_empty(),
+        "nothing captured between the pods"
+    );
+    for line in packets.lines() {
+        assert!(
+            line.contains(&format!("{client_ip}.")) && line.contains(&format!("{server_ip}.15008")),
+            "only the client pod's address to 15008: {line}"
+        );
+    }
+    let raw = std::fs::read(&pcap).expect("pcap");
+    assert!(
+        !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "plaintext on the wire"
+    );
+}
