@@ -91,3 +91,28 @@ mod tests {
         assert!(matches!(release, PodRequest::Release { pod } if pod.uid.is_empty()));
     }
 }
+
+/// A pod on the node the API server shows enrolled and running: the node
+/// agent captures it even when no CNI plugin handed it over (it ran
+/// before its namespace was enrolled, or before the agent started).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EnrolledPod {
+    /// The pod.
+    pub pod: PodRef,
+    /// Its address (`status.podIP`).
+    pub ip: IpAddr,
+    /// Its identity (its service account's).
+    pub identity: crate::Identity,
+}
+
+/// What the API server says about the pods of one node: which the node
+/// agent should hold, and which it should let go (no longer enrolled, or
+/// on the host's network). Pods in neither list (not running yet, or
+/// unknown) are left as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Enrolled and running, with an address.
+    pub capture: Vec<EnrolledPod>,
+    /// Explicitly not in the mesh.
+    pub release: Vec<PodRef>,
+}

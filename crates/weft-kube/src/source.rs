@@ -72,7 +72,7 @@ impl Drop for Reflectors {
 
 /// The objects of a store, owned.
 /// Runs one watcher into a store, signalling every change.
-fn reflect<K>(
+pub(crate) fn reflect<K>(
     api: Api<K>,
     config: watcher::Config,
     what: String,

@@ -39,6 +39,7 @@
 
 pub mod authz;
 pub mod capture;
+mod enroll;
 mod handover;
 mod inbound;
 mod listeners;

@@ -12,7 +12,7 @@
 use std::fs::File;
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::mem::MaybeUninit;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
@@ -202,6 +202,74 @@ pub fn original_destination(stream: &TcpStream) -> io::Result<SocketAddr> {
             )))
         }
     }
+}
+
+/// Where network namespaces are pinned (`ip netns`, containerd's and
+/// CRI-O's pod sandboxes) and where processes show theirs.
+const PINNED: [&str; 2] = ["/run/netns", "/var/run/netns"];
+const PROC: &str = "/proc";
+
+/// Finds the network namespace, other than this process's, with `ip` on
+/// one of its interfaces: pinned namespaces first, then those of the
+/// processes this one can see. Returns a path to it (a pinned one when
+/// there is one) and the interface. Each candidate is entered on a thread
+/// of its own making, which ends with the search.
+pub(crate) async fn find_by_address(ip: IpAddr) -> io::Result<Option<(PathBuf, String)>> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("weft-netns-scan".into())
+        .spawn(move || {
+            let _ = tx.send(scan(ip));
+        })?;
+    rx.await
+        .map_err(|_| io::Error::other("the namespace scan ended without an answer"))?
+}
+
+fn scan(ip: IpAddr) -> io::Result<Option<(PathBuf, String)>> {
+    let own = std::fs::metadata("/proc/self/ns/net")?;
+    let mut seen = std::collections::HashSet::from([(own.dev(), own.ino())]);
+    let pinned = PINNED
+        .iter()
+        .filter_map(|dir| std::fs::read_dir(dir).ok())
+        .flatten()
+        .filter_map(|e| e.ok().map(|e| e.path()));
+    let processes = std::fs::read_dir(PROC)?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .map(|e| e.path().join("ns/net"));
+    for path in pinned.chain(processes) {
+        // A process that ended, or one this agent may not look into.
+        let Ok(meta) = std::fs::metadata(&path) else {
+            continue;
+        };
+        if !seen.insert((meta.dev(), meta.ino())) {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if nix::sched::setns(&file, CloneFlags::CLONE_NEWNET).is_err() {
+            continue;
+        }
+        let found = nix::ifaddrs::getifaddrs()?.find_map(|a| {
+            let address = a.address?;
+            let here = match (address.as_sockaddr_in(), address.as_sockaddr_in6()) {
+                (Some(v4), _) => IpAddr::V4(v4.ip()),
+                (_, Some(v6)) => IpAddr::V6(v6.ip()),
+                _ => return None,
+            };
+            (here == ip).then_some(a.interface_name)
+        });
+        if let Some(interface) = found {
+            return Ok(Some((path, interface)));
+        }
+    }
+    Ok(None)
 }
 
 /// Sends one listening socket, named by `key`, over `to` (a Unix stream

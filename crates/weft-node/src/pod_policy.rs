@@ -1,12 +1,13 @@
 //! How the node agent decides which pods handed over by the CNI plugin
-//! it captures (on Kubernetes, from the API server: see `weft-kube`'s
-//! `capture` module, wired in by the `weft` binary).
+//! it captures, and learns which running pods it should hold (on
+//! Kubernetes, from the API server: see `weft-kube`'s `capture` and
+//! `enrollment` modules, wired in by the `weft` binary).
 
 use std::future::Future;
 use std::pin::Pin;
 
 use weft_core::Identity;
-use weft_core::attach::PodRef;
+use weft_core::attach::{Enrollment, PodRef};
 
 /// What becomes of a pod.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,4 +26,10 @@ pub type Deciding<'a> = Pin<Box<dyn Future<Output = Result<Verdict, String>> + S
 pub trait PodPolicy: Send + Sync {
     /// The decision for `pod`.
     fn decide<'a>(&'a self, pod: &'a PodRef) -> Deciding<'a>;
+
+    /// The node's pods the agent should hold and let go, kept current
+    /// (`None`: only what the CNI plugin hands over is captured).
+    fn enrollment(&self) -> Option<tokio::sync::watch::Receiver<Enrollment>> {
+        None
+    }
 }

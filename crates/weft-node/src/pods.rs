@@ -142,10 +142,27 @@ async fn capture(
     let Some(ip) = ip else {
         return failure(format!("{pod}: the CNI plugin gave no address for it"));
     };
-    let ns = match Netns::open(std::path::Path::new(netns)) {
-        Ok(ns) => Arc::new(ns),
-        Err(e) => return failure(format!("{pod}: {e}")),
-    };
+    match hold(shared, pod, std::path::Path::new(netns), ip, identity).await {
+        Ok(()) => PodReply {
+            captured: true,
+            reason: "listeners open".into(),
+            ..PodReply::default()
+        },
+        Err(e) => failure(e),
+    }
+}
+
+/// Captures `pod` in the namespace at `netns` as `identity`: opens its
+/// listeners there and returns once they are open (the caller writes the
+/// redirect rules then).
+pub(crate) async fn hold(
+    shared: &Arc<Shared>,
+    pod: &PodRef,
+    netns: &std::path::Path,
+    ip: IpAddr,
+    identity: Identity,
+) -> Result<(), String> {
+    let ns = Arc::new(Netns::open(netns).map_err(|e| format!("{pod}: {e}"))?);
     let id = uid(pod);
     let w = Arc::new(provisional(shared, pod, ip, identity));
     lock(&shared.provisional).insert(id.clone(), w.clone());
@@ -155,22 +172,19 @@ async fn capture(
     while !listeners_ready(shared, &w, &ns) {
         if Instant::now() > until {
             release(shared, &id);
-            return failure(format!(
-                "{pod}: its listeners in {netns} were not open within {READY_TIMEOUT:?}; see the node agent's log"
+            return Err(format!(
+                "{pod}: its listeners in {} were not open within {READY_TIMEOUT:?}; see the node agent's log",
+                netns.display()
             ));
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     save(shared);
-    tracing::info!(%pod, %netns, %ip, identity = %w.identity, "pod captured");
-    PodReply {
-        captured: true,
-        reason: "listeners open".into(),
-        ..PodReply::default()
-    }
+    tracing::info!(%pod, netns = %netns.display(), %ip, identity = %w.identity, "pod captured");
+    Ok(())
 }
 
-fn release(shared: &Shared, id: &str) {
+pub(crate) fn release(shared: &Shared, id: &str) {
     let had = lock(&shared.captured).remove(id).is_some();
     lock(&shared.provisional).remove(id);
     if had {

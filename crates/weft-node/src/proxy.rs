@@ -141,6 +141,7 @@ pub struct NodeProxy {
     metrics: JoinHandle<()>,
     attach: Option<JoinHandle<()>>,
     handover: Option<JoinHandle<()>>,
+    enrollment: Option<JoinHandle<()>>,
     listeners: Arc<Mutex<HashMap<String, JoinHandle<()>>>>,
     shared: Arc<Shared>,
     _xds: Arc<XdsClient>,
@@ -162,7 +163,12 @@ impl NodeProxy {
     /// many connections were still open at the deadline.
     pub async fn drain(self, deadline: Duration) -> u64 {
         self.reconcile.abort();
-        for task in self.attach.iter().chain(&self.handover) {
+        for task in self
+            .attach
+            .iter()
+            .chain(&self.handover)
+            .chain(&self.enrollment)
+        {
             task.abort();
         }
         for (_, task) in lock(&self.listeners).drain() {
@@ -191,7 +197,12 @@ impl NodeProxy {
         self.reconcile.abort();
         self.admin.abort();
         self.metrics.abort();
-        for task in self.attach.iter().chain(&self.handover) {
+        for task in self
+            .attach
+            .iter()
+            .chain(&self.handover)
+            .chain(&self.enrollment)
+        {
             task.abort();
         }
         for (_, task) in lock(&self.listeners).drain() {
@@ -382,6 +393,11 @@ pub async fn start_with_pods(
         ),
         None => None,
     };
+    // Pods the API server shows enrolled on this node but no CNI plugin
+    // handed over (and those no longer enrolled).
+    let enrollment = (shared.pods.as_ref())
+        .and_then(|p| p.enrollment())
+        .map(|rx| tokio::spawn(crate::enroll::follow(shared.clone(), rx)));
     let handover = match &handover {
         Some(path) => Some(
             crate::handover::serve(path, shared.clone()).map_err(|source| {
@@ -402,6 +418,7 @@ pub async fn start_with_pods(
         metrics,
         attach,
         handover,
+        enrollment,
         listeners,
         shared,
         _xds: xds,

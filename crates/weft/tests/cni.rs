@@ -21,6 +21,7 @@ mod pods;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixListener;
 use std::path::Path;
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,34 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         let fresh = curl(&client, &format!("http://{VIP}/anything/secret-path"));
         assert!(fresh.contains("x-weft-app: server"), "{fresh}");
     });
+
+    // A pod that runs before its namespace is enrolled: untouched, then
+    // captured where it runs once the namespace is enrolled (reached over
+    // HBONE: plaintext to it would be refused), then let go again.
+    let late = cluster.run_pod("late", "late-1", "late");
+    let _late_app = serve_in(&late, "late");
+    assert!(table(&late.netns.path()).is_none(), "late-1 untouched");
+    let direct = format!("http://{}:8080/", late.ip);
+    let from_host = || {
+        let out = Command::new("curl")
+            .args(["-s", "-i", "--max-time", "3", &direct])
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).contains("x-weft-app: late")
+    };
+    wait_for("the pod outside the mesh answering in the clear", from_host);
+    enroll(&cluster.fake, "late", true);
+    wait_for("late-1 captured once enrolled", || {
+        table(&late.netns.path()).is_some()
+    });
+    wait_for("the client reaching late-1 through the mesh", || {
+        curl(&client, &direct).contains("x-weft-app: late")
+    });
+    enroll(&cluster.fake, "late", false);
+    wait_for("late-1 let go once unenrolled", || {
+        table(&late.netns.path()).is_none()
+    });
+    wait_for("late-1 answering in the clear again", from_host);
 
     // The agent killed and started again: the pods it had captured (their
     // rules still in place) are served again, from what it kept.

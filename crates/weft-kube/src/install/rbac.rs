@@ -61,7 +61,11 @@ pub(crate) fn objects(install: &Install) -> Vec<Result<serde_json::Value, Instal
         }),
         to_json(&ClusterRole {
             metadata: meta(&node_cluster_name, false, "node-agent"),
-            rules: Some(vec![rule(&[""], &names(&["pods", "namespaces"]), &["get"])]),
+            rules: Some(vec![rule(
+                &[""],
+                &names(&["pods", "namespaces"]),
+                &["get", "list", "watch"],
+            )]),
             ..Default::default()
         }),
         to_json(&ClusterRoleBinding {

@@ -119,19 +119,34 @@ fn install_cni(args: &Args, attach_socket: Option<&std::path::Path>) -> Result<(
     Ok(())
 }
 
-/// The pod policy of a node agent on Kubernetes: the API server decides.
-struct KubePods(weft_kube::capture::PodDecider);
+/// The pod policy of a node agent on Kubernetes: the API server decides,
+/// and the node's pods are followed (their enrollment) while it lives.
+struct KubePods {
+    decider: weft_kube::capture::PodDecider,
+    enrollment: tokio::sync::watch::Receiver<weft_core::attach::Enrollment>,
+    follower: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for KubePods {
+    fn drop(&mut self) {
+        self.follower.abort();
+    }
+}
 
 impl weft_node::pods::PodPolicy for KubePods {
     fn decide<'a>(&'a self, pod: &'a weft_core::attach::PodRef) -> weft_node::pods::Deciding<'a> {
         use weft_kube::capture::Decision;
         use weft_node::pods::Verdict;
         Box::pin(async move {
-            Ok(match self.0.decide(pod).await? {
+            Ok(match self.decider.decide(pod).await? {
                 Decision::Capture(identity) => Verdict::Capture(identity),
                 Decision::Leave(reason) => Verdict::Leave(reason),
             })
         })
+    }
+
+    fn enrollment(&self) -> Option<tokio::sync::watch::Receiver<weft_core::attach::Enrollment>> {
+        Some(self.enrollment.clone())
     }
 }
 
@@ -185,9 +200,13 @@ async fn node(args: Args) -> Result<(), String> {
     let pods: Option<std::sync::Arc<dyn weft_node::pods::PodPolicy>> = if args.kubernetes {
         let (client, origin) = super::kube_client(args.kubeconfig.as_deref()).await?;
         tracing::info!(cluster = %origin, node = %args.name, "taking pods from the CNI plugin");
-        Some(std::sync::Arc::new(KubePods(
-            weft_kube::capture::PodDecider::new(client, &args.name, &args.trust_domain),
-        )))
+        let (enrollment, follower) =
+            weft_kube::enrollment::follow(&client, &args.name, &args.trust_domain);
+        Some(std::sync::Arc::new(KubePods {
+            decider: weft_kube::capture::PodDecider::new(client, &args.name, &args.trust_domain),
+            enrollment,
+            follower,
+        }))
     } else {
         None
     };

@@ -256,12 +256,36 @@ pub(crate) fn field(line: &str, key: &str) -> String {
         .to_owned()
 }
 
+/// Enrolls namespace `name` in the mesh, or takes it out.
+pub(crate) fn enroll(fake: &weft_kube_fake::FakeApiServer, name: &str, enrolled: bool) {
+    let labels = if enrolled {
+        json!({"istio.io/dataplane-mode": "ambient"})
+    } else {
+        json!({})
+    };
+    fake.apply(json!({"apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": labels}}));
+}
+
+/// Waits up to 20 s for `what` to hold.
+pub(crate) fn wait_for(what: &str, mut holds: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !holds() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "{what}: not within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The cluster IP of the `server` Service in [`Cluster`].
 pub(crate) const VIP: &str = "10.96.77.80";
 
 /// One node of a cluster whose API is the fake server: namespaces `shop`
-/// (enrolled) and `legacy`, the `server` Service, pods `shop/server-1`,
-/// `shop/client-1` and `legacy/old-1` scheduled on `node-1`; `weft control
+/// (enrolled), `legacy` and `late`, Services `server` and `late`, pods
+/// `shop/server-1`, `shop/client-1`, `legacy/old-1` and `late/late-1`
+/// scheduled on `node-1`; `weft control
 /// --kubernetes` running; the node's CNI configuration as its network
 /// plugin left it (bridge only).
 pub(crate) struct Cluster {
@@ -310,11 +334,17 @@ impl Cluster {
             "metadata": {"namespace": "shop", "name": "server"},
             "spec": {"clusterIP": VIP, "clusterIPs": [VIP], "selector": {"app": "server"},
                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
+        fake.apply(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"namespace": "late", "name": "late"},
+            "spec": {"clusterIP": "10.96.77.81", "clusterIPs": ["10.96.77.81"],
+                     "selector": {"app": "late"},
+                     "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}));
         let mut uids = HashMap::new();
         for (ns, name, app) in [
             ("shop", "server-1", "server"),
             ("shop", "client-1", "client"),
             ("legacy", "old-1", "old"),
+            ("late", "late-1", "late"),
         ] {
             let stored = fake.apply(pod_object(ns, name, app));
             let uid = stored["metadata"]["uid"].as_str().expect("uid").to_owned();
