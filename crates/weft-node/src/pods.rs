@@ -16,6 +16,10 @@
 //! its address, name and identity — until the registry has it. Inbound
 //! tunnels to it wait for its certificate, which the control plane issues
 //! once the pod runs.
+//!
+//! The host's own connections to a captured pod (the kubelet's probes)
+//! are let through in plaintext from a fixed source, as in Istio
+//! (`weft_cni::rules::host_allow`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -180,13 +184,26 @@ pub(crate) async fn hold(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     save(shared);
+    allow_probes(ip).await;
     tracing::info!(%pod, netns = %netns.display(), %ip, identity = %w.identity, "pod captured");
     Ok(())
 }
 
+/// Lets the host's own connections to a captured pod at `ip` (the
+/// kubelet's probes) through, as Istio does (`weft_cni::rules`).
+async fn allow_probes(ip: IpAddr) {
+    let allowed = tokio::task::spawn_blocking(move || weft_cni::rules::host_allow(ip)).await;
+    if let Ok(Err(e)) = allowed {
+        tracing::warn!(%ip, error = %e, "the kubelet's probes of this pod will be refused");
+    }
+}
+
 pub(crate) fn release(shared: &Shared, id: &str) {
     let had = lock(&shared.captured).remove(id).is_some();
-    lock(&shared.provisional).remove(id);
+    if let Some(w) = lock(&shared.provisional).remove(id) {
+        let ip = w.ip;
+        tokio::task::spawn_blocking(move || weft_cni::rules::host_forget(ip));
+    }
     if had {
         save(shared);
         tracing::info!(workload = %id, "pod released");
@@ -261,6 +278,7 @@ pub(crate) fn restore(shared: &Shared) -> usize {
             Arc::new(provisional(shared, &pod, k.ip, identity)),
         );
         lock(&shared.captured).insert(id, Arc::new(ns));
+        tokio::spawn(allow_probes(k.ip));
         restored += 1;
     }
     if restored > 0 {

@@ -333,6 +333,13 @@ pub async fn start_with_pods(
     if let Some(path) = &handover {
         *lock(&shared.inherited) = crate::handover::take(path).await;
     }
+    if shared.pods.is_some() {
+        // The kubelet's probes of captured pods (see `pods`).
+        let made = tokio::task::spawn_blocking(weft_cni::rules::host_table_ensure).await;
+        if let Ok(Err(e)) = made {
+            tracing::warn!(error = %e, "the kubelet's probes of captured pods will be refused");
+        }
+    }
     // Pods captured before a restart: their listeners open again at once.
     crate::pods::restore(&shared);
     let mut registry = prometheus_client::registry::Registry::default();

@@ -180,7 +180,9 @@ fn the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest() {
 /// pod's namespace, then the pods' status written as the kubelet would.
 /// An unchanged client in one pod reaches the server pod's Service by its
 /// cluster IP, carried over HBONE; a pod of a namespace without the label
-/// is left untouched; policy by service account and by pod address holds.
+/// is left untouched; the node's own connections (the kubelet's probes)
+/// reach a captured pod, another pod's plaintext does not; policy by
+/// service account and by pod address holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     if let Some(reason) = skip_reason() {
@@ -202,6 +204,21 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     let url = format!("http://{VIP}/");
     let answer = until_served(&client, &url);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // The kubelet's probes come from the node, in plaintext: let through.
+    // A pod outside the mesh is no probe: its plaintext is refused.
+    let pod_port = format!("http://{}:8080/", server.ip);
+    let probe = Command::new("curl")
+        .args(["-s", "-i", "--max-time", "3", &pod_port])
+        .output()
+        .expect("curl");
+    let probe = String::from_utf8_lossy(&probe.stdout);
+    assert!(probe.contains("x-weft-app: server"), "probe: {probe}");
+    let outsider = curl(&old, &pod_port);
+    assert!(
+        !outsider.contains("x-weft-app: server"),
+        "plaintext from a pod outside the mesh reached a captured pod: {outsider}"
+    );
 
     // On the wire between the two pods: only TLS to 15008, from the
     // client pod's own address (its tunnels start inside it).
