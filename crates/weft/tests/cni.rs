@@ -177,15 +177,16 @@ fn the_plugin_captures_pods_the_agent_takes_and_leaves_the_rest() {
 /// the pods' objects in the (fake) API server, `weft control
 /// --kubernetes` reading them, `weft node --kubernetes` deciding from
 /// them, the CNI chain (bridge, host-local, weft-cni) setting up each
-/// pod's namespace, then the pods' status written as the kubelet would.
-/// An unchanged client in one pod reaches the server pod's Service by its
-/// cluster IP, carried over HBONE; a pod of a namespace without the label
+/// pod's namespace, then the pods' status written as the kubelet would,
+/// and each pod's programs run as containers of containerd in it. An
+/// unchanged client container reaches the server container's Service by
+/// its cluster IP, carried over HBONE; a pod of a namespace without the label
 /// is left untouched; the node's own connections (the kubelet's probes)
 /// reach a captured pod, another pod's plaintext does not; policy by
 /// service account and by pod address holds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason().or_else(runtime_missing) {
         println!("SKIPPED pods_set_up_by_the_cni_chain_join_the_mesh: {reason}");
         return;
     }
@@ -200,9 +201,9 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     assert!(table(&old.netns.path()).is_none(), "legacy/old-1 untouched");
 
     // The server, unchanged, in its pod; the client calls the Service.
-    let app = serve_in(&server, "server");
+    cluster.serve(&server, "server");
     let url = format!("http://{VIP}/");
-    let answer = until_served(&client, &url);
+    let answer = cluster.until_served(&client, &url);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // The kubelet's probes come from the node, in plaintext: let through.
@@ -214,7 +215,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         .expect("curl");
     let probe = String::from_utf8_lossy(&probe.stdout);
     assert!(probe.contains("x-weft-app: server"), "probe: {probe}");
-    let outsider = curl(&old, &pod_port);
+    let outsider = cluster.curl(&old, &pod_port);
     assert!(
         !outsider.contains("x-weft-app: server"),
         "plaintext from a pod outside the mesh reached a captured pod: {outsider}"
@@ -223,7 +224,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     // On the wire between the two pods: only TLS to 15008, from the
     // client pod's own address (its tunnels start inside it).
     only_tls_between(&cluster, &client.ip, &server.ip, "secret-path", || {
-        let fresh = curl(&client, &format!("http://{VIP}/anything/secret-path"));
+        let fresh = cluster.curl(&client, &format!("http://{VIP}/anything/secret-path"));
         assert!(fresh.contains("x-weft-app: server"), "{fresh}");
     });
 
@@ -231,7 +232,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     // captured where it runs once the namespace is enrolled (reached over
     // HBONE: plaintext to it would be refused), then let go again.
     let late = cluster.run_pod("late", "late-1", "late");
-    let _late_app = serve_in(&late, "late");
+    cluster.serve(&late, "late");
     assert!(table(&late.netns.path()).is_none(), "late-1 untouched");
     let direct = format!("http://{}:8080/", late.ip);
     let from_host = || {
@@ -247,7 +248,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
         table(&late.netns.path()).is_some()
     });
     wait_for("the client reaching late-1 through the mesh", || {
-        curl(&client, &direct).contains("x-weft-app: late")
+        cluster.curl(&client, &direct).contains("x-weft-app: late")
     });
     enroll(&cluster.fake, "late", false);
     wait_for("late-1 let go once unenrolled", || {
@@ -260,7 +261,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     drop(node);
     let _node = cluster.node();
     let started = Instant::now();
-    while !curl(&client, &url).contains("x-weft-app: server") {
+    while !cluster.curl(&client, &url).contains("x-weft-app: server") {
         assert!(
             started.elapsed() < Duration::from_secs(20),
             "the captured pods were not served again after the agent restarted"
@@ -272,7 +273,7 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
     // the client (service account `client`) may not; then only `client`.
     let served = |on: bool, what: &str| {
         let started = Instant::now();
-        while curl(&client, &url).contains("x-weft-app: server") != on {
+        while cluster.curl(&client, &url).contains("x-weft-app: server") != on {
             assert!(
                 started.elapsed() < Duration::from_secs(10),
                 "{what} never applied"
@@ -300,7 +301,6 @@ async fn pods_set_up_by_the_cni_chain_join_the_mesh() {
                  "rules": [{"from": [{"source": {"ipBlocks": [format!("{}/32", client.ip)]}}]}]}}),
     );
     served(false, "the ipBlocks DENY");
-    drop(app);
 
     for pod in [&server, &client, &old] {
         cluster.delete_pod(pod);

@@ -122,7 +122,7 @@ fn long_lived(addr: SocketAddr, until: impl Fn() -> bool) -> Ended {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upgrade_hands_over_without_refusing_a_connection() {
-    if let Some(reason) = skip_reason() {
+    if let Some(reason) = skip_reason().or_else(runtime_missing) {
         println!("SKIPPED an_upgrade_hands_over_without_refusing_a_connection: {reason}");
         return;
     }
@@ -152,8 +152,8 @@ async fn an_upgrade_hands_over_without_refusing_a_connection() {
     );
     let server = cluster.run_pod("shop", "server-1", "server");
     let client = cluster.run_pod("shop", "client-1", "client");
-    let _app = serve_in(&server, "server");
-    until_served(&client, &format!("http://{VIP}/"));
+    cluster.serve(&server, "server");
+    cluster.until_served(&client, &format!("http://{VIP}/"));
     let service: SocketAddr = format!("{VIP}:80").parse().expect("address");
 
     // Long-lived connections, opened before the new agent starts: two end

@@ -1,9 +1,19 @@
 //! What the tests of pods on a node share (root only): the CNI chain a
 //! container runtime runs (Debian's `bridge`, `host-local` and `loopback`,
 //! then `weft-cni`), invoked as the CRI does on network namespaces the
-//! test creates; and a one-node cluster around it: the fake API server
-//! holding the pods' objects, `weft control --kubernetes` reading them and
-//! the arguments of the node agent (`weft node --kubernetes`).
+//! test creates; a container runtime (containerd 1.6 and runc from
+//! Debian, started by the test with its own root, state and socket) that
+//! runs each pod's programs in its namespace on a root file system
+//! assembled from host files (`ldd`; no image registry is reachable); and
+//! a one-node cluster around them: the fake API server holding the pods'
+//! objects, `weft control --kubernetes` reading them and the arguments of
+//! the node agent (`weft node --kubernetes`).
+//!
+//! `ctr run --cni` cannot pass the pod metadata the CRI passes
+//! (`K8S_POD_NAMESPACE`, `K8S_POD_NAME`, `K8S_POD_UID` in `CNI_ARGS`), so
+//! the test creates each pod's namespace, runs the chain on it exactly as
+//! the CRI does, then starts the pod's containers in it (`ctr run
+//! --with-ns network:…`).
 
 // Each test binary uses a part of this.
 #![allow(dead_code)]
@@ -11,7 +21,9 @@
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -289,6 +301,9 @@ pub(crate) const VIP: &str = "10.96.77.80";
 /// --kubernetes` running; the node's CNI configuration as its network
 /// plugin left it (bridge only).
 pub(crate) struct Cluster {
+    /// Dropped first: its containers go before their namespaces.
+    runtime: Mutex<Containerd>,
+    rootfs: PathBuf,
     pub(crate) fake: weft_kube_fake::FakeApiServer,
     pub(crate) chain: Chain,
     /// The pods' uids, by name.
@@ -427,7 +442,11 @@ impl Cluster {
                 node_args.extend([flag.to_owned(), default.to_owned()]);
             }
         }
+        let runtime = Mutex::new(Containerd::start(&dir.join("containerd")));
+        let rootfs = rootfs(&dir.join("rootfs"), &["/usr/bin/curl"]);
         Cluster {
+            runtime,
+            rootfs,
             fake,
             chain,
             uids,
@@ -503,52 +522,215 @@ impl Cluster {
     }
 }
 
-/// Runs the sample app, unchanged, in `pod` on port 8080.
-pub(crate) fn serve_in(pod: &Pod, name: &str) -> Child {
-    Child(
-        Command::new("ip")
-            .args(["netns", "exec", &pod.netns.0, env!("CARGO_BIN_EXE_weft")])
-            .args(["sample-app", "--listen", "0.0.0.0:8080", "--name", name])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("server app"),
-    )
-}
-
-/// `curl -s -i` from inside `pod`: what it printed.
-pub(crate) fn curl(pod: &Pod, url: &str) -> String {
-    let out = Command::new("ip")
-        .args([
-            "netns",
-            "exec",
-            &pod.netns.0,
-            "curl",
-            "-s",
-            "-i",
-            "--max-time",
-            "3",
-            url,
-        ])
-        .output()
-        .expect("curl");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// Calls `url` from `pod` until the server's answer comes (30 s at most).
-pub(crate) fn until_served(pod: &Pod, url: &str) -> String {
-    let started = Instant::now();
-    loop {
-        let text = curl(pod, url);
-        if text.contains("x-weft-app: server") {
-            return text;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "the client never reached the server through the mesh: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
+impl Cluster {
+    /// Runs the sample app, unchanged, as a container of `pod` (port
+    /// 8080, answering as `name`); it runs until the cluster is dropped.
+    pub(crate) fn serve(&self, pod: &Pod, name: &str) {
+        let command = [
+            "/weft",
+            "sample-app",
+            "--listen",
+            "0.0.0.0:8080",
+            "--name",
+            name,
+        ];
+        let mut runtime = self.runtime.lock().expect("runtime");
+        runtime.run(pod, &self.rootfs, true, &command);
     }
+
+    /// `curl -s -i` run as a container of `pod`: what it printed.
+    pub(crate) fn curl(&self, pod: &Pod, url: &str) -> String {
+        let command = ["/usr/bin/curl", "-s", "-i", "--max-time", "3", url];
+        let mut runtime = self.runtime.lock().expect("runtime");
+        let out = runtime.run(pod, &self.rootfs, false, &command);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Calls `url` from `pod` until the server's answer comes (30 s at
+    /// most).
+    pub(crate) fn until_served(&self, pod: &Pod, url: &str) -> String {
+        let started = Instant::now();
+        loop {
+            let text = self.curl(pod, url);
+            if text.contains("x-weft-app: server") {
+                return text;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the client never reached the server through the mesh: {text}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// Why the runtime's part cannot run here, if it cannot.
+pub(crate) fn runtime_missing() -> Option<String> {
+    for tool in ["containerd", "ctr", "runc"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{tool} missing (.ci/run installs containerd and runc)"
+            );
+            return Some(format!("{tool} is not installed"));
+        }
+    }
+    None
+}
+
+/// A containerd of the test's own: root, state and sockets in `dir`, its
+/// containers in their own namespace.
+pub(crate) struct Containerd {
+    dir: PathBuf,
+    namespace: String,
+    daemon: Child,
+    containers: Vec<String>,
+    next: AtomicU32,
+}
+
+impl Containerd {
+    pub(crate) fn start(dir: &Path) -> Containerd {
+        std::fs::create_dir_all(dir).expect("containerd dir");
+        let config = format!(
+            "version = 2\n\
+             root = \"{d}/root\"\n\
+             state = \"{d}/state\"\n\
+             # No Kubernetes CRI here: the test is the kubelet.\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{d}/containerd.sock\"\n\
+             [ttrpc]\n  address = \"{d}/containerd.sock.ttrpc\"\n\
+             [debug]\n  address = \"\"\n\
+             [plugins.\"io.containerd.internal.v1.opt\"]\n  path = \"{d}/opt\"\n",
+            d = dir.display()
+        );
+        std::fs::write(dir.join("config.toml"), config).expect("config");
+        let log = std::fs::File::create(dir.join("containerd.log")).expect("log");
+        let daemon = Child(
+            Command::new("containerd")
+                .arg("--config")
+                .arg(dir.join("config.toml"))
+                .stdout(log.try_clone().expect("log"))
+                .stderr(log)
+                .spawn()
+                .expect("containerd"),
+        );
+        let runtime = Containerd {
+            dir: dir.to_owned(),
+            namespace: format!("weft-test-{}", std::process::id()),
+            daemon,
+            containers: Vec::new(),
+            next: AtomicU32::new(0),
+        };
+        // Ready once it answers.
+        let started = Instant::now();
+        while !runtime.ctr(&["version"]).status.success() {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "containerd did not start: {}",
+                std::fs::read_to_string(dir.join("containerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        runtime
+    }
+
+    pub(crate) fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr")
+            .arg("--address")
+            .arg(self.dir.join("containerd.sock"))
+            .args(["--namespace", &self.namespace])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("ctr")
+    }
+
+    /// `ctr run` of `command` on `rootfs` in `pod`'s network namespace,
+    /// with the `weft` binary mounted at `/weft`: in the background
+    /// (`detach`), or waited for with its output.
+    pub(crate) fn run(
+        &mut self,
+        pod: &Pod,
+        rootfs: &Path,
+        detach: bool,
+        command: &[&str],
+    ) -> Output {
+        let id = format!(
+            "{}-{}",
+            pod.netns.0,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        );
+        let network = format!("network:{}", pod.netns.path());
+        let weft = format!(
+            "type=bind,src={},dst=/weft,options=rbind:ro",
+            env!("CARGO_BIN_EXE_weft")
+        );
+        let rootfs = rootfs.display().to_string();
+        let mut args = vec!["run", "--rootfs", "--with-ns", &network, "--mount", &weft];
+        args.push(if detach { "--detach" } else { "--rm" });
+        args.extend([rootfs.as_str(), id.as_str()]);
+        args.extend(command);
+        let out = self.ctr(&args);
+        if detach {
+            assert!(
+                out.status.success(),
+                "ctr run {id}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            self.containers.push(id);
+        }
+        out
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        for id in std::mem::take(&mut self.containers) {
+            self.ctr(&["task", "kill", "--signal", "SIGKILL", &id]);
+            let started = Instant::now();
+            while !self.ctr(&["task", "delete", &id]).status.success()
+                && started.elapsed() < Duration::from_secs(5)
+            {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.ctr(&["container", "delete", &id]);
+        }
+        self.ctr(&["namespace", "remove", &self.namespace]);
+        let _ = self.daemon.0.kill();
+        let _ = self.daemon.0.wait();
+        // What runc's shim keeps outside the daemon's own directories.
+        let _ = std::fs::remove_dir_all(Path::new("/run/containerd/runc").join(&self.namespace));
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A root file system in `dir` holding `binaries` and the libraries `ldd`
+/// lists for them (and for the `weft` binary mounted at `/weft`).
+pub(crate) fn rootfs(dir: &Path, binaries: &[&str]) -> PathBuf {
+    for sub in ["proc", "sys", "dev", "tmp", "etc"] {
+        std::fs::create_dir_all(dir.join(sub)).expect("rootfs dir");
+    }
+    std::fs::write(dir.join("weft"), b"").expect("mount point");
+    let weft = env!("CARGO_BIN_EXE_weft");
+    for binary in binaries.iter().copied().chain([weft]) {
+        let ldd = Command::new("ldd").arg(binary).output().expect("ldd");
+        let libraries = String::from_utf8_lossy(&ldd.stdout)
+            .split_whitespace()
+            .filter(|w| w.starts_with('/'))
+            .map(str::to_owned)
+            .collect::<Vec<_>>();
+        let own = (binary != weft).then(|| binary.to_owned());
+        for file in libraries.into_iter().chain(own) {
+            let target = dir.join(file.trim_start_matches('/'));
+            std::fs::create_dir_all(target.parent().expect("parent")).expect("dir");
+            std::fs::copy(&file, &target).unwrap_or_else(|e| panic!("copy {file}: {e}"));
+        }
+    }
+    dir.to_owned()
 }
 
 /// Captures every TCP packet to or from `server_ip` on the host while
