@@ -18,6 +18,8 @@ pub struct PluginSettings {
     pub attach_socket: PathBuf,
     /// The plugin's log file.
     pub log_file: PathBuf,
+    /// Namespaces whose pods are never handed to the agent.
+    pub exclude_namespaces: Vec<String>,
 }
 
 /// Why the plugin could not be installed.
@@ -47,9 +49,11 @@ pub enum InstallError {
     },
 }
 
-/// The configuration list with `weft-cni` last in its chain; `None` when
-/// it is there already. A single-plugin configuration (`.conf`, with a
-/// `type` and no `plugins`) becomes a list.
+/// The configuration list with `weft-cni` last in its chain with these
+/// settings; `None` when it is there already as it should be (an entry
+/// with other settings, from an earlier version, is replaced in place).
+/// A single-plugin configuration (`.conf`, with a `type` and no
+/// `plugins`) becomes a list.
 pub fn chained(conf: &Value, settings: &PluginSettings) -> Result<Option<Value>, String> {
     let mut list = if conf.get("plugins").is_some() {
         conf.clone()
@@ -67,14 +71,17 @@ pub fn chained(conf: &Value, settings: &PluginSettings) -> Result<Option<Value>,
     let plugins = list["plugins"]
         .as_array_mut()
         .ok_or("plugins is not a list")?;
-    if plugins.iter().any(|p| p["type"] == "weft-cni") {
-        return Ok(None);
-    }
-    plugins.push(json!({
+    let entry = json!({
         "type": "weft-cni",
         "attachSocket": settings.attach_socket,
         "logFile": settings.log_file,
-    }));
+        "excludeNamespaces": settings.exclude_namespaces,
+    });
+    match plugins.iter_mut().find(|p| p["type"] == "weft-cni") {
+        Some(present) if *present == entry => return Ok(None),
+        Some(present) => *present = entry,
+        None => plugins.push(entry),
+    }
     Ok(Some(list))
 }
 
@@ -147,6 +154,7 @@ mod tests {
         PluginSettings {
             attach_socket: "/var/run/weft/attach.sock".into(),
             log_file: "/var/run/weft/cni.log".into(),
+            exclude_namespaces: vec!["kube-system".into(), "weft-system".into()],
         }
     }
 
@@ -167,6 +175,15 @@ mod tests {
             "/var/run/weft/attach.sock"
         );
         assert_eq!(chained(&out, &settings()).expect("ok"), None, "once");
+        // Other settings (an upgrade) replace the entry where it is.
+        let mut other = settings();
+        other.exclude_namespaces = vec!["mesh-system".into()];
+        let updated = chained(&out, &other).expect("ok").expect("changed");
+        assert_eq!(updated["plugins"].as_array().map(Vec::len), Some(3));
+        assert_eq!(
+            updated["plugins"][2]["excludeNamespaces"],
+            json!(["mesh-system"])
+        );
         // A single plugin becomes a list with its version and name.
         let single = json!({"cniVersion": "0.4.0", "name": "calico", "type": "calico"});
         let out = chained(&single, &settings()).expect("ok").expect("changed");

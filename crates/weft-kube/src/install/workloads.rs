@@ -244,6 +244,7 @@ pub(crate) fn node_agent(install: &Install) -> DaemonSet {
             "--state-dir=/var/run/weft/node".to_owned(),
             "--cni-bin-dir=/host/opt/cni/bin".to_owned(),
             "--cni-conf-dir=/host/etc/cni/net.d".to_owned(),
+            format!("--cni-exclude-namespaces=kube-system,{}", install.namespace),
             "--admin-addr=127.0.0.1:15000".to_owned(),
             "--metrics-addr=0.0.0.0:15020".to_owned(),
             // Within the pod's 30 s grace period.

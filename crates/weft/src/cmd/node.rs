@@ -79,6 +79,15 @@ pub(crate) struct Args {
     /// … and chain it into the first configuration of this directory.
     #[arg(long, requires = "cni_bin_dir")]
     cni_conf_dir: Option<PathBuf>,
+    /// Namespaces whose pods the installed CNI plugin never hands to the
+    /// agent (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "kube-system,weft-system",
+        requires = "cni_bin_dir"
+    )]
+    cni_exclude_namespaces: Vec<String>,
 }
 
 /// Installs the CNI plugin once the agent listens, trying again every 5 s
@@ -93,6 +102,7 @@ fn install_cni(args: &Args, attach_socket: Option<&std::path::Path>) -> Result<(
     let settings = weft_cni::install::PluginSettings {
         log_file: socket.with_file_name("cni.log"),
         attach_socket: socket,
+        exclude_namespaces: args.cni_exclude_namespaces.clone(),
     };
     let binary = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
     tokio::spawn(async move {
