@@ -15,7 +15,6 @@
 //! removes the rules; with no agent, `ADD` fails "try again later" naming
 //! the pod, and no rules are written.
 
-#[path = "support/pods.rs"]
 mod pods;
 
 use std::io::{BufRead, BufReader, Write};

@@ -1,5 +1,5 @@
 //! Upgrading the node agent under load (root only), on the one-node
-//! cluster of `support/pods.rs`: a client pod opens new connections to
+//! cluster of `tests/pods/`: a client pod opens new connections to
 //! the server pod's Service continuously (about 200 a second) and holds
 //! four long-lived ones, while a second agent process starts beside the
 //! first (as the DaemonSet's `maxSurge: 1` rolling update does) and the
@@ -11,7 +11,6 @@
 //! the old agent's drain deadline and closed only then; the new agent
 //! serves the node's metrics port afterwards. The counts are printed.
 
-#[path = "support/pods.rs"]
 mod pods;
 
 use std::io::{BufRead, BufReader, Read, Write};
