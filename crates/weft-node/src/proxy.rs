@@ -162,21 +162,7 @@ impl NodeProxy {
     /// `deadline`, then stops. Returns how
     /// many connections were still open at the deadline.
     pub async fn drain(self, deadline: Duration) -> u64 {
-        self.reconcile.abort();
-        for task in self
-            .attach
-            .iter()
-            .chain(&self.handover)
-            .chain(&self.enrollment)
-        {
-            task.abort();
-        }
-        for (_, task) in lock(&self.listeners).drain() {
-            task.abort();
-        }
-        // The last descriptors of sockets no successor took: they close
-        // (one that took them keeps them open and accepting).
-        lock(&self.shared.listening).clear();
+        self.stop_accepting();
         let until = Instant::now() + deadline;
         let open = self.shared.metrics.active();
         tracing::info!(node = %self.shared.node, open, ?deadline, "draining: no new connections");
@@ -194,20 +180,24 @@ impl NodeProxy {
 
     /// Stops every listener.
     pub fn stop(self) {
-        self.reconcile.abort();
+        self.stop_accepting();
         self.admin.abort();
         self.metrics.abort();
-        for task in self
-            .attach
-            .iter()
-            .chain(&self.handover)
-            .chain(&self.enrollment)
-        {
+    }
+
+    /// Closes the workloads' listeners and stops taking pods, sockets to
+    /// hand over and configuration changes.
+    fn stop_accepting(&self) {
+        self.reconcile.abort();
+        let others = self.attach.iter().chain(&self.handover);
+        for task in others.chain(&self.enrollment) {
             task.abort();
         }
         for (_, task) in lock(&self.listeners).drain() {
             task.abort();
         }
+        // The last descriptors of sockets no successor took: they close
+        // (one that took them keeps them open and accepting).
         lock(&self.shared.listening).clear();
     }
 }

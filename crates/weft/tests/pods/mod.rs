@@ -112,6 +112,14 @@ pub(crate) struct Cluster {
     _control: Child,
 }
 
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The host's probe table the agent made (each test binary runs
+        // one cluster at a time).
+        sh(&["nft", "delete", "table", "ip", "weft-host"]);
+    }
+}
+
 /// A pod's object as the test's API server holds it.
 pub(crate) fn pod_object(ns: &str, name: &str, app: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod",
