@@ -1,0 +1,287 @@
+//! `bench/l7`: weft's L7 engine against HAProxy and nginx on one machine,
+//! in one run, with the same backend (the sample app): `wrk` for HTTP/1.1
+//! keep-alive and `h2load` for HTTP/2 (h2c), fixed concurrency, each proxy
+//! on one thread. For each target: requests per second, p50 and p99, the
+//! proxy's CPU seconds per 1,000 requests, its resident memory after the
+//! runs, and what 1,000 idle keep-alive connections add to it.
+//!
+//! ```sh
+//! cargo build --release -p weft -p weft-bench-l7
+//! $HOME/.cache/weft-target/release/l7 [seconds]
+//! ```
+//!
+//! Needs `wrk`, `h2load` (nghttp2-client), `haproxy` and `nginx` (Debian).
+//! The mesh paths (gateway → HBONE → node → app, and through a waypoint)
+//! are measured by `bench/scripts/l7-compare.sh` for now.
+
+mod hop;
+mod load;
+mod peers;
+
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use load::Measure;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Concurrency of every run: connections, and streams per h2 connection.
+const CONNECTIONS: u32 = 32;
+const STREAMS: u32 = 10;
+/// Idle keep-alive connections whose memory is measured.
+const IDLE: usize = 1000;
+
+/// A process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_addr() -> Result<SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
+fn spawn(command: &mut Command) -> Result<Proc> {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {command:?}"))?;
+    Ok(Proc(child))
+}
+
+/// Waits until `addr` answers `GET /` (10 s at most).
+async fn ready(addr: SocketAddr, what: &str) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        if load::idle_connections(addr, 1).await.is_ok() {
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(10) {
+            bail!("{what} did not answer on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One proxy (or none) in front of the backend.
+struct Target {
+    name: &'static str,
+    h1: SocketAddr,
+    h2: SocketAddr,
+    /// The processes whose CPU and memory count (none for direct).
+    pids: Vec<u32>,
+    _procs: Vec<Proc>,
+}
+
+/// What one target measured.
+struct Row {
+    name: &'static str,
+    h1: Measure,
+    h2: Measure,
+    rss_mib: f64,
+    idle_mib_per_1000: f64,
+}
+
+async fn measure(target: &Target, seconds: u32, dir: &std::path::Path) -> Result<Row> {
+    ready(target.h1, target.name).await?;
+    let (h1, h2) = (
+        format!("http://{}/", target.h1),
+        format!("http://{}/", target.h2),
+    );
+    eprintln!("== {}: warming up", target.name);
+    load::wrk(&h1, 2, CONNECTIONS, &target.pids)?;
+    let warm = dir.join(format!("{}.warm.log", target.name));
+    load::h2load(&h2, 2, CONNECTIONS, STREAMS, &target.pids, &warm)?;
+    eprintln!("== {}: wrk {seconds} s", target.name);
+    let h1m = load::wrk(&h1, seconds, CONNECTIONS, &target.pids)?;
+    eprintln!("== {}: h2load {seconds} s", target.name);
+    let log = dir.join(format!("{}.h2load.log", target.name));
+    let h2m = load::h2load(&h2, seconds, CONNECTIONS, STREAMS, &target.pids, &log)?;
+    let rss = load::rss_kib(&target.pids);
+    eprintln!("== {}: {IDLE} idle keep-alive connections", target.name);
+    let idle = load::idle_connections(target.h1, IDLE).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let with_idle = load::rss_kib(&target.pids);
+    drop(idle);
+    Ok(Row {
+        name: target.name,
+        h1: h1m,
+        h2: h2m,
+        rss_mib: rss as f64 / 1024.0,
+        idle_mib_per_1000: with_idle.saturating_sub(rss) as f64 / 1024.0 * 1000.0 / IDLE as f64,
+    })
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("hop") {
+        let listen = args.get(2).context("hop LISTEN UPSTREAM")?.parse()?;
+        let upstream = args.get(3).context("hop LISTEN UPSTREAM")?.parse()?;
+        return hop::run(listen, upstream);
+    }
+    let seconds: u32 = args.get(1).map_or(Ok(10), |s| s.parse())?;
+    tokio::runtime::Runtime::new()?.block_on(bench(seconds))
+}
+
+async fn bench(seconds: u32) -> Result<()> {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
+    setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-file limit")?;
+    for tool in ["wrk", "h2load", "haproxy", "nginx"] {
+        let found = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()?
+            .status
+            .success();
+        if !found {
+            bail!("{tool} is not installed (apt-get install wrk nghttp2-client haproxy nginx)");
+        }
+    }
+    let me = std::env::current_exe()?;
+    let weft = me.with_file_name("weft");
+    if !weft.exists() {
+        bail!(
+            "{} is missing: cargo build --release -p weft",
+            weft.display()
+        );
+    }
+    let dir = tempfile::tempdir()?;
+
+    let backend = free_addr()?;
+    let app = spawn(
+        Command::new(&weft)
+            .args([
+                "sample-app",
+                "--listen",
+                &backend.to_string(),
+                "--name",
+                "app",
+            ])
+            .env("RUST_LOG", "warn"),
+    )?;
+    ready(backend, "the backend").await?;
+    eprintln!("backend (the sample app) on {backend}, pid {}", app.0.id());
+
+    let mut targets = vec![Target {
+        name: "direct",
+        h1: backend,
+        h2: backend,
+        pids: vec![],
+        _procs: vec![],
+    }];
+    let hop = free_addr()?;
+    let weft_hop = spawn(Command::new(&me).args(["hop", &hop.to_string(), &backend.to_string()]))?;
+    targets.push(Target {
+        name: "weft engine",
+        h1: hop,
+        h2: hop,
+        pids: vec![weft_hop.0.id()],
+        _procs: vec![weft_hop],
+    });
+    let (h1, h2) = (free_addr()?, free_addr()?);
+    let config = dir.path().join("haproxy.cfg");
+    std::fs::write(&config, peers::haproxy(h1, h2, backend))?;
+    let haproxy = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&config))?;
+    targets.push(Target {
+        name: "HAProxy",
+        h1,
+        h2,
+        pids: vec![haproxy.0.id()],
+        _procs: vec![haproxy],
+    });
+    let (h1, h2) = (free_addr()?, free_addr()?);
+    let nginx_dir = dir.path().join("nginx");
+    std::fs::create_dir_all(&nginx_dir)?;
+    let config = nginx_dir.join("nginx.conf");
+    std::fs::write(&config, peers::nginx(h1, h2, backend, &nginx_dir))?;
+    let nginx = spawn(
+        Command::new("nginx")
+            .arg("-c")
+            .arg(&config)
+            .arg("-p")
+            .arg(&nginx_dir),
+    )?;
+    targets.push(Target {
+        name: "nginx",
+        h1,
+        h2,
+        pids: vec![nginx.0.id()],
+        _procs: vec![nginx],
+    });
+
+    let mut rows = Vec::new();
+    for target in &targets {
+        let row = measure(target, seconds, dir.path()).await;
+        if row.is_err() && target.name == "nginx" {
+            let log = std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
+            eprintln!(
+                "nginx's error log:\n{}",
+                log.lines().take(5).collect::<Vec<_>>().join("\n")
+            );
+        }
+        rows.push(row?);
+    }
+    print(&rows, seconds);
+    Ok(())
+}
+
+fn print(rows: &[Row], seconds: u32) {
+    println!(
+        "\nwrk -t1 -c{CONNECTIONS} -d{seconds}s (HTTP/1.1 keep-alive); h2load -t1 -c{CONNECTIONS} -m{STREAMS} -D{seconds} (h2c); each proxy on one thread\n"
+    );
+    println!(
+        "| target | HTTP/1.1 req/s | p50 | p99 | CPU-s / 1k | HTTP/2 req/s | p50 | p99 | CPU-s / 1k | RSS after | {IDLE} idle keep-alive |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows {
+        let cpu = |m: &Measure| {
+            if r.name == "direct" {
+                "—".to_owned()
+            } else {
+                format!("{:.3}", m.cpu_per_1000)
+            }
+        };
+        let memory = |v: f64| {
+            if r.name == "direct" {
+                "—".to_owned()
+            } else {
+                format!("{v:.1} MiB")
+            }
+        };
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+            r.name,
+            r.h1.rps,
+            r.h1.p50_ms,
+            r.h1.p99_ms,
+            cpu(&r.h1),
+            r.h2.rps,
+            r.h2.p50_ms,
+            r.h2.p99_ms,
+            cpu(&r.h2),
+            memory(r.rss_mib),
+            memory(r.idle_mib_per_1000),
+        );
+    }
+    if let (Some(weft), Some(haproxy)) = (
+        rows.iter().find(|r| r.name == "weft engine"),
+        rows.iter().find(|r| r.name == "HAProxy"),
+    ) {
+        println!(
+            "\nweft engine / HAProxy: HTTP/1.1 {:.2}× req/s, p99 {:.2}×; HTTP/2 {:.2}× req/s, p99 {:.2}×",
+            weft.h1.rps / haproxy.h1.rps,
+            weft.h1.p99_ms / haproxy.h1.p99_ms,
+            weft.h2.rps / haproxy.h2.rps,
+            weft.h2.p99_ms / haproxy.h2.p99_ms,
+        );
+    }
+}
