@@ -36,11 +36,21 @@ const STREAMS: u32 = 10;
 /// Idle keep-alive connections whose memory is measured.
 const IDLE: usize = 1000;
 
-/// A process killed when dropped.
+/// A process stopped when dropped: SIGTERM (so `weft up` stops the apps
+/// it started), then SIGKILL if it has not exited within 10 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.0.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

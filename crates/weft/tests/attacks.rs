@@ -341,6 +341,13 @@ fn a_node_restarts_and_serves_while_the_control_plane_is_down() {
             "weft node node-1 ready",
         )
     };
+    // The previous test's `weft up` may still be stopping its own orders
+    // app on this address: wait until it is free.
+    eventually("127.0.1.11:8080 free", Duration::from_secs(10), || {
+        std::net::TcpListener::bind("127.0.1.11:8080")
+            .ok()
+            .map(drop)
+    });
     let (_orders, _) = spawn_ready(
         &[
             OsStr::new("sample-app"),
