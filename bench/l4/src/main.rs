@@ -30,6 +30,7 @@ use tokio::net::{TcpListener, TcpStream};
 use weft_control::Options;
 use weft_node::NodeOptions;
 
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -50,18 +51,38 @@ metadata: {name: echo-1, namespace: bench}
 spec: {address: 127.0.2.50, serviceAccount: echo, labels: {app: echo, weft.dev/node: node-2}}
 ---
 apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: echo-local, namespace: bench}
+spec:
+  hosts: [echo-local.bench.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{name: tcp, number: 7000, protocol: TCP}]
+  workloadSelector: {labels: {app: echo-local}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: echo-local-1, namespace: bench}
+spec: {address: 127.0.1.51, serviceAccount: echo, labels: {app: echo-local, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata:
   name: client
   namespace: bench
   annotations:
     weft.dev/client-only: "true"
-    weft.dev/outbound: "9100=echo.bench.svc.cluster.local:7000"
+    weft.dev/outbound: "9100=echo.bench.svc.cluster.local:7000, 9101=echo-local.bench.svc.cluster.local:7000"
 spec: {address: 127.0.1.50, serviceAccount: client, labels: {app: client, weft.dev/node: node-1}}
 "#;
 
 const DIRECT: &str = "127.0.2.50:7000";
 const VIA_WEFT: &str = "127.0.1.50:9100";
+/// An echo server on node-1 itself: node-1 carries both ends of the
+/// tunnel (outbound, HBONE/mTLS to its own inbound, then the server) on its
+/// one thread, as a node does for two pods it hosts.
+const DIRECT_LOCAL: &str = "127.0.1.51:7000";
+const VIA_WEFT_ONE_NODE: &str = "127.0.1.50:9101";
 /// The baseline for any two-hop proxy: two plain TCP relays (no TLS, no
 /// HTTP/2, no policy), each on its own thread like a node proxy.
 const VIA_RELAY: &str = "127.0.1.60:9200";
@@ -249,12 +270,36 @@ async fn latency(addr: &str, rate: u32, seconds: u32) -> Result<Vec<Duration>> {
     Ok(samples)
 }
 
+/// Opens 1,000 connections to `addr`, each carrying one echoed byte, and
+/// returns the RSS they added in MiB with the open connections (dropping
+/// them closes them).
+async fn open_connections(addr: &str) -> Result<(f64, Vec<TcpStream>)> {
+    let rss_before = proc_field("/proc/self/status", "VmRSS:");
+    let mut open = Vec::new();
+    for _ in 0..1000 {
+        let mut s = TcpStream::connect(addr).await.context("connect")?;
+        s.write_all(b"x").await?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b).await?;
+        open.push(s);
+    }
+    let rss_after = proc_field("/proc/self/status", "VmRSS:");
+    Ok((rss_after.saturating_sub(rss_before) as f64 / 1024.0, open))
+}
+
 fn pct(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<()> {
+    // This machine's kernel backs the heap with 2 MiB transparent huge
+    // pages even without madvise, so RSS would grow in 2 MiB steps; with
+    // them off it counts 4 KiB pages and per-connection figures mean
+    // something.
+    if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
+        println!("(could not turn transparent huge pages off: {e}; RSS figures are coarse)");
+    }
     let tmp = tempfile::tempdir()?;
     let config = tmp.path().join("config");
     std::fs::create_dir_all(&config)?;
@@ -320,12 +365,14 @@ async fn main() -> Result<()> {
     // The echo server is another process in real life: its own thread and
     // runtime here, so the direct baseline pays the same cross-thread
     // wakeups a client and a server in two processes do.
-    serve_on_thread("echo", DIRECT, |echo| async move {
-        let _ = weft_sample_app::serve_tcp_echo(echo, std::future::pending()).await;
-    })?;
+    for (name, addr) in [("echo", DIRECT), ("echo-local", DIRECT_LOCAL)] {
+        serve_on_thread(name, addr, |echo| async move {
+            let _ = weft_sample_app::serve_tcp_echo(echo, std::future::pending()).await;
+        })?;
+    }
     // Ready once the outbound listener answers.
     let started = Instant::now();
-    while bulk(VIA_WEFT, 1024).await.is_err() {
+    while bulk(VIA_WEFT, 1024).await.is_err() || bulk(VIA_WEFT_ONE_NODE, 1024).await.is_err() {
         anyhow::ensure!(
             started.elapsed() < Duration::from_secs(20),
             "the mesh never got ready"
@@ -337,6 +384,20 @@ async fn main() -> Result<()> {
         "two node proxies (with their certificates and config), idle: +{} MiB RSS over the control plane alone",
         (rss_idle_nodes.saturating_sub(rss_before_nodes)) / 1024
     );
+    // (c) Memory per 1,000 open tunnels, measured first so that no earlier
+    // run has left freed memory for them to reuse: the same 1,000 connections made
+    // straight to the echo server first (and kept open, so the tunnels
+    // cannot reuse their memory), so the client's and the server's own
+    // share is known and taken out of the nodes' figure.
+    let direct = open_connections(DIRECT).await?;
+    let tunneled = open_connections(VIA_WEFT).await?;
+    println!(
+        "1,000 open connections: direct (client and echo server) +{:.1} MiB RSS; tunneled +{:.1} MiB RSS, so {:.2} MiB per node proxy",
+        direct.0,
+        tunneled.0,
+        (tunneled.0 - direct.0) / 2.0
+    );
+    drop((direct, tunneled));
     // The baseline relays start after the node proxies' idle memory is read.
     start_relay("relay-1", "127.0.1.60:9200", RELAY_HOP)?;
     start_relay("relay-2", RELAY_HOP, DIRECT)?;
@@ -351,6 +412,10 @@ async fn main() -> Result<()> {
             ("direct", DIRECT),
             ("plain TCP relay (2 hops, no TLS)", VIA_RELAY),
             ("weft (2 hops, mTLS)", VIA_WEFT),
+            (
+                "weft, one node with one thread carrying both ends (mTLS)",
+                VIA_WEFT_ONE_NODE,
+            ),
         ][..]
     };
     for &(what, addr) in bulk_runs {
@@ -366,13 +431,20 @@ async fn main() -> Result<()> {
         );
     }
 
-    // (b) Latency at 1,000 requests per second, and (d) CPU per 1,000 requests.
+    // (b) Latency at 1,000 requests per second, and (d) CPU per 1,000
+    // requests (skipped with WEFT_BENCH_SKIP_LATENCY=1, for profiling the
+    // memory of open connections alone).
     let mut cpu = Vec::new();
-    for (what, addr) in [
-        ("direct", DIRECT),
-        ("plain TCP relay (2 hops, no TLS)", VIA_RELAY),
-        ("weft (2 hops, mTLS)", VIA_WEFT),
-    ] {
+    let latency_runs = if std::env::var_os("WEFT_BENCH_SKIP_LATENCY").is_some() {
+        &[][..]
+    } else {
+        &[
+            ("direct", DIRECT),
+            ("plain TCP relay (2 hops, no TLS)", VIA_RELAY),
+            ("weft (2 hops, mTLS)", VIA_WEFT),
+        ][..]
+    };
+    for &(what, addr) in latency_runs {
         let before = cpu_seconds();
         let threads = thread_cpu();
         let samples = latency(addr, 1000, 10).await?;
@@ -388,29 +460,15 @@ async fn main() -> Result<()> {
         );
         print_thread_cpu(&threads, &threads_after, samples.len() as f64);
     }
-    println!(
-        "CPU added per 1,000 requests: plain relay {:.3} s, weft {:.3} s ({:.2}× the relay's)",
-        (cpu[1] - cpu[0]) / 10.0,
-        (cpu[2] - cpu[0]) / 10.0,
-        (cpu[2] - cpu[0]) / (cpu[1] - cpu[0]).max(f64::EPSILON)
-    );
-
-    // (c) Memory per 1,000 open tunnels.
-    let rss_before = proc_field("/proc/self/status", "VmRSS:");
-    let mut open = Vec::new();
-    for _ in 0..1000 {
-        let mut s = TcpStream::connect(VIA_WEFT).await.context("connect")?;
-        s.write_all(b"x").await?;
-        let mut b = [0u8; 1];
-        s.read_exact(&mut b).await?;
-        open.push(s);
+    if let [direct, relay, weft] = cpu[..] {
+        println!(
+            "CPU added per 1,000 requests: plain relay {:.3} s, weft {:.3} s ({:.2}× the relay's)",
+            (relay - direct) / 10.0,
+            (weft - direct) / 10.0,
+            (weft - direct) / (relay - direct).max(f64::EPSILON)
+        );
     }
-    let rss_after = proc_field("/proc/self/status", "VmRSS:");
-    println!(
-        "1,000 open tunneled connections (client sockets, both nodes, echo server): +{} MiB RSS",
-        (rss_after.saturating_sub(rss_before)) / 1024
-    );
-    drop(open);
+
     control.stop().await;
     Ok(())
 }

@@ -1,14 +1,17 @@
-//! Copying bytes both ways between two connections, with buffers that
-//! start small and grow only for bulk flows.
+//! Copying bytes both ways between two connections, with buffers that are
+//! borrowed only while bytes pass and grow only for bulk flows.
 //!
-//! A node proxy holds two buffers for every open tunnel on each side of it,
-//! and most tunnels carry small requests and responses or sit idle. So each
-//! direction starts with [`INITIAL_BUFFER`] bytes; a read that fills the
-//! whole buffer means more is waiting, and the buffer doubles (up to
-//! [`MAX_BUFFER`]) once it has been written out. Bulk transfers reach large
-//! HTTP/2 frames and full TLS records within a few reads; an idle
-//! connection keeps a few KiB. Buffers do not shrink again: a connection
-//! that carried bulk data once is likely to again.
+//! A node proxy may hold many thousands of tunnels, and most carry small
+//! requests and responses or sit idle. So a direction holds no buffer
+//! while it waits: it takes one from this thread's [`buffers`] pool just
+//! before it reads and gives it back as soon as everything read has been
+//! written out (a read that finds nothing to read returns it at once).
+//! Buffers start at [`INITIAL_BUFFER`] bytes; a read that fills the whole
+//! buffer means more is waiting, and the direction asks for twice the size
+//! (up to [`MAX_BUFFER`]) next time. Bulk transfers reach large HTTP/2
+//! frames and full TLS records within a few reads. The size a direction
+//! asks for does not shrink again: a connection that carried bulk data
+//! once is likely to again.
 //!
 //! Semantics match `tokio::io::copy_bidirectional`: when one side ends, the
 //! other side's write half is shut down, and the copy finishes when both
@@ -21,23 +24,26 @@ use std::task::{Context, Poll, ready};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Bytes each direction starts with.
-pub const INITIAL_BUFFER: usize = 4 * 1024;
+use crate::buffers;
+
+/// Bytes each direction's first buffer has.
+pub const INITIAL_BUFFER: usize = buffers::MIN;
 /// The most a direction's buffer grows to.
-pub const MAX_BUFFER: usize = 128 * 1024;
+pub const MAX_BUFFER: usize = buffers::MAX;
 /// Reads and writes one direction makes in one poll before it yields, so a
 /// connection whose both sides are always ready cannot starve the others.
 const STEPS_PER_POLL: usize = 32;
 
-/// One direction's buffer and progress.
+/// One direction's progress, and its buffer while it holds bytes.
 struct Direction {
+    /// Borrowed from the pool while bytes are in it; empty otherwise.
     buf: Vec<u8>,
+    /// The buffer size the next read asks for.
+    size: usize,
     /// Written out up to here.
     start: usize,
     /// Read in up to here.
     end: usize,
-    /// The last read filled the buffer: grow it once it is empty.
-    grow: bool,
     read_done: bool,
     need_flush: bool,
     copied: u64,
@@ -47,10 +53,10 @@ struct Direction {
 impl Direction {
     fn new() -> Self {
         Self {
-            buf: vec![0; INITIAL_BUFFER],
+            buf: Vec::new(),
+            size: INITIAL_BUFFER,
             start: 0,
             end: 0,
-            grow: false,
             read_done: false,
             need_flush: false,
             copied: 0,
@@ -58,7 +64,32 @@ impl Direction {
         }
     }
 
+    /// Returns the buffer to the pool once nothing in it waits to be
+    /// written.
+    fn release_if_empty(&mut self) {
+        if self.start == self.end && !self.buf.is_empty() {
+            buffers::give(std::mem::take(&mut self.buf));
+            (self.start, self.end) = (0, 0);
+        }
+    }
+
     fn poll_copy<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: Pin<&mut R>,
+        writer: Pin<&mut W>,
+    ) -> Poll<io::Result<u64>>
+    where
+        R: AsyncRead + ?Sized,
+        W: AsyncWrite + ?Sized,
+    {
+        let poll = self.poll_steps(cx, reader, writer);
+        // Whatever happened, a buffer with nothing left in it goes back.
+        self.release_if_empty();
+        poll
+    }
+
+    fn poll_steps<R, W>(
         &mut self,
         cx: &mut Context<'_>,
         mut reader: Pin<&mut R>,
@@ -70,16 +101,18 @@ impl Direction {
     {
         for _ in 0..STEPS_PER_POLL {
             if self.start == self.end && !self.read_done {
-                if self.grow && self.buf.len() < MAX_BUFFER {
-                    self.buf.resize(self.buf.len() * 2, 0);
+                if self.buf.len() != self.size {
+                    buffers::give(std::mem::take(&mut self.buf));
+                    self.buf = buffers::take(self.size);
                 }
-                self.grow = false;
                 let mut read = ReadBuf::new(&mut self.buf);
                 match reader.as_mut().poll_read(cx, &mut read) {
                     Poll::Ready(Ok(())) => {
                         let n = read.filled().len();
                         self.read_done = n == 0;
-                        self.grow = n == self.buf.len();
+                        if n == self.buf.len() {
+                            self.size = (self.size * 2).min(MAX_BUFFER);
+                        }
                         (self.start, self.end) = (0, n);
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
@@ -226,7 +259,7 @@ mod tests {
         let mut writer = tokio::io::sink();
         for _ in 0..10 {
             let _ = d.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut writer));
-            sizes.push(d.buf.len());
+            sizes.push(d.size);
         }
         assert_eq!(sizes.last(), Some(&MAX_BUFFER));
         assert!(sizes.windows(2).all(|w| w[0] <= w[1]));
@@ -234,7 +267,65 @@ mod tests {
         let mut d = Direction::new();
         let mut small: &[u8] = b"tiny";
         let _ = d.poll_copy(&mut cx, Pin::new(&mut small), Pin::new(&mut writer));
-        assert_eq!(d.buf.len(), INITIAL_BUFFER);
+        assert_eq!(d.size, INITIAL_BUFFER);
+    }
+
+    /// A reader with nothing to read yet.
+    struct Idle;
+    impl AsyncRead for Idle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Pending
+        }
+    }
+
+    /// A writer that takes nothing yet.
+    struct Stuck;
+    impl AsyncWrite for Stuck {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Pending
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn a_waiting_direction_holds_no_buffer_and_one_with_bytes_in_flight_keeps_its() {
+        std::thread::spawn(|| {
+            let waker = std::task::Waker::noop();
+            let mut cx = Context::from_waker(waker);
+            // Bytes copied, then nothing more to read: the buffer is back in
+            // the pool, and the next direction on this thread gets it.
+            let mut d = Direction::new();
+            let mut reader = tokio::io::AsyncReadExt::chain(&b"hello"[..], Idle);
+            let mut out = Vec::new();
+            let poll = d.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut out));
+            assert!(poll.is_pending());
+            assert_eq!(out, b"hello");
+            assert_eq!(d.buf.capacity(), 0, "an idle direction holds no buffer");
+            assert_eq!(buffers::kept_bytes(), INITIAL_BUFFER);
+            // A writer that cannot take the bytes yet: they stay in the
+            // direction's own buffer, which the pool no longer has.
+            let mut d = Direction::new();
+            let mut reader: &[u8] = b"waiting";
+            let poll = d.poll_copy(&mut cx, Pin::new(&mut reader), Pin::new(&mut Stuck));
+            assert!(poll.is_pending());
+            assert_eq!(&d.buf[d.start..d.end], b"waiting");
+            assert_eq!(buffers::kept_bytes(), 0);
+        })
+        .join()
+        .expect("copy thread");
     }
 
     #[tokio::test]

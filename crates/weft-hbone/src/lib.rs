@@ -13,12 +13,14 @@
 //!   identity, destination address, expected destination identity), each
 //!   carrying up to 100 streams;
 //! - [`copy`]: splices a tunnel to a socket both ways, with buffers that
-//!   grow only for bulk flows.
+//!   grow only for bulk flows, borrowed from [`buffers`] (a per-thread
+//!   pool) only while bytes pass, so idle tunnels hold none.
 
 #![forbid(unsafe_code)]
 
 use std::time::Duration;
 
+pub mod buffers;
 pub mod client;
 pub mod copy;
 pub mod server;

@@ -5,9 +5,10 @@
 //! Destinations outside the registry pass through in plaintext when the
 //! mesh allows it.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -18,7 +19,7 @@ use weft_state::{NamespacedName, WorkloadInfo};
 
 use crate::route::{Destination, Route, decide, decide_original, resolve};
 use crate::shared::{Shared, lock};
-use crate::telemetry::{Counted, tunnel_labels};
+use crate::telemetry::{ConnectionGuard, Counted, tunnel_labels};
 use weft_telemetry::flags::{Flag, Flags};
 use weft_telemetry::labels::Reporter;
 
@@ -39,10 +40,35 @@ pub(crate) async fn outbound(
     shared: Arc<Shared>,
     source: Arc<WorkloadInfo>,
     target: Target,
-    mut client: TcpStream,
+    client: TcpStream,
     peer: SocketAddr,
     socks: bool,
 ) {
+    // The connection's task lives as long as the connection, and a future
+    // is as large as its largest state: setting up (certificates, routing,
+    // the tunnel's TLS and HTTP/2 steps) is boxed and freed once done, so
+    // an open connection keeps only what its splice needs.
+    let Some((mut client, tunnel, guard)) =
+        Box::pin(open(shared, source, target, client, peer, socks)).await
+    else {
+        return;
+    };
+    // The guard logs the access line and emits the metrics when the copy ends.
+    let mut counted = Counted::new(&mut client, guard, true);
+    splice(&mut counted, tunnel).await;
+}
+
+/// Sets an outbound connection up: the tunnel it goes through, with its
+/// accounting started; `None` when it was refused, failed or passed
+/// through outside the mesh (all handled here).
+async fn open(
+    shared: Arc<Shared>,
+    source: Arc<WorkloadInfo>,
+    target: Target,
+    mut client: TcpStream,
+    peer: SocketAddr,
+    socks: bool,
+) -> Option<(TcpStream, weft_hbone::Tunnel, Arc<ConnectionGuard>)> {
     // A SOCKS client is told the outcome before any bytes flow.
     async fn tell(client: &mut TcpStream, socks: bool, reply: crate::socks::Reply) -> bool {
         !socks
@@ -54,7 +80,7 @@ pub(crate) async fn outbound(
     let _ = client.set_nodelay(true);
     if let Err(e) = shared.certs.fetch(&source.identity).await {
         tracing::warn!(source = %source.name, error = %e, "no certificate for the source workload; closing");
-        return;
+        return None;
     }
     // The service the caller reached, for labels and logs (empty when it
     // named a workload or an outside address).
@@ -89,7 +115,8 @@ pub(crate) async fn outbound(
                 identity,
             } => (endpoint, target, hbone, identity),
             Route::Passthrough(addr) => {
-                return captured_passthrough(&shared, &source, addr, client).await;
+                captured_passthrough(&shared, &source, addr, client).await;
+                return None;
             }
             Route::Deny(reason) => {
                 tracing::info!(source = %source.name, service = %service, %reason, "outbound connection denied");
@@ -98,7 +125,7 @@ pub(crate) async fn outbound(
                     tunnel_labels(Reporter::Source, &me, None, host, Flag::Denied),
                     reason,
                 );
-                return;
+                return None;
             }
         };
         // A captured pod's tunnels start inside its namespace: the far
@@ -132,23 +159,19 @@ pub(crate) async fn outbound(
         {
             headers.insert("traceparent", v);
         }
-        match shared
-            .pool
-            .connect_from(
-                &key,
-                shared.certs.source(&source.identity),
-                target,
-                headers,
-                from_pod.as_ref().map(|p| p as &dyn weft_hbone::Dial),
-            )
-            .await
-        {
-            Ok(mut tunnel) => {
+        let connect = shared.pool.connect_from(
+            &key,
+            shared.certs.source(&source.identity),
+            target,
+            headers,
+            from_pod.as_ref().map(|p| p as &dyn weft_hbone::Dial),
+        );
+        match connect.await {
+            Ok(tunnel) => {
                 if !tell(&mut client, socks, crate::socks::Reply::Succeeded).await {
-                    return;
+                    return None;
                 }
-                let view = shared.view.load();
-                let destination = view.workloads.get(&endpoint).cloned();
+                let destination = shared.view.load().workloads.get(&endpoint).cloned();
                 let guard = shared.metrics.open(tunnel_labels(
                     Reporter::Source,
                     &me,
@@ -156,10 +179,7 @@ pub(crate) async fn outbound(
                     host,
                     Flags::NONE,
                 ));
-                // The guard logs the access line and emits the metrics when the copy ends.
-                let mut counted = Counted::new(&mut client, guard, true);
-                splice(&mut counted, &mut tunnel).await;
-                return;
+                return Some((client, tunnel, guard));
             }
             Err(e) if e.is_connect_failure() => {
                 tracing::info!(%endpoint, error = %e, "endpoint failed to connect; trying another");
@@ -169,7 +189,7 @@ pub(crate) async fn outbound(
             Err(e) => {
                 tracing::warn!(source = %source.name, %endpoint, error = %e, "outbound tunnel failed");
                 tell(&mut client, socks, crate::socks::Reply::GeneralFailure).await;
-                return;
+                return None;
             }
         }
     }
@@ -179,6 +199,7 @@ pub(crate) async fn outbound(
         tunnel_labels(Reporter::Source, &me, None, host, Flag::UpstreamFailure),
         format!("no endpoint could be reached: {last_error}"),
     );
+    None
 }
 
 /// How long the caller may keep sending after the destination finished.
@@ -186,36 +207,45 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Copies both ways between a caller and a tunnel. When the destination
 /// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
-/// tunnel the far side closed (or policy revoked) never lingers.
+/// tunnel the far side closed (or policy revoked) never lingers. The grace
+/// timer exists only once the destination has ended: an open connection
+/// carries a flag, not a timer.
 async fn splice<A, B>(caller: &mut A, tunnel: B)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let ended = Arc::new(tokio::sync::Notify::new());
+    let ended = Arc::new(AtomicBool::new(false));
     let mut tunnel = EofSignal {
         inner: tunnel,
         ended: ended.clone(),
     };
-    let copy = weft_hbone::copy::bidirectional(caller, &mut tunnel);
-    let grace = async {
-        ended.notified().await;
-        tokio::time::sleep(HALF_CLOSE_GRACE).await;
-    };
-    tokio::select! {
-        result = copy => {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "outbound connection ended with an error");
-            }
+    let mut copy = std::pin::pin!(weft_hbone::copy::bidirectional(caller, &mut tunnel));
+    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    let outcome = std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(result) = copy.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(result));
         }
-        () = grace => tracing::debug!("destination finished; the caller did not within the grace period"),
+        if grace.is_none() && ended.load(Ordering::Relaxed) {
+            grace = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_GRACE)));
+        }
+        match grace.as_mut().map(|timer| timer.as_mut().poll(cx)) {
+            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
+            _ => std::task::Poll::Pending,
+        }
+    })
+    .await;
+    match outcome {
+        Some(Err(e)) => tracing::debug!(error = %e, "outbound connection ended with an error"),
+        Some(Ok(_)) => {}
+        None => tracing::debug!("destination finished; the caller did not within the grace period"),
     }
 }
 
-/// Signals when the wrapped stream's reads reach the end.
+/// Sets a flag when the wrapped stream's reads reach the end.
 struct EofSignal<S> {
     inner: S,
-    ended: Arc<tokio::sync::Notify>,
+    ended: Arc<AtomicBool>,
 }
 
 impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<S> {
@@ -230,7 +260,7 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<S> {
         let at_end = matches!(&poll, std::task::Poll::Ready(Ok(())) if buf.filled().len() == before)
             || matches!(&poll, std::task::Poll::Ready(Err(_)));
         if at_end {
-            this.ended.notify_one();
+            this.ended.store(true, Ordering::Relaxed);
         }
         poll
     }

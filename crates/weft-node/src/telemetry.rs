@@ -5,10 +5,11 @@
 //! bytes and, when the connection closes, emits the metrics and one access
 //! log line.
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -31,6 +32,10 @@ pub struct TcpMetrics {
     sent: Family<TcpLabels, Counter>,
     received: Family<TcpLabels, Counter>,
     active: Arc<AtomicU64>,
+    /// One shared copy of each label set in use, so an open connection
+    /// holds a pointer rather than a dozen strings of its own. It holds
+    /// what the families hold (every label set ever counted), no more.
+    interned: Arc<Mutex<HashSet<Arc<TcpLabels>>>>,
 }
 
 impl TcpMetrics {
@@ -76,13 +81,24 @@ impl TcpMetrics {
         self.active.fetch_add(1, Ordering::Relaxed);
         Arc::new(ConnectionGuard {
             metrics: self.clone(),
-            labels,
+            labels: self.intern(labels),
             address,
             started: Instant::now(),
             sent: AtomicU64::new(0),
             received: AtomicU64::new(0),
             reason: None,
         })
+    }
+
+    /// The shared copy of `labels`.
+    fn intern(&self, labels: TcpLabels) -> Arc<TcpLabels> {
+        let mut interned = self.interned.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(shared) = interned.get(&labels) {
+            return shared.clone();
+        }
+        let shared = Arc::new(labels);
+        interned.insert(shared.clone());
+        shared
     }
 
     /// Counts and logs a connection that was refused or failed before any
@@ -92,7 +108,7 @@ impl TcpMetrics {
         self.active.fetch_add(1, Ordering::Relaxed);
         drop(ConnectionGuard {
             metrics: self.clone(),
-            labels,
+            labels: Arc::new(labels),
             address: None,
             started: Instant::now(),
             sent: AtomicU64::new(0),
@@ -106,7 +122,8 @@ impl TcpMetrics {
 #[derive(Debug)]
 pub struct ConnectionGuard {
     metrics: TcpMetrics,
-    labels: TcpLabels,
+    /// Shared with every other connection that has the same labels.
+    labels: Arc<TcpLabels>,
     /// The destination address, when no service names it.
     address: Option<SocketAddr>,
     started: Instant,
@@ -236,4 +253,46 @@ pub(crate) fn tunnel_labels(
         flags.into(),
         true,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_with_the_same_labels_share_one_copy_and_still_count_apart() {
+        let metrics = TcpMetrics::default();
+        let labels = |service| {
+            tunnel_labels(
+                Reporter::Source,
+                &Peer::unknown(),
+                None,
+                service,
+                Flags::NONE,
+            )
+        };
+        let a = metrics.open(labels("a.shop.svc.cluster.local"));
+        let b = metrics.open(labels("a.shop.svc.cluster.local"));
+        let c = metrics.open(labels("c.shop.svc.cluster.local"));
+        assert!(Arc::ptr_eq(&a.labels, &b.labels));
+        assert!(!Arc::ptr_eq(&a.labels, &c.labels));
+        assert_eq!(metrics.active(), 3);
+        assert_eq!(
+            metrics
+                .opened
+                .get_or_create(&labels("a.shop.svc.cluster.local"))
+                .get(),
+            2
+        );
+        drop((a, b, c));
+        assert_eq!(metrics.active(), 0);
+        assert_eq!(
+            metrics
+                .closed
+                .get_or_create(&labels("a.shop.svc.cluster.local"))
+                .get(),
+            2
+        );
+        assert_eq!(metrics.interned.lock().expect("interned").len(), 2);
+    }
 }
