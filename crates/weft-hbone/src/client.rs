@@ -6,17 +6,14 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use h2::client::SendRequest;
 use http::{HeaderMap, Method, Request, StatusCode};
-use http_body_util::Empty;
-use hyper::client::conn::http2::SendRequest;
-use hyper::upgrade::Upgraded;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -25,10 +22,8 @@ use weft_ca::TrustBundle;
 use weft_ca::tls::{CertSource, client_config};
 use weft_core::Identity;
 
-use crate::{
-    CONNECTION_WINDOW, HANDSHAKE_TIMEOUT, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME,
-    MAX_STREAMS_PER_CONNECTION, STREAM_WINDOW,
-};
+use crate::stream::H2Stream;
+use crate::{HANDSHAKE_TIMEOUT, MAX_STREAMS_PER_CONNECTION};
 
 /// Idle pooled connections are closed after this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -80,7 +75,7 @@ pub enum HboneError {
         /// The destination.
         addr: SocketAddr,
         /// The reason.
-        source: hyper::Error,
+        source: h2::Error,
     },
     /// The target cannot be written as a CONNECT authority.
     #[error("{0} cannot be a CONNECT target")]
@@ -116,17 +111,27 @@ pub trait Dial: Send + Sync {
     ) -> Pin<Box<dyn std::future::Future<Output = std::io::Result<TcpStream>> + Send + '_>>;
 }
 
+/// A pooled connection: its request handle, its stream count, and
+/// whether its task has ended.
 struct Conn {
-    sender: SendRequest<Empty<Bytes>>,
+    sender: SendRequest<Bytes>,
     active: Arc<AtomicUsize>,
+    closed: Arc<AtomicBool>,
     last_used: Instant,
 }
 
 impl Conn {
+    fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Relaxed)
+    }
+
     fn usable(&self) -> bool {
-        !self.sender.is_closed() && self.active.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION
+        !self.is_closed() && self.active.load(Ordering::Relaxed) < MAX_STREAMS_PER_CONNECTION
     }
 }
+
+/// A connection's request handle and stream count, lent to one tunnel.
+type Lent = (SendRequest<Bytes>, Arc<AtomicUsize>);
 
 /// The pool. Cheap to clone.
 #[derive(Clone)]
@@ -173,14 +178,14 @@ impl HbonePool {
     }
 
     /// A pooled connection with room for one more stream, marked busy.
-    fn reuse(&self, key: &PoolKey) -> Option<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>)> {
+    fn reuse(&self, key: &PoolKey) -> Option<Lent> {
         let mut conns = self.lock();
         let now = Instant::now();
         let list = conns.get_mut(key)?;
         list.retain(|c| {
             let idle = c.active.load(Ordering::Relaxed) == 0
                 && now.duration_since(c.last_used) > IDLE_TIMEOUT;
-            !c.sender.is_closed() && !idle
+            !c.is_closed() && !idle
         });
         let conn = list.iter_mut().find(|c| c.usable())?;
         conn.active.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +198,7 @@ impl HbonePool {
         key: &PoolKey,
         cert: Arc<dyn CertSource>,
         dial: Option<&dyn Dial>,
-    ) -> Result<(SendRequest<Empty<Bytes>>, Arc<AtomicUsize>), HboneError> {
+    ) -> Result<Lent, HboneError> {
         let addr = key.destination;
         let connecting = async {
             match dial {
@@ -215,29 +220,31 @@ impl HbonePool {
         .await
         .map_err(|_| HboneError::Timeout(addr))?
         .map_err(|source| HboneError::Tls { addr, source })?;
-        let mut builder = hyper::client::conn::http2::Builder::new(TokioExecutor::new());
-        builder
-            .timer(TokioTimer::new())
-            .initial_stream_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .max_frame_size(MAX_FRAME)
-            .keep_alive_interval(KEEPALIVE_INTERVAL)
-            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-            .keep_alive_while_idle(true);
-        let (sender, connection) = builder
-            .handshake(TokioIo::new(tls))
-            .await
-            .map_err(|source| HboneError::Http { addr, source })?;
+        let (sender, mut connection) = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            crate::conn::client_builder().handshake::<_, Bytes>(tls),
+        )
+        .await
+        .map_err(|_| HboneError::Timeout(addr))?
+        .map_err(|source| HboneError::Http { addr, source })?;
+        let closed = Arc::new(AtomicBool::new(false));
+        let ended = closed.clone();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(%addr, error = %e, "HBONE client connection ended");
+            let keepalive = crate::conn::keepalive(connection.ping_pong());
+            tokio::select! {
+                result = &mut connection => if let Err(e) = result {
+                    tracing::debug!(%addr, error = %e, "HBONE client connection ended");
+                },
+                () = keepalive => {}
             }
+            ended.store(true, Ordering::Relaxed);
         });
         self.opened.fetch_add(1, Ordering::Relaxed);
         let active = Arc::new(AtomicUsize::new(1));
         self.lock().entry(key.clone()).or_default().push(Conn {
             sender: sender.clone(),
             active: active.clone(),
+            closed,
             last_used: Instant::now(),
         });
         Ok((sender, active))
@@ -271,7 +278,7 @@ impl HbonePool {
             .parse()
             .map_err(|_| HboneError::InvalidTarget(target))?;
         let request = || {
-            let mut request = Request::new(Empty::new());
+            let mut request = Request::new(());
             *request.method_mut() = Method::CONNECT;
             *request.uri_mut() = uri.clone();
             *request.headers_mut() = headers.clone();
@@ -291,7 +298,7 @@ impl HbonePool {
             },
             None => None,
         };
-        let (response, guard) = match reused {
+        let ((response, send), guard) = match reused {
             Some(done) => done,
             None => {
                 let conn = self.open(key, cert, dial).await?;
@@ -305,11 +312,8 @@ impl HbonePool {
                 status: response.status(),
             });
         }
-        let upgraded = hyper::upgrade::on(response)
-            .await
-            .map_err(|source| HboneError::Http { addr, source })?;
         Ok(Tunnel {
-            io: TokioIo::new(upgraded),
+            io: H2Stream::new(send, response.into_body()),
             _guard: guard,
         })
     }
@@ -322,18 +326,22 @@ impl HbonePool {
     async fn attempt(
         &self,
         key: &PoolKey,
-        (mut sender, active): (SendRequest<Empty<Bytes>>, Arc<AtomicUsize>),
-        request: Request<Empty<Bytes>>,
+        (sender, active): Lent,
+        request: Request<()>,
         addr: SocketAddr,
-    ) -> Result<(http::Response<hyper::body::Incoming>, ActiveGuard), HboneError> {
+    ) -> Result<(Answered, ActiveGuard), HboneError> {
         let guard = ActiveGuard(active);
-        let sent =
-            match tokio::time::timeout(self.connect_timeout, sender.send_request(request)).await {
-                Ok(sent) => sent.map_err(|source| HboneError::Http { addr, source }),
-                Err(_) => Err(HboneError::Timeout(addr)),
-            };
+        let send = async {
+            let mut sender = sender.ready().await?;
+            let (response, stream) = sender.send_request(request, false)?;
+            Ok::<_, h2::Error>((response.await?, stream))
+        };
+        let sent = match tokio::time::timeout(self.connect_timeout, send).await {
+            Ok(sent) => sent.map_err(|source| HboneError::Http { addr, source }),
+            Err(_) => Err(HboneError::Timeout(addr)),
+        };
         match sent {
-            Ok(response) => Ok((response, guard)),
+            Ok(answered) => Ok((answered, guard)),
             Err(e) => {
                 self.evict(key, &guard.0);
                 Err(e)
@@ -341,6 +349,9 @@ impl HbonePool {
         }
     }
 }
+
+/// The far side's answer to a CONNECT, and the stream's sending half.
+type Answered = (http::Response<h2::RecvStream>, h2::SendStream<Bytes>);
 
 /// Frees the stream slot of a pooled connection when a tunnel ends.
 struct ActiveGuard(Arc<AtomicUsize>);
@@ -353,7 +364,7 @@ impl Drop for ActiveGuard {
 
 /// An open tunnel: bytes in and out of the far workload.
 pub struct Tunnel {
-    io: TokioIo<Upgraded>,
+    io: H2Stream,
     _guard: ActiveGuard,
 }
 

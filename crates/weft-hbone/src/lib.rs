@@ -12,6 +12,9 @@
 //! - [`client`]: a pool of mTLS HTTP/2 connections keyed by (source
 //!   identity, destination address, expected destination identity), each
 //!   carrying up to 100 streams;
+//! - [`stream`]: one tunnel as a byte stream, straight on the `h2`
+//!   crate's stream halves; [`conn`]: the HTTP/2 settings and keepalive
+//!   both ends share;
 //! - [`copy`]: splices a tunnel to a socket both ways, with buffers that
 //!   grow only for bulk flows, borrowed from [`buffers`] (a per-thread
 //!   pool) only while bytes pass, so idle tunnels hold none.
@@ -22,8 +25,10 @@ use std::time::Duration;
 
 pub mod buffers;
 pub mod client;
+pub mod conn;
 pub mod copy;
 pub mod server;
+pub mod stream;
 
 pub use client::{Dial, HbonePool, PoolKey, Tunnel};
 pub use server::{Inbound, InboundHandler, Refusal};

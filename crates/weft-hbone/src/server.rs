@@ -1,17 +1,14 @@
 //! The HBONE server: mTLS on 15008, HTTP/2, one `CONNECT` per tunnel.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use bytes::Bytes;
+use h2::RecvStream;
+use h2::server::SendResponse;
 use http::{HeaderMap, Method, Request, Response, StatusCode};
-use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
@@ -19,7 +16,7 @@ use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use weft_core::Identity;
 
-use crate::{CONNECTION_WINDOW, KEEPALIVE_INTERVAL, KEEPALIVE_TIMEOUT, MAX_FRAME, STREAM_WINDOW};
+use crate::stream::H2Stream;
 
 /// A tunnel request that passed mTLS.
 #[derive(Debug, Clone)]
@@ -201,7 +198,7 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let handler = handler.clone();
         let deadline = limits.handshake_timeout;
-        let mut stopped = stopped.clone();
+        let stopped = stopped.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let handshake_result = tokio::time::timeout(deadline, acceptor.accept(tcp)).await;
@@ -229,39 +226,73 @@ pub async fn serve(
                     return;
                 }
             };
-            let service = service_fn(move |req| {
-                let handler = handler.clone();
-                let peer = peer.clone();
-                async move {
-                    Ok::<_, Infallible>(tunnel(req, handler, peer, peer_addr, local_addr).await)
-                }
-            });
-            let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-            builder
-                .timer(TokioTimer::new())
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .max_frame_size(MAX_FRAME)
-                .keep_alive_interval(KEEPALIVE_INTERVAL)
-                .keep_alive_timeout(KEEPALIVE_TIMEOUT);
-            let mut connection =
-                std::pin::pin!(builder.serve_connection(TokioIo::new(tls), service));
-            let ended = tokio::select! {
-                ended = connection.as_mut() => ended,
-                _ = stopped.changed() => {
-                    connection.as_mut().graceful_shutdown();
-                    connection.await
-                }
-            };
-            if let Err(e) = ended {
-                tracing::debug!(%peer_addr, error = %e, "HBONE connection ended");
-            }
+            serve_connection(tls, deadline, peer, handler, peer_addr, local_addr, stopped).await;
         });
     }
 }
 
-fn reply(status: StatusCode) -> Response<Empty<Bytes>> {
-    let mut response = Response::new(Empty::new());
+/// Serves one mTLS connection's HTTP/2 until the peer closes it, stops
+/// answering pings, or (after `stopped`) its last tunnel ends. Each
+/// CONNECT gets one task: its checks, its upstream, its splice.
+async fn serve_connection<IO>(
+    tls: IO,
+    deadline: std::time::Duration,
+    peer: Identity,
+    handler: Arc<dyn InboundHandler>,
+    peer_addr: SocketAddr,
+    local_addr: SocketAddr,
+    mut stopped: tokio::sync::watch::Receiver<()>,
+) where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let handshake = crate::conn::server_builder().handshake::<_, Bytes>(tls);
+    let mut connection = match tokio::time::timeout(deadline, handshake).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            tracing::info!(%peer_addr, error = %e, "HBONE HTTP/2 handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::info!(%peer_addr, "HBONE HTTP/2 handshake timed out");
+            return;
+        }
+    };
+    let mut keepalive = std::pin::pin!(crate::conn::keepalive(connection.ping_pong()));
+    let mut stopping = false;
+    loop {
+        let next = tokio::select! {
+            next = connection.accept() => next,
+            _ = stopped.changed(), if !stopping => {
+                // GOAWAY: no new tunnels here; the open ones go on, and
+                // accept() ends once they have.
+                stopping = true;
+                connection.graceful_shutdown();
+                continue;
+            }
+            () = &mut keepalive => return,
+        };
+        match next {
+            Some(Ok((request, respond))) => {
+                tokio::spawn(tunnel(
+                    request,
+                    respond,
+                    handler.clone(),
+                    peer.clone(),
+                    peer_addr,
+                    local_addr,
+                ));
+            }
+            Some(Err(e)) => {
+                tracing::debug!(%peer_addr, error = %e, "HBONE connection ended");
+                return;
+            }
+            None => return,
+        }
+    }
+}
+
+fn reply(status: StatusCode) -> Response<()> {
+    let mut response = Response::new(());
     *response.status_mut() = status;
     response
 }
@@ -271,61 +302,67 @@ pub fn parse_authority(authority: &str) -> Option<SocketAddr> {
     authority.parse().ok()
 }
 
+/// One CONNECT: checked, answered, then spliced to its upstream until
+/// either side ends.
 async fn tunnel(
-    mut req: Request<Incoming>,
+    request: Request<RecvStream>,
+    mut respond: SendResponse<Bytes>,
     handler: Arc<dyn InboundHandler>,
     peer: Identity,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-) -> Response<Empty<Bytes>> {
-    if req.method() != Method::CONNECT {
-        tracing::info!(%peer_addr, method = %req.method(), "HBONE request is not a CONNECT");
-        return reply(StatusCode::BAD_REQUEST);
+) {
+    let refuse = |mut respond: SendResponse<Bytes>, status| {
+        let _ = respond.send_response(reply(status), true);
+    };
+    if request.method() != Method::CONNECT {
+        tracing::info!(%peer_addr, method = %request.method(), "HBONE request is not a CONNECT");
+        return refuse(respond, StatusCode::BAD_REQUEST);
     }
-    let Some(target) = req
+    let Some(target) = request
         .uri()
         .authority()
         .and_then(|a| parse_authority(a.as_str()))
     else {
-        tracing::info!(%peer_addr, uri = %req.uri(), "HBONE CONNECT authority is not ip:port");
-        return reply(StatusCode::BAD_REQUEST);
+        tracing::info!(%peer_addr, uri = %request.uri(), "HBONE CONNECT authority is not ip:port");
+        return refuse(respond, StatusCode::BAD_REQUEST);
     };
+    let (parts, body) = request.into_parts();
     let inbound = Inbound {
         peer: peer.clone(),
         peer_addr,
         local_addr,
         target,
-        headers: req.headers().clone(),
+        headers: parts.headers,
     };
-    let upstream = match handler.open(inbound).await {
+    // Opening the upstream is boxed: once it is done, the task keeps only
+    // what the splice needs for as long as the tunnel lives.
+    let mut upstream = match Box::pin(handler.open(inbound)).await {
         Ok(u) => u,
         Err(refusal) => {
             tracing::info!(%peer_addr, %peer, %target, reason = %refusal, "HBONE tunnel refused");
-            return reply(refusal.status());
+            return refuse(respond, refusal.status());
         }
     };
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        match upgrade.await {
-            Ok(upgraded) => {
-                let mut downstream = TokioIo::new(upgraded);
-                let mut upstream = upstream;
-                match crate::copy::bidirectional(&mut downstream, &mut upstream).await {
-                    Ok((sent, received)) => {
-                        tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
-                    }
-                    Err(e) => {
-                        tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error");
-                        // End the stream cleanly so the client's side of the
-                        // tunnel finishes too, rather than waiting on a reset.
-                        let _ = tokio::io::AsyncWriteExt::shutdown(&mut downstream).await;
-                    }
-                }
-            }
-            Err(e) => tracing::info!(%peer, %target, error = %e, "HBONE upgrade failed"),
+    let send = match respond.send_response(reply(StatusCode::OK), false) {
+        Ok(send) => send,
+        Err(e) => {
+            tracing::info!(%peer, %target, error = %e, "HBONE tunnel ended before it was answered");
+            return;
         }
-    });
-    reply(StatusCode::OK)
+    };
+    let mut downstream = H2Stream::new(send, body);
+    match crate::copy::bidirectional(&mut downstream, &mut upstream).await {
+        Ok((sent, received)) => {
+            tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
+        }
+        Err(e) => {
+            tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error");
+            // End the stream cleanly so the client's side of the tunnel
+            // finishes too, rather than waiting on a reset.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut downstream).await;
+        }
+    }
 }
 
 #[cfg(test)]
