@@ -273,14 +273,17 @@ async fn serve_connection<IO>(
         };
         match next {
             Some(Ok((request, respond))) => {
-                tokio::spawn(tunnel(
+                // The checks and the upstream's connect run boxed, so the
+                // task that lives as long as the tunnel keeps only what
+                // the splice needs (a few hundred bytes, not the request).
+                tokio::spawn(tunnel(Box::pin(answer(
                     request,
                     respond,
                     handler.clone(),
                     peer.clone(),
                     peer_addr,
                     local_addr,
-                ));
+                ))));
             }
             Some(Err(e)) => {
                 tracing::debug!(%peer_addr, error = %e, "HBONE connection ended");
@@ -302,18 +305,41 @@ pub fn parse_authority(authority: &str) -> Option<SocketAddr> {
     authority.parse().ok()
 }
 
-/// One CONNECT: checked, answered, then spliced to its upstream until
-/// either side ends.
-async fn tunnel(
+/// A CONNECT that was answered 200: the stream, the workload's
+/// connection, who asked and for what.
+type Answered = (H2Stream, Box<dyn Upstream>, Identity, SocketAddr);
+
+/// Splices an answered tunnel to its upstream until either side ends.
+async fn tunnel(answer: Pin<Box<impl Future<Output = Option<Answered>>>>) {
+    let Some((mut downstream, mut upstream, peer, target)) = answer.await else {
+        return;
+    };
+    match crate::copy::bidirectional(&mut downstream, &mut upstream).await {
+        Ok((sent, received)) => {
+            tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
+        }
+        Err(e) => {
+            tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error");
+            // End the stream cleanly so the client's side of the tunnel
+            // finishes too, rather than waiting on a reset.
+            let _ = tokio::io::AsyncWriteExt::shutdown(&mut downstream).await;
+        }
+    }
+}
+
+/// Checks one CONNECT, opens its upstream and answers it: 200 with the
+/// stream to splice, or the refusal's status (and `None`).
+async fn answer(
     request: Request<RecvStream>,
     mut respond: SendResponse<Bytes>,
     handler: Arc<dyn InboundHandler>,
     peer: Identity,
     peer_addr: SocketAddr,
     local_addr: SocketAddr,
-) {
+) -> Option<Answered> {
     let refuse = |mut respond: SendResponse<Bytes>, status| {
         let _ = respond.send_response(reply(status), true);
+        None
     };
     if request.method() != Method::CONNECT {
         tracing::info!(%peer_addr, method = %request.method(), "HBONE request is not a CONNECT");
@@ -335,32 +361,18 @@ async fn tunnel(
         target,
         headers: parts.headers,
     };
-    // Opening the upstream is boxed: once it is done, the task keeps only
-    // what the splice needs for as long as the tunnel lives.
-    let mut upstream = match Box::pin(handler.open(inbound)).await {
+    let upstream = match handler.open(inbound).await {
         Ok(u) => u,
         Err(refusal) => {
             tracing::info!(%peer_addr, %peer, %target, reason = %refusal, "HBONE tunnel refused");
             return refuse(respond, refusal.status());
         }
     };
-    let send = match respond.send_response(reply(StatusCode::OK), false) {
-        Ok(send) => send,
+    match respond.send_response(reply(StatusCode::OK), false) {
+        Ok(send) => Some((H2Stream::new(send, body), upstream, peer, target)),
         Err(e) => {
             tracing::info!(%peer, %target, error = %e, "HBONE tunnel ended before it was answered");
-            return;
-        }
-    };
-    let mut downstream = H2Stream::new(send, body);
-    match crate::copy::bidirectional(&mut downstream, &mut upstream).await {
-        Ok((sent, received)) => {
-            tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
-        }
-        Err(e) => {
-            tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error");
-            // End the stream cleanly so the client's side of the tunnel
-            // finishes too, rather than waiting on a reset.
-            let _ = tokio::io::AsyncWriteExt::shutdown(&mut downstream).await;
+            None
         }
     }
 }

@@ -188,11 +188,15 @@ impl Listening {
                 ready(&shared);
                 tracing::info!(workload = %w.name, %addr, service = %l.service, port = l.service_port, "outbound listener ready");
                 accept_forever(listener, addr, |client, peer| {
-                    let (shared, w, l) = (shared.clone(), w.clone(), l.clone());
-                    tokio::spawn(async move {
-                        let target = Target::Service(l.service, l.service_port);
-                        outbound(shared, w, target, client, peer, false).await;
-                    });
+                    let target = Target::Service(l.service.clone(), l.service_port);
+                    tokio::spawn(outbound(
+                        shared.clone(),
+                        w.clone(),
+                        target,
+                        client,
+                        peer,
+                        false,
+                    ));
                 })
                 .await
             }
@@ -206,17 +210,14 @@ impl Listening {
                     // before the registry had it is served as it is now).
                     let w = (shared.view.load().workloads.get(&w.uid).cloned())
                         .unwrap_or_else(|| w.clone());
-                    let shared = shared.clone();
-                    tokio::spawn(async move {
-                        match crate::netns::original_destination(&client) {
-                            Ok(dst) => {
-                                outbound(shared, w, Target::Original(dst), client, peer, false)
-                                    .await;
-                            }
-                            Err(e) => tracing::warn!(workload = %w.name, %peer, error = %e,
-                                "captured connection has no original destination (not redirected by nftables?); closed"),
+                    match crate::netns::original_destination(&client) {
+                        Ok(dst) => {
+                            let target = Target::Original(dst);
+                            tokio::spawn(outbound(shared.clone(), w, target, client, peer, false));
                         }
-                    });
+                        Err(e) => tracing::warn!(workload = %w.name, %peer, error = %e,
+                            "captured connection has no original destination (not redirected by nftables?); closed"),
+                    }
                 })
                 .await
             }

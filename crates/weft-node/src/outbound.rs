@@ -36,21 +36,29 @@ pub(crate) enum Target {
 
 /// One outbound connection: choose an endpoint, open a tunnel (trying the
 /// next endpoint on a connect failure), splice, log.
-pub(crate) async fn outbound(
+///
+/// The connection's task lives as long as the connection, and a future is
+/// as large as its largest state plus its arguments: setting up
+/// (certificates, routing, the tunnel's TLS and HTTP/2 steps) is boxed
+/// and freed once done, and the splice's future takes only that box, so
+/// an open connection keeps only what its splice needs.
+pub(crate) fn outbound(
     shared: Arc<Shared>,
     source: Arc<WorkloadInfo>,
     target: Target,
     client: TcpStream,
     peer: SocketAddr,
     socks: bool,
-) {
-    // The connection's task lives as long as the connection, and a future
-    // is as large as its largest state: setting up (certificates, routing,
-    // the tunnel's TLS and HTTP/2 steps) is boxed and freed once done, so
-    // an open connection keeps only what its splice needs.
-    let Some((mut client, tunnel, guard)) =
-        Box::pin(open(shared, source, target, client, peer, socks)).await
-    else {
+) -> impl Future<Output = ()> + Send {
+    splice_opened(Box::pin(open(shared, source, target, client, peer, socks)))
+}
+
+/// What an outbound connection is spliced with once set up.
+type Opened = (TcpStream, weft_hbone::Tunnel, Arc<ConnectionGuard>);
+
+/// Splices a connection [`open`] set up (nothing when it did not).
+async fn splice_opened(opened: std::pin::Pin<Box<impl Future<Output = Option<Opened>>>>) {
+    let Some((mut client, tunnel, guard)) = opened.await else {
         return;
     };
     // The guard logs the access line and emits the metrics when the copy ends.
@@ -68,7 +76,7 @@ async fn open(
     mut client: TcpStream,
     peer: SocketAddr,
     socks: bool,
-) -> Option<(TcpStream, weft_hbone::Tunnel, Arc<ConnectionGuard>)> {
+) -> Option<Opened> {
     // A SOCKS client is told the outcome before any bytes flow.
     async fn tell(client: &mut TcpStream, socks: bool, reply: crate::socks::Reply) -> bool {
         !socks

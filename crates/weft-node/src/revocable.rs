@@ -4,15 +4,13 @@
 //! when idle.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
 use weft_core::Identity;
 
 /// What authorization needs to know about an open connection.
@@ -30,24 +28,27 @@ pub struct OpenConn {
     pub target_port: u16,
 }
 
+/// One open connection: what authorization needs, and the revocation
+/// signal — a flag read on every I/O (cheap) and the waker of a read that
+/// waits, so a stream idle when it is raised still ends. One allocation,
+/// shared by the registry and the stream.
 struct Entry {
     conn: OpenConn,
-    revoke: Arc<Revoke>,
+    revoked: AtomicBool,
+    waiting: Mutex<Option<Waker>>,
 }
 
-/// The revocation signal: a flag read on every I/O (cheap), and a wakeup
-/// for streams that are idle when it is raised.
-#[derive(Default)]
-struct Revoke {
-    flag: AtomicBool,
-    notify: Notify,
+impl Entry {
+    fn waiting(&self) -> std::sync::MutexGuard<'_, Option<Waker>> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// Every open inbound connection of a node.
 #[derive(Default, Clone)]
 pub struct Registry {
     next: Arc<AtomicU64>,
-    open: Arc<Mutex<HashMap<u64, Entry>>>,
+    open: Arc<Mutex<HashMap<u64, Arc<Entry>>>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -57,7 +58,7 @@ impl std::fmt::Debug for Registry {
 }
 
 impl Registry {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Entry>>> {
         self.open.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -65,18 +66,15 @@ impl Registry {
     /// unregisters itself when dropped.
     pub fn wrap<S>(&self, conn: OpenConn, inner: S) -> Revocable<S> {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
-        let revoke = Arc::new(Revoke::default());
-        self.lock().insert(
-            id,
-            Entry {
-                conn,
-                revoke: revoke.clone(),
-            },
-        );
+        let entry = Arc::new(Entry {
+            conn,
+            revoked: AtomicBool::new(false),
+            waiting: Mutex::new(None),
+        });
+        self.lock().insert(id, entry.clone());
         Revocable {
             inner,
-            wakeup: None,
-            revoke,
+            entry,
             registry: self.clone(),
             id,
         }
@@ -91,8 +89,10 @@ impl Registry {
         let mut closed = Vec::new();
         for entry in self.lock().values() {
             if let Err(reason) = still_allowed(&entry.conn) {
-                entry.revoke.flag.store(true, Ordering::Release);
-                entry.revoke.notify.notify_waiters();
+                entry.revoked.store(true, Ordering::SeqCst);
+                if let Some(waker) = entry.waiting().take() {
+                    waker.wake();
+                }
                 closed.push((entry.conn.clone(), reason));
             }
         }
@@ -114,10 +114,9 @@ impl Registry {
 /// once revoked.
 pub struct Revocable<S> {
     inner: S,
-    revoke: Arc<Revoke>,
-    /// Registered only while a read waits, so busy streams pay one atomic
-    /// load per I/O.
-    wakeup: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
+    /// Its registry entry; a read that waits leaves its waker there, so
+    /// busy streams pay one atomic load per I/O.
+    entry: Arc<Entry>,
     registry: Registry,
     id: u64,
 }
@@ -130,7 +129,7 @@ impl<S> Drop for Revocable<S> {
 
 impl<S> Revocable<S> {
     fn revoked(&self) -> bool {
-        self.revoke.flag.load(Ordering::Acquire)
+        self.entry.revoked.load(Ordering::SeqCst)
     }
 }
 
@@ -155,23 +154,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Revocable<S> {
         }
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Pending => {
-                let revoke = this.revoke.clone();
-                let wakeup = this.wakeup.get_or_insert_with(|| {
-                    Box::pin(async move {
-                        loop {
-                            // Register before checking the flag, so a revocation
-                            // between the two cannot be missed.
-                            let notified = revoke.notify.notified();
-                            tokio::pin!(notified);
-                            notified.as_mut().enable();
-                            if revoke.flag.load(Ordering::Acquire) {
-                                return;
-                            }
-                            notified.await;
-                        }
-                    })
-                });
-                if wakeup.as_mut().poll(cx).is_ready() {
+                // Leave the waker before looking at the flag again, so a
+                // revocation between the two cannot be missed.
+                let mut waiting = this.entry.waiting();
+                if !waiting.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                    *waiting = Some(cx.waker().clone());
+                }
+                drop(waiting);
+                if this.revoked() {
                     return Poll::Ready(Ok(()));
                 }
                 Poll::Pending
