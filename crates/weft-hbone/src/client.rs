@@ -368,6 +368,22 @@ pub struct Tunnel {
     _guard: ActiveGuard,
 }
 
+impl Tunnel {
+    /// Splices `plain` (a caller's connection) to this tunnel both ways
+    /// without copying on the tunnel's side; with `grace`, at most that
+    /// long after the far side ended (see [`crate::splice`]).
+    pub async fn splice<P>(
+        &mut self,
+        plain: &mut P,
+        grace: Option<Duration>,
+    ) -> std::io::Result<crate::splice::Spliced>
+    where
+        P: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        crate::splice::splice(plain, &mut self.io, grace).await
+    }
+}
+
 impl std::fmt::Debug for Tunnel {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Tunnel")

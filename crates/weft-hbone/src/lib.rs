@@ -15,6 +15,9 @@
 //! - [`stream`]: one tunnel as a byte stream, straight on the `h2`
 //!   crate's stream halves; [`conn`]: the HTTP/2 settings and keepalive
 //!   both ends share;
+//! - [`splice`]: a socket to a tunnel, handing `h2` the chunks it reads
+//!   and writing received frames straight out (no copy on the tunnel's
+//!   side);
 //! - [`copy`]: splices a tunnel to a socket both ways, with buffers that
 //!   grow only for bulk flows, borrowed from [`buffers`] (a per-thread
 //!   pool) only while bytes pass, so idle tunnels hold none.
@@ -28,6 +31,7 @@ pub mod client;
 pub mod conn;
 pub mod copy;
 pub mod server;
+pub mod splice;
 pub mod stream;
 
 pub use client::{Dial, HbonePool, PoolKey, Tunnel};

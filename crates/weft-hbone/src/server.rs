@@ -314,9 +314,9 @@ async fn tunnel(answer: Pin<Box<impl Future<Output = Option<Answered>>>>) {
     let Some((mut downstream, mut upstream, peer, target)) = answer.await else {
         return;
     };
-    match crate::copy::bidirectional(&mut downstream, &mut upstream).await {
-        Ok((sent, received)) => {
-            tracing::debug!(%peer, %target, sent, received, "HBONE tunnel closed")
+    match crate::splice::splice(&mut upstream, &mut downstream, None).await {
+        Ok(done) => {
+            tracing::debug!(%peer, %target, sent = done.received, received = done.sent, "HBONE tunnel closed")
         }
         Err(e) => {
             tracing::debug!(%peer, %target, error = %e, "HBONE tunnel ended with an error");

@@ -24,9 +24,13 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// An HTTP/2 stream carrying a tunnel's bytes both ways.
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    recv: RecvStream,
-    /// The rest of the last received frame, not yet read.
-    pending: Bytes,
+    pub(crate) recv: RecvStream,
+    /// The rest of the last received frame, not yet read (its window
+    /// already given back).
+    pub(crate) pending: Bytes,
+    /// Received bytes whose window has not been given back yet
+    /// ([`splice`](crate::splice) gives it back once they are written).
+    pub(crate) unreleased: usize,
     /// End of stream was sent.
     sent_end: bool,
 }
@@ -47,14 +51,54 @@ impl H2Stream {
             send,
             recv,
             pending: Bytes::new(),
+            unreleased: 0,
             sent_end: false,
         }
     }
+
+    /// Window to send up to `wanted` bytes: how many may be sent now.
+    pub(crate) fn poll_send_capacity(
+        &mut self,
+        cx: &mut Context<'_>,
+        wanted: usize,
+    ) -> Poll<io::Result<usize>> {
+        self.send.reserve_capacity(wanted);
+        match self.send.poll_capacity(cx) {
+            Poll::Ready(Some(Ok(0))) => {
+                // Capacity was taken back (the window shrank): ask again.
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
+            Poll::Ready(Some(Ok(n))) => Poll::Ready(Ok(n)),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Err(broken(e))),
+            Poll::Ready(None) => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+            // No window yet; a peer that resets the stream meanwhile ends
+            // the wait.
+            Poll::Pending => match self.send.poll_reset(cx) {
+                Poll::Ready(Ok(reason)) => Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::BrokenPipe,
+                    format!("tunnel reset by the peer ({reason})"),
+                ))),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(broken(e))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    /// Queues `data` (within the capacity granted) as DATA, as it is.
+    pub(crate) fn send(&mut self, data: Bytes) -> io::Result<()> {
+        self.send.send_data(data, false).map_err(broken)
+    }
+}
+
+/// An `h2` error while sending, as an I/O error.
+fn broken(e: h2::Error) -> io::Error {
+    io_error(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
 }
 
 /// An `h2` error as an I/O error; a stream the peer ended with `NO_ERROR`
 /// or `CANCEL` is `None` (an end of stream, not a failure).
-fn io_error(e: h2::Error) -> Option<io::Error> {
+pub(crate) fn io_error(e: h2::Error) -> Option<io::Error> {
     if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) {
         return None;
     }
@@ -86,6 +130,10 @@ impl AsyncRead for H2Stream {
         let n = this.pending.len().min(buf.remaining());
         buf.put_slice(&this.pending[..n]);
         this.pending.advance(n);
+        if this.pending.is_empty() {
+            // An empty slice would still hold the frame's read buffer.
+            this.pending = Bytes::new();
+        }
         Poll::Ready(Ok(()))
     }
 }
@@ -100,39 +148,8 @@ impl AsyncWrite for H2Stream {
         if buf.is_empty() {
             return Poll::Ready(Ok(0));
         }
-        this.send.reserve_capacity(buf.len());
-        let granted = match this.send.poll_capacity(cx) {
-            Poll::Ready(Some(Ok(n))) => n,
-            Poll::Ready(Some(Err(e))) => {
-                return Poll::Ready(Err(
-                    io_error(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
-                ));
-            }
-            Poll::Ready(None) => return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
-            Poll::Pending => {
-                // No window yet; a peer that resets the stream meanwhile
-                // ends the wait.
-                return match this.send.poll_reset(cx) {
-                    Poll::Ready(Ok(reason)) => Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::BrokenPipe,
-                        format!("tunnel reset by the peer ({reason})"),
-                    ))),
-                    Poll::Ready(Err(e)) => Poll::Ready(Err(
-                        io_error(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into())
-                    )),
-                    Poll::Pending => Poll::Pending,
-                };
-            }
-        };
-        let n = granted.min(buf.len());
-        if n == 0 {
-            // Capacity was taken back (the window shrank): wait again.
-            cx.waker().wake_by_ref();
-            return Poll::Pending;
-        }
-        this.send
-            .send_data(Bytes::copy_from_slice(&buf[..n]), false)
-            .map_err(|e| io_error(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()))?;
+        let n = ready!(this.poll_send_capacity(cx, buf.len()))?.min(buf.len());
+        this.send(Bytes::copy_from_slice(&buf[..n]))?;
         Poll::Ready(Ok(n))
     }
 
@@ -145,9 +162,7 @@ impl AsyncWrite for H2Stream {
         let this = self.get_mut();
         if !this.sent_end {
             this.sent_end = true;
-            this.send
-                .send_data(Bytes::new(), true)
-                .map_err(|e| io_error(e).unwrap_or_else(|| io::ErrorKind::BrokenPipe.into()))?;
+            this.send.send_data(Bytes::new(), true).map_err(broken)?;
         }
         Poll::Ready(Ok(()))
     }

@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use http::HeaderMap;
@@ -215,84 +215,17 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
 
 /// Copies both ways between a caller and a tunnel. When the destination
 /// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
-/// tunnel the far side closed (or policy revoked) never lingers. The grace
-/// timer exists only once the destination has ended: an open connection
-/// carries a flag, not a timer.
-async fn splice<A, B>(caller: &mut A, tunnel: B)
+/// tunnel the far side closed (or policy revoked) never lingers.
+async fn splice<A>(caller: &mut A, mut tunnel: weft_hbone::Tunnel)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let ended = Arc::new(AtomicBool::new(false));
-    let mut tunnel = EofSignal {
-        inner: tunnel,
-        ended: ended.clone(),
-    };
-    let mut copy = std::pin::pin!(weft_hbone::copy::bidirectional(caller, &mut tunnel));
-    let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-    let outcome = std::future::poll_fn(|cx| {
-        if let std::task::Poll::Ready(result) = copy.as_mut().poll(cx) {
-            return std::task::Poll::Ready(Some(result));
+    match tunnel.splice(caller, Some(HALF_CLOSE_GRACE)).await {
+        Ok(done) if done.cut => {
+            tracing::debug!("destination finished; the caller did not within the grace period")
         }
-        if grace.is_none() && ended.load(Ordering::Relaxed) {
-            grace = Some(Box::pin(tokio::time::sleep(HALF_CLOSE_GRACE)));
-        }
-        match grace.as_mut().map(|timer| timer.as_mut().poll(cx)) {
-            Some(std::task::Poll::Ready(())) => std::task::Poll::Ready(None),
-            _ => std::task::Poll::Pending,
-        }
-    })
-    .await;
-    match outcome {
-        Some(Err(e)) => tracing::debug!(error = %e, "outbound connection ended with an error"),
-        Some(Ok(_)) => {}
-        None => tracing::debug!("destination finished; the caller did not within the grace period"),
-    }
-}
-
-/// Sets a flag when the wrapped stream's reads reach the end.
-struct EofSignal<S> {
-    inner: S,
-    ended: Arc<AtomicBool>,
-}
-
-impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for EofSignal<S> {
-    fn poll_read(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let this = self.get_mut();
-        let before = buf.filled().len();
-        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
-        let at_end = matches!(&poll, std::task::Poll::Ready(Ok(())) if buf.filled().len() == before)
-            || matches!(&poll, std::task::Poll::Ready(Err(_)));
-        if at_end {
-            this.ended.store(true, Ordering::Relaxed);
-        }
-        poll
-    }
-}
-
-impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for EofSignal<S> {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        Ok(_) => {}
+        Err(e) => tracing::debug!(error = %e, "outbound connection ended with an error"),
     }
 }
 

@@ -170,7 +170,10 @@ pub async fn serve(
     if let Err(e) = tunnel.write_all(&hello).await {
         return refuse("upstream_connect", format!("{endpoint}: {e}"));
     }
-    let copied = weft_hbone::copy::bidirectional(&mut tcp, &mut tunnel).await;
+    let copied = tunnel
+        .splice(&mut tcp, None)
+        .await
+        .map(|done| (done.sent, done.received));
     tracing::info!(
         %peer,
         listener = %target,
