@@ -297,3 +297,39 @@ async fn one_hosts_handshake_flood_leaves_room_for_others() {
         "only {closed} of the flood's last 200 were closed"
     );
 }
+
+/// A peer that finishes mutual TLS and then never sends the HTTP/2
+/// preface is closed once the handshake deadline passes, rather than
+/// holding a connection slot forever.
+#[tokio::test]
+async fn a_silent_peer_after_tls_is_closed_at_the_deadline() {
+    let mesh = Mesh::new();
+    let (node, orders) = (id("node-b"), id("orders"));
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let hbone = hbone_server_with(&mesh, &node, None, limits).await;
+    mesh.certs.fetch(&orders).await.expect("cert");
+    let config = client_config(
+        Some(mesh.certs.source(&orders)),
+        mesh.bundle.clone(),
+        vec![node.clone()],
+    )
+    .expect("tls");
+    let tcp = TcpStream::connect(hbone).await.expect("connect");
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::IpAddress(hbone.ip().into()), tcp)
+        .await
+        .expect("handshake");
+    let started = Instant::now();
+    // Whatever the server sends (its SETTINGS), it then closes.
+    let mut sink = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tls.read_to_end(&mut sink)).await;
+    assert!(read.is_ok(), "the silent peer was not closed");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "closed before the deadline: {:?}",
+        started.elapsed()
+    );
+}
