@@ -11,10 +11,10 @@
 //! ```
 //!
 //! Needs `wrk`, `h2load` (nghttp2-client), `haproxy` and `nginx` (Debian).
-//! Then the mesh path (e): the demo's ingress gateway (`weft up
-//! examples/demo`: gateway → HBONE → node → app, all of weft in one
-//! process, whose CPU and memory count). The path through a waypoint is
-//! not measured here yet.
+//! Then the mesh paths, both in one `weft up examples/demo` process whose
+//! CPU and memory count: (e) the demo's ingress gateway (gateway → HBONE →
+//! node → app) and (f) a client's outbound port through a waypoint
+//! (node → HBONE → waypoint → HBONE → node → app).
 
 mod hop;
 mod load;
@@ -257,12 +257,26 @@ async fn bench(seconds: u32) -> Result<()> {
             .args(["--background-load", "0"]),
     )?;
     let edge: SocketAddr = "127.0.1.50:8080".parse()?;
+    let up_pid = up.0.id();
     targets.push(Target {
         name: "weft gateway (mesh)",
         h1: edge,
         h2: edge,
-        pids: vec![up.0.id()],
+        pids: vec![up_pid],
         _procs: vec![up],
+    });
+    // (f) The path through a waypoint, in the same `weft up`: frontend's
+    // outbound listener for reviews (node-1), HBONE to the waypoint
+    // shop-waypoint (which routes each request), HBONE to a reviews
+    // endpoint's node, then the app. The load generator stands in for
+    // frontend on its outbound port.
+    let via_waypoint: SocketAddr = "127.0.1.10:9002".parse()?;
+    targets.push(Target {
+        name: "weft via waypoint (mesh)",
+        h1: via_waypoint,
+        h2: via_waypoint,
+        pids: vec![up_pid],
+        _procs: Vec::new(),
     });
 
     let mut rows = Vec::new();
