@@ -35,7 +35,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::buffers;
 use crate::copy::{INITIAL_BUFFER, MAX_BUFFER};
-use crate::stream::{H2Stream, io_error};
+use crate::stream::H2Stream;
 
 /// Reads and writes one direction makes in one poll before it yields.
 const STEPS_PER_POLL: usize = 32;
@@ -248,34 +248,6 @@ impl Down {
         }
         cx.waker().wake_by_ref();
         Poll::Pending
-    }
-}
-
-impl H2Stream {
-    /// The next received chunk, whole (`None` at the end of the stream).
-    /// Its window is given back with [`H2Stream::release`] once used.
-    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
-        if !self.pending.is_empty() {
-            // Left over by an AsyncRead user: already given back.
-            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
-        }
-        match ready!(self.recv.poll_data(cx)) {
-            Some(Ok(data)) => {
-                self.unreleased += data.len();
-                Poll::Ready(Ok(Some(data)))
-            }
-            Some(Err(e)) => Poll::Ready(io_error(e).map_or(Ok(None), Err)),
-            None => Poll::Ready(Ok(None)),
-        }
-    }
-
-    /// Gives `n` bytes of received window back to the peer.
-    fn release(&mut self, n: usize) {
-        let n = n.min(self.unreleased);
-        if n > 0 {
-            self.unreleased -= n;
-            let _ = self.recv.flow_control().release_capacity(n);
-        }
     }
 }
 

@@ -24,12 +24,12 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// An HTTP/2 stream carrying a tunnel's bytes both ways.
 pub struct H2Stream {
     send: SendStream<Bytes>,
-    pub(crate) recv: RecvStream,
+    recv: RecvStream,
     /// The rest of the last received frame, not yet read (its window
     /// already given back).
-    pub(crate) pending: Bytes,
-    /// Received bytes whose window has not been given back yet
-    /// ([`splice`](crate::splice) gives it back once they are written).
+    pending: Bytes,
+    /// Received bytes handed out by [`H2Stream::poll_chunk`] whose window
+    /// has not been given back yet ([`H2Stream::release`]).
     pub(crate) unreleased: usize,
     /// End of stream was sent.
     sent_end: bool,
@@ -89,6 +89,33 @@ impl H2Stream {
     pub(crate) fn send(&mut self, data: Bytes) -> io::Result<()> {
         self.send.send_data(data, false).map_err(broken)
     }
+
+    /// The next received chunk, whole (`None` at the end of the stream),
+    /// for a splice that writes frames straight out: its window is given
+    /// back with [`H2Stream::release`] once used.
+    pub(crate) fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<Bytes>>> {
+        if !self.pending.is_empty() {
+            // Left over by an AsyncRead user: already given back.
+            return Poll::Ready(Ok(Some(std::mem::take(&mut self.pending))));
+        }
+        match ready!(self.recv.poll_data(cx)) {
+            Some(Ok(data)) => {
+                self.unreleased += data.len();
+                Poll::Ready(Ok(Some(data)))
+            }
+            Some(Err(e)) => Poll::Ready(io_error(e).map_or(Ok(None), Err)),
+            None => Poll::Ready(Ok(None)),
+        }
+    }
+
+    /// Gives `n` bytes of received window back to the peer.
+    pub(crate) fn release(&mut self, n: usize) {
+        let n = n.min(self.unreleased);
+        if n > 0 {
+            self.unreleased -= n;
+            let _ = self.recv.flow_control().release_capacity(n);
+        }
+    }
 }
 
 /// An `h2` error while sending, as an I/O error.
@@ -98,7 +125,7 @@ fn broken(e: h2::Error) -> io::Error {
 
 /// An `h2` error as an I/O error; a stream the peer ended with `NO_ERROR`
 /// or `CANCEL` is `None` (an end of stream, not a failure).
-pub(crate) fn io_error(e: h2::Error) -> Option<io::Error> {
+fn io_error(e: h2::Error) -> Option<io::Error> {
     if matches!(e.reason(), Some(Reason::NO_ERROR | Reason::CANCEL)) {
         return None;
     }
