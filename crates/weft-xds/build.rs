@@ -14,6 +14,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        // Maps encode in key order: a resource's bytes, and so its
+        // version, depend only on its content.
+        .btree_map(".istio.workload")
         .compile_fds(fds)?;
     Ok(())
 }

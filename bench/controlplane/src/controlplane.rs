@@ -139,7 +139,9 @@ async fn main() -> Result<()> {
         );
     }
     let mut child = Command::new(&weft)
-        .args(["--log-level", "warn", "control", "--config-dir"])
+        .arg("--log-level")
+        .arg(std::env::var("WEFT_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .args(["control", "--config-dir"])
         .arg(&config)
         .arg("--ca-dir")
         .arg(tmp.path().join("ca"))

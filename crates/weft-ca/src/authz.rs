@@ -243,7 +243,7 @@ mod tests {
                 waypoint: false,
                 gateway: false,
             };
-            s.workloads.insert(w.name.clone(), w);
+            s.workloads.insert(w.name.clone(), w.into());
         }
         s
     }

@@ -9,10 +9,23 @@ use weft_core::model::{CLIENT_ONLY_ANNOTATION, NamespacedName};
 
 use crate::diag::{Diagnostic, Origin};
 use crate::kinds::Resources;
+use crate::memo::{Kept, Shard};
 use crate::resource::{Resource, Spec};
+use crate::select::SelectorIndex;
 
-/// Runs every cross-resource check, appending problems to `out`.
-pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
+/// Per namespace, what the namespace-local checks found.
+pub(crate) type Local = Kept<(), Vec<Diagnostic>>;
+
+/// Runs every cross-resource check, appending problems to `out`;
+/// namespaces whose ServiceEntries and WorkloadEntries are unchanged
+/// since the previous load take the namespace-local checks' findings
+/// from `kept`.
+pub(crate) fn check(
+    r: &Resources,
+    shards: &BTreeMap<&str, Shard<'_>>,
+    kept: &mut Local,
+    out: &mut Vec<Diagnostic>,
+) {
     duplicate_names(&r.service_entries, out);
     duplicate_names(&r.workload_entries, out);
     duplicate_names(&r.meshes, out);
@@ -42,7 +55,9 @@ pub(crate) fn check(r: &Resources, out: &mut Vec<Diagnostic>) {
     duplicate_hosts(r, out);
     overlapping_addresses(r, out);
     duplicate_workload_ips(r, out);
-    unselected_workloads(r, out);
+    for found in kept.pass(shards, (), |_, shard| unselected_workloads(shard)) {
+        out.extend(found.iter().cloned());
+    }
     outbound_listeners(r, out);
     waypoints(r, out);
     reserved_identities(r, out);
@@ -88,9 +103,15 @@ fn waypoints(r: &Resources, out: &mut Vec<Diagnostic>) {
             .get(WAYPOINT_LABEL)
             .is_some_and(|v| v == "true")
     };
+    // Built only when some service names a waypoint.
+    let referenced = r
+        .service_entries
+        .iter()
+        .any(|se| se.labels.contains_key(USE_WAYPOINT_LABEL));
     let by_name: HashMap<&NamespacedName, &Resource<crate::kinds::WorkloadEntrySpec>> = r
         .workload_entries
         .iter()
+        .filter(|_| referenced)
         .map(|we| (&we.name, we.as_ref()))
         .collect();
     for se in &r.service_entries {
@@ -356,17 +377,22 @@ fn duplicate_workload_ips(r: &Resources, out: &mut Vec<Diagnostic>) {
 
 /// A WorkloadEntry no ServiceEntry selects is usually a label typo.
 /// Workloads that only make calls say so with `weft.dev/client-only: "true"`.
-fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
-    let mut selectors: BTreeMap<&str, Vec<&Resource<_>>> = BTreeMap::new();
-    for se in &r.service_entries {
-        if se.spec.workload_selector.is_some() {
-            selectors
-                .entry(se.name.namespace.as_str())
-                .or_default()
-                .push(se);
-        }
-    }
-    for we in &r.workload_entries {
+/// One namespace at a time: selectors only match there.
+fn unselected_workloads(shard: &Shard<'_>) -> Vec<Diagnostic> {
+    let mut out = Vec::new();
+    let candidates: Vec<&Resource<_>> = shard
+        .ses
+        .iter()
+        .filter(|se| se.spec.workload_selector.is_some())
+        .map(|se| se.as_ref())
+        .collect();
+    let index = SelectorIndex::new(
+        candidates
+            .iter()
+            .filter_map(|se| se.spec.workload_selector.as_ref())
+            .collect(),
+    );
+    for we in &shard.wes {
         // Waypoints and gateways serve services; no service selects them.
         if [
             weft_core::model::WAYPOINT_LABEL,
@@ -393,17 +419,10 @@ fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
                 continue;
             }
         }
-        let candidates = selectors
-            .get(we.name.namespace.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        let selected: Vec<_> = candidates
-            .iter()
-            .filter(|se| {
-                se.spec
-                    .workload_selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(&we.spec.labels))
-            })
+        let selected: Vec<&Resource<_>> = index
+            .matching(&we.spec.labels)
+            .into_iter()
+            .map(|i| candidates[i])
             .collect();
         if selected.is_empty() {
             out.push(error(
@@ -452,4 +471,5 @@ fn unselected_workloads(r: &Resources, out: &mut Vec<Diagnostic>) {
             }
         }
     }
+    out
 }

@@ -32,8 +32,10 @@ mod cross;
 pub mod diag;
 pub mod kinds;
 pub mod loader;
+mod memo;
 mod node_authz;
 pub mod resource;
+mod select;
 mod translate;
 pub mod translate_l7;
 mod yaml;
@@ -81,7 +83,7 @@ pub fn load_sources<'a>(
         .into_iter()
         .map(|(file, text)| Arc::new(Parsed::new(file, text)))
         .collect();
-    finish(&parsed, Vec::new())
+    finish(&parsed, Vec::new(), &mut Memo::default())
 }
 
 /// One file, parsed and decoded.
@@ -112,12 +114,21 @@ fn content_hash(bytes: &[u8]) -> u64 {
     h.finish()
 }
 
+/// What the namespace-local steps found in the previous load ([`memo`]).
+#[derive(Debug, Default)]
+struct Memo {
+    checked: cross::Local,
+    translated: memo::Kept<translate::PartKey, translate::Part>,
+}
+
 /// Loads a directory again and again (the control plane's reloads),
-/// parsing only the files whose content changed since the last load;
-/// checks across resources and the translation always see everything.
+/// parsing only the files whose content changed since the last load, and
+/// checking and translating again only the namespaces those files touch
+/// (checks across namespaces always see everything).
 #[derive(Debug, Default)]
 pub struct Loader {
     cache: HashMap<PathBuf, Arc<Parsed>>,
+    memo: Memo,
 }
 
 impl Loader {
@@ -153,6 +164,7 @@ impl Loader {
         texts: &[(PathBuf, String)],
         problems: Vec<Diagnostic>,
     ) -> Result<Config, Problems> {
+        let started = std::time::Instant::now();
         let stale: Vec<&(PathBuf, String)> = texts
             .iter()
             .filter(|(file, text)| {
@@ -161,6 +173,7 @@ impl Loader {
                     .is_none_or(|p| p.hash != content_hash(text.as_bytes()))
             })
             .collect();
+        let stale_count = stale.len();
         for (file, parsed) in parse_parallel(&stale) {
             self.cache.insert(file, parsed);
         }
@@ -174,7 +187,8 @@ impl Loader {
         }
         // Forget files that are gone.
         self.cache = fresh;
-        finish(&parsed, problems)
+        tracing::debug!(parsed = stale_count, took = ?started.elapsed(), "changed files parsed");
+        finish(&parsed, problems, &mut self.memo)
     }
 }
 
@@ -203,14 +217,24 @@ fn parse_parallel(files: &[&(PathBuf, String)]) -> Vec<(PathBuf, Arc<Parsed>)> {
 }
 
 /// Checks across resources and translates, given every parsed file.
-fn finish(parsed: &[Arc<Parsed>], mut problems: Vec<Diagnostic>) -> Result<Config, Problems> {
+fn finish(
+    parsed: &[Arc<Parsed>],
+    mut problems: Vec<Diagnostic>,
+    memo: &mut Memo,
+) -> Result<Config, Problems> {
+    let started = std::time::Instant::now();
     let mut resources = Resources::default();
     for p in parsed {
         resources.extend_from(&p.resources);
         problems.extend(p.problems.iter().cloned());
     }
-    cross::check(&resources, &mut problems);
-    // File order reads best; within a document, the order checks ran.
+    let shards = memo::shards(&resources);
+    let merged = started.elapsed();
+    cross::check(&resources, &shards, &mut memo.checked, &mut problems);
+    let checked = started.elapsed();
+    // File order reads best; within a document, the order checks ran
+    // (the namespace-local checks keep each resource's findings in order,
+    // so a reused result sorts exactly like a fresh one).
     let in_order = |problems: &mut Vec<Diagnostic>| {
         problems.sort_by(|a, b| (&a.file, a.doc, a.line).cmp(&(&b.file, b.doc, b.line)));
     };
@@ -218,7 +242,9 @@ fn finish(parsed: &[Arc<Parsed>], mut problems: Vec<Diagnostic>) -> Result<Confi
         in_order(&mut problems);
         return Err(Problems(problems));
     }
-    let snapshot = translate::translate(&resources, &mut problems);
+    let snapshot = translate::translate(&resources, &shards, &mut memo.translated, &mut problems);
+    drop(shards);
+    tracing::debug!(?merged, ?checked, translated = ?started.elapsed(), "configuration validated");
     in_order(&mut problems);
     if problems.iter().any(Diagnostic::is_error) {
         return Err(Problems(problems));

@@ -3,7 +3,9 @@
 //! Runs only on a configuration without problems, so it can assume fields
 //! parse; anything that still fails is reported, never unwrapped.
 
+use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use weft_core::model::{
     CLIENT_ONLY_ANNOTATION, Locality, MeshSettings, MtlsMode, NODE_LABEL, NamespacedName,
@@ -20,10 +22,31 @@ use crate::kinds::workload_entry::DEFAULT_SERVICE_ACCOUNT;
 use crate::kinds::{
     MeshSpec, PeerAuthenticationSpec, Resources, ServiceEntrySpec, WorkloadEntrySpec,
 };
+use crate::memo::{Kept, Shard};
 use crate::resource::Resource;
 
+/// One namespace's share of the snapshot: its workloads (before peer
+/// authentication modes apply) and its services, with what could not be
+/// translated.
+#[derive(Debug, Default)]
+pub(crate) struct Part {
+    workloads: Vec<Arc<Workload>>,
+    services: Vec<Arc<Service>>,
+    problems: Vec<Diagnostic>,
+}
+
+/// What a namespace's translation reads besides its own resources.
+pub(crate) type PartKey = (String, MtlsMode);
+
 /// Builds the snapshot, reporting anything that cannot be translated.
-pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
+/// Namespaces whose ServiceEntries and WorkloadEntries are unchanged
+/// since the previous load take their part from `kept`.
+pub(crate) fn translate(
+    r: &Resources,
+    shards: &BTreeMap<&str, Shard<'_>>,
+    kept: &mut Kept<PartKey, Part>,
+    out: &mut Vec<Diagnostic>,
+) -> Snapshot {
     let mesh = r
         .meshes
         .first()
@@ -33,36 +56,17 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
         mesh,
         ..Snapshot::default()
     };
-    for we in &r.workload_entries {
-        let annotations = Annotations::of(we);
-        if let Some(w) = workload(
-            we.name.clone(),
-            &we.spec,
-            annotations,
-            &snapshot.mesh,
-            &we.origin,
-            out,
-        ) {
-            snapshot.workloads.insert(w.name.clone(), w);
+    let key = (snapshot.mesh.trust_domain.clone(), snapshot.mesh.mtls_mode);
+    let mesh = &snapshot.mesh;
+    let parts = kept.pass(shards, key, |_, shard| namespace_part(shard, mesh));
+    for part in parts {
+        for w in &part.workloads {
+            snapshot.workloads.insert(w.name.clone(), w.clone());
         }
-    }
-    // Selectors only match within a namespace: index workloads by it once.
-    let mut by_namespace: std::collections::HashMap<&str, Vec<&Resource<WorkloadEntrySpec>>> =
-        std::collections::HashMap::new();
-    for we in &r.workload_entries {
-        by_namespace
-            .entry(we.name.namespace.as_str())
-            .or_default()
-            .push(we);
-    }
-    for se in &r.service_entries {
-        let candidates = by_namespace
-            .get(se.name.namespace.as_str())
-            .map_or(&[][..], Vec::as_slice);
-        let endpoints = endpoints(se, candidates, &mut snapshot, out);
-        snapshot
-            .services
-            .insert(se.name.clone(), service(se, endpoints));
+        for s in &part.services {
+            snapshot.services.insert(s.name.clone(), s.clone());
+        }
+        out.extend(part.problems.iter().cloned());
     }
     // Policies attached to services are enforced by their waypoints
     // (translate_l7); the rest by node proxies, the way Istio ambient's
@@ -76,12 +80,36 @@ pub(crate) fn translate(r: &Resources, out: &mut Vec<Diagnostic>) -> Snapshot {
         node_policy(ap, &mut snapshot, out);
     }
     for w in snapshot.workloads.values_mut() {
-        if let Some(mode) = peer_mode(&r.peer_authentications, w) {
-            w.mtls_mode = mode;
+        if let Some(mode) = peer_mode(&r.peer_authentications, w)
+            && mode != w.mtls_mode
+        {
+            Arc::make_mut(w).mtls_mode = mode;
         }
     }
     crate::translate_l7::translate(r, &mut snapshot, out);
     snapshot
+}
+
+/// Translates one namespace's WorkloadEntries and ServiceEntries.
+fn namespace_part(shard: &Shard<'_>, mesh: &MeshSettings) -> Part {
+    let mut part = Part::default();
+    for we in &shard.wes {
+        let annotations = Annotations::of(we);
+        let w = workload(
+            we.name.clone(),
+            &we.spec,
+            annotations,
+            mesh,
+            &we.origin,
+            &mut part.problems,
+        );
+        part.workloads.extend(w.map(Arc::new));
+    }
+    for (se, chosen) in shard.ses.iter().zip(selected_workloads(shard)) {
+        let endpoints = endpoints(se, chosen, mesh, &mut part);
+        part.services.push(Arc::new(service(se, endpoints)));
+    }
+    part
 }
 
 /// The `PeerAuthentication` mode in force for `w`, most specific first:
@@ -319,40 +347,56 @@ fn workload(
     })
 }
 
-/// The workloads behind a ServiceEntry: selected WorkloadEntries (not
-/// those annotated `weft.dev/not-ready: "true"`), or its inline endpoints (added to the snapshot as workloads named `<se>[i]`).
+/// For each of a namespace's ServiceEntries (by position), the ready
+/// WorkloadEntries its selector picks (those annotated
+/// `weft.dev/not-ready: "true"` left out), found through an index.
+fn selected_workloads(shard: &Shard<'_>) -> Vec<Vec<NamespacedName>> {
+    let mut selected = vec![Vec::new(); shard.ses.len()];
+    let positions: Vec<usize> = (0..shard.ses.len())
+        .filter(|&i| shard.ses[i].spec.workload_selector.is_some())
+        .collect();
+    let index = crate::select::SelectorIndex::new(
+        positions
+            .iter()
+            .filter_map(|&i| shard.ses[i].spec.workload_selector.as_ref())
+            .collect(),
+    );
+    for we in &shard.wes {
+        let ready = we
+            .annotations
+            .get(weft_core::model::NOT_READY_ANNOTATION)
+            .is_none_or(|v| v != "true");
+        if ready {
+            for i in index.matching(&we.spec.labels) {
+                selected[positions[i]].push(we.name.clone());
+            }
+        }
+    }
+    selected
+}
+
+/// The workloads behind a ServiceEntry: the selected WorkloadEntries
+/// ([`selected_workloads`]), or its inline endpoints (added to the
+/// snapshot as workloads named `<se>[i]`).
 fn endpoints(
     se: &Resource<ServiceEntrySpec>,
-    same_namespace: &[&Resource<WorkloadEntrySpec>],
-    snapshot: &mut Snapshot,
-    out: &mut Vec<Diagnostic>,
+    selected: Vec<NamespacedName>,
+    mesh: &MeshSettings,
+    part: &mut Part,
 ) -> Vec<NamespacedName> {
-    let mut names = Vec::new();
-    if let Some(selector) = &se.spec.workload_selector {
-        names.extend(
-            same_namespace
-                .iter()
-                .filter(|we| selector.matches(&we.spec.labels))
-                .filter(|we| {
-                    we.annotations
-                        .get(weft_core::model::NOT_READY_ANNOTATION)
-                        .is_none_or(|v| v != "true")
-                })
-                .map(|we| we.name.clone()),
-        );
-    }
+    let mut names = selected;
     for (i, endpoint) in se.spec.endpoints.iter().enumerate() {
         let name = NamespacedName::new(se.name.namespace.clone(), format!("{}[{i}]", se.name.name));
         let workload = workload(
             name.clone(),
             endpoint,
             Annotations::default(),
-            &snapshot.mesh,
+            mesh,
             &se.origin,
-            out,
+            &mut part.problems,
         );
         if let Some(w) = workload {
-            snapshot.workloads.insert(name.clone(), w);
+            part.workloads.push(Arc::new(w));
             names.push(name);
         }
     }

@@ -241,11 +241,13 @@ impl LiveConfig {
         let Some(dir) = &self.dir else {
             return false;
         };
+        let started = std::time::Instant::now();
         let loaded = self
             .loader
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .load(dir);
+        tracing::debug!(took = ?started.elapsed(), "directory loaded");
         self.apply(loaded.map_err(|e| match e {
             LoadError::Invalid(p) => p.iter().map(ToString::to_string).collect(),
             LoadError::Read(r) => vec![r.to_string()],
@@ -287,8 +289,16 @@ impl LiveConfig {
                 let version = status.version + 1;
                 status.warnings = warnings_of(&config, &self.metrics);
                 let previous = self.resources.borrow().clone();
-                let resources = weft_xds::resources::build(&config.snapshot, version)
-                    .with_delta_from(&previous);
+                let guarded = started.elapsed();
+                // Only what the change touched is encoded again.
+                let resources = weft_xds::resources::build_from(
+                    &config.snapshot,
+                    version,
+                    Some((&self.snapshot.load(), &previous)),
+                );
+                let built = started.elapsed();
+                let resources = resources.with_delta_from(&previous);
+                tracing::debug!(?guarded, ?built, delta = ?started.elapsed(), "xDS resources built");
                 self.snapshot.store(config.snapshot);
                 self.resources.send_replace(Arc::new(resources));
                 status.version = version;

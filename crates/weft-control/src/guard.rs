@@ -10,8 +10,6 @@
 //! reload applies the change and deletes the marker, so the guard is armed
 //! again for the change after.
 
-use std::collections::BTreeSet;
-
 use weft_core::model::{NamespacedName, Snapshot};
 
 /// The marker file that confirms a held-back removal (in the watched
@@ -38,27 +36,19 @@ pub fn held_back(previous: &Snapshot, next: &Snapshot, max_removal: f64) -> Opti
     if max_removal >= 1.0 {
         return None;
     }
-    let removed = |before: BTreeSet<&NamespacedName>, after: BTreeSet<&NamespacedName>| {
-        let gone = before.difference(&after).count();
-        (gone, before.len())
-    };
     let checks = [
         (
             "services",
-            removed(
-                previous.services.keys().collect(),
-                next.services.keys().collect(),
-            ),
+            gone(previous.services.keys(), next.services.keys()),
+            previous.services.len(),
         ),
         (
             "workloads",
-            removed(
-                previous.workloads.keys().collect(),
-                next.workloads.keys().collect(),
-            ),
+            gone(previous.workloads.keys(), next.workloads.keys()),
+            previous.workloads.len(),
         ),
     ];
-    checks.into_iter().find_map(|(what, (gone, total))| {
+    checks.into_iter().find_map(|(what, gone, total)| {
         let share = gone as f64 / total.max(1) as f64;
         (total > 0 && share > max_removal).then(|| {
             format!(
@@ -68,6 +58,21 @@ pub fn held_back(previous: &Snapshot, next: &Snapshot, max_removal: f64) -> Opti
             )
         })
     })
+}
+
+/// How many names of `before` are missing from `after`, both in
+/// ascending order (one walk over both, no sets built).
+fn gone<'a>(
+    before: impl Iterator<Item = &'a NamespacedName>,
+    after: impl Iterator<Item = &'a NamespacedName>,
+) -> usize {
+    let mut after = after.peekable();
+    before
+        .filter(|name| {
+            while after.next_if(|a| a < name).is_some() {}
+            after.next_if(|a| a == name).is_none()
+        })
+        .count()
 }
 
 #[cfg(test)]
@@ -96,7 +101,8 @@ mod tests {
                     resolution: Resolution::Static,
                     endpoints: Vec::new(),
                     waypoint: None,
-                },
+                }
+                .into(),
             );
         }
         for i in 0..workloads {
@@ -119,7 +125,8 @@ mod tests {
                     mtls_mode: MtlsMode::Strict,
                     waypoint: false,
                     gateway: false,
-                },
+                }
+                .into(),
             );
         }
         s

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -105,9 +106,9 @@ pub struct Snapshot {
     /// Mesh-wide settings.
     pub mesh: MeshSettings,
     /// Services by namespace and name.
-    pub services: BTreeMap<NamespacedName, Service>,
+    pub services: BTreeMap<NamespacedName, Arc<Service>>,
     /// Workloads by namespace and name.
-    pub workloads: BTreeMap<NamespacedName, Workload>,
+    pub workloads: BTreeMap<NamespacedName, Arc<Workload>>,
     /// Authorization policies by namespace and name.
     pub policies: BTreeMap<NamespacedName, AuthorizationPolicy>,
     /// L7 policy by service (namespace and name of its ServiceEntry).
@@ -122,7 +123,7 @@ impl Snapshot {
         service
             .endpoints
             .iter()
-            .filter_map(|name| self.workloads.get(name))
+            .filter_map(|name| self.workloads.get(name).map(|w| &**w))
     }
 
     /// Finds the service that owns a hostname (case-insensitive) or a
@@ -131,6 +132,7 @@ impl Snapshot {
         self.services
             .values()
             .find(|s| s.hosts.iter().any(|h| h.eq_ignore_ascii_case(host)))
+            .map(|s| &**s)
     }
 
     /// Finds the service whose addresses contain `ip`.
@@ -138,6 +140,7 @@ impl Snapshot {
         self.services
             .values()
             .find(|s| s.addresses.iter().any(|net| net.contains(&ip)))
+            .map(|s| &**s)
     }
 }
 

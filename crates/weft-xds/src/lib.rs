@@ -7,8 +7,10 @@
 //! to ztunnel, and weft's own `weft.config.v1alpha1.L7Service` for
 //! waypoints and gateways.
 //!
-//! - [`resources`]: snapshot → versioned resources, and the diff between
-//!   what a client holds and what is current (pure, table-tested);
+//! - [`resources`]: snapshot → versioned resources, re-encoding only what
+//!   a change touched;
+//! - [`delta`]: what changed between two sets, and between what a client
+//!   holds and what is current (pure, table-tested);
 //! - [`server`]: per-stream delta state, ACK/NACK, pushes on change;
 //! - [`client`]: subscribe, validate, apply, ACK/NACK, keep the last good
 //!   state through control plane outages, resume with versions;
@@ -19,6 +21,7 @@
 
 pub mod authz;
 pub mod client;
+pub mod delta;
 mod kept;
 pub mod proto;
 pub mod resources;

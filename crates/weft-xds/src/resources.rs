@@ -3,13 +3,13 @@
 //! version derived from its encoded bytes, so an unchanged resource keeps
 //! its version across snapshots and control plane restarts.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use prost::Message;
 use prost_types::Any;
-use weft_core::model::{Service, Snapshot, Workload, WorkloadAddress};
+use weft_core::model::{NamespacedName, Service, Snapshot, Workload, WorkloadAddress};
 
 use crate::proto::workload::{self as wl, address::Type};
 
@@ -102,35 +102,6 @@ impl ResourceSet {
     pub fn of(&self, type_url: &str) -> Option<&Resources> {
         self.types.get(type_url)
     }
-
-    /// Records what changed since `previous`, so that sessions in sync
-    /// with it look only at those names instead of every resource.
-    pub fn with_delta_from(mut self, previous: &ResourceSet) -> Self {
-        let mut names = BTreeMap::new();
-        for (type_url, now) in &self.types {
-            let empty = Resources::new();
-            let before = previous.types.get(type_url).unwrap_or(&empty);
-            let mut changed: Vec<Arc<str>> = now
-                .iter()
-                .filter(|(name, entry)| {
-                    before.get(*name).is_none_or(|b| b.version != entry.version)
-                })
-                .map(|(name, _)| name.clone())
-                .collect();
-            changed.extend(
-                before
-                    .keys()
-                    .filter(|name| !now.contains_key(*name))
-                    .cloned(),
-            );
-            names.insert(*type_url, changed);
-        }
-        self.delta = Some(Delta {
-            from: previous.version,
-            names,
-        });
-        self
-    }
 }
 
 /// FNV-1a, 64 bit: a stable, fast version hash (not for security).
@@ -162,16 +133,36 @@ fn ip_bytes(ip: IpAddr) -> Vec<u8> {
 
 /// Builds every resource from a snapshot.
 pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
+    build_from(snapshot, version, None)
+}
+
+/// Builds every resource from `snapshot`, taking over from `previous`
+/// (the snapshot the previous set was built from, and that set) every
+/// address and L7 entry whose inputs are unchanged instead of encoding it
+/// again: the result is the same as [`build`]'s, at the cost of what the
+/// change touched.
+pub fn build_from(
+    snapshot: &Snapshot,
+    version: u64,
+    previous: Option<(&Snapshot, &ResourceSet)>,
+) -> ResourceSet {
+    let reuse = previous.map(|(before, set)| Reuse::new(before, set, snapshot));
+    let reuse = reuse.as_ref();
     let mut addresses = Resources::new();
     for service in snapshot.services.values() {
+        let same = reuse.is_some_and(|r| r.same_service(service, snapshot));
         for host in &service.hosts {
-            let message = wl::Address {
-                r#type: Some(Type::Service(service_message(snapshot, service, host))),
-            };
-            addresses.insert(
-                Arc::from(service_name(&service.name.namespace, host)),
-                Entry::new(ADDRESS_TYPE, &message),
-            );
+            let name = service_name(&service.name.namespace, host);
+            let entry = reuse
+                .filter(|_| same)
+                .and_then(|r| r.entry(ADDRESS_TYPE, &name))
+                .unwrap_or_else(|| {
+                    let message = wl::Address {
+                        r#type: Some(Type::Service(service_message(snapshot, service, host))),
+                    };
+                    Entry::new(ADDRESS_TYPE, &message)
+                });
+            addresses.insert(Arc::from(name), entry);
         }
     }
     // Which services each workload backs, found once rather than per workload.
@@ -185,26 +176,30 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     let policies: Vec<&weft_core::model::AuthorizationPolicy> =
         snapshot.policies.values().collect();
     for workload in snapshot.workloads.values() {
-        let services = backs.get(&workload.name).map_or(&[][..], Vec::as_slice);
-        let message = wl::Address {
-            r#type: Some(Type::Workload(workload_message(
-                services, &policies, workload,
-            ))),
-        };
-        addresses.insert(
-            Arc::from(workload_uid(workload)),
-            Entry::new(ADDRESS_TYPE, &message),
-        );
+        let name = workload_uid(workload);
+        let entry = reuse
+            .filter(|r| r.same_workload(workload))
+            .and_then(|r| r.entry(ADDRESS_TYPE, &name))
+            .unwrap_or_else(|| {
+                let services = backs.get(&workload.name).map_or(&[][..], Vec::as_slice);
+                let message = wl::Address {
+                    r#type: Some(Type::Workload(workload_message(
+                        services, &policies, workload,
+                    ))),
+                };
+                Entry::new(ADDRESS_TYPE, &message)
+            });
+        addresses.insert(Arc::from(name), entry);
     }
     let mut l7 = Resources::new();
     for service in snapshot.services.values() {
-        l7.insert(
-            Arc::from(format!("{}/{}", service.name.namespace, service.name.name)),
-            Entry::new(
-                L7_SERVICE_TYPE,
-                &l7_message(service, snapshot.l7.get(&service.name)),
-            ),
-        );
+        let name = format!("{}/{}", service.name.namespace, service.name.name);
+        let policy = snapshot.l7.get(&service.name);
+        let entry = reuse
+            .filter(|r| r.same_l7(service, policy))
+            .and_then(|r| r.entry(L7_SERVICE_TYPE, &name))
+            .unwrap_or_else(|| Entry::new(L7_SERVICE_TYPE, &l7_message(service, policy)));
+        l7.insert(Arc::from(name), entry);
     }
     let mut gateways = Resources::new();
     for (name, gateway) in &snapshot.gateways {
@@ -318,6 +313,75 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     }
 }
 
+/// What a previous build can lend the next one. An entry is taken over
+/// only when everything its encoding reads is equal in both snapshots:
+/// a service's own fields and its waypoint's address; a workload's own
+/// fields, the services it backs and the policies; a service's L7 policy.
+struct Reuse<'a> {
+    before: &'a Snapshot,
+    set: &'a ResourceSet,
+    /// Services equal in both snapshots.
+    same_services: HashSet<&'a NamespacedName>,
+    /// Workloads that are, or were, endpoints of a service that changed,
+    /// appeared or went away: what they back may differ.
+    touched: HashSet<&'a NamespacedName>,
+    /// Whether the authorization policies are all equal.
+    same_policies: bool,
+}
+
+impl<'a> Reuse<'a> {
+    fn new(before: &'a Snapshot, set: &'a ResourceSet, now: &'a Snapshot) -> Self {
+        let mut same_services = HashSet::new();
+        let mut touched = HashSet::new();
+        for (name, service) in &now.services {
+            match before.services.get(name) {
+                Some(old) if old == service => {
+                    same_services.insert(name);
+                }
+                old => {
+                    touched.extend(&service.endpoints);
+                    touched.extend(old.into_iter().flat_map(|o| &o.endpoints));
+                }
+            }
+        }
+        for (name, old) in &before.services {
+            if !now.services.contains_key(name) {
+                touched.extend(&old.endpoints);
+            }
+        }
+        Reuse {
+            before,
+            set,
+            same_services,
+            touched,
+            same_policies: before.policies == now.policies,
+        }
+    }
+
+    fn entry(&self, type_url: &str, name: &str) -> Option<Arc<Entry>> {
+        self.set.of(type_url)?.get(name).cloned()
+    }
+
+    fn same_service(&self, service: &Service, now: &Snapshot) -> bool {
+        fn waypoint_address<'s>(service: &Service, s: &'s Snapshot) -> Option<&'s WorkloadAddress> {
+            let name = service.waypoint.as_ref()?;
+            s.workloads.get(name).map(|w| &w.address)
+        }
+        self.same_services.contains(&service.name)
+            && waypoint_address(service, self.before) == waypoint_address(service, now)
+    }
+
+    fn same_workload(&self, workload: &Workload) -> bool {
+        self.same_policies
+            && !self.touched.contains(&workload.name)
+            && self.before.workloads.get(&workload.name).map(|w| &**w) == Some(workload)
+    }
+
+    fn same_l7(&self, service: &Service, policy: Option<&weft_core::l7::L7Policy>) -> bool {
+        self.same_services.contains(&service.name) && self.before.l7.get(&service.name) == policy
+    }
+}
+
 fn l7_message(
     service: &Service,
     policy: Option<&weft_core::l7::L7Policy>,
@@ -407,7 +471,7 @@ fn workload_message(
         WorkloadAddress::Ip(ip) => (vec![ip_bytes(*ip)], String::new()),
         WorkloadAddress::Hostname(h) => (Vec::new(), h.clone()),
     };
-    let mut services = std::collections::HashMap::new();
+    let mut services = BTreeMap::new();
     for service in backed {
         let ports = wl::PortList {
             ports: service
@@ -459,9 +523,6 @@ fn workload_message(
     }
 }
 
-/// Changed or new resources, and names to remove.
-pub type Diff<'a> = (Vec<(&'a Arc<str>, &'a Arc<Entry>)>, Vec<Arc<str>>);
-
 /// Whether a subscriber that proved `peer` (over mTLS; `None` on the
 /// plaintext port) may receive resource `name` of `type_url`. Gateway
 /// configurations carry their listeners' private keys, so they go only to
@@ -473,37 +534,6 @@ pub fn readable_by(type_url: &str, name: &str, peer: Option<&weft_core::Identity
     }
     let namespace = name.split_once('/').map(|(ns, _)| ns);
     peer.is_some_and(|p| namespace == Some(p.namespace()))
-}
-
-/// What must be sent to move a client from `known` to `current`: changed
-/// or new resources, and names to remove.
-pub fn diff<'a>(known: &Known, current: &'a Resources) -> Diff<'a> {
-    let changed = current
-        .iter()
-        .filter(|(name, entry)| known.get(*name) != Some(&entry.version))
-        .collect();
-    let removed = known
-        .keys()
-        .filter(|name| !current.contains_key(*name))
-        .cloned()
-        .collect();
-    (changed, removed)
-}
-
-/// [`diff`] restricted to `names` (a [`Delta`]'s), for a client that held
-/// exactly the previous set.
-pub fn diff_names<'a>(known: &Known, current: &'a Resources, names: &[Arc<str>]) -> Diff<'a> {
-    let mut changed = Vec::new();
-    let mut removed = Vec::new();
-    for name in names {
-        match current.get_key_value(name) {
-            Some((n, entry)) if known.get(name) != Some(&entry.version) => changed.push((n, entry)),
-            Some(_) => {}
-            None if known.contains_key(name) => removed.push(name.clone()),
-            None => {}
-        }
-    }
-    (changed, removed)
 }
 
 #[cfg(test)]
@@ -529,61 +559,6 @@ mod tests {
                 "{type_url} {name} by {peer:?}"
             );
         }
-    }
-
-    fn entry(v: u64) -> Arc<Entry> {
-        Arc::new(Entry {
-            version: v,
-            body: Any::default(),
-        })
-    }
-
-    #[test]
-    fn diff_table() {
-        let current: Resources = [(Arc::from("a"), entry(1)), (Arc::from("b"), entry(2))].into();
-        // (what the client holds, expected changed, expected removed)
-        type Case<'a> = (&'a [(&'a str, u64)], &'a [&'a str], &'a [&'a str]);
-        let cases: &[Case<'_>] = &[
-            (&[], &["a", "b"], &[]),
-            (&[("a", 1), ("b", 2)], &[], &[]),
-            (&[("a", 1), ("b", 1)], &["b"], &[]),
-            (&[("a", 1), ("b", 2), ("c", 3)], &[], &["c"]),
-        ];
-        for (known, want_changed, want_removed) in cases {
-            let known: Known = known.iter().map(|(k, v)| (Arc::from(*k), *v)).collect();
-            let (changed, removed) = diff(&known, &current);
-            let changed: Vec<&str> = changed.iter().map(|(n, _)| &***n).collect();
-            let removed: Vec<&str> = removed.iter().map(|n| &**n).collect();
-            assert_eq!(&changed, want_changed, "{known:?}");
-            assert_eq!(&removed, want_removed, "{known:?}");
-            // Restricted to every name involved, the answer is the same.
-            let all: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
-            let (c2, r2) = diff_names(&known, &current, &all);
-            assert_eq!(c2.len(), changed.len());
-            assert_eq!(r2.len(), removed.len());
-        }
-    }
-
-    #[test]
-    fn delta_between_sets() {
-        let set = |version, entries: &[(&str, u64)]| ResourceSet {
-            version,
-            types: [(
-                ADDRESS_TYPE,
-                entries
-                    .iter()
-                    .map(|(n, v)| (Arc::from(*n), entry(*v)))
-                    .collect(),
-            )]
-            .into(),
-            delta: None,
-        };
-        let before = set(1, &[("a", 1), ("b", 2), ("c", 3)]);
-        let after = set(2, &[("a", 1), ("b", 5), ("d", 4)]).with_delta_from(&before);
-        let delta = after.delta.expect("delta");
-        assert_eq!(delta.from, 1);
-        let names: Vec<&str> = delta.names[ADDRESS_TYPE].iter().map(|n| &**n).collect();
-        assert_eq!(names, ["b", "d", "c"]);
     }
 
     #[test]

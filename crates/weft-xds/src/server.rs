@@ -28,13 +28,13 @@ use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
+use crate::delta::{diff, diff_names};
 use crate::proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
 use crate::resources::{
-    GATEWAY_TYPE, Known, ResourceSet, TYPES, diff, diff_names, parse_version, readable_by,
-    version_text,
+    GATEWAY_TYPE, Known, ResourceSet, TYPES, parse_version, readable_by, version_text,
 };
 
 /// Most resources in one response: larger pushes are split, so no stream

@@ -194,7 +194,10 @@ fn check(args: &CheckArgs) -> Result<bool, String> {
         .or(ip)
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED));
     let service = match args.to.split_once('/') {
-        Some((ns, name)) => snapshot.services.get(&NamespacedName::new(ns, name)),
+        Some((ns, name)) => snapshot
+            .services
+            .get(&NamespacedName::new(ns, name))
+            .map(|s| &**s),
         None => snapshot.service_for_host(&args.to),
     }
     .ok_or_else(|| {
