@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use crate::resources::{Delta, Entry, Known, ResourceSet, Resources};
+use crate::resources::{Delta, Entry, Known, ResourceSet, Resources, walk};
 
 impl ResourceSet {
     /// Records what changed since `previous`, so that sessions in sync
@@ -32,23 +32,12 @@ impl ResourceSet {
 fn changed_names(before: &Resources, now: &Resources) -> Vec<Arc<str>> {
     let mut changed = Vec::new();
     let mut removed = Vec::new();
-    let mut old = before.iter().peekable();
-    for (name, entry) in now {
-        // Everything before `name` on the old side is gone.
-        while let Some((gone, _)) = old.next_if(|(o, _)| o.as_ref() < name.as_ref()) {
-            removed.push(gone.clone());
-        }
-        match old.peek() {
-            Some((o, e)) if *o == name => {
-                if !Arc::ptr_eq(e, entry) && e.version != entry.version {
-                    changed.push(name.clone());
-                }
-                old.next();
-            }
-            _ => changed.push(name.clone()),
-        }
-    }
-    removed.extend(old.map(|(gone, _)| gone.clone()));
+    walk(before, now, |name, old, new| match (old, new) {
+        (Some(old), Some(new)) if Arc::ptr_eq(old, new) || old.version == new.version => {}
+        (_, Some(_)) => changed.push(name.clone()),
+        (Some(_), None) => removed.push(name.clone()),
+        (None, None) => {}
+    });
     changed.extend(removed);
     changed
 }

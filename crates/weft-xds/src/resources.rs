@@ -136,71 +136,33 @@ pub fn build(snapshot: &Snapshot, version: u64) -> ResourceSet {
     build_from(snapshot, version, None)
 }
 
-/// Builds every resource from `snapshot`, taking over from `previous`
-/// (the snapshot the previous set was built from, and that set) every
-/// address and L7 entry whose inputs are unchanged instead of encoding it
-/// again: the result is the same as [`build`]'s, at the cost of what the
-/// change touched.
+/// Builds every resource from `snapshot`. With `previous` (the snapshot
+/// the previous set was built from, and that set), the address and L7
+/// maps start as copies of the previous ones (sharing every entry) and
+/// only what the change touched is encoded again: the result is the same
+/// as [`build`]'s, at the cost of the change.
 pub fn build_from(
     snapshot: &Snapshot,
     version: u64,
     previous: Option<(&Snapshot, &ResourceSet)>,
 ) -> ResourceSet {
-    let reuse = previous.map(|(before, set)| Reuse::new(before, set, snapshot));
-    let reuse = reuse.as_ref();
-    let mut addresses = Resources::new();
-    for service in snapshot.services.values() {
-        let same = reuse.is_some_and(|r| r.same_service(service, snapshot));
-        for host in &service.hosts {
-            let name = service_name(&service.name.namespace, host);
-            let entry = reuse
-                .filter(|_| same)
-                .and_then(|r| r.entry(ADDRESS_TYPE, &name))
-                .unwrap_or_else(|| {
-                    let message = wl::Address {
-                        r#type: Some(Type::Service(service_message(snapshot, service, host))),
-                    };
-                    Entry::new(ADDRESS_TYPE, &message)
-                });
-            addresses.insert(Arc::from(name), entry);
+    let (addresses, l7) = match previous {
+        Some((before, set)) => update(before, set, snapshot),
+        None => {
+            let mut addresses = Resources::new();
+            let mut l7 = Resources::new();
+            for service in snapshot.services.values() {
+                addresses.extend(service_entries(snapshot, service));
+                l7.extend([l7_entry(snapshot, service)]);
+            }
+            let backs = backs(snapshot);
+            let policies: Vec<_> = snapshot.policies.values().collect();
+            for workload in snapshot.workloads.values() {
+                addresses.extend([workload_entry(&backs, &policies, workload)]);
+            }
+            (addresses, l7)
         }
-    }
-    // Which services each workload backs, found once rather than per workload.
-    let mut backs: std::collections::HashMap<&weft_core::model::NamespacedName, Vec<&Service>> =
-        std::collections::HashMap::new();
-    for service in snapshot.services.values() {
-        for endpoint in &service.endpoints {
-            backs.entry(endpoint).or_default().push(service);
-        }
-    }
-    let policies: Vec<&weft_core::model::AuthorizationPolicy> =
-        snapshot.policies.values().collect();
-    for workload in snapshot.workloads.values() {
-        let name = workload_uid(workload);
-        let entry = reuse
-            .filter(|r| r.same_workload(workload))
-            .and_then(|r| r.entry(ADDRESS_TYPE, &name))
-            .unwrap_or_else(|| {
-                let services = backs.get(&workload.name).map_or(&[][..], Vec::as_slice);
-                let message = wl::Address {
-                    r#type: Some(Type::Workload(workload_message(
-                        services, &policies, workload,
-                    ))),
-                };
-                Entry::new(ADDRESS_TYPE, &message)
-            });
-        addresses.insert(Arc::from(name), entry);
-    }
-    let mut l7 = Resources::new();
-    for service in snapshot.services.values() {
-        let name = format!("{}/{}", service.name.namespace, service.name.name);
-        let policy = snapshot.l7.get(&service.name);
-        let entry = reuse
-            .filter(|r| r.same_l7(service, policy))
-            .and_then(|r| r.entry(L7_SERVICE_TYPE, &name))
-            .unwrap_or_else(|| Entry::new(L7_SERVICE_TYPE, &l7_message(service, policy)));
-        l7.insert(Arc::from(name), entry);
-    }
+    };
     let mut gateways = Resources::new();
     for (name, gateway) in &snapshot.gateways {
         let message = crate::proto::weft::Gateway {
@@ -313,73 +275,152 @@ pub fn build_from(
     }
 }
 
-/// What a previous build can lend the next one. An entry is taken over
-/// only when everything its encoding reads is equal in both snapshots:
-/// a service's own fields and its waypoint's address; a workload's own
-/// fields, the services it backs and the policies; a service's L7 policy.
-struct Reuse<'a> {
-    before: &'a Snapshot,
-    set: &'a ResourceSet,
-    /// Services equal in both snapshots.
-    same_services: HashSet<&'a NamespacedName>,
-    /// Workloads that are, or were, endpoints of a service that changed,
-    /// appeared or went away: what they back may differ.
-    touched: HashSet<&'a NamespacedName>,
-    /// Whether the authorization policies are all equal.
-    same_policies: bool,
+/// Which services each workload backs, found once rather than per workload.
+fn backs(snapshot: &Snapshot) -> HashMap<&NamespacedName, Vec<&Service>> {
+    let mut backs: HashMap<&NamespacedName, Vec<&Service>> = HashMap::new();
+    for service in snapshot.services.values() {
+        for endpoint in &service.endpoints {
+            backs.entry(endpoint).or_default().push(service);
+        }
+    }
+    backs
 }
 
-impl<'a> Reuse<'a> {
-    fn new(before: &'a Snapshot, set: &'a ResourceSet, now: &'a Snapshot) -> Self {
-        let mut same_services = HashSet::new();
-        let mut touched = HashSet::new();
-        for (name, service) in &now.services {
-            match before.services.get(name) {
-                Some(old) if old == service => {
-                    same_services.insert(name);
-                }
-                old => {
-                    touched.extend(&service.endpoints);
-                    touched.extend(old.into_iter().flat_map(|o| &o.endpoints));
-                }
+/// A service's addresses, one per hostname.
+fn service_entries<'a>(
+    snapshot: &'a Snapshot,
+    service: &'a Service,
+) -> impl Iterator<Item = (Arc<str>, Arc<Entry>)> + 'a {
+    service.hosts.iter().map(move |host| {
+        let message = wl::Address {
+            r#type: Some(Type::Service(service_message(snapshot, service, host))),
+        };
+        (
+            Arc::from(service_name(&service.name.namespace, host)),
+            Entry::new(ADDRESS_TYPE, &message),
+        )
+    })
+}
+
+fn workload_entry(
+    backs: &HashMap<&NamespacedName, Vec<&Service>>,
+    policies: &[&weft_core::model::AuthorizationPolicy],
+    workload: &Workload,
+) -> (Arc<str>, Arc<Entry>) {
+    let services = backs.get(&workload.name).map_or(&[][..], Vec::as_slice);
+    let message = wl::Address {
+        r#type: Some(Type::Workload(workload_message(
+            services, policies, workload,
+        ))),
+    };
+    (
+        Arc::from(workload_uid(workload)),
+        Entry::new(ADDRESS_TYPE, &message),
+    )
+}
+
+fn l7_name(service: &NamespacedName) -> String {
+    format!("{}/{}", service.namespace, service.name)
+}
+
+fn l7_entry(snapshot: &Snapshot, service: &Service) -> (Arc<str>, Arc<Entry>) {
+    let policy = snapshot.l7.get(&service.name);
+    (
+        Arc::from(l7_name(&service.name)),
+        Entry::new(L7_SERVICE_TYPE, &l7_message(service, policy)),
+    )
+}
+
+/// Calls `f` for every key of either map, in key order, with its value
+/// on each side (one walk over both).
+pub(crate) fn walk<'a, K: Ord, V>(
+    before: &'a BTreeMap<K, V>,
+    now: &'a BTreeMap<K, V>,
+    mut f: impl FnMut(&'a K, Option<&'a V>, Option<&'a V>),
+) {
+    let mut old = before.iter().peekable();
+    for (key, value) in now {
+        while let Some((gone, was)) = old.next_if(|(o, _)| *o < key) {
+            f(gone, Some(was), None);
+        }
+        let was = old.next_if(|(o, _)| *o == key).map(|(_, v)| v);
+        f(key, was, Some(value));
+    }
+    for (gone, was) in old {
+        f(gone, Some(was), None);
+    }
+}
+
+/// Whether two shared values are equal (the same one, most often).
+fn same<T: PartialEq>(a: &Arc<T>, b: &Arc<T>) -> bool {
+    Arc::ptr_eq(a, b) || a == b
+}
+
+/// The previous address and L7 maps, brought up to date with `now`. An
+/// entry is encoded again only when something its encoding reads
+/// changed: a service's own fields, its waypoint's address, its L7
+/// policy; a workload's own fields, the services it backs (any service
+/// it is or was an endpoint of changed) or the authorization policies.
+fn update(before: &Snapshot, set: &ResourceSet, now: &Snapshot) -> (Resources, Resources) {
+    let mut addresses = set.of(ADDRESS_TYPE).cloned().unwrap_or_default();
+    let mut l7 = set.of(L7_SERVICE_TYPE).cloned().unwrap_or_default();
+    let mut changed = Vec::new();
+    walk(&before.services, &now.services, |_, old, new| {
+        match (old, new) {
+            (Some(a), Some(b)) if same(a, b) => {}
+            _ => changed.push((old, new)),
+        }
+    });
+    // Every old name goes before any new one comes: a hostname may move
+    // from one service to another in the same change.
+    let mut touched: HashSet<&NamespacedName> = HashSet::new();
+    for old in changed.iter().filter_map(|(old, _)| *old) {
+        for host in &old.hosts {
+            addresses.remove(service_name(&old.name.namespace, host).as_str());
+        }
+        l7.remove(l7_name(&old.name).as_str());
+        touched.extend(&old.endpoints);
+    }
+    for new in changed.iter().filter_map(|(_, new)| *new) {
+        addresses.extend(service_entries(now, new));
+        l7.extend([l7_entry(now, new)]);
+        touched.extend(&new.endpoints);
+    }
+    // L7 policies that changed on their own.
+    walk(&before.l7, &now.l7, |name, old, new| {
+        if old != new
+            && let Some(service) = now.services.get(name)
+        {
+            l7.extend([l7_entry(now, service)]);
+        }
+    });
+    let same_policies = before.policies == now.policies;
+    let backs = backs(now);
+    let policies: Vec<_> = now.policies.values().collect();
+    let mut moved: HashSet<&NamespacedName> = HashSet::new();
+    walk(&before.workloads, &now.workloads, |name, old, new| {
+        if old.map(|w| &w.address) != new.map(|w| &w.address) {
+            moved.insert(name);
+        }
+        match (old, new) {
+            (Some(old), None) => {
+                addresses.remove(workload_uid(old).as_str());
+            }
+            (Some(old), Some(new))
+                if same_policies && same(old, new) && !touched.contains(name) => {}
+            (_, Some(new)) => addresses.extend([workload_entry(&backs, &policies, new)]),
+            (None, None) => {}
+        }
+    });
+    // Services whose waypoint moved (or came or went) carry its address.
+    if !moved.is_empty() {
+        for service in now.services.values() {
+            if service.waypoint.as_ref().is_some_and(|w| moved.contains(w)) {
+                addresses.extend(service_entries(now, service));
             }
         }
-        for (name, old) in &before.services {
-            if !now.services.contains_key(name) {
-                touched.extend(&old.endpoints);
-            }
-        }
-        Reuse {
-            before,
-            set,
-            same_services,
-            touched,
-            same_policies: before.policies == now.policies,
-        }
     }
-
-    fn entry(&self, type_url: &str, name: &str) -> Option<Arc<Entry>> {
-        self.set.of(type_url)?.get(name).cloned()
-    }
-
-    fn same_service(&self, service: &Service, now: &Snapshot) -> bool {
-        fn waypoint_address<'s>(service: &Service, s: &'s Snapshot) -> Option<&'s WorkloadAddress> {
-            let name = service.waypoint.as_ref()?;
-            s.workloads.get(name).map(|w| &w.address)
-        }
-        self.same_services.contains(&service.name)
-            && waypoint_address(service, self.before) == waypoint_address(service, now)
-    }
-
-    fn same_workload(&self, workload: &Workload) -> bool {
-        self.same_policies
-            && !self.touched.contains(&workload.name)
-            && self.before.workloads.get(&workload.name).map(|w| &**w) == Some(workload)
-    }
-
-    fn same_l7(&self, service: &Service, policy: Option<&weft_core::l7::L7Policy>) -> bool {
-        self.same_services.contains(&service.name) && self.before.l7.get(&service.name) == policy
-    }
+    (addresses, l7)
 }
 
 fn l7_message(
