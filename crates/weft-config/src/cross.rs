@@ -13,33 +13,61 @@ use crate::memo::{Kept, Shard};
 use crate::resource::{Resource, Spec};
 use crate::select::SelectorIndex;
 
+/// What the namespace-local checks found in one namespace, by check.
+#[derive(Debug, Default)]
+pub(crate) struct Findings {
+    service_names: Vec<Diagnostic>,
+    workload_names: Vec<Diagnostic>,
+    unselected: Vec<Diagnostic>,
+}
+
 /// Per namespace, what the namespace-local checks found.
-pub(crate) type Local = Kept<(), Vec<Diagnostic>>;
+pub(crate) type Local = Kept<(), Findings>;
 
 /// Runs every cross-resource check, appending problems to `out`;
 /// namespaces whose ServiceEntries and WorkloadEntries are unchanged
 /// since the previous load take the namespace-local checks' findings
-/// from `kept`.
+/// from `kept`. Findings come out in the order the checks are listed
+/// here, whichever way they were found.
 pub(crate) fn check(
     r: &Resources,
     shards: &BTreeMap<&str, Shard<'_>>,
     kept: &mut Local,
     out: &mut Vec<Diagnostic>,
 ) {
-    duplicate_names(&r.service_entries, out);
-    duplicate_names(&r.workload_entries, out);
-    duplicate_names(&r.meshes, out);
-    duplicate_names(&r.authorization_policies, out);
-    duplicate_names(&r.peer_authentications, out);
-    duplicate_names(&r.virtual_services, out);
-    duplicate_names(&r.istio_gateways, out);
-    duplicate_names(&r.destination_rules, out);
-    duplicate_names(&r.http_routes, out);
-    duplicate_names(&r.grpc_routes, out);
-    duplicate_names(&r.tls_routes, out);
-    duplicate_names(&r.tcp_routes, out);
-    duplicate_names(&r.rate_limit_policies, out);
-    duplicate_names(&r.request_authentications, out);
+    let local = kept.pass(shards, (), |_, shard| {
+        let mut found = Findings::default();
+        duplicate_names(
+            shard.ses.iter().map(|se| se.as_ref()),
+            &mut found.service_names,
+        );
+        duplicate_names(
+            shard.wes.iter().map(|we| we.as_ref()),
+            &mut found.workload_names,
+        );
+        found.unselected = unselected_workloads(shard);
+        found
+    });
+    let take = |out: &mut Vec<Diagnostic>, pick: fn(&Findings) -> &Vec<Diagnostic>| {
+        for found in &local {
+            out.extend(pick(found).iter().cloned());
+        }
+    };
+    // Names are namespaced: duplicates are found namespace by namespace.
+    take(out, |f| &f.service_names);
+    take(out, |f| &f.workload_names);
+    duplicate_names(r.meshes.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.authorization_policies.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.peer_authentications.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.virtual_services.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.istio_gateways.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.destination_rules.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.http_routes.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.grpc_routes.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.tls_routes.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.tcp_routes.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.rate_limit_policies.iter().map(AsRef::as_ref), out);
+    duplicate_names(r.request_authentications.iter().map(AsRef::as_ref), out);
     if let [first, rest @ ..] = r.meshes.as_slice() {
         for extra in rest {
             out.push(error(
@@ -55,9 +83,7 @@ pub(crate) fn check(
     duplicate_hosts(r, out);
     overlapping_addresses(r, out);
     duplicate_workload_ips(r, out);
-    for found in kept.pass(shards, (), |_, shard| unselected_workloads(shard)) {
-        out.extend(found.iter().cloned());
-    }
+    take(out, |f| &f.unselected);
     outbound_listeners(r, out);
     waypoints(r, out);
     reserved_identities(r, out);
@@ -244,7 +270,10 @@ fn error<S: Spec>(res: &Resource<S>, field: &str, message: String) -> Diagnostic
     Diagnostic::at(&res.origin, Some(res.object()), field, message)
 }
 
-fn duplicate_names<S: Spec>(list: &[std::sync::Arc<Resource<S>>], out: &mut Vec<Diagnostic>) {
+fn duplicate_names<'a, S: Spec + 'a>(
+    list: impl Iterator<Item = &'a Resource<S>>,
+    out: &mut Vec<Diagnostic>,
+) {
     let mut seen: HashMap<&NamespacedName, &Origin> = HashMap::new();
     for res in list {
         if let Some(first) = seen.insert(&res.name, &res.origin) {
@@ -354,22 +383,24 @@ fn span(net: &IpNet) -> (u8, u128, u128) {
 /// Two workloads with the same IP on the same network make inbound identity
 /// ambiguous.
 fn duplicate_workload_ips(r: &Resources, out: &mut Vec<Diagnostic>) {
-    let mut seen: HashMap<(String, IpAddr), &Resource<_>> = HashMap::new();
+    use std::collections::hash_map::Entry;
+    let mut seen: HashMap<(&str, IpAddr), &Resource<_>> =
+        HashMap::with_capacity(r.workload_entries.len());
     for we in &r.workload_entries {
         let Some(ip) = we.spec.ip() else { continue };
-        let key = (we.spec.network.clone().unwrap_or_default(), ip);
-        match seen.get(&key) {
-            Some(first) => out.push(error(
+        let network = we.spec.network.as_deref().unwrap_or_default();
+        match seen.entry((network, ip)) {
+            Entry::Occupied(first) => out.push(error(
                 we,
                 "spec.address",
                 format!(
                     "address {ip} is already used by {} at {}",
-                    first.object(),
-                    first.origin.describe()
+                    first.get().object(),
+                    first.get().origin.describe()
                 ),
             )),
-            None => {
-                seen.insert(key, we);
+            Entry::Vacant(slot) => {
+                slot.insert(we);
             }
         }
     }

@@ -89,7 +89,8 @@ pub fn load_sources<'a>(
 /// One file, parsed and decoded.
 #[derive(Debug)]
 struct Parsed {
-    hash: u64,
+    /// The text parsed (shared with the resources' origins).
+    text: Arc<str>,
     resources: Resources,
     problems: Vec<Diagnostic>,
 }
@@ -98,20 +99,14 @@ impl Parsed {
     fn new(file: &Path, text: &str) -> Self {
         let mut resources = Resources::default();
         let mut problems = Vec::new();
-        loader::add_file(file, text, &mut resources, &mut problems);
+        let text: Arc<str> = Arc::from(text);
+        loader::add_source(file, &text, &mut resources, &mut problems);
         Parsed {
-            hash: content_hash(text.as_bytes()),
+            text,
             resources,
             problems,
         }
     }
-}
-
-fn content_hash(bytes: &[u8]) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    bytes.hash(&mut h);
-    h.finish()
 }
 
 /// What the namespace-local steps found in the previous load ([`memo`]).
@@ -167,11 +162,7 @@ impl Loader {
         let started = std::time::Instant::now();
         let stale: Vec<&(PathBuf, String)> = texts
             .iter()
-            .filter(|(file, text)| {
-                self.cache
-                    .get(file)
-                    .is_none_or(|p| p.hash != content_hash(text.as_bytes()))
-            })
+            .filter(|(file, text)| self.cache.get(file).is_none_or(|p| *p.text != **text))
             .collect();
         let stale_count = stale.len();
         for (file, parsed) in parse_parallel(&stale) {

@@ -79,12 +79,25 @@ fn is_yaml(path: &Path) -> bool {
 }
 
 /// Parses one file's text and adds its resources; problems go to `out`.
+#[cfg(test)]
 pub(crate) fn add_file(
     file: &Path,
     text: &str,
     resources: &mut Resources,
     out: &mut Vec<Diagnostic>,
 ) {
+    add_source(file, &Arc::from(text), resources, out);
+}
+
+/// Parses one file's text, already shared (the resources' origins keep it
+/// for line numbers), and adds its resources; problems go to `out`.
+pub(crate) fn add_source(
+    file: &Path,
+    source: &Arc<str>,
+    resources: &mut Resources,
+    out: &mut Vec<Diagnostic>,
+) {
+    let text: &str = source;
     let docs = match yaml::parse(text) {
         Ok(docs) => docs,
         Err(e) => {
@@ -97,7 +110,6 @@ pub(crate) fn add_file(
         }
     };
     let file = Arc::new(file.to_owned());
-    let source: Arc<str> = Arc::from(text);
     for doc in docs {
         let origin = Origin {
             file: file.clone(),
