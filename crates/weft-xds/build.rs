@@ -17,6 +17,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Maps encode in key order: a resource's bytes, and so its
         // version, depend only on its content.
         .btree_map(".istio.workload")
+        // Resources may travel pre-encoded (see src/wire.rs).
+        .extern_path(
+            ".envoy.service.discovery.v3.Resource",
+            "crate::wire::Resource",
+        )
         .compile_fds(fds)?;
     Ok(())
 }

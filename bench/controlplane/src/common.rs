@@ -22,6 +22,21 @@ pub(crate) fn rss_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) `pid` has used so far.
+#[allow(dead_code)] // one of the two benchmarks reads it
+pub(crate) fn cpu_time(pid: u32) -> std::time::Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces): utime is the
+    // 12th, stime the 13th; clock ticks are 100 per second on Linux.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields.get(11).copied().unwrap_or(0) + fields.get(12).copied().unwrap_or(0);
+    std::time::Duration::from_millis(ticks * 10)
+}
+
 /// The body of `GET path` (monitoring answers local hosts only).
 pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<String> {
     let mut conn = TcpStream::connect(addr)?;

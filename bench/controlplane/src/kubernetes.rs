@@ -25,6 +25,10 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 use weft_kube_fake::FakeApiServer;
 
+/// The simulated proxies use the allocator `weft` itself runs with.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 use common::{Guard, http_get, percentile, rss_kib, subscriber};
 

@@ -284,7 +284,7 @@ async fn stream_once(
         };
         let nonce = response.nonce.clone();
         let type_url = response.type_url.clone();
-        let verdict = apply(&response, options, state);
+        let verdict = apply(response, options, state);
         let error_detail = verdict.err().map(|message| {
             tracing::warn!(%type_url, %message, "rejecting configuration (NACK); keeping the previous state");
             Status {
@@ -311,7 +311,7 @@ async fn stream_once(
 
 /// Validates and applies one response; on error nothing is applied.
 fn apply(
-    response: &DeltaDiscoveryResponse,
+    response: DeltaDiscoveryResponse,
     options: &ClientOptions,
     state: &watch::Sender<Arc<ClientState>>,
 ) -> Result<(), String> {
@@ -342,16 +342,18 @@ fn apply(
         });
         return Err(message);
     }
+    let sizes = (response.resources.len(), response.removed_resources.len());
     state.send_modify(|s| {
         let s = Arc::make_mut(s);
         let held = s.resources.entry(response.type_url.clone()).or_default();
-        for resource in &response.resources {
-            if let Some(body) = &resource.resource {
+        // The response is ours: its resources move in, nothing is copied.
+        for resource in response.resources {
+            if let Some(body) = resource.resource {
                 held.insert(
-                    resource.name.clone(),
+                    resource.name,
                     Held {
-                        version: resource.version.clone(),
-                        body: body.clone(),
+                        version: resource.version,
+                        body,
                     },
                 );
             }
@@ -359,11 +361,8 @@ fn apply(
         for name in &response.removed_resources {
             held.remove(name);
         }
-        s.version = response.system_version_info.clone();
-        s.last_response.insert(
-            response.type_url.clone(),
-            (response.resources.len(), response.removed_resources.len()),
-        );
+        s.version = response.system_version_info;
+        s.last_response.insert(response.type_url, sizes);
         s.acks += 1;
         s.last_error = None;
         s.updated = Some(SystemTime::now());

@@ -87,6 +87,7 @@ mod tests {
         Arc::new(Entry {
             version: v,
             body: Any::default(),
+            wire: Default::default(),
         })
     }
 

@@ -27,6 +27,7 @@ pub mod proto;
 pub mod resources;
 pub mod server;
 pub mod state;
+pub mod wire;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
 pub use resources::{

@@ -5,6 +5,7 @@
 /// `envoy.service.discovery.v3`: the delta xDS protocol.
 pub mod discovery {
     tonic::include_proto!("envoy.service.discovery.v3");
+    pub use crate::wire::Resource;
 }
 
 /// `istio.workload`: the Workload API.

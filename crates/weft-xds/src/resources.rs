@@ -42,18 +42,29 @@ pub struct Entry {
     pub version: u64,
     /// The encoded resource.
     pub body: Any,
+    /// The whole `Resource` message (name, version, body), encoded once
+    /// for every session that sends it ([`crate::wire`]).
+    pub wire: bytes::Bytes,
 }
 
 impl Entry {
-    fn new(type_url: &str, message: &impl Message) -> Arc<Entry> {
+    /// The entry named `name`: `message` encoded, versioned by its bytes.
+    pub fn new(name: String, type_url: &str, message: &impl Message) -> (Arc<str>, Arc<Entry>) {
         let value = message.encode_to_vec();
-        Arc::new(Entry {
-            version: fnv1a(&value),
-            body: Any {
-                type_url: type_url.to_owned(),
-                value,
-            },
-        })
+        let version = fnv1a(&value);
+        let body = Any {
+            type_url: type_url.to_owned(),
+            value,
+        };
+        let wire = crate::wire::Resource::encode_once(&name, &version_text(version), &body);
+        (
+            Arc::from(name),
+            Arc::new(Entry {
+                version,
+                body,
+                wire,
+            }),
+        )
     }
 }
 
@@ -75,7 +86,9 @@ pub fn parse_version(text: &str) -> u64 {
 pub type Resources = BTreeMap<Arc<str>, Arc<Entry>>;
 
 /// What a client holds of one type: name → version.
-pub type Known = HashMap<Arc<str>, u64>;
+/// (foldhash: the control plane fills one per subscriber and type, tens of
+/// thousands of names at a connect; seeded per map.)
+pub type Known = HashMap<Arc<str>, u64, foldhash::fast::RandomState>;
 
 /// Everything the server offers at one configuration version.
 #[derive(Debug, Clone, Default)]
@@ -171,10 +184,7 @@ pub fn build_from(
             // Serializing plain data cannot fail.
             config_json: serde_json::to_string(gateway).unwrap_or_default(),
         };
-        gateways.insert(
-            Arc::from(name.to_string()),
-            Entry::new(GATEWAY_TYPE, &message),
-        );
+        gateways.extend([Entry::new(name.to_string(), GATEWAY_TYPE, &message)]);
     }
     let mut listeners = Resources::new();
     let mode = |m: weft_core::model::MtlsMode| match m {
@@ -211,17 +221,15 @@ pub fn build_from(
                 String::new()
             },
         };
-        listeners.insert(
-            Arc::from(workload_uid(w)),
-            Entry::new(LISTENERS_TYPE, &message),
-        );
+        listeners.extend([Entry::new(workload_uid(w), LISTENERS_TYPE, &message)]);
     }
     let mut authorizations = Resources::new();
     for policy in snapshot.policies.values() {
-        authorizations.insert(
-            Arc::from(policy.name.to_string()),
-            Entry::new(AUTHORIZATION_TYPE, &crate::authz::to_proto(policy)),
-        );
+        authorizations.extend([Entry::new(
+            policy.name.to_string(),
+            AUTHORIZATION_TYPE,
+            &crate::authz::to_proto(policy),
+        )]);
     }
     let mesh = &snapshot.mesh;
     let mesh_message = crate::proto::weft::MeshConfig {
@@ -261,7 +269,7 @@ pub fn build_from(
     let mut types = BTreeMap::new();
     types.insert(
         MESH_TYPE,
-        Resources::from([(Arc::from("mesh"), Entry::new(MESH_TYPE, &mesh_message))]),
+        Resources::from([Entry::new("mesh".into(), MESH_TYPE, &mesh_message)]),
     );
     types.insert(LISTENERS_TYPE, listeners);
     types.insert(ADDRESS_TYPE, addresses);
@@ -295,9 +303,10 @@ fn service_entries<'a>(
         let message = wl::Address {
             r#type: Some(Type::Service(service_message(snapshot, service, host))),
         };
-        (
-            Arc::from(service_name(&service.name.namespace, host)),
-            Entry::new(ADDRESS_TYPE, &message),
+        Entry::new(
+            service_name(&service.name.namespace, host),
+            ADDRESS_TYPE,
+            &message,
         )
     })
 }
@@ -313,10 +322,7 @@ fn workload_entry(
             services, policies, workload,
         ))),
     };
-    (
-        Arc::from(workload_uid(workload)),
-        Entry::new(ADDRESS_TYPE, &message),
-    )
+    Entry::new(workload_uid(workload), ADDRESS_TYPE, &message)
 }
 
 fn l7_name(service: &NamespacedName) -> String {
@@ -325,9 +331,10 @@ fn l7_name(service: &NamespacedName) -> String {
 
 fn l7_entry(snapshot: &Snapshot, service: &Service) -> (Arc<str>, Arc<Entry>) {
     let policy = snapshot.l7.get(&service.name);
-    (
-        Arc::from(l7_name(&service.name)),
-        Entry::new(L7_SERVICE_TYPE, &l7_message(service, policy)),
+    Entry::new(
+        l7_name(&service.name),
+        L7_SERVICE_TYPE,
+        &l7_message(service, policy),
     )
 }
 
@@ -395,7 +402,6 @@ fn update(before: &Snapshot, set: &ResourceSet, now: &Snapshot) -> (Resources, R
         }
     });
     let same_policies = before.policies == now.policies;
-    let backs = backs(now);
     let policies: Vec<_> = now.policies.values().collect();
     let mut moved: HashSet<&NamespacedName> = HashSet::new();
     walk(&before.workloads, &now.workloads, |name, old, new| {
@@ -408,7 +414,21 @@ fn update(before: &Snapshot, set: &ResourceSet, now: &Snapshot) -> (Resources, R
             }
             (Some(old), Some(new))
                 if same_policies && same(old, new) && !touched.contains(name) => {}
-            (_, Some(new)) => addresses.extend([workload_entry(&backs, &policies, new)]),
+            (_, Some(new)) => {
+                // A workload backs services of its own namespace only
+                // (selectors and inline endpoints stay there).
+                let namespace = NamespacedName::new(name.namespace.as_str(), "");
+                let backs = HashMap::from([(
+                    name,
+                    now.services
+                        .range(namespace..)
+                        .take_while(|(s, _)| s.namespace == name.namespace)
+                        .filter(|(_, s)| s.endpoints.contains(name))
+                        .map(|(_, s)| &**s)
+                        .collect(),
+                )]);
+                addresses.extend([workload_entry(&backs, &policies, new)]);
+            }
             (None, None) => {}
         }
     });
@@ -604,21 +624,24 @@ mod tests {
 
     #[test]
     fn versions_are_stable_and_content_addressed() {
-        let a = Entry::new(
+        let (_, a) = Entry::new(
+            "a".into(),
             ADDRESS_TYPE,
             &wl::Locality {
                 region: "eu".into(),
                 ..Default::default()
             },
         );
-        let b = Entry::new(
+        let (_, b) = Entry::new(
+            "b".into(),
             ADDRESS_TYPE,
             &wl::Locality {
                 region: "eu".into(),
                 ..Default::default()
             },
         );
-        let c = Entry::new(
+        let (_, c) = Entry::new(
+            "c".into(),
             ADDRESS_TYPE,
             &wl::Locality {
                 region: "us".into(),

@@ -33,9 +33,7 @@ use crate::proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use crate::resources::{
-    GATEWAY_TYPE, Known, ResourceSet, TYPES, parse_version, readable_by, version_text,
-};
+use crate::resources::{GATEWAY_TYPE, Known, ResourceSet, TYPES, parse_version, readable_by};
 
 /// Most resources in one response: larger pushes are split, so no stream
 /// holds a huge message (or a huge encode buffer) and memory stays bounded
@@ -279,11 +277,16 @@ impl Session {
                 "gateway configurations carry private keys and are served only over mTLS (15012) to workloads of the gateway's namespace; this plaintext stream gets none"
             );
         }
-        let known: Known = request
-            .initial_resource_versions
-            .iter()
-            .map(|(name, version)| (Arc::from(name.as_str()), parse_version(version)))
-            .collect();
+        // Sized for everything of this type at once: a new subscriber is
+        // about to learn all of it.
+        let size = current.of(&type_url).map_or(0, |r| r.len());
+        let mut known = Known::with_capacity_and_hasher(size, Default::default());
+        known.extend(
+            request
+                .initial_resource_versions
+                .iter()
+                .map(|(name, version)| (Arc::from(name.as_str()), parse_version(version))),
+        );
         let sub = Subscription {
             known,
             ..Subscription::default()
@@ -345,12 +348,8 @@ impl Session {
             for (name, entry) in changed.by_ref().take(MAX_RESOURCES_PER_RESPONSE) {
                 sub.known.insert(name.clone(), entry.version);
                 names.push(name.clone());
-                out.push(Resource {
-                    name: name.to_string(),
-                    version: version_text(entry.version),
-                    resource: Some(entry.body.clone()),
-                    ..Default::default()
-                });
+                // Encoded once for every session.
+                out.push(Resource::pre_encoded(entry.wire.clone()));
             }
             let removals = if chunk + 1 == chunks {
                 removed.take().unwrap_or_default()
