@@ -15,6 +15,11 @@
 //! 4. `cross`: checks that span resources (duplicates, overlaps, selectors);
 //! 5. `translate`: build the snapshot.
 //!
+//! A [`Loader`] reloading a directory (or Kubernetes objects) repeats only
+//! what an edit can affect: unchanged files are not parsed again, and the
+//! steps that stay inside a namespace reuse their previous results for
+//! every namespace the edit did not touch (`memo`).
+//!
 //! Every problem becomes a [`Diagnostic`] naming file, document, line,
 //! object and field; all of them are reported at once as [`Problems`]. A
 //! configuration with any problem yields no snapshot, so the caller keeps
