@@ -45,15 +45,42 @@ fn changed_names(before: &Resources, now: &Resources) -> Vec<Arc<str>> {
 /// Changed or new resources, and names to remove.
 pub type Diff<'a> = (Vec<(&'a Arc<str>, &'a Arc<Entry>)>, Vec<Arc<str>>);
 
-/// What must be sent to move a client from `known` to `current`: changed
-/// or new resources, and names to remove.
-pub fn diff<'a>(known: &Known, current: &'a Resources) -> Diff<'a> {
+/// What a client holds of one type, as the diffs read it: a map of
+/// names to versions ([`Known`]), or exactly one set's resources.
+pub trait Holding {
+    /// The version held under `name`, if any.
+    fn version(&self, name: &str) -> Option<u64>;
+    /// Every name held.
+    fn names(&self) -> impl Iterator<Item = &Arc<str>>;
+}
+
+impl Holding for Known {
+    fn version(&self, name: &str) -> Option<u64> {
+        self.get(name).copied()
+    }
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys()
+    }
+}
+
+impl Holding for Resources {
+    fn version(&self, name: &str) -> Option<u64> {
+        self.get(name).map(|e| e.version)
+    }
+    fn names(&self) -> impl Iterator<Item = &Arc<str>> {
+        self.keys()
+    }
+}
+
+/// What must be sent to move a client from what it holds to `current`:
+/// changed or new resources, and names to remove.
+pub fn diff<'a>(held: &impl Holding, current: &'a Resources) -> Diff<'a> {
     let changed = current
         .iter()
-        .filter(|(name, entry)| known.get(*name) != Some(&entry.version))
+        .filter(|(name, entry)| held.version(name) != Some(entry.version))
         .collect();
-    let removed = known
-        .keys()
+    let removed = held
+        .names()
         .filter(|name| !current.contains_key(*name))
         .cloned()
         .collect();
@@ -62,14 +89,16 @@ pub fn diff<'a>(known: &Known, current: &'a Resources) -> Diff<'a> {
 
 /// [`diff`] restricted to `names` (a [`Delta`]'s), for a client that held
 /// exactly the previous set.
-pub fn diff_names<'a>(known: &Known, current: &'a Resources, names: &[Arc<str>]) -> Diff<'a> {
+pub fn diff_names<'a>(held: &impl Holding, current: &'a Resources, names: &[Arc<str>]) -> Diff<'a> {
     let mut changed = Vec::new();
     let mut removed = Vec::new();
     for name in names {
         match current.get_key_value(name) {
-            Some((n, entry)) if known.get(name) != Some(&entry.version) => changed.push((n, entry)),
+            Some((n, entry)) if held.version(name) != Some(entry.version) => {
+                changed.push((n, entry))
+            }
             Some(_) => {}
-            None if known.contains_key(name) => removed.push(name.clone()),
+            None if held.version(name).is_some() => removed.push(name.clone()),
             None => {}
         }
     }

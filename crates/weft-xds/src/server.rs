@@ -154,15 +154,42 @@ impl AggregatedDiscoveryService for XdsServer {
 }
 
 /// What one client holds of one type.
-#[derive(Default)]
+enum Holds {
+    /// Exactly this set's resources of the type: the usual case once a
+    /// push went out (the set says what the client has; nothing is kept
+    /// per name, and the next push looks only at the set's delta).
+    Set(Arc<ResourceSet>),
+    /// Name → version: a new subscription (empty, or the versions a
+    /// resuming client reported), after a rejected response, and always
+    /// for gateway configurations (a subscriber receives only those it
+    /// may read).
+    Names(Known),
+}
+
+/// One subscription of a stream.
 struct Subscription {
-    known: Known,
-    /// The set version `known` matches exactly, when it does (then the next
-    /// push need only look at that set's delta).
-    synced: Option<u64>,
+    holds: Holds,
     /// Unacknowledged responses: the names they carried, forgotten on a
     /// NACK so they are offered again.
     pending: HashMap<String, Vec<Arc<str>>>,
+}
+
+impl Subscription {
+    /// What the client holds as names and versions (built from the set
+    /// when it held one exactly: a rejected response makes it differ).
+    fn names(&mut self, type_url: &str) -> &mut Known {
+        if let Holds::Set(set) = &self.holds {
+            let known = set
+                .of(type_url)
+                .map(|r| r.iter().map(|(n, e)| (n.clone(), e.version)).collect())
+                .unwrap_or_default();
+            self.holds = Holds::Names(known);
+        }
+        match &mut self.holds {
+            Holds::Names(known) => known,
+            Holds::Set(_) => unreachable!("replaced just above"),
+        }
+    }
 }
 
 struct Session {
@@ -230,7 +257,7 @@ impl Session {
     async fn handle(
         &mut self,
         request: DeltaDiscoveryRequest,
-        current: &ResourceSet,
+        current: &Arc<ResourceSet>,
     ) -> Result<(), ()> {
         if let Some(node) = request.node.as_ref().filter(|n| !n.id.is_empty()) {
             if self.node != node.id {
@@ -263,10 +290,10 @@ impl Session {
                     })
                     .inc();
                 // Forget what that response carried: the next push offers it again.
+                let known = sub.names(&type_url);
                 for name in pending.unwrap_or_default() {
-                    sub.known.remove(&name);
+                    known.remove(&name);
                 }
-                sub.synced = None;
             }
             return Ok(());
         }
@@ -277,19 +304,14 @@ impl Session {
                 "gateway configurations carry private keys and are served only over mTLS (15012) to workloads of the gateway's namespace; this plaintext stream gets none"
             );
         }
-        // Sized for everything of this type at once: a new subscriber is
-        // about to learn all of it.
-        let size = current.of(&type_url).map_or(0, |r| r.len());
-        let mut known = Known::with_capacity_and_hasher(size, Default::default());
-        known.extend(
-            request
-                .initial_resource_versions
-                .iter()
-                .map(|(name, version)| (Arc::from(name.as_str()), parse_version(version))),
-        );
+        let known: Known = request
+            .initial_resource_versions
+            .iter()
+            .map(|(name, version)| (Arc::from(name.as_str()), parse_version(version)))
+            .collect();
         let sub = Subscription {
-            known,
-            ..Subscription::default()
+            holds: Holds::Names(known),
+            pending: HashMap::new(),
         };
         self.subscriptions.insert(type_url.clone(), sub);
         self.push(&type_url, current, true).await
@@ -300,7 +322,7 @@ impl Session {
     async fn push(
         &mut self,
         type_url: &str,
-        current: &ResourceSet,
+        current: &Arc<ResourceSet>,
         always: bool,
     ) -> Result<(), ()> {
         let started = Instant::now();
@@ -309,18 +331,30 @@ impl Session {
         let Some(sub) = self.subscriptions.get_mut(type_url) else {
             return Ok(());
         };
-        let delta = current
-            .delta
-            .as_ref()
-            .filter(|d| sub.synced == Some(d.from))
-            .and_then(|d| d.names.get(type_url));
-        let (mut changed, removed) = match delta {
-            Some(names) => diff_names(&sub.known, resources, names),
-            None => diff(&sub.known, resources),
+        let (mut changed, removed) = match &sub.holds {
+            Holds::Set(held) if held.version == current.version => (Vec::new(), Vec::new()),
+            Holds::Set(held) => {
+                let before = held.of(type_url).unwrap_or(&empty);
+                match current
+                    .delta
+                    .as_ref()
+                    .filter(|d| d.from == held.version)
+                    .and_then(|d| d.names.get(type_url))
+                {
+                    Some(names) => diff_names(before, resources, names),
+                    None => diff(before, resources),
+                }
+            }
+            Holds::Names(known) => diff(known, resources),
         };
         changed.retain(|(name, _)| readable_by(type_url, name, self.peer.as_ref()));
+        // Once this push is out the client holds exactly `current`, except
+        // for what it may not read.
+        let exact = type_url != GATEWAY_TYPE;
         if changed.is_empty() && removed.is_empty() && !always {
-            sub.synced = Some(current.version);
+            if exact {
+                sub.holds = Holds::Set(current.clone());
+            }
             return Ok(());
         }
         // Split into responses of at most MAX_RESOURCES_PER_RESPONSE;
@@ -346,7 +380,11 @@ impl Session {
             let mut names = Vec::new();
             let mut out = Vec::new();
             for (name, entry) in changed.by_ref().take(MAX_RESOURCES_PER_RESPONSE) {
-                sub.known.insert(name.clone(), entry.version);
+                if let Holds::Names(known) = &mut sub.holds
+                    && !exact
+                {
+                    known.insert(name.clone(), entry.version);
+                }
                 names.push(name.clone());
                 // Encoded once for every session.
                 out.push(Resource::pre_encoded(entry.wire.clone()));
@@ -357,7 +395,11 @@ impl Session {
                 Vec::new()
             };
             for name in &removals {
-                sub.known.remove(name);
+                if let Holds::Names(known) = &mut sub.holds
+                    && !exact
+                {
+                    known.remove(name);
+                }
                 names.push(name.clone());
             }
             sub.pending.insert(nonce.clone(), names);
@@ -373,7 +415,9 @@ impl Session {
             sent.2 += response.encoded_len();
             self.tx.send(Ok(response)).await.map_err(|_| ())?;
         }
-        sub.synced = Some(current.version);
+        if exact {
+            sub.holds = Holds::Set(current.clone());
+        }
         self.metrics
             .pushes
             .get_or_create(&TypeLabels {
