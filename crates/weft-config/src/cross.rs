@@ -200,6 +200,14 @@ const RESERVED_PORTS: [u16; 7] = [15000, 15001, 15006, 15008, 15020, 15021, 1508
 /// a local port.
 fn outbound_listeners(r: &Resources, out: &mut Vec<Diagnostic>) {
     use weft_core::model::{OUTBOUND_ANNOTATION, OutboundListener};
+    let annotated: Vec<_> = r
+        .workload_entries
+        .iter()
+        .filter_map(|we| Some((we, we.annotations.get(OUTBOUND_ANNOTATION)?)))
+        .collect();
+    if annotated.is_empty() {
+        return;
+    }
     let mut ports_of: HashMap<String, Vec<u16>> = HashMap::new();
     for se in &r.service_entries {
         for host in &se.spec.hosts {
@@ -214,10 +222,7 @@ fn outbound_listeners(r: &Resources, out: &mut Vec<Diagnostic>) {
                 .extend(ports);
         }
     }
-    for we in &r.workload_entries {
-        let Some(value) = we.annotations.get(OUTBOUND_ANNOTATION) else {
-            continue;
-        };
+    for (we, value) in annotated {
         let field = format!("metadata.annotations.{OUTBOUND_ANNOTATION}");
         let mut seen = std::collections::HashSet::new();
         // Entry by entry, so every bad one is reported.
@@ -292,22 +297,29 @@ fn duplicate_names<'a, S: Spec + 'a>(
 }
 
 fn duplicate_hosts(r: &Resources, out: &mut Vec<Diagnostic>) {
-    let mut seen: HashMap<String, (String, &Origin)> = HashMap::new();
+    use std::borrow::Cow;
+    let mut seen: HashMap<Cow<'_, str>, &Resource<_>> = HashMap::new();
     for se in &r.service_entries {
         for (i, host) in se.spec.hosts.iter().enumerate() {
-            let key = host.to_ascii_lowercase();
+            // Hosts compare case-insensitively; most are lowercase already.
+            let key = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                Cow::Owned(host.to_ascii_lowercase())
+            } else {
+                Cow::Borrowed(host.as_str())
+            };
             match seen.get(&key) {
-                Some((owner, origin)) if *owner != se.object() => out.push(error(
+                Some(owner) if owner.name != se.name => out.push(error(
                     se,
                     &format!("spec.hosts[{i}]"),
                     format!(
-                        "host {host:?} is already claimed by {owner} at {}",
-                        origin.describe()
+                        "host {host:?} is already claimed by {} at {}",
+                        owner.object(),
+                        owner.origin.describe()
                     ),
                 )),
                 Some(_) => {}
                 None => {
-                    seen.insert(key, (se.object(), &se.origin));
+                    seen.insert(key, se);
                 }
             }
         }
