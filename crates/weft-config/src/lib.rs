@@ -239,7 +239,6 @@ fn finish(
         return Err(Problems(problems));
     }
     let snapshot = translate::translate(&resources, &shards, &mut memo.translated, &mut problems);
-    drop(shards);
     tracing::debug!(?merged, ?checked, translated = ?started.elapsed(), "configuration validated");
     in_order(&mut problems);
     if problems.iter().any(Diagnostic::is_error) {

@@ -86,9 +86,7 @@ pub fn parse_version(text: &str) -> u64 {
 pub type Resources = BTreeMap<Arc<str>, Arc<Entry>>;
 
 /// What a client holds of one type: name → version.
-/// (foldhash: the control plane fills one per subscriber and type, tens of
-/// thousands of names at a connect; seeded per map.)
-pub type Known = HashMap<Arc<str>, u64, foldhash::fast::RandomState>;
+pub type Known = HashMap<Arc<str>, u64>;
 
 /// Everything the server offers at one configuration version.
 #[derive(Debug, Clone, Default)]

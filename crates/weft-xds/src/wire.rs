@@ -2,7 +2,7 @@
 //! encoding functions so a resource can travel pre-encoded.
 //!
 //! The control plane encodes each resource once, when a configuration
-//! change creates it ([`crate::resources::Entry`]); every session then
+//! change creates it (the resource set's entries); every session then
 //! puts those bytes into its responses as they are, instead of copying
 //! the resource into a message of its own and encoding it again. Decoding
 //! (the proxies' side) reads the fields as the generated code would.
@@ -42,13 +42,17 @@ impl Resource {
     /// Encodes `name`, `version` and `body` once, for
     /// [`Resource::pre_encoded`].
     pub fn encode_once(name: &str, version: &str, body: &Any) -> Bytes {
-        let message = Resource {
-            version: version.to_owned(),
-            resource: Some(body.clone()),
-            name: name.to_owned(),
-            ..Resource::default()
-        };
-        Bytes::from(message.encode_to_vec())
+        // The fields in `encode_raw`'s order, written from borrowed values.
+        fn text(tag: u32, value: &str, buf: &mut Vec<u8>) {
+            prost::encoding::encode_key(tag, WireType::LengthDelimited, buf);
+            prost::encoding::encode_varint(value.len() as u64, buf);
+            buf.put_slice(value.as_bytes());
+        }
+        let mut buf = Vec::with_capacity(name.len() + version.len() + body.encoded_len() + 16);
+        text(1, version, &mut buf);
+        message::encode(2, body, &mut buf);
+        text(3, name, &mut buf);
+        Bytes::from(buf)
     }
 }
 
