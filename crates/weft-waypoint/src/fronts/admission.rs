@@ -99,8 +99,15 @@ pub struct Activity {
     pub close: Notify,
 }
 
+impl Default for Activity {
+    fn default() -> Self {
+        Activity::new()
+    }
+}
+
 impl Activity {
-    fn new() -> Self {
+    /// A connection's, as it is accepted.
+    pub fn new() -> Self {
         Activity {
             started: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -123,8 +130,14 @@ impl Activity {
         InFlight(self.clone())
     }
 
-    fn idle(&self) -> bool {
+    /// No request is in flight.
+    pub fn idle(&self) -> bool {
         self.in_flight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Requests started on this connection so far.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
     }
 
     /// When this connection must close if nothing changes, and why.

@@ -30,8 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::CertificateDer;
@@ -41,6 +39,7 @@ use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
 
 use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
 use crate::fronts::admission::{Admission, ConnLimits, Ticket, Tracked};
+use crate::fronts::downstream::{self, Ended, Protocols, Reply, Transport};
 use crate::fronts::hbone::HboneConnector;
 use crate::fronts::setup::{WaypointError, WaypointOptions};
 use crate::telemetry::metrics::Metrics;
@@ -392,7 +391,7 @@ async fn accept(
                 metrics: metrics.clone(),
             };
             match shaken {
-                Ok(Ok(Either::Left(tcp))) => serve(TokioIo::new(tcp), None, conn).await,
+                Ok(Ok(Either::Left(tcp))) => serve(tcp, None, conn).await,
                 Ok(Ok(Either::Right(stream))) => {
                     let principal = stream
                         .get_ref()
@@ -400,7 +399,7 @@ async fn accept(
                         .peer_certificates()
                         .and_then(|c| c.first())
                         .and_then(principal_of);
-                    serve(TokioIo::new(stream), Some(principal), conn).await;
+                    serve(stream, Some(principal), conn).await;
                 }
                 Ok(Err(e)) => {
                     metrics.connection_refused(&conn.target, "tls_handshake");
@@ -438,17 +437,14 @@ const GRACE: Duration = Duration::from_secs(5);
 /// is shed, or passes a deadline of its [`ConnLimits`]. `tls` is `Some`
 /// for HTTPS, holding the client certificate's principal if one was
 /// presented.
-async fn serve<I>(io: TokioIo<I>, tls: Option<Option<String>>, c: Conn)
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+async fn serve<I: Transport>(io: I, tls: Option<Option<String>>, c: Conn) {
     let https = tls.is_some();
     let principal = tls.flatten();
     let peer = c.peer;
     let activity = c.ticket.activity.clone();
     let (engine, target) = (c.engine.clone(), c.target.clone());
     let requests = activity.clone();
-    let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+    let handle = move |mut req: http::Request<hyper::body::Incoming>| -> Reply {
         let in_flight = requests.request();
         req.extensions_mut().insert(PeerAddr(peer));
         if https {
@@ -466,49 +462,48 @@ where
             http::HeaderValue::from_static(if https { "https" } else { "http" }),
         );
         let (engine, target) = (engine.clone(), target.clone());
-        async move {
+        Box::pin(async move {
             let response = engine.handle_for(Some(&target), req).await;
-            Ok::<_, std::convert::Infallible>(response.map(|b| Tracked::new(b, in_flight)))
-        }
-    });
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
+            Ok(response.map(|b| Tracked::new(b, in_flight)))
+        })
+    };
+    let mut protocols = Protocols::default();
+    protocols
+        .h1
         .timer(hyper_util::rt::TokioTimer::new())
         .max_buf_size(MAX_HEADER_BYTES)
         .header_read_timeout(c.limits.header_timeout);
-    builder
-        .http2()
+    protocols
+        .h2
         .timer(hyper_util::rt::TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
         .max_concurrent_streams(MAX_STREAMS);
-    let conn = builder.serve_connection(io, service);
-    let mut conn = std::pin::pin!(conn);
-    let why = loop {
-        let (deadline, reason) = activity.deadline(&c.limits);
-        tokio::select! {
-            result = conn.as_mut() => {
-                if let Err(e) = result {
-                    tracing::debug!(%peer, error = %e, "gateway connection ended");
-                }
-                return;
-            }
-            () = activity.close.notified() => break "overload_shed",
-            () = tokio::time::sleep_until(deadline) => {
-                // Still past it now (a request may have started since)?
-                let (again, reason_now) = activity.deadline(&c.limits);
-                if again <= tokio::time::Instant::now() && reason_now == reason {
-                    break reason;
+    // Resolves with the reason this connection must close.
+    let stop = async {
+        loop {
+            let (deadline, reason) = activity.deadline(&c.limits);
+            tokio::select! {
+                () = activity.close.notified() => break "overload_shed",
+                () = tokio::time::sleep_until(deadline) => {
+                    // Still past it now (a request may have started since)?
+                    let (again, reason_now) = activity.deadline(&c.limits);
+                    if again <= tokio::time::Instant::now() && reason_now == reason {
+                        break reason;
+                    }
                 }
             }
         }
     };
-    if why != "overload_shed" {
-        c.metrics.connection_closed(&c.target, why);
+    match downstream::serve(io, handle, &protocols, &activity, stop, GRACE).await {
+        Ended::Closed(None) => {}
+        Ended::Closed(Some(e)) => tracing::debug!(%peer, error = %e, "gateway connection ended"),
+        Ended::Stopped(why) => {
+            if why != "overload_shed" {
+                c.metrics.connection_closed(&c.target, why);
+            }
+            tracing::debug!(%peer, listener = %c.target, reason = why, "closed connection");
+        }
     }
-    tracing::debug!(%peer, listener = %c.target, reason = why, "closing connection");
-    conn.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(GRACE, conn).await;
 }
 
 /// A client certificate's principal, as Envoy derives it: the first URI

@@ -1,16 +1,16 @@
 //! Fronts hand requests to the engine. This one is a plain HTTP listener
-//! (HTTP/1.1 and h2c on one port): the ingress gateway's insecure listener
-//! and the benchmarks use it; the waypoint's HBONE front comes next.
+//! (HTTP/1.1 and h2c on one port) with no admission limits: tests and
+//! `bench/l7`'s engine hop use it. Idle HTTP/1.1 connections are parked
+//! as on the gateway's listeners ([`crate::fronts::downstream`]).
 
 use std::future::Future;
 use std::sync::Arc;
 
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpListener;
 
 use crate::engine::Engine;
+use crate::fronts::admission::{Activity, Tracked};
+use crate::fronts::downstream::{self, Ended, Protocols, Reply};
 
 /// Serves `engine` on `listener` until `shutdown` resolves.
 pub async fn serve_http(
@@ -19,6 +19,7 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut shutdown = std::pin::pin!(shutdown);
+    let protocols = Arc::new(Protocols::default());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -32,18 +33,25 @@ pub async fn serve_http(
             () = &mut shutdown => return,
         };
         let _ = stream.set_nodelay(true);
-        let engine = engine.clone();
+        let (engine, protocols) = (engine.clone(), protocols.clone());
         tokio::spawn(async move {
-            let service = service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+            let activity = Arc::new(Activity::new());
+            let requests = activity.clone();
+            let handle = move |mut request: http::Request<hyper::body::Incoming>| -> Reply {
+                let in_flight = requests.request();
                 request
                     .extensions_mut()
                     .insert(crate::engine::PeerAddr(peer));
                 let engine = engine.clone();
-                async move { Ok::<_, std::convert::Infallible>(engine.handle(request).await) }
-            });
-            if let Err(e) = Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await
+                Box::pin(async move {
+                    let response = engine.handle(request).await;
+                    Ok(response.map(|b| Tracked::new(b, in_flight)))
+                })
+            };
+            let never = std::future::pending::<()>();
+            let grace = std::time::Duration::ZERO;
+            if let Ended::Closed(Some(e)) =
+                downstream::serve(stream, handle, &protocols, &activity, never, grace).await
             {
                 tracing::debug!(%peer, error = %e, "downstream connection ended");
             }

@@ -11,11 +11,14 @@
 //!   SNI and client certificates, TLS passthrough).
 //! - [`passthrough`]: TCP/TLS passthrough by SNI.
 //! - [`http`]: a plain HTTP listener (HTTP/1.1 and h2c).
+//! - [`downstream`]: one downstream HTTP connection, HTTP/1.1 parked
+//!   (no buffers held) while idle.
 //! - [`admission`]: per-listener and per-source connection limits and
 //!   deadlines.
 //! - [`hbone`]: the connector that reaches endpoints over HBONE.
 
 pub mod admission;
+pub mod downstream;
 pub mod gateway;
 pub mod hbone;
 pub mod http;
