@@ -233,6 +233,7 @@ mod tests {
                 ports: BTreeMap::new(),
                 identity: id("shop", sa),
                 network: String::new(),
+                cluster: String::new(),
                 locality: Locality::default(),
                 weight: 1,
                 node: Some(node.into()),

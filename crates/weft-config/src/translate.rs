@@ -13,7 +13,7 @@ use weft_core::model::{
     Snapshot, USE_WAYPOINT_LABEL, USE_WAYPOINT_NAMESPACE_LABEL, WAYPOINT_LABEL, Workload,
     WorkloadAddress,
 };
-use weft_core::{Identity, duration};
+use weft_core::{Identity, duration, failover};
 
 use crate::diag::{Diagnostic, Origin};
 use crate::kinds::mesh::{MtlsModeSpec, OutboundModeSpec};
@@ -326,7 +326,16 @@ fn workload(
             .filter_map(|(k, v)| Some((k.clone(), u16::try_from(*v).ok()?)))
             .collect(),
         identity,
-        network: spec.network.clone().unwrap_or_default(),
+        network: spec
+            .network
+            .clone()
+            .or_else(|| spec.labels.get(failover::NETWORK_LABEL).cloned())
+            .unwrap_or_default(),
+        cluster: spec
+            .labels
+            .get(failover::CLUSTER_LABEL)
+            .cloned()
+            .unwrap_or_default(),
         locality: spec
             .locality
             .as_deref()

@@ -1010,6 +1010,60 @@ spec:
 }
 
 #[test]
+fn failover_priority_by_cluster_and_network() {
+    let yaml = REVIEWS
+        .replace(
+            "metadata: {name: reviews, namespace: shop}\nspec:\n  hosts",
+            "metadata: {name: reviews, namespace: shop, labels: {istio.io/use-waypoint: wp}}\nspec:\n  hosts",
+        )
+        .replace(
+            "labels: {app: reviews, version: v1}",
+            "labels: {app: reviews, version: v1, topology.istio.io/cluster: west}, network: net-b",
+        )
+        .replace(
+            "labels: {app: reviews, version: v2}",
+            "labels: {app: reviews, version: v2, topology.istio.io/cluster: east, topology.istio.io/network: net-a}",
+        )
+        + "---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: wp, namespace: shop}
+spec:
+  address: 10.0.0.9
+  labels: {weft.dev/waypoint: 'true', weft.dev/node: n1, topology.istio.io/cluster: east, topology.istio.io/network: net-a}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: r, namespace: shop}
+spec:
+  host: reviews
+  trafficPolicy:
+    loadBalancer:
+      localityLbSetting: {failoverPriority: [topology.istio.io/network, topology.istio.io/cluster]}
+";
+    let config = load_ok(&yaml);
+    let v1 = &config.snapshot.workloads[&name("shop", "reviews-v1")];
+    assert_eq!(
+        (v1.cluster.as_str(), v1.network.as_str()),
+        ("west", "net-b")
+    );
+    let v2 = &config.snapshot.workloads[&name("shop", "reviews-v2")];
+    assert_eq!(
+        (v2.cluster.as_str(), v2.network.as_str()),
+        ("east", "net-a")
+    );
+    let priority = &config.snapshot.l7[&name("shop", "reviews")]
+        .traffic
+        .locality
+        .priority;
+    assert_eq!(
+        priority["shop/reviews-v2"], 0,
+        "the waypoint's network and cluster"
+    );
+    assert_eq!(priority["shop/reviews-v1"], 2, "another network");
+}
+
+#[test]
 fn rate_limit_policy_expresses_scenario_4_in_a_few_lines() {
     let yaml = format!(
         "{REVIEWS}---

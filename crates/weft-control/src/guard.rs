@@ -116,6 +116,7 @@ mod tests {
                     ports: BTreeMap::new(),
                     identity: Identity::new("cluster.local", "shop", "w").expect("id"),
                     network: String::new(),
+                    cluster: String::new(),
                     locality: Locality::default(),
                     weight: 1,
                     node: None,

@@ -3,7 +3,8 @@
 //! The vocabulary every other weft crate shares: SPIFFE workload identities
 //! ([`Identity`]), the internal service/workload model that proxies consume as
 //! an immutable [`model::Snapshot`], Kubernetes-style name rules
-//! ([`names`]) and duration parsing ([`duration`]).
+//! ([`names`]), duration parsing ([`duration`]) and the `failoverPriority`
+//! rank of an endpoint ([`failover`]).
 //!
 //! Nothing here does I/O. The configuration framework (`weft-config`) builds
 //! these values from YAML; the proxies only read them.
@@ -12,6 +13,7 @@
 
 pub mod attach;
 pub mod duration;
+pub mod failover;
 pub mod identity;
 pub mod l7;
 pub mod locality;

@@ -518,6 +518,9 @@ pub struct Workload {
     pub identity: Identity,
     /// Network it is attached to (empty: the default network).
     pub network: String,
+    /// Cluster it runs in (label `topology.istio.io/cluster`; empty: the
+    /// cluster of the control plane that serves it).
+    pub cluster: String,
     /// Failure domain it runs in.
     pub locality: Locality,
     /// Relative load-balancing weight (default 1).
@@ -632,6 +635,7 @@ mod tests {
             ports: ports.iter().map(|(n, p)| ((*n).to_owned(), *p)).collect(),
             identity: Identity::new("cluster.local", "shop", "default").expect("valid"),
             network: String::new(),
+            cluster: String::new(),
             locality: Locality::default(),
             weight: 1,
             node: None,

@@ -553,6 +553,7 @@ fn workload_message(
         addresses,
         hostname,
         network: w.network.clone(),
+        cluster_id: w.cluster.clone(),
         tunnel_protocol: if w.node.is_some() {
             wl::TunnelProtocol::Hbone as i32
         } else {

@@ -65,14 +65,7 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
             {
                 Some(caller) => {
                     for w in snapshot.endpoints(service) {
-                        let same = keys
-                            .iter()
-                            .take_while(|k| {
-                                caller.labels.contains_key(*k)
-                                    && caller.labels.get(*k) == w.labels.get(*k)
-                            })
-                            .count();
-                        let rank = u8::try_from(keys.len() - same).unwrap_or(u8::MAX);
+                        let rank = weft_core::failover::rank(keys, caller, w);
                         policy
                             .traffic
                             .locality

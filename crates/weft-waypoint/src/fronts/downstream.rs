@@ -351,6 +351,19 @@ mod tests {
     use super::*;
     use crate::engine::upstream::boxed;
 
+    /// Answers "ok" to every request, counting it in `activity`.
+    fn ok(
+        activity: Arc<Activity>,
+    ) -> impl Fn(Request<Incoming>) -> Reply + Clone + Send + Sync + Unpin + 'static {
+        move |_req: Request<Incoming>| -> Reply {
+            let in_flight = activity.request();
+            Box::pin(async move {
+                let body = boxed(Full::new(Bytes::from_static(b"ok")));
+                Ok(Response::new(Tracked::new(body, in_flight)))
+            })
+        }
+    }
+
     /// Serves every connection on a loopback listener, answering "ok" to
     /// each request; hyper's HTTP/1.1 header timeout is `header_timeout`.
     async fn server(header_timeout: Duration) -> std::net::SocketAddr {
@@ -370,14 +383,7 @@ mod tests {
                 let protocols = protocols.clone();
                 tokio::spawn(async move {
                     let activity = Arc::new(Activity::new());
-                    let requests = activity.clone();
-                    let handle = move |_req: Request<Incoming>| -> Reply {
-                        let in_flight = requests.request();
-                        Box::pin(async move {
-                            let body = boxed(Full::new(Bytes::from_static(b"ok")));
-                            Ok(Response::new(Tracked::new(body, in_flight)))
-                        })
-                    };
+                    let handle = ok(activity.clone());
                     let never = std::future::pending::<()>();
                     serve(stream, handle, &protocols, &activity, never, Duration::ZERO).await
                 });
@@ -545,14 +551,7 @@ mod tests {
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(async move {
             let activity = Arc::new(Activity::new());
-            let requests = activity.clone();
-            let handle = move |_req: Request<Incoming>| -> Reply {
-                let in_flight = requests.request();
-                Box::pin(async move {
-                    let body = boxed(Full::new(Bytes::from_static(b"ok")));
-                    Ok(Response::new(Tracked::new(body, in_flight)))
-                })
-            };
+            let handle = ok(activity.clone());
             let stop = async move {
                 let _ = rx.await;
                 "told"
