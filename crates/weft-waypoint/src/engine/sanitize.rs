@@ -118,6 +118,25 @@ pub fn normalize_host(raw: &str, default_port: u16) -> Option<String> {
     }
 }
 
+/// Whether `raw` is already what [`normalize_host`] makes of it, answered
+/// without allocating for the common forms (lowercase name or IPv4
+/// address, an optional port other than the default); `false` sends it
+/// the long way.
+fn is_normal_host(raw: &str, default_port: u16) -> bool {
+    let (host, port) = match raw.split_once(':') {
+        Some((h, p)) => (h, Some(p)),
+        None => (raw, None),
+    };
+    let name_ok = !host.is_empty()
+        && !host.ends_with('.')
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
+    let port_ok = port
+        .is_none_or(|p| !p.starts_with('0') && p.parse::<u16>().is_ok_and(|n| n != default_port));
+    name_ok && port_ok
+}
+
 /// Settles the request's host: from `:authority` (the URI's authority)
 /// and `Host`, which must agree once normalized; then written back as the
 /// one `Host` header, the URI reduced to its path and query. `https`
@@ -125,7 +144,14 @@ pub fn normalize_host(raw: &str, default_port: u16) -> Option<String> {
 pub fn settle_host(parts: &mut http::request::Parts, https: bool) -> Result<(), String> {
     let default_port = if https { 443 } else { 80 };
     let mut hosts = parts.headers.get_all(HOST).iter();
-    let header = match (hosts.next(), hosts.next()) {
+    let (first, second) = (hosts.next(), hosts.next());
+    if let (Some(h), None, None) = (first, second, parts.uri.authority())
+        && h.to_str().is_ok_and(|h| is_normal_host(h, default_port))
+    {
+        // The HTTP/1.1 common case: one Host header, already normal.
+        return Ok(());
+    }
+    let header = match (first, second) {
         (Some(_), Some(_)) => return Err("more than one Host header".into()),
         (Some(h), None) => Some(
             h.to_str()
@@ -171,6 +197,45 @@ pub fn settle_host(parts: &mut http::request::Parts, https: bool) -> Result<(), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_check_agrees_with_normalizing() {
+        let alphabet = b"aZ09-.:[]_%x8";
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut fast = 0;
+        for _ in 0..200_000 {
+            let len = rng.usize(0..12);
+            let raw: String = (0..len)
+                .map(|_| char::from(alphabet[rng.usize(..alphabet.len())]))
+                .collect();
+            for default_port in [80, 443] {
+                if is_normal_host(&raw, default_port) {
+                    fast += 1;
+                    assert_eq!(
+                        normalize_host(&raw, default_port).as_deref(),
+                        Some(raw.as_str()),
+                        "{raw:?}"
+                    );
+                }
+            }
+        }
+        assert!(fast > 1000, "the fast path was taken {fast} times");
+        for (raw, port) in [
+            ("reviews", 80),
+            ("reviews.shop:9080", 80),
+            ("10.0.0.1:443", 80),
+        ] {
+            assert!(is_normal_host(raw, port), "{raw}");
+        }
+        for (raw, port) in [
+            ("Reviews", 80),
+            ("reviews:80", 80),
+            ("reviews.", 80),
+            ("a:080", 80),
+        ] {
+            assert!(!is_normal_host(raw, port), "{raw}");
+        }
+    }
 
     #[test]
     fn hosts_normalize_to_one_form() {

@@ -13,6 +13,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 use crate::telemetry::record::RequestRecord;
+use crate::telemetry::series::{Parts, Remembered, Series};
 
 use weft_telemetry::names;
 
@@ -40,6 +41,8 @@ pub struct Metrics {
     authz_errors: Family<ProviderLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     closed: Family<RefusedLabels, Counter>,
+    /// The four request families' series by label set.
+    series: Remembered,
 }
 
 /// Labels of a connection a gateway listener closed without serving it.
@@ -111,6 +114,7 @@ impl Default for Metrics {
             authz_errors: Family::default(),
             refused: Family::default(),
             closed: Family::default(),
+            series: Remembered::default(),
         }
     }
 }
@@ -211,25 +215,37 @@ impl Metrics {
         } else {
             Service::from_host(&ctx.service, None)
         };
-        let labels = weft_telemetry::labels::request(
-            ctx.reporter,
-            &ctx.peer,
-            ctx.destination.as_ref().unwrap_or(&Peer::unknown()),
-            &service,
-            ctx.protocol,
-            status.as_u16(),
-            ctx.flags,
-            ctx.mtls(),
-        );
+        let unknown;
+        let destination = match &ctx.destination {
+            Some(d) => d,
+            None => {
+                unknown = Peer::unknown();
+                &unknown
+            }
+        };
+        let parts = Parts {
+            reporter: ctx.reporter.as_str(),
+            source: &ctx.peer,
+            destination,
+            service: &service,
+            protocol: ctx.protocol,
+            code: status.as_u16(),
+            flags: ctx.flags.as_str(),
+            security: if ctx.mtls() { "mutual_tls" } else { "none" },
+        };
+        let series = self.series.get(&parts, |labels| Series {
+            requests: self.requests.get_or_create(labels).clone(),
+            duration: self.duration.get_or_create(labels).clone(),
+            request_bytes: self.request_bytes.get_or_create(labels).clone(),
+            response_bytes: self.response_bytes.get_or_create(labels).clone(),
+        });
         let ms = ctx.started.elapsed().as_secs_f64() * 1000.0;
-        self.requests.get_or_create(&labels).inc();
-        self.duration.get_or_create(&labels).observe(ms);
-        self.request_bytes
-            .get_or_create(&labels)
+        series.requests.inc();
+        series.duration.observe(ms);
+        series
+            .request_bytes
             .observe(ctx.access.bytes_received as f64);
-        self.response_bytes
-            .get_or_create(&labels)
-            .observe(ctx.access.bytes_sent as f64);
+        series.response_bytes.observe(ctx.access.bytes_sent as f64);
         tracing::info!(target: "weft::access", tries = ctx.tries, "{}", ctx.access.line());
         ctx.record_server_span(status.as_u16());
     }

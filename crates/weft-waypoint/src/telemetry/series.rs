@@ -1,0 +1,248 @@
+//! The four request series (count, duration, request and response bytes)
+//! of one Istio label set, found per request by one lookup.
+//!
+//! A `prometheus_client` family hashes its whole label set with SipHash on
+//! every `get_or_create`; Istio's request labels are seventeen, thirteen of
+//! them strings. Built and hashed for four families per request, they cost
+//! a few percent of the L7 engine's CPU (`bench/l7`). Here a request's
+//! labels are hashed once, from borrowed parts and with a fast hash, and
+//! compared in place with the label set of the series found; they are
+//! built (and the families asked) only the first time a label set is seen.
+//! The series handles share their values with the families, which stay
+//! what is registered and exported.
+
+use std::hash::{BuildHasher, Hasher};
+use std::sync::{Arc, RwLock};
+
+use hashbrown::HashTable;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use weft_telemetry::labels::{Peer, RequestLabels, Service};
+
+/// Label sets remembered at most; beyond, requests of a new label set go
+/// to the families directly (cardinality that high is a problem of its
+/// own, and the families still count every request).
+pub const MAX_REMEMBERED: usize = 4096;
+
+/// One request's labels, borrowed.
+#[derive(Clone, Copy, Debug)]
+pub struct Parts<'a> {
+    /// `reporter`.
+    pub reporter: &'static str,
+    /// The caller.
+    pub source: &'a Peer,
+    /// The callee.
+    pub destination: &'a Peer,
+    /// The service.
+    pub service: &'a Service,
+    /// `request_protocol`.
+    pub protocol: &'static str,
+    /// `response_code`.
+    pub code: u16,
+    /// `response_flags`.
+    pub flags: &'static str,
+    /// `connection_security_policy`.
+    pub security: &'static str,
+}
+
+impl Parts<'_> {
+    /// The label set these parts make.
+    pub fn labels(&self) -> RequestLabels {
+        RequestLabels {
+            parties: weft_telemetry::labels::Parties {
+                reporter: self.reporter,
+                source_workload: self.source.workload.clone(),
+                source_workload_namespace: self.source.namespace.clone(),
+                source_principal: self.source.principal.clone(),
+                source_canonical_service: self.source.canonical_service.clone(),
+                source_canonical_revision: self.source.canonical_revision.clone(),
+                destination_workload: self.destination.workload.clone(),
+                destination_workload_namespace: self.destination.namespace.clone(),
+                destination_principal: self.destination.principal.clone(),
+                destination_canonical_service: self.destination.canonical_service.clone(),
+                destination_canonical_revision: self.destination.canonical_revision.clone(),
+                destination_service: self.service.host.clone(),
+                destination_service_name: self.service.name.clone(),
+                destination_service_namespace: self.service.namespace.clone(),
+            },
+            request_protocol: self.protocol,
+            response_code: self.code,
+            response_flags: self.flags,
+            connection_security_policy: self.security,
+        }
+    }
+
+    /// The strings of the label set, in one order for [`Parts`] and
+    /// [`RequestLabels`] alike, then the code.
+    fn strings(&self) -> ([&str; 17], u16) {
+        let (s, d, v) = (self.source, self.destination, self.service);
+        (
+            [
+                self.reporter,
+                &s.workload,
+                &s.namespace,
+                &s.principal,
+                &s.canonical_service,
+                &s.canonical_revision,
+                &d.workload,
+                &d.namespace,
+                &d.principal,
+                &d.canonical_service,
+                &d.canonical_revision,
+                &v.host,
+                &v.name,
+                &v.namespace,
+                self.protocol,
+                self.flags,
+                self.security,
+            ],
+            self.code,
+        )
+    }
+}
+
+/// [`Parts::strings`] of a built label set.
+fn strings(l: &RequestLabels) -> ([&str; 17], u16) {
+    let p = &l.parties;
+    (
+        [
+            p.reporter,
+            &p.source_workload,
+            &p.source_workload_namespace,
+            &p.source_principal,
+            &p.source_canonical_service,
+            &p.source_canonical_revision,
+            &p.destination_workload,
+            &p.destination_workload_namespace,
+            &p.destination_principal,
+            &p.destination_canonical_service,
+            &p.destination_canonical_revision,
+            &p.destination_service,
+            &p.destination_service_name,
+            &p.destination_service_namespace,
+            l.request_protocol,
+            l.response_flags,
+            l.connection_security_policy,
+        ],
+        l.response_code,
+    )
+}
+
+/// The series of one label set.
+#[derive(Clone, Debug)]
+pub struct Series {
+    /// `istio_requests_total`.
+    pub requests: Counter,
+    /// `istio_request_duration_milliseconds`.
+    pub duration: Histogram,
+    /// `istio_request_bytes`.
+    pub request_bytes: Histogram,
+    /// `istio_response_bytes`.
+    pub response_bytes: Histogram,
+}
+
+/// The series of the label sets seen so far.
+#[derive(Clone, Debug, Default)]
+pub struct Remembered {
+    table: Arc<RwLock<HashTable<(RequestLabels, Series)>>>,
+    hasher: hashbrown::DefaultHashBuilder,
+}
+
+impl Remembered {
+    fn hash(&self, (strings, code): ([&str; 17], u16)) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        for s in strings {
+            h.write(s.as_bytes());
+            h.write_u8(0xff);
+        }
+        h.write_u16(code);
+        h.finish()
+    }
+
+    /// The series of `parts`: remembered, else made by `make` from the
+    /// label set (and remembered while there is room).
+    pub fn get(&self, parts: &Parts<'_>, make: impl FnOnce(&RequestLabels) -> Series) -> Series {
+        let key = parts.strings();
+        let hash = self.hash(key);
+        let same = |(labels, _): &(RequestLabels, Series)| strings(labels) == key;
+        if let Ok(table) = self.table.read()
+            && let Some((_, series)) = table.find(hash, same)
+        {
+            return series.clone();
+        }
+        let labels = parts.labels();
+        let series = make(&labels);
+        if let Ok(mut table) = self.table.write()
+            && table.len() < MAX_REMEMBERED
+            && table.find(hash, same).is_none()
+        {
+            table.insert_unique(hash, (labels, series.clone()), |(l, _)| {
+                self.hash(strings(l))
+            });
+        }
+        series
+    }
+
+    /// Label sets remembered.
+    pub fn len(&self) -> usize {
+        self.table.read().map_or(0, |t| t.len())
+    }
+
+    /// Whether none is.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parts<'a>(source: &'a Peer, destination: &'a Peer, service: &'a Service) -> Parts<'a> {
+        Parts {
+            reporter: "waypoint",
+            source,
+            destination,
+            service,
+            protocol: "http",
+            code: 200,
+            flags: "-",
+            security: "mutual_tls",
+        }
+    }
+
+    #[test]
+    fn one_series_per_label_set() {
+        let remembered = Remembered::default();
+        let a = Peer::from_principal("cluster.local/ns/shop/sa/frontend");
+        let b = Peer::from_principal("cluster.local/ns/shop/sa/reviews");
+        let service = Service::from_host("reviews.shop.svc.cluster.local", None);
+        let mut made = Vec::new();
+        let mut get = |p: &Parts<'_>| {
+            remembered.get(p, |labels| {
+                made.push(labels.clone());
+                Series {
+                    requests: Counter::default(),
+                    duration: Histogram::new([1.0]),
+                    request_bytes: Histogram::new([1.0]),
+                    response_bytes: Histogram::new([1.0]),
+                }
+            })
+        };
+        get(&parts(&a, &b, &service)).requests.inc();
+        get(&parts(&a, &b, &service)).requests.inc();
+        let other_code = Parts {
+            code: 503,
+            ..parts(&a, &b, &service)
+        };
+        get(&other_code).requests.inc();
+        // The same strings in other fields are another label set.
+        get(&parts(&b, &a, &service)).requests.inc();
+        let total = get(&parts(&a, &b, &service)).requests.get();
+        assert_eq!(total, 2, "the first label set's counter is shared");
+        assert_eq!(made.len(), 3);
+        assert_eq!(made[0], parts(&a, &b, &service).labels());
+        assert_eq!(made[1].response_code, 503);
+        assert_eq!(remembered.len(), 3);
+    }
+}
