@@ -154,10 +154,9 @@ impl Engine {
             return Ok(());
         };
         let query = parts.uri.query().map(str::to_owned);
-        match authn
-            .authenticate(&mut parts.headers, query.as_deref())
-            .await
-        {
+        // Boxed here and below: a policy's future is large and only some
+        // requests have one; inline it would make every request's bigger.
+        match Box::pin(authn.authenticate(&mut parts.headers, query.as_deref())).await {
             Ok(Some(who)) => {
                 ctx.record.access.request_principal = Some(who.principal);
                 ctx.claims = Some(who.claims);
@@ -240,9 +239,8 @@ impl Engine {
                 principal: principal.as_deref(),
                 source: peer,
             };
-            let asked =
-                tokio::time::timeout(provider.timeout, self.authorizers.check(provider, &input))
-                    .await;
+            let check = Box::pin(self.authorizers.check(provider, &input));
+            let asked = tokio::time::timeout(provider.timeout, check).await;
             let verdict = match asked {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => self.provider_failed(policy, provider, &e.to_string()),
@@ -347,7 +345,7 @@ impl Engine {
             path: parts.uri.path(),
             method: parts.method.as_str(),
         };
-        let Some(decision) = limiter.check(&attributes).await else {
+        let Some(decision) = Box::pin(limiter.check(&attributes)).await else {
             return Ok(());
         };
         self.metrics.rate_limit(&limiter.policy, &decision);
