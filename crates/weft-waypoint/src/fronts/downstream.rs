@@ -9,7 +9,9 @@
 //! it has answered its requests and waits for the next head: hyper is
 //! asked to finish (which closes only an idle connection, and tells the
 //! client nothing, since no response is being written), taken apart, and
-//! the socket waits for its next byte holding no buffer at all. That byte
+//! the socket waits for its next byte holding no buffer at all (over TLS,
+//! one byte is read through rustls, which may hold decrypted bytes the
+//! socket no longer shows). That byte
 //! starts a fresh hyper connection, with whatever hyper had already read
 //! put back in front of the socket. An idle keep-alive connection costs
 //! its socket and one small task, and the memory of connections comes
@@ -51,25 +53,31 @@ const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// request in flight ([`Activity`]) until it is sent.
 pub type Reply = Pin<Box<dyn Future<Output = Result<Response<Tracked<Body>>, Infallible>> + Send>>;
 
-/// A transport that can wait for bytes without reading them.
+/// A transport that can wait for its next bytes holding no buffer.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     /// Ready when a read would not block: bytes, the end of the stream or
-    /// an error.
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// an error. `Some(byte)`: the transport had to read to know, and this
+    /// is the byte it read (it goes in front of the next read).
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<u8>>>;
 }
 
 impl Transport for TcpStream {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.poll_read_ready(cx)
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<u8>>> {
+        self.poll_read_ready(cx).map_ok(|()| None)
     }
 }
 
 impl Transport for tokio_rustls::server::TlsStream<TcpStream> {
-    fn poll_readable(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        // hyper reads until the TLS stream would block, which it does only
-        // once rustls holds no plaintext and the socket has nothing more:
-        // the socket's readiness is the stream's.
-        self.get_ref().0.poll_read_ready(cx)
+    fn poll_wake(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<Option<u8>>> {
+        // rustls may hold decrypted bytes the socket no longer shows, so
+        // the socket's readiness is not enough: read one byte through TLS.
+        let mut one = [0u8; 1];
+        let mut buf = ReadBuf::new(&mut one);
+        match Pin::new(self).poll_read(cx, &mut buf) {
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(buf.filled().first().copied())),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     }
 }
 
@@ -260,10 +268,10 @@ where
             tokio::select! {
                 biased;
                 w = stop.as_mut() => return Ended::Stopped(w),
-                r = std::future::poll_fn(|cx| inner.io.poll_readable(cx)) => {
-                    if let Err(e) = r {
-                        return Ended::Closed(Some(e.into()));
-                    }
+                r = std::future::poll_fn(|cx| inner.io.poll_wake(cx)) => match r {
+                    Ok(None) => {}
+                    Ok(Some(byte)) => inner.put_back(Bytes::copy_from_slice(&[byte])),
+                    Err(e) => return Ended::Closed(Some(e.into())),
                 }
             }
         }
@@ -394,7 +402,7 @@ mod tests {
 
     /// Reads one response (head and a content-length body); `None` when
     /// the server closed the connection first.
-    async fn response(stream: &mut TcpStream) -> Option<String> {
+    async fn response(stream: &mut (impl AsyncRead + Unpin)) -> Option<String> {
         let mut got = Vec::new();
         let mut buf = [0u8; 1024];
         loop {
@@ -453,6 +461,75 @@ mod tests {
         c.write_all(GET).await.expect("write");
         let second = response(&mut c).await.expect("a parked connection answers");
         assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    }
+
+    #[tokio::test]
+    async fn a_tls_connection_is_parked_and_serves_again() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("certificate");
+        let server_tls = rustls::ServerConfig::builder_with_provider(weft_ca::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![cert.der().clone()],
+                rustls_pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("key"),
+            )
+            .expect("server TLS");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_tls));
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await.expect("accept");
+            let tls = acceptor.accept(tcp).await.expect("handshake");
+            let activity = Arc::new(Activity::new());
+            let mut protocols = Protocols::default();
+            protocols
+                .h1
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_millis(300));
+            let never = std::future::pending::<()>();
+            let handle = ok(activity.clone());
+            serve(tls, handle, &protocols, &activity, never, Duration::ZERO).await
+        });
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client_tls = rustls::ClientConfig::builder_with_provider(weft_ca::tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
+        let mut c = tokio_rustls::TlsConnector::from(Arc::new(client_tls))
+            .connect(name, tcp)
+            .await
+            .expect("client handshake");
+        // Two requests in one write: the second waits in rustls or in
+        // hyper when the first is answered.
+        let mut two = GET.to_vec();
+        two.extend_from_slice(GET);
+        c.write_all(&two).await.expect("write");
+        c.flush().await.expect("flush");
+        let (mut all, mut buf) = (Vec::new(), [0u8; 1024]);
+        while String::from_utf8_lossy(&all).matches("\r\n\r\nok").count() < 2 {
+            let n = c.read(&mut buf).await.expect("read");
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&all));
+            all.extend_from_slice(&buf[..n]);
+        }
+        // Past hyper's header timeout: answered only if it was parked.
+        tokio::time::sleep(Duration::from_millis(800)).await;
+        c.write_all(GET).await.expect("write");
+        c.flush().await.expect("flush");
+        let got = response(&mut c)
+            .await
+            .expect("a parked TLS connection answers");
+        assert!(got.starts_with("HTTP/1.1 200"), "{got}");
     }
 
     #[tokio::test]
