@@ -132,8 +132,12 @@ fn is_normal_host(raw: &str, default_port: u16) -> bool {
         && host
             .bytes()
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.');
-    let port_ok = port
-        .is_none_or(|p| !p.starts_with('0') && p.parse::<u16>().is_ok_and(|n| n != default_port));
+    // Digits only: `u16::from_str` also takes a leading `+`.
+    let port_ok = port.is_none_or(|p| {
+        !p.starts_with('0')
+            && p.bytes().all(|b| b.is_ascii_digit())
+            && p.parse::<u16>().is_ok_and(|n| n != default_port)
+    });
     name_ok && port_ok
 }
 
@@ -200,7 +204,7 @@ mod tests {
 
     #[test]
     fn the_fast_check_agrees_with_normalizing() {
-        let alphabet = b"aZ09-.:[]_%x8";
+        let alphabet = b"aZ09-.:[]_%x8+";
         let mut rng = fastrand::Rng::with_seed(7);
         let mut fast = 0;
         for _ in 0..200_000 {
@@ -232,6 +236,7 @@ mod tests {
             ("reviews:80", 80),
             ("reviews.", 80),
             ("a:080", 80),
+            ("a:+440", 80),
         ] {
             assert!(!is_normal_host(raw, port), "{raw}");
         }
