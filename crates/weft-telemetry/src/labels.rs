@@ -222,7 +222,8 @@ pub struct TcpLabels {
     pub connection_security_policy: &'static str,
 }
 
-fn security(mtls: bool) -> &'static str {
+/// The `connection_security_policy` label: `mutual_tls` or `none`.
+pub fn security(mtls: bool) -> &'static str {
     if mtls { "mutual_tls" } else { "none" }
 }
 

@@ -224,14 +224,14 @@ impl Metrics {
             }
         };
         let parts = Parts {
-            reporter: ctx.reporter.as_str(),
+            reporter: ctx.reporter,
             source: &ctx.peer,
             destination,
             service: &service,
             protocol: ctx.protocol,
             code: status.as_u16(),
-            flags: ctx.flags.as_str(),
-            security: if ctx.mtls() { "mutual_tls" } else { "none" },
+            flags: ctx.flags,
+            mtls: ctx.mtls(),
         };
         let series = self.series.get(&parts, |labels| Series {
             requests: self.requests.get_or_create(labels).clone(),

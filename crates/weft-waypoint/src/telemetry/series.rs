@@ -17,7 +17,8 @@ use std::sync::{Arc, RwLock};
 use hashbrown::HashTable;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
-use weft_telemetry::labels::{Peer, RequestLabels, Service};
+use weft_telemetry::flags::Flags;
+use weft_telemetry::labels::{self, Peer, Reporter, RequestLabels, Service};
 
 /// Label sets remembered at most; beyond, requests of a new label set go
 /// to the families directly (cardinality that high is a problem of its
@@ -28,7 +29,7 @@ pub const MAX_REMEMBERED: usize = 4096;
 #[derive(Clone, Copy, Debug)]
 pub struct Parts<'a> {
     /// `reporter`.
-    pub reporter: &'static str,
+    pub reporter: Reporter,
     /// The caller.
     pub source: &'a Peer,
     /// The callee.
@@ -40,36 +41,24 @@ pub struct Parts<'a> {
     /// `response_code`.
     pub code: u16,
     /// `response_flags`.
-    pub flags: &'static str,
-    /// `connection_security_policy`.
-    pub security: &'static str,
+    pub flags: Flags,
+    /// Whether the caller came over mutual TLS.
+    pub mtls: bool,
 }
 
 impl Parts<'_> {
     /// The label set these parts make.
     pub fn labels(&self) -> RequestLabels {
-        RequestLabels {
-            parties: weft_telemetry::labels::Parties {
-                reporter: self.reporter,
-                source_workload: self.source.workload.clone(),
-                source_workload_namespace: self.source.namespace.clone(),
-                source_principal: self.source.principal.clone(),
-                source_canonical_service: self.source.canonical_service.clone(),
-                source_canonical_revision: self.source.canonical_revision.clone(),
-                destination_workload: self.destination.workload.clone(),
-                destination_workload_namespace: self.destination.namespace.clone(),
-                destination_principal: self.destination.principal.clone(),
-                destination_canonical_service: self.destination.canonical_service.clone(),
-                destination_canonical_revision: self.destination.canonical_revision.clone(),
-                destination_service: self.service.host.clone(),
-                destination_service_name: self.service.name.clone(),
-                destination_service_namespace: self.service.namespace.clone(),
-            },
-            request_protocol: self.protocol,
-            response_code: self.code,
-            response_flags: self.flags,
-            connection_security_policy: self.security,
-        }
+        labels::request(
+            self.reporter,
+            self.source,
+            self.destination,
+            self.service,
+            self.protocol,
+            self.code,
+            self.flags,
+            self.mtls,
+        )
     }
 
     /// The strings of the label set, in one order for [`Parts`] and
@@ -78,7 +67,7 @@ impl Parts<'_> {
         let (s, d, v) = (self.source, self.destination, self.service);
         (
             [
-                self.reporter,
+                self.reporter.as_str(),
                 &s.workload,
                 &s.namespace,
                 &s.principal,
@@ -93,8 +82,8 @@ impl Parts<'_> {
                 &v.name,
                 &v.namespace,
                 self.protocol,
-                self.flags,
-                self.security,
+                self.flags.as_str(),
+                labels::security(self.mtls),
             ],
             self.code,
         )
@@ -200,14 +189,14 @@ mod tests {
 
     fn parts<'a>(source: &'a Peer, destination: &'a Peer, service: &'a Service) -> Parts<'a> {
         Parts {
-            reporter: "waypoint",
+            reporter: Reporter::Waypoint,
             source,
             destination,
             service,
             protocol: "http",
             code: 200,
-            flags: "-",
-            security: "mutual_tls",
+            flags: Flags::default(),
+            mtls: true,
         }
     }
 
