@@ -475,3 +475,86 @@ impl crate::manager::CaClient for Authority {
         })
     }
 }
+
+/// Lifetime of an intermediate made by [`create_intermediate`] unless
+/// told otherwise.
+pub const INTERMEDIATE_TTL: Duration = Duration::from_secs(2 * 365 * 24 * 3600);
+
+/// Makes a root CA for a mesh of several clusters in `dir` (created 0700
+/// if absent): `root-cert.pem`, and `root-key.pem` (0600) to keep offline
+/// once each cluster's intermediate is made. An existing root there is
+/// never replaced.
+pub fn create_shared_root(dir: &Path, trust_domain: &str) -> Result<(), CaError> {
+    if dir.join("root-key.pem").exists() || dir.join("root-cert.pem").exists() {
+        return Err(bad(
+            dir,
+            "already holds a root (root-cert.pem or root-key.pem); refusing to replace it",
+        ));
+    }
+    crate::secret::private_dir(dir).map_err(|e| bad(dir, e))?;
+    create_root(dir, trust_domain).map(|_| ())
+}
+
+/// Makes the CA of one cluster, `cluster`, as an intermediate of the root
+/// in `root_dir` (its `root-cert.pem` and `root-key.pem`), and writes it
+/// to `out` (created 0700) in Istio's plug-in layout: `ca-cert.pem`,
+/// `ca-key.pem` (0600), `cert-chain.pem` (the intermediate, then the
+/// root) and `root-cert.pem`. `weft control --ca-dir <out>` (or the
+/// `cacerts` Secret) then signs with it, and every cluster made this way
+/// trusts the others' workloads.
+pub fn create_intermediate(
+    root_dir: &Path,
+    out: &Path,
+    trust_domain: &str,
+    cluster: &str,
+    ttl: Duration,
+) -> Result<(), CaError> {
+    if out.join("ca-key.pem").exists() {
+        return Err(bad(
+            out,
+            "already holds a CA (ca-key.pem); refusing to replace it",
+        ));
+    }
+    let (root, chain, root_not_after) = load_self_made(root_dir)?;
+    let validity = Validity::from_now(ttl);
+    if validity.not_after > root_not_after {
+        return Err(bad(
+            root_dir,
+            format!(
+                "the root expires at {} — before the {}-day intermediate would; make a shorter one (--days) or a new root",
+                crate::manager::rfc3339(root_not_after),
+                ttl.as_secs() / 86400
+            ),
+        ));
+    }
+    let mut params = root_params(trust_domain, validity)?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, trust_domain);
+    dn.push(
+        DnType::CommonName,
+        format!("weft intermediate CA {cluster}"),
+    );
+    params.distinguished_name = dn;
+    // It signs workload certificates only, never another CA.
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    let key =
+        KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| CaError::Sign(e.to_string()))?;
+    let cert = params
+        .signed_by(&key, &root)
+        .map_err(|e| CaError::Sign(e.to_string()))?;
+    let root_pem = chain_pem(&chain);
+    crate::secret::private_dir(out).map_err(|e| bad(out, e))?;
+    write_private(&out.join("ca-key.pem"), &key.serialize_pem())?;
+    for (file, text) in [
+        ("ca-cert.pem", cert.pem()),
+        ("cert-chain.pem", format!("{}{root_pem}", cert.pem())),
+        ("root-cert.pem", root_pem.clone()),
+    ] {
+        std::fs::write(out.join(file), text).map_err(|source| CaError::Io {
+            path: out.join(file),
+            source,
+        })?;
+    }
+    tracing::info!(out = %out.display(), cluster, "created an intermediate CA");
+    Ok(())
+}

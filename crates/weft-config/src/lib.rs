@@ -117,6 +117,8 @@ impl Parsed {
 /// What the namespace-local steps found in the previous load ([`memo`]).
 #[derive(Debug, Default)]
 struct Memo {
+    /// This cluster's ID and network when the `Mesh` names none.
+    topology: Topology,
     checked: cross::Local,
     translated: memo::Kept<translate::PartKey, translate::Part>,
 }
@@ -131,7 +133,26 @@ pub struct Loader {
     memo: Memo,
 }
 
+/// This cluster's ID and default network as the control plane was told
+/// them (`weft control --cluster-id --network`): what a configuration
+/// whose `Mesh` names neither uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    /// The cluster ID (empty: unnamed).
+    pub cluster: String,
+    /// The default network (empty: one flat network).
+    pub network: String,
+}
+
 impl Loader {
+    /// A loader whose configurations default to `topology` where their
+    /// `Mesh` is silent.
+    pub fn with_topology(topology: Topology) -> Self {
+        let mut loader = Loader::default();
+        loader.memo.topology = topology;
+        loader
+    }
+
     /// Loads, validates and translates every YAML file under `path`.
     pub fn load(&mut self, path: &Path) -> Result<Config, LoadError> {
         let files = loader::yaml_files(path)?;
@@ -238,7 +259,13 @@ fn finish(
         in_order(&mut problems);
         return Err(Problems(problems));
     }
-    let snapshot = translate::translate(&resources, &shards, &mut memo.translated, &mut problems);
+    let snapshot = translate::translate(
+        &resources,
+        &shards,
+        &memo.topology,
+        &mut memo.translated,
+        &mut problems,
+    );
     tracing::debug!(?merged, ?checked, translated = ?started.elapsed(), "configuration validated");
     in_order(&mut problems);
     if problems.iter().any(Diagnostic::is_error) {

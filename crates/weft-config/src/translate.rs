@@ -36,7 +36,7 @@ pub(crate) struct Part {
 }
 
 /// What a namespace's translation reads besides its own resources.
-pub(crate) type PartKey = (String, MtlsMode);
+pub(crate) type PartKey = (String, MtlsMode, String, String);
 
 /// Builds the snapshot, reporting anything that cannot be translated.
 /// Namespaces whose ServiceEntries and WorkloadEntries are unchanged
@@ -44,19 +44,31 @@ pub(crate) type PartKey = (String, MtlsMode);
 pub(crate) fn translate(
     r: &Resources,
     shards: &BTreeMap<&str, Shard<'_>>,
+    topology: &crate::Topology,
     kept: &mut Kept<PartKey, Part>,
     out: &mut Vec<Diagnostic>,
 ) -> Snapshot {
-    let mesh = r
+    let mut mesh = r
         .meshes
         .first()
         .map(|m| mesh_settings(m))
         .unwrap_or_default();
+    if mesh.cluster.is_empty() {
+        mesh.cluster.clone_from(&topology.cluster);
+    }
+    if mesh.network.is_empty() {
+        mesh.network.clone_from(&topology.network);
+    }
     let mut snapshot = Snapshot {
         mesh,
         ..Snapshot::default()
     };
-    let key = (snapshot.mesh.trust_domain.clone(), snapshot.mesh.mtls_mode);
+    let key = (
+        snapshot.mesh.trust_domain.clone(),
+        snapshot.mesh.mtls_mode,
+        snapshot.mesh.cluster.clone(),
+        snapshot.mesh.network.clone(),
+    );
     let mesh = &snapshot.mesh;
     let parts = kept.pass(shards, key, |_, shard| namespace_part(shard, mesh));
     for part in parts {
@@ -86,8 +98,82 @@ pub(crate) fn translate(
             Arc::make_mut(w).mtls_mode = mode;
         }
     }
+    remote_clusters(r, &mut snapshot, out);
     crate::translate_l7::translate(r, &mut snapshot, out);
     snapshot
+}
+
+/// `RemoteCluster`s → the clusters this control plane peers with; a
+/// cluster named twice, or this cluster itself, is an error.
+fn remote_clusters(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Diagnostic>) {
+    use crate::kinds::remote_cluster::DEFAULT_STALE_AFTER;
+    for rc in &r.remote_clusters {
+        let spec = &rc.spec;
+        let id = spec
+            .cluster_id
+            .clone()
+            .unwrap_or_else(|| rc.name.name.clone());
+        let object = Some(format!("RemoteCluster {}", rc.name.name));
+        let field = if spec.cluster_id.is_some() {
+            "spec.clusterId"
+        } else {
+            "metadata.name"
+        };
+        if snapshot.mesh.cluster.is_empty() {
+            out.push(Diagnostic::at(
+                &rc.origin,
+                object,
+                "metadata.name",
+                "this cluster has no ID to introduce itself to its peers; set the Mesh's spec.cluster (or weft control --cluster-id)",
+            ));
+            continue;
+        }
+        if id == snapshot.mesh.cluster {
+            out.push(Diagnostic::at(
+                &rc.origin,
+                object,
+                field,
+                format!("{id:?} is this cluster's own ID (Mesh spec.cluster or --cluster-id); a RemoteCluster names another cluster"),
+            ));
+            continue;
+        }
+        if snapshot.remotes.contains_key(&id) {
+            out.push(Diagnostic::at(
+                &rc.origin,
+                object,
+                field,
+                format!("cluster {id:?} is named by another RemoteCluster too"),
+            ));
+            continue;
+        }
+        let trust_domain = spec
+            .trust_domain
+            .as_deref()
+            .unwrap_or(&snapshot.mesh.trust_domain);
+        // Checked in validation; a bad trust domain cannot get here.
+        let Ok(identity) = Identity::new(
+            trust_domain,
+            weft_core::identity::SYSTEM_NAMESPACE,
+            weft_core::identity::CONTROL_SA,
+        ) else {
+            continue;
+        };
+        snapshot.remotes.insert(
+            id.clone(),
+            weft_core::model::RemoteCluster {
+                name: id,
+                address: spec.address.clone(),
+                identity,
+                network: spec.network.clone().unwrap_or_default(),
+                exported_namespaces: spec.exported_namespaces.clone(),
+                stale_after: spec
+                    .stale_after
+                    .as_deref()
+                    .and_then(|t| duration::parse(t).ok())
+                    .unwrap_or(DEFAULT_STALE_AFTER),
+            },
+        );
+    }
 }
 
 /// Translates one namespace's WorkloadEntries and ServiceEntries.
@@ -230,6 +316,8 @@ fn mesh_settings(mesh: &Resource<MeshSpec>) -> MeshSettings {
             .and_then(|p| p.normalization.as_deref())
             .and_then(weft_core::model::PathNormalization::parse)
             .unwrap_or(defaults.path_normalization),
+        cluster: spec.cluster.clone().unwrap_or_default(),
+        network: spec.network.clone().unwrap_or_default(),
     }
 }
 
@@ -330,12 +418,12 @@ fn workload(
             .network
             .clone()
             .or_else(|| spec.labels.get(failover::NETWORK_LABEL).cloned())
-            .unwrap_or_default(),
+            .unwrap_or_else(|| mesh.network.clone()),
         cluster: spec
             .labels
             .get(failover::CLUSTER_LABEL)
             .cloned()
-            .unwrap_or_default(),
+            .unwrap_or_else(|| mesh.cluster.clone()),
         locality: spec
             .locality
             .as_deref()
@@ -452,5 +540,9 @@ fn service(se: &Resource<ServiceEntrySpec>, endpoints: Vec<NamespacedName>) -> S
                 name,
             )
         }),
+        cluster_local: se
+            .labels
+            .get(weft_core::model::CLUSTER_LOCAL_LABEL)
+            .is_some_and(|v| v == "true"),
     }
 }

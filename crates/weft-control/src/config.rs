@@ -6,6 +6,7 @@
 //! and kept for `/debug/config-status`; the previous snapshot stays in
 //! force.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
@@ -21,6 +22,7 @@ use weft_core::model::Snapshot;
 use weft_xds::ResourceSet;
 
 use crate::debounce::Debounce;
+use crate::imports::{Imported, RemoteStatus};
 
 /// What `/debug/config-status` shows.
 #[derive(Debug, Clone, Default, serde::Serialize)]
@@ -45,6 +47,8 @@ pub struct ConfigStatus {
     pub warnings: Vec<String>,
     /// When the last rejection happened.
     pub rejected_at: Option<String>,
+    /// The clusters this one peers with, and how their streams are doing.
+    pub remote_clusters: Vec<crate::imports::RemoteStatus>,
 }
 
 /// Config metrics, registered explicitly.
@@ -97,6 +101,12 @@ pub struct LiveConfig {
     loader: Mutex<Loader>,
     /// The snapshot in force (the certificate service authorizes against it).
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// The resources built from the snapshot alone (what the next change
+    /// builds on).
+    local: Mutex<Arc<ResourceSet>>,
+    /// What the clusters this one peers with export, by cluster ID.
+    imports: Mutex<BTreeMap<String, Arc<Imported>>>,
+    /// Served: the local resources joined with the imports.
     resources: watch::Sender<Arc<ResourceSet>>,
     status: Mutex<ConfigStatus>,
     metrics: ConfigMetrics,
@@ -181,8 +191,8 @@ impl LiveConfig {
         metrics: ConfigMetrics,
     ) -> Arc<Self> {
         let version = 1;
-        let resources = weft_xds::resources::build(&config.snapshot, version);
-        let (tx, _) = watch::channel(Arc::new(resources));
+        let resources = Arc::new(weft_xds::resources::build(&config.snapshot, version));
+        let (tx, _) = watch::channel(resources.clone());
         metrics.applied.inc();
         metrics.version.set(1);
         let status = ConfigStatus {
@@ -198,6 +208,8 @@ impl LiveConfig {
             max_removal,
             loader: Mutex::new(loader),
             snapshot: Arc::new(ArcSwap::new(config.snapshot)),
+            local: Mutex::new(resources),
+            imports: Mutex::new(BTreeMap::new()),
             resources: tx,
             status: Mutex::new(status),
             metrics,
@@ -288,19 +300,20 @@ impl LiveConfig {
             Ok(config) => {
                 let version = status.version + 1;
                 status.warnings = warnings_of(&config, &self.metrics);
-                let previous = self.resources.borrow().clone();
+                let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
                 let guarded = started.elapsed();
                 // Only what the change touched is encoded again.
                 let resources = weft_xds::resources::build_from(
                     &config.snapshot,
-                    version,
-                    Some((&self.snapshot.load(), &previous)),
+                    self.resources.borrow().version + 1,
+                    Some((&self.snapshot.load(), &local)),
                 );
                 let built = started.elapsed();
-                let resources = resources.with_delta_from(&previous);
+                *local = Arc::new(resources);
+                self.publish(&local, &config.snapshot);
                 tracing::debug!(?guarded, ?built, delta = ?started.elapsed(), "xDS resources built");
+                drop(local);
                 self.snapshot.store(config.snapshot);
-                self.resources.send_replace(Arc::new(resources));
                 status.version = version;
                 status.applied_at = Some(now());
                 status.resources = config.resources.len();
@@ -329,6 +342,47 @@ impl LiveConfig {
                 false
             }
         }
+    }
+
+    /// Serves `local` (built from `snapshot`) joined with the imports, as
+    /// the next version, with what changed since the set served before.
+    fn publish(&self, local: &Arc<ResourceSet>, snapshot: &Snapshot) {
+        let imports = self.imports.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = self.resources.borrow().clone();
+        let version = previous.version + 1;
+        let set = if imports.is_empty() {
+            ResourceSet {
+                version,
+                ..(**local).clone()
+            }
+        } else {
+            crate::imports::merge(local, snapshot, &imports, version)
+        };
+        self.resources
+            .send_replace(Arc::new(set.with_delta_from(&previous)));
+    }
+
+    /// Replaces what cluster `cluster` exports (`None`: forgets it), and
+    /// serves the result.
+    pub fn import(&self, cluster: &str, imported: Option<Arc<Imported>>) {
+        let local = self.local.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let mut imports = self.imports.lock().unwrap_or_else(|p| p.into_inner());
+            match imported {
+                Some(i) => imports.insert(cluster.to_owned(), i),
+                None => imports.remove(cluster),
+            };
+        }
+        self.publish(&local, &self.snapshot.load());
+    }
+
+    /// Records how the streams to the clusters this one peers with are
+    /// doing, for `/debug/config-status`.
+    pub fn set_remote_status(&self, remotes: Vec<RemoteStatus>) {
+        self.status
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remote_clusters = remotes;
     }
 
     /// Watches the directory and reloads after each burst of changes,

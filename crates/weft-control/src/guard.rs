@@ -101,6 +101,7 @@ mod tests {
                     resolution: Resolution::Static,
                     endpoints: Vec::new(),
                     waypoint: None,
+                    cluster_local: false,
                 }
                 .into(),
             );

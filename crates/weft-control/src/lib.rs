@@ -31,8 +31,10 @@ pub mod config;
 pub mod dashboard;
 pub mod debounce;
 pub mod guard;
+pub mod imports;
 pub mod kubernetes;
 pub mod observe;
+pub mod peering;
 pub mod stream_auth;
 
 pub use config::{ConfigMetrics, ConfigStatus, LiveConfig};
@@ -149,6 +151,8 @@ pub struct Running {
     scraper: tokio::task::JoinHandle<()>,
     /// The root certificate publisher (Kubernetes), stopped at once too.
     roots: Option<tokio::task::JoinHandle<()>>,
+    /// The streams to the clusters this one peers with.
+    peering: tokio::task::JoinHandle<()>,
     _watch: config::WatchGuard,
     _own_certs: CertManager,
 }
@@ -160,6 +164,7 @@ impl Running {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         self.scraper.abort();
+        self.peering.abort();
         if let Some(roots) = &self.roots {
             roots.abort();
         }
@@ -249,7 +254,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         .map_err(|e| StartError::Other(e.to_string()))?;
     let tls = server_config(
         own.source(&me),
-        SpiffeClientVerifier::new(bundle, &trust_domain).optional(),
+        SpiffeClientVerifier::new(bundle.clone(), &trust_domain).optional(),
     )
     .map_err(|e| StartError::Other(e.to_string()))?;
 
@@ -258,6 +263,16 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     config_metrics.register(&mut registry);
     let xds_metrics = XdsMetrics::default();
     xds_metrics.register(&mut registry);
+    let peering_metrics = peering::PeeringMetrics::default();
+    peering_metrics.register(&mut registry);
+    let peering = peering::spawn(
+        live.clone(),
+        peering::PeerTls {
+            cert: own.source(&me),
+            bundle: bundle.clone(),
+        },
+        peering_metrics,
+    );
     let registry = Arc::new(Mutex::new(registry));
 
     let xds_listener = weft_admin::bind(options.xds_addr, "the plaintext config stream").await?;
@@ -372,6 +387,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
         servers,
         scraper,
         roots,
+        peering,
         _watch: watch_guard,
         _own_certs: own,
     })

@@ -103,6 +103,12 @@ impl fmt::Display for NamespacedName {
 /// Everything a proxy needs to know about the mesh at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Snapshot {
+    /// Other clusters of the mesh this control plane peers with, by
+    /// cluster ID.
+    pub remotes: BTreeMap<String, RemoteCluster>,
+    /// This cluster's east-west gateways, by the network they admit
+    /// tunnels into.
+    pub network_gateways: BTreeMap<String, NetworkGateway>,
     /// Mesh-wide settings.
     pub mesh: MeshSettings,
     /// Services by namespace and name.
@@ -115,6 +121,54 @@ pub struct Snapshot {
     pub l7: BTreeMap<NamespacedName, crate::l7::L7Policy>,
     /// Ingress gateways by namespace and name.
     pub gateways: BTreeMap<NamespacedName, crate::l7::GatewayConfig>,
+}
+
+/// The label that keeps a service inside its cluster (`"true"`): its
+/// endpoints are not exported to remote clusters, and endpoints other
+/// clusters export under its name are not joined to it.
+pub const CLUSTER_LOCAL_LABEL: &str = "weft.dev/cluster-local";
+
+/// Another cluster of the mesh (a `RemoteCluster`): where its control
+/// plane is, and what this cluster lets it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteCluster {
+    /// Its cluster ID.
+    pub name: String,
+    /// Its control plane's mTLS address (`host:port`).
+    pub address: String,
+    /// The identity its control plane must prove.
+    pub identity: Identity,
+    /// Its network, when the configuration names it (else its workloads
+    /// say).
+    pub network: String,
+    /// The namespaces this cluster exports to it (`*`: all).
+    pub exported_namespaces: Vec<String>,
+    /// How long its last known services and endpoints may go without a
+    /// word from it before they are reported stale (they stay in use).
+    pub stale_after: Duration,
+}
+
+/// An east-west gateway: where tunnels from other networks enter a
+/// network (a Gateway of class `weft-east-west` or `istio-east-west`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetworkGateway {
+    /// The Gateway (and the workload it runs as).
+    pub name: NamespacedName,
+    /// Its address, as other networks reach it.
+    pub address: IpAddr,
+    /// Its HBONE port (15008).
+    pub port: u16,
+    /// The identity it proves.
+    pub identity: Identity,
+}
+
+impl RemoteCluster {
+    /// Whether `namespace` is exported to this remote.
+    pub fn exports(&self, namespace: &str) -> bool {
+        self.exported_namespaces
+            .iter()
+            .any(|n| n == "*" || n == namespace)
+    }
 }
 
 impl Snapshot {
@@ -274,6 +328,11 @@ pub struct MeshSettings {
     /// How gateways and waypoints normalize request paths before routing
     /// and policy.
     pub path_normalization: PathNormalization,
+    /// This cluster's ID: the cluster of workloads without the
+    /// `topology.istio.io/cluster` label (empty: unnamed).
+    pub cluster: String,
+    /// This cluster's default network (empty: one flat network).
+    pub network: String,
 }
 
 /// How request paths are normalized before routing and policy (Istio's
@@ -334,6 +393,8 @@ impl Default for MeshSettings {
             connect_timeout: Duration::from_secs(10),
             tracing: None,
             path_normalization: PathNormalization::Base,
+            cluster: String::new(),
+            network: String::new(),
         }
     }
 }
@@ -375,6 +436,9 @@ pub struct Service {
     pub endpoints: Vec<NamespacedName>,
     /// The waypoint (a workload) its traffic goes through, if any.
     pub waypoint: Option<NamespacedName>,
+    /// Kept inside this cluster: never exported to remote clusters
+    /// (label [`CLUSTER_LOCAL_LABEL`]).
+    pub cluster_local: bool,
 }
 
 impl Service {
@@ -659,6 +723,7 @@ mod tests {
             resolution: Resolution::Static,
             endpoints: vec![],
             waypoint: None,
+            cluster_local: false,
         };
         let port = |target| ServicePort {
             name: "http".into(),

@@ -33,6 +33,34 @@ pub fn check_label(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks a Kubernetes label value as a cluster or network ID is written
+/// (`topology.istio.io/cluster: Kubernetes`): letters, digits, `-`, `_`
+/// and `.`, starting and ending with a letter or digit, at most 63
+/// characters, not empty.
+pub fn check_label_value(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if s.len() > MAX_LABEL_LEN {
+        return Err(format!(
+            "is {} characters long; at most {MAX_LABEL_LEN} are allowed",
+            s.len()
+        ));
+    }
+    let bytes = s.as_bytes();
+    let inner = |b: &u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+    if !bytes.iter().all(inner)
+        || !bytes[0].is_ascii_alphanumeric()
+        || !bytes[bytes.len() - 1].is_ascii_alphanumeric()
+    {
+        return Err(
+            "must consist of letters, digits, '-', '_' and '.', and start and end with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
 /// Checks a DNS-1123 subdomain: dot-separated labels, at most 253 characters.
 pub fn check_subdomain(s: &str) -> Result<(), String> {
     if s.is_empty() {

@@ -109,6 +109,26 @@ family!(
     CONFIG_WARNINGS = "weft_config_warnings"
 );
 family!(
+    /// weft control plane: 1 while the config stream from a remote
+    /// cluster's control plane is up (gauge, label `cluster`).
+    REMOTE_CLUSTER_CONNECTED = "weft_remote_cluster_connected"
+);
+family!(
+    /// weft control plane: 1 while a remote cluster's endpoints in use are
+    /// its last known ones from a stream down longer than its `staleAfter`
+    /// (gauge).
+    REMOTE_CLUSTER_STALE = "weft_remote_cluster_stale"
+);
+family!(
+    /// weft control plane: a remote cluster's endpoints in use (gauge).
+    REMOTE_CLUSTER_ENDPOINTS = "weft_remote_cluster_endpoints"
+);
+family!(
+    /// weft control plane: updates received from a remote cluster and
+    /// applied (counter).
+    REMOTE_CLUSTER_UPDATES = "weft_remote_cluster_updates"
+);
+family!(
     /// weft control plane: config stream responses pushed (counter).
     XDS_PUSHES = "weft_xds_pushes"
 );

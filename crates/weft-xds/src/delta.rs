@@ -158,7 +158,7 @@ mod tests {
                     .collect(),
             )]
             .into(),
-            delta: None,
+            ..ResourceSet::default()
         };
         let before = set(1, &[("a", 1), ("b", 2), ("c", 3)]);
         let after = set(2, &[("a", 1), ("b", 5), ("d", 4)]).with_delta_from(&before);

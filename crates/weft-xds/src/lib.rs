@@ -9,6 +9,7 @@
 //!
 //! - [`resources`]: snapshot → versioned resources, re-encoding only what
 //!   a change touched;
+//! - [`export`]: what this cluster lets the clusters it peers with read;
 //! - [`delta`]: what changed between two sets, and between what a client
 //!   holds and what is current (pure, table-tested);
 //! - [`server`]: per-stream delta state, ACK/NACK, pushes on change;
@@ -22,6 +23,7 @@
 pub mod authz;
 pub mod client;
 pub mod delta;
+pub mod export;
 mod kept;
 pub mod proto;
 pub mod resources;
@@ -30,6 +32,7 @@ pub mod state;
 pub mod wire;
 
 pub use client::{ClientOptions, ClientState, Transport, XdsClient};
+pub use export::EXPORT_TYPE;
 pub use resources::{
     ADDRESS_TYPE, AUTHORIZATION_TYPE, GATEWAY_TYPE, L7_SERVICE_TYPE, LISTENERS_TYPE, MESH_TYPE,
     ResourceSet,
@@ -41,7 +44,7 @@ pub use server::{XdsMetrics, XdsServer};
 pub fn decode_validator() -> client::Validator {
     use prost::Message;
     std::sync::Arc::new(|type_url: &str, body: &prost_types::Any| match type_url {
-        ADDRESS_TYPE => proto::workload::Address::decode(body.value.as_slice())
+        ADDRESS_TYPE | EXPORT_TYPE => proto::workload::Address::decode(body.value.as_slice())
             .map(|_| ())
             .map_err(|e| format!("not a valid istio.workload.Address: {e}")),
         AUTHORIZATION_TYPE => proto::security::Authorization::decode(body.value.as_slice())

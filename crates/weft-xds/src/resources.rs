@@ -26,8 +26,9 @@ pub const MESH_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.MeshConfig
 /// Type URL of ingress gateways' configuration.
 pub const GATEWAY_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.Gateway";
 /// Every type the server offers.
-pub const TYPES: [&str; 6] = [
+pub const TYPES: [&str; 7] = [
     ADDRESS_TYPE,
+    crate::export::EXPORT_TYPE,
     GATEWAY_TYPE,
     AUTHORIZATION_TYPE,
     L7_SERVICE_TYPE,
@@ -97,6 +98,8 @@ pub struct ResourceSet {
     pub types: BTreeMap<&'static str, Resources>,
     /// What changed since the previous set, when known.
     pub delta: Option<Delta>,
+    /// Who may read the exported addresses.
+    pub peers: crate::export::Peers,
 }
 
 /// The names that changed between two consecutive sets.
@@ -135,7 +138,7 @@ pub fn service_name(namespace: &str, host: &str) -> String {
     format!("{namespace}/{host}")
 }
 
-fn ip_bytes(ip: IpAddr) -> Vec<u8> {
+pub(crate) fn ip_bytes(ip: IpAddr) -> Vec<u8> {
     match ip {
         IpAddr::V4(v4) => v4.octets().to_vec(),
         IpAddr::V6(v6) => v6.octets().to_vec(),
@@ -274,15 +277,17 @@ pub fn build_from(
     types.insert(L7_SERVICE_TYPE, l7);
     types.insert(GATEWAY_TYPE, gateways);
     types.insert(AUTHORIZATION_TYPE, authorizations);
+    types.insert(crate::export::EXPORT_TYPE, crate::export::build(snapshot));
     ResourceSet {
         version,
         types,
         delta: None,
+        peers: crate::export::Peers::of(snapshot),
     }
 }
 
 /// Which services each workload backs, found once rather than per workload.
-fn backs(snapshot: &Snapshot) -> HashMap<&NamespacedName, Vec<&Service>> {
+pub(crate) fn backs(snapshot: &Snapshot) -> HashMap<&NamespacedName, Vec<&Service>> {
     let mut backs: HashMap<&NamespacedName, Vec<&Service>> = HashMap::new();
     for service in snapshot.services.values() {
         for endpoint in &service.endpoints {
@@ -475,7 +480,7 @@ fn l7_message(
     }
 }
 
-fn service_message(snapshot: &Snapshot, service: &Service, host: &str) -> wl::Service {
+pub(crate) fn service_message(snapshot: &Snapshot, service: &Service, host: &str) -> wl::Service {
     // The waypoint, by address (validation guarantees it has an IP).
     let waypoint = service
         .waypoint
@@ -521,7 +526,7 @@ fn service_message(snapshot: &Snapshot, service: &Service, host: &str) -> wl::Se
     }
 }
 
-fn workload_message(
+pub(crate) fn workload_message(
     backed: &[&Service],
     policies: &[&weft_core::model::AuthorizationPolicy],
     w: &Workload,

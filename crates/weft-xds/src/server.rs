@@ -29,11 +29,14 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::delta::{diff, diff_names};
+use crate::export::EXPORT_TYPE;
 use crate::proto::discovery::aggregated_discovery_service_server::{
     AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
 };
 use crate::proto::discovery::{DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource};
-use crate::resources::{GATEWAY_TYPE, Known, ResourceSet, TYPES, parse_version, readable_by};
+use crate::resources::{
+    GATEWAY_TYPE, Known, ResourceSet, Resources, TYPES, parse_version, readable_by,
+};
 
 /// Most resources in one response: larger pushes are split, so no stream
 /// holds a huge message (or a huge encode buffer) and memory stays bounded
@@ -192,6 +195,11 @@ impl Subscription {
     }
 }
 
+/// Whether subscribers of `type_url` see only part of it ([`Session::readable`]).
+fn filtered(type_url: &str) -> bool {
+    type_url == GATEWAY_TYPE || type_url == EXPORT_TYPE
+}
+
 struct Session {
     /// The identity the client's certificate proved, on the mTLS port.
     peer: Option<weft_core::Identity>,
@@ -205,6 +213,18 @@ struct Session {
 }
 
 impl Session {
+    /// Whether this stream may read resource `name` of `type_url`:
+    /// gateway configurations only by their namespace's workloads,
+    /// exported addresses only by the peers they are exported to.
+    fn readable(&self, type_url: &str, name: &str, current: &ResourceSet) -> bool {
+        match type_url {
+            EXPORT_TYPE => current
+                .peers
+                .readable_by(name, &self.node, self.peer.as_ref()),
+            _ => readable_by(type_url, name, self.peer.as_ref()),
+        }
+    }
+
     async fn run(
         mut self,
         mut requests: Streaming<DeltaDiscoveryRequest>,
@@ -328,12 +348,22 @@ impl Session {
         let started = Instant::now();
         let empty = Default::default();
         let resources = current.of(type_url).unwrap_or(&empty);
+        // Types a subscriber sees part of: diffed against what it may read,
+        // so what it may no longer read is removed.
+        let readable: Option<Resources> = filtered(type_url).then(|| {
+            resources
+                .iter()
+                .filter(|(name, _)| self.readable(type_url, name, current))
+                .map(|(n, e)| (n.clone(), e.clone()))
+                .collect()
+        });
         let Some(sub) = self.subscriptions.get_mut(type_url) else {
             return Ok(());
         };
-        let (mut changed, removed) = match &sub.holds {
-            Holds::Set(held) if held.version == current.version => (Vec::new(), Vec::new()),
-            Holds::Set(held) => {
+        let (changed, removed) = match (&readable, &sub.holds) {
+            (Some(readable), _) => diff(sub.names(type_url), readable),
+            (None, Holds::Set(held)) if held.version == current.version => (Vec::new(), Vec::new()),
+            (None, Holds::Set(held)) => {
                 let before = held.of(type_url).unwrap_or(&empty);
                 match current
                     .delta
@@ -345,12 +375,11 @@ impl Session {
                     None => diff(before, resources),
                 }
             }
-            Holds::Names(known) => diff(known, resources),
+            (None, Holds::Names(known)) => diff(known, resources),
         };
-        changed.retain(|(name, _)| readable_by(type_url, name, self.peer.as_ref()));
         // Once this push is out the client holds exactly `current`, except
         // for what it may not read.
-        let exact = type_url != GATEWAY_TYPE;
+        let exact = readable.is_none();
         if changed.is_empty() && removed.is_empty() && !always {
             if exact {
                 sub.holds = Holds::Set(current.clone());

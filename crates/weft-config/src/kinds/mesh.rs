@@ -33,6 +33,13 @@ pub struct MeshSpec {
     /// How gateways and waypoints normalize request paths (Istio's
     /// MeshConfig field).
     pub path_normalization: Option<PathNormalizationSpec>,
+    /// This cluster's ID (Istio's `topology.istio.io/cluster`), for the
+    /// workloads that do not carry the label; on Kubernetes the control
+    /// plane's `--cluster-id` when unset here.
+    pub cluster: Option<String>,
+    /// This cluster's default network (`topology.istio.io/network`), for
+    /// the workloads that set neither `spec.network` nor the label.
+    pub network: Option<String>,
 }
 
 /// `spec.pathNormalization` (Istio's shape).
@@ -216,6 +223,14 @@ impl Spec for MeshSpec {
                     weft_core::model::PathNormalization::NAMES.join(", ")
                 ),
             );
+        }
+        for (field, value) in [
+            ("spec.cluster", &self.cluster),
+            ("spec.network", &self.network),
+        ] {
+            if let Some(v) = value {
+                ctx.check(field, weft_core::names::check_label_value(v));
+            }
         }
         if let Some(td) = &self.trust_domain {
             ctx.check(

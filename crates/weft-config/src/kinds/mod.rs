@@ -22,6 +22,7 @@ pub mod istio_gateway;
 pub mod mesh;
 pub mod peer_authentication;
 pub mod rate_limit_policy;
+pub mod remote_cluster;
 pub mod request_authentication;
 pub mod secret;
 pub mod service_entry;
@@ -38,6 +39,7 @@ pub use istio_gateway::IstioGatewaySpec;
 pub use mesh::MeshSpec;
 pub use peer_authentication::PeerAuthenticationSpec;
 pub use rate_limit_policy::RateLimitPolicySpec;
+pub use remote_cluster::RemoteClusterSpec;
 pub use request_authentication::RequestAuthenticationSpec;
 pub use secret::SecretSpec;
 pub use service_entry::ServiceEntrySpec;
@@ -137,6 +139,8 @@ kinds! {
     peer_authentications: PeerAuthenticationSpec = (ISTIO_SECURITY, &["v1", "v1beta1"], "PeerAuthentication", as_is),
     /// weft `RateLimitPolicy`.
     rate_limit_policies: RateLimitPolicySpec = (WEFT, &["v1alpha1"], "RateLimitPolicy", as_is),
+    /// weft `RemoteCluster`.
+    remote_clusters: RemoteClusterSpec = (WEFT, &["v1alpha1"], "RemoteCluster", as_is),
     /// weft `Mesh`.
     meshes: MeshSpec = (WEFT, &["v1alpha1"], "Mesh", as_is),
     /// Kubernetes `Secret`.
