@@ -151,7 +151,18 @@ impl LiveConfig {
         max_removal: f64,
         metrics: ConfigMetrics,
     ) -> Result<Arc<Self>, InitialLoadError> {
-        let mut loader = Loader::default();
+        Self::load_with(dir, weft_config::Topology::default(), max_removal, metrics)
+    }
+
+    /// As [`LiveConfig::load`], with this cluster's ID and network where
+    /// the `Mesh` names none.
+    pub fn load_with(
+        dir: PathBuf,
+        topology: weft_config::Topology,
+        max_removal: f64,
+        metrics: ConfigMetrics,
+    ) -> Result<Arc<Self>, InitialLoadError> {
+        let mut loader = Loader::with_topology(topology);
         let config = loader.load(&dir).map_err(InitialLoadError)?;
         let origin = dir.display().to_string();
         Ok(Self::start_with(

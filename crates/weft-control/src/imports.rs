@@ -50,6 +50,9 @@ pub struct RemoteStatus {
     pub endpoints: usize,
     /// The stream's last error.
     pub last_error: Option<String>,
+    /// Resources changed and removed by the last update received: after
+    /// a reconnection, only what changed meanwhile.
+    pub last_update: Option<(usize, usize)>,
 }
 
 /// Whether what a remote last sent is stale: its stream is down and it

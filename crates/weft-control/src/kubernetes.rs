@@ -73,6 +73,9 @@ pub struct KubeSource {
     /// What the waypoints and gateways deployed for Gateways run; `None`:
     /// Gateways are not deployed (their proxies are run by hand).
     pub deploy: Option<weft_kube::deploy::ProxySettings>,
+    /// This cluster's ID and network (`--cluster-id`, `--network`), where
+    /// the `Mesh` names none.
+    pub topology: weft_config::Topology,
 }
 
 impl KubeSource {
@@ -91,6 +94,7 @@ impl KubeSource {
             election: None,
             publish_roots: Some(weft_kube::roots::RESYNC),
             deploy: None,
+            topology: weft_config::Topology::default(),
         }
     }
 }
@@ -264,7 +268,7 @@ pub async fn start(
     if !missing.is_empty() {
         tracing::warn!(kinds = ?missing, "not listed within {INITIAL_SYNC:?} (CRD not installed, or not allowed?): taken as empty until they are");
     }
-    let mut isolating = Isolating::default();
+    let mut isolating = Isolating::with_topology(source.topology.clone());
     let mut writer = StatusWriter::new(source.client.clone());
     // Only the leader writes; without an election this replica leads.
     let (leading, election) = match source.election.clone() {

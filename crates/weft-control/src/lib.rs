@@ -81,6 +81,9 @@ pub struct Options {
     /// DNS names the certificate on the mTLS port carries besides the
     /// control plane's SPIFFE ID (clients that check the server by name).
     pub server_names: Vec<String>,
+    /// This cluster's ID and default network, where the `Mesh` names
+    /// none (`--cluster-id`, `--network`).
+    pub topology: weft_config::Topology,
 }
 
 impl Options {
@@ -104,6 +107,7 @@ impl Options {
             max_removal: guard::DEFAULT_MAX_REMOVAL,
             kubernetes: None,
             server_names: Vec::new(),
+            topology: weft_config::Topology::default(),
         }
     }
 }
@@ -197,8 +201,9 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
     let (live, watch_guard) = match options.kubernetes.clone() {
         Some(source) => kubernetes::start(source, config_metrics.clone(), options.debounce).await?,
         None => {
-            let live = LiveConfig::load(
+            let live = LiveConfig::load_with(
                 options.config_dir.clone(),
+                options.topology.clone(),
                 options.max_removal,
                 config_metrics.clone(),
             )?;

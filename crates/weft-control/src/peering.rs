@@ -300,6 +300,7 @@ fn report(live: &LiveConfig, metrics: &PeeringMetrics, peers: &BTreeMap<String, 
             services: count("service"),
             endpoints: count("workload"),
             last_error: state.last_error.clone(),
+            last_update: state.last_response.get(EXPORT_TYPE).copied(),
         });
     }
     live.set_remote_status(statuses);

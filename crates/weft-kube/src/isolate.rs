@@ -34,6 +34,15 @@ pub struct Loaded {
 }
 
 impl Isolating {
+    /// A loader whose configurations default to `topology` where their
+    /// `Mesh` is silent (the control plane's `--cluster-id`, `--network`).
+    pub fn with_topology(topology: weft_config::Topology) -> Self {
+        Isolating {
+            loader: Loader::with_topology(topology),
+            good: BTreeMap::new(),
+        }
+    }
+
     /// Loads `documents`, setting aside the ones with errors.
     pub fn load(&mut self, documents: Vec<(PathBuf, String)>) -> Loaded {
         let mut current = documents;

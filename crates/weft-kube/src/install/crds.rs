@@ -32,6 +32,13 @@ pub(super) fn all(install: &Install) -> Vec<CustomResourceDefinition> {
             "Namespaced",
             rate_limit_policy_spec(),
         ),
+        crd(
+            install,
+            "RemoteCluster",
+            "remoteclusters",
+            "Cluster",
+            remote_cluster_spec(),
+        ),
     ]
 }
 
@@ -155,6 +162,23 @@ fn mesh_spec() -> Value {
             "defaultProviders": object(&[], json!({"tracing": strings()})),
             "tracing": object(&[], json!({"randomSamplingPercentage": {"type": "number", "minimum": 0, "maximum": 100}})),
             "pathNormalization": object(&[], json!({"normalization": string()})),
+            "cluster": string(),
+            "network": string(),
+        }),
+    )
+}
+
+/// `RemoteCluster.spec` (kinds/remote_cluster.rs).
+fn remote_cluster_spec() -> Value {
+    object(
+        &["address"],
+        json!({
+            "clusterId": string(),
+            "address": string(),
+            "network": string(),
+            "trustDomain": string(),
+            "exportedNamespaces": strings(),
+            "staleAfter": string(),
         }),
     )
 }

@@ -101,6 +101,15 @@ pub(crate) struct Args {
     /// the share check off.
     #[arg(long, default_value_t = weft_control::guard::DEFAULT_MAX_REMOVAL, value_parser = parse_share)]
     max_removal: f64,
+    /// This cluster's ID (`topology.istio.io/cluster`) for workloads
+    /// without the label, when the `Mesh` names none; the name its peers
+    /// (`RemoteCluster`) know it by.
+    #[arg(long, value_parser = parse_label_value)]
+    cluster_id: Option<String>,
+    /// This cluster's default network (`topology.istio.io/network`), when
+    /// the `Mesh` names none.
+    #[arg(long, value_parser = parse_label_value)]
+    network: Option<String>,
     /// Compute the service graph from this Prometheus (`http://host:9090`)
     /// instead of scraping.
     #[arg(long, conflicts_with = "scrape")]
@@ -120,6 +129,10 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
     let mut source = weft_control::kubernetes::KubeSource::new(client, origin);
     source.settings.cluster_domain = args.cluster_domain.clone();
     source.extra_dir = args.config_dir.clone();
+    source.topology = weft_config::Topology {
+        cluster: args.cluster_id.clone().unwrap_or_default(),
+        network: args.network.clone().unwrap_or_default(),
+    };
     if let Ok(ns) = std::env::var("POD_NAMESPACE")
         && !ns.is_empty()
     {
@@ -175,6 +188,10 @@ async fn kube_source(args: &Args) -> Result<weft_control::kubernetes::KubeSource
 
 /// The DNS names of the mTLS port's certificate: those asked for, and on
 /// Kubernetes the name ztunnel expects of istiod.
+fn parse_label_value(s: &str) -> Result<String, String> {
+    weft_core::names::check_label_value(s).map(|()| s.to_owned())
+}
+
 fn server_names(mut names: Vec<String>, kubernetes: bool) -> Vec<String> {
     if kubernetes && !names.iter().any(|n| n == ISTIOD_NAME) {
         names.push(ISTIOD_NAME.to_owned());
@@ -226,6 +243,10 @@ pub(crate) fn run(args: Args) -> ExitCode {
         scrape_interval: args.scrape_interval,
         max_removal: args.max_removal,
         server_names: server_names(args.tls_dns_names, kubernetes.is_some()),
+        topology: weft_config::Topology {
+            cluster: args.cluster_id.unwrap_or_default(),
+            network: args.network.unwrap_or_default(),
+        },
         kubernetes,
     };
     runtime.block_on(async move {

@@ -247,6 +247,7 @@ async fn up(args: &Args, config: &weft_config::Config) -> Result<(), String> {
         max_removal: weft_control::guard::DEFAULT_MAX_REMOVAL,
         kubernetes: None,
         server_names: Vec::new(),
+        topology: weft_config::Topology::default(),
     })
     .await
     .map_err(|e| e.to_string())?;
