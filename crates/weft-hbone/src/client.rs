@@ -79,14 +79,29 @@ pub enum HboneError {
     },
     /// The target cannot be written as a CONNECT authority.
     #[error("{0} cannot be a CONNECT target")]
-    InvalidTarget(SocketAddr),
+    InvalidTarget(String),
+    /// The end-to-end tunnel inside one through an east-west gateway
+    /// failed.
+    #[error(
+        "the end-to-end tunnel to {target} through the east-west gateway {via} failed: {reason}"
+    )]
+    Inner {
+        /// The gateway.
+        via: SocketAddr,
+        /// The service asked for.
+        target: String,
+        /// What failed.
+        reason: String,
+        /// The status it was refused with, if it was.
+        status: Option<StatusCode>,
+    },
     /// The far side refused the tunnel.
     #[error("{addr} refused the tunnel to {target} with {status}")]
     Refused {
         /// The destination.
         addr: SocketAddr,
-        /// The target workload.
-        target: SocketAddr,
+        /// The target (`ip:port`, or a service's `host:port`).
+        target: String,
         /// 400, 401 or 503.
         status: StatusCode,
     },
@@ -97,6 +112,7 @@ impl HboneError {
     pub fn is_connect_failure(&self) -> bool {
         matches!(self, HboneError::Connect { .. } | HboneError::Timeout(_))
             || matches!(self, HboneError::Refused { status, .. } if *status == StatusCode::SERVICE_UNAVAILABLE)
+            || matches!(self, HboneError::Inner { status, .. } if *status != Some(StatusCode::UNAUTHORIZED))
     }
 }
 
@@ -272,11 +288,25 @@ impl HbonePool {
         headers: HeaderMap,
         dial: Option<&dyn Dial>,
     ) -> Result<Tunnel, HboneError> {
+        self.connect_to(key, cert, &target.to_string(), headers, dial)
+            .await
+    }
+
+    /// As [`HbonePool::connect_from`], to `target` written as the CONNECT's
+    /// `:authority`: a workload's `ip:port`, or a service's `host:port`
+    /// (what an east-west gateway is asked for, [`crate::nested`]).
+    pub async fn connect_to(
+        &self,
+        key: &PoolKey,
+        cert: Arc<dyn CertSource>,
+        target: &str,
+        headers: HeaderMap,
+        dial: Option<&dyn Dial>,
+    ) -> Result<Tunnel, HboneError> {
         let addr = key.destination;
         let uri: http::Uri = target
-            .to_string()
             .parse()
-            .map_err(|_| HboneError::InvalidTarget(target))?;
+            .map_err(|_| HboneError::InvalidTarget(target.to_owned()))?;
         let request = || {
             let mut request = Request::new(());
             *request.method_mut() = Method::CONNECT;
@@ -308,7 +338,7 @@ impl HbonePool {
         if response.status() != StatusCode::OK {
             return Err(HboneError::Refused {
                 addr,
-                target,
+                target: target.to_owned(),
                 status: response.status(),
             });
         }

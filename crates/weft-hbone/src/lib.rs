@@ -12,6 +12,8 @@
 //! - [`client`]: a pool of mTLS HTTP/2 connections keyed by (source
 //!   identity, destination address, expected destination identity), each
 //!   carrying up to 100 streams;
+//! - [`nested`]: double HBONE, an end-to-end tunnel inside one to an
+//!   east-west gateway (the caller's side);
 //! - [`stream`]: one tunnel as a byte stream, straight on the `h2`
 //!   crate's stream halves; [`conn`]: the HTTP/2 settings and keepalive
 //!   both ends share;
@@ -30,6 +32,7 @@ pub mod buffers;
 pub mod client;
 pub mod conn;
 pub mod copy;
+pub mod nested;
 pub mod server;
 pub mod splice;
 pub mod stream;

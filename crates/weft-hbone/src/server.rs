@@ -27,8 +27,12 @@ pub struct Inbound {
     pub peer_addr: SocketAddr,
     /// The address the client connected to (this proxy's listener).
     pub local_addr: SocketAddr,
-    /// The workload address asked for (`:authority`).
+    /// The workload address asked for (`:authority`), or where the
+    /// service host name asked for resolved ([`InboundHandler::resolve`]).
     pub target: SocketAddr,
+    /// The service asked for, when the `:authority` named one
+    /// (`host:port`, as double HBONE does through an east-west gateway).
+    pub service: Option<(String, u16)>,
     /// The request headers (`forwarded`, `baggage`, `traceparent`, …).
     pub headers: HeaderMap,
 }
@@ -69,6 +73,17 @@ pub type OpenFuture = Pin<Box<dyn Future<Output = Result<Box<dyn Upstream>, Refu
 pub trait InboundHandler: Send + Sync + 'static {
     /// Opens the upstream for `request`, or refuses it.
     fn open(&self, request: Inbound) -> OpenFuture;
+
+    /// Where a tunnel to service `host:port`, arriving at `local`, goes:
+    /// the address [`InboundHandler::open`] then receives as the target,
+    /// or why it cannot go anywhere. Without an answer of the handler's
+    /// own, host names are refused (400).
+    fn resolve(&self, host: &str, port: u16, local: SocketAddr) -> Result<SocketAddr, Refusal> {
+        let _ = local;
+        Err(Refusal::BadRequest(format!(
+            "{host}:{port}: this proxy serves workload addresses (ip:port) only"
+        )))
+    }
 }
 
 /// Server limits: what a flood of idle or slow clients can take.
@@ -305,6 +320,22 @@ pub fn parse_authority(authority: &str) -> Option<SocketAddr> {
     authority.parse().ok()
 }
 
+/// Parses a service `host:port` (a DNS name, lowercased, and a port
+/// other than 0), as double HBONE names its target.
+pub fn parse_service_authority(authority: &str) -> Option<(String, u16)> {
+    let (host, port) = authority.rsplit_once(':')?;
+    if !port_digits(port) || host.parse::<std::net::IpAddr>().is_ok() {
+        return None;
+    }
+    let port = port.parse::<u16>().ok().filter(|p| *p != 0)?;
+    weft_core::names::check_hostname(host).ok()?;
+    Some((host.to_ascii_lowercase(), port))
+}
+
+fn port_digits(port: &str) -> bool {
+    !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+}
+
 /// A CONNECT that was answered 200: the stream, the workload's
 /// connection, who asked and for what.
 type Answered = (H2Stream, Box<dyn Upstream>, Identity, SocketAddr);
@@ -345,13 +376,22 @@ async fn answer(
         tracing::info!(%peer_addr, method = %request.method(), "HBONE request is not a CONNECT");
         return refuse(respond, StatusCode::BAD_REQUEST);
     }
-    let Some(target) = request
-        .uri()
-        .authority()
-        .and_then(|a| parse_authority(a.as_str()))
-    else {
-        tracing::info!(%peer_addr, uri = %request.uri(), "HBONE CONNECT authority is not ip:port");
-        return refuse(respond, StatusCode::BAD_REQUEST);
+    let authority = request.uri().authority().map(|a| a.as_str()).unwrap_or("");
+    let (target, service) = match parse_authority(authority) {
+        Some(target) => (target, None),
+        None => match parse_service_authority(authority) {
+            Some((host, port)) => match handler.resolve(&host, port, local_addr) {
+                Ok(target) => (target, Some((host, port))),
+                Err(refusal) => {
+                    tracing::info!(%peer_addr, %peer, %authority, reason = %refusal, "HBONE tunnel refused");
+                    return refuse(respond, refusal.status());
+                }
+            },
+            None => {
+                tracing::info!(%peer_addr, uri = %request.uri(), "HBONE CONNECT authority is neither ip:port nor host:port");
+                return refuse(respond, StatusCode::BAD_REQUEST);
+            }
+        },
     };
     let (parts, body) = request.into_parts();
     let inbound = Inbound {
@@ -359,6 +399,7 @@ async fn answer(
         peer_addr,
         local_addr,
         target,
+        service,
         headers: parts.headers,
     };
     let upstream = match handler.open(inbound).await {
@@ -393,6 +434,36 @@ mod tests {
         );
         for bad in ["payments.shop:80", "10.0.0.1", "10.0.0.1:99999", ":80", ""] {
             assert_eq!(parse_authority(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn service_authorities() {
+        let ok = |a: &str, host: &str, port: u16| {
+            assert_eq!(
+                parse_service_authority(a),
+                Some((host.to_owned(), port)),
+                "{a}"
+            );
+        };
+        ok(
+            "reviews.shop.svc.cluster.local:9080",
+            "reviews.shop.svc.cluster.local",
+            9080,
+        );
+        ok("Reviews.Shop:80", "reviews.shop", 80);
+        for bad in [
+            "10.0.0.1:80",
+            "reviews.shop",
+            "reviews.shop:0",
+            "reviews.shop:+80",
+            "reviews.shop:99999",
+            "re views:80",
+            ":80",
+            "[::1]:80",
+            "",
+        ] {
+            assert_eq!(parse_service_authority(bad), None, "{bad}");
         }
     }
 

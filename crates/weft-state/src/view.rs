@@ -148,6 +148,9 @@ impl MeshView {
                 subzone: locality.subzone,
             },
             services,
+            cluster: w.cluster_id.clone(),
+            network: w.network.clone(),
+            network_gateway: w.network_gateway.as_ref().and_then(gateway_address),
             policies: w
                 .authorization_policies
                 .iter()
@@ -166,7 +169,11 @@ impl MeshView {
                 .or_default()
                 .push(info.uid.clone());
         }
-        self.by_ip.insert(ip, info.uid.clone());
+        // A workload behind another network's gateway is not reachable at
+        // its address (which may be one of this network's too).
+        if info.network_gateway.is_none() {
+            self.by_ip.insert(ip, info.uid.clone());
+        }
         self.workloads.insert(info.uid.clone(), Arc::new(info));
     }
 
@@ -262,6 +269,17 @@ fn bodies<'a>(state: &'a ClientState, type_url: &str) -> impl Iterator<Item = &'
         .into_iter()
         .flat_map(|m| m.values())
         .map(|held| held.body.value.as_slice())
+}
+
+/// The HBONE address of a gateway given by IP (one given by host name is
+/// not followed).
+fn gateway_address(g: &weft_xds::proto::workload::GatewayAddress) -> Option<std::net::SocketAddr> {
+    use weft_xds::proto::workload::gateway_address::Destination;
+    let Some(Destination::Address(a)) = &g.destination else {
+        return None;
+    };
+    let port = u16::try_from(g.hbone_mtls_port).ok().filter(|p| *p != 0)?;
+    Some(std::net::SocketAddr::new(ip_of(&a.address)?, port))
 }
 
 fn ip_of(bytes: &[u8]) -> Option<IpAddr> {

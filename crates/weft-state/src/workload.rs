@@ -24,6 +24,13 @@ pub struct WorkloadInfo {
     pub node: String,
     /// Where it runs.
     pub locality: Locality,
+    /// Its cluster (empty: unnamed).
+    pub cluster: String,
+    /// Its network (empty: the flat network everyone shares).
+    pub network: String,
+    /// Where tunnels from other networks reach it: its network's
+    /// east-west gateway (its HBONE address), if any.
+    pub network_gateway: Option<std::net::SocketAddr>,
     /// The services it is an endpoint of: service → (service port →
     /// target port).
     pub services: HashMap<NamespacedName, HashMap<u16, u16>>,
