@@ -177,6 +177,11 @@ impl HbonePool {
         }
     }
 
+    /// The roots destinations are verified against.
+    pub fn bundle(&self) -> &TrustBundle {
+        &self.bundle
+    }
+
     /// How many TLS connections this pool has opened so far.
     pub fn connections_opened(&self) -> usize {
         self.opened.load(Ordering::Relaxed)

@@ -181,6 +181,17 @@ fn header_param<'a>(headers: &'a HeaderMap, header: &str, key: &str) -> Option<&
 }
 
 impl InboundHandler for InboundFor {
+    /// A tunnel naming a service (double HBONE, through an east-west
+    /// gateway) goes to the port this workload serves it on.
+    fn resolve(&self, host: &str, port: u16, _local: SocketAddr) -> Result<SocketAddr, Refusal> {
+        let view = self.view.load();
+        let workload = view
+            .workloads
+            .get(&self.workload.uid)
+            .unwrap_or(&self.workload);
+        crate::route::service_target(workload, host, port).map_err(Refusal::BadRequest)
+    }
+
     fn open(&self, request: Inbound) -> OpenFuture {
         let (workload, ns, timeout, metrics, view, open) = (
             self.workload.clone(),

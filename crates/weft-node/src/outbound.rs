@@ -54,7 +54,31 @@ pub(crate) fn outbound(
 }
 
 /// What an outbound connection is spliced with once set up.
-type Opened = (TcpStream, weft_hbone::Tunnel, Arc<ConnectionGuard>);
+type Opened = (TcpStream, Far, Arc<ConnectionGuard>);
+
+/// The far side of an outbound connection: a tunnel to the endpoint's
+/// node, or an end-to-end tunnel inside one to an east-west gateway.
+enum Far {
+    Tunnel(weft_hbone::Tunnel),
+    Nested(weft_hbone::nested::Nested),
+}
+
+/// The next hop a route names, before its tunnel is opened.
+enum Hop {
+    /// `target` at the node (or waypoint) at `hbone`, proving `identity`.
+    Direct {
+        target: SocketAddr,
+        hbone: SocketAddr,
+        identity: weft_core::Identity,
+    },
+    /// The service `authority` through the east-west gateway `gateway`.
+    Gateway {
+        gateway: SocketAddr,
+        gateway_identity: weft_core::Identity,
+        authority: String,
+        identities: Vec<weft_core::Identity>,
+    },
+}
 
 /// Splices a connection [`open`] set up (nothing when it did not).
 async fn splice_opened(opened: std::pin::Pin<Box<impl Future<Output = Option<Opened>>>>) {
@@ -115,13 +139,35 @@ async fn open(
             Target::Original(dst) => decide_original(&view, &source, *dst, &unhealthy, turn),
         };
         drop(view);
-        let (endpoint, target, hbone, identity) = match route {
+        let (endpoint, hop) = match route {
             Route::Tunnel {
                 endpoint,
                 target,
                 hbone,
                 identity,
-            } => (endpoint, target, hbone, identity),
+            } => (
+                endpoint,
+                Hop::Direct {
+                    target,
+                    hbone,
+                    identity,
+                },
+            ),
+            Route::Gateway {
+                endpoint,
+                gateway,
+                gateway_identity,
+                authority,
+                identities,
+            } => (
+                endpoint,
+                Hop::Gateway {
+                    gateway,
+                    gateway_identity,
+                    authority,
+                    identities,
+                },
+            ),
             Route::Passthrough(addr) => {
                 captured_passthrough(&shared, &source, addr, client).await;
                 return None;
@@ -142,11 +188,11 @@ async fn open(
             .get(&source.uid)
             .cloned()
             .map(crate::netns::FromPod);
-        let key = PoolKey {
+        let key = |destination, expected| PoolKey {
             source: source.identity.clone(),
             origin: from_pod.as_ref().map_or(0, |p| p.0.inode()),
-            destination: hbone,
-            expected: vec![identity],
+            destination,
+            expected,
         };
         let mut headers = HeaderMap::new();
         if let Ok(v) = format!("for=\"{peer}\";host={host}").parse() {
@@ -167,14 +213,53 @@ async fn open(
         {
             headers.insert("traceparent", v);
         }
-        let connect = shared.pool.connect_from(
-            &key,
-            shared.certs.source(&source.identity),
-            target,
-            headers,
-            from_pod.as_ref().map(|p| p as &dyn weft_hbone::Dial),
-        );
-        match connect.await {
+        let cert = shared.certs.source(&source.identity);
+        let dial = from_pod.as_ref().map(|p| p as &dyn weft_hbone::Dial);
+        let connected = match hop {
+            Hop::Direct {
+                target,
+                hbone,
+                identity,
+            } => shared
+                .pool
+                .connect_from(&key(hbone, vec![identity]), cert, target, headers, dial)
+                .await
+                .map(Far::Tunnel),
+            Hop::Gateway {
+                gateway,
+                gateway_identity,
+                authority,
+                identities,
+            } => {
+                // Boxed: a rare path that would double the size of every
+                // connection's set-up future.
+                Box::pin(async {
+                    let outer = shared
+                        .pool
+                        .connect_to(
+                            &key(gateway, vec![gateway_identity]),
+                            cert.clone(),
+                            &authority,
+                            headers.clone(),
+                            dial,
+                        )
+                        .await?;
+                    weft_hbone::nested::open(
+                        outer,
+                        gateway,
+                        cert,
+                        shared.pool.bundle().clone(),
+                        identities,
+                        &authority,
+                        headers,
+                    )
+                    .await
+                    .map(Far::Nested)
+                })
+                .await
+            }
+        };
+        match connected {
             Ok(tunnel) => {
                 if !tell(&mut client, socks, crate::socks::Reply::Succeeded).await {
                     return None;
@@ -216,11 +301,15 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Copies both ways between a caller and a tunnel. When the destination
 /// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
 /// tunnel the far side closed (or policy revoked) never lingers.
-async fn splice<A>(caller: &mut A, mut tunnel: weft_hbone::Tunnel)
+async fn splice<A>(caller: &mut A, far: Far)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    match tunnel.splice(caller, Some(HALF_CLOSE_GRACE)).await {
+    let spliced = match far {
+        Far::Tunnel(mut tunnel) => tunnel.splice(caller, Some(HALF_CLOSE_GRACE)).await,
+        Far::Nested(mut nested) => nested.splice(caller, Some(HALF_CLOSE_GRACE)).await,
+    };
+    match spliced {
         Ok(done) if done.cut => {
             tracing::debug!("destination finished; the caller did not within the grace period")
         }

@@ -4,10 +4,16 @@
 //! from the decision.
 //!
 //! Endpoint choice is locality-aware: the best tier that has a healthy
-//! endpoint wins — same node, then same zone, then same region, then
-//! anywhere. Within a tier endpoints take turns. When the caller's
+//! endpoint wins — the caller's own cluster first (same node, then same
+//! zone, then same region, then anywhere in it), then other clusters in
+//! the same order. Within a tier endpoints take turns. When the caller's
 //! locality has no healthy endpoint, traffic fails over to the next tier,
 //! and returns when the local ones recover.
+//!
+//! An endpoint on another network is reached through its network's
+//! east-west gateway ([`Route::Gateway`], double HBONE, addressed by
+//! service host name as Istio ambient does); one on another network
+//! without a gateway is not reachable and never chosen.
 
 use std::net::SocketAddr;
 
@@ -28,6 +34,23 @@ pub enum Route {
         hbone: SocketAddr,
         /// The identity the endpoint must prove.
         identity: Identity,
+    },
+    /// Through the east-west gateway of the endpoint's network: an outer
+    /// HBONE tunnel to the gateway, and the end-to-end one inside it
+    /// (double HBONE); the gateway picks the endpoint.
+    Gateway {
+        /// The endpoint chosen (for health marking and logs); the gateway
+        /// may deliver to another of the service's endpoints there.
+        endpoint: String,
+        /// The gateway's HBONE address.
+        gateway: SocketAddr,
+        /// The identity the gateway must prove.
+        gateway_identity: Identity,
+        /// `:authority` of both tunnels: the service's host name and port.
+        authority: String,
+        /// Identities the far end of the inner tunnel may prove: those of
+        /// the service's endpoints behind that gateway.
+        identities: Vec<Identity>,
     },
     /// To an address outside the registry, in plaintext (the `Mesh`
     /// outbound policy is `ALLOW_ANY`).
@@ -112,6 +135,23 @@ pub fn check_target(w: &WorkloadInfo, target: SocketAddr) -> Result<(), String> 
     Ok(())
 }
 
+/// Where a tunnel that names service `host:port` (double HBONE, through
+/// an east-west gateway) goes on workload `w`: the target port `w` serves
+/// that service port on. Refused when `w` does not back that service, or
+/// not on that port.
+pub fn service_target(w: &WorkloadInfo, host: &str, port: u16) -> Result<SocketAddr, String> {
+    let ports = w
+        .services
+        .iter()
+        .find(|(s, _)| s.name.eq_ignore_ascii_case(host))
+        .map(|(_, ports)| ports)
+        .ok_or_else(|| format!("workload {} is not an endpoint of {host}", w.name))?;
+    let target = ports
+        .get(&port)
+        .ok_or_else(|| format!("{host} has no port {port} on workload {}", w.name))?;
+    Ok(SocketAddr::new(w.ip, *target))
+}
+
 /// What an original destination (captured mode) names.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Destination {
@@ -150,6 +190,40 @@ pub fn resolve(view: &MeshView, dst: SocketAddr) -> Destination {
     }
 }
 
+/// The route to `endpoint` of `service:port` on another network, through
+/// `gateway` (double HBONE): the gateway must be a workload of the
+/// registry (its identity is checked), and the inner tunnel accepts the
+/// identities of the service's endpoints behind it.
+fn through_gateway(
+    view: &MeshView,
+    service: &NamespacedName,
+    port: u16,
+    endpoint: &WorkloadInfo,
+    gateway: SocketAddr,
+    candidates: &[(&WorkloadInfo, u16)],
+) -> Route {
+    let Some(gw) = view.workload_at(gateway.ip()) else {
+        return Route::Deny(format!(
+            "the east-west gateway {gateway} of network {:?} is not in the registry",
+            endpoint.network
+        ));
+    };
+    let mut identities: Vec<Identity> = candidates
+        .iter()
+        .filter(|(w, _)| w.network_gateway == Some(gateway))
+        .map(|(w, _)| w.identity.clone())
+        .collect();
+    identities.sort();
+    identities.dedup();
+    Route::Gateway {
+        endpoint: endpoint.uid.clone(),
+        gateway,
+        gateway_identity: gw.identity.clone(),
+        authority: format!("{}:{port}", service.name),
+        identities,
+    }
+}
+
 /// The route for a captured connection from `source` to `dst`: a service
 /// VIP is load balanced as [`decide`] does; a workload address goes to that
 /// workload over HBONE; anything else passes through or is denied by the
@@ -181,10 +255,12 @@ pub fn decide_original(
     }
 }
 
-/// How close an endpoint is to the caller (lower is closer).
+/// How close an endpoint is to the caller (lower is closer): within the
+/// caller's cluster 0 (same node) to 3 (anywhere), in another cluster 4
+/// to 7 in the same order. An unnamed cluster is everyone's.
 fn tier(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> u8 {
     let (here, there) = (&source.locality, &endpoint.locality);
-    if !source.node.is_empty() && source.node == endpoint.node {
+    let locality = if !source.node.is_empty() && source.node == endpoint.node {
         0
     } else if !here.zone.is_empty() && here.region == there.region && here.zone == there.zone {
         1
@@ -192,6 +268,23 @@ fn tier(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> u8 {
         2
     } else {
         3
+    };
+    let elsewhere = !source.cluster.is_empty()
+        && !endpoint.cluster.is_empty()
+        && source.cluster != endpoint.cluster;
+    if elsewhere { 4 + locality } else { locality }
+}
+
+/// How `source` reaches `endpoint`: directly (same network, or either in
+/// the flat unnamed one), through its network's gateway, or not at all.
+fn reach(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> Option<Option<SocketAddr>> {
+    let same = source.network.is_empty()
+        || endpoint.network.is_empty()
+        || source.network == endpoint.network;
+    match (same, endpoint.network_gateway) {
+        (true, _) => Some(None),
+        (false, Some(gateway)) => Some(Some(gateway)),
+        (false, None) => None,
     }
 }
 
@@ -232,10 +325,13 @@ pub fn decide(
     }
     let candidates: Vec<(&WorkloadInfo, u16)> = view
         .endpoints_of(service)
+        .filter(|w| reach(source, w).is_some())
         .filter_map(|w| Some((w.as_ref(), w.target_port(service, port)?)))
         .collect();
     if candidates.is_empty() {
-        return Route::Deny(format!("service {service} has no endpoint for port {port}"));
+        return Route::Deny(format!(
+            "service {service} has no endpoint for port {port} this workload can reach"
+        ));
     }
     let healthy: Vec<&(&WorkloadInfo, u16)> = candidates
         .iter()
@@ -253,6 +349,9 @@ pub fn decide(
         .filter(|(w, _)| tier(source, w) == best)
         .collect();
     let (endpoint, target_port) = **tier_members[turn % tier_members.len()];
+    if let Some(Some(gateway)) = reach(source, endpoint) {
+        return through_gateway(view, service, port, endpoint, gateway, &candidates);
+    }
     Route::Tunnel {
         endpoint: endpoint.uid.clone(),
         target: SocketAddr::new(endpoint.ip, target_port),
@@ -335,7 +434,7 @@ mod tests {
 
     fn chosen(route: &Route) -> &str {
         match route {
-            Route::Tunnel { endpoint, .. } => endpoint,
+            Route::Tunnel { endpoint, .. } | Route::Gateway { endpoint, .. } => endpoint,
             Route::Passthrough(_) => "passthrough",
             Route::Deny(reason) => reason,
         }
@@ -428,7 +527,7 @@ mod tests {
                 "service VIP, unknown port",
                 "240.0.0.1:81",
                 false,
-                "service shop/pay has no endpoint for port 81",
+                "service shop/pay has no endpoint for port 81 this workload can reach",
             ),
             ("workload address", "10.0.0.5:9000", false, "pay-1"),
             ("outside, ALLOW_ANY", "192.0.2.1:443", false, "passthrough"),
@@ -510,7 +609,7 @@ mod tests {
                 "shop/pay",
                 81,
                 Box::new(|_| false),
-                "service shop/pay has no endpoint for port 81",
+                "service shop/pay has no endpoint for port 81 this workload can reach",
             ),
         ];
         for (what, service, port, unhealthy, want) in cases {
@@ -528,6 +627,127 @@ mod tests {
                 identity: same_node.identity.clone(),
             }
         );
+    }
+
+    #[test]
+    fn other_clusters_come_after_the_callers_own_and_other_networks_through_their_gateway() {
+        let at = |uid: &str, ip: [u8; 4], cluster: &str, network: &str, zone: &str| {
+            let mut e = w(uid, ip, &format!("{cluster}/node"), zone);
+            e.cluster = cluster.into();
+            e.network = network.into();
+            e
+        };
+        let client = at("client", [10, 1, 0, 9], "east", "net-east", "a");
+        let east = at("east", [10, 1, 0, 20], "east", "net-east", "b");
+        // West, same zone as the caller but another cluster.
+        let west_flat = at("west-flat", [10, 1, 5, 20], "west", "net-east", "a");
+        let mut west_far = at("west-far", [10, 2, 0, 20], "west", "net-west", "a");
+        let gateway: SocketAddr = "192.0.2.10:15008".parse().expect("addr");
+        west_far.network_gateway = Some(gateway);
+        let lost = at("lost", [10, 3, 0, 20], "north", "net-north", "a");
+        let mut all = view(&[
+            east.clone(),
+            west_flat.clone(),
+            west_far.clone(),
+            lost.clone(),
+        ]);
+        let mut gw = at("east-west", [192, 0, 2, 10], "west", "net-west", "a");
+        gw.identity = Identity::new("cluster.local", "istio-system", "east-west").expect("id");
+        all.by_ip.insert(gw.ip, gw.uid.clone());
+        all.workloads.insert(gw.uid.clone(), Arc::new(gw.clone()));
+        let down = |names: &'static [&'static str]| move |u: &str| names.contains(&u);
+        // (what, unhealthy, choice)
+        let cases: [(&str, &dyn Fn(&str) -> bool, &str); 4] = [
+            (
+                "the caller's cluster first, whatever the zone",
+                &|_| false,
+                "east",
+            ),
+            (
+                "then another cluster, nearest first",
+                &down(&["east"]),
+                "west-flat",
+            ),
+            (
+                "then another network, through its gateway",
+                &down(&["east", "west-flat"]),
+                "west-far",
+            ),
+            (
+                "never a network without a gateway",
+                &down(&["east", "west-flat", "west-far"]),
+                "east",
+            ),
+        ];
+        for (what, unhealthy, want) in cases {
+            let got = decide(&all, &client, &"shop/pay".into(), 80, unhealthy, 0);
+            assert_eq!(chosen(&got), want, "{what}");
+        }
+        // Through the gateway: both tunnels name the service's host and
+        // port; the outer proves the gateway, the inner the endpoints there.
+        let route = decide(
+            &all,
+            &client,
+            &"shop/pay".into(),
+            80,
+            &down(&["east", "west-flat"]),
+            0,
+        );
+        assert_eq!(
+            route,
+            Route::Gateway {
+                endpoint: "west-far".into(),
+                gateway,
+                gateway_identity: gw.identity.clone(),
+                authority: "pay:80".into(),
+                identities: vec![west_far.identity.clone()],
+            }
+        );
+        // A gateway the registry does not know is not trusted blindly.
+        all.by_ip.remove(&gw.ip);
+        let route = decide(
+            &all,
+            &client,
+            &"shop/pay".into(),
+            80,
+            &down(&["east", "west-flat"]),
+            0,
+        );
+        assert!(chosen(&route).contains("192.0.2.10:15008"), "{route:?}");
+        // A caller on an unnamed network reaches everyone directly.
+        let mut flat = client.clone();
+        flat.network.clear();
+        let route = decide(
+            &all,
+            &flat,
+            &"shop/pay".into(),
+            80,
+            &down(&["east", "west-flat"]),
+            0,
+        );
+        assert!(matches!(route, Route::Tunnel { .. }), "{route:?}");
+    }
+
+    #[test]
+    fn tunnels_naming_a_service_reach_its_target_port() {
+        let pay = w("pay-1", [10, 2, 0, 20], "node-2", "b");
+        let cases = [
+            ("pay", 80, Ok("10.2.0.20:8080")),
+            ("PAY", 80, Ok("10.2.0.20:8080")),
+            ("pay", 81, Err("pay has no port 81 on workload shop/pay-1")),
+            (
+                "ledger",
+                80,
+                Err("workload shop/pay-1 is not an endpoint of ledger"),
+            ),
+        ];
+        for (host, port, want) in cases {
+            let got = service_target(&pay, host, port);
+            match want {
+                Ok(addr) => assert_eq!(got, Ok(addr.parse().expect("addr")), "{host}:{port}"),
+                Err(why) => assert_eq!(got, Err(why.to_owned()), "{host}:{port}"),
+            }
+        }
     }
 
     #[test]
