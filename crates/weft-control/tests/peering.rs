@@ -47,6 +47,20 @@ impl Cluster {
     }
 }
 
+const EAST_WEST: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: east-west, namespace: weft-system, labels: {topology.istio.io/network: net-west}}
+spec:
+  gatewayClassName: weft-east-west
+  listeners: [{name: mesh, port: 15008, protocol: HBONE}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: east-west, namespace: weft-system}
+spec: {address: 192.0.2.10, serviceAccount: east-west, labels: {weft.dev/gateway: \"true\", weft.dev/node: node-1}}
+";
+
 fn mesh(cluster: &str, network: &str) -> String {
     format!(
         "apiVersion: weft.dev/v1alpha1\nkind: Mesh\nmetadata: {{name: mesh}}\nspec: {{cluster: {cluster}, network: {network}}}\n"
@@ -143,6 +157,7 @@ async fn clusters_share_exported_endpoints_and_survive_an_outage() {
         "peer.yaml",
         &remote("east", &east_cp.tls_addr.to_string(), "shop"),
     );
+    west.write("east-west.yaml", EAST_WEST);
     let west_cp = west.start(None).await;
     let west_tls = west_cp.tls_addr;
 
@@ -155,6 +170,13 @@ async fn clusters_share_exported_endpoints_and_survive_an_outage() {
     let w = served(&east_cp, "remote/west/shop/reviews-west").expect("imported");
     assert_eq!(w.cluster_id, "west");
     assert_eq!(w.network, "net-west");
+    // Reached through west's east-west gateway, which east knows (and
+    // whose identity it can check) though its namespace is not exported.
+    let gateway = w.network_gateway.expect("network gateway");
+    assert_eq!(gateway.hbone_mtls_port, 15008);
+    let gw = served(&east_cp, "remote/west/weft-system/east-west").expect("gateway imported");
+    assert_eq!(gw.addresses, [vec![192, 0, 2, 10]]);
+    assert_eq!(gw.service_account, "east-west");
     assert_eq!(
         w.services.keys().collect::<Vec<_>>(),
         ["shop/reviews.shop.svc.cluster.local"]

@@ -640,6 +640,10 @@ pub enum Passthrough {
     Tls,
     /// Plain TCP (`TCPRoute`).
     Tcp,
+    /// HBONE from other networks (an east-west gateway): the outer
+    /// tunnel terminated, the end-to-end one inside forwarded unopened to
+    /// an endpoint of the service it names.
+    EastWest,
 }
 
 /// A listener's TLS settings.

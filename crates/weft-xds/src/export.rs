@@ -6,9 +6,14 @@
 //! gateway (the east-west gateway of its network) filled in, so a
 //! caller in another network knows where to tunnel.
 //!
+//! This cluster's east-west gateways are exported too, as workloads
+//! without services (`<namespace>/gateway/<name>`, whatever their
+//! namespace): a caller's node checks the gateway's identity.
+//!
 //! Every exportable resource is built once per change; each peer's
-//! session sends only the namespaces exported to it ([`readable_by`]).
-//! Names are `<namespace>/service/<host>` and `<namespace>/workload/<name>`.
+//! session sends only the namespaces exported to it
+//! ([`Peers::readable_by`]). Names are `<namespace>/service/<host>`,
+//! `<namespace>/workload/<name>` and `<namespace>/gateway/<name>`.
 
 use std::sync::Arc;
 
@@ -96,6 +101,25 @@ pub fn build(snapshot: &Snapshot) -> Resources {
             &address,
         )]);
     }
+    for g in snapshot.network_gateways.values() {
+        let Some(w) = snapshot.workloads.get(&g.name) else {
+            continue;
+        };
+        let mut message = workload_message(&[], &[], w);
+        message.addresses = vec![ip_bytes(g.address)];
+        if message.cluster_id.is_empty() {
+            message.cluster_id.clone_from(&snapshot.mesh.cluster);
+        }
+        message.node.clear();
+        let address = wl::Address {
+            r#type: Some(Type::Workload(message)),
+        };
+        out.extend([Entry::new(
+            format!("{}/gateway/{}", g.name.namespace, g.name.name),
+            EXPORT_TYPE,
+            &address,
+        )]);
+    }
     out
 }
 
@@ -133,7 +157,8 @@ impl Peers {
             return false;
         };
         let namespace = namespace_of(name);
-        peer == Some(identity) && namespaces.iter().any(|n| n == "*" || n == namespace)
+        let gateway = name.split('/').nth(1) == Some("gateway");
+        peer == Some(identity) && (gateway || namespaces.iter().any(|n| n == "*" || n == namespace))
     }
 }
 

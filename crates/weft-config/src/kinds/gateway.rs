@@ -10,6 +10,14 @@
 //! WorkloadEntry of its name labelled `weft.dev/waypoint: "true"` (on
 //! Kubernetes, weft control deploys both kinds for the user).
 //!
+//! A Gateway of class `weft-east-west` (or Istio's `istio-east-west`)
+//! declares its network's east-west gateway: one `HBONE` listener on
+//! 15008 where tunnels from other networks arrive (double HBONE: the
+//! end-to-end tunnel inside is forwarded to an endpoint's node unopened).
+//! Its network is its label `topology.istio.io/network`, else its
+//! WorkloadEntry's (labelled `weft.dev/gateway: "true"`, as ingress
+//! gateways are).
+//!
 //! Listeners are `HTTP`, or `HTTPS` terminating TLS with certificates
 //! from `kubernetes.io/tls` Secrets (picked by SNI), optionally checking
 //! client certificates against a CA bundle (`tls.frontendValidation`),
@@ -29,6 +37,9 @@ pub const CLASSES: [&str; 2] = ["weft", "istio"];
 
 /// Waypoint classes weft runs (its own, and Istio ambient's).
 pub const WAYPOINT_CLASSES: [&str; 2] = ["weft-waypoint", "istio-waypoint"];
+
+/// East-west gateway classes weft runs (its own, and Istio ambient's).
+pub const EAST_WEST_CLASSES: [&str; 2] = ["weft-east-west", "istio-east-west"];
 
 /// The port of a waypoint's `HBONE` listener.
 pub const HBONE_PORT: u32 = 15008;
@@ -117,14 +128,14 @@ impl Spec for GatewaySpec {
     ];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
-        if self.is_waypoint() {
-            return validate_waypoint(self, ctx);
+        if self.is_waypoint() || self.is_east_west() {
+            return validate_hbone_only(self, ctx);
         }
         if !CLASSES.contains(&self.gateway_class_name.as_str()) {
             ctx.error(
                 "spec.gatewayClassName",
                 format!(
-                    "{:?} is not a class weft runs; use one of {CLASSES:?} (ingress) or {WAYPOINT_CLASSES:?}",
+                    "{:?} is not a class weft runs; use one of {CLASSES:?} (ingress), {WAYPOINT_CLASSES:?} or {EAST_WEST_CLASSES:?}",
                     self.gateway_class_name
                 ),
             );
@@ -226,17 +237,29 @@ impl GatewaySpec {
     pub fn is_waypoint(&self) -> bool {
         WAYPOINT_CLASSES.contains(&self.gateway_class_name.as_str())
     }
+
+    /// Whether it declares a network's east-west gateway (class
+    /// `weft-east-west` or `istio-east-west`).
+    pub fn is_east_west(&self) -> bool {
+        EAST_WEST_CLASSES.contains(&self.gateway_class_name.as_str())
+    }
 }
 
-/// A waypoint's Gateway: HBONE listeners on 15008 only (as Istio's
-/// `istio-waypoint` Gateways are written); the waypoint takes its routes
-/// from the services that name it.
-fn validate_waypoint(spec: &GatewaySpec, ctx: &mut Ctx<'_>) {
+/// A waypoint's or east-west gateway's Gateway: HBONE listeners on 15008
+/// only (as Istio's `istio-waypoint` and `istio-east-west` Gateways are
+/// written); a waypoint takes its routes from the services that name it,
+/// an east-west gateway forwards to its network's endpoints.
+fn validate_hbone_only(spec: &GatewaySpec, ctx: &mut Ctx<'_>) {
+    let role = if spec.is_waypoint() {
+        "waypoint"
+    } else {
+        "east-west gateway"
+    };
     if spec.listeners.is_empty() {
         ctx.error(
             "spec.listeners",
             format!(
-                "add the waypoint's listener: {{name: mesh, port: {HBONE_PORT}, protocol: HBONE}}"
+                "add the {role}'s listener: {{name: mesh, port: {HBONE_PORT}, protocol: HBONE}}"
             ),
         );
     }
@@ -245,7 +268,7 @@ fn validate_waypoint(spec: &GatewaySpec, ctx: &mut Ctx<'_>) {
             ctx.error(
                 &format!("spec.listeners[{i}]"),
                 format!(
-                    "a waypoint listens only for HBONE on {HBONE_PORT}, not {} on {}",
+                    "a {role} listens only for HBONE on {HBONE_PORT}, not {} on {}",
                     l.protocol, l.port
                 ),
             );

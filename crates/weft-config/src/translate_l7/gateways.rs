@@ -148,6 +148,7 @@ pub(crate) fn translate_gateways(
             let passthrough = match l.protocol.as_str() {
                 "TLS" => Some(weft_core::l7::Passthrough::Tls),
                 "TCP" => Some(weft_core::l7::Passthrough::Tcp),
+                "HBONE" => Some(weft_core::l7::Passthrough::EastWest),
                 _ => None,
             };
             let tls = match &l.tls {
@@ -215,6 +216,9 @@ pub(crate) fn translate_gateways(
                 passthrough,
             });
         }
+        if ok && gw.spec.is_east_west() {
+            east_west(gw, snapshot, out);
+        }
         if ok {
             snapshot.gateways.insert(
                 gw.name.clone(),
@@ -227,6 +231,67 @@ pub(crate) fn translate_gateways(
             );
         }
     }
+}
+
+/// An east-west Gateway → its network's gateway (one per network): where
+/// other networks' tunnels enter it.
+fn east_west(
+    gw: &Resource<crate::kinds::GatewaySpec>,
+    snapshot: &mut Snapshot,
+    out: &mut Vec<Diagnostic>,
+) {
+    use weft_core::failover::NETWORK_LABEL;
+    // Validated to exist, with an IP, before (`runs_as`).
+    let Some(workload) = snapshot.workloads.get(&gw.name) else {
+        return;
+    };
+    let weft_core::model::WorkloadAddress::Ip(address) = workload.address else {
+        report(
+            out,
+            gw,
+            "metadata.name",
+            format!(
+                "WorkloadEntry {} has no IP address; an east-west gateway needs one other networks reach",
+                gw.name
+            ),
+        );
+        return;
+    };
+    let network = gw
+        .labels
+        .get(NETWORK_LABEL)
+        .cloned()
+        .unwrap_or_else(|| workload.network.clone());
+    if network.is_empty() {
+        report(
+            out,
+            gw,
+            "metadata.labels",
+            format!(
+                "an east-west gateway serves one network: label it {NETWORK_LABEL}: <network> (or give its WorkloadEntry a network)"
+            ),
+        );
+        return;
+    }
+    if let Some(other) = snapshot.network_gateways.get(&network) {
+        report(
+            out,
+            gw,
+            "metadata.labels",
+            format!(
+                "network {network:?} already has the east-west gateway {}",
+                other.name
+            ),
+        );
+        return;
+    }
+    let gateway = weft_core::model::NetworkGateway {
+        name: gw.name.clone(),
+        address,
+        port: u16::try_from(crate::kinds::gateway::HBONE_PORT).unwrap_or(15008),
+        identity: workload.identity.clone(),
+    };
+    snapshot.network_gateways.insert(network, gateway);
 }
 
 /// `TLSRoute`s and `TCPRoute`s → the passthrough routes of their Gateways.
@@ -353,6 +418,8 @@ pub(crate) fn stream_route<S: Spec>(
     let listener_kind = match kind {
         Passthrough::Tls => "TLS passthrough",
         Passthrough::Tcp => "TCP",
+        // Routes name TLS or TCP listeners only.
+        Passthrough::EastWest => "east-west",
     };
     for (i, parent) in parents.iter().enumerate() {
         let field = format!("spec.parentRefs[{i}]");

@@ -40,6 +40,7 @@ use weft_core::l7::{GatewayConfig, GatewayListener, ListenerTls};
 use crate::engine::{ClientPrincipal, Engine, PeerAddr, Tls};
 use crate::fronts::admission::{Admission, ConnLimits, Ticket, Tracked};
 use crate::fronts::downstream::{self, Ended, Protocols, Reply, Transport};
+use crate::fronts::east_west::EastWest;
 use crate::fronts::hbone::HboneConnector;
 use crate::fronts::setup::{WaypointError, WaypointOptions};
 use crate::telemetry::metrics::Metrics;
@@ -111,11 +112,26 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
     )
     .await?;
     let (metrics_addr, served) = core.serve_metrics(options.metrics_addr).await?;
+    let east_west = Arc::new(EastWest {
+        view: Arc::new(ArcSwap::from_pointee(weft_state::MeshView::default())),
+        network: core.me.network.clone(),
+        connect_timeout: options.connect_timeout,
+        turn: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let hbone_server = weft_ca::tls::server_config(
+        core.certs.source(&core.me.identity),
+        weft_ca::tls::SpiffeClientVerifier::new(core.bundle.clone(), &options.trust_domain),
+    )
+    .map_err(|source| WaypointError::Tls {
+        proxy: "gateway",
+        source,
+    })?;
     let listeners = Arc::new(Mutex::new(Listeners {
         bound: HashMap::new(),
         limits: options.connections,
         metrics: core.metrics.clone(),
         connector: core.connector.clone(),
+        east_west: (Arc::new(hbone_server), east_west.clone()),
     }));
     let (task_listeners, name, node) = (
         listeners.clone(),
@@ -129,6 +145,7 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
         let mut redis = HashMap::new();
         loop {
             let (view, services) = core.refresh(&node, &mut redis, &jwks).await;
+            east_west.view.store(view.clone());
             let gateway = gateway_config(&core.changes.borrow(), &name);
             let gateway = gateway.unwrap_or_else(|why| {
                 tracing::warn!(gateway = %name, "{why}; serving no listeners");
@@ -190,6 +207,9 @@ struct Listeners {
     metrics: Metrics,
     /// Tunnels for passthrough listeners.
     connector: HboneConnector,
+    /// Tunnels from other networks, for an east-west listener: this
+    /// gateway's HBONE server settings and the handler that forwards them.
+    east_west: (Arc<rustls::ServerConfig>, Arc<EastWest>),
 }
 
 struct Bound {
@@ -270,6 +290,27 @@ impl Listeners {
             }
             tracing::info!(%gateway, listener = %listener.name, %addr, tls = tls.is_some(), passthrough = ?listener.passthrough, "listening");
             let tls = Arc::new(ArcSwap::from_pointee(tls));
+            if listener.passthrough == Some(weft_core::l7::Passthrough::EastWest) {
+                let (server, handler) = self.east_west.clone();
+                let task = tokio::spawn(weft_hbone::server::serve(
+                    socket,
+                    server,
+                    handler,
+                    weft_hbone::server::Limits::default(),
+                    std::future::pending(),
+                ));
+                self.bound.insert(
+                    listener.name.clone(),
+                    Bound {
+                        signature,
+                        addr,
+                        passthrough: listener.passthrough,
+                        tls,
+                        task,
+                    },
+                );
+                continue;
+            }
             let front = match listener.passthrough {
                 Some(kind) => Front::Passthrough(Box::new(self.connector.clone()), kind),
                 None => Front::Http(tls.clone()),

@@ -19,6 +19,7 @@
 
 pub mod admission;
 pub mod downstream;
+pub mod east_west;
 pub mod gateway;
 pub mod hbone;
 pub mod http;

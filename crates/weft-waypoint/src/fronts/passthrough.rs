@@ -105,6 +105,8 @@ pub async fn serve(
         tracing::info!(%peer, listener = %target, "passthrough connection refused: {why}");
     };
     let (hello, sni) = match kind {
+        // Served by `fronts/east_west.rs`, never here.
+        Passthrough::EastWest => return refuse("no_route", "not a passthrough listener".into()),
         Passthrough::Tcp => (Vec::new(), None),
         Passthrough::Tls => {
             let hello = tokio::time::timeout(
@@ -135,7 +137,7 @@ pub async fn serve(
     let Some(route) = select(routes, sni.as_deref()) else {
         let why = match kind {
             Passthrough::Tls => format!("no TLSRoute for SNI {:?}", sni.as_deref().unwrap_or("")),
-            Passthrough::Tcp => "no TCPRoute".to_owned(),
+            Passthrough::Tcp | Passthrough::EastWest => "no TCPRoute".to_owned(),
         };
         return refuse("no_route", why);
     };
