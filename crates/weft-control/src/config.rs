@@ -202,7 +202,9 @@ impl LiveConfig {
         metrics: ConfigMetrics,
     ) -> Arc<Self> {
         let version = 1;
-        let resources = Arc::new(weft_xds::resources::build(&config.snapshot, version));
+        let mut resources = weft_xds::resources::build(&config.snapshot, version);
+        weft_xds::export::add_to(&mut resources, &config.snapshot);
+        let resources = Arc::new(resources);
         let (tx, _) = watch::channel(resources.clone());
         metrics.applied.inc();
         metrics.version.set(1);
@@ -314,11 +316,12 @@ impl LiveConfig {
                 let mut local = self.local.lock().unwrap_or_else(|p| p.into_inner());
                 let guarded = started.elapsed();
                 // Only what the change touched is encoded again.
-                let resources = weft_xds::resources::build_from(
+                let mut resources = weft_xds::resources::build_from(
                     &config.snapshot,
                     self.resources.borrow().version + 1,
                     Some((&self.snapshot.load(), &local)),
                 );
+                weft_xds::export::add_to(&mut resources, &config.snapshot);
                 let built = started.elapsed();
                 *local = Arc::new(resources);
                 self.publish(&local, &config.snapshot);

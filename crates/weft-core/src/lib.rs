@@ -19,5 +19,6 @@ pub mod l7;
 pub mod locality;
 pub mod model;
 pub mod names;
+pub mod topology;
 
 pub use identity::{Identity, IdentityError};

@@ -59,46 +59,7 @@ pub const INGRESS_USE_WAYPOINT_LABEL: &str = "istio.io/ingress-use-waypoint";
 /// Label naming the namespace of the waypoint in `istio.io/use-waypoint`.
 pub const USE_WAYPOINT_NAMESPACE_LABEL: &str = "istio.io/use-waypoint-namespace";
 
-/// A namespace-qualified name, displayed as `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct NamespacedName {
-    /// The namespace (`default` when a resource names none).
-    pub namespace: String,
-    /// The name within the namespace.
-    pub name: String,
-}
-
-impl NamespacedName {
-    /// Builds a name from its parts.
-    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        NamespacedName {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
-    }
-
-    /// Reads the `namespace/name` form that [`Display`](fmt::Display)
-    /// writes (xDS resource keys use it). A key without a slash is a name
-    /// in no namespace.
-    pub fn from_key(key: &str) -> Self {
-        match key.split_once('/') {
-            Some((namespace, name)) => NamespacedName::new(namespace, name),
-            None => NamespacedName::new("", key),
-        }
-    }
-}
-
-impl From<&str> for NamespacedName {
-    fn from(key: &str) -> Self {
-        NamespacedName::from_key(key)
-    }
-}
-
-impl fmt::Display for NamespacedName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.namespace, self.name)
-    }
-}
+pub use crate::names::NamespacedName;
 
 /// Everything a proxy needs to know about the mesh at one moment.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -123,53 +84,7 @@ pub struct Snapshot {
     pub gateways: BTreeMap<NamespacedName, crate::l7::GatewayConfig>,
 }
 
-/// The label that keeps a service inside its cluster (`"true"`): its
-/// endpoints are not exported to remote clusters, and endpoints other
-/// clusters export under its name are not joined to it.
-pub const CLUSTER_LOCAL_LABEL: &str = "weft.dev/cluster-local";
-
-/// Another cluster of the mesh (a `RemoteCluster`): where its control
-/// plane is, and what this cluster lets it read.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RemoteCluster {
-    /// Its cluster ID.
-    pub name: String,
-    /// Its control plane's mTLS address (`host:port`).
-    pub address: String,
-    /// The identity its control plane must prove.
-    pub identity: Identity,
-    /// Its network, when the configuration names it (else its workloads
-    /// say).
-    pub network: String,
-    /// The namespaces this cluster exports to it (`*`: all).
-    pub exported_namespaces: Vec<String>,
-    /// How long its last known services and endpoints may go without a
-    /// word from it before they are reported stale (they stay in use).
-    pub stale_after: Duration,
-}
-
-/// An east-west gateway: where tunnels from other networks enter a
-/// network (a Gateway of class `weft-east-west` or `istio-east-west`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NetworkGateway {
-    /// The Gateway (and the workload it runs as).
-    pub name: NamespacedName,
-    /// Its address, as other networks reach it.
-    pub address: IpAddr,
-    /// Its HBONE port (15008).
-    pub port: u16,
-    /// The identity it proves.
-    pub identity: Identity,
-}
-
-impl RemoteCluster {
-    /// Whether `namespace` is exported to this remote.
-    pub fn exports(&self, namespace: &str) -> bool {
-        self.exported_namespaces
-            .iter()
-            .any(|n| n == "*" || n == namespace)
-    }
-}
+pub use crate::topology::{CLUSTER_LOCAL_LABEL, NetworkGateway, RemoteCluster};
 
 impl Snapshot {
     /// The workloads behind a service, in a stable order.

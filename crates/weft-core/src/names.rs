@@ -1,6 +1,8 @@
-//! Name rules shared by every resource: Kubernetes DNS-1123 labels and
-//! subdomains, hostnames as they appear in `ServiceEntry.hosts`, and the
-//! plural the Kubernetes API gives a kind's collection.
+//! Names: the namespace-qualified name every object has
+//! ([`NamespacedName`]), and the rules shared by every resource —
+//! Kubernetes DNS-1123 labels and subdomains, hostnames as they appear in
+//! `ServiceEntry.hosts`, and the plural the Kubernetes API gives a kind's
+//! collection.
 //!
 //! Each check returns `Err(reason)` with a sentence an operator can act on.
 
@@ -104,6 +106,47 @@ pub fn plural(kind: &str) -> String {
         lower
     } else {
         format!("{lower}s")
+    }
+}
+
+/// A namespace-qualified name, displayed as `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct NamespacedName {
+    /// The namespace (`default` when a resource names none).
+    pub namespace: String,
+    /// The name within the namespace.
+    pub name: String,
+}
+
+impl NamespacedName {
+    /// Builds a name from its parts.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        NamespacedName {
+            namespace: namespace.into(),
+            name: name.into(),
+        }
+    }
+
+    /// Reads the `namespace/name` form that [`Display`](std::fmt::Display)
+    /// writes (xDS resource keys use it). A key without a slash is a name
+    /// in no namespace.
+    pub fn from_key(key: &str) -> Self {
+        match key.split_once('/') {
+            Some((namespace, name)) => NamespacedName::new(namespace, name),
+            None => NamespacedName::new("", key),
+        }
+    }
+}
+
+impl From<&str> for NamespacedName {
+    fn from(key: &str) -> Self {
+        NamespacedName::from_key(key)
+    }
+}
+
+impl std::fmt::Display for NamespacedName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
     }
 }
 

@@ -1,3 +1,6 @@
+//! Over 700 lines: the routing decision and its table tests, more than
+//! half of the file, belong together.
+//!
 //! The outbound routing decision, as pure functions: from (view, source
 //! workload, service and port — or, in captured mode, the original
 //! destination — and endpoint health) to a [`Route`]. I/O happens after,
@@ -657,7 +660,8 @@ mod tests {
         all.workloads.insert(gw.uid.clone(), Arc::new(gw.clone()));
         let down = |names: &'static [&'static str]| move |u: &str| names.contains(&u);
         // (what, unhealthy, choice)
-        let cases: [(&str, &dyn Fn(&str) -> bool, &str); 4] = [
+        type Case<'a> = (&'a str, &'a dyn Fn(&str) -> bool, &'a str);
+        let cases: [Case<'_>; 4] = [
             (
                 "the caller's cluster first, whatever the zone",
                 &|_| false,

@@ -15,24 +15,21 @@
 //! ([`Peers::readable_by`]). Names are `<namespace>/service/<host>`,
 //! `<namespace>/workload/<name>` and `<namespace>/gateway/<name>`.
 
-use std::sync::Arc;
-
-use weft_core::Identity;
 use weft_core::model::{Snapshot, WorkloadAddress};
 
 use crate::proto::workload::{self as wl, address::Type};
-use crate::resources::{Entry, Resources, backs, ip_bytes, service_message, workload_message};
+use crate::resources::{
+    Entry, ResourceSet, Resources, backs, ip_bytes, service_message, workload_message,
+};
 
-/// Type URL of exported addresses (bodies are `istio.workload.Address`).
-pub const EXPORT_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.ExportedAddress";
+pub use crate::peers::{PEER_NODE_PREFIX, Peers};
+pub use crate::resources::EXPORT_TYPE;
 
-/// The node id a peering control plane sends: this prefix, then its
-/// cluster ID.
-pub const PEER_NODE_PREFIX: &str = "remote-cluster~";
-
-/// The namespace an exported resource's name starts with.
-pub fn namespace_of(name: &str) -> &str {
-    name.split_once('/').map_or("", |(ns, _)| ns)
+/// Adds to `set` (built from `snapshot`) what it exports, and who may
+/// read it.
+pub fn add_to(set: &mut ResourceSet, snapshot: &Snapshot) {
+    set.types.insert(EXPORT_TYPE, build(snapshot));
+    set.peers = Peers::of(snapshot);
 }
 
 /// Every exportable address of `snapshot` (none when it peers with no
@@ -123,48 +120,12 @@ pub fn build(snapshot: &Snapshot) -> Resources {
     out
 }
 
-/// What a peer may read: for each cluster this one peers with, the
-/// identity its control plane proves and the namespaces exported to it.
-#[derive(Debug, Clone, Default)]
-pub struct Peers(pub Arc<std::collections::BTreeMap<String, (Identity, Vec<String>)>>);
-
-impl Peers {
-    /// The peers of `snapshot`.
-    pub fn of(snapshot: &Snapshot) -> Self {
-        Peers(Arc::new(
-            snapshot
-                .remotes
-                .values()
-                .map(|r| {
-                    (
-                        r.name.clone(),
-                        (r.identity.clone(), r.exported_namespaces.clone()),
-                    )
-                })
-                .collect(),
-        ))
-    }
-
-    /// Whether the stream of `node` (its node id), proven as `peer`, may
-    /// read exported resource `name`: the node id names a cluster this
-    /// one peers with, the certificate proves that cluster's control
-    /// plane, and the resource's namespace is exported to it.
-    pub fn readable_by(&self, name: &str, node: &str, peer: Option<&Identity>) -> bool {
-        let Some(cluster) = node.strip_prefix(PEER_NODE_PREFIX) else {
-            return false;
-        };
-        let Some((identity, namespaces)) = self.0.get(cluster) else {
-            return false;
-        };
-        let namespace = namespace_of(name);
-        let gateway = name.split('/').nth(1) == Some("gateway");
-        peer == Some(identity) && (gateway || namespaces.iter().any(|n| n == "*" || n == namespace))
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use weft_core::Identity;
 
     #[test]
     fn exports_are_read_only_by_the_cluster_they_are_exported_to() {

@@ -9,7 +9,8 @@
 //!
 //! - [`resources`]: snapshot → versioned resources, re-encoding only what
 //!   a change touched;
-//! - [`export`]: what this cluster lets the clusters it peers with read;
+//! - [`export`]: what this cluster lets the clusters it peers with read,
+//!   and [`peers`] who they are;
 //! - [`delta`]: what changed between two sets, and between what a client
 //!   holds and what is current (pure, table-tested);
 //! - [`server`]: per-stream delta state, ACK/NACK, pushes on change;
@@ -25,6 +26,7 @@ pub mod client;
 pub mod delta;
 pub mod export;
 mod kept;
+pub mod peers;
 pub mod proto;
 pub mod resources;
 pub mod server;

@@ -25,10 +25,14 @@ pub const LISTENERS_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.Workl
 pub const MESH_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.MeshConfig";
 /// Type URL of ingress gateways' configuration.
 pub const GATEWAY_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.Gateway";
+/// Type URL of the addresses a cluster exports to the clusters it peers
+/// with (bodies are `istio.workload.Address`; see [`crate::export`]).
+pub const EXPORT_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.ExportedAddress";
+
 /// Every type the server offers.
 pub const TYPES: [&str; 7] = [
     ADDRESS_TYPE,
-    crate::export::EXPORT_TYPE,
+    EXPORT_TYPE,
     GATEWAY_TYPE,
     AUTHORIZATION_TYPE,
     L7_SERVICE_TYPE,
@@ -99,7 +103,7 @@ pub struct ResourceSet {
     /// What changed since the previous set, when known.
     pub delta: Option<Delta>,
     /// Who may read the exported addresses.
-    pub peers: crate::export::Peers,
+    pub peers: crate::peers::Peers,
 }
 
 /// The names that changed between two consecutive sets.
@@ -277,12 +281,11 @@ pub fn build_from(
     types.insert(L7_SERVICE_TYPE, l7);
     types.insert(GATEWAY_TYPE, gateways);
     types.insert(AUTHORIZATION_TYPE, authorizations);
-    types.insert(crate::export::EXPORT_TYPE, crate::export::build(snapshot));
     ResourceSet {
         version,
         types,
         delta: None,
-        peers: crate::export::Peers::of(snapshot),
+        peers: crate::peers::Peers::default(),
     }
 }
 
