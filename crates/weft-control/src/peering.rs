@@ -104,6 +104,8 @@ struct Peer {
     follower: tokio::task::JoinHandle<()>,
     /// When it last spoke.
     heard: Arc<Mutex<Option<Instant>>>,
+    /// Whether its endpoints were reported stale at the last report.
+    stale: bool,
 }
 
 impl Drop for Peer {
@@ -126,7 +128,7 @@ pub fn spawn(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             reconcile(&live, &tls, &metrics, &mut peers);
-            report(&live, &metrics, &peers);
+            report(&live, &metrics, &mut peers);
             tokio::select! {
                 changed = sets.changed() => if changed.is_err() { break },
                 _ = tick.tick() => {}
@@ -216,6 +218,7 @@ fn start(
         client,
         follower,
         heard,
+        stale: false,
     })
 }
 
@@ -261,16 +264,24 @@ async fn follow(
 }
 
 /// Brings statuses and the connected and stale gauges up to date.
-fn report(live: &LiveConfig, metrics: &PeeringMetrics, peers: &BTreeMap<String, Peer>) {
+fn report(live: &LiveConfig, metrics: &PeeringMetrics, peers: &mut BTreeMap<String, Peer>) {
     let now = Instant::now();
     let mut statuses = Vec::with_capacity(peers.len());
-    for (name, peer) in peers {
+    for (name, peer) in peers.iter_mut() {
         let state = peer.client.state();
         let mut heard = peer.heard.lock().unwrap_or_else(|p| p.into_inner());
         if state.connected {
             *heard = Some(now);
         }
         let stale = is_stale(state.connected, *heard, now, peer.remote.stale_after);
+        if stale != peer.stale {
+            peer.stale = stale;
+            if stale {
+                tracing::warn!(cluster = %name, address = %peer.remote.address, error = ?state.last_error, "remote cluster unreachable for longer than its staleAfter; its last known endpoints stay in use, reported stale");
+            } else {
+                tracing::info!(cluster = %name, "remote cluster reachable again; its endpoints are current");
+            }
+        }
         let labels = ClusterLabels {
             cluster: name.clone(),
         };

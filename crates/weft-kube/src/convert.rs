@@ -30,7 +30,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 pub use crate::pod_documents::{Document, PodDocuments};
 use crate::pod_documents::{fingerprint, version};
 use serde_json::{Value, json};
-use weft_config::kinds::gateway::{CLASSES, WAYPOINT_CLASSES};
+use weft_config::kinds::gateway::{CLASSES, EAST_WEST_CLASSES, WAYPOINT_CLASSES};
 use weft_core::model::{
     CLIENT_ONLY_ANNOTATION, GATEWAY_LABEL, NODE_LABEL, NOT_READY_ANNOTATION, USE_WAYPOINT_LABEL,
     WAYPOINT_LABEL,
@@ -453,7 +453,7 @@ pub fn documents_reusing(
     for (ns, name, class) in cluster.resources.iter().filter_map(gateway_class) {
         if WAYPOINT_CLASSES.contains(&class) {
             waypoints.insert((ns.to_owned(), name.to_owned()));
-        } else if CLASSES.contains(&class) {
+        } else if CLASSES.contains(&class) || EAST_WEST_CLASSES.contains(&class) {
             gateways.insert((ns.to_owned(), name.to_owned()));
         }
     }

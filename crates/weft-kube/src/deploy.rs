@@ -32,7 +32,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use weft_config::kinds::gateway::{CLASSES, HBONE_PORT, WAYPOINT_CLASSES};
+use weft_config::kinds::gateway::{CLASSES, EAST_WEST_CLASSES, HBONE_PORT, WAYPOINT_CLASSES};
 
 use crate::convert::{DATAPLANE_MODE_LABEL, GATEWAY_NAME_LABEL, gateway_class};
 use crate::pods::{
@@ -59,7 +59,8 @@ pub struct ProxySettings {
 pub enum Role {
     /// `weft-waypoint`, `istio-waypoint`.
     Waypoint,
-    /// `weft`, `istio`.
+    /// `weft`, `istio`; and `weft-east-west`, `istio-east-west` (run by
+    /// `weft gateway` too, its HBONE listener behind a load balancer).
     Gateway,
 }
 
@@ -67,7 +68,7 @@ pub enum Role {
 pub fn role(class: &str) -> Option<Role> {
     if WAYPOINT_CLASSES.contains(&class) {
         Some(Role::Waypoint)
-    } else if CLASSES.contains(&class) {
+    } else if CLASSES.contains(&class) || EAST_WEST_CLASSES.contains(&class) {
         Some(Role::Gateway)
     } else {
         None

@@ -68,6 +68,7 @@ impl WorkloadInfo {
             principal: self.identity.to_string(),
             canonical_service: or_unknown(&self.canonical_service),
             canonical_revision: or_unknown(&self.canonical_revision),
+            cluster: or_unknown(&self.cluster),
         }
     }
 

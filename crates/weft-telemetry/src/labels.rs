@@ -43,6 +43,8 @@ pub struct Peer {
     pub canonical_service: String,
     /// Canonical revision (the `version` label, else `latest`).
     pub canonical_revision: String,
+    /// Its cluster (`topology.istio.io/cluster`).
+    pub cluster: String,
 }
 
 /// The label value for what is not known.
@@ -63,6 +65,7 @@ impl Peer {
             principal: UNKNOWN.into(),
             canonical_service: UNKNOWN.into(),
             canonical_revision: UNKNOWN.into(),
+            cluster: UNKNOWN.into(),
         }
     }
 
@@ -83,12 +86,17 @@ impl Peer {
 }
 
 /// The `baggage` header describing `peer` on a tunnel (the keys ztunnel
-/// sends: `k8s.namespace.name`, `k8s.pod.name`, `service.name`,
-/// `service.version`), so the proxy at the other end can name its caller.
+/// sends: `k8s.cluster.name`, `k8s.namespace.name`, `k8s.pod.name`,
+/// `service.name`, `service.version`), so the proxy at the other end can
+/// name its caller.
 pub fn baggage(peer: &Peer) -> String {
     format!(
-        "k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
-        peer.namespace, peer.workload, peer.canonical_service, peer.canonical_revision
+        "k8s.cluster.name={},k8s.namespace.name={},k8s.pod.name={},service.name={},service.version={}",
+        peer.cluster,
+        peer.namespace,
+        peer.workload,
+        peer.canonical_service,
+        peer.canonical_revision
     )
 }
 
@@ -110,6 +118,7 @@ pub fn peer_from_baggage(baggage: &str, principal: &str) -> Peer {
         principal: proven.principal,
         canonical_service: get("service.name").unwrap_or(proven.canonical_service),
         canonical_revision: get("service.version").unwrap_or(proven.canonical_revision),
+        cluster: get("k8s.cluster.name").unwrap_or(proven.cluster),
     }
 }
 
@@ -167,6 +176,8 @@ pub struct Parties {
     pub source_canonical_service: String,
     /// Caller canonical revision.
     pub source_canonical_revision: String,
+    /// Caller cluster.
+    pub source_cluster: String,
     /// Callee workload.
     pub destination_workload: String,
     /// Callee namespace.
@@ -177,6 +188,8 @@ pub struct Parties {
     pub destination_canonical_service: String,
     /// Callee canonical revision.
     pub destination_canonical_revision: String,
+    /// Callee cluster.
+    pub destination_cluster: String,
     /// Service hostname.
     pub destination_service: String,
     /// Service name.
@@ -196,11 +209,13 @@ impl Parties {
             source_principal: source.principal.clone(),
             source_canonical_service: source.canonical_service.clone(),
             source_canonical_revision: source.canonical_revision.clone(),
+            source_cluster: source.cluster.clone(),
             destination_workload: destination.workload.clone(),
             destination_workload_namespace: destination.namespace.clone(),
             destination_principal: destination.principal.clone(),
             destination_canonical_service: destination.canonical_service.clone(),
             destination_canonical_revision: destination.canonical_revision.clone(),
+            destination_cluster: destination.cluster.clone(),
             destination_service: service.host.clone(),
             destination_service_name: service.name.clone(),
             destination_service_namespace: service.namespace.clone(),
@@ -298,6 +313,7 @@ mod tests {
             workload: "fe-1".into(),
             canonical_service: "fe".into(),
             canonical_revision: "v1".into(),
+            cluster: "east".into(),
             ..p.clone()
         };
         assert_eq!(

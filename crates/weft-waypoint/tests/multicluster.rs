@@ -7,7 +7,8 @@
 //! - calls stay in east while east's endpoint answers;
 //! - when it stops, calls cross to west through west's east-west gateway
 //!   (double HBONE) with no failed call, and come back when it returns;
-//! - west's node sees east's `frontend` by its own identity: an
+//! - west's node sees east's `frontend` by its own identity (and its
+//!   cluster, in `source_cluster`): an
 //!   `AuthorizationPolicy` in west admitting only it refuses another
 //!   caller from east;
 //! - west's control plane stopped: east keeps using west's last known
@@ -342,6 +343,8 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
                     "source_principal=\"spiffe://cluster.local/ns/shop/sa/{principal}\""
                 ))
                 && l.contains("destination_workload=\"reviews-west\"")
+                && l.contains("source_cluster=\"east\"")
+                && l.contains("destination_cluster=\"west\"")
         })
     };
     assert!(

@@ -101,6 +101,85 @@ spec:
 }
 
 #[test]
+fn certs_make_a_shared_root_and_intermediates_openssl_accepts() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (root, east) = (tmp.path().join("root"), tmp.path().join("east"));
+    let p = |d: &Path| d.to_str().expect("utf-8").to_owned();
+    let out = run(&["certs", "root", "--out", &p(&root)]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    let out = run(&[
+        "certs",
+        "intermediate",
+        "--root",
+        &p(&root),
+        "--out",
+        &p(&east),
+        "--cluster",
+        "east",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("weft control --ca-dir"),
+        "{}",
+        text(&out.stdout)
+    );
+    for (key, dir) in [("root-key.pem", &root), ("ca-key.pem", &east)] {
+        let mode = std::fs::metadata(dir.join(key))
+            .expect("key")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "{key} is readable by others: {mode:o}");
+    }
+    // The intermediate chains to the root, as weft and Istio read it.
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(root.join("root-cert.pem"))
+        .arg(east.join("ca-cert.pem"))
+        .output()
+        .expect("openssl is installed (.ci/run installs it)");
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+    // Nothing is ever replaced.
+    let again = run(&["certs", "root", "--out", &p(&root)]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        text(&again.stderr).contains("refusing to replace"),
+        "{}",
+        text(&again.stderr)
+    );
+    let again = run(&[
+        "certs",
+        "intermediate",
+        "--root",
+        &p(&root),
+        "--out",
+        &p(&east),
+        "--cluster",
+        "east",
+    ]);
+    assert_eq!(again.status.code(), Some(1));
+    // An intermediate outliving its root is refused.
+    let long = run(&[
+        "certs",
+        "intermediate",
+        "--root",
+        &p(&root),
+        "--out",
+        &p(&tmp.path().join("west")),
+        "--cluster",
+        "west",
+        "--days",
+        "100000",
+    ]);
+    assert_eq!(long.status.code(), Some(1));
+    assert!(
+        text(&long.stderr).contains("the root expires"),
+        "{}",
+        text(&long.stderr)
+    );
+}
+
+#[test]
 fn validate_unreadable_path_exits_two_with_one_line() {
     let out = run(&["validate", "/nonexistent/weft-config"]);
     assert_eq!(out.status.code(), Some(2));

@@ -53,6 +53,28 @@ pub struct GatewaySpec {
     /// Listeners.
     #[serde(default)]
     pub listeners: Vec<ListenerSpec>,
+    /// Addresses: for an east-west gateway, the IP other networks dial
+    /// (a load balancer's, on Kubernetes); other gateways listen on their
+    /// WorkloadEntry's address and refuse it.
+    #[serde(default)]
+    pub addresses: Vec<GatewayAddressSpec>,
+}
+
+/// `spec.addresses[]`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+pub struct GatewayAddressSpec {
+    /// `IPAddress` (default) or `Hostname`.
+    #[serde(rename = "type")]
+    pub kind: Option<String>,
+    /// The address.
+    pub value: String,
+}
+
+impl GatewaySpec {
+    /// The IP of `spec.addresses` (the first), when one is given.
+    pub fn address(&self) -> Option<std::net::IpAddr> {
+        self.addresses.first()?.value.parse().ok()
+    }
 }
 
 /// `spec.listeners[]`.
@@ -116,18 +138,31 @@ pub const CLIENT_CERTIFICATE_OPTION: &str = "weft.dev/client-certificate";
 
 impl Spec for GatewaySpec {
     const KIND: &'static str = "Gateway";
-    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[
-        (
-            "spec.addresses",
-            "the gateway listens on the address of its WorkloadEntry (same name, label weft.dev/gateway: \"true\")",
-        ),
-        (
-            "spec.infrastructure",
-            "the objects weft control deploys for a Gateway carry its own labels; infrastructure settings are not applied",
-        ),
-    ];
+    const UNSUPPORTED: &'static [(&'static str, &'static str)] = &[(
+        "spec.infrastructure",
+        "the objects weft control deploys for a Gateway carry its own labels; infrastructure settings are not applied",
+    )];
 
     fn validate(&self, ctx: &mut Ctx<'_>) {
+        if self.is_east_west() {
+            for (i, a) in self.addresses.iter().enumerate() {
+                let ip = a.kind.as_deref().is_none_or(|k| k == "IPAddress");
+                if !ip || a.value.parse::<std::net::IpAddr>().is_err() {
+                    ctx.error(
+                        &format!("spec.addresses[{i}]"),
+                        format!(
+                            "{:?}: give the IP other networks dial (type IPAddress)",
+                            a.value
+                        ),
+                    );
+                }
+            }
+        } else if !self.addresses.is_empty() {
+            ctx.error(
+                "spec.addresses",
+                "is not supported by weft: the gateway listens on the address of its WorkloadEntry (same name, label weft.dev/gateway: \"true\")",
+            );
+        }
         if self.is_waypoint() || self.is_east_west() {
             return validate_hbone_only(self, ctx);
         }

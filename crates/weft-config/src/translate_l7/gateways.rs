@@ -245,17 +245,22 @@ fn east_west(
     let Some(workload) = snapshot.workloads.get(&gw.name) else {
         return;
     };
-    let weft_core::model::WorkloadAddress::Ip(address) = workload.address else {
-        report(
-            out,
-            gw,
-            "metadata.name",
-            format!(
-                "WorkloadEntry {} has no IP address; an east-west gateway needs one other networks reach",
-                gw.name
-            ),
-        );
-        return;
+    // The address other networks dial: the Gateway's own (a load
+    // balancer's), else its workload's.
+    let address = match (gw.spec.address(), &workload.address) {
+        (Some(ip), _) | (None, &weft_core::model::WorkloadAddress::Ip(ip)) => ip,
+        (None, weft_core::model::WorkloadAddress::Hostname(_)) => {
+            report(
+                out,
+                gw,
+                "spec.addresses",
+                format!(
+                    "WorkloadEntry {} has no IP address; give the IP other networks dial here",
+                    gw.name
+                ),
+            );
+            return;
+        }
     };
     let network = gw
         .labels

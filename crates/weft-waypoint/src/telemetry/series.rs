@@ -63,7 +63,7 @@ impl Parts<'_> {
 
     /// The strings of the label set, in one order for [`Parts`] and
     /// [`RequestLabels`] alike, then the code.
-    fn strings(&self) -> ([&str; 17], u16) {
+    fn strings(&self) -> ([&str; 19], u16) {
         let (s, d, v) = (self.source, self.destination, self.service);
         (
             [
@@ -73,11 +73,13 @@ impl Parts<'_> {
                 &s.principal,
                 &s.canonical_service,
                 &s.canonical_revision,
+                &s.cluster,
                 &d.workload,
                 &d.namespace,
                 &d.principal,
                 &d.canonical_service,
                 &d.canonical_revision,
+                &d.cluster,
                 &v.host,
                 &v.name,
                 &v.namespace,
@@ -91,7 +93,7 @@ impl Parts<'_> {
 }
 
 /// [`Parts::strings`] of a built label set.
-fn strings(l: &RequestLabels) -> ([&str; 17], u16) {
+fn strings(l: &RequestLabels) -> ([&str; 19], u16) {
     let p = &l.parties;
     (
         [
@@ -101,11 +103,13 @@ fn strings(l: &RequestLabels) -> ([&str; 17], u16) {
             &p.source_principal,
             &p.source_canonical_service,
             &p.source_canonical_revision,
+            &p.source_cluster,
             &p.destination_workload,
             &p.destination_workload_namespace,
             &p.destination_principal,
             &p.destination_canonical_service,
             &p.destination_canonical_revision,
+            &p.destination_cluster,
             &p.destination_service,
             &p.destination_service_name,
             &p.destination_service_namespace,
@@ -138,7 +142,7 @@ pub struct Remembered {
 }
 
 impl Remembered {
-    fn hash(&self, (strings, code): ([&str; 17], u16)) -> u64 {
+    fn hash(&self, (strings, code): ([&str; 19], u16)) -> u64 {
         let mut h = self.hasher.build_hasher();
         for s in strings {
             h.write(s.as_bytes());

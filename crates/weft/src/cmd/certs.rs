@@ -1,6 +1,10 @@
 //! `weft certs <admin-addr>`: the certificates a weft process holds.
+//! `weft certs root` and `weft certs intermediate`: the CAs of a mesh of
+//! several clusters — one root kept offline, and each cluster's CA an
+//! intermediate of it in Istio's plug-in layout (`docs/multicluster.md`).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use http_body_util::{BodyExt, Empty};
@@ -10,7 +14,11 @@ use weft_ca::manager::CertReport;
 
 /// Flags of `weft certs`.
 #[derive(clap::Args, Debug)]
+#[command(args_conflicts_with_subcommands = true)]
 pub(crate) struct Args {
+    /// Make CAs instead of reporting certificates.
+    #[command(subcommand)]
+    make: Option<Make>,
     /// Admin address of a weft process, e.g. 127.0.0.1:15000.
     #[arg(default_value = "127.0.0.1:15000")]
     admin: SocketAddr,
@@ -19,7 +27,91 @@ pub(crate) struct Args {
     json: bool,
 }
 
+/// CAs for a mesh of several clusters.
+#[derive(clap::Subcommand, Debug)]
+enum Make {
+    /// Make the mesh's root CA (root-cert.pem, and root-key.pem to keep
+    /// offline once the clusters' intermediates are made).
+    Root {
+        /// Directory to create it in (0700; an existing root is never
+        /// replaced).
+        #[arg(long)]
+        out: PathBuf,
+        /// The mesh's trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+    },
+    /// Make one cluster's CA, an intermediate of the root, in Istio's
+    /// plug-in layout (ca-cert.pem, ca-key.pem, cert-chain.pem,
+    /// root-cert.pem): give it to that cluster's `weft control --ca-dir`
+    /// (or its `cacerts` Secret).
+    Intermediate {
+        /// The root's directory (from `weft certs root`).
+        #[arg(long)]
+        root: PathBuf,
+        /// Directory to create the CA in.
+        #[arg(long)]
+        out: PathBuf,
+        /// The cluster it is for (named in the certificate).
+        #[arg(long)]
+        cluster: String,
+        /// The mesh's trust domain.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// How long it is valid, in days.
+        #[arg(long, default_value_t = 730)]
+        days: u64,
+    },
+}
+
+/// Makes a CA as `make` says.
+fn make(make: Make) -> ExitCode {
+    let made = match &make {
+        Make::Root { out, trust_domain } => {
+            weft_ca::authority::create_shared_root(out, trust_domain).map(|()| {
+                format!(
+                    "root CA in {}: root-cert.pem, root-key.pem (keep the key offline once the intermediates are made)",
+                    out.display()
+                )
+            })
+        }
+        Make::Intermediate {
+            root,
+            out,
+            cluster,
+            trust_domain,
+            days,
+        } => weft_ca::authority::create_intermediate(
+            root,
+            out,
+            trust_domain,
+            cluster,
+            std::time::Duration::from_secs(days.saturating_mul(86400)),
+        )
+        .map(|()| {
+            format!(
+                "CA of cluster {cluster} in {}: ca-cert.pem, ca-key.pem, cert-chain.pem, root-cert.pem (weft control --ca-dir {})",
+                out.display(),
+                out.display()
+            )
+        }),
+    };
+    match made {
+        Ok(what) => {
+            println!("{what}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("weft certs: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 pub(crate) fn run(args: Args) -> ExitCode {
+    if let Some(m) = args.make {
+        return make(m);
+    }
     let body = match super::runtime().and_then(|rt| rt.block_on(get(args.admin, "/certs"))) {
         Ok(body) => body,
         Err(e) => {
