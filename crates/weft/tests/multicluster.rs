@@ -359,6 +359,10 @@ impl Cluster {
                 "127.0.0.1:15120",
                 "--connect-timeout",
                 "1s",
+                "--state-dir",
+                &d("node-state"),
+                "--attach-socket",
+                &d("attach.sock"),
             ],
             &self.dir.join("node.log"),
         )
@@ -502,7 +506,17 @@ fn two_clusters_in_two_networks_through_an_east_west_gateway() {
     let pcap = tmp.path().join("link.pcap");
     let mut tcpdump = Command::new("ip")
         .args([
-            "netns", "exec", "wm-east", "tcpdump", "-i", "wm-e", "-U", "-w",
+            "netns",
+            "exec",
+            "wm-east",
+            "tcpdump",
+            "-Z",
+            "root",
+            "--immediate-mode",
+            "-i",
+            "wm-e",
+            "-U",
+            "-w",
         ])
         .arg(&pcap)
         .stderr(Stdio::piped())
