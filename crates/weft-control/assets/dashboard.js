@@ -83,24 +83,38 @@ function drawNode(svg, n, p) {
   svg.appendChild(g);
 }
 
+// Whether a link goes from one cluster to another (both known).
+function crosses(l) {
+  const known = (c) => c && c !== "unknown";
+  return known(l.source_cluster) && known(l.destination_cluster) && l.source_cluster !== l.destination_cluster;
+}
+
 function drawLink(svg, l, from, to) {
   const x1 = from.x + from.right, y1 = from.y, x2 = to.x + to.left, y2 = to.y;
   const backwards = x2 <= x1;
-  const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 + (backwards ? 40 : 0);
+  // A call to another cluster bends below the in-cluster one it parallels.
+  const across = crosses(l);
+  const bend = across ? 70 : 0;
+  const mx = (x1 + x2) / 2, my = (y1 + y2) / 2 + (backwards ? 40 : 0) + bend * 0.75;
   const d = backwards
-    ? `M${x1},${y1} C${x1 + 60},${y1 + 80} ${x2 - 60},${y2 + 80} ${x2},${y2}`
-    : `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`;
+    ? `M${x1},${y1} C${x1 + 60},${y1 + 80 + bend} ${x2 - 60},${y2 + 80 + bend} ${x2},${y2}`
+    : `M${x1},${y1} C${mx},${y1 + bend} ${mx},${y2 + bend} ${x2},${y2}`;
   const denied = l.denied > 0;
-  const cls = ["edge", denied ? "denied" : "", l.error_ratio > 0.01 ? "errors" : "", l.mtls ? "mtls" : "plaintext"]
-    .filter(Boolean).join(" ");
+  const cls = ["edge", denied ? "denied" : "", l.error_ratio > 0.01 ? "errors" : "", l.mtls ? "mtls" : "plaintext",
+    across ? "crosses" : ""].filter(Boolean).join(" ");
   const path = el("svg:path", {
     d, class: cls, "marker-end": "url(#arrow)",
     "data-edge": `${l.from}->${l.to}`,
+    "data-clusters": `${l.source_cluster}->${l.destination_cluster}`,
+    "data-gateway": l.gateway ? l.gateway.name : "",
     "data-rate": fmt(l.rate, 3), "data-denied": fmt(l.denied, 0), "data-mtls": String(l.mtls),
   });
-  path.appendChild(el("svg:title", {}, `${l.source} → ${l.destination}: ${fmt(l.requests, 0)} ${l.protocol === "tcp" ? "connections" : "requests"} (${l.reporter})`));
+  const via = l.gateway ? ` via ${l.gateway.name} (${l.gateway.cluster}, ${l.gateway.address})` : "";
+  path.appendChild(el("svg:title", {}, `${l.source} (${l.source_cluster}) → ${l.destination} (${l.destination_cluster})${via}: ` +
+    `${fmt(l.requests, 0)} ${l.protocol === "tcp" ? "connections" : "requests"} (${l.reporter})`));
   svg.appendChild(path);
   const parts = [`${fmt(l.rate, 2)}/s`, `${fmt(l.error_ratio * 100, 1)}% err`];
+  if (across) parts.unshift(`${l.source_cluster} → ${l.destination_cluster}` + (l.gateway ? ` via ${l.gateway.name}` : ""));
   if (l.p99_ms !== null && l.p99_ms !== undefined) parts.push(`p99 ${fmt(l.p99_ms, 1)}ms`);
   const text = el("svg:text", { x: mx, y: my - 6, "text-anchor": "middle", class: "edge-label" }, parts.join(" · "));
   svg.appendChild(text);

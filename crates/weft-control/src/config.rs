@@ -390,6 +390,13 @@ impl LiveConfig {
         self.publish(&local, &self.snapshot.load());
     }
 
+    /// Which gateway calls between clusters pass, from the snapshot in
+    /// force and the imports.
+    pub fn crossings(&self) -> crate::crossings::Crossings {
+        let imports = self.imports.lock().unwrap_or_else(|p| p.into_inner());
+        crate::crossings::Crossings::new(&self.snapshot.load(), &imports)
+    }
+
     /// Records how the streams to the clusters this one peers with are
     /// doing, for `/debug/config-status`.
     pub fn set_remote_status(&self, remotes: Vec<RemoteStatus>) {

@@ -14,11 +14,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use serde::Serialize;
 use weft_admin::{Reply, Routes};
 use weft_core::model::{Snapshot, WorkloadAddress};
 
+use crate::config::LiveConfig;
+use crate::crossings::{Crossings, GatewayRef};
 use crate::observe::{Aggregator, Report, parse_window};
 
 const INDEX: &str = include_str!("../assets/index.html");
@@ -49,16 +50,18 @@ struct GraphBody<'a> {
 }
 
 /// An edge between two graph nodes (a caller that is a service's
-/// workload is drawn as that service).
+/// workload is drawn as that service), with the east-west gateway it
+/// passes when it crosses networks.
 #[derive(Serialize)]
 struct Link<'a> {
     from: String,
     to: &'a str,
+    gateway: Option<GatewayRef>,
     #[serde(flatten)]
     edge: &'a weft_telemetry::graph::Edge,
 }
 
-fn links<'a>(snapshot: &Snapshot, report: &'a Report) -> Vec<Link<'a>> {
+fn links<'a>(snapshot: &Snapshot, crossings: &Crossings, report: &'a Report) -> Vec<Link<'a>> {
     report
         .edges
         .iter()
@@ -66,6 +69,9 @@ fn links<'a>(snapshot: &Snapshot, report: &'a Report) -> Vec<Link<'a>> {
             from: service_of(snapshot, &e.source, &e.source_namespace)
                 .unwrap_or_else(|| e.source.clone()),
             to: &e.destination,
+            gateway: crossings
+                .via(&e.source_cluster, &e.destination_cluster)
+                .cloned(),
             edge: e,
         })
         .collect()
@@ -298,13 +304,10 @@ pub fn service_view(snapshot: &Snapshot, report: &Report, host: &str) -> Option<
 }
 
 /// The monitoring routes: the dashboard, the graph and service APIs.
-pub fn routes(
-    routes: Routes,
-    aggregator: Arc<Aggregator>,
-    snapshot: Arc<ArcSwap<Snapshot>>,
-) -> Routes {
+pub fn routes(routes: Routes, aggregator: Arc<Aggregator>, live: Arc<LiveConfig>) -> Routes {
     let graph_agg = aggregator.clone();
-    let graph_snapshot = snapshot.clone();
+    let graph_live = live.clone();
+    let snapshot = live.snapshot.clone();
     routes
         .get("/", || Reply::typed("text/html; charset=utf-8", INDEX))
         .get("/dashboard.js", || {
@@ -314,7 +317,7 @@ pub fn routes(
             Reply::typed("text/css; charset=utf-8", STYLE)
         })
         .get_async("/api/graph", move |q| {
-            let (aggregator, snapshot) = (graph_agg.clone(), graph_snapshot.clone());
+            let (aggregator, live) = (graph_agg.clone(), graph_live.clone());
             Box::pin(async move {
                 let window = match q.get("window").map(parse_window).transpose() {
                     Ok(w) => w.unwrap_or(DEFAULT_WINDOW),
@@ -322,10 +325,10 @@ pub fn routes(
                 };
                 match aggregator.report(window).await {
                     Ok(report) => {
-                        let snapshot = snapshot.load();
+                        let snapshot = live.snapshot.load();
                         let body = GraphBody {
                             nodes: nodes(&snapshot, &report),
-                            links: links(&snapshot, &report),
+                            links: links(&snapshot, &live.crossings(), &report),
                             report: &report,
                         };
                         Reply::json(serde_json::to_string(&body).unwrap_or_default())

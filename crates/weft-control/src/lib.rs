@@ -28,6 +28,7 @@ use weft_ca::{Authority, CaOptions, CertManager, ManagerOptions, TrustBundle};
 use weft_xds::{XdsMetrics, XdsServer};
 
 pub mod config;
+pub mod crossings;
 pub mod dashboard;
 pub mod debounce;
 pub mod guard;
@@ -364,7 +365,7 @@ pub async fn start(options: Options) -> Result<Running, StartError> {
                 Reply::json(serde_json::to_string_pretty(&status_of.status()).unwrap_or_default())
             }),
             aggregator,
-            live.snapshot.clone(),
+            live.clone(),
         )
         .local_hosts_only_on(monitoring_bound),
         stopped(),

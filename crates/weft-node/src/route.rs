@@ -22,7 +22,7 @@ use std::net::SocketAddr;
 
 use weft_core::Identity;
 
-use weft_state::{MeshView, NamespacedName, WorkloadInfo};
+use weft_state::{MeshView, NamespacedName, Reach, WorkloadInfo};
 
 /// Where a connection goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -278,19 +278,6 @@ fn tier(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> u8 {
     if elsewhere { 4 + locality } else { locality }
 }
 
-/// How `source` reaches `endpoint`: directly (same network, or either in
-/// the flat unnamed one), through its network's gateway, or not at all.
-fn reach(source: &WorkloadInfo, endpoint: &WorkloadInfo) -> Option<Option<SocketAddr>> {
-    let same = source.network.is_empty()
-        || endpoint.network.is_empty()
-        || source.network == endpoint.network;
-    match (same, endpoint.network_gateway) {
-        (true, _) => Some(None),
-        (false, Some(gateway)) => Some(Some(gateway)),
-        (false, None) => None,
-    }
-}
-
 /// Chooses an endpoint of `service:port` for `source`. `unhealthy` says
 /// which endpoints recently failed; `turn` spreads load within a tier.
 pub fn decide(
@@ -328,7 +315,7 @@ pub fn decide(
     }
     let candidates: Vec<(&WorkloadInfo, u16)> = view
         .endpoints_of(service)
-        .filter(|w| reach(source, w).is_some())
+        .filter(|w| w.reached_from(&source.network) != Reach::Unreachable)
         .filter_map(|w| Some((w.as_ref(), w.target_port(service, port)?)))
         .collect();
     if candidates.is_empty() {
@@ -352,7 +339,7 @@ pub fn decide(
         .filter(|(w, _)| tier(source, w) == best)
         .collect();
     let (endpoint, target_port) = **tier_members[turn % tier_members.len()];
-    if let Some(Some(gateway)) = reach(source, endpoint) {
+    if let Reach::Gateway(gateway) = endpoint.reached_from(&source.network) {
         return through_gateway(view, service, port, endpoint, gateway, &candidates);
     }
     Route::Tunnel {

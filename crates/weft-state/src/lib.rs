@@ -23,4 +23,4 @@ pub mod workload;
 
 pub use view::MeshView;
 pub use weft_core::model::{Locality, NamespacedName};
-pub use workload::{Listener, ServiceInfo, WorkloadInfo};
+pub use workload::{Listener, Reach, ServiceInfo, WorkloadInfo};

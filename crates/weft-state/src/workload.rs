@@ -52,7 +52,28 @@ pub struct WorkloadInfo {
     pub canonical_revision: String,
 }
 
+/// How a proxy in one network reaches a workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reach {
+    /// Directly: the same network, or either in the flat unnamed one.
+    Direct,
+    /// Through its network's east-west gateway (double HBONE).
+    Gateway(std::net::SocketAddr),
+    /// Not at all: another network without a gateway.
+    Unreachable,
+}
+
 impl WorkloadInfo {
+    /// How a proxy in `network` reaches this workload.
+    pub fn reached_from(&self, network: &str) -> Reach {
+        let same = network.is_empty() || self.network.is_empty() || network == self.network;
+        match (same, self.network_gateway) {
+            (true, _) => Reach::Direct,
+            (false, Some(gateway)) => Reach::Gateway(gateway),
+            (false, None) => Reach::Unreachable,
+        }
+    }
+
     /// This workload as a telemetry peer.
     pub fn peer(&self) -> Peer {
         let or_unknown = |s: &str| {

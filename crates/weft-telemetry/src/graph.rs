@@ -30,7 +30,8 @@ pub fn wanted(name: &str) -> bool {
     matches!(name, REQUESTS | DURATION_BUCKETS | TCP_OPENED)
 }
 
-/// One caller → service edge.
+/// One caller → service edge: per caller, callee and the clusters each
+/// is in (a call from another cluster is its own edge).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Edge {
     /// The caller: its canonical service (else workload), `unknown` for
@@ -38,8 +39,13 @@ pub struct Edge {
     pub source: String,
     /// The caller's namespace.
     pub source_namespace: String,
+    /// The caller's cluster (`unknown` when not known).
+    pub source_cluster: String,
     /// The callee: the service hostname.
     pub destination: String,
+    /// The cluster of the endpoints that answered (`unknown` when not
+    /// known).
+    pub destination_cluster: String,
     /// `http`, `grpc` or `tcp` (connections, not requests).
     pub protocol: String,
     /// Requests (or connections) in the window.
@@ -94,7 +100,15 @@ fn denied_flag(flags: &str) -> bool {
         .any(|f| matches!(f, "DENY" | "RBAC" | "UAEX"))
 }
 
-type Key = (String, String, String);
+/// Caller, its namespace, its cluster, callee, callee's cluster.
+type Key = (String, String, String, String, String);
+
+fn label_or_unknown(s: &Sample, name: &str) -> String {
+    match s.label(name) {
+        "" => "unknown".to_owned(),
+        v => v.to_owned(),
+    }
+}
 
 #[derive(Default)]
 struct Acc {
@@ -121,14 +135,15 @@ pub fn edges(deltas: &[Sample], seconds: f64) -> Vec<Edge> {
             _ => continue,
         };
         let (source, source_namespace) = caller(s);
-        let destination = match s.label("destination_service") {
-            "" => "unknown".to_owned(),
-            d => d.to_owned(),
-        };
+        let key = (
+            source,
+            source_namespace,
+            label_or_unknown(s, "source_cluster"),
+            label_or_unknown(s, "destination_service"),
+            label_or_unknown(s, "destination_cluster"),
+        );
         let rank = reporter_rank(s.label("reporter"));
-        let acc = table
-            .entry((source, source_namespace, destination))
-            .or_default();
+        let acc = table.entry(key).or_default();
         // A better-placed reporter replaces what a worse one counted.
         if rank > acc.rank {
             *acc = Acc {
@@ -171,29 +186,33 @@ pub fn edges(deltas: &[Sample], seconds: f64) -> Vec<Edge> {
     }
     l7.into_iter()
         .filter(|(_, a)| a.requests > 0.0)
-        .map(|((source, source_namespace, destination), a)| {
-            let quantile = |q| quantile(&a.buckets, q);
-            Edge {
-                source,
-                source_namespace,
-                destination,
-                protocol: if a.protocol.is_empty() {
-                    "http".into()
-                } else {
-                    a.protocol
-                },
-                rate: a.requests / seconds,
-                error_ratio: a.errors / a.requests,
-                allowed: a.requests - a.denied,
-                mtls: a.plaintext == 0.0,
-                p50_ms: quantile(0.5),
-                p99_ms: quantile(0.99),
-                requests: a.requests,
-                errors: a.errors,
-                denied: a.denied,
-                reporter: a.reporter,
-            }
-        })
+        .map(
+            |((source, source_namespace, source_cluster, destination, destination_cluster), a)| {
+                let quantile = |q| quantile(&a.buckets, q);
+                Edge {
+                    source,
+                    source_namespace,
+                    source_cluster,
+                    destination,
+                    destination_cluster,
+                    protocol: if a.protocol.is_empty() {
+                        "http".into()
+                    } else {
+                        a.protocol
+                    },
+                    rate: a.requests / seconds,
+                    error_ratio: a.errors / a.requests,
+                    allowed: a.requests - a.denied,
+                    mtls: a.plaintext == 0.0,
+                    p50_ms: quantile(0.5),
+                    p99_ms: quantile(0.99),
+                    requests: a.requests,
+                    errors: a.errors,
+                    denied: a.denied,
+                    reporter: a.reporter,
+                }
+            },
+        )
         .collect()
 }
 
@@ -361,6 +380,52 @@ mod tests {
         assert!(op.mtls);
         assert_eq!(find("bot", "reviews").denied, 4.0);
         assert_eq!(edges.len(), 5);
+    }
+
+    #[test]
+    fn calls_to_another_cluster_are_their_own_edge() {
+        let across = |reporter: &str, to_cluster: &str, n: f64| {
+            let mut t = tcp(reporter, "frontend", "reviews", "-", "mutual_tls", n);
+            t.labels.insert("source_cluster".into(), "east".into());
+            t.labels
+                .insert("destination_cluster".into(), to_cluster.into());
+            t
+        };
+        let deltas = vec![
+            across("source", "east", 8.0),
+            across("destination", "east", 8.0),
+            // East's node saw 2 calls to west; west's node too.
+            across("source", "west", 2.0),
+            across("destination", "west", 2.0),
+        ];
+        let edges = edges(&deltas, 10.0);
+        let found: Vec<(&str, &str, f64, &str)> = edges
+            .iter()
+            .map(|e| {
+                (
+                    e.source_cluster.as_str(),
+                    e.destination_cluster.as_str(),
+                    e.requests,
+                    e.reporter.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("east", "east", 8.0, "destination"),
+                ("east", "west", 2.0, "destination")
+            ]
+        );
+        // Without cluster labels: `unknown`, one edge.
+        let plain = super::edges(&[tcp("source", "a", "b", "-", "mutual_tls", 1.0)], 1.0);
+        assert_eq!(
+            (
+                plain[0].source_cluster.as_str(),
+                plain[0].destination_cluster.as_str()
+            ),
+            ("unknown", "unknown")
+        );
     }
 
     #[test]

@@ -445,3 +445,113 @@ spec:
     );
     assert!(stdout.contains("never matches"), "{stdout}");
 }
+
+#[test]
+fn authz_check_answers_for_a_caller_from_another_cluster() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = |exported: &str, labels: &str| {
+        format!(
+            "apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{cluster: west, network: net-west}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: shop, labels: {{{labels}}}}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [240.240.9.2]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-west, namespace: shop}}
+spec:
+  address: 10.2.0.12
+  serviceAccount: reviews
+  labels: {{app: reviews, weft.dev/node: node-1}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-from-frontend, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: ALLOW
+  rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/frontend]}}}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: east-west, namespace: weft-system}}
+spec:
+  gatewayClassName: weft-east-west
+  addresses: [{{value: 192.0.2.2}}]
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: east-west, namespace: weft-system}}
+spec:
+  address: 10.2.0.2
+  serviceAccount: east-west
+  labels: {{weft.dev/gateway: \"true\", weft.dev/node: node-1}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: RemoteCluster
+metadata: {{name: east}}
+spec: {{address: \"192.0.2.1:15012\", network: net-east, exportedNamespaces: [{exported}]}}
+"
+        )
+    };
+    let path = dir.path().join("mesh.yaml");
+    let ask = |from: &str, cluster: &str| {
+        let out = run(&[
+            "authz",
+            "check",
+            path.to_str().expect("utf-8"),
+            "--from",
+            from,
+            "--source-cluster",
+            cluster,
+            "--to",
+            "reviews.shop.svc.cluster.local",
+        ]);
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    std::fs::write(&path, config("shop", "")).expect("config");
+    let (code, stdout, stderr) = ask("shop/sa/frontend", "east");
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("ALLOW")
+            && stdout.contains("from cluster east through east-west gateway weft-system/east-west (192.0.2.2:15008)")
+            && stdout.contains("the node sees 10.2.0.2 as the caller's address"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = ask("shop/sa/intruder", "east");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.starts_with("DENY"), "{stdout}");
+    // Its own cluster: the ordinary answer.
+    let (code, stdout, _) = ask("shop/sa/frontend", "west");
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(!stdout.contains("east-west gateway"), "{stdout}");
+    let (code, _, stderr) = ask("shop/sa/frontend", "south");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--source-cluster \"south\"") && stderr.contains("its peers: east"),
+        "{stderr}"
+    );
+    std::fs::write(&path, config("billing", "")).expect("config");
+    let (code, stdout, _) = ask("shop/sa/frontend", "east");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(
+        stdout.contains("namespace shop is not exported to cluster east"),
+        "{stdout}"
+    );
+    std::fs::write(&path, config("shop", "weft.dev/cluster-local: \"true\"")).expect("config");
+    let (code, stdout, _) = ask("shop/sa/frontend", "east");
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("cluster-local"), "{stdout}");
+}

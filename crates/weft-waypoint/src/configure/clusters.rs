@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use weft_core::l7::{self, LoadBalancer};
-use weft_state::{MeshView, NamespacedName, WorkloadInfo};
+use weft_state::{MeshView, NamespacedName, Reach, WorkloadInfo};
 
 use crate::configure::Policies;
 use crate::engine::budget::{ConcurrencyBudget, RateBudget};
@@ -52,6 +52,10 @@ impl Builder<'_> {
             .view
             .endpoints_of(service)
             .filter(|w| members.is_none_or(|m| m.contains(&w.name.to_string())))
+            // Endpoints of another network are reached through its
+            // east-west gateway, which node proxies do and this engine
+            // does not yet: never dial their addresses directly.
+            .filter(|w| w.reached_from(&self.me.network) == Reach::Direct)
             .filter_map(|w| {
                 let target = w.target_port(service, port)?;
                 let mut e = Endpoint::new(SocketAddr::new(w.ip, target), w.locality.clone());

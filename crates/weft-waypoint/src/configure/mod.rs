@@ -148,13 +148,36 @@ fn gateway_identities(view: &MeshView) -> std::collections::HashSet<weft_core::I
         .collect()
 }
 
+/// `what` of every workload of the registry, by address. Addresses of
+/// this network win over those of workloads behind another network's
+/// gateway (the same address may be in use in both).
+pub(crate) fn by_address<T>(
+    view: &MeshView,
+    what: impl Fn(&WorkloadInfo) -> T,
+) -> HashMap<std::net::IpAddr, T> {
+    let mut out: HashMap<_, _> = view
+        .workloads
+        .values()
+        .filter(|w| w.network_gateway.is_none())
+        .map(|w| (w.ip, what(w)))
+        .collect();
+    for w in view
+        .workloads
+        .values()
+        .filter(|w| w.network_gateway.is_some())
+    {
+        out.entry(w.ip).or_insert_with(|| what(w));
+    }
+    out
+}
+
 /// Every workload of the registry as telemetry names it, by address
 /// (shared with `previous` when nothing changed).
 fn peers(
     view: &MeshView,
     previous: Option<&Config>,
 ) -> Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>> {
-    let peers: HashMap<_, _> = view.workloads.values().map(|w| (w.ip, w.peer())).collect();
+    let peers = by_address(view, WorkloadInfo::peer);
     match previous {
         Some(p) if *p.peers == peers => p.peers.clone(),
         _ => Arc::new(peers),
@@ -345,6 +368,40 @@ mod tests {
         assert!(
             cluster.rate_budget.is_some(),
             "retries are budgeted by default"
+        );
+    }
+
+    #[test]
+    fn endpoints_of_another_network_are_never_dialled_directly() {
+        let mut me = workload("shop/waypoint", [127, 0, 1, 40], "a");
+        me.network = "net-east".into();
+        let mut home = workload("shop/reviews-east", [127, 0, 1, 12], "a");
+        home.network = "net-east".into();
+        let mut flat = workload("shop/reviews-flat", [127, 0, 1, 13], "a");
+        flat.cluster = "west".into();
+        // Another network may use this network's addresses.
+        let mut far = workload("shop/reviews-far", [127, 0, 1, 12], "a");
+        far.network = "net-west".into();
+        far.network_gateway = Some("192.0.2.2:15008".parse().expect("addr"));
+        let mut lost = workload("shop/reviews-lost", [127, 0, 1, 15], "a");
+        lost.network = "net-south".into();
+        let config = config_for(
+            &view(&me, &[home, flat, far, lost]),
+            &me,
+            &Services::default(),
+            None,
+        );
+        let addrs: Vec<String> = config.clusters["shop/reviews:80"]
+            .balancer
+            .endpoints()
+            .iter()
+            .map(|e| e.addr.to_string())
+            .collect();
+        assert_eq!(addrs, ["127.0.1.12:8080", "127.0.1.13:8080"]);
+        assert_eq!(
+            config.peers[&std::net::IpAddr::from([127, 0, 1, 12])].workload,
+            "reviews-east",
+            "an address of this network names its own workload"
         );
     }
 

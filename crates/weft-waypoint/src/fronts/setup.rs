@@ -7,7 +7,7 @@
 //! address or (in a cluster) by host name.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -330,12 +330,10 @@ impl Core {
         jwks: &crate::policy::jwks::Fetcher,
     ) -> (Arc<MeshView>, crate::configure::Services) {
         let view = Arc::new(MeshView::build(&self.changes.borrow_and_update(), node));
-        self.peers.store(Arc::new(
-            view.workloads
-                .values()
-                .map(|w| (w.ip, w.identity.clone()))
-                .collect::<HashMap<IpAddr, Identity>>(),
-        ));
+        self.peers
+            .store(Arc::new(crate::configure::by_address(&view, |w| {
+                w.identity.clone()
+            })));
         self.via.store(Arc::new(
             view.services
                 .values()

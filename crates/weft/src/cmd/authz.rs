@@ -4,7 +4,10 @@
 //! the waypoint's request-level decision (`weft_waypoint::policy::authz::decide`)
 //! when the service has a waypoint and attached policies, and the
 //! destination node's L4 decision (`weft_node::authz::explain`) — which,
-//! behind a waypoint, sees the waypoint as the caller.
+//! behind a waypoint, sees the waypoint as the caller. A caller from
+//! another cluster (`--source-cluster`) reaches the endpoints directly
+//! (a waypoint is its own cluster's), through the endpoints' network's
+//! east-west gateway when its network differs.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -46,6 +49,14 @@ struct CheckArgs {
     /// The caller's address (default: the workload's, if `--from` names one).
     #[arg(long)]
     source_ip: Option<IpAddr>,
+    /// The caller's cluster, when it is another cluster of the mesh (a
+    /// `RemoteCluster` of this configuration; name the caller by identity
+    /// or service account). Says whether its calls reach the service at
+    /// all (exported namespace, not cluster-local) and, across networks,
+    /// through which east-west gateway — whose address the endpoint's
+    /// node then sees as the caller's.
+    #[arg(long)]
+    source_cluster: Option<String>,
     /// Request method (request-level policies).
     #[arg(long, default_value = "GET")]
     method: String,
@@ -216,6 +227,15 @@ fn check(args: &CheckArgs) -> Result<bool, String> {
             .first()
             .ok_or_else(|| format!("{} has no ports", service.name))?,
     };
+    let remote = match args.source_cluster.as_deref() {
+        Some(c) if c != snapshot.mesh.cluster => Some(remote_cluster(args, snapshot, c)?),
+        _ => None,
+    };
+    if let Some(remote) = remote {
+        return Ok(from_remote(
+            snapshot, service, port, remote, &identity, source_ip,
+        ));
+    }
     let mut all_allowed = true;
     let mut any = false;
     if let Some(allowed) =
@@ -239,45 +259,166 @@ fn check(args: &CheckArgs) -> Result<bool, String> {
         None => (identity, source_ip),
     };
     for w in snapshot.endpoints(service) {
-        let WorkloadAddress::Ip(w_ip) = w.address else {
+        let WorkloadAddress::Ip(_) = w.address else {
             continue;
         };
         any = true;
-        let target = service.target_port(port, w);
-        let protos: Vec<_> = snapshot
-            .policies
-            .values()
-            .filter(|p| p.applies_to(w))
-            .map(weft_xds::authz::to_proto)
-            .collect();
-        let refs: Vec<_> = protos.iter().collect();
-        let verdict = weft_node::authz::explain(
-            &refs,
-            &weft_node::authz::Conn {
-                source: Some(&identity),
-                source_ip,
-                destination_ip: w_ip,
-                destination_port: target,
-            },
-        );
-        all_allowed &= verdict.allowed;
-        let rule = verdict
-            .rule
-            .map(|r| format!(" (rule {r})"))
-            .unwrap_or_default();
-        println!(
-            "{:<5} {} -> {} {}:{}  {}{}",
-            if verdict.allowed { "ALLOW" } else { "DENY" },
-            identity,
-            w.name,
-            w_ip,
-            target,
-            verdict.reason,
-            rule
-        );
+        all_allowed &= node_level(snapshot, service, port, w, &identity, source_ip, "");
     }
     if !any {
         return Err(format!("{} has no endpoints with an address", service.name));
     }
     Ok(all_allowed)
+}
+
+/// The destination node's L4 decision for one endpoint, printed with
+/// `note` after it; whether it allows.
+fn node_level(
+    snapshot: &Snapshot,
+    service: &weft_core::model::Service,
+    port: &weft_core::model::ServicePort,
+    w: &weft_core::model::Workload,
+    identity: &Identity,
+    source_ip: IpAddr,
+    note: &str,
+) -> bool {
+    let WorkloadAddress::Ip(w_ip) = w.address else {
+        return false;
+    };
+    let target = service.target_port(port, w);
+    let protos: Vec<_> = snapshot
+        .policies
+        .values()
+        .filter(|p| p.applies_to(w))
+        .map(weft_xds::authz::to_proto)
+        .collect();
+    let refs: Vec<_> = protos.iter().collect();
+    let verdict = weft_node::authz::explain(
+        &refs,
+        &weft_node::authz::Conn {
+            source: Some(identity),
+            source_ip,
+            destination_ip: w_ip,
+            destination_port: target,
+        },
+    );
+    let rule = verdict
+        .rule
+        .map(|r| format!(" (rule {r})"))
+        .unwrap_or_default();
+    println!(
+        "{:<5} {} -> {} {}:{}  {}{}{note}",
+        if verdict.allowed { "ALLOW" } else { "DENY" },
+        identity,
+        w.name,
+        w_ip,
+        target,
+        verdict.reason,
+        rule
+    );
+    verdict.allowed
+}
+
+/// The `RemoteCluster` `--source-cluster` names.
+fn remote_cluster<'a>(
+    args: &CheckArgs,
+    snapshot: &'a Snapshot,
+    cluster: &str,
+) -> Result<&'a weft_core::model::RemoteCluster, String> {
+    if let Some(remote) = snapshot.remotes.get(cluster) {
+        return Ok(remote);
+    }
+    let known: Vec<&str> = snapshot.remotes.keys().map(String::as_str).collect();
+    Err(format!(
+        "--source-cluster {cluster:?}: {} has no RemoteCluster of that name (this cluster is {:?}; its peers: {}) — callers from a cluster it does not peer with never reach it",
+        args.config.display(),
+        snapshot.mesh.cluster,
+        if known.is_empty() {
+            "none".to_owned()
+        } else {
+            known.join(", ")
+        }
+    ))
+}
+
+/// A call from cluster `remote`: refused when the service is not exported
+/// to it; else each endpoint's node decides, seeing the east-west
+/// gateway's address as the caller's when the networks differ.
+fn from_remote(
+    snapshot: &Snapshot,
+    service: &weft_core::model::Service,
+    port: &weft_core::model::ServicePort,
+    remote: &weft_core::model::RemoteCluster,
+    identity: &Identity,
+    source_ip: IpAddr,
+) -> bool {
+    let refuse = |why: String| {
+        println!(
+            "DENY  {identity} from cluster {} -> {}  {why}",
+            remote.name, service.name
+        );
+        false
+    };
+    if service.cluster_local {
+        return refuse(format!(
+            "the service is cluster-local ({}): it is not exported to other clusters",
+            weft_core::model::CLUSTER_LOCAL_LABEL
+        ));
+    }
+    if !remote.exports(&service.name.namespace) {
+        return refuse(format!(
+            "namespace {} is not exported to cluster {} (RemoteCluster {} spec.exportedNamespaces)",
+            service.name.namespace, remote.name, remote.name
+        ));
+    }
+    if let Some(waypoint) = &service.waypoint {
+        return refuse(format!(
+            "its traffic goes through waypoint {waypoint}, which takes no calls from other clusters: their nodes call endpoints directly and the endpoints' node refuses a call that skips the waypoint"
+        ));
+    }
+    let mut all_allowed = true;
+    let mut any = false;
+    for w in snapshot.endpoints(service) {
+        let WorkloadAddress::Ip(_) = w.address else {
+            continue;
+        };
+        any = true;
+        let flat = !remote.network.is_empty() && remote.network == w.network;
+        let gateway = snapshot.network_gateways.get(&w.network).filter(|_| !flat);
+        let (source_ip, note) = match gateway {
+            Some(g) => {
+                let seen = snapshot
+                    .workloads
+                    .get(&g.name)
+                    .and_then(|gw| match gw.address {
+                        WorkloadAddress::Ip(ip) => Some(ip),
+                        WorkloadAddress::Hostname(_) => None,
+                    })
+                    .unwrap_or(g.address);
+                (
+                    seen,
+                    format!(
+                        "  [from cluster {} through east-west gateway {} ({}:{}); the node sees {seen} as the caller's address]",
+                        remote.name, g.name, g.address, g.port
+                    ),
+                )
+            }
+            None if flat || w.network.is_empty() => (
+                source_ip,
+                format!("  [from cluster {}, same network: direct]", remote.name),
+            ),
+            None => {
+                all_allowed &= refuse(format!(
+                    "endpoint {} is in network {:?}, which has no east-west gateway, and cluster {} is in network {:?}",
+                    w.name, w.network, remote.name, remote.network
+                ));
+                continue;
+            }
+        };
+        all_allowed &= node_level(snapshot, service, port, w, identity, source_ip, &note);
+    }
+    if !any {
+        return refuse("it has no endpoints with an address in this cluster".to_owned());
+    }
+    all_allowed
 }

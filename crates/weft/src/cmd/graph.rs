@@ -116,21 +116,53 @@ fn num(v: &Value, digits: usize) -> String {
         .map_or_else(|| "-".into(), |n| format!("{n:.digits$}"))
 }
 
+/// The caller's and callee's clusters, when the link goes from one known
+/// cluster to another.
+fn crossing(l: &Value) -> Option<(&str, &str)> {
+    fn known(c: &Value) -> Option<&str> {
+        c.as_str().filter(|c| !c.is_empty() && *c != "unknown")
+    }
+    let (from, to) = (
+        known(&l["source_cluster"])?,
+        known(&l["destination_cluster"])?,
+    );
+    (from != to).then_some((from, to))
+}
+
+/// The east-west gateway a link passes, `namespace/name@cluster`.
+fn via(l: &Value) -> Option<String> {
+    let g = l["gateway"].as_object()?;
+    Some(format!(
+        "{}@{}",
+        g.get("name").and_then(Value::as_str).unwrap_or("?"),
+        g.get("cluster").and_then(Value::as_str).unwrap_or("?")
+    ))
+}
+
 fn table(links: &[Value]) -> String {
-    let header = [
+    // Clusters and gateways only when some link crosses clusters.
+    let across = links.iter().any(|l| crossing(l).is_some());
+    let mut header = vec![
         "CALLER", "CALLEE", "PROTO", "RATE/S", "ERR%", "P50MS", "P99MS", "MTLS", "ALLOWED",
         "DENIED",
     ];
+    if across {
+        header.push("VIA");
+    }
     let rows: Vec<Vec<String>> = links
         .iter()
         .map(|l| {
-            vec![
+            let (from, to) = match crossing(l) {
+                Some((from, to)) => (format!("@{from}"), format!("@{to}")),
+                None => (String::new(), String::new()),
+            };
+            let mut row = vec![
                 format!(
-                    "{}.{}",
+                    "{}.{}{from}",
                     l["source"].as_str().unwrap_or("?"),
                     l["source_namespace"].as_str().unwrap_or("?")
                 ),
-                l["destination"].as_str().unwrap_or("?").to_owned(),
+                format!("{}{to}", l["destination"].as_str().unwrap_or("?")),
                 l["protocol"].as_str().unwrap_or("?").to_owned(),
                 num(&l["rate"], 2),
                 l["error_ratio"]
@@ -141,7 +173,11 @@ fn table(links: &[Value]) -> String {
                 if l["mtls"] == true { "yes" } else { "no" }.to_owned(),
                 num(&l["allowed"], 0),
                 num(&l["denied"], 0),
-            ]
+            ];
+            if across {
+                row.push(via(l).unwrap_or_else(|| "-".into()));
+            }
+            row
         })
         .collect();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
@@ -175,8 +211,13 @@ fn dot(links: &[Value]) -> String {
         let from = l["from"].as_str().unwrap_or("?");
         let to = l["to"].as_str().unwrap_or("?");
         let denied = l["denied"].as_f64().unwrap_or(0.0);
+        let crossed = match (crossing(l), via(l)) {
+            (Some((from, to)), Some(g)) => format!("{from} → {to} via {g}, "),
+            (Some((from, to)), None) => format!("{from} → {to}, "),
+            _ => String::new(),
+        };
         let label = format!(
-            "{}/s, {:.1}% err{}{}",
+            "{crossed}{}/s, {:.1}% err{}{}",
             num(&l["rate"], 2),
             l["error_ratio"].as_f64().unwrap_or(0.0) * 100.0,
             if l["mtls"] == true { ", mTLS" } else { "" },
@@ -230,5 +271,44 @@ mod tests {
             "{d}"
         );
         assert!(d.contains("color=red"), "{d}");
+        assert!(
+            !t.contains("VIA"),
+            "no cluster column within a cluster: {t}"
+        );
+    }
+
+    #[test]
+    fn links_across_clusters_name_the_clusters_and_the_gateway() {
+        let graph = serde_json::json!({"links": [
+            {"from": "frontend", "to": "reviews.shop.svc.cluster.local",
+             "source": "frontend", "source_namespace": "shop", "source_cluster": "east",
+             "destination": "reviews.shop.svc.cluster.local", "destination_cluster": "west",
+             "gateway": {"name": "weft-system/east-west", "cluster": "west", "address": "10.0.0.2:15008"},
+             "protocol": "tcp", "rate": 2.0, "error_ratio": 0.0, "mtls": true,
+             "allowed": 20.0, "denied": 0.0},
+            {"from": "frontend", "to": "reviews.shop.svc.cluster.local",
+             "source": "frontend", "source_namespace": "shop", "source_cluster": "east",
+             "destination": "reviews.shop.svc.cluster.local", "destination_cluster": "east",
+             "gateway": null, "protocol": "tcp", "rate": 8.0, "error_ratio": 0.0, "mtls": true,
+             "allowed": 80.0, "denied": 0.0}
+        ]});
+        let t = table(&select(&graph, None, None));
+        let lines: Vec<&str> = t.lines().collect();
+        assert!(lines[0].ends_with("VIA"), "{t}");
+        assert!(
+            lines[1].starts_with("frontend.shop@east")
+                && lines[1].contains("reviews.shop.svc.cluster.local@west")
+                && lines[1].ends_with("weft-system/east-west@west"),
+            "{t}"
+        );
+        assert!(
+            lines[2].starts_with("frontend.shop ") && lines[2].ends_with('-'),
+            "{t}"
+        );
+        let d = dot(&select(&graph, None, None));
+        assert!(
+            d.contains("east → west via weft-system/east-west@west"),
+            "{d}"
+        );
     }
 }
