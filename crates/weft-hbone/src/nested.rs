@@ -148,6 +148,72 @@ impl Nested {
     }
 }
 
+/// The far side of a connection: a tunnel to the endpoint's node, or an
+/// end-to-end tunnel inside one to an east-west gateway.
+#[derive(Debug)]
+pub enum Far {
+    /// A single tunnel.
+    Tunnel(crate::Tunnel),
+    /// A tunnel inside a tunnel.
+    Nested(Nested),
+}
+
+impl Far {
+    /// Splices `plain` to this tunnel both ways (see
+    /// [`crate::Tunnel::splice`]).
+    pub async fn splice<P>(
+        &mut self,
+        plain: &mut P,
+        grace: Option<Duration>,
+    ) -> std::io::Result<crate::splice::Spliced>
+    where
+        P: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    {
+        match self {
+            Far::Tunnel(t) => t.splice(plain, grace).await,
+            Far::Nested(n) => n.splice(plain, grace).await,
+        }
+    }
+}
+
+impl AsyncRead for Far {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Far::Tunnel(t) => Pin::new(t).poll_read(cx, buf),
+            Far::Nested(n) => Pin::new(n).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Far {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Far::Tunnel(t) => Pin::new(t).poll_write(cx, buf),
+            Far::Nested(n) => Pin::new(n).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Far::Tunnel(t) => Pin::new(t).poll_flush(cx),
+            Far::Nested(n) => Pin::new(n).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Far::Tunnel(t) => Pin::new(t).poll_shutdown(cx),
+            Far::Nested(n) => Pin::new(n).poll_shutdown(cx),
+        }
+    }
+}
+
 impl AsyncRead for Nested {
     fn poll_read(
         self: Pin<&mut Self>,

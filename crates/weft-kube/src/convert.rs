@@ -576,7 +576,10 @@ pub fn documents_reusing(
         let api_version = r["apiVersion"].as_str().unwrap_or("");
         let group = api_version.rsplit_once('/').map_or("", |(g, _)| g);
         let kind = r["kind"].as_str().unwrap_or("");
-        push(group, kind, r);
+        match crate::east_west::load_balanced(r, &cluster.services) {
+            Some(with_address) => push(group, kind, &with_address),
+            None => push(group, kind, r),
+        }
     }
     out.extend(pod_docs);
     out.sort();

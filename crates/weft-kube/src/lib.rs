@@ -21,6 +21,7 @@ pub mod ca_secret;
 pub mod capture;
 pub mod convert;
 pub mod deploy;
+pub mod east_west;
 pub mod enrollment;
 pub mod install;
 pub mod isolate;

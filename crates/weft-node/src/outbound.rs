@@ -15,6 +15,7 @@ use http::HeaderMap;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use weft_hbone::PoolKey;
+use weft_hbone::nested::Far;
 use weft_state::{NamespacedName, WorkloadInfo};
 
 use crate::route::{Destination, Route, decide, decide_original, resolve};
@@ -55,13 +56,6 @@ pub(crate) fn outbound(
 
 /// What an outbound connection is spliced with once set up.
 type Opened = (TcpStream, Far, Arc<ConnectionGuard>);
-
-/// The far side of an outbound connection: a tunnel to the endpoint's
-/// node, or an end-to-end tunnel inside one to an east-west gateway.
-enum Far {
-    Tunnel(weft_hbone::Tunnel),
-    Nested(weft_hbone::nested::Nested),
-}
 
 /// The next hop a route names, before its tunnel is opened.
 enum Hop {
@@ -301,14 +295,11 @@ pub const HALF_CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Copies both ways between a caller and a tunnel. When the destination
 /// side ends, the caller's side gets [`HALF_CLOSE_GRACE`] to finish, so a
 /// tunnel the far side closed (or policy revoked) never lingers.
-async fn splice<A>(caller: &mut A, far: Far)
+async fn splice<A>(caller: &mut A, mut far: Far)
 where
     A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let spliced = match far {
-        Far::Tunnel(mut tunnel) => tunnel.splice(caller, Some(HALF_CLOSE_GRACE)).await,
-        Far::Nested(mut nested) => nested.splice(caller, Some(HALF_CLOSE_GRACE)).await,
-    };
+    let spliced = far.splice(caller, Some(HALF_CLOSE_GRACE)).await;
     match spliced {
         Ok(done) if done.cut => {
             tracing::debug!("destination finished; the caller did not within the grace period")

@@ -385,3 +385,255 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
     }
     east.stop().await;
 }
+
+/// East for the waypoint test: `reviews` uses east's waypoint, which
+/// ejects an endpoint after one connect failure and retries a request
+/// whose connection failed or was reset.
+fn east_waypoint_config(west_control: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{cluster: east, network: net-east}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: RemoteCluster
+metadata: {{name: west}}
+spec: {{address: "{west_control}", exportedNamespaces: [shop]}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: shop, labels: {{istio.io/use-waypoint: reviews-waypoint}}}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [240.240.9.11]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {{consecutiveGatewayErrors: 1, baseEjectionTime: 2s, maxEjectionPercent: 100}}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  http:
+  - route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]
+    retries: {{attempts: 2, retryOn: "reset,connect-failure,refused-stream"}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata:
+  name: frontend
+  namespace: shop
+  annotations:
+    weft.dev/client-only: "true"
+    weft.dev/outbound: "9002=reviews.shop.svc.cluster.local:80"
+spec:
+  address: 127.0.6.110
+  serviceAccount: frontend
+  labels: {{app: frontend, weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-waypoint, namespace: shop}}
+spec:
+  address: 127.0.6.140
+  serviceAccount: reviews-waypoint
+  labels: {{weft.dev/waypoint: "true", weft.dev/node: node-1}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-east, namespace: shop}}
+spec:
+  address: 127.0.6.112
+  serviceAccount: reviews
+  labels: {{app: reviews, weft.dev/node: node-1}}
+"#
+    )
+}
+
+/// West for the waypoint test: its endpoint admits only east's waypoint.
+fn west_waypoint_config(east_control: SocketAddr) -> String {
+    format!(
+        r#"
+apiVersion: weft.dev/v1alpha1
+kind: Mesh
+metadata: {{name: mesh}}
+spec: {{cluster: west, network: net-west}}
+---
+apiVersion: weft.dev/v1alpha1
+kind: RemoteCluster
+metadata: {{name: east}}
+spec: {{address: "{east_control}", exportedNamespaces: [shop]}}
+---
+apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {{name: reviews, namespace: shop}}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  addresses: [240.240.9.12]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
+  workloadSelector: {{labels: {{app: reviews}}}}
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-west, namespace: shop}}
+spec:
+  address: 127.0.7.112
+  serviceAccount: reviews
+  labels: {{app: reviews, weft.dev/node: node-1}}
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: reviews-from-the-waypoint, namespace: shop}}
+spec:
+  selector: {{matchLabels: {{app: reviews}}}}
+  action: ALLOW
+  rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/reviews-waypoint]}}}}]}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: east-west, namespace: weft-system, labels: {{topology.istio.io/network: net-west}}}}
+spec:
+  gatewayClassName: weft-east-west
+  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: east-west, namespace: weft-system}}
+spec:
+  address: 127.0.7.200
+  serviceAccount: east-west
+  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
+"#
+    )
+}
+
+/// A waypoint in east sends `reviews`' requests to east's endpoint while
+/// it answers, and across to west's through west's east-west gateway
+/// (double HBONE from the waypoint) when it stops — with no failed
+/// request beyond the retry policy (a request on a connection east's
+/// endpoint closed, or failing to connect, is retried and the endpoint
+/// ejected); west's node sees the waypoint's identity.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waypoint_sends_across_networks_through_the_east_west_gateway() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let root = tmp.path().join("root");
+    weft_ca::authority::create_shared_root(&root, TD).expect("root");
+    let (east_ca, west_ca) = (
+        cluster_ca(tmp.path(), &root, "east"),
+        cluster_ca(tmp.path(), &root, "west"),
+    );
+    let (east_tls, west_tls, west_xds) = (free_port(), free_port(), free_port());
+    let west = TestMesh::start_with(
+        &west_waypoint_config(east_tls),
+        Setup {
+            control: Box::new(move |o| {
+                o.ca_dir = west_ca;
+                o.tls_addr = west_tls;
+                o.xds_addr = west_xds;
+            }),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let options = |name: &str, mesh: &TestMesh, metrics: &str| WaypointOptions {
+        name: name.into(),
+        node: "node-1".into(),
+        trust_domain: TD.into(),
+        ca_addr: mesh.control.tls_addr.into(),
+        roots: mesh.roots.clone(),
+        token: weft_testkit::token(1).into(),
+        metrics_addr: metrics.parse().expect("addr"),
+        connect_timeout: Duration::from_secs(1),
+        jwks_roots: Vec::new(),
+        connections: Default::default(),
+    };
+    let gateway = weft_waypoint::fronts::gateway::start(options(
+        "weft-system/east-west",
+        &west,
+        "127.0.7.200:0",
+    ))
+    .await
+    .expect("east-west gateway");
+    let east = TestMesh::start_with(
+        &east_waypoint_config(west_tls),
+        Setup {
+            control: Box::new(move |o| {
+                o.ca_dir = east_ca;
+                o.tls_addr = east_tls;
+            }),
+            ..Setup::default()
+        },
+    )
+    .await;
+    let waypoint = weft_waypoint::fronts::waypoint::start(options(
+        "shop/reviews-waypoint",
+        &east,
+        "127.0.6.140:0",
+    ))
+    .await
+    .expect("waypoint");
+    let _west_app = app("127.0.7.112:8080", "reviews-west").await;
+    let east_app = app("127.0.6.112:8080", "reviews-east").await;
+    until("east imports west's reviews", || {
+        remote_status(&east, "west").is_some_and(|s| s.connected && s.endpoints == 1)
+    })
+    .await;
+
+    let frontend = "127.0.6.110:9002";
+    until_served_by(frontend, "reviews-east").await;
+    for _ in 0..10 {
+        assert_eq!(call(frontend).await.as_deref(), Some("reviews-east"));
+    }
+    // East's endpoint stops taking connections; the one the waypoint
+    // holds may still answer a request before it closes.
+    drop(east_app);
+    let mut answers = Vec::new();
+    for _ in 0..20 {
+        answers.push(call(frontend).await);
+    }
+    assert!(
+        answers.iter().all(Option::is_some),
+        "requests failed while crossing to west: {answers:?}"
+    );
+    assert!(
+        answers[5..]
+            .iter()
+            .all(|a| a.as_deref() == Some("reviews-west")),
+        "requests did not cross to west: {answers:?}"
+    );
+    let metrics = scrape(west.nodes[0].metrics_addr).await;
+    assert!(
+        metrics.lines().any(|l| {
+            l.starts_with("istio_tcp_connections_opened_total{")
+                && l.contains("reporter=\"destination\"")
+                && l.contains("response_flags=\"-\"")
+                && l.contains(
+                    "source_principal=\"spiffe://cluster.local/ns/shop/sa/reviews-waypoint\"",
+                )
+                && l.contains("source_cluster=\"east\"")
+        }),
+        "west's node admitted east's waypoint:\n{metrics}"
+    );
+
+    waypoint.stop();
+    gateway.stop();
+    for n in west.nodes {
+        n.stop();
+    }
+    west.control.stop().await;
+    east.stop().await;
+}

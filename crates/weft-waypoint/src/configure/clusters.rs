@@ -48,27 +48,58 @@ impl Builder<'_> {
         }
         let policy = self.policies.get(service);
         let members = subset.and_then(|s| policy?.subsets.get(s));
-        let endpoints: Vec<Endpoint> = self
+        let rank = |w: &WorkloadInfo| {
+            policy.and_then(|p| {
+                p.traffic
+                    .locality
+                    .priority
+                    .get(&w.name.to_string())
+                    .copied()
+            })
+        };
+        let elsewhere = |w: &WorkloadInfo| {
+            !self.me.cluster.is_empty() && !w.cluster.is_empty() && w.cluster != self.me.cluster
+        };
+        let mut endpoints: Vec<Endpoint> = Vec::new();
+        // Endpoints of another network, by the gateway they are behind.
+        let mut behind: BTreeMap<SocketAddr, Vec<&WorkloadInfo>> = BTreeMap::new();
+        for w in self
             .view
             .endpoints_of(service)
             .filter(|w| members.is_none_or(|m| m.contains(&w.name.to_string())))
-            // Endpoints of another network are reached through its
-            // east-west gateway, which node proxies do and this engine
-            // does not yet: never dial their addresses directly.
-            .filter(|w| w.reached_from(&self.me.network) == Reach::Direct)
-            .filter_map(|w| {
-                let target = w.target_port(service, port)?;
-                let mut e = Endpoint::new(SocketAddr::new(w.ip, target), w.locality.clone());
-                e.priority = policy.and_then(|p| {
-                    p.traffic
-                        .locality
-                        .priority
-                        .get(&w.name.to_string())
-                        .copied()
-                });
-                Some(e)
-            })
-            .collect();
+        {
+            let Some(target) = w.target_port(service, port) else {
+                continue;
+            };
+            match w.reached_from(&self.me.network) {
+                Reach::Direct => {
+                    let mut e = Endpoint::new(SocketAddr::new(w.ip, target), w.locality.clone());
+                    e.priority = rank(w);
+                    e.elsewhere = elsewhere(w);
+                    endpoints.push(e);
+                }
+                Reach::Gateway(gateway) if self.view.workload_at(gateway.ip()).is_some() => {
+                    behind.entry(gateway).or_default().push(w);
+                }
+                Reach::Gateway(_) | Reach::Unreachable => {}
+            }
+        }
+        // The gateway picks among the endpoints behind it: one endpoint
+        // each, as close and as preferred as the best of them.
+        for (gateway, members) in behind {
+            let closest = members
+                .iter()
+                .min_by_key(|w| self.me.locality.distance(&w.locality))
+                .copied();
+            let Some(closest) = closest else { continue };
+            let mut e = Endpoint::new(
+                super::remote::handle(gateway, service, port),
+                closest.locality.clone(),
+            );
+            e.priority = members.iter().filter_map(|w| rank(w)).min();
+            e.elsewhere = members.iter().all(|w| elsewhere(w));
+            endpoints.push(e);
+        }
         let traffic = policy.map(|p| p.traffic.clone()).unwrap_or_default();
         let http2 = self.http2.contains(&format!("{service}:{port}"));
         let signature = {
@@ -80,6 +111,8 @@ impl Builder<'_> {
                     &e.locality.region,
                     &e.locality.zone,
                     &e.locality.subzone,
+                    e.priority,
+                    e.elsewhere,
                 )
                     .hash(&mut h);
             }

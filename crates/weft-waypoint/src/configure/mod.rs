@@ -17,6 +17,7 @@ use crate::engine::route::{Backend, Route};
 
 mod checks;
 mod clusters;
+pub mod remote;
 
 use checks::{Checks, limiter};
 use clusters::Builder;
@@ -177,7 +178,8 @@ fn peers(
     view: &MeshView,
     previous: Option<&Config>,
 ) -> Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>> {
-    let peers = by_address(view, WorkloadInfo::peer);
+    let mut peers = by_address(view, WorkloadInfo::peer);
+    peers.extend(remote::peers(view));
     match previous {
         Some(p) if *p.peers == peers => p.peers.clone(),
         _ => Arc::new(peers),
@@ -298,6 +300,7 @@ fn service_ports(view: &MeshView, service: &NamespacedName) -> Vec<u16> {
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
+    use std::net::SocketAddr;
 
     use weft_core::Identity;
     use weft_core::l7::LoadBalancer;
@@ -372,37 +375,61 @@ mod tests {
     }
 
     #[test]
-    fn endpoints_of_another_network_are_never_dialled_directly() {
+    fn endpoints_of_another_network_are_reached_through_their_gateway() {
         let mut me = workload("shop/waypoint", [127, 0, 1, 40], "a");
-        me.network = "net-east".into();
+        (me.network, me.cluster) = ("net-east".into(), "east".into());
         let mut home = workload("shop/reviews-east", [127, 0, 1, 12], "a");
-        home.network = "net-east".into();
+        (home.network, home.cluster) = ("net-east".into(), "east".into());
         let mut flat = workload("shop/reviews-flat", [127, 0, 1, 13], "a");
         flat.cluster = "west".into();
         // Another network may use this network's addresses.
+        let gateway: SocketAddr = "192.0.2.2:15008".parse().expect("addr");
         let mut far = workload("shop/reviews-far", [127, 0, 1, 12], "a");
-        far.network = "net-west".into();
-        far.network_gateway = Some("192.0.2.2:15008".parse().expect("addr"));
+        (far.network, far.cluster) = ("net-west".into(), "west".into());
+        far.network_gateway = Some(gateway);
         let mut lost = workload("shop/reviews-lost", [127, 0, 1, 15], "a");
         lost.network = "net-south".into();
-        let config = config_for(
-            &view(&me, &[home, flat, far, lost]),
-            &me,
-            &Services::default(),
-            None,
-        );
-        let addrs: Vec<String> = config.clusters["shop/reviews:80"]
+        let mut v = view(&me, &[home, flat, far.clone(), lost]);
+        let mut gw = workload("weft-system/east-west", [192, 0, 2, 2], "a");
+        gw.identity = Identity::new("cluster.local", "weft-system", "east-west").expect("id");
+        gw.services.clear();
+        v.by_ip.insert(gw.ip, gw.uid.clone());
+        v.workloads.insert(gw.uid.clone(), Arc::new(gw.clone()));
+        let config = config_for(&v, &me, &Services::default(), None);
+        let reviews = NamespacedName::from("shop/reviews");
+        let handle = remote::handle(gateway, &reviews, 80);
+        let endpoints: Vec<(String, bool)> = config.clusters["shop/reviews:80"]
             .balancer
             .endpoints()
             .iter()
-            .map(|e| e.addr.to_string())
+            .map(|e| (e.addr.to_string(), e.elsewhere))
             .collect();
-        assert_eq!(addrs, ["127.0.1.12:8080", "127.0.1.13:8080"]);
+        assert_eq!(
+            endpoints,
+            [
+                ("127.0.1.12:8080".to_owned(), false),
+                ("127.0.1.13:8080".to_owned(), true),
+                (handle.to_string(), true),
+            ],
+            "home, flat across clusters, the gateway's handle; never the lost one"
+        );
+        assert!(remote::is_handle(handle.ip()) && !remote::is_handle(far.ip));
+        assert_ne!(handle, remote::handle(gateway, &reviews, 81));
+        assert_eq!(
+            remote::routes(&v).get(&handle),
+            Some(&remote::RemoteRoute {
+                gateway,
+                gateway_identity: gw.identity.clone(),
+                authority: "reviews:80".into(),
+                identities: vec![far.identity.clone()],
+            })
+        );
         assert_eq!(
             config.peers[&std::net::IpAddr::from([127, 0, 1, 12])].workload,
             "reviews-east",
             "an address of this network names its own workload"
         );
+        assert_eq!(config.peers[&handle.ip()].workload, "reviews-far");
     }
 
     #[test]

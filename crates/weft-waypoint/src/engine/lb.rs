@@ -58,6 +58,9 @@ pub struct Endpoint {
     pub locality: Locality,
     /// Its `failoverPriority` rank (0 best), when one is configured.
     pub priority: Option<u8>,
+    /// Whether it is in another cluster than the proxy: with locality
+    /// preference on, after every endpoint of the proxy's own cluster.
+    pub elsewhere: bool,
     active: AtomicUsize,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
@@ -72,6 +75,7 @@ impl Endpoint {
             addr,
             locality,
             priority: None,
+            elsewhere: false,
             active: AtomicUsize::new(0),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
@@ -185,9 +189,14 @@ impl Balancer {
             .failover
             .iter()
             .any(|(from, to)| *from == self.local.region && *to == there.region);
-        match d {
+        let d = match d {
             3 if !self.locality.failover.is_empty() && !preferred_region => 4,
             d => d,
+        };
+        if self.endpoints[i].elsewhere {
+            d + 5
+        } else {
+            d
         }
     }
 
@@ -527,6 +536,18 @@ mod tests {
             None,
         );
         assert_eq!(ranked.pick(0, 1, None), Some(0));
+        // Another cluster comes after this one, however close its zone.
+        let mut there = ep(9, "eu/a");
+        there.elsewhere = true;
+        let home = ep(10, "us/x");
+        let clusters = Balancer::new(
+            vec![there, home],
+            Locality::parse("eu/a").expect("locality"),
+            None,
+        );
+        for a in 0..4 {
+            assert_eq!(clusters.pick(a, a + 1, None), Some(1), "own cluster first");
+        }
         assert!(locality_matches(
             "eu/*",
             &Locality::parse("eu/a/1").expect("locality")

@@ -1,6 +1,9 @@
 //! Upstream over HBONE: a connector for hyper's client that opens an
 //! HBONE tunnel (mTLS, HTTP/2 CONNECT, pooled) to the endpoint's node,
-//! presenting the waypoint's identity and expecting the endpoint's.
+//! presenting the waypoint's identity and expecting the endpoint's — or,
+//! for a handle standing for endpoints of another network
+//! ([`crate::configure::remote`]), an outer tunnel to that network's
+//! east-west gateway and the end-to-end tunnel inside it.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -15,7 +18,10 @@ use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
 use weft_ca::tls::CertSource;
 use weft_core::Identity;
-use weft_hbone::{HbonePool, PoolKey, Tunnel};
+use weft_hbone::nested::Far;
+use weft_hbone::{HbonePool, PoolKey};
+
+use crate::configure::remote::{RemoteRoutes, is_handle};
 
 /// Who may be at an endpoint address: the identity its certificate must
 /// carry. Swapped whole when the registry changes.
@@ -26,6 +32,10 @@ pub type Peers = Arc<ArcSwap<HashMap<IpAddr, Identity>>>;
 /// through its waypoint, `CONNECT <VIP>:<port>` as node proxies do).
 pub type Via = Arc<ArcSwap<HashMap<IpAddr, IpAddr>>>;
 
+/// The routes of handles (endpoints of other networks). Swapped whole
+/// when the registry changes.
+pub type Remotes = Arc<ArcSwap<RemoteRoutes>>;
+
 /// Opens HBONE tunnels for hyper's client.
 #[derive(Clone)]
 pub struct HboneConnector {
@@ -34,6 +44,7 @@ pub struct HboneConnector {
     cert: Arc<dyn CertSource>,
     peers: Peers,
     via: Via,
+    remotes: Remotes,
     /// Headers sent on every CONNECT (`baggage` describing this proxy).
     headers: HeaderMap,
 }
@@ -53,6 +64,7 @@ impl HboneConnector {
             cert,
             peers,
             via: Arc::default(),
+            remotes: Arc::default(),
             headers: HeaderMap::new(),
         }
     }
@@ -60,6 +72,12 @@ impl HboneConnector {
     /// Sends tunnels for the VIPs in `via` to their waypoints.
     pub fn with_via(mut self, via: Via) -> Self {
         self.via = via;
+        self
+    }
+
+    /// Reaches the handles in `remotes` through their east-west gateways.
+    pub fn with_remotes(mut self, remotes: Remotes) -> Self {
+        self.remotes = remotes;
         self
     }
 
@@ -75,9 +93,13 @@ impl HboneConnector {
 
 impl HboneConnector {
     /// Opens a tunnel to endpoint `target` (through its service's waypoint
-    /// when `target` is a VIP in `via`), expecting the identity the
-    /// registry gives that address.
-    pub async fn tunnel(&self, target: SocketAddr) -> Result<Tunnel, ConnectError> {
+    /// when `target` is a VIP in `via`; through an east-west gateway when
+    /// it is a handle), expecting the identity the registry gives that
+    /// address.
+    pub async fn tunnel(&self, target: SocketAddr) -> Result<Far, ConnectError> {
+        if is_handle(target.ip()) {
+            return self.through_gateway(target).await;
+        }
         let dial = self
             .via
             .load()
@@ -96,10 +118,51 @@ impl HboneConnector {
             destination: SocketAddr::new(dial, weft_hbone::PORT),
             expected: vec![expected],
         };
-        Ok(self
+        Ok(Far::Tunnel(
+            self.pool
+                .connect(&key, self.cert.clone(), target, self.headers.clone())
+                .await?,
+        ))
+    }
+
+    /// Double HBONE to the endpoints `handle` stands for: the outer tunnel
+    /// proves the gateway's identity, the inner one theirs; both name the
+    /// service's `host:port`.
+    async fn through_gateway(&self, handle: SocketAddr) -> Result<Far, ConnectError> {
+        let route = self
+            .remotes
+            .load()
+            .get(&handle)
+            .cloned()
+            .ok_or(ConnectError::Unknown(handle.ip()))?;
+        let key = PoolKey {
+            source: self.source.clone(),
+            origin: 0,
+            destination: route.gateway,
+            expected: vec![route.gateway_identity],
+        };
+        let outer = self
             .pool
-            .connect(&key, self.cert.clone(), target, self.headers.clone())
-            .await?)
+            .connect_to(
+                &key,
+                self.cert.clone(),
+                &route.authority,
+                self.headers.clone(),
+                None,
+            )
+            .await?;
+        Ok(Far::Nested(
+            weft_hbone::nested::open(
+                outer,
+                route.gateway,
+                self.cert.clone(),
+                self.pool.bundle().clone(),
+                route.identities,
+                &route.authority,
+                self.headers.clone(),
+            )
+            .await?,
+        ))
     }
 }
 
@@ -140,7 +203,7 @@ impl tower_service::Service<Uri> for HboneConnector {
 }
 
 /// A tunnel as hyper's client sees a connection.
-pub struct TunnelIo(TokioIo<Tunnel>);
+pub struct TunnelIo(TokioIo<Far>);
 
 impl Connection for TunnelIo {
     fn connected(&self) -> Connected {

@@ -174,6 +174,8 @@ pub(crate) struct Core {
     pub(crate) metrics: Metrics,
     pub(crate) peers: Peers,
     pub(crate) via: crate::fronts::hbone::Via,
+    /// How the handles of other networks' endpoints are reached.
+    pub(crate) remotes: crate::fronts::hbone::Remotes,
     /// Opens HBONE tunnels with this proxy's identity (the engine's
     /// upstream, and a gateway's passthrough listeners).
     pub(crate) connector: HboneConnector,
@@ -285,6 +287,7 @@ pub(crate) async fn core(
     let metrics = Metrics::default();
     let peers: Peers = Arc::default();
     let via: crate::fronts::hbone::Via = Arc::default();
+    let remotes: crate::fronts::hbone::Remotes = Arc::default();
     let connector = HboneConnector::new(
         HbonePool::new(bundle.clone(), options.connect_timeout),
         me.identity.clone(),
@@ -292,7 +295,8 @@ pub(crate) async fn core(
         peers.clone(),
     )
     .with_peer(&me.peer())
-    .with_via(via.clone());
+    .with_via(via.clone())
+    .with_remotes(remotes.clone());
     let engine = Engine::with_upstream(
         Config::default(),
         metrics.clone(),
@@ -314,6 +318,7 @@ pub(crate) async fn core(
         metrics,
         peers,
         via,
+        remotes,
         connector,
     })
 }
@@ -334,6 +339,8 @@ impl Core {
             .store(Arc::new(crate::configure::by_address(&view, |w| {
                 w.identity.clone()
             })));
+        self.remotes
+            .store(Arc::new(crate::configure::remote::routes(&view)));
         self.via.store(Arc::new(
             view.services
                 .values()
