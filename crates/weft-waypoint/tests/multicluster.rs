@@ -14,6 +14,10 @@
 //! - west's control plane stopped: east keeps using west's last known
 //!   endpoint (the gateway still runs) and reports it stale (the stream
 //!   resuming with only the differences is `weft-control/tests/peering.rs`).
+//!
+//! A second test (127.0.6.x and 127.0.7.x) puts `reviews` behind a
+//! waypoint in east, which reaches west's endpoint through the same kind
+//! of gateway when east's stops.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,7 +30,16 @@ use weft_waypoint::fronts::setup::WaypointOptions;
 
 const TD: &str = "cluster.local";
 
-fn east_config(west_control: SocketAddr) -> String {
+/// East: `frontend` at `<net>.110` calling `reviews` (labelled
+/// `labels`), its endpoint `reviews-east` at `<net>.112`, peering with
+/// west; then `extra`.
+fn east_config(
+    net: &str,
+    vip: &str,
+    west_control: SocketAddr,
+    labels: &str,
+    extra: &str,
+) -> String {
     format!(
         r#"
 apiVersion: weft.dev/v1alpha1
@@ -41,10 +54,10 @@ spec: {{address: "{west_control}", exportedNamespaces: [shop], staleAfter: 1s}}
 ---
 apiVersion: networking.istio.io/v1
 kind: ServiceEntry
-metadata: {{name: reviews, namespace: shop}}
+metadata: {{name: reviews, namespace: shop, labels: {{{labels}}}}}
 spec:
   hosts: [reviews.shop.svc.cluster.local]
-  addresses: [240.240.9.1]
+  addresses: [{vip}]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
@@ -59,10 +72,23 @@ metadata:
     weft.dev/client-only: "true"
     weft.dev/outbound: "9002=reviews.shop.svc.cluster.local:80"
 spec:
-  address: 127.0.1.110
+  address: {net}.110
   serviceAccount: frontend
   labels: {{app: frontend, weft.dev/node: node-1}}
 ---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {{name: reviews-east, namespace: shop}}
+spec:
+  address: {net}.112
+  serviceAccount: reviews
+  labels: {{app: reviews, weft.dev/node: node-1}}
+{extra}"#
+    )
+}
+
+/// The first test's extra caller in east.
+const INTRUDER: &str = r#"---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata:
@@ -74,20 +100,42 @@ metadata:
 spec:
   address: 127.0.1.111
   serviceAccount: intruder
-  labels: {{app: intruder, weft.dev/node: node-1}}
----
+  labels: {app: intruder, weft.dev/node: node-1}
+"#;
+
+/// The waypoint test's east: `reviews`' waypoint, which ejects an
+/// endpoint after one connect failure and retries a request whose
+/// connection failed or was reset.
+const WAYPOINT: &str = r#"---
 apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
-metadata: {{name: reviews-east, namespace: shop}}
+metadata: {name: reviews-waypoint, namespace: shop}
 spec:
-  address: 127.0.1.112
-  serviceAccount: reviews
-  labels: {{app: reviews, weft.dev/node: node-1}}
-"#
-    )
-}
+  address: 127.0.6.140
+  serviceAccount: reviews-waypoint
+  labels: {weft.dev/waypoint: "true", weft.dev/node: node-1}
+---
+apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews, namespace: shop}
+spec:
+  host: reviews.shop.svc.cluster.local
+  trafficPolicy:
+    outlierDetection: {consecutiveGatewayErrors: 1, baseEjectionTime: 2s, maxEjectionPercent: 100}
+---
+apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata: {name: reviews, namespace: shop}
+spec:
+  hosts: [reviews.shop.svc.cluster.local]
+  http:
+  - route: [{destination: {host: reviews.shop.svc.cluster.local}}]
+    retries: {attempts: 2, retryOn: "reset,connect-failure,refused-stream"}
+"#;
 
-fn west_config(east_control: SocketAddr) -> String {
+/// West: `reviews-west` at `<net>.112` admitting only `principal`, the
+/// east-west gateway at `<net>.200`, peering with east.
+fn west_config(net: &str, vip: &str, east_control: SocketAddr, principal: &str) -> String {
     format!(
         r#"
 apiVersion: weft.dev/v1alpha1
@@ -105,7 +153,7 @@ kind: ServiceEntry
 metadata: {{name: reviews, namespace: shop}}
 spec:
   hosts: [reviews.shop.svc.cluster.local]
-  addresses: [240.240.9.2]
+  addresses: [{vip}]
   location: MESH_INTERNAL
   resolution: STATIC
   ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
@@ -115,17 +163,17 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: reviews-west, namespace: shop}}
 spec:
-  address: 127.0.3.112
+  address: {net}.112
   serviceAccount: reviews
   labels: {{app: reviews, weft.dev/node: node-1}}
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
-metadata: {{name: reviews-from-frontend, namespace: shop}}
+metadata: {{name: reviews-from-one-caller, namespace: shop}}
 spec:
   selector: {{matchLabels: {{app: reviews}}}}
   action: ALLOW
-  rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/frontend]}}}}]}}]
+  rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/{principal}]}}}}]}}]
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -138,7 +186,7 @@ apiVersion: networking.istio.io/v1
 kind: WorkloadEntry
 metadata: {{name: east-west, namespace: weft-system}}
 spec:
-  address: 127.0.3.200
+  address: {net}.200
   serviceAccount: east-west
   labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
 "#
@@ -255,7 +303,7 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
     let (east_tls, west_tls, west_xds) = (free_port(), free_port(), free_port());
 
     let west = TestMesh::start_with(
-        &west_config(east_tls),
+        &west_config("127.0.3", "240.240.9.2", east_tls, "frontend"),
         Setup {
             control: Box::new(move |o| {
                 o.ca_dir = west_ca;
@@ -289,7 +337,7 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
         )]
     );
     let east = TestMesh::start_with(
-        &east_config(west_tls),
+        &east_config("127.0.1", "240.240.9.1", west_tls, "", INTRUDER),
         Setup {
             control: Box::new(move |o| {
                 o.ca_dir = east_ca;
@@ -386,141 +434,6 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
     east.stop().await;
 }
 
-/// East for the waypoint test: `reviews` uses east's waypoint, which
-/// ejects an endpoint after one connect failure and retries a request
-/// whose connection failed or was reset.
-fn east_waypoint_config(west_control: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: weft.dev/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{cluster: east, network: net-east}}
----
-apiVersion: weft.dev/v1alpha1
-kind: RemoteCluster
-metadata: {{name: west}}
-spec: {{address: "{west_control}", exportedNamespaces: [shop]}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews, namespace: shop, labels: {{istio.io/use-waypoint: reviews-waypoint}}}}
-spec:
-  hosts: [reviews.shop.svc.cluster.local]
-  addresses: [240.240.9.11]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: reviews}}}}
----
-apiVersion: networking.istio.io/v1
-kind: DestinationRule
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  host: reviews.shop.svc.cluster.local
-  trafficPolicy:
-    outlierDetection: {{consecutiveGatewayErrors: 1, baseEjectionTime: 2s, maxEjectionPercent: 100}}
----
-apiVersion: networking.istio.io/v1
-kind: VirtualService
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  hosts: [reviews.shop.svc.cluster.local]
-  http:
-  - route: [{{destination: {{host: reviews.shop.svc.cluster.local}}}}]
-    retries: {{attempts: 2, retryOn: "reset,connect-failure,refused-stream"}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata:
-  name: frontend
-  namespace: shop
-  annotations:
-    weft.dev/client-only: "true"
-    weft.dev/outbound: "9002=reviews.shop.svc.cluster.local:80"
-spec:
-  address: 127.0.6.110
-  serviceAccount: frontend
-  labels: {{app: frontend, weft.dev/node: node-1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-waypoint, namespace: shop}}
-spec:
-  address: 127.0.6.140
-  serviceAccount: reviews-waypoint
-  labels: {{weft.dev/waypoint: "true", weft.dev/node: node-1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-east, namespace: shop}}
-spec:
-  address: 127.0.6.112
-  serviceAccount: reviews
-  labels: {{app: reviews, weft.dev/node: node-1}}
-"#
-    )
-}
-
-/// West for the waypoint test: its endpoint admits only east's waypoint.
-fn west_waypoint_config(east_control: SocketAddr) -> String {
-    format!(
-        r#"
-apiVersion: weft.dev/v1alpha1
-kind: Mesh
-metadata: {{name: mesh}}
-spec: {{cluster: west, network: net-west}}
----
-apiVersion: weft.dev/v1alpha1
-kind: RemoteCluster
-metadata: {{name: east}}
-spec: {{address: "{east_control}", exportedNamespaces: [shop]}}
----
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: reviews, namespace: shop}}
-spec:
-  hosts: [reviews.shop.svc.cluster.local]
-  addresses: [240.240.9.12]
-  location: MESH_INTERNAL
-  resolution: STATIC
-  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: reviews}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: reviews-west, namespace: shop}}
-spec:
-  address: 127.0.7.112
-  serviceAccount: reviews
-  labels: {{app: reviews, weft.dev/node: node-1}}
----
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {{name: reviews-from-the-waypoint, namespace: shop}}
-spec:
-  selector: {{matchLabels: {{app: reviews}}}}
-  action: ALLOW
-  rules: [{{from: [{{source: {{principals: [cluster.local/ns/shop/sa/reviews-waypoint]}}}}]}}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: east-west, namespace: weft-system, labels: {{topology.istio.io/network: net-west}}}}
-spec:
-  gatewayClassName: weft-east-west
-  listeners: [{{name: mesh, port: 15008, protocol: HBONE}}]
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: east-west, namespace: weft-system}}
-spec:
-  address: 127.0.7.200
-  serviceAccount: east-west
-  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
-"#
-    )
-}
-
 /// A waypoint in east sends `reviews`' requests to east's endpoint while
 /// it answers, and across to west's through west's east-west gateway
 /// (double HBONE from the waypoint) when it stops — with no failed
@@ -538,7 +451,7 @@ async fn a_waypoint_sends_across_networks_through_the_east_west_gateway() {
     );
     let (east_tls, west_tls, west_xds) = (free_port(), free_port(), free_port());
     let west = TestMesh::start_with(
-        &west_waypoint_config(east_tls),
+        &west_config("127.0.7", "240.240.9.12", east_tls, "reviews-waypoint"),
         Setup {
             control: Box::new(move |o| {
                 o.ca_dir = west_ca;
@@ -569,7 +482,13 @@ async fn a_waypoint_sends_across_networks_through_the_east_west_gateway() {
     .await
     .expect("east-west gateway");
     let east = TestMesh::start_with(
-        &east_waypoint_config(west_tls),
+        &east_config(
+            "127.0.6",
+            "240.240.9.11",
+            west_tls,
+            "istio.io/use-waypoint: reviews-waypoint",
+            WAYPOINT,
+        ),
         Setup {
             control: Box::new(move |o| {
                 o.ca_dir = east_ca;
