@@ -6,7 +6,8 @@
 //! and connection pools key it like any endpoint, and the HBONE connector
 //! finds how to reach it: an outer tunnel to the gateway, the end-to-end
 //! tunnel inside it naming the service's `host:port` (double HBONE, as
-//! node proxies do).
+//! node proxies do). A workload whose own address falls in that prefix is
+//! not reachable from a waypoint.
 
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
