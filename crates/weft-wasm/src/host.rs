@@ -1,0 +1,609 @@
+//! The calls a plugin imports, as this host answers them (module `env`,
+//! and the few `wasi_snapshot_preview1` calls toolchains link in), over
+//! one instance's [`HostState`]. Every pointer a plugin passes is checked
+//! against its memory; data returned to it is copied into memory it
+//! allocates itself (`proxy_on_memory_allocate`, else `malloc`).
+//!
+//! Calls this host does not carry out yet (bodies, `proxy_http_call`,
+//! shared data and queues, foreign functions) answer `Unimplemented` and
+//! log once per call, naming the plugin; they never fail the proxy.
+
+use wasmtime::Linker;
+
+use crate::abi::{self, BufferType, LogLevel, MetricType, Status};
+use crate::memory::{Call, give, read, read_str, status, write};
+use crate::state::{HostState, LocalResponse, Metric};
+use crate::wasi::{WASI_CALLS, WASI_MODULES};
+
+/// Every import this host provides, `(module, name)`.
+pub const PROVIDED: &[(&str, &str)] = &[
+    ("env", "proxy_log"),
+    ("env", "proxy_get_log_level"),
+    ("env", "proxy_get_current_time_nanoseconds"),
+    ("env", "proxy_set_tick_period_milliseconds"),
+    ("env", "proxy_get_buffer_bytes"),
+    ("env", "proxy_set_buffer_bytes"),
+    ("env", "proxy_get_header_map_pairs"),
+    ("env", "proxy_set_header_map_pairs"),
+    ("env", "proxy_get_header_map_value"),
+    ("env", "proxy_replace_header_map_value"),
+    ("env", "proxy_add_header_map_value"),
+    ("env", "proxy_remove_header_map_value"),
+    ("env", "proxy_get_header_map_size"),
+    ("env", "proxy_get_property"),
+    ("env", "proxy_set_property"),
+    ("env", "proxy_send_local_response"),
+    ("env", "proxy_continue_stream"),
+    ("env", "proxy_close_stream"),
+    ("env", "proxy_continue_request"),
+    ("env", "proxy_continue_response"),
+    ("env", "proxy_done"),
+    ("env", "proxy_set_effective_context"),
+    ("env", "proxy_define_metric"),
+    ("env", "proxy_increment_metric"),
+    ("env", "proxy_record_metric"),
+    ("env", "proxy_get_metric"),
+    ("env", "proxy_http_call"),
+    ("env", "proxy_get_shared_data"),
+    ("env", "proxy_set_shared_data"),
+    ("env", "proxy_register_shared_queue"),
+    ("env", "proxy_resolve_shared_queue"),
+    ("env", "proxy_enqueue_shared_queue"),
+    ("env", "proxy_dequeue_shared_queue"),
+    ("env", "proxy_call_foreign_function"),
+    ("env", "proxy_clear_route_cache"),
+    ("env", "proxy_get_buffer_status"),
+    ("env", "proxy_get_status"),
+    ("env", "proxy_grpc_call"),
+    ("env", "proxy_grpc_stream"),
+    ("env", "proxy_grpc_send"),
+    ("env", "proxy_grpc_cancel"),
+    ("env", "proxy_grpc_close"),
+    ("env", "abort"),
+];
+
+/// Whether this host provides import `module.name`.
+pub fn provides(module: &str, name: &str) -> bool {
+    PROVIDED.iter().any(|(m, n)| *m == module && *n == name)
+        || (WASI_MODULES.contains(&module) && WASI_CALLS.contains(&name))
+}
+
+fn unimplemented(caller: &Call<'_>, call: &str) -> i32 {
+    tracing::warn!(
+        plugin = %caller.data().plugin,
+        call,
+        "Proxy-Wasm call not supported by weft yet; the plugin gets Unimplemented"
+    );
+    Status::Unimplemented.code()
+}
+
+/// The `env` module: the Proxy-Wasm calls.
+pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    link_basics(linker)?;
+    link_maps(linker)?;
+    link_stream(linker)?;
+    link_metrics(linker)?;
+    link_unimplemented(linker)?;
+    crate::wasi::link(linker)
+}
+
+fn link_basics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_log",
+        |mut caller: Call<'_>, level: i32, ptr: i32, len: i32| -> i32 {
+            let message = match read(&mut caller, ptr, len) {
+                Ok(m) => String::from_utf8_lossy(&m).into_owned(),
+                Err(s) => return s.code(),
+            };
+            let plugin = caller.data().plugin.clone();
+            match LogLevel::from_code(level) {
+                Some(LogLevel::Trace) => tracing::trace!(%plugin, "{message}"),
+                Some(LogLevel::Debug) => tracing::debug!(%plugin, "{message}"),
+                Some(LogLevel::Info) => tracing::info!(%plugin, "{message}"),
+                Some(LogLevel::Warn) => tracing::warn!(%plugin, "{message}"),
+                Some(LogLevel::Error | LogLevel::Critical) => {
+                    tracing::error!(%plugin, "{message}")
+                }
+                None => return Status::BadArgument.code(),
+            }
+            Status::Ok.code()
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_log_level",
+        |mut caller: Call<'_>, ret: i32| -> i32 {
+            let level: u32 = if tracing::enabled!(tracing::Level::TRACE) {
+                0
+            } else if tracing::enabled!(tracing::Level::DEBUG) {
+                1
+            } else {
+                2
+            };
+            status(write(&mut caller, ret, &level.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_current_time_nanoseconds",
+        |mut caller: Call<'_>, ret: i32| -> i32 {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64);
+            status(write(&mut caller, ret, &now.to_le_bytes()))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_tick_period_milliseconds",
+        |mut caller: Call<'_>, ms: i32| -> i32 {
+            caller.data_mut().tick_period_ms = ms as u32;
+            Status::Ok.code()
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_bytes",
+        |mut caller: Call<'_>,
+         kind: i32,
+         start: i32,
+         max: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> i32 {
+            let buffer = match BufferType::from_code(kind) {
+                Some(BufferType::VmConfiguration) => caller.data().vm_config.clone(),
+                Some(BufferType::PluginConfiguration) => caller.data().plugin_config.clone(),
+                // Bodies are not offered to plugins yet.
+                Some(_) => return Status::NotFound.code(),
+                None => return Status::BadArgument.code(),
+            };
+            let start = (start as u32 as usize).min(buffer.len());
+            let end = start.saturating_add(max as u32 as usize).min(buffer.len());
+            status(give(&mut caller, &buffer[start..end], ret_ptr, ret_len))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_property",
+        |mut caller: Call<'_>, ptr: i32, len: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+            let path = match read(&mut caller, ptr, len) {
+                Ok(p) => p,
+                Err(s) => return s.code(),
+            };
+            let Some(value) = caller.data().properties.get(&path).cloned() else {
+                return Status::NotFound.code();
+            };
+            status(give(&mut caller, &value, ret_ptr, ret_len))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_property",
+        |mut caller: Call<'_>, ptr: i32, len: i32, value_ptr: i32, value_len: i32| -> i32 {
+            let (path, value) = match (
+                read(&mut caller, ptr, len),
+                read(&mut caller, value_ptr, value_len),
+            ) {
+                (Ok(p), Ok(v)) => (p, v),
+                (Err(s), _) | (_, Err(s)) => return s.code(),
+            };
+            caller.data_mut().properties.insert(path, value);
+            Status::Ok.code()
+        },
+    )?;
+    Ok(())
+}
+
+fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_pairs",
+        |mut caller: Call<'_>, kind: i32, ret_ptr: i32, ret_len: i32| -> i32 {
+            let Some(map) = caller.data_mut().map(kind) else {
+                return Status::BadArgument.code();
+            };
+            let bytes = abi::encode_pairs(map);
+            status(give(&mut caller, &bytes, ret_ptr, ret_len))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_header_map_pairs",
+        |mut caller: Call<'_>, kind: i32, ptr: i32, len: i32| -> i32 {
+            let bytes = match read(&mut caller, ptr, len) {
+                Ok(b) => b,
+                Err(s) => return s.code(),
+            };
+            let Some(pairs) = abi::decode_pairs(&bytes) else {
+                return Status::ParseFailure.code();
+            };
+            let Some(map) = caller.data_mut().map(kind) else {
+                return Status::BadArgument.code();
+            };
+            *map = pairs
+                .into_iter()
+                .map(|(k, v)| {
+                    (
+                        String::from_utf8_lossy(&k).to_ascii_lowercase(),
+                        String::from_utf8_lossy(&v).into_owned(),
+                    )
+                })
+                .collect();
+            Status::Ok.code()
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_value",
+        |mut caller: Call<'_>,
+         kind: i32,
+         key_ptr: i32,
+         key_len: i32,
+         ret_ptr: i32,
+         ret_len: i32|
+         -> i32 {
+            let key = match read_str(&mut caller, key_ptr, key_len) {
+                Ok(k) => k.to_ascii_lowercase(),
+                Err(s) => return s.code(),
+            };
+            let Some(map) = caller.data_mut().map(kind) else {
+                return Status::BadArgument.code();
+            };
+            let Some(value) = map.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()) else {
+                return Status::NotFound.code();
+            };
+            status(give(&mut caller, value.as_bytes(), ret_ptr, ret_len))
+        },
+    )?;
+    // Replace (set, dropping other values of the name) and add (append).
+    for (name, replace) in [
+        ("proxy_replace_header_map_value", true),
+        ("proxy_add_header_map_value", false),
+    ] {
+        linker.func_wrap(
+            "env",
+            name,
+            move |mut caller: Call<'_>,
+                  kind: i32,
+                  key_ptr: i32,
+                  key_len: i32,
+                  value_ptr: i32,
+                  value_len: i32|
+                  -> i32 {
+                let (key, value) = match (
+                    read_str(&mut caller, key_ptr, key_len),
+                    read_str(&mut caller, value_ptr, value_len),
+                ) {
+                    (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
+                    (Err(s), _) | (_, Err(s)) => return s.code(),
+                };
+                let Some(map) = caller.data_mut().map(kind) else {
+                    return Status::BadArgument.code();
+                };
+                if replace {
+                    map.retain(|(k, _)| *k != key);
+                }
+                map.push((key, value));
+                Status::Ok.code()
+            },
+        )?;
+    }
+    linker.func_wrap(
+        "env",
+        "proxy_remove_header_map_value",
+        |mut caller: Call<'_>, kind: i32, key_ptr: i32, key_len: i32| -> i32 {
+            let key = match read_str(&mut caller, key_ptr, key_len) {
+                Ok(k) => k.to_ascii_lowercase(),
+                Err(s) => return s.code(),
+            };
+            let Some(map) = caller.data_mut().map(kind) else {
+                return Status::BadArgument.code();
+            };
+            map.retain(|(k, _)| *k != key);
+            Status::Ok.code()
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_header_map_size",
+        |mut caller: Call<'_>, kind: i32, ret: i32| -> i32 {
+            let Some(map) = caller.data_mut().map(kind) else {
+                return Status::BadArgument.code();
+            };
+            let size = abi::encode_pairs(map).len() as u32;
+            status(write(&mut caller, ret, &size.to_le_bytes()))
+        },
+    )?;
+    Ok(())
+}
+
+fn link_stream(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_send_local_response",
+        |mut caller: Call<'_>,
+         code: i32,
+         details_ptr: i32,
+         details_len: i32,
+         body_ptr: i32,
+         body_len: i32,
+         headers_ptr: i32,
+         headers_len: i32,
+         _grpc_status: i32|
+         -> i32 {
+            let (details, body, headers) = match (
+                read(&mut caller, details_ptr, details_len),
+                read(&mut caller, body_ptr, body_len),
+                read(&mut caller, headers_ptr, headers_len),
+            ) {
+                (Ok(d), Ok(b), Ok(h)) => (d, b, h),
+                (Err(s), _, _) | (_, Err(s), _) | (_, _, Err(s)) => return s.code(),
+            };
+            let Some(headers) = abi::decode_pairs(&headers) else {
+                return Status::ParseFailure.code();
+            };
+            let Ok(status) = u16::try_from(code) else {
+                return Status::BadArgument.code();
+            };
+            if !(100..=599).contains(&status) {
+                return Status::BadArgument.code();
+            }
+            caller.data_mut().local_response = Some(LocalResponse {
+                status,
+                details: String::from_utf8_lossy(&details).into_owned(),
+                body,
+                headers: headers
+                    .into_iter()
+                    .map(|(k, v)| {
+                        (
+                            String::from_utf8_lossy(&k).to_ascii_lowercase(),
+                            String::from_utf8_lossy(&v).into_owned(),
+                        )
+                    })
+                    .collect(),
+            });
+            Status::Ok.code()
+        },
+    )?;
+    // Streams are not held (every callback's Pause is read as Continue
+    // for now), so resuming or closing one has nothing to do.
+    for name in ["proxy_continue_stream", "proxy_close_stream"] {
+        linker.func_wrap("env", name, |_: Call<'_>, _stream: i32| -> i32 {
+            Status::Ok.code()
+        })?;
+    }
+    for name in [
+        "proxy_continue_request",
+        "proxy_continue_response",
+        "proxy_done",
+    ] {
+        linker.func_wrap("env", name, |_: Call<'_>| -> i32 { Status::Ok.code() })?;
+    }
+    linker.func_wrap(
+        "env",
+        "proxy_set_effective_context",
+        |_: Call<'_>, _context: i32| -> i32 { Status::Ok.code() },
+    )?;
+    Ok(())
+}
+
+fn link_metrics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_define_metric",
+        |mut caller: Call<'_>, kind: i32, name_ptr: i32, name_len: i32, ret: i32| -> i32 {
+            let Some(kind) = MetricType::from_code(kind) else {
+                return Status::BadArgument.code();
+            };
+            let name = match read_str(&mut caller, name_ptr, name_len) {
+                Ok(n) => n,
+                Err(s) => return s.code(),
+            };
+            let id = {
+                let metrics = caller.data().metrics.clone();
+                let mut metrics = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                match metrics.iter().position(|m| m.name == name) {
+                    Some(i) => i,
+                    None => {
+                        metrics.push(Metric {
+                            name,
+                            kind,
+                            value: 0,
+                        });
+                        metrics.len() - 1
+                    }
+                }
+            };
+            status(write(&mut caller, ret, &(id as u32).to_le_bytes()))
+        },
+    )?;
+    for (name, add) in [
+        ("proxy_increment_metric", true),
+        ("proxy_record_metric", false),
+    ] {
+        linker.func_wrap(
+            "env",
+            name,
+            move |caller: Call<'_>, id: i32, value: i64| -> i32 {
+                let metrics = caller.data().metrics.clone();
+                let mut metrics = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let Some(metric) = metrics.get_mut(id as u32 as usize) else {
+                    return Status::NotFound.code();
+                };
+                if add {
+                    metric.value = metric.value.saturating_add(value);
+                } else {
+                    metric.value = value;
+                }
+                Status::Ok.code()
+            },
+        )?;
+    }
+    linker.func_wrap(
+        "env",
+        "proxy_get_metric",
+        |mut caller: Call<'_>, id: i32, ret: i32| -> i32 {
+            let value = {
+                let metrics = caller.data().metrics.clone();
+                let metrics = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                match metrics.get(id as u32 as usize) {
+                    Some(m) => m.value as u64,
+                    None => return Status::NotFound.code(),
+                }
+            };
+            status(write(&mut caller, ret, &value.to_le_bytes()))
+        },
+    )?;
+    Ok(())
+}
+
+fn link_unimplemented(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.func_wrap(
+        "env",
+        "proxy_set_buffer_bytes",
+        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_set_buffer_bytes")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_http_call",
+        |caller: Call<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> i32 { unimplemented(&caller, "proxy_http_call") },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_shared_data",
+        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_get_shared_data")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_set_shared_data",
+        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_set_shared_data")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_register_shared_queue",
+        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_register_shared_queue")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_resolve_shared_queue",
+        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_resolve_shared_queue")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_enqueue_shared_queue",
+        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_enqueue_shared_queue")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_dequeue_shared_queue",
+        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_dequeue_shared_queue")
+        },
+    )?;
+    linker.func_wrap("env", "proxy_clear_route_cache", |_: Call<'_>| -> i32 {
+        Status::Ok.code()
+    })?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_buffer_status",
+        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_get_buffer_status")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_get_status",
+        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_get_status")
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_call",
+        |caller: Call<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> i32 { unimplemented(&caller, "proxy_grpc_call") },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_stream",
+        |caller: Call<'_>,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32,
+         _: i32|
+         -> i32 { unimplemented(&caller, "proxy_grpc_stream") },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_grpc_send",
+        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_grpc_send")
+        },
+    )?;
+    for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
+        linker.func_wrap("env", name, move |caller: Call<'_>, _: i32| -> i32 {
+            unimplemented(&caller, name)
+        })?;
+    }
+    // AssemblyScript's abort: the plugin failed.
+    linker.func_wrap(
+        "env",
+        "abort",
+        |caller: Call<'_>, _: i32, _: i32, line: i32, column: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::msg(format!(
+                "plugin {} aborted at {line}:{column}",
+                caller.data().plugin
+            )))
+        },
+    )?;
+    linker.func_wrap(
+        "env",
+        "proxy_call_foreign_function",
+        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
+            unimplemented(&caller, "proxy_call_foreign_function")
+        },
+    )?;
+    Ok(())
+}

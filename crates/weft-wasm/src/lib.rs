@@ -1,0 +1,70 @@
+//! weft's Proxy-Wasm host: plugins written against the Proxy-Wasm ABI
+//! (0.2.1, as Envoy runs them) compiled once on wasmtime ([`Plugin`],
+//! checked for the exports the ABI needs and for imports this host does
+//! not provide) and run one [`Instance`] at a time under a memory cap and
+//! a CPU budget per callback (fuel), so a plugin that loops or traps
+//! fails alone, with its name and the reason, never the proxy.
+//!
+//! - [`abi`]: the ABI's numbers and the header-pair wire format (pure);
+//! - [`plugin`]: the engine and compiling and checking a module;
+//! - [`host`]: the calls a plugin imports, over one instance's
+//!   [`state`] (`memory.rs`: bytes across the sandbox; `wasi.rs`: the
+//!   few WASI calls toolchains link in);
+//! - [`instance`]: the plugin lifecycle and the stream callbacks.
+//!
+//! Not yet: bodies, trailers and responses, `Pause` (read as continue),
+//! `proxy_http_call`, shared data and queues, ticks; the L7 engine does
+//! not run plugins yet (issue 22 continues).
+
+pub mod abi;
+pub mod host;
+pub mod instance;
+mod memory;
+pub mod plugin;
+pub mod state;
+mod wasi;
+
+pub use instance::{Instance, Settings, Verdict};
+pub use plugin::{Limits, Plugin, Runtime};
+pub use state::{Headers, LocalResponse, Metric, Metrics};
+
+/// What can go wrong with a plugin, naming it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WasmError {
+    /// The engine could not be set up.
+    #[error("the WebAssembly engine: {0}")]
+    Engine(String),
+    /// The module is not a plugin this host runs.
+    #[error("plugin {plugin}: {reason}")]
+    Invalid {
+        /// Its name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// It could not be instantiated, started or configured.
+    #[error("plugin {plugin} did not start: {reason}")]
+    Start {
+        /// Its name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// A callback trapped or ran out of its CPU budget.
+    #[error("plugin {plugin} failed: {reason}")]
+    Trap {
+        /// Its name.
+        plugin: String,
+        /// Why.
+        reason: String,
+    },
+    /// The instance failed earlier and must be replaced.
+    #[error("plugin {plugin} failed earlier ({reason}); start a new instance")]
+    Failed {
+        /// Its name.
+        plugin: String,
+        /// Why it failed then.
+        reason: String,
+    },
+}

@@ -1,0 +1,81 @@
+//! Moving bytes across the sandbox: reading what a plugin points at
+//! (checked against its memory), writing into it, and handing it data in
+//! memory it allocates itself (`proxy_on_memory_allocate`, else
+//! `malloc`).
+
+use wasmtime::{Caller, Extern};
+
+use crate::abi::Status;
+use crate::state::HostState;
+
+/// A host call's view of its instance.
+pub(crate) type Call<'a> = Caller<'a, HostState>;
+
+/// The plugin's memory, copied out at `ptr..ptr+len`.
+pub(crate) fn read(caller: &mut Call<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(Status::InvalidMemoryAccess);
+    };
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    memory
+        .data(&caller)
+        .get(ptr..ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?)
+        .map(<[u8]>::to_vec)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
+pub(crate) fn read_str(caller: &mut Call<'_>, ptr: i32, len: i32) -> Result<String, Status> {
+    String::from_utf8(read(caller, ptr, len)?).map_err(|_| Status::ParseFailure)
+}
+
+/// Writes `bytes` into the plugin's memory at `ptr`.
+pub(crate) fn write(caller: &mut Call<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(Status::InvalidMemoryAccess);
+    };
+    let ptr = ptr as u32 as usize;
+    memory
+        .data_mut(caller)
+        .get_mut(ptr..ptr + bytes.len())
+        .ok_or(Status::InvalidMemoryAccess)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Hands `bytes` to the plugin: copied into memory it allocates, the
+/// address and length written at `ret_ptr` and `ret_len`.
+pub(crate) fn give(
+    caller: &mut Call<'_>,
+    bytes: &[u8],
+    ret_ptr: i32,
+    ret_len: i32,
+) -> Result<(), Status> {
+    let alloc = ["proxy_on_memory_allocate", "malloc"]
+        .iter()
+        .find_map(|name| caller.get_export(name)?.into_func())
+        .ok_or(Status::InternalFailure)?
+        .typed::<i32, i32>(&caller)
+        .map_err(|_| Status::InternalFailure)?;
+    let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
+    let at = if bytes.is_empty() {
+        0
+    } else {
+        let at = alloc
+            .call(&mut *caller, len)
+            .map_err(|_| Status::InternalFailure)?;
+        if at == 0 {
+            return Err(Status::InternalFailure);
+        }
+        write(caller, at, bytes)?;
+        at
+    };
+    write(caller, ret_ptr, &(at as u32).to_le_bytes())?;
+    write(caller, ret_len, &(len as u32).to_le_bytes())
+}
+
+pub(crate) fn status(result: Result<(), Status>) -> i32 {
+    match result {
+        Ok(()) => Status::Ok.code(),
+        Err(s) => s.code(),
+    }
+}
