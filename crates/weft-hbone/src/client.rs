@@ -299,7 +299,7 @@ impl HbonePool {
 
     /// As [`HbonePool::connect_from`], to `target` written as the CONNECT's
     /// `:authority`: a workload's `ip:port`, or a service's `host:port`
-    /// (what an east-west gateway is asked for, [`crate::nested`]).
+    /// (what an east-west gateway is asked for, see `nested.rs`).
     pub async fn connect_to(
         &self,
         key: &PoolKey,

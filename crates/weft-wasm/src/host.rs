@@ -8,7 +8,7 @@
 //! shared data and queues, foreign functions) answer `Unimplemented` and
 //! log once per call, naming the plugin; they never fail the proxy.
 
-use wasmtime::Linker;
+use wasmtime::{FuncType, Linker, Val, ValType};
 
 use crate::abi::{self, BufferType, LogLevel, MetricType, Status};
 use crate::memory::{Call, give, read, read_str, status, write};
@@ -459,134 +459,42 @@ fn link_metrics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
+/// The calls not carried out yet, by their number of `i32` parameters
+/// (each returns an `i32` status): they answer `Unimplemented` and log.
+const UNIMPLEMENTED: &[(&str, usize)] = &[
+    ("proxy_set_buffer_bytes", 5),
+    ("proxy_http_call", 10),
+    ("proxy_get_shared_data", 5),
+    ("proxy_set_shared_data", 5),
+    ("proxy_register_shared_queue", 3),
+    ("proxy_resolve_shared_queue", 5),
+    ("proxy_enqueue_shared_queue", 3),
+    ("proxy_dequeue_shared_queue", 3),
+    ("proxy_get_buffer_status", 3),
+    ("proxy_get_status", 3),
+    ("proxy_grpc_call", 12),
+    ("proxy_grpc_stream", 9),
+    ("proxy_grpc_send", 4),
+    ("proxy_grpc_cancel", 1),
+    ("proxy_grpc_close", 1),
+    ("proxy_call_foreign_function", 6),
+];
+
 fn link_unimplemented(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_set_buffer_bytes",
-        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_set_buffer_bytes")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_http_call",
-        |caller: Call<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> i32 { unimplemented(&caller, "proxy_http_call") },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_shared_data",
-        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_get_shared_data")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_set_shared_data",
-        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_set_shared_data")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_register_shared_queue",
-        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_register_shared_queue")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_resolve_shared_queue",
-        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_resolve_shared_queue")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_enqueue_shared_queue",
-        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_enqueue_shared_queue")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_dequeue_shared_queue",
-        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_dequeue_shared_queue")
-        },
-    )?;
+    for &(name, params) in UNIMPLEMENTED {
+        let ty = FuncType::new(
+            linker.engine(),
+            std::iter::repeat_n(ValType::I32, params),
+            [ValType::I32],
+        );
+        linker.func_new("env", name, ty, move |caller, _params, results| {
+            results[0] = Val::I32(unimplemented(&caller, name));
+            Ok(())
+        })?;
+    }
     linker.func_wrap("env", "proxy_clear_route_cache", |_: Call<'_>| -> i32 {
         Status::Ok.code()
     })?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_buffer_status",
-        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_get_buffer_status")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_get_status",
-        |caller: Call<'_>, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_get_status")
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_call",
-        |caller: Call<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> i32 { unimplemented(&caller, "proxy_grpc_call") },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_stream",
-        |caller: Call<'_>,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32,
-         _: i32|
-         -> i32 { unimplemented(&caller, "proxy_grpc_stream") },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_grpc_send",
-        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_grpc_send")
-        },
-    )?;
-    for name in ["proxy_grpc_cancel", "proxy_grpc_close"] {
-        linker.func_wrap("env", name, move |caller: Call<'_>, _: i32| -> i32 {
-            unimplemented(&caller, name)
-        })?;
-    }
     // AssemblyScript's abort: the plugin failed.
     linker.func_wrap(
         "env",
@@ -596,13 +504,6 @@ fn link_unimplemented(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 "plugin {} aborted at {line}:{column}",
                 caller.data().plugin
             )))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
-        "proxy_call_foreign_function",
-        |caller: Call<'_>, _: i32, _: i32, _: i32, _: i32, _: i32, _: i32| -> i32 {
-            unimplemented(&caller, "proxy_call_foreign_function")
         },
     )?;
     Ok(())

@@ -326,3 +326,22 @@ fn a_memory_hungry_plugin_hits_its_cap() {
         .on_request_headers(&mut headers(), HashMap::new())
         .expect("growth refused, plugin carries on");
 }
+
+#[test]
+fn calls_not_carried_out_yet_answer_unimplemented() {
+    // proxy_http_call (10 parameters) links, and answers Unimplemented (12).
+    let wat = module(
+        r#"(import "env" "proxy_http_call"
+    (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
+    (if (i32.ne (call $call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
+                  (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 2000))
+                (i32.const 12))
+      (then unreachable))
+    (i32.const 0))"#,
+    );
+    let mut instance = start(&wat, &Settings::default()).expect("starts");
+    instance
+        .on_request_headers(&mut headers(), HashMap::new())
+        .expect("Unimplemented, not a trap");
+}

@@ -26,7 +26,7 @@ pub const MESH_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.MeshConfig
 /// Type URL of ingress gateways' configuration.
 pub const GATEWAY_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.Gateway";
 /// Type URL of the addresses a cluster exports to the clusters it peers
-/// with (bodies are `istio.workload.Address`; see [`crate::export`]).
+/// with (bodies are `istio.workload.Address`; see `export.rs`).
 pub const EXPORT_TYPE: &str = "type.googleapis.com/weft.config.v1alpha1.ExportedAddress";
 
 /// Every type the server offers.

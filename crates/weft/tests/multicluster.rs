@@ -23,39 +23,16 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod support;
+
+use support::Proc;
 
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
 const EAST_LINK: &str = "10.251.0.1";
 const WEST_LINK: &str = "10.251.0.2";
-
-/// Kills (SIGTERM, then waits) on drop.
-struct Proc(Child);
-
-impl Proc {
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
 
 /// The two namespaces and their link; removed on drop.
 struct Namespaces;

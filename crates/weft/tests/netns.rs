@@ -14,37 +14,14 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdout, Command, Stdio};
+use std::process::{ChildStdout, Command, Stdio};
 use std::time::{Duration, Instant};
 
+mod support;
+
+use support::Proc;
+
 const WEFT: &str = env!("CARGO_BIN_EXE_weft");
-
-/// Kills (SIGTERM, then waits) on drop, so namespaces are cleaned up.
-struct Proc(Child);
-
-impl Proc {
-    fn terminate(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .stderr(Stdio::null())
-            .status();
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.0.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.terminate();
-    }
-}
 
 fn skip_reason() -> Option<String> {
     let uid = Command::new("id").arg("-u").output().ok()?;

@@ -1,7 +1,8 @@
 //! What the tests that run `weft up` as a user does share: starting it on
 //! a directory and waiting for its readiness line, stopping it with
 //! SIGTERM (so it stops the apps it started) however a test ends, and
-//! plain HTTP/1.1 requests.
+//! plain HTTP/1.1 requests; and, for the tests that start `weft` processes
+//! one by one, a child stopped on drop ([`Proc`]).
 
 // Each test binary uses a part of this.
 #![allow(dead_code)]
@@ -126,4 +127,33 @@ pub(crate) fn counter(metrics: &str, name: &str, labels: &[&str]) -> f64 {
         .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// A child process stopped (SIGTERM, then after 10 s SIGKILL) on drop, so
+/// a test that fails still cleans up what it started.
+pub(crate) struct Proc(pub(crate) Child);
+
+impl Proc {
+    /// Stops it now and waits for it.
+    pub(crate) fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.terminate();
+    }
 }
