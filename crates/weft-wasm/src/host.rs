@@ -4,15 +4,17 @@
 //! against its memory; data returned to it is copied into memory it
 //! allocates itself (`proxy_on_memory_allocate`, else `malloc`).
 //!
-//! Calls this host does not carry out yet (bodies, `proxy_http_call`,
-//! shared data and queues, foreign functions) answer `Unimplemented` and
-//! log once per call, naming the plugin; they never fail the proxy.
+//! This file links the basics (logs, time, properties, configuration),
+//! header maps and metrics; `host_io.rs` the stream's bodies and control,
+//! HTTP calls, shared data and queues. Calls this host does not carry
+//! out (gRPC calls, foreign functions, the gRPC status) answer
+//! `Unimplemented` and log, naming the plugin; they never fail the proxy.
 
 use wasmtime::{FuncType, Linker, Val, ValType};
 
-use crate::abi::{self, BufferType, LogLevel, MetricType, Status};
+use crate::abi::{self, LogLevel, MetricType, Status};
 use crate::memory::{Call, give, read, read_str, status, write};
-use crate::state::{HostState, LocalResponse, Metric};
+use crate::state::{HostState, Metric};
 use crate::wasi::{WASI_CALLS, WASI_MODULES};
 
 /// Every import this host provides, `(module, name)`.
@@ -81,7 +83,7 @@ fn unimplemented(caller: &Call<'_>, call: &str) -> i32 {
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     link_basics(linker)?;
     link_maps(linker)?;
-    link_stream(linker)?;
+    crate::host_io::link(linker)?;
     link_metrics(linker)?;
     link_unimplemented(linker)?;
     crate::wasi::link(linker)
@@ -144,35 +146,15 @@ fn link_basics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     )?;
     linker.func_wrap(
         "env",
-        "proxy_get_buffer_bytes",
-        |mut caller: Call<'_>,
-         kind: i32,
-         start: i32,
-         max: i32,
-         ret_ptr: i32,
-         ret_len: i32|
-         -> i32 {
-            let buffer = match BufferType::from_code(kind) {
-                Some(BufferType::VmConfiguration) => caller.data().vm_config.clone(),
-                Some(BufferType::PluginConfiguration) => caller.data().plugin_config.clone(),
-                // Bodies are not offered to plugins yet.
-                Some(_) => return Status::NotFound.code(),
-                None => return Status::BadArgument.code(),
-            };
-            let start = (start as u32 as usize).min(buffer.len());
-            let end = start.saturating_add(max as u32 as usize).min(buffer.len());
-            status(give(&mut caller, &buffer[start..end], ret_ptr, ret_len))
-        },
-    )?;
-    linker.func_wrap(
-        "env",
         "proxy_get_property",
         |mut caller: Call<'_>, ptr: i32, len: i32, ret_ptr: i32, ret_len: i32| -> i32 {
             let path = match read(&mut caller, ptr, len) {
                 Ok(p) => p,
                 Err(s) => return s.code(),
             };
-            let Some(value) = caller.data().properties.get(&path).cloned() else {
+            let state = caller.data();
+            let Some(value) = crate::properties::property(&path, &state.exchange, &state.plugin)
+            else {
                 return Status::NotFound.code();
             };
             status(give(&mut caller, &value, ret_ptr, ret_len))
@@ -189,7 +171,7 @@ fn link_basics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 (Ok(p), Ok(v)) => (p, v),
                 (Err(s), _) | (_, Err(s)) => return s.code(),
             };
-            caller.data_mut().properties.insert(path, value);
+            caller.data_mut().exchange.attributes.set.push((path, value));
             Status::Ok.code()
         },
     )?;
@@ -204,7 +186,7 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(map) = caller.data_mut().map(kind) else {
                 return Status::BadArgument.code();
             };
-            let bytes = abi::encode_pairs(map);
+            let bytes = abi::encode_pairs(&map.pairs());
             status(give(&mut caller, &bytes, ret_ptr, ret_len))
         },
     )?;
@@ -219,10 +201,7 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(pairs) = abi::decode_pairs(&bytes) else {
                 return Status::ParseFailure.code();
             };
-            let Some(map) = caller.data_mut().map(kind) else {
-                return Status::BadArgument.code();
-            };
-            *map = pairs
+            let pairs: Vec<(String, String)> = pairs
                 .into_iter()
                 .map(|(k, v)| {
                     (
@@ -231,7 +210,10 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     )
                 })
                 .collect();
-            Status::Ok.code()
+            let Some(mut map) = caller.data_mut().map(kind) else {
+                return Status::BadArgument.code();
+            };
+            status(map.set_all(&pairs))
         },
     )?;
     linker.func_wrap(
@@ -251,10 +233,10 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(map) = caller.data_mut().map(kind) else {
                 return Status::BadArgument.code();
             };
-            let Some(value) = map.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone()) else {
+            let Some(value) = map.get(&key).map(|v| v.into_owned()) else {
                 return Status::NotFound.code();
             };
-            status(give(&mut caller, value.as_bytes(), ret_ptr, ret_len))
+            status(give(&mut caller, &value, ret_ptr, ret_len))
         },
     )?;
     // Replace (set, dropping other values of the name) and add (append).
@@ -279,14 +261,10 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                     (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
                     (Err(s), _) | (_, Err(s)) => return s.code(),
                 };
-                let Some(map) = caller.data_mut().map(kind) else {
+                let Some(mut map) = caller.data_mut().map(kind) else {
                     return Status::BadArgument.code();
                 };
-                if replace {
-                    map.retain(|(k, _)| *k != key);
-                }
-                map.push((key, value));
-                Status::Ok.code()
+                status(map.put(&key, &value, replace))
             },
         )?;
     }
@@ -298,10 +276,10 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Ok(k) => k.to_ascii_lowercase(),
                 Err(s) => return s.code(),
             };
-            let Some(map) = caller.data_mut().map(kind) else {
+            let Some(mut map) = caller.data_mut().map(kind) else {
                 return Status::BadArgument.code();
             };
-            map.retain(|(k, _)| *k != key);
+            map.remove(&key);
             Status::Ok.code()
         },
     )?;
@@ -312,79 +290,9 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             let Some(map) = caller.data_mut().map(kind) else {
                 return Status::BadArgument.code();
             };
-            let size = abi::encode_pairs(map).len() as u32;
+            let size = map.encoded_size() as u32;
             status(write(&mut caller, ret, &size.to_le_bytes()))
         },
-    )?;
-    Ok(())
-}
-
-fn link_stream(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    linker.func_wrap(
-        "env",
-        "proxy_send_local_response",
-        |mut caller: Call<'_>,
-         code: i32,
-         details_ptr: i32,
-         details_len: i32,
-         body_ptr: i32,
-         body_len: i32,
-         headers_ptr: i32,
-         headers_len: i32,
-         _grpc_status: i32|
-         -> i32 {
-            let (details, body, headers) = match (
-                read(&mut caller, details_ptr, details_len),
-                read(&mut caller, body_ptr, body_len),
-                read(&mut caller, headers_ptr, headers_len),
-            ) {
-                (Ok(d), Ok(b), Ok(h)) => (d, b, h),
-                (Err(s), _, _) | (_, Err(s), _) | (_, _, Err(s)) => return s.code(),
-            };
-            let Some(headers) = abi::decode_pairs(&headers) else {
-                return Status::ParseFailure.code();
-            };
-            let Ok(status) = u16::try_from(code) else {
-                return Status::BadArgument.code();
-            };
-            if !(100..=599).contains(&status) {
-                return Status::BadArgument.code();
-            }
-            caller.data_mut().local_response = Some(LocalResponse {
-                status,
-                details: String::from_utf8_lossy(&details).into_owned(),
-                body,
-                headers: headers
-                    .into_iter()
-                    .map(|(k, v)| {
-                        (
-                            String::from_utf8_lossy(&k).to_ascii_lowercase(),
-                            String::from_utf8_lossy(&v).into_owned(),
-                        )
-                    })
-                    .collect(),
-            });
-            Status::Ok.code()
-        },
-    )?;
-    // Streams are not held (every callback's Pause is read as Continue
-    // for now), so resuming or closing one has nothing to do.
-    for name in ["proxy_continue_stream", "proxy_close_stream"] {
-        linker.func_wrap("env", name, |_: Call<'_>, _stream: i32| -> i32 {
-            Status::Ok.code()
-        })?;
-    }
-    for name in [
-        "proxy_continue_request",
-        "proxy_continue_response",
-        "proxy_done",
-    ] {
-        linker.func_wrap("env", name, |_: Call<'_>| -> i32 { Status::Ok.code() })?;
-    }
-    linker.func_wrap(
-        "env",
-        "proxy_set_effective_context",
-        |_: Call<'_>, _context: i32| -> i32 { Status::Ok.code() },
     )?;
     Ok(())
 }
@@ -402,8 +310,8 @@ fn link_metrics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Err(s) => return s.code(),
             };
             let id = {
-                let metrics = caller.data().metrics.clone();
-                let mut metrics = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let shared = caller.data().shared.clone();
+                let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
                 match metrics.iter().position(|m| m.name == name) {
                     Some(i) => i,
                     None => {
@@ -427,8 +335,8 @@ fn link_metrics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             "env",
             name,
             move |caller: Call<'_>, id: i32, value: i64| -> i32 {
-                let metrics = caller.data().metrics.clone();
-                let mut metrics = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let shared = caller.data().shared.clone();
+                let mut metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
                 let Some(metric) = metrics.get_mut(id as u32 as usize) else {
                     return Status::NotFound.code();
                 };
@@ -446,8 +354,8 @@ fn link_metrics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "proxy_get_metric",
         |mut caller: Call<'_>, id: i32, ret: i32| -> i32 {
             let value = {
-                let metrics = caller.data().metrics.clone();
-                let metrics = metrics.lock().unwrap_or_else(|p| p.into_inner());
+                let shared = caller.data().shared.clone();
+                let metrics = shared.metrics.lock().unwrap_or_else(|p| p.into_inner());
                 match metrics.get(id as u32 as usize) {
                     Some(m) => m.value as u64,
                     None => return Status::NotFound.code(),
@@ -459,18 +367,9 @@ fn link_metrics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     Ok(())
 }
 
-/// The calls not carried out yet, by their number of `i32` parameters
-/// (each returns an `i32` status): they answer `Unimplemented` and log.
+/// The calls not carried out, by their number of `i32` parameters (each
+/// returns an `i32` status): they answer `Unimplemented` and log.
 const UNIMPLEMENTED: &[(&str, usize)] = &[
-    ("proxy_set_buffer_bytes", 5),
-    ("proxy_http_call", 10),
-    ("proxy_get_shared_data", 5),
-    ("proxy_set_shared_data", 5),
-    ("proxy_register_shared_queue", 3),
-    ("proxy_resolve_shared_queue", 5),
-    ("proxy_enqueue_shared_queue", 3),
-    ("proxy_dequeue_shared_queue", 3),
-    ("proxy_get_buffer_status", 3),
     ("proxy_get_status", 3),
     ("proxy_grpc_call", 12),
     ("proxy_grpc_stream", 9),
@@ -492,9 +391,6 @@ fn link_unimplemented(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             Ok(())
         })?;
     }
-    linker.func_wrap("env", "proxy_clear_route_cache", |_: Call<'_>| -> i32 {
-        Status::Ok.code()
-    })?;
     // AssemblyScript's abort: the plugin failed.
     linker.func_wrap(
         "env",

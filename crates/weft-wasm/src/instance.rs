@@ -1,10 +1,10 @@
 //! One running plugin: a wasmtime instance of a [`Plugin`] with its root
-//! context started and configured, and the HTTP stream callbacks, each
-//! run under the runtime's CPU budget (fuel) and memory cap. A callback
+//! context started and configured, and the stream callbacks, each run
+//! under the runtime's CPU budget (fuel) and memory cap. An instance
+//! holds many streams at once (one context each), as an Envoy VM does on
+//! its worker; the proxy calls it one callback at a time. A callback
 //! that traps or runs out of fuel fails the instance: it answers every
 //! later call with that error, and its owner starts a new one.
-
-use std::collections::HashMap;
 
 use wasmtime::{Instance as Wasm, Linker, Store, StoreLimitsBuilder, Trap, TypedFunc};
 
@@ -12,7 +12,7 @@ use crate::WasmError;
 use crate::abi::Action;
 use crate::host;
 use crate::plugin::Plugin;
-use crate::state::{Headers, HostState, LocalResponse, Metrics};
+use crate::state::{CallResponse, Exchange, HostState, HttpCall, LocalResponse, SharedRef};
 
 /// The root context's id (ids start at 1; 0 is the VM's).
 const ROOT: i32 = 1;
@@ -31,17 +31,46 @@ pub struct Settings {
 /// What a stream callback decided.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Verdict {
-    /// Go on (with whatever the plugin changed in the headers).
+    /// Go on (with whatever the plugin changed).
     Continue,
+    /// Hold the stream: buffer more body, or wait for the plugin's HTTP
+    /// calls to be answered.
+    Pause,
     /// Answer with this instead.
     Respond(LocalResponse),
+    /// Reset the stream (`proxy_close_stream`).
+    Close,
 }
+
+type Cb2 = TypedFunc<(i32, i32), i32>;
+type Cb3 = TypedFunc<(i32, i32, i32), i32>;
+
+/// The callbacks a plugin exported, looked up once.
+struct Exports {
+    context_create: TypedFunc<(i32, i32), ()>,
+    request_headers: Option<Cb3>,
+    request_body: Option<Cb3>,
+    request_trailers: Option<Cb2>,
+    response_headers: Option<Cb3>,
+    response_body: Option<Cb3>,
+    response_trailers: Option<Cb2>,
+    call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    tick: Option<TypedFunc<i32, ()>>,
+    queue_ready: Option<TypedFunc<(i32, i32), ()>>,
+    log: Option<TypedFunc<i32, ()>>,
+    done: Option<TypedFunc<i32, i32>>,
+    delete: Option<TypedFunc<i32, ()>>,
+}
+
+/// A stream's context in one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Context(i32);
 
 /// A started plugin instance.
 pub struct Instance {
     plugin: Plugin,
     store: Store<HostState>,
-    wasm: Wasm,
+    exports: Exports,
     next_context: i32,
     failed: Option<String>,
 }
@@ -52,14 +81,35 @@ impl std::fmt::Debug for Instance {
     }
 }
 
+fn typed<P, R>(
+    store: &mut Store<HostState>,
+    wasm: &Wasm,
+    plugin: &str,
+    name: &str,
+) -> Result<Option<TypedFunc<P, R>>, WasmError>
+where
+    P: wasmtime::WasmParams,
+    R: wasmtime::WasmResults,
+{
+    let Some(func) = wasm.get_func(&mut *store, name) else {
+        return Ok(None);
+    };
+    func.typed(&*store)
+        .map(Some)
+        .map_err(|e| WasmError::Invalid {
+            plugin: plugin.to_owned(),
+            reason: format!("its {name} export has the wrong type: {e}"),
+        })
+}
+
 impl Instance {
     /// Instantiates `plugin`, runs its start-up (`_initialize`), creates
     /// its root context and starts and configures it with `settings`.
-    /// `metrics` collects what it defines (shared by its instances).
+    /// `shared` is what its instances share (metrics, data, queues).
     pub fn start(
         plugin: &Plugin,
         settings: &Settings,
-        metrics: Metrics,
+        shared: SharedRef,
     ) -> Result<Instance, WasmError> {
         let runtime = &plugin.runtime;
         let mut linker = Linker::new(&runtime.engine);
@@ -70,16 +120,19 @@ impl Instance {
                 .instances(1)
                 .build(),
             plugin: plugin.name.clone(),
+            id: crate::host_io::instance_id(&shared),
             vm_config: settings.vm_config.clone(),
             plugin_config: settings.plugin_config.clone(),
             env: settings.env.clone(),
-            request_headers: Vec::new(),
-            response_headers: Vec::new(),
-            request_trailers: Vec::new(),
-            response_trailers: Vec::new(),
+            exchange: Exchange::default(),
+            call_response: None,
+            no_headers: http::HeaderMap::new(),
             local_response: None,
-            properties: HashMap::new(),
-            metrics,
+            resumed: false,
+            closed: false,
+            calls: Vec::new(),
+            next_token: 0,
+            shared,
             tick_period_ms: 0,
         };
         let mut store = Store::new(&runtime.engine, state);
@@ -87,43 +140,62 @@ impl Instance {
         store
             .set_fuel(runtime.limits.fuel_per_call)
             .map_err(|e| WasmError::Engine(e.to_string()))?;
+        let start_error = |reason: String| WasmError::Start {
+            plugin: plugin.name.to_string(),
+            reason,
+        };
         let wasm = linker
             .instantiate(&mut store, &plugin.module)
-            .map_err(|e| WasmError::Start {
-                plugin: plugin.name.to_string(),
-                reason: e.to_string(),
-            })?;
+            .map_err(|e| start_error(e.to_string()))?;
+        let name = plugin.name.as_ref();
+        let s = &mut store;
+        let exports = Exports {
+            context_create: typed(s, &wasm, name, "proxy_on_context_create")?
+                .ok_or_else(|| start_error("no proxy_on_context_create".into()))?,
+            request_headers: typed(s, &wasm, name, "proxy_on_request_headers")?,
+            request_body: typed(s, &wasm, name, "proxy_on_request_body")?,
+            request_trailers: typed(s, &wasm, name, "proxy_on_request_trailers")?,
+            response_headers: typed(s, &wasm, name, "proxy_on_response_headers")?,
+            response_body: typed(s, &wasm, name, "proxy_on_response_body")?,
+            response_trailers: typed(s, &wasm, name, "proxy_on_response_trailers")?,
+            call_response: typed(s, &wasm, name, "proxy_on_http_call_response")?,
+            tick: typed(s, &wasm, name, "proxy_on_tick")?,
+            queue_ready: typed(s, &wasm, name, "proxy_on_queue_ready")?,
+            log: typed(s, &wasm, name, "proxy_on_log")?,
+            done: typed(s, &wasm, name, "proxy_on_done")?,
+            delete: typed(s, &wasm, name, "proxy_on_delete")?,
+        };
+        let initialize = match typed::<(), ()>(s, &wasm, name, "_initialize")? {
+            Some(f) => Some(f),
+            None => typed::<(), ()>(s, &wasm, name, "_start")?,
+        };
+        let vm_start = typed::<(i32, i32), i32>(s, &wasm, name, "proxy_on_vm_start")?;
+        let configure = typed::<(i32, i32), i32>(s, &wasm, name, "proxy_on_configure")?;
         let mut instance = Instance {
             plugin: plugin.clone(),
             store,
-            wasm,
+            exports,
             next_context: ROOT + 1,
             failed: None,
         };
-        for start in ["_initialize", "_start"] {
-            if instance.has(start) {
-                instance.call::<(), ()>(start, ())?;
-                break;
-            }
+        if let Some(f) = initialize {
+            instance.call("_initialize", &f, ())?;
         }
-        instance.call::<(i32, i32), ()>("proxy_on_context_create", (ROOT, 0))?;
+        let create = instance.exports.context_create.clone();
+        instance.call("proxy_on_context_create", &create, (ROOT, 0))?;
         let vm_config = settings.vm_config.len() as i32;
-        if instance.has("proxy_on_vm_start")
-            && instance.call::<(i32, i32), i32>("proxy_on_vm_start", (ROOT, vm_config))? == 0
+        if let Some(f) = vm_start
+            && instance.call("proxy_on_vm_start", &f, (ROOT, vm_config))? == 0
         {
-            return Err(WasmError::Start {
-                plugin: plugin.name.to_string(),
-                reason: "proxy_on_vm_start returned false".into(),
-            });
+            return Err(start_error("proxy_on_vm_start returned false".into()));
         }
         let config = settings.plugin_config.len() as i32;
-        if instance.has("proxy_on_configure")
-            && instance.call::<(i32, i32), i32>("proxy_on_configure", (ROOT, config))? == 0
+        if let Some(f) = configure
+            && instance.call("proxy_on_configure", &f, (ROOT, config))? == 0
         {
-            return Err(WasmError::Start {
-                plugin: plugin.name.to_string(),
-                reason: "proxy_on_configure refused its pluginConfig".into(),
-            });
+            return Err(start_error(
+                "proxy_on_configure refused its pluginConfig".into(),
+            ));
         }
         Ok(instance)
     }
@@ -138,74 +210,228 @@ impl Instance {
         self.failed.as_deref()
     }
 
-    /// Runs the plugin on a request's headers (`headers`, which it may
-    /// change), with `properties` (path → encoded value) readable, as one
-    /// stream: its context is created, `proxy_on_request_headers` called
-    /// with end of stream, then the context is logged, done and deleted.
-    pub fn on_request_headers(
-        &mut self,
-        headers: &mut Headers,
-        properties: HashMap<Vec<u8>, Vec<u8>>,
-    ) -> Result<Verdict, WasmError> {
+    /// Its id among its plugin's instances (queues name their owner by it).
+    pub fn id(&self) -> u64 {
+        self.store.data().id
+    }
+
+    /// The tick period the plugin asked for, if any.
+    pub fn tick_period(&self) -> Option<std::time::Duration> {
+        let ms = self.store.data().tick_period_ms;
+        (ms > 0).then(|| std::time::Duration::from_millis(u64::from(ms)))
+    }
+
+    /// Whether it has a callback for request bodies; without one (and
+    /// [`Instance::wants_response_body`]) a body need not pass through it.
+    pub fn wants_request_body(&self) -> bool {
+        self.exports.request_body.is_some()
+    }
+
+    /// Whether it has a callback for response bodies.
+    pub fn wants_response_body(&self) -> bool {
+        self.exports.response_body.is_some()
+    }
+
+    /// The HTTP calls the plugin made since they were last taken.
+    pub fn take_calls(&mut self) -> Vec<HttpCall> {
+        std::mem::take(&mut self.store.data_mut().calls)
+    }
+
+    /// Opens a stream's context.
+    pub fn open(&mut self) -> Result<Context, WasmError> {
         let context = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT + 1);
+        let create = self.exports.context_create.clone();
+        self.call("proxy_on_context_create", &create, (context, ROOT))?;
+        Ok(Context(context))
+    }
+
+    /// `proxy_on_request_headers` over `x.request`.
+    pub fn request_headers(
+        &mut self,
+        c: Context,
+        x: &mut Exchange,
+        end_of_stream: bool,
+    ) -> Result<Verdict, WasmError> {
+        let n = x.request.headers.len() as i32 + 4;
+        let f = self.exports.request_headers.clone();
+        self.on(x, |i| i.action("proxy_on_request_headers", f, (c.0, n, end_of_stream.into())))
+    }
+
+    /// `proxy_on_request_body` over `x.request_body` (the bytes not yet
+    /// passed on: after a `Pause`, what was held plus the new chunk).
+    pub fn request_body(
+        &mut self,
+        c: Context,
+        x: &mut Exchange,
+        end_of_stream: bool,
+    ) -> Result<Verdict, WasmError> {
+        let n = x.request_body.len() as i32;
+        let f = self.exports.request_body.clone();
+        self.on(x, |i| i.action("proxy_on_request_body", f, (c.0, n, end_of_stream.into())))
+    }
+
+    /// `proxy_on_request_trailers` over `x.request_trailers`.
+    pub fn request_trailers(&mut self, c: Context, x: &mut Exchange) -> Result<Verdict, WasmError> {
+        let n = x.request_trailers.len() as i32;
+        let f = self.exports.request_trailers.clone();
+        self.on(x, |i| i.action("proxy_on_request_trailers", f, (c.0, n)))
+    }
+
+    /// `proxy_on_response_headers` over `x.response`.
+    pub fn response_headers(
+        &mut self,
+        c: Context,
+        x: &mut Exchange,
+        end_of_stream: bool,
+    ) -> Result<Verdict, WasmError> {
+        x.attributes.responded = true;
+        let n = x.response.headers.len() as i32 + 1;
+        let f = self.exports.response_headers.clone();
+        self.on(x, |i| i.action("proxy_on_response_headers", f, (c.0, n, end_of_stream.into())))
+    }
+
+    /// `proxy_on_response_body` over `x.response_body`.
+    pub fn response_body(
+        &mut self,
+        c: Context,
+        x: &mut Exchange,
+        end_of_stream: bool,
+    ) -> Result<Verdict, WasmError> {
+        let n = x.response_body.len() as i32;
+        let f = self.exports.response_body.clone();
+        self.on(x, |i| i.action("proxy_on_response_body", f, (c.0, n, end_of_stream.into())))
+    }
+
+    /// `proxy_on_response_trailers` over `x.response_trailers`.
+    pub fn response_trailers(
+        &mut self,
+        c: Context,
+        x: &mut Exchange,
+    ) -> Result<Verdict, WasmError> {
+        let n = x.response_trailers.len() as i32;
+        let f = self.exports.response_trailers.clone();
+        self.on(x, |i| i.action("proxy_on_response_trailers", f, (c.0, n)))
+    }
+
+    /// Hands the answer to call `token` (`None`: it failed) to the root
+    /// context, with stream `x` as the one it acts on. The verdict is
+    /// `Continue` once the plugin resumed the stream, `Pause` while it
+    /// waits on.
+    pub fn call_response(
+        &mut self,
+        x: &mut Exchange,
+        token: u32,
+        response: Option<CallResponse>,
+    ) -> Result<Verdict, WasmError> {
+        let (n, size, t) = response.as_ref().map_or((0, 0, 0), |r| {
+            (
+                r.head.headers.len() as i32 + 1,
+                r.body.len() as i32,
+                r.trailers.len() as i32,
+            )
+        });
+        self.store.data_mut().call_response = response;
+        let f = self.exports.call_response.clone();
+        let verdict = self.on(x, |i| match f {
+            Some(f) => {
+                i.call("proxy_on_http_call_response", &f, (ROOT, token as i32, n, size, t))?;
+                Ok(None)
+            }
+            None => Ok(None),
+        });
+        self.store.data_mut().call_response = None;
+        verdict
+    }
+
+    /// `proxy_on_tick` on the root context.
+    pub fn tick(&mut self) -> Result<(), WasmError> {
+        match self.exports.tick.clone() {
+            Some(f) => self.call("proxy_on_tick", &f, ROOT),
+            None => Ok(()),
+        }
+    }
+
+    /// `proxy_on_queue_ready` on the root context.
+    pub fn queue_ready(&mut self, queue: u32) -> Result<(), WasmError> {
+        match self.exports.queue_ready.clone() {
+            Some(f) => self.call("proxy_on_queue_ready", &f, (ROOT, queue as i32)),
+            None => Ok(()),
+        }
+    }
+
+    /// Ends a stream's context: log, done, delete.
+    pub fn close(&mut self, c: Context, x: &mut Exchange) -> Result<(), WasmError> {
+        let (log, done, delete) = (
+            self.exports.log.clone(),
+            self.exports.done.clone(),
+            self.exports.delete.clone(),
+        );
+        self.on(x, |i| {
+            if let Some(f) = log {
+                i.call("proxy_on_log", &f, c.0)?;
+            }
+            if let Some(f) = done {
+                i.call("proxy_on_done", &f, c.0)?;
+            }
+            if let Some(f) = delete {
+                i.call("proxy_on_delete", &f, c.0)?;
+            }
+            Ok(None)
+        })
+        .map(|_| ())
+    }
+
+    /// Runs one stream callback with `x` moved in, then reads what the
+    /// plugin decided. `None` from `run`: it returned no action (the
+    /// stream goes on only if the plugin resumed it).
+    fn on(
+        &mut self,
+        x: &mut Exchange,
+        run: impl FnOnce(&mut Self) -> Result<Option<Action>, WasmError>,
+    ) -> Result<Verdict, WasmError> {
         {
             let state = self.store.data_mut();
-            state.request_headers = std::mem::take(headers);
-            state.properties = properties;
+            std::mem::swap(&mut state.exchange, x);
             state.local_response = None;
+            state.resumed = false;
+            state.closed = false;
         }
-        let ran = self.stream(context);
+        let ran = run(self);
         let state = self.store.data_mut();
-        *headers = std::mem::take(&mut state.request_headers);
-        let respond = state.local_response.take();
-        state.properties.clear();
-        ran?;
-        Ok(match respond {
-            Some(r) => Verdict::Respond(r),
-            None => Verdict::Continue,
+        std::mem::swap(&mut state.exchange, x);
+        let action = ran?;
+        Ok(if let Some(r) = state.local_response.take() {
+            Verdict::Respond(r)
+        } else if state.closed {
+            Verdict::Close
+        } else {
+            match action {
+                Some(Action::Continue) => Verdict::Continue,
+                _ if state.resumed => Verdict::Continue,
+                Some(Action::Pause) | None => Verdict::Pause,
+            }
         })
     }
 
-    fn stream(&mut self, context: i32) -> Result<(), WasmError> {
-        self.call::<(i32, i32), ()>("proxy_on_context_create", (context, ROOT))?;
-        let count = self.store.data().request_headers.len() as i32;
-        let result = if self.has("proxy_on_request_headers") {
-            let action =
-                self.call::<(i32, i32, i32), i32>("proxy_on_request_headers", (context, count, 1));
-            action.map(Action::from_code)
-        } else {
-            Ok(Action::Continue)
-        };
-        // The context ends whatever the callback did (unless it trapped:
-        // the instance is then done for).
-        if self.failed.is_none() {
-            for (end, returns) in [
-                ("proxy_on_log", false),
-                ("proxy_on_done", true),
-                ("proxy_on_delete", false),
-            ] {
-                if !self.has(end) {
-                    continue;
-                }
-                if returns {
-                    self.call::<i32, i32>(end, context)?;
-                } else {
-                    self.call::<i32, ()>(end, context)?;
-                }
-            }
+    /// A callback returning an action; absent, the stream continues.
+    fn action<P>(
+        &mut self,
+        name: &str,
+        f: Option<TypedFunc<P, i32>>,
+        params: P,
+    ) -> Result<Option<Action>, WasmError>
+    where
+        P: wasmtime::WasmParams,
+    {
+        match f {
+            Some(f) => Ok(Some(Action::from_code(self.call(name, &f, params)?))),
+            None => Ok(Some(Action::Continue)),
         }
-        // Pause is not held yet: read as Continue.
-        result.map(|_| ())
     }
 
-    fn has(&mut self, name: &str) -> bool {
-        self.wasm.get_func(&mut self.store, name).is_some()
-    }
-
-    /// Calls export `name` with a fresh CPU budget; a trap fails the
-    /// instance.
-    fn call<P, R>(&mut self, name: &str, params: P) -> Result<R, WasmError>
+    /// Calls `f` with a fresh CPU budget; a trap fails the instance.
+    fn call<P, R>(&mut self, name: &str, f: &TypedFunc<P, R>, params: P) -> Result<R, WasmError>
     where
         P: wasmtime::WasmParams,
         R: wasmtime::WasmResults,
@@ -216,18 +442,11 @@ impl Instance {
                 reason: why.clone(),
             });
         }
-        let func: TypedFunc<P, R> =
-            self.wasm
-                .get_typed_func(&mut self.store, name)
-                .map_err(|e| WasmError::Start {
-                    plugin: self.plugin.name.to_string(),
-                    reason: format!("its {name} export has the wrong type: {e}"),
-                })?;
         let fuel = self.plugin.runtime.limits.fuel_per_call;
         self.store
             .set_fuel(fuel)
             .map_err(|e| WasmError::Engine(e.to_string()))?;
-        func.call(&mut self.store, params).map_err(|e| {
+        f.call(&mut self.store, params).map_err(|e| {
             let reason = match e.downcast_ref::<Trap>() {
                 Some(Trap::OutOfFuel) => {
                     format!("{name} exceeded its CPU budget ({fuel} instructions) and was cut")

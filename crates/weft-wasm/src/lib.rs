@@ -7,26 +7,33 @@
 //!
 //! - [`abi`]: the ABI's numbers and the header-pair wire format (pure);
 //! - [`plugin`]: the engine and compiling and checking a module;
-//! - [`host`]: the calls a plugin imports, over one instance's
-//!   [`state`] (`memory.rs`: bytes across the sandbox; `wasi.rs`: the
-//!   few WASI calls toolchains link in);
+//! - [`host`]: the calls a plugin imports (`host_io.rs`: bodies, stream
+//!   control, HTTP calls, shared data and queues), over one instance's
+//!   [`state`] — the stream's [`Exchange`] with its header [`maps`] and
+//!   [`properties`] (`memory.rs`: bytes across the sandbox; `wasi.rs`:
+//!   the few WASI calls toolchains link in);
 //! - [`instance`]: the plugin lifecycle and the stream callbacks.
 //!
-//! Not yet: bodies, trailers and responses, `Pause` (read as continue),
-//! `proxy_http_call`, shared data and queues, ticks; the L7 engine does
-//! not run plugins yet (issue 22 continues).
+//! The crate is synchronous: the proxy (weft-waypoint's `extension`)
+//! owns instances, carries out HTTP calls and drives ticks.
 
 pub mod abi;
 pub mod host;
+mod host_io;
 pub mod instance;
+pub mod maps;
 mod memory;
 pub mod plugin;
+pub mod properties;
 pub mod state;
 mod wasi;
 
-pub use instance::{Instance, Settings, Verdict};
+pub use host_io::MAX_CALL_TIMEOUT;
+pub use instance::{Context, Instance, Settings, Verdict};
+pub use maps::{RequestHead, ResponseHead};
 pub use plugin::{Limits, Plugin, Runtime};
-pub use state::{Headers, LocalResponse, Metric, Metrics};
+pub use properties::Attributes;
+pub use state::{CallResponse, Exchange, Headers, HttpCall, LocalResponse, Metric, Shared, SharedRef};
 
 /// What can go wrong with a plugin, naming it.
 #[derive(Debug, thiserror::Error)]

@@ -1,15 +1,20 @@
-//! What one plugin instance's host calls read and write: the stream's
-//! header maps, the local response a plugin asked for, its properties,
-//! configuration and metrics.
+//! What one plugin instance's host calls read and write: the
+//! [`Exchange`] of the stream a callback runs for (its heads, bodies and
+//! properties, moved in for the call and back out after it), the
+//! instance's configuration, and what a plugin's instances share
+//! ([`Shared`]: metrics, shared data, queues).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use wasmtime::StoreLimits;
 
 use crate::abi::{MapType, MetricType};
+use crate::maps::{Map, RequestHead, ResponseHead};
+use crate::properties::Attributes;
 
-/// A header map: lower-case names, in order.
+/// A header list: lower-case names, in order.
 pub type Headers = Vec<(String, String)>;
 
 /// A response the plugin asked the proxy to send instead of going on.
@@ -25,6 +30,57 @@ pub struct LocalResponse {
     pub headers: Headers,
 }
 
+/// A `proxy_http_call` the plugin made: the proxy carries it out and
+/// hands the answer back with [`crate::Instance::call_response`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpCall {
+    /// The token the plugin was given.
+    pub token: u32,
+    /// The upstream it named (a mesh service: `host:port`, or Istio's
+    /// `outbound|port||host`).
+    pub upstream: String,
+    /// Its headers, pseudo-headers (`:method`, `:path`, `:authority`)
+    /// included.
+    pub headers: Headers,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// How long the proxy waits for the answer.
+    pub timeout: Duration,
+}
+
+/// The answer to an [`HttpCall`]; `None` in [`crate::Instance::call_response`]
+/// when it failed (no headers, as Envoy reports it).
+#[derive(Debug, Clone, Default)]
+pub struct CallResponse {
+    /// Its status and headers.
+    pub head: ResponseHead,
+    /// Its body.
+    pub body: Vec<u8>,
+    /// Its trailers.
+    pub trailers: http::HeaderMap,
+}
+
+/// One HTTP stream as plugins see it, owned by the proxy between
+/// callbacks: the request and response heads, the body chunk being
+/// processed, trailers and the stream's attributes.
+#[derive(Debug, Default)]
+pub struct Exchange {
+    /// The request's head.
+    pub request: RequestHead,
+    /// The response's head (empty before the response).
+    pub response: ResponseHead,
+    /// The request's trailers.
+    pub request_trailers: http::HeaderMap,
+    /// The response's trailers.
+    pub response_trailers: http::HeaderMap,
+    /// The request body bytes offered to the current callback.
+    pub request_body: Vec<u8>,
+    /// The response body bytes offered to the current callback.
+    pub response_body: Vec<u8>,
+    /// What `proxy_get_property` answers from.
+    pub attributes: Attributes,
+}
+
 /// A metric a plugin defined.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Metric {
@@ -36,35 +92,104 @@ pub struct Metric {
     pub value: i64,
 }
 
-/// The metrics of one plugin, shared by its instances.
-pub type Metrics = Arc<Mutex<Vec<Metric>>>;
+/// A shared queue: its name, the instance that registered it and what
+/// waits in it.
+#[derive(Debug)]
+pub(crate) struct Queue {
+    pub(crate) name: String,
+    pub(crate) owner: u64,
+    pub(crate) items: VecDeque<Vec<u8>>,
+}
+
+/// Longest a shared queue grows; enqueueing beyond it fails.
+pub const MAX_QUEUE_ITEMS: usize = 10_000;
+
+/// What a plugin's instances share (Envoy shares it per VM id; weft
+/// gives each plugin its own).
+#[derive(Debug, Default)]
+pub struct Shared {
+    pub(crate) metrics: Mutex<Vec<Metric>>,
+    /// Shared data: value and compare-and-swap version by key.
+    pub(crate) data: Mutex<HashMap<String, (Vec<u8>, u32)>>,
+    pub(crate) queues: Mutex<Vec<Queue>>,
+    /// Queues that became non-empty: (owner instance, queue id).
+    pub(crate) ready: Mutex<Vec<(u64, u32)>>,
+    pub(crate) next_instance: std::sync::atomic::AtomicU64,
+}
+
+impl Shared {
+    /// The metrics the plugin defined, with their current values.
+    pub fn metrics(&self) -> Vec<Metric> {
+        self.metrics
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Takes the notifications owed to instance `owner`: ids of its
+    /// queues that had items added.
+    pub fn take_ready(&self, owner: u64) -> Vec<u32> {
+        let mut ready = self.ready.lock().unwrap_or_else(|p| p.into_inner());
+        let mut mine = Vec::new();
+        ready.retain(|&(o, q)| {
+            if o == owner {
+                if !mine.contains(&q) {
+                    mine.push(q);
+                }
+                false
+            } else {
+                true
+            }
+        });
+        mine
+    }
+}
+
+/// What a plugin's instances share, by reference.
+pub type SharedRef = Arc<Shared>;
 
 /// What one instance's host calls read and write.
 pub struct HostState {
     pub(crate) limits: StoreLimits,
     pub(crate) plugin: Arc<str>,
+    pub(crate) id: u64,
     pub(crate) vm_config: Vec<u8>,
     pub(crate) plugin_config: Vec<u8>,
     pub(crate) env: Vec<(String, String)>,
-    pub(crate) request_headers: Headers,
-    pub(crate) response_headers: Headers,
-    pub(crate) request_trailers: Headers,
-    pub(crate) response_trailers: Headers,
+    /// The stream of the running callback (moved in for it).
+    pub(crate) exchange: Exchange,
+    /// The answer to an HTTP call, while its callback runs (`None`: the
+    /// call failed).
+    pub(crate) call_response: Option<CallResponse>,
+    /// What a failed call's maps read: nothing.
+    pub(crate) no_headers: http::HeaderMap,
     pub(crate) local_response: Option<LocalResponse>,
-    /// Properties by path (segments joined by NUL, as plugins pass them).
-    pub(crate) properties: HashMap<Vec<u8>, Vec<u8>>,
-    pub(crate) metrics: Metrics,
+    /// The plugin resumed the stream (`proxy_continue_stream` & co.).
+    pub(crate) resumed: bool,
+    /// The plugin closed the stream (`proxy_close_stream`).
+    pub(crate) closed: bool,
+    pub(crate) calls: Vec<HttpCall>,
+    pub(crate) next_token: u32,
+    pub(crate) shared: SharedRef,
     pub(crate) tick_period_ms: u32,
 }
 
 impl HostState {
-    pub(crate) fn map(&mut self, code: i32) -> Option<&mut Headers> {
+    /// The map numbered `code`, if the ABI has one.
+    pub(crate) fn map(&mut self, code: i32) -> Option<Map<'_>> {
         Some(match MapType::from_code(code)? {
-            MapType::RequestHeaders => &mut self.request_headers,
-            MapType::RequestTrailers => &mut self.request_trailers,
-            MapType::ResponseHeaders => &mut self.response_headers,
-            MapType::ResponseTrailers => &mut self.response_trailers,
-            MapType::HttpCallResponseHeaders | MapType::HttpCallResponseTrailers => return None,
+            MapType::RequestHeaders => Map::Request(&mut self.exchange.request),
+            MapType::RequestTrailers => Map::Plain(&mut self.exchange.request_trailers),
+            MapType::ResponseHeaders => Map::Response(&mut self.exchange.response),
+            MapType::ResponseTrailers => Map::Plain(&mut self.exchange.response_trailers),
+            MapType::HttpCallResponseHeaders => match &mut self.call_response {
+                Some(c) => Map::Response(&mut c.head),
+                None => Map::Plain(&mut self.no_headers),
+            },
+            MapType::HttpCallResponseTrailers => match &mut self.call_response {
+                Some(c) => Map::Plain(&mut c.trailers),
+                None => Map::Plain(&mut self.no_headers),
+            },
         })
     }
 }

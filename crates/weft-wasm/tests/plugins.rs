@@ -6,10 +6,9 @@
 //! CPU budget, one that traps fails alone, and modules that are not
 //! plugins are refused at compile time with the reason.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
-use weft_wasm::{Instance, Limits, Plugin, Runtime, Settings, Verdict, WasmError};
+use weft_wasm::{Exchange, Instance, Limits, Plugin, Runtime, Settings, Verdict, WasmError};
 
 /// A plugin module: memory, allocator, ABI marker and the context
 /// callback around `body` (more imports, data and functions).
@@ -44,11 +43,26 @@ fn start(wat: &str, settings: &Settings) -> Result<Instance, WasmError> {
     Instance::start(&plugin, settings, Arc::default())
 }
 
-fn headers() -> Vec<(String, String)> {
-    vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/".into()),
-    ]
+/// A `GET /` with one header.
+fn headers() -> Exchange {
+    let mut x = Exchange::default();
+    x.request.uri = "/".parse().unwrap();
+    x.request
+        .headers
+        .insert("host", http::HeaderValue::from_static("shop"));
+    x
+}
+
+/// One stream through `instance`: context, request headers, end.
+fn run(instance: &mut Instance, x: &mut Exchange) -> Result<Verdict, WasmError> {
+    let c = instance.open()?;
+    let verdict = instance.request_headers(c, x, true)?;
+    instance.close(c, x)?;
+    Ok(verdict)
+}
+
+fn header<'a>(x: &'a Exchange, name: &str) -> Option<&'a str> {
+    x.request.headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 const ADD_HEADER: &str = r#"(import "env" "proxy_add_header_map_value"
@@ -65,13 +79,11 @@ fn a_plugin_adds_a_request_header() {
     (i32.const 0))"#,
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
-    let mut h = headers();
-    let verdict = instance
-        .on_request_headers(&mut h, HashMap::new())
-        .expect("runs");
+    let mut x = headers();
+    let verdict = run(&mut instance, &mut x).expect("runs");
     assert_eq!(verdict, Verdict::Continue);
-    assert!(h.contains(&("x-plugin".into(), "seen".into())), "{h:?}");
-    assert_eq!(h.len(), 3, "the others kept: {h:?}");
+    assert_eq!(header(&x, "x-plugin"), Some("seen"));
+    assert_eq!(x.request.headers.len(), 2, "the others kept");
 }
 
 #[test]
@@ -92,9 +104,7 @@ fn a_plugin_denies_with_a_local_response() {
     (i32.const 1))"#,
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
-    let verdict = instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect("runs");
+    let verdict = run(&mut instance, &mut headers()).expect("runs");
     let Verdict::Respond(r) = verdict else {
         panic!("not denied: {verdict:?}");
     };
@@ -127,21 +137,11 @@ fn a_plugin_reads_the_callers_identity_and_decides_on_it() {
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
     let identity = "spiffe://cluster.local/ns/shop/sa/frontend";
-    let properties = HashMap::from([(
-        b"connection\0uri_san_peer_certificate".to_vec(),
-        identity.as_bytes().to_vec(),
-    )]);
-    let mut h = headers();
-    assert_eq!(
-        instance
-            .on_request_headers(&mut h, properties)
-            .expect("runs"),
-        Verdict::Continue
-    );
-    assert!(h.contains(&("x-caller".into(), identity.into())), "{h:?}");
-    let verdict = instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect("runs");
+    let mut x = headers();
+    x.attributes.peer_principal = Some(identity.into());
+    assert_eq!(run(&mut instance, &mut x).expect("runs"), Verdict::Continue);
+    assert_eq!(header(&x, "x-caller"), Some(identity));
+    let verdict = run(&mut instance, &mut headers()).expect("runs");
     assert!(
         matches!(verdict, Verdict::Respond(ref r) if r.status == 401),
         "{verdict:?}"
@@ -162,16 +162,14 @@ fn a_plugin_counts_a_metric_its_instances_share() {
     (i32.const 0))"#,
     );
     let plugin = Plugin::compile(&runtime(1_000_000), "counter", wat.as_bytes()).expect("compiles");
-    let metrics = weft_wasm::Metrics::default();
-    let mut a = Instance::start(&plugin, &Settings::default(), metrics.clone()).expect("a");
-    let mut b = Instance::start(&plugin, &Settings::default(), metrics.clone()).expect("b");
+    let shared = weft_wasm::SharedRef::default();
+    let mut a = Instance::start(&plugin, &Settings::default(), shared.clone()).expect("a");
+    let mut b = Instance::start(&plugin, &Settings::default(), shared.clone()).expect("b");
     for _ in 0..3 {
-        a.on_request_headers(&mut headers(), HashMap::new())
-            .expect("a runs");
+        run(&mut a, &mut headers()).expect("a runs");
     }
-    b.on_request_headers(&mut headers(), HashMap::new())
-        .expect("b runs");
-    let metrics = metrics.lock().expect("metrics");
+    run(&mut b, &mut headers()).expect("b runs");
+    let metrics = shared.metrics();
     assert_eq!(metrics.len(), 1);
     assert_eq!(
         (metrics[0].name.as_str(), metrics[0].value),
@@ -212,18 +210,14 @@ fn a_plugin_that_loops_forever_is_cut_and_fails_alone() {
     let plugin = Plugin::compile(&runtime(100_000), "spinner", wat.as_bytes()).expect("compiles");
     let mut instance =
         Instance::start(&plugin, &Settings::default(), Arc::default()).expect("starts");
-    let err = instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect_err("cut");
+    let err = run(&mut instance, &mut headers()).expect_err("cut");
     assert!(
         err.to_string()
             .contains("plugin spinner failed: proxy_on_request_headers exceeded its CPU budget"),
         "{err}"
     );
     assert!(instance.failed().is_some());
-    let again = instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect_err("failed instance");
+    let again = run(&mut instance, &mut headers()).expect_err("failed instance");
     assert!(
         again.to_string().contains("start a new instance"),
         "{again}"
@@ -233,9 +227,7 @@ fn a_plugin_that_loops_forever_is_cut_and_fails_alone() {
         .expect("compiles");
     let mut other = Instance::start(&fine, &Settings::default(), Arc::default()).expect("starts");
     assert_eq!(
-        other
-            .on_request_headers(&mut headers(), HashMap::new())
-            .expect("runs"),
+        run(&mut other, &mut headers()).expect("runs"),
         Verdict::Continue
     );
 }
@@ -248,9 +240,7 @@ fn a_plugin_that_traps_fails_with_its_name() {
     unreachable)"#,
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
-    let err = instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect_err("traps");
+    let err = run(&mut instance, &mut headers()).expect_err("traps");
     assert!(
         matches!(&err, WasmError::Trap { plugin, .. } if plugin == "test-plugin"),
         "{err}"
@@ -269,11 +259,9 @@ fn a_plugin_cannot_reach_outside_its_memory() {
     (i32.const 0))"#,
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
-    let mut h = headers();
-    instance
-        .on_request_headers(&mut h, HashMap::new())
-        .expect("InvalidMemoryAccess, not a crash");
-    assert_eq!(h, headers());
+    let mut x = headers();
+    run(&mut instance, &mut x).expect("InvalidMemoryAccess, not a crash");
+    assert_eq!(x.request.headers, headers().request.headers);
 }
 
 #[test]
@@ -322,26 +310,19 @@ fn a_memory_hungry_plugin_hits_its_cap() {
     (i32.const 0))"#,
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
-    instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect("growth refused, plugin carries on");
+    run(&mut instance, &mut headers()).expect("growth refused, plugin carries on");
 }
 
 #[test]
-fn calls_not_carried_out_yet_answer_unimplemented() {
-    // proxy_http_call (10 parameters) links, and answers Unimplemented (12).
+fn calls_not_carried_out_answer_unimplemented() {
+    // proxy_get_status (gRPC) links, and answers Unimplemented (12).
     let wat = module(
-        r#"(import "env" "proxy_http_call"
-    (func $call (param i32 i32 i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))"#,
+        r#"(import "env" "proxy_get_status" (func $status (param i32 i32 i32) (result i32)))"#,
         r#"(func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
-    (if (i32.ne (call $call (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0)
-                  (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 2000))
-                (i32.const 12))
+    (if (i32.ne (call $status (i32.const 2000) (i32.const 2004) (i32.const 2008)) (i32.const 12))
       (then unreachable))
     (i32.const 0))"#,
     );
     let mut instance = start(&wat, &Settings::default()).expect("starts");
-    instance
-        .on_request_headers(&mut headers(), HashMap::new())
-        .expect("Unimplemented, not a trap");
+    run(&mut instance, &mut headers()).expect("Unimplemented, not a trap");
 }
