@@ -15,60 +15,6 @@ use wasmtime::{FuncType, Linker, Val, ValType};
 use crate::abi::{self, LogLevel, MetricType, Status};
 use crate::memory::{Call, give, read, read_str, status, write};
 use crate::state::{HostState, Metric};
-use crate::wasi::{WASI_CALLS, WASI_MODULES};
-
-/// Every import this host provides, `(module, name)`.
-pub const PROVIDED: &[(&str, &str)] = &[
-    ("env", "proxy_log"),
-    ("env", "proxy_get_log_level"),
-    ("env", "proxy_get_current_time_nanoseconds"),
-    ("env", "proxy_set_tick_period_milliseconds"),
-    ("env", "proxy_get_buffer_bytes"),
-    ("env", "proxy_set_buffer_bytes"),
-    ("env", "proxy_get_header_map_pairs"),
-    ("env", "proxy_set_header_map_pairs"),
-    ("env", "proxy_get_header_map_value"),
-    ("env", "proxy_replace_header_map_value"),
-    ("env", "proxy_add_header_map_value"),
-    ("env", "proxy_remove_header_map_value"),
-    ("env", "proxy_get_header_map_size"),
-    ("env", "proxy_get_property"),
-    ("env", "proxy_set_property"),
-    ("env", "proxy_send_local_response"),
-    ("env", "proxy_continue_stream"),
-    ("env", "proxy_close_stream"),
-    ("env", "proxy_continue_request"),
-    ("env", "proxy_continue_response"),
-    ("env", "proxy_done"),
-    ("env", "proxy_set_effective_context"),
-    ("env", "proxy_define_metric"),
-    ("env", "proxy_increment_metric"),
-    ("env", "proxy_record_metric"),
-    ("env", "proxy_get_metric"),
-    ("env", "proxy_http_call"),
-    ("env", "proxy_get_shared_data"),
-    ("env", "proxy_set_shared_data"),
-    ("env", "proxy_register_shared_queue"),
-    ("env", "proxy_resolve_shared_queue"),
-    ("env", "proxy_enqueue_shared_queue"),
-    ("env", "proxy_dequeue_shared_queue"),
-    ("env", "proxy_call_foreign_function"),
-    ("env", "proxy_clear_route_cache"),
-    ("env", "proxy_get_buffer_status"),
-    ("env", "proxy_get_status"),
-    ("env", "proxy_grpc_call"),
-    ("env", "proxy_grpc_stream"),
-    ("env", "proxy_grpc_send"),
-    ("env", "proxy_grpc_cancel"),
-    ("env", "proxy_grpc_close"),
-    ("env", "abort"),
-];
-
-/// Whether this host provides import `module.name`.
-pub fn provides(module: &str, name: &str) -> bool {
-    PROVIDED.iter().any(|(m, n)| *m == module && *n == name)
-        || (WASI_MODULES.contains(&module) && WASI_CALLS.contains(&name))
-}
 
 fn unimplemented(caller: &Call<'_>, call: &str) -> i32 {
     tracing::warn!(

@@ -6,7 +6,9 @@
 //! fails alone, with its name and the reason, never the proxy.
 //!
 //! - [`abi`]: the ABI's numbers and the header-pair wire format (pure);
-//! - [`plugin`]: the engine and compiling and checking a module;
+//! - [`check`]: what a module must export and may import (pure: the
+//!   control plane checks modules with it, without the runtime);
+//! - [`plugin`]: the engine and compiling a module;
 //! - [`host`]: the calls a plugin imports (`host_io.rs`: bodies, stream
 //!   control, HTTP calls, shared data and queues), over one instance's
 //!   [`state`] — the stream's [`Exchange`] with its header [`maps`] and
@@ -15,25 +17,42 @@
 //! - [`instance`]: the plugin lifecycle and the stream callbacks.
 //!
 //! The crate is synchronous: the proxy (weft-waypoint's `extension`)
-//! owns instances, carries out HTTP calls and drives ticks.
+//! owns instances, carries out HTTP calls and drives ticks. The runtime
+//! (wasmtime, most of the build time) is the default feature `runtime`;
+//! without it only [`check`], [`abi`], [`maps`] and [`properties`] build.
+
+#![cfg_attr(not(feature = "runtime"), allow(dead_code))]
 
 pub mod abi;
+pub mod check;
+#[cfg(feature = "runtime")]
 pub mod host;
+#[cfg(feature = "runtime")]
 mod host_io;
+#[cfg(feature = "runtime")]
 pub mod instance;
 pub mod maps;
+#[cfg(feature = "runtime")]
 mod memory;
+#[cfg(feature = "runtime")]
 pub mod plugin;
 pub mod properties;
 pub mod state;
+#[cfg(feature = "runtime")]
 mod wasi;
 
+pub use check::{ModuleInfo, check, sha256_hex};
+#[cfg(feature = "runtime")]
 pub use host_io::MAX_CALL_TIMEOUT;
+#[cfg(feature = "runtime")]
 pub use instance::{Context, Instance, Settings, Verdict};
 pub use maps::{RequestHead, ResponseHead};
+#[cfg(feature = "runtime")]
 pub use plugin::{Limits, Plugin, Runtime};
 pub use properties::Attributes;
-pub use state::{CallResponse, Exchange, Headers, HttpCall, LocalResponse, Metric, Shared, SharedRef};
+pub use state::{
+    CallResponse, Exchange, Headers, HttpCall, LocalResponse, Metric, Shared, SharedRef,
+};
 
 /// What can go wrong with a plugin, naming it.
 #[derive(Debug, thiserror::Error)]

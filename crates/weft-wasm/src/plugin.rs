@@ -1,18 +1,12 @@
-//! Compiling and checking a plugin module once, for every instance that
-//! runs it: the [`Runtime`] (one wasmtime engine, fuel metering on) and a
-//! [`Plugin`] (a compiled module that exports what the ABI needs and
-//! imports only what this host provides).
+//! Compiling a plugin module once, for every instance that runs it: the
+//! [`Runtime`] (one wasmtime engine, fuel metering on) and a [`Plugin`]
+//! (a module [`crate::check`]ed, then compiled).
 
 use std::sync::Arc;
 
-use wasmtime::{Config, Engine, ExternType, Module};
+use wasmtime::{Config, Engine, Module};
 
 use crate::WasmError;
-use crate::host::provides;
-
-/// The ABI versions a module may declare (by exporting a function of
-/// this name); 0.2.0 differs from 0.2.1 only in calls weft does not need.
-const ABI_MARKERS: [&str; 2] = ["proxy_abi_version_0_2_1", "proxy_abi_version_0_2_0"];
 
 /// The limits every instance runs under.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,11 +77,11 @@ impl Plugin {
     /// `name`, refusing a module that does not speak the ABI or imports
     /// what this host does not provide.
     pub fn compile(runtime: &Runtime, name: &str, bytes: &[u8]) -> Result<Plugin, WasmError> {
+        crate::check::check(name, bytes)?;
         let module = Module::new(&runtime.engine, bytes).map_err(|e| WasmError::Invalid {
             plugin: name.to_owned(),
             reason: format!("not a WebAssembly module: {e}"),
         })?;
-        check(name, &module)?;
         Ok(Plugin {
             name: name.into(),
             module,
@@ -101,52 +95,3 @@ impl Plugin {
     }
 }
 
-/// What a module must export and may import.
-fn check(name: &str, module: &Module) -> Result<(), WasmError> {
-    let invalid = |reason: String| WasmError::Invalid {
-        plugin: name.to_owned(),
-        reason,
-    };
-    let exports: Vec<(&str, ExternType)> = module.exports().map(|e| (e.name(), e.ty())).collect();
-    let has = |wanted: &str| exports.iter().any(|(n, _)| *n == wanted);
-    if !exports
-        .iter()
-        .any(|(n, t)| *n == "memory" && matches!(t, ExternType::Memory(_)))
-    {
-        return Err(invalid("it exports no memory named \"memory\"".into()));
-    }
-    if !ABI_MARKERS.iter().any(|m| has(m)) {
-        let declared: Vec<&str> = exports
-            .iter()
-            .map(|(n, _)| *n)
-            .filter(|n| n.starts_with("proxy_abi_version_"))
-            .collect();
-        return Err(invalid(match declared.as_slice() {
-            [] => {
-                "it declares no Proxy-Wasm ABI version (no proxy_abi_version_0_2_1 export)".into()
-            }
-            other => format!(
-                "it declares ABI {}; weft runs 0.2.1 (and 0.2.0)",
-                other.join(", ")
-            ),
-        }));
-    }
-    if !has("proxy_on_memory_allocate") && !has("malloc") {
-        return Err(invalid(
-            "it exports no allocator (proxy_on_memory_allocate or malloc) for the host to return data through"
-                .into(),
-        ));
-    }
-    if !has("proxy_on_context_create") {
-        return Err(invalid("it exports no proxy_on_context_create".into()));
-    }
-    for import in module.imports() {
-        let (module_name, field) = (import.module(), import.name());
-        if !provides(module_name, field) {
-            return Err(invalid(format!(
-                "it imports {module_name}.{field}, which weft's Proxy-Wasm host does not provide"
-            )));
-        }
-    }
-    Ok(())
-}

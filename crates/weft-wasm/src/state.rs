@@ -8,10 +8,8 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::StoreLimits;
-
-use crate::abi::{MapType, MetricType};
-use crate::maps::{Map, RequestHead, ResponseHead};
+use crate::abi::MetricType;
+use crate::maps::{RequestHead, ResponseHead};
 use crate::properties::Attributes;
 
 /// A header list: lower-case names, in order.
@@ -149,8 +147,9 @@ impl Shared {
 pub type SharedRef = Arc<Shared>;
 
 /// What one instance's host calls read and write.
+#[cfg(feature = "runtime")]
 pub struct HostState {
-    pub(crate) limits: StoreLimits,
+    pub(crate) limits: wasmtime::StoreLimits,
     pub(crate) plugin: Arc<str>,
     pub(crate) id: u64,
     pub(crate) vm_config: Vec<u8>,
@@ -174,9 +173,12 @@ pub struct HostState {
     pub(crate) tick_period_ms: u32,
 }
 
+#[cfg(feature = "runtime")]
 impl HostState {
     /// The map numbered `code`, if the ABI has one.
-    pub(crate) fn map(&mut self, code: i32) -> Option<Map<'_>> {
+    pub(crate) fn map(&mut self, code: i32) -> Option<crate::maps::Map<'_>> {
+        use crate::abi::MapType;
+        use crate::maps::Map;
         Some(match MapType::from_code(code)? {
             MapType::RequestHeaders => Map::Request(&mut self.exchange.request),
             MapType::RequestTrailers => Map::Plain(&mut self.exchange.request_trailers),

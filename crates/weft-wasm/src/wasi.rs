@@ -7,29 +7,10 @@ use wasmtime::Linker;
 use crate::memory::{Call, read, write};
 use crate::state::HostState;
 
-/// The WASI calls provided, under both module names toolchains use.
-pub(crate) const WASI_MODULES: [&str; 2] = ["wasi_snapshot_preview1", "wasi_unstable"];
-
-/// The WASI calls provided.
-pub(crate) const WASI_CALLS: &[&str] = &[
-    "fd_write",
-    "fd_read",
-    "fd_close",
-    "fd_seek",
-    "fd_fdstat_get",
-    "environ_sizes_get",
-    "environ_get",
-    "args_sizes_get",
-    "args_get",
-    "clock_time_get",
-    "random_get",
-    "sched_yield",
-    "proc_exit",
-];
 
 /// Links the WASI calls under both module names.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
-    for module in WASI_MODULES {
+    for module in crate::check::WASI_MODULES {
         link_wasi_as(linker, module)?;
     }
     Ok(())

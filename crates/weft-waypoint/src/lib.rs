@@ -30,6 +30,8 @@
 
 pub mod configure;
 pub mod engine;
+pub mod extension;
+pub mod fetch;
 pub mod fronts;
 pub mod policy;
 pub mod telemetry;

@@ -28,6 +28,7 @@ pub mod secret;
 pub mod service_entry;
 pub mod tls_route;
 pub mod virtual_service;
+pub mod wasm_plugin;
 pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
@@ -45,6 +46,7 @@ pub use secret::SecretSpec;
 pub use service_entry::ServiceEntrySpec;
 pub use tls_route::{TcpRouteSpec, TlsRouteSpec};
 pub use virtual_service::VirtualServiceSpec;
+pub use wasm_plugin::WasmPluginSpec;
 pub use workload_entry::WorkloadEntrySpec;
 
 /// The one registration point of a kind: its field in [`Resources`], its
@@ -137,6 +139,8 @@ kinds! {
     request_authentications: RequestAuthenticationSpec = (ISTIO_SECURITY, &["v1", "v1beta1"], "RequestAuthentication", as_is),
     /// Istio `PeerAuthentication`.
     peer_authentications: PeerAuthenticationSpec = (ISTIO_SECURITY, &["v1", "v1beta1"], "PeerAuthentication", as_is),
+    /// Istio `WasmPlugin`.
+    wasm_plugins: WasmPluginSpec = ("extensions.istio.io", &["v1alpha1"], "WasmPlugin", as_is),
     /// weft `RateLimitPolicy`.
     rate_limit_policies: RateLimitPolicySpec = (WEFT, &["v1alpha1"], "RateLimitPolicy", as_is),
     /// weft `RemoteCluster`.

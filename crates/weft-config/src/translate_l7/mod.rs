@@ -6,6 +6,7 @@
 
 mod clusters;
 mod common;
+mod extensions;
 mod gateways;
 mod istio_gateways;
 mod policies;
@@ -159,4 +160,5 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     translate_rate_limits(r, snapshot, out);
     translate_request_authentications(r, snapshot, out);
     translate_waypoint_policies(r, snapshot, out);
+    extensions::translate_wasm_plugins(r, snapshot, out);
 }

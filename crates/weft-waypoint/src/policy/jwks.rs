@@ -16,12 +16,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Limited};
-use hyper_util::rt::TokioIo;
 use jsonwebtoken::DecodingKey;
 use jsonwebtoken::jwk::Jwk;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::CertificateDer;
 use tokio::time::Instant;
 
 /// Largest JWKS document accepted.
@@ -173,23 +170,7 @@ impl Fetcher {
     /// The TLS client configuration, built on first use.
     fn tls(&self) -> Arc<rustls::ClientConfig> {
         self.tls
-            .get_or_init(|| {
-                let mut roots = rustls::RootCertStore::empty();
-                roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-                roots.add_parsable_certificates(self.extra_roots.iter().cloned());
-                // The versions are rustls' defaults, so building cannot fail.
-                let mut tls =
-                    match rustls::ClientConfig::builder_with_provider(weft_ca::tls::provider())
-                        .with_safe_default_protocol_versions()
-                    {
-                        Ok(b) => b.with_root_certificates(roots).with_no_client_auth(),
-                        Err(_) => rustls::ClientConfig::builder()
-                            .with_root_certificates(rustls::RootCertStore::empty())
-                            .with_no_client_auth(),
-                    };
-                tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-                Arc::new(tls)
-            })
+            .get_or_init(|| crate::fetch::client_tls(&self.extra_roots))
             .clone()
     }
 
@@ -229,75 +210,18 @@ impl Fetcher {
     }
 }
 
-/// A byte stream, TLS or not.
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
-
-/// One GET of a JWKS over HTTP/1.1 (TLS for `https`).
+/// One GET of a JWKS.
 async fn fetch(uri: &str, tls: &Arc<rustls::ClientConfig>) -> Result<Keys, JwksError> {
-    let bad_url = || JwksError::Url(uri.to_owned());
-    let parsed: http::Uri = uri.parse().map_err(|_| bad_url())?;
-    let host = parsed.host().ok_or_else(bad_url)?.to_owned();
-    let https = match parsed.scheme_str() {
-        Some("https") => true,
-        Some("http") => false,
-        _ => return Err(bad_url()),
-    };
-    let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
-    let connect = |e: &dyn std::fmt::Display| JwksError::Connect(uri.to_owned(), e.to_string());
-    let http = |e: &dyn std::fmt::Display| JwksError::Http(uri.to_owned(), e.to_string());
-    let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let tcp = tokio::net::TcpStream::connect((bare, port))
+    use crate::fetch::FetchError as F;
+    let (body, _) = crate::fetch::get(uri, tls, "application/json", MAX_JWKS_BYTES)
         .await
-        .map_err(|e| connect(&e))?;
-    let io: Box<dyn Io> = if https {
-        let name = ServerName::try_from(bare.to_owned()).map_err(|e| connect(&e))?;
-        let stream = tokio_rustls::TlsConnector::from(tls.clone())
-            .connect(name, tcp)
-            .await
-            .map_err(|e| connect(&e))?;
-        Box::new(stream)
-    } else {
-        Box::new(tcp)
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
-        .await
-        .map_err(|e| http(&e))?;
-    tokio::spawn(connection);
-    let request = http::Request::get(parsed.path_and_query().map_or("/", |p| p.as_str()))
-        .header(
-            http::header::HOST,
-            parsed.authority().map_or(host.as_str(), |a| a.as_str()),
-        )
-        .header(http::header::ACCEPT, "application/json")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| http(&e))?;
-    let response = sender.send_request(request).await.map_err(|e| http(&e))?;
-    if !response.status().is_success() {
-        return Err(JwksError::Status(
-            uri.to_owned(),
-            response.status().as_u16(),
-        ));
-    }
-    if response
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
-        .is_some_and(|n| n > MAX_JWKS_BYTES)
-    {
-        return Err(JwksError::TooLarge(uri.to_owned()));
-    }
-    let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
-        .collect()
-        .await
-        .map_err(|e| {
-            if e.is::<http_body_util::LengthLimitError>() {
-                JwksError::TooLarge(uri.to_owned())
-            } else {
-                http(&e)
-            }
-        })?
-        .to_bytes();
+        .map_err(|e| match e {
+            F::Url(u) => JwksError::Url(u),
+            F::Connect(u, e) => JwksError::Connect(u, e),
+            F::Status(u, s) => JwksError::Status(u, s),
+            F::TooLarge(u, _) => JwksError::TooLarge(u),
+            F::Http(u, e) => JwksError::Http(u, e),
+        })?;
     let document: serde_json::Value = serde_json::from_slice(&body)
         .map_err(|e| JwksError::NotJwks(uri.to_owned(), e.to_string()))?;
     let keys = decode(&document);

@@ -41,6 +41,7 @@ pub struct Metrics {
     authz_errors: Family<ProviderLabels, Counter>,
     refused: Family<RefusedLabels, Counter>,
     closed: Family<RefusedLabels, Counter>,
+    extensions: crate::telemetry::extensions::ExtensionMetrics,
     /// The four request families' series by label set.
     series: Remembered,
 }
@@ -114,8 +115,16 @@ impl Default for Metrics {
             authz_errors: Family::default(),
             refused: Family::default(),
             closed: Family::default(),
+            extensions: Default::default(),
             series: Remembered::default(),
         }
+    }
+}
+
+impl Metrics {
+    /// The extensions' metrics (plugins, external processors).
+    pub fn extensions(&self) -> &crate::telemetry::extensions::ExtensionMetrics {
+        &self.extensions
     }
 }
 
@@ -128,6 +137,7 @@ fn service(name: &str) -> ServiceLabels {
 impl Metrics {
     /// Registers every family.
     pub fn register(&self, registry: &mut Registry) {
+        self.extensions.register(registry);
         registry.register(names::REQUESTS, "Requests handled", self.requests.clone());
         registry.register(
             names::REQUEST_DURATION,

@@ -5,6 +5,7 @@
 //! lookup ([`series`]). Nothing here knows the engine.
 
 pub mod access;
+pub mod extensions;
 pub mod metrics;
 pub mod record;
 pub mod series;

@@ -1,0 +1,25 @@
+//! Extensions the engine runs on requests, beside its own policy:
+//! Proxy-Wasm plugins (Istio's `WasmPlugin`) on [`weft_wasm`]'s host.
+//!
+//! - [`modules`]: getting a plugin's module (file, HTTPS, OCI), checking
+//!   and compiling it once, keeping the last good one;
+//! - [`wasm`]: a loaded plugin ([`wasm::Filter`]) and its instances, one
+//!   slot per worker, each holding many requests' contexts; ticks, queues
+//!   and HTTP calls through the proxy's [`wasm::Dispatch`];
+//! - [`stream`]: one request's pass through its target's plugins
+//!   ([`stream::Run`]): heads by phase, the response back in reverse,
+//!   failures by `failStrategy`; `body.rs`: bodies and trailers.
+//!
+//! The engine decides where each phase of plugins runs (its phase list
+//! says where) and turns a [`stream::Stop`] into its answer; nothing here
+//! knows the engine.
+
+mod body;
+pub mod modules;
+pub mod stream;
+pub mod wasm;
+
+pub use body::{MAX_HELD_BODY, PluginBody};
+pub use modules::{Entry, Loader};
+pub use stream::{Chain, Run, Stop};
+pub use wasm::{Dispatch, Filter, NoDispatch};

@@ -1,0 +1,331 @@
+//! One request's pass through the plugins of its target ([`Run`]): the
+//! request head through each phase's plugins (in [`Chain`] order), the
+//! response head back through every plugin that saw the request (in
+//! reverse), bodies and trailers through those that have body callbacks
+//! (`body.rs`), and each plugin's context ended (`proxy_on_log`, done,
+//! delete) when the request is over.
+//!
+//! What a plugin's verdict does: `Continue` goes on; a local response
+//! answers the client ([`Stop::Respond`]); `Pause` on a head waits for the
+//! plugin's HTTP calls, answered as they come back, until it resumes or
+//! responds (a pause with no call to wait for is a failure); a trap, an
+//! exhausted CPU budget or a closed stream is a failure, which
+//! `FAIL_CLOSE` turns into [`Stop::Fail`] and `FAIL_OPEN` into skipping
+//! that plugin for the rest of the request.
+
+use std::sync::{Arc, Mutex};
+
+use weft_core::l7::PluginPhase;
+use weft_wasm::{Attributes, Context, Exchange, LocalResponse, Verdict, WasmError};
+
+use crate::extension::modules::Entry;
+use crate::extension::wasm::Filter;
+
+/// The plugins of one target, in the order they run: by phase, then
+/// higher priority first, then by name.
+#[derive(Debug, Default)]
+pub struct Chain {
+    pub(crate) entries: Vec<Entry>,
+}
+
+fn spec(e: &Entry) -> &weft_core::l7::WasmPlugin {
+    match e {
+        Entry::Ready(f) => &f.spec,
+        Entry::Missing { spec, .. } => spec,
+    }
+}
+
+impl Chain {
+    /// `entries` in running order.
+    pub fn new(mut entries: Vec<Entry>) -> Chain {
+        entries.sort_by(|a, b| {
+            let (a, b) = (spec(a), spec(b));
+            (a.phase, std::cmp::Reverse(a.priority), &a.name).cmp(&(
+                b.phase,
+                std::cmp::Reverse(b.priority),
+                &b.name,
+            ))
+        });
+        Chain { entries }
+    }
+
+    /// The plugins' names, in running order.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.iter().map(|e| spec(e).name.as_str()).collect()
+    }
+
+    /// Whether it has no plugin.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Why the request stops at a plugin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stop {
+    /// The plugin answers the client.
+    Respond(LocalResponse),
+    /// The plugin failed (or is not loaded) and fails closed.
+    Fail {
+        /// The `WasmPlugin`.
+        plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// A plugin's context in this request.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Opened {
+    pub(crate) slot: usize,
+    pub(crate) generation: u64,
+    pub(crate) context: Context,
+}
+
+/// A request's state across its plugins, shared with its body wrappers.
+pub(crate) struct State {
+    pub(crate) chain: Arc<Chain>,
+    pub(crate) exchange: Exchange,
+    /// Per entry: its context, once opened.
+    pub(crate) opened: Vec<Option<Opened>>,
+    /// Per entry: skipped for the rest of the request (failed open).
+    pub(crate) skipped: Vec<bool>,
+    /// Per entry: body bytes it held (`Pause`), request then response.
+    pub(crate) held: [Vec<Vec<u8>>; 2],
+    /// Why a body callback stopped the request, for the engine to answer.
+    pub(crate) stopped: Option<Stop>,
+}
+
+impl Drop for State {
+    fn drop(&mut self) {
+        for (i, opened) in self.opened.iter().enumerate() {
+            if let (Some(o), Entry::Ready(f)) = (opened, &self.chain.entries[i]) {
+                let x = &mut self.exchange;
+                let _ = f.with(o.slot, Some(o.generation), |inst| inst.close(o.context, x));
+            }
+        }
+    }
+}
+
+/// One request's pass through its target's plugins.
+#[derive(Clone)]
+pub struct Run {
+    pub(crate) state: Arc<Mutex<State>>,
+}
+
+impl std::fmt::Debug for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Run")
+    }
+}
+
+/// What a failure of `filter` (or of a plugin not loaded) does.
+pub(crate) fn fail(plugin: &weft_core::l7::WasmPlugin, reason: String) -> Option<Stop> {
+    if plugin.fail_open {
+        tracing::debug!(plugin = %plugin.name, %reason, "plugin failed open: skipped for this request");
+        None
+    } else {
+        Some(Stop::Fail {
+            plugin: plugin.name.clone(),
+            reason,
+        })
+    }
+}
+
+impl Run {
+    /// A pass through `chain`, for a request with `attributes`; `None`
+    /// when the chain is empty.
+    pub fn start(chain: &Arc<Chain>, attributes: Attributes) -> Option<Run> {
+        if chain.is_empty() {
+            return None;
+        }
+        let n = chain.entries.len();
+        Some(Run {
+            state: Arc::new(Mutex::new(State {
+                chain: chain.clone(),
+                exchange: Exchange {
+                    attributes,
+                    ..Exchange::default()
+                },
+                opened: vec![None; n],
+                skipped: vec![false; n],
+                held: [vec![Vec::new(); n], vec![Vec::new(); n]],
+                stopped: None,
+            })),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Notes the route and upstream cluster chosen (properties
+    /// `route_name`, `cluster_name`).
+    pub fn note(&self, route: &str, cluster: Option<&str>) {
+        let mut s = self.lock();
+        s.exchange.attributes.route_name = Some(route.to_owned());
+        if let Some(c) = cluster {
+            s.exchange.attributes.cluster_name = Some(c.to_owned());
+        }
+    }
+
+    /// What a body callback stopped the request with, if it did.
+    pub fn take_stop(&self) -> Option<Stop> {
+        self.lock().stopped.take()
+    }
+
+    /// Whether a plugin that saw the request reads `response` bodies
+    /// (else request bodies): the body must pass through it, and its
+    /// length may change.
+    pub fn reads_bodies(&self, response: bool) -> bool {
+        let s = self.lock();
+        s.chain.entries.iter().enumerate().any(|(i, e)| {
+            let reads = matches!(e, Entry::Ready(f) if if response { f.bodies.1 } else { f.bodies.0 });
+            reads && s.opened[i].is_some() && !s.skipped[i]
+        })
+    }
+
+    /// The request's head through the plugins of `phase`.
+    pub async fn request(
+        &self,
+        phase: PluginPhase,
+        parts: &mut http::request::Parts,
+        end_of_stream: bool,
+    ) -> Result<(), Stop> {
+        let (chain, mut x) = {
+            let mut s = self.lock();
+            (s.chain.clone(), std::mem::take(&mut s.exchange))
+        };
+        x.request.method = std::mem::take(&mut parts.method);
+        x.request.uri = std::mem::take(&mut parts.uri);
+        x.request.headers = std::mem::take(&mut parts.headers);
+        let mut result = Ok(());
+        for (i, entry) in chain.entries.iter().enumerate() {
+            if spec(entry).phase != phase || self.lock().skipped[i] {
+                continue;
+            }
+            result = self.head(i, entry, &mut x, Head::Request(end_of_stream)).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        parts.method = std::mem::take(&mut x.request.method);
+        parts.uri = std::mem::take(&mut x.request.uri);
+        parts.headers = std::mem::take(&mut x.request.headers);
+        self.lock().exchange = x;
+        result
+    }
+
+    /// The response's head back through every plugin that saw the
+    /// request, last first.
+    pub async fn response(
+        &self,
+        parts: &mut http::response::Parts,
+        end_of_stream: bool,
+    ) -> Result<(), Stop> {
+        let (chain, mut x) = {
+            let mut s = self.lock();
+            (s.chain.clone(), std::mem::take(&mut s.exchange))
+        };
+        x.response.status = parts.status;
+        x.response.headers = std::mem::take(&mut parts.headers);
+        let mut result = Ok(());
+        for (i, entry) in chain.entries.iter().enumerate().rev() {
+            let skip = {
+                let s = self.lock();
+                s.skipped[i] || s.opened[i].is_none()
+            };
+            if skip {
+                continue;
+            }
+            result = self.head(i, entry, &mut x, Head::Response(end_of_stream)).await;
+            if result.is_err() {
+                break;
+            }
+        }
+        parts.status = x.response.status;
+        parts.headers = std::mem::take(&mut x.response.headers);
+        self.lock().exchange = x;
+        result
+    }
+
+    /// One plugin on one head: opens its context if needed, runs the
+    /// callback, waits out its HTTP calls.
+    async fn head(&self, i: usize, entry: &Entry, x: &mut Exchange, head: Head) -> Result<(), Stop> {
+        let filter = match entry {
+            Entry::Ready(f) => f,
+            Entry::Missing { spec, reason } => {
+                self.lock().skipped[i] = true;
+                return match fail(spec, format!("its module is not loaded: {reason}")) {
+                    Some(stop) => Err(stop),
+                    None => Ok(()),
+                };
+            }
+        };
+        match self.run_head(i, filter, x, head).await {
+            Ok(Verdict::Continue) => Ok(()),
+            Ok(Verdict::Respond(r)) => Err(Stop::Respond(r)),
+            Ok(Verdict::Close) => self.failed(i, filter, "it closed the stream".into()),
+            Ok(Verdict::Pause) => self.failed(
+                i,
+                filter,
+                "it paused the request with no HTTP call to wait for".into(),
+            ),
+            Err(e) => self.failed(i, filter, e.to_string()),
+        }
+    }
+
+    fn failed(&self, i: usize, filter: &Arc<Filter>, reason: String) -> Result<(), Stop> {
+        self.lock().skipped[i] = true;
+        match fail(&filter.spec, reason) {
+            Some(stop) => Err(stop),
+            None => Ok(()),
+        }
+    }
+
+    async fn run_head(
+        &self,
+        i: usize,
+        filter: &Arc<Filter>,
+        x: &mut Exchange,
+        head: Head,
+    ) -> Result<Verdict, WasmError> {
+        let opened = self.lock().opened[i];
+        let o = match opened {
+            Some(o) => o,
+            None => {
+                let slot = filter.pick();
+                let (generation, context) = filter.with(slot, None, |inst| inst.open())?;
+                let o = Opened {
+                    slot,
+                    generation,
+                    context,
+                };
+                self.lock().opened[i] = Some(o);
+                o
+            }
+        };
+        let (_, (mut verdict, mut calls)) = filter.with(o.slot, Some(o.generation), |inst| {
+            let v = match head {
+                Head::Request(end) => inst.request_headers(o.context, x, end)?,
+                Head::Response(end) => inst.response_headers(o.context, x, end)?,
+            };
+            Ok((v, inst.take_calls()))
+        })?;
+        while verdict == Verdict::Pause && !calls.is_empty() {
+            verdict = filter
+                .answer(o.slot, o.generation, x, std::mem::take(&mut calls))
+                .await?
+                .unwrap_or(Verdict::Pause);
+            (_, calls) = filter.with(o.slot, Some(o.generation), |inst| Ok(inst.take_calls()))?;
+        }
+        Ok(verdict)
+    }
+}
+
+/// Which head a callback is for, and whether the body follows.
+#[derive(Debug, Clone, Copy)]
+enum Head {
+    Request(bool),
+    Response(bool),
+}
