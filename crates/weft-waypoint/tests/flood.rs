@@ -140,6 +140,7 @@ async fn an_idle_http2_flood_leaves_legitimate_clients_served() {
         max_duration: None,
     };
     let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
+        wasm: Default::default(),
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),

@@ -487,6 +487,7 @@ async fn untrusted_ingress_is_authenticated_and_authorized_at_call_time() {
     };
     app("127.0.1.201:8080", "backend").await;
     let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
+        wasm: Default::default(),
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),
@@ -909,6 +910,7 @@ spec:
     );
     let mesh = TestMesh::start(&yaml, 1).await;
     let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
+        wasm: Default::default(),
         name: "shop/small".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),

@@ -165,6 +165,7 @@ async fn hostile_requests_are_normalized_before_policy() {
     app(&format!("{BACKEND}:8080"), "backend").await;
     let mesh = TestMesh::start(&config(&jwks), 1).await;
     let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
+        wasm: Default::default(),
         name: "shop/edge".into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),

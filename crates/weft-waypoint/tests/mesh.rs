@@ -131,6 +131,7 @@ impl Mesh {
     ) -> Mesh {
         let inner = TestMesh::start(config_yaml, 2).await;
         let waypoint = weft_waypoint::fronts::waypoint::start(WaypointOptions {
+            wasm: Default::default(),
             name: waypoint.into(),
             node: "node-1".into(),
             trust_domain: "cluster.local".into(),

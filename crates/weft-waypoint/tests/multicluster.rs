@@ -315,6 +315,7 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
     )
     .await;
     let west_options = WaypointOptions {
+        wasm: Default::default(),
         name: "weft-system/east-west".into(),
         node: "node-1".into(),
         trust_domain: TD.into(),
@@ -463,6 +464,7 @@ async fn a_waypoint_sends_across_networks_through_the_east_west_gateway() {
     )
     .await;
     let options = |name: &str, mesh: &TestMesh, metrics: &str| WaypointOptions {
+        wasm: Default::default(),
         name: name.into(),
         node: "node-1".into(),
         trust_domain: TD.into(),

@@ -225,6 +225,7 @@ async fn one_trace_from_gateway_through_waypoint_to_service() {
     let mesh = TestMesh::start(&config(port), 1).await;
     app("127.0.1.91:8080", "reviews").await;
     let options = |name: &str, ip: &str| WaypointOptions {
+        wasm: Default::default(),
         name: name.into(),
         node: "node-1".into(),
         trust_domain: "cluster.local".into(),

@@ -17,6 +17,7 @@ use crate::engine::route::{Backend, Route};
 
 mod checks;
 mod clusters;
+mod extensions;
 pub mod remote;
 
 use checks::{Checks, limiter};
@@ -40,6 +41,8 @@ pub struct Services {
     pub jwks: crate::policy::jwks::Fetcher,
     /// How request paths are normalized (the `Mesh`'s setting).
     pub path_normalization: crate::engine::path::PathNormalization,
+    /// Proxy-Wasm plugins as loaded, by `WasmPlugin` name.
+    pub plugins: HashMap<String, crate::extension::Entry>,
 }
 
 /// The engine's configuration for the services that use waypoint `me`.
@@ -86,6 +89,11 @@ pub fn config_for(
             };
             let target = format!("{service}:{port}");
             checks.attach(&mut config, &target);
+            if let Some(chain) =
+                extensions::chain(policies.get(service), Some(port), &services.plugins)
+            {
+                config.plugins.insert(target.clone(), chain);
+            }
             if let Some(limit) = policies.get(service).and_then(|p| p.rate_limit.as_ref()) {
                 let previous = previous.and_then(|p| p.limits.get(&target));
                 config
@@ -94,6 +102,9 @@ pub fn config_for(
             }
             config.targets.insert(target, routes);
         }
+    }
+    if !config.plugins.is_empty() {
+        call_targets(&mut builder, view);
     }
     config.clusters = builder.clusters;
     config.path_normalization = services.path_normalization;
@@ -272,9 +283,16 @@ pub fn gateway_config_for(
             .collect();
         config.targets.insert(target.clone(), routes);
         checks.attach(&mut config, &target);
+        if let Some(chain) = extensions::chain(Some(policy), Some(listener.port), &services.plugins)
+        {
+            config.plugins.insert(target.clone(), chain);
+        }
         if let Some(l) = &limit {
             config.limits.insert(target, l.clone());
         }
+    }
+    if !config.plugins.is_empty() {
+        call_targets(&mut builder, view);
     }
     config.clusters = builder.clusters;
     config.path_normalization = services.path_normalization;
@@ -283,6 +301,16 @@ pub fn gateway_config_for(
     // weft's headers.
     config.internal_headers = internal_headers(std::iter::once(policy));
     config
+}
+
+/// A cluster for every port of every service: when any target has
+/// plugins, whose HTTP calls name services by host name and port.
+fn call_targets(builder: &mut Builder<'_>, view: &MeshView) {
+    for service in view.services.keys() {
+        for port in service_ports(view, service) {
+            builder.cluster(service, None, port);
+        }
+    }
 }
 
 /// The service ports of `service`, from its endpoints.

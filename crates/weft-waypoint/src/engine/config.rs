@@ -169,4 +169,6 @@ pub struct Config {
     pub trusted_proxies: std::collections::HashSet<weft_core::Identity>,
     /// How request paths are normalized before routing and policy.
     pub path_normalization: crate::engine::path::PathNormalization,
+    /// Proxy-Wasm plugins by target, in running order.
+    pub plugins: HashMap<String, Arc<crate::extension::Chain>>,
 }

@@ -74,6 +74,18 @@ pub enum L7Error {
         /// valid header value.
         location: Option<HeaderValue>,
     },
+    /// A Proxy-Wasm plugin answered the request itself.
+    #[error("answered by a plugin ({})", .0.status)]
+    PluginResponse(weft_wasm::LocalResponse),
+    /// A Proxy-Wasm plugin failed (or is not loaded) and fails closed
+    /// (503).
+    #[error("plugin {plugin} failed: {reason}")]
+    PluginFailed {
+        /// The `WasmPlugin`.
+        plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
     /// The configuration could not be applied to this request (a rewrite
     /// or upstream URI that cannot be built): the proxy's fault, not the
     /// client's (500).
@@ -97,7 +109,11 @@ impl L7Error {
             L7Error::ExtAuthzDenied { .. } => Flag::ExtAuthzDenied,
             L7Error::RateLimited(_) => Flag::RateLimited,
             L7Error::FaultAbort(_) => Flag::FaultInjected,
-            L7Error::Unauthenticated(_) | L7Error::Redirect { .. } | L7Error::Internal(_) => {
+            L7Error::Unauthenticated(_)
+            | L7Error::Redirect { .. }
+            | L7Error::Internal(_)
+            | L7Error::PluginResponse(_)
+            | L7Error::PluginFailed { .. } => {
                 return None;
             }
         })
@@ -112,6 +128,7 @@ impl L7Error {
             | L7Error::ExtAuthzDenied { .. }
             | L7Error::RateLimited(_)
             | L7Error::FaultAbort(_)
+            | L7Error::PluginResponse(_)
             | L7Error::Redirect { .. } => None,
             other => Some(other.to_string()),
         }
@@ -124,7 +141,8 @@ impl L7Error {
             L7Error::NoHealthyUpstream(_)
             | L7Error::Connect(_)
             | L7Error::Reset(_)
-            | L7Error::Overflow(_) => StatusCode::SERVICE_UNAVAILABLE,
+            | L7Error::Overflow(_)
+            | L7Error::PluginFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
             L7Error::Timeout => StatusCode::GATEWAY_TIMEOUT,
             L7Error::Downstream(_) | L7Error::Malformed(_) => StatusCode::BAD_REQUEST,
             L7Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
@@ -144,6 +162,20 @@ impl L7Error {
                 let mut response = status_response(*status, body.trim_end());
                 for (name, value) in headers {
                     response.headers_mut().insert(name.clone(), value.clone());
+                }
+                return response;
+            }
+            L7Error::PluginResponse(r) => {
+                let mut response = http::Response::new(crate::engine::tries::full(r.body.clone()));
+                *response.status_mut() =
+                    StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+                for (name, value) in &r.headers {
+                    if let (Ok(n), Ok(v)) = (
+                        HeaderName::from_bytes(name.as_bytes()),
+                        HeaderValue::from_str(value),
+                    ) {
+                        response.headers_mut().append(n, v);
+                    }
                 }
                 return response;
             }

@@ -11,28 +11,33 @@
 //! 2. `route` — choose the route ([`route::select`]); a request no route
 //!    takes is refused only after `authorize`, so a caller policy refuses
 //!    learns nothing of the routes;
-//! 3. `authenticate` — verify the request's JWT, if any
-//!    ([`crate::policy::jwt`]; 401);
-//! 4. `authorize` — CUSTOM providers ([`crate::policy::extauthz`]), then
-//!    DENY and ALLOW policies ([`crate::policy::authz`]; 403, `RBAC`,
-//!    `UAEX`);
+//! 3. `authenticate` — the target's `AUTHN` plugins ([`plugins`]), then
+//!    verify the request's JWT, if any ([`crate::policy::jwt`]; 401);
+//! 4. `authorize` — `AUTHZ` plugins, then CUSTOM providers
+//!    ([`crate::policy::extauthz`]), then DENY and ALLOW policies
+//!    ([`crate::policy::authz`]; 403, `RBAC`, `UAEX`); then `STATS`
+//!    plugins, and the route is chosen again if plugins changed the
+//!    request;
 //! 5. `rate_limit` — the target's rules ([`crate::policy::ratelimit`]; 429,
 //!    `RL`);
-//! 6. `fault` — injected delays and aborts (`DI`, `FI`);
+//! 6. `fault` — injected delays and aborts (`DI`, `FI`); then the
+//!    plugins of no phase;
 //! 7. `redirect` — answered here when the route redirects;
 //! 8. `balance` — the backend chosen by weight, its circuit breaker admits
 //!    the request or fails it at once (`UO`);
 //! 9. `rewrite` — path and host rewrites, request header changes;
-//! 10. `buffer` — keep the request body for replay, up to a limit (beyond
-//!     it the request is sent once, never retried or mirrored);
+//! 10. `buffer` — the body through the plugins that read it, then kept
+//!     for replay, up to a limit (beyond it the request is sent once,
+//!     never retried or mirrored);
 //! 11. `mirror` — a copy to the mirror service, answer ignored;
 //! 12. `try` — tries within the overall timeout ([`tries`]): each bounded
 //!     by the per-try timeout; a retryable outcome is retried after backoff
 //!     (or `Retry-After`) only while the retry budgets allow ([`budget`]);
 //! 13. `respond` — response header changes (and `x-ratelimit-*`); an
 //!     [`L7Error`] becomes its response ([`L7Error::response`], the one
-//!     place); local answers to gRPC callers become gRPC statuses
-//!     ([`local_reply`]);
+//!     place); the response (local or not) back through the plugins that
+//!     saw the request, last first, head and body; local answers to gRPC
+//!     callers become gRPC statuses ([`local_reply`]);
 //! 14. `log` — metrics, the access-log line and the span, from the
 //!     request's record ([`crate::telemetry`]).
 //!
@@ -49,6 +54,7 @@ pub mod lb;
 pub mod local_reply;
 pub mod path;
 mod phases;
+pub mod plugins;
 pub mod retry;
 pub mod route;
 pub mod sanitize;
@@ -170,11 +176,20 @@ impl Engine {
         // The configuration this request sees from start to end.
         let config = self.config.load_full();
         let (mut ctx, parts, settled) = self.receive(&config, target, request.map(upstream::boxed));
+        let run = self.plugins_for(&ctx, &config, &parts);
         let outcome = match settled {
-            Ok(()) => self.serve(&mut ctx, &config, parts).await,
+            Ok(()) => self.serve(&mut ctx, &config, parts, run.as_ref()).await,
             Err(e) => Err(e),
         };
-        let response = self.respond(&mut ctx, outcome);
+        // A plugin that stopped the request while reading its body answers.
+        let outcome = match run.as_ref().and_then(crate::extension::Run::take_stop) {
+            Some(stop) => Err(stop.into()),
+            None => outcome,
+        };
+        let mut response = self.respond(&mut ctx, outcome);
+        if let Some(run) = &run {
+            response = self.plugin_response(run, response).await;
+        }
         self.log(&mut ctx, &response);
         if ctx.grpc {
             local_reply::for_grpc(response)
@@ -189,17 +204,35 @@ impl Engine {
         ctx: &mut Ctx,
         config: &Config,
         request: Request<Body>,
+        run: Option<&crate::extension::Run>,
     ) -> Result<Response<Body>, L7Error> {
+        use weft_core::l7::PluginPhase;
         let (mut parts, body) = request.into_parts();
-        let route = self.route(ctx, config, &parts)?;
+        let end = http_body::Body::is_end_stream(&body);
+        let mut route = self.route(ctx, config, &parts)?;
+        self.plugin_phase(run, PluginPhase::Authn, &mut parts, end)
+            .await?;
         self.authenticate(ctx, config, &mut parts).await?;
+        self.plugin_phase(run, PluginPhase::Authz, &mut parts, end)
+            .await?;
         self.authorize(ctx, config, &mut parts).await?;
+        if let Some(run) = run {
+            self.plugin_phase(Some(run), PluginPhase::Stats, &mut parts, end)
+                .await?;
+            route = self.route(ctx, config, &parts)?;
+        }
         let route = route.ok_or_else(|| L7Error::NoRoute(parts.uri.path().to_owned()))?;
         self.rate_limit(ctx, config, &parts).await?;
         self.fault(ctx, route).await?;
+        self.plugin_phase(run, PluginPhase::Unspecified, &mut parts, end)
+            .await?;
         self.redirect(route, &parts)?;
         let (cluster, _slot) = self.balance(ctx, config, route).await?;
+        if let Some(run) = run {
+            run.note(&route.name, Some(&cluster.name));
+        }
         self.rewrite(route, &mut parts)?;
+        let body = self.plugin_request_body(run, &mut parts, body);
         let payload = self.buffer(ctx, body).await?;
         self.mirror(config, route, &parts, &payload);
         let tries = self.tries(ctx, config, route, &cluster, &parts, payload);

@@ -23,3 +23,8 @@ pub use body::{MAX_HELD_BODY, PluginBody};
 pub use modules::{Entry, Loader};
 pub use stream::{Chain, Run, Stop};
 pub use wasm::{Dispatch, Filter, NoDispatch};
+pub use weft_wasm::Limits as WasmLimits;
+
+/// Fuel one plugin callback may burn by default (about 20 million
+/// WebAssembly instructions: a few milliseconds).
+pub const DEFAULT_FUEL: u64 = 20_000_000;

@@ -144,13 +144,14 @@ pub async fn start(options: WaypointOptions) -> Result<Gateway, WaypointError> {
     let reconcile = tokio::spawn(async move {
         let mut redis = HashMap::new();
         loop {
-            let (view, services) = core.refresh(&node, &mut redis, &jwks).await;
+            let (view, mut services) = core.refresh(&node, &mut redis, &jwks).await;
             east_west.view.store(view.clone());
             let gateway = gateway_config(&core.changes.borrow(), &name);
             let gateway = gateway.unwrap_or_else(|why| {
                 tracing::warn!(gateway = %name, "{why}; serving no listeners");
                 GatewayConfig::default()
             });
+            services.plugins = core.plugins.load(&gateway.policy.wasm).await;
             let previous = core.engine.current();
             core.engine.update(crate::configure::gateway_config_for(
                 &view,

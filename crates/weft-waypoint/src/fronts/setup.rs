@@ -57,12 +57,23 @@ pub struct WaypointOptions {
     /// Gateways only: each listener's connection limits and deadlines
     /// (usually `ConnLimits::default()`).
     pub connections: crate::fronts::admission::ConnLimits,
+    /// Proxy-Wasm plugins' limits: memory per instance, CPU per callback
+    /// (usually `Default::default()`).
+    pub wasm: crate::extension::WasmLimits,
 }
 
 /// Why a waypoint or gateway did not start.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum WaypointError {
+    /// The Proxy-Wasm runtime could not be set up.
+    #[error("{proxy}: the Proxy-Wasm runtime: {reason}")]
+    Plugins {
+        /// `waypoint` or `gateway`.
+        proxy: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// The trust roots given do not parse.
     #[error("{proxy}: the trust roots are not usable: {source}")]
     Roots {
@@ -179,6 +190,8 @@ pub(crate) struct Core {
     /// Opens HBONE tunnels with this proxy's identity (the engine's
     /// upstream, and a gateway's passthrough listeners).
     pub(crate) connector: HboneConnector,
+    /// Loads and keeps Proxy-Wasm plugins.
+    pub(crate) plugins: Arc<crate::extension::Loader>,
 }
 
 /// Sets up [`Core`] for workload `options.name`, following the config
@@ -307,7 +320,20 @@ pub(crate) async fn core(
     } else {
         engine
     });
+    let plugins = crate::extension::Loader::new(
+        options.wasm,
+        crate::fetch::client_tls(&options.jwks_roots),
+        Arc::new(crate::engine::plugins::EngineDispatch(Arc::downgrade(
+            &engine,
+        ))),
+        metrics.extensions().clone(),
+    )
+    .map_err(|e| WaypointError::Plugins {
+        proxy,
+        reason: e.to_string(),
+    })?;
     Ok(Core {
+        plugins: Arc::new(plugins),
         proxy,
         me,
         bundle,

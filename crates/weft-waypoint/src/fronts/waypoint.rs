@@ -70,7 +70,19 @@ pub async fn start(options: WaypointOptions) -> Result<Waypoint, WaypointError> 
     let reconcile = tokio::spawn(async move {
         let mut redis = HashMap::new();
         loop {
-            let (next, services) = core.refresh(&node, &mut redis, &jwks).await;
+            let (next, mut services) = core.refresh(&node, &mut redis, &jwks).await;
+            // The plugins of the services this waypoint serves.
+            let mine: Vec<&weft_core::l7::WasmPlugin> = services
+                .policies
+                .iter()
+                .filter(|(name, _)| {
+                    next.services
+                        .get(*name)
+                        .is_some_and(|s| s.waypoint == Some(core.me.ip))
+                })
+                .flat_map(|(_, p)| &p.wasm)
+                .collect();
+            services.plugins = core.plugins.load(mine).await;
             let previous = core.engine.current();
             core.engine.update(crate::configure::config_for(
                 &next,

@@ -285,6 +285,7 @@ async fn up(args: &Args, config: &weft_config::Config) -> Result<(), String> {
         };
         let (_, _, token) = tokens.iter().find(|(n, _, _)| n == node)?;
         Some(WaypointOptions {
+            wasm: Default::default(),
             name: w.name.to_string(),
             node: node.clone(),
             trust_domain: control.trust_domain.clone(),

@@ -72,6 +72,14 @@ pub(crate) struct Args {
     /// Gateways: a connection this old is asked to finish (0: never).
     #[arg(long, value_parser = super::sample_app::parse_duration, default_value = "0s")]
     max_connection_duration: Duration,
+    /// Proxy-Wasm plugins: linear memory one instance may grow to, in MiB.
+    #[arg(long, default_value_t = 64)]
+    wasm_memory_mib: usize,
+    /// Proxy-Wasm plugins: fuel (about one WebAssembly instruction each)
+    /// one callback may burn before it is cut and the plugin's
+    /// failStrategy applies; the default is a few milliseconds.
+    #[arg(long, default_value_t = weft_waypoint::extension::DEFAULT_FUEL)]
+    wasm_fuel: u64,
 }
 
 pub(crate) fn run(args: Args) -> ExitCode {
@@ -124,7 +132,14 @@ fn options(args: Args) -> Result<WaypointOptions, String> {
         Some(path) => super::read_roots(path)?,
         None => Vec::new(),
     };
+    if args.wasm_memory_mib == 0 || args.wasm_fuel == 0 {
+        return Err("--wasm-memory-mib and --wasm-fuel must be greater than zero".into());
+    }
     Ok(WaypointOptions {
+        wasm: weft_waypoint::extension::WasmLimits {
+            memory_bytes: args.wasm_memory_mib << 20,
+            fuel_per_call: args.wasm_fuel,
+        },
         name: args.name,
         node: args.node,
         trust_domain: args.trust_domain,
