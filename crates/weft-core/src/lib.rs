@@ -13,6 +13,7 @@
 
 pub mod attach;
 pub mod duration;
+pub mod extension;
 pub mod failover;
 pub mod identity;
 pub mod l7;

@@ -117,7 +117,12 @@ fn link_basics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 (Ok(p), Ok(v)) => (p, v),
                 (Err(s), _) | (_, Err(s)) => return s.code(),
             };
-            caller.data_mut().exchange.attributes.set.push((path, value));
+            caller
+                .data_mut()
+                .exchange
+                .attributes
+                .set
+                .push((path, value));
             Status::Ok.code()
         },
     )?;

@@ -44,6 +44,7 @@ pub enum Verdict {
 
 type Cb2 = TypedFunc<(i32, i32), i32>;
 type Cb3 = TypedFunc<(i32, i32, i32), i32>;
+type Cb5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
 /// The callbacks a plugin exported, looked up once.
 struct Exports {
@@ -54,7 +55,7 @@ struct Exports {
     response_headers: Option<Cb3>,
     response_body: Option<Cb3>,
     response_trailers: Option<Cb2>,
-    call_response: Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>,
+    call_response: Option<Cb5>,
     tick: Option<TypedFunc<i32, ()>>,
     queue_ready: Option<TypedFunc<(i32, i32), ()>>,
     log: Option<TypedFunc<i32, ()>>,
@@ -255,7 +256,13 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.request.headers.len() as i32 + 4;
         let f = self.exports.request_headers.clone();
-        self.on(x, |i| i.action("proxy_on_request_headers", f, (c.0, n, end_of_stream.into())))
+        self.on(x, |i| {
+            i.action(
+                "proxy_on_request_headers",
+                f,
+                (c.0, n, end_of_stream.into()),
+            )
+        })
     }
 
     /// `proxy_on_request_body` over `x.request_body` (the bytes not yet
@@ -268,7 +275,9 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.request_body.len() as i32;
         let f = self.exports.request_body.clone();
-        self.on(x, |i| i.action("proxy_on_request_body", f, (c.0, n, end_of_stream.into())))
+        self.on(x, |i| {
+            i.action("proxy_on_request_body", f, (c.0, n, end_of_stream.into()))
+        })
     }
 
     /// `proxy_on_request_trailers` over `x.request_trailers`.
@@ -288,7 +297,13 @@ impl Instance {
         x.attributes.responded = true;
         let n = x.response.headers.len() as i32 + 1;
         let f = self.exports.response_headers.clone();
-        self.on(x, |i| i.action("proxy_on_response_headers", f, (c.0, n, end_of_stream.into())))
+        self.on(x, |i| {
+            i.action(
+                "proxy_on_response_headers",
+                f,
+                (c.0, n, end_of_stream.into()),
+            )
+        })
     }
 
     /// `proxy_on_response_body` over `x.response_body`.
@@ -300,7 +315,9 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.response_body.len() as i32;
         let f = self.exports.response_body.clone();
-        self.on(x, |i| i.action("proxy_on_response_body", f, (c.0, n, end_of_stream.into())))
+        self.on(x, |i| {
+            i.action("proxy_on_response_body", f, (c.0, n, end_of_stream.into()))
+        })
     }
 
     /// `proxy_on_response_trailers` over `x.response_trailers`.
@@ -335,7 +352,11 @@ impl Instance {
         let f = self.exports.call_response.clone();
         let verdict = self.on(x, |i| match f {
             Some(f) => {
-                i.call("proxy_on_http_call_response", &f, (ROOT, token as i32, n, size, t))?;
+                i.call(
+                    "proxy_on_http_call_response",
+                    &f,
+                    (ROOT, token as i32, n, size, t),
+                )?;
                 Ok(None)
             }
             None => Ok(None),

@@ -49,9 +49,8 @@ pub use instance::{Context, Instance, Settings, Verdict};
 pub use maps::{RequestHead, ResponseHead};
 #[cfg(feature = "runtime")]
 pub use plugin::{Limits, Plugin, Runtime};
-pub use properties::Attributes;
 pub use state::{
-    CallResponse, Exchange, Headers, HttpCall, LocalResponse, Metric, Shared, SharedRef,
+    Attributes, CallResponse, Exchange, Headers, HttpCall, LocalResponse, Metric, Shared, SharedRef,
 };
 
 /// What can go wrong with a plugin, naming it.

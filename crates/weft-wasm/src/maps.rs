@@ -30,6 +30,9 @@ pub struct ResponseHead {
     pub headers: HeaderMap,
 }
 
+/// A header pair, borrowed where it can be.
+pub(crate) type Pair<'a> = (Cow<'a, [u8]>, Cow<'a, [u8]>);
+
 /// One of the maps a call names.
 pub(crate) enum Map<'a> {
     Request(&'a mut RequestHead),
@@ -98,7 +101,7 @@ impl Map<'_> {
     }
 
     /// Every pair, pseudo-headers first.
-    pub(crate) fn pairs(&self) -> Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> {
+    pub(crate) fn pairs(&self) -> Vec<Pair<'_>> {
         let pseudo: &[&str] = match self {
             Map::Request(_) => &[":authority", ":path", ":method", ":scheme"],
             Map::Response(_) => &[":status"],
@@ -108,11 +111,12 @@ impl Map<'_> {
             .iter()
             .filter_map(|k| Some((Cow::Borrowed(k.as_bytes()), self.pseudo(k)?)))
             .collect();
-        out.extend(
-            self.headers_ref()
-                .iter()
-                .map(|(k, v)| (Cow::Borrowed(k.as_str().as_bytes()), Cow::Borrowed(v.as_bytes()))),
-        );
+        out.extend(self.headers_ref().iter().map(|(k, v)| {
+            (
+                Cow::Borrowed(k.as_str().as_bytes()),
+                Cow::Borrowed(v.as_bytes()),
+            )
+        }));
         out
     }
 
@@ -195,7 +199,7 @@ mod tests {
         headers.insert("x-a", HeaderValue::from_static("1"));
         RequestHead {
             method: Method::GET,
-            uri: "/r?q=1".parse().unwrap(),
+            uri: "/r?q=1".parse().expect("valid"),
             headers,
         }
     }
@@ -221,11 +225,14 @@ mod tests {
         assert_eq!(pairs.len(), 6);
         let size = crate::abi::encode_pairs(&pairs).len();
         assert_eq!(map.encoded_size(), size);
-        map.put(":path", "/other", true).unwrap();
-        map.put(":method", "POST", true).unwrap();
-        map.put("x-a", "2", false).unwrap();
+        map.put(":path", "/other", true).expect("valid");
+        map.put(":method", "POST", true).expect("valid");
+        map.put("x-a", "2", false).expect("valid");
         assert_eq!(map.put("bad name", "v", false), Err(Status::BadArgument));
-        assert_eq!(map.put(":path", "no spaces allowed", true), Err(Status::BadArgument));
+        assert_eq!(
+            map.put(":path", "no spaces allowed", true),
+            Err(Status::BadArgument)
+        );
         map.remove("host");
         assert_eq!(head.uri.path(), "/other");
         assert_eq!(head.method, Method::POST);
@@ -238,7 +245,7 @@ mod tests {
         let mut head = ResponseHead::default();
         let mut map = Map::Response(&mut head);
         assert_eq!(map.get(":status").as_deref(), Some(&b"200"[..]));
-        map.put(":status", "418", true).unwrap();
+        map.put(":status", "418", true).expect("valid");
         assert_eq!(map.put(":status", "1000", true), Err(Status::BadArgument));
         assert_eq!(head.status, StatusCode::IM_A_TEAPOT);
     }

@@ -6,32 +6,9 @@
 
 use std::net::SocketAddr;
 
+#[cfg(test)]
+use crate::state::Attributes;
 use crate::state::Exchange;
-
-/// What the proxy knows of a stream beyond its heads.
-#[derive(Debug, Clone, Default)]
-pub struct Attributes {
-    /// The caller's address.
-    pub source: Option<SocketAddr>,
-    /// The address the caller reached.
-    pub destination: Option<SocketAddr>,
-    /// The endpoint the request went to.
-    pub upstream: Option<SocketAddr>,
-    /// The caller's SPIFFE identity (`spiffe://…`), when it came over mTLS.
-    pub peer_principal: Option<String>,
-    /// This proxy's SPIFFE identity.
-    pub local_principal: Option<String>,
-    /// `HTTP/1.1` or `HTTP/2`.
-    pub protocol: &'static str,
-    /// The route the request took.
-    pub route_name: Option<String>,
-    /// The upstream cluster (service) chosen.
-    pub cluster_name: Option<String>,
-    /// Whether the response's head has been seen (`response.*` exists).
-    pub responded: bool,
-    /// What plugins set with `proxy_set_property`, by path.
-    pub set: Vec<(Vec<u8>, Vec<u8>)>,
-}
 
 fn int(n: i64) -> Vec<u8> {
     n.to_le_bytes().to_vec()
@@ -63,8 +40,9 @@ pub fn property(path: &[u8], x: &Exchange, plugin: &str) -> Option<Vec<u8>> {
             text(request.uri.path_and_query().map_or("/", |p| p.as_str()))
         }
         ("request", Some("url_path"), None) => text(request.uri.path()),
-        ("request", Some("host"), None) => header(&request.headers, "host")
-            .or_else(|| text(request.uri.authority()?.as_str())),
+        ("request", Some("host"), None) => {
+            header(&request.headers, "host").or_else(|| text(request.uri.authority()?.as_str()))
+        }
         ("request", Some("scheme"), None) => text(request.uri.scheme_str().unwrap_or("http")),
         ("request", Some("method"), None) => text(request.method.as_str()),
         ("request", Some("query"), None) => text(request.uri.query().unwrap_or("")),
@@ -111,7 +89,7 @@ mod tests {
     fn exchange() -> Exchange {
         let mut x = Exchange::default();
         x.request.method = http::Method::POST;
-        x.request.uri = "/orders?id=7".parse().unwrap();
+        x.request.uri = "/orders?id=7".parse().expect("valid");
         x.request
             .headers
             .insert("host", http::HeaderValue::from_static("shop:8080"));
@@ -119,8 +97,8 @@ mod tests {
             .headers
             .insert("x-request-id", http::HeaderValue::from_static("r-1"));
         x.attributes = Attributes {
-            source: Some("10.0.0.1:40000".parse().unwrap()),
-            destination: Some("10.0.0.2:8080".parse().unwrap()),
+            source: Some("10.0.0.1:40000".parse().expect("valid")),
+            destination: Some("10.0.0.2:8080".parse().expect("valid")),
             peer_principal: Some("spiffe://cluster.local/ns/a/sa/frontend".into()),
             protocol: "HTTP/2",
             route_name: Some("orders".into()),

@@ -5,12 +5,12 @@
 //! ([`Shared`]: metrics, shared data, queues).
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::abi::MetricType;
 use crate::maps::{RequestHead, ResponseHead};
-use crate::properties::Attributes;
 
 /// A header list: lower-case names, in order.
 pub type Headers = Vec<(String, String)>;
@@ -77,6 +77,31 @@ pub struct Exchange {
     pub response_body: Vec<u8>,
     /// What `proxy_get_property` answers from.
     pub attributes: Attributes,
+}
+
+/// What the proxy knows of a stream beyond its heads.
+#[derive(Debug, Clone, Default)]
+pub struct Attributes {
+    /// The caller's address.
+    pub source: Option<SocketAddr>,
+    /// The address the caller reached.
+    pub destination: Option<SocketAddr>,
+    /// The endpoint the request went to.
+    pub upstream: Option<SocketAddr>,
+    /// The caller's SPIFFE identity (`spiffe://…`), when it came over mTLS.
+    pub peer_principal: Option<String>,
+    /// This proxy's SPIFFE identity.
+    pub local_principal: Option<String>,
+    /// `HTTP/1.1` or `HTTP/2`.
+    pub protocol: &'static str,
+    /// The route the request took.
+    pub route_name: Option<String>,
+    /// The upstream cluster (service) chosen.
+    pub cluster_name: Option<String>,
+    /// Whether the response's head has been seen (`response.*` exists).
+    pub responded: bool,
+    /// What plugins set with `proxy_set_property`, by path.
+    pub set: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// A metric a plugin defined.

@@ -7,7 +7,6 @@ use wasmtime::Linker;
 use crate::memory::{Call, read, write};
 use crate::state::HostState;
 
-
 /// Links the WASI calls under both module names.
 pub(crate) fn link(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
     for module in crate::check::WASI_MODULES {

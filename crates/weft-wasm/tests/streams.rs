@@ -103,7 +103,7 @@ fn calling_plugin() -> String {
 
 fn answer(status: u16) -> Option<CallResponse> {
     let mut r = CallResponse::default();
-    r.head.status = StatusCode::from_u16(status).unwrap();
+    r.head.status = StatusCode::from_u16(status).expect("valid");
     Some(r)
 }
 
@@ -139,7 +139,9 @@ fn a_plugin_calls_a_service_and_acts_on_the_answer() {
         let c = instance.open().expect("context");
         instance.request_headers(c, &mut x, true).expect("runs");
         let token = instance.take_calls()[0].token;
-        let verdict = instance.call_response(&mut x, token, response).expect("runs");
+        let verdict = instance
+            .call_response(&mut x, token, response)
+            .expect("runs");
         assert!(
             matches!(verdict, Verdict::Respond(ref r) if r.status == 403),
             "{verdict:?}"
@@ -233,7 +235,10 @@ fn a_queue_filled_by_one_instance_is_drained_by_its_owner_and_ticks_run() {
     };
     let mut owner = Instance::start(&plugin, &owning, shared.clone()).expect("owner");
     let mut other = Instance::start(&plugin, &Settings::default(), shared.clone()).expect("other");
-    assert_eq!(owner.tick_period(), Some(std::time::Duration::from_millis(50)));
+    assert_eq!(
+        owner.tick_period(),
+        Some(std::time::Duration::from_millis(50))
+    );
     assert_eq!(other.tick_period(), None);
     for _ in 0..2 {
         support::run(&mut other, &mut headers()).expect("enqueues");

@@ -117,7 +117,9 @@ pub async fn get(
 
 /// A TLS client configuration trusting the system's roots and
 /// `extra_roots`, speaking HTTP/1.1.
-pub fn client_tls(extra_roots: &[rustls_pki_types::CertificateDer<'static>]) -> Arc<rustls::ClientConfig> {
+pub fn client_tls(
+    extra_roots: &[rustls_pki_types::CertificateDer<'static>],
+) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
     roots.add_parsable_certificates(extra_roots.iter().cloned());

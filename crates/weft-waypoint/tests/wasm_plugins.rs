@@ -286,7 +286,9 @@ spec:
 
 /// One GET on `port`: status and body.
 async fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
-    let tcp = TcpStream::connect((GATEWAY_IP, port)).await.expect("connect");
+    let tcp = TcpStream::connect((GATEWAY_IP, port))
+        .await
+        .expect("connect");
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
         .expect("handshake");
@@ -364,7 +366,10 @@ async fn plugins_add_deny_rewrite_count_call_and_fail_by_their_strategy() {
     assert_eq!((status, body.as_str()), (200, "rewritten by plugin\n"));
     let (status, body) = get(PORT_A, "/headers", &[]).await;
     assert_eq!(status, 200);
-    assert!(body.contains("x-plugin-added") && !body.contains("rewritten"), "{body}");
+    assert!(
+        body.contains("x-plugin-added") && !body.contains("rewritten"),
+        "{body}"
+    );
 
     // A plugin looping forever is cut; requests meanwhile keep flowing.
     let spinning = tokio::spawn(get(PORT_A, "/headers", &[("x-spin", "1")]));
@@ -373,17 +378,27 @@ async fn plugins_add_deny_rewrite_count_call_and_fail_by_their_strategy() {
     }
     let (status, body) = spinning.await.expect("spin");
     assert_eq!(status, 503, "FAIL_CLOSE: {body}");
-    assert!(body.contains("faulty-closed") && body.contains("CPU budget"), "{body}");
+    assert!(
+        body.contains("faulty-closed") && body.contains("CPU budget"),
+        "{body}"
+    );
     let (status, body) = get(PORT_A, "/headers", &[("x-trap", "1")]).await;
     assert_eq!(status, 503, "FAIL_CLOSE: {body}");
     assert!(body.contains("trapped"), "{body}");
-    assert_eq!(get(PORT_A, "/headers", &[]).await.0, 200, "a new instance serves");
+    assert_eq!(
+        get(PORT_A, "/headers", &[]).await.0,
+        200,
+        "a new instance serves"
+    );
 
     // Port B: the call's answer lets the request through, with a header
     // the backend sees; the same faulty module fails open.
     let (status, body) = get(PORT_B, "/headers", &[]).await;
     assert_eq!(status, 200, "{body}");
-    assert!(body.contains("\"x-auth\"") && !body.contains("x-plugin-added"), "{body}");
+    assert!(
+        body.contains("\"x-auth\"") && !body.contains("x-plugin-added"),
+        "{body}"
+    );
     assert_eq!(get(PORT_B, "/headers", &[("x-spin", "1")]).await.0, 200);
     assert_eq!(get(PORT_B, "/headers", &[("x-trap", "1")]).await.0, 200);
 

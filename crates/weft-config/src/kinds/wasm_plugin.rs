@@ -231,7 +231,10 @@ impl Spec for WasmPluginSpec {
             check_file(path, self.sha256.as_deref(), ctx);
         }
         if let Some(p) = &self.phase
-            && !matches!(p.as_str(), "AUTHN" | "AUTHZ" | "STATS" | "UNSPECIFIED_PHASE")
+            && !matches!(
+                p.as_str(),
+                "AUTHN" | "AUTHZ" | "STATS" | "UNSPECIFIED_PHASE"
+            )
         {
             ctx.error(
                 "spec.phase",

@@ -41,7 +41,7 @@ pub(crate) fn start(wat: &str, settings: &Settings) -> Result<Instance, WasmErro
 /// A `GET /` with one header.
 pub(crate) fn headers() -> Exchange {
     let mut x = Exchange::default();
-    x.request.uri = "/".parse().unwrap();
+    x.request.uri = "/".parse().expect("valid");
     x.request
         .headers
         .insert("host", http::HeaderValue::from_static("shop"));
@@ -59,4 +59,3 @@ pub(crate) fn run(instance: &mut Instance, x: &mut Exchange) -> Result<Verdict, 
 pub(crate) fn header<'a>(x: &'a Exchange, name: &str) -> Option<&'a str> {
     x.request.headers.get(name).and_then(|v| v.to_str().ok())
 }
-

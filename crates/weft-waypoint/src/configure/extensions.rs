@@ -24,10 +24,13 @@ pub(crate) fn chain(
             None => true,
         })
         .map(|p| {
-            plugins.get(&p.name).cloned().unwrap_or_else(|| Entry::Missing {
-                spec: p.clone(),
-                reason: "not loaded yet".into(),
-            })
+            plugins
+                .get(&p.name)
+                .cloned()
+                .unwrap_or_else(|| Entry::Missing {
+                    spec: Box::new(p.clone()),
+                    reason: "not loaded yet".into(),
+                })
         })
         .collect();
     (!entries.is_empty()).then(|| Arc::new(Chain::new(entries)))

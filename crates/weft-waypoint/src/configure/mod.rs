@@ -504,6 +504,7 @@ mod tests {
             jwt: vec![],
             authz: vec![],
             ingress_use_waypoint: false,
+            wasm: vec![],
         };
         let services = Services {
             policies: Policies::from([("shop/reviews".into(), policy)]),

@@ -17,11 +17,11 @@ use http_body::Body as _;
 use weft_core::l7::PluginPhase;
 use weft_wasm::{Attributes, CallResponse, HttpCall};
 
+use crate::engine::Engine;
 use crate::engine::config::Config;
 use crate::engine::ctx::{Ctx, PeerAddr};
 use crate::engine::error::L7Error;
 use crate::engine::upstream::{Body, boxed};
-use crate::engine::Engine;
 use crate::extension::{Dispatch, PluginBody, Run, Stop};
 
 /// Most of an HTTP call's answer a plugin is handed.
@@ -89,7 +89,11 @@ impl Engine {
 
     /// The response back through the plugins (head, then body): a plugin
     /// may change it, answer instead, or fail.
-    pub(crate) async fn plugin_response(&self, run: &Run, response: Response<Body>) -> Response<Body> {
+    pub(crate) async fn plugin_response(
+        &self,
+        run: &Run,
+        response: Response<Body>,
+    ) -> Response<Body> {
         let (mut parts, body) = response.into_parts();
         let end = body.is_end_stream();
         match run.response(&mut parts, end).await {
@@ -236,8 +240,14 @@ mod tests {
     #[test]
     fn call_targets() {
         let table: &[(&str, Option<(&str, u16)>)] = &[
-            ("auth.shop.svc.cluster.local:8080", Some(("auth.shop.svc.cluster.local", 8080))),
-            ("outbound|9080||reviews.shop.svc.cluster.local", Some(("reviews.shop.svc.cluster.local", 9080))),
+            (
+                "auth.shop.svc.cluster.local:8080",
+                Some(("auth.shop.svc.cluster.local", 8080)),
+            ),
+            (
+                "outbound|9080||reviews.shop.svc.cluster.local",
+                Some(("reviews.shop.svc.cluster.local", 9080)),
+            ),
             ("outbound|9080|v1|reviews", Some(("reviews", 9080))),
             ("outbound|x||reviews", None),
             ("outbound|9080||", None),

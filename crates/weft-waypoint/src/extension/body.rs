@@ -202,10 +202,7 @@ impl Run {
 
     fn stop(&self, stop: Stop) -> BoxError {
         let error = stopped(stop.clone());
-        self.state
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .stopped = Some(stop);
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).stopped = Some(stop);
         error
     }
 }

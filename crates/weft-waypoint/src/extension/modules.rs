@@ -37,7 +37,7 @@ pub enum Entry {
     /// Never loaded: why.
     Missing {
         /// What the configuration says of it.
-        spec: WasmPlugin,
+        spec: Box<WasmPlugin>,
         /// Why it is not there.
         reason: String,
     },
@@ -159,7 +159,7 @@ impl Loader {
                             out.insert(
                                 name.clone(),
                                 Entry::Missing {
-                                    spec: (*spec).clone(),
+                                    spec: Box::new((*spec).clone()),
                                     reason: e.to_string(),
                                 },
                             );
@@ -264,10 +264,7 @@ impl Loader {
         )
         .await?;
         let digest = weft_wasm::sha256_hex(&manifest);
-        for want in pin
-            .into_iter()
-            .chain(oci.tag.strip_prefix("sha256:"))
-        {
+        for want in pin.into_iter().chain(oci.tag.strip_prefix("sha256:")) {
             if !digest.eq_ignore_ascii_case(want) {
                 return Err(LoadError::Digest {
                     got: digest,
@@ -285,10 +282,7 @@ impl Loader {
         .await?;
         let got = format!("sha256:{}", weft_wasm::sha256_hex(&blob));
         if got != layer {
-            return Err(LoadError::Digest {
-                got,
-                want: layer,
-            });
+            return Err(LoadError::Digest { got, want: layer });
         }
         Ok(blob.to_vec())
     }
@@ -381,9 +375,80 @@ fn wasm_layer(manifest: &[u8]) -> Result<String, String> {
 mod tests {
     use super::*;
 
+    const PLUGIN: &str = r#"(module
+  (memory (export "memory") 1)
+  (func (export "malloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "proxy_abi_version_0_2_1"))
+  (func (export "proxy_on_context_create") (param i32 i32)))"#;
+
+    fn loader(metrics: &ExtensionMetrics) -> Loader {
+        Loader::new(
+            weft_wasm::Limits::default(),
+            crate::fetch::client_tls(&[]),
+            Arc::new(crate::extension::NoDispatch),
+            metrics.clone(),
+        )
+        .expect("loader")
+    }
+
+    fn spec(path: &std::path::Path, sha256: Option<String>) -> WasmPlugin {
+        WasmPlugin {
+            name: "shop/p".into(),
+            url: format!("file://{}", path.display()),
+            sha256,
+            ..WasmPlugin::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_module_that_fails_to_load_keeps_the_last_good_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("p.wat");
+        std::fs::write(&path, PLUGIN).expect("write");
+        let metrics = ExtensionMetrics::default();
+        let loader = loader(&metrics);
+        let good = spec(&path, None);
+        let Some(Entry::Ready(first)) = loader.load([&good]).await.remove("shop/p") else {
+            panic!("not loaded");
+        };
+        // Unchanged: the same filter (instances and shared state kept).
+        let Some(Entry::Ready(again)) = loader.load([&good]).await.remove("shop/p") else {
+            panic!("not kept");
+        };
+        assert!(Arc::ptr_eq(&first, &again));
+        // Broken in place: the last good one stays, the failure counted.
+        std::fs::write(&path, "(module)").expect("write");
+        let Some(Entry::Ready(kept)) = loader.load([&good]).await.remove("shop/p") else {
+            panic!("last good not kept");
+        };
+        assert!(Arc::ptr_eq(&first, &kept));
+        assert_eq!(metrics.failures("shop/p", "load"), 1);
+    }
+
+    #[tokio::test]
+    async fn a_module_never_loaded_is_missing_with_the_reason() {
+        let dir = tempfile::tempdir().expect("dir");
+        let path = dir.path().join("p.wat");
+        std::fs::write(&path, PLUGIN).expect("write");
+        let metrics = ExtensionMetrics::default();
+        let loader = loader(&metrics);
+        let pinned = spec(&path, Some("00".repeat(32)));
+        let absent = WasmPlugin {
+            name: "shop/absent".into(),
+            ..spec(&dir.path().join("absent.wasm"), None)
+        };
+        let mut loaded = loader.load([&pinned, &absent]).await;
+        for (name, want) in [("shop/p", "not the 0000"), ("shop/absent", "absent.wasm")] {
+            match loaded.remove(name) {
+                Some(Entry::Missing { reason, .. }) => assert!(reason.contains(want), "{reason}"),
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+    }
+
     #[test]
     fn oci_references() {
-        let r = OciRef::parse("localhost:5000/plugins/add-header:v1").unwrap();
+        let r = OciRef::parse("localhost:5000/plugins/add-header:v1").expect("valid");
         assert_eq!(
             (r.registry.as_str(), r.repository.as_str(), r.tag.as_str()),
             ("localhost:5000", "plugins/add-header", "v1")
@@ -392,10 +457,13 @@ mod tests {
             r.url("manifests/v1"),
             "http://localhost:5000/v2/plugins/add-header/manifests/v1"
         );
-        let r = OciRef::parse("ghcr.io/acme/p@sha256:abc").unwrap();
+        let r = OciRef::parse("ghcr.io/acme/p@sha256:abc").expect("valid");
         assert_eq!(r.tag, "sha256:abc");
         assert!(r.url("x").starts_with("https://ghcr.io/v2/acme/p/"));
-        assert_eq!(OciRef::parse("ghcr.io/acme/p").unwrap().tag, "latest");
+        assert_eq!(
+            OciRef::parse("ghcr.io/acme/p").expect("valid").tag,
+            "latest"
+        );
         assert!(OciRef::parse("nohost").is_err());
     }
 
@@ -404,9 +472,13 @@ mod tests {
         let manifest = br#"{"layers": [
             {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:aa"},
             {"mediaType": "application/vnd.module.wasm.content.layer.v1+wasm", "digest": "sha256:bb"}]}"#;
-        assert_eq!(wasm_layer(manifest).unwrap(), "sha256:bb");
+        assert_eq!(wasm_layer(manifest).expect("valid"), "sha256:bb");
         let image = br#"{"layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:aa"}]}"#;
-        assert!(wasm_layer(image).unwrap_err().contains("not supported"));
+        assert!(
+            wasm_layer(image)
+                .expect_err("invalid")
+                .contains("not supported")
+        );
         assert!(wasm_layer(b"{").is_err());
     }
 }

@@ -180,7 +180,8 @@ impl Run {
     pub fn reads_bodies(&self, response: bool) -> bool {
         let s = self.lock();
         s.chain.entries.iter().enumerate().any(|(i, e)| {
-            let reads = matches!(e, Entry::Ready(f) if if response { f.bodies.1 } else { f.bodies.0 });
+            let reads =
+                matches!(e, Entry::Ready(f) if if response { f.bodies.1 } else { f.bodies.0 });
             reads && s.opened[i].is_some() && !s.skipped[i]
         })
     }
@@ -204,7 +205,9 @@ impl Run {
             if spec(entry).phase != phase || self.lock().skipped[i] {
                 continue;
             }
-            result = self.head(i, entry, &mut x, Head::Request(end_of_stream)).await;
+            result = self
+                .head(i, entry, &mut x, Head::Request(end_of_stream))
+                .await;
             if result.is_err() {
                 break;
             }
@@ -238,7 +241,9 @@ impl Run {
             if skip {
                 continue;
             }
-            result = self.head(i, entry, &mut x, Head::Response(end_of_stream)).await;
+            result = self
+                .head(i, entry, &mut x, Head::Response(end_of_stream))
+                .await;
             if result.is_err() {
                 break;
             }
@@ -251,7 +256,13 @@ impl Run {
 
     /// One plugin on one head: opens its context if needed, runs the
     /// callback, waits out its HTTP calls.
-    async fn head(&self, i: usize, entry: &Entry, x: &mut Exchange, head: Head) -> Result<(), Stop> {
+    async fn head(
+        &self,
+        i: usize,
+        entry: &Entry,
+        x: &mut Exchange,
+        head: Head,
+    ) -> Result<(), Stop> {
         let filter = match entry {
             Entry::Ready(f) => f,
             Entry::Missing { spec, reason } => {

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use weft_core::l7::WasmPlugin;
-use weft_wasm::{CallResponse, Exchange, HttpCall, Instance, Plugin, Settings, SharedRef, WasmError};
+use weft_wasm::{
+    CallResponse, Exchange, HttpCall, Instance, Plugin, Settings, SharedRef, WasmError,
+};
 
 use crate::telemetry::extensions::ExtensionMetrics;
 
