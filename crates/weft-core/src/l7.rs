@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use crate::extension::{PluginPhase, WasmPlugin};
+pub use crate::extension::{BodyMode, ExtProc, PluginPhase, WasmPlugin};
 
 /// Everything a waypoint applies to one service.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -41,6 +41,10 @@ pub struct L7Policy {
     /// particular order (the proxy orders them by phase and priority).
     #[serde(default)]
     pub wasm: Vec<WasmPlugin>,
+    /// External processors asked about its requests (`ExtProcPolicy`), in
+    /// order.
+    #[serde(default)]
+    pub ext_proc: Vec<ExtProc>,
 }
 
 /// What an authorization policy does when it matches.

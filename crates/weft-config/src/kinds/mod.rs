@@ -15,6 +15,7 @@ use crate::resource::{Resource, decode};
 
 pub mod authorization_policy;
 pub mod destination_rule;
+pub mod ext_proc_policy;
 pub mod gateway;
 pub mod grpc_route;
 pub mod http_route;
@@ -33,6 +34,7 @@ pub mod workload_entry;
 
 pub use authorization_policy::AuthorizationPolicySpec;
 pub use destination_rule::DestinationRuleSpec;
+pub use ext_proc_policy::ExtProcPolicySpec;
 pub use gateway::GatewaySpec;
 pub use grpc_route::GrpcRouteSpec;
 pub use http_route::HttpRouteSpec;
@@ -143,6 +145,8 @@ kinds! {
     wasm_plugins: WasmPluginSpec = ("extensions.istio.io", &["v1alpha1"], "WasmPlugin", as_is),
     /// weft `RateLimitPolicy`.
     rate_limit_policies: RateLimitPolicySpec = (WEFT, &["v1alpha1"], "RateLimitPolicy", as_is),
+    /// weft `ExtProcPolicy`.
+    ext_proc_policies: ExtProcPolicySpec = (WEFT, &["v1alpha1"], "ExtProcPolicy", as_is),
     /// weft `RemoteCluster`.
     remote_clusters: RemoteClusterSpec = (WEFT, &["v1alpha1"], "RemoteCluster", as_is),
     /// weft `Mesh`.

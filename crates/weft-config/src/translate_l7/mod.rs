@@ -161,4 +161,5 @@ pub(crate) fn translate(r: &Resources, snapshot: &mut Snapshot, out: &mut Vec<Di
     translate_request_authentications(r, snapshot, out);
     translate_waypoint_policies(r, snapshot, out);
     extensions::translate_wasm_plugins(r, snapshot, out);
+    extensions::translate_ext_procs(r, snapshot, out);
 }

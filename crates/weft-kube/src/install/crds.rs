@@ -1,7 +1,7 @@
 //! The CustomResourceDefinitions of weft's own kinds (`weft.dev`), with
 //! structural OpenAPI schemas the API server checks objects against. The
 //! schemas follow the `weft-config` decoders (`kinds/mesh.rs`,
-//! `kinds/rate_limit_policy.rs`); the API server refuses what is
+//! `kinds/rate_limit_policy.rs`, `kinds/ext_proc_policy.rs`); the API server refuses what is
 //! malformed in shape, `weft control` still checks the meaning (and
 //! reports it in `status`). A test validates every `weft.dev` example in
 //! the docs against them.
@@ -31,6 +31,13 @@ pub(super) fn all(install: &Install) -> Vec<CustomResourceDefinition> {
             "ratelimitpolicies",
             "Namespaced",
             rate_limit_policy_spec(),
+        ),
+        crd(
+            install,
+            "ExtProcPolicy",
+            "extprocpolicies",
+            "Namespaced",
+            ext_proc_policy_spec(),
         ),
         crd(
             install,
@@ -179,6 +186,30 @@ fn remote_cluster_spec() -> Value {
             "trustDomain": string(),
             "exportedNamespaces": strings(),
             "staleAfter": string(),
+        }),
+    )
+}
+
+/// `ExtProcPolicy.spec` (kinds/ext_proc_policy.rs).
+fn ext_proc_policy_spec() -> Value {
+    let send = || enumeration(&["SEND", "SKIP"]);
+    let body = || enumeration(&["NONE", "STREAMED", "BUFFERED"]);
+    object(
+        &["targetRefs", "address"],
+        json!({
+            "targetRefs": {"type": "array", "minItems": 1, "items": object(&["name"], json!({
+                "group": string(), "kind": string(), "name": string(),
+                "namespace": string(), "sectionName": string(),
+            }))},
+            "address": string(),
+            "processingMode": object(&[], json!({
+                "requestHeaders": send(), "responseHeaders": send(),
+                "requestBody": body(), "responseBody": body(),
+                "requestTrailers": send(), "responseTrailers": send(),
+            })),
+            "messageTimeout": string(),
+            "failOpen": {"type": "boolean"},
+            "allowModeOverride": {"type": "boolean"},
         }),
     )
 }

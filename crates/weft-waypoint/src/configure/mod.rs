@@ -43,6 +43,8 @@ pub struct Services {
     pub path_normalization: crate::engine::path::PathNormalization,
     /// Proxy-Wasm plugins as loaded, by `WasmPlugin` name.
     pub plugins: HashMap<String, crate::extension::Entry>,
+    /// Where external processors count their failures.
+    pub extension_metrics: crate::telemetry::extensions::ExtensionMetrics,
 }
 
 /// The engine's configuration for the services that use waypoint `me`.
@@ -93,6 +95,14 @@ pub fn config_for(
                 extensions::chain(policies.get(service), Some(port), &services.plugins)
             {
                 config.plugins.insert(target.clone(), chain);
+            }
+            if let Some(p) = extensions::processors(
+                policies.get(service),
+                None,
+                previous,
+                &services.extension_metrics,
+            ) {
+                config.processors.insert(target.clone(), p);
             }
             if let Some(limit) = policies.get(service).and_then(|p| p.rate_limit.as_ref()) {
                 let previous = previous.and_then(|p| p.limits.get(&target));
@@ -286,6 +296,14 @@ pub fn gateway_config_for(
         if let Some(chain) = extensions::chain(Some(policy), Some(listener.port), &services.plugins)
         {
             config.plugins.insert(target.clone(), chain);
+        }
+        if let Some(p) = extensions::processors(
+            Some(policy),
+            Some(&listener.name),
+            previous,
+            &services.extension_metrics,
+        ) {
+            config.processors.insert(target.clone(), p);
         }
         if let Some(l) = &limit {
             config.limits.insert(target, l.clone());
@@ -505,6 +523,7 @@ mod tests {
             authz: vec![],
             ingress_use_waypoint: false,
             wasm: vec![],
+            ext_proc: vec![],
         };
         let services = Services {
             policies: Policies::from([("shop/reviews".into(), policy)]),

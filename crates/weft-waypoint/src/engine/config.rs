@@ -171,4 +171,6 @@ pub struct Config {
     pub path_normalization: crate::engine::path::PathNormalization,
     /// Proxy-Wasm plugins by target, in running order.
     pub plugins: HashMap<String, Arc<crate::extension::Chain>>,
+    /// External processors by target, in order.
+    pub processors: HashMap<String, Arc<Vec<Arc<crate::extension::ext_proc::Processor>>>>,
 }

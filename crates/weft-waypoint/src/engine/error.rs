@@ -74,15 +74,24 @@ pub enum L7Error {
         /// valid header value.
         location: Option<HeaderValue>,
     },
-    /// A Proxy-Wasm plugin answered the request itself.
-    #[error("answered by a plugin ({})", .0.status)]
-    PluginResponse(weft_wasm::LocalResponse),
+    /// A Proxy-Wasm plugin or an external processor answered the request
+    /// itself.
+    #[error("answered by an extension ({})", .0.status)]
+    ExtensionResponse(weft_wasm::LocalResponse),
     /// A Proxy-Wasm plugin failed (or is not loaded) and fails closed
     /// (503).
     #[error("plugin {plugin} failed: {reason}")]
     PluginFailed {
         /// The `WasmPlugin`.
         plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An external processor failed and fails closed (500).
+    #[error("external processor {policy} failed: {reason}")]
+    ExtProcFailed {
+        /// The `ExtProcPolicy`.
+        policy: String,
         /// What went wrong.
         reason: String,
     },
@@ -112,8 +121,9 @@ impl L7Error {
             L7Error::Unauthenticated(_)
             | L7Error::Redirect { .. }
             | L7Error::Internal(_)
-            | L7Error::PluginResponse(_)
-            | L7Error::PluginFailed { .. } => {
+            | L7Error::ExtensionResponse(_)
+            | L7Error::PluginFailed { .. }
+            | L7Error::ExtProcFailed { .. } => {
                 return None;
             }
         })
@@ -128,7 +138,7 @@ impl L7Error {
             | L7Error::ExtAuthzDenied { .. }
             | L7Error::RateLimited(_)
             | L7Error::FaultAbort(_)
-            | L7Error::PluginResponse(_)
+            | L7Error::ExtensionResponse(_)
             | L7Error::Redirect { .. } => None,
             other => Some(other.to_string()),
         }
@@ -147,7 +157,9 @@ impl L7Error {
             L7Error::Downstream(_) | L7Error::Malformed(_) => StatusCode::BAD_REQUEST,
             L7Error::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             L7Error::Denied => StatusCode::FORBIDDEN,
-            L7Error::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            L7Error::Internal(_) | L7Error::ExtProcFailed { .. } => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
             L7Error::RateLimited(decision) => {
                 let mut response = status_response(429, "rate limited");
                 rate_limit_headers(response.headers_mut(), decision, true);
@@ -165,7 +177,7 @@ impl L7Error {
                 }
                 return response;
             }
-            L7Error::PluginResponse(r) => {
+            L7Error::ExtensionResponse(r) => {
                 let mut response = http::Response::new(crate::engine::tries::full(r.body.clone()));
                 *response.status_mut() =
                     StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);

@@ -17,7 +17,8 @@
 //!    ([`crate::policy::extauthz`]), then DENY and ALLOW policies
 //!    ([`crate::policy::authz`]; 403, `RBAC`, `UAEX`); then `STATS`
 //!    plugins, and the route is chosen again if plugins changed the
-//!    request;
+//!    request; then the external processors ([`crate::extension::ext_proc`]:
+//!    head now, body as it passes);
 //! 5. `rate_limit` — the target's rules ([`crate::policy::ratelimit`]; 429,
 //!    `RL`);
 //! 6. `fault` — injected delays and aborts (`DI`, `FI`); then the
@@ -35,9 +36,10 @@
 //!     (or `Retry-After`) only while the retry budgets allow ([`budget`]);
 //! 13. `respond` — response header changes (and `x-ratelimit-*`); an
 //!     [`L7Error`] becomes its response ([`L7Error::response`], the one
-//!     place); the response (local or not) back through the plugins that
-//!     saw the request, last first, head and body; local answers to gRPC
-//!     callers become gRPC statuses ([`local_reply`]);
+//!     place); the response (local or not) back through the external
+//!     processors, then the plugins that saw the request, last first, head
+//!     and body; local answers to gRPC callers become gRPC statuses
+//!     ([`local_reply`]);
 //! 14. `log` — metrics, the access-log line and the span, from the
 //!     request's record ([`crate::telemetry`]).
 //!
@@ -177,8 +179,13 @@ impl Engine {
         let config = self.config.load_full();
         let (mut ctx, parts, settled) = self.receive(&config, target, request.map(upstream::boxed));
         let run = self.plugins_for(&ctx, &config, &parts);
+        let talk = config
+            .processors
+            .get(ctx.policy_key())
+            .and_then(|p| crate::extension::ext_proc::Conversation::start(p));
+        let extensions = (run.as_ref(), talk.as_ref());
         let outcome = match settled {
-            Ok(()) => self.serve(&mut ctx, &config, parts, run.as_ref()).await,
+            Ok(()) => self.serve(&mut ctx, &config, parts, extensions).await,
             Err(e) => Err(e),
         };
         // A plugin that stopped the request while reading its body answers.
@@ -187,6 +194,9 @@ impl Engine {
             None => outcome,
         };
         let mut response = self.respond(&mut ctx, outcome);
+        if let Some(talk) = &talk {
+            response = self.processor_response(talk, response).await;
+        }
         if let Some(run) = &run {
             response = self.plugin_response(run, response).await;
         }
@@ -204,7 +214,10 @@ impl Engine {
         ctx: &mut Ctx,
         config: &Config,
         request: Request<Body>,
-        run: Option<&crate::extension::Run>,
+        (run, talk): (
+            Option<&crate::extension::Run>,
+            Option<&crate::extension::ext_proc::Conversation>,
+        ),
     ) -> Result<Response<Body>, L7Error> {
         use weft_core::l7::PluginPhase;
         let (mut parts, body) = request.into_parts();
@@ -221,6 +234,14 @@ impl Engine {
                 .await?;
             route = self.route(ctx, config, &parts)?;
         }
+        let body = match talk {
+            Some(talk) => {
+                let body = talk.request(&mut parts, body).await?;
+                route = self.route(ctx, config, &parts)?;
+                body
+            }
+            None => body,
+        };
         let route = route.ok_or_else(|| L7Error::NoRoute(parts.uri.path().to_owned()))?;
         self.rate_limit(ctx, config, &parts).await?;
         self.fault(ctx, route).await?;

@@ -1,10 +1,10 @@
-//! The engine's side of Proxy-Wasm plugins ([`crate::extension`]): a
-//! request's [`Run`] started from its target's chain, each phase of
-//! plugins run where the engine's phase list puts it, bodies wrapped,
-//! the response passed back through, a plugin's [`Stop`] made an
-//! [`L7Error`]; and [`EngineDispatch`], which carries out plugins'
-//! `proxy_http_call`s to the mesh's services through the engine's own
-//! upstream client.
+//! The engine's side of extensions ([`crate::extension`]): a request's
+//! [`Run`] through Proxy-Wasm plugins started from its target's chain,
+//! each phase of plugins run where the engine's phase list puts it,
+//! bodies wrapped, the response passed back through processors and
+//! plugins, a [`Stop`] made an [`L7Error`]; and [`EngineDispatch`], which
+//! carries out plugins' `proxy_http_call`s to the mesh's services through
+//! the engine's own upstream client.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -32,8 +32,9 @@ pub const DEFAULT_CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_
 impl From<Stop> for L7Error {
     fn from(stop: Stop) -> L7Error {
         match stop {
-            Stop::Respond(r) => L7Error::PluginResponse(r),
+            Stop::Respond(r) => L7Error::ExtensionResponse(r),
             Stop::Fail { plugin, reason } => L7Error::PluginFailed { plugin, reason },
+            Stop::ProcessorFailed { policy, reason } => L7Error::ExtProcFailed { policy, reason },
         }
     }
 }
@@ -84,6 +85,20 @@ impl Engine {
                 boxed(PluginBody::new(body, run.clone(), false))
             }
             _ => body,
+        }
+    }
+
+    /// The response back through the external processors (head now,
+    /// body as it passes): one may change it or answer instead.
+    pub(crate) async fn processor_response(
+        &self,
+        talk: &crate::extension::ext_proc::Conversation,
+        response: Response<Body>,
+    ) -> Response<Body> {
+        let (mut parts, body) = response.into_parts();
+        match talk.response(&mut parts, body).await {
+            Ok(body) => Response::from_parts(parts, body),
+            Err(stop) => L7Error::from(stop).response(),
         }
     }
 

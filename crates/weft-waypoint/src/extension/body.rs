@@ -56,6 +56,9 @@ fn stopped(stop: Stop) -> BoxError {
     match stop {
         Stop::Respond(r) => format!("a plugin answered {} while reading the body", r.status).into(),
         Stop::Fail { plugin, reason } => format!("plugin {plugin} failed: {reason}").into(),
+        Stop::ProcessorFailed { policy, reason } => {
+            format!("external processor {policy} failed: {reason}").into()
+        }
     }
 }
 

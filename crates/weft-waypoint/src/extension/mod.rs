@@ -1,5 +1,6 @@
 //! Extensions the engine runs on requests, beside its own policy:
-//! Proxy-Wasm plugins (Istio's `WasmPlugin`) on [`weft_wasm`]'s host.
+//! Proxy-Wasm plugins (Istio's `WasmPlugin`) on [`weft_wasm`]'s host, and
+//! external processors (Envoy's `ext_proc`, weft's `ExtProcPolicy`).
 //!
 //! - [`modules`]: getting a plugin's module (file, HTTPS, OCI), checking
 //!   and compiling it once, keeping the last good one;
@@ -8,13 +9,15 @@
 //!   and HTTP calls through the proxy's [`wasm::Dispatch`];
 //! - [`stream`]: one request's pass through its target's plugins
 //!   ([`stream::Run`]): heads by phase, the response back in reverse,
-//!   failures by `failStrategy`; `body.rs`: bodies and trailers.
+//!   failures by `failStrategy`; `body.rs`: bodies and trailers;
+//! - [`ext_proc`]: a request's conversation with its processors.
 //!
 //! The engine decides where each phase of plugins runs (its phase list
 //! says where) and turns a [`stream::Stop`] into its answer; nothing here
 //! knows the engine.
 
 mod body;
+pub mod ext_proc;
 pub mod modules;
 pub mod stream;
 pub mod wasm;

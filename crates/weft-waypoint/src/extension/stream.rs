@@ -60,15 +60,22 @@ impl Chain {
     }
 }
 
-/// Why the request stops at a plugin.
+/// Why the request stops at a plugin or an external processor.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stop {
-    /// The plugin answers the client.
+    /// The plugin (or processor) answers the client.
     Respond(LocalResponse),
     /// The plugin failed (or is not loaded) and fails closed.
     Fail {
         /// The `WasmPlugin`.
         plugin: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// An external processor failed and fails closed.
+    ProcessorFailed {
+        /// The `ExtProcPolicy`.
+        policy: String,
         /// What went wrong.
         reason: String,
     },

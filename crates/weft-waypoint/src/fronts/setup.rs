@@ -375,6 +375,7 @@ impl Core {
         ));
         self.follow_tracing();
         let mut services = services(&self.changes.borrow());
+        services.extension_metrics = self.metrics.extensions().clone();
         connect_redis(&services, redis).await;
         services.redis = redis.clone();
         services.jwks = jwks.clone();
