@@ -99,8 +99,11 @@ fn link_basics(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 Err(s) => return s.code(),
             };
             let state = caller.data();
-            let Some(value) = crate::properties::property(&path, &state.exchange, &state.plugin)
-            else {
+            let names = crate::properties::Names {
+                plugin: &state.plugin,
+                root_id: &state.root_id,
+            };
+            let Some(value) = crate::properties::property(&path, &state.exchange, names) else {
                 return Status::NotFound.code();
             };
             status(give(&mut caller, &value, ret_ptr, ret_len))

@@ -26,6 +26,9 @@ pub struct Settings {
     pub plugin_config: Vec<u8>,
     /// `vmConfig.env`: what the plugin's WASI environment holds.
     pub env: Vec<(String, String)>,
+    /// The root id its code looks for (`plugin_root_id`; Istio's
+    /// `pluginName`).
+    pub root_id: String,
 }
 
 /// What a stream callback decided.
@@ -121,6 +124,7 @@ impl Instance {
                 .instances(1)
                 .build(),
             plugin: plugin.name.clone(),
+            root_id: settings.root_id.clone(),
             id: crate::host_io::instance_id(&shared),
             vm_config: settings.vm_config.clone(),
             plugin_config: settings.plugin_config.clone(),

@@ -18,9 +18,20 @@ fn address(a: Option<SocketAddr>) -> Option<Vec<u8>> {
     a.map(|a| a.to_string().into_bytes())
 }
 
-/// The property at `path` (segments joined by NUL) for `plugin`'s
-/// callback on `x`; `None`: not found.
-pub fn property(path: &[u8], x: &Exchange, plugin: &str) -> Option<Vec<u8>> {
+/// The names a plugin is known by: its configuration's name (Envoy's
+/// `plugin_name`) and the root id its code looks for (`plugin_root_id`,
+/// Istio's `pluginName`).
+#[derive(Debug, Clone, Copy)]
+pub struct Names<'a> {
+    /// `plugin_name`.
+    pub plugin: &'a str,
+    /// `plugin_root_id`.
+    pub root_id: &'a str,
+}
+
+/// The property at `path` (segments joined by NUL) for the callback of
+/// the plugin named `names` on `x`; `None`: not found.
+pub fn property(path: &[u8], x: &Exchange, names: Names<'_>) -> Option<Vec<u8>> {
     let a = &x.attributes;
     if let Some((_, v)) = a.set.iter().rev().find(|(k, _)| k == path) {
         return Some(v.clone());
@@ -76,7 +87,8 @@ pub fn property(path: &[u8], x: &Exchange, plugin: &str) -> Option<Vec<u8>> {
         ("cluster_name", None, None) | ("xds", Some("cluster_name"), None) => {
             text(a.cluster_name.as_deref()?)
         }
-        ("plugin_name", None, None) | ("plugin_root_id", None, None) => text(plugin),
+        ("plugin_name", None, None) => text(names.plugin),
+        ("plugin_root_id", None, None) => text(names.root_id),
         ("plugin_vm_id", None, None) => text(""),
         _ => None,
     }
@@ -110,7 +122,11 @@ mod tests {
     #[test]
     fn envoy_names_and_encodings() {
         let x = exchange();
-        let get = |p: &str| property(p.replace('.', "\0").as_bytes(), &x, "p1");
+        let names = Names {
+            plugin: "p1",
+            root_id: "root",
+        };
+        let get = |p: &str| property(p.replace('.', "\0").as_bytes(), &x, names);
         let s = |v: &str| Some(v.as_bytes().to_vec());
         let table: &[(&str, Option<Vec<u8>>)] = &[
             ("request.path", s("/orders?id=7")),
@@ -135,6 +151,7 @@ mod tests {
             ("route_name", s("orders")),
             ("xds.route_name", s("orders")),
             ("plugin_name", s("p1")),
+            ("plugin_root_id", s("root")),
             ("response.code", None),
             ("no.such.thing", None),
         ];
@@ -143,6 +160,11 @@ mod tests {
         }
     }
 
+    const NAMES: Names<'static> = Names {
+        plugin: "p",
+        root_id: "p",
+    };
+
     #[test]
     fn response_and_set_properties() {
         let mut x = exchange();
@@ -150,11 +172,11 @@ mod tests {
         x.response.status = http::StatusCode::NOT_FOUND;
         x.attributes.set.push((b"my\0key".to_vec(), b"v".to_vec()));
         assert_eq!(
-            property(b"response\0code", &x, "p"),
+            property(b"response\0code", &x, NAMES),
             Some(404i64.to_le_bytes().to_vec())
         );
-        assert_eq!(property(b"my\0key", &x, "p"), Some(b"v".to_vec()));
+        assert_eq!(property(b"my\0key", &x, NAMES), Some(b"v".to_vec()));
         x.attributes.peer_principal = None;
-        assert_eq!(property(b"connection\0mtls", &x, "p"), Some(vec![0]));
+        assert_eq!(property(b"connection\0mtls", &x, NAMES), Some(vec![0]));
     }
 }

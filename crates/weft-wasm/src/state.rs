@@ -176,6 +176,7 @@ pub type SharedRef = Arc<Shared>;
 pub struct HostState {
     pub(crate) limits: wasmtime::StoreLimits,
     pub(crate) plugin: Arc<str>,
+    pub(crate) root_id: String,
     pub(crate) id: u64,
     pub(crate) vm_config: Vec<u8>,
     pub(crate) plugin_config: Vec<u8>,

@@ -193,6 +193,7 @@ impl Loader {
         .await
         .map_err(|e| LoadError::Source(format!("compiling: {e}")))??;
         let settings = weft_wasm::Settings {
+            root_id: spec.plugin_name.clone(),
             vm_config: Vec::new(),
             plugin_config: spec.config.as_bytes().to_vec(),
             env: spec
