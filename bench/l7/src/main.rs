@@ -7,8 +7,12 @@
 //!
 //! ```sh
 //! cargo build --release -p weft -p weft-bench-l7
-//! $HOME/.cache/weft-target/release/l7 [seconds]
+//! $HOME/.cache/weft-target/release/l7 [seconds] [plugins]
 //! ```
+//!
+//! With `plugins`, only the direct path and the engine hop are measured,
+//! bare and with a no-op and a header-adding Proxy-Wasm plugin (the full
+//! run measures those rows too).
 //!
 //! Needs `wrk`, `h2load` (nghttp2-client), `haproxy` and `nginx` (Debian).
 //! Then the mesh paths, both in one `weft up examples/demo` process whose
@@ -150,15 +154,22 @@ async fn measure(target: &Target, seconds: u32, dir: &std::path::Path) -> Result
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().collect();
     if args.get(1).map(String::as_str) == Some("hop") {
-        let listen = args.get(2).context("hop LISTEN UPSTREAM")?.parse()?;
-        let upstream = args.get(3).context("hop LISTEN UPSTREAM")?.parse()?;
-        return hop::run(listen, upstream);
+        let listen = args
+            .get(2)
+            .context("hop LISTEN UPSTREAM [PLUGIN]")?
+            .parse()?;
+        let upstream = args
+            .get(3)
+            .context("hop LISTEN UPSTREAM [PLUGIN]")?
+            .parse()?;
+        return hop::run(listen, upstream, args.get(4).map(String::as_str));
     }
     let seconds: u32 = args.get(1).map_or(Ok(10), |s| s.parse())?;
-    tokio::runtime::Runtime::new()?.block_on(bench(seconds))
+    let only_plugins = args.get(2).map(String::as_str) == Some("plugins");
+    tokio::runtime::Runtime::new()?.block_on(bench(seconds, only_plugins))
 }
 
-async fn bench(seconds: u32) -> Result<()> {
+async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-file limit")?;
@@ -213,6 +224,25 @@ async fn bench(seconds: u32) -> Result<()> {
         pids: vec![weft_hop.0.id()],
         _procs: vec![weft_hop],
     });
+    // (b') The same hop with one Proxy-Wasm plugin on every request.
+    for (name, kind) in [
+        ("weft engine + no-op plugin", "noop"),
+        ("weft engine + header plugin", "header"),
+    ] {
+        let hop = free_addr()?;
+        let proc =
+            spawn(Command::new(&me).args(["hop", &hop.to_string(), &backend.to_string(), kind]))?;
+        targets.push(Target {
+            name,
+            h1: hop,
+            h2: hop,
+            pids: vec![proc.0.id()],
+            _procs: vec![proc],
+        });
+    }
+    if only_plugins {
+        return run_and_print(&targets, seconds, dir.path(), None).await;
+    }
     let (h1, h2) = (free_addr()?, free_addr()?);
     let config = dir.path().join("haproxy.cfg");
     std::fs::write(&config, peers::haproxy(h1, h2, backend))?;
@@ -279,10 +309,20 @@ async fn bench(seconds: u32) -> Result<()> {
         _procs: Vec::new(),
     });
 
+    run_and_print(&targets, seconds, dir.path(), Some(&nginx_dir)).await
+}
+
+/// Measures every target in turn, then prints the table.
+async fn run_and_print(
+    targets: &[Target],
+    seconds: u32,
+    dir: &std::path::Path,
+    nginx_dir: Option<&std::path::Path>,
+) -> Result<()> {
     let mut rows = Vec::new();
-    for target in &targets {
-        let row = measure(target, seconds, dir.path()).await;
-        if row.is_err() && target.name == "nginx" {
+    for target in targets {
+        let row = measure(target, seconds, dir).await;
+        if let (Err(_), "nginx", Some(nginx_dir)) = (&row, target.name, nginx_dir) {
             let log = std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
             eprintln!(
                 "nginx's error log:\n{}",
@@ -333,6 +373,18 @@ fn print(rows: &[Row], seconds: u32) {
             memory(r.rss_mib),
             memory(r.idle_mib_per_1000),
         );
+    }
+    if let Some(bare) = rows.iter().find(|r| r.name == "weft engine") {
+        for with in rows.iter().filter(|r| r.name.starts_with("weft engine + ")) {
+            println!(
+                "{} / weft engine: HTTP/1.1 {:.2}× req/s, p99 {:.2}×; HTTP/2 {:.2}× req/s, p99 {:.2}×",
+                with.name,
+                with.h1.rps / bare.h1.rps,
+                with.h1.p99_ms / bare.h1.p99_ms,
+                with.h2.rps / bare.h2.rps,
+                with.h2.p99_ms / bare.h2.p99_ms,
+            );
+        }
     }
     let Some(haproxy) = rows.iter().find(|r| r.name == "HAProxy") else {
         return;

@@ -371,6 +371,7 @@ fn link_shared(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push((owner, id as u32));
+            shared.queued.store(true, Ordering::Release);
             Status::Ok.code()
         },
     )?;

@@ -137,6 +137,8 @@ pub struct Shared {
     pub(crate) queues: Mutex<Vec<Queue>>,
     /// Queues that became non-empty: (owner instance, queue id).
     pub(crate) ready: Mutex<Vec<(u64, u32)>>,
+    /// Something was queued since [`Shared::take_queued`] last looked.
+    pub(crate) queued: std::sync::atomic::AtomicBool,
     pub(crate) next_instance: std::sync::atomic::AtomicU64,
 }
 
@@ -147,6 +149,12 @@ impl Shared {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Whether anything was queued since the last call (a cheap check
+    /// before [`Shared::take_ready`]).
+    pub fn take_queued(&self) -> bool {
+        self.queued.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     /// Takes the notifications owed to instance `owner`: ids of its

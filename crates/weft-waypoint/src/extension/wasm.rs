@@ -118,17 +118,18 @@ impl Filter {
     /// Puts a started instance in `slot` (a new generation), with its
     /// ticks if it asked for them.
     fn install(self: &Arc<Self>, slot: usize, instance: Instance) -> u64 {
+        let mut s = self.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
+        self.install_locked(&mut s, slot, instance)
+    }
+
+    fn install_locked(self: &Arc<Self>, s: &mut Slot, slot: usize, instance: Instance) -> u64 {
         let period = instance.tick_period();
-        let generation = {
-            let mut s = self.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
-            s.generation += 1;
-            s.instance = Some(instance);
-            s.generation
-        };
+        s.generation += 1;
+        s.instance = Some(instance);
         if let (Some(period), Ok(handle)) = (period, tokio::runtime::Handle::try_current()) {
-            handle.spawn(ticks(Arc::downgrade(self), slot, generation, period));
+            handle.spawn(ticks(Arc::downgrade(self), slot, s.generation, period));
         }
-        generation
+        s.generation
     }
 
     /// Runs `f` on the instance in `slot`: the one of `generation` (a
@@ -147,11 +148,11 @@ impl Filter {
             if generation.is_some() {
                 return Err(self.gone());
             }
-            drop(s);
+            // Started under the slot's lock (bounded by the CPU budget):
+            // two requests never start two instances in one slot.
             let started = Instance::start(&self.plugin, &self.settings, self.shared.clone())
                 .inspect_err(|e| self.failed(e))?;
-            self.install(slot, started);
-            s = self.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
+            self.install_locked(&mut s, slot, started);
         }
         if generation.is_some_and(|g| g != s.generation) {
             return Err(self.gone());
@@ -188,8 +189,12 @@ impl Filter {
         tracing::warn!(plugin = %self.spec.name, error = %e, "Proxy-Wasm plugin failed");
     }
 
-    /// Hands queued items to the instances that own their queues.
+    /// Hands queued items to the instances that own their queues (at
+    /// once when nothing was queued).
     fn deliver_queues(self: &Arc<Self>) {
+        if !self.shared.take_queued() {
+            return;
+        }
         for slot in 0..self.slots.len() {
             let ready = {
                 let s = self.slots[slot].lock().unwrap_or_else(|p| p.into_inner());
