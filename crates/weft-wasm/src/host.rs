@@ -13,7 +13,7 @@
 use wasmtime::{FuncType, Linker, Val, ValType};
 
 use crate::abi::{self, LogLevel, MetricType, Status};
-use crate::memory::{Call, give, read, read_str, status, write};
+use crate::memory::{Call, give, memory_and_state, read, read_str, slice, status, write};
 use crate::state::{HostState, Metric};
 
 fn unimplemented(caller: &Call<'_>, call: &str) -> i32 {
@@ -193,7 +193,8 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
             status(give(&mut caller, &value, ret_ptr, ret_len))
         },
     )?;
-    // Replace (set, dropping other values of the name) and add (append).
+    // Replace (set, dropping other values of the name) and add (append),
+    // read from the plugin's memory without copying.
     for (name, replace) in [
         ("proxy_replace_header_map_value", true),
         ("proxy_add_header_map_value", false),
@@ -208,17 +209,21 @@ fn link_maps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
                   value_ptr: i32,
                   value_len: i32|
                   -> i32 {
+                let (memory, state) = match memory_and_state(&mut caller) {
+                    Ok(m) => m,
+                    Err(s) => return s.code(),
+                };
                 let (key, value) = match (
-                    read_str(&mut caller, key_ptr, key_len),
-                    read_str(&mut caller, value_ptr, value_len),
+                    slice(memory, key_ptr, key_len),
+                    slice(memory, value_ptr, value_len),
                 ) {
-                    (Ok(k), Ok(v)) => (k.to_ascii_lowercase(), v),
+                    (Ok(k), Ok(v)) => (k, v),
                     (Err(s), _) | (_, Err(s)) => return s.code(),
                 };
-                let Some(mut map) = caller.data_mut().map(kind) else {
+                let Some(mut map) = state.map(kind) else {
                     return Status::BadArgument.code();
                 };
-                status(map.put(&key, &value, replace))
+                status(map.put_bytes(key, value, replace))
             },
         )?;
     }

@@ -260,6 +260,9 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.request.headers.len() as i32 + 4;
         let f = self.exports.request_headers.clone();
+        if f.is_none() {
+            return Ok(Verdict::Continue);
+        }
         self.on(x, |i| {
             i.action(
                 "proxy_on_request_headers",
@@ -279,6 +282,9 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.request_body.len() as i32;
         let f = self.exports.request_body.clone();
+        if f.is_none() {
+            return Ok(Verdict::Continue);
+        }
         self.on(x, |i| {
             i.action("proxy_on_request_body", f, (c.0, n, end_of_stream.into()))
         })
@@ -288,6 +294,9 @@ impl Instance {
     pub fn request_trailers(&mut self, c: Context, x: &mut Exchange) -> Result<Verdict, WasmError> {
         let n = x.request_trailers.len() as i32;
         let f = self.exports.request_trailers.clone();
+        if f.is_none() {
+            return Ok(Verdict::Continue);
+        }
         self.on(x, |i| i.action("proxy_on_request_trailers", f, (c.0, n)))
     }
 
@@ -301,6 +310,9 @@ impl Instance {
         x.attributes.responded = true;
         let n = x.response.headers.len() as i32 + 1;
         let f = self.exports.response_headers.clone();
+        if f.is_none() {
+            return Ok(Verdict::Continue);
+        }
         self.on(x, |i| {
             i.action(
                 "proxy_on_response_headers",
@@ -319,6 +331,9 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.response_body.len() as i32;
         let f = self.exports.response_body.clone();
+        if f.is_none() {
+            return Ok(Verdict::Continue);
+        }
         self.on(x, |i| {
             i.action("proxy_on_response_body", f, (c.0, n, end_of_stream.into()))
         })
@@ -332,6 +347,9 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         let n = x.response_trailers.len() as i32;
         let f = self.exports.response_trailers.clone();
+        if f.is_none() {
+            return Ok(Verdict::Continue);
+        }
         self.on(x, |i| i.action("proxy_on_response_trailers", f, (c.0, n)))
     }
 
@@ -392,6 +410,9 @@ impl Instance {
             self.exports.done.clone(),
             self.exports.delete.clone(),
         );
+        if log.is_none() && done.is_none() && delete.is_none() {
+            return Ok(());
+        }
         self.on(x, |i| {
             if let Some(f) = log {
                 i.call("proxy_on_log", &f, c.0)?;

@@ -40,10 +40,6 @@ pub(crate) enum Map<'a> {
     Plain(&'a mut HeaderMap),
 }
 
-fn name(key: &str) -> Result<HeaderName, Status> {
-    HeaderName::from_bytes(key.as_bytes()).map_err(|_| Status::BadArgument)
-}
-
 fn value(v: &str) -> Result<HeaderValue, Status> {
     HeaderValue::from_str(v).map_err(|_| Status::BadArgument)
 }
@@ -150,10 +146,18 @@ impl Map<'_> {
 
     /// Adds `key: v` (keeping other values) or, with `replace`, sets it.
     pub(crate) fn put(&mut self, key: &str, v: &str, replace: bool) -> Result<(), Status> {
-        if key.starts_with(':') {
-            return self.set_pseudo(key, v);
+        self.put_bytes(key.as_bytes(), v.as_bytes(), replace)
+    }
+
+    /// [`Map::put`] from the bytes a plugin passed (names in any case).
+    pub(crate) fn put_bytes(&mut self, key: &[u8], v: &[u8], replace: bool) -> Result<(), Status> {
+        if key.first() == Some(&b':') {
+            let key = std::str::from_utf8(key).map_err(|_| Status::BadArgument)?;
+            let v = std::str::from_utf8(v).map_err(|_| Status::BadArgument)?;
+            return self.set_pseudo(&key.to_ascii_lowercase(), v);
         }
-        let (key, v) = (name(key)?, value(v)?);
+        let key = HeaderName::from_bytes(key).map_err(|_| Status::BadArgument)?;
+        let v = HeaderValue::from_bytes(v).map_err(|_| Status::BadArgument)?;
         if replace {
             self.headers().insert(key, v);
         } else {

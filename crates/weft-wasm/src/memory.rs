@@ -28,6 +28,26 @@ pub(crate) fn read_str(caller: &mut Call<'_>, ptr: i32, len: i32) -> Result<Stri
     String::from_utf8(read(caller, ptr, len)?).map_err(|_| Status::ParseFailure)
 }
 
+/// The plugin's memory and the instance's state at once, so a call can
+/// read what the plugin points at without copying it.
+pub(crate) fn memory_and_state<'a>(
+    caller: &'a mut Call<'_>,
+) -> Result<(&'a [u8], &'a mut HostState), Status> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        return Err(Status::InvalidMemoryAccess);
+    };
+    let (data, state) = memory.data_and_store_mut(caller);
+    Ok((data, state))
+}
+
+/// `ptr..ptr+len` of `memory`, checked.
+pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    memory
+        .get(ptr..ptr.checked_add(len).ok_or(Status::InvalidMemoryAccess)?)
+        .ok_or(Status::InvalidMemoryAccess)
+}
+
 /// Writes `bytes` into the plugin's memory at `ptr`.
 pub(crate) fn write(caller: &mut Call<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
     let Some(Extern::Memory(memory)) = caller.get_export("memory") else {

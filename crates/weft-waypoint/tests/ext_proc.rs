@@ -20,7 +20,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_stream::{Stream, StreamExt};
 use weft_testkit::{TestMesh, app};
 use weft_waypoint::extension::ext_proc::proto;
-use weft_waypoint::fronts::setup::WaypointOptions;
+
+mod support;
 
 const GATEWAY_IP: &str = "127.0.1.230";
 const PORT_A: u16 = 18380;
@@ -168,51 +169,11 @@ spec:
 {extra}"#
         )
     };
-    let mut yaml = format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: backend, namespace: shop}}
-spec:
-  hosts: [backend.shop.svc.cluster.local]
-  addresses: [240.240.9.31]
-  location: MESH_INTERNAL
-  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: backend}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: backend-1, namespace: shop}}
-spec:
-  address: 127.0.1.231
-  labels: {{app: backend, weft.dev/node: node-1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: edge, namespace: shop}}
-spec:
-  address: {GATEWAY_IP}
-  serviceAccount: edge
-  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: shop}}
-spec:
-  gatewayClassName: weft
-  listeners:
-  - {{name: a, port: {PORT_A}, protocol: HTTP}}
-  - {{name: b, port: {PORT_B}, protocol: HTTP}}
-  - {{name: c, port: {PORT_C}, protocol: HTTP}}
-  - {{name: d, port: {PORT_D}, protocol: HTTP}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: to-backend, namespace: shop}}
-spec:
-  parentRefs: [{{kind: Gateway, name: edge}}]
-  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
-"#
+    let mut yaml = support::edge_to_backend(
+        "240.240.9.31",
+        "127.0.1.231",
+        GATEWAY_IP,
+        &[("a", PORT_A), ("b", PORT_B), ("c", PORT_C), ("d", PORT_D)],
     );
     yaml.push_str(&policy(
         "buffered",
@@ -295,21 +256,10 @@ async fn a_processor_mutates_headers_and_bodies_answers_and_fails_by_its_mode() 
         .port();
     let mesh = TestMesh::start(&config(processor, closed), 1).await;
     app("127.0.1.231:8080", "backend").await;
-    let gateway = weft_waypoint::fronts::gateway::start(WaypointOptions {
-        wasm: Default::default(),
-        name: "shop/edge".into(),
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        ca_addr: mesh.control.tls_addr.into(),
-        roots: mesh.roots.clone(),
-        token: weft_testkit::token(1).into(),
-        metrics_addr: format!("{GATEWAY_IP}:0").parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-        jwks_roots: Vec::new(),
-        connections: Default::default(),
-    })
-    .await
-    .expect("gateway");
+    let gateway =
+        weft_waypoint::fronts::gateway::start(support::options(&mesh, "shop/edge", GATEWAY_IP))
+            .await
+            .expect("gateway");
 
     // Ready once the processor answers: the backend sees its header.
     let started = Instant::now();

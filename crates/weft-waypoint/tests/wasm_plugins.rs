@@ -24,6 +24,8 @@ use tokio::net::TcpStream;
 use weft_testkit::{TestMesh, app};
 use weft_waypoint::fronts::setup::WaypointOptions;
 
+mod support;
+
 const GATEWAY_IP: &str = "127.0.1.220";
 const PORT_A: u16 = 18280;
 const PORT_B: u16 = 18281;
@@ -219,50 +221,11 @@ fn config(dir: &std::path::Path) -> String {
         write("caller_ok", caller("/status/200")),
         write("caller_deny", caller("/status/503")),
     );
-    let mut yaml = format!(
-        r#"
-apiVersion: networking.istio.io/v1
-kind: ServiceEntry
-metadata: {{name: backend, namespace: shop}}
-spec:
-  hosts: [backend.shop.svc.cluster.local]
-  addresses: [240.240.9.21]
-  location: MESH_INTERNAL
-  ports: [{{name: http, number: 80, protocol: HTTP, targetPort: 8080}}]
-  workloadSelector: {{labels: {{app: backend}}}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: backend-1, namespace: shop}}
-spec:
-  address: 127.0.1.221
-  labels: {{app: backend, weft.dev/node: node-1}}
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {{name: edge, namespace: shop}}
-spec:
-  address: {GATEWAY_IP}
-  serviceAccount: edge
-  labels: {{weft.dev/gateway: "true", weft.dev/node: node-1}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {{name: edge, namespace: shop}}
-spec:
-  gatewayClassName: weft
-  listeners:
-  - {{name: a, port: {PORT_A}, protocol: HTTP}}
-  - {{name: b, port: {PORT_B}, protocol: HTTP}}
-  - {{name: c, port: {PORT_C}, protocol: HTTP}}
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {{name: to-backend, namespace: shop}}
-spec:
-  parentRefs: [{{kind: Gateway, name: edge}}]
-  rules: [{{backendRefs: [{{name: backend, port: 80}}]}}]
-"#
+    let mut yaml = support::edge_to_backend(
+        "240.240.9.21",
+        "127.0.1.221",
+        GATEWAY_IP,
+        &[("a", PORT_A), ("b", PORT_B), ("c", PORT_C)],
     );
     for (name, file, port, extra) in [
         ("deny", &deny, PORT_A, "  phase: AUTHZ\n"),
@@ -331,16 +294,7 @@ async fn plugins_add_deny_rewrite_count_call_and_fail_by_their_strategy() {
             memory_bytes: 16 << 20,
             fuel_per_call: 5_000_000,
         },
-        name: "shop/edge".into(),
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        ca_addr: mesh.control.tls_addr.into(),
-        roots: mesh.roots.clone(),
-        token: weft_testkit::token(1).into(),
-        metrics_addr: format!("{GATEWAY_IP}:0").parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-        jwks_roots: Vec::new(),
-        connections: Default::default(),
+        ..support::options(&mesh, "shop/edge", GATEWAY_IP)
     })
     .await
     .expect("gateway");

@@ -21,7 +21,8 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use weft_testkit::{TestMesh, app};
-use weft_waypoint::fronts::setup::WaypointOptions;
+
+mod support;
 
 fn plugins_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/plugins")
@@ -192,19 +193,11 @@ async fn plugins_built_with_clang_and_an_sdk_run_in_a_waypoint() {
         return;
     };
     let mesh = TestMesh::start(&config(&gate, &sdk), 1).await;
-    let waypoint = weft_waypoint::fronts::waypoint::start(WaypointOptions {
-        wasm: Default::default(),
-        name: "shop/shop-waypoint".into(),
-        node: "node-1".into(),
-        trust_domain: "cluster.local".into(),
-        ca_addr: mesh.control.tls_addr.into(),
-        roots: mesh.roots.clone(),
-        token: weft_testkit::token(1).into(),
-        metrics_addr: "127.0.1.152:0".parse().expect("addr"),
-        connect_timeout: Duration::from_secs(1),
-        jwks_roots: Vec::new(),
-        connections: Default::default(),
-    })
+    let waypoint = weft_waypoint::fronts::waypoint::start(support::options(
+        &mesh,
+        "shop/shop-waypoint",
+        "127.0.1.152",
+    ))
     .await
     .expect("waypoint");
     app("127.0.1.153:8080", "orders").await;

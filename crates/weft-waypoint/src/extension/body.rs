@@ -75,14 +75,14 @@ impl Run {
         }
         let mut passing = chunk.to_vec();
         for i in order {
-            let (Entry::Ready(f), Some(o)) = (&chain.entries[i], s.opened[i]) else {
+            let (Entry::Ready(f), Some(o)) = (&chain.entries[i], s.slots[i].opened) else {
                 continue;
             };
             let reads = if response { f.bodies.1 } else { f.bodies.0 };
-            if !reads || s.skipped[i] {
+            if !reads || s.slots[i].skipped {
                 continue;
             }
-            let held = &mut s.held[usize::from(response)][i];
+            let held = &mut s.slots[i].held[usize::from(response)];
             held.extend_from_slice(&passing);
             if held.is_empty() && !end {
                 return Ok(Bytes::new());
@@ -120,7 +120,7 @@ impl Run {
                     verdict
                 }
                 Err(e) => {
-                    s.skipped[i] = true;
+                    s.slots[i].skipped = true;
                     match fail(&f.spec, e.to_string()) {
                         // Failed open: its input passes on untouched.
                         None => {
@@ -134,14 +134,14 @@ impl Run {
             match verdict {
                 Verdict::Pause if !end => {
                     if bytes.len() > MAX_HELD_BODY {
-                        s.skipped[i] = true;
+                        s.slots[i].skipped = true;
                         let reason = format!("it held more than {MAX_HELD_BODY} bytes of the body");
                         return match fail(&f.spec, reason) {
                             None => Ok(Bytes::from(bytes)),
                             Some(stop) => Err(stop),
                         };
                     }
-                    s.held[usize::from(response)][i] = bytes;
+                    s.slots[i].held[usize::from(response)] = bytes;
                     return Ok(Bytes::new());
                 }
                 // At the end a pause has nothing more to wait for.
@@ -164,10 +164,10 @@ impl Run {
         let s = &mut *guard;
         let chain = s.chain.clone();
         for i in 0..chain.entries.len() {
-            let (Entry::Ready(f), Some(o)) = (&chain.entries[i], s.opened[i]) else {
+            let (Entry::Ready(f), Some(o)) = (&chain.entries[i], s.slots[i].opened) else {
                 continue;
             };
-            if s.skipped[i] {
+            if s.slots[i].skipped {
                 continue;
             }
             let x = &mut s.exchange;
@@ -193,7 +193,7 @@ impl Run {
                 Ok((_, Verdict::Respond(r))) => return Err(Stop::Respond(r)),
                 Ok(_) => {}
                 Err(e) => {
-                    s.skipped[i] = true;
+                    s.slots[i].skipped = true;
                     if let Some(stop) = fail(&f.spec, e.to_string()) {
                         return Err(stop);
                     }

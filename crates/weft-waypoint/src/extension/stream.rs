@@ -26,6 +26,13 @@ use crate::extension::wasm::Filter;
 #[derive(Debug, Default)]
 pub struct Chain {
     pub(crate) entries: Vec<Entry>,
+    /// The phases it has plugins in, one bit each (a request skips the
+    /// others without looking further).
+    phases: u8,
+}
+
+fn bit(phase: PluginPhase) -> u8 {
+    1 << (phase as u8)
 }
 
 fn spec(e: &Entry) -> &weft_core::l7::WasmPlugin {
@@ -46,7 +53,8 @@ impl Chain {
                 &b.name,
             ))
         });
-        Chain { entries }
+        let phases = entries.iter().fold(0, |bits, e| bits | bit(spec(e).phase));
+        Chain { entries, phases }
     }
 
     /// The plugins' names, in running order.
@@ -89,24 +97,31 @@ pub(crate) struct Opened {
     pub(crate) context: Context,
 }
 
+/// One plugin's part of a request.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Slot {
+    /// Its context, once opened.
+    pub(crate) opened: Option<Opened>,
+    /// Skipped for the rest of the request (failed open).
+    pub(crate) skipped: bool,
+    /// Body bytes it holds (`Pause`): request, response.
+    pub(crate) held: [Vec<u8>; 2],
+}
+
 /// A request's state across its plugins, shared with its body wrappers.
 pub(crate) struct State {
     pub(crate) chain: Arc<Chain>,
     pub(crate) exchange: Exchange,
-    /// Per entry: its context, once opened.
-    pub(crate) opened: Vec<Option<Opened>>,
-    /// Per entry: skipped for the rest of the request (failed open).
-    pub(crate) skipped: Vec<bool>,
-    /// Per entry: body bytes it held (`Pause`), request then response.
-    pub(crate) held: [Vec<Vec<u8>>; 2],
+    /// Per entry of the chain, in its order.
+    pub(crate) slots: Vec<Slot>,
     /// Why a body callback stopped the request, for the engine to answer.
     pub(crate) stopped: Option<Stop>,
 }
 
 impl Drop for State {
     fn drop(&mut self) {
-        for (i, opened) in self.opened.iter().enumerate() {
-            if let (Some(o), Entry::Ready(f)) = (opened, &self.chain.entries[i]) {
+        for (i, slot) in self.slots.iter().enumerate() {
+            if let (Some(o), Entry::Ready(f)) = (slot.opened, &self.chain.entries[i]) {
                 let x = &mut self.exchange;
                 let _ = f.with(o.slot, Some(o.generation), |inst| inst.close(o.context, x));
             }
@@ -118,6 +133,8 @@ impl Drop for State {
 #[derive(Clone)]
 pub struct Run {
     pub(crate) state: Arc<Mutex<State>>,
+    /// The chain's phases (see [`Chain`]).
+    phases: u8,
 }
 
 impl std::fmt::Debug for Run {
@@ -148,15 +165,14 @@ impl Run {
         }
         let n = chain.entries.len();
         Some(Run {
+            phases: chain.phases,
             state: Arc::new(Mutex::new(State {
                 chain: chain.clone(),
                 exchange: Exchange {
                     attributes,
                     ..Exchange::default()
                 },
-                opened: vec![None; n],
-                skipped: vec![false; n],
-                held: [vec![Vec::new(); n], vec![Vec::new(); n]],
+                slots: vec![Slot::default(); n],
                 stopped: None,
             })),
         })
@@ -189,7 +205,7 @@ impl Run {
         s.chain.entries.iter().enumerate().any(|(i, e)| {
             let reads =
                 matches!(e, Entry::Ready(f) if if response { f.bodies.1 } else { f.bodies.0 });
-            reads && s.opened[i].is_some() && !s.skipped[i]
+            reads && s.slots[i].opened.is_some() && !s.slots[i].skipped
         })
     }
 
@@ -200,6 +216,9 @@ impl Run {
         parts: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<(), Stop> {
+        if self.phases & bit(phase) == 0 {
+            return Ok(());
+        }
         let (chain, mut x) = {
             let mut s = self.lock();
             (s.chain.clone(), std::mem::take(&mut s.exchange))
@@ -209,7 +228,7 @@ impl Run {
         x.request.headers = std::mem::take(&mut parts.headers);
         let mut result = Ok(());
         for (i, entry) in chain.entries.iter().enumerate() {
-            if spec(entry).phase != phase || self.lock().skipped[i] {
+            if spec(entry).phase != phase || self.lock().slots[i].skipped {
                 continue;
             }
             result = self
@@ -243,7 +262,7 @@ impl Run {
         for (i, entry) in chain.entries.iter().enumerate().rev() {
             let skip = {
                 let s = self.lock();
-                s.skipped[i] || s.opened[i].is_none()
+                s.slots[i].skipped || s.slots[i].opened.is_none()
             };
             if skip {
                 continue;
@@ -273,7 +292,7 @@ impl Run {
         let filter = match entry {
             Entry::Ready(f) => f,
             Entry::Missing { spec, reason } => {
-                self.lock().skipped[i] = true;
+                self.lock().slots[i].skipped = true;
                 return match fail(spec, format!("its module is not loaded: {reason}")) {
                     Some(stop) => Err(stop),
                     None => Ok(()),
@@ -294,7 +313,7 @@ impl Run {
     }
 
     fn failed(&self, i: usize, filter: &Arc<Filter>, reason: String) -> Result<(), Stop> {
-        self.lock().skipped[i] = true;
+        self.lock().slots[i].skipped = true;
         match fail(&filter.spec, reason) {
             Some(stop) => Err(stop),
             None => Ok(()),
@@ -308,7 +327,7 @@ impl Run {
         x: &mut Exchange,
         head: Head,
     ) -> Result<Verdict, WasmError> {
-        let opened = self.lock().opened[i];
+        let opened = self.lock().slots[i].opened;
         let o = match opened {
             Some(o) => o,
             None => {
@@ -319,7 +338,7 @@ impl Run {
                     generation,
                     context,
                 };
-                self.lock().opened[i] = Some(o);
+                self.lock().slots[i].opened = Some(o);
                 o
             }
         };
