@@ -1,7 +1,7 @@
 //! Extensions in the L7 model: the Proxy-Wasm plugins a waypoint or
 //! gateway runs (Istio's `WasmPlugin`) and the external processors it
 //! asks (`ExtProcPolicy`), resolved by the control plane to their
-//! targets and carried in [`crate::l7::L7Policy`].
+//! targets and carried in the L7 policy (`l7.rs`).
 
 use serde::{Deserialize, Serialize};
 

@@ -1,6 +1,6 @@
 //! One HTTP(S) GET of a document the proxy needs — an issuer's keys
-//! ([`crate::policy::jwks`]), a plugin's module
-//! ([`crate::extension::modules`]) — over HTTP/1.1, TLS for `https`,
+//! (`policy/jwks.rs`), a plugin's module
+//! (`extension/modules.rs`) — over HTTP/1.1, TLS for `https`,
 //! with a cap on what it reads: its own client, so a slow or huge answer
 //! costs one task and at most the cap.
 
