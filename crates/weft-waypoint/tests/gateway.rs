@@ -729,7 +729,7 @@ spec:
   parentRefs: [{kind: Gateway, name: small}]
   rules: [{backendRefs: [{name: plain, port: 80}]}]
 ";
-    app("127.0.1.221:8080", "plain").await;
+    let backend = HoldingBackend::start("127.0.1.221:8080").await;
     let (mesh, gateway) = small_gateway(IP, &http(PORT), "127.0.1.221", "HTTP", route, LIMIT).await;
 
     // A kept-alive connection that has been served once, or why not.
@@ -787,11 +787,13 @@ spec:
     // shed, so one more is closed without an answer.
     let mut busy = Vec::new();
     for mut sender in held.drain(..) {
-        busy.push(tokio::spawn(async move {
-            send_to(&mut sender, "/delay/2").await
-        }));
+        busy.push(tokio::spawn(
+            async move { send_to(&mut sender, "/hold").await },
+        ));
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every one of them has reached the backend, so the gateway counts
+    // each connection busy.
+    backend.wait_for_held(LIMIT).await;
     match open().await {
         Ok(_) => panic!("a connection over the limit was served while none was idle"),
         Err(e) => assert!(!e.starts_with("status"), "answered instead of closed: {e}"),
@@ -808,6 +810,7 @@ spec:
     assert!(counted.is_some_and(|n| n >= 1.0), "{metrics}");
     // The busy ones are answered; once they are done, new connections are
     // served again.
+    backend.release();
     for b in busy {
         assert_eq!(b.await.expect("task"), Ok(200));
     }
@@ -824,6 +827,73 @@ spec:
     drop(fresh);
     gateway.stop();
     mesh.stop().await;
+}
+
+/// An HTTP/1.1 backend that answers 200 at once, except `/hold`, which it
+/// answers only once released; it counts the `/hold` requests that arrived,
+/// so a test can wait until they are all in flight instead of sleeping.
+struct HoldingBackend {
+    held: tokio::sync::watch::Receiver<usize>,
+    release: Arc<tokio::sync::Notify>,
+    released: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HoldingBackend {
+    async fn start(addr: &str) -> HoldingBackend {
+        let listener = TcpListener::bind(addr).await.expect("bind backend");
+        let (count, held) = tokio::sync::watch::channel(0usize);
+        let count = Arc::new(count);
+        let release = Arc::new(tokio::sync::Notify::new());
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (r, done) = (release.clone(), released.clone());
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (count, release, released) = (count.clone(), r.clone(), done.clone());
+                let service =
+                    hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                        let (count, release, released) =
+                            (count.clone(), release.clone(), released.clone());
+                        async move {
+                            if req.uri().path() == "/hold" {
+                                let wake = release.notified();
+                                count.send_modify(|n| *n += 1);
+                                if !released.load(std::sync::atomic::Ordering::SeqCst) {
+                                    wake.await;
+                                }
+                            }
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    });
+                tokio::spawn(
+                    hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(tcp), service),
+                );
+            }
+        });
+        HoldingBackend {
+            held,
+            release,
+            released,
+        }
+    }
+
+    /// Waits (at most 15 s) until `n` `/hold` requests have arrived.
+    async fn wait_for_held(&self, n: usize) {
+        let mut held = self.held.clone();
+        tokio::time::timeout(Duration::from_secs(15), held.wait_for(|c| *c >= n))
+            .await
+            .unwrap_or_else(|_| panic!("{n} held requests never reached the backend"))
+            .expect("backend running");
+    }
+
+    /// Answers every held request, and every later `/hold` at once.
+    fn release(&self) {
+        self.released
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
 }
 
 /// Sends `GET /` on an open HTTP/1.1 connection; the status, or why not.
