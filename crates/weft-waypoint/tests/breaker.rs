@@ -1,6 +1,7 @@
 //! Circuit breaking: with at most N requests in flight to a service,
 //! request N+1 fails at once with 503 and response flag `UO`, measured by
-//! the engine's own duration histogram (the 5 ms bucket).
+//! the engine's own duration histogram (within its 100 ms bucket: far below
+//! the 30 s the held requests take, with room for a loaded CI machine).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -86,10 +87,10 @@ async fn request_n_plus_one_overflows_at_once() {
     let overflowed_fast = text.lines().any(|l| {
         l.starts_with("istio_request_duration_milliseconds_bucket{")
             && l.contains("response_flags=\"UO\"")
-            && l.contains("le=\"5.0\"")
+            && l.contains("le=\"100.0\"")
             && l.ends_with(" 1")
     });
-    assert!(overflowed_fast, "no UO request within 5 ms:\n{text}");
+    assert!(overflowed_fast, "no UO request within 100 ms:\n{text}");
     for h in hanging {
         h.abort();
     }

@@ -219,6 +219,19 @@ async fn app(addr: &str, name: &str) -> tokio::sync::oneshot::Sender<()> {
     stop
 }
 
+/// Waits (at most 10 s) until nothing accepts connections at `addr`: an
+/// app told to stop has closed its listener.
+async fn until_refused(addr: &str) {
+    let started = std::time::Instant::now();
+    while TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{addr} still accepts connections after its app was stopped"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
 /// Which app answered a call through `addr`, if any did.
 async fn call(addr: &str) -> Option<String> {
     let attempt = async {
@@ -367,6 +380,7 @@ async fn calls_fail_over_to_another_cluster_through_its_east_west_gateway() {
 
     // East's endpoint stops: calls cross to west, none fails.
     drop(east_app);
+    until_refused("127.0.1.112:8080").await;
     let mut failed = 0;
     for _ in 0..20 {
         match call(frontend).await.as_deref() {
