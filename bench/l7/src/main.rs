@@ -1,5 +1,6 @@
 //! `bench/l7`: weft's L7 engine against HAProxy and nginx on one machine,
-//! in one run, with the same backend (the sample app): `wrk` for HTTP/1.1
+//! in one run, with the same backend program (the sample app, a fresh one per
+//! target): `wrk` for HTTP/1.1
 //! keep-alive and `h2load` for HTTP/2 (h2c), fixed concurrency, each proxy
 //! on one thread. For each target: requests per second, p50 and p99, the
 //! proxy's CPU seconds per 1,000 requests, its resident memory after the
@@ -193,18 +194,19 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
 
-    let backend = free_addr()?;
-    let app = spawn(
-        Command::new(&weft)
-            .args([
-                "sample-app",
-                "--listen",
-                &backend.to_string(),
-                "--name",
-                "app",
-            ])
-            .env("RUST_LOG", "warn"),
-    )?;
+    // Each target gets a backend of its own (the same program, freshly
+    // started), so connections a proxy before it pooled to its backend
+    // cannot crowd its turn.
+    let start_backend = || -> Result<(SocketAddr, Proc)> {
+        let addr = free_addr()?;
+        let app = spawn(
+            Command::new(&weft)
+                .args(["sample-app", "--listen", &addr.to_string(), "--name", "app"])
+                .env("RUST_LOG", "warn"),
+        )?;
+        Ok((addr, app))
+    };
+    let (backend, app) = start_backend()?;
     ready(backend, "the backend").await?;
     eprintln!("backend (the sample app) on {backend}, pid {}", app.0.id());
 
@@ -213,16 +215,18 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         h1: backend,
         h2: backend,
         pids: vec![],
-        _procs: vec![],
+        _procs: vec![app],
     }];
     let hop = free_addr()?;
+    let (backend, app) = start_backend()?;
+    ready(backend, "the backend").await?;
     let weft_hop = spawn(Command::new(&me).args(["hop", &hop.to_string(), &backend.to_string()]))?;
     targets.push(Target {
         name: "weft engine",
         h1: hop,
         h2: hop,
         pids: vec![weft_hop.0.id()],
-        _procs: vec![weft_hop],
+        _procs: vec![weft_hop, app],
     });
     // (b') The same hop with one Proxy-Wasm plugin on every request.
     for (name, kind) in [
@@ -230,6 +234,8 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         ("weft engine + header plugin", "header"),
     ] {
         let hop = free_addr()?;
+        let (backend, app) = start_backend()?;
+        ready(backend, "the backend").await?;
         let proc =
             spawn(Command::new(&me).args(["hop", &hop.to_string(), &backend.to_string(), kind]))?;
         targets.push(Target {
@@ -237,13 +243,15 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
             h1: hop,
             h2: hop,
             pids: vec![proc.0.id()],
-            _procs: vec![proc],
+            _procs: vec![proc, app],
         });
     }
     if only_plugins {
         return run_and_print(&targets, seconds, dir.path(), None).await;
     }
     let (h1, h2) = (free_addr()?, free_addr()?);
+    let (backend, app) = start_backend()?;
+    ready(backend, "the backend").await?;
     let config = dir.path().join("haproxy.cfg");
     std::fs::write(&config, peers::haproxy(h1, h2, backend))?;
     let haproxy = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&config))?;
@@ -252,9 +260,11 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         h1,
         h2,
         pids: vec![haproxy.0.id()],
-        _procs: vec![haproxy],
+        _procs: vec![haproxy, app],
     });
     let (h1, h2) = (free_addr()?, free_addr()?);
+    let (backend, app) = start_backend()?;
+    ready(backend, "the backend").await?;
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let config = nginx_dir.join("nginx.conf");
@@ -271,7 +281,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         h1,
         h2,
         pids: vec![nginx.0.id()],
-        _procs: vec![nginx],
+        _procs: vec![nginx, app],
     });
 
     // (e) The mesh path: the demo's ingress gateway `edge` (HTTP listener,
