@@ -834,32 +834,26 @@ spec:
 /// so a test can wait until they are all in flight instead of sleeping.
 struct HoldingBackend {
     held: tokio::sync::watch::Receiver<usize>,
-    release: Arc<tokio::sync::Notify>,
-    released: Arc<std::sync::atomic::AtomicBool>,
+    released: tokio::sync::watch::Sender<bool>,
 }
 
 impl HoldingBackend {
     async fn start(addr: &str) -> HoldingBackend {
         let listener = TcpListener::bind(addr).await.expect("bind backend");
         let (count, held) = tokio::sync::watch::channel(0usize);
+        let (released, gate) = tokio::sync::watch::channel(false);
         let count = Arc::new(count);
-        let release = Arc::new(tokio::sync::Notify::new());
-        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let (r, done) = (release.clone(), released.clone());
         tokio::spawn(async move {
             while let Ok((tcp, _)) = listener.accept().await {
-                let (count, release, released) = (count.clone(), r.clone(), done.clone());
+                let (count, gate) = (count.clone(), gate.clone());
                 let service =
                     hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        let (count, release, released) =
-                            (count.clone(), release.clone(), released.clone());
+                        let (count, mut gate) = (count.clone(), gate.clone());
                         async move {
                             if req.uri().path() == "/hold" {
-                                let wake = release.notified();
                                 count.send_modify(|n| *n += 1);
-                                if !released.load(std::sync::atomic::Ordering::SeqCst) {
-                                    wake.await;
-                                }
+                                // An error only means the test is over.
+                                let _ = gate.wait_for(|open| *open).await;
                             }
                             Ok::<_, std::convert::Infallible>(http::Response::new(
                                 http_body_util::Full::new(Bytes::from_static(b"ok")),
@@ -872,11 +866,7 @@ impl HoldingBackend {
                 );
             }
         });
-        HoldingBackend {
-            held,
-            release,
-            released,
-        }
+        HoldingBackend { held, released }
     }
 
     /// Waits (at most 15 s) until `n` `/hold` requests have arrived.
@@ -890,9 +880,7 @@ impl HoldingBackend {
 
     /// Answers every held request, and every later `/hold` at once.
     fn release(&self) {
-        self.released
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.release.notify_waiters();
+        self.released.send_replace(true);
     }
 }
 
