@@ -194,9 +194,12 @@ async fn clusters_share_exported_endpoints_and_survive_an_outage() {
         served(&west_cp, "remote/east/shop/reviews-east").is_some()
     })
     .await;
-    let status = status_of(&east_cp, "west").expect("status");
-    assert!(status.connected && !status.stale, "{status:?}");
-    assert_eq!((status.services, status.endpoints), (1, 1), "{status:?}");
+    // The status is refreshed every second, apart from the import.
+    until("east reports west connected, with what it exports", || {
+        status_of(&east_cp, "west")
+            .is_some_and(|s| s.connected && !s.stale && (s.services, s.endpoints) == (1, 1))
+    })
+    .await;
 
     // A caller that is no peer's control plane reads nothing exported,
     // even naming a peer's cluster.
@@ -263,8 +266,12 @@ async fn clusters_share_exported_endpoints_and_survive_an_outage() {
         served(&east_cp, "remote/west/shop/reviews-west-2").is_some()
     })
     .await;
+    until(
+        "east reports west connected again, with both endpoints",
+        || status_of(&east_cp, "west").is_some_and(|s| s.connected && !s.stale && s.endpoints == 2),
+    )
+    .await;
     let status = status_of(&east_cp, "west").expect("status");
-    assert!(status.connected && !status.stale, "{status:?}");
     assert_eq!(
         status.last_update,
         Some((1, 0)),
