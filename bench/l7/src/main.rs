@@ -1,8 +1,7 @@
 //! `bench/l7`: weft's L7 engine against HAProxy and nginx on one machine,
-//! in one run, with the same backend program (the sample app, a fresh one per
-//! target): `wrk` for HTTP/1.1
-//! keep-alive and `h2load` for HTTP/2 (h2c), fixed concurrency, each proxy
-//! on one thread. For each target: requests per second, p50 and p99, the
+//! in one run, with the same backend program (the sample app, a fresh one
+//! per target): `wrk` for HTTP/1.1 keep-alive and `h2load` for HTTP/2
+//! (h2c), fixed concurrency, each proxy on one thread. For each target: requests per second, p50 and p99, the
 //! proxy's CPU seconds per 1,000 requests, its resident memory after the
 //! runs, and what 1,000 idle keep-alive connections add to it.
 //!
@@ -76,6 +75,20 @@ fn spawn(command: &mut Command) -> Result<Proc> {
 }
 
 /// Waits until `addr` answers `GET /` (60 s at most).
+/// A backend (the sample app) of its own for one target, answering: so
+/// connections a proxy measured before it pooled to its backend cannot
+/// crowd its turn.
+async fn start_backend(weft: &std::path::Path) -> Result<(SocketAddr, Proc)> {
+    let addr = free_addr()?;
+    let app = spawn(
+        Command::new(weft)
+            .args(["sample-app", "--listen", &addr.to_string(), "--name", "app"])
+            .env("RUST_LOG", "warn"),
+    )?;
+    ready(addr, "the backend").await?;
+    Ok((addr, app))
+}
+
 async fn ready(addr: SocketAddr, what: &str) -> Result<()> {
     let started = Instant::now();
     loop {
@@ -194,20 +207,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
     }
     let dir = tempfile::tempdir()?;
 
-    // Each target gets a backend of its own (the same program, freshly
-    // started), so connections a proxy before it pooled to its backend
-    // cannot crowd its turn.
-    let start_backend = || -> Result<(SocketAddr, Proc)> {
-        let addr = free_addr()?;
-        let app = spawn(
-            Command::new(&weft)
-                .args(["sample-app", "--listen", &addr.to_string(), "--name", "app"])
-                .env("RUST_LOG", "warn"),
-        )?;
-        Ok((addr, app))
-    };
-    let (backend, app) = start_backend()?;
-    ready(backend, "the backend").await?;
+    let (backend, app) = start_backend(&weft).await?;
     eprintln!("backend (the sample app) on {backend}, pid {}", app.0.id());
 
     let mut targets = vec![Target {
@@ -218,8 +218,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         _procs: vec![app],
     }];
     let hop = free_addr()?;
-    let (backend, app) = start_backend()?;
-    ready(backend, "the backend").await?;
+    let (backend, app) = start_backend(&weft).await?;
     let weft_hop = spawn(Command::new(&me).args(["hop", &hop.to_string(), &backend.to_string()]))?;
     targets.push(Target {
         name: "weft engine",
@@ -234,8 +233,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         ("weft engine + header plugin", "header"),
     ] {
         let hop = free_addr()?;
-        let (backend, app) = start_backend()?;
-        ready(backend, "the backend").await?;
+        let (backend, app) = start_backend(&weft).await?;
         let proc =
             spawn(Command::new(&me).args(["hop", &hop.to_string(), &backend.to_string(), kind]))?;
         targets.push(Target {
@@ -250,8 +248,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         return run_and_print(&targets, seconds, dir.path(), None).await;
     }
     let (h1, h2) = (free_addr()?, free_addr()?);
-    let (backend, app) = start_backend()?;
-    ready(backend, "the backend").await?;
+    let (backend, app) = start_backend(&weft).await?;
     let config = dir.path().join("haproxy.cfg");
     std::fs::write(&config, peers::haproxy(h1, h2, backend))?;
     let haproxy = spawn(Command::new("haproxy").arg("-db").arg("-f").arg(&config))?;
@@ -263,8 +260,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         _procs: vec![haproxy, app],
     });
     let (h1, h2) = (free_addr()?, free_addr()?);
-    let (backend, app) = start_backend()?;
-    ready(backend, "the backend").await?;
+    let (backend, app) = start_backend(&weft).await?;
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir)?;
     let config = nginx_dir.join("nginx.conf");
