@@ -61,6 +61,9 @@ pub struct Endpoint {
     /// Whether it is in another cluster than the proxy: with locality
     /// preference on, after every endpoint of the proxy's own cluster.
     pub elsewhere: bool,
+    /// `addr` as a URI authority, made once: requests to the endpoint
+    /// name it without formatting the address each time.
+    authority: http::uri::Authority,
     active: AtomicUsize,
     consecutive_5xx: AtomicU32,
     consecutive_gateway: AtomicU32,
@@ -71,17 +74,25 @@ pub struct Endpoint {
 impl Endpoint {
     /// An endpoint in `locality`.
     pub fn new(addr: SocketAddr, locality: Locality) -> Self {
+        let authority = http::uri::Authority::try_from(addr.to_string().as_str())
+            .expect("an IP address and port is a valid authority");
         Endpoint {
             addr,
             locality,
             priority: None,
             elsewhere: false,
+            authority,
             active: AtomicUsize::new(0),
             consecutive_5xx: AtomicU32::new(0),
             consecutive_gateway: AtomicU32::new(0),
             ejections: AtomicU32::new(0),
             ejected_until: Mutex::new(None),
         }
+    }
+
+    /// Its address as a URI authority.
+    pub fn authority(&self) -> &http::uri::Authority {
+        &self.authority
     }
 
     fn ejected(&self, now: Instant) -> bool {

@@ -85,7 +85,7 @@ impl Engine {
             user_agent: header("user-agent"),
             request_id: header("x-request-id"),
             authority: header("host").or_else(|| parts.uri.authority().map(ToString::to_string)),
-            downstream_remote: parts.extensions.get::<PeerAddr>().map(|p| p.0.to_string()),
+            downstream_remote: parts.extensions.get::<PeerAddr>().map(|p| p.0),
             ..Default::default()
         };
         let ctx = Ctx {

@@ -21,12 +21,12 @@ pub const INTERNAL_HEADERS: [&str; 3] = [
 ];
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), never forwarded.
-const HOP_BY_HOP: [&str; 5] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "upgrade",
-    "transfer-encoding",
+static HOP_BY_HOP: [HeaderName; 5] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    http::header::UPGRADE,
+    http::header::TRANSFER_ENCODING,
 ];
 
 /// Removes hop-by-hop headers: the fixed ones, every header the
@@ -45,7 +45,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP {
+    for name in &HOP_BY_HOP {
         headers.remove(name);
     }
     let trailers = headers

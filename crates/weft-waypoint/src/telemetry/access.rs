@@ -10,6 +10,7 @@
 //!
 //! (one line). Fields weft does not know print as `-`, as Envoy does.
 
+use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 /// What one request's line says.
@@ -44,11 +45,11 @@ pub struct AccessEntry {
     /// `:authority` / `host`.
     pub authority: Option<String>,
     /// The endpoint that answered last.
-    pub upstream_host: Option<String>,
+    pub upstream_host: Option<SocketAddr>,
     /// The cluster.
     pub upstream_cluster: Option<String>,
     /// The caller's address.
-    pub downstream_remote: Option<String>,
+    pub downstream_remote: Option<SocketAddr>,
     /// The route.
     pub route: Option<String>,
     /// The JWT's `iss/sub`, when one verified.
@@ -57,6 +58,11 @@ pub struct AccessEntry {
 
 fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().filter(|s| !s.is_empty()).unwrap_or("-")
+}
+
+/// An address, or `-`.
+fn addr_or_dash(v: Option<SocketAddr>) -> String {
+    v.map_or_else(|| "-".to_owned(), |a| a.to_string())
 }
 
 /// RFC 3339 with milliseconds, UTC (Envoy's `%START_TIME%`).
@@ -102,9 +108,9 @@ impl AccessEntry {
             or_dash(&self.user_agent),
             or_dash(&self.request_id),
             or_dash(&self.authority),
-            or_dash(&self.upstream_host),
+            addr_or_dash(self.upstream_host),
             or_dash(&self.upstream_cluster),
-            or_dash(&self.downstream_remote),
+            addr_or_dash(self.downstream_remote),
             or_dash(&self.route),
         )
     }
@@ -129,9 +135,9 @@ mod tests {
             duration: Duration::from_millis(42),
             user_agent: Some("curl/8".into()),
             authority: Some("reviews".into()),
-            upstream_host: Some("127.0.1.12:8080".into()),
+            upstream_host: Some("127.0.1.12:8080".parse().expect("addr")),
             upstream_cluster: Some("shop/reviews:80".into()),
-            downstream_remote: Some("127.0.1.1:40000".into()),
+            downstream_remote: Some("127.0.1.1:40000".parse().expect("addr")),
             route: Some("stable".into()),
             ..AccessEntry::default()
         };

@@ -77,7 +77,7 @@ impl RequestRecord {
             attributes.push(("user_agent.original", Value::Str(ua.clone())));
         }
         if let Some(peer) = &a.downstream_remote {
-            attributes.push(("client.address", Value::Str(peer.clone())));
+            attributes.push(("client.address", Value::Str(peer.to_string())));
         }
         if !self.route.is_empty() {
             attributes.push(("http.route", Value::Str(self.route.clone())));

@@ -1,5 +1,5 @@
-//! How the engine reaches endpoints: an HTTP/1.1 client (hyper-util's
-//! pooled client) and an HTTP/2 client (one multiplexed connection per
+//! How the engine reaches endpoints: an HTTP/1.1 client (reused
+//! connections, [`h1`]) and an HTTP/2 client (one multiplexed connection per
 //! endpoint, [`H2Pool`]) over one connector — plain TCP here, HBONE
 //! tunnels from the fronts ([`Upstream::over`] takes any connector), or any
 //! other [`Transport`] (tests answer without sockets).
@@ -10,62 +10,25 @@
 //! `Host` line: the request carries `:authority`, which must be the
 //! service's host as the client asked for it, never the endpoint's address
 //! (a backend, or another weft, compares the two and refuses a request
-//! where they disagree). hyper-util's pooled client takes `:authority` from
-//! the URI it connects to, so HTTP/2 is pooled here instead: the endpoint
-//! picks the connection, the `Host` header becomes `:authority`.
+//! where they disagree): the endpoint picks the connection, the `Host`
+//! header becomes `:authority`.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
+mod common;
+mod h1;
+
+pub use common::{Body, BodyError, Connector, SendError, boxed};
+use common::{connect, endpoint_of};
+use h1::H1Pool;
+
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::{Connect, HttpConnector};
+use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-
-/// Why a body could not be read, whatever produced it.
-pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
-
-/// A request or response body, whatever produced it.
-pub type Body = http_body_util::combinators::BoxBody<bytes::Bytes, BodyError>;
-
-/// Any body, boxed as a [`Body`].
-pub fn boxed<B>(body: B) -> Body
-where
-    B: http_body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-    B::Error: Into<BodyError>,
-{
-    use http_body_util::BodyExt;
-    body.map_err(Into::into).boxed()
-}
-
-/// Why a request got no response from an endpoint.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SendError {
-    /// From the HTTP/1.1 client.
-    #[error(transparent)]
-    Http1(#[from] hyper_util::client::legacy::Error),
-    /// No HTTP/2 connection to the endpoint could be made.
-    #[error("connect: {0}")]
-    Connect(String),
-    /// The HTTP/2 connection or stream failed.
-    #[error(transparent)]
-    Http2(#[from] hyper::Error),
-}
-
-impl SendError {
-    /// Whether the endpoint was never reached (retry policies' `connect-failure`).
-    pub fn is_connect(&self) -> bool {
-        match self {
-            SendError::Http1(e) => e.is_connect(),
-            SendError::Connect(_) => true,
-            SendError::Http2(_) => false,
-        }
-    }
-}
 
 /// A response on its way.
 pub type ResponseFuture =
@@ -114,43 +77,14 @@ impl Upstream {
 /// HTTP/1.1 and HTTP/2 clients over one connector.
 #[derive(Clone, Debug)]
 pub struct Clients<C> {
-    h1: Client<C, Body>,
+    h1: H1Pool<C>,
     h2: H2Pool<C>,
-}
-
-/// A connector both clients can use.
-pub trait Connector:
-    Connect
-    + tower_service::Service<
-        Uri,
-        Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-        Future: Send,
-        Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    > + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<T> Connector for T where
-    T: Connect
-        + tower_service::Service<
-            Uri,
-            Response: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-            Future: Send,
-            Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        > + Clone
-        + Send
-        + Sync
-        + 'static
-{
 }
 
 impl<C: Connector> Clients<C> {
     fn new(connector: C) -> Self {
         Clients {
-            h1: Client::builder(TokioExecutor::new()).build(connector.clone()),
+            h1: H1Pool::new(connector.clone()),
             h2: H2Pool {
                 connector,
                 conns: Arc::default(),
@@ -161,13 +95,12 @@ impl<C: Connector> Clients<C> {
 
 impl<C: Connector> Transport for Clients<C> {
     fn send(&self, request: Request<Body>, http2: bool) -> ResponseFuture {
-        let boxed = |r: Response<Incoming>| r.map(boxed);
         if http2 {
             let pool = self.h2.clone();
-            Box::pin(async move { pool.send(request).await.map(boxed) })
+            Box::pin(async move { pool.send(request).await.map(|r| r.map(boxed)) })
         } else {
-            let sent = self.h1.request(request);
-            Box::pin(async move { Ok(boxed(sent.await?)) })
+            let pool = self.h1.clone();
+            Box::pin(async move { pool.send(request).await })
         }
     }
 }
@@ -188,11 +121,7 @@ impl<C> std::fmt::Debug for H2Pool<C> {
 
 impl<C: Connector> H2Pool<C> {
     async fn send(&self, mut request: Request<Body>) -> Result<Response<Incoming>, SendError> {
-        let endpoint: SocketAddr = request
-            .uri()
-            .authority()
-            .and_then(|a| a.as_str().parse().ok())
-            .ok_or_else(|| SendError::Connect(format!("{} is not an ip:port", request.uri())))?;
+        let endpoint = endpoint_of(&request)?;
         h2_form(&mut request);
         let mut sender = self.sender(endpoint).await?;
         sender.ready().await?;
@@ -211,16 +140,7 @@ impl<C: Connector> H2Pool<C> {
         if let Some(sender) = open {
             return Ok(sender);
         }
-        let uri: Uri = format!("http://{endpoint}")
-            .parse()
-            .map_err(|e| SendError::Connect(format!("{endpoint}: {e}")))?;
-        let mut connector = self.connector.clone();
-        std::future::poll_fn(|cx| tower_service::Service::poll_ready(&mut connector, cx))
-            .await
-            .map_err(|e| SendError::Connect(format!("{endpoint}: {}", e.into())))?;
-        let io = tower_service::Service::call(&mut connector, uri)
-            .await
-            .map_err(|e| SendError::Connect(format!("{endpoint}: {}", e.into())))?;
+        let io = connect(&self.connector, endpoint).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)
