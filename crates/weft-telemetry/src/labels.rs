@@ -69,6 +69,13 @@ impl Peer {
         }
     }
 
+    /// Nothing known, shared: made once, cloned by reference.
+    pub fn shared_unknown() -> &'static std::sync::Arc<Peer> {
+        static UNKNOWN_PEER: std::sync::LazyLock<std::sync::Arc<Peer>> =
+            std::sync::LazyLock::new(|| std::sync::Arc::new(Peer::unknown()));
+        &UNKNOWN_PEER
+    }
+
     /// Only the identity is known (`spiffe://td/ns/<ns>/sa/<sa>`): its
     /// namespace, and nothing more.
     pub fn from_principal(principal: &str) -> Peer {

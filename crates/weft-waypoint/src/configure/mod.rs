@@ -198,9 +198,16 @@ pub(crate) fn by_address<T>(
 fn peers(
     view: &MeshView,
     previous: Option<&Config>,
-) -> Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>> {
-    let mut peers = by_address(view, WorkloadInfo::peer);
-    peers.extend(remote::peers(view));
+) -> Arc<HashMap<std::net::IpAddr, Arc<weft_telemetry::labels::Peer>>> {
+    let mut peers: HashMap<_, _> = by_address(view, WorkloadInfo::peer)
+        .into_iter()
+        .map(|(ip, peer)| (ip, Arc::new(peer)))
+        .collect();
+    peers.extend(
+        remote::peers(view)
+            .into_iter()
+            .map(|(ip, peer)| (ip, Arc::new(peer))),
+    );
     match previous {
         Some(p) if *p.peers == peers => p.peers.clone(),
         _ => Arc::new(peers),

@@ -157,7 +157,7 @@ pub struct Config {
     pub authz: HashMap<String, Arc<Vec<weft_core::l7::L7Authz>>>,
     /// Endpoints as telemetry names them, by address (the workload a try
     /// went to is `destination_workload` in metrics).
-    pub peers: Arc<HashMap<std::net::IpAddr, weft_telemetry::labels::Peer>>,
+    pub peers: Arc<HashMap<std::net::IpAddr, Arc<weft_telemetry::labels::Peer>>>,
     /// TLS passthrough routes by listener target (gateways).
     pub passthrough: HashMap<String, Vec<PassRoute>>,
     /// Headers weft itself sets ([`crate::engine::sanitize::INTERNAL_HEADERS`] and

@@ -18,7 +18,7 @@ pub struct SourceIdentity(pub weft_core::Identity);
 /// The caller as its node described it (`baggage` on the tunnel), put in
 /// request extensions by the waypoint's HBONE front.
 #[derive(Debug, Clone)]
-pub struct SourcePeer(pub weft_telemetry::labels::Peer);
+pub struct SourcePeer(pub std::sync::Arc<weft_telemetry::labels::Peer>);
 
 /// A gateway client's certificate principal (its first URI SAN without
 /// `spiffe://`, else its first DNS SAN, else its subject), put in request

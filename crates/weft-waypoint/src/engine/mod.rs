@@ -95,7 +95,7 @@ pub struct Engine {
     client: Upstream,
     authorizers: Authorizers,
     reporter: Reporter,
-    me: Option<Peer>,
+    me: Option<Arc<Peer>>,
     metrics: Metrics,
     max_replay: usize,
 }
@@ -134,7 +134,7 @@ impl Engine {
     /// the source of the calls it forwards), naming itself `me`.
     pub fn reporting_as_source(mut self, me: Peer) -> Self {
         self.reporter = Reporter::Source;
-        self.me = Some(me);
+        self.me = Some(Arc::new(me));
         self
     }
 

@@ -60,9 +60,10 @@ impl Engine {
         let peer = match (&self.me, parts.extensions.get::<SourcePeer>()) {
             (Some(me), _) => me.clone(),
             (None, Some(p)) => p.0.clone(),
-            (None, None) => source
-                .as_ref()
-                .map_or_else(Peer::unknown, |s| Peer::from_principal(&s.to_string())),
+            (None, None) => source.as_ref().map_or_else(
+                || Peer::shared_unknown().clone(),
+                |s| Arc::new(Peer::from_principal(&s.to_string())),
+            ),
         };
         let tracer = self.tracer.load_full();
         let trace = tracer

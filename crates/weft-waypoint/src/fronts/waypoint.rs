@@ -159,7 +159,7 @@ impl InboundHandler for WaypointInbound {
             let (ours, theirs) = tokio::io::duplex(64 * 1024);
             let peer = request.peer.clone();
             let (source, from) = (request.peer.clone(), request.peer_addr);
-            let caller = source_peer(&request);
+            let caller = Arc::new(source_peer(&request));
             tokio::spawn(async move {
                 let service = service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
                     req.extensions_mut()

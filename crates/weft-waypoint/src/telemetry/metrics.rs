@@ -225,14 +225,7 @@ impl Metrics {
         } else {
             Service::from_host(&ctx.service, None)
         };
-        let unknown;
-        let destination = match &ctx.destination {
-            Some(d) => d,
-            None => {
-                unknown = Peer::unknown();
-                &unknown
-            }
-        };
+        let destination = ctx.destination.as_deref().unwrap_or(Peer::shared_unknown());
         let parts = Parts {
             reporter: ctx.reporter,
             source: &ctx.peer,

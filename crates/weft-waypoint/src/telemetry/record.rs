@@ -33,10 +33,11 @@ pub struct RequestRecord {
     pub protocol: &'static str,
     /// Who reports this request's metrics.
     pub reporter: Reporter,
-    /// The caller as telemetry names it.
-    pub peer: Peer,
+    /// The caller as telemetry names it (shared: it is the same for
+    /// every request of a connection or of a gateway).
+    pub peer: Arc<Peer>,
     /// The endpoint the last try went to, as telemetry names it.
-    pub destination: Option<Peer>,
+    pub destination: Option<Arc<Peer>>,
     /// The access-log line being filled in.
     pub access: AccessEntry,
     /// This request's trace, when tracing is on.
