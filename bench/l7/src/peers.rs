@@ -53,7 +53,7 @@ http {{
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
   keepalive_requests 1000000;
-  upstream app {{ server {backend} max_fails=0; keepalive 512; }}
+  upstream app {{ server {backend} max_fails=0; keepalive 512; keepalive_requests 1000000; }}
   server {{
     listen {h1};
     listen {h2} http2;

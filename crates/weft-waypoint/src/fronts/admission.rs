@@ -93,7 +93,7 @@ pub struct Activity {
     started: Instant,
     in_flight: AtomicUsize,
     requests: AtomicU64,
-    /// Milliseconds after `started` when the last request began or ended.
+    /// Milliseconds after `started` when the last request ended.
     changed_ms: AtomicU64,
     /// Told to close (shed for a newer connection).
     pub close: Notify,
@@ -126,7 +126,8 @@ impl Activity {
     pub fn request(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.touch();
+        // No clock read here: `changed_ms` only counts once the connection
+        // is idle again, and the request's end sets it (`InFlight`).
         InFlight(self.clone())
     }
 
@@ -154,13 +155,12 @@ impl Activity {
                 (since + limits.idle_timeout, "idle_timeout")
             }
         });
-        // Far enough to mean "never"; rechecked when a request ends.
-        let never = (Instant::now() + Duration::from_secs(3600), "");
         [by_duration, by_idle]
             .into_iter()
             .flatten()
             .min_by_key(|(at, _)| *at)
-            .unwrap_or(never)
+            // Far enough to mean "never"; rechecked when a request ends.
+            .unwrap_or_else(|| (Instant::now() + Duration::from_secs(3600), ""))
     }
 }
 
