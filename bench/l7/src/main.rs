@@ -3,7 +3,9 @@
 //! per target): `wrk` for HTTP/1.1 keep-alive and `h2load` for HTTP/2
 //! (h2c), fixed concurrency, each proxy on one thread. For each target: requests per second, p50 and p99, the
 //! proxy's CPU seconds per 1,000 requests, its resident memory after the
-//! runs, and what 1,000 idle keep-alive connections add to it.
+//! runs, and what 1,000 idle keep-alive connections add to it. Every
+//! target is measured twice, in order and then in reverse order; both
+//! passes are printed and the comparisons use their means.
 //!
 //! ```sh
 //! cargo build --release -p weft -p weft-bench-l7
@@ -327,38 +329,82 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
 }
 
 /// Measures every target in turn, then prints the table.
+/// Measures every target twice, in order and then in reverse order, so
+/// that what the order does to a target (the first proxy after the
+/// direct path kept coming out worst) falls on every target alike; prints
+/// both passes and compares the means.
 async fn run_and_print(
     targets: &[Target],
     seconds: u32,
     dir: &std::path::Path,
     nginx_dir: Option<&std::path::Path>,
 ) -> Result<()> {
-    let mut rows = Vec::new();
-    for target in targets {
-        let row = measure(target, seconds, dir).await;
-        if let (Err(_), "nginx", Some(nginx_dir)) = (&row, target.name, nginx_dir) {
-            let log = std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
-            eprintln!(
-                "nginx's error log:\n{}",
-                log.lines().take(5).collect::<Vec<_>>().join("\n")
-            );
+    let mut passes: Vec<Vec<Row>> = Vec::new();
+    for pass in 1..=2 {
+        let mut rows = Vec::new();
+        let order: Vec<&Target> = if pass == 1 {
+            targets.iter().collect()
+        } else {
+            targets.iter().rev().collect()
+        };
+        for target in order {
+            eprintln!("== pass {pass}");
+            let row = measure(target, seconds, dir).await;
+            if let (Err(_), "nginx", Some(nginx_dir)) = (&row, target.name, nginx_dir) {
+                let log = std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
+                eprintln!(
+                    "nginx's error log:\n{}",
+                    log.lines().take(5).collect::<Vec<_>>().join("\n")
+                );
+            }
+            rows.push(row?);
         }
-        rows.push(row?);
+        if pass == 2 {
+            rows.reverse();
+        }
+        passes.push(rows);
     }
     println!();
-    print(&rows, seconds);
+    print(&passes, seconds);
     Ok(())
 }
 
-fn print(rows: &[Row], seconds: u32) {
+impl Row {
+    /// The mean of two passes over the same target (memory: the larger).
+    fn mean(a: &Row, b: &Row) -> Row {
+        let m = |x: &Measure, y: &Measure| Measure {
+            rps: (x.rps + y.rps) / 2.0,
+            p50_ms: (x.p50_ms + y.p50_ms) / 2.0,
+            p99_ms: (x.p99_ms + y.p99_ms) / 2.0,
+            cpu_per_1000: (x.cpu_per_1000 + y.cpu_per_1000) / 2.0,
+        };
+        Row {
+            name: a.name,
+            h1: m(&a.h1, &b.h1),
+            h2: m(&a.h2, &b.h2),
+            rss_mib: a.rss_mib.max(b.rss_mib),
+            idle_mib_per_1000: a.idle_mib_per_1000.max(b.idle_mib_per_1000),
+        }
+    }
+}
+
+fn print(passes: &[Vec<Row>], seconds: u32) {
     println!(
-        "\nwrk -t1 -c{CONNECTIONS} -d{seconds}s (HTTP/1.1 keep-alive); h2load -t1 -c{CONNECTIONS} -m{STREAMS} -D{seconds} (h2c); each proxy on one thread\n"
+        "\nwrk -t1 -c{CONNECTIONS} -d{seconds}s (HTTP/1.1 keep-alive); h2load -t1 -c{CONNECTIONS} -m{STREAMS} -D{seconds} (h2c); each proxy on one thread; pass 1 in this order, pass 2 in reverse\n"
     );
     println!(
-        "| target | HTTP/1.1 req/s | p50 | p99 | CPU-s / 1k | HTTP/2 req/s | p50 | p99 | CPU-s / 1k | RSS after | {IDLE} idle keep-alive |"
+        "| target | pass | HTTP/1.1 req/s | p50 | p99 | CPU-s / 1k | HTTP/2 req/s | p50 | p99 | CPU-s / 1k | RSS after | {IDLE} idle keep-alive |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
-    for r in rows {
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    let rows: Vec<(usize, &Row)> = (0..passes[0].len())
+        .flat_map(|i| {
+            passes
+                .iter()
+                .enumerate()
+                .map(move |(p, rows)| (p + 1, &rows[i]))
+        })
+        .collect();
+    for (pass, r) in rows {
         let cpu = |m: &Measure| {
             if r.name == "direct" {
                 "—".to_owned()
@@ -374,7 +420,7 @@ fn print(rows: &[Row], seconds: u32) {
             }
         };
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+            "| {} | {pass} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
             r.name,
             r.h1.rps,
             r.h1.p50_ms,
@@ -388,6 +434,12 @@ fn print(rows: &[Row], seconds: u32) {
             memory(r.idle_mib_per_1000),
         );
     }
+    println!("\nMeans of the two passes:");
+    let rows: Vec<Row> = passes[0]
+        .iter()
+        .zip(&passes[1])
+        .map(|(a, b)| Row::mean(a, b))
+        .collect();
     if let Some(bare) = rows.iter().find(|r| r.name == "weft engine") {
         for with in rows.iter().filter(|r| r.name.starts_with("weft engine + ")) {
             println!(
