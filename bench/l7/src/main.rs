@@ -339,7 +339,7 @@ async fn run_and_print(
     dir: &std::path::Path,
     nginx_dir: Option<&std::path::Path>,
 ) -> Result<()> {
-    let mut passes: Vec<Vec<Row>> = Vec::new();
+    let mut passes: Vec<Vec<Result<Row, String>>> = Vec::new();
     for pass in 1..=2 {
         let mut rows = Vec::new();
         let order: Vec<&Target> = if pass == 1 {
@@ -357,7 +357,12 @@ async fn run_and_print(
                     log.lines().take(5).collect::<Vec<_>>().join("\n")
                 );
             }
-            rows.push(row?);
+            // One target failing (a peer's connect timeouts, say) is
+            // reported in its row; the others still count.
+            rows.push(row.map_err(|e| {
+                eprintln!("== {}: not measured: {e:#}", target.name);
+                format!("{}: {e:#}", target.name)
+            }));
         }
         if pass == 2 {
             rows.reverse();
@@ -388,7 +393,7 @@ impl Row {
     }
 }
 
-fn print(passes: &[Vec<Row>], seconds: u32) {
+fn print(passes: &[Vec<Result<Row, String>>], seconds: u32) {
     println!(
         "\nwrk -t1 -c{CONNECTIONS} -d{seconds}s (HTTP/1.1 keep-alive); h2load -t1 -c{CONNECTIONS} -m{STREAMS} -D{seconds} (h2c); each proxy on one thread; pass 1 in this order, pass 2 in reverse\n"
     );
@@ -396,7 +401,7 @@ fn print(passes: &[Vec<Row>], seconds: u32) {
         "| target | pass | HTTP/1.1 req/s | p50 | p99 | CPU-s / 1k | HTTP/2 req/s | p50 | p99 | CPU-s / 1k | RSS after | {IDLE} idle keep-alive |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let rows: Vec<(usize, &Row)> = (0..passes[0].len())
+    let rows: Vec<(usize, &Result<Row, String>)> = (0..passes[0].len())
         .flat_map(|i| {
             passes
                 .iter()
@@ -405,6 +410,14 @@ fn print(passes: &[Vec<Row>], seconds: u32) {
         })
         .collect();
     for (pass, r) in rows {
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                let first = e.lines().next().unwrap_or("");
+                println!("| not measured | {pass} | {first} | | | | | | | | | |");
+                continue;
+            }
+        };
         let cpu = |m: &Measure| {
             if r.name == "direct" {
                 "—".to_owned()
@@ -438,7 +451,11 @@ fn print(passes: &[Vec<Row>], seconds: u32) {
     let rows: Vec<Row> = passes[0]
         .iter()
         .zip(&passes[1])
-        .map(|(a, b)| Row::mean(a, b))
+        .filter_map(|(a, b)| match (a, b) {
+            (Ok(a), Ok(b)) => Some(Row::mean(a, b)),
+            (Ok(one), Err(_)) | (Err(_), Ok(one)) => Some(Row::mean(one, one)),
+            (Err(_), Err(_)) => None,
+        })
         .collect();
     if let Some(bare) = rows.iter().find(|r| r.name == "weft engine") {
         for with in rows.iter().filter(|r| r.name.starts_with("weft engine + ")) {
