@@ -6,9 +6,9 @@
 //! has ended, from inside that body ([`Reusable`]): no task is spawned and
 //! no lock taken per request beyond one push and one pop. hyper-util's
 //! pooled client, which this replaces for HTTP/1.1, spawns a task per
-//! request to wait for the connection to become ready again; that task
-//! and its pool bookkeeping were a fifth of the engine's CPU per request
-//! (docs/benchmarks.md).
+//! request to wait for the connection to become ready again; in a bare
+//! hyper hop that task and its pool bookkeeping were about a fifth of the
+//! user CPU per request (docs/benchmarks.md).
 //!
 //! Limits: at most [`MAX_IDLE_PER_ENDPOINT`] idle connections per
 //! endpoint (a connection returned past it is closed), and an idle
