@@ -6,6 +6,8 @@
 //! that traps or runs out of fuel fails the instance: it answers every
 //! later call with that error, and its owner starts a new one.
 
+use std::sync::Arc;
+
 use wasmtime::{Instance as Wasm, Linker, Store, StoreLimitsBuilder, Trap, TypedFunc};
 
 use crate::WasmError;
@@ -49,7 +51,9 @@ type Cb2 = TypedFunc<(i32, i32), i32>;
 type Cb3 = TypedFunc<(i32, i32, i32), i32>;
 type Cb5 = TypedFunc<(i32, i32, i32, i32, i32), ()>;
 
-/// The callbacks a plugin exported, looked up once.
+/// The callbacks a plugin exported, looked up once (shared behind an
+/// `Arc`: a callback borrows its function from a clone of it, where
+/// cloning the function itself would register its type again).
 struct Exports {
     context_create: TypedFunc<(i32, i32), ()>,
     request_headers: Option<Cb3>,
@@ -74,7 +78,7 @@ pub struct Context(i32);
 pub struct Instance {
     plugin: Plugin,
     store: Store<HostState>,
-    exports: Exports,
+    exports: Arc<Exports>,
     next_context: i32,
     failed: Option<String>,
 }
@@ -139,6 +143,8 @@ impl Instance {
             next_token: 0,
             shared,
             tick_period_ms: 0,
+            memory: None,
+            alloc: None,
         };
         let mut store = Store::new(&runtime.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -152,8 +158,14 @@ impl Instance {
         let wasm = linker
             .instantiate(&mut store, &plugin.module)
             .map_err(|e| start_error(e.to_string()))?;
+        store.data_mut().memory = wasm.get_memory(&mut store, "memory");
         let name = plugin.name.as_ref();
         let s = &mut store;
+        let alloc = match typed::<i32, i32>(s, &wasm, name, "proxy_on_memory_allocate")? {
+            Some(f) => Some(f),
+            None => typed::<i32, i32>(s, &wasm, name, "malloc")?,
+        };
+        s.data_mut().alloc = alloc.map(Arc::new);
         let exports = Exports {
             context_create: typed(s, &wasm, name, "proxy_on_context_create")?
                 .ok_or_else(|| start_error("no proxy_on_context_create".into()))?,
@@ -179,15 +191,15 @@ impl Instance {
         let mut instance = Instance {
             plugin: plugin.clone(),
             store,
-            exports,
+            exports: Arc::new(exports),
             next_context: ROOT + 1,
             failed: None,
         };
         if let Some(f) = initialize {
             instance.call("_initialize", &f, ())?;
         }
-        let create = instance.exports.context_create.clone();
-        instance.call("proxy_on_context_create", &create, (ROOT, 0))?;
+        let e = Arc::clone(&instance.exports);
+        instance.call("proxy_on_context_create", &e.context_create, (ROOT, 0))?;
         let vm_config = settings.vm_config.len() as i32;
         if let Some(f) = vm_start
             && instance.call("proxy_on_vm_start", &f, (ROOT, vm_config))? == 0
@@ -237,6 +249,24 @@ impl Instance {
         self.exports.response_body.is_some()
     }
 
+    /// Whether it has a callback for request heads.
+    pub fn wants_request_headers(&self) -> bool {
+        self.exports.request_headers.is_some()
+    }
+
+    /// Whether it has a callback for response heads.
+    pub fn wants_response_headers(&self) -> bool {
+        self.exports.response_headers.is_some()
+    }
+
+    /// Whether it has a callback for a stream's end (`proxy_on_log`,
+    /// `proxy_on_done` or `proxy_on_delete`); without one, ending a
+    /// context is nothing to it.
+    pub fn wants_close(&self) -> bool {
+        let e = &self.exports;
+        e.log.is_some() || e.done.is_some() || e.delete.is_some()
+    }
+
     /// The HTTP calls the plugin made since they were last taken.
     pub fn take_calls(&mut self) -> Vec<HttpCall> {
         std::mem::take(&mut self.store.data_mut().calls)
@@ -246,8 +276,12 @@ impl Instance {
     pub fn open(&mut self) -> Result<Context, WasmError> {
         let context = self.next_context;
         self.next_context = self.next_context.checked_add(1).unwrap_or(ROOT + 1);
-        let create = self.exports.context_create.clone();
-        self.call("proxy_on_context_create", &create, (context, ROOT))?;
+        let e = Arc::clone(&self.exports);
+        self.call(
+            "proxy_on_context_create",
+            &e.context_create,
+            (context, ROOT),
+        )?;
         Ok(Context(context))
     }
 
@@ -259,10 +293,10 @@ impl Instance {
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         let n = x.request.headers.len() as i32 + 4;
-        let f = self.exports.request_headers.clone();
-        if f.is_none() {
+        let e = Arc::clone(&self.exports);
+        let Some(f) = &e.request_headers else {
             return Ok(Verdict::Continue);
-        }
+        };
         self.on(x, |i| {
             i.action(
                 "proxy_on_request_headers",
@@ -281,10 +315,10 @@ impl Instance {
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         let n = x.request_body.len() as i32;
-        let f = self.exports.request_body.clone();
-        if f.is_none() {
+        let e = Arc::clone(&self.exports);
+        let Some(f) = &e.request_body else {
             return Ok(Verdict::Continue);
-        }
+        };
         self.on(x, |i| {
             i.action("proxy_on_request_body", f, (c.0, n, end_of_stream.into()))
         })
@@ -293,10 +327,10 @@ impl Instance {
     /// `proxy_on_request_trailers` over `x.request_trailers`.
     pub fn request_trailers(&mut self, c: Context, x: &mut Exchange) -> Result<Verdict, WasmError> {
         let n = x.request_trailers.len() as i32;
-        let f = self.exports.request_trailers.clone();
-        if f.is_none() {
+        let e = Arc::clone(&self.exports);
+        let Some(f) = &e.request_trailers else {
             return Ok(Verdict::Continue);
-        }
+        };
         self.on(x, |i| i.action("proxy_on_request_trailers", f, (c.0, n)))
     }
 
@@ -309,10 +343,10 @@ impl Instance {
     ) -> Result<Verdict, WasmError> {
         x.attributes.responded = true;
         let n = x.response.headers.len() as i32 + 1;
-        let f = self.exports.response_headers.clone();
-        if f.is_none() {
+        let e = Arc::clone(&self.exports);
+        let Some(f) = &e.response_headers else {
             return Ok(Verdict::Continue);
-        }
+        };
         self.on(x, |i| {
             i.action(
                 "proxy_on_response_headers",
@@ -330,10 +364,10 @@ impl Instance {
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         let n = x.response_body.len() as i32;
-        let f = self.exports.response_body.clone();
-        if f.is_none() {
+        let e = Arc::clone(&self.exports);
+        let Some(f) = &e.response_body else {
             return Ok(Verdict::Continue);
-        }
+        };
         self.on(x, |i| {
             i.action("proxy_on_response_body", f, (c.0, n, end_of_stream.into()))
         })
@@ -346,10 +380,10 @@ impl Instance {
         x: &mut Exchange,
     ) -> Result<Verdict, WasmError> {
         let n = x.response_trailers.len() as i32;
-        let f = self.exports.response_trailers.clone();
-        if f.is_none() {
+        let e = Arc::clone(&self.exports);
+        let Some(f) = &e.response_trailers else {
             return Ok(Verdict::Continue);
-        }
+        };
         self.on(x, |i| i.action("proxy_on_response_trailers", f, (c.0, n)))
     }
 
@@ -371,12 +405,12 @@ impl Instance {
             )
         });
         self.store.data_mut().call_response = response;
-        let f = self.exports.call_response.clone();
-        let verdict = self.on(x, |i| match f {
+        let e = Arc::clone(&self.exports);
+        let verdict = self.on(x, |i| match &e.call_response {
             Some(f) => {
                 i.call(
                     "proxy_on_http_call_response",
-                    &f,
+                    f,
                     (ROOT, token as i32, n, size, t),
                 )?;
                 Ok(None)
@@ -389,39 +423,38 @@ impl Instance {
 
     /// `proxy_on_tick` on the root context.
     pub fn tick(&mut self) -> Result<(), WasmError> {
-        match self.exports.tick.clone() {
-            Some(f) => self.call("proxy_on_tick", &f, ROOT),
+        let e = Arc::clone(&self.exports);
+        match &e.tick {
+            Some(f) => self.call("proxy_on_tick", f, ROOT),
             None => Ok(()),
         }
     }
 
     /// `proxy_on_queue_ready` on the root context.
     pub fn queue_ready(&mut self, queue: u32) -> Result<(), WasmError> {
-        match self.exports.queue_ready.clone() {
-            Some(f) => self.call("proxy_on_queue_ready", &f, (ROOT, queue as i32)),
+        let e = Arc::clone(&self.exports);
+        match &e.queue_ready {
+            Some(f) => self.call("proxy_on_queue_ready", f, (ROOT, queue as i32)),
             None => Ok(()),
         }
     }
 
     /// Ends a stream's context: log, done, delete.
     pub fn close(&mut self, c: Context, x: &mut Exchange) -> Result<(), WasmError> {
-        let (log, done, delete) = (
-            self.exports.log.clone(),
-            self.exports.done.clone(),
-            self.exports.delete.clone(),
-        );
+        let e = Arc::clone(&self.exports);
+        let (log, done, delete) = (&e.log, &e.done, &e.delete);
         if log.is_none() && done.is_none() && delete.is_none() {
             return Ok(());
         }
         self.on(x, |i| {
             if let Some(f) = log {
-                i.call("proxy_on_log", &f, c.0)?;
+                i.call("proxy_on_log", f, c.0)?;
             }
             if let Some(f) = done {
-                i.call("proxy_on_done", &f, c.0)?;
+                i.call("proxy_on_done", f, c.0)?;
             }
             if let Some(f) = delete {
-                i.call("proxy_on_delete", &f, c.0)?;
+                i.call("proxy_on_delete", f, c.0)?;
             }
             Ok(None)
         })
@@ -460,20 +493,17 @@ impl Instance {
         })
     }
 
-    /// A callback returning an action; absent, the stream continues.
+    /// A callback returning an action.
     fn action<P>(
         &mut self,
         name: &str,
-        f: Option<TypedFunc<P, i32>>,
+        f: &TypedFunc<P, i32>,
         params: P,
     ) -> Result<Option<Action>, WasmError>
     where
         P: wasmtime::WasmParams,
     {
-        match f {
-            Some(f) => Ok(Some(Action::from_code(self.call(name, &f, params)?))),
-            None => Ok(Some(Action::Continue)),
-        }
+        Ok(Some(Action::from_code(self.call(name, f, params)?)))
     }
 
     /// Calls `f` with a fresh CPU budget; a trap fails the instance.

@@ -3,7 +3,7 @@
 //! memory it allocates itself (`proxy_on_memory_allocate`, else
 //! `malloc`).
 
-use wasmtime::{Caller, Extern};
+use wasmtime::{Caller, Memory};
 
 use crate::abi::Status;
 use crate::state::HostState;
@@ -11,11 +11,14 @@ use crate::state::HostState;
 /// A host call's view of its instance.
 pub(crate) type Call<'a> = Caller<'a, HostState>;
 
+/// The plugin's memory (exported as `memory`, looked up when it started).
+fn memory(caller: &Call<'_>) -> Result<Memory, Status> {
+    caller.data().memory.ok_or(Status::InvalidMemoryAccess)
+}
+
 /// The plugin's memory, copied out at `ptr..ptr+len`.
 pub(crate) fn read(caller: &mut Call<'_>, ptr: i32, len: i32) -> Result<Vec<u8>, Status> {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return Err(Status::InvalidMemoryAccess);
-    };
+    let memory = memory(caller)?;
     let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
     memory
         .data(&caller)
@@ -33,9 +36,7 @@ pub(crate) fn read_str(caller: &mut Call<'_>, ptr: i32, len: i32) -> Result<Stri
 pub(crate) fn memory_and_state<'a>(
     caller: &'a mut Call<'_>,
 ) -> Result<(&'a [u8], &'a mut HostState), Status> {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return Err(Status::InvalidMemoryAccess);
-    };
+    let memory = memory(caller)?;
     let (data, state) = memory.data_and_store_mut(caller);
     Ok((data, state))
 }
@@ -50,9 +51,7 @@ pub(crate) fn slice(memory: &[u8], ptr: i32, len: i32) -> Result<&[u8], Status> 
 
 /// Writes `bytes` into the plugin's memory at `ptr`.
 pub(crate) fn write(caller: &mut Call<'_>, ptr: i32, bytes: &[u8]) -> Result<(), Status> {
-    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
-        return Err(Status::InvalidMemoryAccess);
-    };
+    let memory = memory(caller)?;
     let ptr = ptr as u32 as usize;
     memory
         .data_mut(caller)
@@ -70,12 +69,7 @@ pub(crate) fn give(
     ret_ptr: i32,
     ret_len: i32,
 ) -> Result<(), Status> {
-    let alloc = ["proxy_on_memory_allocate", "malloc"]
-        .iter()
-        .find_map(|name| caller.get_export(name)?.into_func())
-        .ok_or(Status::InternalFailure)?
-        .typed::<i32, i32>(&caller)
-        .map_err(|_| Status::InternalFailure)?;
+    let alloc = caller.data().alloc.clone().ok_or(Status::InternalFailure)?;
     let len = i32::try_from(bytes.len()).map_err(|_| Status::BadArgument)?;
     let at = if bytes.is_empty() {
         0

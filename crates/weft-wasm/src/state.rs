@@ -205,6 +205,11 @@ pub struct HostState {
     pub(crate) next_token: u32,
     pub(crate) shared: SharedRef,
     pub(crate) tick_period_ms: u32,
+    /// The plugin's exported memory, looked up once it is instantiated.
+    pub(crate) memory: Option<wasmtime::Memory>,
+    /// Its allocator (`proxy_on_memory_allocate`, else `malloc`), looked
+    /// up once (shared: cloning a typed function registers its type).
+    pub(crate) alloc: Option<Arc<wasmtime::TypedFunc<i32, i32>>>,
 }
 
 #[cfg(feature = "runtime")]

@@ -78,7 +78,11 @@ impl Run {
             let (Entry::Ready(f), Some(o)) = (&chain.entries[i], s.slots[i].opened) else {
                 continue;
             };
-            let reads = if response { f.bodies.1 } else { f.bodies.0 };
+            let reads = if response {
+                f.wants.bodies.1
+            } else {
+                f.wants.bodies.0
+            };
             if !reads || s.slots[i].skipped {
                 continue;
             }

@@ -22,6 +22,9 @@ pub mod modules;
 pub mod stream;
 pub mod wasm;
 
+#[cfg(test)]
+mod tests;
+
 pub use body::{MAX_HELD_BODY, PluginBody};
 pub use modules::{Entry, Loader};
 pub use stream::{Chain, Run, Stop};

@@ -16,10 +16,10 @@
 use std::sync::{Arc, Mutex};
 
 use weft_core::l7::PluginPhase;
-use weft_wasm::{Attributes, Context, Exchange, LocalResponse, Verdict, WasmError};
+use weft_wasm::{Attributes, Context, Exchange, Instance, LocalResponse, Verdict, WasmError};
 
 use crate::extension::modules::Entry;
-use crate::extension::wasm::Filter;
+use crate::extension::wasm::{Filter, Wants};
 
 /// The plugins of one target, in the order they run: by phase, then
 /// higher priority first, then by name.
@@ -29,6 +29,12 @@ pub struct Chain {
     /// The phases it has plugins in, one bit each (a request skips the
     /// others without looking further).
     phases: u8,
+    /// Whether the response head must pass through its plugins: one has
+    /// a callback for it, for response bodies, or for a stream's end
+    /// (which may read the response).
+    response: bool,
+    /// Whether a plugin reads request bodies, response bodies.
+    bodies: (bool, bool),
 }
 
 fn bit(phase: PluginPhase) -> u8 {
@@ -54,7 +60,24 @@ impl Chain {
             ))
         });
         let phases = entries.iter().fold(0, |bits, e| bits | bit(spec(e).phase));
-        Chain { entries, phases }
+        let wants: Vec<Wants> = entries
+            .iter()
+            .filter_map(|e| match e {
+                Entry::Ready(f) => Some(f.wants),
+                Entry::Missing { .. } => None,
+            })
+            .collect();
+        Chain {
+            entries,
+            phases,
+            response: wants
+                .iter()
+                .any(|w| w.response_head || w.bodies.1 || w.close),
+            bodies: (
+                wants.iter().any(|w| w.bodies.0),
+                wants.iter().any(|w| w.bodies.1),
+            ),
+        }
     }
 
     /// The plugins' names, in running order.
@@ -121,7 +144,9 @@ pub(crate) struct State {
 impl Drop for State {
     fn drop(&mut self) {
         for (i, slot) in self.slots.iter().enumerate() {
-            if let (Some(o), Entry::Ready(f)) = (slot.opened, &self.chain.entries[i]) {
+            if let (Some(o), Entry::Ready(f)) = (slot.opened, &self.chain.entries[i])
+                && f.wants.close
+            {
                 let x = &mut self.exchange;
                 let _ = f.with(o.slot, Some(o.generation), |inst| inst.close(o.context, x));
             }
@@ -133,8 +158,8 @@ impl Drop for State {
 #[derive(Clone)]
 pub struct Run {
     pub(crate) state: Arc<Mutex<State>>,
-    /// The chain's phases (see [`Chain`]).
-    phases: u8,
+    /// What the chain's plugins want (read without the lock).
+    chain: Arc<Chain>,
 }
 
 impl std::fmt::Debug for Run {
@@ -165,7 +190,7 @@ impl Run {
         }
         let n = chain.entries.len();
         Some(Run {
-            phases: chain.phases,
+            chain: chain.clone(),
             state: Arc::new(Mutex::new(State {
                 chain: chain.clone(),
                 exchange: Exchange {
@@ -194,6 +219,9 @@ impl Run {
 
     /// What a body callback stopped the request with, if it did.
     pub fn take_stop(&self) -> Option<Stop> {
+        if !(self.chain.bodies.0 || self.chain.bodies.1) {
+            return None;
+        }
         self.lock().stopped.take()
     }
 
@@ -201,10 +229,18 @@ impl Run {
     /// (else request bodies): the body must pass through it, and its
     /// length may change.
     pub fn reads_bodies(&self, response: bool) -> bool {
+        let wanted = if response {
+            self.chain.bodies.1
+        } else {
+            self.chain.bodies.0
+        };
+        if !wanted {
+            return false;
+        }
         let s = self.lock();
         s.chain.entries.iter().enumerate().any(|(i, e)| {
             let reads =
-                matches!(e, Entry::Ready(f) if if response { f.bodies.1 } else { f.bodies.0 });
+                matches!(e, Entry::Ready(f) if if response { f.wants.bodies.1 } else { f.wants.bodies.0 });
             reads && s.slots[i].opened.is_some() && !s.slots[i].skipped
         })
     }
@@ -216,19 +252,16 @@ impl Run {
         parts: &mut http::request::Parts,
         end_of_stream: bool,
     ) -> Result<(), Stop> {
-        if self.phases & bit(phase) == 0 {
+        if self.chain.phases & bit(phase) == 0 {
             return Ok(());
         }
-        let (chain, mut x) = {
-            let mut s = self.lock();
-            (s.chain.clone(), std::mem::take(&mut s.exchange))
-        };
+        let mut x = std::mem::take(&mut self.lock().exchange);
         x.request.method = std::mem::take(&mut parts.method);
         x.request.uri = std::mem::take(&mut parts.uri);
         x.request.headers = std::mem::take(&mut parts.headers);
         let mut result = Ok(());
-        for (i, entry) in chain.entries.iter().enumerate() {
-            if spec(entry).phase != phase || self.lock().slots[i].skipped {
+        for (i, entry) in self.chain.entries.iter().enumerate() {
+            if spec(entry).phase != phase {
                 continue;
             }
             result = self
@@ -246,27 +279,22 @@ impl Run {
     }
 
     /// The response's head back through every plugin that saw the
-    /// request, last first.
+    /// request, last first (not at all when none has a callback that
+    /// could read it).
     pub async fn response(
         &self,
         parts: &mut http::response::Parts,
         end_of_stream: bool,
     ) -> Result<(), Stop> {
-        let (chain, mut x) = {
-            let mut s = self.lock();
-            (s.chain.clone(), std::mem::take(&mut s.exchange))
-        };
+        if !self.chain.response {
+            return Ok(());
+        }
+        let mut x = std::mem::take(&mut self.lock().exchange);
         x.response.status = parts.status;
         x.response.headers = std::mem::take(&mut parts.headers);
+        x.attributes.responded = true;
         let mut result = Ok(());
-        for (i, entry) in chain.entries.iter().enumerate().rev() {
-            let skip = {
-                let s = self.lock();
-                s.slots[i].skipped || s.slots[i].opened.is_none()
-            };
-            if skip {
-                continue;
-            }
+        for (i, entry) in self.chain.entries.iter().enumerate().rev() {
             result = self
                 .head(i, entry, &mut x, Head::Response(end_of_stream))
                 .await;
@@ -289,6 +317,15 @@ impl Run {
         x: &mut Exchange,
         head: Head,
     ) -> Result<(), Stop> {
+        let (skipped, opened) = {
+            let s = self.lock();
+            (s.slots[i].skipped, s.slots[i].opened)
+        };
+        // The response passes back only through plugins that saw the
+        // request.
+        if skipped || (matches!(head, Head::Response(_)) && opened.is_none()) {
+            return Ok(());
+        }
         let filter = match entry {
             Entry::Ready(f) => f,
             Entry::Missing { spec, reason } => {
@@ -299,7 +336,7 @@ impl Run {
                 };
             }
         };
-        match self.run_head(i, filter, x, head).await {
+        match self.run_head(i, filter, opened, x, head).await {
             Ok(Verdict::Continue) => Ok(()),
             Ok(Verdict::Respond(r)) => Err(Stop::Respond(r)),
             Ok(Verdict::Close) => self.failed(i, filter, "it closed the stream".into()),
@@ -320,35 +357,54 @@ impl Run {
         }
     }
 
+    /// Opens the plugin's context if the request has none in it yet
+    /// (in the same turn of its instance as the callback), runs the
+    /// head's callback if the plugin has one, and waits out its HTTP
+    /// calls.
     async fn run_head(
         &self,
         i: usize,
         filter: &Arc<Filter>,
+        opened: Option<Opened>,
         x: &mut Exchange,
         head: Head,
     ) -> Result<Verdict, WasmError> {
-        let opened = self.lock().slots[i].opened;
-        let o = match opened {
-            Some(o) => o,
+        let has_callback = match head {
+            Head::Request(_) => filter.wants.request_head,
+            Head::Response(_) => filter.wants.response_head,
+        };
+        let mut callback = |inst: &mut Instance, c: Context| {
+            if !has_callback {
+                return Ok((Verdict::Continue, Vec::new()));
+            }
+            let v = match head {
+                Head::Request(end) => inst.request_headers(c, x, end)?,
+                Head::Response(end) => inst.response_headers(c, x, end)?,
+            };
+            Ok((v, inst.take_calls()))
+        };
+        let (o, (mut verdict, mut calls)) = match opened {
+            Some(_) if !has_callback => return Ok(Verdict::Continue),
+            Some(o) => {
+                let (_, ran) =
+                    filter.with(o.slot, Some(o.generation), |inst| callback(inst, o.context))?;
+                (o, ran)
+            }
             None => {
                 let slot = filter.pick();
-                let (generation, context) = filter.with(slot, None, |inst| inst.open())?;
+                let (generation, (context, ran)) = filter.with(slot, None, |inst| {
+                    let context = inst.open()?;
+                    Ok((context, callback(inst, context)?))
+                })?;
                 let o = Opened {
                     slot,
                     generation,
                     context,
                 };
                 self.lock().slots[i].opened = Some(o);
-                o
+                (o, ran)
             }
         };
-        let (_, (mut verdict, mut calls)) = filter.with(o.slot, Some(o.generation), |inst| {
-            let v = match head {
-                Head::Request(end) => inst.request_headers(o.context, x, end)?,
-                Head::Response(end) => inst.response_headers(o.context, x, end)?,
-            };
-            Ok((v, inst.take_calls()))
-        })?;
         while verdict == Verdict::Pause && !calls.is_empty() {
             verdict = filter
                 .answer(o.slot, o.generation, x, std::mem::take(&mut calls))

@@ -45,6 +45,18 @@ struct Slot {
     instance: Option<Instance>,
 }
 
+/// Which of a plugin's stream callbacks its module has (looked up once:
+/// a request skips the others without entering an instance).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Wants {
+    pub(crate) request_head: bool,
+    pub(crate) response_head: bool,
+    /// Request bodies, response bodies.
+    pub(crate) bodies: (bool, bool),
+    /// `proxy_on_log`, `proxy_on_done` or `proxy_on_delete`.
+    pub(crate) close: bool,
+}
+
 /// A plugin ready to run.
 pub struct Filter {
     /// What the configuration says of it.
@@ -54,8 +66,8 @@ pub struct Filter {
     shared: SharedRef,
     slots: Vec<Mutex<Slot>>,
     next: AtomicUsize,
-    /// Whether the module has request/response body callbacks.
-    pub(crate) bodies: (bool, bool),
+    /// Which stream callbacks the module has.
+    pub(crate) wants: Wants,
     dispatch: Arc<dyn Dispatch>,
     pub(crate) metrics: ExtensionMetrics,
 }
@@ -84,7 +96,12 @@ impl Filter {
     ) -> Result<Arc<Filter>, WasmError> {
         let shared = SharedRef::default();
         let first = Instance::start(&plugin, &settings, shared.clone())?;
-        let bodies = (first.wants_request_body(), first.wants_response_body());
+        let wants = Wants {
+            request_head: first.wants_request_headers(),
+            response_head: first.wants_response_headers(),
+            bodies: (first.wants_request_body(), first.wants_response_body()),
+            close: first.wants_close(),
+        };
         let filter = Arc::new(Filter {
             spec,
             plugin,
@@ -92,7 +109,7 @@ impl Filter {
             shared,
             slots: (0..slots()).map(|_| Mutex::default()).collect(),
             next: AtomicUsize::new(0),
-            bodies,
+            wants,
             dispatch,
             metrics,
         });
