@@ -134,6 +134,14 @@ pub(crate) fn h2load(
     pids: &[u32],
     log: &Path,
 ) -> Result<Measure> {
+    // h2load appends to its log: start from an empty one, or an earlier
+    // run's requests would count in this one's.
+    match std::fs::remove_file(log) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing {}", log.display()));
+        }
+        _ => {}
+    }
     let before = cpu_ticks(pids);
     let text = run(Command::new("h2load")
         .args([

@@ -3,18 +3,22 @@
 //! per target): `wrk` for HTTP/1.1 keep-alive and `h2load` for HTTP/2
 //! (h2c), fixed concurrency, each proxy on one thread. For each target: requests per second, p50 and p99, the
 //! proxy's CPU seconds per 1,000 requests, its resident memory after the
-//! runs, and what 1,000 idle keep-alive connections add to it. Every
-//! target is measured twice, in order and then in reverse order; both
-//! passes are printed and the comparisons use their means.
+//! runs, and what 1,000 idle keep-alive connections add to it.
+//!
+//! This machine's speed swings by more than a proxy's difference within
+//! minutes, so every target is measured in several short rounds, each
+//! round in another order; the comparisons are taken within a round and
+//! summarised by their median and range (`report.rs`).
 //!
 //! ```sh
 //! cargo build --release -p weft -p weft-bench-l7
-//! $HOME/.cache/weft-target/release/l7 [seconds] [plugins]
+//! $HOME/.cache/weft-target/release/l7 [SECONDS] [plugins] [--rounds N]
 //! ```
 //!
-//! With `plugins`, only the direct path and the engine hop are measured,
-//! bare and with a no-op and a header-adding Proxy-Wasm plugin (the full
-//! run measures those rows too).
+//! SECONDS per run (default 5), N rounds (default 4). With `plugins`,
+//! only the direct path and the engine hop are measured, bare and with a
+//! no-op and a header-adding Proxy-Wasm plugin (the full run measures
+//! those rows too).
 //!
 //! Needs `wrk`, `h2load` (nghttp2-client), `haproxy` and `nginx` (Debian).
 //! Then the mesh paths, both in one `weft up examples/demo` process whose
@@ -25,13 +29,13 @@
 mod hop;
 mod load;
 mod peers;
+mod report;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use load::Measure;
 
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
@@ -114,38 +118,47 @@ struct Target {
     _procs: Vec<Proc>,
 }
 
-/// What one target measured.
-struct Row {
-    name: &'static str,
-    h1: Measure,
-    h2: Measure,
-    rss_mib: f64,
-    idle_mib_per_1000: f64,
-}
-
-async fn measure(target: &Target, seconds: u32, dir: &std::path::Path) -> Result<Row> {
+/// Warms `target` up (its connections to the backend opened): a burst
+/// of new connections can overflow the backend's accept queue, and a
+/// proxy whose connect timeout passes answers 504 here. That is
+/// reported, not fatal: the measured runs must be all 200.
+async fn warm(target: &Target, dir: &std::path::Path) -> Result<()> {
     ready(target.h1, target.name).await?;
-    let (h1, h2) = (
-        format!("http://{}/", target.h1),
-        format!("http://{}/", target.h2),
-    );
     eprintln!("== {}: warming up", target.name);
-    // The warm-up opens the proxy's connections to the backend; a burst
-    // of them can overflow the backend's accept queue, and a proxy whose
-    // connect timeout passes answers 504 here. That is reported, not
-    // fatal: the measured runs below must be all 200.
-    if let Err(e) = load::wrk(&h1, 2, CONNECTIONS, &target.pids) {
+    if let Err(e) = load::wrk(&url(target.h1), 2, CONNECTIONS, &target.pids) {
         eprintln!("== {}: warm-up (HTTP/1.1): {e:#}", target.name);
     }
-    let warm = dir.join(format!("{}.warm.log", target.name));
-    if let Err(e) = load::h2load(&h2, 2, CONNECTIONS, STREAMS, &target.pids, &warm) {
+    let log = dir.join(format!("{}.warm.log", target.name));
+    if let Err(e) = load::h2load(&url(target.h2), 2, CONNECTIONS, STREAMS, &target.pids, &log) {
         eprintln!("== {}: warm-up (HTTP/2): {e:#}", target.name);
     }
+    Ok(())
+}
+
+fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}/")
+}
+
+/// One round of `target`: `wrk`, then `h2load`, `seconds` each.
+fn round(target: &Target, seconds: u32, dir: &std::path::Path) -> Result<report::Round> {
     eprintln!("== {}: wrk {seconds} s", target.name);
-    let h1m = load::wrk(&h1, seconds, CONNECTIONS, &target.pids)?;
+    let h1 = load::wrk(&url(target.h1), seconds, CONNECTIONS, &target.pids)?;
     eprintln!("== {}: h2load {seconds} s", target.name);
     let log = dir.join(format!("{}.h2load.log", target.name));
-    let h2m = load::h2load(&h2, seconds, CONNECTIONS, STREAMS, &target.pids, &log)?;
+    let h2 = load::h2load(
+        &url(target.h2),
+        seconds,
+        CONNECTIONS,
+        STREAMS,
+        &target.pids,
+        &log,
+    )?;
+    Ok(report::Round { h1, h2 })
+}
+
+/// `target`'s resident memory, and what {IDLE} idle keep-alive
+/// connections add to it.
+async fn memory(target: &Target) -> report::Memory {
     let rss = load::rss_kib(&target.pids);
     eprintln!("== {}: {IDLE} idle keep-alive connections", target.name);
     let idle = match load::idle_connections(target.h1, IDLE).await {
@@ -162,17 +175,14 @@ async fn measure(target: &Target, seconds: u32, dir: &std::path::Path) -> Result
         0
     };
     drop(idle);
-    Ok(Row {
-        name: target.name,
-        h1: h1m,
-        h2: h2m,
+    report::Memory {
         rss_mib: rss as f64 / 1024.0,
         idle_mib_per_1000: if with_idle == 0 {
             f64::NAN
         } else {
             with_idle.saturating_sub(rss) as f64 / 1024.0 * 1000.0 / IDLE as f64
         },
-    })
+    }
 }
 
 fn main() -> Result<()> {
@@ -188,12 +198,28 @@ fn main() -> Result<()> {
             .parse()?;
         return hop::run(listen, upstream, args.get(4).map(String::as_str));
     }
-    let seconds: u32 = args.get(1).map_or(Ok(10), |s| s.parse())?;
-    let only_plugins = args.get(2).map(String::as_str) == Some("plugins");
-    tokio::runtime::Runtime::new()?.block_on(bench(seconds, only_plugins))
+    let (mut seconds, mut rounds, mut only_plugins) = (5, 4, false);
+    let mut rest = args.iter().skip(1);
+    while let Some(arg) = rest.next() {
+        match arg.as_str() {
+            "plugins" => only_plugins = true,
+            "--rounds" => {
+                rounds = rest
+                    .next()
+                    .context("--rounds N")?
+                    .parse()
+                    .context("--rounds N")?;
+            }
+            n => seconds = n.parse().context("l7 [SECONDS] [plugins] [--rounds N]")?,
+        }
+    }
+    if rounds == 0 || seconds == 0 {
+        bail!("SECONDS and --rounds must be at least 1");
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench(seconds, rounds, only_plugins))
 }
 
-async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
+async fn bench(seconds: u32, rounds: usize, only_plugins: bool) -> Result<()> {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE)?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising the open-file limit")?;
@@ -255,7 +281,7 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         });
     }
     if only_plugins {
-        return run_and_print(&targets, seconds, dir.path(), None).await;
+        return run_and_print(&targets, seconds, rounds, dir.path(), None).await;
     }
     let (h1, h2) = (free_addr()?, free_addr()?);
     let (backend, app) = start_backend(&weft).await?;
@@ -325,161 +351,57 @@ async fn bench(seconds: u32, only_plugins: bool) -> Result<()> {
         _procs: Vec::new(),
     });
 
-    run_and_print(&targets, seconds, dir.path(), Some(&nginx_dir)).await
+    run_and_print(&targets, seconds, rounds, dir.path(), Some(&nginx_dir)).await
 }
 
-/// Measures every target in turn, then prints the table.
-/// Measures every target twice, in order and then in reverse order, so
-/// that what the order does to a target (the first proxy after the
-/// direct path kept coming out worst) falls on every target alike; prints
-/// both passes and compares the means.
+/// Warms every target up, then measures them in `rounds` rounds, each
+/// in another order (rotated, every other one reversed), so that a slow
+/// stretch of the machine falls on different targets and every
+/// comparison can be made within a round; then each target's memory.
 async fn run_and_print(
     targets: &[Target],
     seconds: u32,
+    rounds: usize,
     dir: &std::path::Path,
     nginx_dir: Option<&std::path::Path>,
 ) -> Result<()> {
-    let mut passes: Vec<Vec<Result<Row, String>>> = Vec::new();
-    for pass in 1..=2 {
-        let mut rows = Vec::new();
-        let order: Vec<&Target> = if pass == 1 {
-            targets.iter().collect()
-        } else {
-            targets.iter().rev().collect()
-        };
-        for target in order {
-            eprintln!("== pass {pass}");
-            let row = measure(target, seconds, dir).await;
-            if let (Err(_), "nginx", Some(nginx_dir)) = (&row, target.name, nginx_dir) {
+    for target in targets {
+        warm(target, dir).await?;
+    }
+    let n = targets.len();
+    let mut measured: Vec<Vec<Result<report::Round, String>>> = vec![Vec::new(); n];
+    for r in 0..rounds {
+        let mut order: Vec<usize> = (0..n).map(|i| (i + r) % n).collect();
+        if r % 2 == 1 {
+            order.reverse();
+        }
+        for i in order {
+            let target = &targets[i];
+            eprintln!("== round {}/{rounds}", r + 1);
+            let result = round(target, seconds, dir);
+            if let (Err(_), "nginx", Some(nginx_dir)) = (&result, target.name, nginx_dir) {
                 let log = std::fs::read_to_string(nginx_dir.join("error.log")).unwrap_or_default();
                 eprintln!(
                     "nginx's error log:\n{}",
                     log.lines().take(5).collect::<Vec<_>>().join("\n")
                 );
             }
-            // One target failing (a peer's connect timeouts, say) is
-            // reported in its row; the others still count.
-            rows.push(row.map_err(|e| {
+            // One target failing a round (a peer's connect timeouts, say)
+            // is reported in its row; the others still count.
+            measured[i].push(result.map_err(|e| {
                 eprintln!("== {}: not measured: {e:#}", target.name);
-                format!("{}: {e:#}", target.name)
+                format!("{e:#}")
             }));
         }
-        if pass == 2 {
-            rows.reverse();
-        }
-        passes.push(rows);
     }
-    println!();
-    print(&passes, seconds);
+    let mut results = Vec::new();
+    for (target, rounds) in targets.iter().zip(measured) {
+        results.push(report::Target {
+            name: target.name,
+            rounds,
+            memory: memory(target).await,
+        });
+    }
+    report::print(&results, seconds, CONNECTIONS, STREAMS, IDLE);
     Ok(())
-}
-
-impl Row {
-    /// The mean of two passes over the same target (memory: the larger).
-    fn mean(a: &Row, b: &Row) -> Row {
-        let m = |x: &Measure, y: &Measure| Measure {
-            rps: (x.rps + y.rps) / 2.0,
-            p50_ms: (x.p50_ms + y.p50_ms) / 2.0,
-            p99_ms: (x.p99_ms + y.p99_ms) / 2.0,
-            cpu_per_1000: (x.cpu_per_1000 + y.cpu_per_1000) / 2.0,
-        };
-        Row {
-            name: a.name,
-            h1: m(&a.h1, &b.h1),
-            h2: m(&a.h2, &b.h2),
-            rss_mib: a.rss_mib.max(b.rss_mib),
-            idle_mib_per_1000: a.idle_mib_per_1000.max(b.idle_mib_per_1000),
-        }
-    }
-}
-
-fn print(passes: &[Vec<Result<Row, String>>], seconds: u32) {
-    println!(
-        "\nwrk -t1 -c{CONNECTIONS} -d{seconds}s (HTTP/1.1 keep-alive); h2load -t1 -c{CONNECTIONS} -m{STREAMS} -D{seconds} (h2c); each proxy on one thread; pass 1 in this order, pass 2 in reverse\n"
-    );
-    println!(
-        "| target | pass | HTTP/1.1 req/s | p50 | p99 | CPU-s / 1k | HTTP/2 req/s | p50 | p99 | CPU-s / 1k | RSS after | {IDLE} idle keep-alive |"
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
-    let rows: Vec<(usize, &Result<Row, String>)> = (0..passes[0].len())
-        .flat_map(|i| {
-            passes
-                .iter()
-                .enumerate()
-                .map(move |(p, rows)| (p + 1, &rows[i]))
-        })
-        .collect();
-    for (pass, r) in rows {
-        let r = match r {
-            Ok(r) => r,
-            Err(e) => {
-                let first = e.lines().next().unwrap_or("");
-                println!("| not measured | {pass} | {first} | | | | | | | | | |");
-                continue;
-            }
-        };
-        let cpu = |m: &Measure| {
-            if r.name == "direct" {
-                "—".to_owned()
-            } else {
-                format!("{:.3}", m.cpu_per_1000)
-            }
-        };
-        let memory = |v: f64| {
-            if r.name == "direct" || v.is_nan() {
-                "—".to_owned()
-            } else {
-                format!("{v:.1} MiB")
-            }
-        };
-        println!(
-            "| {} | {pass} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
-            r.name,
-            r.h1.rps,
-            r.h1.p50_ms,
-            r.h1.p99_ms,
-            cpu(&r.h1),
-            r.h2.rps,
-            r.h2.p50_ms,
-            r.h2.p99_ms,
-            cpu(&r.h2),
-            memory(r.rss_mib),
-            memory(r.idle_mib_per_1000),
-        );
-    }
-    println!("\nMeans of the two passes:");
-    let rows: Vec<Row> = passes[0]
-        .iter()
-        .zip(&passes[1])
-        .filter_map(|(a, b)| match (a, b) {
-            (Ok(a), Ok(b)) => Some(Row::mean(a, b)),
-            (Ok(one), Err(_)) | (Err(_), Ok(one)) => Some(Row::mean(one, one)),
-            (Err(_), Err(_)) => None,
-        })
-        .collect();
-    if let Some(bare) = rows.iter().find(|r| r.name == "weft engine") {
-        for with in rows.iter().filter(|r| r.name.starts_with("weft engine + ")) {
-            println!(
-                "{} / weft engine: HTTP/1.1 {:.2}× req/s, p99 {:.2}×; HTTP/2 {:.2}× req/s, p99 {:.2}×",
-                with.name,
-                with.h1.rps / bare.h1.rps,
-                with.h1.p99_ms / bare.h1.p99_ms,
-                with.h2.rps / bare.h2.rps,
-                with.h2.p99_ms / bare.h2.p99_ms,
-            );
-        }
-    }
-    let Some(haproxy) = rows.iter().find(|r| r.name == "HAProxy") else {
-        return;
-    };
-    for weft in rows.iter().filter(|r| r.name.starts_with("weft")) {
-        println!(
-            "{} / HAProxy: HTTP/1.1 {:.2}× req/s, p99 {:.2}×; HTTP/2 {:.2}× req/s, p99 {:.2}×",
-            weft.name,
-            weft.h1.rps / haproxy.h1.rps,
-            weft.h1.p99_ms / haproxy.h1.p99_ms,
-            weft.h2.rps / haproxy.h2.rps,
-            weft.h2.p99_ms / haproxy.h2.p99_ms,
-        );
-    }
 }

@@ -5,6 +5,10 @@
 //! its worker; the proxy calls it one callback at a time. A callback
 //! that traps or runs out of fuel fails the instance: it answers every
 //! later call with that error, and its owner starts a new one.
+//!
+//! A stream's [`Exchange`] is handed to a callback boxed: it is moved into
+//! the instance for the callback and back by swapping two pointers, not
+//! copying its ~800 bytes.
 
 use std::sync::Arc;
 
@@ -133,7 +137,7 @@ impl Instance {
             vm_config: settings.vm_config.clone(),
             plugin_config: settings.plugin_config.clone(),
             env: settings.env.clone(),
-            exchange: Exchange::default(),
+            exchange: Box::default(),
             call_response: None,
             no_headers: http::HeaderMap::new(),
             local_response: None,
@@ -289,7 +293,7 @@ impl Instance {
     pub fn request_headers(
         &mut self,
         c: Context,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         let n = x.request.headers.len() as i32 + 4;
@@ -311,7 +315,7 @@ impl Instance {
     pub fn request_body(
         &mut self,
         c: Context,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         let n = x.request_body.len() as i32;
@@ -325,7 +329,11 @@ impl Instance {
     }
 
     /// `proxy_on_request_trailers` over `x.request_trailers`.
-    pub fn request_trailers(&mut self, c: Context, x: &mut Exchange) -> Result<Verdict, WasmError> {
+    pub fn request_trailers(
+        &mut self,
+        c: Context,
+        x: &mut Box<Exchange>,
+    ) -> Result<Verdict, WasmError> {
         let n = x.request_trailers.len() as i32;
         let e = Arc::clone(&self.exports);
         let Some(f) = &e.request_trailers else {
@@ -338,7 +346,7 @@ impl Instance {
     pub fn response_headers(
         &mut self,
         c: Context,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         x.attributes.responded = true;
@@ -360,7 +368,7 @@ impl Instance {
     pub fn response_body(
         &mut self,
         c: Context,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         end_of_stream: bool,
     ) -> Result<Verdict, WasmError> {
         let n = x.response_body.len() as i32;
@@ -377,7 +385,7 @@ impl Instance {
     pub fn response_trailers(
         &mut self,
         c: Context,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
     ) -> Result<Verdict, WasmError> {
         let n = x.response_trailers.len() as i32;
         let e = Arc::clone(&self.exports);
@@ -393,7 +401,7 @@ impl Instance {
     /// waits on.
     pub fn call_response(
         &mut self,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         token: u32,
         response: Option<CallResponse>,
     ) -> Result<Verdict, WasmError> {
@@ -440,7 +448,7 @@ impl Instance {
     }
 
     /// Ends a stream's context: log, done, delete.
-    pub fn close(&mut self, c: Context, x: &mut Exchange) -> Result<(), WasmError> {
+    pub fn close(&mut self, c: Context, x: &mut Box<Exchange>) -> Result<(), WasmError> {
         let e = Arc::clone(&self.exports);
         let (log, done, delete) = (&e.log, &e.done, &e.delete);
         if log.is_none() && done.is_none() && delete.is_none() {
@@ -466,7 +474,7 @@ impl Instance {
     /// stream goes on only if the plugin resumed it).
     fn on(
         &mut self,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         run: impl FnOnce(&mut Self) -> Result<Option<Action>, WasmError>,
     ) -> Result<Verdict, WasmError> {
         {

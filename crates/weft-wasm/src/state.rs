@@ -190,7 +190,7 @@ pub struct HostState {
     pub(crate) plugin_config: Vec<u8>,
     pub(crate) env: Vec<(String, String)>,
     /// The stream of the running callback (moved in for it).
-    pub(crate) exchange: Exchange,
+    pub(crate) exchange: Box<Exchange>,
     /// The answer to an HTTP call, while its callback runs (`None`: the
     /// call failed).
     pub(crate) call_response: Option<CallResponse>,

@@ -39,8 +39,8 @@ pub(crate) fn start(wat: &str, settings: &Settings) -> Result<Instance, WasmErro
 }
 
 /// A `GET /` with one header.
-pub(crate) fn headers() -> Exchange {
-    let mut x = Exchange::default();
+pub(crate) fn headers() -> Box<Exchange> {
+    let mut x = Box::<Exchange>::default();
     x.request.uri = "/".parse().expect("valid");
     x.request
         .headers
@@ -49,7 +49,7 @@ pub(crate) fn headers() -> Exchange {
 }
 
 /// One stream through `instance`: context, request headers, end.
-pub(crate) fn run(instance: &mut Instance, x: &mut Exchange) -> Result<Verdict, WasmError> {
+pub(crate) fn run(instance: &mut Instance, x: &mut Box<Exchange>) -> Result<Verdict, WasmError> {
     let c = instance.open()?;
     let verdict = instance.request_headers(c, x, true)?;
     instance.close(c, x)?;

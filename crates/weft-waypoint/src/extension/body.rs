@@ -91,7 +91,7 @@ impl Run {
             if held.is_empty() && !end {
                 return Ok(Bytes::new());
             }
-            let x = &mut s.exchange;
+            let x = s.exchange.get_or_insert_with(Box::default);
             let buffer = if response {
                 &mut x.response_body
             } else {
@@ -107,9 +107,9 @@ impl Run {
                 Ok((v, inst.take_calls()))
             });
             let buffer = if response {
-                &mut s.exchange.response_body
+                &mut s.exchange.get_or_insert_with(Box::default).response_body
             } else {
-                &mut s.exchange.request_body
+                &mut s.exchange.get_or_insert_with(Box::default).request_body
             };
             let bytes = std::mem::take(buffer);
             let verdict = match outcome {
@@ -117,7 +117,7 @@ impl Run {
                     if !calls.is_empty() {
                         let (f, o) = (f.clone(), o);
                         tokio::spawn(async move {
-                            let mut x = weft_wasm::Exchange::default();
+                            let mut x = Box::<weft_wasm::Exchange>::default();
                             let _ = f.answer(o.slot, o.generation, &mut x, calls).await;
                         });
                     }
@@ -174,7 +174,7 @@ impl Run {
             if s.slots[i].skipped {
                 continue;
             }
-            let x = &mut s.exchange;
+            let x = s.exchange.get_or_insert_with(Box::default);
             let map = if response {
                 &mut x.response_trailers
             } else {
@@ -189,9 +189,12 @@ impl Run {
                 }
             });
             *trailers = std::mem::take(if response {
-                &mut s.exchange.response_trailers
+                &mut s
+                    .exchange
+                    .get_or_insert_with(Box::default)
+                    .response_trailers
             } else {
-                &mut s.exchange.request_trailers
+                &mut s.exchange.get_or_insert_with(Box::default).request_trailers
             });
             match outcome {
                 Ok((_, Verdict::Respond(r))) => return Err(Stop::Respond(r)),

@@ -134,7 +134,10 @@ pub(crate) struct Slot {
 /// A request's state across its plugins, shared with its body wrappers.
 pub(crate) struct State {
     pub(crate) chain: Arc<Chain>,
-    pub(crate) exchange: Exchange,
+    /// Its exchange (boxed: moved by pointer); taken while a head passes
+    /// through the plugins (a body callback meanwhile gets a fresh one,
+    /// which the head's replaces when it is put back).
+    pub(crate) exchange: Option<Box<Exchange>>,
     /// Per entry of the chain, in its order.
     pub(crate) slots: Vec<Slot>,
     /// Why a body callback stopped the request, for the engine to answer.
@@ -147,7 +150,7 @@ impl Drop for State {
             if let (Some(o), Entry::Ready(f)) = (slot.opened, &self.chain.entries[i])
                 && f.wants.close
             {
-                let x = &mut self.exchange;
+                let x = self.exchange.get_or_insert_with(Box::default);
                 let _ = f.with(o.slot, Some(o.generation), |inst| inst.close(o.context, x));
             }
         }
@@ -193,10 +196,10 @@ impl Run {
             chain: chain.clone(),
             state: Arc::new(Mutex::new(State {
                 chain: chain.clone(),
-                exchange: Exchange {
+                exchange: Some(Box::new(Exchange {
                     attributes,
                     ..Exchange::default()
-                },
+                })),
                 slots: vec![Slot::default(); n],
                 stopped: None,
             })),
@@ -211,9 +214,10 @@ impl Run {
     /// `route_name`, `cluster_name`).
     pub fn note(&self, route: &str, cluster: Option<&str>) {
         let mut s = self.lock();
-        s.exchange.attributes.route_name = Some(route.to_owned());
+        let x = s.exchange.get_or_insert_with(Box::default);
+        x.attributes.route_name = Some(route.to_owned());
         if let Some(c) = cluster {
-            s.exchange.attributes.cluster_name = Some(c.to_owned());
+            x.attributes.cluster_name = Some(c.to_owned());
         }
     }
 
@@ -255,7 +259,7 @@ impl Run {
         if self.chain.phases & bit(phase) == 0 {
             return Ok(());
         }
-        let mut x = std::mem::take(&mut self.lock().exchange);
+        let mut x = self.lock().exchange.take().unwrap_or_default();
         x.request.method = std::mem::take(&mut parts.method);
         x.request.uri = std::mem::take(&mut parts.uri);
         x.request.headers = std::mem::take(&mut parts.headers);
@@ -274,7 +278,7 @@ impl Run {
         parts.method = std::mem::take(&mut x.request.method);
         parts.uri = std::mem::take(&mut x.request.uri);
         parts.headers = std::mem::take(&mut x.request.headers);
-        self.lock().exchange = x;
+        self.lock().exchange = Some(x);
         result
     }
 
@@ -289,7 +293,7 @@ impl Run {
         if !self.chain.response {
             return Ok(());
         }
-        let mut x = std::mem::take(&mut self.lock().exchange);
+        let mut x = self.lock().exchange.take().unwrap_or_default();
         x.response.status = parts.status;
         x.response.headers = std::mem::take(&mut parts.headers);
         x.attributes.responded = true;
@@ -304,7 +308,7 @@ impl Run {
         }
         parts.status = x.response.status;
         parts.headers = std::mem::take(&mut x.response.headers);
-        self.lock().exchange = x;
+        self.lock().exchange = Some(x);
         result
     }
 
@@ -314,7 +318,7 @@ impl Run {
         &self,
         i: usize,
         entry: &Entry,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         head: Head,
     ) -> Result<(), Stop> {
         let (skipped, opened) = {
@@ -366,7 +370,7 @@ impl Run {
         i: usize,
         filter: &Arc<Filter>,
         opened: Option<Opened>,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         head: Head,
     ) -> Result<Verdict, WasmError> {
         let has_callback = match head {

@@ -233,7 +233,7 @@ impl Filter {
         self: &Arc<Self>,
         slot: usize,
         generation: u64,
-        x: &mut Exchange,
+        x: &mut Box<Exchange>,
         calls: Vec<HttpCall>,
     ) -> Result<Option<weft_wasm::Verdict>, WasmError> {
         let tokens: Vec<u32> = calls.iter().map(|c| c.token).collect();
@@ -268,7 +268,7 @@ async fn ticks(filter: Weak<Filter>, slot: usize, generation: u64, period: std::
             Err(_) => return,
         };
         if !calls.is_empty() {
-            let mut x = Exchange::default();
+            let mut x = Box::<Exchange>::default();
             if f.answer(slot, generation, &mut x, calls).await.is_err() {
                 return;
             }
