@@ -91,6 +91,21 @@ fn mib(target: &Target, v: f64) -> String {
     }
 }
 
+/// A round's figures as table cells: req/s, p50, p99 and CPU per 1,000
+/// requests, HTTP/1.1 then HTTP/2.
+fn cells(target: &Target, r: &Round) -> String {
+    let one = |m: &Measure| {
+        format!(
+            "{:.0} | {:.2} ms | {:.2} ms | {}",
+            m.rps,
+            m.p50_ms,
+            m.p99_ms,
+            cpu(target, m)
+        )
+    };
+    format!("{} | {}", one(&r.h1), one(&r.h2))
+}
+
 /// Prints the three tables and the comparisons.
 pub(crate) fn print(targets: &[Target], seconds: u32, connections: u32, streams: u32, idle: usize) {
     let rounds = targets.iter().map(|t| t.rounds.len()).max().unwrap_or(0);
@@ -104,19 +119,7 @@ pub(crate) fn print(targets: &[Target], seconds: u32, connections: u32, streams:
     for t in targets {
         for (i, r) in t.rounds.iter().enumerate() {
             match r {
-                Ok(r) => println!(
-                    "| {} | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} |",
-                    t.name,
-                    i + 1,
-                    r.h1.rps,
-                    r.h1.p50_ms,
-                    r.h1.p99_ms,
-                    cpu(t, &r.h1),
-                    r.h2.rps,
-                    r.h2.p50_ms,
-                    r.h2.p99_ms,
-                    cpu(t, &r.h2),
-                ),
+                Ok(r) => println!("| {} | {} | {} |", t.name, i + 1, cells(t, r)),
                 Err(e) => println!(
                     "| {} | {} | not measured: {} | | | | | | | |",
                     t.name,
@@ -132,18 +135,10 @@ pub(crate) fn print(targets: &[Target], seconds: u32, connections: u32, streams:
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for t in targets {
-        let m = t.medians();
         println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms | {} | {:.0} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+            "| {} | {} | {} | {} |",
             t.name,
-            m.h1.rps,
-            m.h1.p50_ms,
-            m.h1.p99_ms,
-            cpu(t, &m.h1),
-            m.h2.rps,
-            m.h2.p50_ms,
-            m.h2.p99_ms,
-            cpu(t, &m.h2),
+            cells(t, &t.medians()),
             mib(t, t.memory.rss_mib),
             mib(t, t.memory.idle_mib_per_1000),
         );

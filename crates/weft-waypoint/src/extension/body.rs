@@ -68,7 +68,7 @@ impl Run {
     fn body(&self, response: bool, chunk: Bytes, end: bool) -> Result<Bytes, Stop> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let s = &mut *guard;
-        let chain = s.chain.clone();
+        let chain = &self.chain;
         let mut order: Vec<usize> = (0..chain.entries.len()).collect();
         if response {
             order.reverse();
@@ -166,7 +166,7 @@ impl Run {
     fn trailers(&self, response: bool, trailers: &mut http::HeaderMap) -> Result<(), Stop> {
         let mut guard = self.state.lock().unwrap_or_else(|p| p.into_inner());
         let s = &mut *guard;
-        let chain = s.chain.clone();
+        let chain = &self.chain;
         for i in 0..chain.entries.len() {
             let (Entry::Ready(f), Some(o)) = (&chain.entries[i], s.slots[i].opened) else {
                 continue;

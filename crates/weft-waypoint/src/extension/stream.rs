@@ -161,8 +161,8 @@ impl Drop for State {
 #[derive(Clone)]
 pub struct Run {
     pub(crate) state: Arc<Mutex<State>>,
-    /// What the chain's plugins want (read without the lock).
-    chain: Arc<Chain>,
+    /// Its plugins and what they want (read without the lock).
+    pub(crate) chain: Arc<Chain>,
 }
 
 impl std::fmt::Debug for Run {
@@ -242,7 +242,7 @@ impl Run {
             return false;
         }
         let s = self.lock();
-        s.chain.entries.iter().enumerate().any(|(i, e)| {
+        self.chain.entries.iter().enumerate().any(|(i, e)| {
             let reads =
                 matches!(e, Entry::Ready(f) if if response { f.wants.bodies.1 } else { f.wants.bodies.0 });
             reads && s.slots[i].opened.is_some() && !s.slots[i].skipped
