@@ -150,6 +150,13 @@ impl Service {
         }
     }
 
+    /// Not known, shared: made once, cloned by reference.
+    pub fn shared_unknown() -> &'static std::sync::Arc<Service> {
+        static UNKNOWN_SERVICE: std::sync::LazyLock<std::sync::Arc<Service>> =
+            std::sync::LazyLock::new(|| std::sync::Arc::new(Service::unknown()));
+        &UNKNOWN_SERVICE
+    }
+
     /// From a hostname `name.namespace.svc…`, or any other hostname
     /// (name = the first label, namespace unknown unless given).
     pub fn from_host(host: &str, namespace: Option<&str>) -> Service {

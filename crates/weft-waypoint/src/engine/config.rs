@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use weft_core::l7::HashOn;
+use weft_telemetry::labels::Service;
 
 use crate::engine::budget::{ConcurrencyBudget, RateBudget};
 use crate::engine::ctx::PeerAddr;
@@ -35,6 +36,9 @@ pub struct Cluster {
     pub http2: bool,
     /// A hash of what it was built from; equal means reusable.
     pub signature: u64,
+    /// `label` as telemetry's service labels, made on first use (requests
+    /// share it instead of splitting the hostname each time).
+    service: std::sync::OnceLock<Arc<Service>>,
 }
 
 impl Cluster {
@@ -61,7 +65,20 @@ impl Cluster {
             hash_on: None,
             http2: false,
             signature: 0,
+            service: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The service as telemetry labels it, from `label` (which is set
+    /// while the cluster is built, before any request sees it).
+    pub fn service(&self) -> &Arc<Service> {
+        self.service.get_or_init(|| {
+            if self.label.is_empty() {
+                Service::shared_unknown().clone()
+            } else {
+                Arc::new(Service::from_host(&self.label, None))
+            }
+        })
     }
 }
 

@@ -129,6 +129,10 @@ pub enum Policy {
     Hash,
 }
 
+/// Endpoint indices, on the stack for up to 16 endpoints (a choice is made
+/// per request).
+type Indices = smallvec::SmallVec<[usize; 16]>;
+
 /// Points each endpoint has on the ring. Fixed, so that endpoints coming
 /// and going never move the keys of the others.
 pub const RING_POINTS: usize = 128;
@@ -232,14 +236,18 @@ impl Balancer {
     /// `a` and `b` are random draws (any integers), `key` the request's
     /// hash key (consistent hashing; without one, least request).
     pub fn pick(&self, a: usize, b: usize, key: Option<u64>) -> Option<usize> {
-        let now = Instant::now();
-        let healthy: Vec<usize> = (0..self.endpoints.len())
-            .filter(|&i| !self.endpoints[i].ejected(now))
-            .collect();
-        let pool = if healthy.is_empty() {
-            (0..self.endpoints.len()).collect()
-        } else {
-            healthy
+        let all = || (0..self.endpoints.len()).collect::<Indices>();
+        // Without outlier detection nothing is ever ejected: no clock read
+        // and no lock per endpoint.
+        let pool = match self.outlier {
+            None => all(),
+            Some(_) => {
+                let now = Instant::now();
+                let healthy: Indices = (0..self.endpoints.len())
+                    .filter(|&i| !self.endpoints[i].ejected(now))
+                    .collect();
+                if healthy.is_empty() { all() } else { healthy }
+            }
         };
         // `distribute`: traffic from this locality is split by weight
         // across target localities (when the drawn one has endpoints).
@@ -258,7 +266,7 @@ impl Balancer {
                     hit
                 });
                 if let Some((pattern, _)) = target {
-                    let chosen: Vec<usize> = pool
+                    let chosen: Indices = pool
                         .iter()
                         .copied()
                         .filter(|&i| locality_matches(pattern, &self.endpoints[i].locality))
@@ -270,7 +278,7 @@ impl Balancer {
             }
         }
         let best = pool.iter().map(|&i| self.rank(i)).min()?;
-        let tier: Vec<usize> = pool.into_iter().filter(|&i| self.rank(i) == best).collect();
+        let tier: Indices = pool.into_iter().filter(|&i| self.rank(i) == best).collect();
         match (self.policy, key) {
             (Policy::RoundRobin, _) => {
                 Some(tier[self.turn.fetch_add(1, Ordering::Relaxed) % tier.len()])

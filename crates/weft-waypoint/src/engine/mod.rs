@@ -256,13 +256,11 @@ impl Engine {
         let body = self.plugin_request_body(run, &mut parts, body);
         let payload = self.buffer(ctx, body).await?;
         self.mirror(config, route, &parts, &payload);
-        let tries = self.tries(ctx, config, route, &cluster, &parts, payload);
-        let response = match route.timeout {
-            Some(limit) => tokio::time::timeout(limit, tries)
-                .await
-                .unwrap_or(Err(L7Error::Timeout)),
-            None => tries.await,
-        }?;
+        // The route's timeout bounds every try and every wait between them.
+        let deadline = route.timeout.map(|t| tokio::time::Instant::now() + t);
+        let response = self
+            .tries(ctx, config, route, &cluster, &parts, payload, deadline)
+            .await?;
         Ok(self.response_headers(ctx, route, response))
     }
 }

@@ -45,14 +45,11 @@ impl Engine {
         if !trusted {
             sanitize::strip_internal(&mut parts.headers, &config.internal_headers);
         }
-        let header = |name: &str| {
-            parts
-                .headers
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let grpc = header("content-type").is_some_and(|c| c.starts_with("application/grpc"));
+        let header = |name: &str| parts.headers.get(name).cloned();
+        let grpc = parts
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|c| c.as_bytes().starts_with(b"application/grpc"));
         let source = parts
             .extensions
             .get::<SourceIdentity>()
@@ -70,13 +67,9 @@ impl Engine {
             .enabled()
             .then(|| RequestTrace::start(tracer.clone(), &parts.headers));
         let access = AccessEntry {
-            start: Some(std::time::SystemTime::now()),
-            method: parts.method.to_string(),
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or("/", http::uri::PathAndQuery::as_str)
-                .to_owned(),
+            start: None,
+            method: parts.method.clone(),
+            path: parts.uri.path_and_query().cloned(),
             protocol: if parts.version == http::Version::HTTP_2 {
                 "HTTP/2"
             } else {
@@ -85,7 +78,12 @@ impl Engine {
             forwarded_for: header("x-forwarded-for"),
             user_agent: header("user-agent"),
             request_id: header("x-request-id"),
-            authority: header("host").or_else(|| parts.uri.authority().map(ToString::to_string)),
+            authority: header("host").or_else(|| {
+                parts
+                    .uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            }),
             downstream_remote: parts.extensions.get::<PeerAddr>().map(|p| p.0),
             ..Default::default()
         };
@@ -97,7 +95,7 @@ impl Engine {
             record: RequestRecord {
                 started: Instant::now(),
                 route: String::new(),
-                service: String::new(),
+                service: None,
                 tries: 0,
                 flags: Flags::NONE,
                 source,
@@ -137,7 +135,7 @@ impl Engine {
                 .first()
                 .and_then(|b| config.clusters.get(&b.service))
             {
-                ctx.record.service = cluster.label.clone();
+                ctx.record.service = Some(cluster.service().clone());
             }
         }
         Ok(route)
@@ -405,7 +403,7 @@ impl Engine {
             .get(&backend.service)
             .cloned()
             .ok_or_else(|| L7Error::NoHealthyUpstream(backend.service.clone()))?;
-        ctx.record.service = cluster.label.clone();
+        ctx.record.service = Some(cluster.service().clone());
         let slot = cluster
             .breaker
             .admit()

@@ -155,6 +155,23 @@ pub fn settle_host(parts: &mut http::request::Parts, https: bool) -> Result<(), 
         // The HTTP/1.1 common case: one Host header, already normal.
         return Ok(());
     }
+    if let (None, Some(a)) = (first, parts.uri.authority())
+        && is_normal_host(a.as_str(), default_port)
+    {
+        // The HTTP/2 common case: `:authority` alone, already normal. It
+        // becomes the Host header; the path is kept as parsed.
+        let value = HeaderValue::from_str(a.as_str())
+            .map_err(|_| format!(":authority {:?} is not valid", a.as_str()))?;
+        parts.headers.insert(HOST, value);
+        let mut uri = std::mem::take(&mut parts.uri).into_parts();
+        uri.scheme = None;
+        uri.authority = None;
+        uri.path_and_query = uri
+            .path_and_query
+            .or(Some(http::uri::PathAndQuery::from_static("/")));
+        parts.uri = http::Uri::from_parts(uri).map_err(|e| format!("request path: {e}"))?;
+        return Ok(());
+    }
     let header = match (first, second) {
         (Some(_), Some(_)) => return Err("more than one Host header".into()),
         (Some(h), None) => Some(
@@ -292,9 +309,12 @@ mod tests {
 
     #[test]
     fn one_host_from_authority_or_header() {
-        let cases: [HostCase; 8] = [
+        let cases: [HostCase; 10] = [
             ("/x", &["PARTNER.example."], false, Ok("partner.example")),
-            // HTTP/2: :authority alone.
+            // HTTP/2: :authority alone, already normal (kept as it is) or
+            // not.
+            ("http://a.example:8080/x", &[], false, Ok("a.example:8080")),
+            ("https://a.example:80/x", &[], true, Ok("a.example:80")),
             (
                 "http://Partner.Example/x",
                 &[],

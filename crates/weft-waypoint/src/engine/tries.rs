@@ -9,6 +9,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
+use tokio::time::Instant;
 use weft_telemetry::flags::Flag;
 
 use crate::engine::config::{Cluster, Config, hash_key};
@@ -133,9 +134,11 @@ impl Engine {
         });
     }
 
-    /// Phase 12, `try`: tries until one answers or the retry policy and
-    /// budgets say stop (the caller bounds the whole by the route's
-    /// timeout).
+    /// Phase 12, `try`: tries until one answers, the retry policy and
+    /// budgets say stop, or `deadline` (the route's timeout) passes. One
+    /// timer per try bounds it by whichever comes first of its per-try
+    /// timeout and the deadline.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn tries(
         &self,
         ctx: &mut Ctx,
@@ -144,6 +147,7 @@ impl Engine {
         cluster: &Cluster,
         parts: &Parts,
         mut payload: Payload,
+        deadline: Option<Instant>,
     ) -> Result<Response<Body>, L7Error> {
         // No retries: what they would retry on does not matter (and
         // parsing the default conditions on every request cost 1 % of it).
@@ -189,11 +193,15 @@ impl Engine {
             });
             ctx.record.tries += 1;
             let sent = self.client.request(request, cluster.http2);
-            let result = match policy.per_try_timeout {
-                Some(limit) => tokio::time::timeout(limit, sent).await.map_err(|_| ()),
+            let (limit, whole) =
+                try_limit(policy.per_try_timeout.map(|t| Instant::now() + t), deadline);
+            let result = match limit {
+                Some(at) => tokio::time::timeout_at(at, sent).await.map_err(|_| ()),
                 None => Ok(sent.await),
             };
             let (outcome, result) = match result {
+                // The route's timeout: no more tries.
+                Err(()) if whole => return Err(L7Error::Timeout),
                 Err(()) => {
                     self.metrics.try_timeout(&cluster.name);
                     (Outcome::Timeout, Err(L7Error::Timeout))
@@ -253,8 +261,28 @@ impl Engine {
             drop(result);
             self.metrics.retry(&cluster.name);
             retries += 1;
-            tokio::time::sleep(wait).await;
+            match deadline {
+                Some(d) if Instant::now() + wait >= d => {
+                    tokio::time::sleep_until(d).await;
+                    return Err(L7Error::Timeout);
+                }
+                _ => tokio::time::sleep(wait).await,
+            }
         }
+    }
+}
+
+/// When a try gives up: the earlier of its own deadline (`per_try`) and
+/// the route's (`whole`), and whether that is the route's (which ends the
+/// request; a try's own ends only the try).
+pub(crate) fn try_limit(
+    per_try: Option<Instant>,
+    whole: Option<Instant>,
+) -> (Option<Instant>, bool) {
+    match (per_try, whole) {
+        (Some(t), Some(w)) if w <= t => (Some(w), true),
+        (Some(t), _) => (Some(t), false),
+        (None, w) => (w, w.is_some()),
     }
 }
 

@@ -9,19 +9,29 @@
 //! ```
 //!
 //! (one line). Fields weft does not know print as `-`, as Envoy does.
+//!
+//! What is copied from the request is held as the request held it
+//! (method, path, header values: reference-counted, not copied), so an
+//! entry costs no allocation until its line is written, and none when the
+//! access log is off.
 
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
+use http::HeaderValue;
+use http::uri::PathAndQuery;
+
 /// What one request's line says.
 #[derive(Debug, Clone, Default)]
 pub struct AccessEntry {
-    /// When it arrived.
+    /// When it arrived; without it, the line says `duration` before the
+    /// line was written (the engine reads the wall clock only for lines
+    /// written).
     pub start: Option<SystemTime>,
     /// Method.
-    pub method: String,
-    /// Path and query.
-    pub path: String,
+    pub method: http::Method,
+    /// Path and query (`/` when the request had none).
+    pub path: Option<PathAndQuery>,
     /// `HTTP/1.1` or `HTTP/2`.
     pub protocol: &'static str,
     /// Status returned.
@@ -37,13 +47,13 @@ pub struct AccessEntry {
     /// Total time.
     pub duration: Duration,
     /// `x-forwarded-for`.
-    pub forwarded_for: Option<String>,
+    pub forwarded_for: Option<HeaderValue>,
     /// `user-agent`.
-    pub user_agent: Option<String>,
+    pub user_agent: Option<HeaderValue>,
     /// `x-request-id`.
-    pub request_id: Option<String>,
+    pub request_id: Option<HeaderValue>,
     /// `:authority` / `host`.
-    pub authority: Option<String>,
+    pub authority: Option<HeaderValue>,
     /// The endpoint that answered last.
     pub upstream_host: Option<SocketAddr>,
     /// The cluster.
@@ -58,6 +68,14 @@ pub struct AccessEntry {
 
 fn or_dash(v: &Option<String>) -> &str {
     v.as_deref().filter(|s| !s.is_empty()).unwrap_or("-")
+}
+
+/// A header's value as text, or `-` (absent, empty or not visible ASCII).
+fn header_or_dash(v: &Option<HeaderValue>) -> &str {
+    v.as_ref()
+        .and_then(|v| v.to_str().ok())
+        .filter(|s| !s.is_empty())
+        .unwrap_or("-")
 }
 
 /// An address, or `-`.
@@ -94,9 +112,11 @@ impl AccessEntry {
     pub fn line(&self) -> String {
         format!(
             "[{}] \"{} {} {}\" {} {} - - \"{}\" {} {} {} - \"{}\" \"{}\" \"{}\" \"{}\" \"{}\" {} - - {} - {}",
-            self.start.map_or_else(|| "-".into(), timestamp),
+            self.start
+                .or_else(|| SystemTime::now().checked_sub(self.duration))
+                .map_or_else(|| "-".into(), timestamp),
             self.method,
-            self.path,
+            self.path.as_ref().map_or("/", PathAndQuery::as_str),
             self.protocol,
             self.code,
             self.flags,
@@ -104,10 +124,10 @@ impl AccessEntry {
             self.bytes_received,
             self.bytes_sent,
             self.duration.as_millis(),
-            or_dash(&self.forwarded_for),
-            or_dash(&self.user_agent),
-            or_dash(&self.request_id),
-            or_dash(&self.authority),
+            header_or_dash(&self.forwarded_for),
+            header_or_dash(&self.user_agent),
+            header_or_dash(&self.request_id),
+            header_or_dash(&self.authority),
             addr_or_dash(self.upstream_host),
             or_dash(&self.upstream_cluster),
             addr_or_dash(self.downstream_remote),
@@ -124,8 +144,8 @@ mod tests {
     fn the_line_follows_envoys_field_order() {
         let entry = AccessEntry {
             start: Some(SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_331_200_123)),
-            method: "GET".into(),
-            path: "/reviews/1".into(),
+            method: http::Method::GET,
+            path: Some(PathAndQuery::from_static("/reviews/1")),
             protocol: "HTTP/1.1",
             code: 503,
             flags: "URX",
@@ -133,8 +153,9 @@ mod tests {
             bytes_received: 0,
             bytes_sent: 17,
             duration: Duration::from_millis(42),
-            user_agent: Some("curl/8".into()),
-            authority: Some("reviews".into()),
+            user_agent: Some(HeaderValue::from_static("curl/8")),
+            request_id: Some(HeaderValue::from_static("")),
+            authority: Some(HeaderValue::from_static("reviews")),
             upstream_host: Some("127.0.1.12:8080".parse().expect("addr")),
             upstream_cluster: Some("shop/reviews:80".into()),
             downstream_remote: Some("127.0.1.1:40000".parse().expect("addr")),

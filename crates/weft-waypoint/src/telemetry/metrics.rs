@@ -220,17 +220,13 @@ impl Metrics {
     /// its server span.
     pub fn request(&self, ctx: &RequestRecord, status: StatusCode) {
         use weft_telemetry::labels::{Peer, Service};
-        let service = if ctx.service.is_empty() {
-            Service::unknown()
-        } else {
-            Service::from_host(&ctx.service, None)
-        };
+        let service = ctx.service.as_deref().unwrap_or(Service::shared_unknown());
         let destination = ctx.destination.as_deref().unwrap_or(Peer::shared_unknown());
         let parts = Parts {
             reporter: ctx.reporter,
             source: &ctx.peer,
             destination,
-            service: &service,
+            service,
             protocol: ctx.protocol,
             code: status.as_u16(),
             flags: ctx.flags,

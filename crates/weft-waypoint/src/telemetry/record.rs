@@ -21,8 +21,8 @@ pub struct RequestRecord {
     pub started: Instant,
     /// The route chosen (empty: none).
     pub route: String,
-    /// The destination service's host name (empty: unknown).
-    pub service: String,
+    /// The destination service, once a route names one.
+    pub service: Option<Arc<weft_telemetry::labels::Service>>,
     /// Tries made.
     pub tries: u32,
     /// Envoy response flags collected by the phases.
@@ -59,10 +59,10 @@ impl RequestRecord {
         };
         let a = &self.access;
         let mut attributes = vec![
-            ("http.request.method", Value::Str(a.method.clone())),
+            ("http.request.method", Value::Str(a.method.to_string())),
             (
                 "url.path",
-                Value::Str(a.path.split('?').next().unwrap_or("/").to_owned()),
+                Value::Str(a.path.as_ref().map_or("/", |p| p.path()).to_owned()),
             ),
             ("http.response.status_code", Value::Int(i64::from(status))),
             (
@@ -71,11 +71,14 @@ impl RequestRecord {
             ),
             ("weft.response_flags", Value::Str(self.flags.to_string())),
         ];
-        if let Some(host) = &a.authority {
-            attributes.push(("server.address", Value::Str(host.clone())));
+        let text = |v: &Option<http::HeaderValue>| {
+            v.as_ref().and_then(|v| v.to_str().ok()).map(str::to_owned)
+        };
+        if let Some(host) = text(&a.authority) {
+            attributes.push(("server.address", Value::Str(host)));
         }
-        if let Some(ua) = &a.user_agent {
-            attributes.push(("user_agent.original", Value::Str(ua.clone())));
+        if let Some(ua) = text(&a.user_agent) {
+            attributes.push(("user_agent.original", Value::Str(ua)));
         }
         if let Some(peer) = &a.downstream_remote {
             attributes.push(("client.address", Value::Str(peer.to_string())));
@@ -83,11 +86,11 @@ impl RequestRecord {
         if !self.route.is_empty() {
             attributes.push(("http.route", Value::Str(self.route.clone())));
         }
-        if !self.service.is_empty() {
-            attributes.push(("weft.destination_service", Value::Str(self.service.clone())));
+        if let Some(service) = &self.service {
+            attributes.push(("weft.destination_service", Value::Str(service.host.clone())));
         }
         let name = if self.route.is_empty() {
-            a.method.clone()
+            a.method.to_string()
         } else {
             format!("{} {}", a.method, self.route)
         };

@@ -24,6 +24,10 @@ use crate::policy::ratelimit::{LocalCounts, RateLimiter, Rule, Store};
 pub(super) enum Answer {
     Status(u16),
     ConnectError,
+    /// This status after this long (tests with paused time).
+    After(Duration, u16),
+    /// 503 asking for a retry after this many seconds.
+    RetryAfter(u64),
 }
 
 /// What a scripted endpoint saw: endpoint, path and query, `Host`.
@@ -90,6 +94,19 @@ impl Transport for Scripted {
                     Ok(r)
                 }
                 Answer::ConnectError => Err(SendError::Connect("refused".into())),
+                Answer::RetryAfter(secs) => {
+                    let mut r = Response::new(full("busy"));
+                    *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                    r.headers_mut()
+                        .insert("retry-after", secs.to_string().parse().expect("value"));
+                    Ok(r)
+                }
+                Answer::After(wait, code) => {
+                    tokio::time::sleep(wait).await;
+                    let mut r = Response::new(full("from upstream"));
+                    *r.status_mut() = StatusCode::from_u16(code).expect("status");
+                    Ok(r)
+                }
             }
         })
     }

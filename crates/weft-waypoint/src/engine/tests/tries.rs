@@ -69,6 +69,118 @@ async fn tries_and_retries() {
     }
 }
 
+/// Timeouts, on paused time: a try's own timeout ends the try (and may
+/// be retried), the route's (1 s here) ends the request, whether it falls
+/// in a try or in the wait before the next one: (what, per-try timeout,
+/// answers, status, flag, tries, milliseconds taken).
+#[tokio::test(start_paused = true)]
+async fn per_try_and_route_timeouts() {
+    type Case = (
+        &'static str,
+        Option<u64>,
+        Vec<Answer>,
+        u16,
+        &'static str,
+        usize,
+        u64,
+    );
+    let slow = |ms, code| Answer::After(Duration::from_millis(ms), code);
+    let cases: Vec<Case> = vec![
+        (
+            "a slow try timed out, the retry answers",
+            Some(300),
+            vec![slow(5_000, 200), slow(10, 200)],
+            200,
+            "-",
+            2,
+            310,
+        ),
+        (
+            "every try timed out: the route's timeout ends the third",
+            Some(400),
+            vec![slow(5_000, 200), slow(5_000, 200), slow(5_000, 200)],
+            504,
+            "UT",
+            3,
+            1_000,
+        ),
+        (
+            "no per-try timeout: the route's ends the first try",
+            None,
+            vec![slow(5_000, 200)],
+            504,
+            "UT",
+            1,
+            1_000,
+        ),
+        (
+            "the route's timeout falls in the wait before a retry",
+            Some(300),
+            vec![Answer::RetryAfter(3)],
+            504,
+            "UT",
+            1,
+            1_000,
+        ),
+        (
+            "an answer within both timeouts",
+            Some(300),
+            vec![slow(299, 200)],
+            200,
+            "-",
+            1,
+            299,
+        ),
+    ];
+    for (what, per_try, answers, status, flag, tries, took) in cases {
+        let transport = Scripted::answering(&answers);
+        let retry = RetryPolicy {
+            attempts: 5,
+            per_try_timeout: per_try.map(Duration::from_millis),
+            retry_on: RetryOn::parse("5xx").expect("retry_on"),
+            // No jitter: retries start at once.
+            base: Duration::ZERO,
+            max: Duration::ZERO,
+        };
+        let timed = Route {
+            retry: Some(retry),
+            timeout: Some(Duration::from_secs(1)),
+            ..route()
+        };
+        let engine = engine(config_with(timed, A), &transport);
+        let started = tokio::time::Instant::now();
+        let response = engine.handle(get("/a")).await;
+        assert_eq!(response.status().as_u16(), status, "{what}");
+        assert_eq!(flags(&engine), [flag], "{what}");
+        assert_eq!(transport.seen().len(), tries, "{what}");
+        assert_eq!(
+            started.elapsed(),
+            Duration::from_millis(took),
+            "{what}: time taken"
+        );
+    }
+}
+
+/// Which deadline bounds a try: (per-try, route's, expected, whether it
+/// is the route's).
+#[test]
+fn a_try_is_bounded_by_the_earlier_deadline() {
+    use crate::engine::tries::try_limit;
+    let at = tokio::time::Instant::now();
+    let ms = |n| Some(at + Duration::from_millis(n));
+    let cases = [
+        (None, None, None, false),
+        (ms(10), None, ms(10), false),
+        (None, ms(10), ms(10), true),
+        (ms(10), ms(20), ms(10), false),
+        (ms(20), ms(10), ms(10), true),
+        (ms(10), ms(10), ms(10), true),
+    ];
+    for (per_try, whole, limit, is_whole) in cases {
+        assert_eq!(try_limit(per_try, whole), (limit, is_whole));
+    }
+}
+
 #[tokio::test]
 async fn an_exhausted_retry_budget_is_flagged() {
     let transport = Scripted::answering(&[Answer::Status(503), Answer::Status(200)]);
