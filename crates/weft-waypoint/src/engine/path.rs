@@ -61,6 +61,19 @@ fn unreserved(b: u8) -> bool {
     b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
 }
 
+/// Whether `path` is normal under every mode as it is: a `/`, then only
+/// unreserved characters and slashes, no empty, `.` or `..` segment. Most
+/// paths are; the engine checks this first and normalizes only the rest
+/// (no copy of the path per request).
+pub fn is_plainly_normal(path: &str) -> bool {
+    path.starts_with('/')
+        && path.bytes().all(|b| unreserved(b) || b == b'/')
+        && !path.contains("//")
+        && path
+            .split('/')
+            .all(|segment| !matches!(segment, "." | ".."))
+}
+
 /// Normalizes `path` (the path part of an origin-form target, no query)
 /// under `mode`. `None` mode returns the path unchanged, still refusing
 /// what no mode may pass (control characters, fragments).
@@ -401,6 +414,40 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// What the fast check calls normal, every mode leaves as it is; and
+    /// it calls the common paths normal (random paths over an alphabet of
+    /// the characters and segments that matter).
+    #[test]
+    fn plainly_normal_paths_are_normal_under_every_mode() {
+        for path in ["/", "/a", "/a/b/", "/reviews/1", "/a.b/c~d_e-f"] {
+            assert!(is_plainly_normal(path), "{path}");
+        }
+        for path in [
+            "", "a", "//", "/a//b", "/./a", "/a/..", "/%61", "/a\\b", "/a?b",
+        ] {
+            assert!(!is_plainly_normal(path), "{path}");
+        }
+        let pieces = ["/", "a", ".", "..", "%2e", "%2F", "\\", "~", "b-c", "//"];
+        let mut rng = fastrand::Rng::with_seed(20);
+        let mut plain = 0;
+        for _ in 0..20_000 {
+            let path: String = std::iter::once("/")
+                .chain((0..rng.usize(0..6)).map(|_| pieces[rng.usize(..pieces.len())]))
+                .collect();
+            if is_plainly_normal(&path) {
+                plain += 1;
+                for mode in [None, Base, Merge, Decode] {
+                    assert_eq!(
+                        normalize(&path, mode).as_deref(),
+                        Ok(path.as_str()),
+                        "{path} {mode:?}"
+                    );
+                }
+            }
+        }
+        assert!(plain > 1_000, "the generator makes plain paths too");
     }
 
     #[test]

@@ -494,6 +494,9 @@ fn normalize_path(
     parts: &mut Parts,
     mode: crate::engine::path::PathNormalization,
 ) -> Result<(), L7Error> {
+    if crate::engine::path::is_plainly_normal(parts.uri.path()) {
+        return Ok(());
+    }
     let malformed = |why: &dyn std::fmt::Display| L7Error::Malformed(format!("path: {why}"));
     let path = crate::engine::path::normalize(parts.uri.path(), mode).map_err(|e| malformed(&e))?;
     if path == parts.uri.path() {
