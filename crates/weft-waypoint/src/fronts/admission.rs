@@ -95,6 +95,8 @@ pub struct Activity {
     requests: AtomicU64,
     /// Milliseconds after `started` when the last request ended.
     changed_ms: AtomicU64,
+    /// Times it was parked (HTTP/1.1, [`crate::fronts::downstream`]).
+    parked: AtomicU64,
     /// Told to close (shed for a newer connection).
     pub close: Notify,
 }
@@ -113,6 +115,7 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             requests: AtomicU64::new(0),
             changed_ms: AtomicU64::new(0),
+            parked: AtomicU64::new(0),
             close: Notify::new(),
         }
     }
@@ -139,6 +142,16 @@ impl Activity {
     /// Requests started on this connection so far.
     pub fn requests(&self) -> u64 {
         self.requests.load(Ordering::Relaxed)
+    }
+
+    /// Times this connection was parked so far.
+    pub fn parked(&self) -> u64 {
+        self.parked.load(Ordering::Relaxed)
+    }
+
+    /// Counts a parking.
+    pub(crate) fn park(&self) {
+        self.parked.fetch_add(1, Ordering::Relaxed);
     }
 
     /// When this connection must close if nothing changes, and why.

@@ -515,6 +515,9 @@ async fn serve<I: Transport>(io: I, tls: Option<Option<String>>, c: Conn) {
         .timer(hyper_util::rt::TokioTimer::new())
         .max_buf_size(MAX_HEADER_BYTES)
         .header_read_timeout(c.limits.header_timeout);
+    // hyper's header timer runs while a connection waits warm: it parks
+    // well before.
+    protocols.warm = protocols.warm.min(c.limits.header_timeout / 2);
     protocols
         .h2
         .timer(hyper_util::rt::TokioTimer::new())
