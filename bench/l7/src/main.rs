@@ -11,9 +11,14 @@
 //! summarised by their median and range (`report.rs`).
 //!
 //! ```sh
-//! cargo build --release -p weft -p weft-bench-l7
-//! $HOME/.cache/weft-target/release/l7 [SECONDS] [plugins] [--rounds N]
+//! cargo build --profile production -p weft -p weft-bench-l7
+//! $HOME/.cache/weft-target/production/l7 [SECONDS] [plugins] [--rounds N]
 //! ```
+//!
+//! (`production`: the release profile with the whole program optimized as
+//! one, as a deployment builds it; a `--release` build runs the same
+//! way.) `instructions.sh` beside it counts instructions per request of
+//! one proxy under callgrind, for comparing two builds.
 //!
 //! SECONDS per run (default 5), N rounds (default 4). With `plugins`,
 //! only the direct path and the engine hop are measured, bare and with a

@@ -220,8 +220,8 @@ impl Metrics {
     /// its server span.
     pub fn request(&self, ctx: &RequestRecord, status: StatusCode) {
         use weft_telemetry::labels::{Peer, Service};
-        let service = ctx.service.as_deref().unwrap_or(Service::shared_unknown());
-        let destination = ctx.destination.as_deref().unwrap_or(Peer::shared_unknown());
+        let service = ctx.service.as_ref().unwrap_or(Service::shared_unknown());
+        let destination = ctx.destination.as_ref().unwrap_or(Peer::shared_unknown());
         let parts = Parts {
             reporter: ctx.reporter,
             source: &ctx.peer,
@@ -232,7 +232,8 @@ impl Metrics {
             flags: ctx.flags,
             mtls: ctx.mtls(),
         };
-        let series = self.series.get(&parts, |labels| Series {
+        let shared = (&ctx.peer, destination, service);
+        let series = self.series.get_shared(&parts, shared, |labels| Series {
             requests: self.requests.get_or_create(labels).clone(),
             duration: self.duration.get_or_create(labels).clone(),
             request_bytes: self.request_bytes.get_or_create(labels).clone(),

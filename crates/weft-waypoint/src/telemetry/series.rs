@@ -9,7 +9,10 @@
 //! compared in place with the label set of the series found; they are
 //! built (and the families asked) only the first time a label set is seen.
 //! The series handles share their values with the families, which stay
-//! what is registered and exported.
+//! what is registered and exported. Before that lookup, each thread
+//! remembers its last request's series with the shared values (peers,
+//! service) it was for: a run of requests between the same parties,
+//! the usual case, is counted after a few comparisons of addresses.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, RwLock};
@@ -134,6 +137,45 @@ pub struct Series {
     pub response_bytes: Histogram,
 }
 
+/// A thread's last request series and what it was for. It holds the
+/// shared values it compares by address (and the table), so no other
+/// value can take their place at that address while it is kept.
+struct Last {
+    table: Arc<RwLock<HashTable<(RequestLabels, Series)>>>,
+    source: Arc<Peer>,
+    destination: Arc<Peer>,
+    service: Arc<Service>,
+    reporter: Reporter,
+    protocol: &'static str,
+    code: u16,
+    flags: Flags,
+    mtls: bool,
+    series: Series,
+}
+
+impl Last {
+    fn answers(
+        &self,
+        remembered: &Remembered,
+        parts: &Parts<'_>,
+        (source, destination, service): (&Arc<Peer>, &Arc<Peer>, &Arc<Service>),
+    ) -> bool {
+        Arc::ptr_eq(&self.table, &remembered.table)
+            && Arc::ptr_eq(&self.source, source)
+            && Arc::ptr_eq(&self.destination, destination)
+            && Arc::ptr_eq(&self.service, service)
+            && self.reporter == parts.reporter
+            && self.protocol == parts.protocol
+            && self.code == parts.code
+            && self.flags == parts.flags
+            && self.mtls == parts.mtls
+    }
+}
+
+thread_local! {
+    static LAST: std::cell::RefCell<Option<Last>> = const { std::cell::RefCell::new(None) };
+}
+
 /// The series of the label sets seen so far.
 #[derive(Clone, Debug, Default)]
 pub struct Remembered {
@@ -174,6 +216,45 @@ impl Remembered {
             });
         }
         series
+    }
+
+    /// [`Remembered::get`], asking first this thread's last answer: a
+    /// request with the same parties (the same shared values, compared by
+    /// address) and the same other labels as the thread's last one gets
+    /// its series without the label strings being hashed and compared.
+    /// `shared` holds what `parts` borrows: source, destination, service.
+    pub fn get_shared(
+        &self,
+        parts: &Parts<'_>,
+        shared: (&Arc<Peer>, &Arc<Peer>, &Arc<Service>),
+        make: impl FnOnce(&RequestLabels) -> Series,
+    ) -> Series {
+        debug_assert!(
+            std::ptr::eq(parts.source, &**shared.0)
+                && std::ptr::eq(parts.destination, &**shared.1)
+                && std::ptr::eq(parts.service, &**shared.2)
+        );
+        LAST.with(|last| {
+            if let Some(l) = last.borrow().as_ref()
+                && l.answers(self, parts, shared)
+            {
+                return l.series.clone();
+            }
+            let series = self.get(parts, make);
+            *last.borrow_mut() = Some(Last {
+                table: self.table.clone(),
+                source: shared.0.clone(),
+                destination: shared.1.clone(),
+                service: shared.2.clone(),
+                reporter: parts.reporter,
+                protocol: parts.protocol,
+                code: parts.code,
+                flags: parts.flags,
+                mtls: parts.mtls,
+                series: series.clone(),
+            });
+            series
+        })
     }
 
     /// Label sets remembered.
@@ -237,5 +318,48 @@ mod tests {
         assert_eq!(made[0], parts(&a, &b, &service).labels());
         assert_eq!(made[1].response_code, 503);
         assert_eq!(remembered.len(), 3);
+    }
+
+    /// The thread's last answer serves the same parties again; anything
+    /// else goes to the table, which still makes each label set once.
+    #[test]
+    fn the_last_answer_is_reused_only_for_the_same_request() {
+        let a = Arc::new(Peer::from_principal("cluster.local/ns/shop/sa/frontend"));
+        let b = Arc::new(Peer::from_principal("cluster.local/ns/shop/sa/reviews"));
+        let a_again = Arc::new(Peer::from_principal("cluster.local/ns/shop/sa/frontend"));
+        let service = Arc::new(Service::from_host("reviews.shop.svc.cluster.local", None));
+        let (one, two) = (Remembered::default(), Remembered::default());
+        let made = std::cell::Cell::new(0);
+        let get = |r: &Remembered, p: &Parts<'_>, shared| {
+            r.get_shared(p, shared, |_| {
+                made.set(made.get() + 1);
+                Series {
+                    requests: Counter::default(),
+                    duration: Histogram::new([1.0]),
+                    request_bytes: Histogram::new([1.0]),
+                    response_bytes: Histogram::new([1.0]),
+                }
+            })
+        };
+        let ab = parts(&a, &b, &service);
+        get(&one, &ab, (&a, &b, &service)).requests.inc();
+        get(&one, &ab, (&a, &b, &service)).requests.inc();
+        assert_eq!(made.get(), 1);
+        // Another code: another series.
+        let failed = Parts { code: 503, ..ab };
+        assert_eq!(get(&one, &failed, (&a, &b, &service)).requests.get(), 0);
+        // An equal peer in another allocation: the table's series.
+        let ab_again = parts(&a_again, &b, &service);
+        let counted = get(&one, &ab_again, (&a_again, &b, &service));
+        assert_eq!(counted.requests.get(), 2);
+        assert_eq!(made.get(), 2, "no new series for equal labels");
+        // Another table on the same thread: its own series.
+        assert_eq!(
+            get(&two, &ab_again, (&a_again, &b, &service))
+                .requests
+                .get(),
+            0
+        );
+        assert_eq!(made.get(), 3);
     }
 }
