@@ -11,10 +11,11 @@
 # batches), so compare builds measured one after the other on a machine
 # otherwise idle.
 #
-#   bench/l7/instructions.sh L7_BINARY [h1|h2] [SECONDS]
+#   bench/l7/instructions.sh L7_BINARY [h1|h2] [SECONDS] [noop|header]
 #   bench/l7/instructions.sh haproxy [h1|h2] [SECONDS]
 #
-# L7_BINARY is a built `l7` (its `hop` is the engine hop); `haproxy` runs
+# L7_BINARY is a built `l7` (its `hop` is the engine hop, with the no-op or
+# header-adding Proxy-Wasm plugin when one is named); `haproxy` runs
 # HAProxy with bench/l7's configuration. Needs valgrind, wrk, h2load,
 # and (for the backend) `weft` next to L7_BINARY, or WEFT=path.
 set -euo pipefail
@@ -22,6 +23,7 @@ set -euo pipefail
 target=${1:?usage: instructions.sh L7_BINARY|haproxy [h1|h2] [SECONDS]}
 proto=${2:-h1}
 seconds=${3:-10}
+plugin=${4:-}
 dir=$(mktemp -d)
 pids=()
 cleanup() {
@@ -73,7 +75,7 @@ backend app
 EOF
   command=(haproxy -db -f "$dir/haproxy.cfg")
 else
-  command=("$target" hop "127.0.0.1:$port" "127.0.0.1:$backend")
+  command=("$target" hop "127.0.0.1:$port" "127.0.0.1:$backend" $plugin)
 fi
 valgrind --tool=callgrind --cache-sim=yes --callgrind-out-file="$dir/cg.%p" \
   "${command[@]}" > "$dir/proxy.log" 2>&1 &
@@ -105,9 +107,9 @@ echo "== measuring ${seconds} s" >&2
 requests=$(load "$seconds")
 callgrind_control -d "$proxy" > /dev/null 2>&1
 dump=$(ls "$dir"/cg.*.* | head -1)
-python3 - "$dump" "$requests" "$target" "$proto" <<'EOF'
+python3 - "$dump" "$requests" "$target" "$proto" "$plugin" <<'EOF'
 import sys
-dump, requests, target, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+dump, requests, target, proto, plugin = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
 events = totals = None
 for line in open(dump):
     if line.startswith("events:"):
@@ -115,7 +117,7 @@ for line in open(dump):
     if line.startswith(("summary:", "totals:")):
         totals = [int(x) for x in line.split()[1:]]
 per = {e: t / requests for e, t in zip(events, totals)}
-print(f"{target} {proto}: {requests} requests; per request: "
+print(f"{target} {proto}{' ' + plugin if plugin else ''}: {requests} requests; per request: "
       f"{per['Ir']:.0f} instructions, {per['I1mr']:.0f} L1i misses, "
       f"{per['D1mr'] + per['D1mw']:.0f} L1d misses")
 EOF
